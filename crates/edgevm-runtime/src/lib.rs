@@ -1,0 +1,8 @@
+//! edgevm-runtime: owns the life of a program's VMs — the main VM that boots a program and
+//! runs it to `wait_for_requests()`, the pools of request VMs forked from it, the storage VM,
+//! shared memory and timeouts. It knows nothing of HTTP: requests arrive as [`GuestRequest`]
+//! and leave as [`GuestResponse`].
+
+pub mod request;
+
+pub use request::{GuestRequest, GuestResponse};
