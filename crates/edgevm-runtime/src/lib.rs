@@ -5,4 +5,4 @@
 
 pub mod request;
 
-pub use request::{GuestRequest, GuestResponse};
+pub use request::{GuestRequest, GuestResponse, ProgramHost, Reply, ServeError};

@@ -31,3 +31,44 @@ pub struct GuestResponse {
     /// Response body.
     pub body: Vec<u8>,
 }
+
+/// Why a request produced no program response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeError {
+    /// No program of that name is configured (HTTP 404).
+    ProgramNotFound(String),
+    /// The program could not be started (boot failure, bad ELF, download failure) (HTTP 503).
+    ProgramUnavailable(String),
+    /// Waited too long for a free request VM (HTTP 503).
+    QueueTimeout,
+    /// The program failed this request: crash, timeout, memory limit, exit, no response,
+    /// invalid status... (HTTP 500). The text says which.
+    ProgramError(String),
+    /// The server is shutting down (HTTP 503).
+    ShuttingDown,
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::ProgramNotFound(p) => write!(f, "no such program: '{p}'"),
+            ServeError::ProgramUnavailable(e) => write!(f, "program unavailable: {e}"),
+            ServeError::QueueTimeout => write!(f, "timed out waiting for a free VM"),
+            ServeError::ProgramError(e) => write!(f, "program error: {e}"),
+            ServeError::ShuttingDown => write!(f, "server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Completion callback for [`ProgramHost::submit`]; called exactly once, from any thread.
+pub type Reply = Box<dyn FnOnce(Result<GuestResponse, ServeError>) + Send + 'static>;
+
+/// What the HTTP layer needs from the runtime: hand a request to a named program and get
+/// called back with the answer. Implementations must not block the caller: VMs run on their
+/// own threads, and `reply` is invoked from there.
+pub trait ProgramHost: Send + Sync + 'static {
+    /// Queue `req` for `program` (the first path segment of the URL). `reply` is always called.
+    fn submit(&self, program: &str, req: GuestRequest, reply: Reply);
+}

@@ -1,0 +1,1 @@
+//! edgevm-config: the JSON configuration of groups and programs (the glossary).
