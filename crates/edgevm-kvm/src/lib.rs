@@ -1,1 +1,87 @@
-//! edgevm-kvm
+//! edgevm-kvm: owns the KVM objects and guest memory.
+//!
+//! * [`memory::GuestMemory`] — the host mapping that backs a guest's physical memory: a memfd
+//!   shared by the main VM, copy-on-write private mappings of it for request VMs, bounds-checked
+//!   access, host-write tracking, and reset from the frozen image by dirty bitmap.
+//! * [`vm::KvmMachine`] — one KVM VM with one memory slot and one vCPU, registers exchanged
+//!   through `kvm_run` sync_regs (no register ioctls on hot paths).
+//! * [`Vcpu`] — the small trait seam the layers above use, so guest-ABI logic (syscall
+//!   emulation, hypercalls) can be unit-tested without `/dev/kvm`.
+//!
+//! Nothing here knows about ELF, Linux syscalls or HTTP.
+
+pub mod memory;
+pub mod vm;
+
+pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+pub use memory::{GuestMemory, MemError, PAGE_SIZE};
+pub use vm::{kvm_available, KvmMachine};
+
+/// Why a vCPU stopped running guest code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `out` to `port`; `value` is the (zero-extended) data written, `size` its width in bytes.
+    IoOut { port: u16, value: u32, size: u8 },
+    /// `in` from a port (never used by edgevm guests).
+    IoIn { port: u16 },
+    /// A write to unbacked guest-physical memory.
+    MmioWrite { addr: u64 },
+    /// A read from unbacked guest-physical memory.
+    MmioRead { addr: u64 },
+    /// `hlt` reached the host (only possible at CPL0).
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// KVM_RUN was interrupted by a signal (our timeout timer) or `immediate_exit`.
+    Interrupted,
+    /// KVM could not handle something (e.g. emulation failure); the suberror code.
+    InternalError(u32),
+    /// VM entry failed; the hardware reason.
+    FailEntry(u64),
+    /// The guest touched memory the host could not provide.
+    MemoryFault { gpa: u64 },
+    /// Anything else, named.
+    Other(String),
+}
+
+/// Errors from KVM ioctls.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("/dev/kvm is not available ({0}); edgevm needs KVM: load the kvm module and run as a user that can open /dev/kvm")]
+    NoKvm(String),
+    #[error("KVM {op} failed: {err}")]
+    Ioctl { op: &'static str, err: std::io::Error },
+    #[error(transparent)]
+    Memory(#[from] MemError),
+}
+
+impl KvmError {
+    pub(crate) fn ioctl(op: &'static str, e: kvm_ioctls::Error) -> Self {
+        KvmError::Ioctl {
+            op,
+            err: std::io::Error::from_raw_os_error(e.errno()),
+        }
+    }
+}
+
+/// The vCPU operations the guest ABI layer needs. Implemented by [`KvmMachine`] over real KVM,
+/// and by simple in-memory fakes in unit tests.
+pub trait Vcpu {
+    /// Run guest code until the next exit.
+    fn run(&mut self) -> Result<Exit, KvmError>;
+    /// General-purpose registers as of the last exit (from `kvm_run` sync_regs, no ioctl).
+    fn regs(&self) -> &kvm_regs;
+    /// Mutable registers; changes are handed to KVM on the next [`Vcpu::run`] (sync_regs dirty
+    /// bit, no ioctl).
+    fn regs_mut(&mut self) -> &mut kvm_regs;
+    /// Special registers (one ioctl: error and setup paths only).
+    fn sregs(&mut self) -> Result<kvm_sregs, KvmError>;
+    /// Set the FS segment base (the TLS pointer set by `arch_prctl(ARCH_SET_FS)`).
+    fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError>;
+    /// The FS segment base as last set.
+    fn fs_base(&self) -> u64;
+    /// Set the GS segment base.
+    fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError>;
+    /// The GS segment base as last set.
+    fn gs_base(&self) -> u64;
+}

@@ -1,0 +1,401 @@
+//! Guest physical memory.
+//!
+//! Design (see docs/DESIGN.md and ../shared/reference/kvm-costs-here.md): a program's main VM
+//! owns a `memfd` mapped `MAP_SHARED`. When the program calls `wait_for_requests()` the main VM
+//! stops for good and that memfd becomes the frozen image. Each request VM maps the same memfd
+//! `MAP_PRIVATE`: the host kernel shares every untouched page with the image and copies a page
+//! on the first write (host-side copy-on-write, no guest page-table changes, no exits). After a
+//! request the pages the guest dirtied (KVM dirty log) and the pages the host wrote for it
+//! (tracked here) are copied back from the image — measured as the cheapest reset here.
+//! A full reset drops every private page with `madvise(MADV_DONTNEED)`, giving memory back.
+//!
+//! The optional shared-memory area at the top of the address space is mapped `MAP_SHARED` in
+//! every request VM, so guest writes there are visible to all of them and are never reset.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+/// Guest page size (4 KiB).
+pub const PAGE_SIZE: usize = 4096;
+
+/// Errors from guest memory access.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    #[error("guest address range {addr:#x}+{len:#x} is outside guest memory")]
+    OutOfBounds { addr: u64, len: u64 },
+    #[error("string at {addr:#x} is not terminated within {max} bytes")]
+    Unterminated { addr: u64, max: usize },
+    #[error("guest memory setup failed: {0}")]
+    Os(String),
+}
+
+/// A page bitmap in KVM dirty-log layout: bit `n` of word `n / 64` is page `n`.
+pub type PageBitmap = Vec<u64>;
+
+/// A set of guest pages, one bit each.
+fn bitmap_words(size: usize) -> usize {
+    (size / PAGE_SIZE).div_ceil(64)
+}
+
+/// Host mapping of one guest's physical memory, starting at guest-physical address 0.
+pub struct GuestMemory {
+    ptr: *mut u8,
+    size: usize,
+    memfd: Arc<OwnedFd>,
+    private: bool,
+    /// Start of the shared-memory area (== size when there is none).
+    shared_from: usize,
+    /// Pages written by the host on this guest's behalf since the last reset (syscall results,
+    /// request data). KVM's dirty log does not see host writes.
+    host_dirty: PageBitmap,
+    track_host_writes: bool,
+}
+
+// SAFETY: GuestMemory owns its mapping exclusively (private) or shares it with other mappings of
+// the same memfd, which only the guests and the host copy routines below touch with raw copies.
+// Moving the owner to another thread is fine; &self methods only read.
+unsafe impl Send for GuestMemory {}
+
+fn os_err(what: &str) -> MemError {
+    MemError::Os(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// mmap a memfd range. Small wrapper so each unsafe block is one call.
+fn map_fd(
+    addr: *mut u8,
+    len: usize,
+    flags: libc::c_int,
+    fd: &OwnedFd,
+    off: usize,
+) -> Result<*mut u8, MemError> {
+    // SAFETY: mmap with a valid fd; when MAP_FIXED is in `flags`, `addr..addr+len` lies inside
+    // a mapping this module owns (the caller's private mapping), so nothing else is clobbered.
+    let p = unsafe {
+        libc::mmap(
+            addr.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_NORESERVE,
+            fd.as_raw_fd(),
+            off as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mmap"));
+    }
+    Ok(p.cast())
+}
+
+impl GuestMemory {
+    /// A fresh, zeroed guest memory of `size` bytes (a multiple of 2 MiB) for a main VM.
+    pub fn new_shared(size: usize) -> Result<Self, MemError> {
+        if size == 0 || size % (2 << 20) != 0 {
+            return Err(MemError::Os(format!(
+                "guest memory size {size:#x} is not a multiple of 2 MiB"
+            )));
+        }
+        // SAFETY: memfd_create with a valid C string; the returned fd is owned below.
+        let fd = unsafe { libc::memfd_create(c"edgevm-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_err("memfd_create"));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
+            return Err(os_err("ftruncate"));
+        }
+        let ptr = map_fd(std::ptr::null_mut(), size, libc::MAP_SHARED, &fd, 0)?;
+        Ok(GuestMemory {
+            ptr,
+            size,
+            memfd: Arc::new(fd),
+            private: false,
+            shared_from: size,
+            host_dirty: vec![0; bitmap_words(size)],
+            track_host_writes: false,
+        })
+    }
+
+    /// A copy-on-write view of this memory for a request VM: pages below `shared_from` are
+    /// private (first write copies), pages from `shared_from` up are shared with every view.
+    pub fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
+        let shared_from = shared_from.min(self.size) & !(PAGE_SIZE - 1);
+        let ptr = map_fd(
+            std::ptr::null_mut(),
+            self.size,
+            libc::MAP_PRIVATE,
+            &self.memfd,
+            0,
+        )?;
+        let mem = GuestMemory {
+            ptr,
+            size: self.size,
+            memfd: self.memfd.clone(),
+            private: true,
+            shared_from,
+            host_dirty: vec![0; bitmap_words(self.size)],
+            track_host_writes: true,
+        };
+        if shared_from < self.size {
+            // SAFETY: shared_from < size, so the address is inside the mapping just made.
+            let at = unsafe { ptr.add(shared_from) };
+            map_fd(
+                at,
+                self.size - shared_from,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                &self.memfd,
+                shared_from,
+            )?;
+        }
+        Ok(mem)
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Host address of guest-physical 0 (for the KVM memory slot).
+    pub fn host_addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Start of the shared (never reset) area.
+    pub fn shared_from(&self) -> usize {
+        self.shared_from
+    }
+
+    /// Start recording host writes (for memories that are reset).
+    pub fn set_track_host_writes(&mut self, on: bool) {
+        self.track_host_writes = on;
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
+        let end = addr.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.size as u64 => Ok(addr as usize),
+            _ => Err(MemError::OutOfBounds {
+                addr,
+                len: len as u64,
+            }),
+        }
+    }
+
+    /// Is `addr..addr+len` inside guest memory?
+    pub fn contains(&self, addr: u64, len: usize) -> bool {
+        self.range(addr, len).is_ok()
+    }
+
+    fn mark_host_dirty(&mut self, off: usize, len: usize) {
+        if !self.track_host_writes || len == 0 {
+            return;
+        }
+        let first = off / PAGE_SIZE;
+        let last = (off + len - 1) / PAGE_SIZE;
+        for p in first..=last {
+            self.host_dirty[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    /// Copy guest bytes out.
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
+        let off = self.range(addr, out.len())?;
+        // SAFETY: off..off+len is inside the mapping (checked); the guest is not running on this
+        // thread, and concurrent writers (shared memory) only make the bytes racy, not invalid.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Copy bytes into the guest.
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        let off = self.range(addr, data.len())?;
+        // SAFETY: bounds checked above; see `read`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        self.mark_host_dirty(off, data.len());
+        Ok(())
+    }
+
+    /// Fill a guest range with zeroes.
+    pub fn zero(&mut self, addr: u64, len: usize) -> Result<(), MemError> {
+        let off = self.range(addr, len)?;
+        if !self.private && len >= (64 << 10) && off % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 {
+            // Shared memfd: punching a hole frees the pages and reads back as zero.
+            // SAFETY: fallocate on our memfd over an in-bounds range.
+            let r = unsafe {
+                libc::fallocate(
+                    self.memfd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+        }
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::write_bytes(self.ptr.add(off), 0, len) };
+        self.mark_host_dirty(off, len);
+        Ok(())
+    }
+
+    /// Read a little-endian u64.
+    pub fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Write a little-endian u64.
+    pub fn write_u64(&mut self, addr: u64, v: u64) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    /// Read a guest byte range into a new vector.
+    pub fn read_vec(&self, addr: u64, len: usize) -> Result<Vec<u8>, MemError> {
+        self.range(addr, len)?;
+        let mut v = vec![0u8; len];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+
+    /// Read a NUL-terminated string of at most `max` bytes (without the NUL).
+    pub fn read_cstr(&self, addr: u64, max: usize) -> Result<Vec<u8>, MemError> {
+        let mut out = Vec::new();
+        let mut a = addr;
+        let mut chunk = [0u8; 256];
+        loop {
+            let room = (self.size as u64).saturating_sub(a).min(chunk.len() as u64) as usize;
+            if room == 0 {
+                return Err(MemError::OutOfBounds { addr, len: 1 });
+            }
+            self.read(a, &mut chunk[..room])?;
+            if let Some(n) = chunk[..room].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..n]);
+                if out.len() > max {
+                    return Err(MemError::Unterminated { addr, max });
+                }
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..room]);
+            if out.len() > max {
+                return Err(MemError::Unterminated { addr, max });
+            }
+            a += room as u64;
+        }
+    }
+
+    /// Bytes of host memory the backing memfd currently holds (all views together).
+    pub fn backing_bytes(&self) -> u64 {
+        // SAFETY: fstat on our own fd into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(self.memfd.as_raw_fd(), &mut st) } != 0 {
+            return 0;
+        }
+        st.st_blocks as u64 * 512
+    }
+
+    /// Number of pages in the bitmap layout.
+    pub fn pages(&self) -> usize {
+        self.size / PAGE_SIZE
+    }
+
+    /// Restore, from `image`, every page set in `dirty` (KVM's dirty log) or written by the host
+    /// since the last reset, below the shared area. Returns the number of pages copied.
+    pub fn restore_pages(&mut self, image: &GuestMemory, dirty: &[u64]) -> usize {
+        debug_assert_eq!(image.size, self.size);
+        let limit_page = self.shared_from / PAGE_SIZE;
+        let mut copied = 0;
+        for (w, host_word) in self.host_dirty.iter_mut().enumerate() {
+            let mut bits = *host_word | dirty.get(w).copied().unwrap_or(0);
+            *host_word = 0;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let page = w * 64 + b;
+                if page >= limit_page {
+                    break;
+                }
+                let off = page * PAGE_SIZE;
+                // SAFETY: page < limit_page <= pages(), so off..off+PAGE_SIZE is inside both
+                // mappings (same size); the guest is stopped; the image is frozen.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(image.ptr.add(off), self.ptr.add(off), PAGE_SIZE)
+                };
+                copied += 1;
+            }
+        }
+        copied
+    }
+
+    /// Drop every private page (below the shared area): the view reads the image again and the
+    /// host memory is given back. Only for private views.
+    pub fn discard_private(&mut self) -> Result<(), MemError> {
+        if !self.private {
+            return Err(MemError::Os("discard_private on the main VM memory".into()));
+        }
+        self.host_dirty.iter_mut().for_each(|w| *w = 0);
+        // SAFETY: the range is inside our private mapping; MADV_DONTNEED on a MAP_PRIVATE file
+        // mapping makes the pages read the file (the frozen image) again.
+        let r = unsafe { libc::madvise(self.ptr.cast(), self.shared_from, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(os_err("madvise"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in the constructor (the MAP_FIXED
+        // sub-mapping is inside it and goes with it).
+        unsafe { libc::munmap(self.ptr.cast(), self.size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_and_strings() {
+        let mut m = GuestMemory::new_shared(2 << 20).unwrap();
+        m.write(100, b"hello\0").unwrap();
+        assert_eq!(m.read_cstr(100, 64).unwrap(), b"hello");
+        assert!(m.read_cstr(100, 3).is_err());
+        assert!(m.write((2 << 20) - 2, b"abc").is_err());
+        assert!(m.read_u64(u64::MAX - 3).is_err());
+        m.write((2 << 20) - 3, b"ab\0").unwrap();
+        assert_eq!(m.read_cstr((2 << 20) - 3, 10).unwrap(), b"ab");
+        m.write((2 << 20) - 2, b"ab").unwrap();
+        assert!(m.read_cstr((2 << 20) - 2, 10).is_err());
+    }
+
+    #[test]
+    fn private_views_copy_on_write_and_restore() {
+        let mut main = GuestMemory::new_shared(4 << 20).unwrap();
+        main.write(0x1000, b"frozen").unwrap();
+        main.write((2 << 20) + 8, b"shm").unwrap();
+        let mut a = main.fork_private(2 << 20).unwrap();
+        let mut b = main.fork_private(2 << 20).unwrap();
+        a.write(0x1000, b"AAAAAA").unwrap();
+        a.write((2 << 20) + 8, b"SHM").unwrap();
+        let mut buf = [0u8; 6];
+        b.read(0x1000, &mut buf).unwrap();
+        assert_eq!(&buf, b"frozen");
+        let mut s = [0u8; 3];
+        b.read((2 << 20) + 8, &mut s).unwrap();
+        assert_eq!(&s, b"SHM", "shared area is shared");
+        let n = a.restore_pages(&main, &[]);
+        assert_eq!(n, 1, "only the host-written private page is restored");
+        a.read(0x1000, &mut buf).unwrap();
+        assert_eq!(&buf, b"frozen");
+        b.write(0x3000, b"x").unwrap();
+        b.discard_private().unwrap();
+        let mut x = [0u8; 1];
+        b.read(0x3000, &mut x).unwrap();
+        assert_eq!(x[0], 0);
+    }
+}
