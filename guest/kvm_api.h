@@ -1,0 +1,900 @@
+/*
+ * kvm_api.h -- the edgevm guest API.
+ *
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * edgevm runs ordinary static x86_64 Linux programs inside KVM VMs, one
+ * isolated VM per HTTP request. A program initializes in main(), registers
+ * one or more request handlers, and then calls wait_for_requests(). At that
+ * point the VM is frozen; every request is served by a fresh copy-on-write
+ * fork of the frozen VM that calls the registered handler, which produces the
+ * response with backend_response*(). Anything the handler changes is thrown
+ * away afterwards (unless the program is configured as non-ephemeral).
+ *
+ * This header is source-compatible with the guest API header used by the
+ * Varnish TinyKVM "Compute" VMOD, and binary-compatible with programs built
+ * against it: the same hypercall numbers, the same calling convention and the
+ * same structure layouts. It was written from the published description of
+ * that API; it shares no text with it.
+ *
+ * ---------------------------------------------------------------------------
+ * ABI
+ * ---------------------------------------------------------------------------
+ * Every API call is a tiny assembly stub:
+ *
+ *        mov  $NUMBER, %eax
+ *        out  %eax, $0          ; VM exit: KVM_EXIT_IO, port 0, 4 bytes
+ *        ret
+ *
+ * Arguments are passed in the SysV AMD64 argument registers (rdi, rsi, rdx,
+ * rcx, r8, r9) exactly as for a normal C call, and the host leaves the result
+ * in rax (rax:rdx for 16-byte structures such as shared_memory_area()). The
+ * guest runs at CPL3 with IOPL=3, so `out` is permitted. Hypercall numbers
+ * are listed in the EDGEVM_HYPERCALL_* constants below.
+ *
+ * The stubs are emitted into every translation unit that includes this
+ * header, as weak symbols in COMDAT sections, so a program made of several
+ * .c/.cpp files links without duplicate-symbol errors, and a program may
+ * override any stub by providing its own (strong) definition. Define
+ * KVM_API_ALREADY_DEFINED before including this header to suppress the stubs
+ * completely (e.g. when they are provided by a library).
+ *
+ * All stubs live in one place: the "HYPERCALL STUBS" section at the end of
+ * this file. If an in-guest fast path replaces a stub, change it there.
+ *
+ * This header compiles as C (gnu11/c11 and later) and C++ (c++11 and later),
+ * with gcc/g++, clang and musl-gcc.
+ */
+#pragma once
+#ifndef EDGEVM_KVM_API_H
+#define EDGEVM_KVM_API_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h> /* getenv() for the IS_*() macros */
+
+#if !defined(__x86_64__)
+#error "kvm_api.h: edgevm guests must be compiled for x86_64"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ==========================================================================
+ * Hypercall numbers (identical to the reference API; do not renumber)
+ * ========================================================================== */
+#define EDGEVM_HYPERCALL_REGISTER_FUNC          0x10000
+#define EDGEVM_HYPERCALL_WAIT_FOR_REQUESTS      0x10001
+#define EDGEVM_HYPERCALL_WAIT_PAUSED            0x10002
+#define EDGEVM_HYPERCALL_SET_CACHEABLE          0x10005
+#define EDGEVM_HYPERCALL_BACKEND_RESPONSE       0x10010
+#define EDGEVM_HYPERCALL_STORAGE_RETURN         0x10011
+#define EDGEVM_HYPERCALL_STREAMING_RESPONSE     0x10012
+#define EDGEVM_HYPERCALL_STORAGE_NORETURN       0x10013
+#define EDGEVM_HYPERCALL_HTTP_APPEND            0x10020
+#define EDGEVM_HYPERCALL_HTTP_SET               0x10021
+#define EDGEVM_HYPERCALL_HTTP_FIND              0x10022
+#define EDGEVM_HYPERCALL_HTTP_METHOD            0x10023
+#define EDGEVM_HYPERCALL_REGEX_COMPILE          0x10030
+#define EDGEVM_HYPERCALL_REGEX_FREE             0x10031
+#define EDGEVM_HYPERCALL_REGEX_MATCH            0x10032
+#define EDGEVM_HYPERCALL_REGEX_SUBST            0x10033
+#define EDGEVM_HYPERCALL_REGEX_COPYTO           0x10035
+#define EDGEVM_HYPERCALL_SOCKETS_WRITE          0x10500
+#define EDGEVM_HYPERCALL_SHARED_MEMORY_AREA     0x10700
+#define EDGEVM_HYPERCALL_MAKE_EPHEMERAL         0x10703
+#define EDGEVM_HYPERCALL_IS_STORAGE             0x10706
+#define EDGEVM_HYPERCALL_STORAGE_ALLOW          0x10707
+#define EDGEVM_HYPERCALL_STORAGE_CALLV          0x10708
+#define EDGEVM_HYPERCALL_STORAGE_TASK           0x10709
+#define EDGEVM_HYPERCALL_STOP_STORAGE_TASK      0x1070A
+#define EDGEVM_HYPERCALL_MULTIPROCESS           0x10710
+#define EDGEVM_HYPERCALL_MULTIPROCESS_ARRAY     0x10711
+#define EDGEVM_HYPERCALL_MULTIPROCESS_CLONE     0x10712
+#define EDGEVM_HYPERCALL_MULTIPROCESS_WAIT      0x10713
+#define EDGEVM_HYPERCALL_GET_MEMINFO            0x10A00
+#define EDGEVM_HYPERCALL_FETCH                  0x20000
+#define EDGEVM_HYPERCALL_REQUEST                0x20001
+#define EDGEVM_HYPERCALL_LOG                    0x7F000
+#define EDGEVM_HYPERCALL_BREAKPOINT             0x7F7F7
+#define EDGEVM_HYPERCALL_IS_DEBUG               0x7FDEB
+
+/* Indices accepted by register_func(). */
+#define EDGEVM_FUNC_BACKEND_GET          1
+#define EDGEVM_FUNC_BACKEND_POST         2
+#define EDGEVM_FUNC_BACKEND_REQUEST      3
+#define EDGEVM_FUNC_BACKEND_STREAM_POST  4
+#define EDGEVM_FUNC_ON_ERROR             5
+#define EDGEVM_FUNC_ON_LIVE_UPDATE       6
+#define EDGEVM_FUNC_ON_LIVE_RESTORE      7
+#define EDGEVM_FUNC_SOCKET_PREPARE_PAUSE 12
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EDGEVM_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define EDGEVM_PRINTF(fmt, args)
+#endif
+
+#ifdef __cplusplus
+#define EDGEVM_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define EDGEVM_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+/* ==========================================================================
+ * Environment: where am I running?
+ * ==========================================================================
+ * edgevm always sets these environment variables for the guest:
+ *   KVM_NAME   program name            KVM_GROUP  program group
+ *   KVM_TYPE   "request" or "storage"  KVM_STATE  path of the state file
+ *   KVM_DEBUG  "0" or "1"
+ * plus LC_TYPE=C, LC_ALL=C, USER=root and the configured `environment`.
+ */
+static inline int kvm_api_env_equals(const char *name, const char *value)
+{
+	const char *v = getenv(name);
+	return v != NULL && __builtin_strcmp(v, value) == 0;
+}
+
+/* True when main() runs inside an edgevm (or TinyKVM) sandbox. */
+#define IS_SANDBOXED_MAIN()  (getenv("KVM_NAME") != NULL)
+/* True when main() was started as an ordinary Linux process (e.g. from a
+   terminal), so the program can run self-tests instead of serving. */
+#define IS_LINUX_MAIN()      (!IS_SANDBOXED_MAIN())
+/* True in the storage VM of a program with storage enabled. */
+#define IS_STORAGE()         kvm_api_env_equals("KVM_TYPE", "storage")
+/* True in the request VM (the VM that is forked for every request). */
+#define IS_REQUEST()         kvm_api_env_equals("KVM_TYPE", "request")
+/* True when the program is a debug program (KVM_DEBUG=1). */
+#define IS_DEBUG()           kvm_api_env_equals("KVM_DEBUG", "1")
+/* True when the request passed to a paused/request handler is a warmup
+   request generated by the server (not a real client). */
+#define IS_WARMUP_REQUEST(req) (((req)->info_flags & KVM_REQUEST_INFO_WARMUP) != 0)
+
+/* ==========================================================================
+ * Lifecycle and handler registration
+ * ==========================================================================
+ * During initialization (before wait_for_requests()) a program registers
+ * the handlers that will be called for requests:
+ *
+ *   static void on_get(const char *url, const char *arg)
+ *   {
+ *       http_set_str(RESP, "X-Hello: World");
+ *       backend_response_str(200, "text/plain", "Hello World!");
+ *   }
+ *   int main(void)
+ *   {
+ *       set_backend_get(on_get);
+ *       wait_for_requests();
+ *   }
+ *
+ * The server picks the handler by method: set_backend_request() (if set)
+ * receives every request; otherwise GET/HEAD go to the GET handler and
+ * requests with a body go to the POST (or streaming POST) handler. `url` is
+ * the request URL, `arg` the configured program argument.
+ */
+
+/* [0x10000] Register handler `idx` (see EDGEVM_FUNC_*). Only allowed before
+   wait_for_requests(); the function address must be inside the program. */
+extern void register_func(int idx, ...);
+
+/* The GET handler: called for GET/HEAD requests. */
+static inline void set_backend_get(void (*f)(const char *url, const char *arg))
+{ register_func(EDGEVM_FUNC_BACKEND_GET, f); }
+
+/* The POST handler: called with the full request body in `data`/`len`. */
+static inline void set_backend_post(void (*f)(const char *url, const char *arg,
+	const char *ctype, const uint8_t *data, size_t len))
+{ register_func(EDGEVM_FUNC_BACKEND_POST, f); }
+
+/* One request header as presented in struct kvm_request. `field` points to a
+   "Key: value" string of `field_len` bytes (zero-terminated), and
+   field[field_colon] == ':'. */
+struct kvm_request_header {
+	const char *field;
+	uint32_t    field_colon;
+	uint32_t    field_len;
+};
+
+/* kvm_request.info_flags bits. */
+#define KVM_REQUEST_INFO_WARMUP 0x1
+
+/* A complete request, as passed to set_backend_request() handlers and
+   written by wait_for_requests_paused(). All strings are zero-terminated,
+   and the lengths exclude the terminator. */
+struct kvm_request {
+	const char *method;
+	const char *url;
+	const char *arg;
+	const char *content_type;
+	uint16_t    method_len;
+	uint16_t    url_len;
+	uint16_t    arg_len;
+	uint16_t    content_type_len;
+	const uint8_t *content;     /* Request body, can be NULL. */
+	size_t      content_len;
+	/* Request headers. */
+	const struct kvm_request_header *headers;
+	uint16_t    num_headers;
+	uint16_t    info_flags;     /* KVM_REQUEST_INFO_* */
+	uint32_t    reserved0;
+	union {
+		uint64_t reserved1[2];
+		uint64_t prng[2];   /* Per-request random seed from the host. */
+	};
+};
+/* Older programs call it struct backend_request; the first fields are
+   identical. Define KVM_API_NO_BACKEND_REQUEST to drop the alias. */
+#ifndef KVM_API_NO_BACKEND_REQUEST
+#define backend_request kvm_request
+#endif
+
+/* The generic request handler. Takes precedence over GET/POST handlers. */
+static inline void set_backend_request(void (*f)(const struct kvm_request *))
+{ register_func(EDGEVM_FUNC_BACKEND_REQUEST, f); }
+
+/* Streaming POST: called for each body segment as it arrives, `off` is the
+   offset of `data` in the whole body. Must return the number of bytes
+   consumed (normally `len`). The POST handler is called at the end. */
+static inline void set_backend_stream_post(long (*f)(const char *url, const char *arg,
+	const char *ctype, const uint8_t *data, size_t len, size_t off))
+{ register_func(EDGEVM_FUNC_BACKEND_STREAM_POST, f); }
+
+/* Called when a request fails with an exception (crash, timeout, missing
+   response, ...). It may produce a custom error response; it has a short
+   time budget (about 1 second). Otherwise the client gets a 500. */
+static inline void set_on_error(void (*f)(const char *url, const char *arg,
+	const char *exception))
+{ register_func(EDGEVM_FUNC_ON_ERROR, f); }
+
+/* Live update: when a new version of the program is uploaded, the old
+   storage VM's on_live_update() is called and hands over its state with
+   storage_return(buf, len). The new program's on_live_restore(datalen) is
+   then called and names the destination with storage_return(dst, datalen). */
+static inline void set_on_live_update(void (*f)(void))
+{ register_func(EDGEVM_FUNC_ON_LIVE_UPDATE, f); }
+static inline void set_on_live_restore(void (*f)(size_t datalen))
+{ register_func(EDGEVM_FUNC_ON_LIVE_RESTORE, f); }
+
+/* Called with a socket fd before a paused VM is paused (experimental TCP). */
+static inline void set_socket_prepare_for_pause(void (*f)(int fd))
+{ register_func(EDGEVM_FUNC_SOCKET_PREPARE_PAUSE, f); }
+
+/* [0x10001] Ends initialization: the VM is frozen right here and becomes
+   the template for all request VMs. Mandatory; a program that never calls
+   it (or wait_for_requests_paused()) fails to load. Each request is a fresh
+   call of a registered handler on a new stack. Does not return in the
+   initialized VM. */
+extern void wait_for_requests(void);
+
+/* [0x10002] Event-loop style serving: the VM is paused at this call and is
+   resumed for each request with `*req` filled in (strings live in a 64 KiB
+   input area). Respond with backend_response*(), then loop:
+
+     for (;;) {
+         struct kvm_request req;
+         wait_for_requests_paused(&req);
+         backend_response_str(200, "text/plain", req.url);
+     }
+*/
+extern void wait_for_requests_paused(struct kvm_request *req);
+
+/* ==========================================================================
+ * Responses
+ * ========================================================================== */
+
+/* One extra response header "Key: value" (not zero-terminated necessarily). */
+struct ResponseHeader {
+	const char *field;
+	size_t      field_len;
+};
+
+/* Extra response options for backend_response_extra(). */
+struct BackendResponseExtra {
+	const struct ResponseHeader *headers; /* Up to 64 headers. */
+	uint16_t num_headers;
+	bool     cached;  /* Whether the response may be cached. */
+	float    ttl;     /* Seconds. */
+	float    grace;   /* Seconds. */
+	float    keep;    /* Seconds. */
+	uint64_t reserved[4];
+};
+
+/* [0x10010] Produce the response and end the request. Status must be in
+   200..599, the content type shorter than 4096 bytes. The body is read
+   directly from guest memory. `extra` may be NULL. In a handler this call
+   does not come back; in wait_for_requests_paused() mode the VM continues
+   after it when the next request arrives. */
+extern void __attribute__((used))
+sys_backend_response(int16_t status, const void *ctype, size_t ctype_len,
+	const void *content, size_t content_len,
+	const struct BackendResponseExtra *extra);
+
+/* Response with explicit lengths. */
+static inline void
+backend_response(int16_t status, const void *ctype, size_t ctype_len,
+	const void *content, size_t content_len)
+{
+	sys_backend_response(status, ctype, ctype_len, content, content_len, NULL);
+}
+
+/* Response from zero-terminated content type and body. */
+static inline void
+backend_response_str(int16_t status, const char *ctype, const char *content)
+{
+	sys_backend_response(status, ctype, __builtin_strlen(ctype),
+		content, __builtin_strlen(content), NULL);
+}
+
+/* Response with extra headers and caching options. */
+static inline void
+backend_response_extra(int16_t status, const void *ctype, size_t ctype_len,
+	const void *content, size_t content_len,
+	const struct BackendResponseExtra *extra)
+{
+	sys_backend_response(status, ctype, ctype_len, content, content_len, extra);
+}
+
+/* Streaming responses: the callback is called repeatedly in the same VM and
+   returns the next chunk, between 1 and `max` bytes (0 = stalled, which
+   fails the delivery). `written` bytes have been sent out of `total`. */
+struct streaming_content {
+	const void *data;
+	size_t      len;
+};
+typedef struct streaming_content (*content_stream_func)(void *arg, size_t max,
+	size_t written, size_t total);
+
+/* [0x10012] Start a streamed response of `content_length` bytes. All headers
+   must be set before this call. Never returns. */
+extern void __attribute__((noreturn, used))
+begin_streaming_response(int16_t status, const void *ctype, size_t ctype_len,
+	size_t content_length, content_stream_func content_cb, const void *arg);
+
+/* ==========================================================================
+ * HTTP header fields
+ * ==========================================================================
+ * `where` selects the header set. The server chooses client or backend
+ * context itself, so REQ == BEREQ and RESP == BERESP.
+ * Header fields are "Key: value": 4..65535 bytes, a colon followed by a
+ * space, no leading/trailing whitespace, no control characters in the key.
+ */
+static const int REQ      = 0;
+static const int RESP     = 1;
+static const int REQUEST  = 0;
+static const int RESPONSE = 1;
+static const int BEREQ    = 0;
+static const int BERESP   = 1;
+#define EDGEVM_HTTP_FMT_SIZE 4096
+static const unsigned HTTP_FMT_SIZE = EDGEVM_HTTP_FMT_SIZE; /* Most fields fit. */
+
+/* [0x10020] Append a header field (duplicates allowed). */
+extern long sys_http_append(int where, const char *field, size_t len);
+
+/* Append a zero-terminated header field. */
+static inline void
+http_append_str(int where, const char *field)
+{ sys_http_append(where, field, __builtin_strlen(field)); }
+
+/* Append a printf-formatted header field (max HTTP_FMT_SIZE bytes). */
+static inline void EDGEVM_PRINTF(2, 3)
+http_appendf(int where, const char *fmt, ...)
+{
+	char buffer[EDGEVM_HTTP_FMT_SIZE];
+	va_list ap;
+	va_start(ap, fmt);
+	const int len = __builtin_vsnprintf(buffer, sizeof(buffer), fmt, ap);
+	va_end(ap);
+	if (len >= 0)
+		sys_http_append(where, buffer,
+			(size_t)len < sizeof(buffer) ? (size_t)len : sizeof(buffer) - 1);
+}
+
+/* [0x10021] Set (or overwrite) the field "Key: value". A string without a
+   colon is a key, and unsets that field. */
+extern long sys_http_set(int where, const char *field, size_t len);
+
+/* Set a zero-terminated header field. */
+static inline void
+http_set_str(int where, const char *field)
+{ sys_http_set(where, field, __builtin_strlen(field)); }
+
+/* Set a printf-formatted header field (max HTTP_FMT_SIZE bytes). */
+static inline void EDGEVM_PRINTF(2, 3)
+http_setf(int where, const char *fmt, ...)
+{
+	char buffer[EDGEVM_HTTP_FMT_SIZE];
+	va_list ap;
+	va_start(ap, fmt);
+	const int len = __builtin_vsnprintf(buffer, sizeof(buffer), fmt, ap);
+	va_end(ap);
+	if (len >= 0)
+		sys_http_set(where, buffer,
+			(size_t)len < sizeof(buffer) ? (size_t)len : sizeof(buffer) - 1);
+}
+
+/* Remove a header field by key (zero-terminated / explicit length). */
+static inline long
+http_unset_str(int where, const char *key)
+{ return sys_http_set(where, key, __builtin_strlen(key)); }
+
+static inline long
+http_unset(int where, const char *key, size_t len)
+{ return sys_http_set(where, key, len); }
+
+/* [0x10022] Find the header field with key `key` and copy the whole field
+   ("Key: value") into outb. Returns its length; 0 if it is missing or does
+   not fit in outl. With outb == NULL returns the length (0 if missing). */
+extern unsigned
+sys_http_find(int where, const char *key, size_t key_len, char *outb, size_t outl);
+
+static inline unsigned
+http_find_str(int where, const char *key, char *outb, size_t outl)
+{ return sys_http_find(where, key, __builtin_strlen(key), outb, outl); }
+
+/* Length of a header field, 0 if missing. */
+static inline unsigned
+http_find_strlen(int where, const char *key)
+{ return sys_http_find(where, key, __builtin_strlen(key), NULL, 0); }
+
+/* Find a header field and return it as a malloc'ed zero-terminated string
+   ("" when missing). The caller owns the result. */
+static inline const char *
+http_alloc_find(int where, const char *key)
+{
+	char buffer[EDGEVM_HTTP_FMT_SIZE];
+	unsigned len = sys_http_find(where, key, __builtin_strlen(key),
+		buffer, sizeof(buffer));
+	if (len >= sizeof(buffer))
+		len = 0;
+	char *result = (char *)malloc(len + 1);
+	if (result != NULL) {
+		__builtin_memcpy(result, buffer, len);
+		result[len] = 0;
+	}
+	return result;
+}
+
+/* [0x10023] Copy the request method ("GET", "POST", ...) into outb. Returns
+   its length, 0 if outb is too small, the needed length if outb is NULL. */
+extern unsigned long sys_http_method(char *outb, size_t outl);
+
+/* The request method as a malloc'ed zero-terminated string. */
+static inline const char *
+http_alloc_method(void)
+{
+	char *result = (char *)malloc(16);
+	if (result != NULL) {
+		unsigned long len = sys_http_method(result, 15);
+		result[len < 16 ? len : 0] = 0;
+	}
+	return result;
+}
+
+/* ==========================================================================
+ * Caching
+ * ========================================================================== */
+
+/* [0x10005] Make the response cacheable with the given TTL, grace and keep
+   in milliseconds. Only valid in backend context; returns -1 otherwise. */
+extern long
+sys_set_cacheable(bool cached, long ttl_ms, long grace_ms, long keep_ms);
+
+/* The same with durations in seconds. */
+static inline long
+set_cacheable(bool cached, float ttl, float grace, float keep)
+{
+	return sys_set_cacheable(cached, (long)(ttl * 1000.0f),
+		(long)(grace * 1000.0f), (long)(keep * 1000.0f));
+}
+
+/* ==========================================================================
+ * Regular expressions (host-side PCRE-compatible engine, max 64 handles)
+ * ========================================================================== */
+#define REGEX_SUBST_ALL 0x1
+
+/* [0x10030] Compile a pattern; returns a handle >= 0 or negative on error. */
+extern int  sys_regex_compile(const char *pattern, size_t len);
+/* [0x10031] Free a compiled pattern. */
+extern void sys_regex_free(int rgx);
+/* [0x10032] Match; returns > 0 on match, 0 on no match, negative on error. */
+extern int  sys_regex_match(int rgx, const char *buf, size_t len);
+/* [0x10033] Substitute matches of `rgx` in `buf` by `subst` into dst.
+   Flags: REGEX_SUBST_ALL. Returns the result length or negative. */
+extern long sys_regex_subst(int rgx, const char *buf, const char *subst,
+	char *dst, size_t dstlen, int flags);
+/* [0x10035] Copy the header fields matching `rgx` from one header set
+   (REQ/RESP...) to another. Returns the number of fields copied. */
+extern int  sys_regex_copyto(int rgx, int srchp, int dsthp);
+
+/* ==========================================================================
+ * Storage
+ * ==========================================================================
+ * A program with storage enabled gets a second, long-lived VM: the storage
+ * VM, started from the same binary (IS_STORAGE() is true there). Its memory
+ * is never reset, so it can hold mutable state. Request VMs call functions
+ * in the storage VM with storage_call()/storage_callv(): the input buffers
+ * are copied into storage, the function runs there, and the result passed
+ * to storage_return() is copied back. Calls are serialized (one at a time).
+ *
+ *   static int counter = 0;
+ *   static void increment(size_t n, struct virtbuffer buf[n], size_t res)
+ *   {
+ *       counter++;
+ *       storage_return(&counter, sizeof(counter));
+ *   }
+ *   ... in a request handler:
+ *   int value;
+ *   storage_call(increment, NULL, 0, &value, sizeof(value));
+ *
+ * The storage VM may restrict which functions can be called with
+ * STORAGE_ALLOW(fn) during initialization (no calls = everything allowed).
+ */
+
+/* A buffer passed to or from storage. */
+struct virtbuffer {
+	const void *data;
+	size_t      len;
+};
+
+/* A storage function: `n` input buffers, `res` is the size of the caller's
+   result buffer. Must end with storage_return*() or storage_noreturn(). */
+typedef void (*storage_func)(size_t n, struct virtbuffer buffers[], size_t res);
+
+/* [0x10706] Returns 1 in the storage VM, 0 otherwise. */
+extern int sys_is_storage(void);
+
+/* [0x10708] Call `func` in storage with `n` (<= 64) input buffers; the
+   result is copied into dst (at most dstlen bytes). Returns the result
+   length (the full length if dst is NULL), or -1 on error (including when
+   called from storage itself). */
+extern long storage_callv(storage_func func, size_t n,
+	const struct virtbuffer buffers[], void *dst, size_t dstlen);
+
+/* Call `func` in storage with a single input buffer. */
+static inline long
+storage_call(storage_func func, const void *src, size_t len, void *dst, size_t dstlen)
+{
+	struct virtbuffer buf[1];
+	buf[0].data = src;
+	buf[0].len = len;
+	return storage_callv(func, 1, buf, dst, dstlen);
+}
+
+/* A storage task: runs in storage with a copy of `data`. */
+typedef void (*storage_task_func)(void *data, size_t len);
+
+/* [0x10709] Queue `task` to run in storage after `start` ms and then every
+   `period` ms (0, 0 = run once, as soon as possible). `data` (<= 2 MB) is
+   copied. Returns a task/timer id, or negative on error. */
+extern long sys_storage_task(storage_task_func task, const void *data,
+	size_t len, uint64_t start_ms, uint64_t period_ms);
+
+/* Queue a task to run in storage as soon as possible. */
+static inline long
+storage_task(storage_task_func task, const void *data, size_t len)
+{ return sys_storage_task(task, data, len, 0, 0); }
+
+/* Schedule a (periodic) task; start and period in seconds. */
+static inline long
+schedule_storage_task(storage_task_func task, const void *data, size_t len,
+	float start, float period)
+{
+	return sys_storage_task(task, data, len,
+		(uint64_t)(start * 1000.0f), (uint64_t)(period * 1000.0f));
+}
+
+/* [0x1070A] Stop a scheduled task. Returns true on success. */
+extern long stop_storage_task(long task);
+
+/* [0x10011] From a storage function: hand `len` bytes at `data` back to the
+   caller. The function then continues (briefly) so it can clean up and
+   return normally. */
+extern void storage_return(const void *data, size_t len);
+
+/* Return no data from a storage function. */
+static inline void storage_return_nothing(void) { storage_return(NULL, 0); }
+
+/* [0x10013] Like storage_return(), but the function is never resumed. */
+extern void __attribute__((noreturn))
+storage_noreturn(const void *data, size_t len);
+
+/* [0x10707] Add `fn` to the storage allow-list. Only from the storage VM,
+   during initialization. */
+extern long sys_storage_allow(void (*fn)(void));
+#define STORAGE_ALLOW(fn) sys_storage_allow((void (*)(void))(fn))
+
+/* ==========================================================================
+ * Shared memory
+ * ==========================================================================
+ * With `shared_memory` configured, the top of the guest address space is
+ * shared by all VMs of a program (never copy-on-write), so writes are seen
+ * by every request VM and storage immediately. Use atomics.
+ */
+struct shared_memory_info {
+	uint64_t ptr; /* First byte of the area. */
+	uint64_t end; /* One past the last byte. */
+};
+/* [0x10700] The shared area, or {0, 0} when not configured. */
+extern struct shared_memory_info shared_memory_area(void);
+
+/* Bump allocator over the shared area; returns NULL when it is full. Meant
+   for main() (allocations are then identical in all VMs). */
+#define SHM_ALLOC_BYTES(n) internal_shm_alloc((n), 8)
+#define SHM_ALLOC_TYPE(T)  ((__typeof__(T) *)internal_shm_alloc(sizeof(T), __alignof__(T)))
+#define SHM_ALLOC(x)       ((__typeof__(x) *)internal_shm_alloc(sizeof(x), __alignof__(x)))
+
+/* One allocator state per program (weak: shared by all translation units). */
+__attribute__((weak)) struct shared_memory_info edgevm_shm_alloc_state;
+
+static inline void *
+internal_shm_alloc(size_t size, size_t align)
+{
+	struct shared_memory_info *info = &edgevm_shm_alloc_state;
+	if (info->ptr == 0)
+		*info = shared_memory_area();
+	if (align == 0)
+		align = 1;
+	const uint64_t p = (info->ptr + (align - 1)) & ~(uint64_t)(align - 1);
+	if (p == 0 || p + size > info->end || p + size < p)
+		return NULL;
+	info->ptr = p + size;
+	return (void *)(uintptr_t)p;
+}
+
+/* ==========================================================================
+ * Ephemeral VMs and memory
+ * ========================================================================== */
+
+/* [0x10703] Choose whether request VMs are reset after every request.
+   Only before wait_for_requests() and only when the configuration allows it
+   (control_ephemeral); returns -1 otherwise. */
+extern int sys_make_ephemeral(int ephemeral);
+
+struct meminfo {
+	uint64_t max_memory;     /* Main memory size. */
+	uint64_t max_reqmem;     /* Max copy-on-write memory per request. */
+	uint64_t reqmem_upper;   /* High-water mark of request memory. */
+	uint64_t reqmem_current; /* Request memory in use now. */
+};
+/* [0x10A00] Fill in memory limits and usage. */
+extern void get_meminfo(struct meminfo *info);
+
+/* ==========================================================================
+ * Multiprocessing (extra vCPUs inside one request VM)
+ * ========================================================================== */
+
+/* [0x10710] Start n-1 extra vCPUs (n >= 2 total), each calling func(arg).
+   The caller is vCPU 0 and should do its share, then multiprocess_wait(). */
+typedef void (*multiprocess_t)(void *arg);
+extern long multiprocess(size_t n, multiprocess_t func, void *arg);
+
+/* [0x10711] Like multiprocess(), passing (vcpu, array, element_size). */
+typedef void (*multiprocess_array_t)(int vcpu, void *array, size_t element_size);
+extern long multiprocess_array(size_t n, multiprocess_array_t func,
+	void *array, size_t element_size);
+
+/* [0x10712] Start n-1 extra vCPUs at the current instruction, each with its
+   own stack of stack_size bytes carved from stack_base. RFLAGS, RSP, RBP,
+   RAX, R14 and R15 are clobbered. */
+extern long multiprocess_clone(size_t n, void *stack_base, size_t stack_size);
+
+/* [0x10713] Wait for all extra vCPUs to finish. */
+extern long multiprocess_wait(void);
+
+/* The current vCPU id (%gs:0); 0 on the main vCPU. Not a hypercall. */
+extern int vcpuid(void) __attribute__((const));
+/* The index of the request VM this code runs in (%gs:4). Not a hypercall. */
+extern int vcpureqid(void) __attribute__((const));
+
+/* ==========================================================================
+ * HTTP fetch (outgoing requests)
+ * ==========================================================================
+ * sys_fetch() performs an HTTP request from the host. A path-only URL
+ * ("/foo") is a request to the server itself. It is a POST when
+ * post_buffer is set. When `content` is NULL the host allocates the result
+ * buffer in guest memory. Returns 0 on success.
+ */
+struct curl_op {
+	uint32_t    status;          /* out: HTTP status */
+	uint32_t    post_buflen;
+	const void *post_buffer;
+	char       *headers;         /* out: response headers */
+	uint32_t    headers_length;
+	uint32_t    unused1;
+	void       *content;         /* in/out: response body */
+	uint32_t    content_length;
+	uint32_t    ctlen;           /* out: content type length */
+	char        ctype[128];      /* out: content type */
+};
+#define CURL_FIELDS_COUNT 12u
+/* Up to 12 extra request header fields. */
+struct curl_fields {
+	const char *ptr[CURL_FIELDS_COUNT];
+	uint16_t    len[CURL_FIELDS_COUNT];
+};
+#define CURL_SETFIELD(f, idx, value) \
+	do { (f).ptr[idx] = (value); (f).len[idx] = (uint16_t)__builtin_strlen(value); } while (0)
+struct curl_options {
+	const char *interface;        /* Network interface to bind to. */
+	const char *unused;
+	int8_t      follow_location;  /* Follow redirects. */
+	int8_t      dummy_fetch;      /* Do not keep the content. */
+	int8_t      tcp_fast_open;
+	int8_t      dont_verify_host;
+	uint32_t    unused_opt5;
+};
+/* [0x20000] fields and options may be NULL. */
+extern long sys_fetch(const char *url, size_t url_len, struct curl_op *op,
+	struct curl_fields *fields, struct curl_options *opts);
+/* [0x20001] Self-request; declared for compatibility, not implemented
+   (returns -ENOSYS). */
+extern long sys_request(const char *url, size_t url_len, struct curl_op *op,
+	struct curl_fields *fields, struct curl_options *opts);
+
+/* ==========================================================================
+ * Logging and debugging
+ * ========================================================================== */
+
+/* [0x7F000] Write a log line (goes to the server log with the program
+   name; guest stdout/stderr go to the same place). */
+extern void sys_log(const char *buf, size_t len);
+
+/* printf-style logging (lines up to 2 KiB). */
+static inline void EDGEVM_PRINTF(1, 2)
+vlogf(const char *fmt, ...)
+{
+	char buffer[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	const int len = __builtin_vsnprintf(buffer, sizeof(buffer), fmt, ap);
+	va_end(ap);
+	if (len >= 0 && (size_t)len < sizeof(buffer)) {
+		sys_log(buffer, (size_t)len);
+	} else {
+		static const char overflow[] = "(log message too long)";
+		sys_log(overflow, sizeof(overflow) - 1);
+	}
+}
+
+/* [0x7FDEB] 1 if this is a debug program, else 0. */
+extern int sys_is_debug(void);
+
+/* [0x7F7F7] Breakpoint for remote GDB (debug programs only; no-op else). */
+extern void sys_breakpoint(void);
+
+/* ==========================================================================
+ * Utilities
+ * ========================================================================== */
+
+/* Embed a file into the program (read-only, unaligned). Use at file scope
+   in exactly one translation unit:
+     EMBED_BINARY(index_html, "index.html")
+   defines `char index_html[]` and `unsigned index_html_size`. */
+#define EMBED_BINARY(name, filename)                     \
+	__asm__(".pushsection .rodata\n"                     \
+		".global " #name "\n"                            \
+		".type " #name ", @object\n"                     \
+		#name ":\n"                                      \
+		"\t.incbin " #filename "\n"                      \
+		#name "_end:\n"                                  \
+		"\t.byte 0\n"                                    \
+		".p2align 2\n"                                   \
+		".global " #name "_size\n"                       \
+		".type " #name "_size, @object\n"                \
+		#name "_size:\n"                                 \
+		"\t.int " #name "_end - " #name "\n"             \
+		".popsection\n");                                \
+	extern char name[];                                  \
+	extern unsigned name##_size;
+
+/* Cast away constness/type of a pointer ("I know what I'm doing"). */
+#define TRUST_ME(ptr) ((void *)(uintptr_t)(ptr))
+
+/* ==========================================================================
+ * Layout checks (binary compatibility with the reference ABI)
+ * ========================================================================== */
+EDGEVM_STATIC_ASSERT(sizeof(struct kvm_request_header) == 16, "kvm_request_header");
+EDGEVM_STATIC_ASSERT(offsetof(struct kvm_request, method_len) == 32, "kvm_request");
+EDGEVM_STATIC_ASSERT(offsetof(struct kvm_request, content) == 40, "kvm_request");
+EDGEVM_STATIC_ASSERT(offsetof(struct kvm_request, headers) == 56, "kvm_request");
+EDGEVM_STATIC_ASSERT(offsetof(struct kvm_request, info_flags) == 66, "kvm_request");
+EDGEVM_STATIC_ASSERT(sizeof(struct kvm_request) == 88, "kvm_request");
+EDGEVM_STATIC_ASSERT(sizeof(struct ResponseHeader) == 16, "ResponseHeader");
+EDGEVM_STATIC_ASSERT(offsetof(struct BackendResponseExtra, cached) == 10, "BackendResponseExtra");
+EDGEVM_STATIC_ASSERT(offsetof(struct BackendResponseExtra, ttl) == 12, "BackendResponseExtra");
+EDGEVM_STATIC_ASSERT(sizeof(struct BackendResponseExtra) == 56, "BackendResponseExtra");
+EDGEVM_STATIC_ASSERT(sizeof(struct virtbuffer) == 16, "virtbuffer");
+EDGEVM_STATIC_ASSERT(sizeof(struct meminfo) == 32, "meminfo");
+EDGEVM_STATIC_ASSERT(offsetof(struct curl_op, ctype) == 48, "curl_op");
+EDGEVM_STATIC_ASSERT(sizeof(struct curl_op) == 176, "curl_op");
+EDGEVM_STATIC_ASSERT(sizeof(struct curl_fields) == 120, "curl_fields");
+EDGEVM_STATIC_ASSERT(sizeof(struct curl_options) == 24, "curl_options");
+
+/* ==========================================================================
+ * HYPERCALL STUBS
+ * ==========================================================================
+ * Each API entry point is `mov $NUM, %eax; out %eax, $0; ret`. They are
+ * weak symbols in COMDAT sections: the linker keeps one copy per program,
+ * and a strong definition elsewhere overrides them. To replace a call with
+ * an in-guest fast path, change its line here (or define it elsewhere).
+ */
+#ifndef KVM_API_ALREADY_DEFINED
+
+#define EDGEVM_STUB_BEGIN(name)                                              \
+	".pushsection .text.edgevm." #name ",\"axG\",@progbits," #name ",comdat\n" \
+	".weak " #name "\n"                                                      \
+	".type " #name ", @function\n"                                           \
+	".p2align 4\n"                                                           \
+	#name ":\n"                                                              \
+	".cfi_startproc\n"
+#define EDGEVM_STUB_END(name)                                                \
+	".cfi_endproc\n"                                                         \
+	".size " #name ", . - " #name "\n"                                       \
+	".popsection\n"
+#define EDGEVM_STUB_STR_(x) #x
+#define EDGEVM_STUB_STR(x) EDGEVM_STUB_STR_(x)
+
+/* A hypercall: number in eax, OUT to port 0, result in rax. */
+#define EDGEVM_HYPERCALL_STUB(name, num)                                     \
+	__asm__(EDGEVM_STUB_BEGIN(name)                                          \
+		"\tmov $" EDGEVM_STUB_STR(num) ", %eax\n"                            \
+		"\tout %eax, $0\n"                                                   \
+		"\tret\n"                                                            \
+		EDGEVM_STUB_END(name))
+
+EDGEVM_HYPERCALL_STUB(register_func,            EDGEVM_HYPERCALL_REGISTER_FUNC);
+EDGEVM_HYPERCALL_STUB(wait_for_requests,        EDGEVM_HYPERCALL_WAIT_FOR_REQUESTS);
+EDGEVM_HYPERCALL_STUB(wait_for_requests_paused, EDGEVM_HYPERCALL_WAIT_PAUSED);
+EDGEVM_HYPERCALL_STUB(sys_set_cacheable,        EDGEVM_HYPERCALL_SET_CACHEABLE);
+EDGEVM_HYPERCALL_STUB(sys_backend_response,     EDGEVM_HYPERCALL_BACKEND_RESPONSE);
+EDGEVM_HYPERCALL_STUB(storage_return,           EDGEVM_HYPERCALL_STORAGE_RETURN);
+EDGEVM_HYPERCALL_STUB(begin_streaming_response, EDGEVM_HYPERCALL_STREAMING_RESPONSE);
+EDGEVM_HYPERCALL_STUB(storage_noreturn,         EDGEVM_HYPERCALL_STORAGE_NORETURN);
+EDGEVM_HYPERCALL_STUB(sys_http_append,          EDGEVM_HYPERCALL_HTTP_APPEND);
+EDGEVM_HYPERCALL_STUB(sys_http_set,             EDGEVM_HYPERCALL_HTTP_SET);
+EDGEVM_HYPERCALL_STUB(sys_http_find,            EDGEVM_HYPERCALL_HTTP_FIND);
+EDGEVM_HYPERCALL_STUB(sys_http_method,          EDGEVM_HYPERCALL_HTTP_METHOD);
+EDGEVM_HYPERCALL_STUB(sys_regex_compile,        EDGEVM_HYPERCALL_REGEX_COMPILE);
+EDGEVM_HYPERCALL_STUB(sys_regex_free,           EDGEVM_HYPERCALL_REGEX_FREE);
+EDGEVM_HYPERCALL_STUB(sys_regex_match,          EDGEVM_HYPERCALL_REGEX_MATCH);
+EDGEVM_HYPERCALL_STUB(sys_regex_subst,          EDGEVM_HYPERCALL_REGEX_SUBST);
+EDGEVM_HYPERCALL_STUB(sys_regex_copyto,         EDGEVM_HYPERCALL_REGEX_COPYTO);
+EDGEVM_HYPERCALL_STUB(shared_memory_area,       EDGEVM_HYPERCALL_SHARED_MEMORY_AREA);
+EDGEVM_HYPERCALL_STUB(sys_make_ephemeral,       EDGEVM_HYPERCALL_MAKE_EPHEMERAL);
+EDGEVM_HYPERCALL_STUB(sys_is_storage,           EDGEVM_HYPERCALL_IS_STORAGE);
+EDGEVM_HYPERCALL_STUB(sys_storage_allow,        EDGEVM_HYPERCALL_STORAGE_ALLOW);
+EDGEVM_HYPERCALL_STUB(storage_callv,            EDGEVM_HYPERCALL_STORAGE_CALLV);
+EDGEVM_HYPERCALL_STUB(sys_storage_task,         EDGEVM_HYPERCALL_STORAGE_TASK);
+EDGEVM_HYPERCALL_STUB(stop_storage_task,        EDGEVM_HYPERCALL_STOP_STORAGE_TASK);
+EDGEVM_HYPERCALL_STUB(multiprocess,             EDGEVM_HYPERCALL_MULTIPROCESS);
+EDGEVM_HYPERCALL_STUB(multiprocess_array,       EDGEVM_HYPERCALL_MULTIPROCESS_ARRAY);
+EDGEVM_HYPERCALL_STUB(multiprocess_clone,       EDGEVM_HYPERCALL_MULTIPROCESS_CLONE);
+EDGEVM_HYPERCALL_STUB(multiprocess_wait,        EDGEVM_HYPERCALL_MULTIPROCESS_WAIT);
+EDGEVM_HYPERCALL_STUB(get_meminfo,              EDGEVM_HYPERCALL_GET_MEMINFO);
+EDGEVM_HYPERCALL_STUB(sys_fetch,                EDGEVM_HYPERCALL_FETCH);
+EDGEVM_HYPERCALL_STUB(sys_request,              EDGEVM_HYPERCALL_REQUEST);
+EDGEVM_HYPERCALL_STUB(sys_log,                  EDGEVM_HYPERCALL_LOG);
+EDGEVM_HYPERCALL_STUB(sys_is_debug,             EDGEVM_HYPERCALL_IS_DEBUG);
+EDGEVM_HYPERCALL_STUB(sys_breakpoint,           EDGEVM_HYPERCALL_BREAKPOINT);
+
+/* Not hypercalls: per-vCPU data the host keeps at %gs. */
+__asm__(EDGEVM_STUB_BEGIN(vcpuid)
+	"\tmovl %gs:0, %eax\n"
+	"\tret\n"
+	EDGEVM_STUB_END(vcpuid));
+__asm__(EDGEVM_STUB_BEGIN(vcpureqid)
+	"\tmovl %gs:4, %eax\n"
+	"\tret\n"
+	EDGEVM_STUB_END(vcpureqid));
+
+#endif /* KVM_API_ALREADY_DEFINED */
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* EDGEVM_KVM_API_H */
