@@ -1,1 +1,12 @@
-//! edgevm-server
+//! edgevm-server: the HTTP front end, configuration wiring, program fetch/cache and metrics.
+//!
+//! This crate is the only one that knows about HTTP. It turns each incoming HTTP request into a
+//! [`edgevm_runtime::GuestRequest`], hands it to the runtime through
+//! [`edgevm_runtime::ProgramHost`] and turns the answer back into an HTTP response.
+//!
+//! - [`http`]: the hyper-based HTTP/1 server ([`http::serve`], [`http::run_server`],
+//!   [`http::HttpServer`]), routing (`/<program>/...`), error mapping, graceful shutdown, the
+//!   [`http::AdminHandler`] hook for `/metrics` and `/_edgevm/...`, and a native
+//!   "Hello World!" baseline server for benchmarks.
+
+pub mod http;

@@ -1,0 +1,717 @@
+//! The HTTP/1 front end (hyper 1.x on tokio).
+//!
+//! Every request is routed by the first path segment of its URL: `/<program>` and anything
+//! below it (`/<program>/a/b?x=1`) goes to the program named `<program>` through
+//! [`ProgramHost::submit`]. The program sees the request target exactly as the client sent it
+//! (path and query, Varnish `req.url`), the method (HEAD included), the headers and the whole
+//! body. Paths whose first segment is `metrics` or `_edgevm` are reserved for an
+//! [`AdminHandler`]; `/` itself answers 404 with a short hint.
+//!
+//! The server is HTTP/1 only, keeps connections alive, limits request headers
+//! ([`HttpOptions::max_header_bytes`], answered by hyper with 431 and a closed connection) and
+//! bodies ([`HttpOptions::max_body_bytes`], answered with 413 without reading the rest), and
+//! shuts down gracefully: it stops accepting, lets in-flight requests finish (up to
+//! [`HttpOptions::shutdown_grace`]) and returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeError};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+#[cfg(test)]
+mod tests;
+
+/// The response body type of every response this server produces (always fully buffered).
+type RespBody = Full<Bytes>;
+
+/// hyper's default read buffer limit (`8192 + 4096 * 100`); raised when headers may be larger.
+const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+/// hyper's default limit on the number of request headers.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// First path segments that never reach a program.
+pub const RESERVED_SEGMENTS: &[&str] = &["metrics", "_edgevm"];
+
+/// Settings of the HTTP front end.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413 Payload Too Large (announced sizes
+    /// are refused before reading anything, chunked bodies as soon as they cross the limit).
+    /// Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted; larger ones get 431 Request
+    /// Header Fields Too Large and the connection is closed. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (431 beyond). Default 100.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head before the connection is closed.
+    /// `None` disables the timeout. Default 30 s.
+    pub header_read_timeout: Option<Duration>,
+    /// Keep HTTP/1.1 connections alive between requests. Default true.
+    pub keep_alive: bool,
+    /// On shutdown, how long in-flight requests may take to finish before the server returns
+    /// anyway. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Add `Server: edgevm` to responses that don't set a Server header. Default true.
+    pub server_header: bool,
+}
+
+impl HttpOptions {
+    /// Defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        HttpOptions {
+            listen,
+            max_body_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
+            max_headers: HYPER_DEFAULT_MAX_HEADERS,
+            header_read_timeout: Some(Duration::from_secs(30)),
+            keep_alive: true,
+            shutdown_grace: Duration::from_secs(30),
+            server_header: true,
+        }
+    }
+
+    /// The hyper connection builder these options describe.
+    fn builder(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .keep_alive(self.keep_alive)
+            .header_read_timeout(self.header_read_timeout)
+            .max_header_size(self.max_header_bytes)
+            // The read buffer must be able to hold a whole request head.
+            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes.saturating_add(8192)));
+        if self.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            // hyper moves header parsing to the heap when this is set; only do so if asked.
+            b.max_headers(self.max_headers);
+        }
+        b
+    }
+}
+
+impl Default for HttpOptions {
+    /// Defaults, listening on 127.0.0.1:8080.
+    fn default() -> Self {
+        HttpOptions::new(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// A request for an admin endpoint (`/metrics`, `/metrics/...`, `/_edgevm/...`).
+/// The request body is not read.
+#[derive(Debug, Clone)]
+pub struct AdminRequest {
+    /// "GET", "POST", ...
+    pub method: String,
+    /// The request target as sent by the client (path and query).
+    pub url: String,
+    /// The path part of `url`.
+    pub path: String,
+    /// The query part of `url` (after `?`), if any.
+    pub query: Option<String>,
+    /// Request headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+}
+
+/// What the server tells an [`AdminHandler`] about each finished request (for metrics).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RequestRecord<'a> {
+    /// The program the request was routed to; `None` for `/`, admin paths and requests
+    /// refused before routing.
+    pub program: Option<&'a str>,
+    /// The request method.
+    pub method: &'a str,
+    /// The HTTP status sent.
+    pub status: u16,
+    /// Time from receiving the request head to having the response ready.
+    pub elapsed: Duration,
+    /// Why the program produced no response, when it didn't.
+    pub error: Option<&'a ServeError>,
+}
+
+/// Hook for the reserved admin paths (metrics, stats, ...). It gets first look at every
+/// request whose first path segment is one of [`RESERVED_SEGMENTS`]; answering `None` (or
+/// having no admin handler at all) gives 404.
+///
+/// `handle` runs on the server's async worker threads: it must be quick and must not block.
+pub trait AdminHandler: Send + Sync + 'static {
+    /// Answer an admin request, or `None` for "no such endpoint" (404).
+    fn handle(&self, req: &AdminRequest) -> Option<GuestResponse>;
+
+    /// Called once per finished request (program, admin or refused), for metrics.
+    fn record(&self, _record: &RequestRecord<'_>) {}
+}
+
+/// State shared by all connections of one server.
+struct Shared {
+    opts: HttpOptions,
+    host: Arc<dyn ProgramHost>,
+    admin: Option<Arc<dyn AdminHandler>>,
+}
+
+/// A bound, not yet running, HTTP server. Use [`HttpServer::bind`] then [`HttpServer::run`];
+/// [`serve`] does both.
+pub struct HttpServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl HttpServer {
+    /// Bind `opts.listen`.
+    pub async fn bind(
+        opts: HttpOptions,
+        host: Arc<dyn ProgramHost>,
+        admin: Option<Arc<dyn AdminHandler>>,
+    ) -> io::Result<HttpServer> {
+        let listener = TcpListener::bind(opts.listen).await?;
+        Ok(Self::from_listener(listener, opts, host, admin))
+    }
+
+    /// Serve on an already bound listener (`opts.listen` is then ignored).
+    pub fn from_listener(
+        listener: TcpListener,
+        opts: HttpOptions,
+        host: Arc<dyn ProgramHost>,
+        admin: Option<Arc<dyn AdminHandler>>,
+    ) -> HttpServer {
+        HttpServer {
+            listener,
+            shared: Arc::new(Shared { opts, host, admin }),
+        }
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
+    /// (at most [`HttpOptions::shutdown_grace`]) and return.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let HttpServer { listener, shared } = self;
+        info!(addr = ?listener.local_addr().ok(), "edgevm HTTP server listening");
+        let builder = shared.opts.builder();
+        let grace = shared.opts.shutdown_grace;
+        accept_loop(
+            listener,
+            builder,
+            move || {
+                let shared = shared.clone();
+                service_fn(move |req| handle(shared.clone(), req))
+            },
+            shutdown,
+            grace,
+        )
+        .await
+    }
+}
+
+/// Bind `opts.listen` and serve program requests until `shutdown` completes; then shut down
+/// gracefully (see [`HttpServer::run`]).
+pub async fn serve(
+    opts: HttpOptions,
+    host: Arc<dyn ProgramHost>,
+    admin: Option<Arc<dyn AdminHandler>>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    HttpServer::bind(opts, host, admin)
+        .await?
+        .run(shutdown)
+        .await
+}
+
+/// Blocking convenience: build a tokio runtime (2 worker threads), serve until SIGTERM or
+/// SIGINT, shut down gracefully and return.
+pub fn run_server(
+    opts: HttpOptions,
+    host: Arc<dyn ProgramHost>,
+    admin: Option<Arc<dyn AdminHandler>>,
+) -> io::Result<()> {
+    let rt = http_runtime()?;
+    let result = rt.block_on(async {
+        let stop = shutdown_signal()?;
+        serve(opts, host, admin, stop).await
+    });
+    // Connections still open after the grace period are dropped here.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The multi-thread runtime the server runs on.
+fn http_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edgevm-http")
+        .enable_all()
+        .build()
+}
+
+/// Install SIGTERM and SIGINT handlers now; the returned future completes on either.
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received, shutting down"),
+            _ = int.recv() => info!("SIGINT received, shutting down"),
+        }
+    })
+}
+
+/// Accept connections and serve each with a fresh service from `make_service` until
+/// `shutdown` completes; then drain gracefully.
+async fn accept_loop<F, S>(
+    listener: TcpListener,
+    builder: http1::Builder,
+    make_service: F,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> io::Result<()>
+where
+    F: Fn() -> S,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<RespBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = builder.serve_connection(TokioIo::new(stream), make_service());
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(%peer, "connection ended with error: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Per-connection errors (reset before accept) are harmless; running out
+                    // of file descriptors is not, so back off a little.
+                    warn!("accept failed: {e}");
+                    if !is_connection_error(&e) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    info!(open, "stopped accepting; draining open connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("graceful shutdown: connections still open after {grace:?}; giving up on them");
+    } else {
+        info!("graceful shutdown complete");
+    }
+    Ok(())
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A response before the final touches of [`finish`].
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// Close the connection after this response (e.g. an unread request body).
+    close: bool,
+}
+
+impl Answer {
+    /// A short `text/plain` answer: `msg` and a newline.
+    fn text(status: StatusCode, msg: impl std::fmt::Display) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Answer {
+            status,
+            headers,
+            body: Bytes::from(format!("{msg}\n")),
+            close: false,
+        }
+    }
+}
+
+/// What routing decided about a request.
+struct Outcome {
+    answer: Answer,
+    program: Option<String>,
+    error: Option<ServeError>,
+}
+
+impl From<Answer> for Outcome {
+    fn from(answer: Answer) -> Outcome {
+        Outcome {
+            answer,
+            program: None,
+            error: None,
+        }
+    }
+}
+
+/// The service: route one request and produce its response.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let outcome = route(&shared, req).await;
+    let status = outcome.answer.status;
+    if let Some(admin) = &shared.admin {
+        admin.record(&RequestRecord {
+            program: outcome.program.as_deref(),
+            method: method.as_str(),
+            status: status.as_u16(),
+            elapsed: start.elapsed(),
+            error: outcome.error.as_ref(),
+        });
+    }
+    debug!(
+        %method,
+        program = outcome.program.as_deref().unwrap_or("-"),
+        status = status.as_u16(),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(finish(
+        outcome.answer,
+        method == Method::HEAD,
+        shared.opts.server_header,
+    ))
+}
+
+/// Decide where a request goes and get its answer.
+async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
+    if req.method() == Method::CONNECT {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported").into();
+    }
+    let path = req.uri().path();
+    let Some(segment) = path
+        .strip_prefix('/')
+        .map(|p| p.split('/').next().unwrap_or(""))
+    else {
+        return Answer::text(StatusCode::NOT_FOUND, "not found").into();
+    };
+    if segment.is_empty() {
+        return Answer::text(
+            StatusCode::NOT_FOUND,
+            "edgevm: no program given; request /<program>/...",
+        )
+        .into();
+    }
+    if RESERVED_SEGMENTS.contains(&segment) {
+        return admin(shared, &req).into();
+    }
+    let program = segment.to_owned();
+    let mut outcome = run_program(shared, &program, req).await;
+    outcome.program = Some(program);
+    outcome
+}
+
+/// Answer a reserved path through the admin handler (404 without one).
+fn admin(shared: &Shared, req: &Request<Incoming>) -> Answer {
+    let Some(handler) = &shared.admin else {
+        return Answer::text(StatusCode::NOT_FOUND, "not found");
+    };
+    let areq = AdminRequest {
+        method: req.method().as_str().to_owned(),
+        url: request_target(req).to_owned(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
+        headers: copy_headers(req.headers()),
+    };
+    match handler.handle(&areq) {
+        Some(resp) => guest_answer(resp),
+        None => Answer::text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The request target as the client sent it: path and query.
+fn request_target<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or_else(|| req.uri().path())
+}
+
+/// Request headers as (name, value) strings, in the order hyper keeps them: first appearance
+/// of each name, repeated names grouped. Names are lower case; non-UTF-8 bytes are replaced.
+fn copy_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let value = match v.to_str() {
+                Ok(s) => s.to_owned(),
+                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            };
+            (n.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Read the body, hand the request to the program and wait for its answer.
+async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> Outcome {
+    let max = shared.opts.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let too_large = || {
+        let mut a = Answer::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format_args!("request body larger than {max} bytes"),
+        );
+        a.close = true;
+        a
+    };
+    if body.size_hint().lower() > max as u64 {
+        warn!(program, "request body too large (announced)");
+        return too_large().into();
+    }
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            warn!(program, "request body too large");
+            return too_large().into();
+        }
+        Err(e) => {
+            debug!(program, "reading request body failed: {e}");
+            let mut a = Answer::text(StatusCode::BAD_REQUEST, "could not read request body");
+            a.close = true;
+            return a.into();
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let greq = GuestRequest {
+        method: parts.method.as_str().to_owned(),
+        url: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or_else(|| parts.uri.path())
+            .to_owned(),
+        arg: String::new(),
+        headers: copy_headers(&parts.headers),
+        content_type,
+        body: body.into(),
+        warmup: false,
+    };
+
+    let (tx, rx) = oneshot::channel();
+    shared.host.submit(
+        program,
+        greq,
+        Box::new(move |result| {
+            // The receiver is gone if the client disconnected; nothing to do then.
+            let _ = tx.send(result);
+        }),
+    );
+    match rx.await {
+        Ok(Ok(resp)) => Outcome {
+            answer: guest_answer(resp),
+            program: None,
+            error: None,
+        },
+        Ok(Err(err)) => {
+            warn!(program, "request failed: {err}");
+            Outcome {
+                answer: Answer::text(error_status(&err), &err),
+                program: None,
+                error: Some(err),
+            }
+        }
+        Err(_) => {
+            warn!(program, "runtime dropped the request without replying");
+            Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the request was dropped without a response",
+            )
+            .into()
+        }
+    }
+}
+
+/// The HTTP status for a [`ServeError`].
+pub fn error_status(err: &ServeError) -> StatusCode {
+    match err {
+        ServeError::ProgramNotFound(_) => StatusCode::NOT_FOUND,
+        ServeError::ProgramUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::ProgramError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Headers a program may not set: framing and hop-by-hop headers, owned by the server.
+fn is_forbidden_response_header(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Turn a program's (or admin handler's) response into an [`Answer`].
+fn guest_answer(resp: GuestResponse) -> Answer {
+    let status = match StatusCode::from_u16(resp.status) {
+        Ok(s) if (200..=599).contains(&resp.status) => s,
+        _ => {
+            warn!(status = resp.status, "program answered an invalid status");
+            return Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format_args!("program error: invalid status {}", resp.status),
+            );
+        }
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 1);
+    for (name, value) in &resp.headers {
+        let Ok(hname) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+            warn!(header = %name, "program set an invalid header name; dropped");
+            continue;
+        };
+        if is_forbidden_response_header(&hname) {
+            debug!(header = %name, "program set a framing/hop-by-hop header; ignored");
+            continue;
+        }
+        let Ok(hvalue) = HeaderValue::from_str(value.trim()) else {
+            warn!(header = %name, "program set an invalid header value; dropped");
+            continue;
+        };
+        headers.append(hname, hvalue);
+    }
+    if !resp.content_type.is_empty() {
+        match HeaderValue::from_str(resp.content_type.trim()) {
+            Ok(v) => {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            Err(_) => warn!("program set an invalid content type; dropped"),
+        }
+    }
+    Answer {
+        status,
+        headers,
+        body: Bytes::from(resp.body),
+        close: false,
+    }
+}
+
+/// Final touches: framing headers, `Server`, HEAD and no-body statuses.
+fn finish(answer: Answer, is_head: bool, server_header: bool) -> Response<RespBody> {
+    let Answer {
+        status,
+        mut headers,
+        body,
+        close,
+    } = answer;
+    let bodyless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if !bodyless_status {
+        // For HEAD this is the length the body would have had.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    if server_header && !headers.contains_key(header::SERVER) {
+        headers.insert(header::SERVER, HeaderValue::from_static("edgevm"));
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let body = if is_head || bodyless_status {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// The native baseline for benchmarks: answer `Hello World!` (text/plain) on every path with
+/// the same hyper stack and default [`HttpOptions`] limits, until `shutdown` completes.
+pub async fn serve_static_hello(
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    serve_static_hello_on(listener, shutdown).await
+}
+
+/// [`serve_static_hello`] on an already bound listener.
+pub async fn serve_static_hello_on(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let opts = HttpOptions::new(listener.local_addr()?);
+    info!(addr = %opts.listen, "static hello baseline listening");
+    accept_loop(
+        listener,
+        opts.builder(),
+        || {
+            service_fn(|_req: Request<Incoming>| async {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello World!")));
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(12u32));
+                Ok::<_, Infallible>(resp)
+            })
+        },
+        shutdown,
+        opts.shutdown_grace,
+    )
+    .await
+}
+
+/// Blocking convenience for the baseline: 2 worker threads, until SIGTERM or SIGINT.
+pub fn run_static_hello(listen: SocketAddr) -> io::Result<()> {
+    let rt = http_runtime()?;
+    let result = rt.block_on(async {
+        let stop = shutdown_signal()?;
+        serve_static_hello(listen, stop).await
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
