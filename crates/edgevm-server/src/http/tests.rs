@@ -430,6 +430,14 @@ async fn announced_body_over_limit_is_413_without_reading_it() {
     assert!(c.closed().await);
     assert!(s.host.seen.lock().unwrap().is_empty());
 
+    // With Expect: 100-continue the client is told 413 instead of "continue".
+    let mut c = s.connect().await;
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.response(false).await.unwrap().status, 413);
+
     // At the limit is fine.
     let mut c = s.connect().await;
     c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n0123456789")
