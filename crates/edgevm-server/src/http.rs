@@ -493,6 +493,7 @@ fn copy_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 /// Read the body, hand the request to the program and wait for its answer.
 async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> Outcome {
     let max = shared.opts.max_body_bytes;
+    let url = request_target(&req).to_owned();
     let (parts, body) = req.into_parts();
     let too_large = || {
         let mut a = Answer::text(
@@ -526,12 +527,7 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
         .unwrap_or_default();
     let greq = GuestRequest {
         method: parts.method.as_str().to_owned(),
-        url: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or_else(|| parts.uri.path())
-            .to_owned(),
+        url,
         arg: String::new(),
         headers: copy_headers(&parts.headers),
         content_type,

@@ -335,6 +335,10 @@ async fn program_name_is_first_segment() {
         assert_eq!(p, program);
         assert_eq!(req.url, path);
     }
+    // Absolute-form target (proxy style): the program sees path and query only.
+    let r = c.get("http://test/echo/abs?q=1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.host.last().1.url, "/echo/abs?q=1");
     let r = c.get("/other/x").await;
     assert_eq!(r.status, 404);
     assert_eq!(s.host.last().0, "other");
