@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# guest/build.sh OUTDIR -- build every edgevm test guest and example program.
+#
+# Outputs (all static x86_64 ELF files, flat in OUTDIR):
+#   tests (guest/tests):
+#     hello            glibc   "Hello World from C (glibc)!"
+#     hello_musl       musl    "Hello World from C (musl)!"
+#     hello_pie        glibc, static-pie (ET_DYN) variant of hello
+#     hello_cpp        g++     "Hello World from C++!"
+#     hello_rust       rustc   "Hello World from Rust!"
+#     bench_hello      = hello (glibc)
+#     args_env, syscalls, syscalls_musl, crash_null, crash_gp, crash_ud,
+#     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
+#     api_multi        two C files including kvm_api.h (link check)
+#     api_cpp          kvm_api.h from C++
+#   examples (guest/examples):
+#     example_hello, example_counter, example_scounter, example_echo,
+#     example_headers
+#   Rust guest crate (guest/rust/edgevm-guest):
+#     rust_hello_http
+#
+# Rebuilds only what is older than its sources or kvm_api.h. Fails loudly
+# when a compiler is missing. Set EDGEVM_GUEST_SKIP="rust musl cpp" (any
+# subset) to skip toolchains deliberately.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+	echo "usage: $0 OUTDIR" >&2
+	exit 2
+fi
+
+GUEST="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+mkdir -p "$1"
+OUT="$(cd "$1" && pwd)"
+HEADER="$GUEST/kvm_api.h"
+SKIP=" ${EDGEVM_GUEST_SKIP:-} "
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
+
+CFLAGS="-std=gnu11 -O2 -g -Wall -Wextra"
+CXXFLAGS="-std=gnu++17 -O2 -g -Wall -Wextra"
+EXFLAGS="-std=gnu11 -O2 -g -Wall"  # examples are spec text: no -Wextra
+
+need() { # need TOOL DEBIAN_PACKAGE
+	if ! command -v "$1" >/dev/null 2>&1; then
+		echo "build.sh: ERROR: '$1' not found. Install it with: apt-get install $2" >&2
+		exit 1
+	fi
+}
+need gcc gcc
+skipped cpp || need g++ g++
+skipped musl || need musl-gcc musl-tools
+if ! skipped rust; then
+	need rustc "rustup (https://rustup.rs) or the Debian package rustc"
+	need cargo "rustup (https://rustup.rs) or the Debian package cargo"
+fi
+
+# up_to_date OUTPUT DEP... : true if OUTPUT exists and is newer than all DEPs.
+up_to_date() {
+	local out="$1"; shift
+	[ -e "$out" ] || return 1
+	local dep
+	for dep in "$@" "$GUEST/build.sh"; do
+		[ "$out" -nt "$dep" ] || return 1
+	done
+	return 0
+}
+
+PIDS=()
+NAMES=()
+LOGDIR="$(mktemp -d)"
+trap 'rm -rf "$LOGDIR"' EXIT
+BUILT=0
+FRESH=0
+
+# build NAME "DEPS..." CMD... : run CMD in the background unless OUT/NAME is
+# up to date. CMD must write "$OUT/NAME.tmp"; it is renamed on success.
+build() {
+	local name="$1" deps="$2"; shift 2
+	# shellcheck disable=SC2086
+	if up_to_date "$OUT/$name" $deps; then
+		FRESH=$((FRESH + 1))
+		return 0
+	fi
+	(
+		"$@" >"$LOGDIR/$name.log" 2>&1 && mv -f "$OUT/$name.tmp" "$OUT/$name"
+	) &
+	PIDS+=("$!")
+	NAMES+=("$name")
+	BUILT=$((BUILT + 1))
+}
+
+T="$GUEST/tests"
+E="$GUEST/examples"
+
+# --- C, glibc -------------------------------------------------------------
+for prog in hello args_env syscalls crash_null crash_gp crash_ud crash_div \
+	crash_stack loop_forever membomb bench_getpid; do
+	build "$prog" "$T/$prog.c" gcc $CFLAGS -static "$T/$prog.c" -o "$OUT/$prog.tmp"
+done
+build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
+build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
+build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
+build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
+	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
+
+# --- C, musl --------------------------------------------------------------
+if ! skipped musl; then
+	build hello_musl "$T/hello.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/hello.c" -o "$OUT/hello_musl.tmp"
+	build syscalls_musl "$T/syscalls.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/syscalls.c" -o "$OUT/syscalls_musl.tmp"
+fi
+
+# --- C++ ------------------------------------------------------------------
+if ! skipped cpp; then
+	build hello_cpp "$T/hello.cpp" g++ $CXXFLAGS -static "$T/hello.cpp" -o "$OUT/hello_cpp.tmp"
+	build api_cpp "$T/api/api_cpp.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$T/api/api_cpp.cpp" -o "$OUT/api_cpp.tmp"
+fi
+
+# --- Rust (single file) ---------------------------------------------------
+if ! skipped rust; then
+	build hello_rust "$T/hello.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
+		--target x86_64-unknown-linux-gnu "$T/hello.rs" -o "$OUT/hello_rust.tmp"
+fi
+
+# --- Examples -------------------------------------------------------------
+for ex in hello counter scounter echo headers; do
+	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
+done
+
+FAILED=0
+for i in "${!PIDS[@]}"; do
+	if ! wait "${PIDS[$i]}"; then
+		echo "build.sh: FAILED: ${NAMES[$i]}" >&2
+		cat "$LOGDIR/${NAMES[$i]}.log" >&2
+		FAILED=1
+	elif [ -s "$LOGDIR/${NAMES[$i]}.log" ]; then
+		echo "--- ${NAMES[$i]} (warnings):" >&2
+		cat "$LOGDIR/${NAMES[$i]}.log" >&2
+	fi
+done
+[ "$FAILED" -eq 0 ] || exit 1
+
+# --- Rust guest crate (cargo does its own up-to-date checks) ---------------
+if ! skipped rust; then
+	CRATE="$GUEST/rust/edgevm-guest"
+	RT="$OUT/.cargo-target"
+	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
+	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" -type f); then
+		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
+			cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin hello_http ) || {
+			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
+			exit 1
+		}
+		cp -f "$BIN" "$OUT/rust_hello_http"
+		BUILT=$((BUILT + 1))
+	else
+		FRESH=$((FRESH + 1))
+	fi
+fi
+
+echo "build.sh: $BUILT built, $FRESH up to date -> $OUT"
