@@ -62,6 +62,8 @@
 //!
 //! [`Duration`]: std::time::Duration
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -311,11 +313,21 @@ impl Config {
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
+        let mut write_error = |what: &str, name: &str, err: &ConfigError| {
+            if let ConfigError::Multiple(list) = err {
+                let _ = writeln!(out, "error: {what} '{name}': {} errors:", list.len());
+                for e in list {
+                    let _ = writeln!(out, "  {e}");
+                }
+            } else {
+                let _ = writeln!(out, "error: {what} '{name}': {err}");
+            }
+        };
         for (name, err) in self.group_errors() {
-            let _ = writeln!(out, "error: group '{name}': {err}");
+            write_error("group", name, err);
         }
         for (name, err) in self.errors() {
-            let _ = writeln!(out, "error: program '{name}': {err}");
+            write_error("program", name, err);
         }
         let valid: BTreeMap<&str, &ProgramConfig> = self.valid_programs().collect();
         let json =

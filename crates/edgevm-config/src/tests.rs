@@ -1155,3 +1155,15 @@ fn config_error_helpers() {
     assert_eq!(ConfigError::combine(vec![one.clone()]), Some(one.clone()));
     assert_eq!(one.iter().count(), 1);
 }
+
+#[test]
+#[ignore = "prints a sample report; run with --ignored --nocapture"]
+fn print_sample_report() {
+    let cfg = load(
+        r#"{ "compute": { "concurrency": 4 },
+		"demo": { "group": "compute", "filename": "/tmp/demo", "colour": 1,
+		          "remapping": {} },
+		"bad": { "filename": "/tmp/bad", "max_memory": 3, "hugepages": 1 } }"#,
+    );
+    println!("{}", cfg.render_check());
+}
