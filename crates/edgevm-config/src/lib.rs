@@ -160,9 +160,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut group_layers: BTreeMap<String, Vec<Layer>> = BTreeMap::new();
         let mut program_layers: BTreeMap<String, Vec<Layer>> = BTreeMap::new();
+        let mut warnings = Vec::new();
 
         for (source, text) in sources {
-            let doc = parse_document(text, source)?;
+            let doc = parse_document(text, source, &mut warnings)?;
             for (name, value) in doc {
                 let Value::Object(obj) = value else {
                     return Err(ConfigError::Structure {
@@ -197,6 +198,7 @@ impl Config {
 
         let mut config = Config {
             sources: sources.iter().map(|(s, _)| s.clone()).collect(),
+            warnings,
             ..Config::default()
         };
 
@@ -339,7 +341,11 @@ impl Config {
 
 /// Strip comments (keeping every byte position, including newlines inside
 /// block comments) and parse the top-level object.
-fn parse_document(text: &str, source: &str) -> Result<Map<String, Value>, ConfigError> {
+fn parse_document(
+    text: &str,
+    source: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Map<String, Value>, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut stripped = Vec::with_capacity(text.len());
     CommentSettings::c_style()
@@ -368,7 +374,18 @@ fn parse_document(text: &str, source: &str) -> Result<Map<String, Value>, Config
         }
     })?;
     match value {
-        Value::Object(map) => Ok(map),
+        Value::Object(map) => {
+            // serde_json keeps the last of duplicate keys silently; say so.
+            if let Ok(DuplicateKeys(dups)) = serde_json::from_slice::<DuplicateKeys>(&stripped) {
+                for dup in dups {
+                    let message =
+                        format!("{source}: {dup} is given more than once; the last one is used");
+                    tracing::warn!("{message}");
+                    warnings.push(message);
+                }
+            }
+            Ok(map)
+        }
         other => Err(ConfigError::Structure {
             source_name: source.to_string(),
             message: format!(
@@ -568,5 +585,100 @@ fn finalize(draft: Draft, is_program: bool) -> Result<ProgramConfig, ConfigError
     match ConfigError::combine(errors) {
         Some(err) => Err(err),
         None => Ok(cfg),
+    }
+}
+
+/// Duplicate keys of the top-level object (`'demo'`) and of its entries
+/// (`'demo'.'concurrency'`), found by a second, value-ignoring pass.
+struct DuplicateKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for DuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(KeyVisitor { parent: None })
+            .map(DuplicateKeys)
+    }
+}
+
+struct KeyVisitor<'p> {
+    parent: Option<&'p str>,
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor<'_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+        let mut seen = BTreeSet::new();
+        let mut dups = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match self.parent {
+                None => dups.extend(map.next_value_seed(EntrySeed(&key))?),
+                Some(_) => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            if !seen.insert(key.clone()) {
+                dups.push(match self.parent {
+                    None => format!("'{key}'"),
+                    Some(parent) => format!("'{parent}'.'{key}'"),
+                });
+            }
+        }
+        Ok(dups)
+    }
+}
+
+/// Looks one level into an entry, if it is an object.
+struct EntrySeed<'p>(&'p str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_any(EntryVisitor(self.0))
+    }
+}
+
+struct EntryVisitor<'p>(&'p str);
+
+impl<'de> serde::de::Visitor<'de> for EntryVisitor<'_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<String>, A::Error> {
+        KeyVisitor {
+            parent: Some(self.0),
+        }
+        .visit_map(map)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Vec::new())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_unit<E>(self) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
     }
 }

@@ -1167,3 +1167,22 @@ fn print_sample_report() {
     );
     println!("{}", cfg.render_check());
 }
+
+#[test]
+fn duplicate_names_and_keys_are_warnings() {
+    let cfg = load(
+        r#"{
+		"demo": { "filename": "/a" },
+		"demo": { "filename": "/b", "concurrency": 3, "concurrency": 4 }
+	}"#,
+    );
+    assert_eq!(ok(&cfg, "demo").filename, Some(PathBuf::from("/b")));
+    assert_eq!(ok(&cfg, "demo").concurrency, 4);
+    assert_eq!(
+        cfg.warnings,
+        vec![
+            "compute.json: 'demo'.'concurrency' is given more than once; the last one is used",
+            "compute.json: 'demo' is given more than once; the last one is used",
+        ]
+    );
+}
