@@ -819,12 +819,15 @@ EDGEVM_STATIC_ASSERT(sizeof(struct curl_options) == 24, "curl_options");
  * ==========================================================================
  * Each API entry point is `mov $NUM, %eax; out %eax, $0; ret`. They are
  * weak symbols in COMDAT sections: the linker keeps one copy per program,
- * and a strong definition elsewhere overrides them. To replace a call with
+ * and a strong definition elsewhere overrides them. `.ifndef` skips a stub
+ * already defined in the same assembler input (LTO merges the top-level asm
+ * of all translation units into one file). To replace a call with
  * an in-guest fast path, change its line here (or define it elsewhere).
  */
 #ifndef KVM_API_ALREADY_DEFINED
 
 #define EDGEVM_STUB_BEGIN(name)                                              \
+	".ifndef " #name "\n"                                                    \
 	".pushsection .text.edgevm." #name ",\"axG\",@progbits," #name ",comdat\n" \
 	".weak " #name "\n"                                                      \
 	".type " #name ", @function\n"                                           \
@@ -834,7 +837,8 @@ EDGEVM_STATIC_ASSERT(sizeof(struct curl_options) == 24, "curl_options");
 #define EDGEVM_STUB_END(name)                                                \
 	".cfi_endproc\n"                                                         \
 	".size " #name ", . - " #name "\n"                                       \
-	".popsection\n"
+	".popsection\n"                                                          \
+	".endif\n"
 #define EDGEVM_STUB_STR_(x) #x
 #define EDGEVM_STUB_STR(x) EDGEVM_STUB_STR_(x)
 

@@ -1,14 +1,15 @@
 /* hello.c: the smallest guest. Built with glibc (gcc -static) and with musl
-   (musl-gcc -static, which defines EDGEVM_MUSL via build.sh). Checks that
+   (musl-gcc -static; detected by the absence of __GLIBC__). Checks that
    argv and the environment were set up. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef EDGEVM_MUSL
-#define LIBC_NAME "musl"
-#else
+/* glibc defines __GLIBC__ (via <features.h>); musl defines nothing. */
+#if defined(__GLIBC__) && !defined(EDGEVM_MUSL)
 #define LIBC_NAME "glibc"
+#else
+#define LIBC_NAME "musl"
 #endif
 
 extern char **environ;
