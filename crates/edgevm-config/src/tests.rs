@@ -1186,3 +1186,25 @@ fn duplicate_names_and_keys_are_warnings() {
         ]
     );
 }
+
+#[test]
+fn truncated_and_mutated_documents_never_panic() {
+    let text = r#"{ "g": { "max_memory": 64, "remapping": {"h": ["0x1000000000", 2]} },
+	/* c */ "p": { "group": "g", "filename": "$HOME/p", "warmup": {"headers": ["A: b"]},
+	"allowed_paths": ["/x", {"real": "/y"}], "environment": ["A=1"] } // end
+}"#;
+    for end in 0..=text.len() {
+        if text.is_char_boundary(end) {
+            let _ = Config::from_sources(&[("t".into(), text[..end].to_string())], &vars());
+        }
+    }
+    for (i, _) in text.char_indices() {
+        for replacement in ["", ",", "-", "1e400", "\"", "[", "{}", "true", "null"] {
+            let mut t = text.to_string();
+            t.replace_range(i..i + 1, replacement);
+            if let Ok(cfg) = Config::from_sources(&[("t".into(), t)], &vars()) {
+                let _ = cfg.render_check();
+            }
+        }
+    }
+}
