@@ -1,1 +1,21 @@
-//! edgevm-abi
+//! edgevm-abi: owns the boundary between a guest program and the host.
+//!
+//! * [`layout`] — the fixed guest-physical layout (identity-mapped), and why it is so.
+//! * [`cpu`] — long-mode CPU state, page tables, GDT/TSS/IDT and the user-mode stubs, built
+//!   once per program and never rewritten between runs.
+//! * [`elf`] — loading a static x86_64 ELF (ET_EXEC or static-pie), its stack (argv, envp,
+//!   auxv) and symbols for crash reports.
+//! * [`linux`] — emulation of the Linux system calls static glibc, musl, libstdc++ and Rust
+//!   programs need; one VM exit per call.
+//! * [`api`] — the `kvm_api.h` hypercall numbers and decoding.
+//! * [`crash`] — turning a CPU exception into a readable report.
+
+pub mod api;
+pub mod cpu;
+pub mod crash;
+pub mod elf;
+pub mod layout;
+pub mod linux;
+mod names;
+
+pub use names::syscall_name;

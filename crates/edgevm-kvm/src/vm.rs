@@ -38,24 +38,32 @@ pub fn kvm_available() -> Result<(), KvmError> {
     global().map(|_| ())
 }
 
-/// A VM, its vCPU and the guest memory mapped as slot 0 at guest-physical 0.
+/// A VM, its vCPU and the guest memory mapped as slot 0 at guest-physical 0. The two halves
+/// are separate fields so the guest-ABI layer can borrow the vCPU and the memory at once.
 ///
 /// Field order matters: the vCPU and VM are closed before the memory is unmapped.
 pub struct KvmMachine {
+    /// The VM and its vCPU.
+    pub cpu: KvmVcpu,
+    /// The guest's memory.
+    pub mem: GuestMemory,
+}
+
+/// The KVM VM and vCPU file descriptors with the synced register view.
+pub struct KvmVcpu {
     vcpu: VcpuFd,
     vm: VmFd,
     regs: *mut kvm_regs,
     fs_base: u64,
     gs_base: u64,
     dirty_logging: bool,
+    mem_size: usize,
     exits: u64,
-    /// The guest's memory.
-    pub mem: GuestMemory,
 }
 
 // SAFETY: `regs` points into the vCPU's own kvm_run mapping, which moves with the VcpuFd; the
-// machine is used by one thread at a time.
-unsafe impl Send for KvmMachine {}
+// vCPU is used by one thread at a time.
+unsafe impl Send for KvmVcpu {}
 
 impl KvmMachine {
     /// Create a VM over `mem`. With `log_dirty`, KVM records guest-written pages (used by
@@ -87,17 +95,21 @@ impl KvmMachine {
         }
         vcpu.set_sync_valid_reg(SyncReg::Register);
         let regs: *mut kvm_regs = &mut vcpu.sync_regs_mut().regs;
-        Ok(KvmMachine {
+        let cpu = KvmVcpu {
             vcpu,
             vm,
             regs,
             fs_base: 0,
             gs_base: 0,
             dirty_logging: log_dirty,
+            mem_size: mem.size(),
             exits: 0,
-            mem,
-        })
+        };
+        Ok(KvmMachine { cpu, mem })
     }
+}
+
+impl KvmVcpu {
 
     /// Set special registers (setup only).
     pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
@@ -155,7 +167,7 @@ impl KvmMachine {
             return Ok(Vec::new());
         }
         self.vm
-            .get_dirty_log(0, self.mem.size())
+            .get_dirty_log(0, self.mem_size)
             .map_err(|e| KvmError::ioctl("GET_DIRTY_LOG", e))
     }
 
@@ -192,7 +204,7 @@ impl KvmMachine {
     }
 }
 
-impl Vcpu for KvmMachine {
+impl Vcpu for KvmVcpu {
     fn run(&mut self) -> Result<Exit, KvmError> {
         self.exits += 1;
         let exit = match self.vcpu.run() {

@@ -3,6 +3,9 @@
 //! shared memory and timeouts. It knows nothing of HTTP: requests arrive as [`GuestRequest`]
 //! and leave as [`GuestResponse`].
 
+pub mod output;
 pub mod request;
+pub mod timer;
+pub mod vm;
 
 pub use request::{GuestRequest, GuestResponse, ProgramHost, Reply, ServeError};

@@ -1,1 +1,218 @@
-fn main() {}
+//! edgevm: the command line. `edgevm run` boots one program in a VM; `edgevm check` validates
+//! a configuration. Everything of substance lives in the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use edgevm_config::{Config, ProgramConfig};
+use edgevm_runtime::vm::{BootOutcome, MainVm, RunError, VmOptions};
+
+#[derive(Parser)]
+#[command(name = "edgevm", version, about = "Run native x86_64 Linux programs in per-request KVM VMs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a static x86_64 program inside a VM, like the reference system boots every program.
+    Run(RunArgs),
+    /// Validate configuration files and print each program's effective settings.
+    Check {
+        /// Configuration file (JSON with comments); may repeat, later files override.
+        #[arg(long = "config", short = 'c', required = true)]
+        config: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Configuration file(s) with the program's settings (glossary keys).
+    #[arg(long = "config", short = 'c')]
+    config: Vec<PathBuf>,
+    /// Which program of the configuration to use (default: the only one, or the one whose
+    /// filename is PROGRAM).
+    #[arg(long)]
+    program: Option<String>,
+    /// Program name (argv[0], KVM_NAME, output prefix). Default: the file name.
+    #[arg(long)]
+    name: Option<String>,
+    /// max_memory in MB.
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// address_space in MB.
+    #[arg(long)]
+    address_space: Option<u64>,
+    /// max_boot_time in seconds.
+    #[arg(long)]
+    max_boot_time: Option<f64>,
+    /// Add an environment variable (K=V); may repeat.
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Print loading details.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Log every system call by name.
+    #[arg(long)]
+    verbose_syscalls: bool,
+    /// Print the program's output without the `>>> [name] ` prefix.
+    #[arg(long)]
+    raw: bool,
+    /// The program file (a static x86_64 ELF); optional when the configuration names it.
+    file: Option<PathBuf>,
+    /// Arguments after the program (main_arguments).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDGEVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Check { config } => check(&config),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgevm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> Result<ExitCode> {
+    let cfg = Config::load_files(files)?;
+    print!("{}", cfg.render_check());
+    Ok(if cfg.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn program_config(a: &RunArgs) -> Result<ProgramConfig> {
+    if a.config.is_empty() {
+        let Some(file) = &a.file else {
+            bail!("no program given: edgevm run PROGRAM [ARGS...]");
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "program".into());
+        return Ok(ProgramConfig::for_run(name, file.clone()));
+    }
+    let cfg = Config::load_files(&a.config)?;
+    for w in &cfg.warnings {
+        eprintln!("edgevm: warning: {w}");
+    }
+    let name = match (&a.program, &a.file) {
+        (Some(p), _) => p.clone(),
+        (None, file) => {
+            let all: Vec<_> = cfg.programs.keys().cloned().collect();
+            let by_file = file.as_ref().and_then(|f| {
+                cfg.valid_programs()
+                    .find(|(_, p)| p.filename.as_deref() == Some(f.as_path()))
+                    .map(|(n, _)| n.to_string())
+            });
+            match (by_file, all.len()) {
+                (Some(n), _) => n,
+                (None, 1) => all[0].clone(),
+                _ => bail!(
+                    "the configuration has {} programs ({}); choose one with --program",
+                    all.len(),
+                    all.join(", ")
+                ),
+            }
+        }
+    };
+    match cfg.programs.get(&name) {
+        Some(Ok(p)) => Ok(p.clone()),
+        Some(Err(e)) => bail!("program '{name}': {e}"),
+        None => bail!("program '{name}' is not in the configuration"),
+    }
+}
+
+fn run(a: RunArgs) -> Result<ExitCode> {
+    edgevm_kvm::kvm_available()?;
+    let pc = program_config(&a)?;
+    let file = a
+        .file
+        .clone()
+        .or_else(|| pc.filename.clone())
+        .context("no program file: give PROGRAM or set filename in the configuration")?;
+    let bytes = std::fs::read(&file)
+        .with_context(|| format!("cannot read program '{}'", file.display()))?;
+    let name = a.name.clone().unwrap_or_else(|| pc.name.clone());
+    let mut o = VmOptions::new(&name, file.clone(), bytes);
+    o.group = pc.group.clone();
+    o.arguments = pc.main_arguments.clone();
+    o.arguments.extend(a.args.iter().cloned());
+    o.environment = pc.environment.clone();
+    for e in &a.env {
+        if !e.contains('=') {
+            bail!("--env wants KEY=VALUE, got '{e}'");
+        }
+        o.environment.push(e.clone());
+    }
+    o.max_memory = a.max_memory.map(|m| m << 20).unwrap_or(pc.max_memory);
+    o.address_space = a.address_space.map(|m| m << 20).unwrap_or(pc.address_space);
+    o.shared_memory = pc.shared_memory;
+    o.max_boot_time = a
+        .max_boot_time
+        .map(Duration::from_secs_f64)
+        .unwrap_or(pc.max_boot_time);
+    o.verbose = a.verbose || pc.verbose;
+    o.verbose_syscalls = a.verbose_syscalls || pc.verbose_syscalls;
+    o.raw_output = a.raw;
+    o.storage = false;
+    o.debug = pc.allow_debug;
+    match MainVm::boot(o) {
+        Ok((vm, report)) => {
+            if vm.opts.verbose {
+                eprintln!(
+                    "edgevm: '{name}': load {:.2} ms, init {:.2} ms, {} VM exits, {} system calls",
+                    report.load_time.as_secs_f64() * 1e3,
+                    report.init_time.as_secs_f64() * 1e3,
+                    report.exits,
+                    report.syscalls
+                );
+            }
+            match report.outcome {
+                BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),
+                BootOutcome::Ready => {
+                    eprintln!(
+                        "edgevm: program '{name}' is ready: it called wait_for_requests() after {:.2} ms of initialization ({} VM exits)",
+                        (report.load_time + report.init_time).as_secs_f64() * 1e3,
+                        report.exits
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Err(e) => {
+            let what = match &e {
+                RunError::Crash(_) => "crashed",
+                RunError::Timeout { .. } => "timed out",
+                RunError::Killed(_) => "was killed",
+                _ => "failed",
+            };
+            eprintln!("edgevm: program '{name}' {what}: {e}");
+            Ok(ExitCode::from(match e {
+                RunError::Killed(s) => 128 + s as u8,
+                _ => 70,
+            }))
+        }
+    }
+}

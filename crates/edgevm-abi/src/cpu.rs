@@ -1,0 +1,266 @@
+//! CPU state and the supervisor structures of a guest.
+//!
+//! The same guest image must run correctly on hardware KVM (VT-x/AMD-V) and on this machine's
+//! kvm_pvm, which differ (../shared/reference/kvm-costs-here.md):
+//!
+//! * Program code runs at CPL3 in 64-bit long mode. No guest kernel runs on any normal path:
+//!   under kvm_pvm CPL0 code is emulated (~1 µs per instruction), and on hardware a ring switch
+//!   is pure overhead for us.
+//! * `SYSCALL` jumps to [`layout::SYSCALL_ENTRY`], a user-accessible page (SMEP off) holding
+//!   `out %al,$0xE0; sysretq`. On hardware KVM SYSCALL enters CPL0 there; the `out` exits to the
+//!   host, which writes only RAX, and the stub's `sysretq` returns to the program natively. On
+//!   kvm_pvm SYSCALL stays at CPL3 (IOPL forced to 0), so the TSS I/O bitmap grants ports 0 and
+//!   0xE0 to CPL3; the host writes RAX, RIP=RCX and RFLAGS=R11 itself and `sysretq` never runs.
+//!   Either way: exactly one VM exit per emulated system call, registers via sync_regs.
+//! * `kvm_api.h` hypercalls are `out %eax,$0` at CPL3 (allowed by the same bitmap); identical to
+//!   the reference system, so binaries built against its header run unchanged.
+//! * CPU exceptions go through 32 IDT gates to tiny CPL0 stubs that push the vector and
+//!   `out $0xE1`: a few emulated instructions, on error paths only.
+//! * SMAP stays off (STAC/CLAC fail under kvm_pvm); VMCALL is never used (it hangs there).
+//! * Page tables identity-map the address space, are built once per program, and are never
+//!   rewritten: copy-on-write and reset happen on the host side (rewriting guest page tables
+//!   made the next entry cost ~1.1 ms under kvm_pvm in the reference engine).
+
+use edgevm_kvm::{kvm_regs, kvm_segment, kvm_sregs, GuestMemory, MemError};
+
+use crate::layout::{self, Layout};
+
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+const A: u64 = 0x20;
+const D: u64 = 0x40;
+const PS: u64 = 0x80;
+
+/// MSR numbers written at setup.
+pub const MSR_STAR: u32 = 0xC000_0081;
+/// SYSCALL target.
+pub const MSR_LSTAR: u32 = 0xC000_0082;
+/// RFLAGS bits cleared by SYSCALL.
+pub const MSR_SFMASK: u32 = 0xC000_0084;
+
+/// MSR values: (index, value). STAR: SYSCALL CS=0x08/SS=0x10, SYSRET CS=0x23/SS=0x1b.
+pub const SETUP_MSRS: [(u32, u64); 3] = [
+    (MSR_STAR, 0x0010_0008_0000_0000),
+    (MSR_LSTAR, layout::SYSCALL_ENTRY),
+    (MSR_SFMASK, 0x47700),
+];
+
+/// Vectors for which the CPU pushes an error code.
+pub fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+fn gdt_entries() -> [u64; 7] {
+    let tss = layout::TSS;
+    let limit = layout::TSS_LIMIT as u64;
+    let tss_lo = (limit & 0xFFFF)
+        | ((tss & 0xFF_FFFF) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((tss >> 24) & 0xFF) << 56);
+    [
+        0,
+        0x00af_9b00_0000_ffff, // 0x08 kernel code
+        0x00cf_9300_0000_ffff, // 0x10 kernel data
+        0x00cf_f300_0000_ffff, // 0x18 user data (0x1b)
+        0x00af_fb00_0000_ffff, // 0x20 user code (0x23)
+        tss_lo,                // 0x28 TSS (16 bytes)
+        tss >> 32,
+    ]
+}
+
+/// SYSCALL entry: `out %al,$0xE0; sysretq` (see module docs).
+pub const SYSCALL_STUB: [u8; 5] = [0xE6, layout::SYSCALL_PORT as u8, 0x48, 0x0F, 0x07];
+
+/// Request entry: `fxrstor64 [FXSAVE_AREA]; call *%rax; jmp RETURN_TRAMPOLINE`.
+fn request_entry_stub() -> Vec<u8> {
+    let mut c = vec![0x48, 0x0F, 0xAE, 0x0C, 0x25];
+    c.extend_from_slice(&(layout::FXSAVE_AREA as u32).to_le_bytes());
+    c.extend_from_slice(&[0xFF, 0xD0]); // call *%rax
+    let here = layout::REQUEST_ENTRY + c.len() as u64 + 5;
+    let rel = (layout::RETURN_TRAMPOLINE as i64 - here as i64) as i32;
+    c.push(0xE9);
+    c.extend_from_slice(&rel.to_le_bytes());
+    c
+}
+
+/// Return trampoline: `mov $0xFFFF,%eax; out %eax,$0; ud2`.
+pub const RETURN_STUB: [u8; 9] = [0xB8, 0xFF, 0xFF, 0x00, 0x00, 0xE7, 0x00, 0x0F, 0x0B];
+
+/// Write GDT, TSS, IDT, stubs and page tables into a fresh guest memory.
+pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
+    // GDT
+    for (i, e) in gdt_entries().iter().enumerate() {
+        mem.write_u64(layout::GDT + 8 * i as u64, *e)?;
+    }
+    // TSS: RSP0, I/O map base, bitmap granting ports API_PORT and SYSCALL_PORT to CPL3.
+    mem.write_u64(layout::TSS + 4, layout::EXC_STACK_TOP)?;
+    mem.write(layout::TSS + 102, &0x68u16.to_le_bytes())?;
+    let mut bitmap = [0xFFu8; 33];
+    for port in [layout::API_PORT, layout::SYSCALL_PORT] {
+        bitmap[port as usize / 8] &= !(1 << (port % 8));
+    }
+    mem.write(layout::TSS + 0x68, &bitmap)?;
+    // IDT and exception stubs: `push $vec; out %al,$0xE1; hlt; jmp .-1`
+    for v in 0..32u64 {
+        let stub = layout::EXC_STUBS + v * 16;
+        mem.write(
+            stub,
+            &[
+                0x6A,
+                v as u8,
+                0xE6,
+                layout::EXCEPTION_PORT as u8,
+                0xF4,
+                0xEB,
+                0xFD,
+            ],
+        )?;
+        let lo = (stub & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | (((stub >> 16) & 0xFFFF) << 48);
+        mem.write_u64(layout::IDT + v * 16, lo)?;
+        mem.write_u64(layout::IDT + v * 16 + 8, stub >> 32)?;
+    }
+    // User stubs
+    mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
+    mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
+    mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
+    write_page_tables(mem, l)
+}
+
+fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
+    const MB2: u64 = 2 << 20;
+    mem.write_u64(layout::PML4, layout::PDPT | P | RW | US | A)?;
+    let gibs = l.mem_size.div_ceil(1 << 30);
+    for g in 0..gibs {
+        mem.write_u64(
+            layout::PDPT + 8 * g,
+            (layout::PD_BASE + 0x1000 * g) | P | RW | US | A,
+        )?;
+    }
+    // Low 2 MiB in 4 KiB pages.
+    for page in 0..512u64 {
+        let addr = page * 4096;
+        let flags = match addr {
+            0 => 0,
+            a if a == layout::USER_STUBS || a == layout::FXSAVE_AREA => P | US | A | D,
+            a if (layout::IO_AREA..layout::IO_AREA + layout::IO_AREA_SIZE).contains(&a) => {
+                P | RW | US | A | D
+            }
+            _ => P | RW | A | D,
+        };
+        mem.write_u64(layout::PT_LOW + 8 * page, if flags == 0 { 0 } else { addr | flags })?;
+    }
+    let guard_region = l.guard_page & !(MB2 - 1);
+    for page in 0..512u64 {
+        let addr = guard_region + page * 4096;
+        let e = if addr == l.guard_page {
+            0
+        } else {
+            addr | P | RW | US | A | D
+        };
+        mem.write_u64(layout::PT_GUARD + 8 * page, e)?;
+    }
+    let mut region = 0;
+    while region < l.mem_size {
+        let e = if region == 0 {
+            layout::PT_LOW | P | RW | US | A
+        } else if region == guard_region {
+            layout::PT_GUARD | P | RW | US | A
+        } else {
+            region | P | RW | US | A | D | PS
+        };
+        mem.write_u64(layout::PD_BASE + 8 * (region / MB2), e)?;
+        region += MB2;
+    }
+    Ok(())
+}
+
+fn seg(selector: u16, dpl: u8, type_: u8, code64: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_,
+        present: 1,
+        dpl,
+        db: if code64 { 0 } else { 1 },
+        s: 1,
+        l: if code64 { 1 } else { 0 },
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Special registers for a program entering at CPL3. `osxsave` sets CR4.OSXSAVE (hardware
+/// KVM with XSAVE: lets glibc use AVX; kvm_pvm ignores it at CPL3).
+pub fn initial_sregs(base: &kvm_sregs, osxsave: bool) -> kvm_sregs {
+    let mut s = *base;
+    s.cr0 = 0x8005_0033;
+    s.cr3 = layout::PML4;
+    s.cr4 = 0x620 | if osxsave { 0x4_0000 } else { 0 };
+    s.efer = 0xD01;
+    s.cs = seg(0x23, 3, 11, true);
+    let data = seg(0x1b, 3, 3, false);
+    s.ss = data;
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    s.tr = kvm_segment {
+        base: layout::TSS,
+        limit: layout::TSS_LIMIT,
+        selector: 0x28,
+        type_: 11,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 0,
+        l: 0,
+        g: 0,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    s.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+    s.gdt.base = layout::GDT;
+    s.gdt.limit = (7 * 8 - 1) as u16;
+    s.idt.base = layout::IDT;
+    s.idt.limit = (32 * 16 - 1) as u16;
+    s
+}
+
+/// Registers at program entry.
+pub fn initial_regs(entry: u64, rsp: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsp,
+        rflags: 0x202,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_fit_and_map() {
+        let l = Layout::new(64 << 20, 2 << 20).unwrap();
+        let mut m = GuestMemory::new_shared(64 << 20).unwrap();
+        write_system_tables(&mut m, &l).unwrap();
+        // The guard page is not present, its neighbours are.
+        let gi = (l.guard_page % (2 << 20)) / 4096;
+        assert_eq!(m.read_u64(layout::PT_GUARD + 8 * gi).unwrap(), 0);
+        assert_ne!(m.read_u64(layout::PT_GUARD + 8 * (gi + 1)).unwrap(), 0);
+        // NULL page absent, stub page user-accessible.
+        assert_eq!(m.read_u64(layout::PT_LOW).unwrap(), 0);
+        assert_ne!(m.read_u64(layout::PT_LOW + 8 * 5).unwrap() & US, 0);
+        assert!(request_entry_stub().len() <= 0x40);
+    }
+}

@@ -1,0 +1,442 @@
+//! Loading a static x86_64 ELF into guest memory, its initial stack, and its symbols.
+
+use edgevm_kvm::{GuestMemory, MemError};
+use goblin::elf::{header, program_header, sym, Elf};
+
+use crate::layout::{self, Layout};
+
+/// Why a program cannot be loaded. Every message says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElfError {
+    #[error("not an ELF file (no \\x7fELF magic): edgevm runs static x86_64 Linux executables")]
+    NotElf,
+    #[error("32-bit ELF programs are not supported: build a 64-bit x86_64 program")]
+    Elf32,
+    #[error("big-endian ELF programs are not supported")]
+    BigEndian,
+    #[error("the program is built for {0}, not x86_64: edgevm runs x86_64 programs only")]
+    WrongMachine(String),
+    #[error("truncated or malformed ELF: {0}")]
+    Malformed(String),
+    #[error("dynamically linked programs are not supported yet: build with -static (gcc -static, or rustc -C target-feature=+crt-static)")]
+    Dynamic,
+    #[error("ELF type {0} cannot be run: only executables (ET_EXEC) and static-pie (ET_DYN) are supported")]
+    BadType(u16),
+    #[error("ELF segment at {vaddr:#x}..{end:#x} is outside the usable address space {lo:#x}..{hi:#x}")]
+    OutsideAddressSpace { vaddr: u64, end: u64, lo: u64, hi: u64 },
+    #[error("ELF segments overlap: {0:#x}..{1:#x} and {2:#x}..{3:#x}")]
+    Overlap(u64, u64, u64, u64),
+    #[error("ELF has no loadable segment")]
+    NoSegments,
+    #[error("arguments and environment are too large ({0} bytes)")]
+    ArgsTooLarge(usize),
+    #[error(transparent)]
+    Memory(#[from] MemError),
+}
+
+/// What kind of static binary this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryType {
+    /// ET_EXEC at its link address.
+    Static,
+    /// ET_DYN without interpreter, relocated to [`layout::PIE_BASE`].
+    StaticPie,
+}
+
+impl BinaryType {
+    /// "static" / "static-pie".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BinaryType::Static => "static",
+            BinaryType::StaticPie => "static-pie",
+        }
+    }
+}
+
+/// A loaded program.
+#[derive(Debug, Clone)]
+pub struct LoadedElf {
+    /// Entry point (after relocation).
+    pub entry: u64,
+    /// Load bias added to every link address.
+    pub bias: u64,
+    /// Address of the program headers in guest memory (0 = not mapped; put on the stack).
+    pub phdr: u64,
+    /// Number of program headers.
+    pub phnum: u64,
+    /// First byte after the highest segment, page aligned: where brk starts.
+    pub end: u64,
+    /// Bytes of address space the segments span.
+    pub image_bytes: u64,
+    /// static / static-pie.
+    pub kind: BinaryType,
+    /// Function symbols for crash reports.
+    pub symbols: Symbols,
+    raw_phdrs: Vec<u8>,
+}
+
+/// Sorted function symbols.
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    syms: Vec<(u64, u64, String)>,
+}
+
+impl Symbols {
+    /// The symbol containing `addr`, with the offset into it.
+    pub fn lookup(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.syms.partition_point(|s| s.0 <= addr);
+        if i == 0 {
+            return None;
+        }
+        let (start, size, name) = &self.syms[i - 1];
+        if addr < start + (*size).max(1) {
+            Some((name.as_str(), addr - start))
+        } else {
+            None
+        }
+    }
+
+    /// Address of a symbol by name.
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.syms.iter().find(|s| s.2 == name).map(|s| s.0)
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.syms.len()
+    }
+
+    /// No symbols (stripped binary).
+    pub fn is_empty(&self) -> bool {
+        self.syms.is_empty()
+    }
+}
+
+fn machine_name(m: u16) -> String {
+    match m {
+        3 => "x86 (i386)".into(),
+        40 => "ARM".into(),
+        183 => "AArch64".into(),
+        243 => "RISC-V".into(),
+        8 => "MIPS".into(),
+        20 | 21 => "PowerPC".into(),
+        22 => "S390".into(),
+        other => format!("machine type {other}"),
+    }
+}
+
+/// Check the identification bytes before handing the file to the parser, so the common
+/// mistakes get a precise message.
+fn precheck(bytes: &[u8]) -> Result<(), ElfError> {
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err(ElfError::NotElf);
+    }
+    if bytes.len() < 20 {
+        return Err(ElfError::Malformed(format!(
+            "file is only {} bytes long",
+            bytes.len()
+        )));
+    }
+    match bytes[4] {
+        1 => return Err(ElfError::Elf32),
+        2 => {}
+        c => return Err(ElfError::Malformed(format!("unknown ELF class {c}"))),
+    }
+    if bytes[5] == 2 {
+        return Err(ElfError::BigEndian);
+    }
+    let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    if machine != header::EM_X86_64 {
+        return Err(ElfError::WrongMachine(machine_name(machine)));
+    }
+    if bytes.len() < 64 {
+        return Err(ElfError::Malformed(format!(
+            "file is only {} bytes long, shorter than an ELF header",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Validate `bytes` and load its segments into `mem`.
+pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf, ElfError> {
+    precheck(bytes)?;
+    let elf = Elf::parse(bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
+    if elf
+        .program_headers
+        .iter()
+        .any(|p| p.p_type == program_header::PT_INTERP)
+    {
+        return Err(ElfError::Dynamic);
+    }
+    let loads: Vec<_> = elf
+        .program_headers
+        .iter()
+        .filter(|p| p.p_type == program_header::PT_LOAD && p.p_memsz > 0)
+        .collect();
+    if loads.is_empty() {
+        return Err(ElfError::NoSegments);
+    }
+    let min_vaddr = loads.iter().map(|p| p.p_vaddr).min().unwrap_or(0) & !0xFFF;
+    let (kind, bias) = match elf.header.e_type {
+        header::ET_EXEC => (BinaryType::Static, 0u64),
+        header::ET_DYN => (
+            BinaryType::StaticPie,
+            layout::PIE_BASE.wrapping_sub(min_vaddr),
+        ),
+        t => return Err(ElfError::BadType(t)),
+    };
+    // Leave room for at least 2 MiB of heap and mmap below the stack guard.
+    let hi = l.guard_page & !((2 << 20) - 1);
+    let mut ranges = Vec::new();
+    for p in &loads {
+        let vaddr = p.p_vaddr.wrapping_add(bias);
+        let end = vaddr.checked_add(p.p_memsz).unwrap_or(u64::MAX);
+        if vaddr < layout::USER_BASE || end > hi.saturating_sub(2 << 20) {
+            return Err(ElfError::OutsideAddressSpace {
+                vaddr,
+                end,
+                lo: layout::USER_BASE,
+                hi: hi.saturating_sub(2 << 20),
+            });
+        }
+        if p.p_filesz > p.p_memsz {
+            return Err(ElfError::Malformed(format!(
+                "segment at {:#x} has file size {:#x} larger than memory size {:#x}",
+                p.p_vaddr, p.p_filesz, p.p_memsz
+            )));
+        }
+        let fend = p.p_offset.checked_add(p.p_filesz);
+        if fend.is_none_or(|e| e > bytes.len() as u64) {
+            return Err(ElfError::Malformed(format!(
+                "truncated: segment at {:#x} needs file bytes {:#x}..{:#x}, file has {:#x}",
+                p.p_vaddr,
+                p.p_offset,
+                p.p_offset.saturating_add(p.p_filesz),
+                bytes.len()
+            )));
+        }
+        ranges.push((vaddr, end));
+    }
+    let mut sorted = ranges.clone();
+    sorted.sort();
+    for w in sorted.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(ElfError::Overlap(w[0].0, w[0].1, w[1].0, w[1].1));
+        }
+    }
+    // Map like Linux does: whole pages from the file, then zero the rest of memsz.
+    for p in &loads {
+        let vaddr = p.p_vaddr.wrapping_add(bias);
+        let page_off = vaddr & 0xFFF;
+        let file_start = p.p_offset.saturating_sub(page_off) as usize;
+        let mem_start = vaddr - page_off;
+        let file_end = (p.p_offset + p.p_filesz) as usize;
+        mem.write(mem_start, &bytes[file_start..file_end])?;
+        let zero_from = vaddr + p.p_filesz;
+        let zero_len = (vaddr + p.p_memsz) - zero_from;
+        if zero_len > 0 {
+            mem.zero(zero_from, zero_len as usize)?;
+        }
+    }
+    let end = sorted.iter().map(|r| r.1).max().unwrap_or(0);
+    let end = (end + 0xFFF) & !0xFFF;
+    let start = sorted[0].0 & !0xFFF;
+    // Program headers: PT_PHDR, else the load segment containing e_phoff.
+    let phoff = elf.header.e_phoff;
+    let phdr = elf
+        .program_headers
+        .iter()
+        .find(|p| p.p_type == program_header::PT_PHDR)
+        .map(|p| p.p_vaddr.wrapping_add(bias))
+        .or_else(|| {
+            loads
+                .iter()
+                .find(|p| phoff >= p.p_offset && phoff < p.p_offset + p.p_filesz)
+                .map(|p| p.p_vaddr.wrapping_add(bias) + (phoff - p.p_offset))
+        })
+        .unwrap_or(0);
+    let phsize = elf.header.e_phnum as usize * elf.header.e_phentsize as usize;
+    let raw_phdrs = bytes
+        .get(phoff as usize..phoff as usize + phsize)
+        .unwrap_or(&[])
+        .to_vec();
+    let mut syms: Vec<(u64, u64, String)> = elf
+        .syms
+        .iter()
+        .filter(|s| s.st_type() == sym::STT_FUNC && s.st_value != 0)
+        .filter_map(|s| {
+            let name = elf.strtab.get_at(s.st_name)?;
+            Some((s.st_value.wrapping_add(bias), s.st_size, name.to_string()))
+        })
+        .collect();
+    syms.sort_by_key(|s| s.0);
+    Ok(LoadedElf {
+        entry: elf.entry.wrapping_add(bias),
+        bias,
+        phdr,
+        phnum: elf.header.e_phnum as u64,
+        end,
+        image_bytes: end - start,
+        kind,
+        symbols: Symbols { syms },
+        raw_phdrs,
+    })
+}
+
+// auxv keys
+const AT_NULL: u64 = 0;
+const AT_PHDR: u64 = 3;
+const AT_PHENT: u64 = 4;
+const AT_PHNUM: u64 = 5;
+const AT_PAGESZ: u64 = 6;
+const AT_BASE: u64 = 7;
+const AT_FLAGS: u64 = 8;
+const AT_ENTRY: u64 = 9;
+const AT_UID: u64 = 11;
+const AT_EUID: u64 = 12;
+const AT_GID: u64 = 13;
+const AT_EGID: u64 = 14;
+const AT_PLATFORM: u64 = 15;
+const AT_HWCAP: u64 = 16;
+const AT_CLKTCK: u64 = 17;
+const AT_SECURE: u64 = 23;
+const AT_RANDOM: u64 = 25;
+const AT_HWCAP2: u64 = 26;
+const AT_EXECFN: u64 = 31;
+
+/// Build argc/argv/envp/auxv at the top of the stack, as Linux does. Returns the initial RSP.
+pub fn setup_stack(
+    mem: &mut GuestMemory,
+    l: &Layout,
+    elf: &LoadedElf,
+    argv: &[String],
+    envp: &[String],
+    random: [u8; 16],
+) -> Result<u64, ElfError> {
+    let mut sp = l.stack_top;
+    let total: usize = argv.iter().chain(envp).map(|s| s.len() + 1).sum();
+    if total > (256 << 10) {
+        return Err(ElfError::ArgsTooLarge(total));
+    }
+    fn push_bytes(mem: &mut GuestMemory, sp: &mut u64, b: &[u8]) -> Result<u64, ElfError> {
+        *sp -= b.len() as u64;
+        mem.write(*sp, b)?;
+        Ok(*sp)
+    }
+    fn push_str(mem: &mut GuestMemory, sp: &mut u64, s: &str) -> Result<u64, ElfError> {
+        let mut v: Vec<u8> = s.bytes().filter(|&c| c != 0).collect();
+        v.push(0);
+        push_bytes(mem, sp, &v)
+    }
+    let execfn = push_str(mem, &mut sp, argv.first().map(String::as_str).unwrap_or(""))?;
+    let platform = push_str(mem, &mut sp, "x86_64")?;
+    let mut env_ptrs = Vec::new();
+    for e in envp {
+        env_ptrs.push(push_str(mem, &mut sp, e)?);
+    }
+    let mut arg_ptrs = Vec::new();
+    for a in argv {
+        arg_ptrs.push(push_str(mem, &mut sp, a)?);
+    }
+    let rand_ptr = push_bytes(mem, &mut sp, &random)?;
+    let mut phdr = elf.phdr;
+    if phdr == 0 && !elf.raw_phdrs.is_empty() {
+        sp &= !7;
+        phdr = push_bytes(mem, &mut sp, &elf.raw_phdrs)?;
+    }
+    // SAFETY: getauxval has no preconditions.
+    let (hwcap, hwcap2) = unsafe {
+        (
+            libc::getauxval(libc::AT_HWCAP),
+            libc::getauxval(libc::AT_HWCAP2),
+        )
+    };
+    let auxv: Vec<(u64, u64)> = vec![
+        (AT_PHDR, phdr),
+        (AT_PHENT, 56),
+        (AT_PHNUM, elf.phnum),
+        (AT_PAGESZ, 4096),
+        (AT_BASE, 0),
+        (AT_FLAGS, 0),
+        (AT_ENTRY, elf.entry),
+        (AT_UID, 0),
+        (AT_EUID, 0),
+        (AT_GID, 0),
+        (AT_EGID, 0),
+        (AT_SECURE, 0),
+        (AT_CLKTCK, 100),
+        (AT_HWCAP, hwcap),
+        (AT_HWCAP2, hwcap2),
+        (AT_PLATFORM, platform),
+        (AT_RANDOM, rand_ptr),
+        (AT_EXECFN, execfn),
+        (AT_NULL, 0),
+    ];
+    let words = 1 + arg_ptrs.len() + 1 + env_ptrs.len() + 1 + auxv.len() * 2;
+    sp &= !15;
+    if words % 2 == 1 {
+        sp -= 8;
+    }
+    sp -= (words * 8) as u64;
+    let mut w = Vec::with_capacity(words * 8);
+    w.extend_from_slice(&(arg_ptrs.len() as u64).to_le_bytes());
+    for p in arg_ptrs.iter().chain([&0]) {
+        w.extend_from_slice(&p.to_le_bytes());
+    }
+    for p in env_ptrs.iter().chain([&0]) {
+        w.extend_from_slice(&p.to_le_bytes());
+    }
+    for (k, v) in auxv {
+        w.extend_from_slice(&k.to_le_bytes());
+        w.extend_from_slice(&v.to_le_bytes());
+    }
+    mem.write(sp, &w)?;
+    Ok(sp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> (GuestMemory, Layout) {
+        (
+            GuestMemory::new_shared(64 << 20).unwrap(),
+            Layout::new(64 << 20, 0).unwrap(),
+        )
+    }
+
+    #[test]
+    fn rejects_non_elf_and_wrong_class() {
+        let (mut m, l) = mem();
+        assert_eq!(
+            load(b"#!/bin/sh\n", &mut m, &l).unwrap_err(),
+            ElfError::NotElf
+        );
+        let mut e32 = vec![0x7f, b'E', b'L', b'F', 1, 1, 1];
+        e32.resize(64, 0);
+        assert_eq!(load(&e32, &mut m, &l).unwrap_err(), ElfError::Elf32);
+        let mut arm = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+        arm.resize(64, 0);
+        arm[18] = 183;
+        assert!(matches!(
+            load(&arm, &mut m, &l).unwrap_err(),
+            ElfError::WrongMachine(_)
+        ));
+        assert!(matches!(
+            load(b"\x7fELF\x02\x01", &mut m, &l).unwrap_err(),
+            ElfError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn symbols_lookup() {
+        let s = Symbols {
+            syms: vec![(0x1000, 0x10, "a".into()), (0x2000, 0, "b".into())],
+        };
+        assert_eq!(s.lookup(0x1008), Some(("a", 8)));
+        assert_eq!(s.lookup(0x1010), None);
+        assert_eq!(s.lookup(0x2000), Some(("b", 0)));
+        assert_eq!(s.lookup(0xfff), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! Guest memory layout. Guest-virtual == guest-physical (identity map), so a guest pointer is
+//! an offset into [`edgevm_kvm::GuestMemory`] and the host never walks page tables.
+//!
+//! ```text
+//! 0x0000_0000  not present (NULL dereferences fault)
+//! 0x0000_1000  GDT                      (supervisor)
+//! 0x0000_2000  TSS + I/O permission map (supervisor)
+//! 0x0000_3000  IDT                      (supervisor)
+//! 0x0000_4000  exception stubs, CPL0    (supervisor)
+//! 0x0000_5000  user stubs: syscall entry, request entry, return trampoline (user, read-only)
+//! 0x0000_6000  frozen FXSAVE image      (user, read-only)
+//! 0x0000_8000  exception stack, RSP0 = 0x10000 (supervisor)
+//! 0x0001_0000  PML4, PDPT, low PT, guard PT    (supervisor)
+//! 0x0002_0000  host<->guest I/O area    (user)
+//! 0x0010_0000  page directories, 1 per GiB (supervisor)
+//! 0x0020_0000  user memory: ELF, brk heap ->   <- mmap area | guard | stack | shared memory
+//! ```
+//!
+//! Page-table pages are supervisor-only, so guest code at CPL3 can never change them, and they
+//! are written once at boot with Accessed/Dirty preset, so they never show up in dirty logs.
+
+/// GDT.
+pub const GDT: u64 = 0x1000;
+/// TSS (with the I/O bitmap right after the 0x68-byte TSS).
+pub const TSS: u64 = 0x2000;
+/// TSS limit: 0x68 bytes of TSS, 32 bytes of I/O bitmap (ports 0-255), one 0xFF terminator.
+pub const TSS_LIMIT: u32 = 0x88;
+/// IDT.
+pub const IDT: u64 = 0x3000;
+/// Exception stubs (CPL0), 16 bytes each.
+pub const EXC_STUBS: u64 = 0x4000;
+/// User-executable stub page.
+pub const USER_STUBS: u64 = 0x5000;
+/// SYSCALL entry (LSTAR): `out %al,$SYSCALL_PORT; sysretq`.
+pub const SYSCALL_ENTRY: u64 = USER_STUBS;
+/// Request entry trampoline (restores FPU state, calls the handler).
+pub const REQUEST_ENTRY: u64 = USER_STUBS + 0x40;
+/// Return trampoline: a handler that returns lands here and reports "returned".
+pub const RETURN_TRAMPOLINE: u64 = USER_STUBS + 0x80;
+/// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
+pub const FXSAVE_AREA: u64 = 0x6000;
+/// Top of the exception stack (TSS.RSP0).
+pub const EXC_STACK_TOP: u64 = 0x10000;
+/// PML4.
+pub const PML4: u64 = 0x10000;
+/// PDPT (covers 512 GiB).
+pub const PDPT: u64 = 0x11000;
+/// Page table for the first 2 MiB.
+pub const PT_LOW: u64 = 0x12000;
+/// Page table for the 2 MiB region holding the stack guard page.
+pub const PT_GUARD: u64 = 0x13000;
+/// Host<->guest I/O area (request data, response headers).
+pub const IO_AREA: u64 = 0x20000;
+/// Size of the I/O area.
+pub const IO_AREA_SIZE: u64 = 0x100000 - IO_AREA;
+/// First page directory; one per GiB of address space.
+pub const PD_BASE: u64 = 0x100000;
+/// Lowest user address.
+pub const USER_BASE: u64 = 0x200000;
+/// Largest supported address space (page directories fit in 0x100000..0x200000).
+pub const MAX_ADDRESS_SPACE: u64 = 256 << 30;
+/// Where a static-pie (ET_DYN) program is loaded.
+pub const PIE_BASE: u64 = 0x400000;
+/// Size of the main stack.
+pub const STACK_SIZE: u64 = 4 << 20;
+
+/// Port of the Linux system call exit (from the SYSCALL entry stub).
+pub const SYSCALL_PORT: u16 = 0xE0;
+/// Port of CPU exception reports (from the CPL0 exception stubs).
+pub const EXCEPTION_PORT: u16 = 0xE1;
+/// Port of `kvm_api.h` hypercalls: `mov $NUM,%eax; out %eax,$0` (same as the reference).
+pub const API_PORT: u16 = 0;
+
+/// Where things are for one program's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Total guest memory (address space), bytes.
+    pub mem_size: u64,
+    /// Start of the shared-memory area (== mem_size when none).
+    pub shared_start: u64,
+    /// Top of the main stack (== shared_start).
+    pub stack_top: u64,
+    /// Lowest stack address.
+    pub stack_bottom: u64,
+    /// Guard page below the stack.
+    pub guard_page: u64,
+}
+
+impl Layout {
+    /// Layout for `mem_size` bytes of address space with `shared` bytes of shared memory at the
+    /// top. Both must be multiples of 2 MiB.
+    pub fn new(mem_size: u64, shared: u64) -> Result<Layout, String> {
+        const MB2: u64 = 2 << 20;
+        if mem_size % MB2 != 0 || shared % MB2 != 0 {
+            return Err("address space and shared memory must be multiples of 2 MB".into());
+        }
+        if mem_size > MAX_ADDRESS_SPACE {
+            return Err(format!(
+                "address space of {} MB is above the supported maximum of {} MB",
+                mem_size >> 20,
+                MAX_ADDRESS_SPACE >> 20
+            ));
+        }
+        let min = USER_BASE + STACK_SIZE + 3 * MB2;
+        if mem_size < shared + min {
+            return Err(format!(
+                "address space of {} MB is too small: need at least {} MB besides {} MB of shared memory",
+                mem_size >> 20,
+                min >> 20,
+                shared >> 20
+            ));
+        }
+        let stack_top = mem_size - shared;
+        let stack_bottom = stack_top - STACK_SIZE;
+        Ok(Layout {
+            mem_size,
+            shared_start: stack_top,
+            stack_top,
+            stack_bottom,
+            guard_page: stack_bottom - 4096,
+        })
+    }
+}

@@ -1,0 +1,952 @@
+//! Linux system call emulation for static glibc, musl, libstdc++ and Rust programs.
+//!
+//! Every system call is exactly one VM exit: the SYSCALL entry stub does `out $0xE0`, the
+//! host reads the arguments from the synced registers, does the work against guest memory,
+//! and writes the result (and, under kvm_pvm, RIP/RFLAGS) back through sync_regs.
+//!
+//! Memory model: the address space is identity-mapped and pre-mapped; `brk` grows up from the
+//! end of the ELF image, anonymous `mmap` allocates down from the stack guard page, and the two
+//! meet in the middle. Everything handed out is counted against `max_memory`, so a program that
+//! allocates past it gets `ENOMEM`, as on Linux under a memory limit. `mprotect` is accepted
+//! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
+//! Signals are recorded (`rt_sigaction`, `rt_sigprocmask`) but never delivered; a signal sent
+//! to the program itself with a default action ends it, as `abort()` expects.
+//! Anything not emulated returns `-ENOSYS`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use edgevm_kvm::{GuestMemory, KvmError, MemError, Vcpu, PAGE_SIZE};
+
+use crate::layout::{self, Layout};
+use crate::names::syscall_name;
+
+const EPERM: i64 = 1;
+const ENOENT: i64 = 2;
+const ESRCH: i64 = 3;
+const EBADF: i64 = 9;
+const EAGAIN: i64 = 11;
+const ENOMEM: i64 = 12;
+const EFAULT: i64 = 14;
+const EINVAL: i64 = 22;
+const ENOTTY: i64 = 25;
+const ESPIPE: i64 = 29;
+const ERANGE: i64 = 34;
+const ENOSYS: i64 = 38;
+const ETIMEDOUT: i64 = 110;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+fn page_up(v: u64) -> u64 {
+    v.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+/// Where guest stdout/stderr and syscall logs go.
+pub trait Output {
+    /// Bytes the guest wrote to fd 1 or 2.
+    fn write(&mut self, fd: i32, data: &[u8]);
+    /// A `verbose_syscalls` log line.
+    fn log(&mut self, line: &str);
+}
+
+/// What the run loop should do after a system call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyscallOutcome {
+    /// Result written back; resume the guest.
+    Continue,
+    /// The program called exit/exit_group with this status.
+    Exit(i32),
+    /// The program sent itself a fatal signal (e.g. abort()).
+    Killed(i32),
+    /// A blocking call would exceed the run's deadline.
+    DeadlineExceeded,
+    /// The program can never make progress (e.g. a futex wait with one thread).
+    Fatal(String),
+}
+
+/// Anonymous memory handed out by mmap, below the stack guard page.
+#[derive(Debug, Clone)]
+struct MmapArea {
+    /// Lowest address ever handed out; everything below (down to brk) is untouched.
+    bottom: u64,
+    /// Top of the area (the stack guard page).
+    top: u64,
+    /// Freed ranges inside [bottom, top): start -> length.
+    free: BTreeMap<u64, u64>,
+}
+
+impl MmapArea {
+    fn free_bytes(&self) -> u64 {
+        self.free.values().sum()
+    }
+
+    fn mapped_bytes(&self) -> u64 {
+        self.top - self.bottom - self.free_bytes()
+    }
+
+    /// Remove [start, start+len) from the free list (it becomes mapped).
+    fn take(&mut self, start: u64, len: u64) {
+        let end = start + len;
+        let overlapping: Vec<(u64, u64)> = self
+            .free
+            .range(..end)
+            .filter(|(s, l)| **s + **l > start)
+            .map(|(s, l)| (*s, *l))
+            .collect();
+        for (s, l) in overlapping {
+            self.free.remove(&s);
+            if s < start {
+                self.free.insert(s, start - s);
+            }
+            if s + l > end {
+                self.free.insert(end, s + l - end);
+            }
+        }
+    }
+
+    /// Return [start, start+len) to the free list, coalescing.
+    fn give_back(&mut self, start: u64, len: u64) {
+        let start = start.max(self.bottom);
+        let end = (start + len).min(self.top);
+        if end <= start {
+            return;
+        }
+        self.take(start, end - start);
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
+            if ps + pl == s {
+                self.free.remove(&ps);
+                s = ps;
+            }
+        }
+        if let Some(&nl) = self.free.get(&e) {
+            self.free.remove(&e);
+            e += nl;
+        }
+        if s == self.bottom {
+            self.bottom = e;
+        } else {
+            self.free.insert(s, e - s);
+        }
+    }
+}
+
+/// Settings of the emulated process.
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// Bytes of memory the program may allocate in total (ELF, stack, brk and mmap).
+    pub max_memory: u64,
+    /// What readlink("/proc/self/exe") answers (absolute).
+    pub exe_path: String,
+    /// Log every system call by name.
+    pub verbose_syscalls: bool,
+}
+
+/// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
+/// to it.
+#[derive(Debug, Clone)]
+pub struct LinuxState {
+    layout: Layout,
+    cfg: LinuxConfig,
+    brk_start: u64,
+    brk: u64,
+    brk_high: u64,
+    mmap: MmapArea,
+    image_bytes: u64,
+    sigactions: BTreeMap<u64, [u8; 32]>,
+    sigmask: u64,
+    clear_tid: u64,
+    robust_list: u64,
+    rseq: u64,
+    /// Some(true) when SYSCALL enters CPL0 (hardware KVM), Some(false) under kvm_pvm.
+    cpl0_syscalls: Option<bool>,
+    /// Deadline of the current run, for blocking calls.
+    pub deadline: Option<Instant>,
+    /// System calls handled.
+    pub syscalls: u64,
+}
+
+impl LinuxState {
+    /// A process whose ELF image ends at `elf_end` and spans `image_bytes`.
+    pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
+        let brk_start = page_up(elf_end);
+        LinuxState {
+            layout,
+            cfg,
+            brk_start,
+            brk: brk_start,
+            brk_high: brk_start,
+            mmap: MmapArea {
+                bottom: layout.guard_page,
+                top: layout.guard_page,
+                free: BTreeMap::new(),
+            },
+            image_bytes,
+            sigactions: BTreeMap::new(),
+            sigmask: 0,
+            clear_tid: 0,
+            robust_list: 0,
+            rseq: 0,
+            cpl0_syscalls: None,
+            deadline: None,
+            syscalls: 0,
+        }
+    }
+
+    /// Bytes counted against max_memory now.
+    pub fn memory_used(&self) -> u64 {
+        self.image_bytes + layout::STACK_SIZE + (self.brk - self.brk_start) + self.mmap.mapped_bytes()
+    }
+
+    /// The memory limit.
+    pub fn memory_limit(&self) -> u64 {
+        self.cfg.max_memory
+    }
+
+    /// Current program break.
+    pub fn brk(&self) -> u64 {
+        self.brk
+    }
+
+    /// Whether system calls were seen entering at CPL0 (hardware KVM).
+    pub fn cpl0_syscalls(&self) -> Option<bool> {
+        self.cpl0_syscalls
+    }
+
+    /// Turn verbose syscall logging on or off (request VMs turn it off).
+    pub fn set_verbose(&mut self, on: bool) {
+        self.cfg.verbose_syscalls = on;
+    }
+
+    fn can_grow(&self, extra: u64) -> bool {
+        self.memory_used().saturating_add(extra) <= self.cfg.max_memory
+    }
+
+    /// Handle the system call the guest just made (registers as of the exit).
+    pub fn handle(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> Result<SyscallOutcome, KvmError> {
+        let r = *cpu.regs();
+        if self.cpl0_syscalls.is_none() {
+            // One GET_SREGS per program: which way did SYSCALL enter? (see cpu.rs)
+            self.cpl0_syscalls = Some(cpu.sregs()?.cs.dpl == 0);
+        }
+        self.syscalls += 1;
+        let nr = r.rax;
+        let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        let res = self.dispatch(nr, a, cpu, mem, out)?;
+        let ret = match res {
+            Ok(v) => v,
+            Err(SyscallOutcome::Continue) => -ENOSYS,
+            Err(other) => {
+                if self.cfg.verbose_syscalls {
+                    out.log(&format!("{}({:#x}, {:#x}, {:#x}) -> {:?}", syscall_name(nr), a[0], a[1], a[2], other));
+                }
+                return Ok(other);
+            }
+        };
+        if self.cfg.verbose_syscalls {
+            out.log(&format!(
+                "{}({:#x}, {:#x}, {:#x}) = {}",
+                syscall_name(nr),
+                a[0],
+                a[1],
+                a[2],
+                if ret < 0 && ret > -4096 { format!("-{}", errno_name(-ret)) } else { format!("{ret:#x}") }
+            ));
+        }
+        let cpl0 = self.cpl0_syscalls == Some(true);
+        let regs = cpu.regs_mut();
+        regs.rax = ret as u64;
+        if !cpl0 {
+            // kvm_pvm: SYSCALL stayed at CPL3, so do what SYSRETQ would.
+            regs.rip = r.rcx;
+            regs.rflags = r.r11;
+        }
+        Ok(SyscallOutcome::Continue)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn dispatch(
+        &mut self,
+        nr: u64,
+        a: [u64; 6],
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let fd = a[0] as i64 as i32;
+        let v = match nr {
+            0 => Ok(match fd {
+                0 => 0,
+                _ => -EBADF,
+            }),
+            1 => Ok(self.sys_write(fd, a[1], a[2], mem, out)),
+            3 => Ok(if (0..=2).contains(&fd) { 0 } else { -EBADF }),
+            5 => Ok(self.sys_fstat(fd, a[1], mem)),
+            8 | 17 | 18 => Ok(if (0..=2).contains(&fd) { -ESPIPE } else { -EBADF }),
+            9 => Ok(self.sys_mmap(a, mem)),
+            10 => Ok(0), // mprotect: accepted, not enforced
+            11 => Ok(self.sys_munmap(a[0], a[1])),
+            12 => Ok(self.sys_brk(a[0], mem)),
+            13 => Ok(self.sys_rt_sigaction(a, mem)),
+            14 => Ok(self.sys_rt_sigprocmask(a, mem)),
+            16 => Ok(if (0..=2).contains(&fd) { -ENOTTY } else { -EBADF }),
+            20 => Ok(self.sys_writev(fd, a[1], a[2], mem, out)),
+            24 => Ok(0), // sched_yield
+            25 => Ok(self.sys_mremap(a, mem)),
+            28 => Ok(self.sys_madvise(a, mem)),
+            35 => return Ok(self.sys_nanosleep(a[0], mem, None)),
+            39 | 186 => Ok(1), // getpid, gettid
+            60 | 231 => Err(SyscallOutcome::Exit((a[0] & 0xFF) as i32)),
+            62 | 200 => self.sys_kill(a[0] as i64, a[1] as i64),
+            234 => self.sys_kill(a[1] as i64, a[2] as i64),
+            63 => Ok(self.sys_uname(a[0], mem)),
+            72 => Ok(match (fd, a[1]) {
+                (0..=2, 1) => 0,                       // F_GETFD
+                (0..=2, 2 | 4) => 0,                   // F_SETFD, F_SETFL
+                (0, 3) => 0,                           // F_GETFL: O_RDONLY
+                (1..=2, 3) => 1,                       // O_WRONLY
+                (0..=2, _) => -EINVAL,
+                _ => -EBADF,
+            }),
+            79 => Ok(self.sys_getcwd(a[0], a[1], mem)),
+            89 => Ok(self.sys_readlink(a[0], a[1], a[2], mem)),
+            267 => Ok(self.sys_readlink(a[1], a[2], a[3], mem)),
+            96 => Ok(self.sys_gettimeofday(a[0], a[1], mem)),
+            97 => Ok(self.sys_prlimit(0, a[0], a[1], mem)),
+            102 | 104 | 107 | 108 => Ok(0), // get{u,g}id, gete{u,g}id
+            110 => Ok(0),                   // getppid
+            131 => Ok(self.sys_sigaltstack(a[1], mem)),
+            158 => Ok(self.sys_arch_prctl(a[0], a[1], cpu, mem)?),
+            201 => Ok(self.sys_time(a[0], mem)),
+            202 => return Ok(self.sys_futex(a, mem)),
+            204 => Ok(self.sys_sched_getaffinity(a[1], a[2], mem)),
+            218 => {
+                self.clear_tid = a[0];
+                Ok(1)
+            }
+            228 => Ok(self.sys_clock_gettime(a[0], a[1], mem)),
+            229 => Ok(if a[1] != 0 {
+                wr(mem, a[1], &timespec_bytes(0, 1))
+            } else {
+                0
+            }),
+            230 => {
+                let abs = if a[1] & 1 != 0 { Some(a[0]) } else { None };
+                return Ok(self.sys_nanosleep(a[2], mem, abs));
+            }
+            262 => Ok(self.sys_newfstatat(a, mem)),
+            273 => Ok(if a[1] != 24 {
+                -EINVAL
+            } else {
+                self.robust_list = a[0];
+                0
+            }),
+            302 => Ok(self.sys_prlimit(a[0], a[1], a[3], mem)),
+            309 => Ok({
+                for p in [a[0], a[1]] {
+                    if p != 0 && mem.write(p, &0u32.to_le_bytes()).is_err() {
+                        return Ok(Ok(-EFAULT));
+                    }
+                }
+                0
+            }),
+            318 => Ok(self.sys_getrandom(a[0], a[1], mem)),
+            334 => Ok(self.sys_rseq(a, mem)),
+            _ => Err(SyscallOutcome::Continue),
+        };
+        Ok(v)
+    }
+
+    fn sys_write(&mut self, fd: i32, buf: u64, len: u64, mem: &GuestMemory, out: &mut dyn Output) -> i64 {
+        if fd != 1 && fd != 2 {
+            return if fd == 0 { -EBADF } else { -EBADF };
+        }
+        let len = len.min(64 << 20) as usize;
+        match mem.read_vec(buf, len) {
+            Ok(data) => {
+                out.write(fd, &data);
+                len as i64
+            }
+            Err(_) => -EFAULT,
+        }
+    }
+
+    fn sys_writev(&mut self, fd: i32, iov: u64, cnt: u64, mem: &GuestMemory, out: &mut dyn Output) -> i64 {
+        if fd != 1 && fd != 2 {
+            return -EBADF;
+        }
+        if cnt > 1024 {
+            return -EINVAL;
+        }
+        let mut total = 0i64;
+        let mut data = Vec::new();
+        for i in 0..cnt {
+            let (Ok(base), Ok(len)) = (mem.read_u64(iov + 16 * i), mem.read_u64(iov + 16 * i + 8)) else {
+                return -EFAULT;
+            };
+            if len == 0 {
+                continue;
+            }
+            if len > (64 << 20) {
+                return -EINVAL;
+            }
+            match mem.read_vec(base, len as usize) {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(_) => return -EFAULT,
+            }
+            total += len as i64;
+        }
+        out.write(fd, &data);
+        total
+    }
+
+    fn sys_fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
+        if !(0..=2).contains(&fd) {
+            return -EBADF;
+        }
+        let mut st = [0u8; 144];
+        st[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
+        st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO | 0600
+        st[56..64].copy_from_slice(&4096i64.to_le_bytes()); // st_blksize
+        wr(mem, buf, &st)
+    }
+
+    fn sys_newfstatat(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const AT_EMPTY_PATH: u64 = 0x1000;
+        let path = match mem.read_cstr(a[1], 4096) {
+            Ok(p) => p,
+            Err(_) => return -EFAULT,
+        };
+        if path.is_empty() && a[3] & AT_EMPTY_PATH != 0 {
+            return self.sys_fstat(a[0] as i32, a[2], mem);
+        }
+        -ENOENT
+    }
+
+    fn sys_brk(&mut self, req: u64, mem: &mut GuestMemory) -> i64 {
+        if req < self.brk_start {
+            return self.brk as i64;
+        }
+        let new = page_up(req);
+        // Keep one page free between the heap and the lowest mapping.
+        if new + PAGE > self.mmap.bottom {
+            return self.brk as i64;
+        }
+        if new > self.brk && !self.can_grow(new - self.brk) {
+            return self.brk as i64;
+        }
+        if new > self.brk {
+            // Memory that was part of the heap before (then released) must read as zero again.
+            let dirty_end = new.min(self.brk_high);
+            if dirty_end > self.brk && mem.zero(self.brk, (dirty_end - self.brk) as usize).is_err() {
+                return self.brk as i64;
+            }
+            self.brk_high = self.brk_high.max(new);
+        }
+        self.brk = new;
+        req as i64
+    }
+
+    fn alloc(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
+        if !self.can_grow(len) {
+            return None;
+        }
+        // Highest free range that fits (mimics Linux's top-down allocation).
+        let fit = self
+            .mmap
+            .free
+            .iter()
+            .rev()
+            .find(|(_, l)| **l >= len)
+            .map(|(s, l)| (*s, *l));
+        if let Some((s, l)) = fit {
+            let at = s + l - len;
+            self.mmap.take(at, len);
+            mem.zero(at, len as usize).ok()?;
+            return Some(at);
+        }
+        let at = self.mmap.bottom.checked_sub(len)?;
+        if at < self.brk + PAGE {
+            return None;
+        }
+        self.mmap.bottom = at;
+        Some(at)
+    }
+
+    fn sys_mmap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MAP_FIXED: u64 = 0x10;
+        const MAP_ANONYMOUS: u64 = 0x20;
+        const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+        let (addr, len, flags) = (a[0], a[1], a[3]);
+        if len == 0 {
+            return -EINVAL;
+        }
+        if flags & MAP_ANONYMOUS == 0 {
+            // No files yet.
+            return -EBADF;
+        }
+        let len = page_up(len);
+        if len == 0 || len > self.layout.mem_size {
+            return -ENOMEM;
+        }
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+            if addr % PAGE != 0 {
+                return -EINVAL;
+            }
+            let end = addr.saturating_add(len);
+            if addr < layout::USER_BASE || end > self.mmap.top {
+                return -ENOMEM;
+            }
+            if addr >= self.mmap.bottom.min(self.brk) {
+                // Inside (or extending) the mmap area.
+                if addr < self.brk + PAGE {
+                    // Would collide with the heap; only allowed inside existing heap pages.
+                    if end > self.brk {
+                        return -ENOMEM;
+                    }
+                } else if addr < self.mmap.bottom {
+                    let grow = self.mmap.bottom - addr;
+                    if !self.can_grow(grow) {
+                        return -ENOMEM;
+                    }
+                    let old = self.mmap.bottom;
+                    self.mmap.bottom = addr;
+                    if end < old {
+                        self.mmap.free.insert(end, old - end);
+                    }
+                }
+                self.mmap.take(addr, len);
+            }
+            if mem.zero(addr, len as usize).is_err() {
+                return -ENOMEM;
+            }
+            return addr as i64;
+        }
+        match self.alloc(len, mem) {
+            Some(at) => at as i64,
+            None => -ENOMEM,
+        }
+    }
+
+    fn sys_munmap(&mut self, addr: u64, len: u64) -> i64 {
+        if addr % PAGE != 0 || len == 0 {
+            return -EINVAL;
+        }
+        let len = page_up(len);
+        if addr >= self.mmap.bottom && addr < self.mmap.top {
+            self.mmap.give_back(addr, len);
+        }
+        0
+    }
+
+    fn sys_mremap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MREMAP_MAYMOVE: u64 = 1;
+        let (old, old_len, new_len, flags) = (a[0], page_up(a[1]), page_up(a[2]), a[3]);
+        if old % PAGE != 0 || new_len == 0 || flags & !3 != 0 {
+            return -EINVAL;
+        }
+        if !(old >= self.mmap.bottom && old + old_len <= self.mmap.top) {
+            return -EFAULT;
+        }
+        if new_len <= old_len {
+            self.mmap.give_back(old + new_len, old_len - new_len);
+            return old as i64;
+        }
+        let extra = new_len - old_len;
+        // Grow in place when the following range is free.
+        let next = old + old_len;
+        if let Some(&l) = self.mmap.free.get(&next) {
+            if l >= extra && self.can_grow(extra) {
+                self.mmap.take(next, extra);
+                if mem.zero(next, extra as usize).is_err() {
+                    return -ENOMEM;
+                }
+                return old as i64;
+            }
+        }
+        if flags & MREMAP_MAYMOVE == 0 {
+            return -ENOMEM;
+        }
+        let Some(new) = self.alloc(new_len, mem) else {
+            return -ENOMEM;
+        };
+        let mut off = 0;
+        while off < old_len {
+            let n = (old_len - off).min(1 << 20) as usize;
+            match mem.read_vec(old + off, n) {
+                Ok(d) => {
+                    if mem.write(new + off, &d).is_err() {
+                        return -EFAULT;
+                    }
+                }
+                Err(_) => return -EFAULT,
+            }
+            off += n as u64;
+        }
+        self.mmap.give_back(old, old_len);
+        new as i64
+    }
+
+    fn sys_madvise(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MADV_DONTNEED: u64 = 4;
+        let (addr, len, advice) = (a[0], page_up(a[1]), a[2]);
+        if addr % PAGE != 0 {
+            return -EINVAL;
+        }
+        if advice == MADV_DONTNEED && len > 0 {
+            // Anonymous private memory reads back as zero after MADV_DONTNEED.
+            if addr < layout::USER_BASE || mem.zero(addr, len as usize).is_err() {
+                return -ENOMEM;
+            }
+        }
+        0
+    }
+
+    fn sys_rt_sigaction(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        let (sig, act, oact) = (a[0], a[1], a[2]);
+        if sig == 0 || sig > 64 || (act != 0 && (sig == 9 || sig == 19)) {
+            return -EINVAL;
+        }
+        if oact != 0 {
+            let old = self.sigactions.get(&sig).copied().unwrap_or([0; 32]);
+            if mem.write(oact, &old).is_err() {
+                return -EFAULT;
+            }
+        }
+        if act != 0 {
+            let mut new = [0u8; 32];
+            if mem.read(act, &mut new).is_err() {
+                return -EFAULT;
+            }
+            self.sigactions.insert(sig, new);
+        }
+        0
+    }
+
+    fn sys_rt_sigprocmask(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        let (how, set, oset) = (a[0], a[1], a[2]);
+        if oset != 0 && mem.write_u64(oset, self.sigmask).is_err() {
+            return -EFAULT;
+        }
+        if set != 0 {
+            let Ok(s) = mem.read_u64(set) else {
+                return -EFAULT;
+            };
+            match how {
+                0 => self.sigmask |= s,
+                1 => self.sigmask &= !s,
+                2 => self.sigmask = s,
+                _ => return -EINVAL,
+            }
+        }
+        0
+    }
+
+    fn sys_sigaltstack(&mut self, old: u64, mem: &mut GuestMemory) -> i64 {
+        if old != 0 {
+            let mut ss = [0u8; 24];
+            ss[8..12].copy_from_slice(&2u32.to_le_bytes()); // SS_DISABLE
+            return wr(mem, old, &ss);
+        }
+        0
+    }
+
+    fn sys_kill(&mut self, pid: i64, sig: i64) -> Result<i64, SyscallOutcome> {
+        if !(pid == 1 || pid == 0 || pid == -1) {
+            return Ok(-ESRCH);
+        }
+        if !(0..=64).contains(&sig) {
+            return Ok(-EINVAL);
+        }
+        if sig == 0 {
+            return Ok(0);
+        }
+        let handler = self
+            .sigactions
+            .get(&(sig as u64))
+            .map(|a| u64::from_le_bytes(a[0..8].try_into().unwrap_or_default()))
+            .unwrap_or(0);
+        // SIG_IGN, or signals whose default action is to ignore.
+        if handler == 1 || matches!(sig, 17 | 23 | 28) {
+            return Ok(0);
+        }
+        Err(SyscallOutcome::Killed(sig as i32))
+    }
+
+    fn sys_uname(&mut self, buf: u64, mem: &mut GuestMemory) -> i64 {
+        let mut u = [0u8; 65 * 6];
+        for (i, s) in ["Linux", "edgevm", "6.1.0-edgevm", "#1 SMP edgevm", "x86_64", "(none)"]
+            .iter()
+            .enumerate()
+        {
+            u[i * 65..i * 65 + s.len()].copy_from_slice(s.as_bytes());
+        }
+        wr(mem, buf, &u)
+    }
+
+    fn sys_getcwd(&mut self, buf: u64, size: u64, mem: &mut GuestMemory) -> i64 {
+        if size < 2 {
+            return -ERANGE;
+        }
+        match mem.write(buf, b"/\0") {
+            Ok(()) => 2,
+            Err(_) => -EFAULT,
+        }
+    }
+
+    fn sys_readlink(&mut self, path: u64, buf: u64, size: u64, mem: &mut GuestMemory) -> i64 {
+        let Ok(p) = mem.read_cstr(path, 4096) else {
+            return -EFAULT;
+        };
+        if p != b"/proc/self/exe" {
+            return -ENOENT;
+        }
+        let target = self.cfg.exe_path.as_bytes();
+        let n = target.len().min(size as usize);
+        match mem.write(buf, &target[..n]) {
+            Ok(()) => n as i64,
+            Err(_) => -EFAULT,
+        }
+    }
+
+    fn sys_gettimeofday(&mut self, tv: u64, tz: u64, mem: &mut GuestMemory) -> i64 {
+        let (s, ns) = host_clock(libc::CLOCK_REALTIME);
+        if tv != 0 {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&s.to_le_bytes());
+            b[8..].copy_from_slice(&(ns / 1000).to_le_bytes());
+            if mem.write(tv, &b).is_err() {
+                return -EFAULT;
+            }
+        }
+        if tz != 0 && mem.write(tz, &[0u8; 8]).is_err() {
+            return -EFAULT;
+        }
+        0
+    }
+
+    fn sys_time(&mut self, tloc: u64, mem: &mut GuestMemory) -> i64 {
+        let (s, _) = host_clock(libc::CLOCK_REALTIME);
+        if tloc != 0 && mem.write_u64(tloc, s as u64).is_err() {
+            return -EFAULT;
+        }
+        s
+    }
+
+    fn sys_clock_gettime(&mut self, clk: u64, tp: u64, mem: &mut GuestMemory) -> i64 {
+        if clk > 11 {
+            return -EINVAL;
+        }
+        let (s, ns) = host_clock(clk as libc::clockid_t);
+        wr(mem, tp, &timespec_bytes(s, ns))
+    }
+
+    fn sys_nanosleep(&mut self, req: u64, mem: &GuestMemory, abs_clock: Option<u64>) -> Result<i64, SyscallOutcome> {
+        let mut b = [0u8; 16];
+        if mem.read(req, &mut b).is_err() {
+            return Ok(-EFAULT);
+        }
+        let s = i64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let ns = i64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+        if s < 0 || !(0..1_000_000_000).contains(&ns) {
+            return Ok(-EINVAL);
+        }
+        let mut dur = Duration::new(s as u64, ns as u32);
+        if let Some(clk) = abs_clock {
+            let (ns_, nns) = host_clock(clk as libc::clockid_t);
+            let now = Duration::new(ns_.max(0) as u64, nns as u32);
+            dur = dur.saturating_sub(now);
+        }
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if dur > left {
+                std::thread::sleep(left);
+                return Err(SyscallOutcome::DeadlineExceeded);
+            }
+        }
+        std::thread::sleep(dur);
+        Ok(0)
+    }
+
+    fn sys_futex(&mut self, a: [u64; 6], mem: &GuestMemory) -> Result<i64, SyscallOutcome> {
+        let op = a[1] & 0x7F;
+        match op {
+            0 | 9 => {
+                let mut w = [0u8; 4];
+                if mem.read(a[0], &mut w).is_err() {
+                    return Ok(-EFAULT);
+                }
+                if u32::from_le_bytes(w) != a[2] as u32 {
+                    return Ok(-EAGAIN);
+                }
+                if a[3] != 0 {
+                    // A single thread: nobody can wake us, so the wait times out.
+                    let r = self.sys_nanosleep(a[3], mem, None)?;
+                    return Ok(if r == 0 { -ETIMEDOUT } else { r });
+                }
+                Err(SyscallOutcome::Fatal(
+                    "futex wait with no timeout in a single-threaded program: it would never wake up (deadlock)".into(),
+                ))
+            }
+            1 | 10 => Ok(0),
+            _ => Ok(-ENOSYS),
+        }
+    }
+
+    fn sys_sched_getaffinity(&mut self, len: u64, mask: u64, mem: &mut GuestMemory) -> i64 {
+        if len < 8 {
+            return -EINVAL;
+        }
+        match mem.write_u64(mask, 1) {
+            Ok(()) => 8,
+            Err(_) => -EFAULT,
+        }
+    }
+
+    fn sys_prlimit(&mut self, pid: u64, resource: u64, old: u64, mem: &mut GuestMemory) -> i64 {
+        if pid != 0 && pid != 1 {
+            return -ESRCH;
+        }
+        if resource > 15 {
+            return -EINVAL;
+        }
+        // New limits are accepted and ignored: edgevm's limits come from the configuration.
+        if old == 0 {
+            return 0;
+        }
+        self.write_rlimit(resource, old, mem)
+    }
+
+    fn sys_arch_prctl(&mut self, code: u64, addr: u64, cpu: &mut dyn Vcpu, mem: &mut GuestMemory) -> Result<i64, KvmError> {
+        Ok(match code {
+            0x1001 => {
+                cpu.set_gs_base(addr)?;
+                0
+            }
+            0x1002 => {
+                cpu.set_fs_base(addr)?;
+                0
+            }
+            0x1003 => wr(mem, addr, &cpu.fs_base().to_le_bytes()),
+            0x1004 => wr(mem, addr, &cpu.gs_base().to_le_bytes()),
+            _ => -EINVAL,
+        })
+    }
+
+    fn sys_getrandom(&mut self, buf: u64, len: u64, mem: &mut GuestMemory) -> i64 {
+        let len = len.min(32 << 20) as usize;
+        if !mem.contains(buf, len) {
+            return -EFAULT;
+        }
+        let mut data = vec![0u8; len];
+        fill_random(&mut data);
+        match mem.write(buf, &data) {
+            Ok(()) => len as i64,
+            Err(_) => -EFAULT,
+        }
+    }
+
+    fn sys_rseq(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const RSEQ_FLAG_UNREGISTER: u64 = 1;
+        if a[2] & RSEQ_FLAG_UNREGISTER != 0 {
+            self.rseq = 0;
+            return 0;
+        }
+        if a[1] < 32 {
+            return -EINVAL;
+        }
+        // One vCPU: the program always runs on CPU 0. cpu_id_start and cpu_id.
+        let r = wr(mem, a[0], &[0u8; 8]);
+        if r == 0 {
+            self.rseq = a[0];
+        }
+        r
+    }
+}
+
+/// getrlimit/prlimit64 values.
+impl LinuxState {
+    fn rlimit(&self, resource: u64) -> (u64, u64) {
+        const INF: u64 = u64::MAX;
+        match resource {
+            3 => (layout::STACK_SIZE, layout::STACK_SIZE), // RLIMIT_STACK
+            7 => (1024, 4096),                             // RLIMIT_NOFILE
+            2 | 9 => (self.cfg.max_memory, self.cfg.max_memory), // RLIMIT_DATA, RLIMIT_AS
+            _ => (INF, INF),
+        }
+    }
+
+    /// Fill an rlimit struct for `resource` at `old`.
+    pub fn write_rlimit(&self, resource: u64, old: u64, mem: &mut GuestMemory) -> i64 {
+        let (c, m) = self.rlimit(resource);
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&c.to_le_bytes());
+        b[8..].copy_from_slice(&m.to_le_bytes());
+        wr(mem, old, &b)
+    }
+}
+
+fn wr(mem: &mut GuestMemory, addr: u64, data: &[u8]) -> i64 {
+    match mem.write(addr, data) {
+        Ok(()) => 0,
+        Err(MemError::OutOfBounds { .. }) | Err(_) => -EFAULT,
+    }
+}
+
+fn timespec_bytes(s: i64, ns: i64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&s.to_le_bytes());
+    b[8..].copy_from_slice(&ns.to_le_bytes());
+    b
+}
+
+fn host_clock(clk: libc::clockid_t) -> (i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the local timespec.
+    let r = unsafe { libc::clock_gettime(clk, &mut ts) };
+    if r != 0 {
+        // SAFETY: as above, with a clock that always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    }
+    (ts.tv_sec, ts.tv_nsec)
+}
+
+/// Fill `buf` from the host's getrandom.
+pub fn fill_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most buf.len()-done bytes into the slice's remaining part.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+}
+
+fn errno_name(e: i64) -> &'static str {
+    match e {
+        EPERM => "EPERM",
+        ENOENT => "ENOENT",
+        ESRCH => "ESRCH",
+        EBADF => "EBADF",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EFAULT => "EFAULT",
+        EINVAL => "EINVAL",
+        ENOTTY => "ENOTTY",
+        ESPIPE => "ESPIPE",
+        ERANGE => "ERANGE",
+        ENOSYS => "ENOSYS",
+        ETIMEDOUT => "ETIMEDOUT",
+        _ => "E?",
+    }
+}

@@ -1,0 +1,533 @@
+//! A program's main VM: load the ELF, boot it to `wait_for_requests()` (or exit), with
+//! timeouts, memory limits and clear errors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgevm_abi::crash::{decode_exception, CrashReport};
+use edgevm_abi::elf::{self, ElfError, LoadedElf};
+use edgevm_abi::layout::{self, Layout};
+use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
+use edgevm_abi::{api, cpu};
+use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu};
+
+use crate::output::Printer;
+use crate::timer::VcpuTimer;
+
+/// Everything needed to boot one program. Built from the configuration by the server, or
+/// from the command line by `edgevm run`.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Program name (KVM_NAME, log prefix).
+    pub name: String,
+    /// Group name (KVM_GROUP).
+    pub group: String,
+    /// Where the program came from (readlink("/proc/self/exe")).
+    pub program_path: PathBuf,
+    /// The ELF file.
+    pub binary: Arc<Vec<u8>>,
+    /// main_arguments (argv[1..]; argv[0] is the program name).
+    pub arguments: Vec<String>,
+    /// environment ("K=V"), appended after the defaults.
+    pub environment: Vec<String>,
+    /// max_memory, bytes.
+    pub max_memory: u64,
+    /// address_space, bytes (raised to fit max_memory and shared memory).
+    pub address_space: u64,
+    /// shared_memory, bytes.
+    pub shared_memory: u64,
+    /// max_boot_time.
+    pub max_boot_time: Duration,
+    /// verbose: loading details.
+    pub verbose: bool,
+    /// verbose_syscalls: log every system call of the main VM.
+    pub verbose_syscalls: bool,
+    /// Print guest output without the `>>> [name] ` prefix.
+    pub raw_output: bool,
+    /// This VM is the storage VM (KVM_TYPE=storage).
+    pub storage: bool,
+    /// KVM_DEBUG=1 and sys_is_debug() true.
+    pub debug: bool,
+}
+
+impl VmOptions {
+    /// Defaults for a program file (the glossary's defaults).
+    pub fn new(name: &str, program_path: PathBuf, binary: Vec<u8>) -> Self {
+        VmOptions {
+            name: name.to_string(),
+            group: "default".into(),
+            program_path,
+            binary: Arc::new(binary),
+            arguments: Vec::new(),
+            environment: Vec::new(),
+            max_memory: 256 << 20,
+            address_space: 256 << 20,
+            shared_memory: 0,
+            max_boot_time: Duration::from_secs(16),
+            verbose: false,
+            verbose_syscalls: false,
+            raw_output: false,
+            storage: false,
+            debug: false,
+        }
+    }
+
+    /// The effective guest memory size: address_space, raised to hold max_memory plus the
+    /// supervisor area and shared memory, rounded up to 2 MiB.
+    pub fn memory_size(&self) -> u64 {
+        const MB2: u64 = 2 << 20;
+        let need = self.max_memory + self.shared_memory + layout::USER_BASE;
+        self.address_space.max(need).div_ceil(MB2) * MB2
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Crash(CrashReport),
+    #[error("{what} timed out after {limit:?}")]
+    Timeout { what: &'static str, limit: Duration },
+    #[error("the program was killed by signal {}", signal_name(*.0))]
+    Killed(i32),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("program exceeded its memory limit: {used} bytes in use, limit {limit} bytes")]
+    MemoryLimit { used: u64, limit: u64 },
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("cannot load program: {0}")]
+    Elf(#[from] ElfError),
+    #[error("invalid memory layout: {0}")]
+    Layout(String),
+}
+
+impl From<MemError> for RunError {
+    fn from(e: MemError) -> Self {
+        RunError::Kvm(KvmError::Memory(e))
+    }
+}
+
+/// Name of a signal number.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        3 => "SIGQUIT".into(),
+        4 => "SIGILL".into(),
+        5 => "SIGTRAP".into(),
+        6 => "SIGABRT (abort)".into(),
+        7 => "SIGBUS".into(),
+        8 => "SIGFPE".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        13 => "SIGPIPE".into(),
+        14 => "SIGALRM".into(),
+        15 => "SIGTERM".into(),
+        n => format!("{n}"),
+    }
+}
+
+/// Functions a program registered with `register_func` (0 = none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handlers {
+    /// 1: on GET.
+    pub get: u64,
+    /// 2: on POST.
+    pub post: u64,
+    /// 3: on any request (takes precedence).
+    pub request: u64,
+    /// 4: streaming POST.
+    pub stream_post: u64,
+    /// 5: on error.
+    pub on_error: u64,
+    /// 6: live update (storage).
+    pub on_live_update: u64,
+    /// 7: live restore.
+    pub on_live_restore: u64,
+    /// 12: socket pause.
+    pub socket_pause: u64,
+}
+
+/// What stopped the guest, for the caller to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// exit/exit_group.
+    Exited(i32),
+    /// A kvm_api hypercall the generic handler did not finish.
+    Hypercall(u32),
+    /// A request handler returned without responding.
+    Returned,
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// main() returned or exit() was called.
+    Exited(i32),
+    /// The program called wait_for_requests().
+    Ready,
+}
+
+/// Figures from a boot.
+#[derive(Debug, Clone, Copy)]
+pub struct BootReport {
+    /// How it ended.
+    pub outcome: BootOutcome,
+    /// VM creation and ELF load.
+    pub load_time: Duration,
+    /// Guest run time until exit or wait_for_requests.
+    pub init_time: Duration,
+    /// VM exits during the boot.
+    pub exits: u64,
+    /// System calls during the boot.
+    pub syscalls: u64,
+}
+
+/// A booted (or booting) main VM.
+pub struct MainVm {
+    /// The VM and its memory.
+    pub machine: KvmMachine,
+    /// Emulated process state.
+    pub linux: LinuxState,
+    /// The loaded program.
+    pub elf: LoadedElf,
+    /// Address-space layout.
+    pub layout: Layout,
+    /// Output printer.
+    pub printer: Printer,
+    /// Registered handler functions.
+    pub handlers: Handlers,
+    /// The options it was booted with.
+    pub opts: VmOptions,
+    /// Set by sys_make_ephemeral during init (None = not called).
+    pub ephemeral_override: Option<bool>,
+    timer: Option<VcpuTimer>,
+    deadline: Option<(Instant, Duration, &'static str)>,
+}
+
+/// Environment every program gets, then the configured `environment`.
+pub fn program_environment(o: &VmOptions) -> Vec<String> {
+    let mut env = vec![
+        "LC_TYPE=C".to_string(),
+        "LC_ALL=C".to_string(),
+        "USER=root".to_string(),
+        format!("KVM_NAME={}", o.name),
+        format!("KVM_GROUP={}", o.group),
+        format!(
+            "KVM_TYPE={}",
+            if o.storage { "storage" } else { "request" }
+        ),
+        "KVM_STATE=state".to_string(),
+        format!("KVM_DEBUG={}", u8::from(o.debug)),
+    ];
+    env.extend(o.environment.iter().cloned());
+    env
+}
+
+impl MainVm {
+    /// Create the VM and load the program, ready to run from its entry point.
+    pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
+        let size = opts.memory_size();
+        let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
+        let mut mem = GuestMemory::new_shared(size as usize)?;
+        cpu::write_system_tables(&mut mem, &layout)?;
+        let elf = elf::load(&opts.binary, &mut mem, &layout)?;
+        let mut argv = vec![opts.name.clone()];
+        argv.extend(opts.arguments.iter().cloned());
+        let env = program_environment(&opts);
+        let mut random = [0u8; 16];
+        fill_random(&mut random);
+        let rsp = elf::setup_stack(&mut mem, &layout, &elf, &argv, &env, random)?;
+        if elf.image_bytes + layout::STACK_SIZE > opts.max_memory {
+            return Err(RunError::MemoryLimit {
+                used: elf.image_bytes + layout::STACK_SIZE,
+                limit: opts.max_memory,
+            });
+        }
+        let mut machine = KvmMachine::new(mem, false)?;
+        let base = machine.cpu.sregs()?;
+        // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
+        // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both.
+        let xsave = KvmVcpu::cpuid_xsave_info().filter(|(ecx, _)| ecx & (1 << 26) != 0);
+        machine.cpu.set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
+        if let Some((_, xcr0_bits)) = xsave {
+            let want = u64::from(xcr0_bits) & 0x7;
+            if machine.cpu.set_xcr0(want | 1).is_err() {
+                machine.cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
+            }
+        }
+        for (msr, v) in cpu::SETUP_MSRS {
+            machine.cpu.set_msr(msr, v)?;
+        }
+        *machine.cpu.regs_mut() = cpu::initial_regs(elf.entry, rsp);
+        let exe = std::fs::canonicalize(&opts.program_path)
+            .unwrap_or_else(|_| opts.program_path.clone())
+            .to_string_lossy()
+            .into_owned();
+        let exe = if exe.starts_with('/') { exe } else { format!("/{exe}") };
+        let linux = LinuxState::new(
+            layout,
+            LinuxConfig {
+                max_memory: opts.max_memory,
+                exe_path: exe,
+                verbose_syscalls: opts.verbose_syscalls,
+            },
+            elf.end,
+            elf.image_bytes,
+        );
+        let printer = Printer::new(&opts.name, opts.raw_output);
+        Ok(MainVm {
+            machine,
+            linux,
+            elf,
+            layout,
+            printer,
+            handlers: Handlers::default(),
+            opts,
+            ephemeral_override: None,
+            timer: None,
+            deadline: None,
+        })
+    }
+
+    /// Load and run the program until it exits or calls wait_for_requests().
+    pub fn boot(opts: VmOptions) -> Result<(MainVm, BootReport), RunError> {
+        let t0 = Instant::now();
+        let mut vm = MainVm::load(opts)?;
+        let load_time = t0.elapsed();
+        if vm.opts.verbose {
+            vm.printer.log(&format!(
+                "loaded {} program: entry {:#x}, {} KiB image, {} MiB address space, {} symbols",
+                vm.elf.kind.as_str(),
+                vm.elf.entry,
+                vm.elf.image_bytes >> 10,
+                vm.layout.mem_size >> 20,
+                vm.elf.symbols.len()
+            ));
+        }
+        let t1 = Instant::now();
+        let outcome = vm.run_init()?;
+        let report = BootReport {
+            outcome,
+            load_time,
+            init_time: t1.elapsed(),
+            exits: vm.machine.cpu.exit_count(),
+            syscalls: vm.linux.syscalls,
+        };
+        vm.printer.flush();
+        Ok((vm, report))
+    }
+
+    fn run_init(&mut self) -> Result<BootOutcome, RunError> {
+        self.start_deadline(self.opts.max_boot_time, "program initialization (max_boot_time)")?;
+        let r = self.init_loop();
+        self.stop_deadline();
+        let r = r?;
+        // The guest can write to memory it never allocated; make sure the host did not grow
+        // past the limit (pages actually backed, all views of this memory).
+        let backed = self.machine.mem.backing_bytes();
+        let limit = self.opts.max_memory + layout::USER_BASE;
+        if backed > limit {
+            return Err(RunError::MemoryLimit {
+                used: backed,
+                limit: self.opts.max_memory,
+            });
+        }
+        Ok(r)
+    }
+
+    fn init_loop(&mut self) -> Result<BootOutcome, RunError> {
+        loop {
+            match self.run_until_event()? {
+                Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
+                Event::Returned => {
+                    return Err(RunError::Fatal(
+                        "the program returned through the request trampoline during initialization".into(),
+                    ))
+                }
+                Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
+                Event::Hypercall(num) => self.unsupported_call(num),
+            }
+        }
+    }
+
+    /// Answer a hypercall nobody handles: -1 and a log line.
+    pub fn unsupported_call(&mut self, num: u32) {
+        self.printer.log(&format!(
+            "kvm_api call {} ({num:#x}) is not supported here; returning -1",
+            api::name(num)
+        ));
+        self.machine.cpu.regs_mut().rax = u64::MAX;
+    }
+
+    /// Arm the run timer.
+    pub fn start_deadline(&mut self, budget: Duration, what: &'static str) -> Result<(), RunError> {
+        if self.timer.is_none() {
+            let p = self.machine.cpu.immediate_exit_ptr();
+            self.timer = Some(
+                VcpuTimer::new(p).map_err(|e| RunError::Fatal(format!("cannot create timer: {e}")))?,
+            );
+        }
+        let deadline = Instant::now() + budget;
+        self.deadline = Some((deadline, budget, what));
+        self.linux.deadline = Some(deadline);
+        if let Some(t) = &mut self.timer {
+            t.arm(budget)
+                .map_err(|e| RunError::Fatal(format!("cannot arm timer: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Disarm the run timer.
+    pub fn stop_deadline(&mut self) {
+        if let Some(t) = &mut self.timer {
+            let _ = t.disarm();
+        }
+        self.deadline = None;
+        self.linux.deadline = None;
+        self.machine.cpu.clear_immediate_exit();
+    }
+
+    fn timeout_error(&self) -> RunError {
+        let (_, limit, what) = self.deadline.unwrap_or((Instant::now(), Duration::ZERO, "run"));
+        RunError::Timeout { what, limit }
+    }
+
+    /// Run the guest, handling system calls and the generic hypercalls, until something the
+    /// caller must decide on.
+    pub fn run_until_event(&mut self) -> Result<Event, RunError> {
+        loop {
+            let exit = self.machine.cpu.run()?;
+            match exit {
+                Exit::IoOut { port, value, .. } if port == layout::SYSCALL_PORT => {
+                    let _ = value;
+                    match self
+                        .linux
+                        .handle(&mut self.machine.cpu, &mut self.machine.mem, &mut self.printer)
+                    {
+                        Ok(SyscallOutcome::Continue) => {}
+                        Ok(SyscallOutcome::Exit(c)) => return Ok(Event::Exited(c)),
+                        Ok(SyscallOutcome::Killed(s)) => return Err(RunError::Killed(s)),
+                        Ok(SyscallOutcome::DeadlineExceeded) => return Err(self.timeout_error()),
+                        Ok(SyscallOutcome::Fatal(m)) => return Err(RunError::Fatal(m)),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
+                    if value == api::RETURNED {
+                        return Ok(Event::Returned);
+                    }
+                    if !self.generic_hypercall(value)? {
+                        return Ok(Event::Hypercall(value));
+                    }
+                }
+                Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
+                    let report = decode_exception(
+                        &mut self.machine.cpu,
+                        &self.machine.mem,
+                        &self.elf.symbols,
+                        &self.layout,
+                    )?;
+                    return Err(RunError::Crash(report));
+                }
+                Exit::Interrupted => {
+                    self.machine.cpu.clear_immediate_exit();
+                    if let Some((d, _, _)) = self.deadline {
+                        if Instant::now() >= d {
+                            return Err(self.timeout_error());
+                        }
+                    }
+                }
+                Exit::Shutdown => {
+                    return Err(RunError::Fatal(format!(
+                        "the VM shut down (triple fault) at RIP {:#x}",
+                        self.machine.cpu.regs().rip
+                    )))
+                }
+                other => {
+                    let rip = self.machine.cpu.regs().rip;
+                    let sym = self
+                        .elf
+                        .symbols
+                        .lookup(rip)
+                        .map(|(n, o)| format!(" in {n}+{o:#x}"))
+                        .unwrap_or_default();
+                    return Err(RunError::Fatal(format!(
+                        "unexpected VM exit {other:?} at RIP {rip:#x}{sym}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Hypercalls with the same meaning everywhere. Returns false if the caller must handle it.
+    fn generic_hypercall(&mut self, num: u32) -> Result<bool, RunError> {
+        let r = *self.machine.cpu.regs();
+        let ret: u64 = match num {
+            api::REGISTER_FUNC => {
+                let (idx, f) = (r.rdi, r.rsi);
+                if f != 0 && !(layout::USER_BASE..self.layout.mem_size).contains(&f) {
+                    u64::MAX
+                } else {
+                    let slot = match idx {
+                        1 => Some(&mut self.handlers.get),
+                        2 => Some(&mut self.handlers.post),
+                        3 => Some(&mut self.handlers.request),
+                        4 => Some(&mut self.handlers.stream_post),
+                        5 => Some(&mut self.handlers.on_error),
+                        6 => Some(&mut self.handlers.on_live_update),
+                        7 => Some(&mut self.handlers.on_live_restore),
+                        12 => Some(&mut self.handlers.socket_pause),
+                        _ => None,
+                    };
+                    match slot {
+                        Some(s) => {
+                            *s = f;
+                            0
+                        }
+                        None => u64::MAX,
+                    }
+                }
+            }
+            api::LOG => {
+                let len = r.rsi.min(1 << 20) as usize;
+                match self.machine.mem.read_vec(r.rdi, len) {
+                    Ok(b) => {
+                        let s = String::from_utf8_lossy(&b);
+                        for line in s.trim_end_matches('\n').split('\n') {
+                            self.printer.log(line);
+                        }
+                        0
+                    }
+                    Err(_) => u64::MAX,
+                }
+            }
+            api::IS_DEBUG => u64::from(self.opts.debug),
+            api::IS_STORAGE => u64::from(self.opts.storage),
+            api::BREAKPOINT => {
+                self.printer
+                    .log("Skipped VM breakpoint (debug not enabled)");
+                0
+            }
+            api::SHARED_MEMORY_AREA => {
+                let regs = self.machine.cpu.regs_mut();
+                regs.rdx = self.layout.mem_size;
+                self.layout.shared_start
+            }
+            api::GET_MEMINFO => {
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&self.opts.max_memory.to_le_bytes());
+                b[16..24].copy_from_slice(&self.linux.memory_used().to_le_bytes());
+                match self.machine.mem.write(r.rdi, &b) {
+                    Ok(()) => 0,
+                    Err(_) => u64::MAX,
+                }
+            }
+            _ => return Ok(false),
+        };
+        self.machine.cpu.regs_mut().rax = ret;
+        Ok(true)
+    }
+}
