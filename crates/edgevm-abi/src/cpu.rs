@@ -98,7 +98,8 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write_u64(layout::TSS + 4, layout::EXC_STACK_TOP)?;
     mem.write(layout::TSS + 102, &0x68u16.to_le_bytes())?;
     let mut bitmap = [0xFFu8; 33];
-    for port in [layout::API_PORT, layout::SYSCALL_PORT] {
+    // `out %eax,$0` is a 4-byte access: ports 0-3 must all be granted.
+    for port in [0, 1, 2, 3, layout::SYSCALL_PORT] {
         bitmap[port as usize / 8] &= !(1 << (port % 8));
     }
     mem.write(layout::TSS + 0x68, &bitmap)?;

@@ -297,6 +297,7 @@ impl LinuxState {
             16 => Ok(if (0..=2).contains(&fd) { -ENOTTY } else { -EBADF }),
             20 => Ok(self.sys_writev(fd, a[1], a[2], mem, out)),
             24 => Ok(0), // sched_yield
+            7 | 271 => Ok(self.sys_poll(a[0], a[1], mem)),
             25 => Ok(self.sys_mremap(a, mem)),
             28 => Ok(self.sys_madvise(a, mem)),
             35 => return Ok(self.sys_nanosleep(a[0], mem, None)),
@@ -403,6 +404,40 @@ impl LinuxState {
         }
         out.write(fd, &data);
         total
+    }
+
+    /// poll/ppoll on the standard descriptors: stdin is at EOF (readable), stdout and stderr
+    /// are always writable, anything else is not open (POLLNVAL). Never blocks.
+    fn sys_poll(&mut self, fds: u64, n: u64, mem: &mut GuestMemory) -> i64 {
+        const POLLIN: i16 = 1;
+        const POLLOUT: i16 = 4;
+        const POLLNVAL: i16 = 0x20;
+        if n > 1024 {
+            return -EINVAL;
+        }
+        let mut ready = 0;
+        for i in 0..n {
+            let at = fds + 8 * i;
+            let mut b = [0u8; 8];
+            if mem.read(at, &mut b).is_err() {
+                return -EFAULT;
+            }
+            let fd = i32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+            let events = i16::from_le_bytes([b[4], b[5]]);
+            let revents = match fd {
+                f if f < 0 => 0,
+                0 => events & POLLIN,
+                1 | 2 => events & POLLOUT,
+                _ => POLLNVAL,
+            };
+            if revents != 0 {
+                ready += 1;
+            }
+            if mem.write(at + 6, &revents.to_le_bytes()).is_err() {
+                return -EFAULT;
+            }
+        }
+        ready
     }
 
     fn sys_fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
