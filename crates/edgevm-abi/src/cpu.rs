@@ -150,7 +150,10 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> 
             }
             _ => P | RW | A | D,
         };
-        mem.write_u64(layout::PT_LOW + 8 * page, if flags == 0 { 0 } else { addr | flags })?;
+        mem.write_u64(
+            layout::PT_LOW + 8 * page,
+            if flags == 0 { 0 } else { addr | flags },
+        )?;
     }
     let guard_region = l.guard_page & !(MB2 - 1);
     for page in 0..512u64 {

@@ -117,7 +117,9 @@ pub fn decode_exception(
     };
     let stack_overflow = cr2.is_some_and(|a| {
         (layout.guard_page..layout.guard_page + 4096).contains(&a)
-            || (vector == 14 && user_rsp < layout.stack_bottom && user_rsp > layout.guard_page - 4096 * 16)
+            || (vector == 14
+                && user_rsp < layout.stack_bottom
+                && user_rsp > layout.guard_page - 4096 * 16)
     });
     let symbol = symbols.lookup(rip).map(|(n, off)| format!("{n}+{off:#x}"));
     Ok(CrashReport {

@@ -22,8 +22,15 @@ pub enum ElfError {
     Dynamic,
     #[error("ELF type {0} cannot be run: only executables (ET_EXEC) and static-pie (ET_DYN) are supported")]
     BadType(u16),
-    #[error("ELF segment at {vaddr:#x}..{end:#x} is outside the usable address space {lo:#x}..{hi:#x}")]
-    OutsideAddressSpace { vaddr: u64, end: u64, lo: u64, hi: u64 },
+    #[error(
+        "ELF segment at {vaddr:#x}..{end:#x} is outside the usable address space {lo:#x}..{hi:#x}"
+    )]
+    OutsideAddressSpace {
+        vaddr: u64,
+        end: u64,
+        lo: u64,
+        hi: u64,
+    },
     #[error("ELF segments overlap: {0:#x}..{1:#x} and {2:#x}..{3:#x}")]
     Overlap(u64, u64, u64, u64),
     #[error("ELF has no loadable segment")]
@@ -191,7 +198,7 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
     let mut ranges = Vec::new();
     for p in &loads {
         let vaddr = p.p_vaddr.wrapping_add(bias);
-        let end = vaddr.checked_add(p.p_memsz).unwrap_or(u64::MAX);
+        let end = vaddr.saturating_add(p.p_memsz);
         if vaddr < layout::USER_BASE || end > hi.saturating_sub(2 << 20) {
             return Err(ElfError::OutsideAddressSpace {
                 vaddr,

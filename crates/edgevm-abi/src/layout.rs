@@ -91,7 +91,7 @@ impl Layout {
     /// top. Both must be multiples of 2 MiB.
     pub fn new(mem_size: u64, shared: u64) -> Result<Layout, String> {
         const MB2: u64 = 2 << 20;
-        if mem_size % MB2 != 0 || shared % MB2 != 0 {
+        if !mem_size.is_multiple_of(MB2) || !shared.is_multiple_of(MB2) {
             return Err("address space and shared memory must be multiples of 2 MB".into());
         }
         if mem_size > MAX_ADDRESS_SPACE {

@@ -195,7 +195,10 @@ impl LinuxState {
 
     /// Bytes counted against max_memory now.
     pub fn memory_used(&self) -> u64 {
-        self.image_bytes + layout::STACK_SIZE + (self.brk - self.brk_start) + self.mmap.mapped_bytes()
+        self.image_bytes
+            + layout::STACK_SIZE
+            + (self.brk - self.brk_start)
+            + self.mmap.mapped_bytes()
     }
 
     /// The memory limit.
@@ -243,7 +246,14 @@ impl LinuxState {
             Err(SyscallOutcome::Continue) => -ENOSYS,
             Err(other) => {
                 if self.cfg.verbose_syscalls {
-                    out.log(&format!("{}({:#x}, {:#x}, {:#x}) -> {:?}", syscall_name(nr), a[0], a[1], a[2], other));
+                    out.log(&format!(
+                        "{}({:#x}, {:#x}, {:#x}) -> {:?}",
+                        syscall_name(nr),
+                        a[0],
+                        a[1],
+                        a[2],
+                        other
+                    ));
                 }
                 return Ok(other);
             }
@@ -255,7 +265,11 @@ impl LinuxState {
                 a[0],
                 a[1],
                 a[2],
-                if ret < 0 && ret > -4096 { format!("-{}", errno_name(-ret)) } else { format!("{ret:#x}") }
+                if ret < 0 && ret > -4096 {
+                    format!("-{}", errno_name(-ret))
+                } else {
+                    format!("{ret:#x}")
+                }
             ));
         }
         let cpl0 = self.cpl0_syscalls == Some(true);
@@ -287,14 +301,22 @@ impl LinuxState {
             1 => Ok(self.sys_write(fd, a[1], a[2], mem, out)),
             3 => Ok(if (0..=2).contains(&fd) { 0 } else { -EBADF }),
             5 => Ok(self.sys_fstat(fd, a[1], mem)),
-            8 | 17 | 18 => Ok(if (0..=2).contains(&fd) { -ESPIPE } else { -EBADF }),
+            8 | 17 | 18 => Ok(if (0..=2).contains(&fd) {
+                -ESPIPE
+            } else {
+                -EBADF
+            }),
             9 => Ok(self.sys_mmap(a, mem)),
             10 => Ok(0), // mprotect: accepted, not enforced
             11 => Ok(self.sys_munmap(a[0], a[1])),
             12 => Ok(self.sys_brk(a[0], mem)),
             13 => Ok(self.sys_rt_sigaction(a, mem)),
             14 => Ok(self.sys_rt_sigprocmask(a, mem)),
-            16 => Ok(if (0..=2).contains(&fd) { -ENOTTY } else { -EBADF }),
+            16 => Ok(if (0..=2).contains(&fd) {
+                -ENOTTY
+            } else {
+                -EBADF
+            }),
             20 => Ok(self.sys_writev(fd, a[1], a[2], mem, out)),
             24 => Ok(0), // sched_yield
             7 | 271 => Ok(self.sys_poll(a[0], a[1], mem)),
@@ -307,10 +329,10 @@ impl LinuxState {
             234 => self.sys_kill(a[1] as i64, a[2] as i64),
             63 => Ok(self.sys_uname(a[0], mem)),
             72 => Ok(match (fd, a[1]) {
-                (0..=2, 1) => 0,                       // F_GETFD
-                (0..=2, 2 | 4) => 0,                   // F_SETFD, F_SETFL
-                (0, 3) => 0,                           // F_GETFL: O_RDONLY
-                (1..=2, 3) => 1,                       // O_WRONLY
+                (0..=2, 1) => 0,     // F_GETFD
+                (0..=2, 2 | 4) => 0, // F_SETFD, F_SETFL
+                (0, 3) => 0,         // F_GETFL: O_RDONLY
+                (1..=2, 3) => 1,     // O_WRONLY
                 (0..=2, _) => -EINVAL,
                 _ => -EBADF,
             }),
@@ -363,9 +385,16 @@ impl LinuxState {
         Ok(v)
     }
 
-    fn sys_write(&mut self, fd: i32, buf: u64, len: u64, mem: &GuestMemory, out: &mut dyn Output) -> i64 {
+    fn sys_write(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        len: u64,
+        mem: &GuestMemory,
+        out: &mut dyn Output,
+    ) -> i64 {
         if fd != 1 && fd != 2 {
-            return if fd == 0 { -EBADF } else { -EBADF };
+            return -EBADF;
         }
         let len = len.min(64 << 20) as usize;
         match mem.read_vec(buf, len) {
@@ -377,7 +406,14 @@ impl LinuxState {
         }
     }
 
-    fn sys_writev(&mut self, fd: i32, iov: u64, cnt: u64, mem: &GuestMemory, out: &mut dyn Output) -> i64 {
+    fn sys_writev(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        cnt: u64,
+        mem: &GuestMemory,
+        out: &mut dyn Output,
+    ) -> i64 {
         if fd != 1 && fd != 2 {
             return -EBADF;
         }
@@ -387,7 +423,8 @@ impl LinuxState {
         let mut total = 0i64;
         let mut data = Vec::new();
         for i in 0..cnt {
-            let (Ok(base), Ok(len)) = (mem.read_u64(iov + 16 * i), mem.read_u64(iov + 16 * i + 8)) else {
+            let (Ok(base), Ok(len)) = (mem.read_u64(iov + 16 * i), mem.read_u64(iov + 16 * i + 8))
+            else {
                 return -EFAULT;
             };
             if len == 0 {
@@ -478,7 +515,8 @@ impl LinuxState {
         if new > self.brk {
             // Memory that was part of the heap before (then released) must read as zero again.
             let dirty_end = new.min(self.brk_high);
-            if dirty_end > self.brk && mem.zero(self.brk, (dirty_end - self.brk) as usize).is_err() {
+            if dirty_end > self.brk && mem.zero(self.brk, (dirty_end - self.brk) as usize).is_err()
+            {
                 return self.brk as i64;
             }
             self.brk_high = self.brk_high.max(new);
@@ -569,7 +607,7 @@ impl LinuxState {
     }
 
     fn sys_munmap(&mut self, addr: u64, len: u64) -> i64 {
-        if addr % PAGE != 0 || len == 0 {
+        if !addr.is_multiple_of(PAGE) || len == 0 {
             return -EINVAL;
         }
         let len = page_up(len);
@@ -715,9 +753,16 @@ impl LinuxState {
 
     fn sys_uname(&mut self, buf: u64, mem: &mut GuestMemory) -> i64 {
         let mut u = [0u8; 65 * 6];
-        for (i, s) in ["Linux", "edgevm", "6.1.0-edgevm", "#1 SMP edgevm", "x86_64", "(none)"]
-            .iter()
-            .enumerate()
+        for (i, s) in [
+            "Linux",
+            "edgevm",
+            "6.1.0-edgevm",
+            "#1 SMP edgevm",
+            "x86_64",
+            "(none)",
+        ]
+        .iter()
+        .enumerate()
         {
             u[i * 65..i * 65 + s.len()].copy_from_slice(s.as_bytes());
         }
@@ -781,7 +826,12 @@ impl LinuxState {
         wr(mem, tp, &timespec_bytes(s, ns))
     }
 
-    fn sys_nanosleep(&mut self, req: u64, mem: &GuestMemory, abs_clock: Option<u64>) -> Result<i64, SyscallOutcome> {
+    fn sys_nanosleep(
+        &mut self,
+        req: u64,
+        mem: &GuestMemory,
+        abs_clock: Option<u64>,
+    ) -> Result<i64, SyscallOutcome> {
         let mut b = [0u8; 16];
         if mem.read(req, &mut b).is_err() {
             return Ok(-EFAULT);
@@ -857,7 +907,13 @@ impl LinuxState {
         self.write_rlimit(resource, old, mem)
     }
 
-    fn sys_arch_prctl(&mut self, code: u64, addr: u64, cpu: &mut dyn Vcpu, mem: &mut GuestMemory) -> Result<i64, KvmError> {
+    fn sys_arch_prctl(
+        &mut self,
+        code: u64,
+        addr: u64,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<i64, KvmError> {
         Ok(match code {
             0x1001 => {
                 cpu.set_gs_base(addr)?;

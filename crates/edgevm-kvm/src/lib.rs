@@ -50,7 +50,10 @@ pub enum KvmError {
     #[error("/dev/kvm is not available ({0}); edgevm needs KVM: load the kvm module and run as a user that can open /dev/kvm")]
     NoKvm(String),
     #[error("KVM {op} failed: {err}")]
-    Ioctl { op: &'static str, err: std::io::Error },
+    Ioctl {
+        op: &'static str,
+        err: std::io::Error,
+    },
     #[error(transparent)]
     Memory(#[from] MemError),
 }

@@ -89,7 +89,7 @@ fn map_fd(
 impl GuestMemory {
     /// A fresh, zeroed guest memory of `size` bytes (a multiple of 2 MiB) for a main VM.
     pub fn new_shared(size: usize) -> Result<Self, MemError> {
-        if size == 0 || size % (2 << 20) != 0 {
+        if size == 0 || !size.is_multiple_of(2 << 20) {
             return Err(MemError::Os(format!(
                 "guest memory size {size:#x} is not a multiple of 2 MiB"
             )));
@@ -219,7 +219,11 @@ impl GuestMemory {
     /// Fill a guest range with zeroes.
     pub fn zero(&mut self, addr: u64, len: usize) -> Result<(), MemError> {
         let off = self.range(addr, len)?;
-        if !self.private && len >= (64 << 10) && off % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 {
+        if !self.private
+            && len >= (64 << 10)
+            && off % PAGE_SIZE == 0
+            && len.is_multiple_of(PAGE_SIZE)
+        {
             // Shared memfd: punching a hole frees the pages and reads back as zero.
             // SAFETY: fallocate on our memfd over an in-bounds range.
             let r = unsafe {

@@ -76,7 +76,11 @@ impl KvmMachine {
             .map_err(|e| KvmError::ioctl("CREATE_VM", e))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: 0,
             memory_size: mem.size() as u64,
             userspace_addr: mem.host_addr(),
@@ -110,7 +114,6 @@ impl KvmMachine {
 }
 
 impl KvmVcpu {
-
     /// Set special registers (setup only).
     pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
         self.fs_base = s.fs.base;
@@ -151,7 +154,9 @@ impl KvmVcpu {
 
     /// Read the FPU/SSE state (freeze time only).
     pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, KvmError> {
-        self.vcpu.get_fpu().map_err(|e| KvmError::ioctl("GET_FPU", e))
+        self.vcpu
+            .get_fpu()
+            .map_err(|e| KvmError::ioctl("GET_FPU", e))
     }
 
     /// Write the FPU/SSE state.

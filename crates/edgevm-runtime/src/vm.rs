@@ -215,10 +215,7 @@ pub fn program_environment(o: &VmOptions) -> Vec<String> {
         "USER=root".to_string(),
         format!("KVM_NAME={}", o.name),
         format!("KVM_GROUP={}", o.group),
-        format!(
-            "KVM_TYPE={}",
-            if o.storage { "storage" } else { "request" }
-        ),
+        format!("KVM_TYPE={}", if o.storage { "storage" } else { "request" }),
         "KVM_STATE=state".to_string(),
         format!("KVM_DEBUG={}", u8::from(o.debug)),
     ];
@@ -251,7 +248,9 @@ impl MainVm {
         // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
         // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both.
         let xsave = KvmVcpu::cpuid_xsave_info().filter(|(ecx, _)| ecx & (1 << 26) != 0);
-        machine.cpu.set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
+        machine
+            .cpu
+            .set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
         if let Some((_, xcr0_bits)) = xsave {
             let want = u64::from(xcr0_bits) & 0x7;
             if machine.cpu.set_xcr0(want | 1).is_err() {
@@ -266,7 +265,11 @@ impl MainVm {
             .unwrap_or_else(|_| opts.program_path.clone())
             .to_string_lossy()
             .into_owned();
-        let exe = if exe.starts_with('/') { exe } else { format!("/{exe}") };
+        let exe = if exe.starts_with('/') {
+            exe
+        } else {
+            format!("/{exe}")
+        };
         let linux = LinuxState::new(
             layout,
             LinuxConfig {
@@ -321,7 +324,10 @@ impl MainVm {
     }
 
     fn run_init(&mut self) -> Result<BootOutcome, RunError> {
-        self.start_deadline(self.opts.max_boot_time, "program initialization (max_boot_time)")?;
+        self.start_deadline(
+            self.opts.max_boot_time,
+            "program initialization (max_boot_time)",
+        )?;
         let r = self.init_loop();
         self.stop_deadline();
         let r = r?;
@@ -344,7 +350,8 @@ impl MainVm {
                 Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
                 Event::Returned => {
                     return Err(RunError::Fatal(
-                        "the program returned through the request trampoline during initialization".into(),
+                        "the program returned through the request trampoline during initialization"
+                            .into(),
                     ))
                 }
                 Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
@@ -367,7 +374,8 @@ impl MainVm {
         if self.timer.is_none() {
             let p = self.machine.cpu.immediate_exit_ptr();
             self.timer = Some(
-                VcpuTimer::new(p).map_err(|e| RunError::Fatal(format!("cannot create timer: {e}")))?,
+                VcpuTimer::new(p)
+                    .map_err(|e| RunError::Fatal(format!("cannot create timer: {e}")))?,
             );
         }
         let deadline = Instant::now() + budget;
@@ -391,7 +399,9 @@ impl MainVm {
     }
 
     fn timeout_error(&self) -> RunError {
-        let (_, limit, what) = self.deadline.unwrap_or((Instant::now(), Duration::ZERO, "run"));
+        let (_, limit, what) = self
+            .deadline
+            .unwrap_or((Instant::now(), Duration::ZERO, "run"));
         RunError::Timeout { what, limit }
     }
 
@@ -403,10 +413,11 @@ impl MainVm {
             match exit {
                 Exit::IoOut { port, value, .. } if port == layout::SYSCALL_PORT => {
                     let _ = value;
-                    match self
-                        .linux
-                        .handle(&mut self.machine.cpu, &mut self.machine.mem, &mut self.printer)
-                    {
+                    match self.linux.handle(
+                        &mut self.machine.cpu,
+                        &mut self.machine.mem,
+                        &mut self.printer,
+                    ) {
                         Ok(SyscallOutcome::Continue) => {}
                         Ok(SyscallOutcome::Exit(c)) => return Ok(Event::Exited(c)),
                         Ok(SyscallOutcome::Killed(s)) => return Err(RunError::Killed(s)),

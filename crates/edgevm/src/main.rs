@@ -11,7 +11,11 @@ use edgevm_config::{Config, ProgramConfig};
 use edgevm_runtime::vm::{BootOutcome, MainVm, RunError, VmOptions};
 
 #[derive(Parser)]
-#[command(name = "edgevm", version, about = "Run native x86_64 Linux programs in per-request KVM VMs")]
+#[command(
+    name = "edgevm",
+    version,
+    about = "Run native x86_64 Linux programs in per-request KVM VMs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -1,1 +1,6 @@
+//! edgevm integration tests: one test binary (link time matters on 2 cores). Every test here
+//! runs real guests — C, C++ and Rust programs from guest/, compiled by guest/build.sh during
+//! the test run — in real KVM VMs. Without /dev/kvm these tests fail and say so.
 
+mod common;
+mod run_cmd;

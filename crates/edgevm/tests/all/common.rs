@@ -1,0 +1,97 @@
+//! Shared helpers: KVM check, guest builds, running the edgevm binary.
+#![allow(dead_code)] // helpers are shared by test modules that use different subsets
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Fail (never skip) when KVM is not usable.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("these tests need KVM: cannot open /dev/kvm ({e}). Run on a machine with /dev/kvm (and permission to open it).");
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Directory with all guest binaries, built once per test run (guest/build.sh is incremental).
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("EDGEVM_GUESTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/guests"));
+        let out = Command::new(root().join("guest/build.sh"))
+            .arg(&dir)
+            .output()
+            .expect("run guest/build.sh");
+        assert!(
+            out.status.success(),
+            "guest/build.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// Path of one guest binary.
+pub fn guest(name: &str) -> PathBuf {
+    let p = guests().join(name);
+    assert!(p.exists(), "guest {name} was not built");
+    p
+}
+
+/// The edgevm binary under test.
+pub fn edgevm() -> Command {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_edgevm"))
+}
+
+/// Result of a command, with helpers.
+pub struct Run {
+    pub out: Output,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `edgevm ARGS`, with a generous timeout.
+pub fn edgevm_run(args: &[&str]) -> Run {
+    let out = edgevm()
+        .args(args)
+        .env("EDGEVM_LOG", "warn")
+        .output()
+        .expect("spawn edgevm");
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        out,
+    }
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target/test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
