@@ -261,7 +261,7 @@ mod tests {
         // The guard page is not present, its neighbours are.
         let gi = (l.guard_page % (2 << 20)) / 4096;
         assert_eq!(m.read_u64(layout::PT_GUARD + 8 * gi).unwrap(), 0);
-        assert_ne!(m.read_u64(layout::PT_GUARD + 8 * (gi + 1)).unwrap(), 0);
+        assert_ne!(m.read_u64(layout::PT_GUARD + 8 * (gi - 1)).unwrap(), 0);
         // NULL page absent, stub page user-accessible.
         assert_eq!(m.read_u64(layout::PT_LOW).unwrap(), 0);
         assert_ne!(m.read_u64(layout::PT_LOW + 8 * 5).unwrap() & US, 0);

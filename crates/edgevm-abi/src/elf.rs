@@ -194,7 +194,7 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
         t => return Err(ElfError::BadType(t)),
     };
     // Leave room for at least 2 MiB of heap and mmap below the stack guard.
-    let hi = l.guard_page & !((2 << 20) - 1);
+    let hi = l.input_area & !((2 << 20) - 1);
     let mut ranges = Vec::new();
     for p in &loads {
         let vaddr = p.p_vaddr.wrapping_add(bias);

@@ -13,7 +13,7 @@
 //! 0x0001_0000  PML4, PDPT, low PT, guard PT    (supervisor)
 //! 0x0002_0000  host<->guest I/O area    (user)
 //! 0x0010_0000  page directories, 1 per GiB (supervisor)
-//! 0x0020_0000  user memory: ELF, brk heap ->   <- mmap area | guard | stack | shared memory
+//! 0x0020_0000  user memory: ELF, brk heap ->  <- mmap | request body | guard | stack | shared
 //! ```
 //!
 //! Page-table pages are supervisor-only, so guest code at CPL3 can never change them, and they
@@ -63,6 +63,8 @@ pub const MAX_ADDRESS_SPACE: u64 = 256 << 30;
 pub const PIE_BASE: u64 = 0x400000;
 /// Size of the main stack.
 pub const STACK_SIZE: u64 = 4 << 20;
+/// Size of the request-body input area (the largest request body a program can receive).
+pub const INPUT_AREA_SIZE: u64 = 16 << 20;
 
 /// Port of the Linux system call exit (from the SYSCALL entry stub).
 pub const SYSCALL_PORT: u16 = 0xE0;
@@ -84,6 +86,9 @@ pub struct Layout {
     pub stack_bottom: u64,
     /// Guard page below the stack.
     pub guard_page: u64,
+    /// Start of the request-body input area (ends at the guard page); also the top of the
+    /// mmap area.
+    pub input_area: u64,
 }
 
 impl Layout {
@@ -101,7 +106,7 @@ impl Layout {
                 MAX_ADDRESS_SPACE >> 20
             ));
         }
-        let min = USER_BASE + STACK_SIZE + 3 * MB2;
+        let min = USER_BASE + STACK_SIZE + INPUT_AREA_SIZE + 3 * MB2;
         if mem_size < shared + min {
             return Err(format!(
                 "address space of {} MB is too small: need at least {} MB besides {} MB of shared memory",
@@ -118,6 +123,7 @@ impl Layout {
             stack_top,
             stack_bottom,
             guard_page: stack_bottom - 4096,
+            input_area: stack_bottom - 4096 - INPUT_AREA_SIZE,
         })
     }
 }

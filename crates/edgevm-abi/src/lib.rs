@@ -14,6 +14,7 @@ pub mod api;
 pub mod cpu;
 pub mod crash;
 pub mod elf;
+pub mod io;
 pub mod layout;
 pub mod linux;
 mod names;

@@ -177,8 +177,8 @@ impl LinuxState {
             brk: brk_start,
             brk_high: brk_start,
             mmap: MmapArea {
-                bottom: layout.guard_page,
-                top: layout.guard_page,
+                bottom: layout.input_area,
+                top: layout.input_area,
                 free: BTreeMap::new(),
             },
             image_bytes,

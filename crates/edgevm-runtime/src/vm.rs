@@ -77,7 +77,7 @@ impl VmOptions {
     /// supervisor area and shared memory, rounded up to 2 MiB.
     pub fn memory_size(&self) -> u64 {
         const MB2: u64 = 2 << 20;
-        let need = self.max_memory + self.shared_memory + layout::USER_BASE;
+        let need = self.max_memory + self.shared_memory + layout::USER_BASE + layout::INPUT_AREA_SIZE;
         self.address_space.max(need).div_ceil(MB2) * MB2
     }
 }

@@ -3,4 +3,6 @@
 //! the test run — in real KVM VMs. Without /dev/kvm these tests fail and say so.
 
 mod common;
+mod bad_input;
 mod run_cmd;
+mod run_limits;
