@@ -162,6 +162,24 @@ fn precheck(bytes: &[u8]) -> Result<(), ElfError> {
             bytes.len()
         )));
     }
+    // The header tables must lie inside the file; the parser would only say "bad offset".
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([bytes[o], bytes[o + 1]]));
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    for (what, off, entsize, num) in [
+        ("program headers", u64_at(0x20), u16_at(0x36), u16_at(0x38)),
+        ("section headers", u64_at(0x28), u16_at(0x3A), u16_at(0x3C)),
+    ] {
+        let end = entsize
+            .checked_mul(num)
+            .and_then(|n| n.checked_add(off))
+            .unwrap_or(u64::MAX);
+        if num > 0 && end > bytes.len() as u64 {
+            return Err(ElfError::Malformed(format!(
+                "truncated: the file is {} bytes long but its {what} end at byte {end}",
+                bytes.len()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -434,6 +452,28 @@ mod tests {
             load(b"\x7fELF\x02\x01", &mut m, &l).unwrap_err(),
             ElfError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn truncated_header_tables_are_named() {
+        let (mut m, l) = mem();
+        let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+        e.resize(64, 0);
+        e[18] = 62; // EM_X86_64
+        e[0x20] = 64; // e_phoff
+        e[0x36] = 56; // e_phentsize
+        e[0x38] = 2; // e_phnum
+        let err = load(&e, &mut m, &l).unwrap_err().to_string();
+        assert!(
+            err.contains("64 bytes long but its program headers end at byte 176"),
+            "{err}"
+        );
+        e.resize(176, 0);
+        e[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes()); // e_shoff
+        e[0x3A] = 64;
+        e[0x3C] = 3;
+        let err = load(&e, &mut m, &l).unwrap_err().to_string();
+        assert!(err.contains("its section headers end"), "{err}");
     }
 
     #[test]

@@ -83,7 +83,11 @@ fn refused(file: &Path, expect: &[&str]) -> String {
     let r = edgevm_run(&["run", p(file)]);
     assert!(!r.stderr.contains("panicked"), "{}", r.all());
     assert_eq!(r.code(), Some(70), "{}", r.all());
-    assert!(r.stdout.is_empty(), "the program must not run:\n{}", r.all());
+    assert!(
+        r.stdout.is_empty(),
+        "the program must not run:\n{}",
+        r.all()
+    );
     for e in expect {
         assert!(r.stderr.contains(e), "'{e}' missing:\n{}", r.all());
     }
@@ -134,14 +138,21 @@ fn elf_for_another_machine() {
 fn elf_truncated() {
     let d = scratch("bad_truncated");
     let full = std::fs::read(guest("hello")).unwrap();
-    for n in [3000usize, 40, 5, 64 + 56 * 2] {
+    for (n, expect) in [
+        (
+            3000usize,
+            "truncated: the file is 3000 bytes long but its section headers end",
+        ),
+        (40, "file is only 40 bytes long, shorter than an ELF header"),
+        (5, "file is only 5 bytes long"),
+        (
+            64 + 56 * 2,
+            "the file is 176 bytes long but its program headers end",
+        ),
+    ] {
         let f = d.join(format!("hello_{n}"));
         std::fs::write(&f, &full[..n]).unwrap();
-        let err = refused(&f, &[]);
-        assert!(
-            err.contains("truncated") || err.contains("not an ELF"),
-            "{n} bytes: {err}"
-        );
+        refused(&f, &["truncated or malformed ELF", expect]);
     }
     // Big enough for every header, but a segment's bytes are missing.
     let e = Elf::read(&guest("hello"));
@@ -156,7 +167,11 @@ fn elf_truncated() {
 #[test]
 fn segment_outside_the_address_space() {
     let d = scratch("bad_outside");
-    for (i, vaddr) in [(0usize, 0x1000u64), (0, 0x7fff_0000_0000), (3, 0x7fff_0000_0000)] {
+    for (i, vaddr) in [
+        (0usize, 0x1000u64),
+        (0, 0x7fff_0000_0000),
+        (3, 0x7fff_0000_0000),
+    ] {
         let mut e = Elf::read(&guest("hello"));
         let seg = e.loads()[i];
         e.set_vaddr(seg.index, vaddr);
@@ -182,7 +197,11 @@ fn overlapping_segments() {
     let f = e.write(&d, "hello_overlap");
     let err = refused(&f, &["segments overlap"]);
     assert!(
-        err.contains(&format!("{:#x}..{:#x}", first.vaddr, first.vaddr + first.memsz)),
+        err.contains(&format!(
+            "{:#x}..{:#x}",
+            first.vaddr,
+            first.vaddr + first.memsz
+        )),
         "{err}"
     );
 }
@@ -195,7 +214,13 @@ fn dynamically_linked_program() {
         .map(Path::new)
         .find(|f| f.exists())
         .expect("/bin/true");
-    refused(f, &["dynamically linked programs are not supported yet", "-static"]);
+    refused(
+        f,
+        &[
+            "dynamically linked programs are not supported yet",
+            "-static",
+        ],
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! runs real guests — C, C++ and Rust programs from guest/, compiled by guest/build.sh during
 //! the test run — in real KVM VMs. Without /dev/kvm these tests fail and say so.
 
-mod common;
 mod bad_input;
+mod common;
 mod run_cmd;
 mod run_limits;

@@ -133,7 +133,10 @@ fn membomb_gets_enomem_below_max_memory_and_rss_stays_bounded() {
     };
     assert_eq!(r.code(), Some(0), "{}", r.all());
     let mb = enomem_mb(&r);
-    assert!((32..64).contains(&mb), "ENOMEM after {mb} MB with a 64 MB limit");
+    assert!(
+        (32..64).contains(&mb),
+        "ENOMEM after {mb} MB with a 64 MB limit"
+    );
     let kib: u64 = std::fs::read_to_string(&rss)
         .unwrap()
         .trim()
