@@ -103,7 +103,10 @@ pub fn validate_field(f: &[u8]) -> Result<usize, &'static str> {
     if f.last() == Some(&b' ') || f.last() == Some(&b'\t') {
         return Err("trailing whitespace");
     }
-    if f[colon + 1..].iter().any(|c| matches!(c, 0 | b'\r' | b'\n')) {
+    if f[colon + 1..]
+        .iter()
+        .any(|c| matches!(c, 0 | b'\r' | b'\n'))
+    {
         return Err("header value contains CR, LF or NUL");
     }
     Ok(colon)
@@ -140,7 +143,10 @@ impl Blob {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s);
         v.push(0);
-        mem.write(p, &v).map_err(|err| IoError::BadPointer { call: "request", err })?;
+        mem.write(p, &v).map_err(|err| IoError::BadPointer {
+            call: "request",
+            err,
+        })?;
         self.at += need;
         Ok(p)
     }
@@ -176,9 +182,16 @@ pub struct RequestData<'a> {
 
 /// Write a request into the area and reset the response side.
 pub fn write_request(mem: &mut GuestMemory, r: &RequestData) -> Result<RequestPtrs, IoError> {
-    for (what, s) in [("URL", r.url), ("method", r.method), ("arg", r.arg), ("content type", r.content_type)] {
+    for (what, s) in [
+        ("URL", r.url),
+        ("method", r.method),
+        ("arg", r.arg),
+        ("content type", r.content_type),
+    ] {
         if s.len() > 65535 {
-            return Err(IoError::Limit(format!("request {what} is longer than 65535 bytes")));
+            return Err(IoError::Limit(format!(
+                "request {what} is longer than 65535 bytes"
+            )));
         }
     }
     if r.headers.len() > REQ_MAX as usize {
@@ -203,7 +216,10 @@ pub fn write_request(mem: &mut GuestMemory, r: &RequestData) -> Result<RequestPt
         let p = blob.put(mem, f.as_bytes())?;
         table.extend_from_slice(&entry_bytes(p, k.len() as u32, f.len() as u32));
     }
-    let err = |err| IoError::BadPointer { call: "request", err };
+    let err = |err| IoError::BadPointer {
+        call: "request",
+        err,
+    };
     mem.write(REQ_TABLE, &table).map_err(err)?;
     let mut h = [0u8; 32];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -244,9 +260,23 @@ fn u32_at(mem: &GuestMemory, a: u64) -> u32 {
 fn tables(where_: u64) -> (u64, u32, u64, u64, u64, u64) {
     // (table, max, count field, used field, blob, blob size)
     if where_ == WHERE_RESP {
-        (RESP_TABLE, RESP_MAX, OFF_RESP_COUNT, OFF_RESP_USED, RESP_BLOB, RESP_BLOB_SIZE)
+        (
+            RESP_TABLE,
+            RESP_MAX,
+            OFF_RESP_COUNT,
+            OFF_RESP_USED,
+            RESP_BLOB,
+            RESP_BLOB_SIZE,
+        )
     } else {
-        (REQ_TABLE, REQ_MAX, OFF_REQ_COUNT, OFF_REQ_USED, REQ_BLOB, REQ_BLOB_SIZE)
+        (
+            REQ_TABLE,
+            REQ_MAX,
+            OFF_REQ_COUNT,
+            OFF_REQ_USED,
+            REQ_BLOB,
+            REQ_BLOB_SIZE,
+        )
     }
 }
 
@@ -293,7 +323,12 @@ fn key_eq(field: &Field, key: &[u8]) -> bool {
 }
 
 /// Append a validated field. The API's `sys_http_append`.
-pub fn append(mem: &mut GuestMemory, where_: u64, f: &[u8], call: &'static str) -> Result<(), IoError> {
+pub fn append(
+    mem: &mut GuestMemory,
+    where_: u64,
+    f: &[u8],
+    call: &'static str,
+) -> Result<(), IoError> {
     let colon = validate_field(f).map_err(|why| IoError::BadHeader {
         call,
         field: String::from_utf8_lossy(f).into_owned(),
@@ -313,11 +348,18 @@ pub fn append(mem: &mut GuestMemory, where_: u64, f: &[u8], call: &'static str) 
     let mut v = f.to_vec();
     v.push(0);
     mem.write(p, &v).map_err(err)?;
-    mem.write(table + 16 * count as u64, &entry_bytes(p, colon as u32, f.len() as u32))
+    mem.write(
+        table + 16 * count as u64,
+        &entry_bytes(p, colon as u32, f.len() as u32),
+    )
+    .map_err(err)?;
+    mem.write(IO_AREA + count_off, &(count + 1).to_le_bytes())
         .map_err(err)?;
-    mem.write(IO_AREA + count_off, &(count + 1).to_le_bytes()).map_err(err)?;
-    mem.write(IO_AREA + used_off, &((used + v.len() as u64) as u32).to_le_bytes())
-        .map_err(err)?;
+    mem.write(
+        IO_AREA + used_off,
+        &((used + v.len() as u64) as u32).to_le_bytes(),
+    )
+    .map_err(err)?;
     Ok(())
 }
 
@@ -328,7 +370,10 @@ pub fn unset(mem: &mut GuestMemory, where_: u64, key: &[u8]) -> Result<u32, IoEr
     for f in fields(mem, where_) {
         if key_eq(&f, key) {
             mem.write(table + 16 * f.index as u64 + 12, &0u32.to_le_bytes())
-                .map_err(|err| IoError::BadPointer { call: "http_set", err })?;
+                .map_err(|err| IoError::BadPointer {
+                    call: "http_set",
+                    err,
+                })?;
             n += 1;
         }
     }
@@ -397,7 +442,10 @@ mod tests {
     #[test]
     fn request_and_response_headers() {
         let mut m = GuestMemory::new_shared(4 << 20).unwrap();
-        let hdrs = vec![("Host".to_string(), "x".to_string()), ("X-Id".to_string(), "7".to_string())];
+        let hdrs = vec![
+            ("Host".to_string(), "x".to_string()),
+            ("X-Id".to_string(), "7".to_string()),
+        ];
         let p = write_request(
             &mut m,
             &RequestData {

@@ -162,6 +162,8 @@ pub struct LinuxState {
     cpl0_syscalls: Option<bool>,
     /// Deadline of the current run, for blocking calls.
     pub deadline: Option<Instant>,
+    /// Per-request allocation limit: (memory in use when the request started, limit).
+    request_limit: Option<(u64, u64)>,
     /// System calls handled.
     pub syscalls: u64,
 }
@@ -189,6 +191,7 @@ impl LinuxState {
             rseq: 0,
             cpl0_syscalls: None,
             deadline: None,
+            request_limit: None,
             syscalls: 0,
         }
     }
@@ -222,7 +225,18 @@ impl LinuxState {
     }
 
     fn can_grow(&self, extra: u64) -> bool {
-        self.memory_used().saturating_add(extra) <= self.cfg.max_memory
+        let after = self.memory_used().saturating_add(extra);
+        if let Some((base, limit)) = self.request_limit {
+            if after.saturating_sub(base) > limit {
+                return false;
+            }
+        }
+        after <= self.cfg.max_memory
+    }
+
+    /// Limit what one request may allocate (max_request_memory); `None` lifts the limit.
+    pub fn set_request_limit(&mut self, limit: Option<u64>) {
+        self.request_limit = limit.map(|l| (self.memory_used(), l));
     }
 
     /// Handle the system call the guest just made (registers as of the exit).

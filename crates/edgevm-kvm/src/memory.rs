@@ -55,6 +55,9 @@ pub struct GuestMemory {
 // the same memfd, which only the guests and the host copy routines below touch with raw copies.
 // Moving the owner to another thread is fine; &self methods only read.
 unsafe impl Send for GuestMemory {}
+// SAFETY: all &self methods only read guest memory with raw copies (a frozen image is read by
+// many request-VM threads at once); every write needs &mut self.
+unsafe impl Sync for GuestMemory {}
 
 fn os_err(what: &str) -> MemError {
     MemError::Os(format!("{what}: {}", std::io::Error::last_os_error()))
@@ -332,6 +335,56 @@ impl GuestMemory {
             }
         }
         copied
+    }
+
+    /// Drop the private copies of the pages set in `dirty` or written by the host (below the
+    /// shared area): they read the image again, and their memory goes back to the host.
+    /// Returns the number of pages dropped.
+    pub fn discard_pages(&mut self, dirty: &[u64]) -> Result<usize, MemError> {
+        if !self.private {
+            return Err(MemError::Os("discard_pages on the main VM memory".into()));
+        }
+        let limit_page = self.shared_from / PAGE_SIZE;
+        let mut count = 0;
+        let mut run: Option<(usize, usize)> = None;
+        let mut flush = |run: &mut Option<(usize, usize)>| -> Result<(), MemError> {
+            if let Some((start, n)) = run.take() {
+                // SAFETY: the pages are inside our private mapping (below shared_from).
+                let r = unsafe {
+                    libc::madvise(
+                        self.ptr.add(start * PAGE_SIZE).cast(),
+                        n * PAGE_SIZE,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if r != 0 {
+                    return Err(os_err("madvise"));
+                }
+            }
+            Ok(())
+        };
+        for w in 0..self.host_dirty.len() {
+            let mut bits = self.host_dirty[w] | dirty.get(w).copied().unwrap_or(0);
+            self.host_dirty[w] = 0;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let page = w * 64 + b;
+                if page >= limit_page {
+                    break;
+                }
+                count += 1;
+                match run {
+                    Some((s, n)) if s + n == page => run = Some((s, n + 1)),
+                    _ => {
+                        flush(&mut run)?;
+                        run = Some((page, 1));
+                    }
+                }
+            }
+        }
+        flush(&mut run)?;
+        Ok(count)
     }
 
     /// Drop every private page (below the shared area): the view reads the image again and the

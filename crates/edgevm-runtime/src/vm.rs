@@ -77,7 +77,8 @@ impl VmOptions {
     /// supervisor area and shared memory, rounded up to 2 MiB.
     pub fn memory_size(&self) -> u64 {
         const MB2: u64 = 2 << 20;
-        let need = self.max_memory + self.shared_memory + layout::USER_BASE + layout::INPUT_AREA_SIZE;
+        let need =
+            self.max_memory + self.shared_memory + layout::USER_BASE + layout::INPUT_AREA_SIZE;
         self.address_space.max(need).div_ceil(MB2) * MB2
     }
 }
@@ -207,6 +208,72 @@ pub struct MainVm {
     deadline: Option<(Instant, Duration, &'static str)>,
 }
 
+/// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
+fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
+    let base = machine.cpu.sregs()?;
+    // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
+    // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both.
+    let xsave = KvmVcpu::cpuid_xsave_info().filter(|(ecx, _)| ecx & (1 << 26) != 0);
+    machine
+        .cpu
+        .set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
+    if let Some((_, xcr0_bits)) = xsave {
+        let want = u64::from(xcr0_bits) & 0x7;
+        if machine.cpu.set_xcr0(want | 1).is_err() {
+            machine.cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
+        }
+    }
+    for (msr, v) in cpu::SETUP_MSRS {
+        machine.cpu.set_msr(msr, v)?;
+    }
+    Ok(())
+}
+
+/// A program frozen at `wait_for_requests()`: the memory image every request VM is forked
+/// from and reset to, and the CPU and process state that go with it.
+pub struct Frozen {
+    /// The main VM's memory (its KVM VM is gone).
+    pub image: GuestMemory,
+    /// Registers at wait_for_requests().
+    pub regs: kvm_bindings::kvm_regs,
+    /// FS base (TLS).
+    pub fs_base: u64,
+    /// GS base.
+    pub gs_base: u64,
+    /// Emulated process state.
+    pub linux: LinuxState,
+    /// Registered handlers.
+    pub handlers: Handlers,
+    /// The program.
+    pub elf: LoadedElf,
+    /// Layout.
+    pub layout: Layout,
+    /// Options it was booted with.
+    pub opts: VmOptions,
+    /// sys_make_ephemeral() choice, if made.
+    pub ephemeral_override: Option<bool>,
+}
+
+/// kvm_fpu -> the 512-byte FXSAVE image that the request entry stub `fxrstor`s.
+fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
+    b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
+    b[4] = f.ftwx;
+    b[6..8].copy_from_slice(&f.last_opcode.to_le_bytes());
+    b[8..16].copy_from_slice(&f.last_ip.to_le_bytes());
+    b[16..24].copy_from_slice(&f.last_dp.to_le_bytes());
+    b[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
+    b[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes());
+    for (i, r) in f.fpr.iter().enumerate() {
+        b[32 + 16 * i..48 + 16 * i].copy_from_slice(r);
+    }
+    for (i, r) in f.xmm.iter().enumerate() {
+        b[160 + 16 * i..176 + 16 * i].copy_from_slice(r);
+    }
+    b
+}
+
 /// Environment every program gets, then the configured `environment`.
 pub fn program_environment(o: &VmOptions) -> Vec<String> {
     let mut env = vec![
@@ -244,22 +311,7 @@ impl MainVm {
             });
         }
         let mut machine = KvmMachine::new(mem, false)?;
-        let base = machine.cpu.sregs()?;
-        // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
-        // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both.
-        let xsave = KvmVcpu::cpuid_xsave_info().filter(|(ecx, _)| ecx & (1 << 26) != 0);
-        machine
-            .cpu
-            .set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
-        if let Some((_, xcr0_bits)) = xsave {
-            let want = u64::from(xcr0_bits) & 0x7;
-            if machine.cpu.set_xcr0(want | 1).is_err() {
-                machine.cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
-            }
-        }
-        for (msr, v) in cpu::SETUP_MSRS {
-            machine.cpu.set_msr(msr, v)?;
-        }
+        setup_cpu(&mut machine)?;
         *machine.cpu.regs_mut() = cpu::initial_regs(elf.entry, rsp);
         let exe = std::fs::canonicalize(&opts.program_path)
             .unwrap_or_else(|_| opts.program_path.clone())
@@ -290,6 +342,73 @@ impl MainVm {
             handlers: Handlers::default(),
             opts,
             ephemeral_override: None,
+            timer: None,
+            deadline: None,
+        })
+    }
+
+    /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
+    /// the CPU state (FPU/SSE into the image, for the request entry stub), drop its vCPU.
+    pub fn freeze(mut self) -> Result<Frozen, RunError> {
+        self.printer.flush();
+        let fpu = self.machine.cpu.fpu()?;
+        self.machine
+            .mem
+            .write(layout::FXSAVE_AREA, &fxsave_image(&fpu))?;
+        let regs = *self.machine.cpu.regs();
+        let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
+        let MainVm {
+            machine,
+            linux,
+            elf,
+            layout,
+            handlers,
+            opts,
+            ephemeral_override,
+            ..
+        } = self;
+        let KvmMachine { cpu, mem } = machine;
+        drop(cpu);
+        Ok(Frozen {
+            image: mem,
+            regs,
+            fs_base,
+            gs_base,
+            linux,
+            handlers,
+            elf,
+            layout,
+            opts,
+            ephemeral_override,
+        })
+    }
+
+    /// A VM running on a copy-on-write view of a frozen program (a request VM). Call on the
+    /// thread that will run it.
+    pub fn from_frozen(f: &Frozen) -> Result<MainVm, RunError> {
+        let mut mem = f.image.fork_private(f.layout.shared_start as usize)?;
+        mem.set_track_host_writes(true);
+        let mut machine = KvmMachine::new(mem, true)?;
+        setup_cpu(&mut machine)?;
+        if f.fs_base != 0 {
+            machine.cpu.set_fs_base(f.fs_base)?;
+        }
+        if f.gs_base != 0 {
+            machine.cpu.set_gs_base(f.gs_base)?;
+        }
+        *machine.cpu.regs_mut() = f.regs;
+        let mut linux = f.linux.clone();
+        // verbose_syscalls is for the main VM only (glossary).
+        linux.set_verbose(false);
+        Ok(MainVm {
+            machine,
+            linux,
+            elf: f.elf.clone(),
+            layout: f.layout,
+            printer: Printer::new(&f.opts.name, f.opts.raw_output),
+            handlers: f.handlers,
+            opts: f.opts.clone(),
+            ephemeral_override: f.ephemeral_override,
             timer: None,
             deadline: None,
         })
