@@ -165,6 +165,12 @@ fn precheck(bytes: &[u8]) -> Result<(), ElfError> {
     // The header tables must lie inside the file; the parser would only say "bad offset".
     let u16_at = |o: usize| u64::from(u16::from_le_bytes([bytes[o], bytes[o + 1]]));
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    if u16_at(0x36) != 56 {
+        return Err(ElfError::Malformed(format!(
+            "program header entry size is {}, not 56 (e_phentsize)",
+            u16_at(0x36)
+        )));
+    }
     for (what, off, entsize, num) in [
         ("program headers", u64_at(0x20), u16_at(0x36), u16_at(0x38)),
         ("section headers", u64_at(0x28), u16_at(0x3A), u16_at(0x3C)),
@@ -468,6 +474,10 @@ mod tests {
             err.contains("64 bytes long but its program headers end at byte 176"),
             "{err}"
         );
+        e[0x36] = 0;
+        let err = load(&e, &mut m, &l).unwrap_err().to_string();
+        assert!(err.contains("entry size is 0, not 56"), "{err}");
+        e[0x36] = 56;
         e.resize(176, 0);
         e[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes()); // e_shoff
         e[0x3A] = 64;

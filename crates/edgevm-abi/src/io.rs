@@ -396,15 +396,13 @@ pub fn set(mem: &mut GuestMemory, where_: u64, f: &[u8]) -> Result<(), IoError> 
     }
 }
 
-/// `sys_http_find`: the value of the first field with this key.
+/// `sys_http_find`: the whole first field ("Key: value") with this key, as the reference
+/// returns it.
 pub fn find(mem: &GuestMemory, where_: u64, key: &[u8]) -> Option<Vec<u8>> {
     fields(mem, where_)
         .into_iter()
         .find(|f| key_eq(f, key))
-        .map(|f| {
-            let start = (f.colon + 2).min(f.bytes.len());
-            f.bytes[start..].to_vec()
-        })
+        .map(|f| f.bytes)
 }
 
 /// Response headers as (name, value), each validated again (the guest could have written
@@ -461,7 +459,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.read_cstr(p.url, 100).unwrap(), b"/a?b=1");
-        assert_eq!(find(&m, WHERE_REQ, b"x-id").unwrap(), b"7");
+        assert_eq!(find(&m, WHERE_REQ, b"x-id").unwrap(), b"X-Id: 7");
         assert!(find(&m, WHERE_REQ, b"nope").is_none());
         append(&mut m, WHERE_RESP, b"X-Counter: 1", "t").unwrap();
         set(&mut m, WHERE_RESP, b"X-Counter: 2").unwrap();

@@ -347,7 +347,7 @@ impl GuestMemory {
         let limit_page = self.shared_from / PAGE_SIZE;
         let mut count = 0;
         let mut run: Option<(usize, usize)> = None;
-        let mut flush = |run: &mut Option<(usize, usize)>| -> Result<(), MemError> {
+        let flush = |run: &mut Option<(usize, usize)>| -> Result<(), MemError> {
             if let Some((start, n)) = run.take() {
                 // SAFETY: the pages are inside our private mapping (below shared_from).
                 let r = unsafe {

@@ -4,7 +4,9 @@
 //! and leave as [`GuestResponse`].
 
 pub mod output;
+pub mod pool;
 pub mod request;
+pub mod request_vm;
 pub mod timer;
 pub mod vm;
 

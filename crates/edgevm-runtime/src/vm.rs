@@ -49,6 +49,8 @@ pub struct VmOptions {
     pub storage: bool,
     /// KVM_DEBUG=1 and sys_is_debug() true.
     pub debug: bool,
+    /// control_ephemeral: the program may call sys_make_ephemeral() during init.
+    pub control_ephemeral: bool,
 }
 
 impl VmOptions {
@@ -70,6 +72,7 @@ impl VmOptions {
             raw_output: false,
             storage: false,
             debug: false,
+            control_ephemeral: false,
         }
     }
 
@@ -474,6 +477,19 @@ impl MainVm {
                     ))
                 }
                 Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
+                Event::Hypercall(api::MAKE_EPHEMERAL) => {
+                    let on = self.machine.cpu.regs().rdi != 0;
+                    let ret = if self.opts.control_ephemeral {
+                        self.ephemeral_override = Some(on);
+                        0
+                    } else {
+                        self.printer.log(
+                            "sys_make_ephemeral() refused: enable control_ephemeral in the program's configuration",
+                        );
+                        u64::MAX
+                    };
+                    self.machine.cpu.regs_mut().rax = ret;
+                }
                 Event::Hypercall(num) => self.unsupported_call(num),
             }
         }

@@ -10,3 +10,4 @@
 //!   "Hello World!" baseline server for benchmarks.
 
 pub mod http;
+pub mod programs;

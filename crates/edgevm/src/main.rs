@@ -25,6 +25,18 @@ struct Cli {
 enum Cmd {
     /// Run a static x86_64 program inside a VM, like the reference system boots every program.
     Run(RunArgs),
+    /// Serve the configured programs over HTTP: `/<program>/...` runs that program.
+    Serve {
+        /// Configuration file (JSON with comments); may repeat, later files override.
+        #[arg(long = "config", short = 'c', required = true)]
+        config: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Largest request body accepted, in MB (413 beyond).
+        #[arg(long, default_value_t = 16)]
+        max_body_mb: usize,
+    },
     /// Validate configuration files and print each program's effective settings.
     Check {
         /// Configuration file (JSON with comments); may repeat, later files override.
@@ -86,6 +98,11 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Check { config } => check(&config),
+        Cmd::Serve {
+            config,
+            listen,
+            max_body_mb,
+        } => serve(&config, listen, max_body_mb),
     };
     match r {
         Ok(code) => code,
@@ -94,6 +111,31 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn serve(files: &[PathBuf], listen: std::net::SocketAddr, max_body_mb: usize) -> Result<ExitCode> {
+    use std::sync::Arc;
+    edgevm_kvm::kvm_available()?;
+    let cfg = Config::load_files(files)?;
+    let (runtime, errors) = edgevm_server::programs::build_runtime(&cfg);
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    let runtime = Arc::new(runtime);
+    runtime.start_eager();
+    let mut opts = edgevm_server::http::HttpOptions::new(listen);
+    opts.max_body_bytes = max_body_mb.min(16) << 20;
+    let names: Vec<_> = runtime.programs().map(|(n, _)| n.clone()).collect();
+    tracing::info!(
+        "edgevm serving {} program(s) on http://{listen}/ ({})",
+        names.len(),
+        names.join(", ")
+    );
+    let admin = Arc::new(edgevm_server::programs::StatsAdmin::new(runtime.clone()));
+    edgevm_server::http::run_server(opts, runtime, Some(admin))
+        .with_context(|| format!("serving on {listen}"))?;
+    tracing::info!("edgevm stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(files: &[PathBuf]) -> Result<ExitCode> {

@@ -165,6 +165,28 @@ fn elf_truncated() {
 }
 
 #[test]
+fn elf_header_fields_are_checked() {
+    let d = scratch("bad_header_fields");
+    let mut e = Elf::read(&guest("hello"));
+    e.set_u16(0x36, 0); // e_phentsize
+    refused(
+        &e.write(&d, "phentsize0"),
+        &["program header entry size is 0"],
+    );
+    let mut e = Elf::read(&guest("hello"));
+    e.set_u16(0x38, 0); // e_phnum: nothing to load
+    refused(&e.write(&d, "phnum0"), &["no loadable segment"]);
+    let mut e = Elf::read(&guest("hello"));
+    e.set_u16(0x10, 1); // e_type = ET_REL
+    refused(&e.write(&d, "rel"), &["ELF type 1 cannot be run"]);
+    let mut e = Elf::read(&guest("hello"));
+    let last = e.loads().last().copied().unwrap();
+    let o = e.phdr_off(last.index);
+    e.set_u64(o + 32, 1 << 40); // p_filesz > p_memsz
+    refused(&e.write(&d, "filesz"), &["larger than memory size"]);
+}
+
+#[test]
 fn segment_outside_the_address_space() {
     let d = scratch("bad_outside");
     for (i, vaddr) in [

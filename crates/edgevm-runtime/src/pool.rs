@@ -1,0 +1,451 @@
+//! Programs and their request-VM pools; the runtime the HTTP layer talks to.
+//!
+//! A program boots lazily on its first request (or at server start with `start`): a boot
+//! thread runs the main VM to `wait_for_requests()`, freezes it, and starts `concurrency`
+//! request-VM threads, each owning one VM for its whole life (KVM vCPUs are used from the thread
+//! that runs them). Requests queue on one channel per program; a request that waited more than
+//! 60 s for a VM gets 503. No VM or memory slot is created per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::request::{GuestRequest, ProgramHost, Reply, ServeError};
+use crate::request_vm::{FailureKind, RequestSettings, RequestVm};
+use crate::vm::{BootOutcome, Frozen, MainVm, VmOptions};
+
+/// How long a request may wait for a free VM.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests waiting beyond this many per program are refused at once.
+pub const MAX_QUEUE: usize = 8192;
+
+/// Everything about one program.
+#[derive(Debug, Clone)]
+pub struct ProgramSettings {
+    /// Boot options.
+    pub vm: VmOptions,
+    /// Number of request VMs.
+    pub concurrency: u32,
+    /// Per-request policy.
+    pub request: RequestSettings,
+    /// Boot at server start.
+    pub start: bool,
+    /// Where it came from, for the load log line ("local" / "remote").
+    pub origin: &'static str,
+    /// Whether the file came from a cache.
+    pub cached: bool,
+}
+
+/// Per-program counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests handled by a VM.
+    pub requests: AtomicU64,
+    /// Responses by class (2xx..5xx from the program).
+    pub status_2xx: AtomicU64,
+    /// 3xx.
+    pub status_3xx: AtomicU64,
+    /// 4xx.
+    pub status_4xx: AtomicU64,
+    /// 5xx (program's own or failures).
+    pub status_5xx: AtomicU64,
+    /// Timeouts.
+    pub timeouts: AtomicU64,
+    /// CPU exceptions.
+    pub exceptions: AtomicU64,
+    /// Memory limit hits.
+    pub memory_errors: AtomicU64,
+    /// Other failures (no response, exit, API misuse).
+    pub other_errors: AtomicU64,
+    /// Resets after requests.
+    pub resets: AtomicU64,
+    /// Full resets.
+    pub full_resets: AtomicU64,
+    /// VM exits, summed over requests.
+    pub exits: AtomicU64,
+    /// Requests that waited too long in the queue.
+    pub queue_timeouts: AtomicU64,
+    /// Total queue wait, microseconds.
+    pub queue_wait_us: AtomicU64,
+    /// Exits of the last request.
+    pub last_exits: AtomicU64,
+}
+
+/// A snapshot of [`Stats`] for reporting.
+pub type StatsSnapshot = BTreeMap<&'static str, u64>;
+
+impl Stats {
+    /// Current values by name.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("requests", l(&self.requests)),
+            ("status_2xx", l(&self.status_2xx)),
+            ("status_3xx", l(&self.status_3xx)),
+            ("status_4xx", l(&self.status_4xx)),
+            ("status_5xx", l(&self.status_5xx)),
+            ("timeouts", l(&self.timeouts)),
+            ("exceptions", l(&self.exceptions)),
+            ("memory_errors", l(&self.memory_errors)),
+            ("other_errors", l(&self.other_errors)),
+            ("resets", l(&self.resets)),
+            ("full_resets", l(&self.full_resets)),
+            ("exits", l(&self.exits)),
+            ("last_request_exits", l(&self.last_exits)),
+            ("queue_timeouts", l(&self.queue_timeouts)),
+            ("queue_wait_us", l(&self.queue_wait_us)),
+        ])
+    }
+}
+
+struct Job {
+    req: GuestRequest,
+    reply: Reply,
+    queued: Instant,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    NotStarted,
+    Booting,
+    Ready { vms: u32, ready_ms: f64 },
+    Failed(String),
+}
+
+/// One configured program.
+pub struct Program {
+    name: String,
+    settings: ProgramSettings,
+    state: Mutex<State>,
+    changed: Condvar,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Program {
+    /// A program that is not started yet.
+    pub fn new(name: &str, settings: ProgramSettings) -> Arc<Program> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Arc::new(Program {
+            name: name.to_string(),
+            settings,
+            state: Mutex::new(State::NotStarted),
+            changed: Condvar::new(),
+            tx,
+            rx,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &ProgramSettings {
+        &self.settings
+    }
+
+    /// "not started", "booting", "ready", or "failed: why".
+    pub fn status(&self) -> String {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::NotStarted => "not started".into(),
+            State::Booting => "booting".into(),
+            State::Ready { .. } => "ready".into(),
+            State::Failed(e) => format!("failed: {e}"),
+        }
+    }
+
+    /// Start booting (once) on a background thread.
+    pub fn start(self: &Arc<Self>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*st, State::NotStarted) {
+            return;
+        }
+        *st = State::Booting;
+        drop(st);
+        let me = self.clone();
+        let r = std::thread::Builder::new()
+            .name(format!("boot:{}", self.name))
+            .spawn(move || me.boot());
+        if let Err(e) = r {
+            self.set_failed(format!("cannot start boot thread: {e}"));
+        }
+    }
+
+    /// Wait until the program is ready or failed (or the timeout passes). True if ready.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<bool, String> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*st {
+                State::Ready { .. } => return Ok(true),
+                State::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn set_failed(&self, why: String) {
+        tracing::error!("Program '{}' failed to start: {why}", self.name);
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why.clone());
+        self.changed.notify_all();
+        // Answer everything that queued while it booted.
+        while let Ok(job) = self.rx.try_recv() {
+            (job.reply)(Err(ServeError::ProgramUnavailable(why.clone())));
+        }
+    }
+
+    fn boot(self: Arc<Self>) {
+        let t0 = Instant::now();
+        let opts = self.settings.vm.clone();
+        let (vm, _report) = match MainVm::boot(opts) {
+            Ok(x) => x,
+            Err(e) => return self.set_failed(e.to_string()),
+        };
+        match _report.outcome {
+            BootOutcome::Exited(code) => {
+                return self.set_failed(format!(
+                    "Program did not wait for requests (it exited with status {code} before calling wait_for_requests())"
+                ))
+            }
+            BootOutcome::Ready => {}
+        }
+        let h = vm.handlers;
+        if h.get == 0 && h.post == 0 && h.request == 0 {
+            return self.set_failed(
+                "the program registered no request handler (set_backend_get/post/request) before wait_for_requests()".into(),
+            );
+        }
+        let frozen = match vm.freeze() {
+            Ok(f) => Arc::new(f),
+            Err(e) => return self.set_failed(e.to_string()),
+        };
+        let n = self.settings.concurrency.max(1);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n as usize);
+        for i in 0..n {
+            let me = self.clone();
+            let f = frozen.clone();
+            let tx = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vm{i}:{}", self.name))
+                .spawn(move || me.vm_thread(f, tx));
+            if let Err(e) = spawned {
+                return self.set_failed(format!("cannot start VM thread: {e}"));
+            }
+        }
+        drop(ready_tx);
+        let mut made = 0;
+        let mut first_err = None;
+        for r in ready_rx.iter() {
+            match r {
+                Ok(()) => made += 1,
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if made == 0 {
+            return self
+                .set_failed(first_err.unwrap_or_else(|| "no request VM could be created".into()));
+        }
+        let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let ephemeral = frozen
+            .ephemeral_override
+            .unwrap_or(self.settings.request.ephemeral);
+        let kind = match (ephemeral, self.settings.request.keep_working_memory) {
+            (true, true) => " ephemeral-kwm",
+            (true, false) => " ephemeral",
+            _ => "",
+        };
+        tracing::info!(
+            "Program '{}' is loaded ({}, {}, vm={made}{kind}, huge=0/0, ready={ready_ms:.2} ms)",
+            self.name,
+            self.settings.origin,
+            if self.settings.cached {
+                "cached"
+            } else {
+                "not cached"
+            },
+        );
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Ready {
+            vms: made,
+            ready_ms,
+        };
+        self.changed.notify_all();
+    }
+
+    fn vm_thread(self: Arc<Self>, frozen: Arc<Frozen>, ready: Sender<Result<(), String>>) {
+        let mut vm = match RequestVm::new(frozen, self.settings.request.clone()) {
+            Ok(vm) => {
+                let _ = ready.send(Ok(()));
+                vm
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return;
+            }
+        };
+        drop(ready);
+        let stats = self.stats.clone();
+        while let Ok(job) = self.rx.recv() {
+            let waited = job.queued.elapsed();
+            stats
+                .queue_wait_us
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            if waited > QUEUE_TIMEOUT {
+                stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                (job.reply)(Err(ServeError::QueueTimeout));
+                continue;
+            }
+            let (result, rs) = vm.handle(&job.req);
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
+            stats.last_exits.store(rs.exits, Ordering::Relaxed);
+            if vm.is_ephemeral() || rs.full_reset {
+                stats.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            if rs.full_reset {
+                stats.full_resets.fetch_add(1, Ordering::Relaxed);
+            }
+            let reply = match result {
+                Ok(resp) => {
+                    let c = match resp.status {
+                        200..=299 => &stats.status_2xx,
+                        300..=399 => &stats.status_3xx,
+                        400..=499 => &stats.status_4xx,
+                        _ => &stats.status_5xx,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok(resp)
+                }
+                Err(f) => {
+                    let c = match f.kind {
+                        FailureKind::Timeout => &stats.timeouts,
+                        FailureKind::Exception => &stats.exceptions,
+                        FailureKind::Memory => &stats.memory_errors,
+                        _ => &stats.other_errors,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    stats.status_5xx.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("{}: {}", self.name, f.message);
+                    Err(ServeError::ProgramError(f.message))
+                }
+            };
+            (job.reply)(reply);
+        }
+    }
+
+    /// Queue a request.
+    pub fn submit(self: &Arc<Self>, req: GuestRequest, reply: Reply) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match st {
+            State::Failed(e) => return reply(Err(ServeError::ProgramUnavailable(e))),
+            State::NotStarted => self.start(),
+            _ => {}
+        }
+        if self.rx.len() >= MAX_QUEUE {
+            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+            return reply(Err(ServeError::QueueTimeout));
+        }
+        let job = Job {
+            req,
+            reply,
+            queued: Instant::now(),
+        };
+        if let Err(e) = self.tx.send(job) {
+            (e.0.reply)(Err(ServeError::ShuttingDown));
+        }
+        // A boot that failed after our state check: the failure drains the queue, but it may
+        // have drained before we sent.
+        if let State::Failed(e) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            while let Ok(job) = self.rx.try_recv() {
+                (job.reply)(Err(ServeError::ProgramUnavailable(e.clone())));
+            }
+        }
+    }
+
+    /// Number of request VMs and time to ready, once ready.
+    pub fn ready_info(&self) -> Option<(u32, f64)> {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::Ready { vms, ready_ms } => Some((*vms, *ready_ms)),
+            _ => None,
+        }
+    }
+}
+
+/// All programs; the [`ProgramHost`] the HTTP layer uses.
+#[derive(Default)]
+pub struct Runtime {
+    programs: HashMap<String, Arc<Program>>,
+}
+
+impl Runtime {
+    /// An empty runtime.
+    pub fn new() -> Self {
+        Runtime::default()
+    }
+
+    /// Add a program (replacing one of the same name).
+    pub fn add(&mut self, name: &str, settings: ProgramSettings) -> Arc<Program> {
+        let p = Program::new(name, settings);
+        self.programs.insert(name.to_string(), p.clone());
+        p
+    }
+
+    /// Register a program that cannot run; requests to it get 503 with `why`.
+    pub fn add_failed(&mut self, name: &str, why: String) {
+        let settings = ProgramSettings {
+            vm: VmOptions::new(name, Default::default(), Vec::new()),
+            concurrency: 1,
+            request: RequestSettings::default(),
+            start: false,
+            origin: "local",
+            cached: false,
+        };
+        let p = Program::new(name, settings);
+        *p.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why);
+        self.programs.insert(name.to_string(), p);
+    }
+
+    /// Start the programs configured with `start`.
+    pub fn start_eager(&self) {
+        for p in self.programs.values() {
+            if p.settings.start {
+                p.start();
+            }
+        }
+    }
+
+    /// A program by name.
+    pub fn program(&self, name: &str) -> Option<&Arc<Program>> {
+        self.programs.get(name)
+    }
+
+    /// All programs, by name.
+    pub fn programs(&self) -> impl Iterator<Item = (&String, &Arc<Program>)> {
+        self.programs.iter()
+    }
+}
+
+impl ProgramHost for Runtime {
+    fn submit(&self, program: &str, req: GuestRequest, reply: Reply) {
+        match self.programs.get(program) {
+            Some(p) => p.submit(req, reply),
+            None => reply(Err(ServeError::ProgramNotFound(program.to_string()))),
+        }
+    }
+}

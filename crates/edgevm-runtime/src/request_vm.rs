@@ -1,0 +1,697 @@
+//! A request VM: one copy-on-write fork of a frozen program, on its own thread, answering one
+//! request at a time and reset after each.
+//!
+//! Per request, on the common path: the host writes the request into the I/O area, sets the
+//! registers through sync_regs (RIP = request entry stub, RAX = handler, SysV arguments), and
+//! enters the guest once. The stub restores the frozen FPU/SSE state with `fxrstor` (CPL3, no
+//! exit) and calls the handler; `sys_backend_response` is the one exit. Header calls made with
+//! edgevm's `kvm_api.h` are served inside the guest from the I/O area.
+//!
+//! Reset (ephemeral): KVM's dirty log plus the host's own writes say which pages changed; with
+//! `ephemeral_keep_working_memory` they are copied back from the image (fastest measured here,
+//! the private pages are kept); otherwise their private copies are dropped with MADV_DONTNEED
+//! (memory goes back to the host). The process state (brk, mmap areas, signal handlers) is a
+//! clone of the frozen one; registers and FPU are set on entry. After a crash, timeout, memory
+//! overrun, exit or missing response the VM is reset fully: every private page is dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgevm_abi::api;
+use edgevm_abi::io::{self, IoError, RequestData};
+use edgevm_abi::layout;
+use edgevm_abi::linux::{fill_random, Output};
+use edgevm_kvm::{Vcpu, PAGE_SIZE};
+
+use crate::request::{GuestRequest, GuestResponse};
+use crate::vm::{Event, Frozen, MainVm, RunError};
+
+/// Largest response body a program may return.
+pub const MAX_RESPONSE_BODY: u64 = 64 << 20;
+
+/// Per-request policy (from the configuration).
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// max_request_time.
+    pub max_request_time: Duration,
+    /// max_request_memory, bytes.
+    pub max_request_memory: u64,
+    /// limit_workmem_after_req, bytes (0 = no limit).
+    pub limit_workmem_after_req: u64,
+    /// ephemeral.
+    pub ephemeral: bool,
+    /// ephemeral_keep_working_memory.
+    pub keep_working_memory: bool,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            max_request_time: Duration::from_secs(8),
+            max_request_memory: 64 << 20,
+            limit_workmem_after_req: 0,
+            ephemeral: true,
+            keep_working_memory: false,
+        }
+    }
+}
+
+/// How a request went wrong (HTTP 500 unless the program's on_error answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFailure {
+    /// The message (as the reference: "HTTP response not set. Program crashed?", ...).
+    pub message: String,
+    /// Kind, for statistics.
+    pub kind: FailureKind,
+}
+
+/// Kinds of request failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// CPU exception.
+    Exception,
+    /// max_request_time.
+    Timeout,
+    /// max_request_memory.
+    Memory,
+    /// exit() during a request.
+    Exit,
+    /// No response.
+    NoResponse,
+    /// Bad API use (pointer, header, status...).
+    Api,
+    /// Anything else.
+    Other,
+}
+
+/// Figures about one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestStats {
+    /// VM exits while handling it.
+    pub exits: u64,
+    /// Pages restored or dropped by the reset after it.
+    pub reset_pages: usize,
+    /// Whether the reset was a full one.
+    pub full_reset: bool,
+    /// Time spent in the reset.
+    pub reset_time: Duration,
+}
+
+/// One request VM.
+pub struct RequestVm {
+    vm: MainVm,
+    frozen: Arc<Frozen>,
+    settings: RequestSettings,
+    ephemeral: bool,
+    /// Pages privately copied since the last full reset (keep-working-memory accounting).
+    working: Vec<u64>,
+    cache_control: Option<String>,
+    /// Requests handled.
+    pub requests: u64,
+    /// Full resets done.
+    pub full_resets: u64,
+}
+
+enum Outcome {
+    Response(GuestResponse),
+    Failed(RequestFailure),
+}
+
+fn fail(kind: FailureKind, message: impl Into<String>) -> Outcome {
+    Outcome::Failed(RequestFailure {
+        message: message.into(),
+        kind,
+    })
+}
+
+fn run_error_failure(e: RunError) -> RequestFailure {
+    let kind = match &e {
+        RunError::Crash(_) => FailureKind::Exception,
+        RunError::Timeout { .. } => FailureKind::Timeout,
+        RunError::MemoryLimit { .. } => FailureKind::Memory,
+        _ => FailureKind::Other,
+    };
+    let message = match e {
+        RunError::Timeout { limit, .. } => {
+            format!("Backend VM timed out ({:.1}s)", limit.as_secs_f64())
+        }
+        other => other.to_string(),
+    };
+    RequestFailure { message, kind }
+}
+
+impl RequestVm {
+    /// Fork a request VM from `frozen` (call on the VM's own thread).
+    pub fn new(frozen: Arc<Frozen>, settings: RequestSettings) -> Result<Self, RunError> {
+        let vm = MainVm::from_frozen(&frozen)?;
+        let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
+        let pages = vm.machine.mem.pages();
+        Ok(RequestVm {
+            vm,
+            frozen,
+            settings,
+            ephemeral,
+            working: vec![0; pages.div_ceil(64)],
+            cache_control: None,
+            requests: 0,
+            full_resets: 0,
+        })
+    }
+
+    /// Whether this VM resets after every request.
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    /// Handle one request; the VM is ready for the next one when this returns.
+    pub fn handle(
+        &mut self,
+        req: &GuestRequest,
+    ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
+        self.requests += 1;
+        let exits0 = self.vm.machine.cpu.exit_count();
+        let outcome = self.call_handler(req);
+        let mut stats = RequestStats {
+            exits: self.vm.machine.cpu.exit_count() - exits0,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let result = match outcome {
+            Outcome::Response(r) => match self.after_request() {
+                Ok((pages, full)) => {
+                    stats.reset_pages = pages;
+                    stats.full_reset = full;
+                    Ok(r)
+                }
+                Err(f) => {
+                    self.full_reset();
+                    stats.full_reset = true;
+                    Err(f)
+                }
+            },
+            Outcome::Failed(f) => {
+                self.full_reset();
+                stats.full_reset = true;
+                Err(f)
+            }
+        };
+        let result = match result {
+            Err(f) if self.vm.handlers.on_error != 0 => {
+                let r = self.call_on_error(req, &f);
+                self.full_reset();
+                r.ok_or(f)
+            }
+            other => other,
+        };
+        stats.reset_time = t.elapsed();
+        (result, stats)
+    }
+
+    fn call_handler(&mut self, req: &GuestRequest) -> Outcome {
+        let h = self.vm.handlers;
+        let method = req.method.as_str();
+        let (handler, kind) = if h.request != 0 {
+            (h.request, 3)
+        } else if (method == "GET" || method == "HEAD") && h.get != 0 {
+            (h.get, 1)
+        } else if method != "GET" && method != "HEAD" && h.post != 0 {
+            (h.post, 2)
+        } else if h.get != 0 {
+            (h.get, 1)
+        } else {
+            return fail(
+                FailureKind::Api,
+                format!("the program has no handler for {method} requests"),
+            );
+        };
+        if req.body.len() as u64 > layout::INPUT_AREA_SIZE {
+            return fail(
+                FailureKind::Api,
+                "request body larger than the program's input area",
+            );
+        }
+        let ptrs = match self.write_request(req) {
+            Ok(p) => p,
+            Err(e) => return fail(FailureKind::Api, e.to_string()),
+        };
+        let body_addr = if req.body.is_empty() {
+            0
+        } else {
+            self.vm.layout.input_area
+        };
+        let frozen_rsp = self.frozen.regs.rsp;
+        let fs = self.frozen.fs_base;
+        if self.vm.machine.cpu.fs_base() != fs {
+            if let Err(e) = self.vm.machine.cpu.set_fs_base(fs) {
+                return fail(FailureKind::Other, e.to_string());
+            }
+        }
+        {
+            let r = self.vm.machine.cpu.regs_mut();
+            *r = Default::default();
+            r.rip = layout::REQUEST_ENTRY;
+            // Below the frozen frame of wait_for_requests (and its red zone), 16-aligned
+            // before the stub's `call`.
+            r.rsp = (frozen_rsp - 512) & !15;
+            r.rflags = 0x202;
+            r.rax = handler;
+            match kind {
+                3 => r.rdi = io::REQUEST_STRUCT,
+                2 => {
+                    r.rdi = ptrs.url;
+                    r.rsi = ptrs.arg;
+                    r.rdx = ptrs.content_type;
+                    r.rcx = body_addr;
+                    r.r8 = req.body.len() as u64;
+                }
+                _ => {
+                    r.rdi = ptrs.url;
+                    r.rsi = ptrs.arg;
+                }
+            }
+        }
+        self.vm
+            .linux
+            .set_request_limit(Some(self.settings.max_request_memory));
+        self.cache_control = None;
+        if let Err(e) = self
+            .vm
+            .start_deadline(self.settings.max_request_time, "request (max_request_time)")
+        {
+            return Outcome::Failed(run_error_failure(e));
+        }
+        let r = self.run_request();
+        self.vm.stop_deadline();
+        self.vm.printer.flush();
+        r
+    }
+
+    fn write_request(&mut self, req: &GuestRequest) -> Result<io::RequestPtrs, IoError> {
+        let input = self.vm.layout.input_area;
+        if !req.body.is_empty() {
+            self.vm
+                .machine
+                .mem
+                .write(input, &req.body)
+                .map_err(|err| IoError::BadPointer {
+                    call: "request",
+                    err,
+                })?;
+        }
+        let mut seed = [0u8; 16];
+        fill_random(&mut seed);
+        io::write_request(
+            &mut self.vm.machine.mem,
+            &RequestData {
+                method: &req.method,
+                url: &req.url,
+                arg: &req.arg,
+                content_type: &req.content_type,
+                headers: &req.headers,
+                body: (
+                    if req.body.is_empty() { 0 } else { input },
+                    req.body.len() as u64,
+                ),
+                warmup: req.warmup,
+                prng: [
+                    u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()),
+                    u64::from_le_bytes(seed[8..].try_into().unwrap_or_default()),
+                ],
+            },
+        )
+    }
+
+    fn run_request(&mut self) -> Outcome {
+        loop {
+            let ev = match self.vm.run_until_event() {
+                Ok(ev) => ev,
+                Err(e) => return Outcome::Failed(run_error_failure(e)),
+            };
+            match ev {
+                Event::Exited(code) => {
+                    return fail(
+                        FailureKind::Exit,
+                        format!("the program exited (status {code}) during a request"),
+                    )
+                }
+                Event::Returned => {
+                    return fail(
+                        FailureKind::NoResponse,
+                        "HTTP response not set. Program crashed?",
+                    )
+                }
+                Event::Hypercall(api::BACKEND_RESPONSE) => return self.read_response(),
+                Event::Hypercall(num) => {
+                    if let Err(f) = self.api_call(num) {
+                        return Outcome::Failed(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hypercalls of the request context (the reference-header path; edgevm's header serves
+    /// most of these inside the guest).
+    fn api_call(&mut self, num: u32) -> Result<(), RequestFailure> {
+        let r = *self.vm.machine.cpu.regs();
+        let mem = &mut self.vm.machine.mem;
+        let api_err = |e: IoError| RequestFailure {
+            message: e.to_string(),
+            kind: FailureKind::Api,
+        };
+        let read = |mem: &edgevm_kvm::GuestMemory, p: u64, l: u64, call: &'static str| {
+            if l > 65535 {
+                return Err(RequestFailure {
+                    message: format!("length {l} passed to {call} is too large"),
+                    kind: FailureKind::Api,
+                });
+            }
+            mem.read_vec(p, l as usize).map_err(|err| RequestFailure {
+                message: IoError::BadPointer { call, err }.to_string(),
+                kind: FailureKind::Api,
+            })
+        };
+        let ret: u64 = match num {
+            api::HTTP_APPEND => {
+                let f = read(mem, r.rsi, r.rdx, "http_append")?;
+                io::append(mem, r.rdi.min(1), &f, "http_append").map_err(api_err)?;
+                0
+            }
+            api::HTTP_SET => {
+                let f = read(mem, r.rsi, r.rdx, "http_set")?;
+                io::set(mem, r.rdi.min(1), &f).map_err(api_err)?;
+                0
+            }
+            api::HTTP_FIND => {
+                let key = read(mem, r.rsi, r.rdx, "http_find")?;
+                match io::find(mem, r.rdi.min(1), &key) {
+                    None => 0,
+                    Some(v) if r.rcx == 0 => v.len() as u64,
+                    Some(v) if (v.len() as u64) < r.r8 => {
+                        let mut z = v.clone();
+                        z.push(0);
+                        mem.write(r.rcx, &z).map_err(|err| {
+                            api_err(IoError::BadPointer {
+                                call: "http_find",
+                                err,
+                            })
+                        })?;
+                        v.len() as u64
+                    }
+                    Some(_) => 0,
+                }
+            }
+            api::HTTP_METHOD => {
+                let m = self.method_bytes();
+                let mem = &mut self.vm.machine.mem;
+                if r.rdi == 0 {
+                    m.len() as u64
+                } else if (m.len() as u64) < r.rsi {
+                    let mut z = m.clone();
+                    z.push(0);
+                    mem.write(r.rdi, &z).map_err(|err| {
+                        api_err(IoError::BadPointer {
+                            call: "http_method",
+                            err,
+                        })
+                    })?;
+                    m.len() as u64
+                } else {
+                    0
+                }
+            }
+            api::SET_CACHEABLE => {
+                self.cache_control = Some(cache_control(
+                    r.rdi != 0,
+                    r.rsi as f64 / 1000.0,
+                    r.rdx as f64 / 1000.0,
+                ));
+                0
+            }
+            api::WAIT_FOR_REQUESTS | api::WAIT_FOR_REQUESTS_PAUSED => {
+                return Err(RequestFailure {
+                    message: "wait_for_requests() called during a request".into(),
+                    kind: FailureKind::Api,
+                })
+            }
+            api::MAKE_EPHEMERAL => {
+                self.vm
+                    .printer
+                    .log("sys_make_ephemeral() is only allowed before wait_for_requests()");
+                u64::MAX
+            }
+            other => {
+                self.vm.unsupported_call(other);
+                return Ok(());
+            }
+        };
+        self.vm.machine.cpu.regs_mut().rax = ret;
+        Ok(())
+    }
+
+    fn method_bytes(&self) -> Vec<u8> {
+        let mem = &self.vm.machine.mem;
+        let p = mem.read_u64(io::REQUEST_STRUCT).unwrap_or(0);
+        mem.read_cstr(p, 64).unwrap_or_default()
+    }
+
+    fn read_response(&mut self) -> Outcome {
+        let r = *self.vm.machine.cpu.regs();
+        let mem = &self.vm.machine.mem;
+        let status = r.rdi as u16 as i16;
+        if !(200..=599).contains(&status) {
+            return fail(
+                FailureKind::Api,
+                format!(
+                    "invalid HTTP status {status} passed to backend_response (must be 200-599)"
+                ),
+            );
+        }
+        if r.rdx >= 4096 {
+            return fail(
+                FailureKind::Api,
+                "content type passed to backend_response is 4096 bytes or longer",
+            );
+        }
+        if r.r8 > MAX_RESPONSE_BODY {
+            return fail(
+                FailureKind::Api,
+                format!(
+                    "response body of {} bytes is larger than the {} MiB limit",
+                    r.r8,
+                    MAX_RESPONSE_BODY >> 20
+                ),
+            );
+        }
+        let ctype = match mem.read_vec(r.rsi, r.rdx as usize) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    FailureKind::Api,
+                    format!("bad content type pointer passed to backend_response: {e}"),
+                )
+            }
+        };
+        let body = match mem.read_vec(r.rcx, r.r8 as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                return fail(
+                    FailureKind::Api,
+                    format!("bad body pointer passed to backend_response: {e}"),
+                )
+            }
+        };
+        let mut headers = match io::response_headers(mem) {
+            Ok(h) => h,
+            Err(e) => return fail(FailureKind::Api, e.to_string()),
+        };
+        if r.r9 != 0 {
+            match self.read_extra(r.r9) {
+                Ok(mut extra) => headers.append(&mut extra),
+                Err(f) => return Outcome::Failed(f),
+            }
+        }
+        if let Some(cc) = self.cache_control.take() {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("cache-control"));
+            headers.push(("Cache-Control".into(), cc));
+        }
+        Outcome::Response(GuestResponse {
+            status: status as u16,
+            content_type: String::from_utf8_lossy(&ctype).into_owned(),
+            headers,
+            body,
+        })
+    }
+
+    fn read_extra(&mut self, at: u64) -> Result<Vec<(String, String)>, RequestFailure> {
+        let mem = &self.vm.machine.mem;
+        let bad = |what: String| RequestFailure {
+            message: format!("bad BackendResponseExtra passed to backend_response: {what}"),
+            kind: FailureKind::Api,
+        };
+        let x = mem.read_vec(at, 24).map_err(|e| bad(e.to_string()))?;
+        let hp = u64::from_le_bytes(x[0..8].try_into().unwrap_or_default());
+        let n = u16::from_le_bytes([x[8], x[9]]);
+        let cached = x[10] != 0;
+        let f = |o: usize| f32::from_le_bytes(x[o..o + 4].try_into().unwrap_or_default()) as f64;
+        let (ttl, grace) = (f(12), f(16));
+        if n > 64 {
+            return Err(bad(format!("{n} headers (at most 64)")));
+        }
+        let mut out = Vec::new();
+        for i in 0..n as u64 {
+            let e = mem
+                .read_vec(hp + 16 * i, 16)
+                .map_err(|e| bad(e.to_string()))?;
+            let p = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
+            let l = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
+            if l > 65535 {
+                return Err(bad(format!("header {i} is {l} bytes long")));
+            }
+            let field = mem
+                .read_vec(p, l as usize)
+                .map_err(|e| bad(e.to_string()))?;
+            let colon = io::validate_field(&field).map_err(|why| {
+                bad(format!(
+                    "header {:?}: {why}",
+                    String::from_utf8_lossy(&field)
+                ))
+            })?;
+            out.push((
+                String::from_utf8_lossy(&field[..colon]).into_owned(),
+                String::from_utf8_lossy(&field[colon + 2..]).into_owned(),
+            ));
+        }
+        if cached || ttl > 0.0 {
+            self.cache_control = Some(cache_control(cached, ttl, grace));
+        }
+        Ok(out)
+    }
+
+    /// After a successful request: reset (ephemeral) and enforce memory limits.
+    /// Returns (pages reset, whether the reset was full).
+    fn after_request(&mut self) -> Result<(usize, bool), RequestFailure> {
+        self.vm.linux.set_request_limit(None);
+        let dirty = match self.vm.machine.cpu.take_dirty_log() {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(RequestFailure {
+                    message: e.to_string(),
+                    kind: FailureKind::Other,
+                })
+            }
+        };
+        let dirtied: u64 =
+            dirty.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * PAGE_SIZE as u64;
+        if dirtied > self.settings.max_request_memory {
+            return Err(RequestFailure {
+                message: format!(
+                    "Backend VM memory exception: the request wrote {} MiB, over max_request_memory ({} MiB)",
+                    dirtied >> 20,
+                    self.settings.max_request_memory >> 20
+                ),
+                kind: FailureKind::Memory,
+            });
+        }
+        if !self.ephemeral {
+            return Ok((0, false));
+        }
+        let pages = if self.settings.keep_working_memory {
+            for (w, d) in self.working.iter_mut().zip(dirty.iter()) {
+                *w |= *d;
+            }
+            self.vm
+                .machine
+                .mem
+                .restore_pages(&self.frozen.image, &dirty)
+        } else {
+            match self.vm.machine.mem.discard_pages(&dirty) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(RequestFailure {
+                        message: e.to_string(),
+                        kind: FailureKind::Other,
+                    })
+                }
+            }
+        };
+        self.vm.linux = self.frozen.linux.clone();
+        self.vm.linux.set_verbose(false);
+        let limit = self.settings.limit_workmem_after_req;
+        if self.settings.keep_working_memory && limit > 0 {
+            let working: u64 = self
+                .working
+                .iter()
+                .map(|w| u64::from(w.count_ones()))
+                .sum::<u64>()
+                * PAGE_SIZE as u64;
+            if working > limit {
+                self.full_reset();
+                return Ok((pages, true));
+            }
+        }
+        Ok((pages, false))
+    }
+
+    /// Drop every private page and restore the frozen process state.
+    pub fn full_reset(&mut self) {
+        self.full_resets += 1;
+        let _ = self.vm.machine.cpu.take_dirty_log();
+        if let Err(e) = self.vm.machine.mem.discard_private() {
+            self.vm.printer.log(&format!("full reset failed: {e}"));
+        }
+        self.working.iter_mut().for_each(|w| *w = 0);
+        self.vm.linux = self.frozen.linux.clone();
+        self.vm.linux.set_verbose(false);
+    }
+
+    fn call_on_error(&mut self, req: &GuestRequest, f: &RequestFailure) -> Option<GuestResponse> {
+        let ptrs = self.write_request(req).ok()?;
+        // The exception text goes into the request-body area.
+        let mut msg = f.message.clone().into_bytes();
+        msg.push(0);
+        let at = self.vm.layout.input_area;
+        self.vm.machine.mem.write(at, &msg).ok()?;
+        {
+            let r = self.vm.machine.cpu.regs_mut();
+            *r = Default::default();
+            r.rip = layout::REQUEST_ENTRY;
+            r.rsp = (self.frozen.regs.rsp - 512) & !15;
+            r.rflags = 0x202;
+            r.rax = self.vm.handlers.on_error;
+            r.rdi = ptrs.url;
+            r.rsi = ptrs.arg;
+            r.rdx = at;
+        }
+        self.vm
+            .start_deadline(Duration::from_secs(1), "on_error handler")
+            .ok()?;
+        let out = self.run_request();
+        self.vm.stop_deadline();
+        self.vm.printer.flush();
+        match out {
+            Outcome::Response(r) => Some(r),
+            Outcome::Failed(f2) => {
+                self.vm
+                    .printer
+                    .log(&format!("on_error handler failed too: {}", f2.message));
+                None
+            }
+        }
+    }
+}
+
+fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
+    if cached && ttl > 0.0 {
+        let mut s = format!("public, max-age={}", ttl.round() as u64);
+        if grace > 0.0 {
+            s.push_str(&format!(
+                ", stale-while-revalidate={}",
+                grace.round() as u64
+            ));
+        }
+        s
+    } else {
+        "private, no-store".into()
+    }
+}
