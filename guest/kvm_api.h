@@ -858,10 +858,10 @@ EDGEVM_HYPERCALL_STUB(sys_backend_response,     EDGEVM_HYPERCALL_BACKEND_RESPONS
 EDGEVM_HYPERCALL_STUB(storage_return,           EDGEVM_HYPERCALL_STORAGE_RETURN);
 EDGEVM_HYPERCALL_STUB(begin_streaming_response, EDGEVM_HYPERCALL_STREAMING_RESPONSE);
 EDGEVM_HYPERCALL_STUB(storage_noreturn,         EDGEVM_HYPERCALL_STORAGE_NORETURN);
-EDGEVM_HYPERCALL_STUB(sys_http_append,          EDGEVM_HYPERCALL_HTTP_APPEND);
-EDGEVM_HYPERCALL_STUB(sys_http_set,             EDGEVM_HYPERCALL_HTTP_SET);
-EDGEVM_HYPERCALL_STUB(sys_http_find,            EDGEVM_HYPERCALL_HTTP_FIND);
-EDGEVM_HYPERCALL_STUB(sys_http_method,          EDGEVM_HYPERCALL_HTTP_METHOD);
+EDGEVM_HYPERCALL_STUB(edgevm_hc_sys_http_append, EDGEVM_HYPERCALL_HTTP_APPEND);
+EDGEVM_HYPERCALL_STUB(edgevm_hc_sys_http_set, EDGEVM_HYPERCALL_HTTP_SET);
+EDGEVM_HYPERCALL_STUB(edgevm_hc_sys_http_find, EDGEVM_HYPERCALL_HTTP_FIND);
+EDGEVM_HYPERCALL_STUB(edgevm_hc_sys_http_method, EDGEVM_HYPERCALL_HTTP_METHOD);
 EDGEVM_HYPERCALL_STUB(sys_regex_compile,        EDGEVM_HYPERCALL_REGEX_COMPILE);
 EDGEVM_HYPERCALL_STUB(sys_regex_free,           EDGEVM_HYPERCALL_REGEX_FREE);
 EDGEVM_HYPERCALL_STUB(sys_regex_match,          EDGEVM_HYPERCALL_REGEX_MATCH);
@@ -894,6 +894,210 @@ __asm__(EDGEVM_STUB_BEGIN(vcpureqid)
 	"\tmovl %gs:4, %eax\n"
 	"\tret\n"
 	EDGEVM_STUB_END(vcpureqid));
+
+
+/* --------------------------------------------------------------------------
+ * In-guest header calls (edgevm fast path)
+ *
+ * Under edgevm (environment EDGEVM_IO=1) the host places each request in an
+ * I/O area at EDGEVM_IO_BASE before calling the handler, and reads the
+ * response headers from it when the program calls backend_response(). The
+ * header calls below work on that area directly: no VM exit, so a plain
+ * request costs exactly one exit. Elsewhere (the reference system) and for
+ * anything the fast path does not accept (an invalid field, a full table),
+ * they make the hypercall, and the host applies the same rules to the same
+ * area, so behaviour is identical either way.
+ * -------------------------------------------------------------------------- */
+#define EDGEVM_IO_BASE        0x20000UL
+#define EDGEVM_IO_REQ_TABLE   (EDGEVM_IO_BASE + 0x1000)
+#define EDGEVM_IO_REQ_MAX     512u
+#define EDGEVM_IO_RESP_TABLE  (EDGEVM_IO_BASE + 0x3000)
+#define EDGEVM_IO_RESP_MAX    128u
+#define EDGEVM_IO_REQUEST     (EDGEVM_IO_BASE + 0x3800)
+#define EDGEVM_IO_REQ_BLOB    (EDGEVM_IO_BASE + 0x4000)
+#define EDGEVM_IO_REQ_BLOB_SIZE  0x40000u
+#define EDGEVM_IO_RESP_BLOB   (EDGEVM_IO_REQ_BLOB + EDGEVM_IO_REQ_BLOB_SIZE)
+#define EDGEVM_IO_RESP_BLOB_SIZE (0x100000u - (unsigned)EDGEVM_IO_RESP_BLOB)
+#define EDGEVM_IO_MAGIC       0x4F495645u /* "EVIO" */
+
+struct edgevm_io {
+	uint32_t magic, version;
+	uint32_t req_count, resp_count;
+	uint32_t req_used, resp_used;
+	uint32_t flags, reserved;
+};
+
+extern long edgevm_hc_sys_http_append(int where, const char *field, size_t len);
+extern long edgevm_hc_sys_http_set(int where, const char *field, size_t len);
+extern unsigned edgevm_hc_sys_http_find(int where, const char *key, size_t key_len, char *outb, size_t outl);
+extern unsigned long edgevm_hc_sys_http_method(char *outb, size_t outl);
+
+static inline struct edgevm_io *edgevm_io_area(void)
+{
+	const char *e = getenv("EDGEVM_IO");
+	if (e == NULL || e[0] != '1')
+		return NULL;
+	struct edgevm_io *io = (struct edgevm_io *)EDGEVM_IO_BASE;
+	return (io->magic == EDGEVM_IO_MAGIC && io->version == 1) ? io : NULL;
+}
+
+/* The validation rules of the host (and the reference). Returns the colon
+   index, or -1. */
+static inline long edgevm_io_validate(const char *f, size_t len)
+{
+	if (len < 4 || len > 65535)
+		return -1;
+	size_t colon = 0;
+	while (colon < len && f[colon] != ':')
+		colon++;
+	if (colon == 0 || colon == len)
+		return -1;
+	for (size_t i = 0; i < colon; i++) {
+		const unsigned char c = (unsigned char)f[i];
+		if (c == ' ' || c == 0 || c == 8 || c == 0x1b || c == 0x0c || c == '\t'
+			|| c == '\r' || c == '\n' || c >= 0x7f)
+			return -1;
+	}
+	if (colon + 1 >= len || f[colon + 1] != ' ')
+		return -1;
+	if (f[len - 1] == ' ' || f[len - 1] == '\t')
+		return -1;
+	for (size_t i = colon + 1; i < len; i++)
+		if (f[i] == 0 || f[i] == '\r' || f[i] == '\n')
+			return -1;
+	return (long)colon;
+}
+
+static inline struct kvm_request_header *edgevm_io_table(int where, uint32_t **count, uint32_t *max)
+{
+	struct edgevm_io *io = (struct edgevm_io *)EDGEVM_IO_BASE;
+	if (where == 1) {
+		*count = &io->resp_count;
+		*max = EDGEVM_IO_RESP_MAX;
+		return (struct kvm_request_header *)EDGEVM_IO_RESP_TABLE;
+	}
+	*count = &io->req_count;
+	*max = EDGEVM_IO_REQ_MAX;
+	return (struct kvm_request_header *)EDGEVM_IO_REQ_TABLE;
+}
+
+static inline int edgevm_io_keyeq(const struct kvm_request_header *h, const char *key, size_t klen)
+{
+	if (h->field_len == 0 || h->field_colon != klen)
+		return 0;
+	for (size_t i = 0; i < klen; i++) {
+		char a = h->field[i], b = key[i];
+		if (a >= 'A' && a <= 'Z') a = (char)(a + 32);
+		if (b >= 'A' && b <= 'Z') b = (char)(b + 32);
+		if (a != b)
+			return 0;
+	}
+	return 1;
+}
+
+/* Append; returns 0, or -1 when the hypercall must decide. */
+static inline long edgevm_io_append(struct edgevm_io *io, int where, const char *f, size_t len)
+{
+	const long colon = edgevm_io_validate(f, len);
+	uint32_t *count, max;
+	struct kvm_request_header *t = edgevm_io_table(where, &count, &max);
+	uint32_t *used = where == 1 ? &io->resp_used : &io->req_used;
+	char *blob = (char *)(where == 1 ? EDGEVM_IO_RESP_BLOB : EDGEVM_IO_REQ_BLOB);
+	const uint32_t cap = where == 1 ? EDGEVM_IO_RESP_BLOB_SIZE : EDGEVM_IO_REQ_BLOB_SIZE;
+	if (colon < 0 || *count >= max || *used + len + 1 > cap)
+		return -1;
+	char *dst = blob + *used;
+	__builtin_memcpy(dst, f, len);
+	dst[len] = 0;
+	t[*count].field = dst;
+	t[*count].field_colon = (uint32_t)colon;
+	t[*count].field_len = (uint32_t)len;
+	*count += 1;
+	*used += (uint32_t)len + 1;
+	return 0;
+}
+
+static inline void edgevm_io_unset(int where, const char *key, size_t klen)
+{
+	uint32_t *count, max;
+	struct kvm_request_header *t = edgevm_io_table(where, &count, &max);
+	for (uint32_t i = 0; i < *count && i < max; i++)
+		if (edgevm_io_keyeq(&t[i], key, klen))
+			t[i].field_len = 0;
+}
+
+__attribute__((weak)) long sys_http_append(int where, const char *field, size_t len)
+{
+	struct edgevm_io *io = edgevm_io_area();
+	if (io != NULL && edgevm_io_append(io, where, field, len) == 0)
+		return 0;
+	return edgevm_hc_sys_http_append(where, field, len);
+}
+
+__attribute__((weak)) long sys_http_set(int where, const char *field, size_t len)
+{
+	struct edgevm_io *io = edgevm_io_area();
+	if (io != NULL) {
+		size_t colon = 0;
+		while (colon < len && field[colon] != ':')
+			colon++;
+		if (colon == len) {
+			edgevm_io_unset(where, field, len);
+			return 0;
+		}
+		if (edgevm_io_validate(field, len) >= 0) {
+			uint32_t *count, max;
+			edgevm_io_table(where, &count, &max);
+			if (*count < max) {
+				edgevm_io_unset(where, field, colon);
+				if (edgevm_io_append(io, where, field, len) == 0)
+					return 0;
+			}
+		}
+	}
+	return edgevm_hc_sys_http_set(where, field, len);
+}
+
+__attribute__((weak)) unsigned
+sys_http_find(int where, const char *key, size_t key_len, char *outb, size_t outl)
+{
+	struct edgevm_io *io = edgevm_io_area();
+	if (io == NULL)
+		return edgevm_hc_sys_http_find(where, key, key_len, outb, outl);
+	uint32_t *count, max;
+	struct kvm_request_header *t = edgevm_io_table(where, &count, &max);
+	for (uint32_t i = 0; i < *count && i < max; i++) {
+		if (!edgevm_io_keyeq(&t[i], key, key_len))
+			continue;
+		const uint32_t len = t[i].field_len;
+		if (outb == NULL)
+			return len;
+		if (len < outl) {
+			__builtin_memcpy(outb, t[i].field, len);
+			outb[len] = 0;
+			return len;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+__attribute__((weak)) unsigned long sys_http_method(char *outb, size_t outl)
+{
+	struct edgevm_io *io = edgevm_io_area();
+	if (io == NULL)
+		return edgevm_hc_sys_http_method(outb, outl);
+	const struct kvm_request *r = (const struct kvm_request *)EDGEVM_IO_REQUEST;
+	const size_t len = r->method_len;
+	if (outb == NULL)
+		return len;
+	if (len < outl) {
+		__builtin_memcpy(outb, r->method, len);
+		outb[len] = 0;
+		return len;
+	}
+	return 0;
+}
 
 #endif /* KVM_API_ALREADY_DEFINED */
 

@@ -288,6 +288,8 @@ pub fn program_environment(o: &VmOptions) -> Vec<String> {
         format!("KVM_TYPE={}", if o.storage { "storage" } else { "request" }),
         "KVM_STATE=state".to_string(),
         format!("KVM_DEBUG={}", u8::from(o.debug)),
+        // Tells edgevm's kvm_api.h that the I/O area is there (in-guest header calls).
+        "EDGEVM_IO=1".to_string(),
     ];
     env.extend(o.environment.iter().cloned());
     env
