@@ -89,6 +89,159 @@ pub mod func {
     pub const SOCKET_PREPARE_FOR_PAUSE: i32 = 12;
 }
 
+
+// ---------------------------------------------------------------------------
+// In-guest header calls (edgevm fast path): same I/O area and rules as
+// kvm_api.h. Under edgevm (EDGEVM_IO=1) the request's headers are in guest
+// memory and response headers are built there, so a plain request costs one
+// VM exit; anything the fast path does not accept goes to the hypercall.
+// ---------------------------------------------------------------------------
+mod io {
+    pub const BASE: usize = 0x20000;
+    const REQ_TABLE: usize = BASE + 0x1000;
+    const REQ_MAX: u32 = 512;
+    const RESP_TABLE: usize = BASE + 0x3000;
+    const RESP_MAX: u32 = 128;
+    pub const REQUEST: usize = BASE + 0x3800;
+    const REQ_BLOB: usize = BASE + 0x4000;
+    const REQ_BLOB_SIZE: u32 = 0x40000;
+    const RESP_BLOB: usize = REQ_BLOB + REQ_BLOB_SIZE as usize;
+    const RESP_BLOB_SIZE: u32 = (0x100000 - RESP_BLOB) as u32;
+    const MAGIC: u32 = 0x4F49_5645;
+
+    #[repr(C)]
+    pub struct Header {
+        pub magic: u32,
+        pub version: u32,
+        pub req_count: u32,
+        pub resp_count: u32,
+        pub req_used: u32,
+        pub resp_used: u32,
+        pub flags: u32,
+        pub reserved: u32,
+    }
+
+    #[repr(C)]
+    pub struct Entry {
+        pub field: *const u8,
+        pub colon: u32,
+        pub len: u32,
+    }
+
+    /// The I/O area, when running under edgevm with a request in it.
+    pub fn area() -> Option<*mut Header> {
+        if std::env::var_os("EDGEVM_IO").as_deref() != Some(std::ffi::OsStr::new("1")) {
+            return None;
+        }
+        let h = BASE as *mut Header;
+        // SAFETY: EDGEVM_IO=1 means the host mapped the I/O area at BASE (user RW).
+        let ok = unsafe { (*h).magic == MAGIC && (*h).version == 1 };
+        ok.then_some(h)
+    }
+
+    pub fn validate(f: &[u8]) -> Option<usize> {
+        if f.len() < 4 || f.len() > 65535 {
+            return None;
+        }
+        let colon = f.iter().position(|&c| c == b':')?;
+        if colon == 0 || f[..colon].iter().any(|&c| matches!(c, b' ' | 0 | 8 | 0x1b | 0x0c | b'\t' | b'\r' | b'\n') || c >= 0x7f) {
+            return None;
+        }
+        if f.get(colon + 1) != Some(&b' ') || matches!(f.last(), Some(b' ' | b'\t')) {
+            return None;
+        }
+        if f[colon + 1..].iter().any(|&c| matches!(c, 0 | b'\r' | b'\n')) {
+            return None;
+        }
+        Some(colon)
+    }
+
+    /// (table, count, max, used, blob, capacity)
+    fn parts(h: *mut Header, resp: bool) -> (*mut Entry, *mut u32, u32, *mut u32, *mut u8, u32) {
+        // SAFETY: h points at the live I/O area header; only field addresses are taken.
+        unsafe {
+            if resp {
+                (RESP_TABLE as *mut Entry, &raw mut (*h).resp_count, RESP_MAX, &raw mut (*h).resp_used, RESP_BLOB as *mut u8, RESP_BLOB_SIZE)
+            } else {
+                (REQ_TABLE as *mut Entry, &raw mut (*h).req_count, REQ_MAX, &raw mut (*h).req_used, REQ_BLOB as *mut u8, REQ_BLOB_SIZE)
+            }
+        }
+    }
+
+    fn key_eq(e: &Entry, key: &[u8]) -> bool {
+        if e.len == 0 || e.colon as usize != key.len() {
+            return false;
+        }
+        // SAFETY: entries written by the host or by append() point at `len` valid bytes.
+        let k = unsafe { std::slice::from_raw_parts(e.field, key.len()) };
+        k.eq_ignore_ascii_case(key)
+    }
+
+    pub fn append(h: *mut Header, resp: bool, f: &[u8]) -> bool {
+        let Some(colon) = validate(f) else { return false };
+        let (table, count, max, used, blob, cap) = parts(h, resp);
+        // SAFETY: all pointers are inside the I/O area; bounds are checked against the
+        // table size and blob capacity before writing.
+        unsafe {
+            if *count >= max || *used as usize + f.len() + 1 > cap as usize {
+                return false;
+            }
+            let dst = blob.add(*used as usize);
+            std::ptr::copy_nonoverlapping(f.as_ptr(), dst, f.len());
+            *dst.add(f.len()) = 0;
+            table.add(*count as usize).write(Entry { field: dst, colon: colon as u32, len: f.len() as u32 });
+            *count += 1;
+            *used += f.len() as u32 + 1;
+        }
+        true
+    }
+
+    pub fn unset(h: *mut Header, resp: bool, key: &[u8]) {
+        let (table, count, max, ..) = parts(h, resp);
+        // SAFETY: indices stay below the table size.
+        unsafe {
+            for i in 0..(*count).min(max) as usize {
+                let e = &mut *table.add(i);
+                if key_eq(e, key) {
+                    e.len = 0;
+                }
+            }
+        }
+    }
+
+    pub fn set(h: *mut Header, resp: bool, f: &[u8]) -> bool {
+        match f.iter().position(|&c| c == b':') {
+            None => {
+                unset(h, resp, f);
+                true
+            }
+            Some(colon) => {
+                let (_, count, max, ..) = parts(h, resp);
+                // SAFETY: count points into the header.
+                if validate(f).is_none() || unsafe { *count } >= max {
+                    return false;
+                }
+                unset(h, resp, &f[..colon]);
+                append(h, resp, f)
+            }
+        }
+    }
+
+    pub fn find(h: *mut Header, resp: bool, key: &[u8]) -> Option<Vec<u8>> {
+        let (table, count, max, ..) = parts(h, resp);
+        // SAFETY: indices stay below the table size; fields point at `len` valid bytes.
+        unsafe {
+            for i in 0..(*count).min(max) as usize {
+                let e = &*table.add(i);
+                if key_eq(e, key) {
+                    return Some(std::slice::from_raw_parts(e.field, e.len as usize).to_vec());
+                }
+            }
+        }
+        None
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Raw hypercalls
 // ---------------------------------------------------------------------------
@@ -746,6 +899,11 @@ pub const BERESP: Http = Http::Resp;
 
 /// [0x10020] Append the header field "Key: value".
 pub fn http_append(where_: Http, field: &str) -> i64 {
+    if let Some(h) = io::area() {
+        if io::append(h, where_ == Http::Resp, field.as_bytes()) {
+            return 0;
+        }
+    }
     // SAFETY: the slice is valid for its length.
     let r = unsafe { hc3(nr::HTTP_APPEND, where_ as i32 as usize, field.as_ptr() as usize, field.len()) };
     r as i64
@@ -753,6 +911,11 @@ pub fn http_append(where_: Http, field: &str) -> i64 {
 
 /// [0x10021] Set or replace the header field "Key: value".
 pub fn http_set(where_: Http, field: &str) -> i64 {
+    if let Some(h) = io::area() {
+        if io::set(h, where_ == Http::Resp, field.as_bytes()) {
+            return 0;
+        }
+    }
     // SAFETY: the slice is valid for its length.
     let r = unsafe { hc3(nr::HTTP_SET, where_ as i32 as usize, field.as_ptr() as usize, field.len()) };
     r as i64
@@ -765,6 +928,10 @@ pub fn http_unset(where_: Http, key: &str) -> i64 {
 
 /// [0x10022] Find a header field; returns the whole "Key: value" field.
 pub fn http_find(where_: Http, key: &str) -> Option<String> {
+    if let Some(h) = io::area() {
+        return io::find(h, where_ == Http::Resp, key.as_bytes())
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+    }
     let mut buf = vec![0u8; 4096];
     loop {
         // SAFETY: key and buf are valid for their lengths.
@@ -804,6 +971,16 @@ pub fn http_find_value(where_: Http, key: &str) -> Option<String> {
 
 /// [0x10023] The request method, e.g. "GET".
 pub fn http_method() -> String {
+    if io::area().is_some() {
+        let r = io::REQUEST as *const *const u8;
+        // SAFETY: the host wrote struct kvm_request at io::REQUEST: method pointer at 0,
+        // method_len (u16) at offset 32.
+        unsafe {
+            let len = *((io::REQUEST + 32) as *const u16) as usize;
+            let m = std::slice::from_raw_parts(*r, len);
+            return String::from_utf8_lossy(m).into_owned();
+        }
+    }
     let mut buf = [0u8; 32];
     // SAFETY: buf is valid for its length.
     let n = unsafe { hc2(nr::HTTP_METHOD, buf.as_mut_ptr() as usize, buf.len()) };
