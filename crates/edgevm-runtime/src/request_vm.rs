@@ -97,15 +97,28 @@ pub struct RequestStats {
     pub reset_time: Duration,
 }
 
+/// Calls a program's handlers in a VM: writes the request, enters the guest once, serves the
+/// request-context hypercalls and reads the response. Used by request VMs and, for `warmup`,
+/// by the main VM before it is frozen.
+pub struct Invoker {
+    /// The VM.
+    pub vm: MainVm,
+    /// Stack pointer the handler frames go below (the frozen RSP at wait_for_requests()).
+    base_rsp: u64,
+    /// TLS base to restore before each call.
+    fs_base: u64,
+    /// Limits for one call.
+    settings: RequestSettings,
+    cache_control: Option<String>,
+}
+
 /// One request VM.
 pub struct RequestVm {
-    vm: MainVm,
+    inv: Invoker,
     frozen: Arc<Frozen>,
-    settings: RequestSettings,
     ephemeral: bool,
     /// Pages privately copied since the last full reset (keep-working-memory accounting).
     working: Vec<u64>,
-    cache_control: Option<String>,
     /// Requests handled.
     pub requests: u64,
     /// Full resets done.
@@ -146,13 +159,18 @@ impl RequestVm {
         let vm = MainVm::from_frozen(&frozen)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
-        Ok(RequestVm {
+        let inv = Invoker {
             vm,
-            frozen,
+            base_rsp: frozen.regs.rsp,
+            fs_base: frozen.fs_base,
             settings,
+            cache_control: None,
+        };
+        Ok(RequestVm {
+            inv,
+            frozen,
             ephemeral,
             working: vec![0; pages.div_ceil(64)],
-            cache_control: None,
             requests: 0,
             full_resets: 0,
         })
@@ -169,10 +187,10 @@ impl RequestVm {
         req: &GuestRequest,
     ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
         self.requests += 1;
-        let exits0 = self.vm.machine.cpu.exit_count();
-        let outcome = self.call_handler(req);
+        let exits0 = self.inv.vm.machine.cpu.exit_count();
+        let outcome = self.inv.call_handler(req);
         let mut stats = RequestStats {
-            exits: self.vm.machine.cpu.exit_count() - exits0,
+            exits: self.inv.vm.machine.cpu.exit_count() - exits0,
             ..Default::default()
         };
         let t = Instant::now();
@@ -196,8 +214,8 @@ impl RequestVm {
             }
         };
         let result = match result {
-            Err(f) if self.vm.handlers.on_error != 0 => {
-                let r = self.call_on_error(req, &f);
+            Err(f) if self.inv.vm.handlers.on_error != 0 => {
+                let r = self.inv.call_on_error(req, &f);
                 self.full_reset();
                 r.ok_or(f)
             }
@@ -205,6 +223,105 @@ impl RequestVm {
         };
         stats.reset_time = t.elapsed();
         (result, stats)
+    }
+
+    /// After a successful request: reset (ephemeral) and enforce memory limits.
+    /// Returns (pages reset, whether the reset was full).
+    fn after_request(&mut self) -> Result<(usize, bool), RequestFailure> {
+        self.inv.vm.linux.set_request_limit(None);
+        let dirty = match self.inv.vm.machine.cpu.take_dirty_log() {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(RequestFailure {
+                    message: e.to_string(),
+                    kind: FailureKind::Other,
+                })
+            }
+        };
+        let dirtied: u64 =
+            dirty.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * PAGE_SIZE as u64;
+        if dirtied > self.inv.settings.max_request_memory {
+            return Err(RequestFailure {
+                message: format!(
+                    "Backend VM memory exception: the request wrote {} MiB, over max_request_memory ({} MiB)",
+                    dirtied >> 20,
+                    self.inv.settings.max_request_memory >> 20
+                ),
+                kind: FailureKind::Memory,
+            });
+        }
+        if !self.ephemeral {
+            return Ok((0, false));
+        }
+        let pages = if self.inv.settings.keep_working_memory {
+            for (w, d) in self.working.iter_mut().zip(dirty.iter()) {
+                *w |= *d;
+            }
+            self.inv
+                .vm
+                .machine
+                .mem
+                .restore_pages(&self.frozen.image, &dirty)
+        } else {
+            match self.inv.vm.machine.mem.discard_pages(&dirty) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(RequestFailure {
+                        message: e.to_string(),
+                        kind: FailureKind::Other,
+                    })
+                }
+            }
+        };
+        self.inv.vm.linux = self.frozen.linux.clone();
+        self.inv.vm.linux.set_verbose(false);
+        let limit = self.inv.settings.limit_workmem_after_req;
+        if self.inv.settings.keep_working_memory && limit > 0 {
+            let working: u64 = self
+                .working
+                .iter()
+                .map(|w| u64::from(w.count_ones()))
+                .sum::<u64>()
+                * PAGE_SIZE as u64;
+            if working > limit {
+                self.full_reset();
+                return Ok((pages, true));
+            }
+        }
+        Ok((pages, false))
+    }
+
+    /// Drop every private page and restore the frozen process state.
+    pub fn full_reset(&mut self) {
+        self.full_resets += 1;
+        let _ = self.inv.vm.machine.cpu.take_dirty_log();
+        if let Err(e) = self.inv.vm.machine.mem.discard_private() {
+            self.inv.vm.printer.log(&format!("full reset failed: {e}"));
+        }
+        self.working.iter_mut().for_each(|w| *w = 0);
+        self.inv.vm.linux = self.frozen.linux.clone();
+        self.inv.vm.linux.set_verbose(false);
+    }
+}
+
+impl Invoker {
+    /// An invoker over `vm` whose handlers run below `base_rsp` with TLS base `fs_base`.
+    pub fn new(vm: MainVm, base_rsp: u64, fs_base: u64, settings: RequestSettings) -> Self {
+        Invoker {
+            vm,
+            base_rsp,
+            fs_base,
+            settings,
+            cache_control: None,
+        }
+    }
+
+    /// Run the right handler for `req`; Ok(response) or the failure (no reset here).
+    pub fn invoke(&mut self, req: &GuestRequest) -> Result<GuestResponse, RequestFailure> {
+        match self.call_handler(req) {
+            Outcome::Response(r) => Ok(r),
+            Outcome::Failed(f) => Err(f),
+        }
     }
 
     fn call_handler(&mut self, req: &GuestRequest) -> Outcome {
@@ -239,8 +356,8 @@ impl RequestVm {
         } else {
             self.vm.layout.input_area
         };
-        let frozen_rsp = self.frozen.regs.rsp;
-        let fs = self.frozen.fs_base;
+        let frozen_rsp = self.base_rsp;
+        let fs = self.fs_base;
         if self.vm.machine.cpu.fs_base() != fs {
             if let Err(e) = self.vm.machine.cpu.set_fs_base(fs) {
                 return fail(FailureKind::Other, e.to_string());
@@ -568,83 +685,6 @@ impl RequestVm {
         Ok(out)
     }
 
-    /// After a successful request: reset (ephemeral) and enforce memory limits.
-    /// Returns (pages reset, whether the reset was full).
-    fn after_request(&mut self) -> Result<(usize, bool), RequestFailure> {
-        self.vm.linux.set_request_limit(None);
-        let dirty = match self.vm.machine.cpu.take_dirty_log() {
-            Ok(d) => d,
-            Err(e) => {
-                return Err(RequestFailure {
-                    message: e.to_string(),
-                    kind: FailureKind::Other,
-                })
-            }
-        };
-        let dirtied: u64 =
-            dirty.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * PAGE_SIZE as u64;
-        if dirtied > self.settings.max_request_memory {
-            return Err(RequestFailure {
-                message: format!(
-                    "Backend VM memory exception: the request wrote {} MiB, over max_request_memory ({} MiB)",
-                    dirtied >> 20,
-                    self.settings.max_request_memory >> 20
-                ),
-                kind: FailureKind::Memory,
-            });
-        }
-        if !self.ephemeral {
-            return Ok((0, false));
-        }
-        let pages = if self.settings.keep_working_memory {
-            for (w, d) in self.working.iter_mut().zip(dirty.iter()) {
-                *w |= *d;
-            }
-            self.vm
-                .machine
-                .mem
-                .restore_pages(&self.frozen.image, &dirty)
-        } else {
-            match self.vm.machine.mem.discard_pages(&dirty) {
-                Ok(n) => n,
-                Err(e) => {
-                    return Err(RequestFailure {
-                        message: e.to_string(),
-                        kind: FailureKind::Other,
-                    })
-                }
-            }
-        };
-        self.vm.linux = self.frozen.linux.clone();
-        self.vm.linux.set_verbose(false);
-        let limit = self.settings.limit_workmem_after_req;
-        if self.settings.keep_working_memory && limit > 0 {
-            let working: u64 = self
-                .working
-                .iter()
-                .map(|w| u64::from(w.count_ones()))
-                .sum::<u64>()
-                * PAGE_SIZE as u64;
-            if working > limit {
-                self.full_reset();
-                return Ok((pages, true));
-            }
-        }
-        Ok((pages, false))
-    }
-
-    /// Drop every private page and restore the frozen process state.
-    pub fn full_reset(&mut self) {
-        self.full_resets += 1;
-        let _ = self.vm.machine.cpu.take_dirty_log();
-        if let Err(e) = self.vm.machine.mem.discard_private() {
-            self.vm.printer.log(&format!("full reset failed: {e}"));
-        }
-        self.working.iter_mut().for_each(|w| *w = 0);
-        self.vm.linux = self.frozen.linux.clone();
-        self.vm.linux.set_verbose(false);
-    }
-
     fn call_on_error(&mut self, req: &GuestRequest, f: &RequestFailure) -> Option<GuestResponse> {
         let ptrs = self.write_request(req).ok()?;
         // The exception text goes into the request-body area.
@@ -656,7 +696,7 @@ impl RequestVm {
             let r = self.vm.machine.cpu.regs_mut();
             *r = Default::default();
             r.rip = layout::REQUEST_ENTRY;
-            r.rsp = (self.frozen.regs.rsp - 512) & !15;
+            r.rsp = (self.base_rsp - 512) & !15;
             r.rflags = 0x202;
             r.rax = self.vm.handlers.on_error;
             r.rdi = ptrs.url;
