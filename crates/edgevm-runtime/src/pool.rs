@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::request::{GuestRequest, ProgramHost, Reply, ServeError};
-use crate::request_vm::{FailureKind, RequestSettings, RequestVm};
+use crate::request_vm::{FailureKind, Invoker, RequestSettings, RequestVm};
 use crate::vm::{BootOutcome, Frozen, MainVm, VmOptions};
 
 /// How long a request may wait for a free VM.
@@ -37,6 +37,21 @@ pub struct ProgramSettings {
     pub origin: &'static str,
     /// Whether the file came from a cache.
     pub cached: bool,
+    /// Mock requests sent to the main VM before it is frozen (`warmup`).
+    pub warmup: Option<WarmupSettings>,
+}
+
+/// The `warmup` setting.
+#[derive(Debug, Clone)]
+pub struct WarmupSettings {
+    /// How many requests.
+    pub num_requests: u32,
+    /// URL of each.
+    pub url: String,
+    /// Method.
+    pub method: String,
+    /// Headers ("Key: value").
+    pub headers: Vec<String>,
 }
 
 /// Per-program counters.
@@ -232,6 +247,13 @@ impl Program {
                 "the program registered no request handler (set_backend_get/post/request) before wait_for_requests()".into(),
             );
         }
+        let vm = match &self.settings.warmup {
+            Some(w) => match self.warm_up(vm, w) {
+                Ok(vm) => vm,
+                Err(e) => return self.set_failed(e),
+            },
+            None => vm,
+        };
         let frozen = match vm.freeze() {
             Ok(f) => Arc::new(f),
             Err(e) => return self.set_failed(e.to_string()),
@@ -286,6 +308,46 @@ impl Program {
             ready_ms,
         };
         self.changed.notify_all();
+    }
+
+    /// Send the warmup requests to the main VM, then put it back exactly at its
+    /// wait_for_requests() point (registers and TLS), warmed.
+    fn warm_up(&self, vm: MainVm, w: &WarmupSettings) -> Result<MainVm, String> {
+        use edgevm_kvm::Vcpu;
+        let regs = *vm.machine.cpu.regs();
+        let fs = vm.machine.cpu.fs_base();
+        let mut inv = Invoker::new(vm, regs.rsp, fs, self.settings.request.clone());
+        let headers = w
+            .headers
+            .iter()
+            .filter_map(|h| h.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let req = GuestRequest {
+            method: w.method.clone(),
+            url: w.url.clone(),
+            headers,
+            warmup: true,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        for i in 0..w.num_requests {
+            if let Err(f) = inv.invoke(&req) {
+                return Err(format!("warmup request {} of {} failed: {}", i + 1, w.num_requests, f.message));
+            }
+        }
+        let mut vm = inv.vm;
+        *vm.machine.cpu.regs_mut() = regs;
+        if vm.machine.cpu.fs_base() != fs {
+            vm.machine.cpu.set_fs_base(fs).map_err(|e| e.to_string())?;
+        }
+        tracing::info!(
+            "Program '{}' warmed up with {} requests in {:.2} ms",
+            self.name,
+            w.num_requests,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(vm)
     }
 
     fn vm_thread(self: Arc<Self>, frozen: Arc<Frozen>, ready: Sender<Result<(), String>>) {
@@ -415,6 +477,7 @@ impl Runtime {
             start: false,
             origin: "local",
             cached: false,
+            warmup: None,
         };
         let p = Program::new(name, settings);
         *p.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use edgevm_config::{Config, ProgramConfig};
-use edgevm_runtime::pool::{ProgramSettings, Runtime};
+use edgevm_runtime::pool::{ProgramSettings, Runtime, WarmupSettings};
 use edgevm_runtime::request_vm::RequestSettings;
 use edgevm_runtime::vm::VmOptions;
 use edgevm_runtime::GuestResponse;
@@ -40,6 +40,12 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         start: p.start,
         origin: "local",
         cached: false,
+        warmup: p.warmup.as_ref().map(|w| WarmupSettings {
+            num_requests: u32::from(w.num_requests),
+            url: w.url.clone(),
+            method: w.method.clone(),
+            headers: w.headers.clone(),
+        }),
     }
 }
 
