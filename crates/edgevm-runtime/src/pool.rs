@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -39,6 +39,8 @@ pub struct ProgramSettings {
     pub cached: bool,
     /// Mock requests sent to the main VM before it is frozen (`warmup`).
     pub warmup: Option<WarmupSettings>,
+    /// Live-update key (empty: live update disabled).
+    pub key: String,
 }
 
 /// The `warmup` setting.
@@ -87,6 +89,10 @@ pub struct Stats {
     pub queue_wait_us: AtomicU64,
     /// Exits of the last request.
     pub last_exits: AtomicU64,
+    /// Host memory held by the frozen image (bytes).
+    pub memory_image_bytes: AtomicU64,
+    /// Successful live updates.
+    pub live_updates: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] for reporting.
@@ -112,6 +118,8 @@ impl Stats {
             ("last_request_exits", l(&self.last_exits)),
             ("queue_timeouts", l(&self.queue_timeouts)),
             ("queue_wait_us", l(&self.queue_wait_us)),
+            ("memory_image_bytes", l(&self.memory_image_bytes)),
+            ("live_updates", l(&self.live_updates)),
         ])
     }
 }
@@ -136,7 +144,8 @@ pub struct Program {
     settings: ProgramSettings,
     state: Mutex<State>,
     changed: Condvar,
-    tx: Sender<Job>,
+    /// None once retired (replaced by a live update): VM threads drain the queue and end.
+    tx: Mutex<Option<Sender<Job>>>,
     rx: Receiver<Job>,
     /// Counters.
     pub stats: Arc<Stats>,
@@ -145,15 +154,20 @@ pub struct Program {
 impl Program {
     /// A program that is not started yet.
     pub fn new(name: &str, settings: ProgramSettings) -> Arc<Program> {
+        Program::with_stats(name, settings, Arc::new(Stats::default()))
+    }
+
+    /// A program that continues the counters of `stats` (live update).
+    pub fn with_stats(name: &str, settings: ProgramSettings, stats: Arc<Stats>) -> Arc<Program> {
         let (tx, rx) = crossbeam_channel::unbounded();
         Arc::new(Program {
             name: name.to_string(),
             settings,
             state: Mutex::new(State::NotStarted),
             changed: Condvar::new(),
-            tx,
+            tx: Mutex::new(Some(tx)),
             rx,
-            stats: Arc::new(Stats::default()),
+            stats,
         })
     }
 
@@ -258,6 +272,9 @@ impl Program {
             Ok(f) => Arc::new(f),
             Err(e) => return self.set_failed(e.to_string()),
         };
+        self.stats
+            .memory_image_bytes
+            .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         let n = self.settings.concurrency.max(1);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n as usize);
         for i in 0..n {
@@ -333,7 +350,12 @@ impl Program {
         let t = Instant::now();
         for i in 0..w.num_requests {
             if let Err(f) = inv.invoke(&req) {
-                return Err(format!("warmup request {} of {} failed: {}", i + 1, w.num_requests, f.message));
+                return Err(format!(
+                    "warmup request {} of {} failed: {}",
+                    i + 1,
+                    w.num_requests,
+                    f.message
+                ));
             }
         }
         let mut vm = inv.vm;
@@ -428,8 +450,12 @@ impl Program {
             reply,
             queued: Instant::now(),
         };
-        if let Err(e) = self.tx.send(job) {
-            (e.0.reply)(Err(ServeError::ShuttingDown));
+        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            (job.reply)(Err(ServeError::ShuttingDown));
         }
         // A boot that failed after our state check: the failure drains the queue, but it may
         // have drained before we sent.
@@ -438,6 +464,11 @@ impl Program {
                 (job.reply)(Err(ServeError::ProgramUnavailable(e.clone())));
             }
         }
+    }
+
+    /// Stop taking requests; the VM threads finish what is queued, then end and free their VMs.
+    pub fn retire(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Number of request VMs and time to ready, once ready.
@@ -453,6 +484,34 @@ impl Program {
 #[derive(Default)]
 pub struct Runtime {
     programs: HashMap<String, Arc<Program>>,
+    /// Programs replaced by live updates since start, by name (what requests now use).
+    updated: RwLock<HashMap<String, Arc<Program>>>,
+}
+
+/// Why a live update was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError {
+    /// No such program (404).
+    NotFound(String),
+    /// No key configured, or the wrong key (403).
+    Forbidden(String),
+    /// The new program could not start; the old one keeps serving (400).
+    Refused(String),
+}
+
+impl std::fmt::Display for UpdateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpdateError::NotFound(m) | UpdateError::Forbidden(m) | UpdateError::Refused(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// Compare secrets without an early exit.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Runtime {
@@ -478,6 +537,7 @@ impl Runtime {
             origin: "local",
             cached: false,
             warmup: None,
+            key: String::new(),
         };
         let p = Program::new(name, settings);
         *p.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why);
@@ -486,27 +546,100 @@ impl Runtime {
 
     /// Start the programs configured with `start`.
     pub fn start_eager(&self) {
-        for p in self.programs.values() {
+        for (_, p) in self.programs() {
             if p.settings.start {
                 p.start();
             }
         }
     }
 
-    /// A program by name.
-    pub fn program(&self, name: &str) -> Option<&Arc<Program>> {
-        self.programs.get(name)
+    /// The current program of that name (after any live update).
+    pub fn program(&self, name: &str) -> Option<Arc<Program>> {
+        if let Some(p) = self
+            .updated
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Some(p.clone());
+        }
+        self.programs.get(name).cloned()
     }
 
-    /// All programs, by name.
-    pub fn programs(&self) -> impl Iterator<Item = (&String, &Arc<Program>)> {
-        self.programs.iter()
+    /// All current programs, sorted by name.
+    pub fn programs(&self) -> Vec<(String, Arc<Program>)> {
+        let mut v: Vec<_> = self
+            .programs
+            .keys()
+            .filter_map(|n| self.program(n).map(|p| (n.clone(), p)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Live update: boot `binary` with the program's settings and, once it is ready, swap it in
+    /// atomically. Requests already queued or running finish on the old program, whose VMs are
+    /// then freed. A program that fails to boot is refused with its error and the old one keeps
+    /// serving. `key` must equal the program's configured key; no key configured, no update.
+    pub fn live_update(
+        &self,
+        name: &str,
+        key: &str,
+        binary: Vec<u8>,
+    ) -> Result<String, UpdateError> {
+        let Some(old) = self.program(name) else {
+            return Err(UpdateError::NotFound(format!("no such program: '{name}'")));
+        };
+        let want = &old.settings.key;
+        if want.is_empty() {
+            return Err(UpdateError::Forbidden(format!(
+                "live update is disabled for '{name}': no key is configured"
+            )));
+        }
+        if !same_key(want.as_bytes(), key.as_bytes()) {
+            return Err(UpdateError::Forbidden(format!(
+                "wrong live-update key for '{name}'"
+            )));
+        }
+        if binary.is_empty() {
+            return Err(UpdateError::Refused("empty program binary".into()));
+        }
+        let mut settings = old.settings.clone();
+        settings.vm.binary = Arc::new(binary);
+        settings.origin = "live update";
+        settings.cached = false;
+        let budget = settings.vm.max_boot_time + Duration::from_secs(30);
+        let new = Program::with_stats(name, settings, old.stats.clone());
+        new.start();
+        match new.wait_ready(budget) {
+            Ok(true) => {}
+            Ok(false) => {
+                new.retire();
+                return Err(UpdateError::Refused(format!(
+                    "the new program for '{name}' did not become ready in time"
+                )));
+            }
+            Err(e) => {
+                return Err(UpdateError::Refused(format!(
+                    "the new program for '{name}' failed to start: {e}"
+                )))
+            }
+        }
+        let ms = new.ready_info().map(|r| r.1).unwrap_or(0.0);
+        self.updated
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), new);
+        old.retire();
+        old.stats.live_updates.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("Program '{name}' live-updated (ready={ms:.2} ms)");
+        Ok(format!("Program '{name}' updated (ready in {ms:.2} ms)\n"))
     }
 }
 
 impl ProgramHost for Runtime {
     fn submit(&self, program: &str, req: GuestRequest, reply: Reply) {
-        match self.programs.get(program) {
+        match self.program(program) {
             Some(p) => p.submit(req, reply),
             None => reply(Err(ServeError::ProgramNotFound(program.to_string()))),
         }

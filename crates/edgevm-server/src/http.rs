@@ -127,7 +127,12 @@ pub struct AdminRequest {
     pub query: Option<String>,
     /// Request headers (lower-case names).
     pub headers: Vec<(String, String)>,
+    /// Request body (e.g. a program binary for live update), at most [`ADMIN_MAX_BODY`].
+    pub body: Vec<u8>,
 }
+
+/// Largest body an admin endpoint accepts (a program binary for live update).
+pub const ADMIN_MAX_BODY: usize = 64 << 20;
 
 /// What the server tells an [`AdminHandler`] about each finished request (for metrics).
 #[derive(Debug)]
@@ -441,7 +446,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
         .into();
     }
     if RESERVED_SEGMENTS.contains(&segment) {
-        return admin(shared, &req).into();
+        return admin(shared, req).await.into();
     }
     let program = segment.to_owned();
     let mut outcome = run_program(shared, &program, req).await;
@@ -449,21 +454,44 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
     outcome
 }
 
-/// Answer a reserved path through the admin handler (404 without one).
-fn admin(shared: &Shared, req: &Request<Incoming>) -> Answer {
-    let Some(handler) = &shared.admin else {
+/// Answer a reserved path through the admin handler (404 without one). The handler runs on a
+/// blocking thread: a live update boots a whole program.
+async fn admin(shared: &Shared, req: Request<Incoming>) -> Answer {
+    let Some(handler) = shared.admin.clone() else {
         return Answer::text(StatusCode::NOT_FOUND, "not found");
     };
-    let areq = AdminRequest {
+    let mut areq = AdminRequest {
         method: req.method().as_str().to_owned(),
-        url: request_target(req).to_owned(),
+        url: request_target(&req).to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),
         headers: copy_headers(req.headers()),
+        body: Vec::new(),
     };
-    match handler.handle(&areq) {
-        Some(resp) => guest_answer(resp),
-        None => Answer::text(StatusCode::NOT_FOUND, "not found"),
+    let body = req.into_body();
+    if body.size_hint().lower() > ADMIN_MAX_BODY as u64 {
+        let mut a = Answer::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "admin request body too large",
+        );
+        a.close = true;
+        return a;
+    }
+    match Limited::new(body, ADMIN_MAX_BODY).collect().await {
+        Ok(c) => areq.body = c.to_bytes().to_vec(),
+        Err(_) => {
+            let mut a = Answer::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "admin request body too large or unreadable",
+            );
+            a.close = true;
+            return a;
+        }
+    }
+    match tokio::task::spawn_blocking(move || handler.handle(&areq)).await {
+        Ok(Some(resp)) => guest_answer(resp),
+        Ok(None) => Answer::text(StatusCode::NOT_FOUND, "not found"),
+        Err(_) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "admin handler failed"),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use edgevm_config::{Config, ProgramConfig};
-use edgevm_runtime::pool::{ProgramSettings, Runtime, WarmupSettings};
+use edgevm_runtime::pool::{ProgramSettings, Runtime, UpdateError, WarmupSettings};
 use edgevm_runtime::request_vm::RequestSettings;
 use edgevm_runtime::vm::VmOptions;
 use edgevm_runtime::GuestResponse;
@@ -40,6 +40,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         start: p.start,
         origin: "local",
         cached: false,
+        key: p.key.clone(),
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),
@@ -98,10 +99,76 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
     (rt, errors)
 }
 
-/// `/_edgevm/stats` (JSON) and `/metrics` (Prometheus text).
+/// The admin endpoints:
+///
+/// * `GET /_edgevm/stats` — JSON statistics per program.
+/// * `GET /metrics` — the same as Prometheus text.
+/// * `POST /_edgevm/update/<program>` — live update: the body is the new program binary, the
+///   key goes in the `X-Edgevm-Key` header (or `?key=`); it must equal the program's `key`.
 pub struct StatsAdmin {
     runtime: Arc<Runtime>,
 }
+
+/// Help texts of the per-program counters (Prometheus).
+const METRIC_HELP: &[(&str, &str, &str)] = &[
+    ("requests", "counter", "Requests handled by a request VM"),
+    ("status_2xx", "counter", "Program responses with status 2xx"),
+    ("status_3xx", "counter", "Program responses with status 3xx"),
+    ("status_4xx", "counter", "Program responses with status 4xx"),
+    (
+        "status_5xx",
+        "counter",
+        "Responses with status 5xx (program's own or failures)",
+    ),
+    (
+        "timeouts",
+        "counter",
+        "Requests stopped by max_request_time",
+    ),
+    (
+        "exceptions",
+        "counter",
+        "Requests ended by a CPU exception in the program",
+    ),
+    (
+        "memory_errors",
+        "counter",
+        "Requests over max_request_memory",
+    ),
+    (
+        "other_errors",
+        "counter",
+        "Requests failed otherwise (no response, exit, API misuse)",
+    ),
+    ("resets", "counter", "VM resets after requests"),
+    (
+        "full_resets",
+        "counter",
+        "Full VM resets (all private memory dropped)",
+    ),
+    ("exits", "counter", "VM exits while handling requests"),
+    (
+        "last_request_exits",
+        "gauge",
+        "VM exits of the most recent request",
+    ),
+    (
+        "queue_timeouts",
+        "counter",
+        "Requests refused after waiting too long for a VM",
+    ),
+    (
+        "queue_wait_us",
+        "counter",
+        "Total time requests waited for a VM, microseconds",
+    ),
+    (
+        "memory_image_bytes",
+        "gauge",
+        "Host memory held by the program's frozen image",
+    ),
+    ("live_updates", "counter", "Successful live updates"),
+];
 
 impl StatsAdmin {
     /// Admin endpoints over `runtime`.
@@ -114,6 +181,9 @@ impl StatsAdmin {
         for (name, p) in self.runtime.programs() {
             let mut o = serde_json::Map::new();
             o.insert("status".into(), p.status().into());
+            o.insert("binary_size".into(), p.settings().vm.binary.len().into());
+            o.insert("concurrency".into(), p.settings().concurrency.into());
+            o.insert("origin".into(), p.settings().origin.into());
             if let Some((vms, ms)) = p.ready_info() {
                 o.insert("vms".into(), vms.into());
                 o.insert("ready_ms".into(), ms.into());
@@ -136,25 +206,80 @@ impl StatsAdmin {
     }
 
     fn prometheus(&self) -> String {
+        let progs = self.runtime.programs();
+        let snaps: Vec<_> = progs.iter().map(|(n, p)| (n, p.stats.snapshot())).collect();
         let mut out = String::new();
-        let mut names: Vec<_> = self.runtime.programs().collect();
-        names.sort_by(|a, b| a.0.cmp(b.0));
-        let mut first = true;
-        for (name, p) in names {
-            for (k, v) in p.stats.snapshot() {
-                if first {
-                    // one HELP/TYPE per metric would need grouping; keep it simple and valid
-                }
-                out.push_str(&format!("edgevm_{k}{{program=\"{name}\"}} {v}\n"));
+        for (metric, kind, help) in METRIC_HELP {
+            out.push_str(&format!(
+                "# HELP edgevm_{metric} {help}\n# TYPE edgevm_{metric} {kind}\n"
+            ));
+            for (name, snap) in &snaps {
+                let v = snap.get(metric).copied().unwrap_or(0);
+                out.push_str(&format!(
+                    "edgevm_{metric}{{program=\"{}\"}} {v}\n",
+                    escape_label(name)
+                ));
             }
-            first = false;
+        }
+        out.push_str("# HELP edgevm_program_ready Whether the program is booted and serving\n# TYPE edgevm_program_ready gauge\n");
+        for (name, p) in &progs {
+            let r = u8::from(p.ready_info().is_some());
+            out.push_str(&format!(
+                "edgevm_program_ready{{program=\"{}\"}} {r}\n",
+                escape_label(name)
+            ));
         }
         out
+    }
+
+    fn update(&self, req: &AdminRequest, name: &str) -> GuestResponse {
+        if req.method != "POST" && req.method != "PUT" {
+            return text(
+                405,
+                "live update wants POST with the program binary as the body\n",
+            );
+        }
+        let key = req
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-edgevm-key"))
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                req.query.as_deref().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("key=").map(str::to_string))
+                })
+            })
+            .unwrap_or_default();
+        match self.runtime.live_update(name, &key, req.body.clone()) {
+            Ok(msg) => text(200, &msg),
+            Err(e @ UpdateError::NotFound(_)) => text(404, &format!("{e}\n")),
+            Err(e @ UpdateError::Forbidden(_)) => text(403, &format!("{e}\n")),
+            Err(e @ UpdateError::Refused(_)) => text(400, &format!("{e}\n")),
+        }
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn text(status: u16, body: &str) -> GuestResponse {
+    GuestResponse {
+        status,
+        content_type: "text/plain".into(),
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
     }
 }
 
 impl AdminHandler for StatsAdmin {
     fn handle(&self, req: &AdminRequest) -> Option<GuestResponse> {
+        if let Some(name) = req.path.strip_prefix("/_edgevm/update/") {
+            return Some(self.update(req, name));
+        }
         match req.path.as_str() {
             "/_edgevm/stats" => Some(GuestResponse {
                 status: 200,

@@ -125,7 +125,7 @@ fn serve(files: &[PathBuf], listen: std::net::SocketAddr, max_body_mb: usize) ->
     runtime.start_eager();
     let mut opts = edgevm_server::http::HttpOptions::new(listen);
     opts.max_body_bytes = max_body_mb.min(16) << 20;
-    let names: Vec<_> = runtime.programs().map(|(n, _)| n.clone()).collect();
+    let names: Vec<_> = runtime.programs().into_iter().map(|(n, _)| n).collect();
     tracing::info!(
         "edgevm serving {} program(s) on http://{listen}/ ({})",
         names.len(),
