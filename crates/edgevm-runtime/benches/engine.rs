@@ -71,6 +71,34 @@ impl Drop for Quiet {
     }
 }
 
+/// The reference benchmark's guest shape: a static glibc program whose main() writes one
+/// byte to each of 512 .bss pages. Compiled here (gcc -static -O2) into `dir`.
+const TOUCH512_C: &str = r#"
+static char pages[512][4096];
+int main(void)
+{
+	for (int i = 0; i < 512; i++)
+		((volatile char *)pages[i])[0] = 1;
+	return 0;
+}
+"#;
+
+fn build_touch512(dir: &Path) -> Option<PathBuf> {
+    let out = dir.join("bench_touch512");
+    let src = dir.join("bench_touch512.c");
+    if std::fs::read_to_string(&src).ok().as_deref() == Some(TOUCH512_C) && out.exists() {
+        return Some(out);
+    }
+    std::fs::write(&src, TOUCH512_C).ok()?;
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?;
+    st.success().then_some(out)
+}
+
 struct Guest {
     name: String,
     path: PathBuf,
@@ -270,6 +298,12 @@ fn main() {
     let hello = Guest::new(&dir, "hello");
     let musl = Guest::new(&dir, "hello_musl");
     let getpid = Guest::new(&dir, "bench_getpid");
+    let touch_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-guests");
+    std::fs::create_dir_all(&touch_dir).expect("create target/bench-guests");
+    let touch = build_touch512(&touch_dir).map(|_| Guest::new(&touch_dir, "bench_touch512"));
+    if touch.is_none() {
+        eprintln!("note: gcc -static failed; skipping the 512-page guest");
+    }
 
     let mut rows = Vec::new();
     let (emulated, native, raw);
@@ -277,6 +311,9 @@ fn main() {
         let _quiet = Quiet::new();
         bench_load(&hello, runs, &mut rows);
         bench_load(&musl, runs, &mut rows);
+        if let Some(t) = &touch {
+            bench_load(t, runs, &mut rows);
+        }
         emulated = bench_getpid(&getpid, n, runs, &mut rows);
         native = bench_native_getpid(runs, &mut rows);
         raw = bench_raw_exit(&hello, runs.min(9), &mut rows);
