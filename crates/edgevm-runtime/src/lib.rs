@@ -7,6 +7,7 @@ pub mod output;
 pub mod pool;
 pub mod request;
 pub mod request_vm;
+pub mod storage;
 pub mod timer;
 pub mod vm;
 

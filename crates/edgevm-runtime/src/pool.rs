@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::request::{GuestRequest, ProgramHost, Reply, ServeError};
 use crate::request_vm::{FailureKind, Invoker, RequestSettings, RequestVm};
+use crate::storage::StorageHandle;
 use crate::vm::{BootOutcome, Frozen, MainVm, VmOptions};
 
 /// How long a request may wait for a free VM.
@@ -41,6 +42,12 @@ pub struct ProgramSettings {
     pub warmup: Option<WarmupSettings>,
     /// Live-update key (empty: live update disabled).
     pub key: String,
+    /// Boot a storage VM (`storage`).
+    pub storage: bool,
+    /// A separate storage program (from an archive); None = the same binary.
+    pub storage_binary: Option<Arc<Vec<u8>>>,
+    /// max_storage_time.
+    pub max_storage_time: Duration,
 }
 
 /// The `warmup` setting.
@@ -240,8 +247,26 @@ impl Program {
         }
     }
 
+    /// Boot the storage VM and start its thread.
+    fn boot_storage(&self) -> Result<StorageHandle, String> {
+        let mut opts = self.settings.vm.clone();
+        opts.storage = true;
+        if let Some(b) = &self.settings.storage_binary {
+            opts.binary = b.clone();
+        }
+        crate::storage::start(opts, self.settings.max_storage_time, QUEUE_TIMEOUT)
+    }
+
     fn boot(self: Arc<Self>) {
         let t0 = Instant::now();
+        let storage = if self.settings.storage {
+            match self.boot_storage() {
+                Ok(h) => Some(h),
+                Err(e) => return self.set_failed(e),
+            }
+        } else {
+            None
+        };
         let opts = self.settings.vm.clone();
         let (vm, _report) = match MainVm::boot(opts) {
             Ok(x) => x,
@@ -262,7 +287,7 @@ impl Program {
             );
         }
         let vm = match &self.settings.warmup {
-            Some(w) => match self.warm_up(vm, w) {
+            Some(w) => match self.warm_up(vm, w, storage.clone()) {
                 Ok(vm) => vm,
                 Err(e) => return self.set_failed(e),
             },
@@ -281,9 +306,10 @@ impl Program {
             let me = self.clone();
             let f = frozen.clone();
             let tx = ready_tx.clone();
+            let st = storage.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vm{i}:{}", self.name))
-                .spawn(move || me.vm_thread(f, tx));
+                .spawn(move || me.vm_thread(f, st, tx));
             if let Err(e) = spawned {
                 return self.set_failed(format!("cannot start VM thread: {e}"));
             }
@@ -329,11 +355,16 @@ impl Program {
 
     /// Send the warmup requests to the main VM, then put it back exactly at its
     /// wait_for_requests() point (registers and TLS), warmed.
-    fn warm_up(&self, vm: MainVm, w: &WarmupSettings) -> Result<MainVm, String> {
+    fn warm_up(
+        &self,
+        vm: MainVm,
+        w: &WarmupSettings,
+        storage: Option<StorageHandle>,
+    ) -> Result<MainVm, String> {
         use edgevm_kvm::Vcpu;
         let regs = *vm.machine.cpu.regs();
         let fs = vm.machine.cpu.fs_base();
-        let mut inv = Invoker::new(vm, regs.rsp, fs, self.settings.request.clone());
+        let mut inv = Invoker::new(vm, regs.rsp, fs, self.settings.request.clone(), storage);
         let headers = w
             .headers
             .iter()
@@ -372,8 +403,13 @@ impl Program {
         Ok(vm)
     }
 
-    fn vm_thread(self: Arc<Self>, frozen: Arc<Frozen>, ready: Sender<Result<(), String>>) {
-        let mut vm = match RequestVm::new(frozen, self.settings.request.clone()) {
+    fn vm_thread(
+        self: Arc<Self>,
+        frozen: Arc<Frozen>,
+        storage: Option<StorageHandle>,
+        ready: Sender<Result<(), String>>,
+    ) {
+        let mut vm = match RequestVm::new(frozen, self.settings.request.clone(), storage) {
             Ok(vm) => {
                 let _ = ready.send(Ok(()));
                 vm
@@ -538,6 +574,9 @@ impl Runtime {
             cached: false,
             warmup: None,
             key: String::new(),
+            storage: false,
+            storage_binary: None,
+            max_storage_time: Duration::from_secs(10),
         };
         let p = Program::new(name, settings);
         *p.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why);

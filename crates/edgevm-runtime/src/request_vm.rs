@@ -24,6 +24,7 @@ use edgevm_abi::linux::{fill_random, Output};
 use edgevm_kvm::{Vcpu, PAGE_SIZE};
 
 use crate::request::{GuestRequest, GuestResponse};
+use crate::storage::StorageHandle;
 use crate::vm::{Event, Frozen, MainVm, RunError};
 
 /// Largest response body a program may return.
@@ -110,6 +111,8 @@ pub struct Invoker {
     /// Limits for one call.
     settings: RequestSettings,
     cache_control: Option<String>,
+    /// The program's storage VM, if it has one.
+    storage: Option<StorageHandle>,
 }
 
 /// One request VM.
@@ -155,7 +158,11 @@ fn run_error_failure(e: RunError) -> RequestFailure {
 
 impl RequestVm {
     /// Fork a request VM from `frozen` (call on the VM's own thread).
-    pub fn new(frozen: Arc<Frozen>, settings: RequestSettings) -> Result<Self, RunError> {
+    pub fn new(
+        frozen: Arc<Frozen>,
+        settings: RequestSettings,
+        storage: Option<StorageHandle>,
+    ) -> Result<Self, RunError> {
         let vm = MainVm::from_frozen(&frozen)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
@@ -165,6 +172,7 @@ impl RequestVm {
             fs_base: frozen.fs_base,
             settings,
             cache_control: None,
+            storage,
         };
         Ok(RequestVm {
             inv,
@@ -306,13 +314,89 @@ impl RequestVm {
 
 impl Invoker {
     /// An invoker over `vm` whose handlers run below `base_rsp` with TLS base `fs_base`.
-    pub fn new(vm: MainVm, base_rsp: u64, fs_base: u64, settings: RequestSettings) -> Self {
+    pub fn new(
+        vm: MainVm,
+        base_rsp: u64,
+        fs_base: u64,
+        settings: RequestSettings,
+        storage: Option<StorageHandle>,
+    ) -> Self {
         Invoker {
             vm,
             base_rsp,
             fs_base,
             settings,
             cache_control: None,
+            storage,
+        }
+    }
+
+    /// `storage_callv(func, n, bufs, dst, dstlen)` from a request.
+    fn storage_callv(&mut self) -> Result<u64, RequestFailure> {
+        let r = *self.vm.machine.cpu.regs();
+        let Some(storage) = self.storage.clone() else {
+            self.vm
+                .printer
+                .log("storage_call() needs \"storage\": true in the program's configuration");
+            return Ok(u64::MAX);
+        };
+        let bad = |what: String| RequestFailure {
+            message: format!("bad arguments passed to storage_callv: {what}"),
+            kind: FailureKind::Api,
+        };
+        let (func, n, bufs, dst, dstlen) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
+        if n > crate::storage::MAX_BUFFERS {
+            return Err(bad(format!(
+                "{n} buffers (at most {})",
+                crate::storage::MAX_BUFFERS
+            )));
+        }
+        let mut inputs = Vec::with_capacity(n as usize);
+        let mut total = 0usize;
+        for i in 0..n {
+            let d = self
+                .vm
+                .machine
+                .mem
+                .read_vec(bufs + 16 * i, 16)
+                .map_err(|e| bad(e.to_string()))?;
+            let p = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
+            let l = u64::from_le_bytes(d[8..].try_into().unwrap_or_default()) as usize;
+            total = total.saturating_add(l);
+            if total > crate::storage::MAX_INPUT {
+                return Err(bad(format!(
+                    "more than {} bytes of input",
+                    crate::storage::MAX_INPUT
+                )));
+            }
+            inputs.push(
+                self.vm
+                    .machine
+                    .mem
+                    .read_vec(p, l)
+                    .map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        if dst != 0 && !self.vm.machine.mem.contains(dst, dstlen as usize) {
+            return Err(bad(format!(
+                "result buffer {dst:#x}+{dstlen:#x} is outside guest memory"
+            )));
+        }
+        match storage.call(func, inputs, dstlen) {
+            Ok(data) if dst == 0 => Ok(data.len() as u64),
+            Ok(data) => {
+                let n = data.len().min(dstlen as usize);
+                self.vm
+                    .machine
+                    .mem
+                    .write(dst, &data[..n])
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(n as u64)
+            }
+            Err(e) => {
+                self.vm.printer.log(&format!("storage call failed: {e}"));
+                Ok(u64::MAX)
+            }
         }
     }
 
@@ -551,6 +635,8 @@ impl Invoker {
                     kind: FailureKind::Api,
                 })
             }
+            api::STORAGE_CALLV => self.storage_callv()?,
+            api::STORAGE_ALLOW => u64::MAX,
             api::MAKE_EPHEMERAL => {
                 self.vm
                     .printer

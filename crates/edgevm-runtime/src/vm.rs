@@ -207,6 +207,8 @@ pub struct MainVm {
     pub opts: VmOptions,
     /// Set by sys_make_ephemeral during init (None = not called).
     pub ephemeral_override: Option<bool>,
+    /// Functions named by STORAGE_ALLOW during a storage VM's init.
+    pub storage_allowed: Vec<u64>,
     timer: Option<VcpuTimer>,
     deadline: Option<(Instant, Duration, &'static str)>,
 }
@@ -258,7 +260,7 @@ pub struct Frozen {
 }
 
 /// kvm_fpu -> the 512-byte FXSAVE image that the request entry stub `fxrstor`s.
-fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
+pub(crate) fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
     let mut b = [0u8; 512];
     b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
     b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
@@ -347,6 +349,7 @@ impl MainVm {
             handlers: Handlers::default(),
             opts,
             ephemeral_override: None,
+            storage_allowed: Vec::new(),
             timer: None,
             deadline: None,
         })
@@ -414,6 +417,7 @@ impl MainVm {
             handlers: f.handlers,
             opts: f.opts.clone(),
             ephemeral_override: f.ephemeral_override,
+            storage_allowed: Vec::new(),
             timer: None,
             deadline: None,
         })
@@ -479,6 +483,13 @@ impl MainVm {
                     ))
                 }
                 Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
+                Event::Hypercall(api::STORAGE_ALLOW) => {
+                    let f = self.machine.cpu.regs().rdi;
+                    if self.opts.storage {
+                        self.storage_allowed.push(f);
+                    }
+                    self.machine.cpu.regs_mut().rax = 0;
+                }
                 Event::Hypercall(api::MAKE_EPHEMERAL) => {
                     let on = self.machine.cpu.regs().rdi != 0;
                     let ret = if self.opts.control_ephemeral {

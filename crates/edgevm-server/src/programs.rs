@@ -41,6 +41,9 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         origin: "local",
         cached: false,
         key: p.key.clone(),
+        storage: p.storage,
+        storage_binary: None,
+        max_storage_time: p.max_storage_time,
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),
@@ -66,12 +69,6 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 continue;
             }
         };
-        if p.storage {
-            let msg = format!("program '{name}': storage programs are not supported yet");
-            errors.push(msg.clone());
-            rt.add_failed(name, msg);
-            continue;
-        }
         let Some(file) = &p.filename else {
             let msg = format!("program '{name}': no filename");
             errors.push(msg.clone());

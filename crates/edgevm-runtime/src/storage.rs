@@ -1,0 +1,246 @@
+//! The storage VM: one long-lived VM per program (when `storage` is on) that keeps mutable
+//! state across requests. It boots from the same program (KVM_TYPE=storage), runs `main()` to
+//! `wait_for_requests()`, and then serves `storage_call()`s from request VMs, one at a time
+//! (calls are serialized through one queue), on its own thread. It is never reset.
+//!
+//! A call: the request VM's `storage_callv(func, n, bufs, dst, dstlen)` exits to the host, which
+//! copies the input buffers onto the storage VM's stack and calls `func(n, bufs, dstlen)` there
+//! through the request-entry stub. The function's `storage_return(data, len)` exits; the host
+//! keeps the data, resumes the function (at most 1 s more) so it can clean up and return, then
+//! copies at most `dstlen` bytes back into the request VM. `storage_noreturn` is not resumed.
+//! Both programs are the same ELF at the same addresses, so function pointers are valid in both
+//! VMs. A call that crashes or times out fails the caller (-1); the storage VM keeps its state
+//! and serves the next call from a fresh entry.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use edgevm_abi::api;
+use edgevm_abi::layout;
+use edgevm_abi::linux::Output;
+use edgevm_kvm::Vcpu;
+
+use crate::vm::{BootOutcome, Event, MainVm, VmOptions};
+
+/// Most input buffers per call.
+pub const MAX_BUFFERS: u64 = 64;
+/// Most input bytes per call (copied onto the storage VM's 4 MiB stack).
+pub const MAX_INPUT: usize = 2 << 20;
+
+struct Call {
+    func: u64,
+    inputs: Vec<Vec<u8>>,
+    dstlen: u64,
+    reply: Sender<Result<Vec<u8>, String>>,
+}
+
+/// A request VM's handle on the storage VM.
+#[derive(Clone)]
+pub struct StorageHandle {
+    tx: Sender<Call>,
+    timeout: Duration,
+}
+
+impl StorageHandle {
+    /// Call `func` in storage with `inputs`; the result (at most `dstlen` bytes are used by
+    /// the caller, the full length is returned).
+    pub fn call(&self, func: u64, inputs: Vec<Vec<u8>>, dstlen: u64) -> Result<Vec<u8>, String> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Call {
+                func,
+                inputs,
+                dstlen,
+                reply,
+            })
+            .map_err(|_| "the storage VM is gone".to_string())?;
+        // The storage VM applies max_storage_time itself; this only guards against a queue
+        // that never drains.
+        match rx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(_) => Err("storage call timed out waiting for the storage VM".into()),
+        }
+    }
+}
+
+/// Boot the storage VM on its own thread (it lives there: its vCPU and timeout timer belong
+/// to that thread) and return a handle once it reached wait_for_requests().
+pub fn start(
+    opts: VmOptions,
+    max_storage_time: Duration,
+    queue_timeout: Duration,
+) -> Result<StorageHandle, String> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Call>();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let name = opts.name.clone();
+    std::thread::Builder::new()
+        .name(format!("storage:{name}"))
+        .spawn(move || {
+            let (vm, report) = match MainVm::boot(opts) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("storage VM: {e}")));
+                    return;
+                }
+            };
+            if let BootOutcome::Exited(code) = report.outcome {
+                let _ = ready_tx.send(Err(format!(
+                    "storage VM: the program exited with status {code} before calling wait_for_requests()"
+                )));
+                return;
+            }
+            let allowed = vm.storage_allowed.clone();
+            let _ = ready_tx.send(Ok(()));
+            serve(vm, allowed, max_storage_time, rx)
+        })
+        .map_err(|e| format!("cannot start storage thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(StorageHandle {
+            tx,
+            timeout: max_storage_time + queue_timeout,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the storage VM thread ended during boot".into()),
+    }
+}
+
+fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>) {
+    let base_rsp = vm.machine.cpu.regs().rsp;
+    let fs = vm.machine.cpu.fs_base();
+    // The request-entry stub restores FPU state from the FXSAVE area: give it this VM's own.
+    if let Ok(fpu) = vm.machine.cpu.fpu() {
+        let _ = vm
+            .machine
+            .mem
+            .write(layout::FXSAVE_AREA, &crate::vm::fxsave_image(&fpu));
+    }
+    while let Ok(call) = rx.recv() {
+        let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
+            Err(format!(
+                "storage function {:#x} is not allowed (not in the program's STORAGE_ALLOW list)",
+                call.func
+            ))
+        } else {
+            run_call(&mut vm, base_rsp, fs, budget, &call)
+        };
+        match r {
+            Ok(Some(data)) => {
+                let _ = call.reply.send(Ok(data));
+            }
+            Ok(None) => {
+                let _ = call.reply.send(Ok(Vec::new()));
+            }
+            Err(e) => {
+                vm.printer.log(&format!("storage call failed: {e}"));
+                let _ = call.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Run one call. Ok(Some(data)) once storage_return was called (the reply is sent by the
+/// caller after the function finished, or right away — see below).
+fn run_call(
+    vm: &mut MainVm,
+    base_rsp: u64,
+    fs: u64,
+    budget: Duration,
+    call: &Call,
+) -> Result<Option<Vec<u8>>, String> {
+    // Inputs on the stack: data blocks, then the virtbuffer array.
+    let mut sp = (base_rsp - 4096) & !15;
+    let mut descs = Vec::with_capacity(call.inputs.len() * 16);
+    for inp in &call.inputs {
+        sp = (sp - inp.len() as u64) & !15;
+        vm.machine
+            .mem
+            .write(sp, inp)
+            .map_err(|e| format!("cannot copy storage input: {e}"))?;
+        descs.extend_from_slice(&sp.to_le_bytes());
+        descs.extend_from_slice(&(inp.len() as u64).to_le_bytes());
+    }
+    sp = (sp - descs.len() as u64) & !15;
+    vm.machine
+        .mem
+        .write(sp, &descs)
+        .map_err(|e| format!("cannot copy storage input: {e}"))?;
+    let bufs = sp;
+    if vm.machine.cpu.fs_base() != fs {
+        vm.machine.cpu.set_fs_base(fs).map_err(|e| e.to_string())?;
+    }
+    {
+        let r = vm.machine.cpu.regs_mut();
+        *r = Default::default();
+        r.rip = layout::REQUEST_ENTRY;
+        r.rsp = (bufs - 256) & !15;
+        r.rflags = 0x202;
+        r.rax = call.func;
+        r.rdi = call.inputs.len() as u64;
+        r.rsi = bufs;
+        r.rdx = call.dstlen;
+    }
+    vm.start_deadline(budget, "storage call (max_storage_time)")
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut result: Option<Vec<u8>> = None;
+    let out = loop {
+        let ev = match vm.run_until_event() {
+            Ok(ev) => ev,
+            Err(e) => break Err(e.to_string()),
+        };
+        match ev {
+            Event::Returned => break Ok(()),
+            Event::Exited(c) => {
+                break Err(format!(
+                    "the storage program exited (status {c}) during a storage call"
+                ))
+            }
+            Event::Hypercall(n @ (api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
+                let (p, l) = {
+                    let r = vm.machine.cpu.regs();
+                    (r.rdi, r.rsi)
+                };
+                if result.is_some() {
+                    break Err("storage_return called twice".into());
+                }
+                let l = l.min(64 << 20);
+                let data = if p == 0 || l == 0 {
+                    Vec::new()
+                } else {
+                    match vm.machine.mem.read_vec(p, l as usize) {
+                        Ok(d) => d,
+                        Err(e) => break Err(format!("bad pointer passed to storage_return: {e}")),
+                    }
+                };
+                result = Some(data);
+                if n == api::STORAGE_NORETURN {
+                    break Ok(());
+                }
+                // Let the function finish (clean up) within 1 s more.
+                vm.machine.cpu.regs_mut().rax = 0;
+                let left = budget
+                    .saturating_sub(t.elapsed())
+                    .max(Duration::from_secs(1));
+                let _ = vm.start_deadline(left.min(Duration::from_secs(1)), "storage call cleanup");
+            }
+            Event::Hypercall(api::STORAGE_CALLV) => {
+                // Deadlock guard: storage cannot call itself.
+                vm.machine.cpu.regs_mut().rax = u64::MAX;
+            }
+            Event::Hypercall(num) => vm.unsupported_call(num),
+        }
+    };
+    vm.stop_deadline();
+    vm.printer.flush();
+    match out {
+        Ok(()) => Ok(result),
+        // The caller already has its data if storage_return happened before a late failure.
+        Err(e) if result.is_some() => {
+            vm.printer.log(&format!(
+                "storage function failed after storage_return: {e}"
+            ));
+            Ok(result)
+        }
+        Err(e) => Err(e),
+    }
+}
