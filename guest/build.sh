@@ -11,6 +11,7 @@
 #     bench_hello      = hello (glibc)
 #     args_env, syscalls, syscalls_musl, crash_null, crash_gp, crash_ud,
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
+#     serve_state, serve_api   request-handler probes for the serve tests
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #   examples (guest/examples):
@@ -100,6 +101,9 @@ done
 build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
+for prog in serve_state serve_api; do
+	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
+done
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 

@@ -6,3 +6,4 @@ mod bad_input;
 mod common;
 mod run_cmd;
 mod run_limits;
+mod serve;

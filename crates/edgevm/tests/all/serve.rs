@@ -1,0 +1,914 @@
+//! `edgevm serve` (issue: per-request VMs), end to end: the real binary on a free port with a
+//! generated configuration, real KVM guests (guest/tests/serve_state.c, serve_api.c and the
+//! examples), and a tiny blocking HTTP/1.1 client on `std::net::TcpStream`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+// ------------------------------------------------------------------------------------------
+// Harness
+// ------------------------------------------------------------------------------------------
+
+/// A running `edgevm serve`.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    /// Lower-case names, in order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all_headers(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A JSON string literal.
+fn js(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// `"name": { "filename": FILE, "max_memory": 64, EXTRA }`
+fn program(name: &str, file: &Path, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { ", " };
+    format!(
+        "{}: {{ \"filename\": {}, \"max_memory\": 64{sep}{extra} }}",
+        js(name),
+        js(file.to_str().unwrap())
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Start `edgevm serve` with a configuration made of `programs` (see [`program`]).
+    fn start(name: &str, programs: &[String]) -> Server {
+        let dir = scratch(&format!("serve-{name}"));
+        let config = format!("{{\n{}\n}}\n", programs.join(",\n"));
+        std::fs::write(dir.join("config.json"), &config).unwrap();
+        for attempt in 0..3 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.join("server.log")).unwrap();
+            let child = edgevm()
+                .arg("serve")
+                .arg("--config")
+                .arg(dir.join("config.json"))
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .env("EDGEVM_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn edgevm serve");
+            let mut s = Server {
+                child: Some(child),
+                port,
+                dir: dir.clone(),
+            };
+            let t0 = Instant::now();
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return s;
+                }
+                if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                    let log = s.log();
+                    s.child = None;
+                    if log.contains("in use") && attempt < 2 {
+                        break; // port taken in between: try another
+                    }
+                    panic!("edgevm serve exited early ({st}):\n{log}\nconfig:\n{config}");
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    panic!("edgevm serve did not accept connections:\n{}", s.log());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        unreachable!()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn connect(&self) -> Conn {
+        Conn::new(self.port)
+    }
+
+    /// One request on a fresh connection.
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.connect().send(method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], b"")
+    }
+
+    /// GET that must answer 200; returns the body.
+    fn ok(&self, path: &str) -> String {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.text(), self.log());
+        r.text()
+    }
+
+    /// A counter from /_edgevm/stats for `prog`.
+    fn stat(&self, prog: &str, key: &str) -> f64 {
+        let r = self.get("/_edgevm/stats");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        let start = text
+            .find(&format!("{}: {{", js(prog)))
+            .unwrap_or_else(|| panic!("no program {prog} in stats:\n{text}"));
+        let obj = &text[start..];
+        let obj = &obj[..obj.find('}').unwrap_or(obj.len())];
+        let k = format!("{}: ", js(key));
+        let at = obj
+            .find(&k)
+            .unwrap_or_else(|| panic!("no {key} for {prog} in stats:\n{text}"));
+        let v = &obj[at + k.len()..];
+        let end = v.find([',', '\n', '}']).unwrap_or(v.len());
+        v[..end]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{key} of {prog}: {e}:\n{text}"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait for the server to exit after a SIGTERM; it must exit 0 within `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> String {
+        let mut child = self.child.take().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let log = self.log();
+                assert_eq!(st.code(), Some(0), "edgevm serve exit status {st}:\n{log}");
+                assert!(!log.contains("panicked"), "edgevm panicked:\n{log}");
+                return log;
+            }
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "edgevm serve still running {limit:?} after SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM; assert a clean exit within a few seconds; the server log.
+    fn stop(mut self) -> String {
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(5))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client connection (keep-alive capable).
+struct Conn {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Conn {
+    fn new(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to edgevm serve");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).unwrap();
+        self.stream.write_all(body).unwrap();
+        self.read_response(method == "HEAD")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn read_response(&mut self, head_only: bool) -> Result<Resp, String> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading status line: {e}"))?;
+        let mut parts = line.split_whitespace();
+        if parts.next().map(|v| v.starts_with("HTTP/1.")) != Some(true) {
+            return Err(format!("bad status line {line:?}"));
+        }
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading headers: {e}"))?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').ok_or(format!("bad header {l:?}"))?;
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        // HEAD and 1xx/204/304 responses have no body (RFC 9112 6.3).
+        let bodyless = head_only || status < 200 || status == 204 || status == 304;
+        if !bodyless {
+            if let Some(n) = resp.header("content-length") {
+                let n: usize = n.parse().map_err(|_| "bad content-length")?;
+                resp.body.resize(n, 0);
+                self.reader
+                    .read_exact(&mut resp.body)
+                    .map_err(|e| format!("reading body: {e}"))?;
+            } else {
+                self.reader
+                    .read_to_end(&mut resp.body)
+                    .map_err(|e| format!("reading body: {e}"))?;
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// `key=value` words of a serve_state answer.
+fn fields(body: &str) -> BTreeMap<String, String> {
+    body.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// What every request to serve_state must see when nothing leaks between requests.
+fn assert_frozen(body: &str, what: &str) {
+    let f = fields(body);
+    for (k, want) in [
+        ("counter", "0"),
+        ("heap", "1000"),
+        ("stack", "4096"),
+        ("static_bad", "0"),
+        ("buf_bad", "0"),
+    ] {
+        assert_eq!(
+            f.get(k).map(String::as_str),
+            Some(want),
+            "{what}: {k} leaked between requests: {body}"
+        );
+    }
+}
+
+/// Run `threads` clients × `per_thread` requests against `path` in parallel; every answer
+/// through `check`.
+fn hammer(s: &Server, path: &str, threads: usize, per_thread: usize, check: fn(&str, &str)) {
+    let port = s.port;
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let path = path.to_owned();
+            sc.spawn(move || {
+                // Alternate keep-alive and fresh connections.
+                let mut conn = Conn::new(port);
+                for i in 0..per_thread {
+                    let r = if i % 2 == 0 {
+                        conn.send("GET", &path, &[], b"")
+                    } else {
+                        Conn::new(port).send("GET", &path, &[], b"")
+                    };
+                    assert_eq!(r.status, 200, "thread {t} request {i}: {}", r.text());
+                    check(&r.text(), &format!("{path} thread {t} request {i}"));
+                }
+            });
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// 1-3: state isolation, ephemeral modes
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn every_request_sees_the_frozen_state() {
+    let st = guest("serve_state");
+    let s = Server::start(
+        "frozen",
+        &[
+            program("c2", &st, "\"concurrency\": 2"),
+            program("c4", &st, "\"concurrency\": 4"),
+            program(
+                "kwm",
+                &st,
+                "\"concurrency\": 2, \"ephemeral_keep_working_memory\": true",
+            ),
+        ],
+    );
+    for prog in ["c2", "c4", "kwm"] {
+        let first = s.ok(&format!("/{prog}/x"));
+        assert_frozen(&first, prog);
+        // brk and mmap state is reset too: the same addresses every time.
+        let f0 = fields(&first);
+        for i in 0..5 {
+            let b = s.ok(&format!("/{prog}/x{i}"));
+            assert_frozen(&b, prog);
+            let f = fields(&b);
+            assert_eq!(f["brk"], f0["brk"], "{prog}: brk moved: {b}");
+            assert_eq!(f["mmap"], f0["mmap"], "{prog}: mmap state leaked: {b}");
+        }
+        hammer(&s, &format!("/{prog}/load"), 4, 25, assert_frozen);
+        assert_eq!(s.stat(prog, "requests"), 106.0, "{prog}");
+        assert_eq!(s.stat(prog, "status_2xx"), 106.0, "{prog}");
+        assert_eq!(s.stat(prog, "resets"), 106.0, "{prog}");
+    }
+    let log = s.stop();
+    assert!(
+        log.contains("ephemeral-kwm"),
+        "kwm program not loaded as ephemeral-kwm:\n{log}"
+    );
+}
+
+#[test]
+fn leaked_memory_is_reclaimed_after_every_request() {
+    let st = guest("serve_state");
+    // 50 × 10 MiB leaked would need 500 MiB; the program has 64 MiB. A request may dirty
+    // 16 MiB.
+    let extra = "\"concurrency\": 1, \"max_request_memory\": 16";
+    let s = Server::start(
+        "leak",
+        &[
+            program("leak", &st, extra),
+            program(
+                "leak_kwm",
+                &st,
+                &format!("{extra}, \"ephemeral_keep_working_memory\": true"),
+            ),
+        ],
+    );
+    for prog in ["leak", "leak_kwm"] {
+        let mut first: Option<BTreeMap<String, String>> = None;
+        for (i, what) in ["leak_malloc", "leak_brk"]
+            .iter()
+            .cycle()
+            .take(50)
+            .enumerate()
+        {
+            let b = s.ok(&format!("/{prog}/{what}"));
+            assert_frozen(&b, &format!("{prog} {what} #{i}"));
+            let f = fields(&b);
+            let f0 = first.get_or_insert_with(|| f.clone());
+            assert_eq!(f["brk"], f0["brk"], "{prog} #{i}: brk not reset: {b}");
+            assert_eq!(f["mmap"], f0["mmap"], "{prog} #{i}: mmap not reset: {b}");
+        }
+        assert_eq!(s.stat(prog, "memory_errors"), 0.0);
+    }
+    s.stop();
+}
+
+#[test]
+fn non_ephemeral_programs_keep_state() {
+    let st = guest("serve_state");
+    let s = Server::start(
+        "nonephemeral",
+        &[
+            program("keep", &st, "\"concurrency\": 1, \"ephemeral\": false"),
+            program(
+                "ctl",
+                &st,
+                "\"concurrency\": 1, \"control_ephemeral\": true, \"environment\": [\"MAKE_EPHEMERAL=0\"]",
+            ),
+            program(
+                "noctl",
+                &st,
+                "\"concurrency\": 1, \"environment\": [\"MAKE_EPHEMERAL=0\"]",
+            ),
+        ],
+    );
+    for prog in ["keep", "ctl"] {
+        for i in 0..5 {
+            let b = s.ok(&format!("/{prog}/n"));
+            let f = fields(&b);
+            assert_eq!(f["counter"], i.to_string(), "{prog}: {b}");
+            assert_eq!(f["heap"], (1000 + i).to_string(), "{prog}: {b}");
+            if i > 0 {
+                assert_eq!(f["stack"], "0", "{prog}: stack writes not kept: {b}");
+                assert_eq!(f["static_bad"], "64", "{prog}: {b}");
+                assert_eq!(f["buf_bad"], "64", "{prog}: {b}");
+            }
+            if prog == "ctl" {
+                assert_eq!(f["make_ephemeral"], "0", "{prog}: {b}");
+            }
+        }
+        assert_eq!(s.stat(prog, "resets"), 0.0, "{prog}");
+    }
+    // Without control_ephemeral, sys_make_ephemeral is refused; the program still works and
+    // stays ephemeral.
+    for _ in 0..3 {
+        let b = s.ok("/noctl/n");
+        assert_frozen(&b, "noctl");
+        assert_eq!(fields(&b)["make_ephemeral"], "-1", "{b}");
+    }
+    s.stop();
+}
+
+#[test]
+fn limit_workmem_after_req_triggers_full_resets() {
+    let st = guest("serve_state");
+    let s = Server::start(
+        "workmem",
+        &[
+            program(
+                "kwm",
+                &st,
+                "\"concurrency\": 1, \"ephemeral_keep_working_memory\": true, \"limit_workmem_after_req\": 2",
+            ),
+            program("plain", &st, "\"concurrency\": 1"),
+        ],
+    );
+    // Small requests (about 130 dirty pages, the same ones each time) stay under 2 MB.
+    for _ in 0..5 {
+        assert_frozen(&s.ok("/kwm/small"), "kwm small");
+    }
+    let before = s.stat("kwm", "full_resets");
+    assert_eq!(before, 0.0, "small requests caused full resets");
+    // 1024 more pages (4 MiB) go over the limit.
+    for i in 0..3 {
+        assert_frozen(&s.ok("/kwm/big?dirty=1024"), "kwm big");
+        let n = s.stat("kwm", "full_resets");
+        assert_eq!(
+            n,
+            before + 1.0 + i as f64,
+            "no full reset after a 4 MiB request"
+        );
+        assert_frozen(&s.ok("/kwm/small"), "kwm after full reset");
+    }
+    // Without keep-working-memory there is no working set to limit.
+    s.ok("/plain/big?dirty=1024");
+    assert_eq!(s.stat("plain", "full_resets"), 0.0);
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 4-5: failures, limits, bad API use
+// ------------------------------------------------------------------------------------------
+
+fn api_server(name: &str) -> Server {
+    let api = guest("serve_api");
+    Server::start(
+        name,
+        &[
+            program(
+                "api",
+                &api,
+                "\"concurrency\": 1, \"max_request_time\": 1, \"max_request_memory\": 8",
+            ),
+            program(
+                "onerr",
+                &api,
+                "\"concurrency\": 1, \"max_request_time\": 1, \"environment\": [\"ON_ERROR=1\"]",
+            ),
+        ],
+    )
+}
+
+/// GET that must fail with `status` and a body containing `needle`; then the same program must
+/// answer normally.
+fn expect_failure(s: &Server, prog: &str, action: &str, status: u16, needle: &str) -> Resp {
+    let r = s.get(&format!("/{prog}/{action}"));
+    eprintln!("{prog}/{action}: {} {}", r.status, r.text().trim_end());
+    assert_eq!(
+        r.status,
+        status,
+        "{prog}/{action}: {}\n{}",
+        r.text(),
+        s.log()
+    );
+    assert!(
+        r.text().to_lowercase().contains(&needle.to_lowercase()),
+        "{prog}/{action}: body {:?} does not mention {needle:?}",
+        r.text()
+    );
+    for _ in 0..2 {
+        let next = s.get(&format!("/{prog}/ok"));
+        assert_eq!(
+            (next.status, next.text().as_str()),
+            (200, "ok"),
+            "{prog}: request after {action} failed\n{}",
+            s.log()
+        );
+    }
+    r
+}
+
+#[test]
+fn failing_requests_give_500_and_the_vm_recovers() {
+    let s = api_server("failures");
+    assert_eq!(s.ok("/api/ok"), "ok");
+    let t0 = Instant::now();
+    expect_failure(&s, "api", "loop", 500, "timed out");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "max_request_time 1 s took {took:?}"
+    );
+    expect_failure(&s, "api", "crash", 500, "page fault");
+    expect_failure(&s, "api", "noresp", 500, "HTTP response not set");
+    expect_failure(&s, "api", "exit", 500, "exited");
+    expect_failure(&s, "api", "membomb", 500, "memory");
+    expect_failure(&s, "api", "status?n=99", 500, "invalid");
+    expect_failure(&s, "api", "status?n=600", 500, "invalid");
+    expect_failure(&s, "api", "status?n=199", 500, "invalid");
+    // The same failures after each other, then the counters.
+    expect_failure(&s, "api", "crash", 500, "page fault");
+    expect_failure(&s, "api", "crash", 500, "page fault");
+    assert!(s.stat("api", "timeouts") >= 1.0);
+    assert!(s.stat("api", "exceptions") >= 3.0);
+    assert!(s.stat("api", "memory_errors") >= 1.0);
+    assert!(s.stat("api", "full_resets") >= 10.0);
+    s.stop();
+}
+
+#[test]
+fn on_error_handler_answers_after_a_crash() {
+    let s = api_server("onerror");
+    let r = expect_failure(&s, "onerr", "crash", 503, "custom error: ");
+    assert!(r.text().contains("page fault"), "{}", r.text());
+    let r = expect_failure(&s, "onerr", "noresp", 503, "custom error: ");
+    assert!(r.text().contains("HTTP response not set"), "{}", r.text());
+    let r = expect_failure(&s, "onerr", "loop", 503, "custom error: ");
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    s.stop();
+}
+
+#[test]
+fn bad_pointers_and_headers_give_a_clear_500() {
+    let s = api_server("badptr");
+    for (action, needle) in [
+        ("badbody?p=10", "backend_response"),
+        ("badbody?p=deadbeef000", "backend_response"),
+        ("hugelen", "backend_response"),
+        ("badappend", "0xdeadbeef000"),
+        ("badfind", "0xdeadbeef000"),
+        ("badheader", "NoColonHere"),
+    ] {
+        let r = expect_failure(&s, "api", action, 500, needle);
+        assert!(!r.text().contains("FAIL"), "{action}: {}", r.text());
+    }
+    assert_eq!(s.ok("/api/ok"), "ok");
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 6: HTTP
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn http_front_end() {
+    let api = guest("serve_api");
+    let dir = scratch("serve-http-files");
+    let not_elf = dir.join("not_elf");
+    std::fs::write(&not_elf, "#!/bin/sh\necho I am not an ELF file\n").unwrap();
+    let s = Server::start(
+        "http",
+        &[
+            program("hello", &guest("example_hello"), "\"concurrency\": 2"),
+            program("echo", &guest("example_echo"), ""),
+            program("api", &api, "\"concurrency\": 2"),
+            program("missing", &dir.join("does_not_exist"), ""),
+            program("notelf", &not_elf, ""),
+            program("initcrash", &guest("crash_null"), ""),
+            program("initexit", &guest("hello"), ""),
+        ],
+    );
+    // GET and HEAD.
+    let r = s.get("/hello/");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello World!"));
+    assert_eq!(r.header("content-length"), Some("12"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("x-powered-by"), Some("edgevm"));
+    let r = s.req("HEAD", "/hello/", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("12"), "HEAD: {r:?}");
+    // HEAD must not send a body: the next response on the connection must parse.
+    let mut c = s.connect();
+    let r = c.send("HEAD", "/hello/", &[], b"");
+    assert_eq!(r.status, 200);
+    let r = c.send("GET", "/hello/again", &[], b"");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "Hello World!"),
+        "HEAD left a body on the connection"
+    );
+
+    // POST echo, with a 1 MiB binary body.
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let r = s.req(
+        "POST",
+        "/echo/x",
+        &[("Content-Type", "application/x-test")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-test"));
+    assert_eq!(r.header("x-echo-length"), Some("1048576"));
+    assert!(r.body == body, "echo body differs");
+    let r = s.req("POST", "/echo/", &[("Content-Type", "text/plain")], b"hi");
+    assert_eq!((r.status, r.text().as_str()), (200, "hi"));
+
+    // 413: announced body over 16 MiB, refused without reading it.
+    let mut c = s.connect();
+    let head = format!(
+        "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        (16 << 20) + 1
+    );
+    c.stream.write_all(head.as_bytes()).unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // Keep-alive: several requests on one connection.
+    let mut c = s.connect();
+    for i in 0..3 {
+        let r = c.send("GET", &format!("/api/url?i={i}"), &[], b"");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("/api/url?i={i}"));
+    }
+
+    // Status codes pass through.
+    for n in [200, 201, 204, 302, 404, 418, 500, 503, 599] {
+        let r = s.get(&format!("/api/status?n={n}"));
+        assert_eq!(r.status, n, "{}", r.text());
+    }
+
+    // Request headers via http_find, response headers via http_append / http_set.
+    let r = s.req("GET", "/api/headers", &[("X-Test", "hello world")], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    assert!(t.to_lowercase().contains("x-test: hello world"), "{t}");
+    assert_eq!(r.all_headers("x-multi"), ["1", "2"], "{r:?}");
+    assert_eq!(r.all_headers("x-set"), ["second"], "{r:?}");
+    let r = s.get("/api/headers");
+    assert!(r.text().starts_with("found=0"), "{}", r.text());
+
+    // set_cacheable.
+    let r = s.get("/api/cache");
+    assert_eq!(r.status, 200);
+    let cc = r.header("cache-control").unwrap_or_default();
+    assert!(cc.contains("max-age=60"), "Cache-Control: {cc:?}");
+
+    // The full URL with query.
+    assert_eq!(
+        s.ok("/api/url/deeper/path?a=1&b=two%20words"),
+        "/api/url/deeper/path?a=1&b=two%20words"
+    );
+
+    // Unknown program; / itself.
+    let r = s.get("/nosuchprogram/x");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("nosuchprogram"), "{}", r.text());
+    assert_eq!(s.get("/").status, 404);
+
+    // Programs that cannot run: 503 with a clear message; the others keep serving.
+    for (prog, needle) in [
+        ("missing", "does_not_exist"),
+        ("notelf", "ELF"),
+        ("initcrash", "page fault"),
+        ("initexit", "wait_for_requests"),
+    ] {
+        for _ in 0..2 {
+            let r = s.get(&format!("/{prog}/"));
+            eprintln!("{prog}: {} {}", r.status, r.text().trim_end());
+            assert_eq!(r.status, 503, "{prog}: {}", r.text());
+            assert!(
+                r.text().contains(needle),
+                "{prog}: {:?} does not mention {needle:?}",
+                r.text()
+            );
+        }
+        assert_eq!(s.ok("/hello/"), "Hello World!");
+    }
+
+    // Oversized request headers: 431 (or a clean close), and the server keeps serving.
+    let big = "a".repeat(100 << 10);
+    let mut c = s.connect();
+    let head = format!("GET /hello/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = c.stream.write_all(head.as_bytes());
+    match c.read_response(false) {
+        Ok(r) => assert_eq!(r.status, 431, "{}", r.text()),
+        Err(e) => eprintln!("oversized headers: connection closed ({e})"),
+    }
+    assert_eq!(s.ok("/hello/"), "Hello World!");
+
+    // Admin endpoints.
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.text().contains("hello"), "{}", m.text());
+    s.stop();
+}
+
+#[test]
+fn malformed_config_is_refused_with_line_and_column() {
+    let dir = scratch("serve-badconfig");
+    let cfg = dir.join("bad.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{\n  \"hello\": {{\n    \"filename\": {},\n  }}\n}}\n",
+            js(guest("example_hello").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let r = edgevm_run(&[
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert_ne!(r.code(), Some(0), "{}", r.all());
+    assert!(r.code().is_some(), "killed by a signal: {}", r.all());
+    assert!(r.all().contains("bad.json:4:"), "{}", r.all());
+    assert!(r.all().contains("trailing comma"), "{}", r.all());
+}
+
+// ------------------------------------------------------------------------------------------
+// 7-10: queueing, exits, shutdown, examples
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn requests_queue_for_a_busy_vm() {
+    let s = Server::start(
+        "queue",
+        &[program("slow", &guest("serve_api"), "\"concurrency\": 1")],
+    );
+    s.ok("/slow/ok"); // boot
+    let t0 = Instant::now();
+    let port = s.port;
+    let results: Vec<Resp> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| sc.spawn(move || Conn::new(port).send("GET", "/slow/sleep?ms=300", &[], b"")))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = t0.elapsed();
+    for r in &results {
+        assert_eq!((r.status, r.text().as_str()), (200, "slept 300"));
+    }
+    assert!(
+        took >= Duration::from_millis(850),
+        "3 × 300 ms on one VM took only {took:?}"
+    );
+    s.stop();
+}
+
+#[test]
+fn exits_per_request_of_hello() {
+    let s = Server::start(
+        "exits",
+        &[program(
+            "hello",
+            &guest("example_hello"),
+            "\"concurrency\": 1",
+        )],
+    );
+    for _ in 0..10 {
+        assert_eq!(s.ok("/hello/"), "Hello World!");
+    }
+    let per = s.stat("hello", "exits_per_request");
+    let last = s.stat("hello", "last_request_exits");
+    eprintln!("hello: exits_per_request = {per}, last_request_exits = {last}");
+    assert!(per > 0.0 && per <= 2.0, "exits_per_request = {per}");
+    assert!(last <= 2.0, "last_request_exits = {last}");
+    s.stop();
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let mut s = Server::start(
+        "shutdown",
+        &[program("slow", &guest("serve_api"), "\"concurrency\": 1")],
+    );
+    s.ok("/slow/ok");
+    let port = s.port;
+    let h = std::thread::spawn(move || Conn::new(port).send("GET", "/slow/sleep?ms=500", &[], b""));
+    std::thread::sleep(Duration::from_millis(150));
+    s.sigterm();
+    let r = h.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slept 500"));
+    let log = s.wait_exit(Duration::from_secs(5));
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[test]
+fn storage_counter_is_refused_and_shared_memory_counter_counts() {
+    let s = Server::start(
+        "examples",
+        &[
+            program("counter", &guest("example_counter"), "\"storage\": true"),
+            program(
+                "scounter",
+                &guest("example_scounter"),
+                "\"concurrency\": 2, \"shared_memory\": 2",
+            ),
+        ],
+    );
+    let r = s.get("/counter/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("storage") && r.text().contains("not supported yet"),
+        "{}",
+        r.text()
+    );
+    for i in 0..6 {
+        assert_eq!(s.ok("/scounter/"), format!("Hello {i} World!"));
+    }
+    // Across VMs, concurrently: every value exactly once.
+    let port = s.port;
+    let mut seen: Vec<u32> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(move || {
+                    let mut c = Conn::new(port);
+                    (0..10)
+                        .map(|_| {
+                            let t = c.send("GET", "/scounter/", &[], b"").text();
+                            t.strip_prefix("Hello ")
+                                .and_then(|t| t.strip_suffix(" World!"))
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or_else(|| panic!("scounter answered {t:?}"))
+                        })
+                        .collect::<Vec<u32>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    seen.sort_unstable();
+    assert_eq!(seen, (6..46).collect::<Vec<u32>>());
+    s.stop();
+}

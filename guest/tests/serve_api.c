@@ -1,0 +1,164 @@
+/* serve_api.c: request-handler behaviours for the `edgevm serve` tests.
+   The action is the second path segment: /<program>/<action>?<query>.
+
+     ok          200 "ok"
+     url         200 with the URL the handler got
+     status?n=N  backend_response(N, ...)
+     sleep?ms=N  nanosleep N ms, then 200 "slept N"
+     headers     200, body = the X-Test request header (http_find on REQ);
+                 sets X-Multi twice (http_append), X-Set twice (http_set)
+     cache       set_cacheable(true, 60 s, 10 s, 0) and 200
+     loop        loops forever
+     crash       writes to NULL
+     exit        exit(3)
+     noresp      returns without a response
+     membomb     malloc + memset 48 MiB
+     badbody?p=X backend_response with body pointer X (hex), length 16
+     hugelen     backend_response with a valid body pointer and length 2^40
+     badappend   http_append with a bad pointer, then 200
+     badfind     http_find into a bad output buffer, then 200
+     badheader   http_append "NoColonHere" (no ": "), then 200
+
+   Environment: ON_ERROR=1 registers an on_error handler that answers 503
+   "custom error: <exception>". */
+#include "kvm_api.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void respond(int status, const char *text)
+{
+	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
+}
+
+/* The second path segment of url into out. */
+static void action_of(const char *url, char *out, size_t outl)
+{
+	const char *p = url;
+	if (*p == '/')
+		p++;
+	p = strchr(p, '/');
+	size_t n = 0;
+	if (p != NULL) {
+		p++;
+		while (p[n] != 0 && p[n] != '?' && p[n] != '/' && n + 1 < outl)
+			n++;
+		memcpy(out, p, n);
+	}
+	out[n] = 0;
+}
+
+/* The value of query parameter `key` (as text), or NULL. */
+static const char *param(const char *url, const char *key)
+{
+	const char *q = strchr(url, '?');
+	const size_t kl = strlen(key);
+	while (q != NULL) {
+		q++;
+		if (strncmp(q, key, kl) == 0 && q[kl] == '=')
+			return q + kl + 1;
+		q = strchr(q, '&');
+	}
+	return NULL;
+}
+
+static void on_get(const char *url, const char *arg)
+{
+	(void)arg;
+	char action[64];
+	action_of(url, action, sizeof(action));
+	char out[8192];
+
+	if (strcmp(action, "ok") == 0) {
+		respond(200, "ok");
+	} else if (strcmp(action, "url") == 0) {
+		respond(200, url);
+	} else if (strcmp(action, "status") == 0) {
+		const char *n = param(url, "n");
+		snprintf(out, sizeof(out), "status %s", n ? n : "?");
+		respond(n ? atoi(n) : 200, out);
+	} else if (strcmp(action, "sleep") == 0) {
+		const char *ms = param(url, "ms");
+		const long v = ms ? atol(ms) : 100;
+		struct timespec ts = { v / 1000, (v % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+		snprintf(out, sizeof(out), "slept %ld", v);
+		respond(200, out);
+	} else if (strcmp(action, "headers") == 0) {
+		char field[4096];
+		const unsigned len = http_find_str(REQ, "X-Test", field, sizeof(field));
+		http_append_str(RESP, "X-Multi: 1");
+		http_append_str(RESP, "X-Multi: 2");
+		http_set_str(RESP, "X-Set: first");
+		http_set_str(RESP, "X-Set: second");
+		snprintf(out, sizeof(out), "found=%u field=[%.*s]", len, (int)len, field);
+		respond(200, out);
+	} else if (strcmp(action, "cache") == 0) {
+		set_cacheable(true, 60.0f, 10.0f, 0.0f);
+		respond(200, "cacheable");
+	} else if (strcmp(action, "loop") == 0) {
+		for (volatile unsigned long i = 0;; i++)
+			;
+	} else if (strcmp(action, "crash") == 0) {
+		*(volatile int *)0 = 1;
+		respond(200, "FAIL still alive");
+	} else if (strcmp(action, "exit") == 0) {
+		exit(3);
+	} else if (strcmp(action, "noresp") == 0) {
+		return;
+	} else if (strcmp(action, "membomb") == 0) {
+		const size_t n = 48u << 20;
+		unsigned char *p = malloc(n);
+		if (p == NULL) {
+			respond(507, "membomb: malloc failed");
+			return;
+		}
+		memset(p, 0x5A, n);
+		snprintf(out, sizeof(out), "FAIL membomb survived (%u)", p[n - 1]);
+		respond(200, out);
+	} else if (strcmp(action, "badbody") == 0) {
+		const char *p = param(url, "p");
+		const uintptr_t addr = p ? (uintptr_t)strtoull(p, NULL, 16) : 0x10;
+		sys_backend_response(200, "text/plain", 10, (const void *)addr, 16, NULL);
+		respond(200, "FAIL badbody returned");
+	} else if (strcmp(action, "hugelen") == 0) {
+		static const char small[16] = "0123456789abcde";
+		sys_backend_response(200, "text/plain", 10, small, (size_t)1 << 40, NULL);
+		respond(200, "FAIL hugelen returned");
+	} else if (strcmp(action, "badappend") == 0) {
+		const long r = sys_http_append(RESP, (const char *)(uintptr_t)0xdeadbeef000ull, 16);
+		snprintf(out, sizeof(out), "FAIL badappend returned %ld", r);
+		respond(200, out);
+	} else if (strcmp(action, "badfind") == 0) {
+		const unsigned r = sys_http_find(REQ, "Host", 4,
+			(char *)(uintptr_t)0xdeadbeef000ull, 100);
+		snprintf(out, sizeof(out), "FAIL badfind returned %u", r);
+		respond(200, out);
+	} else if (strcmp(action, "badheader") == 0) {
+		const long r = sys_http_append(RESP, "NoColonHere", 11);
+		snprintf(out, sizeof(out), "FAIL badheader returned %ld", r);
+		respond(200, out);
+	} else {
+		snprintf(out, sizeof(out), "unknown action [%s]", action);
+		respond(400, out);
+	}
+}
+
+static void on_error(const char *url, const char *arg, const char *exception)
+{
+	(void)url;
+	(void)arg;
+	char out[4096];
+	snprintf(out, sizeof(out), "custom error: %s", exception ? exception : "(null)");
+	respond(503, out);
+}
+
+int main(void)
+{
+	set_backend_get(on_get);
+	if (getenv("ON_ERROR") != NULL)
+		set_on_error(on_error);
+	wait_for_requests();
+	return 0;
+}
