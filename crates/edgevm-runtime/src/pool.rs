@@ -409,7 +409,7 @@ impl Program {
         storage: Option<StorageHandle>,
         ready: Sender<Result<(), String>>,
     ) {
-        let mut vm = match RequestVm::new(frozen, self.settings.request.clone(), storage) {
+        let mut vm = match RequestVm::new(frozen.clone(), self.settings.request.clone(), storage.clone()) {
             Ok(vm) => {
                 let _ = ready.send(Ok(()));
                 vm
@@ -431,7 +431,26 @@ impl Program {
                 (job.reply)(Err(ServeError::QueueTimeout));
                 continue;
             }
-            let (result, rs) = vm.handle(&job.req);
+            let handled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.handle(&job.req)));
+            let (result, rs) = match handled {
+                Ok(x) => x,
+                Err(_) => {
+                    // A bug in edgevm, not in the program: answer, and replace this VM.
+                    tracing::error!("{}: internal error while handling a request; replacing the VM", self.name);
+                    (job.reply)(Err(ServeError::ProgramError(
+                        "internal error in edgevm while handling the request".into(),
+                    )));
+                    match RequestVm::new(frozen.clone(), self.settings.request.clone(), storage.clone()) {
+                        Ok(v) => vm = v,
+                        Err(e) => {
+                            tracing::error!("{}: cannot replace the VM: {e}", self.name);
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
             stats.requests.fetch_add(1, Ordering::Relaxed);
             stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
             stats.last_exits.store(rs.exits, Ordering::Relaxed);
