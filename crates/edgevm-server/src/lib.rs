@@ -8,6 +8,11 @@
 //!   [`http::HttpServer`]), routing (`/<program>/...`), error mapping, graceful shutdown, the
 //!   [`http::AdminHandler`] hook for `/metrics` and `/_edgevm/...`, and a native
 //!   "Hello World!" baseline server for benchmarks.
+//! - [`fetch`]: program delivery ([`fetch::obtain`]): reads `filename`, or downloads `uri`
+//!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
+//!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
+//!   back to the cache on network failures.
 
+pub mod fetch;
 pub mod http;
 pub mod programs;
