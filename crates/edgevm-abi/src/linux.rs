@@ -67,8 +67,11 @@ pub enum SyscallOutcome {
 /// Anonymous memory handed out by mmap, below the stack guard page.
 #[derive(Debug, Clone)]
 struct MmapArea {
-    /// Lowest address ever handed out; everything below (down to brk) is untouched.
+    /// Lowest address of the area in use now (it grows down; munmap at the bottom raises it).
     bottom: u64,
+    /// Lowest address ever handed out: memory below it (down to the heap) was never used and
+    /// is still zero; memory above it must be zeroed when handed out again.
+    low_water: u64,
     /// Top of the area (the stack guard page).
     top: u64,
     /// Freed ranges inside [bottom, top): start -> length.
@@ -180,6 +183,7 @@ impl LinuxState {
             brk_high: brk_start,
             mmap: MmapArea {
                 bottom: layout.input_area,
+                low_water: layout.input_area,
                 top: layout.input_area,
                 free: BTreeMap::new(),
             },
@@ -561,7 +565,14 @@ impl LinuxState {
         if at < self.brk + PAGE {
             return None;
         }
+        let used_end = (at + len).min(self.mmap.bottom);
+        let used_start = at.max(self.mmap.low_water);
+        if used_end > used_start {
+            mem.zero(used_start, (used_end - used_start) as usize)
+                .ok()?;
+        }
         self.mmap.bottom = at;
+        self.mmap.low_water = self.mmap.low_water.min(at);
         Some(at)
     }
 
@@ -603,6 +614,7 @@ impl LinuxState {
                     }
                     let old = self.mmap.bottom;
                     self.mmap.bottom = addr;
+                    self.mmap.low_water = self.mmap.low_water.min(addr);
                     if end < old {
                         self.mmap.free.insert(end, old - end);
                     }
@@ -1053,5 +1065,215 @@ fn errno_name(e: i64) -> &'static str {
         ENOSYS => "ENOSYS",
         ETIMEDOUT => "ETIMEDOUT",
         _ => "E?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! System call emulation through the `Vcpu` seam, without /dev/kvm.
+    use super::*;
+    use edgevm_kvm::{kvm_regs, kvm_sregs, Exit, KvmError};
+
+    struct FakeCpu {
+        regs: kvm_regs,
+        fs: u64,
+        gs: u64,
+    }
+
+    impl Vcpu for FakeCpu {
+        fn run(&mut self) -> Result<Exit, KvmError> {
+            Ok(Exit::Hlt)
+        }
+        fn regs(&self) -> &kvm_regs {
+            &self.regs
+        }
+        fn regs_mut(&mut self) -> &mut kvm_regs {
+            &mut self.regs
+        }
+        fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
+            let mut s = kvm_sregs::default();
+            s.cs.dpl = 3; // kvm_pvm-style: SYSCALL stays at CPL3
+            Ok(s)
+        }
+        fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
+            self.fs = base;
+            Ok(())
+        }
+        fn fs_base(&self) -> u64 {
+            self.fs
+        }
+        fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
+            self.gs = base;
+            Ok(())
+        }
+        fn gs_base(&self) -> u64 {
+            self.gs
+        }
+    }
+
+    #[derive(Default)]
+    struct Sink {
+        out: Vec<u8>,
+        logs: Vec<String>,
+    }
+
+    impl Output for Sink {
+        fn write(&mut self, _fd: i32, data: &[u8]) {
+            self.out.extend_from_slice(data);
+        }
+        fn log(&mut self, line: &str) {
+            self.logs.push(line.to_string());
+        }
+    }
+
+    struct Env {
+        st: LinuxState,
+        cpu: FakeCpu,
+        mem: GuestMemory,
+        out: Sink,
+    }
+
+    const MEM: u64 = 64 << 20;
+
+    fn env(max_memory: u64) -> Env {
+        let layout = Layout::new(MEM, 0).unwrap();
+        let st = LinuxState::new(
+            layout,
+            LinuxConfig {
+                max_memory,
+                exe_path: "/prog".into(),
+                verbose_syscalls: true,
+            },
+            0x400000 + 0x1234,
+            0x2000,
+        );
+        Env {
+            st,
+            cpu: FakeCpu {
+                regs: kvm_regs::default(),
+                fs: 0,
+                gs: 0,
+            },
+            mem: GuestMemory::new_shared(MEM as usize).unwrap(),
+            out: Sink::default(),
+        }
+    }
+
+    impl Env {
+        fn call(&mut self, nr: u64, a: [u64; 6]) -> Result<i64, SyscallOutcome> {
+            self.cpu.regs = kvm_regs {
+                rax: nr,
+                rdi: a[0],
+                rsi: a[1],
+                rdx: a[2],
+                r10: a[3],
+                r8: a[4],
+                r9: a[5],
+                rcx: 0x401000,
+                r11: 0x246,
+                ..Default::default()
+            };
+            match self
+                .st
+                .handle(&mut self.cpu, &mut self.mem, &mut self.out)
+                .unwrap()
+            {
+                SyscallOutcome::Continue => {
+                    assert_eq!(self.cpu.regs.rip, 0x401000, "PVM return: RIP = RCX");
+                    assert_eq!(self.cpu.regs.rflags, 0x246, "PVM return: RFLAGS = R11");
+                    Ok(self.cpu.regs.rax as i64)
+                }
+                other => Err(other),
+            }
+        }
+    }
+
+    #[test]
+    fn write_and_bad_pointers() {
+        let mut e = env(32 << 20);
+        e.mem.write(0x300000, b"hello\n").unwrap();
+        assert_eq!(e.call(1, [1, 0x300000, 6, 0, 0, 0]), Ok(6));
+        assert_eq!(e.out.out, b"hello\n");
+        assert_eq!(e.call(1, [1, MEM - 2, 6, 0, 0, 0]), Ok(-EFAULT));
+        assert_eq!(e.call(1, [7, 0x300000, 6, 0, 0, 0]), Ok(-EBADF));
+        assert_eq!(e.call(99999, [0; 6]), Ok(-ENOSYS));
+        assert!(
+            e.out.logs.iter().any(|l| l.starts_with("write(")),
+            "verbose_syscalls names calls"
+        );
+    }
+
+    #[test]
+    fn brk_and_mmap_respect_the_limit_and_zero_reused_memory() {
+        let mut e = env(16 << 20);
+        let b0 = e.call(12, [0; 6]).unwrap() as u64;
+        assert_eq!(b0, 0x402000);
+        assert_eq!(
+            e.call(12, [b0 + 0x10000, 0, 0, 0, 0, 0]),
+            Ok((b0 + 0x10000) as i64)
+        );
+        // mmap 1 MiB, dirty it, unmap, map again: zeroes.
+        let m = e.call(9, [0, 1 << 20, 3, 0x22, u64::MAX, 0]).unwrap() as u64;
+        e.mem.write(m + 100, b"dirty").unwrap();
+        assert_eq!(e.call(11, [m, 1 << 20, 0, 0, 0, 0]), Ok(0));
+        let m2 = e.call(9, [0, 1 << 20, 3, 0x22, u64::MAX, 0]).unwrap() as u64;
+        assert_eq!(m2, m, "freed range reused");
+        let mut b = [1u8; 5];
+        e.mem.read(m2 + 100, &mut b).unwrap();
+        assert_eq!(b, [0; 5]);
+        // Past max_memory: ENOMEM (4 MiB stack + image already counted).
+        assert_eq!(e.call(9, [0, 64 << 20, 3, 0x22, u64::MAX, 0]), Ok(-ENOMEM));
+        let big = b0 + (32 << 20);
+        assert_eq!(
+            e.call(12, [big, 0, 0, 0, 0, 0]),
+            Ok((b0 + 0x10000) as i64),
+            "brk fails by returning the old break"
+        );
+        // File mappings are not supported.
+        assert_eq!(e.call(9, [0, 4096, 1, 0x2, 3, 0]), Ok(-EBADF));
+    }
+
+    #[test]
+    fn request_limit() {
+        let mut e = env(64 << 20);
+        e.st.set_request_limit(Some(2 << 20));
+        assert_eq!(e.call(9, [0, 4 << 20, 3, 0x22, u64::MAX, 0]), Ok(-ENOMEM));
+        assert!(e.call(9, [0, 1 << 20, 3, 0x22, u64::MAX, 0]).unwrap() > 0);
+        e.st.set_request_limit(None);
+        assert!(e.call(9, [0, 4 << 20, 3, 0x22, u64::MAX, 0]).unwrap() > 0);
+    }
+
+    #[test]
+    fn process_calls() {
+        let mut e = env(32 << 20);
+        assert_eq!(e.call(158, [0x1002, 0x7777, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(e.cpu.fs, 0x7777);
+        assert_eq!(e.call(39, [0; 6]), Ok(1));
+        assert_eq!(e.call(63, [0x300000, 0, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(e.mem.read_cstr(0x300000, 64).unwrap(), b"Linux");
+        e.mem.write(0x301000, b"/proc/self/exe\0").unwrap();
+        assert_eq!(e.call(89, [0x301000, 0x302000, 100, 0, 0, 0]), Ok(5));
+        assert_eq!(e.mem.read_vec(0x302000, 5).unwrap(), b"/prog");
+        assert_eq!(e.call(16, [1, 0x5401, 0, 0, 0, 0]), Ok(-ENOTTY));
+        assert_eq!(e.call(228, [1, 0x303000, 0, 0, 0, 0]), Ok(0));
+        assert!(e.mem.read_u64(0x303000).unwrap() > 0 || e.mem.read_u64(0x303008).unwrap() > 0);
+        // Signals: recorded, SIG_IGN honoured, default action kills.
+        let mut act = [0u8; 32];
+        act[..8].copy_from_slice(&1u64.to_le_bytes());
+        e.mem.write(0x304000, &act).unwrap();
+        assert_eq!(e.call(13, [10, 0x304000, 0, 8, 0, 0]), Ok(0));
+        assert_eq!(e.call(62, [1, 10, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(
+            e.call(62, [1, 6, 0, 0, 0, 0]),
+            Err(SyscallOutcome::Killed(6))
+        );
+        assert_eq!(e.call(60, [3, 0, 0, 0, 0, 0]), Err(SyscallOutcome::Exit(3)));
+        // A futex wait nobody can wake is reported, not hung.
+        e.mem.write(0x305000, &5u32.to_le_bytes()).unwrap();
+        assert_eq!(e.call(202, [0x305000, 0, 4, 0, 0, 0]), Ok(-EAGAIN));
+        assert!(matches!(
+            e.call(202, [0x305000, 0, 5, 0, 0, 0]),
+            Err(SyscallOutcome::Fatal(_))
+        ));
     }
 }
