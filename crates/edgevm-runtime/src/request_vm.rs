@@ -113,6 +113,10 @@ pub struct Invoker {
     cache_control: Option<String>,
     /// The program's storage VM, if it has one.
     storage: Option<StorageHandle>,
+    /// User-mode special registers (CPL3 segments), restored after a failed call: a crash
+    /// leaves the vCPU in the CPL0 exception stub and exit()/timeouts in a system call stop it
+    /// at the CPL0 syscall entry; the next handler must not start there.
+    user_sregs: Option<edgevm_kvm::kvm_sregs>,
 }
 
 /// One request VM.
@@ -163,10 +167,12 @@ impl RequestVm {
         settings: RequestSettings,
         storage: Option<StorageHandle>,
     ) -> Result<Self, RunError> {
-        let vm = MainVm::from_frozen(&frozen)?;
+        let mut vm = MainVm::from_frozen(&frozen)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
+        let user_sregs = vm.machine.cpu.sregs().ok();
         let inv = Invoker {
+            user_sregs,
             vm,
             base_rsp: frozen.regs.rsp,
             fs_base: frozen.fs_base,
@@ -315,13 +321,15 @@ impl RequestVm {
 impl Invoker {
     /// An invoker over `vm` whose handlers run below `base_rsp` with TLS base `fs_base`.
     pub fn new(
-        vm: MainVm,
+        mut vm: MainVm,
         base_rsp: u64,
         fs_base: u64,
         settings: RequestSettings,
         storage: Option<StorageHandle>,
     ) -> Self {
+        let user_sregs = vm.machine.cpu.sregs().ok();
         Invoker {
+            user_sregs,
             vm,
             base_rsp,
             fs_base,
@@ -523,6 +531,20 @@ impl Invoker {
     }
 
     fn run_request(&mut self) -> Outcome {
+        let out = self.run_request_inner();
+        if matches!(out, Outcome::Failed(_)) {
+            if let Some(s) = &self.user_sregs {
+                if let Err(e) = self.vm.machine.cpu.set_sregs(s) {
+                    self.vm
+                        .printer
+                        .log(&format!("cannot restore user mode after a failure: {e}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn run_request_inner(&mut self) -> Outcome {
         loop {
             let ev = match self.vm.run_until_event() {
                 Ok(ev) => ev,
