@@ -114,8 +114,7 @@ pub struct Invoker {
     /// The program's storage VM, if it has one.
     storage: Option<StorageHandle>,
     /// User-mode special registers (CPL3 segments), restored after a failed call: a crash
-    /// leaves the vCPU in the CPL0 exception stub and exit()/timeouts in a system call stop it
-    /// at the CPL0 syscall entry; the next handler must not start there.
+    /// leaves the vCPU in the CPL0 exception stub; the next handler must not start there.
     user_sregs: Option<edgevm_kvm::kvm_sregs>,
 }
 
@@ -708,6 +707,17 @@ impl Invoker {
                 ),
             );
         }
+        let size = mem.size() as u64;
+        for (what, at, len) in [("content type", r.rsi, r.rdx), ("body", r.rcx, r.r8)] {
+            if !user_range(size, at, len) {
+                return fail(
+                    FailureKind::Api,
+                    format!(
+                        "bad {what} pointer passed to backend_response: {at:#x}+{len:#x} is not program memory"
+                    ),
+                );
+            }
+        }
         let ctype = match mem.read_vec(r.rsi, r.rdx as usize) {
             Ok(c) => c,
             Err(e) => {
@@ -827,6 +837,18 @@ impl Invoker {
             }
         }
     }
+}
+
+/// Whether `[at, at + len)` is memory the program itself can access: the I/O area or user
+/// memory. The low supervisor pages (GDT, IDT, exception stack, page tables) are not, although
+/// the host can read them.
+fn user_range(mem_size: u64, at: u64, len: u64) -> bool {
+    let Some(end) = at.checked_add(len) else {
+        return false;
+    };
+    len == 0
+        || (at >= layout::IO_AREA && end <= layout::IO_AREA + layout::IO_AREA_SIZE)
+        || (at >= layout::USER_BASE && end <= mem_size)
 }
 
 fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
