@@ -2,6 +2,7 @@
    The action is the second path segment: /<program>/<action>?<query>.
 
      ok          200 "ok"
+     cpl         200 "cpl=N": the privilege level the handler runs at (3)
      url         200 with the URL the handler got
      status?n=N  backend_response(N, ...)
      sleep?ms=N  nanosleep N ms, then 200 "slept N"
@@ -12,7 +13,8 @@
      crash       writes to NULL
      exit        exit(3)
      noresp      returns without a response
-     membomb     malloc + memset 48 MiB
+     membomb     writes 32 MiB of a static (bss) array
+     mallocbomb  malloc + memset 48 MiB (507 if malloc fails)
      badbody?p=X backend_response with body pointer X (hex), length 16
      hugelen     backend_response with a valid body pointer and length 2^40
      badappend   http_append with a bad pointer, then 200
@@ -26,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+static unsigned char bomb[32u << 20];
 
 static void respond(int status, const char *text)
 {
@@ -72,6 +76,11 @@ static void on_get(const char *url, const char *arg)
 
 	if (strcmp(action, "ok") == 0) {
 		respond(200, "ok");
+	} else if (strcmp(action, "cpl") == 0) {
+		unsigned short cs;
+		__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+		snprintf(out, sizeof(out), "cpl=%u", cs & 3u);
+		respond(200, out);
 	} else if (strcmp(action, "url") == 0) {
 		respond(200, url);
 	} else if (strcmp(action, "status") == 0) {
@@ -108,6 +117,11 @@ static void on_get(const char *url, const char *arg)
 	} else if (strcmp(action, "noresp") == 0) {
 		return;
 	} else if (strcmp(action, "membomb") == 0) {
+		for (size_t i = 0; i < sizeof(bomb); i += 4096)
+			bomb[i] = 1;
+		snprintf(out, sizeof(out), "FAIL membomb survived (%u)", bomb[4096]);
+		respond(200, out);
+	} else if (strcmp(action, "mallocbomb") == 0) {
 		const size_t n = 48u << 20;
 		unsigned char *p = malloc(n);
 		if (p == NULL) {
