@@ -48,6 +48,34 @@ pub struct ProgramSettings {
     pub storage_binary: Option<Arc<Vec<u8>>>,
     /// max_storage_time.
     pub max_storage_time: Duration,
+    /// Where the binary comes from at boot; None = `vm.binary` as given.
+    pub loader: Option<Loader>,
+}
+
+/// A program's binaries as obtained at boot time (e.g. downloaded by the server).
+#[derive(Debug, Clone)]
+pub struct LoadedBinary {
+    /// The request program.
+    pub request: Vec<u8>,
+    /// The storage program, when it differs (archive entry ending in "storage").
+    pub storage: Option<Vec<u8>>,
+    /// "local" / "remote", for the load log line.
+    pub origin: &'static str,
+    /// Whether a cached copy was used.
+    pub cached: bool,
+    /// Time spent downloading, if any.
+    pub download_time: Option<Duration>,
+}
+
+/// Obtains a program's binary when it boots (lazily, on the boot thread): the runtime knows
+/// nothing of URIs; the server supplies this.
+#[derive(Clone)]
+pub struct Loader(pub Arc<dyn Fn() -> Result<LoadedBinary, String> + Send + Sync>);
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loader")
+    }
 }
 
 /// The `warmup` setting.
@@ -100,6 +128,8 @@ pub struct Stats {
     pub memory_image_bytes: AtomicU64,
     /// Successful live updates.
     pub live_updates: AtomicU64,
+    /// Size of the request program's binary.
+    pub binary_size: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] for reporting.
@@ -127,6 +157,7 @@ impl Stats {
             ("queue_wait_us", l(&self.queue_wait_us)),
             ("memory_image_bytes", l(&self.memory_image_bytes)),
             ("live_updates", l(&self.live_updates)),
+            ("binary_size", l(&self.binary_size)),
         ])
     }
 }
@@ -248,26 +279,43 @@ impl Program {
     }
 
     /// Boot the storage VM and start its thread.
-    fn boot_storage(&self) -> Result<StorageHandle, String> {
-        let mut opts = self.settings.vm.clone();
+    fn boot_storage(&self, settings: &ProgramSettings) -> Result<StorageHandle, String> {
+        let mut opts = settings.vm.clone();
         opts.storage = true;
-        if let Some(b) = &self.settings.storage_binary {
+        if let Some(b) = &settings.storage_binary {
             opts.binary = b.clone();
         }
-        crate::storage::start(opts, self.settings.max_storage_time, QUEUE_TIMEOUT)
+        crate::storage::start(opts, settings.max_storage_time, QUEUE_TIMEOUT)
     }
 
     fn boot(self: Arc<Self>) {
         let t0 = Instant::now();
-        let storage = if self.settings.storage {
-            match self.boot_storage() {
+        let mut settings = self.settings.clone();
+        let mut download = None;
+        if let Some(loader) = &settings.loader {
+            match (loader.0)() {
+                Ok(b) => {
+                    settings.vm.binary = Arc::new(b.request);
+                    settings.storage_binary = b.storage.map(Arc::new);
+                    settings.origin = b.origin;
+                    settings.cached = b.cached;
+                    download = b.download_time;
+                }
+                Err(e) => return self.set_failed(e),
+            }
+        }
+        let storage = if settings.storage {
+            match self.boot_storage(&settings) {
                 Ok(h) => Some(h),
                 Err(e) => return self.set_failed(e),
             }
         } else {
             None
         };
-        let opts = self.settings.vm.clone();
+        self.stats
+            .binary_size
+            .store(settings.vm.binary.len() as u64, Ordering::Relaxed);
+        let opts = settings.vm.clone();
         let (vm, _report) = match MainVm::boot(opts) {
             Ok(x) => x,
             Err(e) => return self.set_failed(e.to_string()),
@@ -336,15 +384,14 @@ impl Program {
             (true, false) => " ephemeral",
             _ => "",
         };
+        let downloads = download
+            .map(|d| format!("downloads={:.2}ms, ", d.as_secs_f64() * 1e3))
+            .unwrap_or_default();
         tracing::info!(
-            "Program '{}' is loaded ({}, {}, vm={made}{kind}, huge=0/0, ready={ready_ms:.2} ms)",
+            "Program '{}' is loaded ({}, {}, vm={made}{kind}, huge=0/0, {downloads}ready={ready_ms:.2} ms)",
             self.name,
-            self.settings.origin,
-            if self.settings.cached {
-                "cached"
-            } else {
-                "not cached"
-            },
+            settings.origin,
+            if settings.cached { "cached" } else { "not cached" },
         );
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Ready {
             vms: made,
@@ -409,7 +456,11 @@ impl Program {
         storage: Option<StorageHandle>,
         ready: Sender<Result<(), String>>,
     ) {
-        let mut vm = match RequestVm::new(frozen.clone(), self.settings.request.clone(), storage.clone()) {
+        let mut vm = match RequestVm::new(
+            frozen.clone(),
+            self.settings.request.clone(),
+            storage.clone(),
+        ) {
             Ok(vm) => {
                 let _ = ready.send(Ok(()));
                 vm
@@ -437,11 +488,18 @@ impl Program {
                 Ok(x) => x,
                 Err(_) => {
                     // A bug in edgevm, not in the program: answer, and replace this VM.
-                    tracing::error!("{}: internal error while handling a request; replacing the VM", self.name);
+                    tracing::error!(
+                        "{}: internal error while handling a request; replacing the VM",
+                        self.name
+                    );
                     (job.reply)(Err(ServeError::ProgramError(
                         "internal error in edgevm while handling the request".into(),
                     )));
-                    match RequestVm::new(frozen.clone(), self.settings.request.clone(), storage.clone()) {
+                    match RequestVm::new(
+                        frozen.clone(),
+                        self.settings.request.clone(),
+                        storage.clone(),
+                    ) {
                         Ok(v) => vm = v,
                         Err(e) => {
                             tracing::error!("{}: cannot replace the VM: {e}", self.name);
@@ -596,6 +654,7 @@ impl Runtime {
             storage: false,
             storage_binary: None,
             max_storage_time: Duration::from_secs(10),
+            loader: None,
         };
         let p = Program::new(name, settings);
         *p.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why);
@@ -664,6 +723,8 @@ impl Runtime {
         }
         let mut settings = old.settings.clone();
         settings.vm.binary = Arc::new(binary);
+        settings.loader = None;
+        settings.storage_binary = None;
         settings.origin = "live update";
         settings.cached = false;
         let budget = settings.vm.max_boot_time + Duration::from_secs(30);

@@ -4,7 +4,12 @@
 use std::sync::Arc;
 
 use edgevm_config::{Config, ProgramConfig};
-use edgevm_runtime::pool::{ProgramSettings, Runtime, UpdateError, WarmupSettings};
+use edgevm_runtime::pool::{
+    LoadedBinary, Loader, ProgramSettings, Runtime, UpdateError, WarmupSettings,
+};
+
+/// Budget for downloading one program.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 use edgevm_runtime::request_vm::RequestSettings;
 use edgevm_runtime::vm::VmOptions;
 use edgevm_runtime::GuestResponse;
@@ -44,6 +49,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         storage: p.storage,
         storage_binary: None,
         max_storage_time: p.max_storage_time,
+        loader: None,
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),
@@ -69,25 +75,47 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 continue;
             }
         };
+        if p.uri.is_some() {
+            // Downloaded (or taken from the cache) when the program boots.
+            let mut settings = program_settings(p, Vec::new());
+            let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
+            settings.loader = Some(Loader(Arc::new(move || {
+                let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), FETCH_TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+                for note in &f.notes {
+                    tracing::warn!("{n}: {note}");
+                }
+                for line in &f.info {
+                    tracing::info!("{n}: {line}");
+                }
+                Ok(LoadedBinary {
+                    request: f.request,
+                    storage: f.storage,
+                    origin: f.origin.as_str(),
+                    cached: f.cached,
+                    download_time: f.download_time,
+                })
+            })));
+            if let Some(f) = &p.filename {
+                settings.vm.program_path = f.clone();
+            }
+            rt.add(name, settings);
+            continue;
+        }
         let Some(file) = &p.filename else {
             let msg = format!("program '{name}': no filename");
             errors.push(msg.clone());
             rt.add_failed(name, msg);
             continue;
         };
-        match std::fs::read(file) {
-            Ok(bytes) => {
-                rt.add(name, program_settings(p, bytes));
+        match crate::fetch::obtain(name, None, Some(file), FETCH_TIMEOUT) {
+            Ok(f) => {
+                let mut settings = program_settings(p, f.request);
+                settings.storage_binary = f.storage.map(Arc::new);
+                rt.add(name, settings);
             }
             Err(e) => {
-                let msg = if p.uri.is_some() {
-                    format!(
-                        "program '{name}': cannot read '{}' ({e}), and downloading from uri is not supported yet",
-                        file.display()
-                    )
-                } else {
-                    format!("program '{name}': cannot read '{}': {e}", file.display())
-                };
+                let msg = e.to_string();
                 errors.push(msg.clone());
                 rt.add_failed(name, msg);
             }
@@ -165,6 +193,11 @@ const METRIC_HELP: &[(&str, &str, &str)] = &[
         "Host memory held by the program's frozen image",
     ),
     ("live_updates", "counter", "Successful live updates"),
+    (
+        "binary_size",
+        "gauge",
+        "Size of the program binary in bytes",
+    ),
 ];
 
 impl StatsAdmin {
@@ -178,7 +211,6 @@ impl StatsAdmin {
         for (name, p) in self.runtime.programs() {
             let mut o = serde_json::Map::new();
             o.insert("status".into(), p.status().into());
-            o.insert("binary_size".into(), p.settings().vm.binary.len().into());
             o.insert("concurrency".into(), p.settings().concurrency.into());
             o.insert("origin".into(), p.settings().origin.into());
             if let Some((vms, ms)) = p.ready_info() {
