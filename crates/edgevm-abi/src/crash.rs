@@ -99,17 +99,22 @@ pub fn decode_exception(
     layout: &Layout,
 ) -> Result<CrashReport, KvmError> {
     let rsp = cpu.regs().rsp;
-    let vector = mem.read_u64(rsp).unwrap_or(255) as u8;
+    let rd = |a: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        mem.read_raw(a, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let vector = rd(rsp).unwrap_or(255) as u8;
     let mut frame = rsp + 8;
     let error_code = if has_error_code(vector) {
-        let e = mem.read_u64(frame).ok();
+        let e = rd(frame);
         frame += 8;
         e
     } else {
         None
     };
-    let rip = mem.read_u64(frame).unwrap_or(0);
-    let user_rsp = mem.read_u64(frame + 24).unwrap_or(0);
+    let rip = rd(frame).unwrap_or(0);
+    let user_rsp = rd(frame + 24).unwrap_or(0);
     let cr2 = if vector == 14 {
         Some(cpu.sregs()?.cr2)
     } else {

@@ -73,6 +73,11 @@ pub const EXCEPTION_PORT: u16 = 0xE1;
 /// Port of `kvm_api.h` hypercalls: `mov $NUM,%eax; out %eax,$0` (same as the reference).
 pub const API_PORT: u16 = 0;
 
+/// Guest-physical ranges a program may never pass as a pointer: everything below the I/O area
+/// (GDT, TSS, IDT, stubs, exception stack, page tables) and the page directories. The host
+/// refuses them with EFAULT / a request error, as Linux refuses kernel addresses.
+pub const PROTECTED: [(u64, u64); 2] = [(0, IO_AREA), (PD_BASE, USER_BASE)];
+
 /// Where things are for one program's address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {

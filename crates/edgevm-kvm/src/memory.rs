@@ -49,6 +49,9 @@ pub struct GuestMemory {
     /// request data). KVM's dirty log does not see host writes.
     host_dirty: PageBitmap,
     track_host_writes: bool,
+    /// Ranges the guest program may not name in a pointer (its supervisor structures): the
+    /// checked accessors refuse them like out-of-bounds addresses; `*_raw` bypass the check.
+    protected: Vec<(u64, u64)>,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (private) or shares it with other mappings of
@@ -117,6 +120,7 @@ impl GuestMemory {
             shared_from: size,
             host_dirty: vec![0; bitmap_words(size)],
             track_host_writes: false,
+            protected: Vec::new(),
         })
     }
 
@@ -139,6 +143,7 @@ impl GuestMemory {
             shared_from,
             host_dirty: vec![0; bitmap_words(self.size)],
             track_host_writes: true,
+            protected: self.protected.clone(),
         };
         if shared_from < self.size {
             // SAFETY: shared_from < size, so the address is inside the mapping just made.
@@ -174,7 +179,12 @@ impl GuestMemory {
         self.track_host_writes = on;
     }
 
-    fn range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
+    /// Refuse guest pointers into these ranges from now on (and in views forked later).
+    pub fn set_protected(&mut self, ranges: Vec<(u64, u64)>) {
+        self.protected = ranges;
+    }
+
+    fn raw_range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
         let end = addr.checked_add(len as u64);
         match end {
             Some(end) if end <= self.size as u64 => Ok(addr as usize),
@@ -183,6 +193,39 @@ impl GuestMemory {
                 len: len as u64,
             }),
         }
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
+        let off = self.raw_range(addr, len)?;
+        let end = addr + len as u64;
+        if self
+            .protected
+            .iter()
+            .any(|&(lo, hi)| addr < hi && end > lo && (len > 0 || addr >= lo))
+        {
+            return Err(MemError::OutOfBounds {
+                addr,
+                len: len as u64,
+            });
+        }
+        Ok(off)
+    }
+
+    /// Read without the protected-range check (host-internal structures).
+    pub fn read_raw(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
+        let off = self.raw_range(addr, out.len())?;
+        // SAFETY: off..off+len is inside the mapping (checked); see `read`.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Write without the protected-range check (host-internal structures).
+    pub fn write_raw(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        let off = self.raw_range(addr, data.len())?;
+        // SAFETY: bounds checked above; see `read`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        self.mark_host_dirty(off, data.len());
+        Ok(())
     }
 
     /// Is `addr..addr+len` inside guest memory?
@@ -428,6 +471,20 @@ mod tests {
         assert_eq!(m.read_cstr((2 << 20) - 3, 10).unwrap(), b"ab");
         m.write((2 << 20) - 2, b"ab").unwrap();
         assert!(m.read_cstr((2 << 20) - 2, 10).is_err());
+    }
+
+    #[test]
+    fn protected_ranges_refuse_guest_pointers() {
+        let mut m = GuestMemory::new_shared(2 << 20).unwrap();
+        m.set_protected(vec![(0, 0x2000)]);
+        assert!(m.write(0x1ff0, &[0; 32]).is_err());
+        assert!(m.read_u64(0x100).is_err());
+        assert!(m.write(0x2000, b"ok").is_ok());
+        m.write_raw(0x100, b"sys").unwrap();
+        let mut b = [0u8; 3];
+        m.read_raw(0x100, &mut b).unwrap();
+        assert_eq!(&b, b"sys");
+        assert!(m.read_cstr(0x100, 10).is_err());
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
         let _ = vm
             .machine
             .mem
-            .write(layout::FXSAVE_AREA, &crate::vm::fxsave_image(&fpu));
+            .write_raw(layout::FXSAVE_AREA, &crate::vm::fxsave_image(&fpu));
     }
     while let Ok(call) = rx.recv() {
         let r = if !allowed.is_empty() && !allowed.contains(&call.func) {

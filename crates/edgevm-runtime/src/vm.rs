@@ -80,9 +80,15 @@ impl VmOptions {
     /// supervisor area and shared memory, rounded up to 2 MiB.
     pub fn memory_size(&self) -> u64 {
         const MB2: u64 = 2 << 20;
-        let need =
-            self.max_memory + self.shared_memory + layout::USER_BASE + layout::INPUT_AREA_SIZE;
-        self.address_space.max(need).div_ceil(MB2) * MB2
+        let need = self
+            .max_memory
+            .saturating_add(self.shared_memory)
+            .saturating_add(layout::USER_BASE + layout::INPUT_AREA_SIZE);
+        // Oversized values saturate here and are refused by Layout::new with a clear error.
+        self.address_space
+            .max(need)
+            .div_ceil(MB2)
+            .saturating_mul(MB2)
     }
 }
 
@@ -304,6 +310,7 @@ impl MainVm {
         let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
         let mut mem = GuestMemory::new_shared(size as usize)?;
         cpu::write_system_tables(&mut mem, &layout)?;
+        mem.set_protected(layout::PROTECTED.to_vec());
         let elf = elf::load(&opts.binary, &mut mem, &layout)?;
         let mut argv = vec![opts.name.clone()];
         argv.extend(opts.arguments.iter().cloned());
@@ -362,7 +369,7 @@ impl MainVm {
         let fpu = self.machine.cpu.fpu()?;
         self.machine
             .mem
-            .write(layout::FXSAVE_AREA, &fxsave_image(&fpu))?;
+            .write_raw(layout::FXSAVE_AREA, &fxsave_image(&fpu))?;
         let regs = *self.machine.cpu.regs();
         let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
         let MainVm {

@@ -212,13 +212,22 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         }
         o.environment.push(e.clone());
     }
-    o.max_memory = a.max_memory.map(|m| m << 20).unwrap_or(pc.max_memory);
-    o.address_space = a.address_space.map(|m| m << 20).unwrap_or(pc.address_space);
+    let mb = |what: &str, v: Option<u64>, default: u64| -> Result<u64> {
+        match v {
+            None => Ok(default),
+            Some(0) => bail!("--{what} must be at least 1 MB"),
+            Some(m) if m > 256 << 10 => bail!("--{what} {m} MB is above the 256 GB maximum"),
+            Some(m) => Ok(m << 20),
+        }
+    };
+    o.max_memory = mb("max-memory", a.max_memory, pc.max_memory)?;
+    o.address_space = mb("address-space", a.address_space, pc.address_space)?;
     o.shared_memory = pc.shared_memory;
-    o.max_boot_time = a
-        .max_boot_time
-        .map(Duration::from_secs_f64)
-        .unwrap_or(pc.max_boot_time);
+    o.max_boot_time = match a.max_boot_time {
+        None => pc.max_boot_time,
+        Some(s) if s > 0.0 && s <= 86400.0 => Duration::from_secs_f64(s),
+        Some(s) => bail!("--max-boot-time must be between 0 and 86400 seconds, got {s}"),
+    };
     o.verbose = a.verbose || pc.verbose;
     o.verbose_syscalls = a.verbose_syscalls || pc.verbose_syscalls;
     o.raw_output = a.raw;
