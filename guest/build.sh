@@ -12,6 +12,7 @@
 #     args_env, syscalls, syscalls_musl, crash_null, crash_gp, crash_ud,
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
 #     serve_state, serve_api   request-handler probes for the serve tests
+#     live_state       storage counter carried across live updates
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #   examples (guest/examples):
@@ -104,6 +105,7 @@ build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$O
 for prog in serve_state serve_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 

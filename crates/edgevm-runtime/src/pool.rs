@@ -130,6 +130,8 @@ pub struct Stats {
     pub live_updates: AtomicU64,
     /// Size of the request program's binary.
     pub binary_size: AtomicU64,
+    /// Bytes of storage state carried across live updates.
+    pub live_update_transfer_bytes: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] for reporting.
@@ -158,6 +160,10 @@ impl Stats {
             ("memory_image_bytes", l(&self.memory_image_bytes)),
             ("live_updates", l(&self.live_updates)),
             ("binary_size", l(&self.binary_size)),
+            (
+                "live_update_transfer_bytes",
+                l(&self.live_update_transfer_bytes),
+            ),
         ])
     }
 }
@@ -187,6 +193,8 @@ pub struct Program {
     rx: Receiver<Job>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The storage VM, once booted.
+    storage: Mutex<Option<StorageHandle>>,
 }
 
 impl Program {
@@ -206,6 +214,7 @@ impl Program {
             tx: Mutex::new(Some(tx)),
             rx,
             stats,
+            storage: Mutex::new(None),
         })
     }
 
@@ -312,6 +321,7 @@ impl Program {
         } else {
             None
         };
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
         self.stats
             .binary_size
             .store(settings.vm.binary.len() as u64, Ordering::Relaxed);
@@ -743,6 +753,34 @@ impl Runtime {
                     "the new program for '{name}' failed to start: {e}"
                 )))
             }
+        }
+        // Carry the storage state across: the old storage VM's on_live_update() hands it out,
+        // the new one's on_live_restore() takes it in.
+        let old_st = old
+            .storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let new_st = new
+            .storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some(o), Some(n)) = (old_st, new_st) {
+            let state = o.live_update_state().map_err(|e| {
+                new.retire();
+                UpdateError::Refused(format!("on_live_update of the old program failed: {e}"))
+            })?;
+            let bytes = state.len();
+            if !state.is_empty() {
+                n.live_restore(state).map_err(|e| {
+                    new.retire();
+                    UpdateError::Refused(format!("on_live_restore of the new program failed: {e}"))
+                })?;
+            }
+            old.stats
+                .live_update_transfer_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
         }
         let ms = new.ready_info().map(|r| r.1).unwrap_or(0.0);
         self.updated

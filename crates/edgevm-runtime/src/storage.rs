@@ -27,7 +27,20 @@ pub const MAX_BUFFERS: u64 = 64;
 /// Most input bytes per call (copied onto the storage VM's 4 MiB stack).
 pub const MAX_INPUT: usize = 2 << 20;
 
+/// What a queued call does.
+enum Kind {
+    /// storage_callv from a request.
+    Func,
+    /// Live update, old program: call its on_live_update(); its storage_return data is the
+    /// state to carry over (empty without a callback).
+    LiveUpdate,
+    /// Live update, new program: call on_live_restore(len); its storage_return(dst, len) names
+    /// where the carried state goes.
+    LiveRestore(Vec<u8>),
+}
+
 struct Call {
+    kind: Kind,
     func: u64,
     inputs: Vec<Vec<u8>>,
     dstlen: u64,
@@ -48,6 +61,7 @@ impl StorageHandle {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Call {
+                kind: Kind::Func,
                 func,
                 inputs,
                 dstlen,
@@ -60,6 +74,35 @@ impl StorageHandle {
             Ok(r) => r,
             Err(_) => Err("storage call timed out waiting for the storage VM".into()),
         }
+    }
+}
+
+impl StorageHandle {
+    fn special(&self, kind: Kind) -> Result<Vec<u8>, String> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Call {
+                kind,
+                func: 0,
+                inputs: Vec::new(),
+                dstlen: u64::MAX,
+                reply,
+            })
+            .map_err(|_| "the storage VM is gone".to_string())?;
+        rx.recv_timeout(self.timeout)
+            .map_err(|_| "timed out waiting for the storage VM".to_string())?
+    }
+
+    /// Live update, old program: the state its on_live_update() hands over (empty if it has
+    /// no such callback).
+    pub fn live_update_state(&self) -> Result<Vec<u8>, String> {
+        self.special(Kind::LiveUpdate)
+    }
+
+    /// Live update, new program: give `state` to its on_live_restore(). Returns false when the
+    /// program has no such callback.
+    pub fn live_restore(&self, state: Vec<u8>) -> Result<(), String> {
+        self.special(Kind::LiveRestore(state)).map(|_| ())
     }
 }
 
@@ -114,7 +157,25 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
             .mem
             .write_raw(layout::FXSAVE_AREA, &crate::vm::fxsave_image(&fpu));
     }
-    while let Ok(call) = rx.recv() {
+    while let Ok(mut call) = rx.recv() {
+        match &call.kind {
+            Kind::Func => {}
+            Kind::LiveUpdate | Kind::LiveRestore(_) => {
+                let h = vm.handlers;
+                let (f, budget2) = match call.kind {
+                    Kind::LiveUpdate => (h.on_live_update, budget),
+                    _ => (h.on_live_restore, Duration::from_secs(2)),
+                };
+                if f == 0 {
+                    let _ = call.reply.send(Ok(Vec::new()));
+                    continue;
+                }
+                call.func = f;
+                let r = run_call(&mut vm, base_rsp, fs, budget2, &call);
+                let _ = call.reply.send(r.map(|d| d.unwrap_or_default()));
+                continue;
+            }
+        }
         let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
             Err(format!(
                 "storage function {:#x} is not allowed (not in the program's STORAGE_ALLOW list)",
@@ -175,9 +236,15 @@ fn run_call(
         r.rsp = (bufs - 256) & !15;
         r.rflags = 0x202;
         r.rax = call.func;
-        r.rdi = call.inputs.len() as u64;
-        r.rsi = bufs;
-        r.rdx = call.dstlen;
+        match &call.kind {
+            Kind::Func => {
+                r.rdi = call.inputs.len() as u64;
+                r.rsi = bufs;
+                r.rdx = call.dstlen;
+            }
+            Kind::LiveUpdate => {}
+            Kind::LiveRestore(state) => r.rdi = state.len() as u64,
+        }
     }
     vm.start_deadline(budget, "storage call (max_storage_time)")
         .map_err(|e| e.to_string())?;
@@ -202,6 +269,18 @@ fn run_call(
                 };
                 if result.is_some() {
                     break Err("storage_return called twice".into());
+                }
+                if let Kind::LiveRestore(state) = &call.kind {
+                    // on_live_restore names the destination: copy the carried state there.
+                    let n = (l as usize).min(state.len());
+                    if let Err(e) = vm.machine.mem.write(p, &state[..n]) {
+                        break Err(format!(
+                            "bad destination passed to storage_return in on_live_restore: {e}"
+                        ));
+                    }
+                    result = Some(Vec::new());
+                    vm.machine.cpu.regs_mut().rax = 0;
+                    continue;
                 }
                 let l = l.min(64 << 20);
                 let data = if p == 0 || l == 0 {
