@@ -7,14 +7,25 @@ use edgevm_config::{Config, ProgramConfig};
 use edgevm_runtime::pool::{
     LoadedBinary, Loader, ProgramSettings, Runtime, UpdateError, WarmupSettings,
 };
-
-/// Budget for downloading one program.
-pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 use edgevm_runtime::request_vm::RequestSettings;
 use edgevm_runtime::vm::VmOptions;
 use edgevm_runtime::GuestResponse;
 
 use crate::http::{AdminHandler, AdminRequest};
+
+/// Default budget for downloading one program.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The download budget: [`FETCH_TIMEOUT`], or `EDGEVM_FETCH_TIMEOUT_MS` (milliseconds, > 0)
+/// when set — the tests use it to exercise a stalled server in bounded time.
+pub fn fetch_timeout() -> std::time::Duration {
+    std::env::var("EDGEVM_FETCH_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(FETCH_TIMEOUT)
+}
 
 /// Settings for one program whose binary is `bytes`.
 pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
@@ -65,6 +76,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
 pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
     let mut rt = Runtime::new();
     let mut errors = Vec::new();
+    let timeout = fetch_timeout();
     for (name, p) in &cfg.programs {
         let p = match p {
             Ok(p) => p,
@@ -80,7 +92,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
             let mut settings = program_settings(p, Vec::new());
             let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
             settings.loader = Some(Loader(Arc::new(move || {
-                let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), FETCH_TIMEOUT)
+                let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), timeout)
                     .map_err(|e| e.to_string())?;
                 for note in &f.notes {
                     tracing::warn!("{n}: {note}");
@@ -108,7 +120,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
             rt.add_failed(name, msg);
             continue;
         };
-        match crate::fetch::obtain(name, None, Some(file), FETCH_TIMEOUT) {
+        match crate::fetch::obtain(name, None, Some(file), timeout) {
             Ok(f) => {
                 let mut settings = program_settings(p, f.request);
                 settings.storage_binary = f.storage.map(Arc::new);

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod common;
+mod config_delivery;
 mod run_cmd;
 mod run_limits;
 mod serve;

@@ -1,0 +1,1207 @@
+//! Issue 4, end to end: configuration files as users write them (`edgevm check`, layering,
+//! errors), program delivery from a `uri` (download, If-Modified-Since/304, cache fallbacks,
+//! archives with a storage entry, `file://`), `start`, `warmup`, live update and the
+//! statistics endpoints — against the real `edgevm serve` binary and real KVM guests.
+//!
+//! Downloads come from [`Origin`], a tiny HTTP/1.1 file server on a `std::net::TcpListener`
+//! inside the test process, which records every request and whether it carried
+//! `If-Modified-Since`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use crate::common::*;
+
+// ------------------------------------------------------------------------------------------
+// Origin: the HTTP server programs are downloaded from
+// ------------------------------------------------------------------------------------------
+
+/// How the origin answers for one path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// 200 with `Last-Modified`, even when the request has `If-Modified-Since`.
+    Fresh,
+    /// 304 when the request has `If-Modified-Since`, else 200 with `Last-Modified`.
+    Cacheable,
+    /// 404.
+    NotFound,
+    /// Reads the request, then says nothing for 5 s (bounded) and closes.
+    Slow,
+}
+
+/// `Last-Modified` of every 200 (21 Oct 2015 07:28:00 UTC).
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+const LAST_MODIFIED_UNIX: u64 = 1_445_412_480;
+
+#[derive(Default)]
+struct OriginState {
+    files: HashMap<String, (Mode, Vec<u8>)>,
+    /// (path, If-Modified-Since value) of every request, in order.
+    seen: Vec<(String, Option<String>)>,
+}
+
+struct Origin {
+    port: u16,
+    state: Arc<Mutex<OriginState>>,
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(OriginState::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || origin_answer(conn, &st));
+            }
+        });
+        Origin { port, state }
+    }
+
+    fn serve(&self, path: &str, mode: Mode, body: Vec<u8>) {
+        let mut s = self.state.lock().unwrap();
+        s.files.insert(path.to_owned(), (mode, body));
+    }
+
+    fn set_mode(&self, path: &str, mode: Mode) {
+        let mut s = self.state.lock().unwrap();
+        s.files.get_mut(path).expect("served path").0 = mode;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The If-Modified-Since values of the requests for `path`, in order.
+    fn requests(&self, path: &str) -> Vec<Option<String>> {
+        let s = self.state.lock().unwrap();
+        s.seen
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, ims)| ims.clone())
+            .collect()
+    }
+}
+
+fn origin_answer(conn: TcpStream, state: &Mutex<OriginState>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let mut ims = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("if-modified-since") {
+                ims = Some(v.trim().to_owned());
+            }
+        }
+    }
+    let entry = {
+        let mut s = state.lock().unwrap();
+        s.seen.push((path.clone(), ims.clone()));
+        s.files.get(&path).cloned()
+    };
+    let mut conn = conn;
+    let (status, body) = match entry {
+        None | Some((Mode::NotFound, _)) => ("404 Not Found", b"not here\n".to_vec()),
+        Some((Mode::Slow, _)) => {
+            std::thread::sleep(Duration::from_secs(5));
+            return;
+        }
+        Some((Mode::Cacheable, _)) if ims.is_some() => ("304 Not Modified", Vec::new()),
+        Some((_, body)) => ("200 OK", body),
+    };
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    if status.starts_with("200") {
+        head.push_str(&format!("Last-Modified: {LAST_MODIFIED}\r\n"));
+        head.push_str("Content-Type: application/octet-stream\r\n");
+    }
+    if !status.starts_with("304") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(&body);
+}
+
+/// A port nothing listens on (connection refused).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ------------------------------------------------------------------------------------------
+// edgevm serve
+// ------------------------------------------------------------------------------------------
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running `edgevm serve`, its output in `<dir>/server-N.log`.
+struct Serve {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// `edgevm serve --config C...` with extra environment variables; waits until it accepts
+    /// connections.
+    fn start(dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Serve {
+        let mut n = 0;
+        let log = loop {
+            let p = dir.join(format!("server-{n}.log"));
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
+        for attempt in 0..3 {
+            let port = dead_port();
+            let mut cmd = edgevm();
+            cmd.arg("serve");
+            for c in configs {
+                cmd.arg("--config").arg(c);
+            }
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .env("EDGEVM_LOG", "info")
+                .env("NO_COLOR", "1")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null());
+            let f = std::fs::File::create(&log).unwrap();
+            cmd.stdout(f.try_clone().unwrap()).stderr(f);
+            let mut s = Serve {
+                child: Some(cmd.spawn().expect("spawn edgevm serve")),
+                port,
+                log: log.clone(),
+            };
+            let t0 = Instant::now();
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return s;
+                }
+                if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                    s.child = None;
+                    let text = s.log();
+                    if text.contains("in use") && attempt < 2 {
+                        break;
+                    }
+                    panic!("edgevm serve exited early ({st}):\n{text}");
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "edgevm serve does not accept connections:\n{}",
+                    s.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        unreachable!()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle` (at most `limit`).
+    fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no {needle:?} in the log after {limit:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for the "Program 'NAME' is loaded" line of each of `names`. The line comes when
+    /// every request VM exists, which can be after the first request was answered.
+    fn wait_loaded(&self, names: &[&str]) {
+        for n in names {
+            self.wait_log(
+                &format!("Program '{n}' is loaded ("),
+                Duration::from_secs(10),
+            );
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        http(self.port, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], b"")
+    }
+
+    /// GET that must answer 200; the body.
+    fn ok(&self, path: &str) -> String {
+        let r = self.get(path);
+        assert_eq!(
+            r.status,
+            200,
+            "GET {path}: {}\nlog:\n{}",
+            r.text(),
+            self.log()
+        );
+        r.text()
+    }
+
+    /// GET that must answer 503 naming `program`; the body.
+    fn unavailable(&self, path: &str, program: &str) -> String {
+        let r = self.get(path);
+        let t = r.text();
+        assert_eq!(r.status, 503, "GET {path}: {t}\nlog:\n{}", self.log());
+        assert!(
+            t.contains(&format!("'{program}'")),
+            "the 503 of {path} does not name program '{program}': {t}"
+        );
+        t
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let r = self.get("/_edgevm/stats");
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("stats are not JSON ({e}):\n{}", r.text()))
+    }
+
+    /// SIGTERM, a clean exit within 5 s; the log.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let log = self.log();
+                assert_eq!(st.code(), Some(0), "edgevm serve exited with {st}:\n{log}");
+                assert!(!log.contains("panicked"), "edgevm panicked:\n{log}");
+                return log;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("edgevm serve ignored SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to edgevm serve");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no header end in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut body = Vec::new();
+        let mut at = 0;
+        while let Some(nl) = rest[at..].windows(2).position(|w| w == b"\r\n") {
+            let size = String::from_utf8_lossy(&rest[at..at + nl]);
+            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+            at += nl + 2;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[at..at + size]);
+            at += size + 2;
+        }
+        rest = body;
+    }
+    Resp {
+        status,
+        headers,
+        body: rest,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+/// A JSON string literal.
+fn js(s: impl AsRef<str>) -> String {
+    format!("{:?}", s.as_ref())
+}
+
+fn jp(p: &Path) -> String {
+    js(p.to_str().unwrap())
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_owned()
+}
+
+fn bytes(guest_name: &str) -> Vec<u8> {
+    std::fs::read(guest(guest_name)).unwrap()
+}
+
+/// The effective settings `edgevm check` prints (the JSON after "effective settings:").
+fn effective(run: &Run) -> serde_json::Value {
+    let at = run
+        .stdout
+        .find("effective settings:")
+        .unwrap_or_else(|| panic!("no effective settings in:\n{}", run.all()));
+    let text = &run.stdout[at + "effective settings:".len()..];
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("effective settings are not JSON ({e}):\n{text}"))
+}
+
+/// The "Program 'NAME' is loaded (...)" line of the log.
+fn loaded_line(log: &str, name: &str) -> String {
+    let needle = format!("Program '{name}' is loaded (");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+    assert_eq!(lines.len(), 1, "expected one {needle:?} line:\n{log}");
+    lines[0].to_owned()
+}
+
+/// A tar archive of `entries` (name, bytes).
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(LAST_MODIFIED_UNIX);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn mtime_unix(p: &Path) -> u64 {
+    std::fs::metadata(p)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. A configuration written like real ones; check; layering
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn check_prints_effective_settings_of_a_real_world_config() {
+    let dir = scratch("cd-check-real");
+    let g = |n: &str| jp(&guest(n));
+    let main = write(
+        &dir.join("compute.json"),
+        &format!(
+            r#"// Compute programs of the edge fleet.
+{{
+	/* Settings shared by the compute programs. */
+	"compute": {{
+		"concurrency": 4,
+		"max_boot_time": 8.0,
+		"max_request_time": 6.0,
+		"max_memory": 64,
+		"max_request_memory": 48,
+		"req_mem_limit_after_reset": 16 /* Mbytes */
+	}},
+	// Small, quick programs.
+	"small": {{
+		"concurrency": 2,
+		"max_memory": 32, // MB
+		"max_request_time": 2.5
+	}},
+	"hello": {{
+		"group": "compute",
+		"filename": {hello},
+		"concurrency": 1 // the group says 4
+	}},
+	"echo": {{ "group": "compute", "filename": {echo} }},
+	"headers": {{
+		"group": "compute",
+		"filename": {headers},
+		"environment": ["MODE=strict"]
+	}},
+	"rust": {{ "group": "small", "filename": {rust} }},
+	/* Shared-memory counter. */
+	"scounter": {{
+		"group": "small",
+		"filename": {scounter},
+		"shared_memory": 2
+	}},
+	"counter": {{
+		"group": "compute",
+		"filename": {counter},
+		"storage": true
+	}},
+	// No group: the built-in group "test".
+	"plain": {{ "filename": {wait}, "max_memory": 64 }}
+}}
+"#,
+            hello = g("example_hello"),
+            echo = g("example_echo"),
+            headers = g("example_headers"),
+            rust = g("rust_hello_http"),
+            scounter = g("example_scounter"),
+            counter = g("example_counter"),
+            wait = g("wait"),
+        ),
+    );
+    let m = main.to_str().unwrap();
+    let run = edgevm_run(&["check", "--config", m]);
+    assert_eq!(run.code(), Some(0), "{}", run.all());
+    assert!(!run.all().contains("error"), "{}", run.all());
+    let eff = effective(&run);
+    let names = [
+        "hello", "echo", "headers", "rust", "scounter", "counter", "plain",
+    ];
+    for n in names {
+        assert!(
+            eff.get(n).is_some(),
+            "no effective settings for {n}:\n{eff:#}"
+        );
+    }
+    let get = |n: &str, k: &str| eff[n][k].clone();
+    // Group values, a program override of a group value, the default group.
+    assert_eq!(get("hello", "group"), "compute");
+    assert_eq!(get("hello", "concurrency"), 1);
+    assert_eq!(get("echo", "concurrency"), 4);
+    assert_eq!(get("echo", "max_request_time"), 6.0);
+    assert_eq!(get("echo", "max_boot_time"), 8.0);
+    assert_eq!(get("echo", "max_request_memory"), 48);
+    assert_eq!(get("echo", "limit_workmem_after_req"), 16);
+    assert_eq!(
+        get("headers", "environment"),
+        serde_json::json!(["MODE=strict"])
+    );
+    assert_eq!(get("rust", "group"), "small");
+    assert_eq!(get("rust", "max_memory"), 32);
+    assert_eq!(get("rust", "max_request_time"), 2.5);
+    assert_eq!(get("scounter", "shared_memory"), 2);
+    assert_eq!(get("counter", "storage"), true);
+    assert_eq!(get("plain", "group"), "test");
+    assert_eq!(get("plain", "concurrency"), 2, "default concurrency");
+    assert_eq!(get("plain", "max_request_time"), 8.0, "default");
+    assert_eq!(get("plain", "max_boot_time"), 16.0, "default");
+
+    // A second file overrides the concurrency of one program, nothing else.
+    let over = write(
+        &dir.join("override.json"),
+        "{\n  // production tuning\n  \"echo\": { \"concurrency\": 7 }\n}\n",
+    );
+    let o = over.to_str().unwrap();
+    let run2 = edgevm_run(&["check", "--config", m, "--config", o]);
+    assert_eq!(run2.code(), Some(0), "{}", run2.all());
+    let eff2 = effective(&run2);
+    assert_eq!(eff2["echo"]["concurrency"], 7, "{eff2:#}");
+    assert_eq!(eff2["echo"]["group"], "compute");
+    assert_eq!(eff2["echo"]["max_request_time"], 6.0);
+    for n in names.iter().filter(|n| **n != "echo") {
+        assert_eq!(eff2[n], eff[n], "{n} changed by an override of echo");
+    }
+
+    // A later file cannot move a program to another group.
+    let regroup = write(
+        &dir.join("regroup.json"),
+        "{ \"hello\": { \"group\": \"small\" } }\n",
+    );
+    let run3 = edgevm_run(&[
+        "check",
+        "--config",
+        m,
+        "--config",
+        regroup.to_str().unwrap(),
+    ]);
+    assert_eq!(run3.code(), Some(1), "{}", run3.all());
+    let err = run3
+        .all()
+        .lines()
+        .find(|l| l.contains("error") && l.contains("group"))
+        .unwrap_or_else(|| panic!("no group error:\n{}", run3.all()))
+        .to_owned();
+    assert!(
+        err.contains("'hello'") && err.contains("cannot be changed"),
+        "{err}"
+    );
+
+    // The same file really serves (a few programs; boots are lazy).
+    let s = Serve::start(&dir, &[&main, &over], &[]);
+    assert_eq!(s.ok("/hello"), "Hello World!");
+    assert_eq!(s.ok("/plain"), "Hello");
+    let st = s.stats();
+    assert_eq!(st["programs"]["echo"]["concurrency"], 7, "{st:#}");
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Bad configurations
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn trailing_comma_is_an_error_with_line_and_column() {
+    let dir = scratch("cd-trailing-comma");
+    let line2 = format!("  \"a\": {{ \"filename\": {}, }},", jp(&guest("wait")));
+    let text = format!("{{\n{line2}\n  \"b\": {{ \"filename\": \"/x\" }}\n}}\n");
+    let f = write(&dir.join("comma.json"), &text);
+    // The line ends with `..., },`: the trailing comma is the one before ` }` (1-based columns).
+    let brace_col = line2.rfind('}').unwrap() + 1;
+    let comma_col = line2[..brace_col - 1].rfind(',').unwrap() + 1;
+    for cmd in ["check", "serve"] {
+        let run = edgevm_run(&[cmd, "--config", f.to_str().unwrap()]);
+        assert_eq!(run.code(), Some(1), "{cmd}: {}", run.all());
+        let all = run.all();
+        assert!(all.contains("trailing comma"), "{cmd}: {all}");
+        let at = [comma_col, brace_col]
+            .iter()
+            .any(|c| all.contains(&format!("comma.json:2:{c}")));
+        assert!(
+            at,
+            "{cmd}: expected comma.json:2:{comma_col} (or :{brace_col}): {all}"
+        );
+    }
+}
+
+/// (program, its settings, what its error must mention)
+const BAD: &[(&str, &str, &[&str])] = &[
+    (
+        "wrongtype",
+        r#""concurrency": "four""#,
+        &["'concurrency'", "number"],
+    ),
+    (
+        "negative",
+        r#""max_request_time": -1"#,
+        &["'max_request_time'", "negative"],
+    ),
+    (
+        "toomany",
+        r#""concurrency": 300"#,
+        &["'concurrency'", "300"],
+    ),
+    ("odd", r#""max_memory": 3"#, &["'max_memory'", "2 MB"]),
+    ("nogroup", r#""group": "nosuch""#, &["nosuch", "group"]),
+    (
+        "huge",
+        r#""hugepages": true"#,
+        &["'hugepages'", "not supported yet"],
+    ),
+];
+
+fn bad_config(dir: &Path) -> PathBuf {
+    let wait = jp(&guest("wait"));
+    let mut progs: Vec<String> = BAD
+        .iter()
+        .map(|(n, kv, _)| format!("  {}: {{ \"filename\": {wait}, {kv} }}", js(n)))
+        .collect();
+    progs.push(format!(
+        "  \"unk\": {{ \"filename\": {wait}, \"colour\": \"blue\" }}"
+    ));
+    progs.push(format!("  \"good\": {{ \"filename\": {wait} }}"));
+    write(
+        &dir.join("bad.json"),
+        &format!(
+            "{{\n  \"g\": {{ \"concurrency\": 2 }},\n{}\n}}\n",
+            progs.join(",\n")
+        ),
+    )
+}
+
+#[test]
+fn bad_values_are_clear_errors_and_the_good_program_serves() {
+    let dir = scratch("cd-bad-values");
+    let cfg = bad_config(&dir);
+    let run = edgevm_run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(1), "{}", run.all());
+    let all = run.all();
+    for (name, _, words) in BAD {
+        let line = all
+            .lines()
+            .find(|l| l.contains("error") && l.contains(&format!("'{name}'")))
+            .unwrap_or_else(|| panic!("no error naming program '{name}':\n{all}"));
+        for w in *words {
+            assert!(line.contains(w), "error of '{name}' lacks {w:?}: {line}");
+        }
+    }
+    let warn = "Unknown configuration key for 'unk': colour";
+    assert!(all.contains(warn), "{all}");
+    assert!(
+        !all.lines()
+            .any(|l| l.contains("error") && (l.contains("'good'") || l.contains("'unk'"))),
+        "{all}"
+    );
+
+    // Serving: the good programs answer, each bad one answers 503 with its reason.
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    assert_eq!(s.ok("/good"), "Hello");
+    assert_eq!(s.ok("/unk"), "Hello", "an unknown key is only a warning");
+    for (name, _, words) in BAD {
+        let t = s.unavailable(&format!("/{name}"), name);
+        for w in *words {
+            assert!(t.contains(w), "503 of '{name}' lacks {w:?}: {t}");
+        }
+    }
+    assert_eq!(s.ok("/good/again"), "Hello");
+    let log = s.stop();
+    assert!(log.contains(warn), "{log}");
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Delivery from a uri
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn uri_download_304_and_cache_fallbacks() {
+    let dir = scratch("cd-uri-cache");
+    let cache = dir.join("cache");
+    let origin = Origin::start();
+    let hello = bytes("example_hello");
+    let wait = bytes("wait");
+    origin.serve("/p/a", Mode::Cacheable, hello.clone());
+    for p in ["/p/b", "/p/c", "/p/d"] {
+        origin.serve(p, Mode::Fresh, wait.clone());
+    }
+    // /p/none is not served: 404.
+    let config = |d_uri: &str| {
+        let prog = |name: &str, uri: &str| {
+            format!(
+                "  {}: {{ \"uri\": {}, \"filename\": {}, \"max_memory\": 64 }}",
+                js(name),
+                js(uri),
+                jp(&cache.join(name))
+            )
+        };
+        format!(
+            "{{\n{}\n}}\n",
+            [
+                prog("a", &origin.url("/p/a")),
+                prog("b", &origin.url("/p/b")),
+                prog("c", &origin.url("/p/c")),
+                prog("d", d_uri),
+                prog("none", &origin.url("/p/none")),
+                format!("  \"local\": {{ \"filename\": {} }}", jp(&guest("wait"))),
+            ]
+            .join(",\n")
+        )
+    };
+    let cfg1 = write(&dir.join("one.json"), &config(&origin.url("/p/d")));
+
+    // First start: nothing cached; every download is written to its filename.
+    let s = Serve::start(&dir, &[&cfg1], &[]);
+    // Concurrent first requests: one download, every request answered.
+    let port = s.port;
+    let firsts: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || http(port, "GET", "/a", &[], b"")))
+        .collect();
+    for h in firsts {
+        let r = h.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello World!"));
+    }
+    for p in ["b", "c", "d"] {
+        assert_eq!(s.ok(&format!("/{p}")), "Hello");
+    }
+    let t = s.unavailable("/none", "none");
+    assert!(t.contains("404") && t.contains("/p/none"), "{t}");
+    assert_eq!(s.ok("/local"), "Hello", "the rest keeps serving");
+    assert_eq!(s.ok("/a/again"), "Hello World!");
+    s.wait_loaded(&["a", "b", "c", "d"]);
+    let log = s.stop();
+    for p in ["a", "b", "c", "d"] {
+        let l = loaded_line(&log, p);
+        assert!(l.contains("(remote, not cached, "), "{l}");
+        assert!(l.contains("downloads="), "{l}");
+    }
+    assert_eq!(std::fs::read(cache.join("a")).unwrap(), hello);
+    assert_eq!(std::fs::read(cache.join("b")).unwrap(), wait);
+    assert_eq!(
+        mtime_unix(&cache.join("a")),
+        LAST_MODIFIED_UNIX,
+        "the cache file carries the server's Last-Modified"
+    );
+    assert!(!cache.join("none").exists());
+    assert_eq!(
+        origin.requests("/p/a"),
+        vec![None],
+        "one download for concurrent first requests"
+    );
+
+    // Second start: a gets 304, b 404, c a stalled server, d connection refused; all use
+    // their cached copy (b, c, d with a warning).
+    origin.set_mode("/p/b", Mode::NotFound);
+    origin.set_mode("/p/c", Mode::Slow);
+    let refused = format!("http://127.0.0.1:{}/p/d", dead_port());
+    let cfg2 = write(&dir.join("two.json"), &config(&refused));
+    let s = Serve::start(&dir, &[&cfg2], &[("EDGEVM_FETCH_TIMEOUT_MS", "700")]);
+    let t0 = Instant::now();
+    assert_eq!(s.ok("/a"), "Hello World!");
+    for p in ["b", "c", "d"] {
+        assert_eq!(s.ok(&format!("/{p}")), "Hello");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "EDGEVM_FETCH_TIMEOUT_MS=700 not honoured: {:?}",
+        t0.elapsed()
+    );
+    s.unavailable("/none", "none");
+    s.wait_loaded(&["a", "b", "c", "d"]);
+    let log = s.stop();
+    let ims = origin.requests("/p/a");
+    assert_eq!(ims.len(), 2, "{ims:?}");
+    assert_eq!(
+        ims[1].as_deref(),
+        Some(LAST_MODIFIED),
+        "the restart asks If-Modified-Since the cached file's time"
+    );
+    let l = loaded_line(&log, "a");
+    assert!(l.contains("(remote, cached, "), "{l}");
+    for (p, why) in [
+        ("b", "HTTP status 404"),
+        ("c", "timed out"),
+        ("d", "network error"),
+    ] {
+        let l = loaded_line(&log, p);
+        assert!(l.contains("(remote, cached, "), "{l}");
+        let warn = log
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains(&format!("{p}: using cached")))
+            .unwrap_or_else(|| panic!("no cache warning for {p}:\n{log}"));
+        assert!(warn.contains(why), "warning of {p} lacks {why:?}: {warn}");
+    }
+    assert_eq!(std::fs::read(cache.join("b")).unwrap(), wait, "cache kept");
+}
+
+#[test]
+fn archives_storage_entry_confusing_corrupt_and_file_uri() {
+    let dir = scratch("cd-archives");
+    let cache = dir.join("cache");
+    let origin = Origin::start();
+    let counter = bytes("example_counter");
+    let hello = bytes("example_hello");
+    origin.serve(
+        "/counter.tar.xz",
+        Mode::Fresh,
+        xz(&tar_of(&[
+            ("c/counter", &counter),
+            ("c/counter_storage", &counter),
+        ])),
+    );
+    origin.serve(
+        "/two.tar",
+        Mode::Fresh,
+        tar_of(&[("bin/one", &hello), ("bin/two", &hello)]),
+    );
+    let mut corrupt = xz(&tar_of(&[("hello", &hello)]));
+    let mid = corrupt.len() / 2;
+    corrupt.truncate(mid);
+    origin.serve("/corrupt.tar.xz", Mode::Fresh, corrupt);
+    let local_copy = dir.join("hello.bin");
+    std::fs::write(&local_copy, &hello).unwrap();
+    // An HTML page where a program should be; a cached program exists.
+    origin.serve(
+        "/index.html",
+        Mode::Fresh,
+        b"<html><body>moved</body></html>".to_vec(),
+    );
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("html"), &hello).unwrap();
+
+    let cfg = write(
+        &dir.join("archives.json"),
+        &format!(
+            r#"{{
+  "counter": {{ "uri": {}, "filename": {}, "storage": true, "max_memory": 64 }},
+  "two": {{ "uri": {}, "filename": {} }},
+  "corrupt": {{ "uri": {}, "filename": {} }},
+  "viafile": {{ "uri": {}, "filename": {} }},
+  "html": {{ "uri": {}, "filename": {} }}
+}}
+"#,
+            js(origin.url("/counter.tar.xz")),
+            jp(&cache.join("counter")),
+            js(origin.url("/two.tar")),
+            jp(&cache.join("two")),
+            js(origin.url("/corrupt.tar.xz")),
+            jp(&cache.join("corrupt")),
+            js(format!("file://{}", local_copy.display())),
+            jp(&cache.join("viafile")),
+            js(origin.url("/index.html")),
+            jp(&cache.join("html")),
+        ),
+    );
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    let mut last = None;
+    for _ in 0..4 {
+        let r = s.get("/counter");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+        assert_eq!(r.text(), "Hello Compute World!");
+        let n: i64 = r
+            .header("x-counter")
+            .unwrap_or_else(|| panic!("no X-Counter: {r:?}"))
+            .parse()
+            .unwrap();
+        if let Some(prev) = last {
+            assert_eq!(n, prev + 1, "the storage VM counts");
+        }
+        last = Some(n);
+    }
+    assert_eq!(std::fs::read(cache.join("counter")).unwrap(), counter);
+    assert_eq!(
+        std::fs::read(cache.join("counter_storage")).unwrap(),
+        counter,
+        "<filename>_storage"
+    );
+    let t = s.unavailable("/two", "two");
+    assert!(t.contains("Confusing archive"), "{t}");
+    assert!(t.contains("bin/one") && t.contains("bin/two"), "{t}");
+    assert!(!cache.join("two").exists());
+    let t = s.unavailable("/corrupt", "corrupt");
+    assert!(t.contains("corrupt"), "{t}");
+    assert!(!cache.join("corrupt").exists());
+    assert_eq!(s.ok("/viafile"), "Hello World!");
+    assert_eq!(std::fs::read(cache.join("viafile")).unwrap(), hello);
+    let t = s.unavailable("/html", "html");
+    assert!(t.contains("neither an ELF"), "{t}");
+    assert_eq!(
+        std::fs::read(cache.join("html")).unwrap(),
+        hello,
+        "a bad download does not replace the cache"
+    );
+    s.wait_loaded(&["counter", "viafile"]);
+    let log = s.stop();
+    assert!(
+        log.contains("counter: Found 'c/counter_storage'") && log.contains("storage program"),
+        "{log}"
+    );
+    assert!(loaded_line(&log, "counter").contains("(remote, not cached, "));
+    assert!(loaded_line(&log, "viafile").contains("(remote, "));
+
+    // Restart with a 304: request and storage programs both come from the cache.
+    origin.set_mode("/counter.tar.xz", Mode::Cacheable);
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    let mut last = None;
+    for _ in 0..3 {
+        let r = s.get("/counter");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+        let n: i64 = r.header("x-counter").unwrap().parse().unwrap();
+        if let Some(prev) = last {
+            assert_eq!(n, prev + 1, "the cached storage program counts");
+        }
+        last = Some(n);
+    }
+    s.wait_loaded(&["counter"]);
+    let log = s.stop();
+    assert!(
+        loaded_line(&log, "counter").contains("(remote, cached, "),
+        "{log}"
+    );
+    assert_eq!(
+        origin.requests("/counter.tar.xz")[1].as_deref(),
+        Some(LAST_MODIFIED)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. start
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn start_true_boots_at_server_start_and_default_is_lazy() {
+    let dir = scratch("cd-start");
+    let cfg = write(
+        &dir.join("start.json"),
+        &format!(
+            "{{\n  \"eager\": {{ \"filename\": {}, \"start\": true }},\n  \"lazy\": {{ \"filename\": {} }}\n}}\n",
+            jp(&guest("wait")),
+            jp(&guest("example_hello"))
+        ),
+    );
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    let log = s.wait_log("Program 'eager' is loaded (", Duration::from_secs(10));
+    let l = loaded_line(&log, "eager");
+    assert!(
+        l.contains("(local, ") && l.contains("vm=2 ephemeral") && l.contains("ready="),
+        "{l}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.log().contains("Program 'lazy' is loaded"),
+        "lazy booted before any request:\n{}",
+        s.log()
+    );
+    let st = s.stats();
+    assert_eq!(st["programs"]["eager"]["status"], "ready", "{st:#}");
+    assert_ne!(st["programs"]["lazy"]["status"], "ready", "{st:#}");
+    assert_eq!(s.ok("/lazy"), "Hello World!");
+    let log = s.wait_log("Program 'lazy' is loaded (", Duration::from_secs(5));
+    assert!(loaded_line(&log, "lazy").contains("(local, "), "{log}");
+    assert_eq!(s.ok("/eager"), "Hello");
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. warmup
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn warmup_requests_reach_the_main_vm_before_freezing() {
+    let dir = scratch("cd-warmup");
+    let cfg = write(
+        &dir.join("warmup.json"),
+        &format!(
+            r#"{{
+  "scounter": {{
+    "filename": {},
+    "shared_memory": 2,
+    "concurrency": 2,
+    "warmup": {{ "num_requests": 5, "url": "/scounter/warm", "headers": ["X-Warmup: 1"] }}
+  }}
+}}
+"#,
+            jp(&guest("example_scounter"))
+        ),
+    );
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    assert_eq!(s.ok("/scounter"), "Hello 5 World!");
+    assert_eq!(s.ok("/scounter"), "Hello 6 World!");
+    let st = s.stats();
+    assert_eq!(st["programs"]["scounter"]["requests"], 2, "{st:#}");
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. Live update
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn live_update_keys_failures_and_swap() {
+    let dir = scratch("cd-live-update");
+    let cfg = write(
+        &dir.join("update.json"),
+        &format!(
+            "{{\n  \"upd\": {{ \"filename\": {api}, \"key\": \"s3cret\", \"max_memory\": 64 }},\n  \"nokey\": {{ \"filename\": {hello} }}\n}}\n",
+            api = jp(&guest("serve_api")),
+            hello = jp(&guest("example_hello"))
+        ),
+    );
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    assert_eq!(s.ok("/nokey"), "Hello World!");
+    let wait = bytes("wait");
+    let post = |prog: &str, key: Option<&str>, body: &[u8]| {
+        let h: Vec<(&str, &str)> = key.map(|k| ("X-Edgevm-Key", k)).into_iter().collect();
+        s.req("POST", &format!("/_edgevm/update/{prog}"), &h, body)
+    };
+
+    let r = post("nokey", Some("s3cret"), &wait);
+    assert_eq!(r.status, 403, "no key configured: {}", r.text());
+    let r = post("upd", None, &wait);
+    assert_eq!(r.status, 403, "key missing: {}", r.text());
+    let r = post("upd", Some("wrong"), &wait);
+    assert_eq!(r.status, 403, "wrong key: {}", r.text());
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    assert_eq!(s.ok("/nokey"), "Hello World!");
+
+    // A new program that crashes in main: 400 with the reason, the old one keeps serving.
+    let r = post("upd", Some("s3cret"), &bytes("crash_null"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("'upd'") && r.text().contains("page fault"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    let r = post("upd", Some("s3cret"), b"this is not an ELF");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(s.ok("/upd/ok"), "ok");
+
+    // A good one while a request is in flight: the request finishes on the old program, the
+    // next one goes to the new.
+    let port = s.port;
+    let inflight = std::thread::spawn(move || http(port, "GET", "/upd/sleep?ms=1500", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = post("upd", Some("s3cret"), &wait);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s.ok("/upd/ok"),
+        "Hello",
+        "new requests go to the new program"
+    );
+    let old = inflight.join().unwrap();
+    assert_eq!((old.status, old.text().as_str()), (200, "slept 1500"));
+    let st = s.stats();
+    assert_eq!(st["programs"]["upd"]["live_updates"], 1, "{st:#}");
+    assert_eq!(st["programs"]["upd"]["binary_size"], wait.len(), "{st:#}");
+    assert_eq!(st["programs"]["nokey"]["live_updates"], 0, "{st:#}");
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. Statistics
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn stats_and_metrics_count_requests_statuses_timeouts_exceptions() {
+    let dir = scratch("cd-stats");
+    let cfg = write(
+        &dir.join("stats.json"),
+        &format!(
+            "{{\n  \"api\": {{ \"filename\": {}, \"max_request_time\": 1.0, \"max_memory\": 64 }},\n  \"idle\": {{ \"filename\": {} }}\n}}\n",
+            jp(&guest("serve_api")),
+            jp(&guest("wait"))
+        ),
+    );
+    let s = Serve::start(&dir, &[&cfg], &[]);
+    let plan: &[(&str, u16)] = &[
+        ("/api/ok", 200),
+        ("/api/ok", 200),
+        ("/api/status?n=201", 201),
+        ("/api/status?n=302", 302),
+        ("/api/status?n=404", 404),
+        ("/api/status?n=418", 418),
+        ("/api/status?n=503", 503),
+        ("/api/loop", 500),
+        ("/api/crash", 500),
+        ("/api/ok", 200),
+    ];
+    for (path, want) in plan {
+        let r = s.get(path);
+        assert_eq!(r.status, *want, "GET {path}: {}", r.text());
+    }
+    let st = s.stats();
+    let api = &st["programs"]["api"];
+    let n = |k: &str| {
+        api[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {k}: {st:#}"))
+    };
+    assert_eq!(api["status"], "ready");
+    assert_eq!(n("requests"), plan.len() as u64, "{st:#}");
+    assert_eq!(n("status_2xx"), 4, "{st:#}");
+    assert_eq!(n("status_3xx"), 1, "{st:#}");
+    assert_eq!(n("status_4xx"), 2, "{st:#}");
+    assert_eq!(n("status_5xx"), 3, "{st:#}");
+    assert_eq!(n("timeouts"), 1, "{st:#}");
+    assert_eq!(n("exceptions"), 1, "{st:#}");
+    assert!(n("full_resets") >= 2, "{st:#}");
+    assert!(n("exits") >= plan.len() as u64, "{st:#}");
+    assert!(
+        n("binary_size") > 0 && n("memory_image_bytes") > 0,
+        "{st:#}"
+    );
+    assert_eq!(n("vms"), 2, "{st:#}");
+    assert!(api["exits_per_request"].as_f64().unwrap() >= 1.0, "{st:#}");
+    assert!(api["ready_ms"].as_f64().unwrap() > 0.0, "{st:#}");
+    assert_eq!(st["programs"]["idle"]["requests"], 0, "{st:#}");
+
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    let m = r.text();
+    for metric in [
+        "requests",
+        "status_2xx",
+        "status_4xx",
+        "status_5xx",
+        "timeouts",
+        "exceptions",
+    ] {
+        let kind = "counter";
+        assert!(
+            m.contains(&format!("# HELP edgevm_{metric} ")),
+            "no HELP for {metric}:\n{m}"
+        );
+        assert!(
+            m.contains(&format!("# TYPE edgevm_{metric} {kind}\n")),
+            "no TYPE for {metric}:\n{m}"
+        );
+        let line = format!("edgevm_{metric}{{program=\"api\"}} {}\n", n(metric));
+        assert!(m.contains(&line), "no {line:?} in:\n{m}");
+    }
+    assert!(m.contains("edgevm_requests{program=\"idle\"} 0\n"), "{m}");
+    for line in m.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(name.starts_with("edgevm_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    s.stop();
+}
