@@ -99,7 +99,17 @@ pub(crate) static KEYS: &[KeySpec] = &[
         aliases: &[],
         support: Supported,
         apply: |d, v, _| {
-            d.cfg.uri = Some(non_empty_string(v)?.to_string());
+            let uri = non_empty_string(v)?;
+            let lower = uri.to_ascii_lowercase();
+            if !["http://", "https://", "file://"]
+                .iter()
+                .any(|p| lower.starts_with(p))
+            {
+                return Err(format!(
+                    "unsupported uri {uri:?}: use http://, https:// or file://"
+                ));
+            }
+            d.cfg.uri = Some(uri.to_string());
             Ok(())
         },
         is_default: |_| true,

@@ -13,7 +13,7 @@
 //!
 //! * JSON with `//` and `/* */` comments. Trailing commas are **rejected**
 //!   with an error naming file, line and column
-//!   (`compute.json:4:1: trailing comma`).
+//!   (`compute.json:3:28: trailing comma`, pointing at the comma).
 //! * The top level is an object. Each entry is an object. An entry with a
 //!   `group`, `uri` or `filename` key is a **program**; any other entry is a
 //!   **group** — except that, in a later file, an entry named like an
@@ -366,10 +366,16 @@ fn parse_document(
         let full = e.to_string();
         let suffix = format!(" at line {} column {}", e.line(), e.column());
         let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        // serde_json reports a trailing comma at the token after it; point at the comma.
+        let (line, column) = if message == "trailing comma" {
+            comma_before(&stripped, e.line(), e.column()).unwrap_or((e.line(), e.column()))
+        } else {
+            (e.line(), e.column())
+        };
         ConfigError::Syntax {
             source_name: source.to_string(),
-            line: e.line(),
-            column: e.column(),
+            line,
+            column,
             message,
         }
     })?;
@@ -681,4 +687,32 @@ impl<'de> serde::de::Visitor<'de> for EntryVisitor<'_> {
     fn visit_unit<E>(self) -> Result<Vec<String>, E> {
         Ok(Vec::new())
     }
+}
+
+/// The position (1-based line, column) of the last comma before line/column `line:col` of
+/// `text`, skipping whitespace (comments are already blanked out).
+fn comma_before(text: &[u8], line: usize, col: usize) -> Option<(usize, usize)> {
+    let mut off = 0usize;
+    let mut l = 1;
+    while l < line {
+        off += text[off..].iter().position(|&c| c == b'\n')? + 1;
+        l += 1;
+    }
+    let mut i = (off + col.saturating_sub(1)).min(text.len());
+    while i > 0 {
+        i -= 1;
+        match text[i] {
+            b' ' | b'\t' | b'\r' | b'\n' => continue,
+            b',' => {
+                let line_start = text[..i]
+                    .iter()
+                    .rposition(|&c| c == b'\n')
+                    .map_or(0, |p| p + 1);
+                let line_no = text[..i].iter().filter(|&&c| c == b'\n').count() + 1;
+                return Some((line_no, i - line_start + 1));
+            }
+            _ => return None,
+        }
+    }
+    None
 }

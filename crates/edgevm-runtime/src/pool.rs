@@ -278,7 +278,14 @@ impl Program {
     }
 
     fn set_failed(&self, why: String) {
-        tracing::error!("Program '{}' failed to start: {why}", self.name);
+        if self.settings.origin == "live update" {
+            tracing::warn!(
+                "Live update of '{}' refused (the old program keeps serving): {why}",
+                self.name
+            );
+        } else {
+            tracing::error!("Program '{}' failed to start: {why}", self.name);
+        }
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why.clone());
         self.changed.notify_all();
         // Answer everything that queued while it booted.
@@ -360,14 +367,17 @@ impl Program {
             .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         let n = self.settings.concurrency.max(1);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n as usize);
+        // Request VMs start serving only once the program is marked ready (and logged).
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
         for i in 0..n {
             let me = self.clone();
             let f = frozen.clone();
             let tx = ready_tx.clone();
             let st = storage.clone();
+            let go = go_rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vm{i}:{}", self.name))
-                .spawn(move || me.vm_thread(f, st, tx));
+                .spawn(move || me.vm_thread(f, st, tx, go));
             if let Err(e) = spawned {
                 return self.set_failed(format!("cannot start VM thread: {e}"));
             }
@@ -408,6 +418,7 @@ impl Program {
             ready_ms,
         };
         self.changed.notify_all();
+        drop(go_tx);
     }
 
     /// Send the warmup requests to the main VM, then put it back exactly at its
@@ -465,6 +476,7 @@ impl Program {
         frozen: Arc<Frozen>,
         storage: Option<StorageHandle>,
         ready: Sender<Result<(), String>>,
+        go: Receiver<()>,
     ) {
         let mut vm = match RequestVm::new(
             frozen.clone(),
@@ -481,6 +493,8 @@ impl Program {
             }
         };
         drop(ready);
+        // Wait for the boot thread to mark the program ready (it drops the sender).
+        let _ = go.recv();
         let stats = self.stats.clone();
         while let Ok(job) = self.rx.recv() {
             let waited = job.queued.elapsed();

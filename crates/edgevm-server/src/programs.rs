@@ -81,6 +81,8 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
         let p = match p {
             Ok(p) => p,
             Err(e) => {
+                // Config errors usually name the program already: say it once.
+                let e = e.to_string().replacen(&format!("{name}: "), "", 1);
                 let msg = format!("program '{name}': {e}");
                 errors.push(msg.clone());
                 rt.add_failed(name, msg);

@@ -429,8 +429,11 @@ fn config_errors_are_clear() {
     .unwrap();
     let r = edgevm_run(&["run", "--config", p(&bad)]);
     assert_eq!(r.code(), Some(1), "{}", r.all());
+    // The position is the comma itself: the end of line 3.
+    let line3 = format!("    \"filename\": \"{}\",", p(&guest("hello")));
     assert!(
-        r.stderr.contains("trailing.json:4:3: trailing comma"),
+        r.stderr
+            .contains(&format!("trailing.json:3:{}: trailing comma", line3.len())),
         "{}",
         r.all()
     );
@@ -439,7 +442,7 @@ fn config_errors_are_clear() {
     let r = edgevm_run(&["run", "--config", p(&bad)]);
     assert_eq!(r.code(), Some(1), "{}", r.all());
     assert!(
-        r.stderr.contains("trailing.json:3:1: trailing comma"),
+        r.stderr.contains("trailing.json:2:28: trailing comma"),
         "{}",
         r.all()
     );
