@@ -214,17 +214,14 @@ impl GuestMemory {
     /// Read without the protected-range check (host-internal structures).
     pub fn read_raw(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
         let off = self.raw_range(addr, out.len())?;
-        // SAFETY: off..off+len is inside the mapping (checked); see `read`.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+        self.copy_out(off, out);
         Ok(())
     }
 
     /// Write without the protected-range check (host-internal structures).
     pub fn write_raw(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.raw_range(addr, data.len())?;
-        // SAFETY: bounds checked above; see `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-        self.mark_host_dirty(off, data.len());
+        self.copy_in(off, data);
         Ok(())
     }
 
@@ -244,21 +241,34 @@ impl GuestMemory {
         }
     }
 
+    /// Copy `out.len()` bytes out from offset `off` (already bounds-checked by the caller).
+    fn copy_out(&self, off: usize, out: &mut [u8]) {
+        assert!(off + out.len() <= self.size, "guest copy out of bounds");
+        // SAFETY: callers check off..off+len against the mapping; the guest is not running on
+        // this thread, and concurrent writers (shared memory) only make the bytes racy, not
+        // invalid.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+    }
+
+    /// Copy `data` in at offset `off` (already bounds-checked by the caller).
+    fn copy_in(&mut self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.size, "guest copy out of bounds");
+        // SAFETY: as in `copy_out`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        self.mark_host_dirty(off, data.len());
+    }
+
     /// Copy guest bytes out.
     pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
         let off = self.range(addr, out.len())?;
-        // SAFETY: off..off+len is inside the mapping (checked); the guest is not running on this
-        // thread, and concurrent writers (shared memory) only make the bytes racy, not invalid.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+        self.copy_out(off, out);
         Ok(())
     }
 
     /// Copy bytes into the guest.
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.range(addr, data.len())?;
-        // SAFETY: bounds checked above; see `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-        self.mark_host_dirty(off, data.len());
+        self.copy_in(off, data);
         Ok(())
     }
 
