@@ -8,14 +8,14 @@
 //! `If-Modified-Since`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::common::*;
+use crate::harness::*;
 
 // ------------------------------------------------------------------------------------------
 // Origin: the HTTP server programs are downloaded from
@@ -139,269 +139,9 @@ fn origin_answer(conn: TcpStream, state: &Mutex<OriginState>) {
     let _ = conn.write_all(&body);
 }
 
-/// A port nothing listens on (connection refused).
-fn dead_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-// ------------------------------------------------------------------------------------------
-// edgevm serve
-// ------------------------------------------------------------------------------------------
-
-/// One HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A running `edgevm serve`, its output in `<dir>/server-N.log`.
-struct Serve {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    /// `edgevm serve --config C...` with extra environment variables; waits until it accepts
-    /// connections.
-    fn start(dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Serve {
-        let mut n = 0;
-        let log = loop {
-            let p = dir.join(format!("server-{n}.log"));
-            if !p.exists() {
-                break p;
-            }
-            n += 1;
-        };
-        for attempt in 0..3 {
-            let port = dead_port();
-            let mut cmd = edgevm();
-            cmd.arg("serve");
-            for c in configs {
-                cmd.arg("--config").arg(c);
-            }
-            cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .env("EDGEVM_LOG", "info")
-                .env("NO_COLOR", "1")
-                .envs(env.iter().copied())
-                .stdin(Stdio::null());
-            let f = std::fs::File::create(&log).unwrap();
-            cmd.stdout(f.try_clone().unwrap()).stderr(f);
-            let mut s = Serve {
-                child: Some(cmd.spawn().expect("spawn edgevm serve")),
-                port,
-                log: log.clone(),
-            };
-            let t0 = Instant::now();
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return s;
-                }
-                if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                    s.child = None;
-                    let text = s.log();
-                    if text.contains("in use") && attempt < 2 {
-                        break;
-                    }
-                    panic!("edgevm serve exited early ({st}):\n{text}");
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(10),
-                    "edgevm serve does not accept connections:\n{}",
-                    s.log()
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        unreachable!()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until the log contains `needle` (at most `limit`).
-    fn wait_log(&self, needle: &str, limit: Duration) -> String {
-        let t0 = Instant::now();
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "no {needle:?} in the log after {limit:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Wait for the "Program 'NAME' is loaded" line of each of `names`. The line comes when
-    /// every request VM exists, which can be after the first request was answered.
-    fn wait_loaded(&self, names: &[&str]) {
-        for n in names {
-            self.wait_log(
-                &format!("Program '{n}' is loaded ("),
-                Duration::from_secs(10),
-            );
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        http(self.port, method, path, headers, body)
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        self.req("GET", path, &[], b"")
-    }
-
-    /// GET that must answer 200; the body.
-    fn ok(&self, path: &str) -> String {
-        let r = self.get(path);
-        assert_eq!(
-            r.status,
-            200,
-            "GET {path}: {}\nlog:\n{}",
-            r.text(),
-            self.log()
-        );
-        r.text()
-    }
-
-    /// GET that must answer 503 naming `program`; the body.
-    fn unavailable(&self, path: &str, program: &str) -> String {
-        let r = self.get(path);
-        let t = r.text();
-        assert_eq!(r.status, 503, "GET {path}: {t}\nlog:\n{}", self.log());
-        assert!(
-            t.contains(&format!("'{program}'")),
-            "the 503 of {path} does not name program '{program}': {t}"
-        );
-        t
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let r = self.get("/_edgevm/stats");
-        assert_eq!(r.status, 200, "{}", r.text());
-        serde_json::from_slice(&r.body)
-            .unwrap_or_else(|e| panic!("stats are not JSON ({e}):\n{}", r.text()))
-    }
-
-    /// SIGTERM, a clean exit within 5 s; the log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                let log = self.log();
-                assert_eq!(st.code(), Some(0), "edgevm serve exited with {st}:\n{log}");
-                assert!(!log.contains("panicked"), "edgevm panicked:\n{log}");
-                return log;
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("edgevm serve ignored SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to edgevm serve");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no header end in {raw:?}"));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut rest = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    if chunked {
-        let mut body = Vec::new();
-        let mut at = 0;
-        while let Some(nl) = rest[at..].windows(2).position(|w| w == b"\r\n") {
-            let size = String::from_utf8_lossy(&rest[at..at + nl]);
-            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-            at += nl + 2;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&rest[at..at + size]);
-            at += size + 2;
-        }
-        rest = body;
-    }
-    Resp {
-        status,
-        headers,
-        body: rest,
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------
-
-/// A JSON string literal.
-fn js(s: impl AsRef<str>) -> String {
-    format!("{:?}", s.as_ref())
-}
 
 fn jp(p: &Path) -> String {
     js(p.to_str().unwrap())
@@ -607,7 +347,7 @@ fn check_prints_effective_settings_of_a_real_world_config() {
     );
 
     // The same file really serves (a few programs; boots are lazy).
-    let s = Serve::start(&dir, &[&main, &over], &[]);
+    let s = Server::start(&dir, &[&main, &over], &[]);
     assert_eq!(s.ok("/hello"), "Hello World!");
     assert_eq!(s.ok("/plain"), "Hello");
     let st = s.stats();
@@ -713,7 +453,7 @@ fn bad_values_are_clear_errors_and_the_good_program_serves() {
     );
 
     // Serving: the good programs answer, each bad one answers 503 with its reason.
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     assert_eq!(s.ok("/good"), "Hello");
     assert_eq!(s.ok("/unk"), "Hello", "an unknown key is only a warning");
     for (name, _, words) in BAD {
@@ -768,11 +508,11 @@ fn uri_download_304_and_cache_fallbacks() {
     let cfg1 = write(&dir.join("one.json"), &config(&origin.url("/p/d")));
 
     // First start: nothing cached; every download is written to its filename.
-    let s = Serve::start(&dir, &[&cfg1], &[]);
+    let s = Server::start(&dir, &[&cfg1], &[]);
     // Concurrent first requests: one download, every request answered.
     let port = s.port;
     let firsts: Vec<_> = (0..4)
-        .map(|_| std::thread::spawn(move || http(port, "GET", "/a", &[], b"")))
+        .map(|_| std::thread::spawn(move || request(port, "GET", "/a", &[], b"")))
         .collect();
     for h in firsts {
         let r = h.join().unwrap();
@@ -810,9 +550,9 @@ fn uri_download_304_and_cache_fallbacks() {
     // their cached copy (b, c, d with a warning).
     origin.set_mode("/p/b", Mode::NotFound);
     origin.set_mode("/p/c", Mode::Slow);
-    let refused = format!("http://127.0.0.1:{}/p/d", dead_port());
+    let refused = format!("http://127.0.0.1:{}/p/d", free_port());
     let cfg2 = write(&dir.join("two.json"), &config(&refused));
-    let s = Serve::start(&dir, &[&cfg2], &[("EDGEVM_FETCH_TIMEOUT_MS", "700")]);
+    let s = Server::start(&dir, &[&cfg2], &[("EDGEVM_FETCH_TIMEOUT_MS", "700")]);
     let t0 = Instant::now();
     assert_eq!(s.ok("/a"), "Hello World!");
     for p in ["b", "c", "d"] {
@@ -909,7 +649,7 @@ fn archives_storage_entry_confusing_corrupt_and_file_uri() {
             jp(&cache.join("html")),
         ),
     );
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     let mut last = None;
     for _ in 0..4 {
         let r = s.get("/counter");
@@ -958,7 +698,7 @@ fn archives_storage_entry_confusing_corrupt_and_file_uri() {
 
     // Restart with a 304: request and storage programs both come from the cache.
     origin.set_mode("/counter.tar.xz", Mode::Cacheable);
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     let mut last = None;
     for _ in 0..3 {
         let r = s.get("/counter");
@@ -996,7 +736,7 @@ fn start_true_boots_at_server_start_and_default_is_lazy() {
             jp(&guest("example_hello"))
         ),
     );
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     let log = s.wait_log("Program 'eager' is loaded (", Duration::from_secs(10));
     let l = loaded_line(&log, "eager");
     assert!(
@@ -1041,7 +781,7 @@ fn warmup_requests_reach_the_main_vm_before_freezing() {
             jp(&guest("example_scounter"))
         ),
     );
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     assert_eq!(s.ok("/scounter"), "Hello 5 World!");
     assert_eq!(s.ok("/scounter"), "Hello 6 World!");
     let st = s.stats();
@@ -1064,7 +804,7 @@ fn live_update_keys_failures_and_swap() {
             hello = jp(&guest("example_hello"))
         ),
     );
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     assert_eq!(s.ok("/upd/ok"), "ok");
     assert_eq!(s.ok("/nokey"), "Hello World!");
     let wait = bytes("wait");
@@ -1098,7 +838,7 @@ fn live_update_keys_failures_and_swap() {
     // A good one while a request is in flight: the request finishes on the old program, the
     // next one goes to the new.
     let port = s.port;
-    let inflight = std::thread::spawn(move || http(port, "GET", "/upd/sleep?ms=1500", &[], b""));
+    let inflight = std::thread::spawn(move || request(port, "GET", "/upd/sleep?ms=1500", &[], b""));
     std::thread::sleep(Duration::from_millis(300));
     let r = post("upd", Some("s3cret"), &wait);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1131,7 +871,7 @@ fn stats_and_metrics_count_requests_statuses_timeouts_exceptions() {
             jp(&guest("wait"))
         ),
     );
-    let s = Serve::start(&dir, &[&cfg], &[]);
+    let s = Server::start(&dir, &[&cfg], &[]);
     let plan: &[(&str, u16)] = &[
         ("/api/ok", 200),
         ("/api/ok", 200),

@@ -5,6 +5,7 @@
 mod bad_input;
 mod common;
 mod config_delivery;
+mod harness;
 mod run_cmd;
 mod run_limits;
 mod serve;

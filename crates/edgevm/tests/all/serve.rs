@@ -1,58 +1,26 @@
 //! `edgevm serve` (issue: per-request VMs), end to end: the real binary on a free port with a
 //! generated configuration, real KVM guests (guest/tests/serve_state.c, serve_api.c and the
-//! examples), and a tiny blocking HTTP/1.1 client on `std::net::TcpStream`.
+//! examples), through the server harness and HTTP client in harness.rs.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::harness::*;
 
 // ------------------------------------------------------------------------------------------
-// Harness
+// Helpers
 // ------------------------------------------------------------------------------------------
 
-/// A running `edgevm serve`.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-/// One HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    /// Lower-case names, in order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn all_headers(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// A JSON string literal.
-fn js(s: &str) -> String {
-    format!("{s:?}")
+/// `edgevm serve` with a configuration made of `programs` (see [`program`]), in the scratch
+/// directory `serve-NAME`.
+fn serve(name: &str, programs: &[String]) -> Server {
+    Server::with_config(
+        &format!("serve-{name}"),
+        &format!("{{\n{}\n}}\n", programs.join(",\n")),
+    )
 }
 
 /// `"name": { "filename": FILE, "max_memory": 64, EXTRA }`
@@ -63,242 +31,6 @@ fn program(name: &str, file: &Path, extra: &str) -> String {
         js(name),
         js(file.to_str().unwrap())
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    /// Start `edgevm serve` with a configuration made of `programs` (see [`program`]).
-    fn start(name: &str, programs: &[String]) -> Server {
-        let dir = scratch(&format!("serve-{name}"));
-        let config = format!("{{\n{}\n}}\n", programs.join(",\n"));
-        std::fs::write(dir.join("config.json"), &config).unwrap();
-        for attempt in 0..3 {
-            let port = free_port();
-            let log = std::fs::File::create(dir.join("server.log")).unwrap();
-            let child = edgevm()
-                .arg("serve")
-                .arg("--config")
-                .arg(dir.join("config.json"))
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .env("EDGEVM_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn edgevm serve");
-            let mut s = Server {
-                child: Some(child),
-                port,
-                dir: dir.clone(),
-            };
-            let t0 = Instant::now();
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return s;
-                }
-                if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                    let log = s.log();
-                    s.child = None;
-                    if log.contains("in use") && attempt < 2 {
-                        break; // port taken in between: try another
-                    }
-                    panic!("edgevm serve exited early ({st}):\n{log}\nconfig:\n{config}");
-                }
-                if t0.elapsed() > Duration::from_secs(10) {
-                    panic!("edgevm serve did not accept connections:\n{}", s.log());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        unreachable!()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    fn connect(&self) -> Conn {
-        Conn::new(self.port)
-    }
-
-    /// One request on a fresh connection.
-    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        self.connect().send(method, path, headers, body)
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        self.req("GET", path, &[], b"")
-    }
-
-    /// GET that must answer 200; returns the body.
-    fn ok(&self, path: &str) -> String {
-        let r = self.get(path);
-        assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.text(), self.log());
-        r.text()
-    }
-
-    /// A counter from /_edgevm/stats for `prog`.
-    fn stat(&self, prog: &str, key: &str) -> f64 {
-        let r = self.get("/_edgevm/stats");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let text = r.text();
-        let start = text
-            .find(&format!("{}: {{", js(prog)))
-            .unwrap_or_else(|| panic!("no program {prog} in stats:\n{text}"));
-        let obj = &text[start..];
-        let obj = &obj[..obj.find('}').unwrap_or(obj.len())];
-        let k = format!("{}: ", js(key));
-        let at = obj
-            .find(&k)
-            .unwrap_or_else(|| panic!("no {key} for {prog} in stats:\n{text}"));
-        let v = &obj[at + k.len()..];
-        let end = v.find([',', '\n', '}']).unwrap_or(v.len());
-        v[..end]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{key} of {prog}: {e}:\n{text}"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn sigterm(&self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    /// Wait for the server to exit after a SIGTERM; it must exit 0 within `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> String {
-        let mut child = self.child.take().unwrap();
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                let log = self.log();
-                assert_eq!(st.code(), Some(0), "edgevm serve exit status {st}:\n{log}");
-                assert!(!log.contains("panicked"), "edgevm panicked:\n{log}");
-                return log;
-            }
-            if t0.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "edgevm serve still running {limit:?} after SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM; assert a clean exit within a few seconds; the server log.
-    fn stop(mut self) -> String {
-        self.sigterm();
-        self.wait_exit(Duration::from_secs(5))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A client connection (keep-alive capable).
-struct Conn {
-    reader: BufReader<TcpStream>,
-    stream: TcpStream,
-}
-
-impl Conn {
-    fn new(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to edgevm serve");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Conn {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    }
-
-    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        self.stream.write_all(head.as_bytes()).unwrap();
-        self.stream.write_all(body).unwrap();
-        self.read_response(method == "HEAD")
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    fn read_response(&mut self, head_only: bool) -> Result<Resp, String> {
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading status line: {e}"))?;
-        let mut parts = line.split_whitespace();
-        if parts.next().map(|v| v.starts_with("HTTP/1.")) != Some(true) {
-            return Err(format!("bad status line {line:?}"));
-        }
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {line:?}"))?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.reader
-                .read_line(&mut line)
-                .map_err(|e| format!("reading headers: {e}"))?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').ok_or(format!("bad header {l:?}"))?;
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
-        let mut resp = Resp {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        // HEAD and 1xx/204/304 responses have no body (RFC 9112 6.3).
-        let bodyless = head_only || status < 200 || status == 204 || status == 304;
-        if !bodyless {
-            if let Some(n) = resp.header("content-length") {
-                let n: usize = n.parse().map_err(|_| "bad content-length")?;
-                resp.body.resize(n, 0);
-                self.reader
-                    .read_exact(&mut resp.body)
-                    .map_err(|e| format!("reading body: {e}"))?;
-            } else {
-                self.reader
-                    .read_to_end(&mut resp.body)
-                    .map_err(|e| format!("reading body: {e}"))?;
-            }
-        }
-        Ok(resp)
-    }
 }
 
 /// `key=value` words of a serve_state answer.
@@ -358,7 +90,7 @@ fn hammer(s: &Server, path: &str, threads: usize, per_thread: usize, check: fn(&
 #[test]
 fn every_request_sees_the_frozen_state() {
     let st = guest("serve_state");
-    let s = Server::start(
+    let s = serve(
         "frozen",
         &[
             program("c2", &st, "\"concurrency\": 2"),
@@ -400,7 +132,7 @@ fn leaked_memory_is_reclaimed_after_every_request() {
     // 50 × 10 MiB leaked would need 500 MiB; the program has 64 MiB. A request may dirty
     // 16 MiB.
     let extra = "\"concurrency\": 1, \"max_request_memory\": 16";
-    let s = Server::start(
+    let s = serve(
         "leak",
         &[
             program("leak", &st, extra),
@@ -434,7 +166,7 @@ fn leaked_memory_is_reclaimed_after_every_request() {
 #[test]
 fn non_ephemeral_programs_keep_state() {
     let st = guest("serve_state");
-    let s = Server::start(
+    let s = serve(
         "nonephemeral",
         &[
             program("keep", &st, "\"concurrency\": 1, \"ephemeral\": false"),
@@ -480,7 +212,7 @@ fn non_ephemeral_programs_keep_state() {
 #[test]
 fn limit_workmem_after_req_triggers_full_resets() {
     let st = guest("serve_state");
-    let s = Server::start(
+    let s = serve(
         "workmem",
         &[
             program(
@@ -520,7 +252,7 @@ fn limit_workmem_after_req_triggers_full_resets() {
 
 fn api_server(name: &str) -> Server {
     let api = guest("serve_api");
-    Server::start(
+    serve(
         name,
         &[
             program(
@@ -652,7 +384,7 @@ fn http_front_end() {
     let dir = scratch("serve-http-files");
     let not_elf = dir.join("not_elf");
     std::fs::write(&not_elf, "#!/bin/sh\necho I am not an ELF file\n").unwrap();
-    let s = Server::start(
+    let s = serve(
         "http",
         &[
             program("hello", &guest("example_hello"), "\"concurrency\": 2"),
@@ -821,7 +553,7 @@ fn malformed_config_is_refused_with_line_and_column() {
 
 #[test]
 fn requests_queue_for_a_busy_vm() {
-    let s = Server::start(
+    let s = serve(
         "queue",
         &[program("slow", &guest("serve_api"), "\"concurrency\": 1")],
     );
@@ -847,7 +579,7 @@ fn requests_queue_for_a_busy_vm() {
 
 #[test]
 fn exits_per_request_of_hello() {
-    let s = Server::start(
+    let s = serve(
         "exits",
         &[program(
             "hello",
@@ -868,7 +600,7 @@ fn exits_per_request_of_hello() {
 
 #[test]
 fn sigterm_lets_the_request_in_flight_finish() {
-    let mut s = Server::start(
+    let mut s = serve(
         "shutdown",
         &[program("slow", &guest("serve_api"), "\"concurrency\": 1")],
     );
@@ -885,7 +617,7 @@ fn sigterm_lets_the_request_in_flight_finish() {
 
 #[test]
 fn storage_counter_and_shared_memory_counter_count() {
-    let s = Server::start(
+    let s = serve(
         "examples",
         &[
             program("counter", &guest("example_counter"), "\"storage\": true"),
@@ -943,7 +675,7 @@ fn storage_counter_and_shared_memory_counter_count() {
 
 #[test]
 fn live_update_carries_storage_state() {
-    let s = Server::start(
+    let s = serve(
         "live",
         &[program(
             "live",
