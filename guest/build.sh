@@ -13,6 +13,7 @@
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
 #     serve_state, serve_api   request-handler probes for the serve tests
 #     live_state       storage counter carried across live updates
+#     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #   examples (guest/examples):
@@ -102,7 +103,7 @@ done
 build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
-for prog in serve_state serve_api; do
+for prog in serve_state serve_api bench_touch; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
