@@ -390,15 +390,26 @@ impl GuestMemory {
         copied
     }
 
-    /// Drop the private copies of the pages set in `dirty` or written by the host (below the
-    /// shared area): they read the image again, and their memory goes back to the host.
-    /// Returns the number of pages dropped.
-    pub fn discard_pages(&mut self, dirty: &[u64]) -> Result<usize, MemError> {
+    /// Reset the pages set in `dirty` (KVM's dirty log) or written by the host: copy back
+    /// from `image` the ones that will almost certainly be written again by the next request —
+    /// pages the host wrote (request data) and pages inside `hot` (guest addresses, e.g. the
+    /// handler stack) — and drop the private copies of all others with MADV_DONTNEED, which
+    /// gives their memory back (they read the image again). Dropping a page that is written on
+    /// every request costs a re-fault each time (~5 µs under kvm_pvm), copying it 0.2 µs.
+    /// Returns (pages copied, pages dropped).
+    pub fn discard_pages(
+        &mut self,
+        image: &GuestMemory,
+        dirty: &[u64],
+        hot: std::ops::Range<u64>,
+    ) -> Result<(usize, usize), MemError> {
         if !self.private {
             return Err(MemError::Os("discard_pages on the main VM memory".into()));
         }
         let limit_page = self.shared_from / PAGE_SIZE;
-        let mut count = 0;
+        let hot_pages =
+            (hot.start / PAGE_SIZE as u64) as usize..hot.end.div_ceil(PAGE_SIZE as u64) as usize;
+        let (mut copied, mut dropped) = (0, 0);
         let mut run: Option<(usize, usize)> = None;
         let flush = |run: &mut Option<(usize, usize)>| -> Result<(), MemError> {
             if let Some((start, n)) = run.take() {
@@ -417,7 +428,8 @@ impl GuestMemory {
             Ok(())
         };
         for w in 0..self.host_dirty.len() {
-            let mut bits = self.host_dirty[w] | dirty.get(w).copied().unwrap_or(0);
+            let host = self.host_dirty[w];
+            let mut bits = host | dirty.get(w).copied().unwrap_or(0);
             self.host_dirty[w] = 0;
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
@@ -426,7 +438,21 @@ impl GuestMemory {
                 if page >= limit_page {
                     break;
                 }
-                count += 1;
+                if host & (1 << b) != 0 || hot_pages.contains(&page) {
+                    let off = page * PAGE_SIZE;
+                    // SAFETY: page < limit_page <= pages(): inside both same-size mappings; the
+                    // guest is stopped; the image is frozen.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            image.ptr.add(off),
+                            self.ptr.add(off),
+                            PAGE_SIZE,
+                        )
+                    };
+                    copied += 1;
+                    continue;
+                }
+                dropped += 1;
                 match run {
                     Some((s, n)) if s + n == page => run = Some((s, n + 1)),
                     _ => {
@@ -437,7 +463,7 @@ impl GuestMemory {
             }
         }
         flush(&mut run)?;
-        Ok(count)
+        Ok((copied, dropped))
     }
 
     /// Drop every private page (below the shared area): the view reads the image again and the

@@ -27,6 +27,10 @@ use crate::request::{GuestRequest, GuestResponse};
 use crate::storage::StorageHandle;
 use crate::vm::{Event, Frozen, MainVm, RunError};
 
+/// Stack below the frozen RSP that request handlers are expected to use on every request;
+/// reset by copying back even when other pages are dropped.
+const HOT_STACK: u64 = 64 << 10;
+
 /// Largest response body a program may return.
 pub const MAX_RESPONSE_BODY: u64 = 64 << 20;
 
@@ -276,8 +280,18 @@ impl RequestVm {
                 .mem
                 .restore_pages(&self.frozen.image, &dirty)
         } else {
-            match self.inv.vm.machine.mem.discard_pages(&dirty) {
-                Ok(n) => n,
+            // The handler's stack frames (below the frozen RSP) are written by every request:
+            // copy those back, drop everything else.
+            let rsp = self.frozen.regs.rsp;
+            let hot = rsp.saturating_sub(HOT_STACK)..rsp + 4096;
+            match self
+                .inv
+                .vm
+                .machine
+                .mem
+                .discard_pages(&self.frozen.image, &dirty, hot)
+            {
+                Ok((copied, dropped)) => copied + dropped,
                 Err(e) => {
                     return Err(RequestFailure {
                         message: e.to_string(),
