@@ -149,6 +149,16 @@ static void on_get(const char *url, const char *arg)
 			(char *)(uintptr_t)0xdeadbeef000ull, 100);
 		snprintf(out, sizeof(out), "FAIL badfind returned %u", r);
 		respond(200, out);
+	} else if (strcmp(action, "flood") == 0) {
+		/* 1 MiB of output in one request: the server prints at most its budget. */
+		static char line[1024];
+		memset(line, 'x', sizeof(line) - 2);
+		line[sizeof(line) - 2] = '\n';
+		for (int i = 0; i < 1024; i++)
+			fputs(line, stdout);
+		fflush(stdout);
+		snprintf(out, sizeof(out), "flooded");
+		respond(200, out);
 	} else if (strcmp(action, "badheader") == 0) {
 		const long r = sys_http_append(RESP, "NoColonHere", 11);
 		snprintf(out, sizeof(out), "FAIL badheader returned %ld", r);

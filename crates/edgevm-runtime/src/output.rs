@@ -12,6 +12,10 @@ pub struct Printer {
     pending: [Vec<u8>; 2],
     /// Captured copy of everything printed (for tests and error pages), capped.
     capture: Option<Vec<u8>>,
+    /// Bytes the guest may still print in this run (None = unlimited).
+    budget: Option<usize>,
+    /// The "output truncated" note was printed for this run.
+    truncated: bool,
 }
 
 impl Printer {
@@ -22,7 +26,16 @@ impl Printer {
             raw,
             pending: [Vec::new(), Vec::new()],
             capture: None,
+            budget: None,
+            truncated: false,
         }
+    }
+
+    /// Allow at most `bytes` of guest output until the next call (request VMs set this per
+    /// request, so a hostile program cannot flood the server's log).
+    pub fn set_budget(&mut self, bytes: Option<usize>) {
+        self.budget = bytes;
+        self.truncated = false;
     }
 
     fn emit(&mut self, fd: i32, data: &[u8]) {
@@ -55,6 +68,40 @@ impl Printer {
 
 impl Output for Printer {
     fn write(&mut self, fd: i32, data: &[u8]) {
+        let data = match &mut self.budget {
+            Some(left) if data.len() > *left => {
+                let keep = *left;
+                *left = 0;
+                if !self.truncated {
+                    self.truncated = true;
+                    let note = format!(
+                        "{}(output of this request truncated: too much output)\n",
+                        self.prefix
+                    );
+                    let cut = &data[..keep];
+                    self.write_unbudgeted(fd, cut);
+                    self.flush();
+                    self.emit(2, note.as_bytes());
+                }
+                return;
+            }
+            Some(left) => {
+                *left -= data.len();
+                data
+            }
+            None => data,
+        };
+        self.write_unbudgeted(fd, data);
+    }
+
+    fn log(&mut self, line: &str) {
+        let l = format!("{}{}\n", self.prefix, line);
+        self.emit(2, l.as_bytes());
+    }
+}
+
+impl Printer {
+    fn write_unbudgeted(&mut self, fd: i32, data: &[u8]) {
         if self.raw {
             self.emit(fd, data);
             return;
@@ -69,11 +116,6 @@ impl Output for Printer {
         if !out.is_empty() {
             self.emit(fd, &out);
         }
-    }
-
-    fn log(&mut self, line: &str) {
-        let l = format!("{}{}\n", self.prefix, line);
-        self.emit(2, l.as_bytes());
     }
 }
 

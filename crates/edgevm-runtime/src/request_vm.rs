@@ -31,6 +31,10 @@ use crate::vm::{Event, Frozen, MainVm, RunError};
 /// reset by copying back even when other pages are dropped.
 const HOT_STACK: u64 = 64 << 10;
 
+/// Guest output (stdout, stderr, sys_log) one request may print; the rest is dropped with a
+/// note, so a hostile program cannot flood the server's log.
+pub const REQUEST_OUTPUT_BUDGET: usize = 64 << 10;
+
 /// Largest response body a program may return.
 pub const MAX_RESPONSE_BODY: u64 = 64 << 20;
 
@@ -496,6 +500,7 @@ impl Invoker {
             .linux
             .set_request_limit(Some(self.settings.max_request_memory));
         self.cache_control = None;
+        self.vm.printer.set_budget(Some(REQUEST_OUTPUT_BUDGET));
         if let Err(e) = self
             .vm
             .start_deadline(self.settings.max_request_time, "request (max_request_time)")

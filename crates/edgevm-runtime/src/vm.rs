@@ -660,11 +660,12 @@ impl MainVm {
             api::LOG => {
                 let len = r.rsi.min(1 << 20) as usize;
                 match self.machine.mem.read_vec(r.rdi, len) {
-                    Ok(b) => {
-                        let s = String::from_utf8_lossy(&b);
-                        for line in s.trim_end_matches('\n').split('\n') {
-                            self.printer.log(line);
+                    Ok(mut b) => {
+                        // Same printer and output budget as the program's stderr.
+                        if b.last() != Some(&b'\n') {
+                            b.push(b'\n');
                         }
+                        self.printer.write(2, &b);
                         0
                     }
                     Err(_) => u64::MAX,

@@ -374,6 +374,23 @@ fn bad_pointers_and_headers_give_a_clear_500() {
     s.stop();
 }
 
+#[test]
+fn a_request_cannot_flood_the_server_log() {
+    let s = api_server("flood");
+    for _ in 0..3 {
+        assert_eq!(s.ok("/api/flood"), "flooded");
+    }
+    let log = s.stop();
+    // 1 MiB printed per request; at most the 64 KiB budget (64 lines) of each reaches the log.
+    let lines = log.lines().filter(|l| l.contains("xxxxxxxx")).count();
+    assert!(lines <= 3 * 65, "{lines} output lines reached the log");
+    assert!(
+        lines >= 3 * 60,
+        "{lines}: the budget's worth should be printed"
+    );
+    assert!(log.contains("output of this request truncated"), "{log}");
+}
+
 // ------------------------------------------------------------------------------------------
 // 6: HTTP
 // ------------------------------------------------------------------------------------------
