@@ -13,6 +13,7 @@
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
 #     serve_state, serve_api   request-handler probes for the serve tests
 #     live_state       storage counter carried across live updates
+#     avx_state        AVX register isolation between requests
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
@@ -106,6 +107,7 @@ build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$O
 for prog in serve_state serve_api bench_touch; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"

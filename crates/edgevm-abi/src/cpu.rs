@@ -73,11 +73,39 @@ fn gdt_entries() -> [u64; 7] {
 /// SYSCALL entry: `out %al,$0xE0; sysretq` (see module docs).
 pub const SYSCALL_STUB: [u8; 5] = [0xE6, layout::SYSCALL_PORT as u8, 0x48, 0x0F, 0x07];
 
-/// Request entry: `fxrstor64 [FXSAVE_AREA]; call *%rax; jmp RETURN_TRAMPOLINE`.
-fn request_entry_stub() -> Vec<u8> {
-    let mut c = vec![0x48, 0x0F, 0xAE, 0x0C, 0x25];
-    c.extend_from_slice(&(layout::FXSAVE_AREA as u32).to_le_bytes());
-    c.extend_from_slice(&[0xFF, 0xD0]); // call *%rax
+/// Request entry: restore the frozen FPU/SSE/AVX state, call the handler in R11, and land in
+/// the return trampoline if it returns.
+///
+/// ```text
+///     test %r10,%r10            ; R10 = 1: an XSAVE image is there (all enabled components)
+///     jz   1f
+///     push %rdx; push %rcx      ; xgetbv/xrstor need EDX:EAX, ECX: keep the handler's args
+///     xor  %ecx,%ecx; xgetbv    ; EDX:EAX = XCR0: restore every enabled component
+///     xrstor64 [FXSAVE_AREA]
+///     pop  %rcx; pop %rdx
+///     jmp  2f
+/// 1:  fxrstor64 [FXSAVE_AREA]   ; x87/SSE/MXCSR only
+/// 2:  call *%r11
+///     jmp  RETURN_TRAMPOLINE
+/// ```
+///
+/// All of it runs at CPL3 with no exit: XRSTOR/FXRSTOR are user-mode instructions. Restoring
+/// the full XSAVE state matters for isolation: otherwise a request could read the AVX upper
+/// halves (or AVX-512 registers) a previous request left behind.
+pub fn request_entry_stub() -> Vec<u8> {
+    let area = (layout::FXSAVE_AREA as u32).to_le_bytes();
+    let mut xs = vec![
+        0x52, 0x51, 0x31, 0xC9, 0x0F, 0x01, 0xD0, 0x48, 0x0F, 0xAE, 0x2C, 0x25,
+    ];
+    xs.extend_from_slice(&area);
+    xs.extend_from_slice(&[0x59, 0x5A]);
+    let mut fx = vec![0x48, 0x0F, 0xAE, 0x0C, 0x25];
+    fx.extend_from_slice(&area);
+    let mut c = vec![0x4D, 0x85, 0xD2, 0x74, (xs.len() + 2) as u8];
+    c.extend_from_slice(&xs);
+    c.extend_from_slice(&[0xEB, fx.len() as u8]);
+    c.extend_from_slice(&fx);
+    c.extend_from_slice(&[0x41, 0xFF, 0xD3]); // call *%r11
     let here = layout::REQUEST_ENTRY + c.len() as u64 + 5;
     let rel = (layout::RETURN_TRAMPOLINE as i64 - here as i64) as i32;
     c.push(0xE9);
@@ -265,6 +293,9 @@ mod tests {
         // NULL page absent, stub page user-accessible.
         assert_eq!(m.read_u64(layout::PT_LOW).unwrap(), 0);
         assert_ne!(m.read_u64(layout::PT_LOW + 8 * 5).unwrap() & US, 0);
-        assert!(request_entry_stub().len() <= 0x40);
+        assert!(
+            request_entry_stub().len()
+                <= (layout::RETURN_TRAMPOLINE - layout::REQUEST_ENTRY) as usize
+        );
     }
 }

@@ -159,6 +159,17 @@ impl KvmVcpu {
             .map_err(|e| KvmError::ioctl("GET_FPU", e))
     }
 
+    /// The XSAVE image (standard, uncompacted format: x87/SSE legacy area, header, AVX and
+    /// any further enabled components), when KVM and the CPU support it. Freeze time only.
+    pub fn xsave(&self) -> Option<Vec<u8>> {
+        let x = self.vcpu.get_xsave().ok()?;
+        let mut out = Vec::with_capacity(4096);
+        for w in x.region.iter() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        Some(out)
+    }
+
     /// Write the FPU/SSE state.
     pub fn set_fpu(&self, f: &kvm_bindings::kvm_fpu) -> Result<(), KvmError> {
         self.vcpu

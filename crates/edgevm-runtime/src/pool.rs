@@ -432,7 +432,16 @@ impl Program {
         use edgevm_kvm::Vcpu;
         let regs = *vm.machine.cpu.regs();
         let fs = vm.machine.cpu.fs_base();
-        let mut inv = Invoker::new(vm, regs.rsp, fs, self.settings.request.clone(), storage);
+        let mut vm = vm;
+        let xsave = vm.install_entry_fpu().map_err(|e| e.to_string())?;
+        let mut inv = Invoker::new(
+            vm,
+            regs.rsp,
+            fs,
+            self.settings.request.clone(),
+            storage,
+            xsave,
+        );
         let headers = w
             .headers
             .iter()

@@ -124,6 +124,8 @@ pub struct Invoker {
     /// User-mode special registers (CPL3 segments), restored after a failed call: a crash
     /// leaves the vCPU in the CPL0 exception stub; the next handler must not start there.
     user_sregs: Option<edgevm_kvm::kvm_sregs>,
+    /// The FPU image at FXSAVE_AREA is a full XSAVE image (else FXSAVE only).
+    xsave: bool,
 }
 
 /// One request VM.
@@ -186,6 +188,7 @@ impl RequestVm {
             settings,
             cache_control: None,
             storage,
+            xsave: frozen.use_xsave,
         };
         Ok(RequestVm {
             inv,
@@ -343,6 +346,7 @@ impl Invoker {
         fs_base: u64,
         settings: RequestSettings,
         storage: Option<StorageHandle>,
+        xsave: bool,
     ) -> Self {
         let user_sregs = vm.machine.cpu.sregs().ok();
         Invoker {
@@ -353,6 +357,7 @@ impl Invoker {
             settings,
             cache_control: None,
             storage,
+            xsave,
         }
     }
 
@@ -480,7 +485,8 @@ impl Invoker {
             // before the stub's `call`.
             r.rsp = (frozen_rsp - 512) & !15;
             r.rflags = 0x202;
-            r.rax = handler;
+            r.r11 = handler;
+            r.r10 = u64::from(self.xsave);
             match kind {
                 3 => r.rdi = io::REQUEST_STRUCT,
                 2 => {
@@ -835,7 +841,8 @@ impl Invoker {
             r.rip = layout::REQUEST_ENTRY;
             r.rsp = (self.base_rsp - 512) & !15;
             r.rflags = 0x202;
-            r.rax = self.vm.handlers.on_error;
+            r.r11 = self.vm.handlers.on_error;
+            r.r10 = u64::from(self.xsave);
             r.rdi = ptrs.url;
             r.rsi = ptrs.arg;
             r.rdx = at;

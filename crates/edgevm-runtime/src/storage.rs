@@ -151,12 +151,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
     let base_rsp = vm.machine.cpu.regs().rsp;
     let fs = vm.machine.cpu.fs_base();
     // The request-entry stub restores FPU state from the FXSAVE area: give it this VM's own.
-    if let Ok(fpu) = vm.machine.cpu.fpu() {
-        let _ = vm
-            .machine
-            .mem
-            .write_raw(layout::FXSAVE_AREA, &crate::vm::fxsave_image(&fpu));
-    }
+    let xsave = vm.install_entry_fpu().unwrap_or(false);
     while let Ok(mut call) = rx.recv() {
         match &call.kind {
             Kind::Func => {}
@@ -171,7 +166,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                     continue;
                 }
                 call.func = f;
-                let r = run_call(&mut vm, base_rsp, fs, budget2, &call);
+                let r = run_call(&mut vm, base_rsp, fs, xsave, budget2, &call);
                 let _ = call.reply.send(r.map(|d| d.unwrap_or_default()));
                 continue;
             }
@@ -182,7 +177,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                 call.func
             ))
         } else {
-            run_call(&mut vm, base_rsp, fs, budget, &call)
+            run_call(&mut vm, base_rsp, fs, xsave, budget, &call)
         };
         match r {
             Ok(Some(data)) => {
@@ -205,6 +200,7 @@ fn run_call(
     vm: &mut MainVm,
     base_rsp: u64,
     fs: u64,
+    xsave: bool,
     budget: Duration,
     call: &Call,
 ) -> Result<Option<Vec<u8>>, String> {
@@ -235,7 +231,8 @@ fn run_call(
         r.rip = layout::REQUEST_ENTRY;
         r.rsp = (bufs - 256) & !15;
         r.rflags = 0x202;
-        r.rax = call.func;
+        r.r11 = call.func;
+        r.r10 = u64::from(xsave);
         match &call.kind {
             Kind::Func => {
                 r.rdi = call.inputs.len() as u64;

@@ -263,6 +263,8 @@ pub struct Frozen {
     pub opts: VmOptions,
     /// sys_make_ephemeral() choice, if made.
     pub ephemeral_override: Option<bool>,
+    /// The image at FXSAVE_AREA is a full XSAVE image (restored with XRSTOR).
+    pub use_xsave: bool,
 }
 
 /// kvm_fpu -> the 512-byte FXSAVE image that the request entry stub `fxrstor`s.
@@ -362,14 +364,34 @@ impl MainVm {
         })
     }
 
-    /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
-    /// the CPU state (FPU/SSE into the image, for the request entry stub), drop its vCPU.
-    pub fn freeze(mut self) -> Result<Frozen, RunError> {
-        self.printer.flush();
+    /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
+    /// from. Returns true for a full XSAVE image, false for FXSAVE (x87/SSE) only.
+    pub fn install_entry_fpu(&mut self) -> Result<bool, RunError> {
+        // The page holds 4 KiB: enough for x87/SSE/AVX and AVX-512 (not AMX tiles).
+        let xsave_cpu = KvmVcpu::cpuid_xsave_info().is_some_and(|(ecx, _)| ecx & (1 << 26) != 0);
+        if xsave_cpu && std::env::var_os("EDGEVM_TEST_NO_XSAVE").is_none() {
+            if let Some(img) = self.machine.cpu.xsave() {
+                // XRSTOR faults on a compacted image (XCOMP_BV bit 63); KVM gives the
+                // standard format, but check rather than crash every request.
+                let xcomp = u64::from_le_bytes(img[520..528].try_into().unwrap_or_default());
+                if xcomp & (1 << 63) == 0 {
+                    self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
+                    return Ok(true);
+                }
+            }
+        }
         let fpu = self.machine.cpu.fpu()?;
         self.machine
             .mem
             .write_raw(layout::FXSAVE_AREA, &fxsave_image(&fpu))?;
+        Ok(false)
+    }
+
+    /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
+    /// the CPU state (FPU/SSE/AVX into the image, for the request entry stub), drop its vCPU.
+    pub fn freeze(mut self) -> Result<Frozen, RunError> {
+        self.printer.flush();
+        let use_xsave = self.install_entry_fpu()?;
         let regs = *self.machine.cpu.regs();
         let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
         let MainVm {
@@ -395,6 +417,7 @@ impl MainVm {
             layout,
             opts,
             ephemeral_override,
+            use_xsave,
         })
     }
 

@@ -716,3 +716,21 @@ fn live_update_carries_storage_state() {
     assert_eq!(s.stat("live", "live_updates"), 1.0);
     assert_eq!(s.stat("live", "live_update_transfer_bytes"), 8.0);
 }
+
+#[test]
+fn vector_registers_do_not_leak_between_requests() {
+    // Each request leaves markers in ymm1/ymm2; the next must see the frozen (zero) values.
+    // xmm2 checks the SSE state reset everywhere; ymm1's upper half checks the XSAVE reset
+    // (on kvm_pvm a VM exit already clears YMM upper halves, on hardware KVM it does not).
+    let s = serve(
+        "avx",
+        &[program("avx", &guest("avx_state"), "\"concurrency\": 1")],
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            s.ok("/avx/"),
+            "ymm1.hi=00000000000000000000000000000000 xmm2=00000000000000000000000000000000"
+        );
+    }
+    s.stop();
+}
