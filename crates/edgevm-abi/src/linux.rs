@@ -1234,6 +1234,23 @@ mod tests {
     }
 
     #[test]
+    fn pointers_into_supervisor_structures_are_efault() {
+        let mut e = env(32 << 20);
+        e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+        // write(1, GDT, 8): reading the GDT is refused like a kernel address on Linux.
+        assert_eq!(e.call(1, [1, crate::layout::GDT, 8, 0, 0, 0]), Ok(-EFAULT));
+        // clock_gettime into the page tables: refused, and nothing is written there.
+        let before = e.mem.read_raw_u64(crate::layout::PML4);
+        assert_eq!(
+            e.call(228, [1, crate::layout::PML4, 0, 0, 0, 0]),
+            Ok(-EFAULT)
+        );
+        assert_eq!(e.mem.read_raw_u64(crate::layout::PML4), before);
+        // The I/O area and user memory stay reachable.
+        assert_eq!(e.call(228, [1, crate::layout::IO_AREA, 0, 0, 0, 0]), Ok(0));
+    }
+
+    #[test]
     fn request_limit() {
         let mut e = env(64 << 20);
         e.st.set_request_limit(Some(2 << 20));

@@ -218,6 +218,13 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Read a u64 without the protected-range check (0 when out of bounds).
+    pub fn read_raw_u64(&self, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        let _ = self.read_raw(addr, &mut b);
+        u64::from_le_bytes(b)
+    }
+
     /// Write without the protected-range check (host-internal structures).
     pub fn write_raw(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.raw_range(addr, data.len())?;
