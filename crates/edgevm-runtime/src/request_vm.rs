@@ -412,7 +412,7 @@ impl Invoker {
                 "result buffer {dst:#x}+{dstlen:#x} is outside guest memory"
             )));
         }
-        match storage.call(func, inputs, dstlen) {
+        match storage.call(func, inputs, dstlen, self.vm.time_left()) {
             Ok(data) if dst == 0 => Ok(data.len() as u64),
             Ok(data) => {
                 let n = data.len().min(dstlen as usize);

@@ -57,7 +57,13 @@ pub struct StorageHandle {
 impl StorageHandle {
     /// Call `func` in storage with `inputs`; the result (at most `dstlen` bytes are used by
     /// the caller, the full length is returned).
-    pub fn call(&self, func: u64, inputs: Vec<Vec<u8>>, dstlen: u64) -> Result<Vec<u8>, String> {
+    pub fn call(
+        &self,
+        func: u64,
+        inputs: Vec<Vec<u8>>,
+        dstlen: u64,
+        wait: Option<Duration>,
+    ) -> Result<Vec<u8>, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Call {
@@ -68,11 +74,15 @@ impl StorageHandle {
                 reply,
             })
             .map_err(|_| "the storage VM is gone".to_string())?;
-        // The storage VM applies max_storage_time itself; this only guards against a queue
-        // that never drains.
-        match rx.recv_timeout(self.timeout) {
+        // The storage VM applies max_storage_time itself; the caller's own deadline (what is
+        // left of max_request_time) bounds how long it waits in the queue and for the call.
+        let limit = wait.map_or(self.timeout, |w| w.min(self.timeout));
+        match rx.recv_timeout(limit) {
             Ok(r) => r,
-            Err(_) => Err("storage call timed out waiting for the storage VM".into()),
+            Err(_) => Err(format!(
+                "storage call did not finish within {:.1}s (storage is busy or the call is slow)",
+                limit.as_secs_f64()
+            )),
         }
     }
 }

@@ -566,6 +566,12 @@ impl MainVm {
         Ok(())
     }
 
+    /// Time left before the current run's deadline (None without a deadline).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|(d, _, _)| d.saturating_duration_since(Instant::now()))
+    }
+
     /// Disarm the run timer.
     pub fn stop_deadline(&mut self) {
         if let Some(t) = &mut self.timer {
