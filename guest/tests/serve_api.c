@@ -149,6 +149,9 @@ static void on_get(const char *url, const char *arg)
 			(char *)(uintptr_t)0xdeadbeef000ull, 100);
 		snprintf(out, sizeof(out), "FAIL badfind returned %u", r);
 		respond(200, out);
+	} else if (strcmp(action, "vcpu") == 0) {
+		snprintf(out, sizeof(out), "vcpuid=%d reqid=%d", vcpuid(), vcpureqid());
+		respond(200, out);
 	} else if (strcmp(action, "flood") == 0) {
 		/* 1 MiB of output in one request: the server prints at most its budget. */
 		static char line[1024];

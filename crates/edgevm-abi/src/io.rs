@@ -41,6 +41,10 @@ pub const OFF_REQ_USED: u64 = 16;
 pub const OFF_RESP_USED: u64 = 20;
 /// Flags (bit 0: warmup request).
 pub const OFF_FLAGS: u64 = 24;
+/// Per-vCPU data at %gs (the GS base points here): `u32 vcpuid` (always 0: one vCPU),
+/// `u32 vcpureqid` (the request VM's index in its program's pool), read by kvm_api.h's
+/// `vcpuid()` / `vcpureqid()`.
+pub const VCPU_INFO: u64 = IO_AREA + 0x40;
 /// Request header table.
 pub const REQ_TABLE: u64 = IO_AREA + 0x1000;
 /// Maximum request headers.

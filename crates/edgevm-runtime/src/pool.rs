@@ -377,7 +377,7 @@ impl Program {
             let go = go_rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vm{i}:{}", self.name))
-                .spawn(move || me.vm_thread(f, st, tx, go));
+                .spawn(move || me.vm_thread(i, f, st, tx, go));
             if let Err(e) = spawned {
                 return self.set_failed(format!("cannot start VM thread: {e}"));
             }
@@ -482,6 +482,7 @@ impl Program {
 
     fn vm_thread(
         self: Arc<Self>,
+        index: u32,
         frozen: Arc<Frozen>,
         storage: Option<StorageHandle>,
         ready: Sender<Result<(), String>>,
@@ -492,7 +493,8 @@ impl Program {
             self.settings.request.clone(),
             storage.clone(),
         ) {
-            Ok(vm) => {
+            Ok(mut vm) => {
+                vm.set_index(index);
                 let _ = ready.send(Ok(()));
                 vm
             }
@@ -533,7 +535,10 @@ impl Program {
                         self.settings.request.clone(),
                         storage.clone(),
                     ) {
-                        Ok(v) => vm = v,
+                        Ok(v) => {
+                            vm = v;
+                            vm.set_index(index);
+                        }
                         Err(e) => {
                             tracing::error!("{}: cannot replace the VM: {e}", self.name);
                             return;

@@ -126,6 +126,8 @@ pub struct Invoker {
     user_sregs: Option<edgevm_kvm::kvm_sregs>,
     /// The FPU image at FXSAVE_AREA is a full XSAVE image (else FXSAVE only).
     xsave: bool,
+    /// This VM's index in its program's pool (`vcpureqid()`).
+    index: u32,
 }
 
 /// One request VM.
@@ -189,6 +191,7 @@ impl RequestVm {
             cache_control: None,
             storage,
             xsave: frozen.use_xsave,
+            index: 0,
         };
         Ok(RequestVm {
             inv,
@@ -198,6 +201,11 @@ impl RequestVm {
             requests: 0,
             full_resets: 0,
         })
+    }
+
+    /// Set this VM's index in its pool (what `vcpureqid()` returns in it).
+    pub fn set_index(&mut self, index: u32) {
+        self.inv.index = index;
     }
 
     /// Whether this VM resets after every request.
@@ -358,6 +366,7 @@ impl Invoker {
             cache_control: None,
             storage,
             xsave,
+            index: 0,
         }
     }
 
@@ -531,6 +540,16 @@ impl Invoker {
                     err,
                 })?;
         }
+        let mut info = [0u8; 8];
+        info[4..].copy_from_slice(&self.index.to_le_bytes());
+        self.vm
+            .machine
+            .mem
+            .write(io::VCPU_INFO, &info)
+            .map_err(|err| IoError::BadPointer {
+                call: "request",
+                err,
+            })?;
         let mut seed = [0u8; 16];
         fill_random(&mut seed);
         io::write_request(

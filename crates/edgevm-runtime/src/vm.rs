@@ -328,6 +328,8 @@ impl MainVm {
         }
         let mut machine = KvmMachine::new(mem, false)?;
         setup_cpu(&mut machine)?;
+        // %gs points at the per-vCPU data vcpuid()/vcpureqid() read (a program may move it).
+        machine.cpu.set_gs_base(edgevm_abi::io::VCPU_INFO)?;
         *machine.cpu.regs_mut() = cpu::initial_regs(elf.entry, rsp);
         let exe = std::fs::canonicalize(&opts.program_path)
             .unwrap_or_else(|_| opts.program_path.clone())
