@@ -694,6 +694,13 @@ impl Invoker {
                 ));
                 0
             }
+            api::BEGIN_STREAMING => {
+                return Err(RequestFailure {
+                    message: "streaming responses (begin_streaming_response) are not supported yet"
+                        .into(),
+                    kind: FailureKind::Api,
+                })
+            }
             api::WAIT_FOR_REQUESTS | api::WAIT_FOR_REQUESTS_PAUSED => {
                 return Err(RequestFailure {
                     message: "wait_for_requests() called during a request".into(),

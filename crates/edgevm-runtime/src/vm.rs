@@ -515,6 +515,11 @@ impl MainVm {
                     ))
                 }
                 Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
+                Event::Hypercall(api::WAIT_FOR_REQUESTS_PAUSED) => {
+                    return Err(RunError::Fatal(
+                        "wait_for_requests_paused() (event-loop programs) is not supported yet: use set_backend_get/post/request and wait_for_requests()".into(),
+                    ))
+                }
                 Event::Hypercall(api::STORAGE_ALLOW) => {
                     let f = self.machine.cpu.regs().rdi;
                     if self.opts.storage {
