@@ -372,29 +372,11 @@ impl GuestMemory {
     /// Restore, from `image`, every page set in `dirty` (KVM's dirty log) or written by the host
     /// since the last reset, below the shared area. Returns the number of pages copied.
     pub fn restore_pages(&mut self, image: &GuestMemory, dirty: &[u64]) -> usize {
-        debug_assert_eq!(image.size, self.size);
-        let limit_page = self.shared_from / PAGE_SIZE;
-        let mut copied = 0;
-        for (w, host_word) in self.host_dirty.iter_mut().enumerate() {
-            let mut bits = *host_word | dirty.get(w).copied().unwrap_or(0);
-            *host_word = 0;
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let page = w * 64 + b;
-                if page >= limit_page {
-                    break;
-                }
-                let off = page * PAGE_SIZE;
-                // SAFETY: page < limit_page <= pages(), so off..off+PAGE_SIZE is inside both
-                // mappings (same size); the guest is stopped; the image is frozen.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(image.ptr.add(off), self.ptr.add(off), PAGE_SIZE)
-                };
-                copied += 1;
-            }
+        // Every page is "hot": all are copied back, none dropped.
+        match self.discard_pages(image, dirty, 0..u64::MAX) {
+            Ok((copied, _)) => copied,
+            Err(_) => 0,
         }
-        copied
     }
 
     /// Reset the pages set in `dirty` (KVM's dirty log) or written by the host: copy back

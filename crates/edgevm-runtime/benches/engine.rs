@@ -11,6 +11,8 @@
 //! output is discarded (stdout is pointed at /dev/null while guests run). Results are
 //! printed as a markdown table: min and median over the runs.
 
+mod common;
+use common::{guests, stats, us};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,21 +26,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn guests() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("EDGEVM_GUESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/guests"));
-    if !dir.join("bench_getpid").exists() || !dir.join("hello_musl").exists() {
-        let st = Command::new(root.join("guest/build.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run guest/build.sh");
-        assert!(st.success(), "guest/build.sh failed");
-    }
-    dir
 }
 
 /// Guest output goes to /dev/null while the guard lives; the table goes to the real stdout.
@@ -147,22 +134,6 @@ fn boot(g: &Guest, args: &[&str]) -> Boot {
         exits: r.exits,
         syscalls: r.syscalls,
     }
-}
-
-/// (min, median) of durations, in microseconds.
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (v[0], median)
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 struct Row {
@@ -294,7 +265,7 @@ fn bench_raw_exit(g: &Guest, runs: u64, rows: &mut Vec<Row>) -> f64 {
 fn main() {
     let runs = env_num("EDGEVM_BENCH_RUNS", 21).max(1);
     let n = env_num("EDGEVM_BENCH_GETPID", 200_000).max(1);
-    let dir = guests();
+    let dir = guests(&["bench_getpid", "hello_musl"]);
     let hello = Guest::new(&dir, "hello");
     let musl = Guest::new(&dir, "hello_musl");
     let getpid = Guest::new(&dir, "bench_getpid");

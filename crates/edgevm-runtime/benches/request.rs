@@ -15,10 +15,10 @@
 //! of 50, round-robin over the N values, so that noise from other work on the machine spreads
 //! evenly. Results are printed as a markdown table: min and median per cycle.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::{guests, stats, us};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edgevm_runtime::request::GuestRequest;
 use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
@@ -33,37 +33,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn guests() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("EDGEVM_GUESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/guests"));
-    if !dir.join("bench_touch").exists() {
-        let st = Command::new(root.join("guest/build.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run guest/build.sh");
-        assert!(st.success(), "guest/build.sh failed");
-    }
-    dir
-}
-
-/// (min, median) in microseconds.
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (v[0], median)
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 fn get(url: &str) -> GuestRequest {
@@ -208,7 +177,7 @@ fn mean<T: Copy + Into<f64>>(v: &[T]) -> f64 {
 fn main() {
     let cycles = env_num("EDGEVM_BENCH_CYCLES", 2000).max(BLOCK as u64) as usize;
     let k = env_num("EDGEVM_BENCH_K", 200).max(1);
-    let dir = guests();
+    let dir = guests(&["bench_touch"]);
     let path = dir.join("bench_touch");
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut opts = VmOptions::new("bench_touch", path, bytes);
