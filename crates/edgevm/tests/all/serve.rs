@@ -595,6 +595,43 @@ fn requests_queue_for_a_busy_vm() {
 }
 
 #[test]
+fn a_request_that_waits_too_long_for_a_vm_gets_503() {
+    // The 60 s queue limit, shortened for the test.
+    let dir = scratch("serve-queue-timeout");
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{\n{}\n}}\n",
+            program("slow", &guest("serve_api"), "\"concurrency\": 1")
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[("EDGEVM_QUEUE_TIMEOUT_MS", "400")]);
+    s.ok("/slow/ok"); // boot
+    let port = s.port;
+    let results: Vec<Resp> = std::thread::scope(|sc| {
+        let first = sc.spawn(move || Conn::new(port).send("GET", "/slow/sleep?ms=1200", &[], b""));
+        std::thread::sleep(Duration::from_millis(200));
+        let second = sc.spawn(move || Conn::new(port).send("GET", "/slow/ok", &[], b""));
+        vec![first.join().unwrap(), second.join().unwrap()]
+    });
+    assert_eq!(
+        (results[0].status, results[0].text().as_str()),
+        (200, "slept 1200")
+    );
+    assert_eq!(results[1].status, 503, "{}", results[1].text());
+    assert!(
+        results[1].text().contains("waiting for a free VM"),
+        "{}",
+        results[1].text()
+    );
+    assert_eq!(s.stat("slow", "queue_timeouts"), 1.0);
+    assert_eq!(s.ok("/slow/ok"), "ok");
+    s.stop();
+}
+
+#[test]
 fn exits_per_request_of_hello() {
     let s = serve(
         "exits",
