@@ -6,6 +6,7 @@ mod bad_input;
 mod common;
 mod config_delivery;
 mod harness;
+mod robustness;
 mod run_cmd;
 mod run_limits;
 mod serve;
