@@ -821,3 +821,52 @@ fn vcpuid_and_request_vm_index() {
     }
     s.stop();
 }
+
+#[test]
+fn random_hostile_api_and_system_calls_never_hurt_the_server() {
+    // Each request makes 200 random hypercalls and system calls with nasty arguments.
+    let s = serve(
+        "api-fuzz",
+        &[program(
+            "fz",
+            &guest("api_fuzz"),
+            "\"concurrency\": 2, \"max_request_time\": 2.0",
+        )],
+    );
+    let port = s.port;
+    let results: Vec<(u64, Resp)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4u64)
+            .map(|t| {
+                sc.spawn(move || {
+                    let mut c = Conn::new(port);
+                    (0..30u64)
+                        .map(|i| {
+                            let seed = t * 1000 + i;
+                            (seed, c.send("GET", &format!("/fz/?seed={seed}"), &[], b""))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    for (seed, r) in &results {
+        match r.status {
+            200 => assert_eq!(r.text(), "survived"),
+            500 => assert!(
+                r.text().starts_with("program error"),
+                "{seed}: {}",
+                r.text()
+            ),
+            other => panic!("seed {seed}: status {other}: {}", r.text()),
+        }
+        // Odd seeds make no header calls: every other misuse is answered with an error code
+        // to the program, which carries on.
+        if seed % 2 == 1 {
+            assert_eq!(r.status, 200, "seed {seed}: {}", r.text());
+        }
+    }
+    assert_eq!(s.ok("/fz/?seed=1"), "survived");
+    let log = s.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
