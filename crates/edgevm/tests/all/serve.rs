@@ -870,3 +870,51 @@ fn random_hostile_api_and_system_calls_never_hurt_the_server() {
     let log = s.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn hostile_clients_do_not_stop_the_server() {
+    use std::io::{Read, Write};
+    let s = serve("clients", &[program("hello", &guest("example_hello"), "")]);
+    let addr = format!("127.0.0.1:{}", s.port);
+    let garbage: [&[u8]; 6] = [
+        b"\x00\x01\x02GARBAGE\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /hello HTTP/9.9\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /hello HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
+    ];
+    for g in garbage {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(g).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.0 4"),
+            "{:?} -> {text}",
+            String::from_utf8_lossy(g)
+        );
+    }
+    // Many connections opened and dropped at once, some half-written.
+    let conns: Vec<_> = (0..200)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            if i % 2 == 0 {
+                let _ = c.write_all(b"GET /hello HTTP/1.1\r\nHo");
+            }
+            c
+        })
+        .collect();
+    drop(conns);
+    // Clients that disconnect before their response is ready.
+    for _ in 0..20 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+    }
+    assert_eq!(s.ok("/hello"), "Hello World!");
+    let log = s.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
