@@ -16,6 +16,7 @@
 #     avx_state        AVX register isolation between requests
 #     storage_slow     storage calls that hang or crash
 #     api_fuzz         random hypercalls and system calls with nasty arguments
+#     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
@@ -110,6 +111,8 @@ for prog in serve_state serve_api bench_touch; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
+build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
+build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build storage_slow "$T/storage_slow.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/storage_slow.c" -o "$OUT/storage_slow.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"

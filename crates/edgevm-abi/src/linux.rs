@@ -238,6 +238,12 @@ impl LinuxState {
         after <= self.cfg.max_memory
     }
 
+    /// (bytes allocated by the current request, its limit), while a request limit is set.
+    pub fn request_usage(&self) -> Option<(u64, u64)> {
+        self.request_limit
+            .map(|(base, limit)| (self.memory_used().saturating_sub(base), limit))
+    }
+
     /// Limit what one request may allocate (max_request_memory); `None` lifts the limit.
     pub fn set_request_limit(&mut self, limit: Option<u64>) {
         self.request_limit = limit.map(|l| (self.memory_used(), l));

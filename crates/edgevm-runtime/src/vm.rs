@@ -720,9 +720,18 @@ impl MainVm {
                 self.layout.shared_start
             }
             api::GET_MEMINFO => {
+                // struct meminfo { max_memory, max_reqmem, reqmem_upper, reqmem_current }:
+                // in a request, the request's allocation limit and use; else the program's.
+                let (limit, used) = self
+                    .linux
+                    .request_usage()
+                    .map(|(used, limit)| (limit, used))
+                    .unwrap_or((0, 0));
                 let mut b = [0u8; 32];
                 b[..8].copy_from_slice(&self.opts.max_memory.to_le_bytes());
-                b[16..24].copy_from_slice(&self.linux.memory_used().to_le_bytes());
+                b[8..16].copy_from_slice(&limit.to_le_bytes());
+                b[16..24].copy_from_slice(&used.to_le_bytes());
+                b[24..32].copy_from_slice(&used.to_le_bytes());
                 match self.machine.mem.write(r.rdi, &b) {
                     Ok(()) => 0,
                     Err(_) => u64::MAX,

@@ -918,3 +918,61 @@ fn hostile_clients_do_not_stop_the_server() {
     let log = s.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn request_handler_api_and_reference_built_binaries() {
+    // The same program built against edgevm's header and with reference-style stubs (every
+    // call a hypercall, as a binary built against the reference header): identical answers.
+    let s = serve(
+        "compat",
+        &[
+            program("edge", &guest("api_compat"), "\"max_request_memory\": 16"),
+            program(
+                "refabi",
+                &guest("api_compat_ref"),
+                "\"max_request_memory\": 16",
+            ),
+        ],
+    );
+    let mut bodies = Vec::new();
+    for p in ["edge", "refabi"] {
+        let r = s.req(
+            "POST",
+            &format!("/{p}/path?q=1"),
+            &[("X-Agent", "tester"), ("Content-Type", "text/x")],
+            b"hello body",
+        );
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+        assert_eq!(r.header("x-one"), Some("uno"), "http_set replaced X-One");
+        assert_eq!(r.header("x-two"), Some("2"));
+        assert_eq!(r.header("x-gone"), None, "http_unset removed X-Gone");
+        assert_eq!(
+            r.header("cache-control"),
+            Some("public, max-age=30, stale-while-revalidate=10")
+        );
+        let t = r.text().replace(&format!("/{p}/"), "/P/");
+        assert!(
+            t.starts_with("method=POST/POST url=/P/path?q=1 ctype=text/x body=10:hello body "),
+            "{t}"
+        );
+        assert!(t.contains("agent=[x-agent: tester]"), "{t}");
+        assert!(
+            t.ends_with("sandboxed=1 request=1 storage=0 warmup=0 maxmem=64 reqmem=16 debug=0"),
+            "{t}"
+        );
+        bodies.push(t);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // The header calls cost no exits with edgevm's header, one each with reference stubs.
+    let (edge, refabi) = (
+        s.stat("edge", "exits_per_request"),
+        s.stat("refabi", "exits_per_request"),
+    );
+    assert!(refabi >= edge + 6.0, "edge {edge} refabi {refabi}");
+    let log = s.stop();
+    assert!(log.contains(">>> [edge] handling a request"), "{log}");
+    assert!(
+        log.contains(">>> [refabi] Skipped VM breakpoint (debug not enabled)"),
+        "{log}"
+    );
+}
