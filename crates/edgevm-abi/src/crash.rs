@@ -105,16 +105,16 @@ pub fn decode_exception(
         Some(u64::from_le_bytes(b))
     };
     let vector = rd(rsp).unwrap_or(255) as u8;
-    let mut frame = rsp + 8;
+    let mut frame = rsp.wrapping_add(8);
     let error_code = if has_error_code(vector) {
         let e = rd(frame);
-        frame += 8;
+        frame = frame.wrapping_add(8);
         e
     } else {
         None
     };
     let rip = rd(frame).unwrap_or(0);
-    let user_rsp = rd(frame + 24).unwrap_or(0);
+    let user_rsp = rd(frame.wrapping_add(24)).unwrap_or(0);
     let cr2 = if vector == 14 {
         Some(cpu.sregs()?.cr2)
     } else {

@@ -284,12 +284,16 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
             loads
                 .iter()
                 .find(|p| phoff >= p.p_offset && phoff < p.p_offset + p.p_filesz)
-                .map(|p| p.p_vaddr.wrapping_add(bias) + (phoff - p.p_offset))
+                .map(|p| {
+                    p.p_vaddr
+                        .wrapping_add(bias)
+                        .wrapping_add(phoff - p.p_offset)
+                })
         })
         .unwrap_or(0);
     let phsize = elf.header.e_phnum as usize * elf.header.e_phentsize as usize;
     let raw_phdrs = bytes
-        .get(phoff as usize..phoff as usize + phsize)
+        .get(phoff as usize..(phoff as usize).saturating_add(phsize))
         .unwrap_or(&[])
         .to_vec();
     let mut syms: Vec<(u64, u64, String)> = elf

@@ -110,7 +110,7 @@ impl MmapArea {
     /// Return [start, start+len) to the free list, coalescing.
     fn give_back(&mut self, start: u64, len: u64) {
         let start = start.max(self.bottom);
-        let end = (start + len).min(self.top);
+        let end = start.saturating_add(len).min(self.top);
         if end <= start {
             return;
         }
@@ -447,8 +447,10 @@ impl LinuxState {
         let mut total = 0i64;
         let mut data = Vec::new();
         for i in 0..cnt {
-            let (Ok(base), Ok(len)) = (mem.read_u64(iov + 16 * i), mem.read_u64(iov + 16 * i + 8))
-            else {
+            let (Ok(base), Ok(len)) = (
+                mem.read_u64(iov.wrapping_add(16 * i)),
+                mem.read_u64(iov.wrapping_add(16 * i + 8)),
+            ) else {
                 return -EFAULT;
             };
             if len == 0 {
@@ -478,7 +480,7 @@ impl LinuxState {
         }
         let mut ready = 0;
         for i in 0..n {
-            let at = fds + 8 * i;
+            let at = fds.wrapping_add(8 * i);
             let mut b = [0u8; 8];
             if mem.read(at, &mut b).is_err() {
                 return -EFAULT;
@@ -530,7 +532,7 @@ impl LinuxState {
         }
         let new = page_up(req);
         // Keep one page free between the heap and the lowest mapping.
-        if new + PAGE > self.mmap.bottom {
+        if new.saturating_add(PAGE) > self.mmap.bottom {
             return self.brk as i64;
         }
         if new > self.brk && !self.can_grow(new - self.brk) {
@@ -655,7 +657,7 @@ impl LinuxState {
         if old % PAGE != 0 || new_len == 0 || flags & !3 != 0 {
             return -EINVAL;
         }
-        if !(old >= self.mmap.bottom && old + old_len <= self.mmap.top) {
+        if !(old >= self.mmap.bottom && old.saturating_add(old_len) <= self.mmap.top) {
             return -EFAULT;
         }
         if new_len <= old_len {

@@ -263,7 +263,14 @@ impl Program {
         let me = self.clone();
         let r = std::thread::Builder::new()
             .name(format!("boot:{}", self.name))
-            .spawn(move || me.boot());
+            .spawn(move || {
+                // A bug while booting must not leave the program "booting" forever.
+                let p = me.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || p.boot())).is_err()
+                {
+                    me.set_failed("internal error in edgevm while booting the program".into());
+                }
+            });
         if let Err(e) = r {
             self.set_failed(format!("cannot start boot thread: {e}"));
         }

@@ -397,7 +397,7 @@ impl Invoker {
                 .vm
                 .machine
                 .mem
-                .read_vec(bufs + 16 * i, 16)
+                .read_vec(bufs.wrapping_add(16 * i), 16)
                 .map_err(|e| bad(e.to_string()))?;
             let p = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
             let l = u64::from_le_bytes(d[8..].try_into().unwrap_or_default()) as usize;
@@ -492,7 +492,8 @@ impl Invoker {
             r.rip = layout::REQUEST_ENTRY;
             // Below the frozen frame of wait_for_requests (and its red zone), 16-aligned
             // before the stub's `call`.
-            r.rsp = (frozen_rsp - 512) & !15;
+            // Guest-controlled (a program may enter wait_for_requests() with any RSP).
+            r.rsp = frozen_rsp.wrapping_sub(512) & !15;
             r.rflags = 0x202;
             r.r11 = handler;
             r.r10 = u64::from(self.xsave);
@@ -827,7 +828,7 @@ impl Invoker {
         let mut out = Vec::new();
         for i in 0..n as u64 {
             let e = mem
-                .read_vec(hp + 16 * i, 16)
+                .read_vec(hp.wrapping_add(16 * i), 16)
                 .map_err(|e| bad(e.to_string()))?;
             let p = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
             let l = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
@@ -865,7 +866,7 @@ impl Invoker {
             let r = self.vm.machine.cpu.regs_mut();
             *r = Default::default();
             r.rip = layout::REQUEST_ENTRY;
-            r.rsp = (self.base_rsp - 512) & !15;
+            r.rsp = self.base_rsp.wrapping_sub(512) & !15;
             r.rflags = 0x202;
             r.r11 = self.vm.handlers.on_error;
             r.r10 = u64::from(self.xsave);

@@ -215,10 +215,11 @@ fn run_call(
     call: &Call,
 ) -> Result<Option<Vec<u8>>, String> {
     // Inputs on the stack: data blocks, then the virtbuffer array.
-    let mut sp = (base_rsp - 4096) & !15;
+    // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
+    let mut sp = base_rsp.wrapping_sub(4096) & !15;
     let mut descs = Vec::with_capacity(call.inputs.len() * 16);
     for inp in &call.inputs {
-        sp = (sp - inp.len() as u64) & !15;
+        sp = sp.wrapping_sub(inp.len() as u64) & !15;
         vm.machine
             .mem
             .write(sp, inp)
@@ -226,7 +227,7 @@ fn run_call(
         descs.extend_from_slice(&sp.to_le_bytes());
         descs.extend_from_slice(&(inp.len() as u64).to_le_bytes());
     }
-    sp = (sp - descs.len() as u64) & !15;
+    sp = sp.wrapping_sub(descs.len() as u64) & !15;
     vm.machine
         .mem
         .write(sp, &descs)
@@ -239,7 +240,7 @@ fn run_call(
         let r = vm.machine.cpu.regs_mut();
         *r = Default::default();
         r.rip = layout::REQUEST_ENTRY;
-        r.rsp = (bufs - 256) & !15;
+        r.rsp = bufs.wrapping_sub(256) & !15;
         r.rflags = 0x202;
         r.r11 = call.func;
         r.r10 = u64::from(xsave);
