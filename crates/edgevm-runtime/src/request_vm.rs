@@ -116,6 +116,9 @@ pub struct Invoker {
     base_rsp: u64,
     /// TLS base to restore before each call.
     fs_base: u64,
+    /// GS base to restore before each call (vcpuid()/vcpureqid() block, unless the program
+    /// moved it during init).
+    gs_base: u64,
     /// Limits for one call.
     settings: RequestSettings,
     cache_control: Option<String>,
@@ -187,6 +190,7 @@ impl RequestVm {
             vm,
             base_rsp: frozen.regs.rsp,
             fs_base: frozen.fs_base,
+            gs_base: frozen.gs_base,
             settings,
             cache_control: None,
             storage,
@@ -357,11 +361,13 @@ impl Invoker {
         xsave: bool,
     ) -> Self {
         let user_sregs = vm.machine.cpu.sregs().ok();
+        let gs_base = vm.machine.cpu.gs_base();
         Invoker {
             user_sregs,
             vm,
             base_rsp,
             fs_base,
+            gs_base,
             settings,
             cache_control: None,
             storage,
@@ -480,6 +486,14 @@ impl Invoker {
             self.vm.layout.input_area
         };
         let frozen_rsp = self.base_rsp;
+        // TLS and GS bases are per-request state too (arch_prctl can change them): one MSR
+        // write each, only when a request changed them.
+        let gs = self.gs_base;
+        if self.vm.machine.cpu.gs_base() != gs {
+            if let Err(e) = self.vm.machine.cpu.set_gs_base(gs) {
+                return fail(FailureKind::Other, e.to_string());
+            }
+        }
         let fs = self.fs_base;
         if self.vm.machine.cpu.fs_base() != fs {
             if let Err(e) = self.vm.machine.cpu.set_fs_base(fs) {

@@ -215,6 +215,8 @@ pub struct MainVm {
     pub ephemeral_override: Option<bool>,
     /// Functions named by STORAGE_ALLOW during a storage VM's init.
     pub storage_allowed: Vec<u64>,
+    /// Initialization is over (wait_for_requests() was called): the handler table is fixed.
+    pub initialized: bool,
     timer: Option<VcpuTimer>,
     deadline: Option<(Instant, Duration, &'static str)>,
 }
@@ -361,6 +363,7 @@ impl MainVm {
             opts,
             ephemeral_override: None,
             storage_allowed: Vec::new(),
+            initialized: false,
             timer: None,
             deadline: None,
         })
@@ -450,6 +453,7 @@ impl MainVm {
             opts: f.opts.clone(),
             ephemeral_override: f.ephemeral_override,
             storage_allowed: Vec::new(),
+            initialized: true,
             timer: None,
             deadline: None,
         })
@@ -514,7 +518,10 @@ impl MainVm {
                             .into(),
                     ))
                 }
-                Event::Hypercall(api::WAIT_FOR_REQUESTS) => return Ok(BootOutcome::Ready),
+                Event::Hypercall(api::WAIT_FOR_REQUESTS) => {
+                    self.initialized = true;
+                    return Ok(BootOutcome::Ready);
+                }
                 Event::Hypercall(api::WAIT_FOR_REQUESTS_PAUSED) => {
                     return Err(RunError::Fatal(
                         "wait_for_requests_paused() (event-loop programs) is not supported yet: use set_backend_get/post/request and wait_for_requests()".into(),
@@ -670,7 +677,13 @@ impl MainVm {
         let ret: u64 = match num {
             api::REGISTER_FUNC => {
                 let (idx, f) = (r.rdi, r.rsi);
-                if f != 0 && !(layout::USER_BASE..self.layout.mem_size).contains(&f) {
+                if self.initialized {
+                    // The handler table is part of the frozen state: a request must not be
+                    // able to change what the next request runs.
+                    self.printer
+                        .log("register_func() is only allowed before wait_for_requests()");
+                    u64::MAX
+                } else if f != 0 && !(layout::USER_BASE..self.layout.mem_size).contains(&f) {
                     u64::MAX
                 } else {
                     let slot = match idx {

@@ -872,6 +872,36 @@ fn random_hostile_api_and_system_calls_never_hurt_the_server() {
 }
 
 #[test]
+fn nothing_a_hostile_request_does_reaches_the_next_one() {
+    // One VM: after each request that remaps memory, moves FS/GS, registers functions, ...
+    // (seeds 2 mod 4), a well-behaved request (seed 1) must still run exactly as on a fresh VM.
+    let s = serve(
+        "api-fuzz-leak",
+        &[program(
+            "fz",
+            &guest("api_fuzz"),
+            "\"concurrency\": 1, \"max_request_time\": 2.0",
+        )],
+    );
+    let mut c = Conn::new(s.port);
+    for seed in (2..800u64).step_by(4) {
+        let r = c.send("GET", &format!("/fz/?seed={seed}"), &[], b"");
+        assert!(
+            r.status == 200 || r.status == 500,
+            "seed {seed}: {}",
+            r.text()
+        );
+        let probe = c.send("GET", "/fz/?seed=1", &[], b"");
+        assert_eq!(
+            (probe.status, probe.text().as_str()),
+            (200, "survived"),
+            "state leaked from seed {seed}"
+        );
+    }
+    s.stop();
+}
+
+#[test]
 fn hostile_clients_do_not_stop_the_server() {
     use std::io::{Read, Write};
     let s = serve("clients", &[program("hello", &guest("example_hello"), "")]);
