@@ -884,7 +884,7 @@ fn nothing_a_hostile_request_does_reaches_the_next_one() {
         )],
     );
     let mut c = Conn::new(s.port);
-    for seed in (2..800u64).step_by(4) {
+    for seed in (2..1600u64).step_by(4) {
         let r = c.send("GET", &format!("/fz/?seed={seed}"), &[], b"");
         assert!(
             r.status == 200 || r.status == 500,
