@@ -261,8 +261,12 @@ pub fn run_server(
 
 /// The multi-thread runtime the server runs on.
 fn http_runtime() -> io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("EDGEVM_HTTP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .thread_name("edgevm-http")
         .enable_all()
         .build()
