@@ -54,11 +54,57 @@ static long hypercall(uint32_t num, uint64_t a, uint64_t b, uint64_t c, uint64_t
 	return ret;
 }
 
+static void fuzz(unsigned long long seed);
+
+/* In the storage VM: the same random calls, then a normal return. */
+static void storage_fuzz(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)res;
+	unsigned long long seed = 1;
+	if (n > 0 && buf[0].len == sizeof(seed))
+		memcpy(&seed, buf[0].data, sizeof(seed));
+	fuzz(seed);
+	storage_return("ok", 2);
+}
+
+static long storage_count;
+static void storage_counter(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)n;
+	(void)buf;
+	(void)res;
+	storage_count++;
+	storage_return(&storage_count, sizeof(storage_count));
+}
+
 static void on_get(const char *url, const char *arg_)
 {
 	(void)arg_;
 	const char *s = strstr(url, "seed=");
-	rng = (s ? strtoull(s + 5, NULL, 10) : 1) * 2654435761ull + 1;
+	const unsigned long long seed = s ? strtoull(s + 5, NULL, 10) : 0;
+	if (strstr(url, "/storage")) {
+		/* /x/storage?seed=N: fuzz inside the storage VM. */
+		char out[64] = "";
+		const long r = storage_call(storage_fuzz, &seed, sizeof(seed), out, sizeof(out) - 1);
+		backend_response(200, "text/plain", 10, r == 2 ? "storage survived" : "storage call failed",
+			r == 2 ? 16 : 19);
+		return;
+	}
+	if (strstr(url, "/count")) {
+		long count = 0;
+		const long r = storage_call(storage_counter, NULL, 0, &count, sizeof(count));
+		char out[64];
+		const int n = snprintf(out, sizeof(out), "r=%ld count=%ld", r, count);
+		backend_response(200, "text/plain", 10, out, (size_t)n);
+		return;
+	}
+	fuzz(seed);
+	backend_response_str(200, "text/plain", "survived");
+}
+
+static void fuzz(unsigned long long seed)
+{
+	rng = (seed ? seed : 1) * 2654435761ull + 1;
 	static const uint32_t calls[] = {
 		0x10000, 0x10005, 0x10020, 0x10021, 0x10022, 0x10023, 0x10030, 0x10031,
 		0x10032, 0x10033, 0x10035, 0x10500, 0x10700, 0x10703, 0x10706, 0x10707,
@@ -67,7 +113,6 @@ static void on_get(const char *url, const char *arg_)
 	};
 	/* Odd seeds leave out the header calls, whose misuse fails a request at once, so the
 	   rest of the API and the system calls get exercised too. */
-	const unsigned long long seed = s ? strtoull(s + 5, NULL, 10) : 0;
 	const int skip_headers = seed % 2;
 	const int memory_calls = seed % 4 == 2;
 	for (int i = 0; i < 200; i++) {
@@ -91,7 +136,6 @@ static void on_get(const char *url, const char *arg_)
 			syscall(nr, arg(), arg(), arg(), arg(), arg(), arg());
 		}
 	}
-	backend_response_str(200, "text/plain", "survived");
 }
 
 int main(void)

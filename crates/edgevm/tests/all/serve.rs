@@ -1006,3 +1006,30 @@ fn request_handler_api_and_reference_built_binaries() {
         "{log}"
     );
 }
+
+#[test]
+fn random_hostile_calls_inside_the_storage_vm() {
+    // storage_call() into a function that makes 200 random hypercalls and system calls in
+    // the storage VM: every call returns, and the storage VM keeps serving its counter.
+    let s = serve(
+        "storage-fuzz",
+        &[program(
+            "fz",
+            &guest("api_fuzz"),
+            "\"storage\": true, \"concurrency\": 2, \"max_storage_time\": 1.0",
+        )],
+    );
+    assert_eq!(s.ok("/fz/count"), "r=8 count=1");
+    let mut c = Conn::new(s.port);
+    for seed in (1..200u64).step_by(2) {
+        let r = c.send("GET", &format!("/fz/storage?seed={seed}"), &[], b"");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "storage survived"),
+            "seed {seed}"
+        );
+    }
+    assert_eq!(s.ok("/fz/count"), "r=8 count=2");
+    let log = s.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
