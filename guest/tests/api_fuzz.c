@@ -140,6 +140,10 @@ static void fuzz(unsigned long long seed)
 
 int main(void)
 {
+	/* FUZZ_INIT=N (config "environment"): make the random calls during initialization. */
+	const char *init = getenv("FUZZ_INIT");
+	if (init != NULL)
+		fuzz(strtoull(init, NULL, 10));
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;

@@ -1033,3 +1033,37 @@ fn random_hostile_calls_inside_the_storage_vm() {
     let log = s.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn random_hostile_calls_during_initialization() {
+    // 16 programs whose main() makes 200 random calls before wait_for_requests(): each one
+    // either loads and serves, or answers 503 with its reason; the server survives all.
+    let programs: Vec<String> = (0..16u64)
+        .map(|i| {
+            program(
+                &format!("init{i}"),
+                &guest("api_fuzz"),
+                &format!(
+                    "\"concurrency\": 1, \"max_boot_time\": 3.0, \"environment\": [\"FUZZ_INIT={}\"]",
+                    i * 2 + 1 + (i % 2) * 1000
+                ),
+            )
+        })
+        .collect();
+    let s = serve("init-fuzz", &programs);
+    let mut loaded = 0;
+    for i in 0..16 {
+        let r = s.get(&format!("/init{i}/?seed=1"));
+        match r.status {
+            200 => {
+                assert_eq!(r.text(), "survived");
+                loaded += 1;
+            }
+            503 => assert!(r.text().contains(&format!("init{i}")) || !r.text().is_empty()),
+            other => panic!("init{i}: {other}: {}", r.text()),
+        }
+    }
+    assert!(loaded > 0, "no program survived its own random init");
+    let log = s.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
