@@ -374,7 +374,7 @@ impl MainVm {
     pub fn install_entry_fpu(&mut self) -> Result<bool, RunError> {
         // The page holds 4 KiB: enough for x87/SSE/AVX and AVX-512 (not AMX tiles).
         let xsave_cpu = KvmVcpu::cpuid_xsave_info().is_some_and(|(ecx, _)| ecx & (1 << 26) != 0);
-        if xsave_cpu && std::env::var_os("EDGEVM_TEST_NO_XSAVE").is_none() {
+        if xsave_cpu {
             if let Some(img) = self.machine.cpu.xsave() {
                 // XRSTOR faults on a compacted image (XCOMP_BV bit 63); KVM gives the
                 // standard format, but check rather than crash every request.
