@@ -302,7 +302,7 @@ impl RequestVm {
             // The handler's stack frames (below the frozen RSP) are written by every request:
             // copy those back, drop everything else.
             let rsp = self.frozen.regs.rsp;
-            let hot = rsp.saturating_sub(HOT_STACK)..rsp + 4096;
+            let hot = rsp.saturating_sub(HOT_STACK)..rsp.saturating_add(4096);
             match self
                 .inv
                 .vm
