@@ -1086,6 +1086,8 @@ mod tests {
         regs: kvm_regs,
         fs: u64,
         gs: u64,
+        /// CS.DPL seen at a system call: 3 under kvm_pvm, 0 on hardware KVM.
+        dpl: u8,
     }
 
     impl Vcpu for FakeCpu {
@@ -1100,7 +1102,7 @@ mod tests {
         }
         fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
             let mut s = kvm_sregs::default();
-            s.cs.dpl = 3; // kvm_pvm-style: SYSCALL stays at CPL3
+            s.cs.dpl = self.dpl;
             Ok(s)
         }
         fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
@@ -1161,6 +1163,7 @@ mod tests {
                 regs: kvm_regs::default(),
                 fs: 0,
                 gs: 0,
+                dpl: 3,
             },
             mem: GuestMemory::new_shared(MEM as usize).unwrap(),
             out: Sink::default(),
@@ -1194,6 +1197,31 @@ mod tests {
                 other => Err(other),
             }
         }
+    }
+
+    #[test]
+    fn hardware_kvm_return_path_sets_only_rax() {
+        // On hardware KVM SYSCALL enters CPL0 and the stub's SYSRETQ returns: the host must
+        // write RAX and leave RIP (past the OUT) and RFLAGS alone.
+        let mut e = env(32 << 20);
+        e.cpu.dpl = 0;
+        e.cpu.regs = kvm_regs {
+            rax: 39, // getpid
+            rip: 0x5002,
+            rflags: 0x46,
+            rcx: 0x401000,
+            r11: 0x246,
+            ..Default::default()
+        };
+        let out = e.st.handle(&mut e.cpu, &mut e.mem, &mut e.out).unwrap();
+        assert_eq!(out, SyscallOutcome::Continue);
+        assert_eq!(e.st.cpl0_syscalls(), Some(true));
+        assert_eq!(e.cpu.regs.rax, 1);
+        assert_eq!(
+            e.cpu.regs.rip, 0x5002,
+            "RIP untouched: SYSRETQ runs in the guest"
+        );
+        assert_eq!(e.cpu.regs.rflags, 0x46);
     }
 
     #[test]
