@@ -322,7 +322,9 @@ impl Config {
                     let _ = writeln!(out, "  {e}");
                 }
             } else {
-                let _ = writeln!(out, "error: {what} '{name}': {err}");
+                // The error text usually names the program already: say it once.
+                let text = err.to_string().replacen(&format!("{name}: "), "", 1);
+                let _ = writeln!(out, "error: {what} '{name}': {text}");
             }
         };
         for (name, err) in self.group_errors() {
