@@ -1103,7 +1103,12 @@ fn render_check_lists_everything() {
         out.contains("warning: Unknown configuration key for 'good': colour"),
         "{out}"
     );
-    assert!(out.contains("error: program 'bad': compute.json: 'max_memory' must be a multiple of 2 MB, got 3"), "{out}");
+    assert!(
+        out.contains(
+            "error: program 'bad': compute.json: 'max_memory' must be a multiple of 2 MB, got 3"
+        ),
+        "{out}"
+    );
     assert!(out.contains("\"good\": {"), "{out}");
     assert!(out.contains("\"max_memory\": 256"), "{out}");
     assert!(out.contains("\"max_request_time\": 8.0"), "{out}");
