@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use edgevm_kvm::{GuestMemory, KvmError, MemError, Vcpu, PAGE_SIZE};
+use edgevm_kvm::{GuestMemory, KvmError, Vcpu, PAGE_SIZE};
 
 use crate::layout::{self, Layout};
 use crate::names::syscall_name;
@@ -1019,7 +1019,7 @@ impl LinuxState {
 fn wr(mem: &mut GuestMemory, addr: u64, data: &[u8]) -> i64 {
     match mem.write(addr, data) {
         Ok(()) => 0,
-        Err(MemError::OutOfBounds { .. }) | Err(_) => -EFAULT,
+        Err(_) => -EFAULT,
     }
 }
 

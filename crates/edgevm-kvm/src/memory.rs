@@ -23,6 +23,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub enum MemError {
     #[error("guest address range {addr:#x}+{len:#x} is outside guest memory")]
     OutOfBounds { addr: u64, len: u64 },
+    #[error("guest address range {addr:#x}+{len:#x} is not program memory (supervisor area)")]
+    Protected { addr: u64, len: u64 },
     #[error("string at {addr:#x} is not terminated within {max} bytes")]
     Unterminated { addr: u64, max: usize },
     #[error("guest memory setup failed: {0}")]
@@ -203,7 +205,7 @@ impl GuestMemory {
             .iter()
             .any(|&(lo, hi)| addr < hi && end > lo && (len > 0 || addr >= lo))
         {
-            return Err(MemError::OutOfBounds {
+            return Err(MemError::Protected {
                 addr,
                 len: len as u64,
             });

@@ -773,17 +773,8 @@ impl Invoker {
                 ),
             );
         }
-        let size = mem.size() as u64;
-        for (what, at, len) in [("content type", r.rsi, r.rdx), ("body", r.rcx, r.r8)] {
-            if !user_range(size, at, len) {
-                return fail(
-                    FailureKind::Api,
-                    format!(
-                        "bad {what} pointer passed to backend_response: {at:#x}+{len:#x} is not program memory"
-                    ),
-                );
-            }
-        }
+        // Guest memory refuses the supervisor area (GDT, page tables, ...) as it does for every
+        // call: only program memory can be sent.
         let ctype = match mem.read_vec(r.rsi, r.rdx as usize) {
             Ok(c) => c,
             Err(e) => {
@@ -904,18 +895,6 @@ impl Invoker {
             }
         }
     }
-}
-
-/// Whether `[at, at + len)` is memory the program itself can access: the I/O area or user
-/// memory. The low supervisor pages (GDT, IDT, exception stack, page tables) are not, although
-/// the host can read them.
-fn user_range(mem_size: u64, at: u64, len: u64) -> bool {
-    let Some(end) = at.checked_add(len) else {
-        return false;
-    };
-    len == 0
-        || (at >= layout::IO_AREA && end <= layout::IO_AREA + layout::IO_AREA_SIZE)
-        || (at >= layout::USER_BASE && end <= mem_size)
 }
 
 fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
