@@ -455,14 +455,8 @@ impl Program {
         let fs = vm.machine.cpu.fs_base();
         let mut vm = vm;
         let xsave = vm.install_entry_fpu().map_err(|e| e.to_string())?;
-        let mut inv = Invoker::new(
-            vm,
-            regs.rsp,
-            fs,
-            self.settings.request.clone(),
-            storage,
-            xsave,
-        );
+        let entry = vm.entry_state(xsave);
+        let mut inv = Invoker::new(vm, entry, self.settings.request.clone(), storage);
         let headers = w
             .headers
             .iter()

@@ -25,7 +25,7 @@ use edgevm_kvm::{Vcpu, PAGE_SIZE};
 
 use crate::request::{GuestRequest, GuestResponse};
 use crate::storage::StorageHandle;
-use crate::vm::{Event, Frozen, MainVm, RunError};
+use crate::vm::{EntryState, Event, Frozen, MainVm, RunError};
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
 /// reset by copying back even when other pages are dropped.
@@ -112,23 +112,13 @@ pub struct RequestStats {
 pub struct Invoker {
     /// The VM.
     pub vm: MainVm,
-    /// Stack pointer the handler frames go below (the frozen RSP at wait_for_requests()).
-    base_rsp: u64,
-    /// TLS base to restore before each call.
-    fs_base: u64,
-    /// GS base to restore before each call (vcpuid()/vcpureqid() block, unless the program
-    /// moved it during init).
-    gs_base: u64,
+    /// What every handler call starts from (stack, TLS/GS bases, user segments, FPU image).
+    entry: EntryState,
     /// Limits for one call.
     settings: RequestSettings,
     cache_control: Option<String>,
     /// The program's storage VM, if it has one.
     storage: Option<StorageHandle>,
-    /// User-mode special registers (CPL3 segments), restored after a failed call: a crash
-    /// leaves the vCPU in the CPL0 exception stub; the next handler must not start there.
-    user_sregs: Option<edgevm_kvm::kvm_sregs>,
-    /// The FPU image at FXSAVE_AREA is a full XSAVE image (else FXSAVE only).
-    xsave: bool,
     /// This VM's index in its program's pool (`vcpureqid()`).
     index: u32,
 }
@@ -184,19 +174,9 @@ impl RequestVm {
         let mut vm = MainVm::from_frozen(&frozen)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
-        let user_sregs = vm.machine.cpu.sregs().ok();
-        let inv = Invoker {
-            user_sregs,
-            vm,
-            base_rsp: frozen.regs.rsp,
-            fs_base: frozen.fs_base,
-            gs_base: frozen.gs_base,
-            settings,
-            cache_control: None,
-            storage,
-            xsave: frozen.use_xsave,
-            index: 0,
-        };
+        // The new VM stands exactly at the frozen point.
+        let entry = vm.entry_state(frozen.use_xsave);
+        let inv = Invoker::new(vm, entry, settings, storage);
         Ok(RequestVm {
             inv,
             frozen,
@@ -351,27 +331,19 @@ impl RequestVm {
 }
 
 impl Invoker {
-    /// An invoker over `vm` whose handlers run below `base_rsp` with TLS base `fs_base`.
+    /// An invoker over `vm`, whose handler calls start from `entry`.
     pub fn new(
-        mut vm: MainVm,
-        base_rsp: u64,
-        fs_base: u64,
+        vm: MainVm,
+        entry: EntryState,
         settings: RequestSettings,
         storage: Option<StorageHandle>,
-        xsave: bool,
     ) -> Self {
-        let user_sregs = vm.machine.cpu.sregs().ok();
-        let gs_base = vm.machine.cpu.gs_base();
         Invoker {
-            user_sregs,
             vm,
-            base_rsp,
-            fs_base,
-            gs_base,
+            entry,
             settings,
             cache_control: None,
             storage,
-            xsave,
             index: 0,
         }
     }
@@ -485,46 +457,21 @@ impl Invoker {
         } else {
             self.vm.layout.input_area
         };
-        let frozen_rsp = self.base_rsp;
-        // TLS and GS bases are per-request state too (arch_prctl can change them): one MSR
-        // write each, only when a request changed them.
-        let gs = self.gs_base;
-        if self.vm.machine.cpu.gs_base() != gs {
-            if let Err(e) = self.vm.machine.cpu.set_gs_base(gs) {
-                return fail(FailureKind::Other, e.to_string());
-            }
-        }
-        let fs = self.fs_base;
-        if self.vm.machine.cpu.fs_base() != fs {
-            if let Err(e) = self.vm.machine.cpu.set_fs_base(fs) {
-                return fail(FailureKind::Other, e.to_string());
-            }
-        }
-        {
-            let r = self.vm.machine.cpu.regs_mut();
-            *r = Default::default();
-            r.rip = layout::REQUEST_ENTRY;
-            // Below the frozen frame of wait_for_requests (and its red zone), 16-aligned
-            // before the stub's `call`.
-            // Guest-controlled (a program may enter wait_for_requests() with any RSP).
-            r.rsp = frozen_rsp.wrapping_sub(512) & !15;
-            r.rflags = 0x202;
-            r.r11 = handler;
-            r.r10 = u64::from(self.xsave);
-            match kind {
-                3 => r.rdi = io::REQUEST_STRUCT,
-                2 => {
-                    r.rdi = ptrs.url;
-                    r.rsi = ptrs.arg;
-                    r.rdx = ptrs.content_type;
-                    r.rcx = body_addr;
-                    r.r8 = req.body.len() as u64;
-                }
-                _ => {
-                    r.rdi = ptrs.url;
-                    r.rsi = ptrs.arg;
-                }
-            }
+        let args = match kind {
+            3 => vec![io::REQUEST_STRUCT],
+            2 => vec![
+                ptrs.url,
+                ptrs.arg,
+                ptrs.content_type,
+                body_addr,
+                req.body.len() as u64,
+            ],
+            _ => vec![ptrs.url, ptrs.arg],
+        };
+        // Below the frozen frame of wait_for_requests() and its red zone.
+        let rsp = self.entry.rsp.wrapping_sub(512);
+        if let Err(e) = self.vm.enter_handler(&self.entry, handler, rsp, &args) {
+            return Outcome::Failed(run_error_failure(e));
         }
         self.vm
             .linux
@@ -591,13 +538,7 @@ impl Invoker {
     fn run_request(&mut self) -> Outcome {
         let out = self.run_request_inner();
         if matches!(out, Outcome::Failed(_)) {
-            if let Some(s) = &self.user_sregs {
-                if let Err(e) = self.vm.machine.cpu.set_sregs(s) {
-                    self.vm
-                        .printer
-                        .log(&format!("cannot restore user mode after a failure: {e}"));
-                }
-            }
+            self.vm.restore_user_mode(&self.entry);
         }
         out
     }
@@ -867,18 +808,10 @@ impl Invoker {
         msg.push(0);
         let at = self.vm.layout.input_area;
         self.vm.machine.mem.write(at, &msg).ok()?;
-        {
-            let r = self.vm.machine.cpu.regs_mut();
-            *r = Default::default();
-            r.rip = layout::REQUEST_ENTRY;
-            r.rsp = self.base_rsp.wrapping_sub(512) & !15;
-            r.rflags = 0x202;
-            r.r11 = self.vm.handlers.on_error;
-            r.r10 = u64::from(self.xsave);
-            r.rdi = ptrs.url;
-            r.rsi = ptrs.arg;
-            r.rdx = at;
-        }
+        let (handler, rsp) = (self.vm.handlers.on_error, self.entry.rsp.wrapping_sub(512));
+        self.vm
+            .enter_handler(&self.entry, handler, rsp, &[ptrs.url, ptrs.arg, at])
+            .ok()?;
         self.vm
             .start_deadline(Duration::from_secs(1), "on_error handler")
             .ok()?;

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use edgevm_abi::api;
-use edgevm_abi::layout;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
-use crate::vm::{BootOutcome, Event, MainVm, VmOptions};
+use crate::vm::{BootOutcome, EntryState, Event, MainVm, VmOptions};
 
 /// Most input buffers per call.
 pub const MAX_BUFFERS: u64 = 64;
@@ -158,10 +157,9 @@ pub fn start(
 }
 
 fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>) {
-    let base_rsp = vm.machine.cpu.regs().rsp;
-    let fs = vm.machine.cpu.fs_base();
     // The request-entry stub restores FPU state from the FXSAVE area: give it this VM's own.
     let xsave = vm.install_entry_fpu().unwrap_or(false);
+    let entry = vm.entry_state(xsave);
     while let Ok(mut call) = rx.recv() {
         match &call.kind {
             Kind::Func => {}
@@ -176,7 +174,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                     continue;
                 }
                 call.func = f;
-                let r = run_call(&mut vm, base_rsp, fs, xsave, budget2, &call);
+                let r = run_call(&mut vm, &entry, budget2, &call);
                 let _ = call.reply.send(r.map(|d| d.unwrap_or_default()));
                 continue;
             }
@@ -187,7 +185,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                 call.func
             ))
         } else {
-            run_call(&mut vm, base_rsp, fs, xsave, budget, &call)
+            run_call(&mut vm, &entry, budget, &call)
         };
         match r {
             Ok(Some(data)) => {
@@ -208,15 +206,13 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
 /// caller after the function finished, or right away — see below).
 fn run_call(
     vm: &mut MainVm,
-    base_rsp: u64,
-    fs: u64,
-    xsave: bool,
+    entry: &EntryState,
     budget: Duration,
     call: &Call,
 ) -> Result<Option<Vec<u8>>, String> {
     // Inputs on the stack: data blocks, then the virtbuffer array.
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
-    let mut sp = base_rsp.wrapping_sub(4096) & !15;
+    let mut sp = entry.rsp.wrapping_sub(4096) & !15;
     let mut descs = Vec::with_capacity(call.inputs.len() * 16);
     for inp in &call.inputs {
         sp = sp.wrapping_sub(inp.len() as u64) & !15;
@@ -233,27 +229,13 @@ fn run_call(
         .write(sp, &descs)
         .map_err(|e| format!("cannot copy storage input: {e}"))?;
     let bufs = sp;
-    if vm.machine.cpu.fs_base() != fs {
-        vm.machine.cpu.set_fs_base(fs).map_err(|e| e.to_string())?;
-    }
-    {
-        let r = vm.machine.cpu.regs_mut();
-        *r = Default::default();
-        r.rip = layout::REQUEST_ENTRY;
-        r.rsp = bufs.wrapping_sub(256) & !15;
-        r.rflags = 0x202;
-        r.r11 = call.func;
-        r.r10 = u64::from(xsave);
-        match &call.kind {
-            Kind::Func => {
-                r.rdi = call.inputs.len() as u64;
-                r.rsi = bufs;
-                r.rdx = call.dstlen;
-            }
-            Kind::LiveUpdate => {}
-            Kind::LiveRestore(state) => r.rdi = state.len() as u64,
-        }
-    }
+    let args = match &call.kind {
+        Kind::Func => vec![call.inputs.len() as u64, bufs, call.dstlen],
+        Kind::LiveUpdate => vec![],
+        Kind::LiveRestore(state) => vec![state.len() as u64],
+    };
+    vm.enter_handler(entry, call.func, bufs.wrapping_sub(256), &args)
+        .map_err(|e| e.to_string())?;
     vm.start_deadline(budget, "storage call (max_storage_time)")
         .map_err(|e| e.to_string())?;
     let t = Instant::now();
@@ -319,6 +301,10 @@ fn run_call(
     };
     vm.stop_deadline();
     vm.printer.flush();
+    if out.is_err() {
+        // A crash leaves the vCPU in the CPL0 exception stub: the next call starts in user mode.
+        vm.restore_user_mode(entry);
+    }
     match out {
         Ok(()) => Ok(result),
         // The caller already has its data if storage_return happened before a late failure.

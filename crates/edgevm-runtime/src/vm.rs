@@ -289,6 +289,20 @@ pub(crate) fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
     b
 }
 
+/// What every handler call starts from, captured once at the frozen point
+/// (`wait_for_requests()`): the stack, TLS and GS bases, user-mode segments and whether the
+/// FPU image is a full XSAVE image. Request handlers, `on_error`, warmup and storage calls all
+/// enter through [`MainVm::enter_handler`] with it.
+#[derive(Debug, Clone)]
+pub struct EntryState {
+    /// RSP at the frozen point; handler frames go below it.
+    pub rsp: u64,
+    fs_base: u64,
+    gs_base: u64,
+    user_sregs: Option<kvm_bindings::kvm_sregs>,
+    xsave: bool,
+}
+
 /// Environment every program gets, then the configured `environment`.
 pub fn program_environment(o: &VmOptions) -> Vec<String> {
     let mut env = vec![
@@ -457,6 +471,61 @@ impl MainVm {
             timer: None,
             deadline: None,
         })
+    }
+
+    /// Capture the entry state at the frozen point (the VM is stopped in wait_for_requests()).
+    /// `xsave` says what [`MainVm::install_entry_fpu`] installed.
+    pub fn entry_state(&mut self, xsave: bool) -> EntryState {
+        EntryState {
+            rsp: self.machine.cpu.regs().rsp,
+            fs_base: self.machine.cpu.fs_base(),
+            gs_base: self.machine.cpu.gs_base(),
+            user_sregs: self.machine.cpu.sregs().ok(),
+            xsave,
+        }
+    }
+
+    /// Set up a call of `handler(args...)` through the request entry stub, with the stack at
+    /// `rsp` (16-aligned here). TLS and GS bases are put back when a previous call moved them
+    /// (one MSR write each, only then). Guest-controlled values wrap rather than overflow.
+    pub fn enter_handler(
+        &mut self,
+        e: &EntryState,
+        handler: u64,
+        rsp: u64,
+        args: &[u64],
+    ) -> Result<(), RunError> {
+        if self.machine.cpu.gs_base() != e.gs_base {
+            self.machine.cpu.set_gs_base(e.gs_base)?;
+        }
+        if self.machine.cpu.fs_base() != e.fs_base {
+            self.machine.cpu.set_fs_base(e.fs_base)?;
+        }
+        let r = self.machine.cpu.regs_mut();
+        *r = Default::default();
+        r.rip = layout::REQUEST_ENTRY;
+        r.rsp = rsp & !15;
+        r.rflags = 0x202;
+        r.r11 = handler;
+        r.r10 = u64::from(e.xsave);
+        let slots = [
+            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
+        ];
+        for (slot, v) in slots.into_iter().zip(args) {
+            *slot = *v;
+        }
+        Ok(())
+    }
+
+    /// After a failed call: a CPU exception leaves the vCPU in the CPL0 exception stub, so put
+    /// the user-mode segments back before the next call.
+    pub fn restore_user_mode(&mut self, e: &EntryState) {
+        if let Some(s) = &e.user_sregs {
+            if let Err(err) = self.machine.cpu.set_sregs(s) {
+                self.printer
+                    .log(&format!("cannot restore user mode after a failure: {err}"));
+            }
+        }
     }
 
     /// Load and run the program until it exits or calls wait_for_requests().
