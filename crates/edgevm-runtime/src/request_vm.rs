@@ -300,7 +300,6 @@ impl RequestVm {
             }
         };
         self.inv.vm.linux = self.frozen.linux.clone();
-        self.inv.vm.linux.set_verbose(false);
         let limit = self.inv.settings.limit_workmem_after_req;
         if self.inv.settings.keep_working_memory && limit > 0 {
             let working: u64 = self
@@ -326,7 +325,6 @@ impl RequestVm {
         }
         self.working.iter_mut().for_each(|w| *w = 0);
         self.inv.vm.linux = self.frozen.linux.clone();
-        self.inv.vm.linux.set_verbose(false);
     }
 }
 

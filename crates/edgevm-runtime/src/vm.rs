@@ -425,6 +425,10 @@ impl MainVm {
         } = self;
         let KvmMachine { cpu, mem } = machine;
         drop(cpu);
+        // The frozen process state is what request VMs start from and reset to:
+        // verbose_syscalls is for the main VM only (glossary).
+        let mut linux = linux;
+        linux.set_verbose(false);
         Ok(Frozen {
             image: mem,
             regs,
@@ -454,9 +458,7 @@ impl MainVm {
             machine.cpu.set_gs_base(f.gs_base)?;
         }
         *machine.cpu.regs_mut() = f.regs;
-        let mut linux = f.linux.clone();
-        // verbose_syscalls is for the main VM only (glossary).
-        linux.set_verbose(false);
+        let linux = f.linux.clone();
         Ok(MainVm {
             machine,
             linux,

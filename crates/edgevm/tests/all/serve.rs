@@ -1067,3 +1067,32 @@ fn random_hostile_calls_during_initialization() {
     let log = s.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn verbose_syscalls_logs_the_main_vm_only() {
+    let s = serve(
+        "verbose",
+        &[program(
+            "st",
+            &guest("serve_state"),
+            "\"verbose_syscalls\": true, \"concurrency\": 1",
+        )],
+    );
+    let _ = s.get("/st/");
+    s.wait_log("is loaded", Duration::from_secs(10));
+    let boot_log = s.log();
+    assert!(
+        boot_log.contains("brk("),
+        "main VM calls are logged: {boot_log}"
+    );
+    let before = boot_log.matches("brk(").count();
+    for _ in 0..3 {
+        let _ = s.get("/st/");
+    }
+    let log = s.stop();
+    assert_eq!(
+        log.matches("brk(").count(),
+        before,
+        "request VMs must not log system calls"
+    );
+}
