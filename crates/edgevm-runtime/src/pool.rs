@@ -310,8 +310,13 @@ impl Program {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why.clone());
         self.changed.notify_all();
         // Answer everything that queued while it booted.
+        self.refuse_queued(&why);
+    }
+
+    /// Answer every queued request with "program unavailable: why".
+    fn refuse_queued(&self, why: &str) {
         while let Ok(job) = self.rx.try_recv() {
-            (job.reply)(Err(ServeError::ProgramUnavailable(why.clone())));
+            (job.reply)(Err(ServeError::ProgramUnavailable(why.to_string())));
         }
     }
 
@@ -625,10 +630,12 @@ impl Program {
         }
         // A boot that failed after our state check: the failure drains the queue, but it may
         // have drained before we sent.
-        if let State::Failed(e) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            while let Ok(job) = self.rx.try_recv() {
-                (job.reply)(Err(ServeError::ProgramUnavailable(e.clone())));
-            }
+        let failed = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
+        if let Some(why) = failed {
+            self.refuse_queued(&why);
         }
     }
 
