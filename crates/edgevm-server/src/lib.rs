@@ -12,7 +12,10 @@
 //!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
 //!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
 //!   back to the cache on network failures.
+//! - [`native`]: the native baselines of the benchmark: answers byte-identical to the bundled
+//!   examples (hello, shared-memory counter, storage counter) without a VM.
 
 pub mod fetch;
 pub mod http;
+pub mod native;
 pub mod programs;

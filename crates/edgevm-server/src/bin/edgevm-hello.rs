@@ -1,6 +1,7 @@
-//! Native baseline for benchmarks: `edgevm-hello [ADDR]` answers "Hello World!" on every
-//! path with the same hyper stack as the edgevm server (default 127.0.0.1:8081).
-//! Stops on SIGTERM/SIGINT.
+//! Native baseline for benchmarks: `edgevm-hello [ADDR]` (default 127.0.0.1:8081) answers
+//! like the bundled examples served by edgevm, byte for byte, without a VM: `/scounter...`
+//! like scounter.c, `/counter...` like counter.c, every other path like hello.c (see
+//! `edgevm_server::native`). Stops on SIGTERM/SIGINT.
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args()
@@ -9,5 +10,5 @@ fn main() -> std::io::Result<()> {
     let addr = addr.parse().map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
     })?;
-    edgevm_server::http::run_static_hello(addr)
+    edgevm_server::native::run_native(addr)
 }

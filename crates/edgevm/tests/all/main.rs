@@ -3,6 +3,7 @@
 //! the test run — in real KVM VMs. Without /dev/kvm these tests fail and say so.
 
 mod bad_input;
+mod bench;
 mod common;
 mod config_delivery;
 mod harness;
