@@ -14,7 +14,9 @@
 #     serve_state, serve_api   request-handler probes for the serve tests
 #     live_state       storage counter carried across live updates
 #     avx_state        AVX register isolation between requests
-#     storage_slow     storage calls that hang or crash
+#     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
+#     state_file(_musl) the `state` file from main, storage and request VMs
+#     shm_api          shared_memory_area() and the SHM_ALLOC* macros
 #     api_fuzz         random hypercalls and system calls with nasty arguments
 #     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
@@ -114,8 +116,10 @@ build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "
 build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
-build storage_slow "$T/storage_slow.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/storage_slow.c" -o "$OUT/storage_slow.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
+for prog in storage_api state_file shm_api; do
+	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
+done
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 
@@ -123,6 +127,7 @@ build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 if ! skipped musl; then
 	build hello_musl "$T/hello.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/hello.c" -o "$OUT/hello_musl.tmp"
 	build syscalls_musl "$T/syscalls.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/syscalls.c" -o "$OUT/syscalls_musl.tmp"
+	build state_file_musl "$T/state_file.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/state_file.c" -o "$OUT/state_file_musl.tmp"
 fi
 
 # --- C++ ------------------------------------------------------------------

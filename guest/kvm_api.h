@@ -548,9 +548,12 @@ typedef void (*storage_func)(size_t n, struct virtbuffer buffers[], size_t res);
 extern int sys_is_storage(void);
 
 /* [0x10708] Call `func` in storage with `n` (<= 64) input buffers; the
-   result is copied into dst (at most dstlen bytes). Returns the result
-   length (the full length if dst is NULL), or -1 on error (including when
-   called from storage itself). */
+   result is copied into dst (at most dstlen bytes). Returns the length the
+   function passed to storage_return(), capped to dstlen (as is if dst is
+   NULL), or -1 on error: more than 64 buffers, called from storage itself,
+   or the function returned without storage_return(). A function refused by
+   the STORAGE_ALLOW list, or that crashes or exceeds max_storage_time,
+   fails the request. */
 extern long storage_callv(storage_func func, size_t n,
 	const struct virtbuffer buffers[], void *dst, size_t dstlen);
 
@@ -611,8 +614,9 @@ extern long sys_storage_allow(void (*fn)(void));
  * Shared memory
  * ==========================================================================
  * With `shared_memory` configured, the top of the guest address space is
- * shared by all VMs of a program (never copy-on-write), so writes are seen
- * by every request VM and storage immediately. Use atomics.
+ * shared by the main VM and all request VMs of a program (never
+ * copy-on-write, never reset), so writes are seen by every request VM
+ * immediately. Use atomics. (The storage VM has its own memory.)
  */
 struct shared_memory_info {
 	uint64_t ptr; /* First byte of the area. */

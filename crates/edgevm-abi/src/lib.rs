@@ -7,6 +7,8 @@
 //!   auxv) and symbols for crash reports.
 //! * [`linux`] — emulation of the Linux system calls static glibc, musl, libstdc++ and Rust
 //!   programs need; one VM exit per call.
+//! * [`files`] — the program's `state` file (`<filename>.state` on the host), the only file
+//!   a guest can open.
 //! * [`api`] — the `kvm_api.h` hypercall numbers and decoding.
 //! * [`crash`] — turning a CPU exception into a readable report.
 
@@ -14,6 +16,7 @@ pub mod api;
 pub mod cpu;
 pub mod crash;
 pub mod elf;
+pub mod files;
 pub mod io;
 pub mod layout;
 pub mod linux;

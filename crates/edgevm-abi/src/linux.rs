@@ -11,6 +11,8 @@
 //! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
 //! Signals are recorded (`rt_sigaction`, `rt_sigprocmask`) but never delivered; a signal sent
 //! to the program itself with a default action ends it, as `abort()` expects.
+//! Files: the program's `state` file is the only one (see [`crate::files`]); opening any other
+//! path fails with `ENOENT`.
 //! Anything not emulated returns `-ENOSYS`.
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use edgevm_kvm::{GuestMemory, KvmError, Vcpu, PAGE_SIZE};
 
+use crate::files::Files;
 use crate::layout::{self, Layout};
 use crate::names::syscall_name;
 
@@ -31,6 +34,7 @@ const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
 const ENOTTY: i64 = 25;
 const ESPIPE: i64 = 29;
+const ENODEV: i64 = 19;
 const ERANGE: i64 = 34;
 const ENOSYS: i64 = 38;
 const ETIMEDOUT: i64 = 110;
@@ -143,6 +147,8 @@ pub struct LinuxConfig {
     pub exe_path: String,
     /// Log every system call by name.
     pub verbose_syscalls: bool,
+    /// Host file behind the guest's `state` file (`<filename>.state`); None: no state file.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -169,12 +175,15 @@ pub struct LinuxState {
     request_limit: Option<(u64, u64)>,
     /// System calls handled.
     pub syscalls: u64,
+    /// Open files (the state file).
+    files: Files,
 }
 
 impl LinuxState {
     /// A process whose ELF image ends at `elf_end` and spans `image_bytes`.
     pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
         let brk_start = page_up(elf_end);
+        let files = Files::new(cfg.state_file.clone());
         LinuxState {
             layout,
             cfg,
@@ -197,7 +206,19 @@ impl LinuxState {
             deadline: None,
             request_limit: None,
             syscalls: 0,
+            files,
         }
+    }
+
+    /// The program is being frozen: the state file becomes read-only for every VM forked from
+    /// this state (request VMs), including descriptors open now.
+    pub fn make_files_read_only(&mut self) {
+        self.files.make_read_only();
+    }
+
+    /// Number of open files (besides stdin/stdout/stderr).
+    pub fn open_files(&self) -> usize {
+        self.files.count()
     }
 
     /// Bytes counted against max_memory now.
@@ -317,19 +338,53 @@ impl LinuxState {
         out: &mut dyn Output,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let fd = a[0] as i64 as i32;
+        let file = self.files.is_open(fd);
+        const AT_FDCWD: i32 = -100;
         let v = match nr {
+            0 if file => Ok(self.files.read(fd, a[1], a[2], None, mem)),
             0 => Ok(match fd {
                 0 => 0,
                 _ => -EBADF,
             }),
+            1 if file => Ok(self.files.write(fd, a[1], a[2], None, mem)),
             1 => Ok(self.sys_write(fd, a[1], a[2], mem, out)),
+            2 => Ok(self.files.open(AT_FDCWD, a[0], a[1], mem)),
+            85 => Ok(self.files.open(AT_FDCWD, a[0], 0o1101, mem)), // creat
+            257 => Ok(self.files.open(a[0] as i32, a[1], a[2], mem)),
+            3 if file => Ok(self.files.close(fd)),
             3 => Ok(if (0..=2).contains(&fd) { 0 } else { -EBADF }),
+            4 | 6 => Ok(self.files.stat_path(AT_FDCWD, a[0], a[1], mem)),
+            5 if file => Ok(self.files.fstat(fd, a[1], mem)),
             5 => Ok(self.sys_fstat(fd, a[1], mem)),
+            8 if file => Ok(self.files.lseek(fd, a[1] as i64, a[2])),
+            17 | 18 if file && (a[3] as i64) < 0 => Ok(-EINVAL),
+            17 if file => Ok(self.files.read(fd, a[1], a[2], Some(a[3]), mem)),
+            18 if file => Ok(self.files.write(fd, a[1], a[2], Some(a[3]), mem)),
             8 | 17 | 18 => Ok(if (0..=2).contains(&fd) {
                 -ESPIPE
             } else {
                 -EBADF
             }),
+            19 if file => Ok(self.files.vectored(fd, a[1], a[2], false, mem)),
+            19 => Ok(match fd {
+                0 => 0,
+                _ => -EBADF,
+            }),
+            20 if file => Ok(self.files.vectored(fd, a[1], a[2], true, mem)),
+            21 => Ok(self.files.access(AT_FDCWD, a[0], a[1], mem)),
+            269 | 439 => Ok(self.files.access(a[0] as i32, a[1], a[2], mem)),
+            16 if file => Ok(-ENOTTY),
+            72 if file => Ok(self.files.fcntl(fd, a[1], a[2])),
+            73 if file => Ok(0), // flock: one process
+            74 | 75 if file => Ok(self.files.fsync(fd)),
+            77 if file => Ok(self.files.ftruncate(fd, a[1] as i64)),
+            74 | 75 | 77 => Ok(if (0..=2).contains(&fd) {
+                -EINVAL
+            } else {
+                -EBADF
+            }),
+            221 if file => Ok(0), // fadvise64
+            9 if self.files.is_open(a[4] as i64 as i32) && a[3] & 0x20 == 0 => Ok(-ENODEV),
             9 => Ok(self.sys_mmap(a, mem)),
             10 => Ok(0), // mprotect: accepted, not enforced
             11 => Ok(self.sys_munmap(a[0], a[1])),
@@ -491,6 +546,7 @@ impl LinuxState {
                 f if f < 0 => 0,
                 0 => events & POLLIN,
                 1 | 2 => events & POLLOUT,
+                f if self.files.is_open(f) => events & (POLLIN | POLLOUT),
                 _ => POLLNVAL,
             };
             if revents != 0 {
@@ -521,9 +577,13 @@ impl LinuxState {
             Err(_) => return -EFAULT,
         };
         if path.is_empty() && a[3] & AT_EMPTY_PATH != 0 {
-            return self.sys_fstat(a[0] as i32, a[2], mem);
+            let fd = a[0] as i32;
+            if self.files.is_open(fd) {
+                return self.files.fstat(fd, a[2], mem);
+            }
+            return self.sys_fstat(fd, a[2], mem);
         }
-        -ENOENT
+        self.files.stat_path(a[0] as i32, a[1], a[2], mem)
     }
 
     fn sys_brk(&mut self, req: u64, mem: &mut GuestMemory) -> i64 {
@@ -1072,6 +1132,15 @@ fn errno_name(e: i64) -> &'static str {
         ERANGE => "ERANGE",
         ENOSYS => "ENOSYS",
         ETIMEDOUT => "ETIMEDOUT",
+        ENODEV => "ENODEV",
+        5 => "EIO",
+        6 => "ENXIO",
+        13 => "EACCES",
+        17 => "EEXIST",
+        20 => "ENOTDIR",
+        24 => "EMFILE",
+        27 => "EFBIG",
+        30 => "EROFS",
         _ => "E?",
     }
 }
@@ -1153,6 +1222,7 @@ mod tests {
                 max_memory,
                 exe_path: "/prog".into(),
                 verbose_syscalls: true,
+                state_file: None,
             },
             0x400000 + 0x1234,
             0x2000,
@@ -1197,6 +1267,132 @@ mod tests {
                 other => Err(other),
             }
         }
+    }
+
+    #[test]
+    fn the_state_file_is_the_only_file_and_read_only_after_the_freeze() {
+        use crate::files::EROFS;
+        let dir = std::env::temp_dir().join(format!("edgevm-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = dir.join("prog.state");
+        let _ = std::fs::remove_file(&host);
+        let mut e = env(32 << 20);
+        e.st = LinuxState::new(
+            e.st.layout,
+            LinuxConfig {
+                state_file: Some(host.clone()),
+                ..e.st.cfg.clone()
+            },
+            0x400000 + 0x1234,
+            0x2000,
+        );
+        let (path, buf, st) = (0x300000u64, 0x310000u64, 0x320000u64);
+        let name = |e: &mut Env, p: &str| {
+            let mut b = p.as_bytes().to_vec();
+            b.push(0);
+            e.mem.write(path, &b).unwrap();
+        };
+        const AT_FDCWD: u64 = -100i64 as u64;
+        // Other paths, including ways out of the sandbox: ENOENT, nothing created.
+        for p in [
+            "../prog.state",
+            "state/",
+            "/tmp/x",
+            "prog.state",
+            "",
+            "/state/..",
+        ] {
+            name(&mut e, p);
+            assert_eq!(
+                e.call(257, [AT_FDCWD, path, 0o102, 0o644, 0, 0]),
+                Ok(-ENOENT),
+                "{p:?}"
+            );
+        }
+        name(&mut e, "state");
+        assert_eq!(
+            e.call(2, [path, 0, 0, 0, 0, 0]),
+            Ok(-ENOENT),
+            "not created yet"
+        );
+        // Create and write (O_RDWR|O_CREAT|O_TRUNC), read back, fstat, lseek.
+        let fd = e.call(257, [AT_FDCWD, path, 0o1102, 0o644, 0, 0]).unwrap();
+        assert_eq!(fd, 3);
+        e.mem.write(buf, b"hello state").unwrap();
+        assert_eq!(e.call(1, [fd as u64, buf, 11, 0, 0, 0]), Ok(11));
+        assert_eq!(std::fs::read(&host).unwrap(), b"hello state");
+        assert_eq!(e.call(8, [fd as u64, 6, 0, 0, 0, 0]), Ok(6));
+        assert_eq!(e.call(0, [fd as u64, buf + 100, 64, 0, 0, 0]), Ok(5));
+        assert_eq!(e.mem.read_vec(buf + 100, 5).unwrap(), b"state");
+        assert_eq!(e.call(0, [fd as u64, buf + 100, 64, 0, 0, 0]), Ok(0), "EOF");
+        assert_eq!(e.call(5, [fd as u64, st, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(e.mem.read_u64(st + 48).unwrap(), 11, "st_size");
+        assert_eq!(
+            e.call(17, [fd as u64, buf + 200, 5, 0, 0, 0]),
+            Ok(5),
+            "pread"
+        );
+        assert_eq!(e.mem.read_vec(buf + 200, 5).unwrap(), b"hello");
+        assert_eq!(e.call(77, [fd as u64, 5, 0, 0, 0, 0]), Ok(0), "ftruncate");
+        assert_eq!(std::fs::read(&host).unwrap(), b"hello");
+        assert_eq!(e.call(74, [fd as u64, 0, 0, 0, 0, 0]), Ok(0), "fsync");
+        // "/state" is the same file; a second descriptor has its own offset.
+        name(&mut e, "/state");
+        let fd2 = e.call(2, [path, 0o2001, 0, 0, 0, 0]).unwrap(); // O_WRONLY|O_APPEND
+        assert_eq!(fd2, 4);
+        e.mem.write(buf, b"!").unwrap();
+        assert_eq!(e.call(1, [fd2 as u64, buf, 1, 0, 0, 0]), Ok(1));
+        assert_eq!(std::fs::read(&host).unwrap(), b"hello!");
+        assert_eq!(
+            e.call(0, [fd2 as u64, buf, 1, 0, 0, 0]),
+            Ok(-EBADF),
+            "write-only"
+        );
+        assert_eq!(e.call(3, [fd2 as u64, 0, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(e.call(3, [fd2 as u64, 0, 0, 0, 0, 0]), Ok(-EBADF));
+        // Freeze with fd 3 open: the frozen state is read-only.
+        e.st.make_files_read_only();
+        let frozen = e.st.clone();
+        assert_eq!(
+            e.call(1, [fd as u64, buf, 1, 0, 0, 0]),
+            Ok(-EBADF),
+            "inherited fd"
+        );
+        assert_eq!(e.call(77, [fd as u64, 0, 0, 0, 0, 0]), Ok(-EINVAL));
+        assert_eq!(e.call(8, [fd as u64, 0, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(
+            e.call(0, [fd as u64, buf, 64, 0, 0, 0]),
+            Ok(6),
+            "reads the host file"
+        );
+        name(&mut e, "state");
+        for flags in [0o1u64, 0o2, 0o1000, 0o101, 0o1101] {
+            assert_eq!(
+                e.call(2, [path, flags, 0, 0, 0, 0]),
+                Ok(-EROFS),
+                "{flags:o}"
+            );
+        }
+        assert_eq!(
+            e.call(21, [path, 2, 0, 0, 0, 0]),
+            Ok(-EROFS),
+            "access(W_OK)"
+        );
+        assert_eq!(e.call(21, [path, 4, 0, 0, 0, 0]), Ok(0), "access(R_OK)");
+        let ro = e.call(2, [path, 0o100, 0, 0, 0, 0]).unwrap(); // O_RDONLY|O_CREAT, exists
+        assert_eq!(ro, 4);
+        assert_eq!(e.call(1, [ro as u64, buf, 1, 0, 0, 0]), Ok(-EBADF));
+        assert_eq!(std::fs::read(&host).unwrap(), b"hello!", "never written");
+        // Reset: the table is the frozen one again (fd 4 closed, fd 3 at offset 11 → 6..).
+        e.st = frozen.clone();
+        assert_eq!(e.call(3, [4, 0, 0, 0, 0, 0]), Ok(-EBADF));
+        assert_eq!(e.st.open_files(), 1);
+        // Too many open files.
+        for i in 0..crate::files::MAX_OPEN_FILES - 1 {
+            assert!(e.call(2, [path, 0, 0, 0, 0, 0]).unwrap() > 0, "open {i}");
+        }
+        assert_eq!(e.call(2, [path, 0, 0, 0, 0, 0]), Ok(-24), "EMFILE");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -360,11 +360,14 @@ impl Invoker {
             kind: FailureKind::Api,
         };
         let (func, n, bufs, dst, dstlen) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
-        if n > crate::storage::MAX_BUFFERS {
-            return Err(bad(format!(
-                "{n} buffers (at most {})",
+        // As in the reference: more than 64 buffers, or a result buffer that wraps around
+        // the address space, is an error answered with -1.
+        if n > crate::storage::MAX_BUFFERS || dst.checked_add(dstlen).is_none() {
+            self.vm.printer.log(&format!(
+                "storage_callv refused: {n} buffers (at most {}), result buffer {dst:#x}+{dstlen:#x}",
                 crate::storage::MAX_BUFFERS
-            )));
+            ));
+            return Ok(u64::MAX);
         }
         let mut inputs = Vec::with_capacity(n as usize);
         let mut total = 0usize;
@@ -397,21 +400,27 @@ impl Invoker {
                 "result buffer {dst:#x}+{dstlen:#x} is outside guest memory"
             )));
         }
+        // Return values as in the reference: with a NULL dst, the length the storage function
+        // passed to storage_return(); otherwise that length capped to dstlen, with that many
+        // bytes copied (none when it passed NULL data). -1 when it returned without calling
+        // storage_return(). A refused or failed call (allow-list, crash, max_storage_time)
+        // fails the request.
         match storage.call(func, inputs, dstlen, self.vm.time_left()) {
-            Ok(data) if dst == 0 => Ok(data.len() as u64),
-            Ok(data) => {
-                let n = data.len().min(dstlen as usize);
+            Ok(None) => Ok(u64::MAX),
+            Ok(Some(ret)) if dst == 0 => Ok(ret.len),
+            Ok(Some(ret)) => {
+                let n = ret.data.len().min(dstlen as usize);
                 self.vm
                     .machine
                     .mem
-                    .write(dst, &data[..n])
+                    .write(dst, &ret.data[..n])
                     .map_err(|e| bad(e.to_string()))?;
-                Ok(n as u64)
+                Ok(ret.len.min(dstlen))
             }
-            Err(e) => {
-                self.vm.printer.log(&format!("storage call failed: {e}"));
-                Ok(u64::MAX)
-            }
+            Err(e) => Err(RequestFailure {
+                message: format!("storage call failed: {e}"),
+                kind: FailureKind::Other,
+            }),
         }
     }
 

@@ -43,8 +43,20 @@ struct Call {
     func: u64,
     inputs: Vec<Vec<u8>>,
     dstlen: u64,
-    reply: Sender<Result<Vec<u8>, String>>,
+    reply: Sender<Result<Option<Returned>, String>>,
 }
+
+/// What a storage function handed back with `storage_return(data, len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The first `min(len, dstlen)` bytes at `data` (empty when `data` was NULL).
+    pub data: Vec<u8>,
+    /// The `len` the function passed, as is (what a caller with a NULL `dst` gets).
+    pub len: u64,
+}
+
+/// Most bytes copied back from one storage call.
+pub const MAX_RESULT: u64 = 64 << 20;
 
 /// A request VM's handle on the storage VM.
 #[derive(Clone)]
@@ -54,15 +66,17 @@ pub struct StorageHandle {
 }
 
 impl StorageHandle {
-    /// Call `func` in storage with `inputs`; the result (at most `dstlen` bytes are used by
-    /// the caller, the full length is returned).
+    /// Call `func` in storage with `inputs`. `Ok(Some(r))`: the function called
+    /// `storage_return` (`r.data` holds at most `dstlen` bytes); `Ok(None)`: it returned without
+    /// doing so (the caller gets -1, as in the reference). `Err`: the call was refused (not in
+    /// the STORAGE_ALLOW list) or failed (crash, max_storage_time, exit): the request fails.
     pub fn call(
         &self,
         func: u64,
         inputs: Vec<Vec<u8>>,
         dstlen: u64,
         wait: Option<Duration>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Option<Returned>, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Call {
@@ -87,7 +101,7 @@ impl StorageHandle {
 }
 
 impl StorageHandle {
-    fn special(&self, kind: Kind) -> Result<Vec<u8>, String> {
+    fn special(&self, kind: Kind) -> Result<Option<Returned>, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Call {
@@ -106,6 +120,7 @@ impl StorageHandle {
     /// no such callback).
     pub fn live_update_state(&self) -> Result<Vec<u8>, String> {
         self.special(Kind::LiveUpdate)
+            .map(|r| r.map(|r| r.data).unwrap_or_default())
     }
 
     /// Live update, new program: give `state` to its on_live_restore(). Returns false when the
@@ -170,29 +185,34 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                     _ => (h.on_live_restore, Duration::from_secs(2)),
                 };
                 if f == 0 {
-                    let _ = call.reply.send(Ok(Vec::new()));
+                    let _ = call.reply.send(Ok(None));
                     continue;
                 }
                 call.func = f;
                 let r = run_call(&mut vm, &entry, budget2, &call);
-                let _ = call.reply.send(r.map(|d| d.unwrap_or_default()));
+                let _ = call.reply.send(r);
                 continue;
             }
         }
         let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
             Err(format!(
-                "storage function {:#x} is not allowed (not in the program's STORAGE_ALLOW list)",
-                call.func
+                "storage function {} is not allowed (not in the program's STORAGE_ALLOW list)",
+                describe(&vm, call.func)
             ))
         } else {
             run_call(&mut vm, &entry, budget, &call)
+                .map_err(|e| format!("storage function {}: {e}", describe(&vm, call.func)))
         };
         match r {
             Ok(Some(data)) => {
-                let _ = call.reply.send(Ok(data));
+                let _ = call.reply.send(Ok(Some(data)));
             }
             Ok(None) => {
-                let _ = call.reply.send(Ok(Vec::new()));
+                vm.printer.log(&format!(
+                    "storage function {} returned without calling storage_return(): the caller gets -1",
+                    describe(&vm, call.func)
+                ));
+                let _ = call.reply.send(Ok(None));
             }
             Err(e) => {
                 vm.printer.log(&format!("storage call failed: {e}"));
@@ -202,14 +222,23 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
     }
 }
 
-/// Run one call. Ok(Some(data)) once storage_return was called (the reply is sent by the
-/// caller after the function finished, or right away — see below).
+/// `name (0x...)` of a storage function, or its address alone.
+fn describe(vm: &MainVm, func: u64) -> String {
+    match vm.elf.symbols.lookup(func) {
+        Some((name, 0)) => format!("'{name}' ({func:#x})"),
+        Some((name, off)) => format!("{func:#x} ({name}+{off:#x})"),
+        None => format!("{func:#x}"),
+    }
+}
+
+/// Run one call. Ok(Some(result)) once storage_return was called (the function is then let
+/// finish, except after storage_noreturn); Ok(None) if it returned without calling it.
 fn run_call(
     vm: &mut MainVm,
     entry: &EntryState,
     budget: Duration,
     call: &Call,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Returned>, String> {
     // Inputs on the stack: data blocks, then the virtbuffer array.
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
     let mut sp = entry.rsp.wrapping_sub(4096) & !15;
@@ -239,7 +268,7 @@ fn run_call(
     vm.start_deadline(budget, "storage call (max_storage_time)")
         .map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let mut result: Option<Vec<u8>> = None;
+    let mut result: Option<Returned> = None;
     let out = loop {
         let ev = match vm.run_until_event() {
             Ok(ev) => ev,
@@ -268,20 +297,24 @@ fn run_call(
                             "bad destination passed to storage_return in on_live_restore: {e}"
                         ));
                     }
-                    result = Some(Vec::new());
+                    result = Some(Returned {
+                        data: Vec::new(),
+                        len: n as u64,
+                    });
                     vm.machine.cpu.regs_mut().rax = 0;
                     continue;
                 }
-                let l = l.min(64 << 20);
-                let data = if p == 0 || l == 0 {
+                // Only what fits the caller's buffer is copied.
+                let take = l.min(call.dstlen).min(MAX_RESULT);
+                let data = if p == 0 || take == 0 {
                     Vec::new()
                 } else {
-                    match vm.machine.mem.read_vec(p, l as usize) {
+                    match vm.machine.mem.read_vec(p, take as usize) {
                         Ok(d) => d,
                         Err(e) => break Err(format!("bad pointer passed to storage_return: {e}")),
                     }
                 };
-                result = Some(data);
+                result = Some(Returned { data, len: l });
                 if n == api::STORAGE_NORETURN {
                     break Ok(());
                 }

@@ -51,6 +51,9 @@ pub struct VmOptions {
     pub debug: bool,
     /// control_ephemeral: the program may call sys_make_ephemeral() during init.
     pub control_ephemeral: bool,
+    /// Host file behind the guest's `state` file (KVM_STATE): `<filename>.state`. None: the
+    /// program has no state file (opening it fails with ENOENT).
+    pub state_file: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -73,7 +76,15 @@ impl VmOptions {
             storage: false,
             debug: false,
             control_ephemeral: false,
+            state_file: None,
         }
+    }
+
+    /// `<filename>.state`: where the state file of a program kept at `filename` lives.
+    pub fn state_path_for(filename: &std::path::Path) -> PathBuf {
+        let mut s = filename.as_os_str().to_owned();
+        s.push(".state");
+        PathBuf::from(s)
     }
 
     /// The effective guest memory size: address_space, raised to hold max_memory plus the
@@ -362,6 +373,7 @@ impl MainVm {
                 max_memory: opts.max_memory,
                 exe_path: exe,
                 verbose_syscalls: opts.verbose_syscalls,
+                state_file: opts.state_file.clone(),
             },
             elf.end,
             elf.image_bytes,
@@ -400,9 +412,14 @@ impl MainVm {
             }
         }
         let fpu = self.machine.cpu.fpu()?;
-        self.machine
-            .mem
-            .write_raw(layout::FXSAVE_AREA, &fxsave_image(&fpu))?;
+        let mut img = fxsave_image(&fpu);
+        // kvm_pvm's KVM_GET_FPU reports MXCSR as 0 (every SIMD exception unmasked: the first
+        // inexact floating-point operation of a handler would fault with #XM); the legacy
+        // area of KVM_GET_XSAVE has the real value.
+        if let Some(x) = self.machine.cpu.xsave().filter(|x| x.len() >= 28) {
+            img[24..28].copy_from_slice(&x[24..28]);
+        }
+        self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
         Ok(false)
     }
 
@@ -429,6 +446,9 @@ impl MainVm {
         // verbose_syscalls is for the main VM only (glossary).
         let mut linux = linux;
         linux.set_verbose(false);
+        // Request VMs may read the state file, never write it (descriptors open now are
+        // inherited read-only).
+        linux.make_files_read_only();
         Ok(Frozen {
             image: mem,
             regs,
@@ -599,11 +619,16 @@ impl MainVm {
                     ))
                 }
                 Event::Hypercall(api::STORAGE_ALLOW) => {
+                    // As in the reference: only the storage VM keeps an allow-list (0); the
+                    // main VM's calls are refused (-1).
                     let f = self.machine.cpu.regs().rdi;
-                    if self.opts.storage {
+                    let ret = if self.opts.storage {
                         self.storage_allowed.push(f);
-                    }
-                    self.machine.cpu.regs_mut().rax = 0;
+                        0
+                    } else {
+                        u64::MAX
+                    };
+                    self.machine.cpu.regs_mut().rax = ret;
                 }
                 Event::Hypercall(api::MAKE_EPHEMERAL) => {
                     let on = self.machine.cpu.regs().rdi != 0;

@@ -43,6 +43,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.storage = false;
     vm.debug = p.allow_debug;
     vm.control_ephemeral = p.control_ephemeral;
+    vm.state_file = p.filename.as_deref().map(VmOptions::state_path_for);
     ProgramSettings {
         vm,
         concurrency: p.concurrency,

@@ -233,6 +233,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     o.raw_output = a.raw;
     o.storage = false;
     o.debug = pc.allow_debug;
+    o.state_file = Some(VmOptions::state_path_for(&file));
     match MainVm::boot(o) {
         Ok((vm, report)) => {
             if vm.opts.verbose {

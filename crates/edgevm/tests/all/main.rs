@@ -11,3 +11,4 @@ mod robustness;
 mod run_cmd;
 mod run_limits;
 mod serve;
+mod storage;

@@ -773,30 +773,6 @@ fn vector_registers_do_not_leak_between_requests() {
 }
 
 #[test]
-fn a_hanging_or_crashing_storage_call_fails_only_that_call() {
-    let s = serve(
-        "storage-slow",
-        &[program(
-            "st",
-            &guest("storage_slow"),
-            "\"storage\": true, \"max_storage_time\": 1.0, \"max_request_time\": 4.0",
-        )],
-    );
-    assert_eq!(s.ok("/st/count"), "r=8 count=1");
-    let t = std::time::Instant::now();
-    assert_eq!(s.ok("/st/hang"), "r=-1 count=0");
-    let took = t.elapsed();
-    assert!(
-        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(4),
-        "{took:?}"
-    );
-    assert_eq!(s.ok("/st/crash"), "r=-1 count=0");
-    // The storage VM keeps its state and serves the next call.
-    assert_eq!(s.ok("/st/count"), "r=8 count=2");
-    s.stop();
-}
-
-#[test]
 fn vcpuid_and_request_vm_index() {
     let s = serve(
         "vcpu",
