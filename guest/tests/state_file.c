@@ -15,7 +15,8 @@
      append?v=TEXT   storage: fopen("state", "a") + fputs: "r=.. data=<contents now>"
      get             storage: read the file: "r=.. data=<contents>"
      rw              storage: open O_RDWR, lseek/pwrite/pread/ftruncate/fstat round trip
-     other           any VM: opening other paths: "<path>=<errno>" ... */
+     other           any VM: opening other paths: "<path>=<errno>" ...
+     leak            request VM: open the state file and never close it: "fd=<fd>" */
 #include "kvm_api.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -296,6 +297,9 @@ static void on_get(const char *url, const char *arg)
 		char s[600];
 		others(s, sizeof(s));
 		snprintf(out, sizeof(out), "request: %s", s);
+		respond(200, out);
+	} else if (strcmp(action, "leak") == 0) {
+		snprintf(out, sizeof(out), "fd=%d", open("state", O_RDONLY));
 		respond(200, out);
 	} else if (strcmp(action, "storage_other") == 0) {
 		storage_reply(st_others, NULL, 0);

@@ -364,14 +364,14 @@ fn storage_calls_run_one_at_a_time_in_arrival_order() {
         )],
     );
     assert_eq!(s.ok("/ord/order?id=100"), "r=3 data=100");
-    // Call 0 holds storage for 1.2 s; calls 1, 2, 3 arrive 250 ms apart while it does.
+    // Call 0 holds storage for 2 s; calls 1, 2, 3 arrive 400 ms apart while it does.
     let port = s.port;
     let answers: Vec<String> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..4u64)
             .map(|i| {
                 sc.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(250 * i));
-                    let ms = if i == 0 { 1200 } else { 0 };
+                    std::thread::sleep(Duration::from_millis(400 * i));
+                    let ms = if i == 0 { 2000 } else { 0 };
                     Conn::new(port)
                         .send("GET", &format!("/ord/order?id={i}&ms={ms}"), &[], b"")
                         .text()
@@ -495,6 +495,11 @@ fn the_state_file_is_written_by_storage_read_by_requests_and_survives_a_restart(
     }
     assert_eq!(s.ok("/sf/trywrite"), READ_ONLY);
     assert_eq!(std::fs::read(&host).unwrap(), b"hello-world");
+    // What a request opens is closed by the reset: the same descriptor every time (3 and 4
+    // are the inherited ones), never "too many open files".
+    for _ in 0..40 {
+        assert_eq!(s.ok("/sf/leak"), "fd=5");
+    }
     // No other path reaches the host.
     assert_eq!(s.ok("/sf/other"), format!("request: {OTHERS}"));
     assert_eq!(s.ok("/sf/storage_other"), format!("r=85 data={OTHERS}"));
