@@ -1,12 +1,16 @@
 /* live_state.c: a storage counter that survives live updates.
    GET /live_state -> "count=N" (N increments in storage on every request).
    On a live update, the old storage VM hands its counter over in on_live_update(),
-   and the new one takes it in on_live_restore(). */
+   and the new one takes it in on_live_restore(). A copy whose `restore_mode` string is
+   patched to "restore-mode-crash" crashes in on_live_restore() instead (tests/all/storage.rs). */
 #include "kvm_api.h"
 #include <stdio.h>
 #include <string.h>
 
 static long counter;
+static const char restore_mode[] = "restore-mode-taken";
+/* Read through a volatile pointer so the comparison is not folded at compile time. */
+static const char *volatile restore_mode_p = restore_mode;
 
 static void increment(size_t n, struct virtbuffer buf[n], size_t res)
 {
@@ -24,6 +28,8 @@ static void on_live_update(void)
 static void on_live_restore(size_t len)
 {
 	(void)len;
+	if (strcmp(restore_mode_p, "restore-mode-crash") == 0)
+		*(volatile long *)8 = 1;
 	storage_return(&counter, sizeof(counter));
 }
 

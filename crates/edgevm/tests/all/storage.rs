@@ -581,6 +581,28 @@ fn live_update_hands_storage_state_over_and_keeps_the_state_file() {
     assert_eq!(s.ok("/live/"), "count=7");
     assert_eq!(s.stat("live", "live_updates"), 2.0);
     assert_eq!(s.stat("live", "live_update_transfer_bytes"), 16.0);
+    // A new program whose on_live_restore() crashes is refused; the old one keeps serving
+    // with its state.
+    let mut bad = std::fs::read(&live).unwrap();
+    let at = bad
+        .windows(18)
+        .position(|w| w == b"restore-mode-taken")
+        .expect("marker in live_state");
+    bad[at + 13..at + 18].copy_from_slice(b"crash");
+    let r = s.req(
+        "POST",
+        "/_edgevm/update/live",
+        &[("X-Edgevm-Key", "k1")],
+        &bad,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("on_live_restore") && r.text().contains("page fault"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(s.ok("/live/"), "count=8");
+    assert_eq!(s.stat("live", "live_updates"), 2.0);
     // Without the callbacks, the state file is the state that carries over.
     assert_eq!(s.ok("/sf/set?v=kept"), "r=4 data=kept");
     update("sf", "k2", &sf);
