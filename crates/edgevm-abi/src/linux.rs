@@ -1396,6 +1396,90 @@ mod tests {
     }
 
     #[test]
+    fn random_file_calls_never_panic_and_never_write_after_the_freeze() {
+        // 20000 random file system calls with nasty arguments against a real state file;
+        // the second half after the freeze must leave the file as it was.
+        let dir = std::env::temp_dir().join(format!("edgevm-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = dir.join("p.state");
+        std::fs::write(&host, b"seed").unwrap();
+        let mut e = env(32 << 20);
+        e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+        e.st = LinuxState::new(
+            e.st.layout,
+            LinuxConfig {
+                state_file: Some(host.clone()),
+                ..e.st.cfg.clone()
+            },
+            0x400000 + 0x1234,
+            0x2000,
+        );
+        e.mem.write(0x300000, b"state\0").unwrap();
+        let calls = [
+            0u64, 1, 2, 3, 5, 8, 16, 17, 18, 19, 20, 21, 72, 73, 74, 77, 85, 257, 262,
+        ];
+        let nasty = [
+            0u64,
+            1,
+            3,
+            4,
+            0x300000,
+            u64::MAX,
+            u64::MAX - 4095,
+            1 << 62,
+            0o1102,
+            0o2101,
+            -100i64 as u64,
+            0x1000,
+            MEM - 1,
+            4096,
+            1 << 30,
+        ];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        };
+        let mut frozen_len: Option<(u64, Option<std::time::SystemTime>)> = None;
+        for i in 0..20000 {
+            if i == 10000 {
+                e.st.make_files_read_only();
+                frozen_len = std::fs::metadata(&host)
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok()));
+            }
+            let nr = calls[(next() % calls.len() as u64) as usize];
+            let mut a = [0u64; 6];
+            for v in a.iter_mut() {
+                *v = match next() % 3 {
+                    0 => nasty[(next() % nasty.len() as u64) as usize],
+                    1 => 0x300000 + next() % 0x10000,
+                    _ => next() % 64,
+                };
+            }
+            let _ = e.call(nr, a);
+            assert!(e.st.open_files() <= crate::files::MAX_OPEN_FILES);
+            if let Some(len) = frozen_len {
+                let now = std::fs::metadata(&host)
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok()));
+                assert_eq!(
+                    now,
+                    Some(len),
+                    "call {i} ({nr} {a:x?}) changed the file after the freeze"
+                );
+            }
+        }
+        assert!(
+            std::fs::metadata(&host).unwrap().len() <= crate::files::MAX_STATE_SIZE,
+            "size limit"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn hardware_kvm_return_path_sets_only_rax() {
         // On hardware KVM SYSCALL enters CPL0 and the stub's SYSRETQ returns: the host must
         // write RAX and leave RIP (past the OUT) and RFLAGS alone.
