@@ -415,7 +415,7 @@ impl Invoker {
                     .mem
                     .write(dst, &ret.data[..n])
                     .map_err(|e| bad(e.to_string()))?;
-                Ok(ret.len.min(dstlen))
+                Ok(ret.len.min(dstlen).min(crate::storage::MAX_RESULT))
             }
             Err(e) => Err(RequestFailure {
                 message: format!("storage call failed: {e}"),
