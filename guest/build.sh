@@ -16,6 +16,7 @@
 #     avx_state        AVX register isolation between requests
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
+#     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
 #     api_fuzz         random hypercalls and system calls with nasty arguments
 #     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
@@ -140,6 +141,8 @@ fi
 if ! skipped rust; then
 	build hello_rust "$T/hello.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
 		--target x86_64-unknown-linux-gnu "$T/hello.rs" -o "$OUT/hello_rust.tmp"
+	build state_file_rust "$T/state_file.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
+		--target x86_64-unknown-linux-gnu "$T/state_file.rs" -o "$OUT/state_file_rust.tmp"
 fi
 
 # --- Examples -------------------------------------------------------------

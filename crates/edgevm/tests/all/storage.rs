@@ -542,6 +542,25 @@ fn the_main_vm_may_write_the_state_file_during_initialization() {
     s.stop();
 }
 
+#[test]
+fn the_state_file_from_rust_std_fs_with_edgevm_run() {
+    // `edgevm run` maps the state file next to the program, as the server does.
+    let dir = scratch("storage-state-rust");
+    let bin = copy_guest(&dir, "state_file_rust", "rs");
+    let run = || {
+        let r = edgevm_run(&["run", bin.to_str().unwrap()]);
+        assert_eq!(r.code(), Some(0), "{}", r.all());
+        r.stdout
+    };
+    assert_eq!(
+        run().trim(),
+        ">>> [rs] before=(NotFound) wrote=from rust tail=rust+more len=14 file=true \
+         other=Some(NotFound)"
+    );
+    assert_eq!(std::fs::read(dir.join("rs.state")).unwrap(), b"from rust+more");
+    assert!(run().contains("before=from rust+more wrote=from rust"));
+}
+
 // ------------------------------------------------------------------------------------------
 // Live update
 // ------------------------------------------------------------------------------------------
