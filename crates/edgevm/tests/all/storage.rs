@@ -557,7 +557,10 @@ fn the_state_file_from_rust_std_fs_with_edgevm_run() {
         ">>> [rs] before=(NotFound) wrote=from rust tail=rust+more len=14 file=true \
          other=Some(NotFound)"
     );
-    assert_eq!(std::fs::read(dir.join("rs.state")).unwrap(), b"from rust+more");
+    assert_eq!(
+        std::fs::read(dir.join("rs.state")).unwrap(),
+        b"from rust+more"
+    );
     assert!(run().contains("before=from rust+more wrote=from rust"));
 }
 
