@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use edgevm_kvm::{GuestMemory, KvmError, Vcpu, PAGE_SIZE};
+use edgevm_kvm::{kvm_regs, GuestMemory, KvmError, Vcpu, PAGE_SIZE};
 
 use crate::files::Files;
 use crate::layout::{self, Layout};
@@ -268,6 +268,17 @@ impl LinuxState {
     /// Limit what one request may allocate (max_request_memory); `None` lifts the limit.
     pub fn set_request_limit(&mut self, limit: Option<u64>) {
         self.request_limit = limit.map(|l| (self.memory_used(), l));
+    }
+
+    /// Whether the system call in `r` may make the host thread sleep (nanosleep,
+    /// clock_nanosleep, a futex wait with a timeout): the runtime then makes it on a thread
+    /// that may block.
+    pub fn may_sleep(&self, r: &kvm_regs) -> bool {
+        match r.rax {
+            35 | 230 => true,
+            202 => matches!(r.rsi & 0x7F, 0 | 9) && r.r10 != 0,
+            _ => false,
+        }
     }
 
     /// Handle the system call the guest just made (registers as of the exit).

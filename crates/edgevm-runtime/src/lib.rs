@@ -11,4 +11,4 @@ pub mod storage;
 pub mod timer;
 pub mod vm;
 
-pub use request::{GuestRequest, GuestResponse, ProgramHost, Reply, ServeError};
+pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};

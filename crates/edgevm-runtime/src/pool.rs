@@ -1,20 +1,33 @@
 //! Programs and their request-VM pools; the runtime the HTTP layer talks to.
 //!
 //! A program boots lazily on its first request (or at server start with `start`): a boot
-//! thread runs the main VM to `wait_for_requests()`, freezes it, and starts `concurrency`
-//! request-VM threads, each owning one VM for its whole life (KVM vCPUs are used from the thread
-//! that runs them). Requests queue on one channel per program; a request that waited more than
-//! 60 s for a VM gets 503. No VM or memory slot is created per request.
+//! thread runs the main VM to `wait_for_requests()`, freezes it, forks the first request VM
+//! (the program is ready from then on) and then the other `concurrency - 1`. No VM or memory
+//! slot is created per request.
+//!
+//! **Where a request runs.** The request VMs wait in a pool; a request takes one (waiting, in
+//! arrival order, at most 60 s — then 503) and runs it *on the thread that read the request*
+//! (an HTTP worker), with a time slice ([`inline_slice`], 2 ms). Handing every request to a
+//! dedicated VM thread and back cost two thread wake-ups (~30 µs each on this nested machine,
+//! a few µs on bare metal) — more than the VM cycle itself; running it in place costs none. A
+//! request still running when its slice is over is stopped at an instruction boundary and
+//! finished on a blocking thread (`spawn_blocking`), so a slow or hostile program holds an
+//! HTTP worker for at most about one slice. KVM allows a vCPU to be run from any thread
+//! (measured here: the first run after a move costs ~15 µs more); the run timer is the
+//! thread's own (see `timer.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::AtomicUsize;
+use std::sync::OnceLock;
 
-use crate::request::{GuestRequest, ProgramHost, Reply, ServeError};
-use crate::request_vm::{FailureKind, Invoker, RequestSettings, RequestVm};
+use crate::request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
+use crate::request_vm::{
+    FailureKind, Invoker, RequestFailure, RequestSettings, RequestStats, RequestVm, Step,
+};
 use crate::storage::StorageHandle;
 use crate::vm::{BootOutcome, Frozen, MainVm, VmOptions};
 
@@ -36,6 +49,19 @@ pub fn queue_timeout() -> Duration {
 }
 /// Requests waiting beyond this many per program are refused at once.
 pub const MAX_QUEUE: usize = 8192;
+
+/// How long a request runs on the thread that read it before it is moved to a blocking
+/// thread: 2 ms, or `EDGEVM_INLINE_SLICE_US` (0: always run requests on a blocking thread).
+pub fn inline_slice() -> Option<Duration> {
+    static T: OnceLock<Option<Duration>> = OnceLock::new();
+    *T.get_or_init(|| {
+        let us = std::env::var("EDGEVM_INLINE_SLICE_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(2000);
+        (us > 0).then(|| Duration::from_micros(us))
+    })
+}
 
 /// Everything about one program.
 #[derive(Debug, Clone)]
@@ -182,10 +208,29 @@ impl Stats {
     }
 }
 
-struct Job {
-    req: GuestRequest,
-    reply: Reply,
-    queued: Instant,
+/// The request VMs of a ready program.
+struct VmPool {
+    frozen: Arc<Frozen>,
+    storage: Option<StorageHandle>,
+    idle: Mutex<Vec<RequestVm>>,
+    /// One permit per idle VM; waiters are served in arrival order.
+    permits: tokio::sync::Semaphore,
+}
+
+impl VmPool {
+    fn put(&self, vm: RequestVm) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(vm);
+        self.permits.add_permits(1);
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,9 +247,12 @@ pub struct Program {
     settings: ProgramSettings,
     state: Mutex<State>,
     changed: Condvar,
-    /// None once retired (replaced by a live update): VM threads drain the queue and end.
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Receiver<Job>,
+    /// Bumped at every state change, for requests waiting asynchronously for the boot.
+    changed_async: tokio::sync::watch::Sender<u64>,
+    /// The request VMs, once ready.
+    pool: OnceLock<Arc<VmPool>>,
+    /// Requests waiting for the boot or for a VM.
+    waiting: AtomicUsize,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The storage VM, once booted.
@@ -219,14 +267,14 @@ impl Program {
 
     /// A program that continues the counters of `stats` (live update).
     pub fn with_stats(name: &str, settings: ProgramSettings, stats: Arc<Stats>) -> Arc<Program> {
-        let (tx, rx) = crossbeam_channel::unbounded();
         Arc::new(Program {
             name: name.to_string(),
             settings,
             state: Mutex::new(State::NotStarted),
             changed: Condvar::new(),
-            tx: Mutex::new(Some(tx)),
-            rx,
+            changed_async: tokio::sync::watch::Sender::new(0),
+            pool: OnceLock::new(),
+            waiting: AtomicUsize::new(0),
             stats,
             storage: Mutex::new(None),
         })
@@ -307,17 +355,14 @@ impl Program {
         } else {
             tracing::error!("Program '{}' failed to start: {why}", self.name);
         }
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Failed(why.clone());
-        self.changed.notify_all();
-        // Answer everything that queued while it booted.
-        self.refuse_queued(&why);
+        self.set_state(State::Failed(why));
     }
 
-    /// Answer every queued request with "program unavailable: why".
-    fn refuse_queued(&self, why: &str) {
-        while let Ok(job) = self.rx.try_recv() {
-            (job.reply)(Err(ServeError::ProgramUnavailable(why.to_string())));
-        }
+    fn set_state(&self, st: State) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = st;
+        self.changed.notify_all();
+        // Requests waiting for the boot see it.
+        self.changed_async.send_modify(|v| *v += 1);
     }
 
     /// Boot the storage VM and start its thread.
@@ -392,35 +437,19 @@ impl Program {
             .memory_image_bytes
             .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         let n = self.settings.concurrency.max(1);
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(n as usize);
-        // Request VMs start serving only once the program is marked ready (and logged).
-        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
-        for i in 0..n {
-            let me = self.clone();
-            let f = frozen.clone();
-            let tx = ready_tx.clone();
-            let st = storage.clone();
-            let go = go_rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("vm{i}:{}", self.name))
-                .spawn(move || me.vm_thread(i, f, st, tx, go));
-            if let Err(e) = spawned {
-                return self.set_failed(format!("cannot start VM thread: {e}"));
-            }
-        }
-        drop(ready_tx);
-        let mut made = 0;
-        let mut first_err = None;
-        for r in ready_rx.iter() {
-            match r {
-                Ok(()) => made += 1,
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-        if made == 0 {
-            return self
-                .set_failed(first_err.unwrap_or_else(|| "no request VM could be created".into()));
-        }
+        // The first VM makes the program ready; the others follow on helper threads.
+        let first = match self.fork(&frozen, &storage, 0) {
+            Ok(vm) => vm,
+            Err(e) => return self.set_failed(e),
+        };
+        let pool = Arc::new(VmPool {
+            frozen: frozen.clone(),
+            storage: storage.clone(),
+            idle: Mutex::new(Vec::with_capacity(n as usize)),
+            permits: tokio::sync::Semaphore::new(0),
+        });
+        pool.put(first);
+        let _ = self.pool.set(pool.clone());
         let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
         let ephemeral = frozen
             .ephemeral_override
@@ -434,17 +463,67 @@ impl Program {
             .map(|d| format!("downloads={:.2}ms, ", d.as_secs_f64() * 1e3))
             .unwrap_or_default();
         tracing::info!(
-            "Program '{}' is loaded ({}, {}, vm={made}{kind}, huge=0/0, {downloads}ready={ready_ms:.2} ms)",
+            "Program '{}' is loaded ({}, {}, vm={n}{kind}, huge=0/0, {downloads}ready={ready_ms:.2} ms)",
             self.name,
             settings.origin,
             if settings.cached { "cached" } else { "not cached" },
         );
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Ready {
-            vms: made,
-            ready_ms,
-        };
-        self.changed.notify_all();
-        drop(go_tx);
+        self.set_state(State::Ready { vms: n, ready_ms });
+        self.fork_rest(&pool, n);
+    }
+
+    /// Fork one request VM (index `i`).
+    fn fork(
+        &self,
+        frozen: &Arc<Frozen>,
+        storage: &Option<StorageHandle>,
+        i: u32,
+    ) -> Result<RequestVm, String> {
+        let mut vm = RequestVm::new(
+            frozen.clone(),
+            self.settings.request.clone(),
+            storage.clone(),
+        )
+        .map_err(|e| format!("cannot create a request VM: {e}"))?;
+        vm.set_index(i);
+        Ok(vm)
+    }
+
+    /// Fork VMs 1..n into the pool, on up to as many threads as there are CPUs.
+    fn fork_rest(self: &Arc<Self>, pool: &Arc<VmPool>, n: u32) {
+        let next = Arc::new(std::sync::atomic::AtomicU32::new(1));
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+        let threads = (n - 1).min(cpus);
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (me, pool, next) = (self.clone(), pool.clone(), next.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("fork{t}:{}", self.name))
+                .spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    match me.fork(&pool.frozen, &pool.storage, i) {
+                        Ok(vm) => pool.put(vm),
+                        Err(e) => tracing::error!("{}: {e}", me.name),
+                    }
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!("{}: cannot start a fork thread: {e}", self.name),
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        tracing::debug!(
+            "Program '{}': {} more request VMs forked in {:.2} ms",
+            self.name,
+            n - 1,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     /// Send the warmup requests to the main VM, then put it back exactly at its
@@ -500,149 +579,158 @@ impl Program {
         Ok(vm)
     }
 
-    fn vm_thread(
-        self: Arc<Self>,
-        index: u32,
-        frozen: Arc<Frozen>,
-        storage: Option<StorageHandle>,
-        ready: Sender<Result<(), String>>,
-        go: Receiver<()>,
-    ) {
-        let mut vm = match RequestVm::new(
-            frozen.clone(),
-            self.settings.request.clone(),
-            storage.clone(),
-        ) {
-            Ok(mut vm) => {
-                vm.set_index(index);
-                let _ = ready.send(Ok(()));
-                vm
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e.to_string()));
-                return;
-            }
-        };
-        drop(ready);
-        // Wait for the boot thread to mark the program ready (it drops the sender).
-        let _ = go.recv();
-        let stats = self.stats.clone();
-        while let Ok(job) = self.rx.recv() {
-            let waited = job.queued.elapsed();
-            stats
-                .queue_wait_us
-                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-            if waited > queue_timeout() {
-                stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                (job.reply)(Err(ServeError::QueueTimeout));
-                continue;
-            }
-            let handled =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.handle(&job.req)));
-            let (result, rs) = match handled {
-                Ok(x) => x,
-                Err(_) => {
-                    // A bug in edgevm, not in the program: answer, and replace this VM.
-                    tracing::error!(
-                        "{}: internal error while handling a request; replacing the VM",
-                        self.name
-                    );
-                    (job.reply)(Err(ServeError::ProgramError(
-                        "internal error in edgevm while handling the request".into(),
-                    )));
-                    match RequestVm::new(
-                        frozen.clone(),
-                        self.settings.request.clone(),
-                        storage.clone(),
-                    ) {
-                        Ok(v) => {
-                            vm = v;
-                            vm.set_index(index);
-                        }
-                        Err(e) => {
-                            tracing::error!("{}: cannot replace the VM: {e}", self.name);
-                            return;
-                        }
+    /// Wait (asynchronously) until the program is ready; start it if needed.
+    async fn ready_pool(self: &Arc<Self>) -> Result<Arc<VmPool>, ServeError> {
+        let mut rx = self.changed_async.subscribe();
+        loop {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match st {
+                State::Failed(e) => return Err(ServeError::ProgramUnavailable(e)),
+                State::Ready { .. } => {
+                    if let Some(p) = self.pool.get() {
+                        return Ok(p.clone());
                     }
-                    continue;
                 }
-            };
-            stats.requests.fetch_add(1, Ordering::Relaxed);
-            stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
-            stats.last_exits.store(rs.exits, Ordering::Relaxed);
+                State::NotStarted => self.start(),
+                State::Booting => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(ServeError::ShuttingDown);
+            }
+        }
+    }
+
+    /// Serve one request: wait for the program and a free VM (in arrival order, at most the
+    /// queue timeout), run the VM on this thread for a slice, and finish it on a blocking
+    /// thread if it needs longer. Needs a tokio runtime (for the timeout and
+    /// `spawn_blocking`).
+    pub async fn serve(self: Arc<Self>, req: GuestRequest) -> Result<GuestResponse, ServeError> {
+        let queued = Instant::now();
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(ServeError::QueueTimeout);
+        }
+        let waiting = Waiting(&self.waiting);
+        let limit = queue_timeout();
+        let timed_out = || {
+            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+            ServeError::QueueTimeout
+        };
+        let pool = match tokio::time::timeout(limit, self.ready_pool()).await {
+            Ok(p) => p?,
+            Err(_) => return Err(timed_out()),
+        };
+        let left = limit.saturating_sub(queued.elapsed());
+        match tokio::time::timeout(left, pool.permits.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) => return Err(ServeError::ShuttingDown),
+            Err(_) => return Err(timed_out()),
+        }
+        drop(waiting);
+        self.stats
+            .queue_wait_us
+            .fetch_add(queued.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let Some(mut vm) = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+            // Cannot happen: a permit stands for an idle VM.
+            pool.permits.add_permits(1);
+            return Err(ServeError::ProgramError(
+                "internal error: no idle VM".into(),
+            ));
+        };
+        // From here on nothing awaits until the VM is back in the pool or owned by the
+        // blocking task, so a client that goes away cannot lose a VM.
+        let begun = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vm.begin(&req, inline_slice())
+        }));
+        match begun {
+            Ok(Step::Done(result, rs)) => self.complete(&pool, Some(vm), Ok((result, rs))),
+            Err(_) => self.complete(&pool, None, Err(())),
+            Ok(Step::Preempted) => {
+                let me = self.clone();
+                let p = pool.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.resume(&req)));
+                    match r {
+                        Ok(x) => me.complete(&p, Some(vm), Ok(x)),
+                        Err(_) => me.complete(&p, None, Err(())),
+                    }
+                });
+                task.await.unwrap_or_else(|_| {
+                    Err(ServeError::ProgramError(
+                        "internal error in edgevm while handling the request".into(),
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Count a finished request, put its VM back (a fresh one if edgevm panicked while
+    /// handling it) and turn the result into the answer.
+    fn complete(
+        &self,
+        pool: &VmPool,
+        vm: Option<RequestVm>,
+        outcome: Result<(Result<GuestResponse, RequestFailure>, RequestStats), ()>,
+    ) -> Result<GuestResponse, ServeError> {
+        let stats = &self.stats;
+        let Ok((result, rs)) = outcome else {
+            // A bug in edgevm, not in the program: answer, and replace the VM.
+            tracing::error!(
+                "{}: internal error while handling a request; replacing the VM",
+                self.name
+            );
+            match self.fork(&pool.frozen, &pool.storage, 0) {
+                Ok(v) => pool.put(v),
+                Err(e) => tracing::error!("{}: cannot replace the VM: {e}", self.name),
+            }
+            stats.status_5xx.fetch_add(1, Ordering::Relaxed);
+            return Err(ServeError::ProgramError(
+                "internal error in edgevm while handling the request".into(),
+            ));
+        };
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
+        stats.last_exits.store(rs.exits, Ordering::Relaxed);
+        if let Some(vm) = vm {
             if vm.is_ephemeral() || rs.full_reset {
                 stats.resets.fetch_add(1, Ordering::Relaxed);
             }
-            if rs.full_reset {
-                stats.full_resets.fetch_add(1, Ordering::Relaxed);
+            pool.put(vm);
+        }
+        if rs.full_reset {
+            stats.full_resets.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            Ok(resp) => {
+                let c = match resp.status {
+                    200..=299 => &stats.status_2xx,
+                    300..=399 => &stats.status_3xx,
+                    400..=499 => &stats.status_4xx,
+                    _ => &stats.status_5xx,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                Ok(resp)
             }
-            let reply = match result {
-                Ok(resp) => {
-                    let c = match resp.status {
-                        200..=299 => &stats.status_2xx,
-                        300..=399 => &stats.status_3xx,
-                        400..=499 => &stats.status_4xx,
-                        _ => &stats.status_5xx,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    Ok(resp)
-                }
-                Err(f) => {
-                    let c = match f.kind {
-                        FailureKind::Timeout => &stats.timeouts,
-                        FailureKind::Exception => &stats.exceptions,
-                        FailureKind::Memory => &stats.memory_errors,
-                        _ => &stats.other_errors,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    stats.status_5xx.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("{}: {}", self.name, f.message);
-                    Err(ServeError::ProgramError(f.message))
-                }
-            };
-            (job.reply)(reply);
+            Err(f) => {
+                let c = match f.kind {
+                    FailureKind::Timeout => &stats.timeouts,
+                    FailureKind::Exception => &stats.exceptions,
+                    FailureKind::Memory => &stats.memory_errors,
+                    _ => &stats.other_errors,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                stats.status_5xx.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("{}: {}", self.name, f.message);
+                Err(ServeError::ProgramError(f.message))
+            }
         }
     }
 
-    /// Queue a request.
-    pub fn submit(self: &Arc<Self>, req: GuestRequest, reply: Reply) {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match st {
-            State::Failed(e) => return reply(Err(ServeError::ProgramUnavailable(e))),
-            State::NotStarted => self.start(),
-            _ => {}
-        }
-        if self.rx.len() >= MAX_QUEUE {
-            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-            return reply(Err(ServeError::QueueTimeout));
-        }
-        let job = Job {
-            req,
-            reply,
-            queued: Instant::now(),
-        };
-        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        };
-        if let Err(job) = sent {
-            (job.reply)(Err(ServeError::ShuttingDown));
-        }
-        // A boot that failed after our state check: the failure drains the queue, but it may
-        // have drained before we sent.
-        let failed = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            State::Failed(e) => Some(e.clone()),
-            _ => None,
-        };
-        if let Some(why) = failed {
-            self.refuse_queued(&why);
-        }
-    }
-
-    /// Stop taking requests; the VM threads finish what is queued, then end and free their VMs.
-    pub fn retire(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
+    /// Stop taking requests: requests already waiting for this program still get its VMs;
+    /// the VMs are freed when the last of them finishes.
+    pub fn retire(&self) {}
 
     /// Number of request VMs and time to ready, once ready.
     pub fn ready_info(&self) -> Option<(u32, f64)> {
@@ -845,10 +933,13 @@ impl Runtime {
 }
 
 impl ProgramHost for Runtime {
-    fn submit(&self, program: &str, req: GuestRequest, reply: Reply) {
+    fn serve(&self, program: &str, req: GuestRequest) -> ServeFuture {
         match self.program(program) {
-            Some(p) => p.submit(req, reply),
-            None => reply(Err(ServeError::ProgramNotFound(program.to_string()))),
+            Some(p) => Box::pin(p.serve(req)),
+            None => {
+                let e = ServeError::ProgramNotFound(program.to_string());
+                Box::pin(async move { Err(e) })
+            }
         }
     }
 }

@@ -62,13 +62,14 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// Completion callback for [`ProgramHost::submit`]; called exactly once, from any thread.
-pub type Reply = Box<dyn FnOnce(Result<GuestResponse, ServeError>) + Send + 'static>;
+/// The answer to [`ProgramHost::serve`].
+pub type ServeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<GuestResponse, ServeError>> + Send>>;
 
-/// What the HTTP layer needs from the runtime: hand a request to a named program and get
-/// called back with the answer. Implementations must not block the caller: VMs run on their
-/// own threads, and `reply` is invoked from there.
+/// What the HTTP layer needs from the runtime: hand a request to a named program and get its
+/// answer. The future runs short requests right where it is polled (see `pool.rs`): poll it on
+/// a tokio runtime's worker thread.
 pub trait ProgramHost: Send + Sync + 'static {
-    /// Queue `req` for `program` (the first path segment of the URL). `reply` is always called.
-    fn submit(&self, program: &str, req: GuestRequest, reply: Reply);
+    /// Serve `req` with `program` (the first path segment of the URL).
+    fn serve(&self, program: &str, req: GuestRequest) -> ServeFuture;
 }

@@ -134,11 +134,25 @@ pub struct RequestVm {
     pub requests: u64,
     /// Full resets done.
     pub full_resets: u64,
+    /// Exit count when the current request began.
+    exits0: u64,
 }
 
 enum Outcome {
     Response(GuestResponse),
     Failed(RequestFailure),
+    /// The time slice ran out; the handler is stopped mid-way and continues with
+    /// [`Invoker::resume_handler`] (on any thread).
+    Preempted,
+}
+
+/// What [`RequestVm::begin`] came to.
+pub enum Step {
+    /// The request is answered (or failed) and the VM is reset: ready for the next one.
+    Done(Result<GuestResponse, RequestFailure>, RequestStats),
+    /// The time slice ran out first: the handler is stopped mid-way. Finish it with
+    /// [`RequestVm::resume`] — on this or any other thread — before anything else.
+    Preempted,
 }
 
 fn fail(kind: FailureKind, message: impl Into<String>) -> Outcome {
@@ -184,6 +198,7 @@ impl RequestVm {
             working: vec![0; pages.div_ceil(64)],
             requests: 0,
             full_resets: 0,
+            exits0: 0,
         })
     }
 
@@ -197,16 +212,51 @@ impl RequestVm {
         self.ephemeral
     }
 
-    /// Handle one request; the VM is ready for the next one when this returns.
+    /// Handle one request to the end; the VM is ready for the next one when this returns.
     pub fn handle(
         &mut self,
         req: &GuestRequest,
     ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
+        match self.begin(req, None) {
+            Step::Done(r, s) => (r, s),
+            Step::Preempted => self.resume(req),
+        }
+    }
+
+    /// Start handling `req` on this thread. With a `slice`, a handler still running when the
+    /// slice is over is stopped ([`Step::Preempted`]) so the caller can hand the VM to a thread
+    /// that may block, and call [`RequestVm::resume`] there: the thread that read the request
+    /// runs short requests itself, with no hand-off, and is never held up by a long one for
+    /// more than about one slice.
+    pub fn begin(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Step {
         self.requests += 1;
-        let exits0 = self.inv.vm.machine.cpu.exit_count();
-        let outcome = self.inv.call_handler(req);
+        self.exits0 = self.inv.vm.machine.cpu.exit_count();
+        match self.inv.call_handler(req, slice) {
+            Outcome::Preempted => Step::Preempted,
+            outcome => {
+                let (r, s) = self.finish(req, outcome);
+                Step::Done(r, s)
+            }
+        }
+    }
+
+    /// Finish a request stopped by its time slice (see [`RequestVm::begin`]), on the
+    /// current thread, without a slice.
+    pub fn resume(
+        &mut self,
+        req: &GuestRequest,
+    ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
+        let outcome = self.inv.resume_handler();
+        self.finish(req, outcome)
+    }
+
+    fn finish(
+        &mut self,
+        req: &GuestRequest,
+        outcome: Outcome,
+    ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
         let mut stats = RequestStats {
-            exits: self.inv.vm.machine.cpu.exit_count() - exits0,
+            exits: self.inv.vm.machine.cpu.exit_count() - self.exits0,
             ..Default::default()
         };
         let t = Instant::now();
@@ -227,6 +277,15 @@ impl RequestVm {
                 self.full_reset();
                 stats.full_reset = true;
                 Err(f)
+            }
+            Outcome::Preempted => {
+                // resume_handler never preempts; be safe anyway.
+                self.full_reset();
+                stats.full_reset = true;
+                Err(RequestFailure {
+                    message: "internal error: request preempted twice".into(),
+                    kind: FailureKind::Other,
+                })
             }
         };
         let result = match result {
@@ -426,13 +485,21 @@ impl Invoker {
 
     /// Run the right handler for `req`; Ok(response) or the failure (no reset here).
     pub fn invoke(&mut self, req: &GuestRequest) -> Result<GuestResponse, RequestFailure> {
-        match self.call_handler(req) {
+        match self.call_handler(req, None) {
             Outcome::Response(r) => Ok(r),
             Outcome::Failed(f) => Err(f),
+            Outcome::Preempted => match self.resume_handler() {
+                Outcome::Response(r) => Ok(r),
+                Outcome::Failed(f) => Err(f),
+                Outcome::Preempted => Err(RequestFailure {
+                    message: "internal error: request preempted twice".into(),
+                    kind: FailureKind::Other,
+                }),
+            },
         }
     }
 
-    fn call_handler(&mut self, req: &GuestRequest) -> Outcome {
+    fn call_handler(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Outcome {
         let h = self.vm.handlers;
         let method = req.method.as_str();
         let (handler, kind) = if h.request != 0 {
@@ -485,13 +552,34 @@ impl Invoker {
             .set_request_limit(Some(self.settings.max_request_memory));
         self.cache_control = None;
         self.vm.printer.set_budget(Some(REQUEST_OUTPUT_BUDGET));
+        self.vm.set_slice(slice);
         if let Err(e) = self
             .vm
             .start_deadline(self.settings.max_request_time, "request (max_request_time)")
         {
             return Outcome::Failed(run_error_failure(e));
         }
+        self.run_and_settle()
+    }
+
+    /// Continue a handler stopped by its time slice, on the current thread, to the end.
+    fn resume_handler(&mut self) -> Outcome {
+        if let Err(e) = self.vm.resume_deadline() {
+            self.vm.stop_deadline();
+            self.vm.restore_user_mode(&self.entry);
+            return Outcome::Failed(run_error_failure(e));
+        }
+        self.run_and_settle()
+    }
+
+    /// Run the handler until it answers, fails or is preempted; stop or pause the deadline.
+    fn run_and_settle(&mut self) -> Outcome {
         let r = self.run_request();
+        if matches!(r, Outcome::Preempted) {
+            // The VM may move to another thread now: this thread's timer lets go of it.
+            self.vm.pause_deadline();
+            return r;
+        }
         self.vm.stop_deadline();
         self.vm.printer.flush();
         r
@@ -557,6 +645,7 @@ impl Invoker {
                 Err(e) => return Outcome::Failed(run_error_failure(e)),
             };
             match ev {
+                Event::Preempted => return Outcome::Preempted,
                 Event::Exited(code) => {
                     return fail(
                         FailureKind::Exit,
@@ -827,6 +916,7 @@ impl Invoker {
         self.vm.printer.flush();
         match out {
             Outcome::Response(r) => Some(r),
+            Outcome::Preempted => None,
             Outcome::Failed(f2) => {
                 self.vm
                     .printer
@@ -850,4 +940,11 @@ fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
     } else {
         "private, no-store".into()
     }
+}
+
+#[cfg(test)]
+#[test]
+fn request_vms_can_move_between_threads() {
+    fn is_send<T: Send>() {}
+    is_send::<RequestVm>();
 }

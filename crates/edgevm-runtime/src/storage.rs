@@ -275,6 +275,8 @@ fn run_call(
             Err(e) => break Err(e.to_string()),
         };
         match ev {
+            // Storage calls run without a time slice.
+            Event::Preempted => {}
             Event::Returned => break Ok(()),
             Event::Exited(c) => {
                 break Err(format!(

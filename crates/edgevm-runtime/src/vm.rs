@@ -13,7 +13,7 @@ use edgevm_abi::{api, cpu};
 use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu};
 
 use crate::output::Printer;
-use crate::timer::VcpuTimer;
+use crate::timer;
 
 /// Everything needed to boot one program. Built from the configuration by the server, or
 /// from the command line by `edgevm run`.
@@ -180,6 +180,9 @@ pub enum Event {
     Hypercall(u32),
     /// A request handler returned without responding.
     Returned,
+    /// The time slice set with [`MainVm::set_slice`] is over (the deadline is not): the guest
+    /// is stopped at an instruction boundary and can be resumed on any thread.
+    Preempted,
 }
 
 /// How a boot ended.
@@ -228,8 +231,14 @@ pub struct MainVm {
     pub storage_allowed: Vec<u64>,
     /// Initialization is over (wait_for_requests() was called): the handler table is fixed.
     pub initialized: bool,
-    timer: Option<VcpuTimer>,
     deadline: Option<(Instant, Duration, &'static str)>,
+    /// End of the current time slice (see [`MainVm::set_slice`]).
+    slice_end: Option<Instant>,
+    /// The guest stopped at a system call that is made when the VM resumes (see
+    /// [`Event::Preempted`]).
+    pending_syscall: bool,
+    /// Clears this thread's timer pointer if the VM is dropped while it points at the vCPU.
+    _timer_guard: timer::Guard,
 }
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
@@ -379,7 +388,9 @@ impl MainVm {
             elf.image_bytes,
         );
         let printer = Printer::new(&opts.name, opts.raw_output);
+        let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
         Ok(MainVm {
+            _timer_guard,
             machine,
             linux,
             elf,
@@ -390,8 +401,9 @@ impl MainVm {
             ephemeral_override: None,
             storage_allowed: Vec::new(),
             initialized: false,
-            timer: None,
             deadline: None,
+            slice_end: None,
+            pending_syscall: false,
         })
     }
 
@@ -479,7 +491,9 @@ impl MainVm {
         }
         *machine.cpu.regs_mut() = f.regs;
         let linux = f.linux.clone();
+        let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
         Ok(MainVm {
+            _timer_guard,
             machine,
             linux,
             elf: f.elf.clone(),
@@ -490,8 +504,9 @@ impl MainVm {
             ephemeral_override: f.ephemeral_override,
             storage_allowed: Vec::new(),
             initialized: true,
-            timer: None,
             deadline: None,
+            slice_end: None,
+            pending_syscall: false,
         })
     }
 
@@ -602,6 +617,8 @@ impl MainVm {
     fn init_loop(&mut self) -> Result<BootOutcome, RunError> {
         loop {
             match self.run_until_event()? {
+                // Boot runs without a time slice.
+                Event::Preempted => {}
                 Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
                 Event::Returned => {
                     return Err(RunError::Fatal(
@@ -657,23 +674,49 @@ impl MainVm {
         self.machine.cpu.regs_mut().rax = u64::MAX;
     }
 
-    /// Arm the run timer.
+    /// Start the run deadline (`budget` from now) and arm this thread's timer for it (or for
+    /// the end of the time slice, if one is set and comes first).
     pub fn start_deadline(&mut self, budget: Duration, what: &'static str) -> Result<(), RunError> {
-        if self.timer.is_none() {
-            let p = self.machine.cpu.immediate_exit_ptr();
-            self.timer = Some(
-                VcpuTimer::new(p)
-                    .map_err(|e| RunError::Fatal(format!("cannot create timer: {e}")))?,
-            );
-        }
         let deadline = Instant::now() + budget;
         self.deadline = Some((deadline, budget, what));
         self.linux.deadline = Some(deadline);
-        if let Some(t) = &mut self.timer {
-            t.arm(budget)
-                .map_err(|e| RunError::Fatal(format!("cannot arm timer: {e}")))?;
+        self.arm_timer()
+    }
+
+    /// Give the next run a time slice: once `slice` has passed (and the deadline has not),
+    /// [`MainVm::run_until_event`] stops the guest and returns [`Event::Preempted`], so the
+    /// caller can move the VM to another thread and [`MainVm::resume_deadline`] there. Set it
+    /// before [`MainVm::start_deadline`].
+    pub fn set_slice(&mut self, slice: Option<Duration>) {
+        self.slice_end = slice.map(|s| Instant::now() + s);
+    }
+
+    fn arm_timer(&mut self) -> Result<(), RunError> {
+        let Some((deadline, _, _)) = self.deadline else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut at = deadline;
+        if let Some(s) = self.slice_end {
+            at = at.min(s);
         }
-        Ok(())
+        let p = self.machine.cpu.immediate_exit_ptr();
+        timer::arm(p, at.saturating_duration_since(now))
+            .map_err(|e| RunError::Fatal(format!("cannot arm timer: {e}")))
+    }
+
+    /// Stop this thread's timer but keep the deadline: the VM is about to move to another
+    /// thread (preemption) or to wait while another VM runs on this thread (a storage call).
+    pub fn pause_deadline(&mut self) {
+        timer::disarm();
+        self.machine.cpu.clear_immediate_exit();
+    }
+
+    /// Re-arm the deadline kept by [`MainVm::pause_deadline`] on the current thread (already
+    /// passed: it fires at once). The time slice is over.
+    pub fn resume_deadline(&mut self) -> Result<(), RunError> {
+        self.slice_end = None;
+        self.arm_timer()
     }
 
     /// Time left before the current run's deadline (None without a deadline).
@@ -682,12 +725,11 @@ impl MainVm {
             .map(|(d, _, _)| d.saturating_duration_since(Instant::now()))
     }
 
-    /// Disarm the run timer.
+    /// Disarm the run timer and forget the deadline.
     pub fn stop_deadline(&mut self) {
-        if let Some(t) = &mut self.timer {
-            let _ = t.disarm();
-        }
+        timer::disarm();
         self.deadline = None;
+        self.slice_end = None;
         self.linux.deadline = None;
         self.machine.cpu.clear_immediate_exit();
     }
@@ -702,22 +744,24 @@ impl MainVm {
     /// Run the guest, handling system calls and the generic hypercalls, until something the
     /// caller must decide on.
     pub fn run_until_event(&mut self) -> Result<Event, RunError> {
+        if std::mem::take(&mut self.pending_syscall) {
+            if let Some(ev) = self.syscall()? {
+                return Ok(ev);
+            }
+        }
         loop {
             let exit = self.machine.cpu.run()?;
             match exit {
-                Exit::IoOut { port, value, .. } if port == layout::SYSCALL_PORT => {
-                    let _ = value;
-                    match self.linux.handle(
-                        &mut self.machine.cpu,
-                        &mut self.machine.mem,
-                        &mut self.printer,
-                    ) {
-                        Ok(SyscallOutcome::Continue) => {}
-                        Ok(SyscallOutcome::Exit(c)) => return Ok(Event::Exited(c)),
-                        Ok(SyscallOutcome::Killed(s)) => return Err(RunError::Killed(s)),
-                        Ok(SyscallOutcome::DeadlineExceeded) => return Err(self.timeout_error()),
-                        Ok(SyscallOutcome::Fatal(m)) => return Err(RunError::Fatal(m)),
-                        Err(e) => return Err(e.into()),
+                Exit::IoOut { port, .. } if port == layout::SYSCALL_PORT => {
+                    if self.slice_end.is_some() && self.linux.may_sleep(self.machine.cpu.regs()) {
+                        // A sleeping system call would hold this thread (an HTTP worker):
+                        // end the slice here and make the call wherever the VM resumes.
+                        self.slice_end = None;
+                        self.pending_syscall = true;
+                        return Ok(Event::Preempted);
+                    }
+                    if let Some(ev) = self.syscall()? {
+                        return Ok(ev);
                     }
                 }
                 Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
@@ -739,10 +783,15 @@ impl MainVm {
                 }
                 Exit::Interrupted => {
                     self.machine.cpu.clear_immediate_exit();
+                    let now = Instant::now();
                     if let Some((d, _, _)) = self.deadline {
-                        if Instant::now() >= d {
+                        if now >= d {
                             return Err(self.timeout_error());
                         }
+                    }
+                    if self.slice_end.is_some_and(|s| now >= s) {
+                        self.slice_end = None;
+                        return Ok(Event::Preempted);
                     }
                 }
                 Exit::Shutdown => {
@@ -764,6 +813,22 @@ impl MainVm {
                     )));
                 }
             }
+        }
+    }
+
+    /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
+    fn syscall(&mut self) -> Result<Option<Event>, RunError> {
+        match self.linux.handle(
+            &mut self.machine.cpu,
+            &mut self.machine.mem,
+            &mut self.printer,
+        ) {
+            Ok(SyscallOutcome::Continue) => Ok(None),
+            Ok(SyscallOutcome::Exit(c)) => Ok(Some(Event::Exited(c))),
+            Ok(SyscallOutcome::Killed(s)) => Err(RunError::Killed(s)),
+            Ok(SyscallOutcome::DeadlineExceeded) => Err(self.timeout_error()),
+            Ok(SyscallOutcome::Fatal(m)) => Err(RunError::Fatal(m)),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Every request is routed by the first path segment of its URL: `/<program>` and anything
 //! below it (`/<program>/a/b?x=1`) goes to the program named `<program>` through
-//! [`ProgramHost::submit`]. The program sees the request target exactly as the client sent it
+//! [`ProgramHost::serve`]. The program sees the request target exactly as the client sent it
 //! (path and query, Varnish `req.url`), the method (HEAD included), the headers and the whole
 //! body. Paths whose first segment is `metrics` or `_edgevm` are reserved for an
 //! [`AdminHandler`]; `/` itself answers 404 with a short hint.
@@ -31,7 +31,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 #[cfg(test)]
@@ -261,10 +260,11 @@ pub fn run_server(
 
 /// The multi-thread runtime the server runs on.
 fn http_runtime() -> io::Result<tokio::runtime::Runtime> {
+    // Request VMs run on these threads (see edgevm-runtime's pool.rs): one per CPU.
     let workers = std::env::var("EDGEVM_HTTP_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("edgevm-http")
@@ -567,36 +567,19 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
         warmup: false,
     };
 
-    let (tx, rx) = oneshot::channel();
-    shared.host.submit(
-        program,
-        greq,
-        Box::new(move |result| {
-            // The receiver is gone if the client disconnected; nothing to do then.
-            let _ = tx.send(result);
-        }),
-    );
-    match rx.await {
-        Ok(Ok(resp)) => Outcome {
+    match shared.host.serve(program, greq).await {
+        Ok(resp) => Outcome {
             answer: guest_answer(resp),
             program: None,
             error: None,
         },
-        Ok(Err(err)) => {
+        Err(err) => {
             warn!(program, "request failed: {err}");
             Outcome {
                 answer: Answer::text(error_status(&err), &err),
                 program: None,
                 error: Some(err),
             }
-        }
-        Err(_) => {
-            warn!(program, "runtime dropped the request without replying");
-            Answer::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error: the request was dropped without a response",
-            )
-            .into()
         }
     }
 }

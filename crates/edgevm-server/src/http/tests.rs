@@ -1,17 +1,18 @@
 //! Unit tests of the HTTP layer against a fake [`ProgramHost`] and a raw TCP client.
 
 use super::*;
-use edgevm_runtime::Reply;
+use edgevm_runtime::ServeFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A fake runtime: behaviour chosen by program name; replies from its own thread like the
-/// real one.
+/// A fake runtime: behaviour chosen by program name; answers from a blocking thread like the
+/// real one does for slow requests.
 #[derive(Default)]
 struct FakeHost {
     seen: Mutex<Vec<(String, GuestRequest)>>,
@@ -46,66 +47,67 @@ fn ok(status: u16, body: &str) -> GuestResponse {
 }
 
 impl ProgramHost for FakeHost {
-    fn submit(&self, program: &str, req: GuestRequest, reply: Reply) {
+    fn serve(&self, program: &str, req: GuestRequest) -> ServeFuture {
         self.seen
             .lock()
             .unwrap()
             .push((program.to_owned(), req.clone()));
         let program = program.to_owned();
-        std::thread::spawn(move || {
-            let result = match program.as_str() {
-                "echo" => {
-                    let mut text = format!(
-                        "method={}\nurl={}\nct={}\nlen={}\n",
-                        req.method,
-                        req.url,
-                        req.content_type,
-                        req.body.len()
-                    );
-                    for (n, v) in &req.headers {
-                        text.push_str(&format!("{n}: {v}\n"));
-                    }
-                    Ok(ok(200, &text))
+        let task = tokio::task::spawn_blocking(move || match program.as_str() {
+            "echo" => {
+                let mut text = format!(
+                    "method={}\nurl={}\nct={}\nlen={}\n",
+                    req.method,
+                    req.url,
+                    req.content_type,
+                    req.body.len()
+                );
+                for (n, v) in &req.headers {
+                    text.push_str(&format!("{n}: {v}\n"));
                 }
-                "slow" => {
-                    let ms = query_param(&req.url, "ms").map_or(300, |v| v.parse().unwrap());
-                    std::thread::sleep(Duration::from_millis(ms));
-                    Ok(ok(200, "slept"))
-                }
-                "status" => {
-                    let code = query_param(&req.url, "code").unwrap().parse().unwrap();
-                    Ok(ok(code, "body"))
-                }
-                "headers" => Ok(GuestResponse {
-                    status: 201,
-                    content_type: "text/html".into(),
-                    headers: vec![
-                        ("X-A".into(), "1".into()),
-                        ("X-A".into(), "2".into()),
-                        ("Content-Type".into(), "text/plain".into()),
-                        ("Content-Length".into(), "999".into()),
-                        ("Transfer-Encoding".into(), "chunked".into()),
-                        ("Connection".into(), "close".into()),
-                        ("Keep-Alive".into(), "timeout=1".into()),
-                        ("Bad Name".into(), "x".into()),
-                        ("X-Bad-Value".into(), "a\nb".into()),
-                        ("Cache-Control".into(), "max-age=60".into()),
-                    ],
-                    body: b"<p>hi</p>".to_vec(),
-                }),
-                "notfound" => Err(ServeError::ProgramNotFound(program.clone())),
-                "unavailable" => Err(ServeError::ProgramUnavailable("bad ELF".into())),
-                "queue" => Err(ServeError::QueueTimeout),
-                "crash" => Err(ServeError::ProgramError("guest crashed".into())),
-                "shutting" => Err(ServeError::ShuttingDown),
-                "drop" => {
-                    drop(reply);
-                    return;
-                }
-                other => Err(ServeError::ProgramNotFound(other.to_owned())),
-            };
-            reply(result);
+                Ok(ok(200, &text))
+            }
+            "slow" => {
+                let ms = query_param(&req.url, "ms").map_or(300, |v| v.parse().unwrap());
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(ok(200, "slept"))
+            }
+            "status" => {
+                let code = query_param(&req.url, "code").unwrap().parse().unwrap();
+                Ok(ok(code, "body"))
+            }
+            "headers" => Ok(GuestResponse {
+                status: 201,
+                content_type: "text/html".into(),
+                headers: vec![
+                    ("X-A".into(), "1".into()),
+                    ("X-A".into(), "2".into()),
+                    ("Content-Type".into(), "text/plain".into()),
+                    ("Content-Length".into(), "999".into()),
+                    ("Transfer-Encoding".into(), "chunked".into()),
+                    ("Connection".into(), "close".into()),
+                    ("Keep-Alive".into(), "timeout=1".into()),
+                    ("Bad Name".into(), "x".into()),
+                    ("X-Bad-Value".into(), "a\nb".into()),
+                    ("Cache-Control".into(), "max-age=60".into()),
+                ],
+                body: b"<p>hi</p>".to_vec(),
+            }),
+            "notfound" => Err(ServeError::ProgramNotFound(program.clone())),
+            "unavailable" => Err(ServeError::ProgramUnavailable("bad ELF".into())),
+            "queue" => Err(ServeError::QueueTimeout),
+            "crash" => Err(ServeError::ProgramError("guest crashed".into())),
+            "shutting" => Err(ServeError::ShuttingDown),
+            "panic" => panic!("fake runtime panics"),
+            other => Err(ServeError::ProgramNotFound(other.to_owned())),
         });
+        Box::pin(async move {
+            task.await.unwrap_or_else(|_| {
+                Err(ServeError::ProgramError(
+                    "internal error in edgevm while handling the request".into(),
+                ))
+            })
+        })
     }
 }
 
@@ -568,10 +570,10 @@ async fn program_headers_are_sent_except_framing_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_reply_is_500() {
+async fn runtime_panic_is_500() {
     let s = TestServer::start(|_| {}, None).await;
     let mut c = s.connect().await;
-    let r = c.get("/drop").await;
+    let r = c.get("/panic").await;
     assert_eq!(r.status, 500);
     assert!(r.text().contains("internal error"));
     assert_eq!(c.get("/echo").await.status, 200);
