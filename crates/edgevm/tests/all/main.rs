@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod config_delivery;
 mod harness;
+mod inline;
 mod robustness;
 mod run_cmd;
 mod run_limits;
