@@ -7,7 +7,7 @@
 //!
 //! **Where a request runs.** The request VMs wait in a pool; a request takes one (waiting, in
 //! arrival order, at most 60 s — then 503) and runs it *on the thread that read the request*
-//! (an HTTP worker), with a time slice ([`inline_slice`], 2 ms). Handing every request to a
+//! (an HTTP worker), with a time slice ([`inline_slice`], 4 ms). Handing every request to a
 //! dedicated VM thread and back cost two thread wake-ups (~30 µs each on this nested machine,
 //! a few µs on bare metal) — more than the VM cycle itself; running it in place costs none. A
 //! request still running when its slice is over is stopped at an instruction boundary and
@@ -51,14 +51,14 @@ pub fn queue_timeout() -> Duration {
 pub const MAX_QUEUE: usize = 8192;
 
 /// How long a request runs on the thread that read it before it is moved to a blocking
-/// thread: 2 ms, or `EDGEVM_INLINE_SLICE_US` (0: always run requests on a blocking thread).
+/// thread: 4 ms, or `EDGEVM_INLINE_SLICE_US` (0: always run requests on a blocking thread).
 pub fn inline_slice() -> Option<Duration> {
     static T: OnceLock<Option<Duration>> = OnceLock::new();
     *T.get_or_init(|| {
         let us = std::env::var("EDGEVM_INLINE_SLICE_US")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(2000);
+            .unwrap_or(4000);
         (us > 0).then(|| Duration::from_micros(us))
     })
 }
@@ -168,6 +168,9 @@ pub struct Stats {
     pub memory_image_bytes: AtomicU64,
     /// Successful live updates.
     pub live_updates: AtomicU64,
+    /// Requests that outlived their time slice on the HTTP worker and finished on a blocking
+    /// thread.
+    pub preempted: AtomicU64,
     /// Size of the request program's binary.
     pub binary_size: AtomicU64,
     /// Bytes of storage state carried across live updates.
@@ -199,6 +202,7 @@ impl Stats {
             ("queue_wait_us", l(&self.queue_wait_us)),
             ("memory_image_bytes", l(&self.memory_image_bytes)),
             ("live_updates", l(&self.live_updates)),
+            ("preempted", l(&self.preempted)),
             ("binary_size", l(&self.binary_size)),
             (
                 "live_update_transfer_bytes",
@@ -647,6 +651,7 @@ impl Program {
             Ok(Step::Done(result, rs)) => self.complete(&pool, Some(vm), Ok((result, rs))),
             Err(_) => self.complete(&pool, None, Err(())),
             Ok(Step::Preempted) => {
+                self.stats.preempted.fetch_add(1, Ordering::Relaxed);
                 let me = self.clone();
                 let p = pool.clone();
                 let task = tokio::task::spawn_blocking(move || {

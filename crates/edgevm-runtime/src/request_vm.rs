@@ -24,7 +24,7 @@ use edgevm_abi::linux::{fill_random, Output};
 use edgevm_kvm::{Vcpu, PAGE_SIZE};
 
 use crate::request::{GuestRequest, GuestResponse};
-use crate::storage::StorageHandle;
+use crate::storage::{PendingCall, Returned, StorageHandle};
 use crate::vm::{EntryState, Event, Frozen, MainVm, RunError};
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
@@ -121,6 +121,8 @@ pub struct Invoker {
     storage: Option<StorageHandle>,
     /// This VM's index in its program's pool (`vcpureqid()`).
     index: u32,
+    /// A storage call the handler waits for (the request was preempted while waiting).
+    pending_storage: Option<PendingStorage>,
 }
 
 /// One request VM.
@@ -134,7 +136,7 @@ pub struct RequestVm {
     pub requests: u64,
     /// Full resets done.
     pub full_resets: u64,
-    /// Exit count when the current request began.
+    /// Exit count (without timer exits) when the current request began.
     exits0: u64,
 }
 
@@ -144,6 +146,20 @@ enum Outcome {
     /// The time slice ran out; the handler is stopped mid-way and continues with
     /// [`Invoker::resume_handler`] (on any thread).
     Preempted,
+}
+
+/// A storage call queued by a request and not answered yet.
+struct PendingStorage {
+    call: PendingCall,
+    dst: u64,
+    dstlen: u64,
+}
+
+enum StorageStep {
+    /// Answered at once (refused): the return value.
+    Done(u64),
+    /// Queued.
+    Waiting(PendingStorage),
 }
 
 /// What [`RequestVm::begin`] came to.
@@ -230,7 +246,7 @@ impl RequestVm {
     /// more than about one slice.
     pub fn begin(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Step {
         self.requests += 1;
-        self.exits0 = self.inv.vm.machine.cpu.exit_count();
+        self.exits0 = self.inv.vm.machine.cpu.exit_count() - self.inv.vm.timer_exits;
         match self.inv.call_handler(req, slice) {
             Outcome::Preempted => Step::Preempted,
             outcome => {
@@ -256,7 +272,9 @@ impl RequestVm {
         outcome: Outcome,
     ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
         let mut stats = RequestStats {
-            exits: self.inv.vm.machine.cpu.exit_count() - self.exits0,
+            // Time-slice ends are the runtime's exits, not the program's.
+            exits: (self.inv.vm.machine.cpu.exit_count() - self.inv.vm.timer_exits)
+                .wrapping_sub(self.exits0),
             ..Default::default()
         };
         let t = Instant::now();
@@ -402,17 +420,18 @@ impl Invoker {
             cache_control: None,
             storage,
             index: 0,
+            pending_storage: None,
         }
     }
 
     /// `storage_callv(func, n, bufs, dst, dstlen)` from a request.
-    fn storage_callv(&mut self) -> Result<u64, RequestFailure> {
+    fn storage_callv(&mut self) -> Result<StorageStep, RequestFailure> {
         let r = *self.vm.machine.cpu.regs();
         let Some(storage) = self.storage.clone() else {
             self.vm
                 .printer
                 .log("storage_call() needs \"storage\": true in the program's configuration");
-            return Ok(u64::MAX);
+            return Ok(StorageStep::Done(u64::MAX));
         };
         let bad = |what: String| RequestFailure {
             message: format!("bad arguments passed to storage_callv: {what}"),
@@ -426,7 +445,7 @@ impl Invoker {
                 "storage_callv refused: {n} buffers (at most {}), result buffer {dst:#x}+{dstlen:#x}",
                 crate::storage::MAX_BUFFERS
             ));
-            return Ok(u64::MAX);
+            return Ok(StorageStep::Done(u64::MAX));
         }
         let mut inputs = Vec::with_capacity(n as usize);
         let mut total = 0usize;
@@ -459,12 +478,27 @@ impl Invoker {
                 "result buffer {dst:#x}+{dstlen:#x} is outside guest memory"
             )));
         }
+        let call = storage
+            .send(func, inputs, dstlen)
+            .map_err(|e| RequestFailure {
+                message: format!("storage call failed: {e}"),
+                kind: FailureKind::Other,
+            })?;
+        Ok(StorageStep::Waiting(PendingStorage { call, dst, dstlen }))
+    }
+
+    /// The answer to a storage call: copy the result and compute the return value.
+    fn storage_finish(
+        &mut self,
+        (dst, dstlen): (u64, u64),
+        res: Result<Option<Returned>, String>,
+    ) -> Result<u64, RequestFailure> {
         // Return values as in the reference: with a NULL dst, the length the storage function
         // passed to storage_return(); otherwise that length capped to dstlen, with that many
         // bytes copied (none when it passed NULL data). -1 when it returned without calling
         // storage_return(). A refused or failed call (allow-list, crash, max_storage_time)
         // fails the request.
-        match storage.call(func, inputs, dstlen, self.vm.time_left()) {
+        match res {
             Ok(None) => Ok(u64::MAX),
             Ok(Some(ret)) if dst == 0 => Ok(ret.len),
             Ok(Some(ret)) => {
@@ -473,7 +507,10 @@ impl Invoker {
                     .machine
                     .mem
                     .write(dst, &ret.data[..n])
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(|e| RequestFailure {
+                        message: format!("bad arguments passed to storage_callv: {e}"),
+                        kind: FailureKind::Api,
+                    })?;
                 Ok(ret.len.min(dstlen).min(crate::storage::MAX_RESULT))
             }
             Err(e) => Err(RequestFailure {
@@ -481,6 +518,29 @@ impl Invoker {
                 kind: FailureKind::Other,
             }),
         }
+    }
+
+    /// `storage_callv` from the request handler: queue the call, then wait for it — on an
+    /// HTTP worker (in a time slice) only until the slice is over; the wait then continues
+    /// wherever the request resumes ([`Outcome::Preempted`]). The call keeps its place in
+    /// the storage queue either way.
+    fn storage_hypercall(&mut self) -> Result<Option<u64>, RequestFailure> {
+        let p = match self.storage_callv()? {
+            StorageStep::Done(v) => return Ok(Some(v)),
+            StorageStep::Waiting(p) => p,
+        };
+        let dst = (p.dst, p.dstlen);
+        let res = match self.vm.slice_left() {
+            None => p.call.wait(self.vm.time_left()),
+            Some(left) => match p.call.wait_up_to(left) {
+                Some(r) => r,
+                None => {
+                    self.pending_storage = Some(p);
+                    return Ok(None);
+                }
+            },
+        };
+        self.storage_finish(dst, res).map(Some)
     }
 
     /// Run the right handler for `req`; Ok(response) or the failure (no reset here).
@@ -639,6 +699,14 @@ impl Invoker {
     }
 
     fn run_request_inner(&mut self) -> Outcome {
+        if let Some(p) = self.pending_storage.take() {
+            let dst = (p.dst, p.dstlen);
+            let res = p.call.wait(self.vm.time_left());
+            match self.storage_finish(dst, res) {
+                Ok(v) => self.vm.machine.cpu.regs_mut().rax = v,
+                Err(f) => return Outcome::Failed(f),
+            }
+        }
         loop {
             let ev = match self.vm.run_until_event() {
                 Ok(ev) => ev,
@@ -659,6 +727,11 @@ impl Invoker {
                     )
                 }
                 Event::Hypercall(api::BACKEND_RESPONSE) => return self.read_response(),
+                Event::Hypercall(api::STORAGE_CALLV) => match self.storage_hypercall() {
+                    Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                    Ok(None) => return Outcome::Preempted,
+                    Err(f) => return Outcome::Failed(f),
+                },
                 Event::Hypercall(num) => {
                     if let Err(f) = self.api_call(num) {
                         return Outcome::Failed(f);
@@ -759,7 +832,6 @@ impl Invoker {
                     kind: FailureKind::Api,
                 })
             }
-            api::STORAGE_CALLV => self.storage_callv()?,
             api::STORAGE_ALLOW => u64::MAX,
             api::MAKE_EPHEMERAL => {
                 self.vm

@@ -77,6 +77,17 @@ impl StorageHandle {
         dstlen: u64,
         wait: Option<Duration>,
     ) -> Result<Option<Returned>, String> {
+        self.send(func, inputs, dstlen)?.wait(wait)
+    }
+
+    /// Queue a call of `func` (calls run in the order they were queued) without waiting for
+    /// it; [`PendingCall::wait`] gets the answer, on any thread.
+    pub fn send(
+        &self,
+        func: u64,
+        inputs: Vec<Vec<u8>>,
+        dstlen: u64,
+    ) -> Result<PendingCall, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
             .send(Call {
@@ -87,10 +98,37 @@ impl StorageHandle {
                 reply,
             })
             .map_err(|_| "the storage VM is gone".to_string())?;
-        // The storage VM applies max_storage_time itself; the caller's own deadline (what is
-        // left of max_request_time) bounds how long it waits in the queue and for the call.
+        Ok(PendingCall {
+            rx,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// A queued storage call (see [`StorageHandle::send`]).
+pub struct PendingCall {
+    rx: Receiver<Result<Option<Returned>, String>>,
+    timeout: Duration,
+}
+
+impl PendingCall {
+    /// The answer, if it comes within `d`; None if it did not (the call stays pending).
+    pub fn wait_up_to(&self, d: Duration) -> Option<Result<Option<Returned>, String>> {
+        match self.rx.recv_timeout(d) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Some(Err("the storage VM is gone".into()))
+            }
+        }
+    }
+
+    /// Wait for the answer. The storage VM applies max_storage_time itself; the caller's own
+    /// deadline (`wait`: what is left of max_request_time) bounds how long it waits in the
+    /// queue and for the call.
+    pub fn wait(self, wait: Option<Duration>) -> Result<Option<Returned>, String> {
         let limit = wait.map_or(self.timeout, |w| w.min(self.timeout));
-        match rx.recv_timeout(limit) {
+        match self.rx.recv_timeout(limit) {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "storage call did not finish within {:.1}s (storage is busy or the call is slow)",

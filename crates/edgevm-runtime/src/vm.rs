@@ -237,6 +237,9 @@ pub struct MainVm {
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
+    /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
+    /// not the program's, so they are left out of exits-per-request counts.
+    pub timer_exits: u64,
     /// Clears this thread's timer pointer if the VM is dropped while it points at the vCPU.
     _timer_guard: timer::Guard,
 }
@@ -404,6 +407,7 @@ impl MainVm {
             deadline: None,
             slice_end: None,
             pending_syscall: false,
+            timer_exits: 0,
         })
     }
 
@@ -507,6 +511,7 @@ impl MainVm {
             deadline: None,
             slice_end: None,
             pending_syscall: false,
+            timer_exits: 0,
         })
     }
 
@@ -719,6 +724,12 @@ impl MainVm {
         self.arm_timer()
     }
 
+    /// Time left in the current time slice (None: no slice, the caller may block).
+    pub fn slice_left(&self) -> Option<Duration> {
+        self.slice_end
+            .map(|s| s.saturating_duration_since(Instant::now()))
+    }
+
     /// Time left before the current run's deadline (None without a deadline).
     pub fn time_left(&self) -> Option<Duration> {
         self.deadline
@@ -789,6 +800,7 @@ impl MainVm {
                             return Err(self.timeout_error());
                         }
                     }
+                    self.timer_exits += 1;
                     if self.slice_end.is_some_and(|s| now >= s) {
                         self.slice_end = None;
                         return Ok(Event::Preempted);

