@@ -999,10 +999,14 @@ fn random_hostile_calls_inside_the_storage_vm() {
     let mut c = Conn::new(s.port);
     for seed in (1..200u64).step_by(2) {
         let r = c.send("GET", &format!("/fz/storage?seed={seed}"), &[], b"");
-        assert_eq!(
-            (r.status, r.text().as_str()),
-            (200, "storage survived"),
-            "seed {seed}"
+        // Some seeds make slow calls (e.g. sleeps); on a loaded machine such a call can pass
+        // max_storage_time, which fails the request (500) and is just as contained.
+        let timed_out = r.status == 500 && r.text().contains("max_storage_time) timed out");
+        assert!(
+            (r.status, r.text().as_str()) == (200, "storage survived") || timed_out,
+            "seed {seed}: {} {}",
+            r.status,
+            r.text()
         );
     }
     assert_eq!(s.ok("/fz/count"), "r=8 count=2");
