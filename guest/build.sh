@@ -15,6 +15,7 @@
 #     live_state       storage counter carried across live updates
 #     avx_state        AVX register isolation between requests
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
+#     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
@@ -118,7 +119,7 @@ build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/ap
 build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
-for prog in storage_api state_file shm_api; do
+for prog in storage_api state_file shm_api storage_tasks; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \

@@ -833,6 +833,21 @@ impl Invoker {
                 })
             }
             api::STORAGE_ALLOW => u64::MAX,
+            api::STORAGE_TASK => match self.storage.clone() {
+                Some(st) => {
+                    crate::storage::task_hypercall(&mut self.vm, |f, d, a, b| st.task(f, d, a, b))
+                }
+                None => {
+                    self.vm.printer.log(
+                        "storage_task() needs \"storage\": true in the program's configuration",
+                    );
+                    u64::MAX
+                }
+            },
+            api::STOP_STORAGE_TASK => match &self.storage {
+                Some(st) => u64::from(st.stop_task(r.rdi)),
+                None => 0,
+            },
             api::MAKE_EPHEMERAL => {
                 self.vm
                     .printer

@@ -11,7 +11,17 @@
 //! Both programs are the same ELF at the same addresses, so function pointers are valid in both
 //! VMs. A call that crashes or times out fails the caller (-1); the storage VM keeps its state
 //! and serves the next call from a fresh entry.
+//!
+//! Tasks (`sys_storage_task(func, data, len, start_ms, period_ms)`, from request VMs or from
+//! storage itself): `func(copy_of_data, len)` runs in the storage VM through the same queue as
+//! calls, with nobody waiting for it (15 s budget, as the reference). With start = period = 0
+//! it is queued at once (id 0); otherwise a scheduler thread queues it after `start_ms` and
+//! then every `period_ms` (0: once), and the id it returns (1, 2, ...) stops it with
+//! `stop_storage_task(id)`. At most [`MAX_TIMERS`] scheduled tasks per program, data at most
+//! [`MAX_INPUT`] bytes. A task that fails is logged; storage keeps serving.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -26,10 +36,17 @@ pub const MAX_BUFFERS: u64 = 64;
 /// Most input bytes per call (copied onto the storage VM's 4 MiB stack).
 pub const MAX_INPUT: usize = 2 << 20;
 
+/// Most scheduled (timer) tasks at a time per program, as the reference.
+pub const MAX_TIMERS: usize = 15;
+/// How long a task may run.
+pub const TASK_BUDGET: Duration = Duration::from_secs(15);
+
 /// What a queued call does.
 enum Kind {
     /// storage_callv from a request.
     Func,
+    /// A task: func(data, len); nobody waits for it.
+    Task,
     /// Live update, old program: call its on_live_update(); its storage_return data is the
     /// state to carry over (empty without a callback).
     LiveUpdate,
@@ -63,6 +80,152 @@ pub const MAX_RESULT: u64 = 64 << 20;
 pub struct StorageHandle {
     tx: Sender<Call>,
     timeout: Duration,
+    tasks: Arc<Tasks>,
+    /// Stops the task scheduler when the last handle goes (e.g. after a live update).
+    _alive: Arc<Alive>,
+}
+
+/// Scheduled tasks of one storage VM.
+struct Tasks {
+    state: Mutex<TaskState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TaskState {
+    next_id: u64,
+    timers: BTreeMap<u64, Timer>,
+    stopped: bool,
+}
+
+struct Timer {
+    due: Instant,
+    period: Duration,
+    func: u64,
+    data: Arc<Vec<u8>>,
+}
+
+struct Alive(Arc<Tasks>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Tasks {
+    /// Queue `func(data)` now (id 0) or schedule it (id >= 1); Err(why) if refused.
+    fn add(
+        &self,
+        tx: &Sender<Call>,
+        func: u64,
+        data: Vec<u8>,
+        start: Duration,
+        period: Duration,
+    ) -> Result<u64, String> {
+        if data.len() > MAX_INPUT {
+            return Err(format!(
+                "task data of {} bytes (at most {MAX_INPUT})",
+                data.len()
+            ));
+        }
+        if start.is_zero() && period.is_zero() {
+            tx.send(task_call(func, data))
+                .map_err(|_| "the storage VM is gone".to_string())?;
+            return Ok(0);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.timers.len() >= MAX_TIMERS {
+            return Err(format!("{MAX_TIMERS} scheduled tasks already"));
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        st.timers.insert(
+            id,
+            Timer {
+                due: Instant::now() + start,
+                period,
+                func,
+                data: Arc::new(data),
+            },
+        );
+        drop(st);
+        self.changed.notify_all();
+        Ok(id)
+    }
+
+    fn stop(&self, id: u64) -> bool {
+        let found = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timers
+            .remove(&id)
+            .is_some();
+        self.changed.notify_all();
+        found
+    }
+
+    /// The scheduler thread: queue due tasks until the last handle is gone.
+    fn run(self: Arc<Self>, tx: Sender<Call>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.stopped {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<u64> = st
+                .timers
+                .iter()
+                .filter(|(_, t)| t.due <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                let Some(t) = st.timers.get_mut(&id) else {
+                    continue;
+                };
+                let call = task_call(t.func, t.data.as_ref().clone());
+                if t.period.is_zero() {
+                    st.timers.remove(&id);
+                } else {
+                    // The next run counts from this one; a period shorter than a run does not
+                    // pile up runs (one is queued per period at most).
+                    t.due = now + t.period;
+                }
+                if tx.send(call).is_err() {
+                    return;
+                }
+            }
+            let next = st.timers.values().map(|t| t.due).min();
+            st = match next {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.changed
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+}
+
+fn task_call(func: u64, data: Vec<u8>) -> Call {
+    // Nobody waits for a task: the reply goes nowhere.
+    let (reply, _) = crossbeam_channel::bounded(1);
+    Call {
+        kind: Kind::Task,
+        func,
+        inputs: vec![data],
+        dstlen: 0,
+        reply,
+    }
 }
 
 impl StorageHandle {
@@ -139,6 +302,22 @@ impl PendingCall {
 }
 
 impl StorageHandle {
+    /// `sys_storage_task` from a request VM: see the module documentation.
+    pub fn task(
+        &self,
+        func: u64,
+        data: Vec<u8>,
+        start: Duration,
+        period: Duration,
+    ) -> Result<u64, String> {
+        self.tasks.add(&self.tx, func, data, start, period)
+    }
+
+    /// `stop_storage_task(id)`: true if the task was scheduled and is now stopped.
+    pub fn stop_task(&self, id: u64) -> bool {
+        self.tasks.stop(id)
+    }
+
     fn special(&self, kind: Kind) -> Result<Option<Returned>, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.tx
@@ -178,6 +357,11 @@ pub fn start(
     let (tx, rx) = crossbeam_channel::unbounded::<Call>();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let name = opts.name.clone();
+    let tasks = Arc::new(Tasks {
+        state: Mutex::new(TaskState::default()),
+        changed: Condvar::new(),
+    });
+    let (tasks2, tx2) = (tasks.clone(), tx.clone());
     std::thread::Builder::new()
         .name(format!("storage:{name}"))
         .spawn(move || {
@@ -196,26 +380,79 @@ pub fn start(
             }
             let allowed = vm.storage_allowed.clone();
             let _ = ready_tx.send(Ok(()));
-            serve(vm, allowed, max_storage_time, rx)
+            let ctx = Ctx {
+                tasks: tasks2,
+                tx: tx2,
+            };
+            serve(vm, allowed, max_storage_time, rx, ctx)
         })
         .map_err(|e| format!("cannot start storage thread: {e}"))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(StorageHandle {
-            tx,
-            timeout: max_storage_time + queue_timeout,
-        }),
+        Ok(Ok(())) => {
+            let (t, txs) = (tasks.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("tasks:{name}"))
+                .spawn(move || t.run(txs))
+                .map_err(|e| format!("cannot start the storage task thread: {e}"))?;
+            Ok(StorageHandle {
+                tx,
+                timeout: max_storage_time + queue_timeout,
+                _alive: Arc::new(Alive(tasks.clone())),
+                tasks,
+            })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err("the storage VM thread ended during boot".into()),
     }
 }
 
-fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>) {
+/// What storage code itself reaches: its own task list, for tasks scheduled from storage.
+/// Its Sender keeps the queue open, so the storage thread ends when the last handle is gone
+/// (`tasks.stopped`) and nothing is queued (see `serve`).
+struct Ctx {
+    tasks: Arc<Tasks>,
+    tx: Sender<Call>,
+}
+
+fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>, ctx: Ctx) {
     // The request-entry stub restores FPU state from the FXSAVE area: give it this VM's own.
     let xsave = vm.install_entry_fpu().unwrap_or(false);
     let entry = vm.entry_state(xsave);
-    while let Ok(mut call) = rx.recv() {
+    loop {
+        // Our own Sender (for tasks scheduled from storage) keeps the queue open: end when
+        // every handle is gone and nothing is queued.
+        let mut call = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(c) => c,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if ctx
+                    .tasks
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stopped
+                {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
         match &call.kind {
             Kind::Func => {}
+            Kind::Task => {
+                let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
+                    Err("it is not allowed (not in the program's STORAGE_ALLOW list)".to_string())
+                } else {
+                    run_call(&mut vm, &entry, TASK_BUDGET, &call, &ctx)
+                };
+                if let Err(e) = r {
+                    vm.printer.log(&format!(
+                        "storage task {} failed: {e}",
+                        describe(&vm, call.func)
+                    ));
+                }
+                continue;
+            }
             Kind::LiveUpdate | Kind::LiveRestore(_) => {
                 let h = vm.handlers;
                 let (f, budget2) = match call.kind {
@@ -227,7 +464,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                     continue;
                 }
                 call.func = f;
-                let r = run_call(&mut vm, &entry, budget2, &call);
+                let r = run_call(&mut vm, &entry, budget2, &call, &ctx);
                 let _ = call.reply.send(r);
                 continue;
             }
@@ -238,7 +475,7 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
                 describe(&vm, call.func)
             ))
         } else {
-            run_call(&mut vm, &entry, budget, &call)
+            run_call(&mut vm, &entry, budget, &call, &ctx)
                 .map_err(|e| format!("storage function {}: {e}", describe(&vm, call.func)))
         };
         match r {
@@ -276,6 +513,7 @@ fn run_call(
     entry: &EntryState,
     budget: Duration,
     call: &Call,
+    ctx: &Ctx,
 ) -> Result<Option<Returned>, String> {
     // Inputs on the stack: data blocks, then the virtbuffer array.
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
@@ -298,6 +536,12 @@ fn run_call(
     let bufs = sp;
     let args = match &call.kind {
         Kind::Func => vec![call.inputs.len() as u64, bufs, call.dstlen],
+        // func(data, len): the one input block.
+        Kind::Task => {
+            let first =
+                |o: usize| u64::from_le_bytes(descs[o..o + 8].try_into().unwrap_or_default());
+            vec![first(0), first(8)]
+        }
         Kind::LiveUpdate => vec![],
         Kind::LiveRestore(state) => vec![state.len() as u64],
     };
@@ -369,6 +613,14 @@ fn run_call(
                 // Deadlock guard: storage cannot call itself.
                 vm.machine.cpu.regs_mut().rax = u64::MAX;
             }
+            Event::Hypercall(api::STORAGE_TASK) => {
+                let r = task_hypercall(vm, |f, d, st, pe| ctx.tasks.add(&ctx.tx, f, d, st, pe));
+                vm.machine.cpu.regs_mut().rax = r;
+            }
+            Event::Hypercall(api::STOP_STORAGE_TASK) => {
+                let id = vm.machine.cpu.regs().rdi;
+                vm.machine.cpu.regs_mut().rax = u64::from(ctx.tasks.stop(id));
+            }
             Event::Hypercall(num) => vm.unsupported_call(num),
         }
     };
@@ -388,5 +640,44 @@ fn run_call(
             Ok(result)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// `sys_storage_task(func, data, len, start_ms, period_ms)` in `vm`: read the arguments and
+/// hand them to `add`; the return value for RAX (the id, or -1 with a log line).
+pub(crate) fn task_hypercall(
+    vm: &mut MainVm,
+    add: impl FnOnce(u64, Vec<u8>, Duration, Duration) -> Result<u64, String>,
+) -> u64 {
+    let r = *vm.machine.cpu.regs();
+    let (func, data, len, start, period) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
+    let result = if len > MAX_INPUT as u64 {
+        Err(format!("task data of {len} bytes (at most {MAX_INPUT})"))
+    } else if func == 0 {
+        Err("no task function".into())
+    } else {
+        let bytes = if len == 0 {
+            Ok(Vec::new())
+        } else {
+            vm.machine
+                .mem
+                .read_vec(data, len as usize)
+                .map_err(|e| format!("bad task data pointer: {e}"))
+        };
+        bytes.and_then(|b| {
+            add(
+                func,
+                b,
+                Duration::from_millis(start),
+                Duration::from_millis(period),
+            )
+        })
+    };
+    match result {
+        Ok(id) => id,
+        Err(e) => {
+            vm.printer.log(&format!("storage_task refused: {e}"));
+            u64::MAX
+        }
     }
 }

@@ -13,3 +13,4 @@ mod run_cmd;
 mod run_limits;
 mod serve;
 mod storage;
+mod storage_tasks;
