@@ -120,6 +120,11 @@ static void fuzz(unsigned long long seed)
 			const uint32_t num = calls[next() % (sizeof(calls) / sizeof(calls[0]))];
 			if (skip_headers && num >= 0x10020 && num <= 0x10023)
 				continue;
+			/* A storage task with a random function runs later, in storage, and may
+			   wreck its state: the program harming itself, which the storage tests
+			   (odd seeds) cannot tell from a bug. */
+			if (skip_headers && num == 0x10709)
+				continue;
 			hypercall(num, arg(), arg(), arg(), arg(), arg(), arg());
 		} else {
 			long nr = (long)(next() % 340);
