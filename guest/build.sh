@@ -13,6 +13,7 @@
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
 #     serve_state, serve_api   request-handler probes for the serve tests
 #     live_state       storage counter carried across live updates
+#     clients          request counters in shared memory (hostile-client tests)
 #     avx_state        AVX register isolation between requests
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
@@ -118,6 +119,7 @@ build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "
 build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
+build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
 for prog in storage_api state_file shm_api storage_tasks; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"

@@ -19,6 +19,10 @@
 //!   **group** — except that, in a later file, an entry named like an
 //!   existing program is an override of that program (like
 //!   `compute.configure`).
+//! * The top-level entry [`SERVER_SECTION`] (`"server"`) is not a program or
+//!   group: it holds the server-wide settings ([`ServerConfig`]: listen address,
+//!   connection limit, timeouts, request size limits). Its unknown keys are
+//!   warnings; a bad value fails the whole load.
 //! * The group [`DEFAULT_GROUP`] (`"test"`) always exists, with the built-in
 //!   defaults; a program without `group` belongs to it. Defining a `"test"`
 //!   group in a file changes it.
@@ -76,6 +80,7 @@ mod error;
 mod expand;
 mod keys;
 mod program;
+mod server;
 #[cfg(test)]
 mod tests;
 
@@ -86,6 +91,7 @@ pub use program::{
     AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULT_GROUP, MAX_ADDRESS_SPACE,
     MAX_CONCURRENCY, MAX_SMP, MAX_TIME_SECS, MB,
 };
+pub use server::{ServerConfig, SERVER_KEYS, SERVER_SECTION};
 
 use keys::{Ctx, Draft, KEYS};
 
@@ -114,6 +120,9 @@ pub struct Config {
     pub programs: BTreeMap<String, Result<ProgramConfig, ConfigError>>,
     /// Warnings (unknown keys, …), each naming the program/group and file.
     pub warnings: Vec<String>,
+    /// Server-wide settings from the top-level [`SERVER_SECTION`] object (later files
+    /// override earlier ones key by key).
+    pub server: ServerConfig,
 }
 
 /// One object from one file, for one program or group.
@@ -161,10 +170,27 @@ impl Config {
         let mut group_layers: BTreeMap<String, Vec<Layer>> = BTreeMap::new();
         let mut program_layers: BTreeMap<String, Vec<Layer>> = BTreeMap::new();
         let mut warnings = Vec::new();
+        let mut server = ServerConfig::default();
 
         for (source, text) in sources {
             let doc = parse_document(text, source, &mut warnings)?;
             for (name, value) in doc {
+                if name == SERVER_SECTION {
+                    let Value::Object(obj) = &value else {
+                        return Err(ConfigError::Structure {
+                            source_name: source.clone(),
+                            message: format!(
+                                "'{SERVER_SECTION}' must be an object of server settings, got {}",
+                                keys::describe(&value)
+                            ),
+                        });
+                    };
+                    for w in server.apply(obj, source)? {
+                        tracing::warn!("{w}");
+                        warnings.push(w);
+                    }
+                    continue;
+                }
                 let Value::Object(obj) = value else {
                     return Err(ConfigError::Structure {
                         source_name: source.clone(),
@@ -199,6 +225,7 @@ impl Config {
         let mut config = Config {
             sources: sources.iter().map(|(s, _)| s.clone()).collect(),
             warnings,
+            server,
             ..Config::default()
         };
 
@@ -332,6 +359,9 @@ impl Config {
         }
         for (name, err) in self.errors() {
             write_error("program", name, err);
+        }
+        if !self.server.is_empty() {
+            let _ = writeln!(out, "server settings: {}", self.server.to_json());
         }
         let valid: BTreeMap<&str, &ProgramConfig> = self.valid_programs().collect();
         let json =

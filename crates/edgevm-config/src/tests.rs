@@ -1217,3 +1217,112 @@ fn truncated_and_mutated_documents_never_panic() {
         }
     }
 }
+
+#[test]
+fn server_section_sets_server_settings_and_is_not_a_program() {
+    let cfg = load(
+        r#"{ "server": { "listen": "0.0.0.0:9000", "max_connections": 50,
+		"header_timeout": 2.5, "idle_timeout": 30, "body_timeout": 5,
+		"max_header_size": 16, "max_headers": 40, "max_body_size": 0.5 },
+		"p": { "filename": "/p" } }"#,
+    );
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert!(!cfg.groups.contains_key("server") && !cfg.programs.contains_key("server"));
+    let s = &cfg.server;
+    assert_eq!(s.listen, Some("0.0.0.0:9000".parse().unwrap()));
+    assert_eq!(s.max_connections, Some(50));
+    assert_eq!(s.header_timeout, Some(Duration::from_millis(2500)));
+    assert_eq!(s.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(s.body_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(s.max_header_size, Some(16 << 10));
+    assert_eq!(s.max_headers, Some(40));
+    assert_eq!(s.max_body_size, Some(512 << 10));
+    let report = cfg.render_check();
+    assert!(
+        report.contains(r#"server settings: {"body_timeout":5.0"#),
+        "{report}"
+    );
+    // Without a server section, nothing is set and the report does not mention it.
+    let plain = load(r#"{ "p": { "filename": "/p" } }"#);
+    assert!(plain.server.is_empty());
+    assert!(!plain.render_check().contains("server settings"));
+}
+
+#[test]
+fn server_section_layers_and_validates() {
+    let cfg = load_many(&[
+        (
+            "a.json",
+            r#"{ "server": { "idle_timeout": 30, "max_connections": 10 }, "p": { "filename": "/p" } }"#,
+        ),
+        (
+            "b.json",
+            r#"{ "server": { "max_connections": 20, "colour": 1 } }"#,
+        ),
+    ]);
+    assert_eq!(cfg.server.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(cfg.server.max_connections, Some(20));
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings[0].starts_with("Unknown configuration key for 'server': colour (b.json)"),
+        "{:?}",
+        cfg.warnings
+    );
+
+    for (bad, why) in [
+        (r#""max_connections": 0"#, "from 1 to 1000000"),
+        (r#""max_connections": 1.5"#, "whole number"),
+        (r#""max_headers": 513"#, "from 1 to 512"),
+        (r#""header_timeout": 0"#, "greater than 0"),
+        (r#""idle_timeout": -1"#, "greater than 0"),
+        (r#""body_timeout": "5""#, "must be a number"),
+        (r#""max_body_size": 17"#, "at most 16"),
+        (r#""max_header_size": 257"#, "at most 256"),
+        (r#""listen": "localhost""#, "address and port"),
+        (r#""listen": 8080"#, "must be a string"),
+    ] {
+        let e = load_err(&format!(
+            r#"{{ "server": {{ {bad} }}, "p": {{ "filename": "/p" }} }}"#
+        ))
+        .to_string();
+        assert!(
+            e.contains("server: '") && e.contains(why),
+            "{bad}: {e} (wanted {why:?})"
+        );
+    }
+    let e = load_err(r#"{ "server": 1 }"#).to_string();
+    assert!(e.contains("'server' must be an object"), "{e}");
+    let e = load_err(r#"{ "server": { "filename": "/p" } }"#).to_string();
+    assert!(e.contains("cannot be a program"), "{e}");
+    // Two bad values: both reported.
+    let e = load_err(r#"{ "server": { "max_headers": 0, "idle_timeout": 0 } }"#).to_string();
+    assert!(
+        e.contains("max_headers") && e.contains("idle_timeout"),
+        "{e}"
+    );
+}
+
+#[test]
+fn server_settings_from_the_command_line_are_validated_like_json() {
+    let mut s = ServerConfig::default();
+    s.set_from_str("listen", "127.0.0.1:1234").unwrap();
+    s.set_from_str("max_body_size", "2").unwrap();
+    s.set_from_str("header_timeout", "0.25").unwrap();
+    assert_eq!(s.listen, Some("127.0.0.1:1234".parse().unwrap()));
+    assert_eq!(s.max_body_size, Some(2 << 20));
+    assert_eq!(s.header_timeout, Some(Duration::from_millis(250)));
+    let e = s
+        .set_from_str("max_body_size", "100")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("command line") && e.contains("at most 16"),
+        "{e}"
+    );
+    let e = s
+        .set_from_str("idle_timeout", "abc")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must be a number"), "{e}");
+    assert!(s.set_from_str("nonsense", "1").is_err());
+}

@@ -9,8 +9,9 @@
 //!
 //! The server is HTTP/1 only, keeps connections alive, limits request headers
 //! ([`HttpOptions::max_header_bytes`], answered by hyper with 431 and a closed connection) and
-//! bodies ([`HttpOptions::max_body_bytes`], answered with 413 without reading the rest), and
-//! shuts down gracefully: it stops accepting, lets in-flight requests finish (up to
+//! bodies ([`HttpOptions::max_body_bytes`], answered with 413 without reading the rest), bounds
+//! connections and the time clients may take (see [`crate::limits`]), and shuts down
+//! gracefully: it stops accepting, lets in-flight requests finish (up to
 //! [`HttpOptions::shutdown_grace`]) and returns.
 
 use std::convert::Infallible;
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeError};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,6 +33,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
+
+use crate::limits::{self, Activity, Admission, Timeouts, TrackedIo, TrackedService};
 
 #[cfg(test)]
 mod tests;
@@ -61,9 +64,18 @@ pub struct HttpOptions {
     pub max_header_bytes: usize,
     /// Most request headers accepted (431 beyond). Default 100.
     pub max_headers: usize,
-    /// Time a client has to send a complete request head before the connection is closed.
-    /// `None` disables the timeout. Default 30 s.
+    /// Time a client has to send a complete request head (from accepting a new connection,
+    /// or from the first byte of a later request head) before the connection is closed.
+    /// `None` disables the timeout. Default 10 s. See [`crate::limits`].
     pub header_read_timeout: Option<Duration>,
+    /// Time a kept-alive connection may sit with no request in progress and no bytes moving
+    /// before it is closed. `None` disables the timeout. Default 60 s.
+    pub idle_timeout: Option<Duration>,
+    /// Time a client has to send the whole request body after its head; 408 and a closed
+    /// connection after it. `None` disables the timeout. Default 60 s.
+    pub body_timeout: Option<Duration>,
+    /// Most connections served at once; more are answered 503 and closed. Default 10000.
+    pub max_connections: usize,
     /// Keep HTTP/1.1 connections alive between requests. Default true.
     pub keep_alive: bool,
     /// On shutdown, how long in-flight requests may take to finish before the server returns
@@ -81,7 +93,10 @@ impl HttpOptions {
             max_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
-            header_read_timeout: Some(Duration::from_secs(30)),
+            header_read_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            body_timeout: Some(Duration::from_secs(60)),
+            max_connections: 10_000,
             keep_alive: true,
             shutdown_grace: Duration::from_secs(30),
             server_header: true,
@@ -93,7 +108,8 @@ impl HttpOptions {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
             .keep_alive(self.keep_alive)
-            .header_read_timeout(self.header_read_timeout)
+            // Enforced by crate::limits instead (hyper's also runs while a connection is idle).
+            .header_read_timeout(None)
             .max_header_size(self.max_header_bytes)
             // The read buffer must be able to hold a whole request head.
             .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes.saturating_add(8192)));
@@ -211,17 +227,15 @@ impl HttpServer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let HttpServer { listener, shared } = self;
         info!(addr = ?listener.local_addr().ok(), "edgevm HTTP server listening");
-        let builder = shared.opts.builder();
-        let grace = shared.opts.shutdown_grace;
+        let opts = shared.opts.clone();
         accept_loop(
             listener,
-            builder,
+            &opts,
             move || {
                 let shared = shared.clone();
                 service_fn(move |req| handle(shared.clone(), req))
             },
             shutdown,
-            grace,
         )
         .await
     }
@@ -285,14 +299,37 @@ fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Serve one connection over any byte stream (an in-memory one for the HTTP fuzz target) with
+/// the same hyper settings, limits and routing as [`HttpServer::run`]; returns when the
+/// connection ends or a timeout of [`crate::limits`] closes it.
+pub async fn serve_io<I>(
+    io: I,
+    opts: HttpOptions,
+    host: Arc<dyn ProgramHost>,
+    admin: Option<Arc<dyn AdminHandler>>,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = opts.builder();
+    let timeouts = Timeouts::of(&opts);
+    let shared = Arc::new(Shared { opts, host, admin });
+    let act = Activity::new();
+    let service = TrackedService::new(
+        service_fn(move |req| handle(shared.clone(), req)),
+        act.clone(),
+    );
+    let conn = builder.serve_connection(TokioIo::new(TrackedIo::new(io, act.clone())), service);
+    limits::supervise(conn, act, timeouts).await
+}
+
 /// Accept connections and serve each with a fresh service from `make_service` until
 /// `shutdown` completes; then drain gracefully.
 async fn accept_loop<F, S>(
     listener: TcpListener,
-    builder: http1::Builder,
+    opts: &HttpOptions,
     make_service: F,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
 ) -> io::Result<()>
 where
     F: Fn() -> S,
@@ -304,6 +341,10 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let builder = opts.builder();
+    let grace = opts.shutdown_grace;
+    let timeouts = Timeouts::of(opts);
+    let admission = Admission::new(opts.max_connections);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -312,13 +353,19 @@ where
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some((stream, slot)) = admission.admit(stream) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let conn = builder.serve_connection(TokioIo::new(stream), make_service());
-                    let conn = graceful.watch(conn);
+                    let act = Activity::new();
+                    let io = TokioIo::new(TrackedIo::new(stream, act.clone()));
+                    let service = TrackedService::new(make_service(), act.clone());
+                    let conn = graceful.watch(builder.serve_connection(io, service));
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        if let Err(e) = limits::supervise(conn, act, timeouts).await {
                             debug!(%peer, "connection ended with error: {e}");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -472,25 +519,9 @@ async fn admin(shared: &Shared, req: Request<Incoming>) -> Answer {
         headers: copy_headers(req.headers()),
         body: Vec::new(),
     };
-    let body = req.into_body();
-    if body.size_hint().lower() > ADMIN_MAX_BODY as u64 {
-        let mut a = Answer::text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "admin request body too large",
-        );
-        a.close = true;
-        return a;
-    }
-    match Limited::new(body, ADMIN_MAX_BODY).collect().await {
-        Ok(c) => areq.body = c.to_bytes().to_vec(),
-        Err(_) => {
-            let mut a = Answer::text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "admin request body too large or unreadable",
-            );
-            a.close = true;
-            return a;
-        }
+    match limits::read_body(req.into_body(), ADMIN_MAX_BODY, shared.opts.body_timeout).await {
+        Ok(b) => areq.body = b.to_vec(),
+        Err(e) => return body_error(e),
     }
     match tokio::task::spawn_blocking(move || handler.handle(&areq)).await {
         Ok(Some(resp)) => guest_answer(resp),
@@ -527,29 +558,11 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
     let max = shared.opts.max_body_bytes;
     let url = request_target(&req).to_owned();
     let (parts, body) = req.into_parts();
-    let too_large = || {
-        let mut a = Answer::text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format_args!("request body larger than {max} bytes"),
-        );
-        a.close = true;
-        a
-    };
-    if body.size_hint().lower() > max as u64 {
-        warn!(program, "request body too large (announced)");
-        return too_large().into();
-    }
-    let body = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            warn!(program, "request body too large");
-            return too_large().into();
-        }
+    let body = match limits::read_body(body, max, shared.opts.body_timeout).await {
+        Ok(b) => b,
         Err(e) => {
-            debug!(program, "reading request body failed: {e}");
-            let mut a = Answer::text(StatusCode::BAD_REQUEST, "could not read request body");
-            a.close = true;
-            return a.into();
+            warn!(program, "{e}");
+            return body_error(e).into();
         }
     };
     let content_type = parts
@@ -582,6 +595,13 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
             }
         }
     }
+}
+
+/// The answer to a request whose body could not be read: the connection is closed after it.
+fn body_error(e: limits::BodyError) -> Answer {
+    let mut a = Answer::text(e.status(), &e);
+    a.close = true;
+    a
 }
 
 /// The HTTP status for a [`ServeError`].
@@ -700,7 +720,7 @@ pub async fn serve_static_hello_on(
     info!(addr = %opts.listen, "static hello baseline listening");
     accept_loop(
         listener,
-        opts.builder(),
+        &opts,
         || {
             service_fn(|_req: Request<Incoming>| async {
                 let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello World!")));
@@ -711,7 +731,6 @@ pub async fn serve_static_hello_on(
             })
         },
         shutdown,
-        opts.shutdown_grace,
     )
     .await
 }

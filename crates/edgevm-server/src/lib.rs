@@ -8,6 +8,8 @@
 //!   [`http::HttpServer`]), routing (`/<program>/...`), error mapping, graceful shutdown, the
 //!   [`http::AdminHandler`] hook for `/metrics` and `/_edgevm/...`, and a native
 //!   "Hello World!" baseline server for benchmarks.
+//! - [`limits`]: what one client can hold: connections (503 beyond `max_connections`), header,
+//!   idle and body timeouts.
 //! - [`fetch`]: program delivery ([`fetch::obtain`]): reads `filename`, or downloads `uri`
 //!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
 //!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
@@ -17,5 +19,6 @@
 
 pub mod fetch;
 pub mod http;
+pub mod limits;
 pub mod native;
 pub mod programs;

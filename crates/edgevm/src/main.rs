@@ -30,12 +30,8 @@ enum Cmd {
         /// Configuration file (JSON with comments); may repeat, later files override.
         #[arg(long = "config", short = 'c', required = true)]
         config: Vec<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Largest request body accepted, in MB (413 beyond).
-        #[arg(long, default_value_t = 16)]
-        max_body_mb: usize,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Validate configuration files and print each program's effective settings.
     Check {
@@ -43,6 +39,61 @@ enum Cmd {
         #[arg(long = "config", short = 'c', required = true)]
         config: Vec<PathBuf>,
     },
+}
+
+/// Server-wide settings; each overrides the configuration's top-level "server" object
+/// (docs/CONFIG.md) and is validated the same way.
+#[derive(Args)]
+struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080] (server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Largest request body in MB, at most 16; 413 beyond [default: 16] (server.max_body_size).
+    #[arg(long)]
+    max_body_mb: Option<String>,
+    /// Largest request head in KB, at most 256; 431 beyond [default: 64]
+    /// (server.max_header_size).
+    #[arg(long)]
+    max_header_kb: Option<String>,
+    /// Most request headers, at most 512; 431 beyond [default: 100] (server.max_headers).
+    #[arg(long)]
+    max_headers: Option<String>,
+    /// Connections served at once; more are answered 503 and closed [default: 10000]
+    /// (server.max_connections).
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// Seconds a client has to send a complete request head [default: 10]
+    /// (server.header_timeout).
+    #[arg(long)]
+    header_timeout: Option<String>,
+    /// Seconds an idle keep-alive connection stays open [default: 60] (server.idle_timeout).
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Seconds a client has to send the whole request body; 408 beyond [default: 60]
+    /// (server.body_timeout).
+    #[arg(long)]
+    body_timeout: Option<String>,
+}
+
+impl ServerArgs {
+    /// The configuration's server settings with these flags applied on top.
+    fn apply(&self, cfg: &mut edgevm_config::ServerConfig) -> Result<()> {
+        for (key, value) in [
+            ("listen", &self.listen),
+            ("max_body_size", &self.max_body_mb),
+            ("max_header_size", &self.max_header_kb),
+            ("max_headers", &self.max_headers),
+            ("max_connections", &self.max_connections),
+            ("header_timeout", &self.header_timeout),
+            ("idle_timeout", &self.idle_timeout),
+            ("body_timeout", &self.body_timeout),
+        ] {
+            if let Some(v) = value {
+                cfg.set_from_str(key, v)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -98,11 +149,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Check { config } => check(&config),
-        Cmd::Serve {
-            config,
-            listen,
-            max_body_mb,
-        } => serve(&config, listen, max_body_mb),
+        Cmd::Serve { config, server } => serve(&config, &server),
     };
     match r {
         Ok(code) => code,
@@ -113,18 +160,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(files: &[PathBuf], listen: std::net::SocketAddr, max_body_mb: usize) -> Result<ExitCode> {
+fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     edgevm_kvm::kvm_available()?;
-    let cfg = Config::load_files(files)?;
+    let mut cfg = Config::load_files(files)?;
+    args.apply(&mut cfg.server)?;
+    let mut opts = edgevm_server::http::HttpOptions::default();
+    opts.apply_config(&cfg.server);
+    let fds = edgevm_server::limits::raise_fd_limit();
+    let fitting = edgevm_server::limits::connections_for_fds(opts.max_connections, fds);
+    if fitting < opts.max_connections {
+        tracing::warn!(
+            "max_connections {} does not fit in the open-file limit of {fds}; using {fitting}",
+            opts.max_connections
+        );
+        opts.max_connections = fitting;
+    }
+    let listen = opts.listen;
     let (runtime, errors) = edgevm_server::programs::build_runtime(&cfg);
     for e in &errors {
         tracing::error!("{e}");
     }
     let runtime = Arc::new(runtime);
     runtime.start_eager();
-    let mut opts = edgevm_server::http::HttpOptions::new(listen);
-    opts.max_body_bytes = max_body_mb.min(16) << 20;
     let names: Vec<_> = runtime.programs().into_iter().map(|(n, _)| n).collect();
     tracing::info!(
         "edgevm serving {} program(s) on http://{listen}/ ({})",

@@ -49,6 +49,16 @@ impl Server {
     /// `edgevm serve --config C...` (`EDGEVM_LOG=info`, `NO_COLOR=1`, then `env`), its log
     /// in `dir`; waits until it accepts connections.
     pub fn start(dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Server {
+        Server::start_args(dir, configs, env, &[])
+    }
+
+    /// [`Server::start`] with extra `edgevm serve` arguments.
+    pub fn start_args(
+        dir: &Path,
+        configs: &[&Path],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let log = (0..)
             .map(|n| dir.join(format!("server-{n}.log")))
             .find(|p| !p.exists())
@@ -61,7 +71,8 @@ impl Server {
                 cmd.arg("--config").arg(c);
             }
             let f = std::fs::File::create(&log).unwrap();
-            cmd.arg("--listen")
+            cmd.args(args)
+                .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .env("EDGEVM_LOG", "info")
                 .env("NO_COLOR", "1")
@@ -297,6 +308,11 @@ pub struct Conn {
 impl Conn {
     pub fn new(port: u16) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to edgevm serve");
+        Conn::from_stream(stream)
+    }
+
+    /// A client over an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Conn {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();

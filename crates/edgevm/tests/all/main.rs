@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod bench;
+mod clients;
 mod common;
 mod config_delivery;
 mod harness;

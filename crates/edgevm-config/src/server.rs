@@ -1,0 +1,240 @@
+//! The server-wide settings: the top-level `"server"` object of a configuration file, and the
+//! same settings given on the `edgevm serve` command line.
+//!
+//! ```json
+//! { "server": { "listen": "0.0.0.0:8080", "max_connections": 5000, "idle_timeout": 30 } }
+//! ```
+//!
+//! Every key is optional; what is not given keeps the server's default (see docs/CONFIG.md).
+//! Later files override earlier ones key by key, and command-line flags override files. An
+//! unknown key is a warning; a bad value is an error that fails the whole load (the server
+//! cannot start with settings it does not understand).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::ConfigError;
+use crate::keys::describe;
+use crate::MAX_TIME_SECS;
+
+/// Name of the top-level object holding the server settings. It cannot be a program or a
+/// group name.
+pub const SERVER_SECTION: &str = "server";
+
+/// Largest `max_body_size`: the program's request-body input area (16 MB).
+pub const MAX_BODY_MB: f64 = 16.0;
+/// Largest `max_header_size`: the request strings area of a program's I/O area (256 KB).
+pub const MAX_HEADER_KB: f64 = 256.0;
+/// Largest `max_headers`: what a program's I/O area holds.
+pub const MAX_HEADERS: u64 = 512;
+/// Largest `max_connections`.
+pub const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// Server-wide settings as configured; `None` = not given (the server's default applies).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerConfig {
+    /// `listen`: address and port to listen on.
+    pub listen: Option<SocketAddr>,
+    /// `max_connections`: connections served at once; more are refused with 503.
+    pub max_connections: Option<usize>,
+    /// `header_timeout` (s): time to send a complete request head.
+    pub header_timeout: Option<Duration>,
+    /// `idle_timeout` (s): time a kept-alive connection may sit idle.
+    pub idle_timeout: Option<Duration>,
+    /// `body_timeout` (s): time to send the whole request body.
+    pub body_timeout: Option<Duration>,
+    /// `max_header_size` (KB in JSON, bytes here): largest request head.
+    pub max_header_size: Option<usize>,
+    /// `max_headers`: most request headers.
+    pub max_headers: Option<usize>,
+    /// `max_body_size` (MB in JSON, bytes here): largest request body.
+    pub max_body_size: Option<usize>,
+}
+
+/// Every key of the server section.
+pub const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "max_header_size",
+    "max_headers",
+    "max_body_size",
+];
+
+fn number(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| format!("must be a number, got {n}")),
+        other => Err(format!("must be a number, got {}", describe(other))),
+    }
+}
+
+fn count(v: &Value, max: u64) -> Result<usize, String> {
+    let f = number(v)?;
+    if f.fract() != 0.0 || !(1.0..=max as f64).contains(&f) {
+        return Err(format!("must be a whole number from 1 to {max}, got {v}"));
+    }
+    Ok(f as usize)
+}
+
+fn seconds(v: &Value) -> Result<Duration, String> {
+    let f = number(v)?;
+    if !(f > 0.0 && f <= MAX_TIME_SECS) {
+        return Err(format!(
+            "must be a number of seconds greater than 0 and at most {MAX_TIME_SECS}, got {v}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+/// A size in `unit` bytes (fractions allowed), above 0 and at most `max` units.
+fn size(v: &Value, unit: u64, name: &str, max: f64) -> Result<usize, String> {
+    let f = number(v)?;
+    let bytes = (f * unit as f64).round();
+    if !(f > 0.0 && f <= max) || bytes < 1.0 {
+        return Err(format!(
+            "must be a number of {name} greater than 0 and at most {max}, got {v}"
+        ));
+    }
+    Ok(bytes as usize)
+}
+
+impl ServerConfig {
+    /// Apply one key; `Err` is the reason the value is refused.
+    fn set(&mut self, key: &str, v: &Value) -> Result<bool, String> {
+        match key {
+            "listen" => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| format!("must be a string, got {}", describe(v)))?;
+                let addr = s.parse().map_err(|_| {
+                    format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", got {s:?}")
+                })?;
+                self.listen = Some(addr);
+            }
+            "max_connections" => self.max_connections = Some(count(v, MAX_CONNECTIONS)?),
+            "header_timeout" => self.header_timeout = Some(seconds(v)?),
+            "idle_timeout" => self.idle_timeout = Some(seconds(v)?),
+            "body_timeout" => self.body_timeout = Some(seconds(v)?),
+            "max_header_size" => {
+                self.max_header_size = Some(size(v, 1 << 10, "KB", MAX_HEADER_KB)?)
+            }
+            "max_headers" => self.max_headers = Some(count(v, MAX_HEADERS)?),
+            "max_body_size" => self.max_body_size = Some(size(v, 1 << 20, "MB", MAX_BODY_MB)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Apply a `"server"` object from `source`. Unknown keys are returned as warnings; bad
+    /// values fail (all of them reported).
+    pub(crate) fn apply(
+        &mut self,
+        obj: &Map<String, Value>,
+        source: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut errors = Vec::new();
+        if let Some(k) = ["group", "uri", "filename"]
+            .iter()
+            .find(|k| obj.contains_key(**k))
+        {
+            return Err(ConfigError::Structure {
+                source_name: source.to_string(),
+                message: format!(
+                    "'{SERVER_SECTION}' holds the server settings, so it cannot be a program (it has '{k}'); give the program another name"
+                ),
+            });
+        }
+        for (key, value) in obj {
+            match self.set(key, value) {
+                Ok(true) => {}
+                Ok(false) => warnings.push(format!(
+                    "Unknown configuration key for '{SERVER_SECTION}': {key} ({source}); known keys: {}",
+                    SERVER_KEYS.join(", ")
+                )),
+                Err(message) => errors.push(ConfigError::InvalidValue {
+                    source_name: source.to_string(),
+                    name: SERVER_SECTION.to_string(),
+                    key: key.clone(),
+                    message,
+                }),
+            }
+        }
+        match ConfigError::combine(errors) {
+            Some(e) => Err(e),
+            None => Ok(warnings),
+        }
+    }
+
+    /// Apply a setting given as text (a command-line flag), validated like the JSON key:
+    /// `listen` is an address, every other key a number in the key's unit.
+    pub fn set_from_str(&mut self, key: &str, text: &str) -> Result<(), ConfigError> {
+        let value = if key == "listen" {
+            Value::String(text.to_string())
+        } else {
+            serde_json::from_str::<serde_json::Number>(text.trim())
+                .map(Value::Number)
+                .unwrap_or_else(|_| Value::String(text.to_string()))
+        };
+        let err = |message: String| ConfigError::InvalidValue {
+            source_name: "command line".to_string(),
+            name: SERVER_SECTION.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        match self.set(key, &value) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(err("is not a server setting".to_string())),
+            Err(m) => Err(err(m)),
+        }
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ServerConfig::default()
+    }
+
+    /// The settings given, as a `"server"` object in configuration units.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let secs = |d: Duration| serde_json::json!(d.as_secs_f64());
+        if let Some(a) = self.listen {
+            m.insert("listen".into(), a.to_string().into());
+        }
+        if let Some(n) = self.max_connections {
+            m.insert("max_connections".into(), n.into());
+        }
+        if let Some(d) = self.header_timeout {
+            m.insert("header_timeout".into(), secs(d));
+        }
+        if let Some(d) = self.idle_timeout {
+            m.insert("idle_timeout".into(), secs(d));
+        }
+        if let Some(d) = self.body_timeout {
+            m.insert("body_timeout".into(), secs(d));
+        }
+        if let Some(b) = self.max_header_size {
+            m.insert(
+                "max_header_size".into(),
+                serde_json::json!(b as f64 / 1024.0),
+            );
+        }
+        if let Some(n) = self.max_headers {
+            m.insert("max_headers".into(), n.into());
+        }
+        if let Some(b) = self.max_body_size {
+            m.insert(
+                "max_body_size".into(),
+                serde_json::json!(b as f64 / (1 << 20) as f64),
+            );
+        }
+        Value::Object(m)
+    }
+}

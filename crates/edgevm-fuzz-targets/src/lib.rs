@@ -1,0 +1,41 @@
+//! The bodies of edgevm's fuzz targets, as plain functions of `&[u8]`.
+//!
+//! `fuzz/` (a cargo-fuzz crate, its own workspace) calls each function from a one-line
+//! `fuzz_target!`; the tests of this crate replay every file of `fuzz/seeds/<target>/` and
+//! `fuzz/regressions/<target>/` through the same function, so `cargo test --workspace` catches
+//! a regression without cargo-fuzz or a nightly compiler. See docs/SECURITY.md.
+//!
+//! | target | what it drives | invariants checked besides "no panic" |
+//! |---|---|---|
+//! | [`config`] | `edgevm_config::Config::from_sources`, `render_check` | valid programs are within their documented ranges |
+//! | [`elf`] | `edgevm_abi::elf::load` and `setup_stack` into real guest memory | segments and stack stay in user memory; supervisor pages untouched |
+//! | [`syscalls`] | `edgevm_abi::linux::LinuxState::handle` with random registers and guest memory before each call | memory accounting within `max_memory`; the return path; mmap/brk results inside the heap/mmap area; supervisor pages untouched |
+//! | [`api`] | the host side of the request API on the I/O area (`edgevm_abi::io`: request writing, `http_append/set/unset/find`, response header validation) and crash decoding, with random I/O-area contents | fields handed back are valid; host writes stay inside the I/O area |
+//! | [`http`] | raw bytes into the HTTP front (`edgevm_server::http::serve_io`, the same hyper stack and routing as `edgevm serve`) over an in-memory stream | the server answers or closes, never panics or hangs |
+
+#![warn(missing_docs)]
+
+mod api;
+mod config;
+mod elf;
+mod http;
+mod input;
+mod syscalls;
+
+pub use api::api;
+pub use config::config;
+pub use elf::elf;
+pub use http::http;
+pub use syscalls::syscalls;
+
+/// A fuzz target: any input must be handled without a panic.
+pub type Target = fn(&[u8]);
+
+/// Every target by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("config", config),
+    ("elf", elf),
+    ("syscalls", syscalls),
+    ("api", api),
+    ("http", http),
+];

@@ -1,0 +1,235 @@
+//! Fuzz target `syscalls`: Linux system call emulation with random registers and random guest
+//! memory contents at each call, through the same `Vcpu` seam the run loop uses.
+
+use std::time::Instant;
+
+use edgevm_abi::cpu::write_system_tables;
+use edgevm_abi::layout::{Layout, PROTECTED, USER_BASE};
+use edgevm_abi::linux::{LinuxConfig, LinuxState, Output, SyscallOutcome};
+use edgevm_kvm::{kvm_regs, kvm_sregs, Exit, GuestMemory, KvmError, Vcpu};
+
+use crate::input::Input;
+
+const MEM: u64 = 32 << 20;
+const PAGE: u64 = 4096;
+
+/// A vCPU that only holds registers: `handle` reads the arguments from it and writes results
+/// back, exactly as with KVM's sync_regs.
+pub(crate) struct FakeCpu {
+    pub regs: kvm_regs,
+    pub fs: u64,
+    pub gs: u64,
+    /// CS.DPL at a system call: 0 on hardware KVM, 3 under kvm_pvm.
+    pub dpl: u8,
+}
+
+impl Vcpu for FakeCpu {
+    fn run(&mut self) -> Result<Exit, KvmError> {
+        Ok(Exit::Hlt)
+    }
+    fn regs(&self) -> &kvm_regs {
+        &self.regs
+    }
+    fn regs_mut(&mut self) -> &mut kvm_regs {
+        &mut self.regs
+    }
+    fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
+        let mut s = kvm_sregs::default();
+        s.cs.dpl = self.dpl;
+        s.cr2 = self.regs.rdx;
+        Ok(s)
+    }
+    fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
+        self.fs = base;
+        Ok(())
+    }
+    fn fs_base(&self) -> u64 {
+        self.fs
+    }
+    fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
+        self.gs = base;
+        Ok(())
+    }
+    fn gs_base(&self) -> u64 {
+        self.gs
+    }
+}
+
+/// Guest output sink that keeps only a count (a real printer has a budget too).
+#[derive(Default)]
+struct Sink {
+    bytes: usize,
+}
+
+impl Output for Sink {
+    fn write(&mut self, _fd: i32, data: &[u8]) {
+        self.bytes += data.len();
+    }
+    fn log(&mut self, line: &str) {
+        self.bytes += line.len();
+    }
+}
+
+/// System call numbers the emulation implements (and a few it does not), so most random calls
+/// reach real code.
+const NUMBERS: &[u64] = &[
+    0, 1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 20, 24, 25, 28, 35, 39, 60, 62, 63, 72,
+    79, 89, 96, 97, 102, 104, 107, 108, 110, 131, 158, 186, 200, 201, 202, 204, 218, 228, 229, 230,
+    231, 234, 262, 267, 271, 273, 302, 309, 318, 334, 2, 4, 257, 56, 435,
+];
+
+fn arg(inp: &mut Input, st: &LinuxState, layout: &Layout) -> u64 {
+    match inp.u8() % 10 {
+        0 => inp.u8() as u64,
+        1 => USER_BASE + inp.u32() as u64 % (MEM - USER_BASE),
+        2 => {
+            // Near an edge: a layout boundary or the program break, plus or minus a little.
+            let edges = [
+                0,
+                PROTECTED[0].1,
+                PROTECTED[1].0,
+                USER_BASE,
+                st.brk(),
+                layout.input_area,
+                layout.guard_page,
+                layout.stack_bottom,
+                layout.stack_top,
+                MEM,
+            ];
+            let base = inp.pick(&edges);
+            base.wrapping_add((inp.u16() as i16 as i64) as u64)
+        }
+        3 => inp.u64(),
+        4 => (inp.u8() as i8 as i64) as u64,
+        5 => (inp.u16() as u64) * PAGE,
+        6 => (inp.u32() as u64) * PAGE,
+        7 => 1u64 << (inp.u8() % 64),
+        8 => u64::MAX - inp.u8() as u64,
+        _ => inp.u32() as u64,
+    }
+}
+
+/// Run a sequence of system calls. Before each call the input may write random bytes into
+/// guest memory (so calls that read structures from the guest see random contents); each
+/// call gets random registers. Checked after every call: memory accounting stays within
+/// `max_memory`, the kvm_pvm return path sets RIP=RCX and RFLAGS=R11 (hardware KVM: RIP
+/// untouched), results of brk/mmap lie in the heap/mmap area; at the end, nothing below user
+/// memory changed.
+pub fn syscalls(data: &[u8]) {
+    let mut inp = Input::new(data);
+    let layout = Layout::new(MEM, 0).expect("layout");
+    let max_memory = inp.pick(&[8u64, 12, 16, 24, 32]) << 20;
+    let image_pages = inp.u8() as u64 % 64 + 1;
+    let elf_end = USER_BASE + image_pages * PAGE;
+    let mut st = LinuxState::new(
+        layout,
+        LinuxConfig {
+            max_memory,
+            exe_path: "/fuzz/prog".into(),
+            verbose_syscalls: inp.bool(),
+        },
+        elf_end,
+        image_pages * PAGE,
+    );
+    if inp.bool() {
+        st.set_request_limit(Some((inp.u8() as u64) << 16));
+    }
+    let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
+    write_system_tables(&mut mem, &layout).expect("system tables");
+    mem.set_protected(PROTECTED.to_vec());
+    let mut low = vec![0u8; USER_BASE as usize];
+    mem.read_raw(0, &mut low).expect("read");
+    let mut cpu = FakeCpu {
+        regs: kvm_regs::default(),
+        fs: 0,
+        gs: 0,
+        dpl: if inp.bool() { 0 } else { 3 },
+    };
+    let mut out = Sink::default();
+
+    let mut calls = 0;
+    while !inp.is_empty() && calls < 200 {
+        if inp.u8().is_multiple_of(4) {
+            // Random guest memory contents where the next call may look.
+            let at = arg(&mut inp, &st, &layout);
+            let bytes = inp.chunk(256);
+            let _ = mem.write(at, bytes);
+            continue;
+        }
+        calls += 1;
+        let nr = if inp.u8().is_multiple_of(8) {
+            inp.u16() as u64
+        } else {
+            inp.pick(NUMBERS)
+        };
+        let a: [u64; 6] = std::array::from_fn(|_| arg(&mut inp, &st, &layout));
+        cpu.regs = kvm_regs {
+            rax: nr,
+            rdi: a[0],
+            rsi: a[1],
+            rdx: a[2],
+            r10: a[3],
+            r8: a[4],
+            r9: a[5],
+            rcx: inp.u64(),
+            r11: inp.u64(),
+            rip: 0x5002,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        let before = cpu.regs;
+        // Sleeping calls return at once: the deadline has passed.
+        st.deadline = Some(Instant::now());
+        let brk_before = st.brk();
+        let outcome = st
+            .handle(&mut cpu, &mut mem, &mut out)
+            .expect("the fake vCPU never fails");
+        assert!(
+            st.memory_used() <= st.memory_limit(),
+            "call {nr} {a:x?}: {} bytes used, limit {}",
+            st.memory_used(),
+            st.memory_limit()
+        );
+        match outcome {
+            SyscallOutcome::Continue => {
+                if cpu.dpl == 3 {
+                    assert_eq!(cpu.regs.rip, before.rcx, "kvm_pvm return: RIP = RCX");
+                    assert_eq!(cpu.regs.rflags, before.r11, "kvm_pvm return: RFLAGS = R11");
+                } else {
+                    assert_eq!(cpu.regs.rip, before.rip, "hardware KVM: SYSRETQ returns");
+                    assert_eq!(cpu.regs.rflags, before.rflags);
+                }
+                let ret = cpu.regs.rax as i64;
+                if nr == 9 && ret >= 0 {
+                    let len = a[1].div_ceil(PAGE) * PAGE;
+                    let at = ret as u64;
+                    assert!(
+                        at.is_multiple_of(PAGE) && at >= USER_BASE && at + len <= layout.input_area,
+                        "mmap {a:x?} -> {at:#x}"
+                    );
+                }
+                if nr == 12 {
+                    assert!(
+                        st.brk() >= USER_BASE && st.brk() < layout.input_area,
+                        "brk {:#x} -> {:#x}",
+                        brk_before,
+                        st.brk()
+                    );
+                }
+            }
+            // The run loop ends the run (and resets the VM) on any of these.
+            SyscallOutcome::Exit(_)
+            | SyscallOutcome::Killed(_)
+            | SyscallOutcome::DeadlineExceeded
+            | SyscallOutcome::Fatal(_) => break,
+        }
+    }
+    let mut after = vec![0u8; USER_BASE as usize];
+    mem.read_raw(0, &mut after).expect("read");
+    // The I/O area (inside [0, USER_BASE)) is user memory: calls may write there.
+    let io = edgevm_abi::layout::IO_AREA as usize..PROTECTED[1].0 as usize;
+    assert!(
+        low[..io.start] == after[..io.start] && low[io.end..] == after[io.end..],
+        "a system call changed supervisor memory"
+    );
+}
