@@ -22,6 +22,19 @@ mod http;
 mod input;
 mod syscalls;
 
+/// The host structures below user memory that no guest action may change: GDT, TSS, IDT,
+/// stubs, exception stack and top-level page tables (`[0, IO_AREA)`), and the first page
+/// directories (fuzzed memories are 32 MiB: one directory; the rest of that range stays
+/// zero and unmapped).
+pub(crate) fn supervisor_bytes(mem: &edgevm_kvm::GuestMemory) -> Vec<u8> {
+    use edgevm_abi::layout::{IO_AREA, PD_BASE};
+    let mut v = vec![0u8; IO_AREA as usize + 2 * 4096];
+    let (low, pd) = v.split_at_mut(IO_AREA as usize);
+    mem.read_raw(0, low).expect("read");
+    mem.read_raw(PD_BASE, pd).expect("read");
+    v
+}
+
 pub use api::api;
 pub use config::config;
 pub use elf::elf;

@@ -1,6 +1,8 @@
 //! Fuzz target `syscalls`: Linux system call emulation with random registers and random guest
 //! memory contents at each call, through the same `Vcpu` seam the run loop uses.
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use edgevm_abi::cpu::write_system_tables;
@@ -73,12 +75,42 @@ impl Output for Sink {
 /// System call numbers the emulation implements (and a few it does not), so most random calls
 /// reach real code.
 const NUMBERS: &[u64] = &[
-    0, 1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 20, 24, 25, 28, 35, 39, 60, 62, 63, 72,
-    79, 89, 96, 97, 102, 104, 107, 108, 110, 131, 158, 186, 200, 201, 202, 204, 218, 228, 229, 230,
-    231, 234, 262, 267, 271, 273, 302, 309, 318, 334, 2, 4, 257, 56, 435,
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 24, 25, 28, 35, 39,
+    60, 62, 63, 72, 74, 75, 77, 79, 85, 89, 96, 97, 102, 104, 107, 108, 110, 131, 158, 186, 200,
+    201, 202, 204, 218, 228, 229, 230, 231, 234, 257, 262, 267, 269, 271, 273, 302, 309, 318, 334,
+    439, 56, 435,
 ];
 
-fn arg(inp: &mut Input, st: &LinuxState, layout: &Layout) -> u64 {
+/// Paths a program may try to open: the state file (three spellings) and ways out.
+const PATHS: &[&[u8]] = &[
+    b"state\0",
+    b"./state\0",
+    b"/state\0",
+    b"../prog.state\0",
+    b"/tmp\0",
+    b"state/\0",
+    b"/proc/self/exe\0",
+    b"\0",
+];
+
+/// The state file of the fuzzed process: `<per-process temp dir>/prog.state`, alone in its
+/// directory (so the target can check no other file appears).
+fn state_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("edgevm-fuzz-state-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("state dir");
+        d
+    })
+}
+
+const STATE_CONTENT: &[u8] = b"edgevm fuzz state file\n";
+
+fn arg(inp: &mut Input, st: &LinuxState, layout: &Layout, written: &[u64]) -> u64 {
+    if !written.is_empty() && inp.u8().is_multiple_of(4) {
+        // Where the input just put bytes (a path, an iovec, a timespec...).
+        return written[inp.u8() as usize % written.len()];
+    }
     match inp.u8() % 10 {
         0 => inp.u8() as u64,
         1 => USER_BASE + inp.u32() as u64 % (MEM - USER_BASE),
@@ -127,6 +159,7 @@ pub fn syscalls(data: &[u8]) {
             max_memory,
             exe_path: "/fuzz/prog".into(),
             verbose_syscalls: inp.bool(),
+            state_file: Some(state_dir().join("prog.state")),
         },
         elf_end,
         image_pages * PAGE,
@@ -134,11 +167,19 @@ pub fn syscalls(data: &[u8]) {
     if inp.bool() {
         st.set_request_limit(Some((inp.u8() as u64) << 16));
     }
+    // Like a request VM: the state file can only be read.
+    let frozen = inp.bool();
+    if frozen {
+        st.make_files_read_only();
+    }
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
     write_system_tables(&mut mem, &layout).expect("system tables");
     mem.set_protected(PROTECTED.to_vec());
-    let mut low = vec![0u8; USER_BASE as usize];
-    mem.read_raw(0, &mut low).expect("read");
+    let low = crate::supervisor_bytes(&mem);
+    // Every input starts from the same state file.
+    let state_path = state_dir().join("prog.state");
+    std::fs::write(&state_path, STATE_CONTENT).expect("state file");
+    let mut written: Vec<u64> = Vec::new();
     let mut cpu = FakeCpu {
         regs: kvm_regs::default(),
         fs: 0,
@@ -150,10 +191,16 @@ pub fn syscalls(data: &[u8]) {
     let mut calls = 0;
     while !inp.is_empty() && calls < 200 {
         if inp.u8().is_multiple_of(4) {
-            // Random guest memory contents where the next call may look.
-            let at = arg(&mut inp, &st, &layout);
-            let bytes = inp.chunk(256);
-            let _ = mem.write(at, bytes);
+            // Random guest memory contents where the next call may look, or a path.
+            let at = arg(&mut inp, &st, &layout, &written);
+            let bytes = if inp.bool() {
+                inp.pick(PATHS)
+            } else {
+                inp.chunk(256)
+            };
+            if mem.write(at, bytes).is_ok() && written.len() < 16 {
+                written.push(at);
+            }
             continue;
         }
         calls += 1;
@@ -162,7 +209,7 @@ pub fn syscalls(data: &[u8]) {
         } else {
             inp.pick(NUMBERS)
         };
-        let a: [u64; 6] = std::array::from_fn(|_| arg(&mut inp, &st, &layout));
+        let a: [u64; 6] = std::array::from_fn(|_| arg(&mut inp, &st, &layout, &written));
         cpu.regs = kvm_regs {
             rax: nr,
             rdi: a[0],
@@ -224,12 +271,25 @@ pub fn syscalls(data: &[u8]) {
             | SyscallOutcome::Fatal(_) => break,
         }
     }
-    let mut after = vec![0u8; USER_BASE as usize];
-    mem.read_raw(0, &mut after).expect("read");
-    // The I/O area (inside [0, USER_BASE)) is user memory: calls may write there.
-    let io = edgevm_abi::layout::IO_AREA as usize..PROTECTED[1].0 as usize;
+    // The guest reaches no host file but its state file, and cannot change it once frozen.
+    let names: Vec<_> = std::fs::read_dir(state_dir())
+        .expect("state dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["prog.state"],
+        "files appeared next to the state file"
+    );
+    if frozen {
+        let now = std::fs::read(&state_path).expect("state file");
+        assert!(
+            now == STATE_CONTENT,
+            "a frozen program changed its state file"
+        );
+    }
     assert!(
-        low[..io.start] == after[..io.start] && low[io.end..] == after[io.end..],
+        low == crate::supervisor_bytes(&mem),
         "a system call changed supervisor memory"
     );
 }

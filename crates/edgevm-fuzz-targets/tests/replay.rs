@@ -106,3 +106,16 @@ fn mutated_seeds() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn time_targets() {
+    for (name, target) in TARGETS {
+        let seed = std::fs::read(&inputs("seeds", name)[0]).unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            target(&seed);
+        }
+        eprintln!("{name}: {:?} per input", t0.elapsed() / 20);
+    }
+}
