@@ -4,21 +4,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, Reply, ServeError};
+use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
 use edgevm_server::http::{serve_io, AdminHandler, AdminRequest, HttpOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A program host that answers at once, as a hostile program could: it sends the request's
+/// A program host that answers at once (`/slow`: after 30 s), as a hostile program could: it sends the request's
 /// own headers back as response headers, with a status and content type taken from the
 /// request (so invalid statuses and header values reach the response path).
 struct EchoHost;
 
 impl ProgramHost for EchoHost {
-    fn submit(&self, program: &str, req: GuestRequest, reply: Reply) {
+    fn serve(&self, program: &str, req: GuestRequest) -> ServeFuture {
         let result = match program {
             "fail" => Err(ServeError::ProgramError("fuzz".into())),
             "gone" => Err(ServeError::ProgramUnavailable("fuzz".into())),
-            "drop" => return drop(reply),
+            "slow" => {
+                // A program that takes its time (the real runtime bounds it with
+                // max_request_time); the clock is paused, so this costs nothing.
+                return Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(GuestResponse {
+                        status: 200,
+                        ..Default::default()
+                    })
+                });
+            }
             _ => Ok(GuestResponse {
                 status: req
                     .headers
@@ -31,7 +41,7 @@ impl ProgramHost for EchoHost {
                 body: req.body.clone(),
             }),
         };
-        reply(result);
+        Box::pin(std::future::ready(result))
     }
 }
 

@@ -511,19 +511,19 @@ mod tests {
     //! program.
     use super::*;
     use crate::http::serve_io;
-    use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, Reply};
+    use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeFuture};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     struct Ok200;
     impl ProgramHost for Ok200 {
-        fn submit(&self, _: &str, req: GuestRequest, reply: Reply) {
-            reply(Ok(GuestResponse {
+        fn serve(&self, _: &str, req: GuestRequest) -> ServeFuture {
+            Box::pin(std::future::ready(Ok(GuestResponse {
                 status: 200,
                 content_type: "text/plain".into(),
                 headers: vec![],
                 body: format!("len={}", req.body.len()).into_bytes(),
-            }))
+            })))
         }
     }
 
