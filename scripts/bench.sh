@@ -1,109 +1,243 @@
 #!/usr/bin/env bash
-# scripts/bench.sh -- HTTP throughput of `edgevm serve` beside the native hyper baseline
-# (target/release/edgevm-hello), same wrk parameters, 127.0.0.1 only (docs/BENCHMARKS.md,
-# "Throughput").
+# scripts/bench.sh [--quick] [--perf] -- the one benchmark command (docs/BENCHMARKS.md).
 #
-# Environment: RUNS (3), DURATION (5s), CONNS (4: the throughput runs; latency runs use 1),
-# PORT (base port, 18400; uses PORT and PORT+1), OUT (result directory, a temp dir).
-# Prints, per target, the median over RUNS of requests/s (-c$CONNS) and of the median
-# latency (-c1), the ratio to native, and exits per request from /_edgevm/stats.
-# The servers this script starts are stopped by their PID.
+# In one run on 127.0.0.1: builds release, starts `edgevm serve` with the benchmark programs
+# (bench/programs.json: hello, scounter with shared memory, counter with a storage VM, and
+# bench_touch dirtying 256 pages per request), beside them the native baselines
+# (target/release/edgevm-hello: byte-identical answers without a VM) and the peers (Varnish's
+# synth response; `wasmtime serve`), drives every target with the same wrk settings in
+# interleaved rounds, reads the exits per request from /_edgevm/stats, then runs the
+# microbenchmarks (crates/edgevm-runtime/benches/request.rs), and prints one table plus the
+# issue's targets with PASS/MISS.
+#
+#   --quick   the regression guard, under a minute once built: edgevm and native only, one
+#             1 s round per target, and a check of the exits per request against
+#             bench/expected-exits.json (exit status 1 if a program needs more).
+#   --perf    also record `perf` on the edgevm server during one hello run and print the top
+#             of the report.
+#
+# Environment: ROUNDS (5), DURATION (3: seconds per wrk run), THREADS (2) and CONNS (8): wrk
+# -t/-c, PORT (19100: uses PORT..PORT+3), OUT (result directory, target/bench/<time>),
+# PEERS ("varnish wasmtime": which peers to try), BENCH_TOOLS (where `cargo install` puts the
+# wasm tools; ~/.cache/edgevm-bench-tools), CYCLES (request-cycle samples per row, 2000).
+# Every run is bounded by timeout(1); the processes this script starts are stopped by their
+# PID and checked gone at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS="${RUNS:-3}"
-DURATION="${DURATION:-5s}"
-CONNS="${CONNS:-4}"
-PORT="${PORT:-18400}"
-OUT="${OUT:-$(mktemp -d)}"
-command -v wrk >/dev/null || { echo "bench.sh: wrk missing (scripts/deps.sh installs it)" >&2; exit 1; }
-cargo build --release --quiet
-export EDGEVM_GUESTS="${EDGEVM_GUESTS:-$PWD/target/guests}"
-guest/build.sh "$EDGEVM_GUESTS" >/dev/null
-G="$EDGEVM_GUESTS"
+ROOT="$PWD"
+QUICK=0
+PERF=0
+for a in "$@"; do
+	case "$a" in
+	--quick) QUICK=1 ;;
+	--perf) PERF=1 ;;
+	*) echo "usage: $0 [--quick] [--perf]" >&2; exit 2 ;;
+	esac
+done
+if [ "$QUICK" = 1 ]; then
+	ROUNDS="${ROUNDS:-1}"
+	DURATION="${DURATION:-1}"
+	PEERS="${PEERS:-}"
+else
+	ROUNDS="${ROUNDS:-5}"
+	DURATION="${DURATION:-3}"
+	PEERS="${PEERS-varnish wasmtime}"
+fi
+THREADS="${THREADS:-2}"
+CONNS="${CONNS:-8}"
+PORT="${PORT:-19100}"
+CYCLES="${CYCLES:-2000}"
+BENCH_TOOLS="${BENCH_TOOLS:-$HOME/.cache/edgevm-bench-tools}"
+OUT="${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+log() { echo "bench: $*" >&2; }
 
-cat >"$OUT/bench.json" <<JSON
-{
-	"bench": { "max_memory": 64, "max_request_memory": 32, "start": true },
-	"hello1": { "group": "bench", "filename": "$G/example_hello", "concurrency": 1 },
-	"hello2": { "group": "bench", "filename": "$G/example_hello", "concurrency": 2 },
-	"hello2keep": { "group": "bench", "filename": "$G/example_hello", "concurrency": 2,
-		"ephemeral_keep_working_memory": true },
-	"scounter": { "group": "bench", "filename": "$G/example_scounter", "concurrency": 2,
-		"shared_memory": 2 },
-	"counter": { "group": "bench", "filename": "$G/example_counter", "concurrency": 2,
-		"storage": true }
-}
-JSON
+# --- what it needs ------------------------------------------------------------------------
+scripts/deps.sh
+SKIPPED=()
+for p in $PEERS; do
+	case "$p" in
+	varnish)
+		if ! command -v varnishd >/dev/null 2>&1; then
+			log "installing varnish (Debian package)"
+			SUDO=""
+			[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+			# policy-rc.d keeps the package's service from starting where there is none.
+			DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq varnish >"$OUT/varnish-install.log" 2>&1 ||
+				SKIPPED+=("varnish: apt-get install varnish failed (see $OUT/varnish-install.log)")
+		fi
+		;;
+	wasmtime)
+		if ! scripts/bench-wasm.sh "$BENCH_TOOLS" "$OUT/wasm" >"$OUT/wasm-build.log" 2>&1; then
+			SKIPPED+=("wasmtime serve: $(tail -1 "$OUT/wasm-build.log")")
+		fi
+		;;
+	*) SKIPPED+=("$p: unknown peer") ;;
+	esac
+done
 
+log "building (release)"
+timeout 1800 cargo build --release --quiet --bin edgevm --bin edgevm-hello
+export EDGEVM_GUESTS="${EDGEVM_GUESTS:-$ROOT/target/guests}"
+timeout 600 guest/build.sh "$EDGEVM_GUESTS" >/dev/null
+sed "s#@GUESTS@#$EDGEVM_GUESTS#g" bench/programs.json >"$OUT/programs.json"
+
+# --- servers ------------------------------------------------------------------------------
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+VARNISH_DIR=""
+# A process of ours that has not exited (zombies count as gone).
+alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do
+		for _ in $(seq 100); do alive "$p" || break; sleep 0.1; done
+		if alive "$p"; then
+			log "PID $p ignores SIGTERM: SIGKILL"
+			kill -KILL "$p" 2>/dev/null || true
+		fi
+		wait "$p" 2>/dev/null || true
+	done
+	[ -z "$VARNISH_DIR" ] || rm -rf "$VARNISH_DIR"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+# Servers live at most this long (timeout(1) passes its TERM on to them).
+LIFE=$((ROUNDS * 12 * (DURATION + 2) + 600))
 EDGE="127.0.0.1:$PORT"
 NATIVE="127.0.0.1:$((PORT + 1))"
-target/release/edgevm serve --config "$OUT/bench.json" --listen "$EDGE" >"$OUT/serve.log" 2>&1 &
+VARNISH="127.0.0.1:$((PORT + 2))"
+WASM="127.0.0.1:$((PORT + 3))"
+EDGEVM_LOG=warn NO_COLOR=1 timeout "$LIFE" target/release/edgevm serve --config "$OUT/programs.json" \
+	--listen "$EDGE" >"$OUT/edgevm.log" 2>&1 &
 PIDS+=("$!")
-target/release/edgevm-hello "$NATIVE" >"$OUT/native.log" 2>&1 &
+EDGE_PID="$!"
+timeout "$LIFE" target/release/edgevm-hello "$NATIVE" >"$OUT/native.log" 2>&1 &
 PIDS+=("$!")
-for u in "http://$EDGE/hello1/" "http://$EDGE/hello2/" "http://$EDGE/hello2keep/" \
-	"http://$EDGE/scounter/" "http://$EDGE/counter/" "http://$NATIVE/"; do
-	for _ in $(seq 100); do curl -fs -o /dev/null "$u" && break; sleep 0.1; done
-	curl -fs -o /dev/null "$u" || { echo "bench.sh: $u does not answer" >&2; cat "$OUT/serve.log" >&2; exit 1; }
+TARGETS=(
+	"native-hello http://$NATIVE/hello/"
+	"native-scounter http://$NATIVE/scounter/"
+	"native-counter http://$NATIVE/counter/"
+	"hello http://$EDGE/hello/"
+	"scounter http://$EDGE/scounter/"
+	"counter http://$EDGE/counter/"
+	"touch256 http://$EDGE/touch/?n=256"
+)
+if [[ " $PEERS " == *" varnish "* ]] && command -v varnishd >/dev/null 2>&1; then
+	VARNISH_DIR="$(mktemp -d /tmp/edgevm-bench-varnish.XXXXXX)"
+	chmod 755 "$VARNISH_DIR"
+	cp bench/varnish-hello.vcl "$VARNISH_DIR/hello.vcl"
+	timeout "$LIFE" varnishd -F -a "$VARNISH" -f "$VARNISH_DIR/hello.vcl" -n "$VARNISH_DIR/work" \
+		-s malloc,32m -T none >"$OUT/varnish.log" 2>&1 &
+	PIDS+=("$!")
+	TARGETS+=("varnish-synth http://$VARNISH/")
+fi
+if [[ " $PEERS " == *" wasmtime "* ]] && [ -f "$OUT/wasm/hello.wasm" ]; then
+	timeout "$LIFE" "$BENCH_TOOLS/bin/wasmtime" serve --addr "$WASM" "$OUT/wasm/hello.wasm" \
+		>"$OUT/wasmtime.log" 2>&1 &
+	PIDS+=("$!")
+	TARGETS+=("wasmtime-serve http://$WASM/")
+fi
+
+# Wait for every target to answer 200 (at most 60 s each; failing peers are skipped).
+READY=()
+for t in "${TARGETS[@]}"; do
+	name="${t%% *}" url="${t#* }"
+	ok=0
+	for _ in $(seq 600); do
+		if curl -fs -o /dev/null --max-time 2 "$url"; then ok=1; break; fi
+		sleep 0.1
+	done
+	if [ "$ok" = 1 ]; then
+		READY+=("$t")
+	elif [[ "$name" == varnish* || "$name" == wasmtime* ]]; then
+		SKIPPED+=("$name: did not answer ($(tail -1 "$OUT/${name%%-*}.log" 2>/dev/null))")
+	else
+		log "$url does not answer"; cat "$OUT/edgevm.log" >&2; exit 1
+	fi
 done
 
-TARGETS="native:http://$NATIVE/ hello1:http://$EDGE/hello1/ hello2:http://$EDGE/hello2/ \
-hello2keep:http://$EDGE/hello2keep/ scounter:http://$EDGE/scounter/ counter:http://$EDGE/counter/"
-# Runs interleaved over the targets, so that noise from other work spreads evenly.
-for run in $(seq "$RUNS"); do
-	for t in $TARGETS; do
-		name="${t%%:*}" url="${t#*:}"
-		wrk -t1 -c"$CONNS" -d"$DURATION" "$url" >"$OUT/$name.tput.$run" 2>&1
-		wrk -t1 -c1 -d"$DURATION" --latency "$url" >"$OUT/$name.lat.$run" 2>&1
+# The native baseline answers byte for byte like edgevm (the Date header aside; the counters
+# have served the same number of requests by now: one each). The integration test
+# bench::native_baseline_answers_like_the_examples checks the same in CI.
+for p in hello scounter counter; do
+	a="$(curl -si "http://$EDGE/$p/" | grep -vi '^date:')"
+	b="$(curl -si "http://$NATIVE/$p/" | grep -vi '^date:')"
+	if [ "$a" != "$b" ]; then
+		log "WARNING: native /$p/ differs from edgevm's:"; diff <(echo "$a") <(echo "$b") >&2 || true
+	fi
+done
+
+# --- wrk rounds, interleaved over the targets ----------------------------------------------
+WRK=(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency --timeout 5s)
+log "wrk: ${#READY[@]} targets × $ROUNDS rounds of ${WRK[*]}"
+for t in "${READY[@]}"; do # warm-up, discarded
+	timeout 30 wrk -t"$THREADS" -c"$CONNS" -d1s "${t#* }" >/dev/null 2>&1 || true
+done
+for r in $(seq "$ROUNDS"); do
+	for t in "${READY[@]}"; do
+		name="${t%% *}" url="${t#* }"
+		timeout $((DURATION + 30)) "${WRK[@]}" "$url" >"$OUT/$name.$r.wrk" 2>&1 || true
 	done
 done
+if [ "$PERF" = 1 ]; then
+	if command -v perf >/dev/null 2>&1; then
+		log "perf: recording edgevm (PID $EDGE_PID) during a hello run"
+		timeout 60 perf record -F 999 -g -p "$EDGE_PID" -o "$OUT/perf.data" -- sleep "$DURATION" \
+			>"$OUT/perf-record.log" 2>&1 &
+		PERF_PID=$!
+		timeout $((DURATION + 30)) "${WRK[@]}" "http://$EDGE/hello/" >"$OUT/hello.perf.wrk" 2>&1 || true
+		wait "$PERF_PID" || true
+		timeout 300 perf report -i "$OUT/perf.data" --no-children --sort comm,dso,sym --stdio \
+			2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-report.txt" || true
+	else
+		SKIPPED+=("perf: not installed (apt-get install linux-perf)")
+	fi
+fi
 curl -fs "http://$EDGE/_edgevm/stats" >"$OUT/stats.json"
 
-python3 - "$OUT" "$RUNS" "$CONNS" $TARGETS <<'PY'
-import json, re, statistics, sys
-out, runs, conns, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-def us(v, unit):
-    return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
-def rps(f):
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", open(f).read()).group(1))
-def p50(f):
-    m = re.search(r"50%\s+([\d.]+)(us|ms|s)", open(f).read())
-    return us(*m.groups())
-def errors(f):
-    t = open(f).read()
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-    s = re.search(r"Socket errors: (.*)", t)
-    return (int(m.group(1)) if m else 0), (s.group(1) if s else "")
-stats = json.load(open(f"{out}/stats.json"))
-def find(name):
-    if isinstance(stats, dict):
-        progs = stats.get("programs", stats)
-        if isinstance(progs, dict) and name in progs:
-            return progs[name]
-        if isinstance(progs, list):
-            for p in progs:
-                if p.get("name") == name:
-                    return p
-    return {}
-rows, native = [], None
-for t in targets:
-    name = t.split(":", 1)[0]
-    r = [rps(f"{out}/{name}.tput.{i}") for i in range(1, runs + 1)]
-    l = [p50(f"{out}/{name}.lat.{i}") for i in range(1, runs + 1)]
-    bad = [errors(f"{out}/{name}.{k}.{i}") for k in ("tput", "lat") for i in range(1, runs + 1)]
-    mr, ml = statistics.median(r), statistics.median(l)
-    if name == "native":
-        native = (mr, ml)
-    p = find(name)
-    rows.append((name, mr, r, ml, l, p.get("exits_per_request", ""), sum(b[0] for b in bad), [b[1] for b in bad if b[1]]))
-print(f"| target | req/s -c{conns} (median; runs) | ratio to native | p50 latency -c1 µs (median; runs) | ratio | exits/request | non-2xx |")
-print("|---|---:|---:|---:|---:|---:|---:|")
-for name, mr, r, ml, l, ex, bad, serr in rows:
-    ex = f"{ex:.3f}" if isinstance(ex, float) else str(ex)
-    print(f"| {name} | {mr:.0f} ({', '.join(f'{x:.0f}' for x in r)}) | {mr / native[0]:.3f} | "
-          f"{ml:.0f} ({', '.join(f'{x:.0f}' for x in l)}) | {ml / native[1]:.1f} | {ex} | {bad}{' ' + str(serr) if serr else ''} |")
-print(f"\nraw results: {out}")
-PY
+# Program load to ready with concurrency 8 as the server reports it (ready_ms), each in a
+# server of its own so that nothing else boots at the same time.
+if [ "$QUICK" = 0 ]; then
+	for i in 1 2 3; do
+		cat >"$OUT/ready8.json" <<JSON
+{ "hello8": { "filename": "$EDGEVM_GUESTS/example_hello", "concurrency": 8, "start": true } }
+JSON
+		EDGEVM_LOG=warn NO_COLOR=1 timeout 60 target/release/edgevm serve --config "$OUT/ready8.json" \
+			--listen "127.0.0.1:$((PORT + 4))" >"$OUT/ready8.$i.log" 2>&1 &
+		rp=$!
+		PIDS+=("$rp")
+		for _ in $(seq 300); do
+			curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$((PORT + 4))/hello8/" && break
+			sleep 0.05
+		done
+		curl -fs "http://127.0.0.1:$((PORT + 4))/_edgevm/stats" >"$OUT/ready8.$i.json" || true
+		kill "$rp" 2>/dev/null || true
+		wait "$rp" 2>/dev/null || true
+	done
+fi
+
+cleanup
+trap - EXIT
+LEFT=""
+for p in "${PIDS[@]}"; do alive "$p" && LEFT="$LEFT $p"; done
+for port in $(seq "$PORT" $((PORT + 4))); do
+	ss -ltn "sport = :$port" 2>/dev/null | grep -q LISTEN && LEFT="$LEFT port:$port"
+done
+if [ -n "$LEFT" ]; then
+	log "ERROR: left behind:$LEFT"
+	exit 1
+fi
+log "all servers stopped (${#PIDS[@]} processes, ports $PORT-$((PORT + 4)) free)"
+
+# --- microbenchmarks ---------------------------------------------------------------------
+if [ "$QUICK" = 0 ]; then
+	log "microbenchmarks (cargo bench --bench request)"
+	EDGEVM_BENCH_JSON="$OUT/micro.json" EDGEVM_BENCH_CYCLES="$CYCLES" timeout 1200 \
+		cargo bench --quiet -p edgevm-runtime --bench request >"$OUT/micro.md" 2>"$OUT/micro.log" ||
+		{ log "microbenchmarks failed:"; tail -20 "$OUT/micro.log" >&2; exit 1; }
+fi
+
+printf '%s\n' "${SKIPPED[@]}" >"$OUT/skipped.txt"
+python3 scripts/bench_report.py "$OUT" "$QUICK" "${WRK[*]}" "$ROUNDS" "${READY[@]%% *}" | tee "$OUT/report.md"

@@ -1,32 +1,48 @@
-//! Request-cycle benchmark (not a test): one request through a reused request VM (enter the
-//! handler, one `backend_response` exit, reset) for N dirtied pages, in both reset modes, plus
-//! the raw exit round trip inside a request VM and a native copy-on-write baseline, all in
-//! the same run.
+//! Request-cycle and engine microbenchmarks (not a test), all in one run: one request through a
+//! reused request VM (enter the handler, one `backend_response` exit, reset) for N dirtied
+//! pages in both reset modes and for the `hello` example; the raw exit round trip (a bare
+//! `OUT` loop, and K hypercalls inside a request VM); forking a request VM; program load+init;
+//! program load to ready with 8 request VMs; host memory per request VM; and a native
+//! copy-on-write baseline.
 //!
 //! ```text
 //! cargo bench -p edgevm-runtime --bench request
 //! ```
 //!
-//! Guest: `bench_touch` (guest/tests/bench_touch.c, built by `guest/build.sh` into
-//! `$EDGEVM_GUESTS` or `target/guests` when missing). `GET /?n=N` writes one byte to each of N
-//! pages of a static array; `GET /?k=K` makes K `sys_is_debug()` hypercalls.
-//! `EDGEVM_BENCH_CYCLES` (default 2000) sets the cycles per N and mode, `EDGEVM_BENCH_K`
-//! (default 200) the hypercalls per request of the raw-exit measurement. Cycles run in blocks
-//! of 50, round-robin over the N values, so that noise from other work on the machine spreads
-//! evenly. Results are printed as a markdown table: min and median per cycle.
+//! `scripts/bench.sh` runs it as part of the one benchmark command. Guests: `bench_touch`
+//! (guest/tests/bench_touch.c) and `example_hello` (guest/examples/hello.c), built by
+//! `guest/build.sh` into `$EDGEVM_GUESTS` or `target/guests` when missing. `GET /?n=N` writes
+//! one byte to each of N pages of a 16 MiB static array; `GET /?k=K` makes K `sys_is_debug()`
+//! hypercalls. `EDGEVM_BENCH_CYCLES` (default 2000) sets the cycles per N and mode (N = 4096:
+//! a twentieth of it), `EDGEVM_BENCH_K` (default 200) the hypercalls per request of the
+//! in-VM raw-exit measurement, `EDGEVM_BENCH_JSON` a file to write the headline figures to
+//! (read by scripts/bench.sh). Cycles run in blocks round-robin over the N values, so that
+//! noise from other work on the machine spreads evenly. Results are printed as markdown
+//! tables: min and median.
 
 mod common;
 use common::{guests, stats, us};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use edgevm_abi::layout;
+use edgevm_kvm::{Exit, Vcpu};
 use edgevm_runtime::request::GuestRequest;
 use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
 use edgevm_runtime::vm::{BootOutcome, Frozen, MainVm, VmOptions};
 
 const PAGE: usize = 4096;
-const NS: [usize; 4] = [0, 1, 16, 256];
+const NS: [usize; 5] = [0, 1, 16, 256, 4096];
 const BLOCK: usize = 50;
+
+/// Cycles per block for N dirtied pages (4096 pages take 10-25 ms per cycle here).
+fn block(n: usize) -> usize {
+    if n >= 4096 {
+        BLOCK / 20
+    } else {
+        BLOCK
+    }
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,11 +72,15 @@ struct Samples {
 
 impl Samples {
     fn one(&mut self, vm: &mut RequestVm, req: &GuestRequest) {
+        self.one_expect(vm, req, b"ok");
+    }
+
+    fn one_expect(&mut self, vm: &mut RequestVm, req: &GuestRequest, body: &[u8]) {
         let t = Instant::now();
         let (r, st) = vm.handle(req);
         let total = t.elapsed();
         let resp = r.unwrap_or_else(|e| panic!("{}: {}", req.url, e.message));
-        assert_eq!(resp.body, b"ok");
+        assert_eq!(resp.body, body);
         self.cycle.push(us(total));
         self.call.push(us(total.saturating_sub(st.reset_time)));
         self.reset.push(us(st.reset_time));
@@ -86,15 +106,17 @@ fn run_mode(frozen: Arc<Frozen>, keep: bool, cycles: usize, k: u64) -> ModeResul
     let reqs: Vec<GuestRequest> = NS.iter().map(|n| get(&format!("/?n={n}"))).collect();
     // Warm-up: the first requests after the fork pay for shadow page tables and first
     // copies (94-152 µs measured by the proof of concept).
-    for _ in 0..20 {
-        for r in &reqs {
-            Samples::default().one(&mut vm, r);
+    for w in 0..20 {
+        for (i, r) in reqs.iter().enumerate() {
+            if w < 2 || NS[i] < 4096 {
+                Samples::default().one(&mut vm, r);
+            }
         }
     }
     let mut touch: Vec<(usize, Samples)> = NS.iter().map(|&n| (n, Samples::default())).collect();
     for _ in 0..cycles.div_ceil(BLOCK) {
         for (i, r) in reqs.iter().enumerate() {
-            for _ in 0..BLOCK {
+            for _ in 0..block(NS[i]) {
                 touch[i].1.one(&mut vm, r);
             }
         }
@@ -174,53 +196,393 @@ fn mean<T: Copy + Into<f64>>(v: &[T]) -> f64 {
     v.iter().map(|&x| x.into()).sum::<f64>() / v.len().max(1) as f64
 }
 
-fn main() {
-    let cycles = env_num("EDGEVM_BENCH_CYCLES", 2000).max(BLOCK as u64) as usize;
-    let k = env_num("EDGEVM_BENCH_K", 200).max(1);
-    let dir = guests(&["bench_touch"]);
-    let path = dir.join("bench_touch");
+/// A guest binary and the options to boot it (guest output discarded).
+fn options(dir: &std::path::Path, name: &str) -> VmOptions {
+    let path = dir.join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut opts = VmOptions::new("bench_touch", path, bytes);
-    opts.raw_output = true;
-    let (vm, report) = MainVm::boot(opts).expect("boot bench_touch");
+    let mut o = VmOptions::new(name, path, bytes);
+    o.raw_output = true;
+    o.max_boot_time = Duration::from_secs(600);
+    o
+}
+
+/// Boot to wait_for_requests() and freeze.
+fn frozen(opts: VmOptions) -> Frozen {
+    let name = opts.name.clone();
+    let (vm, report) = MainVm::boot(opts).unwrap_or_else(|e| panic!("boot {name}: {e}"));
     assert_eq!(
         report.outcome,
         BootOutcome::Ready,
-        "bench_touch did not wait for requests"
+        "{name} did not wait for requests"
     );
-    let frozen = Arc::new(vm.freeze().expect("freeze"));
+    vm.freeze().expect("freeze")
+}
 
+/// The hello example's request cycle (`GET /`, "Hello World!") in both reset modes, and the
+/// raw exit round trip, interleaved on one thread in blocks of 50 so that both see the same
+/// noise: every sample is one cycle or one exit.
+///
+/// Raw exit: `out %eax,$0; jmp back` written over a loaded program's entry point, then
+/// `Vcpu::run` (one KVM_RUN and one KVM_EXIT_IO each, registers via sync_regs).
+fn hello_and_raw_exit(
+    frozen: Arc<Frozen>,
+    opts: VmOptions,
+    cycles: usize,
+) -> (Vec<f64>, [Samples; 2]) {
+    let mut raw_vm = MainVm::load(opts).expect("load");
+    // e7 00: out %eax,$0   eb fc: jmp -4 (back to the out)
+    raw_vm
+        .machine
+        .mem
+        .write(raw_vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
+        .expect("patch entry");
+    let mut exit = || {
+        let t = Instant::now();
+        match raw_vm.machine.cpu.run().expect("KVM_RUN") {
+            Exit::IoOut { port, .. } if port == layout::API_PORT => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+        us(t.elapsed())
+    };
+    let mut vms: Vec<RequestVm> = [false, true]
+        .into_iter()
+        .map(|keep| {
+            let settings = RequestSettings {
+                keep_working_memory: keep,
+                ..Default::default()
+            };
+            RequestVm::new(frozen.clone(), settings, None).expect("request VM")
+        })
+        .collect();
+    let req = get("/");
+    for _ in 0..100 {
+        exit();
+        for vm in &mut vms {
+            Samples::default().one_expect(vm, &req, b"Hello World!");
+        }
+    }
+    let mut raw = Vec::with_capacity(cycles);
+    let mut hello = [Samples::default(), Samples::default()];
+    for _ in 0..cycles.div_ceil(BLOCK) {
+        for _ in 0..BLOCK {
+            raw.push(exit());
+        }
+        for (vm, s) in vms.iter_mut().zip(hello.iter_mut()) {
+            for _ in 0..BLOCK {
+                s.one_expect(vm, &req, b"Hello World!");
+            }
+        }
+    }
+    (raw, hello)
+}
+
+/// Fork (`RequestVm::new` from a frozen program) and drop times, µs.
+fn fork_times(frozen: &Arc<Frozen>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut fork, mut drop_t) = (Vec::new(), Vec::new());
+    for i in 0..n + 3 {
+        let t = Instant::now();
+        let vm = RequestVm::new(frozen.clone(), RequestSettings::default(), None).expect("fork");
+        let f = us(t.elapsed());
+        let t = Instant::now();
+        drop(vm);
+        if i >= 3 {
+            fork.push(f);
+            drop_t.push(us(t.elapsed()));
+        }
+    }
+    (fork, drop_t)
+}
+
+/// Load + init (boot to wait_for_requests(), then freeze), µs; and the exits of the boot.
+fn load_init(opts: &VmOptions, n: usize) -> (Vec<f64>, u64) {
+    let mut v = Vec::new();
+    let mut exits = 0;
+    for i in 0..n + 1 {
+        let t = Instant::now();
+        let (vm, report) = MainVm::boot(opts.clone()).expect("boot");
+        let f = vm.freeze().expect("freeze");
+        let el = us(t.elapsed());
+        drop(f);
+        exits = report.exits;
+        if i > 0 {
+            v.push(el);
+        }
+    }
+    (v, exits)
+}
+
+/// Program load to ready with `c` request VMs, each forked on its own thread (as the pool
+/// does): (first VM ready, all ready), µs from the start of the load.
+fn load_to_ready(opts: &VmOptions, c: usize) -> (f64, f64) {
+    let t0 = Instant::now();
+    let f = Arc::new(frozen(opts.clone()));
+    let (tx, rx) = std::sync::mpsc::channel::<f64>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+    let threads: Vec<_> = (0..c)
+        .map(|_| {
+            let (f, tx, go) = (f.clone(), tx.clone(), go_rx.clone());
+            std::thread::spawn(move || {
+                let vm = RequestVm::new(f, RequestSettings::default(), None).expect("fork");
+                tx.send(us(t0.elapsed())).unwrap();
+                // Keep the VM until every VM is ready (as a pool does).
+                let _ = go.lock().unwrap().recv();
+                drop(vm);
+            })
+        })
+        .collect();
+    drop(tx);
+    let ready: Vec<f64> = rx.iter().take(c).collect();
+    assert_eq!(ready.len(), c);
+    let (first, all) = (
+        ready.iter().copied().fold(f64::INFINITY, f64::min),
+        ready.iter().copied().fold(0.0, f64::max),
+    );
+    drop(go_tx);
+    for t in threads {
+        t.join().unwrap();
+    }
+    (first, all)
+}
+
+/// Figures of /proc/self/smaps_rollup, KiB.
+#[derive(Clone, Copy, Default, Debug)]
+struct Mem {
+    rss: f64,
+    pss: f64,
+    anon: f64,
+}
+
+fn mem_now() -> Mem {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let mut m = Mem::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let v: f64 = v.parse().unwrap_or(0.0);
+        match k {
+            "Rss:" => m.rss = v,
+            "Pss:" => m.pss = v,
+            "Anonymous:" => m.anon = v,
+            _ => {}
+        }
+    }
+    m
+}
+
+fn per_vm(a: Mem, b: Mem, n: usize) -> Mem {
+    let d = |x: f64, y: f64| (y - x) / n as f64;
+    Mem {
+        rss: d(a.rss, b.rss),
+        pss: d(a.pss, b.pss),
+        anon: d(a.anon, b.anon),
+    }
+}
+
+/// Host memory per request VM (KiB), `n` VMs of `frozen` on this thread: just forked, after a
+/// request that dirtied no page, after one that dirtied 256 pages (each in `keep` mode or not).
+fn memory(frozen: &Arc<Frozen>, n: usize, keep: bool) -> [(&'static str, Mem); 3] {
+    let settings = RequestSettings {
+        keep_working_memory: keep,
+        ..Default::default()
+    };
+    let m0 = mem_now();
+    let mut vms: Vec<RequestVm> = (0..n)
+        .map(|_| RequestVm::new(frozen.clone(), settings.clone(), None).expect("fork"))
+        .collect();
+    let m1 = mem_now();
+    // (hello ignores the query and dirties nothing)
+    let serve = |vms: &mut Vec<RequestVm>, url: &str| {
+        for vm in vms.iter_mut() {
+            let (r, _) = vm.handle(&get(url));
+            r.unwrap_or_else(|e| panic!("{url}: {}", e.message));
+        }
+    };
+    serve(&mut vms, "/?n=0");
+    let m2 = mem_now();
+    serve(&mut vms, "/?n=256");
+    let m3 = mem_now();
+    drop(vms);
+    [
+        ("idle, just forked", per_vm(m0, m1, n)),
+        (
+            "idle, after a request that dirtied 0 pages",
+            per_vm(m0, m2, n),
+        ),
+        ("after a 256-page request", per_vm(m0, m3, n)),
+    ]
+}
+
+/// Headline figures for scripts/bench.sh, as a flat JSON object of numbers.
+struct Json(Vec<(String, f64)>);
+
+impl Json {
+    fn put(&mut self, k: impl Into<String>, v: f64) {
+        self.0.push((k.into(), v));
+    }
+    fn write(&self, path: &str) {
+        let body: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let v = if v.is_finite() { *v } else { -1.0 };
+                format!("  \"{k}\": {v}")
+            })
+            .collect();
+        std::fs::write(path, format!("{{\n{}\n}}\n", body.join(",\n")))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
+fn main() {
+    let cycles = env_num("EDGEVM_BENCH_CYCLES", 2000).max(BLOCK as u64) as usize;
+    let k = env_num("EDGEVM_BENCH_K", 200).max(1);
+    let dir = guests(&["bench_touch", "example_hello"]);
+    let touch_opts = options(&dir, "bench_touch");
+    let hello_opts = options(&dir, "example_hello");
+    let frozen_touch = Arc::new(frozen(touch_opts.clone()));
+    let frozen_hello = Arc::new(frozen(hello_opts.clone()));
+    let mut json = Json(Vec::new());
+
+    // Everything runs on its own thread, one after the other (VMs belong to their thread).
+    fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f).join().expect("bench thread")
+    }
+    let step = |what: &str| eprintln!("request bench: {what}");
     let mut results = Vec::new();
     for keep in [true, false] {
-        let f = frozen.clone();
-        let r = std::thread::spawn(move || run_mode(f, keep, cycles, k))
-            .join()
-            .expect("bench thread");
-        results.push(r);
+        step(if keep {
+            "request cycles, keep"
+        } else {
+            "request cycles, drop"
+        });
+        let f = frozen_touch.clone();
+        results.push(on_thread(move || run_mode(f, keep, cycles, k)));
     }
-    let native: Vec<(usize, (f64, f64))> = NS.iter().map(|&n| (n, native_cow(n, cycles))).collect();
+    step("hello cycles and raw exits");
+    let (raw, hello) = {
+        let (f, o) = (frozen_hello.clone(), hello_opts.clone());
+        on_thread(move || hello_and_raw_exit(f, o, cycles))
+    };
+    step("fork");
+    let (fork, fork_drop) = {
+        let f = frozen_hello.clone();
+        on_thread(move || fork_times(&f, 30))
+    };
+    let (fork_t, fork_t_drop) = {
+        let f = frozen_touch.clone();
+        on_thread(move || fork_times(&f, 30))
+    };
+    step("load + init");
+    let (boot, boot_exits) = {
+        let o = hello_opts.clone();
+        on_thread(move || load_init(&o, 21))
+    };
+    step("load to ready");
+    let ready: Vec<(f64, f64)> = (0..11).map(|_| load_to_ready(&hello_opts, 8)).collect();
+    step("memory");
+    let (mem_hello, mem_drop, mem_keep) = {
+        let (ft, fh) = (frozen_touch.clone(), frozen_hello.clone());
+        on_thread(move || {
+            // Warm-up: the first VMs made on a thread also grow the allocator's heap.
+            memory(&ft, 8, false);
+            memory(&ft, 8, true);
+            (
+                memory(&fh, 8, false),
+                memory(&ft, 8, false),
+                memory(&ft, 8, true),
+            )
+        })
+    };
+    step("native copy-on-write");
+    let native: Vec<(usize, (f64, f64))> = NS
+        .iter()
+        .map(|&n| (n, native_cow(n, cycles * block(n) / BLOCK)))
+        .collect();
+
+    let (raw_min, raw_med) = stats(raw);
+    json.put("raw_exit_us", raw_med);
+    json.put("raw_exit_min_us", raw_min);
 
     println!(
-        "edgevm request-cycle benchmark: {cycles} cycles per row (min / median µs), K = {k}\n"
+        "edgevm request-cycle benchmark: {cycles} cycles per row (N = 4096: {}), min / median µs, K = {k}\n",
+        cycles * block(4096) / BLOCK
     );
-    println!("| reset mode | N pages | cycle min | cycle median | call median | reset median | exits/req | pages reset | full resets |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| measurement | min | median | notes |");
+    println!("|---|---:|---:|---|");
+    println!(
+        "| raw exit round trip (`OUT` → KVM_EXIT_IO → re-enter) | {raw_min:.1} | {raw_med:.1} | one exit per sample, interleaved with the hello cycles |"
+    );
+    for (keep, s) in [false, true].iter().zip(hello.iter()) {
+        let (cmin, cmed) = stats(s.cycle.clone());
+        let (_, reset) = stats(s.reset.clone());
+        let mode = if *keep { "keep" } else { "drop (default)" };
+        let exits = mean(&s.exits.iter().map(|&e| e as f64).collect::<Vec<_>>());
+        println!(
+            "| hello request cycle, {mode} | {cmin:.1} | {cmed:.1} | {exits:.3} exits/req, reset {reset:.1}; {:.2}× the raw exit (medians), {:.2}× (mins) |",
+            cmed / raw_med,
+            cmin / raw_min
+        );
+        let key = if *keep {
+            "hello_cycle_keep"
+        } else {
+            "hello_cycle"
+        };
+        json.put(format!("{key}_us"), cmed);
+        json.put(format!("{key}_min_us"), cmin);
+        json.put(format!("{key}_exits"), exits);
+    }
+    let (fmin, fmed) = stats(fork.clone());
+    let (_, fdrop) = stats(fork_drop);
+    println!(
+        "| fork a request VM (`RequestVm::new`), hello | {fmin:.1} | {fmed:.1} | drop {fdrop:.1} |"
+    );
+    let (ftmin, ftmed) = stats(fork_t.clone());
+    let (_, ftdrop) = stats(fork_t_drop);
+    println!(
+        "| fork a request VM, bench_touch (16 MiB array) | {ftmin:.1} | {ftmed:.1} | drop {ftdrop:.1} |"
+    );
+    json.put("fork_us", fmed);
+    let (bmin, bmed) = stats(boot);
+    println!(
+        "| hello load + init + freeze (`MainVm::boot`) | {bmin:.1} | {bmed:.1} | {boot_exits} exits during init |"
+    );
+    json.put("load_init_us", bmed);
+    let (r1min, r1med) = stats(ready.iter().map(|r| r.0).collect());
+    let (r8min, r8med) = stats(ready.iter().map(|r| r.1).collect());
+    println!("| hello load to first request VM ready | {r1min:.1} | {r1med:.1} | 11 runs |");
+    println!(
+        "| hello load to ready, concurrency 8 (all 8 forked, a thread each) | {r8min:.1} | {r8med:.1} | 11 runs |"
+    );
+    json.put("ready1_us", r1med);
+    json.put("ready8_us", r8med);
+    println!();
+
+    println!("| reset mode | N pages | cycle min | cycle median | call median | reset median | exits/req | pages reset | full resets | ÷ raw exit (medians) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         let mode = if r.keep {
             "keep (memcpy back)"
         } else {
-            "drop (MADV_DONTNEED)"
+            "drop (MADV_DONTNEED, default)"
         };
         for (n, s) in &r.touch {
             let (cmin, cmed) = stats(s.cycle.clone());
             let (_, call) = stats(s.call.clone());
             let (_, reset) = stats(s.reset.clone());
+            let exits = mean(&s.exits.iter().map(|&e| e as f64).collect::<Vec<_>>());
             println!(
-                "| {mode} | {n} | {cmin:.1} | {cmed:.1} | {call:.1} | {reset:.1} | {:.3} | {:.1} | {} |",
-                mean(&s.exits.iter().map(|&e| e as f64).collect::<Vec<_>>()),
+                "| {mode} | {n} | {cmin:.1} | {cmed:.1} | {call:.1} | {reset:.1} | {exits:.3} | {:.1} | {} | {:.2} |",
                 mean(&s.pages.iter().map(|&p| p as f64).collect::<Vec<_>>()),
-                s.full
+                s.full,
+                cmed / raw_med
             );
+            let key = if r.keep { "keep" } else { "drop" };
+            json.put(format!("touch{n}_{key}_us"), cmed);
+            json.put(format!("touch{n}_{key}_min_us"), cmin);
+            json.put(format!("touch{n}_{key}_exits"), exits);
         }
     }
     println!();
@@ -243,5 +605,35 @@ fn main() {
     println!("|---|---:|---:|");
     for (n, (min, med)) in native {
         println!("| {n} | {min:.2} | {med:.2} |");
+        json.put(format!("native_cow{n}_us"), med);
+    }
+    println!();
+    let image_kib = |f: &Frozen| f.image.backing_bytes() as f64 / 1024.0;
+    println!(
+        "Host memory per request VM (8 VMs on one thread, deltas of /proc/self/smaps_rollup ÷ 8, KiB; Rss counts image pages the VM mapped (shared), Pss shares them out, Anonymous = the VM's private copies; KVM's kernel memory is not included; frozen image: hello {:.0} KiB, bench_touch {:.0} KiB):\n",
+        image_kib(&frozen_hello),
+        image_kib(&frozen_touch)
+    );
+    println!("| program, reset mode | state | Rss | Pss | Anonymous (private copies) |");
+    println!("|---|---|---:|---:|---:|");
+    for (what, key, rows) in [
+        ("hello, drop", "hello", &mem_hello),
+        ("bench_touch, drop", "touch_drop", &mem_drop),
+        ("bench_touch, keep", "touch_keep", &mem_keep),
+    ] {
+        for (i, (state, m)) in rows.iter().enumerate() {
+            println!(
+                "| {what} | {state} | {:.0} | {:.0} | {:.0} |",
+                m.rss, m.pss, m.anon
+            );
+            json.put(format!("mem_{key}_{i}_rss_kib"), m.rss);
+            json.put(format!("mem_{key}_{i}_pss_kib"), m.pss);
+            json.put(format!("mem_{key}_{i}_anon_kib"), m.anon);
+        }
+    }
+    json.put("image_hello_kib", image_kib(&frozen_hello));
+    json.put("image_touch_kib", image_kib(&frozen_touch));
+    if let Ok(path) = std::env::var("EDGEVM_BENCH_JSON") {
+        json.write(&path);
     }
 }
