@@ -28,6 +28,6 @@ for t in "${TARGETS[@]}"; do
 	mkdir -p "fuzz/corpus/$t"
 	echo "fuzz.sh: $t for ${SECS}s" >&2
 	nice -n 19 cargo fuzz run -s "$SAN" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/regressions/$t" -- \
-		-max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
+		-max_total_time="$SECS" -timeout=30 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
 done
 echo "fuzz.sh: no crashes (${SECS}s per target: ${TARGETS[*]})" >&2

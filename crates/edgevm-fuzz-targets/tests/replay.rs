@@ -119,3 +119,17 @@ fn time_targets() {
         eprintln!("{name}: {:?} per input", t0.elapsed() / 20);
     }
 }
+
+#[test]
+#[ignore]
+fn time_file() {
+    let f = std::env::var("FUZZ_FILE").unwrap();
+    let t = std::env::var("FUZZ_TARGET").unwrap();
+    let target = TARGETS.iter().find(|(n, _)| *n == t).unwrap().1;
+    let data = std::fs::read(f).unwrap();
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        target(&data);
+        eprintln!("{:?}", t0.elapsed());
+    }
+}

@@ -9,6 +9,7 @@ mod common;
 mod config_delivery;
 mod harness;
 mod inline;
+mod privilege;
 mod robustness;
 mod run_cmd;
 mod run_limits;
