@@ -57,6 +57,9 @@ pub struct KvmVcpu {
     fs_base: u64,
     gs_base: u64,
     dirty_logging: bool,
+    /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on: reading the log does not write-protect the
+    /// pages again; [`KvmVcpu::take_dirty_log_keeping`] re-protects all but the ones kept.
+    manual_protect: bool,
     mem_size: usize,
     exits: u64,
 }
@@ -74,6 +77,21 @@ impl KvmMachine {
             .kvm
             .create_vm()
             .map_err(|e| KvmError::ioctl("CREATE_VM", e))?;
+        // Manual re-protection (see take_dirty_log_keeping), where KVM has it (Linux 5.8+;
+        // kvm_pvm too). Without it every logged page is write-protected again at each read.
+        let manual_protect = log_dirty && {
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                args: [
+                    u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE),
+                    0,
+                    0,
+                    0,
+                ],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).is_ok()
+        };
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: if log_dirty {
@@ -106,6 +124,7 @@ impl KvmMachine {
             fs_base: 0,
             gs_base: 0,
             dirty_logging: log_dirty,
+            manual_protect,
             mem_size: mem.size(),
             exits: 0,
         };
@@ -177,14 +196,76 @@ impl KvmVcpu {
             .map_err(|e| KvmError::ioctl("SET_FPU", e))
     }
 
-    /// Fetch and clear the dirty-page bitmap of slot 0.
+    /// Fetch and clear the dirty-page bitmap of slot 0 (every page is write-protected again).
     pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
+        self.take_dirty_log_keeping(|_| Vec::new())
+    }
+
+    /// Fetch the dirty-page bitmap of slot 0 and start logging afresh, except for the pages
+    /// `keep` picks (given the bitmap): with manual protection those stay writable and keep being reported
+    /// dirty at every read (so their reset must copy them every time), which spares the
+    /// guest a write-protection fault on each of them per request (~2-5 µs each under
+    /// kvm_pvm, ~1 µs on hardware). Without manual protection `keep` has no effect.
+    pub fn take_dirty_log_keeping(
+        &self,
+        keep: impl FnOnce(&[u64]) -> Vec<u64>,
+    ) -> Result<Vec<u64>, KvmError> {
         if !self.dirty_logging {
             return Ok(Vec::new());
         }
-        self.vm
+        let dirty = self
+            .vm
             .get_dirty_log(0, self.mem_size)
-            .map_err(|e| KvmError::ioctl("GET_DIRTY_LOG", e))
+            .map_err(|e| KvmError::ioctl("GET_DIRTY_LOG", e))?;
+        if self.manual_protect {
+            let keep = keep(&dirty);
+            let mut clear: Vec<u64> = dirty
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d & !keep.get(i).copied().unwrap_or(0))
+                .collect();
+            if clear.iter().any(|&w| w != 0) {
+                self.clear_dirty_log(&mut clear)?;
+            }
+        }
+        Ok(dirty)
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG over the whole slot 0 for the bits set in `bits`.
+    fn clear_dirty_log(&self, bits: &mut [u64]) -> Result<(), KvmError> {
+        /// _IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log), 24 bytes.
+        const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xC018_AEC0;
+        let pages = (self.mem_size / crate::PAGE_SIZE) as u32;
+        if bits.len() < (pages as usize).div_ceil(64) {
+            return Err(KvmError::ioctl(
+                "CLEAR_DIRTY_LOG",
+                kvm_ioctls::Error::new(libc::EINVAL),
+            ));
+        }
+        let arg = kvm_bindings::kvm_clear_dirty_log {
+            slot: 0,
+            num_pages: pages,
+            first_page: 0,
+            __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+                dirty_bitmap: bits.as_mut_ptr().cast(),
+            },
+        };
+        // SAFETY: `arg` points at a bitmap of at least `pages` bits that lives across the
+        // call; KVM only reads it. The fd is this VM's.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::unix::io::AsRawFd::as_raw_fd(&self.vm),
+                KVM_CLEAR_DIRTY_LOG,
+                &arg,
+            )
+        };
+        if r != 0 {
+            return Err(KvmError::ioctl(
+                "CLEAR_DIRTY_LOG",
+                kvm_ioctls::Error::last(),
+            ));
+        }
+        Ok(())
     }
 
     /// Pointer to `kvm_run.immediate_exit`, for a signal handler on this vCPU's thread.

@@ -31,6 +31,13 @@ use crate::vm::{EntryState, Event, Frozen, MainVm, RunError};
 /// reset by copying back even when other pages are dropped.
 const HOT_STACK: u64 = 64 << 10;
 
+/// At most this many hot pages (dirtied by two requests in a row: 2 MiB) are left writable and
+/// copied back after every request; beyond it every page is write-protected again.
+const MAX_KEPT_PAGES: usize = 512;
+
+/// A hot page that came back unchanged this many requests in a row is protected again.
+const IDLE_HOT_LIMIT: u8 = 3;
+
 /// Guest output (stdout, stderr, sys_log) one request may print; the rest is dropped with a
 /// note, so a hostile program cannot flood the server's log.
 pub const REQUEST_OUTPUT_BUDGET: usize = 64 << 10;
@@ -138,6 +145,10 @@ pub struct RequestVm {
     pub full_resets: u64,
     /// Exit count (without timer exits) when the current request began.
     exits0: u64,
+    /// The dirty log of the previous request (which pages are hot).
+    prev_dirty: Vec<u64>,
+    /// Hot pages that came back unchanged, and for how many requests in a row.
+    hot_idle: std::collections::HashMap<usize, u8>,
 }
 
 enum Outcome {
@@ -215,6 +226,8 @@ impl RequestVm {
             requests: 0,
             full_resets: 0,
             exits0: 0,
+            prev_dirty: Vec::new(),
+            hot_idle: Default::default(),
         })
     }
 
@@ -322,7 +335,48 @@ impl RequestVm {
     /// Returns (pages reset, whether the reset was full).
     fn after_request(&mut self) -> Result<(usize, bool), RequestFailure> {
         self.inv.vm.linux.set_request_limit(None);
-        let dirty = match self.inv.vm.machine.cpu.take_dirty_log() {
+        // Pages dirtied by this request and the previous one are "hot": they stay writable
+        // (no write-protection fault next time) and are copied back after every request. A
+        // hot page is reported dirty whether or not it was written, so one that came back
+        // unchanged for IDLE_HOT_LIMIT requests in a row is write-protected again.
+        let mut prev = std::mem::take(&mut self.prev_dirty);
+        let mut kept = Vec::new();
+        let (cpu, mem) = (&self.inv.vm.machine.cpu, &self.inv.vm.machine.mem);
+        let (image, idle) = (&self.frozen.image, &mut self.hot_idle);
+        let log = cpu.take_dirty_log_keeping(|d| {
+            prev.resize(d.len(), 0);
+            let mut k: Vec<u64> = d.iter().zip(prev.iter()).map(|(a, b)| a & b).collect();
+            let mut n = 0usize;
+            for (w, word) in k.iter_mut().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let page = w * 64 + b;
+                    let count = idle.entry(page).or_insert(0);
+                    if mem.page_same_as(image, page) {
+                        *count += 1;
+                    } else {
+                        *count = 0;
+                    }
+                    if *count >= IDLE_HOT_LIMIT {
+                        *word &= !(1 << b);
+                        idle.remove(&page);
+                    } else {
+                        n += 1;
+                    }
+                }
+            }
+            idle.retain(|p, _| k.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0));
+            if n <= MAX_KEPT_PAGES {
+                kept = k.clone();
+                k
+            } else {
+                idle.clear();
+                Vec::new()
+            }
+        });
+        let dirty = match log {
             Ok(d) => d,
             Err(e) => {
                 return Err(RequestFailure {
@@ -331,6 +385,7 @@ impl RequestVm {
                 })
             }
         };
+        self.prev_dirty = dirty.clone();
         let dirtied: u64 =
             dirty.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * PAGE_SIZE as u64;
         if dirtied > self.inv.settings.max_request_memory {
@@ -365,7 +420,7 @@ impl RequestVm {
                 .vm
                 .machine
                 .mem
-                .discard_pages(&self.frozen.image, &dirty, hot)
+                .discard_pages(&self.frozen.image, &dirty, hot, &kept)
             {
                 Ok((copied, dropped)) => copied + dropped,
                 Err(e) => {
@@ -397,6 +452,8 @@ impl RequestVm {
     pub fn full_reset(&mut self) {
         self.full_resets += 1;
         let _ = self.inv.vm.machine.cpu.take_dirty_log();
+        self.prev_dirty.clear();
+        self.hot_idle.clear();
         if let Err(e) = self.inv.vm.machine.mem.discard_private() {
             self.inv.vm.printer.log(&format!("full reset failed: {e}"));
         }
