@@ -184,7 +184,7 @@ done
 if [ "$PERF" = 1 ]; then
 	if command -v perf >/dev/null 2>&1; then
 		log "perf: recording edgevm (PID $EDGE_PID) during a hello run"
-		timeout 60 perf record -F 999 -g -p "$EDGE_PID" -o "$OUT/perf.data" -- sleep "$DURATION" \
+		timeout 60 perf record -e cpu-clock -F 999 -g -p "$EDGE_PID" -o "$OUT/perf.data" -- sleep "$DURATION" \
 			>"$OUT/perf-record.log" 2>&1 &
 		PERF_PID=$!
 		timeout $((DURATION + 30)) "${WRK[@]}" "http://$EDGE/hello/" >"$OUT/hello.perf.wrk" 2>&1 || true

@@ -159,7 +159,8 @@ t256 = micro["touch256_drop_us"] / 1e3
 t256k = micro["touch256_keep_us"] / 1e3
 target(
     "256 pages: ≥ 20× faster per cycle than the reference (19.5 ms)",
-    f"{t256:.3f} ms (default reset) = {REF_TOUCH256_MS / t256:.1f}×; keep_working_memory {t256k:.3f} ms = {REF_TOUCH256_MS / t256k:.1f}×",
+    f"{t256:.3f} ms (default reset) = {REF_TOUCH256_MS / t256:.1f}× (min {micro['touch256_drop_min_us'] / 1e3:.3f} ms); "
+    f"keep_working_memory {t256k:.3f} ms = {REF_TOUCH256_MS / t256k:.1f}× (min {micro['touch256_keep_min_us'] / 1e3:.3f} ms)",
     "≤ 0.975 ms (≥ 20×)",
     REF_TOUCH256_MS / t256 >= 20,
 )
@@ -170,7 +171,7 @@ r8 = micro["ready8_us"] / 1e3
 srv = f"; server's ready_ms: {', '.join(f'{x:.1f}' for x in ready8_server)} ms" if ready8_server else ""
 target(
     "program load to ready, concurrency 8 < 5.3 ms + 8 × 0.36 ms",
-    f"{r8:.2f} ms (first VM {micro['ready1_us'] / 1e3:.2f} ms){srv}",
+    f"{r8:.2f} ms, min {micro['ready8_min_us'] / 1e3:.2f} (first VM {micro['ready1_us'] / 1e3:.2f} ms){srv}",
     f"< {bound:.2f} ms",
     r8 < bound,
 )

@@ -558,6 +558,9 @@ fn main() {
     );
     json.put("ready1_us", r1med);
     json.put("ready8_us", r8med);
+    json.put("ready8_min_us", r8min);
+    json.put("load_init_min_us", bmin);
+    json.put("fork_min_us", fmin);
     println!();
 
     println!("| reset mode | N pages | cycle min | cycle median | call median | reset median | exits/req | pages reset | full resets | ÷ raw exit (medians) |");
