@@ -20,6 +20,8 @@
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
+#     hostile          hostile modes (loops, bombs, privileged instructions, bad calls)
+#     secrets          plants a secret everywhere / scans all it can read for it
 #     api_fuzz         random hypercalls and system calls with nasty arguments
 #     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
@@ -118,6 +120,8 @@ done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
 build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
+build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.c" -o "$OUT/hostile.tmp" -lpthread
+build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"

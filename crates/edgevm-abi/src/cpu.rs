@@ -73,11 +73,16 @@ fn gdt_entries() -> [u64; 7] {
 /// SYSCALL entry: `out %al,$0xE0; sysretq` (see module docs).
 pub const SYSCALL_STUB: [u8; 5] = [0xE6, layout::SYSCALL_PORT as u8, 0x48, 0x0F, 0x07];
 
-/// Request entry: restore the frozen FPU/SSE/AVX state, call the handler in R11, and land in
-/// the return trampoline if it returns.
+/// Request entry: restore the frozen FS/GS bases (when the guest can change them itself) and
+/// FPU/SSE/AVX state, call the handler in R11, and land in the return trampoline if it
+/// returns.
 ///
 /// ```text
-///     test %r10,%r10            ; R10 = 1: an XSAVE image is there (all enabled components)
+///     test $2,%r10b             ; R10 bit 1: FS/GS bases are in R12/R13 (kvm_pvm, where a
+///     jz   3f                   ;   program can move them with wrfsbase/wrgsbase unseen)
+///     wrfsbase %r12
+///     wrgsbase %r13
+/// 3:  test $1,%r10b             ; R10 bit 0: an XSAVE image is there (all enabled components)
 ///     jz   1f
 ///     push %rdx; push %rcx      ; xgetbv/xrstor need EDX:EAX, ECX: keep the handler's args
 ///     xor  %ecx,%ecx; xgetbv    ; EDX:EAX = XCR0: restore every enabled component
@@ -101,7 +106,13 @@ pub fn request_entry_stub() -> Vec<u8> {
     xs.extend_from_slice(&[0x59, 0x5A]);
     let mut fx = vec![0x48, 0x0F, 0xAE, 0x0C, 0x25];
     fx.extend_from_slice(&area);
-    let mut c = vec![0x4D, 0x85, 0xD2, 0x74, (xs.len() + 2) as u8];
+    let mut c = vec![
+        0x41, 0xF6, 0xC2, 0x02, 0x74, 0x0A, // test $2,%r10b; jz 3f
+        0xF3, 0x49, 0x0F, 0xAE, 0xD4, // wrfsbase %r12
+        0xF3, 0x49, 0x0F, 0xAE, 0xDD, // wrgsbase %r13
+        0x41, 0xF6, 0xC2, 0x01, 0x74, // 3: test $1,%r10b; jz 1f
+    ];
+    c.push((xs.len() + 2) as u8);
     c.extend_from_slice(&xs);
     c.extend_from_slice(&[0xEB, fx.len() as u8]);
     c.extend_from_slice(&fx);

@@ -84,6 +84,21 @@ pub enum IoError {
     Limit(String),
 }
 
+/// A header field as quoted in error messages (and so in the server log): at most the first
+/// 80 bytes, so a program cannot write a 64 KiB log line per request with one bad field.
+pub fn shown_field(f: &[u8]) -> String {
+    const SHOWN: usize = 80;
+    if f.len() <= SHOWN {
+        String::from_utf8_lossy(f).into_owned()
+    } else {
+        format!(
+            "{}... ({} bytes)",
+            String::from_utf8_lossy(&f[..SHOWN]),
+            f.len()
+        )
+    }
+}
+
 /// Check a "Key: value" field as the reference does. Returns the colon index.
 pub fn validate_field(f: &[u8]) -> Result<usize, &'static str> {
     if f.len() < 4 || f.len() > 65535 {
@@ -335,7 +350,7 @@ pub fn append(
 ) -> Result<(), IoError> {
     let colon = validate_field(f).map_err(|why| IoError::BadHeader {
         call,
-        field: String::from_utf8_lossy(f).into_owned(),
+        field: shown_field(f),
         why,
     })?;
     let (table, max, count_off, used_off, blob, blob_size) = tables(where_);
@@ -391,7 +406,7 @@ pub fn set(mem: &mut GuestMemory, where_: u64, f: &[u8]) -> Result<(), IoError> 
         Some(colon) => {
             validate_field(f).map_err(|why| IoError::BadHeader {
                 call: "http_set",
-                field: String::from_utf8_lossy(f).into_owned(),
+                field: shown_field(f),
                 why,
             })?;
             unset(mem, where_, &f[..colon])?;
@@ -416,7 +431,7 @@ pub fn response_headers(mem: &GuestMemory) -> Result<Vec<(String, String)>, IoEr
     for f in fields(mem, WHERE_RESP) {
         let colon = validate_field(&f.bytes).map_err(|why| IoError::BadHeader {
             call: "backend_response",
-            field: String::from_utf8_lossy(&f.bytes).into_owned(),
+            field: shown_field(&f.bytes),
             why,
         })?;
         let k = String::from_utf8_lossy(&f.bytes[..colon]).into_owned();

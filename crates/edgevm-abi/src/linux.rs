@@ -41,6 +41,9 @@ const ETIMEDOUT: i64 = 110;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
+/// RFLAGS bits SYSRETQ takes from R11 (the rest are cleared; bit 1 is always set).
+const SYSRET_RFLAGS_MASK: u64 = 0x3C_7FD7;
+
 fn page_up(v: u64) -> u64 {
     v.saturating_add(PAGE - 1) & !(PAGE - 1)
 }
@@ -332,9 +335,10 @@ impl LinuxState {
         let regs = cpu.regs_mut();
         regs.rax = ret as u64;
         if !cpl0 {
-            // kvm_pvm: SYSCALL stayed at CPL3, so do what SYSRETQ would.
+            // kvm_pvm: SYSCALL stayed at CPL3, so do what SYSRETQ would, including its RFLAGS
+            // mask (a program can reach the system call port with any R11 it likes).
             regs.rip = r.rcx;
-            regs.rflags = r.r11;
+            regs.rflags = (r.r11 & SYSRET_RFLAGS_MASK) | 2;
         }
         Ok(SyscallOutcome::Continue)
     }
@@ -1019,6 +1023,11 @@ impl LinuxState {
         cpu: &mut dyn Vcpu,
         mem: &mut GuestMemory,
     ) -> Result<i64, KvmError> {
+        // As Linux: a base at or above the top of the user address space is refused.
+        const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
+        if matches!(code, 0x1001 | 0x1002) && addr >= TASK_SIZE_MAX {
+            return Ok(-EPERM);
+        }
         Ok(match code {
             0x1001 => {
                 cpu.set_gs_base(addr)?;
@@ -1513,6 +1522,35 @@ mod tests {
             "RIP untouched: SYSRETQ runs in the guest"
         );
         assert_eq!(e.cpu.regs.rflags, 0x46);
+    }
+
+    #[test]
+    fn pvm_return_path_masks_rflags_as_sysretq() {
+        // A program can reach the system call port with any R11 (an `out` of its own instead
+        // of SYSCALL): RFLAGS gets only what SYSRETQ would let through.
+        let mut e = env(32 << 20);
+        e.cpu.regs = kvm_regs {
+            rax: 39,
+            rcx: 0x401000,
+            r11: u64::MAX,
+            ..Default::default()
+        };
+        let out = e.st.handle(&mut e.cpu, &mut e.mem, &mut e.out).unwrap();
+        assert_eq!(out, SyscallOutcome::Continue);
+        assert_eq!(e.cpu.regs.rip, 0x401000);
+        assert_eq!(e.cpu.regs.rflags, 0x3C_7FD7, "no RF, VM or reserved bits");
+    }
+
+    #[test]
+    fn arch_prctl_refuses_kernel_and_non_canonical_bases() {
+        let mut e = env(32 << 20);
+        for base in [1u64 << 47, 0x8000_0000_0000_0000, 0xffff_ffff_8100_0000] {
+            assert_eq!(e.call(158, [0x1002, base, 0, 0, 0, 0]), Ok(-EPERM));
+            assert_eq!(e.call(158, [0x1001, base, 0, 0, 0, 0]), Ok(-EPERM));
+        }
+        assert_eq!((e.cpu.fs, e.cpu.gs), (0, 0));
+        assert_eq!(e.call(158, [0x1002, 0x7fff_0000_0000, 0, 0, 0, 0]), Ok(0));
+        assert_eq!(e.cpu.fs, 0x7fff_0000_0000);
     }
 
     #[test]

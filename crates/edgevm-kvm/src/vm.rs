@@ -49,6 +49,33 @@ pub struct KvmMachine {
     pub mem: GuestMemory,
 }
 
+/// Whether guest code at CPL3 can write its own FS/GS bases with `wrfsbase`/`wrgsbase`
+/// without the host seeing it. On hardware KVM it cannot (edgevm leaves CR4.FSGSBASE clear,
+/// the instructions fault). kvm_pvm runs guest user code under the host's CR4, so there it
+/// can whenever the host kernel enabled FSGSBASE for its own processes (AT_HWCAP2).
+pub fn guest_user_fsgsbase() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        const HWCAP2_FSGSBASE: libc::c_ulong = 1 << 1;
+        // SAFETY: getauxval only reads the process's auxiliary vector.
+        let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+        std::path::Path::new("/sys/module/kvm_pvm").exists() && hwcap2 & HWCAP2_FSGSBASE != 0
+    })
+}
+
+/// Whether guest code at CPL3 can use XSAVE state (AVX and later) although KVM does not
+/// report XSAVE: kvm_pvm runs guest user code under the host's CR4 and XCR0, so programs use
+/// AVX whenever the host has it enabled (CPUID.1:ECX.OSXSAVE of this process). The request
+/// entry stub must then restore every XCR0 component itself with XRSTOR, or the AVX upper
+/// halves (and AVX-512 state) of one request would still be there in the next.
+pub fn guest_user_xsave() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        let ecx = std::arch::x86_64::__cpuid(1).ecx;
+        std::path::Path::new("/sys/module/kvm_pvm").exists() && ecx & (1 << 27) != 0
+    })
+}
+
 /// The KVM VM and vCPU file descriptors with the synced register view.
 pub struct KvmVcpu {
     vcpu: VcpuFd,
@@ -276,6 +303,20 @@ impl KvmVcpu {
     /// Clear `immediate_exit` after an interrupted run.
     pub fn clear_immediate_exit(&mut self) {
         self.vcpu.set_kvm_immediate_exit(0);
+    }
+
+    /// Let KVM finish an instruction it left half done at the last exit, without running any
+    /// guest code: KVM_RUN with `immediate_exit` set completes a pending `in` (or string I/O
+    /// iteration) and returns EINTR. Without this, the next KVM_RUN completes it *after* the
+    /// host set new registers, and KVM's emulator writes the old instruction's RIP and
+    /// registers back over them: the next request would resume the failed one's code.
+    /// Returns false when KVM came back with another exit instead (a `rep ins`/`rep outs`
+    /// with iterations left): the vCPU still holds that instruction and must be replaced.
+    pub fn settle(&mut self) -> bool {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let r = self.run();
+        self.vcpu.set_kvm_immediate_exit(0);
+        matches!(r, Ok(Exit::Interrupted))
     }
 
     /// Exits to userspace so far (every return from KVM_RUN).

@@ -448,9 +448,25 @@ impl RequestVm {
         Ok((pages, false))
     }
 
-    /// Drop every private page and restore the frozen process state.
+    /// Drop every private page and restore the frozen process state. A VM whose vCPU still
+    /// holds a failed request's half-done instruction is replaced by a fresh one.
     pub fn full_reset(&mut self) {
         self.full_resets += 1;
+        if self.inv.vm.stale {
+            match MainVm::from_frozen(&self.frozen) {
+                Ok(mut vm) => {
+                    vm.printer
+                        .log("the failed request left an unfinished I/O instruction; VM replaced");
+                    self.inv.entry = vm.entry_state(self.frozen.use_xsave);
+                    self.inv.vm = vm;
+                }
+                Err(e) => self
+                    .inv
+                    .vm
+                    .printer
+                    .log(&format!("cannot replace the VM after a failure: {e}")),
+            }
+        }
         let _ = self.inv.vm.machine.cpu.take_dirty_log();
         self.prev_dirty.clear();
         self.hot_idle.clear();
@@ -1024,12 +1040,8 @@ impl Invoker {
             let field = mem
                 .read_vec(p, l as usize)
                 .map_err(|e| bad(e.to_string()))?;
-            let colon = io::validate_field(&field).map_err(|why| {
-                bad(format!(
-                    "header {:?}: {why}",
-                    String::from_utf8_lossy(&field)
-                ))
-            })?;
+            let colon = io::validate_field(&field)
+                .map_err(|why| bad(format!("header {:?}: {why}", io::shown_field(&field))))?;
             out.push((
                 String::from_utf8_lossy(&field[..colon]).into_owned(),
                 String::from_utf8_lossy(&field[colon + 2..]).into_owned(),

@@ -231,6 +231,9 @@ pub struct MainVm {
     pub storage_allowed: Vec<u64>,
     /// Initialization is over (wait_for_requests() was called): the handler table is fixed.
     pub initialized: bool,
+    /// The vCPU still holds a half-done instruction of a failed call that KVM would resume
+    /// (see [`MainVm::restore_user_mode`]): the VM must be replaced before the next call.
+    pub stale: bool,
     deadline: Option<(Instant, Duration, &'static str)>,
     /// End of the current time slice (see [`MainVm::set_slice`]).
     slice_end: Option<Instant>,
@@ -312,6 +315,20 @@ pub(crate) fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
     b
 }
 
+/// MXCSR of a fresh x86 CPU: every SIMD floating-point exception masked, round to nearest.
+const MXCSR_DEFAULT: u32 = 0x1F80;
+
+/// The MXCSR field (bytes 24..28) of an FXSAVE/XSAVE image. kvm_pvm reports 0 for a vCPU whose
+/// SSE state it never saved (KVM_GET_XSAVE and KVM_GET_FPU alike), although the guest ran with
+/// the default; restoring 0 would unmask every SIMD exception, so the next `1.0/3.0` in a
+/// request would crash it with #XM. No program runs with all exceptions unmasked: take 0 to
+/// mean "not reported" and restore the architectural default.
+fn sane_mxcsr(img: &mut [u8]) {
+    if img.len() >= 28 && img[24..28] == [0, 0, 0, 0] {
+        img[24..28].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
+    }
+}
+
 /// What every handler call starts from, captured once at the frozen point
 /// (`wait_for_requests()`): the stack, TLS and GS bases, user-mode segments and whether the
 /// FPU image is a full XSAVE image. Request handlers, `on_error`, warmup and storage calls all
@@ -324,6 +341,9 @@ pub struct EntryState {
     gs_base: u64,
     user_sregs: Option<kvm_bindings::kvm_sregs>,
     xsave: bool,
+    /// The program can move its FS/GS bases without the host seeing it (kvm_pvm): the entry
+    /// stub writes them back itself on every call.
+    user_bases: bool,
 }
 
 /// Environment every program gets, then the configured `environment`.
@@ -404,6 +424,7 @@ impl MainVm {
             ephemeral_override: None,
             storage_allowed: Vec::new(),
             initialized: false,
+            stale: false,
             deadline: None,
             slice_end: None,
             pending_syscall: false,
@@ -422,18 +443,31 @@ impl MainVm {
                 // standard format, but check rather than crash every request.
                 let xcomp = u64::from_le_bytes(img[520..528].try_into().unwrap_or_default());
                 if xcomp & (1 << 63) == 0 {
+                    let mut img = img;
+                    sane_mxcsr(&mut img);
                     self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
                     return Ok(true);
                 }
             }
         }
         let fpu = self.machine.cpu.fpu()?;
-        let mut img = fxsave_image(&fpu);
+        let mut img = fxsave_image(&fpu).to_vec();
         // kvm_pvm's KVM_GET_FPU reports MXCSR as 0 (every SIMD exception unmasked: the first
         // inexact floating-point operation of a handler would fault with #XM); the legacy
         // area of KVM_GET_XSAVE has the real value.
         if let Some(x) = self.machine.cpu.xsave().filter(|x| x.len() >= 28) {
             img[24..28].copy_from_slice(&x[24..28]);
+        }
+        sane_mxcsr(&mut img);
+        if edgevm_kvm::guest_user_xsave() {
+            // KVM has no XSAVE for us, but the program runs on the host's XCR0 (kvm_pvm) and
+            // can use AVX: an XSAVE image with XSTATE_BV = x87|SSE makes the stub's XRSTOR load
+            // those from the legacy area and put every other component (AVX upper halves,
+            // AVX-512, ...) in its initial state.
+            img.resize(576, 0);
+            img[512..520].copy_from_slice(&3u64.to_le_bytes());
+            self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
+            return Ok(true);
         }
         self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
         Ok(false)
@@ -508,6 +542,7 @@ impl MainVm {
             ephemeral_override: f.ephemeral_override,
             storage_allowed: Vec::new(),
             initialized: true,
+            stale: false,
             deadline: None,
             slice_end: None,
             pending_syscall: false,
@@ -524,6 +559,7 @@ impl MainVm {
             gs_base: self.machine.cpu.gs_base(),
             user_sregs: self.machine.cpu.sregs().ok(),
             xsave,
+            user_bases: edgevm_kvm::guest_user_fsgsbase(),
         }
     }
 
@@ -550,6 +586,13 @@ impl MainVm {
         r.rflags = 0x202;
         r.r11 = handler;
         r.r10 = u64::from(e.xsave);
+        if e.user_bases {
+            // wrfsbase/wrgsbase in the entry stub: no exit, and covers bases the program
+            // changed without a system call.
+            r.r10 |= 2;
+            r.r12 = e.fs_base;
+            r.r13 = e.gs_base;
+        }
         let slots = [
             &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
         ];
@@ -562,6 +605,11 @@ impl MainVm {
     /// After a failed call: a CPU exception leaves the vCPU in the CPL0 exception stub, so put
     /// the user-mode segments back before the next call.
     pub fn restore_user_mode(&mut self, e: &EntryState) {
+        // An instruction KVM left half done (an `in`, string I/O) must complete now, before
+        // new registers are set, or it would resume the failed call's code in the next one.
+        if !self.machine.cpu.settle() {
+            self.stale = true;
+        }
         if let Some(s) = &e.user_sregs {
             if let Err(err) = self.machine.cpu.set_sregs(s) {
                 self.printer

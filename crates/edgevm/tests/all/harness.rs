@@ -116,9 +116,9 @@ impl Server {
         unreachable!()
     }
 
-    /// Everything the server wrote so far.
+    /// Everything the server wrote so far (guest output need not be UTF-8: lossy).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// Wait until the log contains `needle` (at most `limit`); the log.

@@ -8,6 +8,7 @@ mod clients;
 mod common;
 mod config_delivery;
 mod harness;
+mod hostile;
 mod inline;
 mod privilege;
 mod robustness;
