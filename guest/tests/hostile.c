@@ -15,9 +15,9 @@
    touch_all      writes every page above the heap, allocated or not, up to the stack
    stack_overflow unbounded recursion
    stack_clash    alloca(8 MiB) past the stack guard, writes there, answers 200
-   fork_bomb / vfork_bomb / clone_bomb / thread_bomb
-                  1000 fork()s / vforks / clone()s / pthread_create()s: 200 "... 0 of
-                  1000 ..." when none succeeded
+   fork_bomb / vfork_bomb / clone_bomb / thread_bomb [?n=N]
+                  N (1000) fork()s / vforks / clone()s / pthread_create()s: 200 "... 0 of
+                  N ..." when none succeeded
    fork_forever   for (;;) fork();  (never answers)
    jump_garbage / jump_zero / jump_unmapped / jump_noncanonical / jump_kernel /
    jump_supervisor / jump_syscall_stub / jump_trampoline / jump_entry_stub
@@ -271,8 +271,9 @@ static void *thread_fn(void *arg)
 
 static void mode_bomb(const char *kind)
 {
+	const int n = (int)param_u("n", 10, 1000);
 	int ok = 0, last_err = 0;
-	for (int i = 0; i < 1000; i++) {
+	for (int i = 0; i < n; i++) {
 		long r;
 		if (strcmp(kind, "fork") == 0) {
 			r = fork();
@@ -300,7 +301,7 @@ static void mode_bomb(const char *kind)
 		else
 			last_err = errno;
 	}
-	respondf(200, "%s_bomb: %d of 1000 succeeded, errno %d", kind, ok, last_err);
+	respondf(200, "%s_bomb: %d of %d succeeded, errno %d", kind, ok, n, last_err);
 }
 
 static void mode_fork_forever(void)

@@ -241,7 +241,11 @@ pub fn syscalls(data: &[u8]) {
             SyscallOutcome::Continue => {
                 if cpu.dpl == 3 {
                     assert_eq!(cpu.regs.rip, before.rcx, "kvm_pvm return: RIP = RCX");
-                    assert_eq!(cpu.regs.rflags, before.r11, "kvm_pvm return: RFLAGS = R11");
+                    assert_eq!(
+                        cpu.regs.rflags,
+                        (before.r11 & 0x3C_7FD7) | 2,
+                        "kvm_pvm return: RFLAGS = R11 as SYSRETQ masks it"
+                    );
                 } else {
                     assert_eq!(cpu.regs.rip, before.rip, "hardware KVM: SYSRETQ returns");
                     assert_eq!(cpu.regs.rflags, before.rflags);
