@@ -57,15 +57,20 @@ impl Vcpu for FakeCpu {
     }
 }
 
-/// Guest output sink that keeps only a count (a real printer has a budget too).
+/// Most bytes one write/writev may hand to the output (and so allocate on the host).
+const MAX_WRITE: usize = 64 << 20;
+
+/// Guest output sink that keeps only counts (a real printer has a budget too).
 #[derive(Default)]
 struct Sink {
     bytes: usize,
+    largest: usize,
 }
 
 impl Output for Sink {
     fn write(&mut self, _fd: i32, data: &[u8]) {
         self.bytes += data.len();
+        self.largest = self.largest.max(data.len());
     }
     fn log(&mut self, line: &str) {
         self.bytes += line.len();
@@ -231,6 +236,11 @@ pub fn syscalls(data: &[u8]) {
         let outcome = st
             .handle(&mut cpu, &mut mem, &mut out)
             .expect("the fake vCPU never fails");
+        assert!(
+            out.largest <= MAX_WRITE,
+            "call {nr} {a:x?} wrote {} bytes at once (host memory a guest can make edgevm allocate)",
+            out.largest
+        );
         assert!(
             st.memory_used() <= st.memory_limit(),
             "call {nr} {a:x?}: {} bytes used, limit {}",
