@@ -15,5 +15,6 @@ mod robustness;
 mod run_cmd;
 mod run_limits;
 mod serve;
+mod soak;
 mod storage;
 mod storage_tasks;
