@@ -9,13 +9,16 @@
      fromstorage?n=N  a storage function that queues add(N) itself: "r=<its storage_task ret>"
      evil             storage_task(evil): evil is not in STORAGE_ALLOW; "id=<ret>"
      crash            storage_task(crasher): the task writes to NULL; "id=<ret>"
-     huge             storage_task with 3 MB of data: "id=<ret>" */
+     huge             storage_task with 3 MB of data: "id=<ret>"
+     initinfo         what main() got from its own storage_call and storage_task:
+                      "call=<ret> value=<data> task=<ret>" */
 #include "kvm_api.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static long total, ticks, evil_runs;
+static long init_call = -9, init_value = -9, init_task = -9;
 
 static void respond(const char *text)
 {
@@ -79,6 +82,13 @@ static void from_storage(size_t n, struct virtbuffer buf[n], size_t res)
 	storage_return(&r, sizeof(r));
 }
 
+static void init_mark(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)res;
+	long v = n == 1 ? *(long *)buf[0].data + 1 : -1;
+	storage_return(&v, sizeof(v));
+}
+
 static void on_get(const char *url, const char *arg)
 {
 	(void)arg;
@@ -109,6 +119,9 @@ static void on_get(const char *url, const char *arg)
 		snprintf(out, sizeof(out), "id=%ld", storage_task(evil, NULL, 0));
 	} else if (strncmp(a, "crash", 5) == 0) {
 		snprintf(out, sizeof(out), "id=%ld", storage_task(crasher, NULL, 0));
+	} else if (strncmp(a, "initinfo", 8) == 0) {
+		snprintf(out, sizeof(out), "call=%ld value=%ld task=%ld", init_call, init_value,
+			init_task);
 	} else if (strncmp(a, "huge", 4) == 0) {
 		size_t sz = 3 << 20;
 		char *p = calloc(1, sz);
@@ -126,6 +139,14 @@ int main(void)
 	STORAGE_ALLOW(crasher);
 	STORAGE_ALLOW(get);
 	STORAGE_ALLOW(from_storage);
+	STORAGE_ALLOW(init_mark);
+	if (!IS_STORAGE()) {
+		/* The main VM may use storage during initialization already. */
+		long v = 41;
+		init_call = storage_call(init_mark, &v, sizeof(v), &init_value, sizeof(init_value));
+		long n = 1000;
+		init_task = storage_task(add, &n, sizeof(n));
+	}
 	set_backend_get(on_get);
 	wait_for_requests();
 }

@@ -426,7 +426,7 @@ impl Program {
             .binary_size
             .store(settings.vm.binary.len() as u64, Ordering::Relaxed);
         let opts = settings.vm.clone();
-        let (vm, _report) = match MainVm::boot(opts) {
+        let (vm, _report) = match MainVm::boot_with_storage(opts, storage.clone()) {
             Ok(x) => x,
             Err(e) => return self.set_failed(e.to_string()),
         };

@@ -499,58 +499,19 @@ impl Invoker {
 
     /// `storage_callv(func, n, bufs, dst, dstlen)` from a request.
     fn storage_callv(&mut self) -> Result<StorageStep, RequestFailure> {
-        let r = *self.vm.machine.cpu.regs();
         let Some(storage) = self.storage.clone() else {
             self.vm
                 .printer
                 .log("storage_call() needs \"storage\": true in the program's configuration");
             return Ok(StorageStep::Done(u64::MAX));
         };
-        let bad = |what: String| RequestFailure {
+        let args = crate::storage::read_callv(&mut self.vm).map_err(|what| RequestFailure {
             message: format!("bad arguments passed to storage_callv: {what}"),
             kind: FailureKind::Api,
-        };
-        let (func, n, bufs, dst, dstlen) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
-        // As in the reference: more than 64 buffers, or a result buffer that wraps around
-        // the address space, is an error answered with -1.
-        if n > crate::storage::MAX_BUFFERS || dst.checked_add(dstlen).is_none() {
-            self.vm.printer.log(&format!(
-                "storage_callv refused: {n} buffers (at most {}), result buffer {dst:#x}+{dstlen:#x}",
-                crate::storage::MAX_BUFFERS
-            ));
+        })?;
+        let Some((func, inputs, dst, dstlen)) = args else {
             return Ok(StorageStep::Done(u64::MAX));
-        }
-        let mut inputs = Vec::with_capacity(n as usize);
-        let mut total = 0usize;
-        for i in 0..n {
-            let d = self
-                .vm
-                .machine
-                .mem
-                .read_vec(bufs.wrapping_add(16 * i), 16)
-                .map_err(|e| bad(e.to_string()))?;
-            let p = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
-            let l = u64::from_le_bytes(d[8..].try_into().unwrap_or_default()) as usize;
-            total = total.saturating_add(l);
-            if total > crate::storage::MAX_INPUT {
-                return Err(bad(format!(
-                    "more than {} bytes of input",
-                    crate::storage::MAX_INPUT
-                )));
-            }
-            inputs.push(
-                self.vm
-                    .machine
-                    .mem
-                    .read_vec(p, l)
-                    .map_err(|e| bad(e.to_string()))?,
-            );
-        }
-        if dst != 0 && !self.vm.machine.mem.contains(dst, dstlen as usize) {
-            return Err(bad(format!(
-                "result buffer {dst:#x}+{dstlen:#x} is outside guest memory"
-            )));
-        }
+        };
         let call = storage
             .send(func, inputs, dstlen)
             .map_err(|e| RequestFailure {
@@ -566,31 +527,16 @@ impl Invoker {
         (dst, dstlen): (u64, u64),
         res: Result<Option<Returned>, String>,
     ) -> Result<u64, RequestFailure> {
-        // Return values as in the reference: with a NULL dst, the length the storage function
-        // passed to storage_return(); otherwise that length capped to dstlen, with that many
-        // bytes copied (none when it passed NULL data). -1 when it returned without calling
-        // storage_return(). A refused or failed call (allow-list, crash, max_storage_time)
-        // fails the request.
-        match res {
-            Ok(None) => Ok(u64::MAX),
-            Ok(Some(ret)) if dst == 0 => Ok(ret.len),
-            Ok(Some(ret)) => {
-                let n = ret.data.len().min(dstlen as usize);
-                self.vm
-                    .machine
-                    .mem
-                    .write(dst, &ret.data[..n])
-                    .map_err(|e| RequestFailure {
-                        message: format!("bad arguments passed to storage_callv: {e}"),
-                        kind: FailureKind::Api,
-                    })?;
-                Ok(ret.len.min(dstlen).min(crate::storage::MAX_RESULT))
+        crate::storage::finish_callv(&mut self.vm, dst, dstlen, res).map_err(|(message, api)| {
+            RequestFailure {
+                message,
+                kind: if api {
+                    FailureKind::Api
+                } else {
+                    FailureKind::Other
+                },
             }
-            Err(e) => Err(RequestFailure {
-                message: format!("storage call failed: {e}"),
-                kind: FailureKind::Other,
-            }),
-        }
+        })
     }
 
     /// `storage_callv` from the request handler: queue the call, then wait for it — on an

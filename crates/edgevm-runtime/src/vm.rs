@@ -13,6 +13,7 @@ use edgevm_abi::{api, cpu};
 use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu};
 
 use crate::output::Printer;
+use crate::storage::StorageHandle;
 use crate::timer;
 
 /// Everything needed to boot one program. Built from the configuration by the server, or
@@ -240,6 +241,8 @@ pub struct MainVm {
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
+    /// The storage VM, for storage calls made during initialization.
+    init_storage: Option<StorageHandle>,
     /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
     /// not the program's, so they are left out of exits-per-request counts.
     pub timer_exits: u64,
@@ -429,6 +432,7 @@ impl MainVm {
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
+            init_storage: None,
         })
     }
 
@@ -547,6 +551,7 @@ impl MainVm {
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
+            init_storage: None,
         })
     }
 
@@ -620,8 +625,18 @@ impl MainVm {
 
     /// Load and run the program until it exits or calls wait_for_requests().
     pub fn boot(opts: VmOptions) -> Result<(MainVm, BootReport), RunError> {
+        MainVm::boot_with_storage(opts, None)
+    }
+
+    /// [`MainVm::boot`] for a program with a storage VM: its `main()` may already call
+    /// storage (`storage_call`, `storage_task`), as in the reference.
+    pub fn boot_with_storage(
+        opts: VmOptions,
+        storage: Option<StorageHandle>,
+    ) -> Result<(MainVm, BootReport), RunError> {
         let t0 = Instant::now();
         let mut vm = MainVm::load(opts)?;
+        vm.init_storage = storage;
         let load_time = t0.elapsed();
         if vm.opts.verbose {
             vm.printer.log(&format!(
@@ -698,6 +713,18 @@ impl MainVm {
                     } else {
                         u64::MAX
                     };
+                    self.machine.cpu.regs_mut().rax = ret;
+                }
+                Event::Hypercall(api::STORAGE_CALLV) if self.init_storage.is_some() => {
+                    let ret = self.init_storage_call()?;
+                    self.machine.cpu.regs_mut().rax = ret;
+                }
+                Event::Hypercall(api::STORAGE_TASK) if self.init_storage.is_some() => {
+                    let st = self.init_storage.clone();
+                    let ret = crate::storage::task_hypercall(self, |f, d, a, b| match &st {
+                        Some(st) => st.task(f, d, a, b),
+                        None => Err("no storage".into()),
+                    });
                     self.machine.cpu.regs_mut().rax = ret;
                 }
                 Event::Hypercall(api::MAKE_EPHEMERAL) => {
@@ -874,6 +901,21 @@ impl MainVm {
                 }
             }
         }
+    }
+
+    /// `storage_callv` from the main VM's `main()`: a failed call fails the boot.
+    fn init_storage_call(&mut self) -> Result<u64, RunError> {
+        let Some(st) = self.init_storage.clone() else {
+            return Ok(u64::MAX);
+        };
+        let args = crate::storage::read_callv(self).map_err(|what| {
+            RunError::Fatal(format!("bad arguments passed to storage_callv: {what}"))
+        })?;
+        let Some((func, inputs, dst, dstlen)) = args else {
+            return Ok(u64::MAX);
+        };
+        let res = st.call(func, inputs, dstlen, self.time_left());
+        crate::storage::finish_callv(self, dst, dstlen, res).map_err(|(m, _)| RunError::Fatal(m))
     }
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.

@@ -40,24 +40,26 @@ fn field(body: &str, key: &str) -> i64 {
 #[test]
 fn tasks_run_once_later_and_periodically_until_stopped() {
     let s = server("tasks-basic");
+    // main() itself called storage (as the reference allows): a call and a task (+1000).
+    assert_eq!(s.ok("/t/initinfo"), "call=8 value=42 task=0");
     // Queued now: id 0, runs in storage with a copy of the data.
     assert_eq!(s.ok("/t/add?n=5"), "id=0");
     assert_eq!(s.ok("/t/add?n=7"), "id=0");
-    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 12);
+    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 1012);
     // One-off after 300 ms: not before, then exactly once.
     let t = Instant::now();
     let id = s.ok("/t/later?n=100&ms=300");
     assert_eq!(id, "id=1");
     let early = s.ok("/t/get");
     if t.elapsed() < Duration::from_millis(250) {
-        assert_eq!(field(&early, "total"), 12, "ran too early: {early}");
+        assert_eq!(field(&early, "total"), 1012, "ran too early: {early}");
     }
-    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 112);
+    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 1112);
     assert!(t.elapsed() >= Duration::from_millis(290));
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(
         field(&s.ok("/t/get"), "total"),
-        112,
+        1112,
         "a one-off task ran twice"
     );
     // Periodic every 50 ms until stopped.
@@ -81,7 +83,7 @@ fn tasks_from_storage_limits_allow_list_and_crashes() {
     let s = server("tasks-limits");
     // A storage function may queue a task itself.
     assert_eq!(s.ok("/t/fromstorage?n=3"), "r=0");
-    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 3);
+    wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 1003);
     // At most 15 scheduled tasks.
     for i in 1..=15 {
         assert_eq!(s.ok("/t/tick?ms=60000"), format!("id={i}"));
@@ -95,7 +97,7 @@ fn tasks_from_storage_limits_allow_list_and_crashes() {
     assert_eq!(s.ok("/t/evil"), "id=0");
     assert_eq!(s.ok("/t/crash"), "id=0");
     assert_eq!(s.ok("/t/add?n=1"), "id=0");
-    let got = wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 4);
+    let got = wait_for(&s, Duration::from_secs(5), |b| field(b, "total") == 1004);
     assert_eq!(field(&got, "evil"), 0, "{got}");
     s.wait_log("storage task 'evil'", Duration::from_secs(5));
     let log = s.wait_log("storage task 'crasher'", Duration::from_secs(5));
