@@ -124,6 +124,27 @@ pub fn request_entry_stub() -> Vec<u8> {
     c
 }
 
+/// Program start: one system call that tells the host how SYSCALL enters on this KVM (CPL0 on
+/// hardware, CPL3 under kvm_pvm) before any program instruction runs, then the ELF entry with
+/// the registers Linux gives a new process (zero but RSP and RFLAGS):
+///
+/// ```text
+///     mov  $START_PROBE,%eax
+///     syscall
+///     xor  %eax,%eax; xor %ecx,%ecx; xor %r11d,%r11d
+///     jmp  *ENTRY_SLOT(%rip)
+/// ```
+pub fn program_start_stub() -> Vec<u8> {
+    let mut c = vec![0xB8];
+    c.extend_from_slice(&(crate::linux::START_PROBE as u32).to_le_bytes());
+    c.extend_from_slice(&[
+        0x0F, 0x05, 0x31, 0xC0, 0x31, 0xC9, 0x45, 0x31, 0xDB, 0xFF, 0x25,
+    ]);
+    let next = layout::PROGRAM_START + c.len() as u64 + 4;
+    c.extend_from_slice(&((layout::ENTRY_SLOT - next) as i32).to_le_bytes());
+    c
+}
+
 /// Return trampoline: `mov $0xFFFF,%eax; out %eax,$0; ud2`.
 pub const RETURN_STUB: [u8; 9] = [0xB8, 0xFF, 0xFF, 0x00, 0x00, 0xE7, 0x00, 0x0F, 0x0B];
 
@@ -165,6 +186,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
     mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
+    mem.write(layout::PROGRAM_START, &program_start_stub())?;
     write_page_tables(mem, l)
 }
 
@@ -278,10 +300,11 @@ pub fn initial_sregs(base: &kvm_sregs, osxsave: bool) -> kvm_sregs {
     s
 }
 
-/// Registers at program entry.
-pub fn initial_regs(entry: u64, rsp: u64) -> kvm_regs {
+/// Registers at program start: RIP at the start probe ([`program_start_stub`]), which jumps to
+/// the ELF entry written at [`layout::ENTRY_SLOT`].
+pub fn initial_regs(rsp: u64) -> kvm_regs {
     kvm_regs {
-        rip: entry,
+        rip: layout::PROGRAM_START,
         rsp,
         rflags: 0x202,
         ..Default::default()
@@ -308,5 +331,7 @@ mod tests {
             request_entry_stub().len()
                 <= (layout::RETURN_TRAMPOLINE - layout::REQUEST_ENTRY) as usize
         );
+        assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::PROGRAM_START);
+        assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
     }
 }

@@ -37,6 +37,11 @@ pub const SYSCALL_ENTRY: u64 = USER_STUBS;
 pub const REQUEST_ENTRY: u64 = USER_STUBS + 0x40;
 /// Return trampoline: a handler that returns lands here and reports "returned".
 pub const RETURN_TRAMPOLINE: u64 = USER_STUBS + 0x80;
+/// Where every program starts: edgevm's start probe (one system call), then a jump to the ELF
+/// entry point stored at [`ENTRY_SLOT`].
+pub const PROGRAM_START: u64 = USER_STUBS + 0xC0;
+/// The program's ELF entry point (8 bytes, written at load).
+pub const ENTRY_SLOT: u64 = USER_STUBS + 0xF8;
 /// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
 pub const FXSAVE_AREA: u64 = 0x6000;
 /// Top of the exception stack (TSS.RSP0).

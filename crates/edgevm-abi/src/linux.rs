@@ -41,6 +41,10 @@ const ETIMEDOUT: i64 = 110;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
+/// The system call number of edgevm's start probe (see [`LinuxState::handle`] and
+/// `cpu::program_start_stub`); not a Linux system call.
+pub const START_PROBE: u64 = 0xED6E_0001;
+
 /// RFLAGS bits SYSRETQ takes from R11 (the rest are cleared; bit 1 is always set).
 const SYSRET_RFLAGS_MASK: u64 = 0x3C_7FD7;
 
@@ -293,8 +297,15 @@ impl LinuxState {
     ) -> Result<SyscallOutcome, KvmError> {
         let r = *cpu.regs();
         if self.cpl0_syscalls.is_none() {
-            // One GET_SREGS per program: which way did SYSCALL enter? (see cpu.rs)
+            // One GET_SREGS per program: which way did SYSCALL enter? (see cpu.rs) The first
+            // system call is always edgevm's own start probe (layout::PROGRAM_START), made
+            // before any program instruction runs: a program cannot fake the answer by
+            // reaching the system call port with an `out` of its own first.
             self.cpl0_syscalls = Some(cpu.sregs()?.cs.dpl == 0);
+            if r.rax == START_PROBE {
+                self.syscall_return(cpu, &r, 0);
+                return Ok(SyscallOutcome::Continue);
+            }
         }
         self.syscalls += 1;
         let nr = r.rax;
@@ -331,6 +342,12 @@ impl LinuxState {
                 }
             ));
         }
+        self.syscall_return(cpu, &r, ret);
+        Ok(SyscallOutcome::Continue)
+    }
+
+    /// Return `ret` from the system call whose registers were `r`.
+    fn syscall_return(&self, cpu: &mut dyn Vcpu, r: &kvm_regs, ret: i64) {
         let cpl0 = self.cpl0_syscalls == Some(true);
         let regs = cpu.regs_mut();
         regs.rax = ret as u64;
@@ -340,7 +357,6 @@ impl LinuxState {
             regs.rip = r.rcx;
             regs.rflags = (r.r11 & SYSRET_RFLAGS_MASK) | 2;
         }
-        Ok(SyscallOutcome::Continue)
     }
 
     #[allow(clippy::type_complexity)]
@@ -1528,6 +1544,48 @@ mod tests {
             "RIP untouched: SYSRETQ runs in the guest"
         );
         assert_eq!(e.cpu.regs.rflags, 0x46);
+    }
+
+    #[test]
+    fn the_start_probe_decides_how_syscall_enters() {
+        // edgevm's start probe is the first system call of every program: on hardware KVM
+        // it arrives at CPL0. A later `out` to the system call port from CPL3 (a program
+        // faking a system call) cannot change the decision.
+        let mut e = env(32 << 20);
+        e.cpu.dpl = 0;
+        e.cpu.regs = kvm_regs {
+            rax: START_PROBE,
+            rip: 0x5002,
+            rflags: 0x46,
+            rcx: 0x50c7,
+            r11: 0x202,
+            ..Default::default()
+        };
+        let out = e.st.handle(&mut e.cpu, &mut e.mem, &mut e.out).unwrap();
+        assert_eq!(out, SyscallOutcome::Continue);
+        assert_eq!(e.st.cpl0_syscalls(), Some(true));
+        assert_eq!((e.cpu.regs.rax, e.cpu.regs.rip), (0, 0x5002));
+        assert_eq!(e.st.syscalls, 0, "the probe is not the program's");
+        assert!(
+            e.out.logs.is_empty(),
+            "the probe is not logged: {:?}",
+            e.out.logs
+        );
+        e.cpu.dpl = 3;
+        e.cpu.regs = kvm_regs {
+            rax: 39,
+            rip: 0x5002,
+            rcx: 0xdead_0000,
+            r11: 0x202,
+            ..Default::default()
+        };
+        e.st.handle(&mut e.cpu, &mut e.mem, &mut e.out).unwrap();
+        assert_eq!(e.st.cpl0_syscalls(), Some(true));
+        assert_eq!(e.cpu.regs.rip, 0x5002, "RIP is not taken from a faked RCX");
+        // A second START_PROBE is an ordinary unknown system call.
+        e.cpu.regs.rax = START_PROBE;
+        e.st.handle(&mut e.cpu, &mut e.mem, &mut e.out).unwrap();
+        assert_eq!(e.cpu.regs.rax as i64, -ENOSYS);
     }
 
     #[test]

@@ -388,11 +388,12 @@ impl MainVm {
                 limit: opts.max_memory,
             });
         }
+        mem.write_raw(layout::ENTRY_SLOT, &elf.entry.to_le_bytes())?;
         let mut machine = KvmMachine::new(mem, false)?;
         setup_cpu(&mut machine)?;
         // %gs points at the per-vCPU data vcpuid()/vcpureqid() read (a program may move it).
         machine.cpu.set_gs_base(edgevm_abi::io::VCPU_INFO)?;
-        *machine.cpu.regs_mut() = cpu::initial_regs(elf.entry, rsp);
+        *machine.cpu.regs_mut() = cpu::initial_regs(rsp);
         let exe = std::fs::canonicalize(&opts.program_path)
             .unwrap_or_else(|_| opts.program_path.clone())
             .to_string_lossy()
