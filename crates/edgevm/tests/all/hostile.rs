@@ -612,8 +612,10 @@ fn hostile_programs_are_contained_next_to_a_loaded_program() {
         after.memfd_kib
     );
     assert!(after.fds <= before.fds + 4, "{before:?} -> {after:?}");
+    // Slow requests move to blocking threads, which linger a while when idle; a leak would be
+    // one per request (some 160 here).
     assert!(
-        after.threads <= before.threads + 2,
+        after.threads <= before.threads + 16,
         "{before:?} -> {after:?}"
     );
     let stats = s.stats();
