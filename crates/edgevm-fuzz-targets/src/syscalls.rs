@@ -1,8 +1,8 @@
 //! Fuzz target `syscalls`: Linux system call emulation with random registers and random guest
 //! memory contents at each call, through the same `Vcpu` seam the run loop uses.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use edgevm_abi::cpu::write_system_tables;
@@ -98,15 +98,33 @@ const PATHS: &[&[u8]] = &[
     b"\0",
 ];
 
-/// The state file of the fuzzed process: `<per-process temp dir>/prog.state`, alone in its
-/// directory (so the target can check no other file appears).
-fn state_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("edgevm-fuzz-state-{}", std::process::id()));
+/// A directory holding only the state file of the fuzzed process, one per thread (the replay
+/// tests run targets on parallel threads), removed when the thread ends.
+struct StateDir(PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+thread_local! {
+    static STATE_DIR: StateDir = {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "edgevm-fuzz-state-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).expect("state dir");
-        d
-    })
+        StateDir(d)
+    };
+}
+
+/// This thread's state directory (the state file is `prog.state` in it, alone, so the target
+/// can check that no other file appears).
+fn state_dir() -> PathBuf {
+    STATE_DIR.with(|d| d.0.clone())
 }
 
 const STATE_CONTENT: &[u8] = b"edgevm fuzz state file\n";
