@@ -183,14 +183,22 @@ for r in $(seq "$ROUNDS"); do
 done
 if [ "$PERF" = 1 ]; then
 	if command -v perf >/dev/null 2>&1; then
-		log "perf: recording edgevm (PID $EDGE_PID) during a hello run"
-		timeout 60 perf record -e cpu-clock -F 999 -g -p "$EDGE_PID" -o "$OUT/perf.data" -- sleep "$DURATION" \
+		# $EDGE_PID is timeout(1); the server is its child.
+		SERVER_PID="$(pgrep -P "$EDGE_PID" | head -1)"
+		log "perf: recording edgevm (PID $SERVER_PID) during a hello run"
+		timeout 60 perf record -e cpu-clock -F 999 -g -p "$SERVER_PID" -o "$OUT/perf.data" -- sleep "$DURATION" \
 			>"$OUT/perf-record.log" 2>&1 &
 		PERF_PID=$!
 		timeout $((DURATION + 30)) "${WRK[@]}" "http://$EDGE/hello/" >"$OUT/hello.perf.wrk" 2>&1 || true
 		wait "$PERF_PID" || true
-		timeout 300 perf report -i "$OUT/perf.data" --no-children --sort comm,dso,sym --stdio \
-			2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-report.txt" || true
+		{
+			echo "### by thread"
+			timeout 300 perf report -i "$OUT/perf.data" --no-children --sort comm -g none --stdio 2>/dev/null |
+				grep -v '^#' | grep -v '^$' | head -15
+			echo "### by symbol (>= 0.7%)"
+			timeout 300 perf report -i "$OUT/perf.data" --no-children --sort dso,sym -g none \
+				--percent-limit 0.7 --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+		} >"$OUT/perf-report.txt" || true
 	else
 		SKIPPED+=("perf: not installed (apt-get install linux-perf)")
 	fi

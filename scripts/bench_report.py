@@ -195,4 +195,8 @@ print(
     f"{img:.0f} KiB frozen image: "
     + ("shared, no per-VM copy of the image." if idle < img / 4 else "WARNING: close to a per-VM copy of the image!")
 )
+if os.path.exists(f"{out}/perf-report.txt"):
+    print("\n## perf (cpu-clock, the edgevm server during one hello run)\n\n```")
+    print(open(f"{out}/perf-report.txt").read().rstrip())
+    print("```")
 print(f"\nraw results: {out}")
