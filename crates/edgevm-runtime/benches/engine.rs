@@ -235,6 +235,9 @@ fn bench_raw_exit(g: &Guest, runs: u64, rows: &mut Vec<Row>) -> f64 {
         .mem
         .write(vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
         .expect("patch entry");
+    // Start right there (a loaded program would first run edgevm's start probe).
+    let entry = vm.elf.entry;
+    vm.machine.cpu.regs_mut().rip = entry;
     let mut once = || match vm.machine.cpu.run().expect("KVM_RUN") {
         Exit::IoOut { port, .. } if port == layout::API_PORT => {}
         other => panic!("unexpected exit {other:?}"),

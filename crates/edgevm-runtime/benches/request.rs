@@ -236,6 +236,9 @@ fn hello_and_raw_exit(
         .mem
         .write(raw_vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
         .expect("patch entry");
+    // Start right there (a loaded program would first run edgevm's start probe).
+    let entry = raw_vm.elf.entry;
+    raw_vm.machine.cpu.regs_mut().rip = entry;
     let mut exit = || {
         let t = Instant::now();
         match raw_vm.machine.cpu.run().expect("KVM_RUN") {
