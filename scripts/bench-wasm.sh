@@ -3,7 +3,7 @@
 #
 # Installs what is missing: wasmtime-cli (48.0.8, the last release that builds with Rust
 # 1.95), wasm-tools and wit-bindgen-cli with `cargo install --locked --root TOOLS` (the
-# first time this compiles wasmtime: 20-40 minutes on 2 cores), and clang, lld and wasi-libc
+# first time this compiles wasmtime: 20-45 minutes on 2 shared cores), and clang, lld and wasi-libc
 # from Debian (the wasm32 Rust target is not installable here: C it is). Then builds
 # bench/wasm/hello.c into the component OUTDIR/hello.wasm: bindings from wit-bindgen for the
 # wasi:http/proxy world (the WIT shipped in the wasmtime-wasi-http crate of the same release),
@@ -30,8 +30,11 @@ for p in clang lld wasi-libc libclang-rt-dev-wasm32; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "bench-wasm: installing ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null ||
-		fail "apt-get install ${missing[*]} failed"
+	if ! DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; then
+		timeout 600 $SUDO apt-get update -qq >/dev/null || true
+		DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null ||
+			fail "apt-get install ${missing[*]} failed"
+	fi
 fi
 
 install() { # install BINARY CRATE@VERSION

@@ -64,8 +64,14 @@ for p in $PEERS; do
 			SUDO=""
 			[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 			# policy-rc.d keeps the package's service from starting where there is none.
-			DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq varnish >"$OUT/varnish-install.log" 2>&1 ||
-				SKIPPED+=("varnish: apt-get install varnish failed (see $OUT/varnish-install.log)")
+			if ! DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq varnish \
+				>"$OUT/varnish-install.log" 2>&1; then
+				# Stale package lists on a fresh machine: update once and retry.
+				timeout 600 $SUDO apt-get update -qq >>"$OUT/varnish-install.log" 2>&1 || true
+				DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq varnish \
+					>>"$OUT/varnish-install.log" 2>&1 ||
+					SKIPPED+=("varnish: apt-get install varnish failed (see $OUT/varnish-install.log)")
+			fi
 		fi
 		;;
 	wasmtime)
