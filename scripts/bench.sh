@@ -121,6 +121,11 @@ PIDS+=("$!")
 EDGE_PID="$!"
 timeout "$LIFE" target/release/edgevm-hello "$NATIVE" >"$OUT/native.log" 2>&1 &
 PIDS+=("$!")
+NATIVE_PID="$!"
+# The timeout(1) wrapper of each target's server: its descendants' CPU time is the server's.
+declare -A WRAPPER=([native-hello]="$NATIVE_PID" [native-scounter]="$NATIVE_PID"
+	[native-counter]="$NATIVE_PID" [hello]="$EDGE_PID" [scounter]="$EDGE_PID"
+	[counter]="$EDGE_PID" [touch256]="$EDGE_PID")
 TARGETS=(
 	"native-hello http://$NATIVE/hello/"
 	"native-scounter http://$NATIVE/scounter/"
@@ -137,12 +142,14 @@ if [[ " $PEERS " == *" varnish "* ]] && command -v varnishd >/dev/null 2>&1; the
 	timeout "$LIFE" varnishd -F -a "$VARNISH" -f "$VARNISH_DIR/hello.vcl" -n "$VARNISH_DIR/work" \
 		-s malloc,32m -T none >"$OUT/varnish.log" 2>&1 &
 	PIDS+=("$!")
+	WRAPPER[varnish-synth]="$!"
 	TARGETS+=("varnish-synth http://$VARNISH/")
 fi
 if [[ " $PEERS " == *" wasmtime "* ]] && [ -f "$OUT/wasm/hello.wasm" ]; then
 	timeout "$LIFE" "$BENCH_TOOLS/bin/wasmtime" serve --addr "$WASM" "$OUT/wasm/hello.wasm" \
 		>"$OUT/wasmtime.log" 2>&1 &
 	PIDS+=("$!")
+	WRAPPER[wasmtime-serve]="$!"
 	TARGETS+=("wasmtime-serve http://$WASM/")
 fi
 
@@ -181,10 +188,25 @@ log "wrk: ${#READY[@]} targets × $ROUNDS rounds of ${WRK[*]}"
 for t in "${READY[@]}"; do # warm-up, discarded
 	timeout 30 wrk -t"$THREADS" -c"$CONNS" -d1s "${t#* }" >/dev/null 2>&1 || true
 done
+# CPU time (user + system, clock ticks) of all descendants of PID.
+cpu_ticks() {
+	local total=0 p c
+	for c in $(pgrep -P "$1"); do
+		if [ -r "/proc/$c/stat" ]; then
+			# Fields after the command name: utime and stime are the 12th and 13th.
+			p=$(sed 's/^.*) //' "/proc/$c/stat" | awk '{ print $12 + $13 }')
+			total=$((total + p))
+		fi
+		total=$((total + $(cpu_ticks "$c")))
+	done
+	echo "$total"
+}
 for r in $(seq "$ROUNDS"); do
 	for t in "${READY[@]}"; do
 		name="${t%% *}" url="${t#* }"
+		c0=$(cpu_ticks "${WRAPPER[$name]}")
 		timeout $((DURATION + 30)) "${WRK[@]}" "$url" >"$OUT/$name.$r.wrk" 2>&1 || true
+		echo "$(($(cpu_ticks "${WRAPPER[$name]}") - c0)) $(getconf CLK_TCK)" >"$OUT/$name.$r.cpu"
 	done
 done
 if [ "$PERF" = 1 ]; then

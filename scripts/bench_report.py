@@ -36,6 +36,14 @@ def parse_wrk(path):
     r["bad"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
     r["errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"(\d+) requests in", t)
+    r["requests"] = int(m.group(1)) if m else 0
+    # Server CPU time during the run (scripts/bench.sh: "ticks CLK_TCK"), µs per request.
+    r["cpu"] = float("nan")
+    cpu = path[: -len(".wrk")] + ".cpu"
+    if os.path.exists(cpu) and r["requests"]:
+        ticks, hz = open(cpu).read().split()
+        r["cpu"] = int(ticks) * 1e6 / int(hz) / r["requests"]
     return r
 
 
@@ -55,6 +63,7 @@ for n in names:
         "p50": med([r["p50"] for r in runs]),
         "p99": med([r["p99"] for r in runs]),
         "bad": sum(r["bad"] + r["errors"] for r in runs),
+        "cpu": med([r["cpu"] for r in runs]),
     }
 
 stats = json.load(open(f"{out}/stats.json")).get("programs", {})
@@ -88,8 +97,8 @@ def f0(x):
 
 
 print(f"\n## HTTP ({wrk}; median of {rounds} interleaved round(s), 127.0.0.1)\n")
-print("| target | req/s | p50 µs | p99 µs | ÷ native req/s | native baseline | exits/req | errors |")
-print("|---|---:|---:|---:|---:|---|---:|---:|")
+print("| target | req/s | p50 µs | p99 µs | ÷ native req/s | native baseline | server CPU µs/req | exits/req | errors |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
 for n, r in rows.items():
     nat = rows.get(native_of.get(n, ""), {})
     ratio = r["rps"] / nat["rps"] if nat.get("rps") else float("nan")
@@ -98,11 +107,11 @@ for n, r in rows.items():
     ex = f"{ex:.3f}" if isinstance(ex, (int, float)) else "—"
     print(
         f"| {what.get(n, n)} | {f0(r['rps'])} | {f0(r['p50'])} | {f0(r['p99'])} | {ratio:.3f} | "
-        f"{native_of.get(n, '')} | {ex} | {r['bad']} |"
+        f"{native_of.get(n, '')} | {r['cpu']:.1f} | {ex} | {r['bad']} |"
     )
 skipped = [l.strip() for l in open(f"{out}/skipped.txt") if l.strip()] if os.path.exists(f"{out}/skipped.txt") else []
 for s in skipped:
-    print(f"| skipped: {s} | | | | | | | |")
+    print(f"| skipped: {s} | | | | | | | | |")
 
 # Exits per request against the record (the regression guard).
 expected = json.load(open(os.path.join(root, "bench/expected-exits.json")))
