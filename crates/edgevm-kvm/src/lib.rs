@@ -15,7 +15,7 @@ pub mod vm;
 
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 pub use memory::{GuestMemory, MemError, PAGE_SIZE};
-pub use vm::{guest_user_fsgsbase, guest_user_xsave, kvm_available, KvmMachine, KvmVcpu};
+pub use vm::{guest_user_fsgsbase, guest_user_xsave, kvm_available, KvmMachine, KvmVcpu, VmShell};
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -212,10 +212,22 @@ impl Stats {
     }
 }
 
+/// KVM VMs made ahead for a program's request VMs, while its main VM boots (see
+/// [`edgevm_kvm::VmShell`]): forking then only maps the memory and sets registers.
+#[derive(Default)]
+struct Shells(Mutex<Vec<edgevm_kvm::VmShell>>);
+
+impl Shells {
+    fn take(&self) -> Option<edgevm_kvm::VmShell> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+}
+
 /// The request VMs of a ready program.
 struct VmPool {
     frozen: Arc<Frozen>,
     storage: Option<StorageHandle>,
+    shells: Arc<Shells>,
     /// Idle VMs, each with the thread that ran it last.
     idle: Mutex<Vec<(RequestVm, Option<std::thread::ThreadId>)>>,
     /// One permit per idle VM; waiters are served in arrival order.
@@ -413,6 +425,30 @@ impl Program {
                 Err(e) => return self.set_failed(e),
             }
         }
+        // Make the request VMs' KVM VMs while the program boots (on another CPU); the forks
+        // after the freeze then only map memory and set registers.
+        let shells = Arc::new(Shells::default());
+        {
+            let (sh, n) = (shells.clone(), self.settings.concurrency.max(1));
+            let spawned = std::thread::Builder::new()
+                .name(format!("prepare:{}", self.name))
+                .spawn(move || {
+                    // Below the boot thread's priority: the boot decides when the program is
+                    // ready; this only uses what CPU is left (Linux: per-thread nice).
+                    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+                    // SAFETY: plain system call on this thread's own id; failure is harmless.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+                    for _ in 0..n {
+                        match edgevm_kvm::VmShell::new(true) {
+                            Ok(v) => sh.0.lock().unwrap_or_else(|e| e.into_inner()).push(v),
+                            Err(_) => break,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::debug!("{}: no VM preparation thread: {e}", self.name);
+            }
+        }
         let storage = if settings.storage {
             match self.boot_storage(&settings) {
                 Ok(h) => Some(h),
@@ -460,13 +496,14 @@ impl Program {
             .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         let n = self.settings.concurrency.max(1);
         // The first VM makes the program ready; the others follow on helper threads.
-        let first = match self.fork(&frozen, &storage, 0) {
+        let first = match self.fork(&frozen, &storage, &shells, 0) {
             Ok(vm) => vm,
             Err(e) => return self.set_failed(e),
         };
         let pool = Arc::new(VmPool {
             frozen: frozen.clone(),
             storage: storage.clone(),
+            shells,
             idle: Mutex::new(Vec::with_capacity(n as usize)),
             permits: tokio::sync::Semaphore::new(0),
         });
@@ -499,12 +536,14 @@ impl Program {
         &self,
         frozen: &Arc<Frozen>,
         storage: &Option<StorageHandle>,
+        shells: &Shells,
         i: u32,
     ) -> Result<RequestVm, String> {
-        let mut vm = RequestVm::new(
+        let mut vm = RequestVm::new_in(
             frozen.clone(),
             self.settings.request.clone(),
             storage.clone(),
+            shells.take(),
         )
         .map_err(|e| format!("cannot create a request VM: {e}"))?;
         vm.set_index(i);
@@ -527,7 +566,7 @@ impl Program {
                     if i >= n {
                         break;
                     }
-                    match me.fork(&pool.frozen, &pool.storage, i) {
+                    match me.fork(&pool.frozen, &pool.storage, &pool.shells, i) {
                         Ok(vm) => pool.put(vm),
                         Err(e) => tracing::error!("{}: {e}", me.name),
                     }
@@ -704,7 +743,7 @@ impl Program {
                 "{}: internal error while handling a request; replacing the VM",
                 self.name
             );
-            match self.fork(&pool.frozen, &pool.storage, 0) {
+            match self.fork(&pool.frozen, &pool.storage, &pool.shells, 0) {
                 Ok(v) => pool.put(v),
                 Err(e) => tracing::error!("{}: cannot replace the VM: {e}", self.name),
             }

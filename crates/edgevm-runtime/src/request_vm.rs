@@ -212,7 +212,18 @@ impl RequestVm {
         settings: RequestSettings,
         storage: Option<StorageHandle>,
     ) -> Result<Self, RunError> {
-        let mut vm = MainVm::from_frozen(&frozen)?;
+        RequestVm::new_in(frozen, settings, storage, None)
+    }
+
+    /// [`RequestVm::new`] in a VM prepared ahead ([`edgevm_kvm::VmShell`], with dirty
+    /// logging), e.g. while the main VM booted.
+    pub fn new_in(
+        frozen: Arc<Frozen>,
+        settings: RequestSettings,
+        storage: Option<StorageHandle>,
+        shell: Option<edgevm_kvm::VmShell>,
+    ) -> Result<Self, RunError> {
+        let mut vm = MainVm::from_frozen_in(&frozen, shell)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
         // The new VM stands exactly at the frozen point.

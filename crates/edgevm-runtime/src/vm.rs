@@ -10,7 +10,7 @@ use edgevm_abi::elf::{self, ElfError, LoadedElf};
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_abi::{api, cpu};
-use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu};
+use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu, VmShell};
 
 use crate::output::Printer;
 use crate::storage::StorageHandle;
@@ -522,9 +522,19 @@ impl MainVm {
     /// A VM running on a copy-on-write view of a frozen program (a request VM). Call on the
     /// thread that will run it.
     pub fn from_frozen(f: &Frozen) -> Result<MainVm, RunError> {
+        MainVm::from_frozen_in(f, None)
+    }
+
+    /// [`MainVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
+    /// with dirty logging).
+    pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<MainVm, RunError> {
         let mut mem = f.image.fork_private(f.layout.shared_start as usize)?;
         mem.set_track_host_writes(true);
-        let mut machine = KvmMachine::new(mem, true)?;
+        let shell = match shell {
+            Some(s) => s,
+            None => VmShell::new(true)?,
+        };
+        let mut machine = KvmMachine::from_shell(shell, mem)?;
         setup_cpu(&mut machine)?;
         if f.fs_base != 0 {
             machine.cpu.set_fs_base(f.fs_base)?;
