@@ -61,6 +61,8 @@ struct Call {
     inputs: Vec<Vec<u8>>,
     dstlen: u64,
     reply: Sender<Result<Option<Returned>, String>>,
+    /// The caller already has its answer (sent at storage_return, before the clean-up).
+    replied: std::cell::Cell<bool>,
 }
 
 /// What a storage function handed back with `storage_return(data, len)`.
@@ -225,6 +227,7 @@ fn task_call(func: u64, data: Vec<u8>) -> Call {
         inputs: vec![data],
         dstlen: 0,
         reply,
+        replied: Default::default(),
     }
 }
 
@@ -259,6 +262,7 @@ impl StorageHandle {
                 inputs,
                 dstlen,
                 reply,
+                replied: Default::default(),
             })
             .map_err(|_| "the storage VM is gone".to_string())?;
         Ok(PendingCall {
@@ -327,6 +331,7 @@ impl StorageHandle {
                 inputs: Vec::new(),
                 dstlen: u64::MAX,
                 reply,
+                replied: Default::default(),
             })
             .map_err(|_| "the storage VM is gone".to_string())?;
         rx.recv_timeout(self.timeout)
@@ -478,6 +483,10 @@ fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>
             run_call(&mut vm, &entry, budget, &call, &ctx)
                 .map_err(|e| format!("storage function {}: {e}", describe(&vm, call.func)))
         };
+        if call.replied.get() {
+            // The caller had its data at storage_return; a later failure was logged.
+            continue;
+        }
         match r {
             Ok(Some(data)) => {
                 let _ = call.reply.send(Ok(Some(data)));
@@ -601,6 +610,15 @@ fn run_call(
                 result = Some(Returned { data, len: l });
                 if n == api::STORAGE_NORETURN {
                     break Ok(());
+                }
+                if matches!(call.kind, Kind::Func) {
+                    // The caller goes on with its answer now, while the function cleans up
+                    // here (the next storage call waits for that anyway): one exit less on
+                    // the request's path.
+                    if let Some(r) = &result {
+                        let _ = call.reply.try_send(Ok(Some(r.clone())));
+                        call.replied.set(true);
+                    }
                 }
                 // Let the function finish (clean up) within 1 s more.
                 vm.machine.cpu.regs_mut().rax = 0;
