@@ -46,7 +46,7 @@ fi
 GUEST="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$1"
 OUT="$(cd "$1" && pwd)"
-HEADER="$GUEST/kvm_api.h"
+HEADER="$GUEST/kvm_api.h $GUEST/tests/test_util.h"
 SKIP=" ${EDGEVM_GUEST_SKIP:-} "
 skipped() { [[ "$SKIP" == *" $1 "* ]]; }
 

@@ -60,6 +60,7 @@
    fpu_dirty      leaves unusual MXCSR and x87 control words behind, then answers */
 #define _GNU_SOURCE
 #include "kvm_api.h"
+#include "test_util.h"
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -93,11 +94,6 @@ static unsigned long long fnv(const void *p, size_t n, unsigned long long h)
 	for (size_t i = 0; i < n; i++)
 		h = (h ^ b[i]) * 0x100000001b3ull;
 	return h;
-}
-
-static void respond(int status, const char *text)
-{
-	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
 }
 
 static void respondf(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -24,6 +24,7 @@
    GET  /<p>/layout  the address-space end the scan uses. */
 #define _GNU_SOURCE
 #include "kvm_api.h"
+#include "test_util.h"
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -136,19 +137,6 @@ _Static_assert(__builtin_offsetof(struct regs_capture, fx) == 704, "layout");
 /* Helpers                                                                                */
 /* ------------------------------------------------------------------------------------- */
 
-static const char *param(const char *url, const char *key)
-{
-	const char *q = strchr(url, '?');
-	const size_t kl = strlen(key);
-	while (q != NULL) {
-		q++;
-		if (strncmp(q, key, kl) == 0 && q[kl] == '=')
-			return q + kl + 1;
-		q = strchr(q, '&');
-	}
-	return NULL;
-}
-
 static int hexval(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -161,7 +149,7 @@ static int hexval(char c)
 /* 32 hex digits into 16 bytes; 0 on success. */
 static int parse_key(const char *url, uint8_t out[16])
 {
-	const char *k = param(url, "k");
+	const char *k = query_param(url, "k");
 	if (k == NULL)
 		return -1;
 	for (int i = 0; i < 16; i++) {
@@ -171,11 +159,6 @@ static int parse_key(const char *url, uint8_t out[16])
 		out[i] = (uint8_t)(h << 4 | l);
 	}
 	return 0;
-}
-
-static void respond(int status, const char *text)
-{
-	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
 }
 
 /* ------------------------------------------------------------------------------------- */
@@ -304,13 +287,13 @@ static void plant(const char *url, const struct kvm_request *req)
 	char h[64];
 	snprintf(h, sizeof(h), "X-Planted: %s", hex);
 	http_append_str(RESP, h);
-	const char *hold = param(url, "hold");
+	const char *hold = query_param(url, "hold");
 	if (hold != NULL) {
 		const long ms = atol(hold);
 		struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 		nanosleep(&ts, NULL);
 	}
-	if (param(url, "fail") != NULL) {
+	if (query_param(url, "fail") != NULL) {
 		volatile uintptr_t nowhere = 8;
 		*(volatile int *)nowhere = 1;
 	}

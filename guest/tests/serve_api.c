@@ -24,48 +24,13 @@
    Environment: ON_ERROR=1 registers an on_error handler that answers 503
    "custom error: <exception>". */
 #include "kvm_api.h"
+#include "test_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 static unsigned char bomb[32u << 20];
-
-static void respond(int status, const char *text)
-{
-	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
-}
-
-/* The second path segment of url into out. */
-static void action_of(const char *url, char *out, size_t outl)
-{
-	const char *p = url;
-	if (*p == '/')
-		p++;
-	p = strchr(p, '/');
-	size_t n = 0;
-	if (p != NULL) {
-		p++;
-		while (p[n] != 0 && p[n] != '?' && p[n] != '/' && n + 1 < outl)
-			n++;
-		memcpy(out, p, n);
-	}
-	out[n] = 0;
-}
-
-/* The value of query parameter `key` (as text), or NULL. */
-static const char *param(const char *url, const char *key)
-{
-	const char *q = strchr(url, '?');
-	const size_t kl = strlen(key);
-	while (q != NULL) {
-		q++;
-		if (strncmp(q, key, kl) == 0 && q[kl] == '=')
-			return q + kl + 1;
-		q = strchr(q, '&');
-	}
-	return NULL;
-}
 
 static void on_get(const char *url, const char *arg)
 {
@@ -84,11 +49,11 @@ static void on_get(const char *url, const char *arg)
 	} else if (strcmp(action, "url") == 0) {
 		respond(200, url);
 	} else if (strcmp(action, "status") == 0) {
-		const char *n = param(url, "n");
+		const char *n = query_param(url, "n");
 		snprintf(out, sizeof(out), "status %s", n ? n : "?");
 		respond(n ? atoi(n) : 200, out);
 	} else if (strcmp(action, "sleep") == 0) {
-		const char *ms = param(url, "ms");
+		const char *ms = query_param(url, "ms");
 		const long v = ms ? atol(ms) : 100;
 		struct timespec ts = { v / 1000, (v % 1000) * 1000000L };
 		nanosleep(&ts, NULL);
@@ -132,7 +97,7 @@ static void on_get(const char *url, const char *arg)
 		snprintf(out, sizeof(out), "FAIL membomb survived (%u)", p[n - 1]);
 		respond(200, out);
 	} else if (strcmp(action, "badbody") == 0) {
-		const char *p = param(url, "p");
+		const char *p = query_param(url, "p");
 		const uintptr_t addr = p ? (uintptr_t)strtoull(p, NULL, 16) : 0x10;
 		sys_backend_response(200, "text/plain", 10, (const void *)addr, 16, NULL);
 		respond(200, "FAIL badbody returned");

@@ -18,6 +18,7 @@
      other           any VM: opening other paths: "<path>=<errno>" ...
      leak            request VM: open the state file and never close it: "fd=<fd>" */
 #include "kvm_api.h"
+#include "test_util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,27 +30,6 @@
 static char boot_state[512];
 static int held_fd = -1;
 static FILE *held;
-
-static void respond(int status, const char *text)
-{
-	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
-}
-
-static void action_of(const char *url, char *out, size_t outl)
-{
-	const char *p = url;
-	if (*p == '/')
-		p++;
-	p = strchr(p, '/');
-	size_t n = 0;
-	if (p != NULL) {
-		p++;
-		while (p[n] != 0 && p[n] != '?' && p[n] != '/' && n + 1 < outl)
-			n++;
-		memcpy(out, p, n);
-	}
-	out[n] = 0;
-}
 
 /* The value of `v=` (up to '&' or the end). */
 static void value_of(const char *url, char *out, size_t outl)

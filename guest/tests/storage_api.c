@@ -28,6 +28,7 @@
                     storage appends I to a log, sleeps M ms, returns the log
      allow          STORAGE_ALLOW from a request: "r=-1" */
 #include "kvm_api.h"
+#include "test_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,27 +40,6 @@ static const char marker[] = "storage-marker-A";
 static long allow_rc = -2;
 static long count, cleanups, after_noreturn;
 static char order_log[256];
-
-static void respond(int status, const char *text)
-{
-	backend_response((int16_t)status, "text/plain", 10, text, strlen(text));
-}
-
-static void action_of(const char *url, char *out, size_t outl)
-{
-	const char *p = url;
-	if (*p == '/')
-		p++;
-	p = strchr(p, '/');
-	size_t n = 0;
-	if (p != NULL) {
-		p++;
-		while (p[n] != 0 && p[n] != '?' && p[n] != '/' && n + 1 < outl)
-			n++;
-		memcpy(out, p, n);
-	}
-	out[n] = 0;
-}
 
 static long param(const char *url, const char *key, long dflt)
 {
