@@ -1191,46 +1191,9 @@ fn errno_name(e: i64) -> &'static str {
 mod tests {
     //! System call emulation through the `Vcpu` seam, without /dev/kvm.
     use super::*;
-    use edgevm_kvm::{kvm_regs, kvm_sregs, Exit, KvmError};
+    use edgevm_kvm::kvm_regs;
 
-    struct FakeCpu {
-        regs: kvm_regs,
-        fs: u64,
-        gs: u64,
-        /// CS.DPL seen at a system call: 3 under kvm_pvm, 0 on hardware KVM.
-        dpl: u8,
-    }
-
-    impl Vcpu for FakeCpu {
-        fn run(&mut self) -> Result<Exit, KvmError> {
-            Ok(Exit::Hlt)
-        }
-        fn regs(&self) -> &kvm_regs {
-            &self.regs
-        }
-        fn regs_mut(&mut self) -> &mut kvm_regs {
-            &mut self.regs
-        }
-        fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
-            let mut s = kvm_sregs::default();
-            s.cs.dpl = self.dpl;
-            Ok(s)
-        }
-        fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
-            self.fs = base;
-            Ok(())
-        }
-        fn fs_base(&self) -> u64 {
-            self.fs
-        }
-        fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
-            self.gs = base;
-            Ok(())
-        }
-        fn gs_base(&self) -> u64 {
-            self.gs
-        }
-    }
+    use edgevm_kvm::FakeVcpu as FakeCpu;
 
     #[derive(Default)]
     struct Sink {
@@ -1272,10 +1235,8 @@ mod tests {
         Env {
             st,
             cpu: FakeCpu {
-                regs: kvm_regs::default(),
-                fs: 0,
-                gs: 0,
                 dpl: 3,
+                ..Default::default()
             },
             mem: GuestMemory::new_shared(MEM as usize).unwrap(),
             out: Sink::default(),

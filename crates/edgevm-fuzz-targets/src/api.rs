@@ -109,15 +109,16 @@ pub fn api(data: &[u8]) {
             }
             _ => {
                 // A crash report from a random exception frame.
+                let regs = kvm_regs {
+                    rsp: inp.u64() % (MEM + 64),
+                    rdx: inp.u64(),
+                    ..Default::default()
+                };
+                // The fault address as the exception stub would leave it.
                 let mut cpu = FakeCpu {
-                    regs: kvm_regs {
-                        rsp: inp.u64() % (MEM + 64),
-                        rdx: inp.u64(),
-                        ..Default::default()
-                    },
-                    fs: 0,
-                    gs: 0,
-                    dpl: 0,
+                    regs,
+                    cr2: regs.rdx,
+                    ..Default::default()
                 };
                 if let Ok(r) = decode_exception(&mut cpu, &mem, &Symbols::default(), &layout) {
                     let _ = r.to_string();

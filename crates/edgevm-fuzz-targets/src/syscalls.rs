@@ -8,54 +8,14 @@ use std::time::Instant;
 use edgevm_abi::cpu::write_system_tables;
 use edgevm_abi::layout::{Layout, PROTECTED, USER_BASE};
 use edgevm_abi::linux::{LinuxConfig, LinuxState, Output, SyscallOutcome};
-use edgevm_kvm::{kvm_regs, kvm_sregs, Exit, GuestMemory, KvmError, Vcpu};
+use edgevm_kvm::{kvm_regs, GuestMemory};
 
 use crate::input::Input;
 
 const MEM: u64 = 32 << 20;
 const PAGE: u64 = 4096;
 
-/// A vCPU that only holds registers: `handle` reads the arguments from it and writes results
-/// back, exactly as with KVM's sync_regs.
-pub(crate) struct FakeCpu {
-    pub regs: kvm_regs,
-    pub fs: u64,
-    pub gs: u64,
-    /// CS.DPL at a system call: 0 on hardware KVM, 3 under kvm_pvm.
-    pub dpl: u8,
-}
-
-impl Vcpu for FakeCpu {
-    fn run(&mut self) -> Result<Exit, KvmError> {
-        Ok(Exit::Hlt)
-    }
-    fn regs(&self) -> &kvm_regs {
-        &self.regs
-    }
-    fn regs_mut(&mut self) -> &mut kvm_regs {
-        &mut self.regs
-    }
-    fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
-        let mut s = kvm_sregs::default();
-        s.cs.dpl = self.dpl;
-        s.cr2 = self.regs.rdx;
-        Ok(s)
-    }
-    fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
-        self.fs = base;
-        Ok(())
-    }
-    fn fs_base(&self) -> u64 {
-        self.fs
-    }
-    fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
-        self.gs = base;
-        Ok(())
-    }
-    fn gs_base(&self) -> u64 {
-        self.gs
-    }
-}
+pub(crate) use edgevm_kvm::FakeVcpu as FakeCpu;
 
 /// Most bytes one write/writev may hand to the output (and so allocate on the host).
 const MAX_WRITE: usize = 64 << 20;
@@ -204,10 +164,8 @@ pub fn syscalls(data: &[u8]) {
     std::fs::write(&state_path, STATE_CONTENT).expect("state file");
     let mut written: Vec<u64> = Vec::new();
     let mut cpu = FakeCpu {
-        regs: kvm_regs::default(),
-        fs: 0,
-        gs: 0,
         dpl: if inp.bool() { 0 } else { 3 },
+        ..Default::default()
     };
     let mut out = Sink::default();
 

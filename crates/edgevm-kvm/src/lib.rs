@@ -88,3 +88,52 @@ pub trait Vcpu {
     /// The GS segment base as last set.
     fn gs_base(&self) -> u64;
 }
+
+/// A vCPU that only holds registers, for unit tests and fuzzing of the layers above without
+/// /dev/kvm: system call emulation and crash decoding read their arguments from it and write
+/// results back, exactly as with KVM's sync_regs. `run` returns [`Exit::Hlt`].
+#[derive(Debug, Default, Clone)]
+pub struct FakeVcpu {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// FS base.
+    pub fs: u64,
+    /// GS base.
+    pub gs: u64,
+    /// CS.DPL that `sregs` reports: 3 at a system call under kvm_pvm, 0 on hardware KVM.
+    pub dpl: u8,
+    /// CR2 that `sregs` reports (the faulting address of a page fault).
+    pub cr2: u64,
+}
+
+impl Vcpu for FakeVcpu {
+    fn run(&mut self) -> Result<Exit, KvmError> {
+        Ok(Exit::Hlt)
+    }
+    fn regs(&self) -> &kvm_regs {
+        &self.regs
+    }
+    fn regs_mut(&mut self) -> &mut kvm_regs {
+        &mut self.regs
+    }
+    fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
+        let mut s = kvm_sregs::default();
+        s.cs.dpl = self.dpl;
+        s.cr2 = self.cr2;
+        Ok(s)
+    }
+    fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
+        self.fs = base;
+        Ok(())
+    }
+    fn fs_base(&self) -> u64 {
+        self.fs
+    }
+    fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
+        self.gs = base;
+        Ok(())
+    }
+    fn gs_base(&self) -> u64 {
+        self.gs
+    }
+}
