@@ -287,6 +287,8 @@ pub struct Program {
     pool: OnceLock<Arc<VmPool>>,
     /// Requests waiting for the boot or for a VM.
     waiting: AtomicUsize,
+    /// Replaced by a live update: VMs coming back are freed once nobody waits for one.
+    retired: std::sync::atomic::AtomicBool,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The storage VM, once booted.
@@ -309,6 +311,7 @@ impl Program {
             changed_async: tokio::sync::watch::Sender::new(0),
             pool: OnceLock::new(),
             waiting: AtomicUsize::new(0),
+            retired: Default::default(),
             stats,
             storage: Mutex::new(None),
         })
@@ -673,6 +676,16 @@ impl Program {
             return Err(ServeError::QueueTimeout);
         }
         let waiting = Waiting(&self.waiting);
+        if self.retired.load(Ordering::SeqCst)
+            && self
+                .pool
+                .get()
+                .is_some_and(|p| p.permits.available_permits() == 0)
+        {
+            // Looked up just before a live update swapped this program out, and its VMs
+            // are being freed: answer at once rather than wait for one that never comes.
+            return Err(ServeError::ShuttingDown);
+        }
         let limit = queue_timeout();
         let timed_out = || {
             self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -759,7 +772,11 @@ impl Program {
             if vm.is_ephemeral() || rs.full_reset {
                 stats.resets.fetch_add(1, Ordering::Relaxed);
             }
-            pool.put(vm);
+            if self.retired.load(Ordering::SeqCst) && self.waiting.load(Ordering::SeqCst) == 0 {
+                drop(vm);
+            } else {
+                pool.put(vm);
+            }
         }
         if rs.full_reset {
             stats.full_resets.fetch_add(1, Ordering::Relaxed);
@@ -790,9 +807,29 @@ impl Program {
         }
     }
 
-    /// Stop taking requests: requests already waiting for this program still get its VMs;
-    /// the VMs are freed when the last of them finishes.
-    pub fn retire(&self) {}
+    /// Stop taking requests (a live update replaced this program): requests already waiting
+    /// for it still get its VMs; idle VMs are freed now, busy ones when they finish and
+    /// nobody waits any more, and the storage VM with the last of them.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        // The storage VM goes once the last request VM holding its handle is gone.
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pool) = self.pool.get() {
+            // Free the idle VMs now (a permit stands for each; taking both keeps them
+            // consistent for anybody still waiting); busy ones are freed as they finish.
+            while self.waiting.load(Ordering::SeqCst) == 0 {
+                let Ok(permit) = pool.permits.try_acquire() else {
+                    break;
+                };
+                permit.forget();
+                let vm = pool.take();
+                drop(vm);
+            }
+        }
+    }
 
     /// Number of request VMs and time to ready, once ready.
     pub fn ready_info(&self) -> Option<(u32, f64)> {

@@ -853,6 +853,19 @@ fn live_update_keys_failures_and_swap() {
     assert_eq!(st["programs"]["upd"]["live_updates"], 1, "{st:#}");
     assert_eq!(st["programs"]["upd"]["binary_size"], wait.len(), "{st:#}");
     assert_eq!(st["programs"]["nokey"]["live_updates"], 0, "{st:#}");
+    // The replaced program's VMs are freed: KVM VMs left = 2 (upd, new) + 2 (nokey).
+    let kvm_vms = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.to_string_lossy().contains("kvm-vm"))
+            .count()
+    };
+    let t = std::time::Instant::now();
+    while kvm_vms() != 4 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(kvm_vms(), 4, "the old program's VMs were not freed");
     s.stop();
 }
 
