@@ -145,15 +145,7 @@ static char url_copy[4096];
 
 static const char *param(const char *key)
 {
-	const char *q = strchr(url_copy, '?');
-	const size_t kl = strlen(key);
-	while (q != NULL) {
-		q++;
-		if (strncmp(q, key, kl) == 0 && q[kl] == '=')
-			return q + kl + 1;
-		q = strchr(q, '&');
-	}
-	return NULL;
+	return query_param(url_copy, key);
 }
 
 static unsigned long long param_u(const char *key, int base, unsigned long long dflt)

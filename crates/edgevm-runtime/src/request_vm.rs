@@ -1,5 +1,5 @@
-//! A request VM: one copy-on-write fork of a frozen program, on its own thread, answering one
-//! request at a time and reset after each.
+//! A request VM: one copy-on-write fork of a frozen program, answering one request at a time
+//! (on whichever thread runs it, see pool.rs) and reset after each.
 //!
 //! Per request, on the common path: the host writes the request into the I/O area, sets the
 //! registers through sync_regs (RIP = request entry stub, RAX = handler, SysV arguments), and
@@ -206,7 +206,7 @@ fn run_error_failure(e: RunError) -> RequestFailure {
 }
 
 impl RequestVm {
-    /// Fork a request VM from `frozen` (call on the VM's own thread).
+    /// Fork a request VM from `frozen` (any thread may run it afterwards).
     pub fn new(
         frozen: Arc<Frozen>,
         settings: RequestSettings,

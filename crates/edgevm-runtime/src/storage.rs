@@ -352,8 +352,8 @@ impl StorageHandle {
     }
 }
 
-/// Boot the storage VM on its own thread (it lives there: its vCPU and timeout timer belong
-/// to that thread) and return a handle once it reached wait_for_requests().
+/// Boot the storage VM on its own thread (it lives there and serves the queue) and return a
+/// handle once it reached wait_for_requests().
 pub fn start(
     opts: VmOptions,
     max_storage_time: Duration,

@@ -17,21 +17,6 @@ use crate::common::*;
 use crate::harness::*;
 use crate::hostile::{proc_stats, program, serve, try_send, ProcStats};
 
-/// xorshift64*: a failure reproduces from the thread's seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Hostile modes mixed into the load (guest/tests/hostile.c): crashes, bombs, timeouts,
 /// half-done I/O instructions, bad pointers, oversized responses, wrong-context calls and
 /// state left behind on purpose.
