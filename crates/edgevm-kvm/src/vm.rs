@@ -260,26 +260,30 @@ impl KvmVcpu {
     /// Fetch and clear the dirty-page bitmap of slot 0 (every page is write-protected again).
     pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
         self.take_dirty_log_keeping(|_| Vec::new())
+            .map(|(dirty, _)| dirty)
     }
 
     /// Fetch the dirty-page bitmap of slot 0 and start logging afresh, except for the pages
-    /// `keep` picks (given the bitmap): with manual protection those stay writable and keep being reported
-    /// dirty at every read (so their reset must copy them every time), which spares the
-    /// guest a write-protection fault on each of them per request (~2-5 µs each under
-    /// kvm_pvm, ~1 µs on hardware). Without manual protection `keep` has no effect.
+    /// `keep` picks (given the bitmap): with manual protection those stay writable and keep
+    /// being reported dirty at every read (so their reset must copy them every time), which
+    /// spares the guest a write-protection fault on each of them per request (~2-5 µs each
+    /// under kvm_pvm, ~1 µs on hardware). Returns (dirty, kept); without manual protection
+    /// `keep` is not called and nothing is kept.
     pub fn take_dirty_log_keeping(
         &self,
         keep: impl FnOnce(&[u64]) -> Vec<u64>,
-    ) -> Result<Vec<u64>, KvmError> {
+    ) -> Result<(Vec<u64>, Vec<u64>), KvmError> {
         if !self.dirty_logging {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let dirty = self
             .vm
             .get_dirty_log(0, self.mem_size)
             .map_err(|e| KvmError::ioctl("GET_DIRTY_LOG", e))?;
+        let mut kept = Vec::new();
         if self.manual_protect {
-            let keep = keep(&dirty);
+            kept = keep(&dirty);
+            let keep = &kept;
             let mut clear: Vec<u64> = dirty
                 .iter()
                 .enumerate()
@@ -289,7 +293,7 @@ impl KvmVcpu {
                 self.clear_dirty_log(&mut clear)?;
             }
         }
-        Ok(dirty)
+        Ok((dirty, kept))
     }
 
     /// KVM_CLEAR_DIRTY_LOG over the whole slot 0 for the bits set in `bits`.

@@ -351,7 +351,6 @@ impl RequestVm {
         // hot page is reported dirty whether or not it was written, so one that came back
         // unchanged for IDLE_HOT_LIMIT requests in a row is write-protected again.
         let mut prev = std::mem::take(&mut self.prev_dirty);
-        let mut kept = Vec::new();
         let (cpu, mem) = (&self.inv.vm.machine.cpu, &self.inv.vm.machine.mem);
         let (image, idle) = (&self.frozen.image, &mut self.hot_idle);
         let log = cpu.take_dirty_log_keeping(|d| {
@@ -380,15 +379,14 @@ impl RequestVm {
             }
             idle.retain(|p, _| k.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0));
             if n <= MAX_KEPT_PAGES {
-                kept = k.clone();
                 k
             } else {
                 idle.clear();
                 Vec::new()
             }
         });
-        let dirty = match log {
-            Ok(d) => d,
+        let (dirty, kept) = match log {
+            Ok(x) => x,
             Err(e) => {
                 return Err(RequestFailure {
                     message: e.to_string(),
