@@ -455,6 +455,16 @@ fn main() {
         std::thread::spawn(f).join().expect("bench thread")
     }
     let step = |what: &str| eprintln!("request bench: {what}");
+    if std::env::var("EDGEVM_BENCH_ONLY").as_deref() == Ok("hello") {
+        // Profiling aid (`perf record`): only the hello cycles and raw exits.
+        let (f, o) = (frozen_hello.clone(), hello_opts.clone());
+        let (raw, hello) = on_thread(move || hello_and_raw_exit(f, o, cycles));
+        let (rmin, rmed) = stats(raw);
+        let (hmin, hmed) = stats(hello[0].cycle.clone());
+        let (_, reset) = stats(hello[0].reset.clone());
+        println!("raw exit {rmin:.1}/{rmed:.1} µs, hello drop {hmin:.1}/{hmed:.1} µs (reset {reset:.1}), ratio {:.2}", hmed / rmed);
+        return;
+    }
     let mut results = Vec::new();
     for keep in [true, false] {
         step(if keep {
