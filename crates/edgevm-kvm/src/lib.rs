@@ -3,6 +3,8 @@
 //! * [`memory::GuestMemory`] — the host mapping that backs a guest's physical memory: a memfd
 //!   shared by the main VM, copy-on-write private mappings of it for request VMs, bounds-checked
 //!   access, host-write tracking, and reset from the frozen image by dirty bitmap.
+//! * [`pageset::PageSet`] — sparse page sets, so a reset costs what the request dirtied, not
+//!   the size of the address space.
 //! * [`vm::KvmMachine`] — one KVM VM with one memory slot and one vCPU, registers exchanged
 //!   through `kvm_run` sync_regs (no register ioctls on hot paths).
 //! * [`Vcpu`] — the small trait seam the layers above use, so guest-ABI logic (syscall
@@ -11,10 +13,12 @@
 //! Nothing here knows about ELF, Linux syscalls or HTTP.
 
 pub mod memory;
+pub mod pageset;
 pub mod vm;
 
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 pub use memory::{GuestMemory, MemError, PAGE_SIZE};
+pub use pageset::PageSet;
 pub use vm::{guest_user_fsgsbase, guest_user_xsave, kvm_available, KvmMachine, KvmVcpu, VmShell};
 
 /// Why a vCPU stopped running guest code.

@@ -15,6 +15,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::PageSet;
+
 /// Guest page size (4 KiB).
 pub const PAGE_SIZE: usize = 4096;
 
@@ -50,6 +52,8 @@ pub struct GuestMemory {
     /// Pages written by the host on this guest's behalf since the last reset (syscall results,
     /// request data). KVM's dirty log does not see host writes.
     host_dirty: PageBitmap,
+    /// The pages set in `host_dirty`, in the order written (so a reset visits only them).
+    host_list: Vec<u32>,
     track_host_writes: bool,
     /// Ranges the guest program may not name in a pointer (its supervisor structures): the
     /// checked accessors refuse them like out-of-bounds addresses; `*_raw` bypass the check.
@@ -121,6 +125,7 @@ impl GuestMemory {
             private: false,
             shared_from: size,
             host_dirty: vec![0; bitmap_words(size)],
+            host_list: Vec::new(),
             track_host_writes: false,
             protected: Vec::new(),
         })
@@ -144,6 +149,7 @@ impl GuestMemory {
             private: true,
             shared_from,
             host_dirty: vec![0; bitmap_words(self.size)],
+            host_list: Vec::new(),
             track_host_writes: true,
             protected: self.protected.clone(),
         };
@@ -246,7 +252,11 @@ impl GuestMemory {
         let first = off / PAGE_SIZE;
         let last = (off + len - 1) / PAGE_SIZE;
         for p in first..=last {
-            self.host_dirty[p / 64] |= 1 << (p % 64);
+            let (w, bit) = (p / 64, 1u64 << (p % 64));
+            if self.host_dirty[w] & bit == 0 {
+                self.host_dirty[w] |= bit;
+                self.host_list.push(p as u32);
+            }
         }
     }
 
@@ -388,9 +398,10 @@ impl GuestMemory {
 
     /// Restore, from `image`, every page set in `dirty` (KVM's dirty log) or written by the host
     /// since the last reset, below the shared area. Returns the number of pages copied.
-    pub fn restore_pages(&mut self, image: &GuestMemory, dirty: &[u64]) -> usize {
+    pub fn restore_pages(&mut self, image: &GuestMemory, dirty: &PageSet) -> usize {
         // Every page is "hot": all are copied back, none dropped.
-        match self.discard_pages(image, dirty, 0..u64::MAX, &[]) {
+        let mut unchanged = Vec::new();
+        match self.discard_pages(image, dirty, 0..u64::MAX, &PageSet::new(), &mut unchanged) {
             Ok((copied, _)) => copied,
             Err(_) => 0,
         }
@@ -402,14 +413,17 @@ impl GuestMemory {
     /// handler stack) — and drop the private copies of all others with MADV_DONTNEED, which
     /// gives their memory back (they read the image again). Dropping a page that is written on
     /// every request costs a re-fault each time (~5 µs under kvm_pvm), copying it 0.2 µs.
-    /// Pages set in `copy` are copied back too.
+    /// Pages set in `copy` (kept writable, so reported dirty whether written or not) are
+    /// compared with the image first and copied only when they differ; the ones that did not
+    /// are pushed to `unchanged`.
     /// Returns (pages copied, pages dropped).
     pub fn discard_pages(
         &mut self,
         image: &GuestMemory,
-        dirty: &[u64],
+        dirty: &PageSet,
         hot: std::ops::Range<u64>,
-        copy: &[u64],
+        copy: &PageSet,
+        unchanged: &mut Vec<usize>,
     ) -> Result<(usize, usize), MemError> {
         if !self.private {
             return Err(MemError::Os("discard_pages on the main VM memory".into()));
@@ -419,59 +433,97 @@ impl GuestMemory {
             (hot.start / PAGE_SIZE as u64) as usize..hot.end.div_ceil(PAGE_SIZE as u64) as usize;
         let (mut copied, mut dropped) = (0, 0);
         let mut run: Option<(usize, usize)> = None;
-        let flush = |run: &mut Option<(usize, usize)>| -> Result<(), MemError> {
-            if let Some((start, n)) = run.take() {
-                // SAFETY: the pages are inside our private mapping (below shared_from).
-                let r = unsafe {
-                    libc::madvise(
-                        self.ptr.add(start * PAGE_SIZE).cast(),
-                        n * PAGE_SIZE,
-                        libc::MADV_DONTNEED,
-                    )
-                };
-                if r != 0 {
-                    return Err(os_err("madvise"));
-                }
+        let mut copy_words = copy.words().iter().peekable();
+        for &(w, bits) in dirty.words() {
+            let w = w as usize;
+            let host = self.host_dirty.get(w).copied().unwrap_or(0);
+            while copy_words.peek().is_some_and(|&&(c, _)| (c as usize) < w) {
+                copy_words.next();
             }
-            Ok(())
-        };
-        for w in 0..self.host_dirty.len() {
-            let host = self.host_dirty[w] | copy.get(w).copied().unwrap_or(0);
-            let mut bits = host | dirty.get(w).copied().unwrap_or(0);
-            self.host_dirty[w] = 0;
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
+            let keep = match copy_words.peek() {
+                Some(&&(c, k)) if c as usize == w => k,
+                _ => 0,
+            };
+            let mut left = bits;
+            while left != 0 {
+                let b = left.trailing_zeros() as usize;
+                left &= left - 1;
                 let page = w * 64 + b;
                 if page >= limit_page {
                     break;
                 }
+                if keep & (1 << b) != 0 && host & (1 << b) == 0 {
+                    if self.page_same_as(image, page) {
+                        unchanged.push(page);
+                    } else {
+                        self.copy_page_from(image, page);
+                        copied += 1;
+                    }
+                    continue;
+                }
                 if host & (1 << b) != 0 || hot_pages.contains(&page) {
-                    let off = page * PAGE_SIZE;
-                    // SAFETY: page < limit_page <= pages(): inside both same-size mappings; the
-                    // guest is stopped; the image is frozen.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            image.ptr.add(off),
-                            self.ptr.add(off),
-                            PAGE_SIZE,
-                        )
-                    };
+                    self.copy_page_from(image, page);
                     copied += 1;
+                    if let Some(h) = self.host_dirty.get_mut(w) {
+                        *h &= !(1 << b);
+                    }
                     continue;
                 }
                 dropped += 1;
                 match run {
                     Some((s, n)) if s + n == page => run = Some((s, n + 1)),
                     _ => {
-                        flush(&mut run)?;
+                        self.drop_pages(run.take())?;
                         run = Some((page, 1));
                     }
                 }
             }
         }
-        flush(&mut run)?;
+        self.drop_pages(run)?;
+        // Pages only the host wrote (the guest did not, or they are above the dirty log).
+        let list = std::mem::take(&mut self.host_list);
+        for &p in &list {
+            let (p, w, bit) = (p as usize, p as usize / 64, 1u64 << (p % 64));
+            if self.host_dirty[w] & bit != 0 {
+                self.host_dirty[w] &= !bit;
+                if p < limit_page {
+                    self.copy_page_from(image, p);
+                    copied += 1;
+                }
+            }
+        }
+        self.host_list = list;
+        self.host_list.clear();
         Ok((copied, dropped))
+    }
+
+    /// Copy one page back from `image` (same layout).
+    fn copy_page_from(&mut self, image: &GuestMemory, page: usize) {
+        let off = page * PAGE_SIZE;
+        assert!(off + PAGE_SIZE <= self.size.min(image.size), "page out of bounds");
+        // SAFETY: the page is inside both same-size mappings (checked above); the guest is
+        // stopped; the image is frozen.
+        unsafe { std::ptr::copy_nonoverlapping(image.ptr.add(off), self.ptr.add(off), PAGE_SIZE) };
+    }
+
+    /// Drop the private copies of a run of pages (start, count): they read the image again.
+    fn drop_pages(&self, run: Option<(usize, usize)>) -> Result<(), MemError> {
+        let Some((start, n)) = run else {
+            return Ok(());
+        };
+        assert!((start + n) * PAGE_SIZE <= self.shared_from, "drop outside the private area");
+        // SAFETY: the pages are inside our private mapping (below shared_from, checked above).
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.add(start * PAGE_SIZE).cast(),
+                n * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            return Err(os_err("madvise"));
+        }
+        Ok(())
     }
 
     /// Drop every private page (below the shared area): the view reads the image again and the
@@ -481,6 +533,7 @@ impl GuestMemory {
             return Err(MemError::Os("discard_private on the main VM memory".into()));
         }
         self.host_dirty.iter_mut().for_each(|w| *w = 0);
+        self.host_list.clear();
         // SAFETY: the range is inside our private mapping; MADV_DONTNEED on a MAP_PRIVATE file
         // mapping makes the pages read the file (the frozen image) again.
         let r = unsafe { libc::madvise(self.ptr.cast(), self.shared_from, libc::MADV_DONTNEED) };
@@ -546,7 +599,7 @@ mod tests {
         let mut s = [0u8; 3];
         b.read((2 << 20) + 8, &mut s).unwrap();
         assert_eq!(&s, b"SHM", "shared area is shared");
-        let n = a.restore_pages(&main, &[]);
+        let n = a.restore_pages(&main, &PageSet::new());
         assert_eq!(n, 1, "only the host-written private page is restored");
         a.read(0x1000, &mut buf).unwrap();
         assert_eq!(&buf, b"frozen");

@@ -13,7 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
-use crate::{Exit, GuestMemory, KvmError, Vcpu};
+use crate::{Exit, GuestMemory, KvmError, PageSet, Vcpu};
 
 const MSR_FS_BASE: u32 = 0xC000_0100;
 const MSR_GS_BASE: u32 = 0xC000_0101;
@@ -89,6 +89,10 @@ pub struct KvmVcpu {
     manual_protect: bool,
     mem_size: usize,
     exits: u64,
+    /// KVM_GET_DIRTY_LOG's bitmap, kept across calls.
+    log_buf: Vec<u64>,
+    /// KVM_CLEAR_DIRTY_LOG's bitmap, kept across calls.
+    clear_buf: Vec<u64>,
 }
 
 // SAFETY: `regs` points into the vCPU's own kvm_run mapping, which moves with the VcpuFd; the
@@ -188,6 +192,8 @@ impl KvmMachine {
             manual_protect,
             mem_size: mem.size(),
             exits: 0,
+            log_buf: Vec::new(),
+            clear_buf: Vec::new(),
         };
         Ok(KvmMachine { cpu, mem })
     }
@@ -257,66 +263,113 @@ impl KvmVcpu {
             .map_err(|e| KvmError::ioctl("SET_FPU", e))
     }
 
-    /// Fetch and clear the dirty-page bitmap of slot 0 (every page is write-protected again).
-    pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
-        self.take_dirty_log_keeping(|_| Vec::new())
+    /// Fetch and clear the dirty-page set of slot 0 (every page is write-protected again).
+    pub fn take_dirty_log(&mut self) -> Result<PageSet, KvmError> {
+        self.take_dirty_log_keeping(|_| PageSet::new())
             .map(|(dirty, _)| dirty)
     }
 
-    /// Fetch the dirty-page bitmap of slot 0 and start logging afresh, except for the pages
-    /// `keep` picks (given the bitmap): with manual protection those stay writable and keep
+    /// Fetch the dirty pages of slot 0 and start logging afresh, except for the pages `keep`
+    /// picks (given the dirty set): with manual protection those stay writable and keep
     /// being reported dirty at every read (so their reset must copy them every time), which
     /// spares the guest a write-protection fault on each of them per request (~2-5 µs each
     /// under kvm_pvm, ~1 µs on hardware). Returns (dirty, kept); without manual protection
     /// `keep` is not called and nothing is kept.
+    ///
+    /// Cost: one KVM_GET_DIRTY_LOG into a buffer kept across calls, one scan of it, and a
+    /// KVM_CLEAR_DIRTY_LOG over the span of the re-protected pages only when there are any
+    /// (none for a request whose pages are all kept).
     pub fn take_dirty_log_keeping(
-        &self,
-        keep: impl FnOnce(&[u64]) -> Vec<u64>,
-    ) -> Result<(Vec<u64>, Vec<u64>), KvmError> {
+        &mut self,
+        keep: impl FnOnce(&PageSet) -> PageSet,
+    ) -> Result<(PageSet, PageSet), KvmError> {
         if !self.dirty_logging {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((PageSet::new(), PageSet::new()));
         }
-        let dirty = self
-            .vm
-            .get_dirty_log(0, self.mem_size)
-            .map_err(|e| KvmError::ioctl("GET_DIRTY_LOG", e))?;
-        let mut kept = Vec::new();
+        let words = (self.mem_size / crate::PAGE_SIZE).div_ceil(64);
+        let mut buf = std::mem::take(&mut self.log_buf);
+        buf.resize(words, 0);
+        let r = self.get_dirty_log(&mut buf);
+        let mut dirty = PageSet::new();
+        if r.is_ok() {
+            dirty.fill_from_dense(&buf);
+        }
+        self.log_buf = buf;
+        r?;
+        let mut kept = PageSet::new();
         if self.manual_protect {
             kept = keep(&dirty);
-            let keep = &kept;
-            let mut clear: Vec<u64> = dirty
-                .iter()
-                .enumerate()
-                .map(|(i, d)| d & !keep.get(i).copied().unwrap_or(0))
-                .collect();
-            if clear.iter().any(|&w| w != 0) {
-                self.clear_dirty_log(&mut clear)?;
-            }
+            let clear = dirty.difference(&kept);
+            self.clear_dirty_log(&clear)?;
         }
         Ok((dirty, kept))
     }
 
-    /// KVM_CLEAR_DIRTY_LOG over the whole slot 0 for the bits set in `bits`.
-    fn clear_dirty_log(&self, bits: &mut [u64]) -> Result<(), KvmError> {
-        /// _IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log), 24 bytes.
-        const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xC018_AEC0;
-        let pages = (self.mem_size / crate::PAGE_SIZE) as u32;
-        if bits.len() < (pages as usize).div_ceil(64) {
+    /// KVM_GET_DIRTY_LOG of slot 0 into `bits` (one bit per page of the slot). The
+    /// kvm-ioctls wrapper would allocate a new bitmap per call.
+    fn get_dirty_log(&self, bits: &mut [u64]) -> Result<(), KvmError> {
+        /// _IOW(KVMIO, 0x42, struct kvm_dirty_log), 16 bytes.
+        const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_AE42;
+        let pages = self.mem_size / crate::PAGE_SIZE;
+        if bits.len() < pages.div_ceil(64) {
             return Err(KvmError::ioctl(
-                "CLEAR_DIRTY_LOG",
+                "GET_DIRTY_LOG",
                 kvm_ioctls::Error::new(libc::EINVAL),
             ));
         }
-        let arg = kvm_bindings::kvm_clear_dirty_log {
+        let arg = kvm_bindings::kvm_dirty_log {
             slot: 0,
-            num_pages: pages,
-            first_page: 0,
-            __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+            padding1: 0,
+            __bindgen_anon_1: kvm_bindings::kvm_dirty_log__bindgen_ty_1 {
                 dirty_bitmap: bits.as_mut_ptr().cast(),
             },
         };
-        // SAFETY: `arg` points at a bitmap of at least `pages` bits that lives across the
-        // call; KVM only reads it. The fd is this VM's.
+        // SAFETY: `arg` points at a writable bitmap of at least one bit per page of slot 0,
+        // alive across the call; KVM writes exactly that many bits. The fd is this VM's.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::unix::io::AsRawFd::as_raw_fd(&self.vm),
+                KVM_GET_DIRTY_LOG,
+                &arg,
+            )
+        };
+        if r != 0 {
+            return Err(KvmError::ioctl(
+                "GET_DIRTY_LOG",
+                kvm_ioctls::Error::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG (write-protect again) for the pages of `pages`, over the span of
+    /// words from the first to the last one set (KVM wants 64-page aligned spans).
+    fn clear_dirty_log(&mut self, pages: &PageSet) -> Result<(), KvmError> {
+        /// _IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log), 24 bytes.
+        const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xC018_AEC0;
+        let (Some(&(first, _)), Some(&(last, _))) = (pages.words().first(), pages.words().last())
+        else {
+            return Ok(());
+        };
+        let slot_pages = self.mem_size / crate::PAGE_SIZE;
+        let first_page = first as usize * 64;
+        let num_pages = ((last as usize + 1) * 64).min(slot_pages) - first_page.min(slot_pages);
+        let span = &mut self.clear_buf;
+        span.clear();
+        span.resize((last - first) as usize + 1, 0);
+        for &(w, bits) in pages.words() {
+            span[(w - first) as usize] = bits;
+        }
+        let arg = kvm_bindings::kvm_clear_dirty_log {
+            slot: 0,
+            num_pages: num_pages as u32,
+            first_page: first_page as u64,
+            __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+                dirty_bitmap: span.as_mut_ptr().cast(),
+            },
+        };
+        // SAFETY: `arg` points at a bitmap of at least `num_pages` bits (one word per 64 pages
+        // of the span) that lives across the call; KVM only reads it. The fd is this VM's.
         let r = unsafe {
             libc::ioctl(
                 std::os::unix::io::AsRawFd::as_raw_fd(&self.vm),

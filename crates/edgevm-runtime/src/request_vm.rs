@@ -21,7 +21,7 @@ use edgevm_abi::api;
 use edgevm_abi::io::{self, IoError, RequestData};
 use edgevm_abi::layout;
 use edgevm_abi::linux::{fill_random, Output};
-use edgevm_kvm::{Vcpu, PAGE_SIZE};
+use edgevm_kvm::{PageSet, Vcpu, PAGE_SIZE};
 
 use crate::request::{GuestRequest, GuestResponse};
 use crate::storage::{PendingCall, Returned, StorageHandle};
@@ -146,9 +146,11 @@ pub struct RequestVm {
     /// Exit count (without timer exits) when the current request began.
     exits0: u64,
     /// The dirty log of the previous request (which pages are hot).
-    prev_dirty: Vec<u64>,
+    prev_dirty: PageSet,
     /// Hot pages that came back unchanged, and for how many requests in a row.
     hot_idle: std::collections::HashMap<usize, u8>,
+    /// Scratch: the kept pages the last reset found unchanged.
+    unchanged: Vec<usize>,
 }
 
 enum Outcome {
@@ -237,8 +239,9 @@ impl RequestVm {
             requests: 0,
             full_resets: 0,
             exits0: 0,
-            prev_dirty: Vec::new(),
+            prev_dirty: PageSet::new(),
             hot_idle: Default::default(),
+            unchanged: Vec::new(),
         })
     }
 
@@ -349,40 +352,19 @@ impl RequestVm {
         // Pages dirtied by this request and the previous one are "hot": they stay writable
         // (no write-protection fault next time) and are copied back after every request. A
         // hot page is reported dirty whether or not it was written, so one that came back
-        // unchanged for IDLE_HOT_LIMIT requests in a row is write-protected again.
-        let mut prev = std::mem::take(&mut self.prev_dirty);
-        let (cpu, mem) = (&self.inv.vm.machine.cpu, &self.inv.vm.machine.mem);
-        let (image, idle) = (&self.frozen.image, &mut self.hot_idle);
-        let log = cpu.take_dirty_log_keeping(|d| {
-            prev.resize(d.len(), 0);
-            let mut k: Vec<u64> = d.iter().zip(prev.iter()).map(|(a, b)| a & b).collect();
-            let mut n = 0usize;
-            for (w, word) in k.iter_mut().enumerate() {
-                let mut bits = *word;
-                while bits != 0 {
-                    let b = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let page = w * 64 + b;
-                    let count = idle.entry(page).or_insert(0);
-                    if mem.page_same_as(image, page) {
-                        *count += 1;
-                    } else {
-                        *count = 0;
-                    }
-                    if *count >= IDLE_HOT_LIMIT {
-                        *word &= !(1 << b);
-                        idle.remove(&page);
-                    } else {
-                        n += 1;
-                    }
-                }
-            }
-            idle.retain(|p, _| k.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0));
-            if n <= MAX_KEPT_PAGES {
+        // unchanged (found by the previous resets' comparison with the image) for
+        // IDLE_HOT_LIMIT requests in a row is write-protected again.
+        let prev = std::mem::take(&mut self.prev_dirty);
+        let idle = &mut self.hot_idle;
+        let log = self.inv.vm.machine.cpu.take_dirty_log_keeping(|d| {
+            let mut k = d.intersection(&prev);
+            k.retain(|page| idle.get(&page).is_none_or(|&c| c < IDLE_HOT_LIMIT));
+            idle.retain(|&p, _| k.contains(p));
+            if k.len() <= MAX_KEPT_PAGES {
                 k
             } else {
                 idle.clear();
-                Vec::new()
+                PageSet::new()
             }
         });
         let (dirty, kept) = match log {
@@ -394,10 +376,9 @@ impl RequestVm {
                 })
             }
         };
-        self.prev_dirty = dirty.clone();
-        let dirtied: u64 =
-            dirty.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * PAGE_SIZE as u64;
+        let dirtied = dirty.len() as u64 * PAGE_SIZE as u64;
         if dirtied > self.inv.settings.max_request_memory {
+            self.prev_dirty = dirty;
             return Err(RequestFailure {
                 message: format!(
                     "Backend VM memory exception: the request wrote {} MiB, over max_request_memory ({} MiB)",
@@ -408,38 +389,52 @@ impl RequestVm {
             });
         }
         if !self.ephemeral {
+            self.prev_dirty = dirty;
             return Ok((0, false));
         }
-        let pages = if self.inv.settings.keep_working_memory {
-            for (w, d) in self.working.iter_mut().zip(dirty.iter()) {
-                *w |= *d;
+        let hot = if self.inv.settings.keep_working_memory {
+            for &(w, d) in dirty.words() {
+                if let Some(x) = self.working.get_mut(w as usize) {
+                    *x |= d;
+                }
             }
-            self.inv
-                .vm
-                .machine
-                .mem
-                .restore_pages(&self.frozen.image, &dirty)
+            // Every page is copied back, none dropped.
+            0..u64::MAX
         } else {
             // The handler's stack frames (below the frozen RSP) are written by every request:
             // copy those back, drop everything else.
             let rsp = self.frozen.regs.rsp;
-            let hot = rsp.saturating_sub(HOT_STACK)..rsp.saturating_add(4096);
-            match self
-                .inv
-                .vm
-                .machine
-                .mem
-                .discard_pages(&self.frozen.image, &dirty, hot, &kept)
-            {
-                Ok((copied, dropped)) => copied + dropped,
-                Err(e) => {
-                    return Err(RequestFailure {
-                        message: e.to_string(),
-                        kind: FailureKind::Other,
-                    })
-                }
+            rsp.saturating_sub(HOT_STACK)..rsp.saturating_add(4096)
+        };
+        let reset = self.inv.vm.machine.mem.discard_pages(
+            &self.frozen.image,
+            &dirty,
+            hot,
+            &kept,
+            &mut self.unchanged,
+        );
+        self.prev_dirty = dirty;
+        let pages = match reset {
+            Ok((copied, dropped)) => copied + dropped,
+            Err(e) => {
+                self.unchanged.clear();
+                return Err(RequestFailure {
+                    message: e.to_string(),
+                    kind: FailureKind::Other,
+                });
             }
         };
+        // Idle counts for the next request's choice of hot pages (`unchanged` is in page
+        // order, a subset of `kept`).
+        for page in kept.pages() {
+            let c = self.hot_idle.entry(page).or_insert(0);
+            *c = if self.unchanged.binary_search(&page).is_ok() {
+                c.saturating_add(1)
+            } else {
+                0
+            };
+        }
+        self.unchanged.clear();
         self.inv.vm.linux = self.frozen.linux.clone();
         let limit = self.inv.settings.limit_workmem_after_req;
         if self.inv.settings.keep_working_memory && limit > 0 {
