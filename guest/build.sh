@@ -25,6 +25,7 @@
 #     api_fuzz         random hypercalls and system calls with nasty arguments
 #     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
+#     hot_pages        reset of pages kept writable (tests/all/reset.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #   examples (guest/examples):
@@ -114,7 +115,7 @@ done
 build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
-for prog in serve_state serve_api bench_touch; do
+for prog in serve_state serve_api bench_touch hot_pages; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"

@@ -1146,17 +1146,12 @@ fn host_clock(clk: libc::clockid_t) -> (i64, i64) {
     (ts.tv_sec, ts.tv_nsec)
 }
 
-/// Fill `buf` from the host's getrandom.
+/// Fill `buf` with cryptographically secure random bytes: the thread's ChaCha generator from
+/// the `rand` crate (seeded from the OS and reseeded periodically), so the per-request seed
+/// and a guest's getrandom cost no system call (getrandom(2) took ~0.45 µs of a ~35 µs hello
+/// request cycle here).
 pub fn fill_random(buf: &mut [u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes at most buf.len()-done bytes into the slice's remaining part.
-        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if n <= 0 {
-            break;
-        }
-        done += n as usize;
-    }
+    rand::RngCore::fill_bytes(&mut rand::rng(), buf);
 }
 
 fn errno_name(e: i64) -> &'static str {

@@ -500,7 +500,10 @@ impl GuestMemory {
     /// Copy one page back from `image` (same layout).
     fn copy_page_from(&mut self, image: &GuestMemory, page: usize) {
         let off = page * PAGE_SIZE;
-        assert!(off + PAGE_SIZE <= self.size.min(image.size), "page out of bounds");
+        assert!(
+            off + PAGE_SIZE <= self.size.min(image.size),
+            "page out of bounds"
+        );
         // SAFETY: the page is inside both same-size mappings (checked above); the guest is
         // stopped; the image is frozen.
         unsafe { std::ptr::copy_nonoverlapping(image.ptr.add(off), self.ptr.add(off), PAGE_SIZE) };
@@ -511,7 +514,10 @@ impl GuestMemory {
         let Some((start, n)) = run else {
             return Ok(());
         };
-        assert!((start + n) * PAGE_SIZE <= self.shared_from, "drop outside the private area");
+        assert!(
+            (start + n) * PAGE_SIZE <= self.shared_from,
+            "drop outside the private area"
+        );
         // SAFETY: the pages are inside our private mapping (below shared_from, checked above).
         let r = unsafe {
             libc::madvise(

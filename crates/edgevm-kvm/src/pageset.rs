@@ -73,7 +73,10 @@ impl PageSet {
 
     /// Number of pages in the set.
     pub fn len(&self) -> usize {
-        self.words.iter().map(|&(_, w)| w.count_ones() as usize).sum()
+        self.words
+            .iter()
+            .map(|&(_, w)| w.count_ones() as usize)
+            .sum()
     }
 
     /// Whether `page` is in the set.

@@ -334,10 +334,7 @@ impl KvmVcpu {
             )
         };
         if r != 0 {
-            return Err(KvmError::ioctl(
-                "GET_DIRTY_LOG",
-                kvm_ioctls::Error::last(),
-            ));
+            return Err(KvmError::ioctl("GET_DIRTY_LOG", kvm_ioctls::Error::last()));
         }
         Ok(())
     }

@@ -250,6 +250,12 @@ impl RequestVm {
         self.inv.index = index;
     }
 
+    /// How many pages are kept writable between requests now ("hot pages", see
+    /// `after_request`).
+    pub fn hot_pages(&self) -> usize {
+        self.hot_idle.len()
+    }
+
     /// Whether this VM resets after every request.
     pub fn is_ephemeral(&self) -> bool {
         self.ephemeral

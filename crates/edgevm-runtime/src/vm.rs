@@ -891,6 +891,9 @@ impl MainVm {
                         self.slice_end = None;
                         return Ok(Event::Preempted);
                     }
+                    // Stopped early: the thread's timer was still armed for an earlier run
+                    // (timer.rs arms lazily), or another signal came. Aim it at this run.
+                    self.arm_timer()?;
                 }
                 Exit::Shutdown => {
                     return Err(RunError::Fatal(format!(

@@ -11,6 +11,7 @@ mod harness;
 mod hostile;
 mod inline;
 mod privilege;
+mod reset;
 mod robustness;
 mod run_cmd;
 mod run_limits;
