@@ -325,16 +325,31 @@ impl KvmVcpu {
             },
         };
         // SAFETY: `arg` points at a writable bitmap of at least one bit per page of slot 0,
-        // alive across the call; KVM writes exactly that many bits. The fd is this VM's.
+        // alive across the call; KVM writes exactly that many bits.
+        unsafe { self.vm_ioctl("GET_DIRTY_LOG", KVM_GET_DIRTY_LOG, &arg) }
+    }
+
+    /// One ioctl on this VM's fd with `arg`'s address.
+    ///
+    /// # Safety
+    /// `req` must be a KVM VM ioctl whose argument is a `T`, and every pointer inside `arg`
+    /// must be valid for what KVM reads or writes through it during the call.
+    unsafe fn vm_ioctl<T>(
+        &self,
+        op: &'static str,
+        req: libc::c_ulong,
+        arg: &T,
+    ) -> Result<(), KvmError> {
+        // SAFETY: the fd is this VM's; `arg` is what `req` expects (the caller's contract).
         let r = unsafe {
             libc::ioctl(
                 std::os::unix::io::AsRawFd::as_raw_fd(&self.vm),
-                KVM_GET_DIRTY_LOG,
-                &arg,
+                req,
+                std::ptr::from_ref(arg),
             )
         };
         if r != 0 {
-            return Err(KvmError::ioctl("GET_DIRTY_LOG", kvm_ioctls::Error::last()));
+            return Err(KvmError::ioctl(op, kvm_ioctls::Error::last()));
         }
         Ok(())
     }
@@ -366,21 +381,8 @@ impl KvmVcpu {
             },
         };
         // SAFETY: `arg` points at a bitmap of at least `num_pages` bits (one word per 64 pages
-        // of the span) that lives across the call; KVM only reads it. The fd is this VM's.
-        let r = unsafe {
-            libc::ioctl(
-                std::os::unix::io::AsRawFd::as_raw_fd(&self.vm),
-                KVM_CLEAR_DIRTY_LOG,
-                &arg,
-            )
-        };
-        if r != 0 {
-            return Err(KvmError::ioctl(
-                "CLEAR_DIRTY_LOG",
-                kvm_ioctls::Error::last(),
-            ));
-        }
-        Ok(())
+        // of the span) that lives across the call; KVM only reads it.
+        unsafe { self.vm_ioctl("CLEAR_DIRTY_LOG", KVM_CLEAR_DIRTY_LOG, &arg) }
     }
 
     /// Pointer to `kvm_run.immediate_exit`, for a signal handler on this vCPU's thread.
