@@ -1,6 +1,8 @@
 /* hot_pages.c: the per-request reset of pages kept writable ("hot pages",
    crates/edgevm-runtime/src/request_vm.rs), tested by crates/edgevm/tests/all/reset.rs.
 
+   GET /?r=N       reads the first byte of N pages (N <= 4096) of a 16 MiB block
+                   that nothing ever writes: 500 if one is not zero.
    GET /?w=N&v=V   first checks that every page of a 64-page static array still
                    holds what the frozen image holds (page i: byte i at its start and
                    end, zeros elsewhere checked at a few offsets) and answers 500
@@ -17,6 +19,9 @@
 #define PAGE 4096
 
 static unsigned char pages[PAGES][PAGE] __attribute__((aligned(PAGE)));
+/* 16 MiB from malloc (an mmap of memory nobody has written; a static array would not do:
+   the loader zeroes .bss). */
+static unsigned char (*untouched)[PAGE];
 
 static void on_get(const char *url, const char *arg)
 {
@@ -24,6 +29,10 @@ static void on_get(const char *url, const char *arg)
 	const char *ws = query_param(url, "w"), *vs = query_param(url, "v");
 	const long n = ws != NULL ? atol(ws) : 0;
 	const long v = vs != NULL ? atol(vs) : 0;
+	const char *rs = query_param(url, "r");
+	for (long i = 0, r = rs != NULL ? atol(rs) : 0; i < r && i < 4096; i++)
+		if (((const volatile unsigned char *)untouched[i])[0] != 0)
+			backend_response_str(500, "text/plain", "untouched memory is not zero");
 	char msg[64];
 	for (int i = 0; i < PAGES; i++) {
 		const volatile unsigned char *p = pages[i];
@@ -56,6 +65,7 @@ int main(int argc, char **argv)
 		pages[i][0] = (unsigned char)i;
 		pages[i][PAGE - 1] = (unsigned char)i;
 	}
+	untouched = malloc(4096 * PAGE);
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;

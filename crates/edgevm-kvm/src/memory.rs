@@ -58,6 +58,9 @@ pub struct GuestMemory {
     /// Ranges the guest program may not name in a pointer (its supervisor structures): the
     /// checked accessors refuse them like out-of-bounds addresses; `*_raw` bypass the check.
     protected: Vec<(u64, u64)>,
+    /// Page ranges [start, end) that are holes of the frozen image (never written by the main
+    /// VM); views map anonymous memory there (see [`GuestMemory::find_holes`]).
+    holes: Arc<Vec<(usize, usize)>>,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (private) or shares it with other mappings of
@@ -98,6 +101,32 @@ fn map_fd(
     Ok(p.cast())
 }
 
+/// mmap anonymous private memory over `addr..addr+len`, a range inside a mapping this module
+/// owns (MAP_FIXED replaces that part of it).
+fn map_anon_fixed(addr: *mut u8, len: usize) -> Result<(), MemError> {
+    // SAFETY: MAP_FIXED over a range inside the caller's own private mapping: nothing else is
+    // clobbered, and the range stays mapped (now anonymous, zero-filled).
+    let p = unsafe {
+        libc::mmap(
+            addr.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mmap"));
+    }
+    Ok(())
+}
+
+/// Holes shorter than this (pages) are left to the memfd mapping.
+const MIN_HOLE_PAGES: usize = 16;
+/// At most this many holes (the largest) get anonymous mappings in each view.
+const MAX_HOLES: usize = 64;
+
 impl GuestMemory {
     /// A fresh, zeroed guest memory of `size` bytes (a multiple of 2 MiB) for a main VM.
     pub fn new_shared(size: usize) -> Result<Self, MemError> {
@@ -128,6 +157,7 @@ impl GuestMemory {
             host_list: Vec::new(),
             track_host_writes: false,
             protected: Vec::new(),
+            holes: Arc::default(),
         })
     }
 
@@ -152,7 +182,16 @@ impl GuestMemory {
             host_list: Vec::new(),
             track_host_writes: true,
             protected: self.protected.clone(),
+            holes: self.holes.clone(),
         };
+        for &(start, end) in self.holes.iter() {
+            let end = end.min(shared_from / PAGE_SIZE);
+            if start < end {
+                // SAFETY: start < end <= shared_from / PAGE_SIZE: inside the mapping just made.
+                let at = unsafe { ptr.add(start * PAGE_SIZE) };
+                map_anon_fixed(at, (end - start) * PAGE_SIZE)?;
+            }
+        }
         if shared_from < self.size {
             // SAFETY: shared_from < size, so the address is inside the mapping just made.
             let at = unsafe { ptr.add(shared_from) };
@@ -381,6 +420,62 @@ impl GuestMemory {
         self.size / PAGE_SIZE
     }
 
+    /// Record the holes of this (frozen) memory below `below`: the pages the main VM never
+    /// wrote, which the memfd does not back yet. Views forked afterwards map anonymous memory
+    /// over them, because a read through a `MAP_PRIVATE` view of a memfd hole makes the kernel
+    /// allocate that page *in the memfd* (shared by every view, never given back): a request
+    /// reading never-written memory grew the frozen image by as much as it read. Anonymous
+    /// memory reads as the shared zero page instead, and resets to zeros like the hole.
+    /// Returns the number of hole pages covered.
+    pub fn find_holes(&mut self, below: usize) -> usize {
+        let fd = self.memfd.as_raw_fd();
+        let limit = below.min(self.size) as libc::off_t;
+        let mut holes = Vec::new();
+        let mut pos: libc::off_t = 0;
+        while pos < limit {
+            // SAFETY: lseek on our own memfd; no memory is touched.
+            let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+            let data = if data < 0 { limit } else { data.min(limit) };
+            if data > pos {
+                holes.push((pos as usize / PAGE_SIZE, data as usize / PAGE_SIZE));
+            }
+            if data >= limit {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole <= data {
+                break;
+            }
+            pos = hole;
+        }
+        holes.retain(|&(a, b)| b - a >= MIN_HOLE_PAGES);
+        holes.sort_by_key(|&(a, b)| std::cmp::Reverse(b - a));
+        holes.truncate(MAX_HOLES);
+        holes.sort_unstable();
+        let pages = holes.iter().map(|&(a, b)| b - a).sum();
+        self.holes = Arc::new(holes);
+        pages
+    }
+
+    /// Whether `page` lies in a hole of the frozen image mapped anonymously (see
+    /// [`GuestMemory::find_holes`]).
+    fn in_hole(&self, page: usize) -> bool {
+        let i = self.holes.partition_point(|&(start, _)| start <= page);
+        i > 0 && page < self.holes[i - 1].1
+    }
+
+    /// Bytes the memfd behind this memory really holds (its allocated blocks).
+    pub fn allocated_bytes(&self) -> u64 {
+        // SAFETY: fstat into a zeroed local struct on our own fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(self.memfd.as_raw_fd(), &mut st) } != 0 {
+            return 0;
+        }
+        st.st_blocks as u64 * 512
+    }
+
     /// Whether guest page `page` holds the same bytes here as in `image` (false outside
     /// either mapping).
     pub fn page_same_as(&self, image: &GuestMemory, page: usize) -> bool {
@@ -390,10 +485,13 @@ impl GuestMemory {
         let off = page * PAGE_SIZE;
         // SAFETY: `page` is inside both mappings (checked above); plain reads of mapped memory
         // (the guest is stopped while the host resets it).
-        unsafe {
-            std::slice::from_raw_parts(self.ptr.add(off), PAGE_SIZE)
-                == std::slice::from_raw_parts(image.ptr.add(off), PAGE_SIZE)
+        let mine = unsafe { std::slice::from_raw_parts(self.ptr.add(off), PAGE_SIZE) };
+        if self.in_hole(page) {
+            // Not read from the image: that would allocate the hole in the memfd.
+            return mine.iter().all(|&b| b == 0);
         }
+        // SAFETY: as above.
+        mine == unsafe { std::slice::from_raw_parts(image.ptr.add(off), PAGE_SIZE) }
     }
 
     /// Restore, from `image`, every page set in `dirty` (KVM's dirty log) or written by the host
@@ -504,6 +602,12 @@ impl GuestMemory {
             off + PAGE_SIZE <= self.size.min(image.size),
             "page out of bounds"
         );
+        if self.in_hole(page) {
+            // The image holds zeros there; reading it would allocate the hole in the memfd.
+            // SAFETY: the page is inside our mapping (checked above); the guest is stopped.
+            unsafe { std::ptr::write_bytes(self.ptr.add(off), 0, PAGE_SIZE) };
+            return;
+        }
         // SAFETY: the page is inside both same-size mappings (checked above); the guest is
         // stopped; the image is frozen.
         unsafe { std::ptr::copy_nonoverlapping(image.ptr.add(off), self.ptr.add(off), PAGE_SIZE) };

@@ -455,6 +455,18 @@ fn main() {
         std::thread::spawn(f).join().expect("bench thread")
     }
     let step = |what: &str| eprintln!("request bench: {what}");
+    if std::env::var("EDGEVM_BENCH_ONLY").as_deref() == Ok("ready") {
+        // Profiling aid: only load + init and load to ready with concurrency 8.
+        let (boot, _) = load_init(&hello_opts, 21);
+        let ready: Vec<(f64, f64)> = (0..21).map(|_| load_to_ready(&hello_opts, 8)).collect();
+        let (bmin, bmed) = stats(boot);
+        let (fmin, fmed) = stats(ready.iter().map(|r| r.0).collect());
+        let (amin, amed) = stats(ready.iter().map(|r| r.1).collect());
+        println!(
+            "boot {bmin:.0}/{bmed:.0} µs, first VM {fmin:.0}/{fmed:.0}, all 8 {amin:.0}/{amed:.0}"
+        );
+        return;
+    }
     if std::env::var("EDGEVM_BENCH_ONLY").as_deref() == Ok("hello") {
         // Profiling aid (`perf record`): only the hello cycles and raw exits.
         let (f, o) = (frozen_hello.clone(), hello_opts.clone());

@@ -495,8 +495,10 @@ impl MainVm {
             ephemeral_override,
             ..
         } = self;
-        let KvmMachine { cpu, mem } = machine;
+        let KvmMachine { cpu, mut mem } = machine;
         drop(cpu);
+        // Never-written pages: anonymous in request VMs (reads must not grow the image).
+        mem.find_holes(layout.shared_start as usize);
         // The frozen process state is what request VMs start from and reset to:
         // verbose_syscalls is for the main VM only (glossary).
         let mut linux = linux;

@@ -1,17 +1,21 @@
 //! The per-request reset, at the level of one request VM (edgevm-runtime over real KVM): pages
 //! kept writable across requests ("hot pages") are reset like every other page, the ones that
 //! come back unchanged are given up, and nothing a request wrote is seen by the next one —
-//! in both reset modes.
+//! in both reset modes; and reading memory nobody wrote does not grow the frozen image.
 
 use std::sync::Arc;
 
 use edgevm_runtime::request::GuestRequest;
 use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
-use edgevm_runtime::vm::{BootOutcome, MainVm, VmOptions};
+use edgevm_runtime::vm::{BootOutcome, Frozen, MainVm, VmOptions};
 
 use crate::common::{guest, require_kvm};
 
 fn request_vm(keep_working_memory: bool) -> RequestVm {
+    request_vm_of(keep_working_memory).1
+}
+
+fn request_vm_of(keep_working_memory: bool) -> (Arc<Frozen>, RequestVm) {
     require_kvm();
     let path = guest("hot_pages");
     let bytes = std::fs::read(&path).expect("read the hot_pages guest");
@@ -24,7 +28,8 @@ fn request_vm(keep_working_memory: bool) -> RequestVm {
         keep_working_memory,
         ..Default::default()
     };
-    RequestVm::new(frozen, settings, None).expect("request VM")
+    let vm = RequestVm::new(frozen.clone(), settings, None).expect("request VM");
+    (frozen, vm)
 }
 
 /// GET `url`; the guest answers 500 "leak at page N" when an earlier request's write is
@@ -80,5 +85,25 @@ fn hot_pages_are_reset_and_given_up_when_they_stop_changing() {
         // A request that writes nothing sees the image everywhere (checked by the guest).
         ok(&mut vm, "/?w=0");
         ok(&mut vm, "/?w=0");
+    }
+}
+
+#[test]
+fn reading_never_written_memory_does_not_grow_the_frozen_image() {
+    for keep in [false, true] {
+        let (frozen, mut vm) = request_vm_of(keep);
+        let before = frozen.image.allocated_bytes();
+        // 4096 pages (16 MiB) of a static array nobody writes, read by every request.
+        for _ in 0..3 {
+            ok(&mut vm, "/?r=4096");
+        }
+        ok(&mut vm, "/?w=8&v=7&r=4096");
+        ok(&mut vm, "/?r=4096");
+        let grown = frozen.image.allocated_bytes().saturating_sub(before);
+        assert!(
+            grown < 1 << 20,
+            "keep={keep}: the frozen image grew by {} KiB while requests read 16 MiB nobody wrote",
+            grown >> 10
+        );
     }
 }
