@@ -124,8 +124,9 @@ fn map_anon_fixed(addr: *mut u8, len: usize) -> Result<(), MemError> {
 
 /// Holes shorter than this (pages) are left to the memfd mapping.
 const MIN_HOLE_PAGES: usize = 16;
-/// At most this many holes (the largest) get anonymous mappings in each view.
-const MAX_HOLES: usize = 64;
+/// At most this many holes (the largest) get anonymous mappings in each view: each one costs
+/// the view two more VMAs, and a process has at most `vm.max_map_count` (65530) of them.
+const MAX_HOLES: usize = 16;
 
 impl GuestMemory {
     /// A fresh, zeroed guest memory of `size` bytes (a multiple of 2 MiB) for a main VM.
