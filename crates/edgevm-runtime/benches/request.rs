@@ -282,6 +282,13 @@ fn hello_and_raw_exit(
 /// Fork (`RequestVm::new` from a frozen program) and drop times, µs.
 fn fork_times(frozen: &Arc<Frozen>, n: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut fork, mut drop_t) = (Vec::new(), Vec::new());
+    // One VM stays alive meanwhile, as in a server: the kernel patches code (static keys,
+    // ~0.4 ms here) when the number of vCPUs goes from 0 to 1 and back.
+    let _other = if std::env::var("EDGEVM_BENCH_FORK_ALONE").is_ok() {
+        None
+    } else {
+        Some(RequestVm::new(frozen.clone(), RequestSettings::default(), None).expect("fork"))
+    };
     for i in 0..n + 3 {
         let t = Instant::now();
         let vm = RequestVm::new(frozen.clone(), RequestSettings::default(), None).expect("fork");
@@ -455,6 +462,14 @@ fn main() {
         std::thread::spawn(f).join().expect("bench thread")
     }
     let step = |what: &str| eprintln!("request bench: {what}");
+    if std::env::var("EDGEVM_BENCH_ONLY").as_deref() == Ok("fork") {
+        // Profiling aid: only forks of the hello program.
+        let f = frozen_hello.clone();
+        let (fork, drop_t) = on_thread(move || fork_times(&f, 300));
+        let ((fmin, fmed), (dmin, dmed)) = (stats(fork), stats(drop_t));
+        println!("fork {fmin:.0}/{fmed:.0} µs, drop {dmin:.0}/{dmed:.0} µs");
+        return;
+    }
     if std::env::var("EDGEVM_BENCH_ONLY").as_deref() == Ok("ready") {
         // Profiling aid: only load + init and load to ready with concurrency 8.
         let (boot, _) = load_init(&hello_opts, 21);
@@ -563,7 +578,7 @@ fn main() {
     let (fmin, fmed) = stats(fork.clone());
     let (_, fdrop) = stats(fork_drop);
     println!(
-        "| fork a request VM (`RequestVm::new`), hello | {fmin:.1} | {fmed:.1} | drop {fdrop:.1} |"
+        "| fork a request VM (`RequestVm::new`, another VM alive as in a server), hello | {fmin:.1} | {fmed:.1} | drop {fdrop:.1} |"
     );
     let (ftmin, ftmed) = stats(fork_t.clone());
     let (_, ftdrop) = stats(fork_t_drop);
