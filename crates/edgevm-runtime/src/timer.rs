@@ -55,7 +55,11 @@ fn install_handler() {
     ONCE.call_once(|| {
         let sa = signal::SigAction::new(
             SigHandler::Handler(on_kick),
-            signal::SaFlags::empty(), // no SA_RESTART: KVM_RUN must return EINTR
+            // SA_RESTART: KVM_RUN returns -EINTR whatever the flags (never restarted), while
+            // other system calls the signal may land in (a late fire of a lazily armed timer
+            // finds the thread anywhere: epoll_wait, a futex, a blocking write) restart
+            // transparently instead of failing with EINTR.
+            signal::SaFlags::SA_RESTART,
             SigSet::empty(),
         );
         // SAFETY: the handler only does an async-signal-safe volatile store.
