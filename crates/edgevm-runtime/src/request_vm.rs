@@ -24,7 +24,7 @@ use edgevm_abi::linux::{fill_random, Output};
 use edgevm_kvm::{PageSet, Vcpu, PAGE_SIZE};
 
 use crate::request::{GuestRequest, GuestResponse};
-use crate::storage::{PendingCall, Returned, StorageHandle};
+use crate::storage::{Returned, StorageCall, StorageHandle};
 use crate::vm::{EntryState, Event, Frozen, MainVm, RunError};
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
@@ -130,6 +130,8 @@ pub struct Invoker {
     index: u32,
     /// A storage call the handler waits for (the request was preempted while waiting).
     pending_storage: Option<PendingStorage>,
+    /// VM exits of the storage VM in this request's storage calls.
+    storage_exits: u64,
 }
 
 /// One request VM.
@@ -161,9 +163,9 @@ enum Outcome {
     Preempted,
 }
 
-/// A storage call queued by a request and not answered yet.
+/// A storage call made by a request and not answered yet.
 struct PendingStorage {
-    call: PendingCall,
+    call: StorageCall,
     dst: u64,
     dstlen: u64,
 }
@@ -504,6 +506,7 @@ impl Invoker {
             storage,
             index: 0,
             pending_storage: None,
+            storage_exits: 0,
         }
     }
 
@@ -522,12 +525,7 @@ impl Invoker {
         let Some((func, inputs, dst, dstlen)) = args else {
             return Ok(StorageStep::Done(u64::MAX));
         };
-        let call = storage
-            .send(func, inputs, dstlen)
-            .map_err(|e| RequestFailure {
-                message: format!("storage call failed: {e}"),
-                kind: FailureKind::Other,
-            })?;
+        let call = storage.begin(func, inputs, dstlen);
         Ok(StorageStep::Waiting(PendingStorage { call, dst, dstlen }))
     }
 
@@ -549,27 +547,32 @@ impl Invoker {
         })
     }
 
-    /// `storage_callv` from the request handler: queue the call, then wait for it — on an
-    /// HTTP worker (in a time slice) only until the slice is over; the wait then continues
-    /// wherever the request resumes ([`Outcome::Preempted`]). The call keeps its place in
-    /// the storage queue either way.
+    /// `storage_callv` from the request handler: take the storage VM's turn and run the call
+    /// on this thread (storage.rs). On an HTTP worker (in a time slice) only until the slice
+    /// is over, waiting for the turn included: the call then goes on wherever the request
+    /// resumes ([`Outcome::Preempted`]), keeping its place in the queue.
     fn storage_hypercall(&mut self) -> Result<Option<u64>, RequestFailure> {
-        let p = match self.storage_callv()? {
-            StorageStep::Done(v) => return Ok(Some(v)),
-            StorageStep::Waiting(p) => p,
+        match self.storage_callv()? {
+            StorageStep::Done(v) => Ok(Some(v)),
+            StorageStep::Waiting(p) => self.advance_storage(p),
+        }
+    }
+
+    /// Advance a storage call (see [`StorageCall::advance`]): Ok(Some(return value)), or
+    /// Ok(None) when the slice is over first (kept in `pending_storage`).
+    fn advance_storage(&mut self, mut p: PendingStorage) -> Result<Option<u64>, RequestFailure> {
+        let slice = self.vm.slice_left();
+        let r = p.call.advance(slice, self.vm.time_left());
+        self.storage_exits += std::mem::take(&mut p.call.exits);
+        let Some(res) = r else {
+            self.pending_storage = Some(p);
+            return Ok(None);
         };
-        let dst = (p.dst, p.dstlen);
-        let res = match self.vm.slice_left() {
-            None => p.call.wait(self.vm.time_left()),
-            Some(left) => match p.call.wait_up_to(left) {
-                Some(r) => r,
-                None => {
-                    self.pending_storage = Some(p);
-                    return Ok(None);
-                }
-            },
-        };
-        self.storage_finish(dst, res).map(Some)
+        // The storage VM may have run on this thread: point its timer back at this VM.
+        if let Err(e) = self.vm.arm_timer() {
+            return Err(run_error_failure(e));
+        }
+        self.storage_finish((p.dst, p.dstlen), res).map(Some)
     }
 
     /// Run the right handler for `req`; Ok(response) or the failure (no reset here).
@@ -729,10 +732,9 @@ impl Invoker {
 
     fn run_request_inner(&mut self) -> Outcome {
         if let Some(p) = self.pending_storage.take() {
-            let dst = (p.dst, p.dstlen);
-            let res = p.call.wait(self.vm.time_left());
-            match self.storage_finish(dst, res) {
-                Ok(v) => self.vm.machine.cpu.regs_mut().rax = v,
+            match self.advance_storage(p) {
+                Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                Ok(None) => return Outcome::Preempted,
                 Err(f) => return Outcome::Failed(f),
             }
         }

@@ -1,16 +1,33 @@
 //! The storage VM: one long-lived VM per program (when `storage` is on) that keeps mutable
 //! state across requests. It boots from the same program (KVM_TYPE=storage), runs `main()` to
-//! `wait_for_requests()`, and then serves `storage_call()`s from request VMs, one at a time
-//! (calls are serialized through one queue), on its own thread. It is never reset.
+//! `wait_for_requests()`, and then serves `storage_call()`s from request VMs, one at a time. It
+//! is never reset.
 //!
 //! A call: the request VM's `storage_callv(func, n, bufs, dst, dstlen)` exits to the host, which
 //! copies the input buffers onto the storage VM's stack and calls `func(n, bufs, dstlen)` there
-//! through the request-entry stub. The function's `storage_return(data, len)` exits; the host
-//! keeps the data, resumes the function (at most 1 s more) so it can clean up and return, then
-//! copies at most `dstlen` bytes back into the request VM. `storage_noreturn` is not resumed.
-//! Both programs are the same ELF at the same addresses, so function pointers are valid in both
-//! VMs. A call that crashes or times out fails the caller (-1); the storage VM keeps its state
-//! and serves the next call from a fresh entry.
+//! through the request-entry stub. The function's `storage_return(data, len)` exits; the caller
+//! gets at most `dstlen` bytes of the data at once, and the function is resumed (at most 1 s
+//! more) so it can clean up and return. `storage_noreturn` is not resumed. Both programs are
+//! the same ELF at the same addresses, so function pointers are valid in both VMs. A call that
+//! crashes or times out fails the caller (-1); the storage VM keeps its state and serves the
+//! next call from a fresh entry.
+//!
+//! **Where calls run.** Whoever holds the storage VM's *turn* runs it, on its own thread: a
+//! FIFO lock ([`Core`]) that serializes every use of the storage VM. A request takes the turn on
+//! the thread that runs the request (an HTTP worker, or a blocking thread after a preemption)
+//! and runs the storage function right there: with the turn free, a call costs no thread
+//! wake-up at all. On an HTTP worker the call runs within the request's time slice; when the
+//! turn is taken, or the call runs past the slice, the request is preempted as for any slow
+//! request and goes on waiting (in its place in the queue) or running on a blocking thread.
+//! The timer that enforces `max_storage_time` is the running thread's own (timer.rs): it is
+//! pointed at the storage vCPU while storage runs and back at the request's afterwards. What a
+//! holder leaves unfinished (a clean-up after storage_return that ran past the slice, or a
+//! call whose caller went away) is finished by the next holder first, or by the storage
+//! thread when nobody comes.
+//!
+//! The storage VM's own thread boots it and serves what nobody waits for on a request's thread:
+//! tasks, the calls `main()` makes during boot, and live-update hand-overs. These take their
+//! place in the same FIFO queue (the turn is handed to the storage thread together with them).
 //!
 //! Tasks (`sys_storage_task(func, data, len, start_ms, period_ms)`, from request VMs or from
 //! storage itself): `func(copy_of_data, len)` runs in the storage VM through the same queue as
@@ -20,8 +37,9 @@
 //! `stop_storage_task(id)`. At most [`MAX_TIMERS`] scheduled tasks per program, data at most
 //! [`MAX_INPUT`] bytes. A task that fails is logged; storage keeps serving.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -40,10 +58,15 @@ pub const MAX_INPUT: usize = 2 << 20;
 pub const MAX_TIMERS: usize = 15;
 /// How long a task may run.
 pub const TASK_BUDGET: Duration = Duration::from_secs(15);
+/// How long a function may clean up after storage_return.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(1);
+/// Whether the holder whose call was answered at storage_return also runs the function's
+/// clean-up right away (within its slice), or leaves it to the next holder of the turn.
+const CLEANUP_NOW: bool = true;
 
-/// What a queued call does.
+/// What a call does.
 enum Kind {
-    /// storage_callv from a request.
+    /// storage_callv from a request (or from main() during boot).
     Func,
     /// A task: func(data, len); nobody waits for it.
     Task,
@@ -55,14 +78,18 @@ enum Kind {
     LiveRestore(Vec<u8>),
 }
 
+/// A call not started yet.
 struct Call {
     kind: Kind,
     func: u64,
     inputs: Vec<Vec<u8>>,
     dstlen: u64,
-    reply: Sender<Result<Option<Returned>, String>>,
-    /// The caller already has its answer (sent at storage_return, before the clean-up).
-    replied: std::cell::Cell<bool>,
+}
+
+/// A call handed to the storage thread, with where its answer goes (nowhere for tasks).
+struct Job {
+    call: Call,
+    reply: Option<Sender<Result<Option<Returned>, String>>>,
 }
 
 /// What a storage function handed back with `storage_return(data, len)`.
@@ -80,11 +107,191 @@ pub const MAX_RESULT: u64 = 64 << 20;
 /// A request VM's handle on the storage VM.
 #[derive(Clone)]
 pub struct StorageHandle {
-    tx: Sender<Call>,
+    core: Arc<Core>,
     timeout: Duration,
-    tasks: Arc<Tasks>,
-    /// Stops the task scheduler when the last handle goes (e.g. after a live update).
+    /// Stops the task scheduler and the storage thread when the last handle goes (e.g. after
+    /// a live update).
     _alive: Arc<Alive>,
+}
+
+/// One storage VM, shared by its program's request VMs, its storage thread and its task
+/// scheduler.
+struct Core {
+    /// Who may use the storage VM now, and who waits for it (FIFO).
+    turn: Mutex<TurnState>,
+    /// The storage VM. Only the holder of the turn locks it (so it is never contended).
+    served: Mutex<Served>,
+    /// To the storage thread: a job, sent together with the turn.
+    jobs: Sender<Job>,
+    tasks: Arc<Tasks>,
+    /// max_storage_time.
+    budget: Duration,
+    /// Ids of calls (which holder an unfinished call belongs to).
+    next_id: AtomicU64,
+    /// VM exits of the storage VM so far.
+    exits: AtomicU64,
+}
+
+#[derive(Default)]
+struct TurnState {
+    held: bool,
+    queue: VecDeque<Waiter>,
+    next_waiter: u64,
+}
+
+enum Waiter {
+    /// A caller blocked (or preempted) until the turn is handed to it.
+    Caller { id: u64, wake: Sender<()> },
+    /// A job for the storage thread.
+    Job(Job),
+}
+
+/// The storage VM and the call it is in, used by whoever holds the turn.
+struct Served {
+    vm: MainVm,
+    entry: EntryState,
+    allowed: Vec<u64>,
+    open: Option<Open>,
+}
+
+/// A call that started in the storage VM and has not ended.
+struct Open {
+    /// The [`Core::next_id`] of the call; its caller holds the turn while it runs.
+    id: u64,
+    kind: Kind,
+    func: u64,
+    dstlen: u64,
+    result: Option<Returned>,
+    /// Its caller has its answer (the function cleans up after storage_return) or is gone:
+    /// whoever holds the turn finishes it.
+    orphan: bool,
+    /// Start the run deadline anew before the function runs on (clean-up: 1 s from then).
+    restart: Option<(Duration, &'static str)>,
+}
+
+/// The turn: held by whoever has this; handed to the next waiter when dropped.
+struct Turn(Arc<Core>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A place in the queue for the turn.
+struct Queued {
+    core: Arc<Core>,
+    id: u64,
+    wake: Receiver<()>,
+    /// Handed over (and taken by [`Queued::wait_up_to`]).
+    granted: bool,
+}
+
+impl Queued {
+    /// The turn, if it is handed over within `d`.
+    fn wait_up_to(&mut self, d: Duration) -> Option<Turn> {
+        match self.wake.recv_timeout(d) {
+            Ok(()) => {
+                self.granted = true;
+                Some(Turn(self.core.clone()))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.granted {
+            return;
+        }
+        let mut st = self.core.lock_turn();
+        if let Some(i) = st
+            .queue
+            .iter()
+            .position(|w| matches!(w, Waiter::Caller { id, .. } if *id == self.id))
+        {
+            st.queue.remove(i);
+            return;
+        }
+        // Not in the queue: the turn was handed to us just now. Pass it on.
+        drop(st);
+        self.core.release();
+    }
+}
+
+impl Core {
+    fn lock_turn(&self) -> MutexGuard<'_, TurnState> {
+        self.turn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_served(&self) -> MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The turn now if nobody has it or waits for it; else a place at the end of the queue.
+    fn take_turn(self: &Arc<Self>) -> Result<Turn, Queued> {
+        let mut st = self.lock_turn();
+        if !st.held && st.queue.is_empty() {
+            st.held = true;
+            return Ok(Turn(self.clone()));
+        }
+        st.next_waiter += 1;
+        let id = st.next_waiter;
+        let (wake, rx) = crossbeam_channel::bounded(1);
+        st.queue.push_back(Waiter::Caller { id, wake });
+        Err(Queued {
+            core: self.clone(),
+            id,
+            wake: rx,
+            granted: false,
+        })
+    }
+
+    /// The turn now if it is free, without queueing.
+    fn try_turn(self: &Arc<Self>) -> Option<Turn> {
+        let mut st = self.lock_turn();
+        if st.held || !st.queue.is_empty() {
+            return None;
+        }
+        st.held = true;
+        Some(Turn(self.clone()))
+    }
+
+    /// Queue a job for the storage thread (in its place among the callers).
+    fn enqueue(&self, job: Job) -> Result<(), String> {
+        let mut st = self.lock_turn();
+        if !st.held && st.queue.is_empty() {
+            st.held = true;
+            drop(st);
+            return self.jobs.send(job).map_err(|_| {
+                self.release();
+                "the storage VM is gone".to_string()
+            });
+        }
+        st.queue.push_back(Waiter::Job(job));
+        Ok(())
+    }
+
+    /// Hand the turn to the next waiter, or free it.
+    fn release(&self) {
+        let mut st = self.lock_turn();
+        while let Some(w) = st.queue.pop_front() {
+            match w {
+                Waiter::Caller { wake, .. } => {
+                    if wake.send(()).is_ok() {
+                        return;
+                    }
+                }
+                Waiter::Job(job) => {
+                    if self.jobs.send(job).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
+        st.held = false;
+    }
 }
 
 /// Scheduled tasks of one storage VM.
@@ -121,10 +328,14 @@ impl Drop for Alive {
 }
 
 impl Tasks {
+    fn is_stopped(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stopped
+    }
+
     /// Queue `func(data)` now (id 0) or schedule it (id >= 1); Err(why) if refused.
     fn add(
         &self,
-        tx: &Sender<Call>,
+        core: &Core,
         func: u64,
         data: Vec<u8>,
         start: Duration,
@@ -137,8 +348,7 @@ impl Tasks {
             ));
         }
         if start.is_zero() && period.is_zero() {
-            tx.send(task_call(func, data))
-                .map_err(|_| "the storage VM is gone".to_string())?;
+            core.enqueue(task_job(func, data))?;
             return Ok(0);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +384,7 @@ impl Tasks {
     }
 
     /// The scheduler thread: queue due tasks until the last handle is gone.
-    fn run(self: Arc<Self>, tx: Sender<Call>) {
+    fn run(self: Arc<Self>, core: Arc<Core>) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if st.stopped {
@@ -191,7 +401,7 @@ impl Tasks {
                 let Some(t) = st.timers.get_mut(&id) else {
                     continue;
                 };
-                let call = task_call(t.func, t.data.as_ref().clone());
+                let job = task_job(t.func, t.data.as_ref().clone());
                 if t.period.is_zero() {
                     st.timers.remove(&id);
                 } else {
@@ -199,7 +409,7 @@ impl Tasks {
                     // pile up runs (one is queued per period at most).
                     t.due = now + t.period;
                 }
-                if tx.send(call).is_err() {
+                if core.enqueue(job).is_err() {
                     return;
                 }
             }
@@ -218,24 +428,24 @@ impl Tasks {
     }
 }
 
-fn task_call(func: u64, data: Vec<u8>) -> Call {
-    // Nobody waits for a task: the reply goes nowhere.
-    let (reply, _) = crossbeam_channel::bounded(1);
-    Call {
-        kind: Kind::Task,
-        func,
-        inputs: vec![data],
-        dstlen: 0,
-        reply,
-        replied: Default::default(),
+fn task_job(func: u64, data: Vec<u8>) -> Job {
+    Job {
+        call: Call {
+            kind: Kind::Task,
+            func,
+            inputs: vec![data],
+            dstlen: 0,
+        },
+        reply: None,
     }
 }
 
 impl StorageHandle {
-    /// Call `func` in storage with `inputs`. `Ok(Some(r))`: the function called
-    /// `storage_return` (`r.data` holds at most `dstlen` bytes); `Ok(None)`: it returned without
-    /// doing so (the caller gets -1, as in the reference). `Err`: the call was refused (not in
-    /// the STORAGE_ALLOW list) or failed (crash, max_storage_time, exit): the request fails.
+    /// Call `func` in storage with `inputs` from a thread that may block (main() during boot):
+    /// the storage thread runs it. `Ok(Some(r))`: the function called `storage_return`
+    /// (`r.data` holds at most `dstlen` bytes); `Ok(None)`: it returned without doing so (the
+    /// caller gets -1, as in the reference). `Err`: the call was refused (not in the
+    /// STORAGE_ALLOW list) or failed (crash, max_storage_time, exit).
     pub fn call(
         &self,
         func: u64,
@@ -243,69 +453,59 @@ impl StorageHandle {
         dstlen: u64,
         wait: Option<Duration>,
     ) -> Result<Option<Returned>, String> {
-        self.send(func, inputs, dstlen)?.wait(wait)
-    }
-
-    /// Queue a call of `func` (calls run in the order they were queued) without waiting for
-    /// it; [`PendingCall::wait`] gets the answer, on any thread.
-    pub fn send(
-        &self,
-        func: u64,
-        inputs: Vec<Vec<u8>>,
-        dstlen: u64,
-    ) -> Result<PendingCall, String> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(Call {
+        let limit = wait.map_or(self.timeout, |w| w.min(self.timeout));
+        self.job(
+            Call {
                 kind: Kind::Func,
                 func,
                 inputs,
                 dstlen,
-                reply,
-                replied: Default::default(),
-            })
-            .map_err(|_| "the storage VM is gone".to_string())?;
-        Ok(PendingCall {
-            rx,
-            timeout: self.timeout,
-        })
+            },
+            limit,
+        )
     }
-}
 
-/// A queued storage call (see [`StorageHandle::send`]).
-pub struct PendingCall {
-    rx: Receiver<Result<Option<Returned>, String>>,
-    timeout: Duration,
-}
-
-impl PendingCall {
-    /// The answer, if it comes within `d`; None if it did not (the call stays pending).
-    pub fn wait_up_to(&self, d: Duration) -> Option<Result<Option<Returned>, String>> {
-        match self.rx.recv_timeout(d) {
-            Ok(r) => Some(r),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+    /// Queue `call` for the storage thread and wait up to `limit` for its answer.
+    fn job(&self, call: Call, limit: Duration) -> Result<Option<Returned>, String> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.core.enqueue(Job {
+            call,
+            reply: Some(reply),
+        })?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(format!(
+                "storage call did not finish within {:.1}s (storage is busy or the call is slow)",
+                limit.as_secs_f64()
+            )),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                Some(Err("the storage VM is gone".into()))
+                Err("the storage VM is gone".into())
             }
         }
     }
 
-    /// Wait for the answer. The storage VM applies max_storage_time itself; the caller's own
-    /// deadline (`wait`: what is left of max_request_time) bounds how long it waits in the
-    /// queue and for the call.
-    pub fn wait(self, wait: Option<Duration>) -> Result<Option<Returned>, String> {
-        let limit = wait.map_or(self.timeout, |w| w.min(self.timeout));
-        match self.rx.recv_timeout(limit) {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "storage call did not finish within {:.1}s (storage is busy or the call is slow)",
-                limit.as_secs_f64()
-            )),
+    /// A storage call from a request, to run on the request's own thread with
+    /// [`StorageCall::advance`]. It takes its place in the queue now (calls run in the order
+    /// they were made).
+    pub fn begin(&self, func: u64, inputs: Vec<Vec<u8>>, dstlen: u64) -> StorageCall {
+        let call = Call {
+            kind: Kind::Func,
+            func,
+            inputs,
+            dstlen,
+        };
+        let state = match self.core.take_turn() {
+            Ok(turn) => CallState::Running(turn, Started::No(call)),
+            Err(q) => CallState::Queued(q, call),
+        };
+        StorageCall {
+            core: self.core.clone(),
+            state,
+            timeout: self.timeout,
+            exits: 0,
         }
     }
-}
 
-impl StorageHandle {
     /// `sys_storage_task` from a request VM: see the module documentation.
     pub fn task(
         &self,
@@ -314,28 +514,30 @@ impl StorageHandle {
         start: Duration,
         period: Duration,
     ) -> Result<u64, String> {
-        self.tasks.add(&self.tx, func, data, start, period)
+        self.core.tasks.add(&self.core, func, data, start, period)
     }
 
     /// `stop_storage_task(id)`: true if the task was scheduled and is now stopped.
     pub fn stop_task(&self, id: u64) -> bool {
-        self.tasks.stop(id)
+        self.core.tasks.stop(id)
+    }
+
+    /// VM exits of the storage VM so far.
+    pub fn exits(&self) -> u64 {
+        self.core.exits.load(Ordering::Relaxed)
     }
 
     fn special(&self, kind: Kind) -> Result<Option<Returned>, String> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(Call {
+        self.job(
+            Call {
                 kind,
                 func: 0,
                 inputs: Vec::new(),
                 dstlen: u64::MAX,
-                reply,
-                replied: Default::default(),
-            })
-            .map_err(|_| "the storage VM is gone".to_string())?;
-        rx.recv_timeout(self.timeout)
-            .map_err(|_| "timed out waiting for the storage VM".to_string())?
+            },
+            self.timeout,
+        )
+        .map_err(|e| format!("waiting for the storage VM: {e}"))
     }
 
     /// Live update, old program: the state its on_live_update() hands over (empty if it has
@@ -352,178 +554,205 @@ impl StorageHandle {
     }
 }
 
-/// Boot the storage VM on its own thread (it lives there and serves the queue) and return a
-/// handle once it reached wait_for_requests().
-pub fn start(
-    opts: VmOptions,
-    max_storage_time: Duration,
-    queue_timeout: Duration,
-) -> Result<StorageHandle, String> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Call>();
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let name = opts.name.clone();
-    let tasks = Arc::new(Tasks {
-        state: Mutex::new(TaskState::default()),
-        changed: Condvar::new(),
-    });
-    let (tasks2, tx2) = (tasks.clone(), tx.clone());
-    std::thread::Builder::new()
-        .name(format!("storage:{name}"))
-        .spawn(move || {
-            let (vm, report) = match MainVm::boot(opts) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("storage VM: {e}")));
-                    return;
-                }
-            };
-            if let BootOutcome::Exited(code) = report.outcome {
-                let _ = ready_tx.send(Err(format!(
-                    "storage VM: the program exited with status {code} before calling wait_for_requests()"
-                )));
-                return;
+/// A storage call of a request: waiting for the turn, or running (holding it). Advance it with
+/// [`StorageCall::advance`] on whichever thread runs the request; dropping it gives up its
+/// place (a call already started is finished by the next holder of the turn).
+pub struct StorageCall {
+    core: Arc<Core>,
+    state: CallState,
+    /// How long the caller may wait for the turn at most (max_storage_time plus the queue
+    /// timeout).
+    timeout: Duration,
+    /// VM exits of the storage VM while this call held the turn.
+    pub exits: u64,
+}
+
+enum CallState {
+    Queued(Queued, Call),
+    Running(Turn, Started),
+    Done,
+}
+
+impl StorageCall {
+    /// Wait for the turn and run the call on this thread. With a `slice` (on an HTTP worker),
+    /// wait and run only that long: None means not finished yet (advance again later, e.g. on
+    /// a blocking thread without a slice). Without one, wait for the turn at most `wait` (what
+    /// is left of the caller's deadline) or the handle's timeout, and run the call to its end
+    /// (max_storage_time bounds it).
+    ///
+    /// The storage VM runs with this thread's timer: the caller re-arms its own afterwards.
+    pub fn advance(
+        &mut self,
+        slice: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Option<Result<Option<Returned>, String>> {
+        let t0 = Instant::now();
+        let (turn, started) = match std::mem::replace(&mut self.state, CallState::Done) {
+            CallState::Done => {
+                return Some(Err("internal error: storage call already answered".into()))
             }
-            let allowed = vm.storage_allowed.clone();
-            let _ = ready_tx.send(Ok(()));
-            let ctx = Ctx {
-                tasks: tasks2,
-                tx: tx2,
-            };
-            serve(vm, allowed, max_storage_time, rx, ctx)
-        })
-        .map_err(|e| format!("cannot start storage thread: {e}"))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => {
-            let (t, txs) = (tasks.clone(), tx.clone());
-            std::thread::Builder::new()
-                .name(format!("tasks:{name}"))
-                .spawn(move || t.run(txs))
-                .map_err(|e| format!("cannot start the storage task thread: {e}"))?;
-            Ok(StorageHandle {
-                tx,
-                timeout: max_storage_time + queue_timeout,
-                _alive: Arc::new(Alive(tasks.clone())),
-                tasks,
-            })
+            CallState::Running(turn, started) => (turn, started),
+            CallState::Queued(mut q, call) => {
+                let limit = match slice {
+                    Some(s) => s,
+                    None => wait.map_or(self.timeout, |w| w.min(self.timeout)),
+                };
+                match q.wait_up_to(limit) {
+                    Some(turn) => (turn, Started::No(call)),
+                    None if slice.is_some() => {
+                        self.state = CallState::Queued(q, call);
+                        return None;
+                    }
+                    None => {
+                        return Some(Err(format!(
+                            "storage call did not start within {:.1}s (storage is busy)",
+                            limit.as_secs_f64()
+                        )))
+                    }
+                }
+            }
+        };
+        let slice = slice.map(|s| s.saturating_sub(t0.elapsed()));
+        let core = self.core.clone();
+        let mut started = started;
+        let mut s = core.lock_served();
+        let e0 = s.vm.machine.cpu.exit_count();
+        let r = serve_turn(&core, &mut s, &mut started, slice, true);
+        let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
+        drop(s);
+        self.exits += exits;
+        core.exits.fetch_add(exits, Ordering::Relaxed);
+        match r {
+            None => {
+                self.state = CallState::Running(turn, started);
+                None
+            }
+            Some(r) => {
+                drop(turn);
+                Some(r)
+            }
         }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("the storage VM thread ended during boot".into()),
     }
 }
 
-/// What storage code itself reaches: its own task list, for tasks scheduled from storage.
-/// Its Sender keeps the queue open, so the storage thread ends when the last handle is gone
-/// (`tasks.stopped`) and nothing is queued (see `serve`).
-struct Ctx {
-    tasks: Arc<Tasks>,
-    tx: Sender<Call>,
+impl Drop for StorageCall {
+    fn drop(&mut self) {
+        if let CallState::Running(turn, _) = std::mem::replace(&mut self.state, CallState::Done) {
+            // The caller went away mid-call: the next holder of the turn finishes the call.
+            if let Some(o) = self.core.lock_served().open.as_mut() {
+                o.orphan = true;
+            }
+            drop(turn);
+        }
+    }
 }
 
-fn serve(mut vm: MainVm, allowed: Vec<u64>, budget: Duration, rx: Receiver<Call>, ctx: Ctx) {
-    // The request-entry stub restores FPU state from the FXSAVE area: give it this VM's own.
-    let xsave = vm.install_entry_fpu().unwrap_or(false);
-    let entry = vm.entry_state(xsave);
+/// A holder's own call: not started yet, or started with this id.
+enum Started {
+    No(Call),
+    Yes(u64),
+}
+
+/// Holding the turn: finish what an earlier holder left unfinished, then run the holder's own
+/// call up to its answer: at storage_return when `early` (the clean-up then runs on right away
+/// if [`CLEANUP_NOW`], within the slice, or is left to the next holder). With a slice, stop when
+/// it is over: None (the holder's call goes on later, `started` says where it stands).
+fn serve_turn(
+    core: &Core,
+    s: &mut Served,
+    started: &mut Started,
+    slice: Option<Duration>,
+    early: bool,
+) -> Option<Result<Option<Returned>, String>> {
+    let end = slice.map(|d| Instant::now() + d);
+    let left = || end.map(|e| e.saturating_duration_since(Instant::now()));
+    let mut answer: Option<Result<Option<Returned>, String>> = None;
     loop {
-        // Our own Sender (for tasks scheduled from storage) keeps the queue open: end when
-        // every handle is gone and nothing is queued.
-        let mut call = match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(c) => c,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if ctx
-                    .tasks
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .stopped
-                {
-                    return;
+        if let Some(o) = &s.open {
+            let mine = matches!(started, Started::Yes(id) if !o.orphan && o.id == *id);
+            match drive(core, s, left(), early && mine) {
+                Drive::Preempted => {
+                    // Answered already: the clean-up goes on with the next holder.
+                    return answer;
                 }
-                continue;
-            }
-            Err(_) => return,
-        };
-        match &call.kind {
-            Kind::Func => {}
-            Kind::Task => {
-                let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
-                    Err("it is not allowed (not in the program's STORAGE_ALLOW list)".to_string())
-                } else {
-                    run_call(&mut vm, &entry, TASK_BUDGET, &call, &ctx)
-                };
-                if let Err(e) = r {
-                    vm.printer.log(&format!(
-                        "storage task {} failed: {e}",
-                        describe(&vm, call.func)
-                    ));
-                }
-                continue;
-            }
-            Kind::LiveUpdate | Kind::LiveRestore(_) => {
-                let h = vm.handlers;
-                let (f, budget2) = match call.kind {
-                    Kind::LiveUpdate => (h.on_live_update, budget),
-                    _ => (h.on_live_restore, Duration::from_secs(2)),
-                };
-                if f == 0 {
-                    let _ = call.reply.send(Ok(None));
+                Drive::Answered(r) => {
+                    if let Some(o) = s.open.as_mut() {
+                        o.orphan = true;
+                    }
+                    if !CLEANUP_NOW {
+                        return Some(Ok(Some(r)));
+                    }
+                    answer = Some(Ok(Some(r)));
                     continue;
                 }
-                call.func = f;
-                let r = run_call(&mut vm, &entry, budget2, &call, &ctx);
-                let _ = call.reply.send(r);
-                continue;
+                Drive::Finished(f) if mine => return Some(finish(s, f)),
+                Drive::Finished(f) => {
+                    if let Err(e) = f.result {
+                        let what = describe(&s.vm, f.func);
+                        s.vm.printer.log(&format!(
+                            "storage function {what} failed after its caller went away: {e}"
+                        ));
+                    }
+                    continue;
+                }
             }
         }
-        let r = if !allowed.is_empty() && !allowed.contains(&call.func) {
-            Err(format!(
-                "storage function {} is not allowed (not in the program's STORAGE_ALLOW list)",
-                describe(&vm, call.func)
-            ))
-        } else {
-            run_call(&mut vm, &entry, budget, &call, &ctx)
-                .map_err(|e| format!("storage function {}: {e}", describe(&vm, call.func)))
-        };
-        if call.replied.get() {
-            // The caller had its data at storage_return; a later failure was logged.
-            continue;
+        if answer.is_some() {
+            return answer;
         }
-        match r {
-            Ok(Some(data)) => {
-                let _ = call.reply.send(Ok(Some(data)));
-            }
-            Ok(None) => {
-                vm.printer.log(&format!(
-                    "storage function {} returned without calling storage_return(): the caller gets -1",
-                    describe(&vm, call.func)
-                ));
-                let _ = call.reply.send(Ok(None));
-            }
-            Err(e) => {
-                vm.printer.log(&format!("storage call failed: {e}"));
-                let _ = call.reply.send(Err(e));
+        match std::mem::replace(started, Started::Yes(0)) {
+            Started::No(call) => match begin(core, s, call) {
+                Ok(id) => *started = Started::Yes(id),
+                Err(e) => return Some(Err(e)),
+            },
+            Started::Yes(_) => {
+                return Some(Err("internal error: the storage call was lost".into()))
             }
         }
     }
 }
 
-/// `name (0x...)` of a storage function, or its address alone.
-fn describe(vm: &MainVm, func: u64) -> String {
-    match vm.elf.symbols.lookup(func) {
-        Some((name, 0)) => format!("'{name}' ({func:#x})"),
-        Some((name, off)) => format!("{func:#x} ({name}+{off:#x})"),
-        None => format!("{func:#x}"),
+/// What a holder's own call came to, as its caller sees it (logged here).
+fn finish(s: &mut Served, f: Finished) -> Result<Option<Returned>, String> {
+    if !f.func_call {
+        return f.result;
+    }
+    let what = describe(&s.vm, f.func);
+    match f.result {
+        Ok(Some(r)) => Ok(Some(r)),
+        Ok(None) => {
+            s.vm.printer.log(&format!(
+                "storage function {what} returned without calling storage_return(): the caller gets -1"
+            ));
+            Ok(None)
+        }
+        Err(e) => {
+            let e = format!("storage function {what}: {e}");
+            s.vm.printer.log(&format!("storage call failed: {e}"));
+            Err(e)
+        }
     }
 }
 
-/// Run one call. Ok(Some(result)) once storage_return was called (the function is then let
-/// finish, except after storage_noreturn); Ok(None) if it returned without calling it.
-fn run_call(
-    vm: &mut MainVm,
-    entry: &EntryState,
-    budget: Duration,
-    call: &Call,
-    ctx: &Ctx,
-) -> Result<Option<Returned>, String> {
+/// Start `call` in the storage VM (its arguments on the stack, the registers set, the
+/// deadline to start when it runs); its id.
+fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, String> {
+    let allowed = s.allowed.is_empty() || s.allowed.contains(&call.func);
+    if !allowed {
+        let what = describe(&s.vm, call.func);
+        return Err(match call.kind {
+            Kind::Task => "it is not allowed (not in the program's STORAGE_ALLOW list)".to_string(),
+            _ => {
+                let e = format!(
+                    "storage function {what} is not allowed (not in the program's STORAGE_ALLOW list)"
+                );
+                s.vm.printer.log(&format!("storage call failed: {e}"));
+                e
+            }
+        });
+    }
+    let vm = &mut s.vm;
+    let entry = &s.entry;
     // Inputs on the stack: data blocks, then the virtbuffer array.
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
     let mut sp = entry.rsp.wrapping_sub(4096) & !15;
@@ -556,91 +785,148 @@ fn run_call(
     };
     vm.enter_handler(entry, call.func, bufs.wrapping_sub(256), &args)
         .map_err(|e| e.to_string())?;
-    vm.start_deadline(budget, "storage call (max_storage_time)")
-        .map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    let mut result: Option<Returned> = None;
-    let out = loop {
-        let ev = match vm.run_until_event() {
-            Ok(ev) => ev,
-            Err(e) => break Err(e.to_string()),
-        };
-        match ev {
-            // Storage calls run without a time slice.
-            Event::Preempted => {}
-            Event::Returned => break Ok(()),
-            Event::Exited(c) => {
-                break Err(format!(
-                    "the storage program exited (status {c}) during a storage call"
-                ))
-            }
-            Event::Hypercall(n @ (api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
-                let (p, l) = {
-                    let r = vm.machine.cpu.regs();
-                    (r.rdi, r.rsi)
-                };
-                if result.is_some() {
-                    break Err("storage_return called twice".into());
+    let budget = match call.kind {
+        Kind::Task => TASK_BUDGET,
+        Kind::LiveRestore(_) => Duration::from_secs(2),
+        _ => core.budget,
+    };
+    let id = core.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    s.open = Some(Open {
+        id,
+        kind: call.kind,
+        func: call.func,
+        dstlen: call.dstlen,
+        result: None,
+        orphan: false,
+        restart: Some((budget, "storage call (max_storage_time)")),
+    });
+    Ok(id)
+}
+
+/// How a call ended.
+struct Finished {
+    func: u64,
+    /// A storage_callv (whose caller gets the result as is, with messages for failures).
+    func_call: bool,
+    /// Ok(Some(result)) once storage_return was called; Ok(None) if the function returned
+    /// without calling it.
+    result: Result<Option<Returned>, String>,
+}
+
+enum Drive {
+    /// The slice is over; the call goes on later.
+    Preempted,
+    /// storage_return: the caller's answer; the function cleans up later.
+    Answered(Returned),
+    /// The call ended.
+    Finished(Finished),
+}
+
+/// Run the open call on this thread (`slice`: at most that long) until it ends, or until
+/// storage_return (`early`, for a storage_callv).
+fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> Drive {
+    let Served {
+        vm, entry, open, ..
+    } = s;
+    let Some(o) = open.as_mut() else {
+        return Drive::Finished(Finished {
+            func: 0,
+            func_call: false,
+            result: Ok(None),
+        });
+    };
+    vm.set_slice(slice);
+    let armed = match o.restart.take() {
+        Some((d, what)) => vm.start_deadline(d, what),
+        None => vm.arm_timer(),
+    };
+    let out = match armed {
+        Err(e) => Err(e.to_string()),
+        Ok(()) => loop {
+            let ev = match vm.run_until_event() {
+                Ok(ev) => ev,
+                Err(e) => break Err(e.to_string()),
+            };
+            match ev {
+                Event::Preempted if slice.is_some() => {
+                    vm.pause_deadline();
+                    return Drive::Preempted;
                 }
-                if let Kind::LiveRestore(state) = &call.kind {
-                    // on_live_restore names the destination: copy the carried state there.
-                    let n = (l as usize).min(state.len());
-                    if let Err(e) = vm.machine.mem.write(p, &state[..n]) {
-                        break Err(format!(
-                            "bad destination passed to storage_return in on_live_restore: {e}"
-                        ));
+                Event::Preempted => {}
+                Event::Returned => break Ok(()),
+                Event::Exited(c) => {
+                    break Err(format!(
+                        "the storage program exited (status {c}) during a storage call"
+                    ))
+                }
+                Event::Hypercall(n @ (api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
+                    let (p, l) = {
+                        let r = vm.machine.cpu.regs();
+                        (r.rdi, r.rsi)
+                    };
+                    if o.result.is_some() {
+                        break Err("storage_return called twice".into());
                     }
-                    result = Some(Returned {
-                        data: Vec::new(),
-                        len: n as u64,
-                    });
+                    if let Kind::LiveRestore(state) = &o.kind {
+                        // on_live_restore names the destination: copy the carried state there.
+                        let n = (l as usize).min(state.len());
+                        if let Err(e) = vm.machine.mem.write(p, &state[..n]) {
+                            break Err(format!(
+                                "bad destination passed to storage_return in on_live_restore: {e}"
+                            ));
+                        }
+                        o.result = Some(Returned {
+                            data: Vec::new(),
+                            len: n as u64,
+                        });
+                        vm.machine.cpu.regs_mut().rax = 0;
+                        continue;
+                    }
+                    // Only what fits the caller's buffer is copied.
+                    let take = l.min(o.dstlen).min(MAX_RESULT);
+                    let data = if p == 0 || take == 0 {
+                        Vec::new()
+                    } else {
+                        match vm.machine.mem.read_vec(p, take as usize) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                break Err(format!("bad pointer passed to storage_return: {e}"))
+                            }
+                        }
+                    };
+                    let r = Returned { data, len: l };
+                    o.result = Some(r.clone());
+                    if n == api::STORAGE_NORETURN {
+                        break Ok(());
+                    }
+                    // Let the function finish (clean up) within 1 s more.
                     vm.machine.cpu.regs_mut().rax = 0;
-                    continue;
-                }
-                // Only what fits the caller's buffer is copied.
-                let take = l.min(call.dstlen).min(MAX_RESULT);
-                let data = if p == 0 || take == 0 {
-                    Vec::new()
-                } else {
-                    match vm.machine.mem.read_vec(p, take as usize) {
-                        Ok(d) => d,
-                        Err(e) => break Err(format!("bad pointer passed to storage_return: {e}")),
+                    if early && matches!(o.kind, Kind::Func) {
+                        // The caller goes on with its answer now; the clean-up runs later.
+                        o.restart = Some((CLEANUP_BUDGET, "storage call cleanup"));
+                        vm.pause_deadline();
+                        vm.printer.flush();
+                        return Drive::Answered(r);
                     }
-                };
-                result = Some(Returned { data, len: l });
-                if n == api::STORAGE_NORETURN {
-                    break Ok(());
-                }
-                if matches!(call.kind, Kind::Func) {
-                    // The caller goes on with its answer now, while the function cleans up
-                    // here (the next storage call waits for that anyway): one exit less on
-                    // the request's path.
-                    if let Some(r) = &result {
-                        let _ = call.reply.try_send(Ok(Some(r.clone())));
-                        call.replied.set(true);
+                    if let Err(e) = vm.start_deadline(CLEANUP_BUDGET, "storage call cleanup") {
+                        break Err(e.to_string());
                     }
                 }
-                // Let the function finish (clean up) within 1 s more.
-                vm.machine.cpu.regs_mut().rax = 0;
-                let left = budget
-                    .saturating_sub(t.elapsed())
-                    .max(Duration::from_secs(1));
-                let _ = vm.start_deadline(left.min(Duration::from_secs(1)), "storage call cleanup");
+                Event::Hypercall(api::STORAGE_CALLV) => {
+                    // Deadlock guard: storage cannot call itself.
+                    vm.machine.cpu.regs_mut().rax = u64::MAX;
+                }
+                Event::Hypercall(api::STORAGE_TASK) => {
+                    let r = task_hypercall(vm, |f, d, st, pe| core.tasks.add(core, f, d, st, pe));
+                    vm.machine.cpu.regs_mut().rax = r;
+                }
+                Event::Hypercall(api::STOP_STORAGE_TASK) => {
+                    let id = vm.machine.cpu.regs().rdi;
+                    vm.machine.cpu.regs_mut().rax = u64::from(core.tasks.stop(id));
+                }
+                Event::Hypercall(num) => vm.unsupported_call(num),
             }
-            Event::Hypercall(api::STORAGE_CALLV) => {
-                // Deadlock guard: storage cannot call itself.
-                vm.machine.cpu.regs_mut().rax = u64::MAX;
-            }
-            Event::Hypercall(api::STORAGE_TASK) => {
-                let r = task_hypercall(vm, |f, d, st, pe| ctx.tasks.add(&ctx.tx, f, d, st, pe));
-                vm.machine.cpu.regs_mut().rax = r;
-            }
-            Event::Hypercall(api::STOP_STORAGE_TASK) => {
-                let id = vm.machine.cpu.regs().rdi;
-                vm.machine.cpu.regs_mut().rax = u64::from(ctx.tasks.stop(id));
-            }
-            Event::Hypercall(num) => vm.unsupported_call(num),
-        }
+        },
     };
     vm.stop_deadline();
     vm.printer.flush();
@@ -648,16 +934,199 @@ fn run_call(
         // A crash leaves the vCPU in the CPL0 exception stub: the next call starts in user mode.
         vm.restore_user_mode(entry);
     }
-    match out {
-        Ok(()) => Ok(result),
+    let Some(o) = open.take() else {
+        return Drive::Finished(Finished {
+            func: 0,
+            func_call: false,
+            result: Ok(None),
+        });
+    };
+    let result = match out {
+        Ok(()) => Ok(o.result),
         // The caller already has its data if storage_return happened before a late failure.
-        Err(e) if result.is_some() => {
+        Err(e) if o.result.is_some() => {
             vm.printer.log(&format!(
                 "storage function failed after storage_return: {e}"
             ));
-            Ok(result)
+            Ok(o.result)
         }
         Err(e) => Err(e),
+    };
+    Drive::Finished(Finished {
+        func: o.func,
+        func_call: matches!(o.kind, Kind::Func),
+        result,
+    })
+}
+
+/// Finish what is left in the storage VM (no caller waits for it), on this thread.
+fn settle(core: &Core, s: &mut Served) {
+    while s.open.is_some() {
+        if let Drive::Finished(f) = drive(core, s, None, false) {
+            if let Err(e) = f.result {
+                let what = describe(&s.vm, f.func);
+                s.vm.printer.log(&format!(
+                    "storage function {what} failed after its caller went away: {e}"
+                ));
+            }
+        }
+    }
+}
+
+/// Boot the storage VM on its own thread and return a handle once it reached
+/// wait_for_requests(). The thread then serves the jobs (tasks, boot-time calls, live
+/// updates) and finishes calls left unfinished when nobody else comes.
+pub fn start(
+    opts: VmOptions,
+    max_storage_time: Duration,
+    queue_timeout: Duration,
+) -> Result<StorageHandle, String> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Arc<Core>, String>>(1);
+    let name = opts.name.clone();
+    let tasks = Arc::new(Tasks {
+        state: Mutex::new(TaskState::default()),
+        changed: Condvar::new(),
+    });
+    let tasks2 = tasks.clone();
+    std::thread::Builder::new()
+        .name(format!("storage:{name}"))
+        .spawn(move || {
+            let (mut vm, report) = match MainVm::boot(opts) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("storage VM: {e}")));
+                    return;
+                }
+            };
+            if let BootOutcome::Exited(code) = report.outcome {
+                let _ = ready_tx.send(Err(format!(
+                    "storage VM: the program exited with status {code} before calling wait_for_requests()"
+                )));
+                return;
+            }
+            // The request-entry stub restores FPU state from the FXSAVE area: give it this
+            // VM's own.
+            let xsave = vm.install_entry_fpu().unwrap_or(false);
+            let entry = vm.entry_state(xsave);
+            let exits = vm.machine.cpu.exit_count();
+            let core = Arc::new(Core {
+                turn: Mutex::new(TurnState::default()),
+                served: Mutex::new(Served {
+                    allowed: vm.storage_allowed.clone(),
+                    vm,
+                    entry,
+                    open: None,
+                }),
+                jobs: tx,
+                tasks: tasks2,
+                budget: max_storage_time,
+                next_id: AtomicU64::new(0),
+                exits: AtomicU64::new(exits),
+            });
+            let _ = ready_tx.send(Ok(core.clone()));
+            serve(core, rx)
+        })
+        .map_err(|e| format!("cannot start storage thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(core)) => {
+            let (t, c) = (tasks.clone(), core.clone());
+            std::thread::Builder::new()
+                .name(format!("tasks:{name}"))
+                .spawn(move || t.run(c))
+                .map_err(|e| format!("cannot start the storage task thread: {e}"))?;
+            Ok(StorageHandle {
+                core,
+                timeout: max_storage_time + queue_timeout,
+                _alive: Arc::new(Alive(tasks)),
+            })
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the storage VM thread ended during boot".into()),
+    }
+}
+
+/// The storage thread: run the jobs handed to it (with the turn), finish calls left
+/// unfinished when the turn is free, and end once every handle is gone.
+fn serve(core: Arc<Core>, rx: Receiver<Job>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(job) => {
+                let turn = Turn(core.clone());
+                run_job(&core, job);
+                drop(turn);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if core.tasks.is_stopped() {
+                    return;
+                }
+                // A clean-up (or a call) left unfinished, and nobody came since: finish it.
+                if let Some(turn) = core.try_turn() {
+                    let mut s = core.lock_served();
+                    let e0 = s.vm.machine.cpu.exit_count();
+                    settle(&core, &mut s);
+                    let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
+                    drop(s);
+                    core.exits.fetch_add(exits, Ordering::Relaxed);
+                    drop(turn);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Run a job on the storage thread (which holds the turn).
+fn run_job(core: &Core, job: Job) {
+    let Job { mut call, reply } = job;
+    let mut s = core.lock_served();
+    let e0 = s.vm.machine.cpu.exit_count();
+    let task = matches!(call.kind, Kind::Task);
+    let func = call.func;
+    let r = match call.kind {
+        Kind::LiveUpdate | Kind::LiveRestore(_) => {
+            let h = s.vm.handlers;
+            call.func = if matches!(call.kind, Kind::LiveUpdate) {
+                h.on_live_update
+            } else {
+                h.on_live_restore
+            };
+            if call.func == 0 {
+                None
+            } else {
+                Some(call)
+            }
+        }
+        _ => Some(call),
+    };
+    let r = match r {
+        None => Ok(None),
+        Some(call) => {
+            let mut started = Started::No(call);
+            serve_turn(core, &mut s, &mut started, None, true)
+                .unwrap_or_else(|| Err("internal error: a storage job was preempted".into()))
+        }
+    };
+    if let Some(reply) = reply {
+        let _ = reply.send(r);
+    } else if let (true, Err(e)) = (task, r) {
+        let what = describe(&s.vm, func);
+        s.vm.printer
+            .log(&format!("storage task {what} failed: {e}"));
+    }
+    // Nobody waits for the clean-up here.
+    settle(core, &mut s);
+    let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
+    drop(s);
+    core.exits.fetch_add(exits, Ordering::Relaxed);
+}
+
+/// `name (0x...)` of a storage function, or its address alone.
+fn describe(vm: &MainVm, func: u64) -> String {
+    match vm.elf.symbols.lookup(func) {
+        Some((name, 0)) => format!("'{name}' ({func:#x})"),
+        Some((name, off)) => format!("{func:#x} ({name}+{off:#x})"),
+        None => format!("{func:#x}"),
     }
 }
 

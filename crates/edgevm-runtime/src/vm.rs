@@ -784,7 +784,9 @@ impl MainVm {
         self.slice_end = slice.map(|s| Instant::now() + s);
     }
 
-    fn arm_timer(&mut self) -> Result<(), RunError> {
+    /// (Re-)arm this thread's timer for the deadline, or for the end of the time slice if that
+    /// comes first (e.g. after another VM, the storage VM, ran on this thread).
+    pub(crate) fn arm_timer(&mut self) -> Result<(), RunError> {
         let Some((deadline, _, _)) = self.deadline else {
             return Ok(());
         };
