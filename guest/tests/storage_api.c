@@ -26,7 +26,15 @@
      reqspin?ms=M   the request spins M ms, then calls count: "r=8 count=N"
      order?id=I&ms=M
                     storage appends I to a log, sleeps M ms, returns the log
-     allow          STORAGE_ALLOW from a request: "r=-1" */
+     allow          STORAGE_ALLOW from a request: "r=-1"
+     keep?len=L&seed=S
+                    storage gets L bytes of a pattern (seed S) and returns their checksum at
+                    storage_return; its clean-up then uses 2 KiB of stack and checks the
+                    input again (the next call's inputs must not overwrite it):
+                    "r=8 ok=1" (ok: the checksum is right)
+     keepstats      "calls=.. bad=.." of keep's clean-ups
+     hangafter      storage_return("h", 1), then an endless loop: "r=1 data=h"
+     crashafter     storage_return("c", 1), then a NULL write: "r=1 data=c" */
 #include "kvm_api.h"
 #include "test_util.h"
 #include <stdio.h>
@@ -40,6 +48,7 @@ static const char marker[] = "storage-marker-A";
 static long allow_rc = -2;
 static long count, cleanups, after_noreturn;
 static char order_log[256];
+static long kept_calls, kept_bad;
 
 static long param(const char *url, const char *key, long dflt)
 {
@@ -257,6 +266,61 @@ static void st_order(size_t n, struct virtbuffer buf[n], size_t res)
 	storage_return(order_log, strlen(order_log));
 }
 
+static uint64_t checksum(const unsigned char *d, size_t len)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ d[i]) * 1099511628211ull;
+	return h;
+}
+
+static void st_keep(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)res;
+	if (n != 1) {
+		storage_return_nothing();
+		return;
+	}
+	const uint64_t sum = checksum(buf[0].data, buf[0].len);
+	storage_return(&sum, sizeof(sum));
+	/* The clean-up: stack below, the input above must still be ours. */
+	volatile unsigned char local[2048];
+	for (size_t i = 0; i < sizeof(local); i++)
+		local[i] = (unsigned char)(i * 7 + sum);
+	long bad = checksum(buf[0].data, buf[0].len) != sum;
+	for (size_t i = 0; i < sizeof(local); i++)
+		bad |= local[i] != (unsigned char)(i * 7 + sum);
+	kept_calls++;
+	kept_bad += bad;
+}
+
+static void st_keepstats(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)buf;
+	(void)res;
+	char out[64];
+	const int len = snprintf(out, sizeof(out), "calls=%ld bad=%ld", kept_calls, kept_bad);
+	storage_return(out, (size_t)len);
+}
+
+static void st_hangafter(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)buf;
+	(void)res;
+	storage_return("h", 1);
+	for (;;)
+		__asm__ volatile("");
+}
+
+static void st_crashafter(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)buf;
+	(void)res;
+	static int *volatile nowhere;
+	storage_return("c", 1);
+	nowhere[2] = 1;
+}
+
 /* ---- request side ---- */
 
 static void reply_call(long r, const char *data, long dstlen)
@@ -356,6 +420,27 @@ static void on_get(const char *url, const char *arg)
 		const long a[2] = {param(url, "id", 0), param(url, "ms", 0)};
 		r = storage_call(st_order, a, sizeof(a), buf, (size_t)dst);
 		reply_call(r, buf, dst);
+	} else if (strcmp(action, "keep") == 0) {
+		const long len = param(url, "len", 0);
+		const long seed = param(url, "seed", 0);
+		static unsigned char data[1 << 16];
+		const size_t l = len < 0 ? 0 : (len > (long)sizeof(data) ? sizeof(data) : (size_t)len);
+		for (size_t i = 0; i < l; i++)
+			data[i] = (unsigned char)(i * 13 + seed);
+		uint64_t sum = 0;
+		r = storage_call(st_keep, data, l, &sum, sizeof(sum));
+		char out[64];
+		snprintf(out, sizeof(out), "r=%ld ok=%d", r, sum == checksum(data, l));
+		respond(200, out);
+	} else if (strcmp(action, "keepstats") == 0) {
+		r = storage_call(st_keepstats, NULL, 0, buf, (size_t)dst);
+		reply_call(r, buf, dst);
+	} else if (strcmp(action, "hangafter") == 0) {
+		r = storage_call(st_hangafter, NULL, 0, buf, (size_t)dst);
+		reply_call(r, buf, dst);
+	} else if (strcmp(action, "crashafter") == 0) {
+		r = storage_call(st_crashafter, NULL, 0, buf, (size_t)dst);
+		reply_call(r, buf, dst);
 	} else if (strcmp(action, "allow") == 0) {
 		reply_call(STORAGE_ALLOW(st_count), NULL, 0);
 	} else {
@@ -368,7 +453,8 @@ int main(void)
 	/* Every storage function but st_forbidden. In the main VM these calls are refused (-1). */
 	storage_func allowed[] = {st_info, st_concat, st_res, st_big, st_retnull, st_nothing,
 		st_noreturn, st_noresume, st_cleanup, st_counters, st_count, st_recurse, st_crash,
-		st_hang, st_exit, st_spin, st_order};
+		st_hang, st_exit, st_spin, st_order, st_keep, st_keepstats, st_hangafter,
+		st_crashafter};
 	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
 		const long rc = STORAGE_ALLOW(allowed[i]);
 		if (i == 0 || rc != 0)

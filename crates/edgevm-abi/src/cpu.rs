@@ -91,7 +91,7 @@ pub const SYSCALL_STUB: [u8; 5] = [0xE6, layout::SYSCALL_PORT as u8, 0x48, 0x0F,
 ///     jmp  2f
 /// 1:  fxrstor64 [FXSAVE_AREA]   ; x87/SSE/MXCSR only
 /// 2:  call *%r11
-///     jmp  RETURN_TRAMPOLINE
+///     jmp  CHAIN_STUB            ; the next chained storage call, or RETURN_TRAMPOLINE
 /// ```
 ///
 /// All of it runs at CPL3 with no exit: XRSTOR/FXRSTOR are user-mode instructions. Restoring
@@ -118,9 +118,57 @@ pub fn request_entry_stub() -> Vec<u8> {
     c.extend_from_slice(&fx);
     c.extend_from_slice(&[0x41, 0xFF, 0xD3]); // call *%r11
     let here = layout::REQUEST_ENTRY + c.len() as u64 + 5;
-    let rel = (layout::RETURN_TRAMPOLINE as i64 - here as i64) as i32;
+    let rel = (layout::CHAIN_STUB as i64 - here as i64) as i32;
     c.push(0xE9);
     c.extend_from_slice(&rel.to_le_bytes());
+    c
+}
+
+/// Offsets in a chain mailbox (see [`chain_stub`]): the flag, then RSP, R11 (the handler),
+/// R10, R12, R13, RDI, RSI, RDX for the request entry stub.
+pub const CHAIN_MAILBOX_BYTES: usize = 9 * 8;
+
+/// Where a handler that returned goes: a storage function whose clean-up the host resumed
+/// together with the next storage call goes straight into that call, with no exit. RBX (kept
+/// by the function, as the ABI requires) points at the mailbox the host wrote: a flag, then
+/// the entry stub's registers. Without a mailbox (RBX = 0: request VMs) or without a chained
+/// call (flag 0), it reports the return as before.
+///
+/// ```text
+///     test %rbx,%rbx; jz 1f
+///     cmpq $0,(%rbx); je 1f
+///     movq $0,(%rbx)            ; taken: the host sees it in guest memory
+///     mov 8(%rbx),%rsp; mov 16(%rbx),%r11; mov 24(%rbx),%r10; mov 32(%rbx),%r12
+///     mov 40(%rbx),%r13; mov 48(%rbx),%rdi; mov 56(%rbx),%rsi; mov 64(%rbx),%rdx
+///     jmp REQUEST_ENTRY
+/// 1:  jmp RETURN_TRAMPOLINE
+/// ```
+pub fn chain_stub() -> Vec<u8> {
+    let loads: [[u8; 4]; 8] = [
+        [0x48, 0x8B, 0x63, 0x08], // mov 8(%rbx),%rsp
+        [0x4C, 0x8B, 0x5B, 0x10], // mov 16(%rbx),%r11
+        [0x4C, 0x8B, 0x53, 0x18], // mov 24(%rbx),%r10
+        [0x4C, 0x8B, 0x63, 0x20], // mov 32(%rbx),%r12
+        [0x4C, 0x8B, 0x6B, 0x28], // mov 40(%rbx),%r13
+        [0x48, 0x8B, 0x7B, 0x30], // mov 48(%rbx),%rdi
+        [0x48, 0x8B, 0x73, 0x38], // mov 56(%rbx),%rsi
+        [0x48, 0x8B, 0x53, 0x40], // mov 64(%rbx),%rdx
+    ];
+    // Bytes from each jump to label 1 (the last 5 bytes).
+    let body = 7 + loads.len() * 4 + 5;
+    let mut c = vec![0x48, 0x85, 0xDB, 0x74, (4 + 2 + body) as u8]; // test; jz 1f
+    c.extend_from_slice(&[0x48, 0x83, 0x3B, 0x00, 0x74, body as u8]); // cmpq $0; je 1f
+    c.extend_from_slice(&[0x48, 0xC7, 0x03, 0, 0, 0, 0]); // movq $0,(%rbx)
+    for l in loads {
+        c.extend_from_slice(&l);
+    }
+    let jump = |c: &mut Vec<u8>, to: u64| {
+        let here = layout::CHAIN_STUB + c.len() as u64 + 5;
+        c.push(0xE9);
+        c.extend_from_slice(&((to as i64 - here as i64) as i32).to_le_bytes());
+    };
+    jump(&mut c, layout::REQUEST_ENTRY);
+    jump(&mut c, layout::RETURN_TRAMPOLINE);
     c
 }
 
@@ -186,6 +234,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
     mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
+    mem.write(layout::CHAIN_STUB, &chain_stub())?;
     mem.write(layout::PROGRAM_START, &program_start_stub())?;
     write_page_tables(mem, l)
 }
@@ -333,5 +382,7 @@ mod tests {
         );
         assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::PROGRAM_START);
         assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
+        const { assert!(layout::ENTRY_SLOT + 8 <= layout::CHAIN_STUB) };
+        assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::USER_STUBS + 0x1000);
     }
 }

@@ -42,6 +42,9 @@ pub const RETURN_TRAMPOLINE: u64 = USER_STUBS + 0x80;
 pub const PROGRAM_START: u64 = USER_STUBS + 0xC0;
 /// The program's ELF entry point (8 bytes, written at load).
 pub const ENTRY_SLOT: u64 = USER_STUBS + 0xF8;
+/// Where a handler that returned goes from the request entry stub: the next storage call
+/// chained by the host (RBX points at its mailbox), else [`RETURN_TRAMPOLINE`].
+pub const CHAIN_STUB: u64 = USER_STUBS + 0x100;
 /// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
 pub const FXSAVE_AREA: u64 = 0x6000;
 /// Top of the exception stack (TSS.RSP0).

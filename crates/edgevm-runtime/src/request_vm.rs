@@ -282,6 +282,7 @@ impl RequestVm {
     pub fn begin(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Step {
         self.requests += 1;
         self.exits0 = self.inv.vm.machine.cpu.exit_count() - self.inv.vm.timer_exits;
+        self.inv.storage_exits = 0;
         match self.inv.call_handler(req, slice) {
             Outcome::Preempted => Step::Preempted,
             outcome => {
@@ -308,8 +309,10 @@ impl RequestVm {
     ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
         let mut stats = RequestStats {
             // Time-slice ends are the runtime's exits, not the program's.
+            // The storage VM's exits on this request's path count too.
             exits: (self.inv.vm.machine.cpu.exit_count() - self.inv.vm.timer_exits)
-                .wrapping_sub(self.exits0),
+                .wrapping_sub(self.exits0)
+                .wrapping_add(self.inv.storage_exits),
             ..Default::default()
         };
         let t = Instant::now();
@@ -657,6 +660,7 @@ impl Invoker {
     /// Continue a handler stopped by its time slice, on the current thread, to the end.
     fn resume_handler(&mut self) -> Outcome {
         if let Err(e) = self.vm.resume_deadline() {
+            self.pending_storage = None;
             self.vm.stop_deadline();
             self.vm.restore_user_mode(&self.entry);
             return Outcome::Failed(run_error_failure(e));
@@ -674,6 +678,8 @@ impl Invoker {
         }
         self.vm.stop_deadline();
         self.vm.printer.flush();
+        // A storage call still pending when the handler failed gives up its place.
+        self.pending_storage = None;
         r
     }
 

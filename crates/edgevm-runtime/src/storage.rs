@@ -62,7 +62,7 @@ pub const TASK_BUDGET: Duration = Duration::from_secs(15);
 const CLEANUP_BUDGET: Duration = Duration::from_secs(1);
 /// Whether the holder whose call was answered at storage_return also runs the function's
 /// clean-up right away (within its slice), or leaves it to the next holder of the turn.
-const CLEANUP_NOW: bool = true;
+const CLEANUP_NOW: bool = false;
 
 /// What a call does.
 enum Kind {
@@ -88,7 +88,8 @@ struct Call {
 
 /// A call handed to the storage thread, with where its answer goes (nowhere for tasks).
 struct Job {
-    call: Call,
+    /// None: only finish what is left in the storage VM.
+    call: Option<Call>,
     reply: Option<Sender<Result<Option<Returned>, String>>>,
 }
 
@@ -130,6 +131,9 @@ struct Core {
     next_id: AtomicU64,
     /// VM exits of the storage VM so far.
     exits: AtomicU64,
+    /// The storage thread sleeps long: a holder that leaves a clean-up behind with nobody
+    /// waiting hands it the turn to finish it.
+    dozing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -152,6 +156,10 @@ struct Served {
     entry: EntryState,
     allowed: Vec<u64>,
     open: Option<Open>,
+    /// Guest address of the chain mailbox (see [`begin_chained`]), when calls can be chained.
+    mailbox: Option<u64>,
+    /// When the open call was left to the next holder.
+    left_at: Instant,
 }
 
 /// A call that started in the storage VM and has not ended.
@@ -167,6 +175,17 @@ struct Open {
     orphan: bool,
     /// Start the run deadline anew before the function runs on (clean-up: 1 s from then).
     restart: Option<(Duration, &'static str)>,
+    /// max_storage_time (or the task budget) of this call.
+    budget: Duration,
+    /// Top of its input data on the stack (its live stack is below, down to its RSP).
+    top: u64,
+    /// Chained behind the clean-up of this function (see [`begin_chained`]), until the
+    /// mailbox's flag says the chain stub took the call.
+    prev: Option<u64>,
+    /// When it was chained.
+    chained_at: Option<Instant>,
+    /// The armed deadline is the previous function's clean-up's.
+    cleanup_deadline: bool,
 }
 
 /// The turn: held by whoever has this; handed to the next waiter when dropped.
@@ -290,7 +309,27 @@ impl Core {
                 }
             }
         }
+        if self.dozing.load(Ordering::Relaxed) && self.left_unfinished() {
+            // Nobody comes soon (the storage thread dozes): it finishes the clean-up.
+            if self
+                .jobs
+                .send(Job {
+                    call: None,
+                    reply: None,
+                })
+                .is_ok()
+            {
+                return;
+            }
+        }
         st.held = false;
+    }
+
+    /// Whether the storage VM is in a call nobody waits for (called holding the turn).
+    fn left_unfinished(&self) -> bool {
+        self.served
+            .try_lock()
+            .is_ok_and(|s| s.open.as_ref().is_some_and(|o| o.orphan))
     }
 }
 
@@ -430,12 +469,12 @@ impl Tasks {
 
 fn task_job(func: u64, data: Vec<u8>) -> Job {
     Job {
-        call: Call {
+        call: Some(Call {
             kind: Kind::Task,
             func,
             inputs: vec![data],
             dstlen: 0,
-        },
+        }),
         reply: None,
     }
 }
@@ -469,7 +508,7 @@ impl StorageHandle {
     fn job(&self, call: Call, limit: Duration) -> Result<Option<Returned>, String> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.core.enqueue(Job {
-            call,
+            call: Some(call),
             reply: Some(reply),
         })?;
         match rx.recv_timeout(limit) {
@@ -580,7 +619,9 @@ impl StorageCall {
     /// is left of the caller's deadline) or the handle's timeout, and run the call to its end
     /// (max_storage_time bounds it).
     ///
-    /// The storage VM runs with this thread's timer: the caller re-arms its own afterwards.
+    /// The storage VM runs with this thread's timer, which may still point at the storage vCPU
+    /// when this returns an answer: the caller must re-arm it for its own VM (or disarm it)
+    /// right away, before it gives up this thread.
     pub fn advance(
         &mut self,
         slice: Option<Duration>,
@@ -616,9 +657,9 @@ impl StorageCall {
         let core = self.core.clone();
         let mut started = started;
         let mut s = core.lock_served();
-        let e0 = s.vm.machine.cpu.exit_count();
+        let e0 = program_exits(&s.vm);
         let r = serve_turn(&core, &mut s, &mut started, slice, true);
-        let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
+        let exits = program_exits(&s.vm).wrapping_sub(e0);
         drop(s);
         self.exits += exits;
         core.exits.fetch_add(exits, Ordering::Relaxed);
@@ -655,8 +696,9 @@ enum Started {
 
 /// Holding the turn: finish what an earlier holder left unfinished, then run the holder's own
 /// call up to its answer: at storage_return when `early` (the clean-up then runs on right away
-/// if [`CLEANUP_NOW`], within the slice, or is left to the next holder). With a slice, stop when
-/// it is over: None (the holder's call goes on later, `started` says where it stands).
+/// if [`CLEANUP_NOW`], within the slice, or is left to the next holder, which chains its own
+/// call behind it: [`begin_chained`]). With a slice, stop when it is over: None (the holder's
+/// call goes on later, `started` says where it stands).
 fn serve_turn(
     core: &Core,
     s: &mut Served,
@@ -668,6 +710,21 @@ fn serve_turn(
     let left = || end.map(|e| e.saturating_duration_since(Instant::now()));
     let mut answer: Option<Result<Option<Returned>, String>> = None;
     loop {
+        let chain = answer.is_none()
+            && matches!(started, Started::No(_))
+            && s.open.as_ref().is_some_and(|o| {
+                o.orphan && o.restart.is_some() && o.result.is_some() && o.prev.is_none()
+            });
+        if chain {
+            // A clean-up that has not begun: run it and this call in one go.
+            if let Started::No(call) = std::mem::replace(started, Started::Yes(0)) {
+                match begin_chained(core, s, call) {
+                    Ok(Ok(id)) => *started = Started::Yes(id),
+                    Ok(Err(call)) => *started = Started::No(call),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
         if let Some(o) = &s.open {
             let mine = matches!(started, Started::Yes(id) if !o.orphan && o.id == *id);
             match drive(core, s, left(), early && mine) {
@@ -679,6 +736,7 @@ fn serve_turn(
                     if let Some(o) = s.open.as_mut() {
                         o.orphan = true;
                     }
+                    s.left_at = Instant::now();
                     if !CLEANUP_NOW {
                         return Some(Ok(Some(r)));
                     }
@@ -734,30 +792,40 @@ fn finish(s: &mut Served, f: Finished) -> Result<Option<Returned>, String> {
     }
 }
 
-/// Start `call` in the storage VM (its arguments on the stack, the registers set, the
-/// deadline to start when it runs); its id.
-fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, String> {
-    let allowed = s.allowed.is_empty() || s.allowed.contains(&call.func);
-    if !allowed {
-        let what = describe(&s.vm, call.func);
-        return Err(match call.kind {
-            Kind::Task => "it is not allowed (not in the program's STORAGE_ALLOW list)".to_string(),
-            _ => {
-                let e = format!(
-                    "storage function {what} is not allowed (not in the program's STORAGE_ALLOW list)"
-                );
-                s.vm.printer.log(&format!("storage call failed: {e}"));
-                e
-            }
-        });
+/// Err(message) if `call` may not run (the STORAGE_ALLOW list; logged for storage_callv).
+fn check_allowed(s: &mut Served, call: &Call) -> Result<(), String> {
+    if s.allowed.is_empty() || s.allowed.contains(&call.func) {
+        return Ok(());
     }
-    let vm = &mut s.vm;
-    let entry = &s.entry;
-    // Inputs on the stack: data blocks, then the virtbuffer array.
+    let what = describe(&s.vm, call.func);
+    Err(match call.kind {
+        Kind::Task => "it is not allowed (not in the program's STORAGE_ALLOW list)".to_string(),
+        _ => {
+            let e = format!(
+                "storage function {what} is not allowed (not in the program's STORAGE_ALLOW list)"
+            );
+            s.vm.printer.log(&format!("storage call failed: {e}"));
+            e
+        }
+    })
+}
+
+/// The lowest address of `inputs` laid out below `top` (data blocks, then the virtbuffer
+/// array), as [`write_inputs`] lays them out.
+fn inputs_low(top: u64, inputs: &[Vec<u8>]) -> u64 {
+    let mut sp = top;
+    for inp in inputs {
+        sp = sp.wrapping_sub(inp.len() as u64) & !15;
+    }
+    sp.wrapping_sub(16 * inputs.len() as u64) & !15
+}
+
+/// Copy `inputs` below `top`: the address of the virtbuffer array and the array's bytes.
+fn write_inputs(vm: &mut MainVm, top: u64, inputs: &[Vec<u8>]) -> Result<(u64, Vec<u8>), String> {
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
-    let mut sp = entry.rsp.wrapping_sub(4096) & !15;
-    let mut descs = Vec::with_capacity(call.inputs.len() * 16);
-    for inp in &call.inputs {
+    let mut sp = top;
+    let mut descs = Vec::with_capacity(inputs.len() * 16);
+    for inp in inputs {
         sp = sp.wrapping_sub(inp.len() as u64) & !15;
         vm.machine
             .mem
@@ -771,7 +839,39 @@ fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, String> {
         .mem
         .write(sp, &descs)
         .map_err(|e| format!("cannot copy storage input: {e}"))?;
-    let bufs = sp;
+    Ok((sp, descs))
+}
+
+/// Where every call's inputs go when nothing else is live: below the frozen frame.
+fn standard_top(entry: &EntryState) -> u64 {
+    entry.rsp.wrapping_sub(4096) & !15
+}
+
+/// A new [`Open`] for `call` with this id.
+fn open_call(call: Call, id: u64, budget: Duration, top: u64) -> Open {
+    Open {
+        id,
+        kind: call.kind,
+        func: call.func,
+        dstlen: call.dstlen,
+        result: None,
+        orphan: false,
+        restart: Some((budget, "storage call (max_storage_time)")),
+        budget,
+        top,
+        prev: None,
+        chained_at: None,
+        cleanup_deadline: false,
+    }
+}
+
+/// Start `call` in the storage VM (its arguments on the stack, the registers set, the
+/// deadline to start when it runs); its id.
+fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, String> {
+    check_allowed(s, &call)?;
+    let top = standard_top(&s.entry);
+    let vm = &mut s.vm;
+    let (bufs, descs) = write_inputs(vm, top, &call.inputs)?;
     let args = match &call.kind {
         Kind::Func => vec![call.inputs.len() as u64, bufs, call.dstlen],
         // func(data, len): the one input block.
@@ -783,24 +883,85 @@ fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, String> {
         Kind::LiveUpdate => vec![],
         Kind::LiveRestore(state) => vec![state.len() as u64],
     };
-    vm.enter_handler(entry, call.func, bufs.wrapping_sub(256), &args)
+    vm.enter_handler(&s.entry, call.func, bufs.wrapping_sub(256), &args)
         .map_err(|e| e.to_string())?;
+    // RBX (kept by the function) points the chain stub at the mailbox.
+    vm.machine.cpu.regs_mut().rbx = s.mailbox.unwrap_or(0);
     let budget = match call.kind {
         Kind::Task => TASK_BUDGET,
         Kind::LiveRestore(_) => Duration::from_secs(2),
         _ => core.budget,
     };
     let id = core.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-    s.open = Some(Open {
-        id,
-        kind: call.kind,
-        func: call.func,
-        dstlen: call.dstlen,
-        result: None,
-        orphan: false,
-        restart: Some((budget, "storage call (max_storage_time)")),
-    });
+    s.open = Some(open_call(call, id, budget, top));
     Ok(id)
+}
+
+/// Chain a storage_callv behind the clean-up of the open call (answered at storage_return,
+/// its clean-up not begun): write the new call's inputs where the paused function's stack
+/// is not, and the entry stub's registers for it into the mailbox; when the function returns,
+/// the chain stub enters the new call directly. One KVM_RUN then does both, and the exit that
+/// reported the function's return is gone. Ok(Err(call)) when it cannot be chained (no
+/// mailbox, no room on the stack, not a storage_callv): run the clean-up first.
+fn begin_chained(core: &Core, s: &mut Served, call: Call) -> Result<Result<u64, Call>, String> {
+    let bases = (s.vm.machine.cpu.fs_base(), s.vm.machine.cpu.gs_base());
+    let (Some(mailbox), Some((r10, r12, r13))) = (s.mailbox, s.entry.stub_regs(bases.0, bases.1))
+    else {
+        return Ok(Err(call));
+    };
+    let Some((prev_func, prev_top)) = s
+        .open
+        .as_ref()
+        .filter(|p| matches!(p.kind, Kind::Func))
+        .map(|p| (p.func, p.top))
+    else {
+        return Ok(Err(call));
+    };
+    if !matches!(call.kind, Kind::Func) {
+        return Ok(Err(call));
+    }
+    check_allowed(s, &call)?;
+    // The paused function may still use its stack (and red zone) and its inputs.
+    let rsp = s.vm.machine.cpu.regs().rsp;
+    let live = (rsp.wrapping_sub(128), prev_top.max(rsp));
+    let overlaps = |lo: u64, hi: u64| lo < hi && lo < live.1 && live.0 < hi;
+    let mut top = standard_top(&s.entry);
+    if overlaps(inputs_low(top, &call.inputs), top) {
+        top = live.0.wrapping_sub(256) & !15;
+    }
+    let floor = s.entry.rsp.wrapping_sub(3 << 20);
+    let low = inputs_low(top, &call.inputs);
+    if top > s.entry.rsp || low < floor || overlaps(low, top) {
+        return Ok(Err(call));
+    }
+    let (bufs, _) = write_inputs(&mut s.vm, top, &call.inputs)?;
+    let regs = [
+        1,
+        bufs.wrapping_sub(256) & !15,
+        call.func,
+        r10,
+        r12,
+        r13,
+        call.inputs.len() as u64,
+        bufs,
+        call.dstlen,
+    ];
+    let mut m = [0u8; edgevm_abi::cpu::CHAIN_MAILBOX_BYTES];
+    for (i, v) in regs.iter().enumerate() {
+        m[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    s.vm.machine
+        .mem
+        .write(mailbox, &m)
+        .map_err(|e| format!("cannot write the chain mailbox: {e}"))?;
+    let id = core.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut o = open_call(call, id, core.budget, top);
+    o.prev = Some(prev_func);
+    o.chained_at = Some(Instant::now());
+    o.cleanup_deadline = true;
+    o.restart = Some((CLEANUP_BUDGET.min(core.budget), "storage call cleanup"));
+    s.open = Some(o);
+    Ok(Ok(id))
 }
 
 /// How a call ended.
@@ -822,12 +983,61 @@ enum Drive {
     Finished(Finished),
 }
 
+/// While a call is chained behind a clean-up: whether the clean-up still runs (the chain
+/// stub has not taken the mailbox yet).
+fn in_prev(vm: &MainVm, o: &Open, mailbox: Option<u64>) -> bool {
+    match (o.prev, mailbox) {
+        (Some(_), Some(m)) => vm.machine.mem.read_u64(m).is_ok_and(|f| f != 0),
+        _ => false,
+    }
+}
+
+/// The clean-up a call was chained behind failed (or returned without the chain stub): log
+/// it, and enter the chained call from its mailbox as a fresh call.
+fn abandon_prev(
+    vm: &mut MainVm,
+    entry: &EntryState,
+    o: &mut Open,
+    mailbox: u64,
+    why: Option<String>,
+) -> Result<(), String> {
+    if let Some(e) = why {
+        let what = describe(vm, o.prev.unwrap_or(0));
+        vm.printer.log(&format!(
+            "storage function {what} failed after storage_return: {e}"
+        ));
+        vm.restore_user_mode(entry);
+    }
+    let m = vm
+        .machine
+        .mem
+        .read_vec(mailbox, edgevm_abi::cpu::CHAIN_MAILBOX_BYTES)
+        .map_err(|e| format!("cannot read the chain mailbox: {e}"))?;
+    let w = |i: usize| u64::from_le_bytes(m[8 * i..8 * i + 8].try_into().unwrap_or_default());
+    vm.machine
+        .mem
+        .write_u64(mailbox, 0)
+        .map_err(|e| format!("cannot clear the chain mailbox: {e}"))?;
+    vm.enter_handler(entry, w(2), w(1), &[w(6), w(7), w(8)])
+        .map_err(|e| e.to_string())?;
+    vm.machine.cpu.regs_mut().rbx = mailbox;
+    o.prev = None;
+    o.cleanup_deadline = false;
+    o.restart = Some((o.budget, "storage call (max_storage_time)"));
+    Ok(())
+}
+
 /// Run the open call on this thread (`slice`: at most that long) until it ends, or until
 /// storage_return (`early`, for a storage_callv).
 fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> Drive {
     let Served {
-        vm, entry, open, ..
+        vm,
+        entry,
+        open,
+        mailbox,
+        ..
     } = s;
+    let mailbox = *mailbox;
     let Some(o) = open.as_mut() else {
         return Drive::Finished(Finished {
             func: 0,
@@ -836,19 +1046,89 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
         });
     };
     vm.set_slice(slice);
-    let armed = match o.restart.take() {
-        Some((d, what)) => vm.start_deadline(d, what),
-        None => vm.arm_timer(),
+    let armed = if o.restart.is_none() {
+        vm.arm_timer()
+    } else {
+        Ok(())
     };
     let out = match armed {
         Err(e) => Err(e.to_string()),
         Ok(()) => loop {
-            let ev = match vm.run_until_event() {
+            if let Some((d, what)) = o.restart.take() {
+                if let Err(e) = vm.start_deadline(d, what) {
+                    break Err(e.to_string());
+                }
+            }
+            let ev = vm.run_until_event();
+            if o.prev.is_some() {
+                // Chained behind a clean-up: whose event is this?
+                let m = mailbox.unwrap_or(0);
+                if in_prev(vm, o, mailbox) {
+                    let why = match ev {
+                        Ok(Event::Preempted) if slice.is_some() => {
+                            vm.pause_deadline();
+                            return Drive::Preempted;
+                        }
+                        Ok(Event::Preempted) => continue,
+                        Err(crate::vm::RunError::Timeout { .. }) => {
+                            let ran = o.chained_at.map_or(CLEANUP_BUDGET, |t| t.elapsed());
+                            if ran < CLEANUP_BUDGET {
+                                o.restart = Some((CLEANUP_BUDGET - ran, "storage call cleanup"));
+                                continue;
+                            }
+                            Some(format!(
+                                "storage call cleanup timed out ({:.1}s)",
+                                CLEANUP_BUDGET.as_secs_f64()
+                            ))
+                        }
+                        Err(e) => Some(e.to_string()),
+                        Ok(Event::Returned) => None,
+                        Ok(Event::Exited(c)) => Some(format!(
+                            "the storage program exited (status {c}) during a storage call"
+                        )),
+                        Ok(Event::Hypercall(api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
+                            Some("storage_return called twice".into())
+                        }
+                        Ok(Event::Hypercall(num)) => {
+                            other_hypercall(core, vm, num);
+                            continue;
+                        }
+                    };
+                    if let Err(e) = abandon_prev(vm, entry, o, m, why) {
+                        break Err(e);
+                    }
+                    continue;
+                }
+                // The chain stub took the call: the clean-up is over.
+                o.prev = None;
+                if o.cleanup_deadline {
+                    o.cleanup_deadline = false;
+                    let ran = o.chained_at.map_or(Duration::ZERO, |t| t.elapsed());
+                    if ran >= o.budget {
+                        break Err(crate::vm::RunError::Timeout {
+                            what: "storage call (max_storage_time)",
+                            limit: o.budget,
+                        }
+                        .to_string());
+                    }
+                    if matches!(ev, Err(crate::vm::RunError::Timeout { .. })) {
+                        o.restart = Some((o.budget - ran, "storage call (max_storage_time)"));
+                        continue;
+                    }
+                    // The deadline is re-armed for this call only if it runs on.
+                    o.restart = Some((o.budget - ran, "storage call (max_storage_time)"));
+                }
+            }
+            let ev = match ev {
                 Ok(ev) => ev,
                 Err(e) => break Err(e.to_string()),
             };
             match ev {
                 Event::Preempted if slice.is_some() => {
+                    if let Some((d, what)) = o.restart.take() {
+                        // Keep the new deadline for when it resumes.
+                        let _ = vm.start_deadline(d, what);
+                    }
                     vm.pause_deadline();
                     return Drive::Preempted;
                 }
@@ -901,38 +1181,30 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
                     }
                     // Let the function finish (clean up) within 1 s more.
                     vm.machine.cpu.regs_mut().rax = 0;
+                    o.restart = Some((CLEANUP_BUDGET, "storage call cleanup"));
                     if early && matches!(o.kind, Kind::Func) {
                         // The caller goes on with its answer now; the clean-up runs later.
-                        o.restart = Some((CLEANUP_BUDGET, "storage call cleanup"));
-                        vm.pause_deadline();
+                        // The timer is re-armed (for the clean-up, or for the caller) next.
+                        vm.stop_deadline_keep_timer();
                         vm.printer.flush();
                         return Drive::Answered(r);
                     }
-                    if let Err(e) = vm.start_deadline(CLEANUP_BUDGET, "storage call cleanup") {
-                        break Err(e.to_string());
-                    }
                 }
-                Event::Hypercall(api::STORAGE_CALLV) => {
-                    // Deadlock guard: storage cannot call itself.
-                    vm.machine.cpu.regs_mut().rax = u64::MAX;
-                }
-                Event::Hypercall(api::STORAGE_TASK) => {
-                    let r = task_hypercall(vm, |f, d, st, pe| core.tasks.add(core, f, d, st, pe));
-                    vm.machine.cpu.regs_mut().rax = r;
-                }
-                Event::Hypercall(api::STOP_STORAGE_TASK) => {
-                    let id = vm.machine.cpu.regs().rdi;
-                    vm.machine.cpu.regs_mut().rax = u64::from(core.tasks.stop(id));
-                }
-                Event::Hypercall(num) => vm.unsupported_call(num),
+                Event::Hypercall(num) => other_hypercall(core, vm, num),
             }
         },
     };
-    vm.stop_deadline();
+    // The timer is re-armed next (for the next call, or for the caller) or disarmed by the
+    // storage thread.
+    vm.stop_deadline_keep_timer();
     vm.printer.flush();
     if out.is_err() {
         // A crash leaves the vCPU in the CPL0 exception stub: the next call starts in user mode.
         vm.restore_user_mode(entry);
+    }
+    if let (Some(m), true) = (mailbox, o.prev.is_some()) {
+        // A chained call that never started is dropped with this one.
+        let _ = vm.machine.mem.write_u64(m, 0);
     }
     let Some(o) = open.take() else {
         return Drive::Finished(Finished {
@@ -945,8 +1217,9 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
         Ok(()) => Ok(o.result),
         // The caller already has its data if storage_return happened before a late failure.
         Err(e) if o.result.is_some() => {
+            let what = describe(vm, o.func);
             vm.printer.log(&format!(
-                "storage function failed after storage_return: {e}"
+                "storage function {what} failed after storage_return: {e}"
             ));
             Ok(o.result)
         }
@@ -957,6 +1230,25 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
         func_call: matches!(o.kind, Kind::Func),
         result,
     })
+}
+
+/// Hypercalls a storage function may make besides storage_return.
+fn other_hypercall(core: &Core, vm: &mut MainVm, num: u32) {
+    match num {
+        api::STORAGE_CALLV => {
+            // Deadlock guard: storage cannot call itself.
+            vm.machine.cpu.regs_mut().rax = u64::MAX;
+        }
+        api::STORAGE_TASK => {
+            let r = task_hypercall(vm, |f, d, st, pe| core.tasks.add(core, f, d, st, pe));
+            vm.machine.cpu.regs_mut().rax = r;
+        }
+        api::STOP_STORAGE_TASK => {
+            let id = vm.machine.cpu.regs().rdi;
+            vm.machine.cpu.regs_mut().rax = u64::from(core.tasks.stop(id));
+        }
+        num => vm.unsupported_call(num),
+    }
 }
 
 /// Finish what is left in the storage VM (no caller waits for it), on this thread.
@@ -1009,20 +1301,24 @@ pub fn start(
             // VM's own.
             let xsave = vm.install_entry_fpu().unwrap_or(false);
             let entry = vm.entry_state(xsave);
-            let exits = vm.machine.cpu.exit_count();
+            let exits = program_exits(&vm);
             let core = Arc::new(Core {
                 turn: Mutex::new(TurnState::default()),
                 served: Mutex::new(Served {
                     allowed: vm.storage_allowed.clone(),
+                    // In the gap between the frozen frame and the calls' inputs.
+                    mailbox: Some(entry.rsp.wrapping_sub(2048) & !63),
                     vm,
                     entry,
                     open: None,
+                    left_at: Instant::now(),
                 }),
                 jobs: tx,
                 tasks: tasks2,
                 budget: max_storage_time,
                 next_id: AtomicU64::new(0),
                 exits: AtomicU64::new(exits),
+                dozing: std::sync::atomic::AtomicBool::new(true),
             });
             let _ = ready_tx.send(Ok(core.clone()));
             serve(core, rx)
@@ -1047,27 +1343,41 @@ pub fn start(
 }
 
 /// The storage thread: run the jobs handed to it (with the turn), finish calls left
-/// unfinished when the turn is free, and end once every handle is gone.
+/// unfinished when nobody comes, and end once every handle is gone. While calls come it
+/// looks every 20 ms for a clean-up left behind for 10 ms; after 2 s without a job it dozes
+/// (500 ms), and a holder that leaves a clean-up behind hands it the turn instead.
 fn serve(core: Arc<Core>, rx: Receiver<Job>) {
+    let mut active_until = Instant::now();
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
+        let dozing = Instant::now() >= active_until;
+        core.dozing.store(dozing, Ordering::Relaxed);
+        let wait = Duration::from_millis(if dozing { 500 } else { 20 });
+        match rx.recv_timeout(wait) {
             Ok(job) => {
                 let turn = Turn(core.clone());
                 run_job(&core, job);
                 drop(turn);
+                active_until = Instant::now() + Duration::from_secs(2);
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if core.tasks.is_stopped() {
                     return;
                 }
                 // A clean-up (or a call) left unfinished, and nobody came since: finish it.
+                let stale = core.served.try_lock().is_ok_and(|s| {
+                    s.open.is_some() && s.left_at.elapsed() >= Duration::from_millis(10)
+                });
+                if !stale {
+                    continue;
+                }
                 if let Some(turn) = core.try_turn() {
-                    let mut s = core.lock_served();
-                    let e0 = s.vm.machine.cpu.exit_count();
-                    settle(&core, &mut s);
-                    let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
-                    drop(s);
-                    core.exits.fetch_add(exits, Ordering::Relaxed);
+                    run_job(
+                        &core,
+                        Job {
+                            call: None,
+                            reply: None,
+                        },
+                    );
                     drop(turn);
                 }
             }
@@ -1078,47 +1388,55 @@ fn serve(core: Arc<Core>, rx: Receiver<Job>) {
 
 /// Run a job on the storage thread (which holds the turn).
 fn run_job(core: &Core, job: Job) {
-    let Job { mut call, reply } = job;
+    let Job { call, reply } = job;
     let mut s = core.lock_served();
-    let e0 = s.vm.machine.cpu.exit_count();
-    let task = matches!(call.kind, Kind::Task);
-    let func = call.func;
-    let r = match call.kind {
-        Kind::LiveUpdate | Kind::LiveRestore(_) => {
-            let h = s.vm.handlers;
-            call.func = if matches!(call.kind, Kind::LiveUpdate) {
-                h.on_live_update
-            } else {
-                h.on_live_restore
-            };
-            if call.func == 0 {
-                None
-            } else {
-                Some(call)
+    let e0 = program_exits(&s.vm);
+    if let Some(mut call) = call {
+        let task = matches!(call.kind, Kind::Task);
+        let func = call.func;
+        let r = match call.kind {
+            Kind::LiveUpdate | Kind::LiveRestore(_) => {
+                let h = s.vm.handlers;
+                call.func = if matches!(call.kind, Kind::LiveUpdate) {
+                    h.on_live_update
+                } else {
+                    h.on_live_restore
+                };
+                if call.func == 0 {
+                    None
+                } else {
+                    Some(call)
+                }
             }
+            _ => Some(call),
+        };
+        let r = match r {
+            None => Ok(None),
+            Some(call) => {
+                let mut started = Started::No(call);
+                serve_turn(core, &mut s, &mut started, None, true)
+                    .unwrap_or_else(|| Err("internal error: a storage job was preempted".into()))
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(r);
+        } else if let (true, Err(e)) = (task, r) {
+            let what = describe(&s.vm, func);
+            s.vm.printer
+                .log(&format!("storage task {what} failed: {e}"));
         }
-        _ => Some(call),
-    };
-    let r = match r {
-        None => Ok(None),
-        Some(call) => {
-            let mut started = Started::No(call);
-            serve_turn(core, &mut s, &mut started, None, true)
-                .unwrap_or_else(|| Err("internal error: a storage job was preempted".into()))
-        }
-    };
-    if let Some(reply) = reply {
-        let _ = reply.send(r);
-    } else if let (true, Err(e)) = (task, r) {
-        let what = describe(&s.vm, func);
-        s.vm.printer
-            .log(&format!("storage task {what} failed: {e}"));
     }
     // Nobody waits for the clean-up here.
     settle(core, &mut s);
-    let exits = s.vm.machine.cpu.exit_count().wrapping_sub(e0);
+    crate::timer::disarm();
+    let exits = program_exits(&s.vm).wrapping_sub(e0);
     drop(s);
     core.exits.fetch_add(exits, Ordering::Relaxed);
+}
+
+/// The VM's exits so far, without the runtime's own timer exits.
+fn program_exits(vm: &MainVm) -> u64 {
+    vm.machine.cpu.exit_count().wrapping_sub(vm.timer_exits)
 }
 
 /// `name (0x...)` of a storage function, or its address alone.

@@ -349,6 +349,22 @@ pub struct EntryState {
     user_bases: bool,
 }
 
+impl EntryState {
+    /// R10, R12 and R13 for the request entry stub to enter a call without the host touching
+    /// the vCPU (chained storage calls), given the vCPU's FS/GS bases as the host knows them:
+    /// the stub restores the bases itself (kvm_pvm), or they are the frozen ones already.
+    /// None when the host would have to set them.
+    pub(crate) fn stub_regs(&self, fs_base: u64, gs_base: u64) -> Option<(u64, u64, u64)> {
+        if self.user_bases {
+            Some((u64::from(self.xsave) | 2, self.fs_base, self.gs_base))
+        } else if fs_base == self.fs_base && gs_base == self.gs_base {
+            Some((u64::from(self.xsave), 0, 0))
+        } else {
+            None
+        }
+    }
+}
+
 /// Environment every program gets, then the configured `environment`.
 pub fn program_environment(o: &VmOptions) -> Vec<String> {
     let mut env = vec![
@@ -812,6 +828,16 @@ impl MainVm {
     pub fn resume_deadline(&mut self) -> Result<(), RunError> {
         self.slice_end = None;
         self.arm_timer()
+    }
+
+    /// [`MainVm::stop_deadline`] without disarming this thread's timer, which still points at
+    /// this vCPU: only for a caller that arms the timer for another VM on this thread right
+    /// after (a storage call on its caller's thread), saving one timer_settime.
+    pub(crate) fn stop_deadline_keep_timer(&mut self) {
+        self.deadline = None;
+        self.slice_end = None;
+        self.linux.deadline = None;
+        self.machine.cpu.clear_immediate_exit();
     }
 
     /// Time left in the current time slice (None: no slice, the caller may block).

@@ -18,4 +18,5 @@ mod run_limits;
 mod serve;
 mod soak;
 mod storage;
+mod storage_inline;
 mod storage_tasks;
