@@ -619,9 +619,8 @@ impl StorageCall {
     /// is left of the caller's deadline) or the handle's timeout, and run the call to its end
     /// (max_storage_time bounds it).
     ///
-    /// The storage VM runs with this thread's timer, which may still point at the storage vCPU
-    /// when this returns an answer: the caller must re-arm it for its own VM (or disarm it)
-    /// right away, before it gives up this thread.
+    /// The storage VM runs with this thread's timer: the caller re-arms it for its own VM
+    /// afterwards.
     pub fn advance(
         &mut self,
         slice: Option<Duration>,
@@ -1184,8 +1183,7 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
                     o.restart = Some((CLEANUP_BUDGET, "storage call cleanup"));
                     if early && matches!(o.kind, Kind::Func) {
                         // The caller goes on with its answer now; the clean-up runs later.
-                        // The timer is re-armed (for the clean-up, or for the caller) next.
-                        vm.stop_deadline_keep_timer();
+                        vm.stop_deadline();
                         vm.printer.flush();
                         return Drive::Answered(r);
                     }
@@ -1194,9 +1192,7 @@ fn drive(core: &Core, s: &mut Served, slice: Option<Duration>, early: bool) -> D
             }
         },
     };
-    // The timer is re-armed next (for the next call, or for the caller) or disarmed by the
-    // storage thread.
-    vm.stop_deadline_keep_timer();
+    vm.stop_deadline();
     vm.printer.flush();
     if out.is_err() {
         // A crash leaves the vCPU in the CPL0 exception stub: the next call starts in user mode.
@@ -1428,7 +1424,6 @@ fn run_job(core: &Core, job: Job) {
     }
     // Nobody waits for the clean-up here.
     settle(core, &mut s);
-    crate::timer::disarm();
     let exits = program_exits(&s.vm).wrapping_sub(e0);
     drop(s);
     core.exits.fetch_add(exits, Ordering::Relaxed);

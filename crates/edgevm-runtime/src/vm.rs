@@ -830,16 +830,6 @@ impl MainVm {
         self.arm_timer()
     }
 
-    /// [`MainVm::stop_deadline`] without disarming this thread's timer, which still points at
-    /// this vCPU: only for a caller that arms the timer for another VM on this thread right
-    /// after (a storage call on its caller's thread), saving one timer_settime.
-    pub(crate) fn stop_deadline_keep_timer(&mut self) {
-        self.deadline = None;
-        self.slice_end = None;
-        self.linux.deadline = None;
-        self.machine.cpu.clear_immediate_exit();
-    }
-
     /// Time left in the current time slice (None: no slice, the caller may block).
     pub fn slice_left(&self) -> Option<Duration> {
         self.slice_end
