@@ -691,15 +691,27 @@ impl Program {
             self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
             ServeError::QueueTimeout
         };
-        let pool = match tokio::time::timeout(limit, self.ready_pool()).await {
-            Ok(p) => p?,
-            Err(_) => return Err(timed_out()),
+        // Fast paths first (a ready program, a free VM): no timer, no subscription.
+        let pool = match self.pool.get() {
+            Some(p) => p.clone(),
+            None => match tokio::time::timeout(limit, self.ready_pool()).await {
+                Ok(p) => p?,
+                Err(_) => return Err(timed_out()),
+            },
         };
-        let left = limit.saturating_sub(queued.elapsed());
-        match tokio::time::timeout(left, pool.permits.acquire()).await {
-            Ok(Ok(permit)) => permit.forget(),
-            Ok(Err(_)) => return Err(ServeError::ShuttingDown),
-            Err(_) => return Err(timed_out()),
+        // try_acquire never overtakes a queued request: while requests wait, released
+        // permits go to them, not to the free count.
+        match pool.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ServeError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let left = limit.saturating_sub(queued.elapsed());
+                match tokio::time::timeout(left, pool.permits.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) => return Err(ServeError::ShuttingDown),
+                    Err(_) => return Err(timed_out()),
+                }
+            }
         }
         drop(waiting);
         self.stats
@@ -846,6 +858,8 @@ pub struct Runtime {
     programs: HashMap<String, Arc<Program>>,
     /// Programs replaced by live updates since start, by name (what requests now use).
     updated: RwLock<HashMap<String, Arc<Program>>>,
+    /// Set once `updated` has an entry: until then requests skip its lock.
+    any_updated: std::sync::atomic::AtomicBool,
 }
 
 /// Why a live update was refused.
@@ -919,13 +933,15 @@ impl Runtime {
 
     /// The current program of that name (after any live update).
     pub fn program(&self, name: &str) -> Option<Arc<Program>> {
-        if let Some(p) = self
-            .updated
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return Some(p.clone());
+        if self.any_updated.load(Ordering::Acquire) {
+            if let Some(p) = self
+                .updated
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+            {
+                return Some(p.clone());
+            }
         }
         self.programs.get(name).cloned()
     }
@@ -1024,6 +1040,8 @@ impl Runtime {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), new);
+        // Before retiring the old one: from now on every lookup finds the new program.
+        self.any_updated.store(true, Ordering::Release);
         old.retire();
         old.stats.live_updates.fetch_add(1, Ordering::Relaxed);
         tracing::info!("Program '{name}' live-updated (ready={ms:.2} ms)");
