@@ -18,8 +18,17 @@ fn bench_server(name: &str) -> Server {
     Server::with_config(name, &config)
 }
 
-/// (program, url, recorded exits per request) from bench/expected-exits.json.
-fn expected_exits(path: &Path) -> Vec<(String, String, u64)> {
+/// One program of bench/expected-exits.json: the request to send and the recorded exits.
+struct Expected {
+    name: String,
+    method: String,
+    url: String,
+    body: Vec<u8>,
+    want: u64,
+}
+
+/// The programs of bench/expected-exits.json ("method" GET and "body" empty unless given).
+fn expected_exits(path: &Path) -> Vec<Expected> {
     let text = std::fs::read_to_string(path).unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
@@ -28,11 +37,16 @@ fn expected_exits(path: &Path) -> Vec<(String, String, u64)> {
         if name.starts_with('_') {
             continue;
         }
-        let url = e["url"].as_str().expect("url").to_owned();
-        let n = e["exits_per_request"]
+        let want = e["exits_per_request"]
             .as_u64()
             .unwrap_or_else(|| panic!("{name}: exits_per_request must be a whole number"));
-        out.push((name.clone(), url, n));
+        out.push(Expected {
+            name: name.clone(),
+            method: e["method"].as_str().unwrap_or("GET").to_owned(),
+            url: e["url"].as_str().expect("url").to_owned(),
+            body: e["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+            want,
+        });
     }
     assert!(!out.is_empty(), "{}: no programs", path.display());
     out
@@ -40,16 +54,23 @@ fn expected_exits(path: &Path) -> Vec<(String, String, u64)> {
 
 /// Send `n` requests to each program and compare the exits it needed with the record.
 /// Returns one line per program that needs more than recorded.
-fn check_exits(s: &Server, expected: &[(String, String, u64)], n: u64) -> Vec<String> {
-    s.wait_loaded(&expected.iter().map(|e| e.0.as_str()).collect::<Vec<_>>());
+fn check_exits(s: &Server, expected: &[Expected], n: u64) -> Vec<String> {
+    s.wait_loaded(&expected.iter().map(|e| e.name.as_str()).collect::<Vec<_>>());
     let mut conn = s.connect();
     let mut failures = Vec::new();
-    for (name, url, want) in expected {
+    for Expected {
+        name,
+        method,
+        url,
+        body,
+        want,
+    } in expected
+    {
         let before_req = s.stat(name, "requests");
         let before_exits = s.stat(name, "exits");
         for _ in 0..n {
-            let r = conn.send("GET", url, &[], b"");
-            assert_eq!(r.status, 200, "{name} {url}: {}", r.text());
+            let r = conn.send(method, url, &[], body);
+            assert_eq!(r.status, 200, "{name} {method} {url}: {}", r.text());
         }
         let reqs = s.stat(name, "requests") - before_req;
         let exits = s.stat(name, "exits") - before_exits;
@@ -58,7 +79,7 @@ fn check_exits(s: &Server, expected: &[(String, String, u64)], n: u64) -> Vec<St
         eprintln!("exits per request: {name} {per:.3} (recorded {want})");
         if per > *want as f64 {
             failures.push(format!(
-                "{name} ({url}): {per:.3} VM exits per request, recorded {want} in bench/expected-exits.json"
+                "{name} ({method} {url}): {per:.3} VM exits per request, recorded {want} in bench/expected-exits.json"
             ));
         } else if per < *want as f64 {
             eprintln!("note: {name} needs fewer exits than recorded ({per:.3} < {want}): lower the value in bench/expected-exits.json");
@@ -85,7 +106,10 @@ fn exits_per_request_do_not_rise_above_the_record() {
 fn exits_guard_fails_when_a_program_needs_more() {
     let expected: Vec<_> = expected_exits(&root().join("bench/expected-exits.json"))
         .into_iter()
-        .map(|(n, u, e)| (n, u, e - 1))
+        .map(|e| Expected {
+            want: e.want - 1,
+            ..e
+        })
         .collect();
     let s = bench_server("bench_exits_lower");
     let failures = check_exits(&s, &expected, 3);
