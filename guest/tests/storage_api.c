@@ -34,7 +34,9 @@
                     "r=8 ok=1" (ok: the checksum is right)
      keepstats      "calls=.. bad=.." of keep's clean-ups
      hangafter      storage_return("h", 1), then an endless loop: "r=1 data=h"
-     crashafter     storage_return("c", 1), then a NULL write: "r=1 data=c" */
+     crashafter     storage_return("c", 1), then a NULL write: "r=1 data=c"
+     cleanuplog?id=I
+                    storage_return("l", 1), then the clean-up prints "cleanup I ran": "r=1 data=l" */
 #include "kvm_api.h"
 #include "test_util.h"
 #include <stdio.h>
@@ -321,6 +323,17 @@ static void st_crashafter(size_t n, struct virtbuffer buf[n], size_t res)
 	nowhere[2] = 1;
 }
 
+static void st_cleanuplog(size_t n, struct virtbuffer buf[n], size_t res)
+{
+	(void)res;
+	long id = 0;
+	if (n == 1 && buf[0].len == sizeof(id))
+		memcpy(&id, buf[0].data, sizeof(id));
+	storage_return("l", 1);
+	printf("cleanup %ld ran\n", id);
+	fflush(stdout);
+}
+
 /* ---- request side ---- */
 
 static void reply_call(long r, const char *data, long dstlen)
@@ -441,6 +454,10 @@ static void on_get(const char *url, const char *arg)
 	} else if (strcmp(action, "crashafter") == 0) {
 		r = storage_call(st_crashafter, NULL, 0, buf, (size_t)dst);
 		reply_call(r, buf, dst);
+	} else if (strcmp(action, "cleanuplog") == 0) {
+		const long id = param(url, "id", 0);
+		r = storage_call(st_cleanuplog, &id, sizeof(id), buf, (size_t)dst);
+		reply_call(r, buf, dst);
 	} else if (strcmp(action, "allow") == 0) {
 		reply_call(STORAGE_ALLOW(st_count), NULL, 0);
 	} else {
@@ -454,7 +471,7 @@ int main(void)
 	storage_func allowed[] = {st_info, st_concat, st_res, st_big, st_retnull, st_nothing,
 		st_noreturn, st_noresume, st_cleanup, st_counters, st_count, st_recurse, st_crash,
 		st_hang, st_exit, st_spin, st_order, st_keep, st_keepstats, st_hangafter,
-		st_crashafter};
+		st_crashafter, st_cleanuplog};
 	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
 		const long rc = STORAGE_ALLOW(allowed[i]);
 		if (i == 0 || rc != 0)

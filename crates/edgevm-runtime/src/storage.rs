@@ -1363,6 +1363,17 @@ fn serve(core: Arc<Core>, rx: Receiver<Job>) {
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if core.tasks.is_stopped() {
+                    // The program is gone: run the last clean-up before the VM goes.
+                    if let Some(turn) = core.try_turn() {
+                        run_job(
+                            &core,
+                            Job {
+                                call: None,
+                                reply: None,
+                            },
+                        );
+                        drop(turn);
+                    }
                     return;
                 }
                 // A clean-up (or a call) left unfinished, and nobody came since: finish it.

@@ -58,6 +58,22 @@ fn concurrent_chained_calls_keep_the_clean_ups_inputs_and_stack() {
 }
 
 #[test]
+fn a_clean_up_runs_even_when_no_call_follows() {
+    // The clean-up is left to the next call; with none coming, the storage thread runs it.
+    let s = server("storage-lone-cleanup", ", \"concurrency\": 2", &[]);
+    assert_eq!(s.ok("/st/cleanuplog?id=1"), "r=1 data=l");
+    s.wait_log("cleanup 1 ran", Duration::from_secs(5));
+    // Again once the storage thread is awake (it looks every 20 ms for work left 10 ms).
+    assert_eq!(s.ok("/st/cleanuplog?id=2"), "r=1 data=l");
+    s.wait_log("cleanup 2 ran", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(2500));
+    // And after it dozed off again (2 s without work): the last holder hands it the turn.
+    assert_eq!(s.ok("/st/cleanuplog?id=3"), "r=1 data=l");
+    s.wait_log("cleanup 3 ran", Duration::from_secs(5));
+    s.stop();
+}
+
+#[test]
 fn clean_ups_that_hang_or_crash_fail_only_themselves() {
     let s = server(
         "storage-bad-cleanup",
