@@ -116,7 +116,7 @@ for s in skipped:
 # Exits per request against the record (the regression guard).
 expected = json.load(open(os.path.join(root, "bench/expected-exits.json")))
 guard_fail = []
-print("\n## Exits per request (request VM, /_edgevm/stats) against bench/expected-exits.json\n")
+print("\n## Exits per request (request VM plus the storage VM on the request's path, /_edgevm/stats) against bench/expected-exits.json\n")
 print("| program | requests | exits/req | recorded | |")
 print("|---|---:|---:|---:|---|")
 for prog, e in expected.items():
