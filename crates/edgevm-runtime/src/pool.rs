@@ -228,8 +228,9 @@ struct VmPool {
     frozen: Arc<Frozen>,
     storage: Option<StorageHandle>,
     shells: Arc<Shells>,
-    /// Idle VMs, each with the thread that ran it last.
-    idle: Mutex<Vec<(RequestVm, Option<std::thread::ThreadId>)>>,
+    /// Idle VMs (boxed: a request moves its VM in and out of here), each with the thread
+    /// that ran it last.
+    idle: Mutex<Vec<(Box<RequestVm>, Option<std::thread::ThreadId>)>>,
     /// One permit per idle VM; waiters are served in arrival order.
     permits: tokio::sync::Semaphore,
 }
@@ -238,8 +239,8 @@ impl VmPool {
     /// An idle VM, preferring one this thread ran last: running a vCPU on another thread
     /// than before costs more (KVM reloads its state; measured here ~15 µs), and its pages
     /// are warm in this CPU's caches. Otherwise the most recently used one.
-    fn take(&self) -> Option<RequestVm> {
-        let me = std::thread::current().id();
+    fn take(&self) -> Option<Box<RequestVm>> {
+        let me = thread_id();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let i = idle
             .iter()
@@ -248,14 +249,20 @@ impl VmPool {
         Some(idle.swap_remove(i).0)
     }
 
-    fn put(&self, vm: RequestVm) {
-        let t = Some(std::thread::current().id());
+    fn put(&self, vm: Box<RequestVm>) {
+        let t = Some(thread_id());
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((vm, t));
         self.permits.add_permits(1);
     }
+}
+
+/// This thread's id, without `std::thread::current()`'s reference count traffic.
+fn thread_id() -> std::thread::ThreadId {
+    thread_local!(static ID: std::thread::ThreadId = std::thread::current().id());
+    ID.with(|id| *id)
 }
 
 /// Decrements a counter when dropped.
@@ -541,7 +548,7 @@ impl Program {
         storage: &Option<StorageHandle>,
         shells: &Shells,
         i: u32,
-    ) -> Result<RequestVm, String> {
+    ) -> Result<Box<RequestVm>, String> {
         let mut vm = RequestVm::new_in(
             frozen.clone(),
             self.settings.request.clone(),
@@ -550,7 +557,7 @@ impl Program {
         )
         .map_err(|e| format!("cannot create a request VM: {e}"))?;
         vm.set_index(i);
-        Ok(vm)
+        Ok(Box::new(vm))
     }
 
     /// Fork VMs 1..n into the pool, on up to as many threads as there are CPUs.
@@ -758,7 +765,7 @@ impl Program {
     fn complete(
         &self,
         pool: &VmPool,
-        vm: Option<RequestVm>,
+        vm: Option<Box<RequestVm>>,
         outcome: Result<(Result<GuestResponse, RequestFailure>, RequestStats), ()>,
     ) -> Result<GuestResponse, ServeError> {
         let stats = &self.stats;
