@@ -321,25 +321,46 @@ fn load_init(opts: &VmOptions, n: usize) -> (Vec<f64>, u64) {
     (v, exits)
 }
 
-/// Program load to ready with `c` request VMs, as the pool does it: boot, freeze and fork
-/// the first VM on this thread, then the others on min(c - 1, CPUs) threads. (first VM ready,
-/// all ready), µs from the start of the load.
+/// Program load to ready with `c` request VMs, as the pool does it (pool.rs `boot`): a
+/// low-priority thread makes the request VMs' KVM VMs (`VmShell`) while the program boots;
+/// boot, freeze and fork the first VM on this thread, then the others on min(c - 1, CPUs)
+/// threads. (first VM ready, all ready), µs from the start of the load.
 fn load_to_ready(opts: &VmOptions, c: usize) -> (f64, f64) {
     let t0 = Instant::now();
+    let shells = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let prep = {
+        let sh = shells.clone();
+        std::thread::spawn(move || {
+            let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+            // SAFETY: plain system call on this thread's own id; failure is harmless.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+            for _ in 0..c {
+                match edgevm_kvm::VmShell::new(true) {
+                    Ok(v) => sh.lock().unwrap().push(v),
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let take = {
+        let sh = shells.clone();
+        move || sh.lock().unwrap().pop()
+    };
+    let fork = |f: &Arc<Frozen>, shell| {
+        RequestVm::new_in(f.clone(), RequestSettings::default(), None, shell).expect("fork")
+    };
     let f = Arc::new(frozen(opts.clone()));
-    let first = RequestVm::new(f.clone(), RequestSettings::default(), None).expect("fork");
+    let first = fork(&f, take());
     let first_t = us(t0.elapsed());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let threads: Vec<_> = (0..(c - 1).min(cpus))
         .map(|_| {
-            let (f, next) = (f.clone(), next.clone());
+            let (f, next, take) = (f.clone(), next.clone(), take.clone());
             std::thread::spawn(move || {
                 let mut vms = Vec::new();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < c {
-                    vms.push(
-                        RequestVm::new(f.clone(), RequestSettings::default(), None).expect("fork"),
-                    );
+                    vms.push(fork(&f, take()));
                 }
                 (us(t0.elapsed()), vms)
             })
@@ -353,6 +374,7 @@ fn load_to_ready(opts: &VmOptions, c: usize) -> (f64, f64) {
         keep.extend(vms);
     }
     assert_eq!(keep.len(), c);
+    prep.join().unwrap();
     (first_t, all)
 }
 
@@ -595,7 +617,7 @@ fn main() {
     let (r8min, r8med) = stats(ready.iter().map(|r| r.1).collect());
     println!("| hello load to first request VM ready | {r1min:.1} | {r1med:.1} | 11 runs |");
     println!(
-        "| hello load to ready, concurrency 8 (first VM on the boot thread, 7 more on 2 threads, as the pool) | {r8min:.1} | {r8med:.1} | 11 runs |"
+        "| hello load to ready, concurrency 8 (as the pool: KVM VMs made during the boot by a low-priority thread; first VM on the boot thread, 7 more on 2 threads) | {r8min:.1} | {r8med:.1} | 11 runs |"
     );
     json.put("ready1_us", r1med);
     json.put("ready8_us", r8med);
