@@ -1364,16 +1364,7 @@ fn serve(core: Arc<Core>, rx: Receiver<Job>) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if core.tasks.is_stopped() {
                     // The program is gone: run the last clean-up before the VM goes.
-                    if let Some(turn) = core.try_turn() {
-                        run_job(
-                            &core,
-                            Job {
-                                call: None,
-                                reply: None,
-                            },
-                        );
-                        drop(turn);
-                    }
+                    finish_left_clean_up(&core);
                     return;
                 }
                 // A clean-up (or a call) left unfinished, and nobody came since: finish it.
@@ -1383,19 +1374,24 @@ fn serve(core: Arc<Core>, rx: Receiver<Job>) {
                 if !stale {
                     continue;
                 }
-                if let Some(turn) = core.try_turn() {
-                    run_job(
-                        &core,
-                        Job {
-                            call: None,
-                            reply: None,
-                        },
-                    );
-                    drop(turn);
-                }
+                finish_left_clean_up(&core);
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// Finish a clean-up (or call) left unfinished in the storage VM, if nobody holds the turn.
+fn finish_left_clean_up(core: &Arc<Core>) {
+    if let Some(turn) = core.try_turn() {
+        run_job(
+            core,
+            Job {
+                call: None,
+                reply: None,
+            },
+        );
+        drop(turn);
     }
 }
 
