@@ -56,6 +56,12 @@ fn page_up(v: u64) -> u64 {
 pub trait Output {
     /// Bytes the guest wrote to fd 1 or 2.
     fn write(&mut self, fd: i32, data: &[u8]);
+    /// How many more bytes of output are worth reading from the guest: a write is still
+    /// checked and reported whole, but only this much of it is copied out (a request past its
+    /// output budget writing 64 MiB at a time costs nothing more then).
+    fn room(&self) -> usize {
+        usize::MAX
+    }
     /// A `verbose_syscalls` log line.
     fn log(&mut self, line: &str);
 }
@@ -507,7 +513,10 @@ impl LinuxState {
             return -EBADF;
         }
         let len = len.min(64 << 20) as usize;
-        match mem.read_vec(buf, len) {
+        if !mem.contains(buf, len) {
+            return -EFAULT;
+        }
+        match mem.read_vec(buf, len.min(out.room())) {
             Ok(data) => {
                 out.write(fd, &data);
                 len as i64
@@ -534,7 +543,9 @@ impl LinuxState {
         // make the host allocate 64 GiB (found by the `syscalls` fuzz target). Like Linux, a
         // write past the limit is short.
         const MAX_WRITE: usize = 64 << 20;
+        let room = out.room();
         let mut data = Vec::new();
+        let mut total = 0usize;
         for i in 0..cnt {
             let (Ok(base), Ok(len)) = (
                 mem.read_u64(iov.wrapping_add(16 * i)),
@@ -548,17 +559,22 @@ impl LinuxState {
             if len > MAX_WRITE as u64 {
                 return -EINVAL;
             }
-            let take = (len as usize).min(MAX_WRITE - data.len());
-            match mem.read_vec(base, take) {
+            let take = (len as usize).min(MAX_WRITE - total);
+            if !mem.contains(base, take) {
+                return -EFAULT;
+            }
+            let copy = take.min(room.saturating_sub(data.len()));
+            match mem.read_vec(base, copy) {
                 Ok(d) => data.extend_from_slice(&d),
                 Err(_) => return -EFAULT,
             }
-            if data.len() == MAX_WRITE {
+            total += take;
+            if total == MAX_WRITE {
                 break;
             }
         }
         out.write(fd, &data);
-        data.len() as i64
+        total as i64
     }
 
     /// poll/ppoll on the standard descriptors: stdin is at EOF (readable), stdout and stderr
@@ -1216,9 +1232,15 @@ mod tests {
     struct Sink {
         out: Vec<u8>,
         logs: Vec<String>,
+        /// What `room` says (None: no limit).
+        room: Option<usize>,
     }
 
     impl Output for Sink {
+        fn room(&self) -> usize {
+            self.room
+                .map_or(usize::MAX, |r| r.saturating_sub(self.out.len()))
+        }
         fn write(&mut self, _fd: i32, data: &[u8]) {
             self.out.extend_from_slice(data);
         }
@@ -1608,6 +1630,35 @@ mod tests {
             e.out.logs.iter().any(|l| l.starts_with("write(")),
             "verbose_syscalls names calls"
         );
+    }
+
+    #[test]
+    fn writes_past_the_output_room_are_checked_and_reported_but_not_copied() {
+        let mut e = env(32 << 20);
+        e.out.room = Some(10);
+        e.mem.write(0x300000, b"0123456789abcdef").unwrap();
+        // write: 16 MiB reported written, 10 bytes copied out.
+        assert_eq!(e.call(1, [1, 0x300000, 16 << 20, 0, 0, 0]), Ok(16 << 20));
+        assert_eq!(e.out.out, b"0123456789");
+        // Still EFAULT for a range that is not guest memory.
+        assert_eq!(e.call(1, [1, MEM - 8, 16, 0, 0, 0]), Ok(-EFAULT));
+        // writev: every entry counted, none copied once the room is used up.
+        let iov = 0x310000u64;
+        for (i, (base, len)) in [(0x300000u64, 4u64), (0x300000, 1 << 20)]
+            .iter()
+            .enumerate()
+        {
+            e.mem
+                .write(iov + 16 * i as u64, &base.to_le_bytes())
+                .unwrap();
+            e.mem
+                .write(iov + 16 * i as u64 + 8, &len.to_le_bytes())
+                .unwrap();
+        }
+        assert_eq!(e.call(20, [1, iov, 2, 0, 0, 0]), Ok(4 + (1 << 20)));
+        assert_eq!(e.out.out.len(), 10);
+        e.mem.write(iov + 16, &(MEM - 8).to_le_bytes()).unwrap();
+        assert_eq!(e.call(20, [1, iov, 2, 0, 0, 0]), Ok(-EFAULT));
     }
 
     #[test]

@@ -67,6 +67,13 @@ impl Printer {
 }
 
 impl Output for Printer {
+    fn room(&self) -> usize {
+        // One byte past the budget, so that the write that overflows it is still seen (and
+        // noted as truncated).
+        self.budget
+            .map_or(usize::MAX, |left| left.saturating_add(1))
+    }
+
     fn write(&mut self, fd: i32, data: &[u8]) {
         let data = match &mut self.budget {
             Some(left) if data.len() > *left => {
