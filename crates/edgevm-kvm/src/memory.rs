@@ -495,17 +495,6 @@ impl GuestMemory {
         mine == unsafe { std::slice::from_raw_parts(image.ptr.add(off), PAGE_SIZE) }
     }
 
-    /// Restore, from `image`, every page set in `dirty` (KVM's dirty log) or written by the host
-    /// since the last reset, below the shared area. Returns the number of pages copied.
-    pub fn restore_pages(&mut self, image: &GuestMemory, dirty: &PageSet) -> usize {
-        // Every page is "hot": all are copied back, none dropped.
-        let mut unchanged = Vec::new();
-        match self.discard_pages(image, dirty, 0..u64::MAX, &PageSet::new(), &mut unchanged) {
-            Ok((copied, _)) => copied,
-            Err(_) => 0,
-        }
-    }
-
     /// Reset the pages set in `dirty` (KVM's dirty log) or written by the host: copy back
     /// from `image` the ones that will almost certainly be written again by the next request —
     /// pages the host wrote (request data) and pages inside `hot` (guest addresses, e.g. the
@@ -710,8 +699,13 @@ mod tests {
         let mut s = [0u8; 3];
         b.read((2 << 20) + 8, &mut s).unwrap();
         assert_eq!(&s, b"SHM", "shared area is shared");
-        let n = a.restore_pages(&main, &PageSet::new());
-        assert_eq!(n, 1, "only the host-written private page is restored");
+        let none = PageSet::new();
+        let n = a.discard_pages(&main, &none, 0..u64::MAX, &none, &mut Vec::new());
+        assert_eq!(
+            n,
+            Ok((1, 0)),
+            "only the host-written private page is restored"
+        );
         a.read(0x1000, &mut buf).unwrap();
         assert_eq!(&buf, b"frozen");
         b.write(0x3000, b"x").unwrap();

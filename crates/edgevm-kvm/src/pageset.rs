@@ -21,14 +21,7 @@ impl PageSet {
 
     /// The pages set in a dense bitmap.
     pub fn from_dense(bits: &[u64]) -> PageSet {
-        let mut s = PageSet::new();
-        s.fill_from_dense(bits);
-        s
-    }
-
-    /// Replace the contents with the pages set in a dense bitmap (keeps the allocation).
-    pub fn fill_from_dense(&mut self, bits: &[u64]) {
-        self.words.clear();
+        let mut words = Vec::new();
         // Skip empty stretches eight words at a time: most of the bitmap is zero.
         let mut chunks = bits.chunks_exact(8);
         let mut base = 0usize;
@@ -36,7 +29,7 @@ impl PageSet {
             if c.iter().fold(0, |a, w| a | w) != 0 {
                 for (i, &w) in c.iter().enumerate() {
                     if w != 0 {
-                        self.words.push(((base + i) as u32, w));
+                        words.push(((base + i) as u32, w));
                     }
                 }
             }
@@ -44,15 +37,9 @@ impl PageSet {
         }
         for (i, &w) in chunks.remainder().iter().enumerate() {
             if w != 0 {
-                self.words.push(((base + i) as u32, w));
+                words.push(((base + i) as u32, w));
             }
         }
-    }
-
-    /// Build from (word index, bits) pairs sorted by index; zero words are dropped.
-    pub fn from_words(words: impl IntoIterator<Item = (u32, u64)>) -> PageSet {
-        let words: Vec<(u32, u64)> = words.into_iter().filter(|&(_, w)| w != 0).collect();
-        debug_assert!(words.windows(2).all(|p| p[0].0 < p[1].0));
         PageSet { words }
     }
 
@@ -85,16 +72,6 @@ impl PageSet {
         match self.words.binary_search_by_key(&w, |&(i, _)| i) {
             Ok(i) => self.words[i].1 & (1 << (page % 64)) != 0,
             Err(_) => false,
-        }
-    }
-
-    /// Add `page`.
-    pub fn insert(&mut self, page: usize) {
-        let w = (page / 64) as u32;
-        let bit = 1u64 << (page % 64);
-        match self.words.binary_search_by_key(&w, |&(i, _)| i) {
-            Ok(i) => self.words[i].1 |= bit,
-            Err(i) => self.words.insert(i, (w, bit)),
         }
     }
 
@@ -182,11 +159,11 @@ mod tests {
     use super::*;
 
     fn set(pages: &[usize]) -> PageSet {
-        let mut s = PageSet::new();
+        let mut dense = vec![0u64; 100];
         for &p in pages {
-            s.insert(p);
+            dense[p / 64] |= 1 << (p % 64);
         }
-        s
+        PageSet::from_dense(&dense)
     }
 
     #[test]

@@ -289,13 +289,11 @@ impl KvmVcpu {
         let words = (self.mem_size / crate::PAGE_SIZE).div_ceil(64);
         let mut buf = std::mem::take(&mut self.log_buf);
         buf.resize(words, 0);
-        let r = self.get_dirty_log(&mut buf);
-        let mut dirty = PageSet::new();
-        if r.is_ok() {
-            dirty.fill_from_dense(&buf);
-        }
+        let dirty = self
+            .get_dirty_log(&mut buf)
+            .map(|()| PageSet::from_dense(&buf));
         self.log_buf = buf;
-        r?;
+        let dirty = dirty?;
         let mut kept = PageSet::new();
         if self.manual_protect {
             kept = keep(&dirty);

@@ -387,9 +387,11 @@ impl RequestVm {
                 })
             }
         };
+        // What this request dirtied is the next request's "previous" log.
+        self.prev_dirty = dirty;
+        let dirty = &self.prev_dirty;
         let dirtied = dirty.len() as u64 * PAGE_SIZE as u64;
         if dirtied > self.inv.settings.max_request_memory {
-            self.prev_dirty = dirty;
             return Err(RequestFailure {
                 message: format!(
                     "Backend VM memory exception: the request wrote {} MiB, over max_request_memory ({} MiB)",
@@ -400,7 +402,6 @@ impl RequestVm {
             });
         }
         if !self.ephemeral {
-            self.prev_dirty = dirty;
             return Ok((0, false));
         }
         let hot = if self.inv.settings.keep_working_memory {
@@ -419,12 +420,11 @@ impl RequestVm {
         };
         let reset = self.inv.vm.machine.mem.discard_pages(
             &self.frozen.image,
-            &dirty,
+            dirty,
             hot,
             &kept,
             &mut self.unchanged,
         );
-        self.prev_dirty = dirty;
         let pages = match reset {
             Ok((copied, dropped)) => copied + dropped,
             Err(e) => {

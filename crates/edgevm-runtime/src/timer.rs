@@ -149,7 +149,6 @@ impl Drop for Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// Wait (sleeping, so the signal can come) until `flag` is set; how long it took.
     fn wait_for(flag: &std::sync::atomic::AtomicU8, limit: Duration) -> Option<Duration> {
