@@ -350,18 +350,25 @@ pub struct EntryState {
 }
 
 impl EntryState {
-    /// R10, R12 and R13 for the request entry stub to enter a call without the host touching
-    /// the vCPU (chained storage calls), given the vCPU's FS/GS bases as the host knows them:
-    /// the stub restores the bases itself (kvm_pvm), or they are the frozen ones already.
-    /// None when the host would have to set them.
-    pub(crate) fn stub_regs(&self, fs_base: u64, gs_base: u64) -> Option<(u64, u64, u64)> {
+    /// R10, R12 and R13 for the request entry stub: bit 0 of R10 picks XRSTOR over FXRSTOR;
+    /// with `user_bases`, bit 1 has the stub set the FS/GS bases from R12/R13 itself
+    /// (wrfsbase/wrgsbase: no exit, and it covers bases the program changed without a system
+    /// call).
+    fn stub_flags(&self) -> (u64, u64, u64) {
         if self.user_bases {
-            Some((u64::from(self.xsave) | 2, self.fs_base, self.gs_base))
-        } else if fs_base == self.fs_base && gs_base == self.gs_base {
-            Some((u64::from(self.xsave), 0, 0))
+            (u64::from(self.xsave) | 2, self.fs_base, self.gs_base)
         } else {
-            None
+            (u64::from(self.xsave), 0, 0)
         }
+    }
+
+    /// [`EntryState::stub_flags`] for entering a call without the host touching the vCPU
+    /// (chained storage calls), given the vCPU's FS/GS bases as the host knows them: the stub
+    /// restores the bases itself (kvm_pvm), or they are the frozen ones already. None when the
+    /// host would have to set them.
+    pub(crate) fn stub_regs(&self, fs_base: u64, gs_base: u64) -> Option<(u64, u64, u64)> {
+        (self.user_bases || (fs_base == self.fs_base && gs_base == self.gs_base))
+            .then(|| self.stub_flags())
     }
 }
 
@@ -619,14 +626,7 @@ impl MainVm {
         r.rsp = rsp & !15;
         r.rflags = 0x202;
         r.r11 = handler;
-        r.r10 = u64::from(e.xsave);
-        if e.user_bases {
-            // wrfsbase/wrgsbase in the entry stub: no exit, and covers bases the program
-            // changed without a system call.
-            r.r10 |= 2;
-            r.r12 = e.fs_base;
-            r.r13 = e.gs_base;
-        }
+        (r.r10, r.r12, r.r13) = e.stub_flags();
         let slots = [
             &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
         ];
