@@ -889,25 +889,10 @@ static void mode_guess_read(void)
 	respondf(200, "FAIL read %#lx = %#lx", a, v);
 }
 
-static int host_reads(unsigned long a)
-{
-	/* rt_sigaction reads a 32-byte sigaction from `a`: 0 if the host could read it,
-	   -EFAULT if not. */
-	return syscall(SYS_rt_sigaction, SIGUSR2, a, NULL, 8) == 0;
-}
-
 static void mode_guess_sys(void)
 {
 	/* The program's memory ends where the host stops accepting pointers. */
-	unsigned long lo = 0x200000, hi = 1ul << 40;
-	while (hi - lo > PAGE) {
-		const unsigned long mid = (lo + (hi - lo) / 2) & ~(PAGE - 1);
-		if (host_reads(mid))
-			lo = mid;
-		else
-			hi = mid;
-	}
-	const unsigned long end = hi;
+	const unsigned long end = memory_end();
 	unsigned long accepted = 0, tried = 0, first = 0;
 #define GUESS(a)                                        \
 	do {                                                \
@@ -968,18 +953,7 @@ static void on_get(const char *url, const char *arg)
 	(void)arg;
 	strncpy(url_copy, url, sizeof(url_copy) - 1);
 	char mode[64];
-	const char *p = url;
-	if (*p == '/')
-		p++;
-	p = strchr(p, '/');
-	size_t n = 0;
-	if (p != NULL) {
-		p++;
-		while (p[n] && p[n] != '?' && p[n] != '/' && n + 1 < sizeof(mode))
-			n++;
-		memcpy(mode, p, n);
-	}
-	mode[n] = 0;
+	action_of(url, mode, sizeof(mode));
 	char name[64];
 
 #define M(s) (strcmp(mode, s) == 0)

@@ -414,24 +414,6 @@ static void scan_regs(const char *name, const struct regs_capture *c)
 	}
 }
 
-static int host_reads(unsigned long a)
-{
-	return syscall(SYS_rt_sigaction, SIGUSR2, a, NULL, 8) == 0;
-}
-
-static unsigned long memory_end(void)
-{
-	unsigned long lo = 0x200000, hi = 1ul << 40;
-	while (hi - lo > PAGE) {
-		const unsigned long mid = (lo + (hi - lo) / 2) & ~(PAGE - 1);
-		if (host_reads(mid))
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return hi;
-}
-
 static struct regs_capture at_entry;
 extern char end[]; /* the linker's end of .bss: where the brk heap starts */
 static uintptr_t heap_top, stack_guard;

@@ -2,8 +2,11 @@
 #ifndef EDGEVM_TEST_UTIL_H
 #define EDGEVM_TEST_UTIL_H
 #include "kvm_api.h"
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Answer `status` with `text` as text/plain. */
 static inline void respond(int status, const char *text)
@@ -41,4 +44,26 @@ static inline const char *query_param(const char *url, const char *key)
 	}
 	return NULL;
 }
+/* Whether the host reads guest address `a`: rt_sigaction reads a 32-byte sigaction from
+   it and answers 0 if the host could, -EFAULT if not. */
+static inline int host_reads(unsigned long a)
+{
+	return syscall(SYS_rt_sigaction, SIGUSR2, a, NULL, 8) == 0;
+}
+
+/* Where the program's memory ends: the first page the host no longer accepts pointers to
+   (binary search between 2 MiB and 1 TiB). */
+static inline unsigned long memory_end(void)
+{
+	unsigned long lo = 0x200000, hi = 1ul << 40;
+	while (hi - lo > 4096) {
+		const unsigned long mid = (lo + (hi - lo) / 2) & ~4095ul;
+		if (host_reads(mid))
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return hi;
+}
+
 #endif
