@@ -153,6 +153,25 @@ impl Server {
         Conn::new(self.port)
     }
 
+    /// `clients` keep-alive connections at once, each sending `each` GETs of `path`: the
+    /// answers' bodies, client by client.
+    pub fn get_concurrently(&self, clients: usize, each: usize, path: &str) -> Vec<String> {
+        let port = self.port;
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..clients)
+                .map(|_| {
+                    sc.spawn(move || {
+                        let mut c = Conn::new(port);
+                        (0..each)
+                            .map(|_| c.send("GET", path, &[], b"").text())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     /// One request on a fresh connection (see [`request`]).
     pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         request(self.port, method, path, headers, body)

@@ -783,20 +783,8 @@ fn vcpuid_and_request_vm_index() {
         "vcpu",
         &[program("api", &guest("serve_api"), "\"concurrency\": 2")],
     );
-    let port = s.port;
-    let seen: std::collections::BTreeSet<String> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| {
-                sc.spawn(move || {
-                    let mut c = Conn::new(port);
-                    (0..15)
-                        .map(|_| c.send("GET", "/api/vcpu", &[], b"").text())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let seen: std::collections::BTreeSet<String> =
+        s.get_concurrently(4, 15, "/api/vcpu").into_iter().collect();
     for v in &seen {
         assert!(v == "vcpuid=0 reqid=0" || v == "vcpuid=0 reqid=1", "{v}");
     }

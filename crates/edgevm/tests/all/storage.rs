@@ -659,22 +659,9 @@ fn shared_memory_is_at_the_top_and_shared_by_every_request_vm() {
     let set = s.ok("/shm/set?v=77");
     assert!(set.ends_with(" set=77"), "{set}");
     // Every request VM sees it (never reset), while its private memory is reset each time.
-    let port = s.port;
     let mut vms = std::collections::BTreeSet::new();
     for _round in 0..20 {
-        let seen: Vec<String> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..8)
-                .map(|_| {
-                    sc.spawn(move || {
-                        let mut c = Conn::new(port);
-                        (0..5)
-                            .map(|_| c.send("GET", "/shm/get", &[], b"").text())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        });
+        let seen = s.get_concurrently(8, 5, "/shm/get");
         for t in &seen {
             let (vm, rest) = t
                 .strip_prefix("vm=")
