@@ -6,6 +6,7 @@
    Odd seeds stay away from calls that may legitimately crash the program; seeds that are
    2 mod 4 also remap memory and move the FS/GS bases. */
 #include "kvm_api.h"
+#include "test_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,20 +39,6 @@ static uint64_t arg(void)
 	case 3: return next();
 	default: return (uint64_t)(uintptr_t)&rng;
 	}
-}
-
-static long hypercall(uint32_t num, uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f)
-{
-	register uint64_t r10 __asm__("r10") = d;
-	register uint64_t r8 __asm__("r8") = e;
-	register uint64_t r9 __asm__("r9") = f;
-	long ret;
-	/* rcx is the 4th SysV argument; the API stubs take it from rcx. */
-	__asm__ volatile("mov %%r10, %%rcx\n\tout %%eax, $0"
-		: "=a"(ret)
-		: "a"(num), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-		: "rcx", "r11", "memory");
-	return ret;
 }
 
 static void fuzz(unsigned long long seed);
@@ -125,7 +112,7 @@ static void fuzz(unsigned long long seed)
 			   (odd seeds) cannot tell from a bug. */
 			if (skip_headers && num == 0x10709)
 				continue;
-			hypercall(num, arg(), arg(), arg(), arg(), arg(), arg());
+			hypercall6(num, arg(), arg(), arg(), arg(), arg(), arg());
 		} else {
 			long nr = (long)(next() % 340);
 			/* Skip the calls that end the program or wait forever on purpose. */

@@ -565,20 +565,6 @@ static int pointer_class(const char *cls, unsigned long *p, unsigned long *len)
 	return 1;
 }
 
-static long hypercall6(unsigned num, unsigned long a, unsigned long b, unsigned long c,
-	unsigned long d, unsigned long e, unsigned long f)
-{
-	register unsigned long r10 __asm__("r10") = d;
-	register unsigned long r8 __asm__("r8") = e;
-	register unsigned long r9 __asm__("r9") = f;
-	long ret;
-	__asm__ volatile("mov %%r10, %%rcx\n\tout %%eax, $0"
-		: "=a"(ret)
-		: "a"(num), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-		: "rcx", "r11", "memory");
-	return ret;
-}
-
 /* Argument kinds of each call: p = pointer, l = length, i = a valid small integer, s = a
    status code, w = a header set (1 = RESP), 0 = zero. */
 static const struct {

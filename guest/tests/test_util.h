@@ -66,4 +66,20 @@ static inline unsigned long memory_end(void)
 	return hi;
 }
 
+/* A raw hypercall `num` with six arguments, as a program not using kvm_api.h's stubs would
+   make it (rcx is the 4th SysV argument; the API takes it from rcx, like the stubs). */
+static inline long hypercall6(unsigned num, unsigned long a, unsigned long b, unsigned long c,
+	unsigned long d, unsigned long e, unsigned long f)
+{
+	register unsigned long r10 __asm__("r10") = d;
+	register unsigned long r8 __asm__("r8") = e;
+	register unsigned long r9 __asm__("r9") = f;
+	long ret;
+	__asm__ volatile("mov %%r10, %%rcx\n\tout %%eax, $0"
+		: "=a"(ret)
+		: "a"(num), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+		: "rcx", "r11", "memory");
+	return ret;
+}
+
 #endif
