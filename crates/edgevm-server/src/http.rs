@@ -35,9 +35,12 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::limits::{self, Activity, Admission, Timeouts, TrackedIo, TrackedService};
+use crate::logtext::client_text;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;
 
 /// The response body type of every response this server produces (always fully buffered).
 type RespBody = Full<Bytes>;
@@ -118,6 +121,37 @@ impl HttpOptions {
             b.max_headers(self.max_headers);
         }
         b
+    }
+}
+
+impl HttpOptions {
+    /// Apply the settings a configuration (or the command line) gives; the rest keep their
+    /// current values.
+    pub fn apply_config(&mut self, s: &edgevm_config::ServerConfig) {
+        if let Some(a) = s.listen {
+            self.listen = a;
+        }
+        if let Some(n) = s.max_connections {
+            self.max_connections = n;
+        }
+        if let Some(d) = s.header_timeout {
+            self.header_read_timeout = Some(d);
+        }
+        if let Some(d) = s.idle_timeout {
+            self.idle_timeout = Some(d);
+        }
+        if let Some(d) = s.body_timeout {
+            self.body_timeout = Some(d);
+        }
+        if let Some(n) = s.max_header_size {
+            self.max_header_bytes = n;
+        }
+        if let Some(n) = s.max_headers {
+            self.max_headers = n;
+        }
+        if let Some(n) = s.max_body_size {
+            self.max_body_bytes = n;
+        }
     }
 }
 
@@ -312,7 +346,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = opts.builder();
-    let timeouts = Timeouts::of(&opts);
+    let timeouts = Timeouts::new(opts.header_read_timeout, opts.idle_timeout);
     let shared = Arc::new(Shared { opts, host, admin });
     let act = Activity::new();
     let service = TrackedService::new(
@@ -343,7 +377,7 @@ where
 {
     let builder = opts.builder();
     let grace = opts.shutdown_grace;
-    let timeouts = Timeouts::of(opts);
+    let timeouts = Timeouts::new(opts.header_read_timeout, opts.idle_timeout);
     let admission = Admission::new(opts.max_connections);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -561,7 +595,7 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
     let body = match limits::read_body(body, max, shared.opts.body_timeout).await {
         Ok(b) => b,
         Err(e) => {
-            warn!(program, "{e}");
+            crate::client_warn!(program = %client_text(program), "{e}");
             return body_error(e).into();
         }
     };
@@ -586,6 +620,15 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
             program: None,
             error: None,
         },
+        Err(err @ ServeError::ProgramNotFound(_)) => {
+            // The name is the client's: no echo of it in the log line.
+            crate::client_warn!(program = %client_text(program), "request for an unknown program");
+            Outcome {
+                answer: Answer::text(error_status(&err), &err),
+                program: None,
+                error: Some(err),
+            }
+        }
         Err(err) => {
             warn!(program, "request failed: {err}");
             Outcome {

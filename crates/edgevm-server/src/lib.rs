@@ -10,6 +10,8 @@
 //!   "Hello World!" baseline server for benchmarks.
 //! - [`limits`]: what one client can hold: connections (503 beyond `max_connections`), header,
 //!   idle and body timeouts.
+//! - [`logtext`]: client text in log lines (truncated, escaped) and rate-limited warnings
+//!   about clients ([`client_warn!`]).
 //! - [`fetch`]: program delivery ([`fetch::obtain`]): reads `filename`, or downloads `uri`
 //!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
 //!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
@@ -20,5 +22,6 @@
 pub mod fetch;
 pub mod http;
 pub mod limits;
+pub mod logtext;
 pub mod native;
 pub mod programs;

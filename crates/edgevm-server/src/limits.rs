@@ -4,20 +4,20 @@
 //! the request head (size and number of headers, answered with 431) and the body size limit
 //! (413), this module bounds the time and the connections a client can take:
 //!
-//! * **Connections**: at most [`HttpOptions::max_connections`] are served at once. A connection
+//! * **Connections**: at most [`crate::http::HttpOptions::max_connections`] are served at once. A connection
 //!   beyond it is **refused**: it gets a `503 Service Unavailable` (`Connection: close`,
 //!   `Retry-After: 1`) written without waiting and is closed at once. It is not queued: a
 //!   queue would keep the client's socket open with no answer, which is exactly what an
 //!   attacker holding connections wants. [`raise_fd_limit`] lifts the process's open-file
 //!   limit so that the limit, not the file descriptors, is what runs out.
-//! * **Header timeout** ([`HttpOptions::header_read_timeout`], slowloris): a new connection
+//! * **Header timeout** ([`crate::http::HttpOptions::header_read_timeout`], slowloris): a new connection
 //!   must deliver its first complete request head within it of being accepted, and on a
 //!   kept-alive connection a request head must be complete within it of its first byte. The
 //!   connection is closed otherwise (no response: hyper has no request to answer).
-//! * **Idle timeout** ([`HttpOptions::idle_timeout`]): a kept-alive connection with no request
+//! * **Idle timeout** ([`crate::http::HttpOptions::idle_timeout`]): a kept-alive connection with no request
 //!   in progress, nothing arriving and nothing being written is closed after it. It also
 //!   bounds a client that stops reading a response.
-//! * **Body timeout** ([`HttpOptions::body_timeout`]): the whole request body must arrive
+//! * **Body timeout** ([`crate::http::HttpOptions::body_timeout`]): the whole request body must arrive
 //!   within it of the request head; otherwise 408 Request Timeout and the connection is
 //!   closed. No VM is involved before the body is complete ([`read_body`]).
 //!
@@ -57,8 +57,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // tokio's clock: paused in tests and in the HTTP fuzz target, so timeouts fire at once there.
 use tokio::time::Instant;
 use tracing::{debug, warn};
-
-use crate::http::HttpOptions;
 
 /// File descriptors kept free of connections for VMs, program files and logs when
 /// [`raise_fd_limit`] clamps `max_connections`.
@@ -112,7 +110,7 @@ pub fn connections_for_fds(max_connections: usize, fd_limit: u64) -> usize {
 // Admission
 // ------------------------------------------------------------------------------------------
 
-/// Counts open connections against [`HttpOptions::max_connections`].
+/// Counts open connections against [`crate::http::HttpOptions::max_connections`].
 pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     max: usize,
@@ -160,7 +158,7 @@ impl Admission {
 // Per-connection activity
 // ------------------------------------------------------------------------------------------
 
-/// The timeouts of [`HttpOptions`] that the supervisor enforces.
+/// The timeouts of [`crate::http::HttpOptions`] that the supervisor enforces.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
     header: Option<Duration>,
@@ -168,11 +166,9 @@ pub(crate) struct Timeouts {
 }
 
 impl Timeouts {
-    pub(crate) fn of(o: &HttpOptions) -> Timeouts {
-        Timeouts {
-            header: o.header_read_timeout,
-            idle: o.idle_timeout,
-        }
+    /// The header and the idle timeout (`None`: off).
+    pub(crate) fn new(header: Option<Duration>, idle: Option<Duration>) -> Timeouts {
+        Timeouts { header, idle }
     }
 }
 
@@ -415,13 +411,16 @@ where
 // ------------------------------------------------------------------------------------------
 
 /// Why a request body could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// Larger than the limit (announced or as received).
+    #[error("request body larger than {0} bytes")]
     TooLarge(usize),
     /// Not complete within the body timeout.
+    #[error("request body not received within {} s", .0.as_secs_f64())]
     TimedOut(Duration),
     /// The client sent a broken body or went away.
+    #[error("could not read request body: {0}")]
     Failed(String),
 }
 
@@ -432,18 +431,6 @@ impl BodyError {
             BodyError::TooLarge(_) => hyper::StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::TimedOut(_) => hyper::StatusCode::REQUEST_TIMEOUT,
             BodyError::Failed(_) => hyper::StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge(max) => write!(f, "request body larger than {max} bytes"),
-            BodyError::TimedOut(t) => {
-                write!(f, "request body not received within {} s", t.as_secs_f64())
-            }
-            BodyError::Failed(e) => write!(f, "could not read request body: {e}"),
         }
     }
 }
@@ -480,235 +467,9 @@ pub async fn read_body(
     }
 }
 
-// ------------------------------------------------------------------------------------------
-// Settings
-// ------------------------------------------------------------------------------------------
-
-impl HttpOptions {
-    /// Apply the settings a configuration (or the command line) gives; the rest keep their
-    /// current values.
-    pub fn apply_config(&mut self, s: &edgevm_config::ServerConfig) {
-        if let Some(a) = s.listen {
-            self.listen = a;
-        }
-        if let Some(n) = s.max_connections {
-            self.max_connections = n;
-        }
-        if let Some(d) = s.header_timeout {
-            self.header_read_timeout = Some(d);
-        }
-        if let Some(d) = s.idle_timeout {
-            self.idle_timeout = Some(d);
-        }
-        if let Some(d) = s.body_timeout {
-            self.body_timeout = Some(d);
-        }
-        if let Some(n) = s.max_header_size {
-            self.max_header_bytes = n;
-        }
-        if let Some(n) = s.max_headers {
-            self.max_headers = n;
-        }
-        if let Some(n) = s.max_body_size {
-            self.max_body_bytes = n;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    //! The timeouts on tokio's paused clock, over an in-memory connection (no KVM, no real
-    //! time): crates/edgevm/tests/all/clients.rs tests them on real sockets and a real
-    //! program.
     use super::*;
-    use crate::http::serve_io;
-    use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeFuture};
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-    struct Ok200;
-    impl ProgramHost for Ok200 {
-        fn serve(&self, _: &str, req: GuestRequest) -> ServeFuture {
-            Box::pin(std::future::ready(Ok(GuestResponse {
-                status: 200,
-                content_type: "text/plain".into(),
-                headers: vec![],
-                body: format!("len={}", req.body.len()).into_bytes(),
-            })))
-        }
-    }
-
-    /// Answers after 200 s (tokio's clock): longer than every connection timeout.
-    struct Slow;
-    impl ProgramHost for Slow {
-        fn serve(&self, _: &str, _: GuestRequest) -> ServeFuture {
-            Box::pin(async {
-                tokio::time::sleep(Duration::from_secs(200)).await;
-                Ok(GuestResponse {
-                    status: 200,
-                    content_type: "text/plain".into(),
-                    headers: vec![],
-                    body: b"slow".to_vec(),
-                })
-            })
-        }
-    }
-
-    /// A served in-memory connection: header 10 s, idle 60 s, body 30 s.
-    fn connection() -> (DuplexStream, tokio::task::JoinHandle<hyper::Result<()>>) {
-        connection_to(Arc::new(Ok200))
-    }
-
-    fn connection_to(
-        host: Arc<dyn ProgramHost>,
-    ) -> (DuplexStream, tokio::task::JoinHandle<hyper::Result<()>>) {
-        let mut o = HttpOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-        o.header_read_timeout = Some(Duration::from_secs(10));
-        o.idle_timeout = Some(Duration::from_secs(60));
-        o.body_timeout = Some(Duration::from_secs(30));
-        let (client, server) = tokio::io::duplex(1 << 16);
-        (client, tokio::spawn(serve_io(server, o, host, None)))
-    }
-
-    /// Read until EOF; what arrived and when (paused clock).
-    async fn until_closed(c: &mut DuplexStream) -> (String, Duration) {
-        let t0 = Instant::now();
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out).await;
-        (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
-    }
-
-    async fn read_response(c: &mut DuplexStream) -> String {
-        let mut buf = vec![0u8; 4096];
-        let n = c.read(&mut buf).await.unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_connection_must_send_its_head_within_the_header_timeout() {
-        let (mut c, task) = connection();
-        c.write_all(b"GET /p HTTP/1.1\r\nHo").await.unwrap();
-        // Keep trickling: it does not extend the deadline.
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            c.write_all(b"o").await.unwrap();
-        }
-        let (out, t) = until_closed(&mut c).await;
-        assert!(out.is_empty(), "{out}");
-        assert!(t <= Duration::from_secs(6), "{t:?}");
-        task.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn kept_alive_connections_get_the_idle_timeout_then_the_header_timeout() {
-        let (mut c, task) = connection();
-        c.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
-        // Idle for 50 s (past the header timeout, within the idle timeout): still served.
-        tokio::time::sleep(Duration::from_secs(50)).await;
-        c.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
-        // A head started and never finished: closed 10 s after its first byte.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        c.write_all(b"GET /p HT").await.unwrap();
-        let (out, t) = until_closed(&mut c).await;
-        assert!(out.is_empty(), "{out}");
-        assert!(
-            t >= Duration::from_secs(9) && t <= Duration::from_secs(11),
-            "{t:?}"
-        );
-        task.await.unwrap().unwrap();
-
-        let (mut c, task) = connection();
-        c.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
-        let (_, t) = until_closed(&mut c).await;
-        assert!(
-            t >= Duration::from_secs(59) && t <= Duration::from_secs(61),
-            "idle connection closed after {t:?}"
-        );
-        task.await.unwrap().unwrap();
-    }
-
-    /// The supervisor is not told when a request starts or ends; it looks again every step
-    /// (10 s here). A request running past every timeout is not cut, and the idle timeout
-    /// after it counts from its end.
-    #[tokio::test(start_paused = true)]
-    async fn a_request_in_progress_outlives_the_timeouts_and_idle_counts_from_its_end() {
-        let (mut c, task) = connection_to(Arc::new(Slow));
-        let t0 = Instant::now();
-        c.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let out = read_response(&mut c).await;
-        assert!(
-            out.starts_with("HTTP/1.1 200") && out.ends_with("slow"),
-            "{out}"
-        );
-        assert!(
-            t0.elapsed() >= Duration::from_secs(200),
-            "{:?}",
-            t0.elapsed()
-        );
-        let (_, t) = until_closed(&mut c).await;
-        assert!(
-            t >= Duration::from_secs(59) && t <= Duration::from_secs(61),
-            "idle connection closed {t:?} after the answer"
-        );
-        task.await.unwrap().unwrap();
-    }
-
-    /// A head that starts while the supervisor sleeps towards a later deadline (here the idle
-    /// one) is still closed 10 s after its first byte, not at that later deadline.
-    #[tokio::test(start_paused = true)]
-    async fn a_head_started_while_the_supervisor_sleeps_is_timed_from_its_first_byte() {
-        let (mut c, task) = connection();
-        for wait in [0, 15] {
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            c.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
-        }
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        c.write_all(b"GET /p HT").await.unwrap();
-        let (out, t) = until_closed(&mut c).await;
-        assert!(out.is_empty(), "{out}");
-        assert!(
-            t >= Duration::from_secs(9) && t <= Duration::from_secs(11),
-            "{t:?}"
-        );
-        task.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_body_must_arrive_within_the_body_timeout() {
-        let (mut c, task) = connection();
-        c.write_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
-            .await
-            .unwrap();
-        let (out, t) = until_closed(&mut c).await;
-        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
-        assert!(out.contains("connection: close"), "{out}");
-        assert!(t <= Duration::from_secs(31), "{t:?}");
-        task.await.unwrap().unwrap();
-        // In time: answered.
-        let (mut c, _task) = connection();
-        c.write_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n0123")
-            .await
-            .unwrap();
-        let out = read_response(&mut c).await;
-        assert!(
-            out.starts_with("HTTP/1.1 200") && out.ends_with("len=4"),
-            "{out}"
-        );
-    }
 
     #[test]
     fn connections_fit_in_the_fd_limit() {
