@@ -3,6 +3,10 @@
 //! shared memory and timeouts. It knows nothing of HTTP: requests arrive as [`GuestRequest`]
 //! and leave as [`GuestResponse`].
 
+mod boot;
+mod calls;
+mod error;
+mod options;
 pub mod output;
 pub mod pool;
 pub mod request;

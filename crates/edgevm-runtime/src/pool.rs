@@ -417,6 +417,7 @@ impl Program {
             opts.binary = b.clone();
         }
         crate::storage::start(opts, settings.max_storage_time, queue_timeout())
+            .map_err(|e| e.to_string())
     }
 
     fn boot(self: Arc<Self>) {

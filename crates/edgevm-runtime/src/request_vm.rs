@@ -23,8 +23,9 @@ use edgevm_abi::layout;
 use edgevm_abi::linux::{fill_random, Output};
 use edgevm_kvm::{PageSet, Vcpu, PAGE_SIZE};
 
+use crate::error::CallvError;
 use crate::request::{GuestRequest, GuestResponse};
-use crate::storage::{Returned, StorageCall, StorageHandle};
+use crate::storage::{Answer, StorageCall, StorageHandle};
 use crate::vm::{EntryState, Event, Frozen, MainVm, RunError};
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
@@ -207,6 +208,17 @@ fn run_error_failure(e: RunError) -> RequestFailure {
         other => other.to_string(),
     };
     RequestFailure { message, kind }
+}
+
+fn callv_failure(e: CallvError) -> RequestFailure {
+    let kind = match e {
+        CallvError::BadArguments(_) => FailureKind::Api,
+        CallvError::Failed(_) => FailureKind::Other,
+    };
+    RequestFailure {
+        message: e.to_string(),
+        kind,
+    }
 }
 
 impl RequestVm {
@@ -521,10 +533,8 @@ impl Invoker {
                 .log("storage_call() needs \"storage\": true in the program's configuration");
             return Ok(StorageStep::Done(u64::MAX));
         };
-        let args = crate::storage::read_callv(&mut self.vm).map_err(|what| RequestFailure {
-            message: format!("bad arguments passed to storage_callv: {what}"),
-            kind: FailureKind::Api,
-        })?;
+        let args = crate::storage::read_callv(&mut self.vm)
+            .map_err(|e| callv_failure(CallvError::BadArguments(e)))?;
         let Some((func, inputs, dst, dstlen)) = args else {
             return Ok(StorageStep::Done(u64::MAX));
         };
@@ -536,18 +546,9 @@ impl Invoker {
     fn storage_finish(
         &mut self,
         (dst, dstlen): (u64, u64),
-        res: Result<Option<Returned>, String>,
+        res: Answer,
     ) -> Result<u64, RequestFailure> {
-        crate::storage::finish_callv(&mut self.vm, dst, dstlen, res).map_err(|(message, api)| {
-            RequestFailure {
-                message,
-                kind: if api {
-                    FailureKind::Api
-                } else {
-                    FailureKind::Other
-                },
-            }
-        })
+        crate::storage::finish_callv(&mut self.vm, dst, dstlen, res).map_err(callv_failure)
     }
 
     /// `storage_callv` from the request handler: take the storage VM's turn and run the call

@@ -1,155 +1,21 @@
-//! A program's main VM: load the ELF, boot it to `wait_for_requests()` (or exit), with
-//! timeouts, memory limits and clear errors.
+//! A program's VM: load the ELF, run it with deadlines and time slices, emulate its system
+//! calls and the calls every context shares; freeze it and fork request VMs from the image.
+//! Booting is in boot.rs, options in options.rs, errors in error.rs (see docs/DESIGN.md).
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgevm_abi::crash::{decode_exception, CrashReport};
-use edgevm_abi::elf::{self, ElfError, LoadedElf};
+use edgevm_abi::crash::decode_exception;
+use edgevm_abi::elf::{self, LoadedElf};
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_abi::{api, cpu};
-use edgevm_kvm::{Exit, GuestMemory, KvmError, KvmMachine, KvmVcpu, MemError, Vcpu, VmShell};
+use edgevm_kvm::{Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
 
 use crate::output::Printer;
-use crate::storage::StorageHandle;
 use crate::timer;
 
-/// Everything needed to boot one program. Built from the configuration by the server, or
-/// from the command line by `edgevm run`.
-#[derive(Debug, Clone)]
-pub struct VmOptions {
-    /// Program name (KVM_NAME, log prefix).
-    pub name: String,
-    /// Group name (KVM_GROUP).
-    pub group: String,
-    /// Where the program came from (readlink("/proc/self/exe")).
-    pub program_path: PathBuf,
-    /// The ELF file.
-    pub binary: Arc<Vec<u8>>,
-    /// main_arguments (argv[1..]; argv[0] is the program name).
-    pub arguments: Vec<String>,
-    /// environment ("K=V"), appended after the defaults.
-    pub environment: Vec<String>,
-    /// max_memory, bytes.
-    pub max_memory: u64,
-    /// address_space, bytes (raised to fit max_memory and shared memory).
-    pub address_space: u64,
-    /// shared_memory, bytes.
-    pub shared_memory: u64,
-    /// max_boot_time.
-    pub max_boot_time: Duration,
-    /// verbose: loading details.
-    pub verbose: bool,
-    /// verbose_syscalls: log every system call of the main VM.
-    pub verbose_syscalls: bool,
-    /// Print guest output without the `>>> [name] ` prefix.
-    pub raw_output: bool,
-    /// This VM is the storage VM (KVM_TYPE=storage).
-    pub storage: bool,
-    /// KVM_DEBUG=1 and sys_is_debug() true.
-    pub debug: bool,
-    /// control_ephemeral: the program may call sys_make_ephemeral() during init.
-    pub control_ephemeral: bool,
-    /// Host file behind the guest's `state` file (KVM_STATE): `<filename>.state`. None: the
-    /// program has no state file (opening it fails with ENOENT).
-    pub state_file: Option<PathBuf>,
-}
-
-impl VmOptions {
-    /// Defaults for a program file (the glossary's defaults).
-    pub fn new(name: &str, program_path: PathBuf, binary: Vec<u8>) -> Self {
-        VmOptions {
-            name: name.to_string(),
-            group: "default".into(),
-            program_path,
-            binary: Arc::new(binary),
-            arguments: Vec::new(),
-            environment: Vec::new(),
-            max_memory: 256 << 20,
-            address_space: 256 << 20,
-            shared_memory: 0,
-            max_boot_time: Duration::from_secs(16),
-            verbose: false,
-            verbose_syscalls: false,
-            raw_output: false,
-            storage: false,
-            debug: false,
-            control_ephemeral: false,
-            state_file: None,
-        }
-    }
-
-    /// `<filename>.state`: where the state file of a program kept at `filename` lives.
-    pub fn state_path_for(filename: &std::path::Path) -> PathBuf {
-        let mut s = filename.as_os_str().to_owned();
-        s.push(".state");
-        PathBuf::from(s)
-    }
-
-    /// The effective guest memory size: address_space, raised to hold max_memory plus the
-    /// supervisor area and shared memory, rounded up to 2 MiB.
-    pub fn memory_size(&self) -> u64 {
-        const MB2: u64 = 2 << 20;
-        let need = self
-            .max_memory
-            .saturating_add(self.shared_memory)
-            .saturating_add(layout::USER_BASE + layout::INPUT_AREA_SIZE);
-        // Oversized values saturate here and are refused by Layout::new with a clear error.
-        self.address_space
-            .max(need)
-            .div_ceil(MB2)
-            .saturating_mul(MB2)
-    }
-}
-
-/// Why a run failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Crash(CrashReport),
-    #[error("{what} timed out after {limit:?}")]
-    Timeout { what: &'static str, limit: Duration },
-    #[error("the program was killed by signal {}", signal_name(*.0))]
-    Killed(i32),
-    #[error("{0}")]
-    Fatal(String),
-    #[error("program exceeded its memory limit: {used} bytes in use, limit {limit} bytes")]
-    MemoryLimit { used: u64, limit: u64 },
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    #[error("cannot load program: {0}")]
-    Elf(#[from] ElfError),
-    #[error("invalid memory layout: {0}")]
-    Layout(String),
-}
-
-impl From<MemError> for RunError {
-    fn from(e: MemError) -> Self {
-        RunError::Kvm(KvmError::Memory(e))
-    }
-}
-
-/// Name of a signal number.
-pub fn signal_name(sig: i32) -> String {
-    match sig {
-        1 => "SIGHUP".into(),
-        2 => "SIGINT".into(),
-        3 => "SIGQUIT".into(),
-        4 => "SIGILL".into(),
-        5 => "SIGTRAP".into(),
-        6 => "SIGABRT (abort)".into(),
-        7 => "SIGBUS".into(),
-        8 => "SIGFPE".into(),
-        9 => "SIGKILL".into(),
-        11 => "SIGSEGV".into(),
-        13 => "SIGPIPE".into(),
-        14 => "SIGALRM".into(),
-        15 => "SIGTERM".into(),
-        n => format!("{n}"),
-    }
-}
+pub use crate::error::{signal_name, RunError};
+pub use crate::options::{program_environment, VmOptions};
 
 /// Functions a program registered with `register_func` (0 = none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -241,8 +107,6 @@ pub struct MainVm {
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
-    /// The storage VM, for storage calls made during initialization.
-    init_storage: Option<StorageHandle>,
     /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
     /// not the program's, so they are left out of exits-per-request counts.
     pub timer_exits: u64,
@@ -372,24 +236,6 @@ impl EntryState {
     }
 }
 
-/// Environment every program gets, then the configured `environment`.
-pub fn program_environment(o: &VmOptions) -> Vec<String> {
-    let mut env = vec![
-        "LC_TYPE=C".to_string(),
-        "LC_ALL=C".to_string(),
-        "USER=root".to_string(),
-        format!("KVM_NAME={}", o.name),
-        format!("KVM_GROUP={}", o.group),
-        format!("KVM_TYPE={}", if o.storage { "storage" } else { "request" }),
-        "KVM_STATE=state".to_string(),
-        format!("KVM_DEBUG={}", u8::from(o.debug)),
-        // Tells edgevm's kvm_api.h that the I/O area is there (in-guest header calls).
-        "EDGEVM_IO=1".to_string(),
-    ];
-    env.extend(o.environment.iter().cloned());
-    env
-}
-
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
     pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
@@ -456,7 +302,6 @@ impl MainVm {
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
-            init_storage: None,
         })
     }
 
@@ -587,7 +432,6 @@ impl MainVm {
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
-            init_storage: None,
         })
     }
 
@@ -652,137 +496,6 @@ impl MainVm {
         }
     }
 
-    /// Load and run the program until it exits or calls wait_for_requests().
-    pub fn boot(opts: VmOptions) -> Result<(MainVm, BootReport), RunError> {
-        MainVm::boot_with_storage(opts, None)
-    }
-
-    /// [`MainVm::boot`] for a program with a storage VM: its `main()` may already call
-    /// storage (`storage_call`, `storage_task`), as in the reference.
-    pub fn boot_with_storage(
-        opts: VmOptions,
-        storage: Option<StorageHandle>,
-    ) -> Result<(MainVm, BootReport), RunError> {
-        let t0 = Instant::now();
-        let mut vm = MainVm::load(opts)?;
-        vm.init_storage = storage;
-        let load_time = t0.elapsed();
-        if vm.opts.verbose {
-            vm.printer.log(&format!(
-                "loaded {} program: entry {:#x}, {} KiB image, {} MiB address space, {} symbols",
-                vm.elf.kind.as_str(),
-                vm.elf.entry,
-                vm.elf.image_bytes >> 10,
-                vm.layout.mem_size >> 20,
-                vm.elf.symbols.len()
-            ));
-        }
-        let t1 = Instant::now();
-        let outcome = vm.run_init()?;
-        let report = BootReport {
-            outcome,
-            load_time,
-            init_time: t1.elapsed(),
-            exits: vm.machine.cpu.exit_count(),
-            syscalls: vm.linux.syscalls,
-        };
-        vm.printer.flush();
-        Ok((vm, report))
-    }
-
-    fn run_init(&mut self) -> Result<BootOutcome, RunError> {
-        self.start_deadline(
-            self.opts.max_boot_time,
-            "program initialization (max_boot_time)",
-        )?;
-        let r = self.init_loop();
-        self.stop_deadline();
-        let r = r?;
-        // The guest can write to memory it never allocated; make sure the host did not grow
-        // past the limit (pages actually backed, all views of this memory).
-        let backed = self.machine.mem.backing_bytes();
-        let limit = self.opts.max_memory + layout::USER_BASE;
-        if backed > limit {
-            return Err(RunError::MemoryLimit {
-                used: backed,
-                limit: self.opts.max_memory,
-            });
-        }
-        Ok(r)
-    }
-
-    fn init_loop(&mut self) -> Result<BootOutcome, RunError> {
-        loop {
-            match self.run_until_event()? {
-                // Boot runs without a time slice.
-                Event::Preempted => {}
-                Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
-                Event::Returned => {
-                    return Err(RunError::Fatal(
-                        "the program returned through the request trampoline during initialization"
-                            .into(),
-                    ))
-                }
-                Event::Hypercall(api::WAIT_FOR_REQUESTS) => {
-                    self.initialized = true;
-                    return Ok(BootOutcome::Ready);
-                }
-                Event::Hypercall(api::WAIT_FOR_REQUESTS_PAUSED) => {
-                    return Err(RunError::Fatal(
-                        "wait_for_requests_paused() (event-loop programs) is not supported yet: use set_backend_get/post/request and wait_for_requests()".into(),
-                    ))
-                }
-                Event::Hypercall(api::STORAGE_ALLOW) => {
-                    // As in the reference: only the storage VM keeps an allow-list (0); the
-                    // main VM's calls are refused (-1).
-                    let f = self.machine.cpu.regs().rdi;
-                    let ret = if self.opts.storage {
-                        self.storage_allowed.push(f);
-                        0
-                    } else {
-                        u64::MAX
-                    };
-                    self.machine.cpu.regs_mut().rax = ret;
-                }
-                Event::Hypercall(api::STORAGE_CALLV) if self.init_storage.is_some() => {
-                    let ret = self.init_storage_call()?;
-                    self.machine.cpu.regs_mut().rax = ret;
-                }
-                Event::Hypercall(api::STORAGE_TASK) if self.init_storage.is_some() => {
-                    let st = self.init_storage.clone();
-                    let ret = crate::storage::task_hypercall(self, |f, d, a, b| match &st {
-                        Some(st) => st.task(f, d, a, b),
-                        None => Err("no storage".into()),
-                    });
-                    self.machine.cpu.regs_mut().rax = ret;
-                }
-                Event::Hypercall(api::MAKE_EPHEMERAL) => {
-                    let on = self.machine.cpu.regs().rdi != 0;
-                    let ret = if self.opts.control_ephemeral {
-                        self.ephemeral_override = Some(on);
-                        0
-                    } else {
-                        self.printer.log(
-                            "sys_make_ephemeral() refused: enable control_ephemeral in the program's configuration",
-                        );
-                        u64::MAX
-                    };
-                    self.machine.cpu.regs_mut().rax = ret;
-                }
-                Event::Hypercall(num) => self.unsupported_call(num),
-            }
-        }
-    }
-
-    /// Answer a hypercall nobody handles: -1 and a log line.
-    pub fn unsupported_call(&mut self, num: u32) {
-        self.printer.log(&format!(
-            "kvm_api call {} ({num:#x}) is not supported here; returning -1",
-            api::name(num)
-        ));
-        self.machine.cpu.regs_mut().rax = u64::MAX;
-    }
-
     /// Start the run deadline (`budget` from now) and arm this thread's timer for it (or for
     /// the end of the time slice, if one is set and comes first).
     pub fn start_deadline(&mut self, budget: Duration, what: &'static str) -> Result<(), RunError> {
@@ -812,8 +525,7 @@ impl MainVm {
             at = at.min(s);
         }
         let p = self.machine.cpu.immediate_exit_ptr();
-        timer::arm(p, at.saturating_duration_since(now))
-            .map_err(|e| RunError::Fatal(format!("cannot arm timer: {e}")))
+        timer::arm(p, at.saturating_duration_since(now)).map_err(RunError::Timer)
     }
 
     /// Stop this thread's timer but keep the deadline: the VM is about to move to another
@@ -916,40 +628,22 @@ impl MainVm {
                     self.arm_timer()?;
                 }
                 Exit::Shutdown => {
-                    return Err(RunError::Fatal(format!(
-                        "the VM shut down (triple fault) at RIP {:#x}",
-                        self.machine.cpu.regs().rip
-                    )))
+                    return Err(RunError::TripleFault {
+                        rip: self.machine.cpu.regs().rip,
+                    })
                 }
-                other => {
+                exit => {
                     let rip = self.machine.cpu.regs().rip;
-                    let sym = self
+                    let symbol = self
                         .elf
                         .symbols
                         .lookup(rip)
                         .map(|(n, o)| format!(" in {n}+{o:#x}"))
                         .unwrap_or_default();
-                    return Err(RunError::Fatal(format!(
-                        "unexpected VM exit {other:?} at RIP {rip:#x}{sym}"
-                    )));
+                    return Err(RunError::UnexpectedExit { exit, rip, symbol });
                 }
             }
         }
-    }
-
-    /// `storage_callv` from the main VM's `main()`: a failed call fails the boot.
-    fn init_storage_call(&mut self) -> Result<u64, RunError> {
-        let Some(st) = self.init_storage.clone() else {
-            return Ok(u64::MAX);
-        };
-        let args = crate::storage::read_callv(self).map_err(|what| {
-            RunError::Fatal(format!("bad arguments passed to storage_callv: {what}"))
-        })?;
-        let Some((func, inputs, dst, dstlen)) = args else {
-            return Ok(u64::MAX);
-        };
-        let res = st.call(func, inputs, dstlen, self.time_left());
-        crate::storage::finish_callv(self, dst, dstlen, res).map_err(|(m, _)| RunError::Fatal(m))
     }
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
@@ -963,7 +657,7 @@ impl MainVm {
             Ok(SyscallOutcome::Exit(c)) => Ok(Some(Event::Exited(c))),
             Ok(SyscallOutcome::Killed(s)) => Err(RunError::Killed(s)),
             Ok(SyscallOutcome::DeadlineExceeded) => Err(self.timeout_error()),
-            Ok(SyscallOutcome::Fatal(m)) => Err(RunError::Fatal(m)),
+            Ok(SyscallOutcome::Fatal(m)) => Err(RunError::Emulation(m)),
             Err(e) => Err(e.into()),
         }
     }

@@ -1,0 +1,157 @@
+//! Booting a program's main VM: load it and run `main()` to `wait_for_requests()` (or exit),
+//! serving the calls the boot context allows (see docs/DESIGN.md, "Calls by context").
+
+use std::time::Instant;
+
+use edgevm_abi::api;
+use edgevm_abi::layout;
+use edgevm_abi::linux::Output;
+use edgevm_kvm::Vcpu;
+
+use crate::calls::Flow;
+use crate::error::CallvError;
+use crate::storage::{finish_callv, read_callv, task_hypercall, StorageHandle};
+use crate::vm::{BootOutcome, BootReport, Event, MainVm, RunError, VmOptions};
+
+impl MainVm {
+    /// Load and run the program until it exits or calls wait_for_requests().
+    pub fn boot(opts: VmOptions) -> Result<(MainVm, BootReport), RunError> {
+        MainVm::boot_with_storage(opts, None)
+    }
+
+    /// [`MainVm::boot`] for a program with a storage VM: its `main()` may already call
+    /// storage (`storage_call`, `storage_task`), as in the reference.
+    pub fn boot_with_storage(
+        opts: VmOptions,
+        storage: Option<StorageHandle>,
+    ) -> Result<(MainVm, BootReport), RunError> {
+        let t0 = Instant::now();
+        let mut vm = MainVm::load(opts)?;
+        let load_time = t0.elapsed();
+        if vm.opts.verbose {
+            vm.printer.log(&format!(
+                "loaded {} program: entry {:#x}, {} KiB image, {} MiB address space, {} symbols",
+                vm.elf.kind.as_str(),
+                vm.elf.entry,
+                vm.elf.image_bytes >> 10,
+                vm.layout.mem_size >> 20,
+                vm.elf.symbols.len()
+            ));
+        }
+        let t1 = Instant::now();
+        let outcome = vm.run_init(&mut BootCalls { storage })?;
+        let report = BootReport {
+            outcome,
+            load_time,
+            init_time: t1.elapsed(),
+            exits: vm.machine.cpu.exit_count(),
+            syscalls: vm.linux.syscalls,
+        };
+        vm.printer.flush();
+        Ok((vm, report))
+    }
+
+    fn run_init(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+        self.start_deadline(
+            self.opts.max_boot_time,
+            "program initialization (max_boot_time)",
+        )?;
+        let r = self.init_loop(calls);
+        self.stop_deadline();
+        let r = r?;
+        // The guest can write to memory it never allocated; make sure the host did not grow
+        // past the limit (pages actually backed, all views of this memory).
+        let backed = self.machine.mem.backing_bytes();
+        let limit = self.opts.max_memory + layout::USER_BASE;
+        if backed > limit {
+            return Err(RunError::MemoryLimit {
+                used: backed,
+                limit: self.opts.max_memory,
+            });
+        }
+        Ok(r)
+    }
+
+    fn init_loop(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+        loop {
+            match self.run_until_event()? {
+                // Boot runs without a time slice.
+                Event::Preempted => {}
+                Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
+                Event::Returned => return Err(RunError::ReturnedDuringInit),
+                Event::Hypercall(num) => {
+                    let flow = calls.call(self, num)?;
+                    if let Some(outcome) = self.apply(num, flow) {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The boot context's handler set: the calls `main()` may make before `wait_for_requests()`
+/// besides the ones every context shares ([`MainVm::run_until_event`]). Anything else is
+/// refused by the shared fallback.
+pub(crate) struct BootCalls {
+    /// The storage VM, for storage calls made during initialization.
+    pub(crate) storage: Option<StorageHandle>,
+}
+
+impl BootCalls {
+    pub(crate) fn call(
+        &mut self,
+        vm: &mut MainVm,
+        num: u32,
+    ) -> Result<Flow<BootOutcome>, RunError> {
+        Ok(match num {
+            api::WAIT_FOR_REQUESTS => {
+                vm.initialized = true;
+                Flow::End(BootOutcome::Ready)
+            }
+            api::WAIT_FOR_REQUESTS_PAUSED => return Err(RunError::EventLoopUnsupported),
+            api::STORAGE_ALLOW => {
+                // As in the reference: only the storage VM keeps an allow-list (0); the
+                // main VM's calls are refused (-1).
+                let f = vm.machine.cpu.regs().rdi;
+                if vm.opts.storage {
+                    vm.storage_allowed.push(f);
+                    Flow::Return(0)
+                } else {
+                    Flow::Return(u64::MAX)
+                }
+            }
+            api::STORAGE_CALLV => match &self.storage {
+                Some(st) => Flow::Return(storage_call(vm, st)?),
+                None => Flow::Refuse,
+            },
+            api::STORAGE_TASK => match &self.storage {
+                Some(st) => Flow::Return(task_hypercall(vm, |f, d, a, b| st.task(f, d, a, b))),
+                None => Flow::Refuse,
+            },
+            api::MAKE_EPHEMERAL => {
+                let on = vm.machine.cpu.regs().rdi != 0;
+                if vm.opts.control_ephemeral {
+                    vm.ephemeral_override = Some(on);
+                    Flow::Return(0)
+                } else {
+                    vm.printer.log(
+                        "sys_make_ephemeral() refused: enable control_ephemeral in the program's configuration",
+                    );
+                    Flow::Return(u64::MAX)
+                }
+            }
+            _ => Flow::Refuse,
+        })
+    }
+}
+
+/// `storage_callv` from the main VM's `main()`: a failed call fails the boot.
+fn storage_call(vm: &mut MainVm, st: &StorageHandle) -> Result<u64, RunError> {
+    let Some((func, inputs, dst, dstlen)) = read_callv(vm).map_err(CallvError::BadArguments)?
+    else {
+        return Ok(u64::MAX);
+    };
+    let res = st.call(func, inputs, dstlen, vm.time_left());
+    Ok(finish_callv(vm, dst, dstlen, res)?)
+}

@@ -1,0 +1,113 @@
+//! [`VmOptions`]: everything needed to boot one program, and the environment it gets.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgevm_abi::layout;
+
+/// Everything needed to boot one program. Built from the configuration by the server, or
+/// from the command line by `edgevm run`.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Program name (KVM_NAME, log prefix).
+    pub name: String,
+    /// Group name (KVM_GROUP).
+    pub group: String,
+    /// Where the program came from (readlink("/proc/self/exe")).
+    pub program_path: PathBuf,
+    /// The ELF file.
+    pub binary: Arc<Vec<u8>>,
+    /// main_arguments (argv[1..]; argv[0] is the program name).
+    pub arguments: Vec<String>,
+    /// environment ("K=V"), appended after the defaults.
+    pub environment: Vec<String>,
+    /// max_memory, bytes.
+    pub max_memory: u64,
+    /// address_space, bytes (raised to fit max_memory and shared memory).
+    pub address_space: u64,
+    /// shared_memory, bytes.
+    pub shared_memory: u64,
+    /// max_boot_time.
+    pub max_boot_time: Duration,
+    /// verbose: loading details.
+    pub verbose: bool,
+    /// verbose_syscalls: log every system call of the main VM.
+    pub verbose_syscalls: bool,
+    /// Print guest output without the `>>> [name] ` prefix.
+    pub raw_output: bool,
+    /// This VM is the storage VM (KVM_TYPE=storage).
+    pub storage: bool,
+    /// KVM_DEBUG=1 and sys_is_debug() true.
+    pub debug: bool,
+    /// control_ephemeral: the program may call sys_make_ephemeral() during init.
+    pub control_ephemeral: bool,
+    /// Host file behind the guest's `state` file (KVM_STATE): `<filename>.state`. None: the
+    /// program has no state file (opening it fails with ENOENT).
+    pub state_file: Option<PathBuf>,
+}
+
+impl VmOptions {
+    /// Defaults for a program file (the glossary's defaults).
+    pub fn new(name: &str, program_path: PathBuf, binary: Vec<u8>) -> Self {
+        VmOptions {
+            name: name.to_string(),
+            group: "default".into(),
+            program_path,
+            binary: Arc::new(binary),
+            arguments: Vec::new(),
+            environment: Vec::new(),
+            max_memory: 256 << 20,
+            address_space: 256 << 20,
+            shared_memory: 0,
+            max_boot_time: Duration::from_secs(16),
+            verbose: false,
+            verbose_syscalls: false,
+            raw_output: false,
+            storage: false,
+            debug: false,
+            control_ephemeral: false,
+            state_file: None,
+        }
+    }
+
+    /// `<filename>.state`: where the state file of a program kept at `filename` lives.
+    pub fn state_path_for(filename: &std::path::Path) -> PathBuf {
+        let mut s = filename.as_os_str().to_owned();
+        s.push(".state");
+        PathBuf::from(s)
+    }
+
+    /// The effective guest memory size: address_space, raised to hold max_memory plus the
+    /// supervisor area and shared memory, rounded up to 2 MiB.
+    pub fn memory_size(&self) -> u64 {
+        const MB2: u64 = 2 << 20;
+        let need = self
+            .max_memory
+            .saturating_add(self.shared_memory)
+            .saturating_add(layout::USER_BASE + layout::INPUT_AREA_SIZE);
+        // Oversized values saturate here and are refused by Layout::new with a clear error.
+        self.address_space
+            .max(need)
+            .div_ceil(MB2)
+            .saturating_mul(MB2)
+    }
+}
+
+/// Environment every program gets, then the configured `environment`.
+pub fn program_environment(o: &VmOptions) -> Vec<String> {
+    let mut env = vec![
+        "LC_TYPE=C".to_string(),
+        "LC_ALL=C".to_string(),
+        "USER=root".to_string(),
+        format!("KVM_NAME={}", o.name),
+        format!("KVM_GROUP={}", o.group),
+        format!("KVM_TYPE={}", if o.storage { "storage" } else { "request" }),
+        "KVM_STATE=state".to_string(),
+        format!("KVM_DEBUG={}", u8::from(o.debug)),
+        // Tells edgevm's kvm_api.h that the I/O area is there (in-guest header calls).
+        "EDGEVM_IO=1".to_string(),
+    ];
+    env.extend(o.environment.iter().cloned());
+    env
+}

@@ -1,0 +1,319 @@
+//! The storage VM: one long-lived VM per program (when `storage` is on) that keeps mutable
+//! state across requests. It boots from the same program (KVM_TYPE=storage), runs `main()` to
+//! `wait_for_requests()`, and then serves `storage_call()`s from request VMs, one at a time. It
+//! is never reset.
+//!
+//! A call: the request VM's `storage_callv(func, n, bufs, dst, dstlen)` exits to the host, which
+//! copies the input buffers onto the storage VM's stack and calls `func(n, bufs, dstlen)` there
+//! through the request-entry stub. The function's `storage_return(data, len)` exits; the caller
+//! gets at most `dstlen` bytes of the data at once, and the function is resumed (at most 1 s
+//! more) so it can clean up and return. `storage_noreturn` is not resumed. Both programs are
+//! the same ELF at the same addresses, so function pointers are valid in both VMs. A call that
+//! crashes or times out fails the caller (-1); the storage VM keeps its state and serves the
+//! next call from a fresh entry.
+//!
+//! **Where calls run.** Whoever holds the storage VM's *turn* runs it, on its own thread: a
+//! FIFO lock (`Core`) that serializes every use of the storage VM. A request takes the turn on
+//! the thread that runs the request (an HTTP worker, or a blocking thread after a preemption)
+//! and runs the storage function right there: with the turn free, a call costs no thread
+//! wake-up at all. On an HTTP worker the call runs within the request's time slice; when the
+//! turn is taken, or the call runs past the slice, the request is preempted as for any slow
+//! request and goes on waiting (in its place in the queue) or running on a blocking thread.
+//! The timer that enforces `max_storage_time` is the running thread's own (timer.rs): it is
+//! pointed at the storage vCPU while storage runs and back at the request's afterwards.
+//!
+//! **Clean-ups are chained.** The caller goes on at storage_return and leaves the function's
+//! clean-up to the next holder of the turn, which runs it and its own call in one KVM_RUN
+//! (`begin_chained`: a mailbox in the storage VM and the chain stub after the entry stub's
+//! `call`), so a call costs one storage exit instead of two. Other work a holder leaves
+//! unfinished (a call whose caller went away, a run stopped by the slice) is finished by the
+//! next holder first, or by the storage thread when nobody comes.
+//!
+//! The storage VM's own thread boots it and serves what nobody waits for on a request's thread:
+//! tasks, the calls `main()` makes during boot, and live-update hand-overs. These take their
+//! place in the same FIFO queue (the turn is handed to the storage thread together with them).
+//!
+//! Tasks (`sys_storage_task(func, data, len, start_ms, period_ms)`, from request VMs or from
+//! storage itself): `func(copy_of_data, len)` runs in the storage VM through the same queue as
+//! calls, with nobody waiting for it (15 s budget, as the reference). With start = period = 0
+//! it is queued at once (id 0); otherwise a scheduler thread queues it after `start_ms` and
+//! then every `period_ms` (0: once), and the id it returns (1, 2, ...) stops it with
+//! `stop_storage_task(id)`. At most [`MAX_TIMERS`] scheduled tasks per program, data at most
+//! [`MAX_INPUT`] bytes. A task that fails is logged; storage keeps serving.
+//!
+//! Files: `turn.rs` (the FIFO turn), `calls.rs` (a request's storage call and the holder's
+//! loop), `drive.rs` (running one open call), `tasks.rs` (scheduled tasks), `thread.rs` (the
+//! storage thread and boot), `guest.rs` (the storage calls' guest arguments).
+
+mod calls;
+mod drive;
+mod guest;
+mod tasks;
+mod thread;
+mod turn;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::vm::{EntryState, MainVm};
+
+pub use crate::error::StorageError;
+pub use calls::StorageCall;
+use calls::{CallState, Started};
+pub(crate) use guest::{finish_callv, read_callv, task_hypercall};
+use tasks::{Alive, Tasks};
+pub use thread::start;
+use turn::TurnState;
+
+/// Most input buffers per call.
+pub const MAX_BUFFERS: u64 = 64;
+/// Most input bytes per call (copied onto the storage VM's 4 MiB stack).
+pub const MAX_INPUT: usize = 2 << 20;
+
+/// Most scheduled (timer) tasks at a time per program, as the reference.
+pub const MAX_TIMERS: usize = 15;
+/// How long a task may run.
+pub const TASK_BUDGET: Duration = Duration::from_secs(15);
+/// How long a function may clean up after storage_return.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(1);
+/// Whether the holder whose call was answered at storage_return also runs the function's
+/// clean-up right away (within its slice), or leaves it to the next holder of the turn, which
+/// chains its own call behind it (measured: running it at once costs the same CPU plus the
+/// exit that chaining removes).
+const CLEANUP_NOW: bool = false;
+
+/// What a call does.
+enum Kind {
+    /// storage_callv from a request (or from main() during boot).
+    Func,
+    /// A task: func(data, len); nobody waits for it.
+    Task,
+    /// Live update, old program: call its on_live_update(); its storage_return data is the
+    /// state to carry over (empty without a callback).
+    LiveUpdate,
+    /// Live update, new program: call on_live_restore(len); its storage_return(dst, len) names
+    /// where the carried state goes.
+    LiveRestore(Vec<u8>),
+}
+
+/// A call not started yet.
+struct Call {
+    kind: Kind,
+    func: u64,
+    inputs: Vec<Vec<u8>>,
+    dstlen: u64,
+}
+
+/// A call handed to the storage thread, with where its answer goes (nowhere for tasks).
+struct Job {
+    /// None: only finish what is left in the storage VM.
+    call: Option<Call>,
+    reply: Option<Sender<Answer>>,
+}
+
+/// What a storage function handed back with `storage_return(data, len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The first `min(len, dstlen)` bytes at `data` (empty when `data` was NULL).
+    pub data: Vec<u8>,
+    /// The `len` the function passed, as is (what a caller with a NULL `dst` gets).
+    pub len: u64,
+}
+
+/// What a storage call came to: `Ok(Some(r))` after storage_return, `Ok(None)` when the
+/// function returned without calling it.
+pub type Answer = Result<Option<Returned>, StorageError>;
+
+/// Most bytes copied back from one storage call.
+pub const MAX_RESULT: u64 = 64 << 20;
+
+/// A request VM's handle on the storage VM.
+#[derive(Clone)]
+pub struct StorageHandle {
+    core: Arc<Core>,
+    timeout: Duration,
+    /// Stops the task scheduler and the storage thread when the last handle goes (e.g. after
+    /// a live update).
+    _alive: Arc<Alive>,
+}
+
+/// One storage VM, shared by its program's request VMs, its storage thread and its task
+/// scheduler.
+struct Core {
+    /// Who may use the storage VM now, and who waits for it (FIFO).
+    turn: Mutex<TurnState>,
+    /// The storage VM. Only the holder of the turn locks it (so it is never contended).
+    served: Mutex<Served>,
+    /// To the storage thread: a job, sent together with the turn.
+    jobs: Sender<Job>,
+    tasks: Arc<Tasks>,
+    /// max_storage_time.
+    budget: Duration,
+    /// Ids of calls (which holder an unfinished call belongs to).
+    next_id: AtomicU64,
+    /// VM exits of the storage VM so far.
+    exits: AtomicU64,
+    /// The storage thread sleeps long: a holder that leaves a clean-up behind with nobody
+    /// waiting hands it the turn to finish it.
+    dozing: std::sync::atomic::AtomicBool,
+}
+
+/// The storage VM and the call it is in, used by whoever holds the turn.
+struct Served {
+    vm: MainVm,
+    entry: EntryState,
+    allowed: Vec<u64>,
+    open: Option<Open>,
+    /// Guest address of the chain mailbox (see `calls::begin_chained`), when calls can be
+    /// chained.
+    mailbox: Option<u64>,
+    /// When the open call was left to the next holder.
+    left_at: Instant,
+}
+
+/// A call that started in the storage VM and has not ended.
+struct Open {
+    /// The [`Core::next_id`] of the call; its caller holds the turn while it runs.
+    id: u64,
+    kind: Kind,
+    func: u64,
+    dstlen: u64,
+    result: Option<Returned>,
+    /// Its caller has its answer (the function cleans up after storage_return) or is gone:
+    /// whoever holds the turn finishes it.
+    orphan: bool,
+    /// Start the run deadline anew before the function runs on (clean-up: 1 s from then).
+    restart: Option<(Duration, &'static str)>,
+    /// max_storage_time (or the task budget) of this call.
+    budget: Duration,
+    /// Top of its input data on the stack (its live stack is below, down to its RSP).
+    top: u64,
+    /// Where it stands.
+    phase: drive::Phase,
+}
+
+impl StorageHandle {
+    /// Call `func` in storage with `inputs` from a thread that may block (main() during boot):
+    /// the storage thread runs it. `Ok(Some(r))`: the function called `storage_return`
+    /// (`r.data` holds at most `dstlen` bytes); `Ok(None)`: it returned without doing so (the
+    /// caller gets -1, as in the reference). `Err`: the call was refused (not in the
+    /// STORAGE_ALLOW list) or failed (crash, max_storage_time, exit).
+    pub fn call(
+        &self,
+        func: u64,
+        inputs: Vec<Vec<u8>>,
+        dstlen: u64,
+        wait: Option<Duration>,
+    ) -> Answer {
+        let limit = wait.map_or(self.timeout, |w| w.min(self.timeout));
+        self.job(
+            Call {
+                kind: Kind::Func,
+                func,
+                inputs,
+                dstlen,
+            },
+            limit,
+        )
+    }
+
+    /// Queue `call` for the storage thread and wait up to `limit` for its answer.
+    fn job(&self, call: Call, limit: Duration) -> Answer {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.core.enqueue(Job {
+            call: Some(call),
+            reply: Some(reply),
+        })?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(StorageError::NoAnswer(limit)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(StorageError::Gone),
+        }
+    }
+
+    /// A storage call from a request, to run on the request's own thread with
+    /// [`StorageCall::advance`]. It takes its place in the queue now (calls run in the order
+    /// they were made).
+    pub fn begin(&self, func: u64, inputs: Vec<Vec<u8>>, dstlen: u64) -> StorageCall {
+        let call = Call {
+            kind: Kind::Func,
+            func,
+            inputs,
+            dstlen,
+        };
+        let state = match self.core.take_turn() {
+            Ok(turn) => CallState::Running(turn, Started::No(call)),
+            Err(q) => CallState::Queued(q, call),
+        };
+        StorageCall {
+            core: self.core.clone(),
+            state,
+            timeout: self.timeout,
+            exits: 0,
+        }
+    }
+
+    /// `sys_storage_task` from a request VM: see the module documentation.
+    pub fn task(
+        &self,
+        func: u64,
+        data: Vec<u8>,
+        start: Duration,
+        period: Duration,
+    ) -> Result<u64, StorageError> {
+        self.core.tasks.add(&self.core, func, data, start, period)
+    }
+
+    /// `stop_storage_task(id)`: true if the task was scheduled and is now stopped.
+    pub fn stop_task(&self, id: u64) -> bool {
+        self.core.tasks.stop(id)
+    }
+
+    /// VM exits of the storage VM so far.
+    pub fn exits(&self) -> u64 {
+        self.core.exits.load(Ordering::Relaxed)
+    }
+
+    fn special(&self, kind: Kind) -> Answer {
+        self.job(
+            Call {
+                kind,
+                func: 0,
+                inputs: Vec::new(),
+                dstlen: u64::MAX,
+            },
+            self.timeout,
+        )
+        .map_err(|e| StorageError::Waiting(Box::new(e)))
+    }
+
+    /// Live update, old program: the state its on_live_update() hands over (empty if it has
+    /// no such callback).
+    pub fn live_update_state(&self) -> Result<Vec<u8>, StorageError> {
+        self.special(Kind::LiveUpdate)
+            .map(|r| r.map(|r| r.data).unwrap_or_default())
+    }
+
+    /// Live update, new program: give `state` to its on_live_restore(). Returns false when the
+    /// program has no such callback.
+    pub fn live_restore(&self, state: Vec<u8>) -> Result<(), StorageError> {
+        self.special(Kind::LiveRestore(state)).map(|_| ())
+    }
+}
+
+/// The VM's exits so far, without the runtime's own timer exits.
+fn program_exits(vm: &MainVm) -> u64 {
+    vm.machine.cpu.exit_count().wrapping_sub(vm.timer_exits)
+}
+
+/// `name (0x...)` of a storage function, or its address alone.
+fn describe(vm: &MainVm, func: u64) -> String {
+    match vm.elf.symbols.lookup(func) {
+        Some((name, 0)) => format!("'{name}' ({func:#x})"),
+        Some((name, off)) => format!("{func:#x} ({name}+{off:#x})"),
+        None => format!("{func:#x}"),
+    }
+}
