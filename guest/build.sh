@@ -23,6 +23,7 @@
 #     hostile          hostile modes (loops, bombs, privileged instructions, bad calls)
 #     secrets          plants a secret everywhere / scans all it can read for it
 #     api_fuzz         random hypercalls and system calls with nasty arguments
+#     output(_musl,_ref) stdio output line by line, never replayed (run_cmd, serve)
 #     api_compat(_ref) the request API via edgevm's header / via reference-style stubs
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     hot_pages        reset of pages kept writable (tests/all/reset.rs)
@@ -121,6 +122,8 @@ done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
 build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
+build output "$T/output.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output.tmp"
+build output_ref "$T/output.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/output.c" -o "$OUT/output_ref.tmp"
 build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.c" -o "$OUT/hostile.tmp" -lpthread
 build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
@@ -136,6 +139,7 @@ build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 if ! skipped musl; then
 	build hello_musl "$T/hello.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/hello.c" -o "$OUT/hello_musl.tmp"
 	build syscalls_musl "$T/syscalls.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/syscalls.c" -o "$OUT/syscalls_musl.tmp"
+	build output_musl "$T/output.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output_musl.tmp"
 	build state_file_musl "$T/state_file.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/state_file.c" -o "$OUT/state_file_musl.tmp"
 fi
 

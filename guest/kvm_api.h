@@ -53,6 +53,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>  /* fflush() before freezing and responding */
+#include <stdio_ext.h> /* __fpending() */
 #include <stdlib.h> /* getenv() for the IS_*() macros */
 
 #if !defined(__x86_64__)
@@ -282,6 +284,21 @@ extern void wait_for_requests(void);
 */
 extern void wait_for_requests_paused(struct kvm_request *req);
 
+/* Program output: edgevm's stdout and stderr look like a terminal, so stdio
+   writes them line by line. A partial line still in the stdio buffer is
+   written out before the VM is frozen (so the frozen image holds nothing that
+   every request would print again) and before a response is sent (so it is
+   not thrown away with the request VM). Costs no VM exit when nothing is
+   buffered (__fpending() takes no lock). */
+static inline void edgevm_flush_stdout(void)
+{
+	if (__fpending(stdout) != 0)
+		fflush(stdout);
+}
+#define wait_for_requests() (edgevm_flush_stdout(), wait_for_requests())
+#define wait_for_requests_paused(req)                                        \
+	(edgevm_flush_stdout(), wait_for_requests_paused(req))
+
 /* ==========================================================================
  * Responses
  * ========================================================================== */
@@ -318,6 +335,7 @@ static inline void
 backend_response(int16_t status, const void *ctype, size_t ctype_len,
 	const void *content, size_t content_len)
 {
+	edgevm_flush_stdout();
 	sys_backend_response(status, ctype, ctype_len, content, content_len, NULL);
 }
 
@@ -325,6 +343,7 @@ backend_response(int16_t status, const void *ctype, size_t ctype_len,
 static inline void
 backend_response_str(int16_t status, const char *ctype, const char *content)
 {
+	edgevm_flush_stdout();
 	sys_backend_response(status, ctype, __builtin_strlen(ctype),
 		content, __builtin_strlen(content), NULL);
 }
@@ -335,6 +354,7 @@ backend_response_extra(int16_t status, const void *ctype, size_t ctype_len,
 	const void *content, size_t content_len,
 	const struct BackendResponseExtra *extra)
 {
+	edgevm_flush_stdout();
 	sys_backend_response(status, ctype, ctype_len, content, content_len, extra);
 }
 

@@ -25,11 +25,14 @@ static void on_live_update(void)
 	storage_return(&counter, sizeof(counter));
 }
 
+/* An address the compiler cannot see through (no -Warray-bounds warning). */
+static volatile uintptr_t bad_address = 8;
+
 static void on_live_restore(size_t len)
 {
 	(void)len;
 	if (strcmp(restore_mode_p, "restore-mode-crash") == 0)
-		*(volatile long *)8 = 1;
+		*(volatile long *)bad_address = 1;
 	storage_return(&counter, sizeof(counter));
 }
 

@@ -199,10 +199,12 @@ static void check_files(void)
 	errno = 0;
 	r = ioctl(1, TCGETS, &tio);
 	int e = errno;
-	if (r == -1 && e == ENOTTY)
-		OK("ioctl_tcgets", "ENOTTY");
-	else if (!in_sandbox && r == 0)
-		OK("ioctl_tcgets", "native terminal (tolerated)");
+	/* edgevm's stdout is a terminal (so stdio line-buffers it); natively it
+	   may be anything. */
+	if (in_sandbox && r == 0 && S_ISCHR(st.st_mode) && isatty(1) && isatty(2) && !isatty(0))
+		OK("ioctl_tcgets", "terminal");
+	else if (!in_sandbox && (r == 0 || e == ENOTTY))
+		OK("ioctl_tcgets", "native r=%d (tolerated)", r);
 	else
 		FAIL("ioctl_tcgets", "r=%d errno=%d", r, e);
 }

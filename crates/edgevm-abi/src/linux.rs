@@ -428,11 +428,7 @@ impl LinuxState {
             12 => Ok(self.sys_brk(a[0], mem)),
             13 => Ok(self.sys_rt_sigaction(a, mem)),
             14 => Ok(self.sys_rt_sigprocmask(a, mem)),
-            16 => Ok(if (0..=2).contains(&fd) {
-                -ENOTTY
-            } else {
-                -EBADF
-            }),
+            16 => Ok(self.sys_ioctl_std(fd, a[1], a[2], mem)),
             20 => Ok(self.sys_writev(fd, a[1], a[2], mem, out)),
             24 => Ok(0), // sched_yield
             7 | 271 => Ok(self.sys_poll(a[0], a[1], mem)),
@@ -612,15 +608,47 @@ impl LinuxState {
         ready
     }
 
+    /// stdin is an empty pipe; stdout and stderr look like a terminal (a character device
+    /// that answers TCGETS and TIOCGWINSZ), so glibc and musl line-buffer stdout: what a
+    /// program prints appears line by line, and nothing but a partial line can sit in a
+    /// stdio buffer when the VM is frozen.
     fn sys_fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
         if !(0..=2).contains(&fd) {
             return -EBADF;
         }
+        let mode: u32 = if fd == 0 { 0o010600 } else { 0o020620 }; // S_IFIFO, S_IFCHR
         let mut st = [0u8; 144];
         st[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
-        st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO | 0600
+        st[24..28].copy_from_slice(&mode.to_le_bytes());
         st[56..64].copy_from_slice(&4096i64.to_le_bytes()); // st_blksize
         wr(mem, buf, &st)
+    }
+
+    /// ioctl on fds 0-2: TCGETS and TIOCGWINSZ succeed on stdout/stderr (a terminal, see
+    /// `sys_fstat`); everything else is ENOTTY.
+    fn sys_ioctl_std(&mut self, fd: i32, req: u64, arg: u64, mem: &mut GuestMemory) -> i64 {
+        const TCGETS: u64 = 0x5401;
+        const TIOCGWINSZ: u64 = 0x5413;
+        match (fd, req & 0xFFFF_FFFF) {
+            (1 | 2, TCGETS) => {
+                // struct termios (kernel): iflag ICRNL, oflag OPOST|ONLCR, cflag B38400|CS8|
+                // CREAD, lflag ISIG|ICANON|ECHO..., c_line, c_cc[19].
+                let mut t = [0u8; 36];
+                t[0..4].copy_from_slice(&0o400u32.to_le_bytes());
+                t[4..8].copy_from_slice(&0o5u32.to_le_bytes());
+                t[8..12].copy_from_slice(&0o277u32.to_le_bytes());
+                t[12..16].copy_from_slice(&0o105073u32.to_le_bytes());
+                wr(mem, arg, &t)
+            }
+            (1 | 2, TIOCGWINSZ) => {
+                let mut w = [0u8; 8];
+                w[0..2].copy_from_slice(&24u16.to_le_bytes());
+                w[2..4].copy_from_slice(&80u16.to_le_bytes());
+                wr(mem, arg, &w)
+            }
+            (0..=2, _) => -ENOTTY,
+            _ => -EBADF,
+        }
     }
 
     fn sys_newfstatat(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
@@ -1799,7 +1827,14 @@ mod tests {
         e.mem.write(0x301000, b"/proc/self/exe\0").unwrap();
         assert_eq!(e.call(89, [0x301000, 0x302000, 100, 0, 0, 0]), Ok(5));
         assert_eq!(e.mem.read_vec(0x302000, 5).unwrap(), b"/prog");
-        assert_eq!(e.call(16, [1, 0x5401, 0, 0, 0, 0]), Ok(-ENOTTY));
+        // stdout is a terminal: TCGETS and TIOCGWINSZ answer, other requests are ENOTTY.
+        assert_eq!(e.call(16, [1, 0x5401, 0x305000, 0, 0, 0]), Ok(0));
+        assert_eq!(e.call(16, [2, 0x5413, 0x305100, 0, 0, 0]), Ok(0));
+        assert_eq!(e.mem.read_vec(0x305102, 2).unwrap(), 80u16.to_le_bytes());
+        assert_eq!(e.call(16, [1, 0x5401, 1 << 40, 0, 0, 0]), Ok(-EFAULT));
+        assert_eq!(e.call(16, [1, 0x5402, 0x305000, 0, 0, 0]), Ok(-ENOTTY));
+        assert_eq!(e.call(16, [0, 0x5401, 0x305000, 0, 0, 0]), Ok(-ENOTTY));
+        assert_eq!(e.call(16, [7, 0x5401, 0x305000, 0, 0, 0]), Ok(-EBADF));
         assert_eq!(e.call(228, [1, 0x303000, 0, 0, 0, 0]), Ok(0));
         assert!(e.mem.read_u64(0x303000).unwrap() > 0 || e.mem.read_u64(0x303008).unwrap() > 0);
         // Signals: recorded, SIG_IGN honoured, default action kills.

@@ -20,3 +20,4 @@ mod soak;
 mod storage;
 mod storage_inline;
 mod storage_tasks;
+mod ux;

@@ -746,12 +746,14 @@ pub fn on_error(f: fn(&str, &str, &str)) {
 /// [0x10001] End initialization and freeze the VM; requests then call the
 /// registered handlers in fresh copies of it.
 pub fn wait_for_requests() {
+    flush_stdout();
     // SAFETY: no arguments.
     unsafe { hc0(nr::WAIT_FOR_REQUESTS) };
 }
 
 /// [0x10002] Pause until the next request and return it (event-loop style).
 pub fn wait_for_requests_paused() -> KvmRequest {
+    flush_stdout();
     let mut req = KvmRequest::zeroed();
     // SAFETY: the host writes one KvmRequest into `req`.
     unsafe { hc1(nr::WAIT_FOR_REQUESTS_PAUSED, &mut req as *mut KvmRequest as usize) };
@@ -788,8 +790,17 @@ pub unsafe fn sys_backend_response(
     };
 }
 
+/// Writes out a partial line left in Rust's line-buffered stdout before the VM is frozen
+/// (so the frozen image holds nothing every request would print again) and before a
+/// response (so it is not thrown away with the request VM). No VM exit when it is empty.
+fn flush_stdout() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
 /// Send the response (ends the request).
 pub fn backend_response(status: u16, content_type: &str, body: &[u8]) {
+    flush_stdout();
     // SAFETY: slices are valid for their lengths.
     unsafe {
         sys_backend_response(
@@ -825,6 +836,7 @@ pub fn backend_response_extra(
     headers: &[&str],
     cache: CacheOptions,
 ) {
+    flush_stdout();
     let hdrs: Vec<ResponseHeader> = headers
         .iter()
         .take(64)
