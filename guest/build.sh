@@ -15,6 +15,7 @@
 #     live_state       storage counter carried across live updates
 #     clients          request counters in shared memory (hostile-client tests)
 #     avx_state        AVX register isolation between requests
+#     cpu_probe        CPUID feature bits and XCR0 as the guest sees them
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
@@ -116,7 +117,7 @@ done
 build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
-for prog in serve_state serve_api bench_touch hot_pages; do
+for prog in serve_state serve_api bench_touch hot_pages cpu_probe; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"

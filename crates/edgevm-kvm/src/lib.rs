@@ -7,11 +7,13 @@
 //!   the size of the address space.
 //! * [`vm::KvmMachine`] — one KVM VM with one memory slot and one vCPU, registers exchanged
 //!   through `kvm_run` sync_regs (no register ioctls on hot paths).
+//! * [`features`] — the XCR0 and CPUID a guest is given, and XSAVE images fitted to them.
 //! * [`Vcpu`] — the small trait seam the layers above use, so guest-ABI logic (syscall
 //!   emulation, hypercalls) can be unit-tested without `/dev/kvm`.
 //!
 //! Nothing here knows about ELF, Linux syscalls or HTTP.
 
+pub mod features;
 pub mod memory;
 pub mod pageset;
 pub mod vm;

@@ -13,22 +13,32 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
-use crate::{Exit, GuestMemory, KvmError, PageSet, Vcpu};
+use crate::{features, Exit, GuestMemory, KvmError, PageSet, Vcpu};
 
 const MSR_FS_BASE: u32 = 0xC000_0100;
 const MSR_GS_BASE: u32 = 0xC000_0101;
 
 struct KvmGlobal {
     kvm: Kvm,
+    /// What guests see: KVM's supported CPUID fitted to `xcr0` (see [`crate::features`]).
     cpuid: Option<CpuId>,
+    /// The XCR0 every guest gets, or None where KVM reports no XSAVE (kvm_pvm).
+    xcr0: Option<u64>,
 }
 
 fn global() -> Result<&'static KvmGlobal, KvmError> {
     static G: OnceLock<Result<KvmGlobal, String>> = OnceLock::new();
     let g = G.get_or_init(|| {
         let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok();
-        Ok(KvmGlobal { kvm, cpuid })
+        let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok();
+        let xcr0 = cpuid
+            .as_ref()
+            .and_then(|c| features::supported_xcr0(c.as_slice()))
+            .map(features::guest_xcr0);
+        if let (Some(c), Some(x)) = (cpuid.as_mut(), xcr0) {
+            features::fit_cpuid(c.as_mut_slice(), x);
+        }
+        Ok(KvmGlobal { kvm, cpuid, xcr0 })
     });
     g.as_ref().map_err(|e| KvmError::NoKvm(e.clone()))
 }
@@ -89,6 +99,8 @@ pub struct KvmVcpu {
     manual_protect: bool,
     mem_size: usize,
     exits: u64,
+    /// The XCR0 set with [`KvmVcpu::set_xcr0`], if it was.
+    xcr0: Option<u64>,
     /// KVM_GET_DIRTY_LOG's bitmap, kept across calls.
     log_buf: Vec<u64>,
     /// KVM_CLEAR_DIRTY_LOG's bitmap, kept across calls.
@@ -192,6 +204,7 @@ impl KvmMachine {
             manual_protect,
             mem_size: mem.size(),
             exits: 0,
+            xcr0: None,
             log_buf: Vec::new(),
             clear_buf: Vec::new(),
         };
@@ -221,21 +234,20 @@ impl KvmVcpu {
         x.xcrs[0].value = value;
         self.vcpu
             .set_xcrs(&x)
-            .map_err(|e| KvmError::ioctl("SET_XCRS", e))
+            .map_err(|e| KvmError::ioctl("SET_XCRS", e))?;
+        self.xcr0 = Some(value);
+        Ok(())
     }
 
-    /// Supported CPUID leaf 1 ECX and leaf 0xD EAX (XCR0 bits), if KVM reports them.
-    pub fn cpuid_xsave_info() -> Option<(u32, u32)> {
-        let g = global().ok()?;
-        let c = g.cpuid.as_ref()?;
-        let e = c.as_slice();
-        let l1 = e.iter().find(|x| x.function == 1)?.ecx;
-        let xd = e
-            .iter()
-            .find(|x| x.function == 0xD && x.index == 0)
-            .map(|x| x.eax)
-            .unwrap_or(0);
-        Some((l1, xd))
+    /// The XCR0 this vCPU was given with [`KvmVcpu::set_xcr0`] (so CR4.OSXSAVE is on), if any.
+    pub fn xcr0(&self) -> Option<u64> {
+        self.xcr0
+    }
+
+    /// The XCR0 every guest is given (see [`crate::features`]), or None where KVM reports no
+    /// XSAVE support (kvm_pvm: CPL3 code there runs on the host's XCR0).
+    pub fn guest_xcr0() -> Option<u64> {
+        global().ok()?.xcr0
     }
 
     /// Read the FPU/SSE state (freeze time only).
@@ -245,8 +257,10 @@ impl KvmVcpu {
             .map_err(|e| KvmError::ioctl("GET_FPU", e))
     }
 
-    /// The XSAVE image (standard, uncompacted format: x87/SSE legacy area, header, AVX and
-    /// any further enabled components), when KVM and the CPU support it. Freeze time only.
+    /// The XSAVE image as KVM gives it (standard, uncompacted format: x87/SSE legacy area,
+    /// header, AVX and further components; KVM may include components the guest's XCR0 does not
+    /// enable, such as PKRU: see [`crate::features::fit_xsave_image`]), when KVM and the CPU
+    /// support XSAVE. Freeze time only.
     pub fn xsave(&self) -> Option<Vec<u8>> {
         let x = self.vcpu.get_xsave().ok()?;
         let mut out = Vec::with_capacity(4096);

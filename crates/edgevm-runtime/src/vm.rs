@@ -9,7 +9,7 @@ use edgevm_abi::elf::{self, LoadedElf};
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_abi::{api, cpu};
-use edgevm_kvm::{Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
+use edgevm_kvm::{features, Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
 
 use crate::output::Printer;
 use crate::timer;
@@ -118,14 +118,15 @@ pub struct MainVm {
 fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
     let base = machine.cpu.sregs()?;
     // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
-    // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both.
-    let xsave = KvmVcpu::cpuid_xsave_info().filter(|(ecx, _)| ecx & (1 << 26) != 0);
+    // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both. Which
+    // components are enabled: edgevm_kvm::features.
+    let xcr0 = KvmVcpu::guest_xcr0();
     machine
         .cpu
-        .set_sregs(&cpu::initial_sregs(&base, xsave.is_some()))?;
-    if let Some((_, xcr0_bits)) = xsave {
-        let want = u64::from(xcr0_bits) & 0x7;
-        if machine.cpu.set_xcr0(want | 1).is_err() {
+        .set_sregs(&cpu::initial_sregs(&base, xcr0.is_some()))?;
+    if let Some(x) = xcr0 {
+        if let Err(e) = machine.cpu.set_xcr0(x) {
+            tracing::warn!("XCR0 {x:#x} refused ({e}): programs run without AVX state");
             machine.cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
         }
     }
@@ -308,15 +309,12 @@ impl MainVm {
     /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
     /// from. Returns true for a full XSAVE image, false for FXSAVE (x87/SSE) only.
     pub fn install_entry_fpu(&mut self) -> Result<bool, RunError> {
-        // The page holds 4 KiB: enough for x87/SSE/AVX and AVX-512 (not AMX tiles).
-        let xsave_cpu = KvmVcpu::cpuid_xsave_info().is_some_and(|(ecx, _)| ecx & (1 << 26) != 0);
-        if xsave_cpu {
-            if let Some(img) = self.machine.cpu.xsave() {
-                // XRSTOR faults on a compacted image (XCOMP_BV bit 63); KVM gives the
-                // standard format, but check rather than crash every request.
-                let xcomp = u64::from_le_bytes(img[520..528].try_into().unwrap_or_default());
-                if xcomp & (1 << 63) == 0 {
-                    let mut img = img;
+        // The page holds 4 KiB: enough for every component edgevm enables (x87/SSE/AVX,
+        // AVX-512). The image must agree with this vCPU's XCR0, which the entry stub's XRSTOR
+        // uses as its mask: KVM adds PKRU on CPUs with protection keys (fit_xsave_image).
+        if let Some(xcr0) = self.machine.cpu.xcr0() {
+            if let Some(mut img) = self.machine.cpu.xsave() {
+                if features::fit_xsave_image(&mut img, xcr0) {
                     sane_mxcsr(&mut img);
                     self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
                     return Ok(true);

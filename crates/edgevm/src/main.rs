@@ -302,6 +302,19 @@ fn run(a: RunArgs) -> Result<ExitCode> {
                     report.exits,
                     report.syscalls
                 );
+                // What the hardware-KVM harness (scripts/hwkvm) checks: how SYSCALL entered
+                // (CPL0 on hardware KVM) and the XCR0 edgevm set (none on kvm_pvm).
+                let entry = match vm.linux.cpl0_syscalls() {
+                    Some(true) => "CPL0",
+                    Some(false) => "CPL3",
+                    None => "unknown",
+                };
+                let xcr0 = vm
+                    .machine
+                    .cpu
+                    .xcr0()
+                    .map_or("not set (host's)".to_string(), |x| format!("{x:#x}"));
+                eprintln!("edgevm: '{name}': system calls entered at {entry}, XCR0 {xcr0}");
             }
             match report.outcome {
                 BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),

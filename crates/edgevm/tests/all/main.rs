@@ -7,6 +7,7 @@ mod bench;
 mod clients;
 mod common;
 mod config_delivery;
+mod cpu;
 mod harness;
 mod hostile;
 mod inline;
