@@ -29,6 +29,8 @@ pub const MAX_BODY_MB: f64 = 16.0;
 pub const MAX_HEADER_KB: f64 = 256.0;
 /// Largest `max_headers`: what a program's I/O area holds.
 pub const MAX_HEADERS: u64 = 512;
+/// Largest `max_update_size` (MB): a live update's program binary.
+pub const MAX_UPDATE_MB: f64 = 1024.0;
 /// Largest `max_connections`.
 pub const MAX_CONNECTIONS: u64 = 1_000_000;
 
@@ -51,6 +53,9 @@ pub struct ServerConfig {
     pub max_headers: Option<usize>,
     /// `max_body_size` (MB in JSON, bytes here): largest request body.
     pub max_body_size: Option<usize>,
+    /// `max_update_size` (MB in JSON, bytes here): largest live-update body (a program
+    /// binary), read only after the update's key matched.
+    pub max_update_size: Option<usize>,
 }
 
 /// Every key of the server section.
@@ -63,6 +68,7 @@ pub const SERVER_KEYS: &[&str] = &[
     "max_header_size",
     "max_headers",
     "max_body_size",
+    "max_update_size",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -127,6 +133,9 @@ impl ServerConfig {
             }
             "max_headers" => self.max_headers = Some(count(v, MAX_HEADERS)?),
             "max_body_size" => self.max_body_size = Some(size(v, 1 << 20, "MB", MAX_BODY_MB)?),
+            "max_update_size" => {
+                self.max_update_size = Some(size(v, 1 << 20, "MB", MAX_UPDATE_MB)?)
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -232,6 +241,12 @@ impl ServerConfig {
         if let Some(b) = self.max_body_size {
             m.insert(
                 "max_body_size".into(),
+                serde_json::json!(b as f64 / (1 << 20) as f64),
+            );
+        }
+        if let Some(b) = self.max_update_size {
+            m.insert(
+                "max_update_size".into(),
                 serde_json::json!(b as f64 / (1 << 20) as f64),
             );
         }

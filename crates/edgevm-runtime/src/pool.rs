@@ -300,6 +300,11 @@ pub struct Program {
     pub stats: Arc<Stats>,
     /// The storage VM, once booted.
     storage: Mutex<Option<StorageHandle>>,
+    /// A live update's new program while it boots: its boot-time gauges (binary size, image
+    /// size) wait in `held` until the update succeeds, so a refused update changes nothing
+    /// that the stats of the running program show.
+    candidate: std::sync::atomic::AtomicBool,
+    held: [AtomicU64; 2],
 }
 
 impl Program {
@@ -321,7 +326,31 @@ impl Program {
             retired: Default::default(),
             stats,
             storage: Mutex::new(None),
+            candidate: Default::default(),
+            held: Default::default(),
         })
+    }
+
+    /// Set the boot-time gauges: in `stats`, or held back while this is a live update's
+    /// candidate (see [`Program::publish_gauges`]).
+    fn set_boot_gauge(&self, which: usize, value: u64) {
+        if self.candidate.load(Ordering::Acquire) {
+            self.held[which].store(value, Ordering::Relaxed);
+        } else {
+            let g = [&self.stats.binary_size, &self.stats.memory_image_bytes];
+            g[which].store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// A live update's candidate became the program: its held gauges go into `stats`.
+    fn publish_gauges(&self) {
+        self.candidate.store(false, Ordering::Release);
+        self.stats
+            .binary_size
+            .store(self.held[0].load(Ordering::Relaxed), Ordering::Relaxed);
+        self.stats
+            .memory_image_bytes
+            .store(self.held[1].load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Name.
@@ -469,9 +498,7 @@ impl Program {
             None
         };
         *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
-        self.stats
-            .binary_size
-            .store(settings.vm.binary.len() as u64, Ordering::Relaxed);
+        self.set_boot_gauge(0, settings.vm.binary.len() as u64);
         let opts = settings.vm.clone();
         let (vm, _report) = match MainVm::boot_with_storage(opts, storage.clone()) {
             Ok(x) => x,
@@ -502,9 +529,7 @@ impl Program {
             Ok(f) => Arc::new(f),
             Err(e) => return self.set_failed(e.to_string()),
         };
-        self.stats
-            .memory_image_bytes
-            .store(frozen.image.backing_bytes(), Ordering::Relaxed);
+        self.set_boot_gauge(1, frozen.image.backing_bytes());
         let n = self.settings.concurrency.max(1);
         // The first VM makes the program ready; the others follow on helper threads.
         let first = match self.fork(&frozen, &storage, &shells, 0) {
@@ -965,16 +990,9 @@ impl Runtime {
         v
     }
 
-    /// Live update: boot `binary` with the program's settings and, once it is ready, swap it in
-    /// atomically. Requests already queued or running finish on the old program, whose VMs are
-    /// then freed. A program that fails to boot is refused with its error and the old one keeps
-    /// serving. `key` must equal the program's configured key; no key configured, no update.
-    pub fn live_update(
-        &self,
-        name: &str,
-        key: &str,
-        binary: Vec<u8>,
-    ) -> Result<String, UpdateError> {
+    /// Whether `key` allows a live update of `name` (the program, or why not): the check a
+    /// live update starts with, made before its body is read.
+    pub fn check_update_key(&self, name: &str, key: &str) -> Result<Arc<Program>, UpdateError> {
         let Some(old) = self.program(name) else {
             return Err(UpdateError::NotFound(format!("no such program: '{name}'")));
         };
@@ -989,6 +1007,20 @@ impl Runtime {
                 "wrong live-update key for '{name}'"
             )));
         }
+        Ok(old)
+    }
+
+    /// Live update: boot `binary` with the program's settings and, once it is ready, swap it in
+    /// atomically. Requests already queued or running finish on the old program, whose VMs are
+    /// then freed. A program that fails to boot is refused with its error and the old one keeps
+    /// serving. `key` must equal the program's configured key; no key configured, no update.
+    pub fn live_update(
+        &self,
+        name: &str,
+        key: &str,
+        binary: Vec<u8>,
+    ) -> Result<String, UpdateError> {
+        let old = self.check_update_key(name, key)?;
         if binary.is_empty() {
             return Err(UpdateError::Refused("empty program binary".into()));
         }
@@ -1000,6 +1032,7 @@ impl Runtime {
         settings.cached = false;
         let budget = settings.vm.max_boot_time + Duration::from_secs(30);
         let new = Program::with_stats(name, settings, old.stats.clone());
+        new.candidate.store(true, Ordering::Release);
         new.start();
         match new.wait_ready(budget) {
             Ok(true) => {}
@@ -1044,6 +1077,7 @@ impl Runtime {
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
         let ms = new.ready_info().map(|r| r.1).unwrap_or(0.0);
+        new.publish_gauges();
         self.updated
             .write()
             .unwrap_or_else(|e| e.into_inner())

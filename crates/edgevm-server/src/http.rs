@@ -163,12 +163,11 @@ impl Default for HttpOptions {
 }
 
 /// A request for an admin endpoint (`/metrics`, `/metrics/...`, `/_edgevm/...`).
-/// The request body is not read.
 #[derive(Debug, Clone)]
 pub struct AdminRequest {
     /// "GET", "POST", ...
     pub method: String,
-    /// The request target as sent by the client (path and query).
+    /// The request target in origin form (path and query).
     pub url: String,
     /// The path part of `url`.
     pub path: String,
@@ -176,12 +175,34 @@ pub struct AdminRequest {
     pub query: Option<String>,
     /// Request headers (lower-case names).
     pub headers: Vec<(String, String)>,
-    /// Request body (e.g. a program binary for live update), at most [`ADMIN_MAX_BODY`].
+    /// Request body: empty in [`AdminHandler::check`]; in [`AdminHandler::handle`] what was
+    /// read within the limit `check` chose.
     pub body: Vec<u8>,
 }
 
-/// Largest body an admin endpoint accepts (a program binary for live update).
-pub const ADMIN_MAX_BODY: usize = 64 << 20;
+impl AdminRequest {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What an [`AdminHandler`] decides from a request head, before any byte of the body is read.
+#[derive(Debug)]
+pub enum AdminCheck {
+    /// Answer this without reading the body (a wrong method, path, program or key). A body the
+    /// client sent is not read: the connection is closed after the answer.
+    Answer(GuestResponse),
+    /// Read the body, at most this many bytes (413 beyond), then call
+    /// [`AdminHandler::handle`].
+    ReadBody(usize),
+    /// Read the body within the server's normal limit ([`HttpOptions::max_body_bytes`]), then
+    /// call [`AdminHandler::handle`].
+    ReadNormalBody,
+}
 
 /// What the server tells an [`AdminHandler`] about each finished request (for metrics).
 #[derive(Debug)]
@@ -206,7 +227,15 @@ pub struct RequestRecord<'a> {
 ///
 /// `handle` runs on the server's async worker threads: it must be quick and must not block.
 pub trait AdminHandler: Send + Sync + 'static {
-    /// Answer an admin request, or `None` for "no such endpoint" (404).
+    /// Look at a request head (method, path, headers; the body is not read yet) and decide
+    /// whether to answer at once or which body limit applies. The default reads bodies within
+    /// the server's normal limit.
+    fn check(&self, _req: &AdminRequest) -> AdminCheck {
+        AdminCheck::ReadNormalBody
+    }
+
+    /// Answer an admin request whose body [`AdminHandler::check`] let in, or `None` for "no
+    /// such endpoint" (404).
     fn handle(&self, req: &AdminRequest) -> Option<GuestResponse>;
 
     /// Called once per finished request (program, admin or refused), for metrics.
@@ -539,11 +568,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
     outcome
 }
 
-/// Answer a reserved path through the admin handler (404 without one). The handler runs on a
-/// blocking thread: a live update boots a whole program.
+/// Answer a reserved path through the admin handler (404 without one). The handler decides
+/// from the request head ([`AdminHandler::check`]) before any byte of the body is read, and
+/// runs on a blocking thread: a live update boots a whole program.
 async fn admin(shared: &Shared, req: Request<Incoming>) -> Answer {
     let Some(handler) = shared.admin.clone() else {
-        return Answer::text(StatusCode::NOT_FOUND, "not found");
+        let nf = Answer::text(StatusCode::NOT_FOUND, "not found");
+        return unread_body_answer(shared, nf, req.into_body());
     };
     let mut areq = AdminRequest {
         method: req.method().as_str().to_owned(),
@@ -553,15 +584,38 @@ async fn admin(shared: &Shared, req: Request<Incoming>) -> Answer {
         headers: copy_headers(req.headers()),
         body: Vec::new(),
     };
-    match limits::read_body(req.into_body(), ADMIN_MAX_BODY, shared.opts.body_timeout).await {
+    let limit = match handler.check(&areq) {
+        AdminCheck::Answer(resp) => {
+            return unread_body_answer(shared, guest_answer(resp), req.into_body())
+        }
+        AdminCheck::ReadBody(limit) => limit,
+        AdminCheck::ReadNormalBody => shared.opts.max_body_bytes,
+    };
+    match limits::read_body(req.into_body(), limit, shared.opts.body_timeout).await {
         Ok(b) => areq.body = b.to_vec(),
-        Err(e) => return body_error(e),
+        Err(e) => {
+            crate::client_warn!(path = %client_text(&areq.path), "{e}");
+            return body_error(e);
+        }
     }
     match tokio::task::spawn_blocking(move || handler.handle(&areq)).await {
         Ok(Some(resp)) => guest_answer(resp),
         Ok(None) => Answer::text(StatusCode::NOT_FOUND, "not found"),
         Err(_) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "admin handler failed"),
     }
+}
+
+/// An answer decided without reading the request body. If the client sent one, the
+/// connection is closed after the answer; until then the body is read and thrown away (up to
+/// the normal body limit, within the body timeout, nothing kept), so that a client still
+/// sending it gets to read the answer instead of a connection reset.
+fn unread_body_answer(shared: &Shared, mut answer: Answer, body: Incoming) -> Answer {
+    if !hyper::body::Body::is_end_stream(&body) {
+        answer.close = true;
+        let (max, timeout) = (shared.opts.max_body_bytes, shared.opts.body_timeout);
+        tokio::spawn(limits::discard_body(body, max, timeout));
+    }
+    answer
 }
 
 /// The request target as the client sent it: path and query.

@@ -467,6 +467,29 @@ pub async fn read_body(
     }
 }
 
+/// Read and throw away a request body already answered: at most `max` bytes within
+/// `timeout`, nothing kept. Dropping the body early makes hyper close the connection.
+pub async fn discard_body(mut body: Incoming, max: usize, timeout: Option<Duration>) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            if let Some(d) = frame.data_ref() {
+                seen = seen.saturating_add(d.len());
+                if seen > max {
+                    return;
+                }
+            }
+        }
+    };
+    match timeout {
+        None => drain.await,
+        Some(t) => {
+            let _ = tokio::time::timeout(t, drain).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

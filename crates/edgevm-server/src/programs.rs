@@ -11,7 +11,7 @@ use edgevm_runtime::request_vm::RequestSettings;
 use edgevm_runtime::vm::VmOptions;
 use edgevm_runtime::GuestResponse;
 
-use crate::http::{AdminHandler, AdminRequest};
+use crate::http::{AdminCheck, AdminHandler, AdminRequest};
 
 /// Default budget for downloading one program.
 pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -144,10 +144,20 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
 /// * `GET /_edgevm/stats` — JSON statistics per program.
 /// * `GET /metrics` — the same as Prometheus text.
 /// * `POST /_edgevm/update/<program>` — live update: the body is the new program binary, the
-///   key goes in the `X-Edgevm-Key` header (or `?key=`); it must equal the program's `key`.
+///   key goes in the `X-Edgevm-Key` header (only there: a key in a URL ends up in proxy and
+///   access logs); it must equal the program's `key`.
+///
+/// The method, the path, the program and the key are checked from the request head before
+/// any byte of the body is read ([`AdminHandler::check`]); only a live update whose key
+/// matched may send a body larger than the normal limit (up to
+/// [`StatsAdmin::with_max_update_bytes`]).
 pub struct StatsAdmin {
     runtime: Arc<Runtime>,
+    max_update_bytes: usize,
 }
+
+/// Default largest live-update body (a program binary).
+pub const MAX_UPDATE_BYTES: usize = 64 << 20;
 
 /// Help texts of the per-program counters (Prometheus).
 const METRIC_HELP: &[(&str, &str, &str)] = &[
@@ -218,7 +228,16 @@ const METRIC_HELP: &[(&str, &str, &str)] = &[
 impl StatsAdmin {
     /// Admin endpoints over `runtime`.
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        StatsAdmin { runtime }
+        StatsAdmin {
+            runtime,
+            max_update_bytes: MAX_UPDATE_BYTES,
+        }
+    }
+
+    /// The largest live-update body (default [`MAX_UPDATE_BYTES`]).
+    pub fn with_max_update_bytes(mut self, bytes: usize) -> Self {
+        self.max_update_bytes = bytes;
+        self
     }
 
     fn json(&self) -> String {
@@ -276,32 +295,39 @@ impl StatsAdmin {
         out
     }
 
-    fn update(&self, req: &AdminRequest, name: &str) -> GuestResponse {
+    /// The live update's checks from the request head: method, program, key.
+    fn check_update(&self, req: &AdminRequest, name: &str) -> AdminCheck {
         if req.method != "POST" && req.method != "PUT" {
-            return text(
+            let mut r = text(
                 405,
                 "live update wants POST with the program binary as the body\n",
             );
+            r.headers.push(("allow".into(), "POST, PUT".into()));
+            return AdminCheck::Answer(r);
         }
-        let key = req
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("x-edgevm-key"))
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                req.query.as_deref().and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("key=").map(str::to_string))
-                })
-            })
-            .unwrap_or_default();
-        match self.runtime.live_update(name, &key, req.body.clone()) {
-            Ok(msg) => text(200, &msg),
-            Err(e @ UpdateError::NotFound(_)) => text(404, &format!("{e}\n")),
-            Err(e @ UpdateError::Forbidden(_)) => text(403, &format!("{e}\n")),
-            Err(e @ UpdateError::Refused(_)) => text(400, &format!("{e}\n")),
+        let key = req.header("x-edgevm-key").unwrap_or_default();
+        match self.runtime.check_update_key(name, key) {
+            Ok(_) => AdminCheck::ReadBody(self.max_update_bytes),
+            Err(e) => AdminCheck::Answer(update_error(e)),
         }
     }
+
+    fn update(&self, req: &AdminRequest, name: &str) -> GuestResponse {
+        let key = req.header("x-edgevm-key").unwrap_or_default();
+        match self.runtime.live_update(name, key, req.body.clone()) {
+            Ok(msg) => text(200, &msg),
+            Err(e) => update_error(e),
+        }
+    }
+}
+
+fn update_error(e: UpdateError) -> GuestResponse {
+    let status = match e {
+        UpdateError::NotFound(_) => 404,
+        UpdateError::Forbidden(_) => 403,
+        UpdateError::Refused(_) => 400,
+    };
+    text(status, &format!("{e}\n"))
 }
 
 fn escape_label(s: &str) -> String {
@@ -319,9 +345,25 @@ fn text(status: u16, body: &str) -> GuestResponse {
     }
 }
 
+/// The read-only endpoints: `/_edgevm/stats` and `/metrics`.
+const READ_ONLY: &[&str] = &["/_edgevm/stats", "/metrics"];
+
 impl AdminHandler for StatsAdmin {
+    fn check(&self, req: &AdminRequest) -> AdminCheck {
+        if let Some(name) = req.path.strip_prefix("/_edgevm/update/") {
+            return self.check_update(req, name);
+        }
+        if READ_ONLY.contains(&req.path.as_str()) && req.method != "GET" && req.method != "HEAD" {
+            let mut r = text(405, "this endpoint answers GET and HEAD\n");
+            r.headers.push(("allow".into(), "GET, HEAD".into()));
+            return AdminCheck::Answer(r);
+        }
+        AdminCheck::ReadNormalBody
+    }
+
     fn handle(&self, req: &AdminRequest) -> Option<GuestResponse> {
         if let Some(name) = req.path.strip_prefix("/_edgevm/update/") {
+            // (check_update ran on the head: method, program and key are right.)
             return Some(self.update(req, name));
         }
         match req.path.as_str() {

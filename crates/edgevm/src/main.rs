@@ -51,6 +51,10 @@ struct ServerArgs {
     /// Largest request body in MB, at most 16; 413 beyond [default: 16] (server.max_body_size).
     #[arg(long)]
     max_body_mb: Option<String>,
+    /// Largest live-update body (program binary) in MB, at most 1024; read only after the
+    /// key matched [default: 64] (server.max_update_size).
+    #[arg(long)]
+    max_update_mb: Option<String>,
     /// Largest request head in KB, at most 256; 431 beyond [default: 64]
     /// (server.max_header_size).
     #[arg(long)]
@@ -81,6 +85,7 @@ impl ServerArgs {
         for (key, value) in [
             ("listen", &self.listen),
             ("max_body_size", &self.max_body_mb),
+            ("max_update_size", &self.max_update_mb),
             ("max_header_size", &self.max_header_kb),
             ("max_headers", &self.max_headers),
             ("max_connections", &self.max_connections),
@@ -189,7 +194,11 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
         names.len(),
         names.join(", ")
     );
-    let admin = Arc::new(edgevm_server::programs::StatsAdmin::new(runtime.clone()));
+    let mut admin = edgevm_server::programs::StatsAdmin::new(runtime.clone());
+    if let Some(b) = cfg.server.max_update_size {
+        admin = admin.with_max_update_bytes(b);
+    }
+    let admin = Arc::new(admin);
     edgevm_server::http::run_server(opts, runtime, Some(admin))
         .with_context(|| format!("serving on {listen}"))?;
     tracing::info!("edgevm stopped");

@@ -2,6 +2,7 @@
 //! runs real guests — C, C++ and Rust programs from guest/, compiled by guest/build.sh during
 //! the test run — in real KVM VMs. Without /dev/kvm these tests fail and say so.
 
+mod admin;
 mod bad_input;
 mod bench;
 mod clients;

