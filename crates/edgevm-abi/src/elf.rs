@@ -42,9 +42,10 @@ pub enum ElfError {
 }
 
 /// What kind of static binary this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BinaryType {
     /// ET_EXEC at its link address.
+    #[default]
     Static,
     /// ET_DYN without interpreter, relocated to [`layout::PIE_BASE`].
     StaticPie,
@@ -60,8 +61,8 @@ impl BinaryType {
     }
 }
 
-/// A loaded program.
-#[derive(Debug, Clone)]
+/// A loaded program (`Default`: none, for unit tests of the layers above).
+#[derive(Debug, Clone, Default)]
 pub struct LoadedElf {
     /// Entry point (after relocation).
     pub entry: u64,

@@ -9,14 +9,20 @@
 //!   through `kvm_run` sync_regs (no register ioctls on hot paths).
 //! * [`features`] — the XCR0 and CPUID a guest is given, and XSAVE images fitted to them.
 //! * [`Vcpu`] — the small trait seam the layers above use, so guest-ABI logic (syscall
-//!   emulation, hypercalls) can be unit-tested without `/dev/kvm`.
+//!   emulation, hypercalls) and the runtime's run loop can be unit-tested without `/dev/kvm`
+//!   ([`FakeVcpu`], [`ScriptedVcpu`]).
+//!
+//! See docs/DESIGN.md for how the crates fit together.
 //!
 //! Nothing here knows about ELF, Linux syscalls or HTTP.
 
+mod fake;
 pub mod features;
 pub mod memory;
 pub mod pageset;
 pub mod vm;
+
+pub use fake::{FakeVcpu, ScriptedVcpu};
 
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 pub use memory::{GuestMemory, MemError, PAGE_SIZE};
@@ -93,53 +99,24 @@ pub trait Vcpu {
     fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError>;
     /// The GS segment base as last set.
     fn gs_base(&self) -> u64;
-}
-
-/// A vCPU that only holds registers, for unit tests and fuzzing of the layers above without
-/// /dev/kvm: system call emulation and crash decoding read their arguments from it and write
-/// results back, exactly as with KVM's sync_regs. `run` returns [`Exit::Hlt`].
-#[derive(Debug, Default, Clone)]
-pub struct FakeVcpu {
-    /// General registers.
-    pub regs: kvm_regs,
-    /// FS base.
-    pub fs: u64,
-    /// GS base.
-    pub gs: u64,
-    /// CS.DPL that `sregs` reports: 3 at a system call under kvm_pvm, 0 on hardware KVM.
-    pub dpl: u8,
-    /// CR2 that `sregs` reports (the faulting address of a page fault).
-    pub cr2: u64,
-}
-
-impl Vcpu for FakeVcpu {
-    fn run(&mut self) -> Result<Exit, KvmError> {
-        Ok(Exit::Hlt)
+    /// Exits so far (every return from [`Vcpu::run`]).
+    fn exit_count(&self) -> u64 {
+        0
     }
-    fn regs(&self) -> &kvm_regs {
-        &self.regs
+    /// The flag a signal handler on this vCPU's thread sets to stop the current or next run
+    /// (`kvm_run.immediate_exit`); null when there is none.
+    fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        std::ptr::null_mut()
     }
-    fn regs_mut(&mut self) -> &mut kvm_regs {
-        &mut self.regs
+    /// Clear that flag after an interrupted run.
+    fn clear_immediate_exit(&mut self) {}
+    /// Let the vCPU finish an instruction left half done at the last exit (see
+    /// [`KvmVcpu::settle`]); false when it must be replaced.
+    fn settle(&mut self) -> bool {
+        true
     }
-    fn sregs(&mut self) -> Result<kvm_sregs, KvmError> {
-        let mut s = kvm_sregs::default();
-        s.cs.dpl = self.dpl;
-        s.cr2 = self.cr2;
-        Ok(s)
-    }
-    fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {
-        self.fs = base;
+    /// Set the special registers (one ioctl: error and setup paths only).
+    fn set_sregs(&mut self, _s: &kvm_sregs) -> Result<(), KvmError> {
         Ok(())
-    }
-    fn fs_base(&self) -> u64 {
-        self.fs
-    }
-    fn set_gs_base(&mut self, base: u64) -> Result<(), KvmError> {
-        self.gs = base;
-        Ok(())
-    }
-    fn gs_base(&self) -> u64 {
-        self.gs
     }
 }

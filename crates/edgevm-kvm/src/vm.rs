@@ -52,9 +52,11 @@ pub fn kvm_available() -> Result<(), KvmError> {
 /// are separate fields so the guest-ABI layer can borrow the vCPU and the memory at once.
 ///
 /// Field order matters: the vCPU and VM are closed before the memory is unmapped.
-pub struct KvmMachine {
+/// The vCPU type is a parameter so the runtime can run its VM logic over a scripted vCPU
+/// ([`crate::ScriptedVcpu`]) in unit tests; everything that creates VMs uses [`KvmVcpu`].
+pub struct KvmMachine<C = KvmVcpu> {
     /// The VM and its vCPU.
-    pub cpu: KvmVcpu,
+    pub cpu: C,
     /// The guest's memory.
     pub mem: GuestMemory,
 }
@@ -516,5 +518,25 @@ impl Vcpu for KvmVcpu {
 
     fn gs_base(&self) -> u64 {
         self.gs_base
+    }
+
+    fn exit_count(&self) -> u64 {
+        KvmVcpu::exit_count(self)
+    }
+
+    fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        KvmVcpu::immediate_exit_ptr(self)
+    }
+
+    fn clear_immediate_exit(&mut self) {
+        KvmVcpu::clear_immediate_exit(self)
+    }
+
+    fn settle(&mut self) -> bool {
+        KvmVcpu::settle(self)
+    }
+
+    fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
+        KvmVcpu::set_sregs(self, s)
     }
 }

@@ -50,8 +50,10 @@ impl MainVm {
         vm.printer.flush();
         Ok((vm, report))
     }
+}
 
-    fn run_init(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+impl<C: Vcpu> MainVm<C> {
+    pub(crate) fn run_init(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
         self.start_deadline(
             self.opts.max_boot_time,
             "program initialization (max_boot_time)",
@@ -72,7 +74,7 @@ impl MainVm {
         Ok(r)
     }
 
-    fn init_loop(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+    pub(crate) fn init_loop(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
         loop {
             match self.run_until_event()? {
                 // Boot runs without a time slice.
@@ -99,9 +101,9 @@ pub(crate) struct BootCalls {
 }
 
 impl BootCalls {
-    pub(crate) fn call(
+    pub(crate) fn call<C: Vcpu>(
         &mut self,
-        vm: &mut MainVm,
+        vm: &mut MainVm<C>,
         num: u32,
     ) -> Result<Flow<BootOutcome>, RunError> {
         Ok(match num {
@@ -147,7 +149,7 @@ impl BootCalls {
 }
 
 /// `storage_callv` from the main VM's `main()`: a failed call fails the boot.
-fn storage_call(vm: &mut MainVm, st: &StorageHandle) -> Result<u64, RunError> {
+fn storage_call<C: Vcpu>(vm: &mut MainVm<C>, st: &StorageHandle) -> Result<u64, RunError> {
     let Some((func, inputs, dst, dstlen)) = read_callv(vm).map_err(CallvError::BadArguments)?
     else {
         return Ok(u64::MAX);

@@ -20,7 +20,7 @@ pub(crate) enum Flow<T> {
     Refuse,
 }
 
-impl MainVm {
+impl<C: Vcpu> MainVm<C> {
     /// Carry out a handler set's [`Flow`] for call `num`: Some(value) when the loop ends.
     pub(crate) fn apply<T>(&mut self, num: u32, flow: Flow<T>) -> Option<T> {
         match flow {

@@ -16,3 +16,6 @@ pub mod timer;
 pub mod vm;
 
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
+
+#[cfg(test)]
+mod tests;

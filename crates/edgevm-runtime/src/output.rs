@@ -31,6 +31,17 @@ impl Printer {
         }
     }
 
+    /// Keep a copy of everything printed from now on (see [`Printer::captured`]).
+    pub fn start_capture(&mut self) {
+        self.capture = Some(Vec::new());
+    }
+
+    /// What was printed since [`Printer::start_capture`] (flushed first).
+    pub fn captured(&mut self) -> String {
+        self.flush();
+        String::from_utf8_lossy(self.capture.as_deref().unwrap_or_default()).into_owned()
+    }
+
     /// Allow at most `bytes` of guest output until the next call (request VMs set this per
     /// request, so a hostile program cannot flood the server's log).
     pub fn set_budget(&mut self, bytes: Option<usize>) {

@@ -76,10 +76,10 @@ pub struct BootReport {
     pub syscalls: u64,
 }
 
-/// A booted (or booting) main VM.
-pub struct MainVm {
+/// A booted (or booting) main VM. `C` is the vCPU: KVM's, or a scripted one in unit tests.
+pub struct MainVm<C = KvmVcpu> {
     /// The VM and its memory.
-    pub machine: KvmMachine,
+    pub machine: KvmMachine<C>,
     /// Emulated process state.
     pub linux: LinuxState,
     /// The loaded program.
@@ -284,26 +284,7 @@ impl MainVm {
             elf.end,
             elf.image_bytes,
         );
-        let printer = Printer::new(&opts.name, opts.raw_output);
-        let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
-        Ok(MainVm {
-            _timer_guard,
-            machine,
-            linux,
-            elf,
-            layout,
-            printer,
-            handlers: Handlers::default(),
-            opts,
-            ephemeral_override: None,
-            storage_allowed: Vec::new(),
-            initialized: false,
-            stale: false,
-            deadline: None,
-            slice_end: None,
-            pending_syscall: false,
-            timer_exits: 0,
-        })
+        Ok(MainVm::assemble(machine, linux, elf, layout, opts))
     }
 
     /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
@@ -412,25 +393,42 @@ impl MainVm {
         }
         *machine.cpu.regs_mut() = f.regs;
         let linux = f.linux.clone();
+        let mut vm = MainVm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
+        vm.handlers = f.handlers;
+        vm.ephemeral_override = f.ephemeral_override;
+        vm.initialized = true;
+        Ok(vm)
+    }
+}
+
+impl<C: Vcpu> MainVm<C> {
+    /// A VM around `machine` (its memory loaded, its vCPU set up) with this process state.
+    pub(crate) fn assemble(
+        mut machine: KvmMachine<C>,
+        linux: LinuxState,
+        elf: LoadedElf,
+        layout: Layout,
+        opts: VmOptions,
+    ) -> MainVm<C> {
         let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
-        Ok(MainVm {
+        MainVm {
             _timer_guard,
             machine,
             linux,
-            elf: f.elf.clone(),
-            layout: f.layout,
-            printer: Printer::new(&f.opts.name, f.opts.raw_output),
-            handlers: f.handlers,
-            opts: f.opts.clone(),
-            ephemeral_override: f.ephemeral_override,
+            elf,
+            layout,
+            printer: Printer::new(&opts.name, opts.raw_output),
+            handlers: Handlers::default(),
+            opts,
+            ephemeral_override: None,
             storage_allowed: Vec::new(),
-            initialized: true,
+            initialized: false,
             stale: false,
             deadline: None,
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
-        })
+        }
     }
 
     /// Capture the entry state at the frozen point (the VM is stopped in wait_for_requests()).

@@ -11,8 +11,8 @@ use crate::error::{CallvError, StorageArgsError};
 use crate::vm::MainVm;
 
 /// hand them to `add`; the return value for RAX (the id, or -1 with a log line).
-pub(crate) fn task_hypercall(
-    vm: &mut MainVm,
+pub(crate) fn task_hypercall<C: Vcpu>(
+    vm: &mut MainVm<C>,
     add: impl FnOnce(u64, Vec<u8>, Duration, Duration) -> Result<u64, StorageError>,
 ) -> u64 {
     let r = *vm.machine.cpu.regs();
@@ -53,8 +53,8 @@ pub(crate) fn task_hypercall(
 /// reference: more than 64 buffers, or a result buffer that wraps around; logged), Err(what)
 /// for bad pointers or too much input.
 #[allow(clippy::type_complexity)]
-pub(crate) fn read_callv(
-    vm: &mut MainVm,
+pub(crate) fn read_callv<C: Vcpu>(
+    vm: &mut MainVm<C>,
 ) -> Result<Option<(u64, Vec<Vec<u8>>, u64, u64)>, StorageArgsError> {
     let r = *vm.machine.cpu.regs();
     let (func, n, bufs, dst, dstlen) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
@@ -88,8 +88,8 @@ pub(crate) fn read_callv(
 /// (none when it passed NULL data); -1 when it returned without calling storage_return().
 /// Err for bad arguments or a refused or failed call (allow-list, crash, max_storage_time),
 /// which fails the caller.
-pub(crate) fn finish_callv(
-    vm: &mut MainVm,
+pub(crate) fn finish_callv<C: Vcpu>(
+    vm: &mut MainVm<C>,
     dst: u64,
     dstlen: u64,
     res: Answer,
