@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::expand::PathVars;
 use crate::program::{
     AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULTS, MAX_ADDRESS_SPACE,
-    MAX_CONCURRENCY, MAX_SMP, MAX_TIME_SECS, MB,
+    MAX_CONCURRENCY, MAX_QUEUE, MAX_SMP, MAX_TIME_SECS, MB,
 };
 
 /// Whether edgevm honours a configuration key.
@@ -140,6 +140,17 @@ pub(crate) static KEYS: &[KeySpec] = &[
         support: Supported,
         apply: |d, v, _| {
             d.cfg.concurrency = int_in(v, 1, MAX_CONCURRENCY.into())? as u32;
+            Ok(())
+        },
+        is_default: |_| true,
+    },
+    KeySpec {
+        // edgevm extension: the bound of the queue the glossary gives `concurrency`.
+        name: "max_queue",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| {
+            d.cfg.max_queue = int_in(v, 0, MAX_QUEUE.into())? as u32;
             Ok(())
         },
         is_default: |_| true,

@@ -14,6 +14,10 @@ pub const MB: u64 = 1 << 20;
 pub const MAX_ADDRESS_SPACE: u64 = 512 * 1024 * MB;
 /// Largest accepted `concurrency`.
 pub const MAX_CONCURRENCY: u32 = 255;
+/// Largest `max_queue`.
+pub const MAX_QUEUE: u32 = 8192;
+/// Default `max_queue`.
+pub const DEFAULT_MAX_QUEUE: u32 = 1024;
 /// Largest accepted `smp` (extra vCPUs per VM).
 pub const MAX_SMP: u32 = 16;
 /// Largest accepted time limit, in seconds (one day).
@@ -57,6 +61,9 @@ pub struct ProgramConfig {
     pub storage: bool,
     /// `concurrency`: number of request VMs, 1..=255. Default 2.
     pub concurrency: u32,
+    /// `max_queue` (edgevm extension): requests that may wait for a free request VM,
+    /// 0..=[`MAX_QUEUE`]; more are answered 503 at once. Default [`DEFAULT_MAX_QUEUE`].
+    pub max_queue: u32,
     /// `max_boot_time` (seconds): time limit for `main()` to reach
     /// waiting for requests. Default 16 s.
     #[serde(serialize_with = "ser_secs")]
@@ -279,6 +286,7 @@ pub(crate) static DEFAULTS: LazyLock<ProgramConfig> = LazyLock::new(|| ProgramCo
     start: false,
     storage: false,
     concurrency: 2,
+    max_queue: DEFAULT_MAX_QUEUE,
     max_boot_time: Duration::from_secs(16),
     max_request_time: Duration::from_secs(8),
     max_storage_time: Duration::from_secs(10),

@@ -47,7 +47,8 @@ pub fn queue_timeout() -> Duration {
             .unwrap_or(QUEUE_TIMEOUT)
     })
 }
-/// Requests waiting beyond this many per program are refused at once.
+/// Requests waiting beyond this many per program (for its boot or for a VM) are refused at
+/// once, whatever `max_queue` says.
 pub const MAX_QUEUE: usize = 8192;
 
 /// How long a request runs on the thread that read it before it is moved to a blocking
@@ -70,6 +71,9 @@ pub struct ProgramSettings {
     pub vm: VmOptions,
     /// Number of request VMs.
     pub concurrency: u32,
+    /// Requests that may wait for a free VM (`max_queue`); more are refused at once
+    /// ([`ServeError::QueueFull`]). At most [`MAX_QUEUE`].
+    pub max_queue: usize,
     /// Per-request policy.
     pub request: RequestSettings,
     /// Boot at server start.
@@ -160,6 +164,8 @@ pub struct Stats {
     pub exits: AtomicU64,
     /// Requests that waited too long in the queue.
     pub queue_timeouts: AtomicU64,
+    /// Requests refused at once because `max_queue` requests were waiting already.
+    pub queue_full: AtomicU64,
     /// Total queue wait, microseconds.
     pub queue_wait_us: AtomicU64,
     /// Exits of the last request.
@@ -199,6 +205,7 @@ impl Stats {
             ("exits", l(&self.exits)),
             ("last_request_exits", l(&self.last_exits)),
             ("queue_timeouts", l(&self.queue_timeouts)),
+            ("queue_full", l(&self.queue_full)),
             ("queue_wait_us", l(&self.queue_wait_us)),
             ("memory_image_bytes", l(&self.memory_image_bytes)),
             ("live_updates", l(&self.live_updates)),
@@ -526,7 +533,11 @@ impl Program {
             None => vm,
         };
         let frozen = match vm.freeze() {
-            Ok(f) => Arc::new(f),
+            // The ELF is in the image now: the binary's bytes are not needed any more.
+            Ok(mut f) => {
+                f.opts.binary = Arc::default();
+                Arc::new(f)
+            }
             Err(e) => return self.set_failed(e.to_string()),
         };
         self.set_boot_gauge(1, frozen.image.backing_bytes());
@@ -705,8 +716,8 @@ impl Program {
         let queued = Instant::now();
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUE {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
-            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-            return Err(ServeError::QueueTimeout);
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(ServeError::QueueFull);
         }
         let waiting = Waiting(&self.waiting);
         if self.retired.load(Ordering::SeqCst)
@@ -738,6 +749,11 @@ impl Program {
             Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(ServeError::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // `waiting` counts this request too: at most `max_queue` wait.
+                if self.waiting.load(Ordering::Relaxed) > self.settings.max_queue {
+                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    return Err(ServeError::QueueFull);
+                }
                 let left = limit.saturating_sub(queued.elapsed());
                 match tokio::time::timeout(left, pool.permits.acquire()).await {
                     Ok(Ok(permit)) => permit.forget(),
@@ -939,6 +955,7 @@ impl Runtime {
         let settings = ProgramSettings {
             vm: VmOptions::new(name, Default::default(), Vec::new()),
             concurrency: 1,
+            max_queue: MAX_QUEUE,
             request: RequestSettings::default(),
             start: false,
             origin: "local",

@@ -41,6 +41,9 @@ pub enum ServeError {
     ProgramUnavailable(String),
     /// Waited too long for a free request VM (HTTP 503).
     QueueTimeout,
+    /// Every request VM was busy and `max_queue` requests were waiting already (HTTP 503
+    /// with `Retry-After`, at once).
+    QueueFull,
     /// The program failed this request: crash, timeout, memory limit, exit, no response,
     /// invalid status... (HTTP 500). The text says which.
     ProgramError(String),
@@ -54,6 +57,7 @@ impl std::fmt::Display for ServeError {
             ServeError::ProgramNotFound(p) => write!(f, "no such program: '{p}'"),
             ServeError::ProgramUnavailable(e) => write!(f, "program unavailable: {e}"),
             ServeError::QueueTimeout => write!(f, "timed out waiting for a free VM"),
+            ServeError::QueueFull => write!(f, "too many requests waiting for this program"),
             ServeError::ProgramError(e) => write!(f, "program error: {e}"),
             ServeError::ShuttingDown => write!(f, "server is shutting down"),
         }

@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -684,9 +685,19 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
             }
         }
         Err(err) => {
-            warn!(program, "request failed: {err}");
+            let mut answer = Answer::text(error_status(&err), &err);
+            if matches!(err, ServeError::QueueFull | ServeError::QueueTimeout) {
+                // Overload: the client may try again shortly. Not logged per request (an
+                // overloaded server would spend its time logging): the stats count them.
+                answer
+                    .headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                overload_warning(program, &err);
+            } else {
+                warn!(program, "request failed: {err}");
+            }
             Outcome {
-                answer: Answer::text(error_status(&err), &err),
+                answer,
                 program: None,
                 error: Some(err),
             }
@@ -701,12 +712,28 @@ fn body_error(e: limits::BodyError) -> Answer {
     a
 }
 
+/// Log a refused request: every one at debug level, at most one a second as a warning.
+fn overload_warning(program: &str, err: &ServeError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = EPOCH
+        .get_or_init(Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        warn!(program, "request refused: {err} (more are counted in /_edgevm/stats: queue_full, queue_timeouts)");
+    } else {
+        debug!(program, "request refused: {err}");
+    }
+}
+
 /// The HTTP status for a [`ServeError`].
 pub fn error_status(err: &ServeError) -> StatusCode {
     match err {
         ServeError::ProgramNotFound(_) => StatusCode::NOT_FOUND,
         ServeError::ProgramUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServeError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::QueueTimeout | ServeError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         ServeError::ProgramError(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -12,6 +12,8 @@
 //!   idle and body timeouts.
 //! - [`logtext`]: client text in log lines (truncated, escaped) and rate-limited warnings
 //!   about clients ([`client_warn!`]).
+//! - [`capacity`]: what the configured programs need from the process's limits (open files,
+//!   memory mappings), checked at start.
 //! - [`fetch`]: program delivery ([`fetch::obtain`]): reads `filename`, or downloads `uri`
 //!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
 //!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
@@ -19,6 +21,7 @@
 //! - [`native`]: the native baselines of the benchmark: answers byte-identical to the bundled
 //!   examples (hello, shared-memory counter, storage counter) without a VM.
 
+pub mod capacity;
 pub mod fetch;
 pub mod http;
 pub mod limits;

@@ -47,6 +47,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     ProgramSettings {
         vm,
         concurrency: p.concurrency,
+        max_queue: p.max_queue as usize,
         request: RequestSettings {
             max_request_time: p.max_request_time,
             max_request_memory: p.max_request_memory,
@@ -125,8 +126,12 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
         };
         match crate::fetch::obtain(name, None, Some(file), timeout) {
             Ok(f) => {
-                let mut settings = program_settings(p, f.request);
-                settings.storage_binary = f.storage.map(Arc::new);
+                // Read now for a clear error at start, and again when the program boots: a
+                // node with many programs, most never or rarely run, does not keep every
+                // binary in memory (docs/BENCHMARKS.md, "Many programs").
+                drop(f);
+                let mut settings = program_settings(p, Vec::new());
+                settings.loader = Some(local_loader(name, file));
                 rt.add(name, settings);
             }
             Err(e) => {
@@ -137,6 +142,22 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
         }
     }
     (rt, errors)
+}
+
+/// Reads a local program's file (and its `*storage` companion) when the program boots.
+fn local_loader(name: &str, file: &std::path::Path) -> Loader {
+    let (name, file) = (name.to_string(), file.to_path_buf());
+    Loader(Arc::new(move || {
+        let f = crate::fetch::obtain(&name, None, Some(&file), fetch_timeout())
+            .map_err(|e| e.to_string())?;
+        Ok(LoadedBinary {
+            request: f.request,
+            storage: f.storage,
+            origin: f.origin.as_str(),
+            cached: false,
+            download_time: f.download_time,
+        })
+    }))
 }
 
 /// The admin endpoints:
@@ -206,6 +227,11 @@ const METRIC_HELP: &[(&str, &str, &str)] = &[
         "queue_timeouts",
         "counter",
         "Requests refused after waiting too long for a VM",
+    ),
+    (
+        "queue_full",
+        "counter",
+        "Requests refused at once because max_queue requests were waiting",
     ),
     (
         "queue_wait_us",

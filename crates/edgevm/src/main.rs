@@ -173,15 +173,32 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     let mut opts = edgevm_server::http::HttpOptions::default();
     opts.apply_config(&cfg.server);
     let fds = edgevm_server::limits::raise_fd_limit();
-    let fitting = edgevm_server::limits::connections_for_fds(opts.max_connections, fds);
+    // Connections get what the programs' VMs leave of the open-file limit.
+    let needs = edgevm_server::capacity::needs(&cfg);
+    let for_programs = needs.fds - edgevm_server::limits::FD_RESERVE;
+    let fitting = edgevm_server::limits::connections_for_fds(
+        opts.max_connections,
+        fds.saturating_sub(for_programs),
+    );
     if fitting < opts.max_connections {
         tracing::warn!(
-            "max_connections {} does not fit in the open-file limit of {fds}; using {fitting}",
+            "max_connections {} does not fit in the open-file limit of {fds} beside the {for_programs} files of the programs' VMs; using {fitting}",
             opts.max_connections
         );
         opts.max_connections = fitting;
     }
     let listen = opts.listen;
+    for line in edgevm_server::capacity::check(
+        &needs,
+        fds,
+        opts.max_connections as u64,
+        edgevm_server::capacity::max_map_count(),
+    ) {
+        match line {
+            Ok(info) => tracing::info!("{info}"),
+            Err(warning) => tracing::warn!("{warning}"),
+        }
+    }
     let (runtime, errors) = edgevm_server::programs::build_runtime(&cfg);
     for e in &errors {
         tracing::error!("{e}");

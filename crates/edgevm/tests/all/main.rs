@@ -17,6 +17,7 @@ mod reset;
 mod robustness;
 mod run_cmd;
 mod run_limits;
+mod scale;
 mod serve;
 mod soak;
 mod storage;
