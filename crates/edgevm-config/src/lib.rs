@@ -88,8 +88,8 @@ pub use error::ConfigError;
 pub use expand::PathVars;
 pub use keys::Support;
 pub use program::{
-    AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULT_GROUP, MAX_ADDRESS_SPACE,
-    DEFAULT_MAX_QUEUE, MAX_CONCURRENCY, MAX_QUEUE, MAX_SMP, MAX_TIME_SECS, MB,
+    AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULT_GROUP, DEFAULT_MAX_QUEUE,
+    MAX_ADDRESS_SPACE, MAX_CONCURRENCY, MAX_QUEUE, MAX_SMP, MAX_TIME_SECS, MB,
 };
 pub use server::{ServerConfig, SERVER_KEYS, SERVER_SECTION};
 

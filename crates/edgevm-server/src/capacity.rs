@@ -161,6 +161,10 @@ mod tests {
         let conns = check(&n, 6000, 1000, None);
         let w: Vec<_> = conns.iter().filter_map(|l| l.as_ref().err()).collect();
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("connections beyond it are refused"), "{}", w[0]);
+        assert!(
+            w[0].contains("connections beyond it are refused"),
+            "{}",
+            w[0]
+        );
     }
 }

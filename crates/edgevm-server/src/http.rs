@@ -716,11 +716,7 @@ fn body_error(e: limits::BodyError) -> Answer {
 fn overload_warning(program: &str, err: &ServeError) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let now = EPOCH
-        .get_or_init(Instant::now)
-        .elapsed()
-        .as_secs()
-        + 1;
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
     if LAST.swap(now, Ordering::Relaxed) != now {
         warn!(program, "request refused: {err} (more are counted in /_edgevm/stats: queue_full, queue_timeouts)");
     } else {

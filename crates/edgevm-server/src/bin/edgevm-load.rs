@@ -106,10 +106,13 @@ fn main() {
         std::process::exit(2)
     });
     let num = |s: &str| -> f64 {
-        s.parse().ok().filter(|v: &f64| *v > 0.0).unwrap_or_else(|| {
-            eprintln!("{usage} (RATE, SECONDS and CONNS are positive numbers)");
-            std::process::exit(2)
-        })
+        s.parse()
+            .ok()
+            .filter(|v: &f64| *v > 0.0)
+            .unwrap_or_else(|| {
+                eprintln!("{usage} (RATE, SECONDS and CONNS are positive numbers)");
+                std::process::exit(2)
+            })
     };
     let (rate, secs, conns) = (num(&args[1]), num(&args[2]), num(&args[3]) as usize);
     let conns = conns.clamp(1, 4096);

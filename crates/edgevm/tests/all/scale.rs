@@ -44,7 +44,10 @@ fn answer(example: &str) -> &'static str {
 /// Open file descriptors of `pid` by kind: KVM VMs, KVM vCPUs, all.
 fn fds(pid: u32) -> (usize, usize, usize) {
     let (mut vms, mut vcpus, mut all) = (0, 0, 0);
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         all += 1;
         let target = std::fs::read_link(e.path()).unwrap_or_default();
         let t = target.to_string_lossy();
@@ -70,7 +73,9 @@ fn pss_kib(pid: u32) -> u64 {
 fn a_thousand_programs_on_one_server_hold_only_what_runs() {
     let dir = scratch("scale-many");
     let files = copies(&dir);
-    let mut config = String::from("{\n\"many\": { \"max_memory\": 16, \"max_request_memory\": 8, \"concurrency\": 1 }");
+    let mut config = String::from(
+        "{\n\"many\": { \"max_memory\": 16, \"max_request_memory\": 8, \"concurrency\": 1 }",
+    );
     for i in 0..PROGRAMS {
         let (file, _) = &files[i % files.len()];
         config.push_str(&format!(
@@ -199,7 +204,9 @@ fn too_low_limits_are_named_at_start_with_the_number_needed() {
         "{\n\"g\": { \"max_memory\": 16, \"max_request_memory\": 8, \"concurrency\": 8 }",
     );
     for i in 0..300 {
-        config.push_str(&format!(",\n\"p{i}\": {{ \"group\": \"g\", \"filename\": {hello} }}"));
+        config.push_str(&format!(
+            ",\n\"p{i}\": {{ \"group\": \"g\", \"filename\": {hello} }}"
+        ));
     }
     config.push_str("\n}\n");
     let path = dir.join("config.json");
