@@ -6,11 +6,14 @@
 mod boot;
 mod calls;
 mod error;
+mod invoker;
 mod options;
 pub mod output;
 pub mod pool;
 pub mod request;
+mod request_calls;
 pub mod request_vm;
+mod reset;
 pub mod storage;
 pub mod timer;
 pub mod vm;

@@ -51,6 +51,8 @@ mod guest;
 mod tasks;
 mod thread;
 mod turn;
+#[cfg(test)]
+mod turn_model;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -40,6 +40,55 @@ impl Drop for Alive {
     }
 }
 
+impl TaskState {
+    /// Schedule `func(data)` to be queued at `due`, then every `period` (zero: once); its id.
+    pub(super) fn schedule(
+        &mut self,
+        func: u64,
+        data: Vec<u8>,
+        due: Instant,
+        period: Duration,
+    ) -> Result<u64, StorageError> {
+        if self.timers.len() >= MAX_TIMERS {
+            return Err(StorageError::TooManyTimers);
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let data = Arc::new(data);
+        self.timers.insert(
+            id,
+            Timer {
+                due,
+                period,
+                func,
+                data,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The tasks due at `now` (function and a copy of its data), in id order: one-shot ones
+    /// are dropped, periodic ones are due again a period from `now` (a period shorter than a
+    /// run does not pile up runs: one is queued per period at most).
+    pub(super) fn take_due(&mut self, now: Instant) -> Vec<(u64, Vec<u8>)> {
+        let mut due = Vec::new();
+        self.timers.retain(|_, t| {
+            if t.due > now {
+                return true;
+            }
+            due.push((t.func, t.data.as_ref().clone()));
+            t.due = now + t.period;
+            !t.period.is_zero()
+        });
+        due
+    }
+
+    /// When the next task is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.timers.values().map(|t| t.due).min()
+    }
+}
+
 impl Tasks {
     pub(super) fn is_stopped(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stopped
@@ -62,20 +111,7 @@ impl Tasks {
             return Ok(0);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.timers.len() >= MAX_TIMERS {
-            return Err(StorageError::TooManyTimers);
-        }
-        st.next_id += 1;
-        let id = st.next_id;
-        st.timers.insert(
-            id,
-            Timer {
-                due: Instant::now() + start,
-                period,
-                func,
-                data: Arc::new(data),
-            },
-        );
+        let id = st.schedule(func, data, Instant::now() + start, period)?;
         drop(st);
         self.changed.notify_all();
         Ok(id)
@@ -100,31 +136,12 @@ impl Tasks {
             if st.stopped {
                 return;
             }
-            let now = Instant::now();
-            let due: Vec<u64> = st
-                .timers
-                .iter()
-                .filter(|(_, t)| t.due <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                let Some(t) = st.timers.get_mut(&id) else {
-                    continue;
-                };
-                let job = task_job(t.func, t.data.as_ref().clone());
-                if t.period.is_zero() {
-                    st.timers.remove(&id);
-                } else {
-                    // The next run counts from this one; a period shorter than a run does not
-                    // pile up runs (one is queued per period at most).
-                    t.due = now + t.period;
-                }
-                if core.enqueue(job).is_err() {
+            for (func, data) in st.take_due(Instant::now()) {
+                if core.enqueue(task_job(func, data)).is_err() {
                     return;
                 }
             }
-            let next = st.timers.values().map(|t| t.due).min();
-            st = match next {
+            st = match st.next_due() {
                 Some(at) => {
                     let wait = at.saturating_duration_since(Instant::now());
                     self.changed
@@ -147,5 +164,66 @@ pub(super) fn task_job(func: u64, data: Vec<u8>) -> Job {
             dstlen: 0,
         }),
         reply: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{TaskState, MAX_TIMERS};
+    use crate::error::StorageError;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn scheduled_tasks_get_ids_from_one_and_at_most_max_timers() {
+        let mut st = TaskState::default();
+        let now = Instant::now();
+        for i in 1..=MAX_TIMERS as u64 {
+            assert_eq!(st.schedule(1, vec![], now, MS).unwrap(), i);
+        }
+        let e = st.schedule(1, vec![], now, MS).unwrap_err();
+        assert!(matches!(e, StorageError::TooManyTimers));
+        // A stopped task makes room.
+        assert!(st.timers.remove(&3).is_some());
+        assert_eq!(st.schedule(1, vec![], now, MS).unwrap(), 16);
+    }
+
+    #[test]
+    fn a_one_shot_task_runs_once_when_due() {
+        let mut st = TaskState::default();
+        let t0 = Instant::now();
+        st.schedule(7, b"x".to_vec(), t0 + 10 * MS, Duration::ZERO)
+            .unwrap();
+        assert!(st.take_due(t0).is_empty());
+        assert_eq!(st.next_due(), Some(t0 + 10 * MS));
+        assert_eq!(st.take_due(t0 + 10 * MS), vec![(7, b"x".to_vec())]);
+        assert!(st.take_due(t0 + 100 * MS).is_empty());
+        assert_eq!(st.next_due(), None);
+    }
+
+    #[test]
+    fn a_periodic_task_is_due_again_a_period_after_it_ran_without_piling_up() {
+        let mut st = TaskState::default();
+        let t0 = Instant::now();
+        st.schedule(7, vec![], t0, 10 * MS).unwrap();
+        assert_eq!(st.take_due(t0).len(), 1);
+        assert_eq!(st.next_due(), Some(t0 + 10 * MS));
+        // Late by five periods: one run, not five.
+        assert_eq!(st.take_due(t0 + 60 * MS).len(), 1);
+        assert_eq!(st.next_due(), Some(t0 + 70 * MS));
+    }
+
+    #[test]
+    fn due_tasks_come_in_id_order() {
+        let mut st = TaskState::default();
+        let t0 = Instant::now();
+        st.schedule(3, vec![], t0 + 2 * MS, Duration::ZERO).unwrap();
+        st.schedule(1, vec![], t0 + MS, Duration::ZERO).unwrap();
+        st.schedule(2, vec![], t0 + 50 * MS, Duration::ZERO)
+            .unwrap();
+        let due: Vec<u64> = st.take_due(t0 + 5 * MS).into_iter().map(|d| d.0).collect();
+        assert_eq!(due, vec![3, 1]);
     }
 }

@@ -2,6 +2,7 @@
 //! memfd-backed [`GuestMemory`], and the pure parts (reset policy, storage turn, tasks).
 
 mod boot_calls;
+mod hot_pages;
 mod run_loop;
 mod storage_args;
 

@@ -1,0 +1,376 @@
+//! [`Invoker`]: calls a program's handler in a VM — writes the request, enters the guest once,
+//! serves the request context's calls (request_calls.rs) and reads the response. See
+//! docs/DESIGN.md, "One exit per request".
+
+use std::time::Duration;
+
+use edgevm_abi::api;
+use edgevm_abi::io::{self, IoError, RequestData};
+use edgevm_abi::layout;
+use edgevm_abi::linux::{fill_random, Output};
+use edgevm_kvm::Vcpu;
+
+use crate::error::CallvError;
+use crate::request::{GuestRequest, GuestResponse};
+use crate::request_vm::{
+    callv_failure, fail, run_error_failure, FailureKind, RequestFailure, RequestSettings,
+    REQUEST_OUTPUT_BUDGET,
+};
+use crate::storage::{Answer, StorageCall, StorageHandle};
+use crate::vm::{EntryState, Event, MainVm};
+
+/// Calls a program's handlers in a VM: writes the request, enters the guest once, serves the
+/// request-context hypercalls and reads the response. Used by request VMs and, for `warmup`,
+/// by the main VM before it is frozen.
+pub struct Invoker {
+    /// The VM.
+    pub vm: MainVm,
+    /// What every handler call starts from (stack, TLS/GS bases, user segments, FPU image).
+    pub(crate) entry: EntryState,
+    /// Limits for one call.
+    pub(crate) settings: RequestSettings,
+    pub(crate) cache_control: Option<String>,
+    /// The program's storage VM, if it has one.
+    pub(crate) storage: Option<StorageHandle>,
+    /// This VM's index in its program's pool (`vcpureqid()`).
+    pub(crate) index: u32,
+    /// A storage call the handler waits for (the request was preempted while waiting).
+    pub(crate) pending_storage: Option<PendingStorage>,
+    /// VM exits of the storage VM in this request's storage calls.
+    pub(crate) storage_exits: u64,
+}
+
+pub(crate) enum Outcome {
+    Response(GuestResponse),
+    Failed(RequestFailure),
+    /// The time slice ran out; the handler is stopped mid-way and continues with
+    /// [`Invoker::resume_handler`] (on any thread).
+    Preempted,
+}
+
+/// A storage call made by a request and not answered yet.
+pub(crate) struct PendingStorage {
+    pub(crate) call: StorageCall,
+    pub(crate) dst: u64,
+    pub(crate) dstlen: u64,
+}
+
+pub(crate) enum StorageStep {
+    /// Answered at once (refused): the return value.
+    Done(u64),
+    /// Queued.
+    Waiting(PendingStorage),
+}
+
+impl Invoker {
+    /// An invoker over `vm`, whose handler calls start from `entry`.
+    pub fn new(
+        vm: MainVm,
+        entry: EntryState,
+        settings: RequestSettings,
+        storage: Option<StorageHandle>,
+    ) -> Self {
+        Invoker {
+            vm,
+            entry,
+            settings,
+            cache_control: None,
+            storage,
+            index: 0,
+            pending_storage: None,
+            storage_exits: 0,
+        }
+    }
+
+    /// `storage_callv(func, n, bufs, dst, dstlen)` from a request.
+    pub(crate) fn storage_callv(&mut self) -> Result<StorageStep, RequestFailure> {
+        let Some(storage) = self.storage.clone() else {
+            self.vm
+                .printer
+                .log("storage_call() needs \"storage\": true in the program's configuration");
+            return Ok(StorageStep::Done(u64::MAX));
+        };
+        let args = crate::storage::read_callv(&mut self.vm)
+            .map_err(|e| callv_failure(CallvError::BadArguments(e)))?;
+        let Some((func, inputs, dst, dstlen)) = args else {
+            return Ok(StorageStep::Done(u64::MAX));
+        };
+        let call = storage.begin(func, inputs, dstlen);
+        Ok(StorageStep::Waiting(PendingStorage { call, dst, dstlen }))
+    }
+
+    /// The answer to a storage call: copy the result and compute the return value.
+    pub(crate) fn storage_finish(
+        &mut self,
+        (dst, dstlen): (u64, u64),
+        res: Answer,
+    ) -> Result<u64, RequestFailure> {
+        crate::storage::finish_callv(&mut self.vm, dst, dstlen, res).map_err(callv_failure)
+    }
+
+    /// `storage_callv` from the request handler: take the storage VM's turn and run the call
+    /// on this thread (storage.rs). On an HTTP worker (in a time slice) only until the slice
+    /// is over, waiting for the turn included: the call then goes on wherever the request
+    /// resumes ([`Outcome::Preempted`]), keeping its place in the queue.
+    pub(crate) fn storage_hypercall(&mut self) -> Result<Option<u64>, RequestFailure> {
+        match self.storage_callv()? {
+            StorageStep::Done(v) => Ok(Some(v)),
+            StorageStep::Waiting(p) => self.advance_storage(p),
+        }
+    }
+
+    /// Advance a storage call (see [`StorageCall::advance`]): Ok(Some(return value)), or
+    /// Ok(None) when the slice is over first (kept in `pending_storage`).
+    pub(crate) fn advance_storage(
+        &mut self,
+        mut p: PendingStorage,
+    ) -> Result<Option<u64>, RequestFailure> {
+        let slice = self.vm.slice_left();
+        let r = p.call.advance(slice, self.vm.time_left());
+        self.storage_exits += std::mem::take(&mut p.call.exits);
+        let Some(res) = r else {
+            self.pending_storage = Some(p);
+            return Ok(None);
+        };
+        // The storage VM may have run on this thread: point its timer back at this VM.
+        if let Err(e) = self.vm.arm_timer() {
+            return Err(run_error_failure(e));
+        }
+        self.storage_finish((p.dst, p.dstlen), res).map(Some)
+    }
+
+    /// Run the right handler for `req`; Ok(response) or the failure (no reset here).
+    pub fn invoke(&mut self, req: &GuestRequest) -> Result<GuestResponse, RequestFailure> {
+        match self.call_handler(req, None) {
+            Outcome::Response(r) => Ok(r),
+            Outcome::Failed(f) => Err(f),
+            Outcome::Preempted => match self.resume_handler() {
+                Outcome::Response(r) => Ok(r),
+                Outcome::Failed(f) => Err(f),
+                Outcome::Preempted => Err(RequestFailure {
+                    message: "internal error: request preempted twice".into(),
+                    kind: FailureKind::Other,
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn call_handler(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Outcome {
+        let h = self.vm.handlers;
+        let method = req.method.as_str();
+        let (handler, kind) = if h.request != 0 {
+            (h.request, 3)
+        } else if (method == "GET" || method == "HEAD") && h.get != 0 {
+            (h.get, 1)
+        } else if method != "GET" && method != "HEAD" && h.post != 0 {
+            (h.post, 2)
+        } else if h.get != 0 {
+            (h.get, 1)
+        } else {
+            return fail(
+                FailureKind::Api,
+                format!("the program has no handler for {method} requests"),
+            );
+        };
+        if req.body.len() as u64 > layout::INPUT_AREA_SIZE {
+            return fail(
+                FailureKind::Api,
+                "request body larger than the program's input area",
+            );
+        }
+        let ptrs = match self.write_request(req) {
+            Ok(p) => p,
+            Err(e) => return fail(FailureKind::Api, e.to_string()),
+        };
+        let body_addr = if req.body.is_empty() {
+            0
+        } else {
+            self.vm.layout.input_area
+        };
+        let args = match kind {
+            3 => vec![io::REQUEST_STRUCT],
+            2 => vec![
+                ptrs.url,
+                ptrs.arg,
+                ptrs.content_type,
+                body_addr,
+                req.body.len() as u64,
+            ],
+            _ => vec![ptrs.url, ptrs.arg],
+        };
+        // Below the frozen frame of wait_for_requests() and its red zone.
+        let rsp = self.entry.rsp.wrapping_sub(512);
+        if let Err(e) = self.vm.enter_handler(&self.entry, handler, rsp, &args) {
+            return Outcome::Failed(run_error_failure(e));
+        }
+        self.vm
+            .linux
+            .set_request_limit(Some(self.settings.max_request_memory));
+        self.cache_control = None;
+        self.vm.printer.set_budget(Some(REQUEST_OUTPUT_BUDGET));
+        self.vm.set_slice(slice);
+        if let Err(e) = self
+            .vm
+            .start_deadline(self.settings.max_request_time, "request (max_request_time)")
+        {
+            return Outcome::Failed(run_error_failure(e));
+        }
+        self.run_and_settle()
+    }
+
+    /// Continue a handler stopped by its time slice, on the current thread, to the end.
+    pub(crate) fn resume_handler(&mut self) -> Outcome {
+        if let Err(e) = self.vm.resume_deadline() {
+            self.pending_storage = None;
+            self.vm.stop_deadline();
+            self.vm.restore_user_mode(&self.entry);
+            return Outcome::Failed(run_error_failure(e));
+        }
+        self.run_and_settle()
+    }
+
+    /// Run the handler until it answers, fails or is preempted; stop or pause the deadline.
+    pub(crate) fn run_and_settle(&mut self) -> Outcome {
+        let r = self.run_request();
+        if matches!(r, Outcome::Preempted) {
+            // The VM may move to another thread now: this thread's timer lets go of it.
+            self.vm.pause_deadline();
+            return r;
+        }
+        self.vm.stop_deadline();
+        self.vm.printer.flush();
+        // A storage call still pending when the handler failed gives up its place.
+        self.pending_storage = None;
+        r
+    }
+
+    pub(crate) fn write_request(&mut self, req: &GuestRequest) -> Result<io::RequestPtrs, IoError> {
+        let input = self.vm.layout.input_area;
+        if !req.body.is_empty() {
+            self.vm
+                .machine
+                .mem
+                .write(input, &req.body)
+                .map_err(|err| IoError::BadPointer {
+                    call: "request",
+                    err,
+                })?;
+        }
+        let mut info = [0u8; 8];
+        info[4..].copy_from_slice(&self.index.to_le_bytes());
+        self.vm
+            .machine
+            .mem
+            .write(io::VCPU_INFO, &info)
+            .map_err(|err| IoError::BadPointer {
+                call: "request",
+                err,
+            })?;
+        let mut seed = [0u8; 16];
+        fill_random(&mut seed);
+        io::write_request(
+            &mut self.vm.machine.mem,
+            &RequestData {
+                method: &req.method,
+                url: &req.url,
+                arg: &req.arg,
+                content_type: &req.content_type,
+                headers: &req.headers,
+                body: (
+                    if req.body.is_empty() { 0 } else { input },
+                    req.body.len() as u64,
+                ),
+                warmup: req.warmup,
+                prng: [
+                    u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()),
+                    u64::from_le_bytes(seed[8..].try_into().unwrap_or_default()),
+                ],
+            },
+        )
+    }
+
+    pub(crate) fn run_request(&mut self) -> Outcome {
+        let out = self.run_request_inner();
+        if matches!(out, Outcome::Failed(_)) {
+            self.vm.restore_user_mode(&self.entry);
+        }
+        out
+    }
+
+    pub(crate) fn run_request_inner(&mut self) -> Outcome {
+        if let Some(p) = self.pending_storage.take() {
+            match self.advance_storage(p) {
+                Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                Ok(None) => return Outcome::Preempted,
+                Err(f) => return Outcome::Failed(f),
+            }
+        }
+        loop {
+            let ev = match self.vm.run_until_event() {
+                Ok(ev) => ev,
+                Err(e) => return Outcome::Failed(run_error_failure(e)),
+            };
+            match ev {
+                Event::Preempted => return Outcome::Preempted,
+                Event::Exited(code) => {
+                    return fail(
+                        FailureKind::Exit,
+                        format!("the program exited (status {code}) during a request"),
+                    )
+                }
+                Event::Returned => {
+                    return fail(
+                        FailureKind::NoResponse,
+                        "HTTP response not set. Program crashed?",
+                    )
+                }
+                Event::Hypercall(api::BACKEND_RESPONSE) => return self.read_response(),
+                Event::Hypercall(api::STORAGE_CALLV) => match self.storage_hypercall() {
+                    Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                    Ok(None) => return Outcome::Preempted,
+                    Err(f) => return Outcome::Failed(f),
+                },
+                Event::Hypercall(num) => {
+                    if let Err(f) = self.api_call(num) {
+                        return Outcome::Failed(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hypercalls of the request context (the reference-header path; edgevm's header serves
+    /// most of these inside the guest).
+    pub(crate) fn call_on_error(
+        &mut self,
+        req: &GuestRequest,
+        f: &RequestFailure,
+    ) -> Option<GuestResponse> {
+        let ptrs = self.write_request(req).ok()?;
+        // The exception text goes into the request-body area.
+        let mut msg = f.message.clone().into_bytes();
+        msg.push(0);
+        let at = self.vm.layout.input_area;
+        self.vm.machine.mem.write(at, &msg).ok()?;
+        let (handler, rsp) = (self.vm.handlers.on_error, self.entry.rsp.wrapping_sub(512));
+        self.vm
+            .enter_handler(&self.entry, handler, rsp, &[ptrs.url, ptrs.arg, at])
+            .ok()?;
+        self.vm
+            .start_deadline(Duration::from_secs(1), "on_error handler")
+            .ok()?;
+        let out = self.run_request();
+        self.vm.stop_deadline();
+        self.vm.printer.flush();
+        match out {
+            Outcome::Response(r) => Some(r),
+            Outcome::Preempted => None,
+            Outcome::Failed(f2) => {
+                self.vm
+                    .printer
+                    .log(&format!("on_error handler failed too: {}", f2.message));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The request context's handler set: the calls a request handler may make (the
+//! reference-header path; edgevm's header serves most of them inside the guest), and reading
+//! its response.
+
+use edgevm_abi::api;
+use edgevm_abi::io::{self, IoError};
+use edgevm_abi::linux::Output;
+use edgevm_kvm::Vcpu;
+
+use crate::invoker::{Invoker, Outcome};
+use crate::request::GuestResponse;
+use crate::request_vm::{fail, FailureKind, RequestFailure, MAX_RESPONSE_BODY};
+
+impl Invoker {
+    /// Hypercalls of the request context (the reference-header path; edgevm's header serves
+    /// most of these inside the guest).
+    pub(crate) fn api_call(&mut self, num: u32) -> Result<(), RequestFailure> {
+        let r = *self.vm.machine.cpu.regs();
+        let mem = &mut self.vm.machine.mem;
+        let api_err = |e: IoError| RequestFailure {
+            message: e.to_string(),
+            kind: FailureKind::Api,
+        };
+        let read = |mem: &edgevm_kvm::GuestMemory, p: u64, l: u64, call: &'static str| {
+            if l > 65535 {
+                return Err(RequestFailure {
+                    message: format!("length {l} passed to {call} is too large"),
+                    kind: FailureKind::Api,
+                });
+            }
+            mem.read_vec(p, l as usize).map_err(|err| RequestFailure {
+                message: IoError::BadPointer { call, err }.to_string(),
+                kind: FailureKind::Api,
+            })
+        };
+        let ret: u64 = match num {
+            api::HTTP_APPEND => {
+                let f = read(mem, r.rsi, r.rdx, "http_append")?;
+                io::append(mem, r.rdi.min(1), &f, "http_append").map_err(api_err)?;
+                0
+            }
+            api::HTTP_SET => {
+                let f = read(mem, r.rsi, r.rdx, "http_set")?;
+                io::set(mem, r.rdi.min(1), &f).map_err(api_err)?;
+                0
+            }
+            api::HTTP_FIND => {
+                let key = read(mem, r.rsi, r.rdx, "http_find")?;
+                match io::find(mem, r.rdi.min(1), &key) {
+                    None => 0,
+                    Some(v) if r.rcx == 0 => v.len() as u64,
+                    Some(v) if (v.len() as u64) < r.r8 => {
+                        let mut z = v.clone();
+                        z.push(0);
+                        mem.write(r.rcx, &z).map_err(|err| {
+                            api_err(IoError::BadPointer {
+                                call: "http_find",
+                                err,
+                            })
+                        })?;
+                        v.len() as u64
+                    }
+                    Some(_) => 0,
+                }
+            }
+            api::HTTP_METHOD => {
+                let m = self.method_bytes();
+                let mem = &mut self.vm.machine.mem;
+                if r.rdi == 0 {
+                    m.len() as u64
+                } else if (m.len() as u64) < r.rsi {
+                    let mut z = m.clone();
+                    z.push(0);
+                    mem.write(r.rdi, &z).map_err(|err| {
+                        api_err(IoError::BadPointer {
+                            call: "http_method",
+                            err,
+                        })
+                    })?;
+                    m.len() as u64
+                } else {
+                    0
+                }
+            }
+            api::SET_CACHEABLE => {
+                self.cache_control = Some(cache_control(
+                    r.rdi != 0,
+                    r.rsi as f64 / 1000.0,
+                    r.rdx as f64 / 1000.0,
+                ));
+                0
+            }
+            api::BEGIN_STREAMING => {
+                return Err(RequestFailure {
+                    message: "streaming responses (begin_streaming_response) are not supported yet"
+                        .into(),
+                    kind: FailureKind::Api,
+                })
+            }
+            api::WAIT_FOR_REQUESTS | api::WAIT_FOR_REQUESTS_PAUSED => {
+                return Err(RequestFailure {
+                    message: "wait_for_requests() called during a request".into(),
+                    kind: FailureKind::Api,
+                })
+            }
+            api::STORAGE_ALLOW => u64::MAX,
+            api::STORAGE_TASK => match self.storage.clone() {
+                Some(st) => {
+                    crate::storage::task_hypercall(&mut self.vm, |f, d, a, b| st.task(f, d, a, b))
+                }
+                None => {
+                    self.vm.printer.log(
+                        "storage_task() needs \"storage\": true in the program's configuration",
+                    );
+                    u64::MAX
+                }
+            },
+            api::STOP_STORAGE_TASK => match &self.storage {
+                Some(st) => u64::from(st.stop_task(r.rdi)),
+                None => 0,
+            },
+            api::MAKE_EPHEMERAL => {
+                self.vm
+                    .printer
+                    .log("sys_make_ephemeral() is only allowed before wait_for_requests()");
+                u64::MAX
+            }
+            other => {
+                self.vm.unsupported_call(other);
+                return Ok(());
+            }
+        };
+        self.vm.machine.cpu.regs_mut().rax = ret;
+        Ok(())
+    }
+
+    pub(crate) fn method_bytes(&self) -> Vec<u8> {
+        let mem = &self.vm.machine.mem;
+        let p = mem.read_u64(io::REQUEST_STRUCT).unwrap_or(0);
+        mem.read_cstr(p, 64).unwrap_or_default()
+    }
+
+    pub(crate) fn read_response(&mut self) -> Outcome {
+        let r = *self.vm.machine.cpu.regs();
+        let mem = &self.vm.machine.mem;
+        let status = r.rdi as u16 as i16;
+        if !(200..=599).contains(&status) {
+            return fail(
+                FailureKind::Api,
+                format!(
+                    "invalid HTTP status {status} passed to backend_response (must be 200-599)"
+                ),
+            );
+        }
+        if r.rdx >= 4096 {
+            return fail(
+                FailureKind::Api,
+                "content type passed to backend_response is 4096 bytes or longer",
+            );
+        }
+        if r.r8 > MAX_RESPONSE_BODY {
+            return fail(
+                FailureKind::Api,
+                format!(
+                    "response body of {} bytes is larger than the {} MiB limit",
+                    r.r8,
+                    MAX_RESPONSE_BODY >> 20
+                ),
+            );
+        }
+        // Guest memory refuses the supervisor area (GDT, page tables, ...) as it does for every
+        // call: only program memory can be sent.
+        let ctype = match mem.read_vec(r.rsi, r.rdx as usize) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    FailureKind::Api,
+                    format!("bad content type pointer passed to backend_response: {e}"),
+                )
+            }
+        };
+        let body = match mem.read_vec(r.rcx, r.r8 as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                return fail(
+                    FailureKind::Api,
+                    format!("bad body pointer passed to backend_response: {e}"),
+                )
+            }
+        };
+        let mut headers = match io::response_headers(mem) {
+            Ok(h) => h,
+            Err(e) => return fail(FailureKind::Api, e.to_string()),
+        };
+        if r.r9 != 0 {
+            match self.read_extra(r.r9) {
+                Ok(mut extra) => headers.append(&mut extra),
+                Err(f) => return Outcome::Failed(f),
+            }
+        }
+        if let Some(cc) = self.cache_control.take() {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("cache-control"));
+            headers.push(("Cache-Control".into(), cc));
+        }
+        Outcome::Response(GuestResponse {
+            status: status as u16,
+            content_type: String::from_utf8_lossy(&ctype).into_owned(),
+            headers,
+            body,
+        })
+    }
+
+    pub(crate) fn read_extra(&mut self, at: u64) -> Result<Vec<(String, String)>, RequestFailure> {
+        let mem = &self.vm.machine.mem;
+        let bad = |what: String| RequestFailure {
+            message: format!("bad BackendResponseExtra passed to backend_response: {what}"),
+            kind: FailureKind::Api,
+        };
+        let x = mem.read_vec(at, 24).map_err(|e| bad(e.to_string()))?;
+        let hp = u64::from_le_bytes(x[0..8].try_into().unwrap_or_default());
+        let n = u16::from_le_bytes([x[8], x[9]]);
+        let cached = x[10] != 0;
+        let f = |o: usize| f32::from_le_bytes(x[o..o + 4].try_into().unwrap_or_default()) as f64;
+        let (ttl, grace) = (f(12), f(16));
+        if n > 64 {
+            return Err(bad(format!("{n} headers (at most 64)")));
+        }
+        let mut out = Vec::new();
+        for i in 0..n as u64 {
+            let e = mem
+                .read_vec(hp.wrapping_add(16 * i), 16)
+                .map_err(|e| bad(e.to_string()))?;
+            let p = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
+            let l = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
+            if l > 65535 {
+                return Err(bad(format!("header {i} is {l} bytes long")));
+            }
+            let field = mem
+                .read_vec(p, l as usize)
+                .map_err(|e| bad(e.to_string()))?;
+            let colon = io::validate_field(&field)
+                .map_err(|why| bad(format!("header {:?}: {why}", io::shown_field(&field))))?;
+            out.push((
+                String::from_utf8_lossy(&field[..colon]).into_owned(),
+                String::from_utf8_lossy(&field[colon + 2..]).into_owned(),
+            ));
+        }
+        if cached || ttl > 0.0 {
+            self.cache_control = Some(cache_control(cached, ttl, grace));
+        }
+        Ok(out)
+    }
+}
+
+fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
+    if cached && ttl > 0.0 {
+        let mut s = format!("public, max-age={}", ttl.round() as u64);
+        if grace > 0.0 {
+            s.push_str(&format!(
+                ", stale-while-revalidate={}",
+                grace.round() as u64
+            ));
+        }
+        s
+    } else {
+        "private, no-store".into()
+    }
+}
