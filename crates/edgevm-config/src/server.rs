@@ -11,6 +11,7 @@
 //! cannot start with settings it does not understand).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -37,8 +38,18 @@ pub const MAX_CONNECTIONS: u64 = 1_000_000;
 /// Server-wide settings as configured; `None` = not given (the server's default applies).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerConfig {
-    /// `listen`: address and port to listen on.
+    /// `listen`: address and port to listen on (TCP). `None` with [`Self::listen_unix`] set.
     pub listen: Option<SocketAddr>,
+    /// `listen` given as `unix:/path`: a Unix-domain socket to listen on instead of TCP.
+    pub listen_unix: Option<PathBuf>,
+    /// `listen_mode`: permission bits of the Unix socket file (octal text such as "0660").
+    pub listen_mode: Option<u32>,
+    /// `listen_owner`: owner of the Unix socket file, `user`, `user:group` or `:group`
+    /// (names or numeric ids; resolved when the server binds).
+    pub listen_owner: Option<String>,
+    /// `drain_seconds`: after SIGTERM, how long the server keeps serving (health answering
+    /// 503) before it stops accepting and finishes in-flight requests. 0 = no drain period.
+    pub drain_seconds: Option<Duration>,
     /// `max_connections`: connections served at once; more are refused with 503.
     pub max_connections: Option<usize>,
     /// `header_timeout` (s): time to send a complete request head.
@@ -61,6 +72,9 @@ pub struct ServerConfig {
 /// Every key of the server section.
 pub const SERVER_KEYS: &[&str] = &[
     "listen",
+    "listen_mode",
+    "listen_owner",
+    "drain_seconds",
     "max_connections",
     "header_timeout",
     "idle_timeout",
@@ -99,6 +113,54 @@ fn seconds(v: &Value) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(f))
 }
 
+/// A user or group: a name (letters, digits, `_`, `-`, `.`; not starting with `-`) or a
+/// numeric id.
+fn valid_id_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// `listen_owner`: `user`, `user:group` or `:group`.
+fn owner(v: &Value) -> Result<String, String> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("must be a string, got {}", describe(v)))?;
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let ok = match group {
+        None => valid_id_name(user),
+        Some(g) => valid_id_name(g) && (user.is_empty() || valid_id_name(user)),
+    };
+    if !ok {
+        return Err(format!(
+            "must be \"user\", \"user:group\" or \":group\" (names or numeric ids), got {s:?}"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `listen_mode`: octal permission bits as text ("0660", "660"), at most 0777.
+fn mode(v: &Value) -> Result<u32, String> {
+    let s = v.as_str().ok_or_else(|| {
+        format!(
+            "must be octal permission bits as a string such as \"0660\", got {}",
+            describe(v)
+        )
+    })?;
+    let digits = s.trim();
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && digits.len() <= 4 && m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "must be octal permission bits from \"0\" to \"0777\" such as \"0660\", got {s:?}"
+        )),
+    }
+}
+
 /// A size in `unit` bytes (fractions allowed), above 0 and at most `max` units.
 fn size(v: &Value, unit: u64, name: &str, max: f64) -> Result<usize, String> {
     let f = number(v)?;
@@ -119,10 +181,32 @@ impl ServerConfig {
                 let s = v
                     .as_str()
                     .ok_or_else(|| format!("must be a string, got {}", describe(v)))?;
-                let addr = s.parse().map_err(|_| {
-                    format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", got {s:?}")
-                })?;
-                self.listen = Some(addr);
+                if let Some(path) = s.strip_prefix("unix:") {
+                    if !path.starts_with('/') || path.len() > 100 || path.contains('\0') {
+                        return Err(format!(
+                            "a Unix socket must be an absolute path of at most 100 bytes such as \"unix:/run/edgevm/edgevm.sock\", got {s:?}"
+                        ));
+                    }
+                    self.listen_unix = Some(PathBuf::from(path));
+                    self.listen = None;
+                } else {
+                    let addr = s.parse().map_err(|_| {
+                        format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", or \"unix:/path\", got {s:?}")
+                    })?;
+                    self.listen = Some(addr);
+                    self.listen_unix = None;
+                }
+            }
+            "listen_mode" => self.listen_mode = Some(mode(v)?),
+            "listen_owner" => self.listen_owner = Some(owner(v)?),
+            "drain_seconds" => {
+                let f = number(v)?;
+                if !(0.0..=MAX_TIME_SECS).contains(&f) {
+                    return Err(format!(
+                        "must be a number of seconds from 0 to {MAX_TIME_SECS}, got {v}"
+                    ));
+                }
+                self.drain_seconds = Some(Duration::from_secs_f64(f));
             }
             "max_connections" => self.max_connections = Some(count(v, MAX_CONNECTIONS)?),
             "header_timeout" => self.header_timeout = Some(seconds(v)?),
@@ -183,9 +267,10 @@ impl ServerConfig {
     }
 
     /// Apply a setting given as text (a command-line flag), validated like the JSON key:
-    /// `listen` is an address, every other key a number in the key's unit.
+    /// `listen`, `listen_mode` and `listen_owner` are text, every other key a number in the
+    /// key's unit.
     pub fn set_from_str(&mut self, key: &str, text: &str) -> Result<(), ConfigError> {
-        let value = if key == "listen" {
+        let value = if matches!(key, "listen" | "listen_mode" | "listen_owner") {
             Value::String(text.to_string())
         } else {
             serde_json::from_str::<serde_json::Number>(text.trim())
@@ -205,6 +290,29 @@ impl ServerConfig {
         }
     }
 
+    /// Checks across keys, once every file and flag is applied: `listen_mode` and
+    /// `listen_owner` only mean something for a `unix:` listen address.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.listen_unix.is_none() {
+            for (key, given) in [
+                ("listen_mode", self.listen_mode.is_some()),
+                ("listen_owner", self.listen_owner.is_some()),
+            ] {
+                if given {
+                    return Err(ConfigError::InvalidValue {
+                        source_name: "configuration".to_string(),
+                        name: SERVER_SECTION.to_string(),
+                        key: key.to_string(),
+                        message:
+                            "applies to a Unix socket only: set \"listen\": \"unix:/path\" too"
+                                .to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
         *self == ServerConfig::default()
@@ -216,6 +324,18 @@ impl ServerConfig {
         let secs = |d: Duration| serde_json::json!(d.as_secs_f64());
         if let Some(a) = self.listen {
             m.insert("listen".into(), a.to_string().into());
+        }
+        if let Some(p) = &self.listen_unix {
+            m.insert("listen".into(), format!("unix:{}", p.display()).into());
+        }
+        if let Some(mode) = self.listen_mode {
+            m.insert("listen_mode".into(), format!("{mode:04o}").into());
+        }
+        if let Some(o) = &self.listen_owner {
+            m.insert("listen_owner".into(), o.clone().into());
+        }
+        if let Some(d) = self.drain_seconds {
+            m.insert("drain_seconds".into(), secs(d));
         }
         if let Some(n) = self.max_connections {
             m.insert("max_connections".into(), n.into());

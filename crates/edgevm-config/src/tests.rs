@@ -1326,3 +1326,66 @@ fn server_settings_from_the_command_line_are_validated_like_json() {
     assert!(e.contains("must be a number"), "{e}");
     assert!(s.set_from_str("nonsense", "1").is_err());
 }
+
+#[test]
+fn listen_on_a_unix_socket_with_mode_owner_and_a_drain_period() {
+    let cfg = load(
+        r#"{ "server": { "listen": "unix:/run/edgevm/e.sock", "listen_mode": "0660",
+		"listen_owner": "edgevm:varnish", "drain_seconds": 0 },
+		"p": { "filename": "/p" } }"#,
+    );
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let s = &cfg.server;
+    assert_eq!(s.listen, None);
+    assert_eq!(
+        s.listen_unix.as_deref(),
+        Some(std::path::Path::new("/run/edgevm/e.sock"))
+    );
+    assert_eq!(s.listen_mode, Some(0o660));
+    assert_eq!(s.listen_owner.as_deref(), Some("edgevm:varnish"));
+    assert_eq!(s.drain_seconds, Some(Duration::ZERO));
+    s.check().unwrap();
+    let report = cfg.render_check();
+    assert!(
+        report.contains(r#""listen":"unix:/run/edgevm/e.sock""#)
+            && report.contains(r#""listen_mode":"0660""#),
+        "{report}"
+    );
+    // A later TCP address replaces the socket, and the other way round.
+    let mut s = s.clone();
+    s.set_from_str("listen", "127.0.0.1:80").unwrap();
+    assert_eq!(
+        (s.listen, s.listen_unix.clone()),
+        (Some("127.0.0.1:80".parse().unwrap()), None)
+    );
+    // Mode and owner without a socket mean nothing: refused.
+    let e = s.check().unwrap_err().to_string();
+    assert!(
+        e.contains("listen_mode") && e.contains("Unix socket only"),
+        "{e}"
+    );
+    s.set_from_str("listen", "unix:/tmp/s").unwrap();
+    assert_eq!(s.listen, None);
+    s.check().unwrap();
+
+    for (bad, why) in [
+        (r#""listen": "unix:relative""#, "absolute path"),
+        (r#""listen": "unix:""#, "absolute path"),
+        (r#""listen_mode": 660"#, "as a string"),
+        (r#""listen_mode": "0999""#, "octal"),
+        (r#""listen_mode": "01777""#, "octal"),
+        (r#""listen_mode": """#, "octal"),
+        (r#""listen_owner": "a:b:c""#, "user:group"),
+        (r#""listen_owner": "-rf""#, "user:group"),
+        (r#""listen_owner": ":""#, "user:group"),
+        (r#""listen_owner": 0"#, "must be a string"),
+        (r#""drain_seconds": -1"#, "from 0 to"),
+        (r#""drain_seconds": "5""#, "must be a number"),
+    ] {
+        let e = load_err(&format!(
+            r#"{{ "server": {{ {bad} }}, "p": {{ "filename": "/p" }} }}"#
+        ))
+        .to_string();
+        assert!(e.contains(why), "{bad}: {e} (wanted {why:?})");
+    }
+}

@@ -1065,6 +1065,19 @@ impl Runtime {
                 )))
             }
         }
+        // Written next to `filename` now, renamed over it once the update is committed: a
+        // restarted server runs what this one runs.
+        let pending =
+            match PendingBinary::write(&new.settings.vm.program_path, &new.settings.vm.binary) {
+                Ok(p) => p,
+                Err(e) => {
+                    new.retire();
+                    return Err(UpdateError::Refused(format!(
+                        "the new program for '{name}' cannot be saved to {}: {e}",
+                        new.settings.vm.program_path.display()
+                    )));
+                }
+            };
         // Carry the storage state across: the old storage VM's on_live_update() hands it out,
         // the new one's on_live_restore() takes it in.
         let old_st = old
@@ -1093,6 +1106,14 @@ impl Runtime {
                 .live_update_transfer_bytes
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
+        if let Some(p) = pending {
+            if let Err(e) = p.commit() {
+                new.retire();
+                return Err(UpdateError::Refused(format!(
+                    "the new program for '{name}' cannot be saved: {e}"
+                )));
+            }
+        }
         let ms = new.ready_info().map(|r| r.1).unwrap_or(0.0);
         new.publish_gauges();
         self.updated
@@ -1105,6 +1126,79 @@ impl Runtime {
         old.stats.live_updates.fetch_add(1, Ordering::Relaxed);
         tracing::info!("Program '{name}' live-updated (ready={ms:.2} ms)");
         Ok(format!("Program '{name}' updated (ready in {ms:.2} ms)\n"))
+    }
+}
+
+/// A live-updated binary written beside the program's file, not yet in its place. Dropped
+/// without [`PendingBinary::commit`], the temporary file is removed.
+struct PendingBinary {
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    committed: bool,
+}
+
+impl PendingBinary {
+    /// Write `bytes` to a temporary file in the directory of `dest` (synced to disk, with
+    /// `dest`'s permissions). `None` when the program has no file (`dest` empty).
+    fn write(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<Option<PendingBinary>> {
+        use std::io::Write;
+        if dest.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let file_name = dest.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(".update-{}", std::process::id()));
+        let tmp = dest.with_file_name(tmp_name);
+        let pending = PendingBinary {
+            tmp: tmp.clone(),
+            dest: dest.to_owned(),
+            committed: false,
+        };
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if let Ok(md) = std::fs::metadata(dest) {
+            f.set_permissions(md.permissions())?;
+        }
+        f.sync_all()?;
+        Ok(Some(pending))
+    }
+
+    /// Rename the new binary over the program's file. A `<file>_storage` companion (the
+    /// storage VM's binary at start) is removed: after a live update the storage VM runs the
+    /// new binary too, and so will a restarted server.
+    fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.committed = true;
+        let mut companion = self.dest.clone().into_os_string();
+        companion.push("_storage");
+        match std::fs::remove_file(&companion) {
+            Ok(()) => tracing::info!(
+                "{}: removed (the live update runs the new binary in the storage VM too)",
+                std::path::Path::new(&companion).display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                "{}: cannot remove after a live update: {e}",
+                std::path::Path::new(&companion).display()
+            ),
+        }
+        if let Some(dir) = self.dest.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingBinary {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

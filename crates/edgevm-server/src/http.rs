@@ -35,7 +35,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::drain::Drain;
 use crate::limits::{self, Activity, Admission, Timeouts, TrackedIo, TrackedService};
+use crate::listen::{Listener, UnixListen};
 use crate::logtext::client_text;
 
 #[cfg(test)]
@@ -57,8 +59,16 @@ pub const RESERVED_SEGMENTS: &[&str] = &["metrics", "_edgevm"];
 /// Settings of the HTTP front end.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// Address to listen on.
+    /// Address to listen on (TCP), unless [`HttpOptions::unix`] is set.
     pub listen: SocketAddr,
+    /// A Unix socket to listen on instead of `listen`.
+    pub unix: Option<UnixListen>,
+    /// After SIGTERM/SIGINT ([`run_server`]), how long to keep serving while [`Self::drain`]
+    /// is set, before stopping to accept. Default 0.
+    pub drain_period: Duration,
+    /// The drain state: set at SIGTERM/SIGINT; while set, every response closes its
+    /// connection (and the health endpoint answers 503).
+    pub drain: Drain,
     /// Largest request body accepted; larger ones get 413 Payload Too Large (announced sizes
     /// are refused before reading anything, chunked bodies as soon as they cross the limit).
     /// Default 16 MiB.
@@ -94,6 +104,9 @@ impl HttpOptions {
     pub fn new(listen: SocketAddr) -> Self {
         HttpOptions {
             listen,
+            unix: None,
+            drain_period: Duration::ZERO,
+            drain: Drain::new(),
             max_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
@@ -131,6 +144,16 @@ impl HttpOptions {
     pub fn apply_config(&mut self, s: &edgevm_config::ServerConfig) {
         if let Some(a) = s.listen {
             self.listen = a;
+        }
+        if let Some(path) = &s.listen_unix {
+            self.unix = Some(crate::listen::UnixListen {
+                path: path.clone(),
+                mode: s.listen_mode,
+                owner: s.listen_owner.clone(),
+            });
+        }
+        if let Some(d) = s.drain_seconds {
+            self.drain_period = d;
         }
         if let Some(n) = s.max_connections {
             self.max_connections = n;
@@ -253,19 +276,25 @@ struct Shared {
 /// A bound, not yet running, HTTP server. Use [`HttpServer::bind`] then [`HttpServer::run`];
 /// [`serve`] does both.
 pub struct HttpServer {
-    listener: TcpListener,
+    listener: Listener,
     shared: Arc<Shared>,
 }
 
 impl HttpServer {
-    /// Bind `opts.listen`.
+    /// Bind `opts.unix` if set, else `opts.listen`.
     pub async fn bind(
         opts: HttpOptions,
         host: Arc<dyn ProgramHost>,
         admin: Option<Arc<dyn AdminHandler>>,
     ) -> io::Result<HttpServer> {
-        let listener = TcpListener::bind(opts.listen).await?;
-        Ok(Self::from_listener(listener, opts, host, admin))
+        let listener = match &opts.unix {
+            Some(u) => crate::listen::bind_unix(u)?,
+            None => Listener::Tcp(TcpListener::bind(opts.listen).await?),
+        };
+        Ok(HttpServer {
+            listener,
+            shared: Arc::new(Shared { opts, host, admin }),
+        })
     }
 
     /// Serve on an already bound listener (`opts.listen` is then ignored).
@@ -276,21 +305,27 @@ impl HttpServer {
         admin: Option<Arc<dyn AdminHandler>>,
     ) -> HttpServer {
         HttpServer {
-            listener,
+            listener: Listener::Tcp(listener),
             shared: Arc::new(Shared { opts, host, admin }),
         }
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The TCP address actually bound (useful with port 0); an error for a Unix socket.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Listener::Tcp(l) => l.local_addr(),
+            Listener::Unix(..) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "listening on a Unix socket",
+            )),
+        }
     }
 
     /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
     /// (at most [`HttpOptions::shutdown_grace`]) and return.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let HttpServer { listener, shared } = self;
-        info!(addr = ?listener.local_addr().ok(), "edgevm HTTP server listening");
+        info!(addr = %listener.describe(), "edgevm HTTP server listening");
         let opts = shared.opts.clone();
         accept_loop(
             listener,
@@ -319,8 +354,9 @@ pub async fn serve(
         .await
 }
 
-/// Blocking convenience: build a tokio runtime (2 worker threads), serve until SIGTERM or
-/// SIGINT, shut down gracefully and return.
+/// Blocking convenience: build a tokio runtime (one worker thread per CPU), serve until
+/// SIGTERM or SIGINT, drain for [`HttpOptions::drain_period`] (a second signal ends the drain
+/// early), shut down gracefully and return.
 pub fn run_server(
     opts: HttpOptions,
     host: Arc<dyn ProgramHost>,
@@ -328,7 +364,7 @@ pub fn run_server(
 ) -> io::Result<()> {
     let rt = http_runtime()?;
     let result = rt.block_on(async {
-        let stop = shutdown_signal()?;
+        let stop = drain_then_stop(opts.drain.clone(), opts.drain_period)?;
         serve(opts, host, admin, stop).await
     });
     // Connections still open after the grace period are dropped here.
@@ -363,6 +399,33 @@ fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Install SIGTERM and SIGINT handlers now; the returned future completes `period` after the
+/// first of them (or at a second one), having set `drain` at the first.
+fn drain_then_stop(drain: Drain, period: Duration) -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received, shutting down"),
+            _ = int.recv() => info!("SIGINT received, shutting down"),
+        }
+        drain.start();
+        if period.is_zero() {
+            return;
+        }
+        info!(
+            seconds = period.as_secs_f64(),
+            "draining: health answers 503, still serving"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(period) => info!("drain period over"),
+            _ = term.recv() => info!("second SIGTERM: drain ended early"),
+            _ = int.recv() => info!("second SIGINT: drain ended early"),
+        }
+    })
+}
+
 /// Serve one connection over any byte stream (an in-memory one for the HTTP fuzz target) with
 /// the same hyper settings, limits and routing as [`HttpServer::run`]; returns when the
 /// connection ends or a timeout of [`crate::limits`] closes it.
@@ -390,7 +453,7 @@ where
 /// Accept connections and serve each with a fresh service from `make_service` until
 /// `shutdown` completes; then drain gracefully.
 async fn accept_loop<F, S>(
-    listener: TcpListener,
+    listener: Listener,
     opts: &HttpOptions,
     make_service: F,
     shutdown: impl Future<Output = ()>,
@@ -420,7 +483,6 @@ where
                     let Some((stream, slot)) = admission.admit(stream) else {
                         continue;
                     };
-                    let _ = stream.set_nodelay(true);
                     let act = Activity::new();
                     let io = TokioIo::new(TrackedIo::new(stream, act.clone()));
                     let service = TrackedService::new(make_service(), act.clone());
@@ -534,8 +596,11 @@ async fn handle(
         elapsed_us = start.elapsed().as_micros() as u64,
         "request"
     );
+    let mut answer = outcome.answer;
+    // Draining: clients (load balancers) reconnect elsewhere.
+    answer.close |= shared.opts.drain.is_draining();
     Ok(finish(
-        outcome.answer,
+        answer,
         method == Method::HEAD,
         shared.opts.server_header,
     ))
@@ -839,7 +904,7 @@ pub async fn serve_static_hello_on(
     let opts = HttpOptions::new(listener.local_addr()?);
     info!(addr = %opts.listen, "static hello baseline listening");
     accept_loop(
-        listener,
+        Listener::Tcp(listener),
         &opts,
         || {
             service_fn(|_req: Request<Incoming>| async {

@@ -8,6 +8,7 @@
 //!   [`http::HttpServer`]), routing (`/<program>/...`), error mapping, graceful shutdown, the
 //!   [`http::AdminHandler`] hook for `/metrics` and `/_edgevm/...`, and a native
 //!   "Hello World!" baseline server for benchmarks.
+//! - [`listen`]: TCP or Unix-socket listening; [`drain`]: the drain state after SIGTERM.
 //! - [`limits`]: what one client can hold: connections (503 beyond `max_connections`), header,
 //!   idle and body timeouts.
 //! - [`logtext`]: client text in log lines (truncated, escaped) and rate-limited warnings
@@ -22,9 +23,11 @@
 //!   examples (hello, shared-memory counter, storage counter) without a VM.
 
 pub mod capacity;
+pub mod drain;
 pub mod fetch;
 pub mod http;
 pub mod limits;
+pub mod listen;
 pub mod logtext;
 pub mod native;
 pub mod programs;

@@ -47,12 +47,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::listen::Conn;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // tokio's clock: paused in tests and in the HTTP fuzz target, so timeouts fire at once there.
 use tokio::time::Instant;
@@ -133,12 +133,12 @@ impl Admission {
 
     /// A slot for a new connection, or `None` (after answering 503 and closing it) when all
     /// are taken.
-    pub(crate) fn admit(&self, stream: TcpStream) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    pub(crate) fn admit(&self, stream: Conn) -> Option<(Conn, OwnedSemaphorePermit)> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some((stream, permit)),
             Err(_) => {
                 // Best effort and without waiting: the socket buffer takes this easily.
-                let _ = stream.try_write(REFUSED);
+                stream.try_write(REFUSED);
                 let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = self.epoch.elapsed().as_secs() + 1;
                 if self.last_warning.swap(now, Ordering::Relaxed) != now {

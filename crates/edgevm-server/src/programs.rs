@@ -162,6 +162,9 @@ fn local_loader(name: &str, file: &std::path::Path) -> Loader {
 
 /// The admin endpoints:
 ///
+/// * `GET /_edgevm/health` — 200 `ready` when every program that must start at boot
+///   (`"start": true`) is ready; 503 with the reasons otherwise, and 503 `draining` once the
+///   server is draining (SIGTERM). For load-balancer probes.
 /// * `GET /_edgevm/stats` — JSON statistics per program.
 /// * `GET /metrics` — the same as Prometheus text.
 /// * `POST /_edgevm/update/<program>` — live update: the body is the new program binary, the
@@ -175,6 +178,22 @@ fn local_loader(name: &str, file: &std::path::Path) -> Loader {
 pub struct StatsAdmin {
     runtime: Arc<Runtime>,
     max_update_bytes: usize,
+    /// Programs that must be ready for the health endpoint to answer 200.
+    required: Vec<String>,
+    /// The server's drain state.
+    drain: crate::drain::Drain,
+}
+
+/// The programs of `cfg` the health endpoint waits for: those with `"start": true` (a program
+/// whose file cannot be read counts too: it stays failed, and health 503).
+pub fn start_programs(cfg: &Config) -> Vec<String> {
+    cfg.programs
+        .iter()
+        .filter_map(|(n, p)| match p {
+            Ok(p) if p.start => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Default largest live-update body (a program binary).
@@ -257,7 +276,40 @@ impl StatsAdmin {
         StatsAdmin {
             runtime,
             max_update_bytes: MAX_UPDATE_BYTES,
+            required: Vec::new(),
+            drain: Default::default(),
         }
+    }
+
+    /// Health: `required` programs must be ready, and `drain` not started, for 200.
+    pub fn with_health(mut self, required: Vec<String>, drain: crate::drain::Drain) -> Self {
+        self.required = required;
+        self.drain = drain;
+        self
+    }
+
+    fn health(&self) -> GuestResponse {
+        let mut resp = if self.drain.is_draining() {
+            text(503, "draining\n")
+        } else {
+            let waiting: Vec<String> = self
+                .required
+                .iter()
+                .filter_map(|n| match self.runtime.program(n) {
+                    Some(p) if p.ready_info().is_some() => None,
+                    Some(p) => Some(format!("{n} ({})", p.status())),
+                    None => Some(format!("{n} (not configured)")),
+                })
+                .collect();
+            if waiting.is_empty() {
+                text(200, "ready\n")
+            } else {
+                text(503, &format!("not ready: {}\n", waiting.join(", ")))
+            }
+        };
+        resp.headers
+            .push(("Cache-Control".into(), "no-store".into()));
+        resp
     }
 
     /// The largest live-update body (default [`MAX_UPDATE_BYTES`]).
@@ -372,7 +424,7 @@ fn text(status: u16, body: &str) -> GuestResponse {
 }
 
 /// The read-only endpoints: `/_edgevm/stats` and `/metrics`.
-const READ_ONLY: &[&str] = &["/_edgevm/stats", "/metrics"];
+const READ_ONLY: &[&str] = &["/_edgevm/stats", "/metrics", "/_edgevm/health"];
 
 impl AdminHandler for StatsAdmin {
     fn check(&self, req: &AdminRequest) -> AdminCheck {
@@ -393,6 +445,7 @@ impl AdminHandler for StatsAdmin {
             return Some(self.update(req, name));
         }
         match req.path.as_str() {
+            "/_edgevm/health" => Some(self.health()),
             "/_edgevm/stats" => Some(GuestResponse {
                 status: 200,
                 content_type: "application/json".into(),

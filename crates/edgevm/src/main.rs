@@ -45,9 +45,20 @@ enum Cmd {
 /// (docs/CONFIG.md) and is validated the same way.
 #[derive(Args)]
 struct ServerArgs {
-    /// Address to listen on [default: 127.0.0.1:8080] (server.listen).
+    /// Address to listen on, or `unix:/path` for a Unix socket [default: 127.0.0.1:8080]
+    /// (server.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// Permission bits of the Unix socket file, octal (server.listen_mode), e.g. 0660.
+    #[arg(long)]
+    listen_mode: Option<String>,
+    /// Owner of the Unix socket file: user, user:group or :group (server.listen_owner).
+    #[arg(long)]
+    listen_owner: Option<String>,
+    /// Seconds to keep serving after SIGTERM while /_edgevm/health answers 503, before
+    /// stopping to accept [default: 0] (server.drain_seconds).
+    #[arg(long)]
+    drain_seconds: Option<String>,
     /// Largest request body in MB, at most 16; 413 beyond [default: 16] (server.max_body_size).
     #[arg(long)]
     max_body_mb: Option<String>,
@@ -84,6 +95,9 @@ impl ServerArgs {
     fn apply(&self, cfg: &mut edgevm_config::ServerConfig) -> Result<()> {
         for (key, value) in [
             ("listen", &self.listen),
+            ("listen_mode", &self.listen_mode),
+            ("listen_owner", &self.listen_owner),
+            ("drain_seconds", &self.drain_seconds),
             ("max_body_size", &self.max_body_mb),
             ("max_update_size", &self.max_update_mb),
             ("max_header_size", &self.max_header_kb),
@@ -170,6 +184,7 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     edgevm_kvm::kvm_available()?;
     let mut cfg = Config::load_files(files)?;
     args.apply(&mut cfg.server)?;
+    cfg.server.check()?;
     let mut opts = edgevm_server::http::HttpOptions::default();
     opts.apply_config(&cfg.server);
     let fds = edgevm_server::limits::raise_fd_limit();
@@ -187,7 +202,11 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
         );
         opts.max_connections = fitting;
     }
-    let listen = opts.listen;
+    let listen = match &opts.unix {
+        Some(u) => format!("unix:{}", u.path.display()),
+        None => format!("http://{}/", opts.listen),
+    };
+    let drain = opts.drain.clone();
     for line in edgevm_server::capacity::check(
         &needs,
         fds,
@@ -207,11 +226,12 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     runtime.start_eager();
     let names: Vec<_> = runtime.programs().into_iter().map(|(n, _)| n).collect();
     tracing::info!(
-        "edgevm serving {} program(s) on http://{listen}/ ({})",
+        "edgevm serving {} program(s) on {listen} ({})",
         names.len(),
         names.join(", ")
     );
-    let mut admin = edgevm_server::programs::StatsAdmin::new(runtime.clone());
+    let mut admin = edgevm_server::programs::StatsAdmin::new(runtime.clone())
+        .with_health(edgevm_server::programs::start_programs(&cfg), drain);
     if let Some(b) = cfg.server.max_update_size {
         admin = admin.with_max_update_bytes(b);
     }
@@ -224,6 +244,7 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
 
 fn check(files: &[PathBuf]) -> Result<ExitCode> {
     let cfg = Config::load_files(files)?;
+    cfg.server.check()?;
     print!("{}", cfg.render_check());
     Ok(if cfg.has_errors() {
         ExitCode::from(1)

@@ -796,11 +796,14 @@ fn warmup_requests_reach_the_main_vm_before_freezing() {
 #[test]
 fn live_update_keys_failures_and_swap() {
     let dir = scratch("cd-live-update");
+    // A copy: an accepted live update replaces the program's file.
+    let api = dir.join("serve_api");
+    std::fs::copy(guest("serve_api"), &api).unwrap();
     let cfg = write(
         &dir.join("update.json"),
         &format!(
             "{{\n  \"upd\": {{ \"filename\": {api}, \"key\": \"s3cret\", \"max_memory\": 64 }},\n  \"nokey\": {{ \"filename\": {hello} }}\n}}\n",
-            api = jp(&guest("serve_api")),
+            api = jp(&api),
             hello = jp(&guest("example_hello"))
         ),
     );

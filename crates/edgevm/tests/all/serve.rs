@@ -734,11 +734,15 @@ fn storage_counter_and_shared_memory_counter_count() {
 
 #[test]
 fn live_update_carries_storage_state() {
+    // A copy: an accepted live update replaces the program's file.
+    let bin_dir = scratch("serve-live-bin");
+    let file = bin_dir.join("live_state");
+    std::fs::copy(guest("live_state"), &file).unwrap();
     let s = serve(
         "live",
         &[program(
             "live",
-            &guest("live_state"),
+            &file,
             "\"storage\": true, \"key\": \"k1\", \"concurrency\": 2",
         )],
     );
