@@ -9,65 +9,80 @@
 //! header make the same calls as hypercalls; the host implements them on the same structures
 //! (functions below), so both kinds of program see identical behaviour.
 //!
-//! Layout (guest addresses, see [`crate::layout`]):
-//!
-//! ```text
-//! IO_AREA + 0x0000  struct edgevm_io header (magic, version, counts, used bytes, flags)
-//! IO_AREA + 0x1000  request header table:  struct kvm_request_header[REQ_MAX]
-//! IO_AREA + 0x3000  response header table: struct kvm_request_header[RESP_MAX]
-//! IO_AREA + 0x3800  struct kvm_request for set_backend_request handlers
-//! IO_AREA + 0x4000  request string blob  (REQ_BLOB_SIZE)
-//! RESP_BLOB         response string blob (to the end of the area)
-//! ```
-//!
-//! A header entry is `{const char *field; u32 colon; u32 len}`, `field` NUL-terminated;
-//! an entry with `len == 0` has been removed.
+//! The layout, the structs and the header-table rules are `edgevm-guest-abi`'s (`io`, `types`,
+//! `headers`), shared with the Rust guest crate; this module writes requests and applies the
+//! rules through [`GuestMemory`].
 
+use edgevm_guest_abi::headers::{self, Area, AreaRead, HeaderError};
+use edgevm_guest_abi::types::{GuestPtr, IoHeader, KvmRequest, RequestHeader};
 use edgevm_kvm::{GuestMemory, MemError};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::layout::{IO_AREA, IO_AREA_SIZE};
+pub use edgevm_guest_abi::headers::validate_field;
+pub use edgevm_guest_abi::io::{
+    Where, MAGIC, REQUEST_STRUCT, REQ_BLOB, REQ_BLOB_SIZE, REQ_MAX, REQ_TABLE, RESP_BLOB,
+    RESP_BLOB_SIZE, RESP_MAX, RESP_TABLE, VCPU_INFO, VERSION,
+};
 
-/// "EVIO".
-pub const MAGIC: u32 = 0x4F49_5645;
-/// Layout version.
-pub const VERSION: u32 = 1;
-/// Header struct offsets.
-pub const OFF_REQ_COUNT: u64 = 8;
-/// Response header count.
-pub const OFF_RESP_COUNT: u64 = 12;
-/// Request blob bytes used.
-pub const OFF_REQ_USED: u64 = 16;
-/// Response blob bytes used.
-pub const OFF_RESP_USED: u64 = 20;
-/// Flags (bit 0: warmup request).
-pub const OFF_FLAGS: u64 = 24;
-/// Per-vCPU data at %gs (the GS base points here): `u32 vcpuid` (always 0: one vCPU),
-/// `u32 vcpureqid` (the request VM's index in its program's pool), read by kvm_api.h's
-/// `vcpuid()` / `vcpureqid()`.
-pub const VCPU_INFO: u64 = IO_AREA + 0x40;
-/// Request header table.
-pub const REQ_TABLE: u64 = IO_AREA + 0x1000;
-/// Maximum request headers.
-pub const REQ_MAX: u32 = 512;
-/// Response header table.
-pub const RESP_TABLE: u64 = IO_AREA + 0x3000;
-/// Maximum response headers.
-pub const RESP_MAX: u32 = 128;
-/// `struct kvm_request`.
-pub const REQUEST_STRUCT: u64 = IO_AREA + 0x3800;
-/// Request strings.
-pub const REQ_BLOB: u64 = IO_AREA + 0x4000;
-/// Size of the request strings blob.
-pub const REQ_BLOB_SIZE: u64 = 0x40000;
-/// Response strings.
-pub const RESP_BLOB: u64 = REQ_BLOB + REQ_BLOB_SIZE;
-/// Size of the response strings blob.
-pub const RESP_BLOB_SIZE: u64 = IO_AREA + IO_AREA_SIZE - RESP_BLOB;
+/// Read a shared struct from guest memory.
+pub fn read_struct<T: FromBytes + IntoBytes>(mem: &GuestMemory, addr: u64) -> Result<T, MemError> {
+    let mut v = T::new_zeroed();
+    mem.read(addr, v.as_mut_bytes())?;
+    Ok(v)
+}
 
-/// REQ / BEREQ.
-pub const WHERE_REQ: u64 = 0;
-/// RESP / BERESP.
-pub const WHERE_RESP: u64 = 1;
+/// Write a shared struct into guest memory.
+pub fn write_struct<T: IntoBytes + Immutable>(
+    mem: &mut GuestMemory,
+    addr: u64,
+    v: &T,
+) -> Result<(), MemError> {
+    mem.write(addr, v.as_bytes())
+}
+
+/// The header tables as seen through guest memory (the hypercall path).
+struct Mem<'a>(&'a GuestMemory);
+/// The same, writable.
+struct MemMut<'a>(&'a mut GuestMemory);
+
+macro_rules! area_reads {
+    ($t:ty) => {
+        impl AreaRead for $t {
+            type Error = MemError;
+            fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+                read_struct(self.0, addr)
+            }
+            fn read_entry(&self, addr: u64) -> Result<RequestHeader, MemError> {
+                read_struct(self.0, addr)
+            }
+            fn with_bytes<R>(
+                &self,
+                addr: u64,
+                len: usize,
+                f: impl FnOnce(&[u8]) -> R,
+            ) -> Result<R, MemError> {
+                Ok(f(&self.0.read_vec(addr, len)?))
+            }
+        }
+    };
+}
+area_reads!(Mem<'_>);
+area_reads!(MemMut<'_>);
+
+impl Area for MemMut<'_> {
+    fn write_u32(&mut self, addr: u64, v: u32) -> Result<(), MemError> {
+        write_struct(self.0, addr, &v)
+    }
+    fn write_entry(&mut self, addr: u64, e: &RequestHeader) -> Result<(), MemError> {
+        write_struct(self.0, addr, e)
+    }
+    fn write_cstr(&mut self, addr: u64, b: &[u8]) -> Result<(), MemError> {
+        let mut v = Vec::with_capacity(b.len() + 1);
+        v.extend_from_slice(b);
+        v.push(0);
+        self.0.write(addr, &v)
+    }
+}
 
 /// An API misuse that fails the request with a clear message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,38 +112,6 @@ pub fn shown_field(f: &[u8]) -> String {
             f.len()
         )
     }
-}
-
-/// Check a "Key: value" field as the reference does. Returns the colon index.
-pub fn validate_field(f: &[u8]) -> Result<usize, &'static str> {
-    if f.len() < 4 || f.len() > 65535 {
-        return Err("a header field must be 4 to 65535 bytes long");
-    }
-    let Some(colon) = f.iter().position(|&c| c == b':') else {
-        return Err("no colon");
-    };
-    if colon == 0 {
-        return Err("empty header name");
-    }
-    if f[..colon]
-        .iter()
-        .any(|c| matches!(c, b' ' | 0 | 8 | 0x1b | 0x0c | b'\t' | b'\r' | b'\n') || *c >= 0x7f)
-    {
-        return Err("header name contains a forbidden character");
-    }
-    if f.get(colon + 1) != Some(&b' ') {
-        return Err("missing space after the colon");
-    }
-    if f.last() == Some(&b' ') || f.last() == Some(&b'\t') {
-        return Err("trailing whitespace");
-    }
-    if f[colon + 1..]
-        .iter()
-        .any(|c| matches!(c, 0 | b'\r' | b'\n'))
-    {
-        return Err("header value contains CR, LF or NUL");
-    }
-    Ok(colon)
 }
 
 /// The strings of one request, as written into the area.
@@ -169,14 +152,6 @@ impl Blob {
         self.at += need;
         Ok(p)
     }
-}
-
-fn entry_bytes(ptr: u64, colon: u32, len: u32) -> [u8; 16] {
-    let mut e = [0u8; 16];
-    e[..8].copy_from_slice(&ptr.to_le_bytes());
-    e[8..12].copy_from_slice(&colon.to_le_bytes());
-    e[12..16].copy_from_slice(&len.to_le_bytes());
-    e
 }
 
 /// What the host writes for one request.
@@ -229,74 +204,50 @@ pub fn write_request(mem: &mut GuestMemory, r: &RequestData) -> Result<RequestPt
         arg: blob.put(mem, r.arg.as_bytes())?,
         content_type: blob.put(mem, r.content_type.as_bytes())?,
     };
-    let mut table = Vec::with_capacity(r.headers.len() * 16);
+    let mut table = Vec::with_capacity(r.headers.len());
     for (k, v) in r.headers {
         let f = format!("{k}: {v}");
-        let p = blob.put(mem, f.as_bytes())?;
-        table.extend_from_slice(&entry_bytes(p, k.len() as u32, f.len() as u32));
+        table.push(RequestHeader {
+            field: GuestPtr::new(blob.put(mem, f.as_bytes())?),
+            field_colon: k.len() as u32,
+            field_len: f.len() as u32,
+        });
     }
     let err = |err| IoError::BadPointer {
         call: "request",
         err,
     };
-    mem.write(REQ_TABLE, &table).map_err(err)?;
-    let mut h = [0u8; 32];
-    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&VERSION.to_le_bytes());
-    h[8..12].copy_from_slice(&(r.headers.len() as u32).to_le_bytes());
-    h[12..16].copy_from_slice(&0u32.to_le_bytes());
-    h[16..20].copy_from_slice(&((blob.at - REQ_BLOB) as u32).to_le_bytes());
-    h[20..24].copy_from_slice(&0u32.to_le_bytes());
-    h[24..28].copy_from_slice(&u32::from(r.warmup).to_le_bytes());
-    mem.write(IO_AREA, &h).map_err(err)?;
-    // struct kvm_request
-    let mut k = [0u8; 88];
-    k[0..8].copy_from_slice(&ptrs.method.to_le_bytes());
-    k[8..16].copy_from_slice(&ptrs.url.to_le_bytes());
-    k[16..24].copy_from_slice(&ptrs.arg.to_le_bytes());
-    k[24..32].copy_from_slice(&ptrs.content_type.to_le_bytes());
-    k[32..34].copy_from_slice(&(r.method.len() as u16).to_le_bytes());
-    k[34..36].copy_from_slice(&(r.url.len() as u16).to_le_bytes());
-    k[36..38].copy_from_slice(&(r.arg.len() as u16).to_le_bytes());
-    k[38..40].copy_from_slice(&(r.content_type.len() as u16).to_le_bytes());
-    k[40..48].copy_from_slice(&r.body.0.to_le_bytes());
-    k[48..56].copy_from_slice(&r.body.1.to_le_bytes());
-    k[56..64].copy_from_slice(&REQ_TABLE.to_le_bytes());
-    k[64..66].copy_from_slice(&(r.headers.len() as u16).to_le_bytes());
-    k[66..68].copy_from_slice(&u16::from(r.warmup).to_le_bytes());
-    k[72..80].copy_from_slice(&r.prng[0].to_le_bytes());
-    k[80..88].copy_from_slice(&r.prng[1].to_le_bytes());
-    mem.write(REQUEST_STRUCT, &k).map_err(err)?;
+    mem.write(REQ_TABLE, table.as_bytes()).map_err(err)?;
+    let head = IoHeader {
+        magic: MAGIC,
+        version: VERSION,
+        req_count: r.headers.len() as u32,
+        resp_count: 0,
+        req_used: (blob.at - REQ_BLOB) as u32,
+        resp_used: 0,
+        flags: u32::from(r.warmup),
+        reserved: 0,
+    };
+    write_struct(mem, edgevm_guest_abi::io::BASE, &head).map_err(err)?;
+    let k = KvmRequest {
+        method: GuestPtr::new(ptrs.method),
+        url: GuestPtr::new(ptrs.url),
+        arg: GuestPtr::new(ptrs.arg),
+        content_type: GuestPtr::new(ptrs.content_type),
+        method_len: r.method.len() as u16,
+        url_len: r.url.len() as u16,
+        arg_len: r.arg.len() as u16,
+        content_type_len: r.content_type.len() as u16,
+        content: GuestPtr::new(r.body.0),
+        content_len: r.body.1,
+        headers: GuestPtr::new(REQ_TABLE),
+        num_headers: r.headers.len() as u16,
+        info_flags: u16::from(r.warmup),
+        reserved0: 0,
+        prng: r.prng,
+    };
+    write_struct(mem, REQUEST_STRUCT, &k).map_err(err)?;
     Ok(ptrs)
-}
-
-fn u32_at(mem: &GuestMemory, a: u64) -> u32 {
-    let mut b = [0u8; 4];
-    let _ = mem.read(a, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn tables(where_: u64) -> (u64, u32, u64, u64, u64, u64) {
-    // (table, max, count field, used field, blob, blob size)
-    if where_ == WHERE_RESP {
-        (
-            RESP_TABLE,
-            RESP_MAX,
-            OFF_RESP_COUNT,
-            OFF_RESP_USED,
-            RESP_BLOB,
-            RESP_BLOB_SIZE,
-        )
-    } else {
-        (
-            REQ_TABLE,
-            REQ_MAX,
-            OFF_REQ_COUNT,
-            OFF_REQ_USED,
-            REQ_BLOB,
-            REQ_BLOB_SIZE,
-        )
-    }
 }
 
 /// One header entry as read from the area.
@@ -311,124 +262,69 @@ pub struct Field {
 }
 
 /// Live (not removed) entries of REQ or RESP. Entries the guest corrupted are skipped.
-pub fn fields(mem: &GuestMemory, where_: u64) -> Vec<Field> {
-    let (table, max, count_off, ..) = tables(where_);
-    let count = u32_at(mem, IO_AREA + count_off).min(max);
-    let mut out = Vec::new();
-    for i in 0..count {
-        let mut e = [0u8; 16];
-        if mem.read(table + 16 * i as u64, &mut e).is_err() {
-            continue;
-        }
-        let ptr = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-        let colon = u32::from_le_bytes(e[8..12].try_into().unwrap_or_default()) as usize;
-        let len = u32::from_le_bytes(e[12..16].try_into().unwrap_or_default()) as usize;
-        if len == 0 || len > 65535 {
-            continue;
-        }
-        if let Ok(bytes) = mem.read_vec(ptr, len) {
-            out.push(Field {
+pub fn fields(mem: &GuestMemory, where_: Where) -> Vec<Field> {
+    let a = Mem(mem);
+    (0..headers::count(&a, where_))
+        .filter_map(|i| {
+            let (e, _) = headers::live_entry(&a, where_, i, None)?;
+            let bytes = mem.read_vec(e.field.addr(), e.field_len as usize).ok()?;
+            Some(Field {
                 index: i,
                 bytes,
-                colon,
-            });
-        }
-    }
-    out
+                colon: e.field_colon as usize,
+            })
+        })
+        .collect()
 }
 
-fn key_eq(field: &Field, key: &[u8]) -> bool {
-    field.colon <= field.bytes.len() && field.bytes[..field.colon].eq_ignore_ascii_case(key)
+fn header_error(e: HeaderError<MemError>, call: &'static str, f: &[u8]) -> IoError {
+    match e {
+        HeaderError::Mem(err) => IoError::BadPointer { call, err },
+        HeaderError::BadField(why) => IoError::BadHeader {
+            call,
+            field: shown_field(f),
+            why,
+        },
+        HeaderError::TooMany { max } => IoError::Limit(format!("too many headers (at most {max})")),
+        HeaderError::BlobFull => IoError::Limit("header space exhausted".into()),
+    }
 }
 
 /// Append a validated field. The API's `sys_http_append`.
 pub fn append(
     mem: &mut GuestMemory,
-    where_: u64,
+    where_: Where,
     f: &[u8],
     call: &'static str,
 ) -> Result<(), IoError> {
-    let colon = validate_field(f).map_err(|why| IoError::BadHeader {
-        call,
-        field: shown_field(f),
-        why,
-    })?;
-    let (table, max, count_off, used_off, blob, blob_size) = tables(where_);
-    let count = u32_at(mem, IO_AREA + count_off);
-    let used = u32_at(mem, IO_AREA + used_off) as u64;
-    if count >= max {
-        return Err(IoError::Limit(format!("too many headers (at most {max})")));
-    }
-    if used + f.len() as u64 + 1 > blob_size {
-        return Err(IoError::Limit("header space exhausted".into()));
-    }
-    let p = blob + used;
-    let err = |err| IoError::BadPointer { call, err };
-    let mut v = f.to_vec();
-    v.push(0);
-    mem.write(p, &v).map_err(err)?;
-    mem.write(
-        table + 16 * count as u64,
-        &entry_bytes(p, colon as u32, f.len() as u32),
-    )
-    .map_err(err)?;
-    mem.write(IO_AREA + count_off, &(count + 1).to_le_bytes())
-        .map_err(err)?;
-    mem.write(
-        IO_AREA + used_off,
-        &((used + v.len() as u64) as u32).to_le_bytes(),
-    )
-    .map_err(err)?;
-    Ok(())
+    headers::append(&mut MemMut(mem), where_, f).map_err(|e| header_error(e, call, f))
 }
 
 /// Remove every field with this key. Returns how many were removed.
-pub fn unset(mem: &mut GuestMemory, where_: u64, key: &[u8]) -> Result<u32, IoError> {
-    let (table, ..) = tables(where_);
-    let mut n = 0;
-    for f in fields(mem, where_) {
-        if key_eq(&f, key) {
-            mem.write(table + 16 * f.index as u64 + 12, &0u32.to_le_bytes())
-                .map_err(|err| IoError::BadPointer {
-                    call: "http_set",
-                    err,
-                })?;
-            n += 1;
-        }
-    }
-    Ok(n)
+pub fn unset(mem: &mut GuestMemory, where_: Where, key: &[u8]) -> Result<u32, IoError> {
+    headers::unset(&mut MemMut(mem), where_, key).map_err(|err| IoError::BadPointer {
+        call: "http_set",
+        err,
+    })
 }
 
 /// `sys_http_set`: replace the key's fields with this one; without a colon, remove the key.
-pub fn set(mem: &mut GuestMemory, where_: u64, f: &[u8]) -> Result<(), IoError> {
-    match f.iter().position(|&c| c == b':') {
-        None => unset(mem, where_, f).map(|_| ()),
-        Some(colon) => {
-            validate_field(f).map_err(|why| IoError::BadHeader {
-                call: "http_set",
-                field: shown_field(f),
-                why,
-            })?;
-            unset(mem, where_, &f[..colon])?;
-            append(mem, where_, f, "http_set")
-        }
-    }
+pub fn set(mem: &mut GuestMemory, where_: Where, f: &[u8]) -> Result<(), IoError> {
+    headers::set(&mut MemMut(mem), where_, f).map_err(|e| header_error(e, "http_set", f))
 }
 
 /// `sys_http_find`: the whole first field ("Key: value") with this key, as the reference
 /// returns it.
-pub fn find(mem: &GuestMemory, where_: u64, key: &[u8]) -> Option<Vec<u8>> {
-    fields(mem, where_)
-        .into_iter()
-        .find(|f| key_eq(f, key))
-        .map(|f| f.bytes)
+pub fn find(mem: &GuestMemory, where_: Where, key: &[u8]) -> Option<Vec<u8>> {
+    let e = headers::find(&Mem(mem), where_, key)?;
+    mem.read_vec(e.field.addr(), e.field_len as usize).ok()
 }
 
 /// Response headers as (name, value), each validated again (the guest could have written
 /// anything into the area).
 pub fn response_headers(mem: &GuestMemory) -> Result<Vec<(String, String)>, IoError> {
     let mut out = Vec::new();
-    for f in fields(mem, WHERE_RESP) {
+    for f in fields(mem, Where::Resp) {
         let colon = validate_field(&f.bytes).map_err(|why| IoError::BadHeader {
             call: "backend_response",
             field: shown_field(&f.bytes),
@@ -478,16 +374,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.read_cstr(p.url, 100).unwrap(), b"/a?b=1");
-        assert_eq!(find(&m, WHERE_REQ, b"x-id").unwrap(), b"X-Id: 7");
-        assert!(find(&m, WHERE_REQ, b"nope").is_none());
-        append(&mut m, WHERE_RESP, b"X-Counter: 1", "t").unwrap();
-        set(&mut m, WHERE_RESP, b"X-Counter: 2").unwrap();
-        append(&mut m, WHERE_RESP, b"X-Other: y", "t").unwrap();
-        set(&mut m, WHERE_RESP, b"X-Other").unwrap();
+        assert_eq!(find(&m, Where::Req, b"x-id").unwrap(), b"X-Id: 7");
+        assert!(find(&m, Where::Req, b"nope").is_none());
+        append(&mut m, Where::Resp, b"X-Counter: 1", "t").unwrap();
+        set(&mut m, Where::Resp, b"X-Counter: 2").unwrap();
+        append(&mut m, Where::Resp, b"X-Other: y", "t").unwrap();
+        set(&mut m, Where::Resp, b"X-Other").unwrap();
         assert_eq!(
             response_headers(&m).unwrap(),
             vec![("X-Counter".to_string(), "2".to_string())]
         );
-        assert!(append(&mut m, WHERE_RESP, b"bad", "t").is_err());
+        assert!(append(&mut m, Where::Resp, b"bad", "t").is_err());
     }
 }

@@ -9,7 +9,9 @@
 //!   programs need; one VM exit per call.
 //! * [`files`] — the program's `state` file (`<filename>.state` on the host), the only file
 //!   a guest can open.
-//! * [`api`] — the `kvm_api.h` hypercall numbers and decoding.
+//! * [`api`] — `kvm_api.h` calls decoded into a typed [`api::Call`] (numbers and decoding live
+//!   in [`guest_abi`], the `no_std` crate shared with the Rust guest crate).
+//! * [`io`] — the I/O area: writing requests, the header calls on guest memory.
 //! * [`crash`] — turning a CPU exception into a readable report.
 
 pub mod api;
@@ -22,4 +24,5 @@ pub mod layout;
 pub mod linux;
 mod names;
 
+pub use edgevm_guest_abi as guest_abi;
 pub use names::syscall_name;

@@ -11,7 +11,7 @@
 use edgevm_abi::cpu::write_system_tables;
 use edgevm_abi::crash::decode_exception;
 use edgevm_abi::elf::Symbols;
-use edgevm_abi::io::{self, RequestData, WHERE_REQ, WHERE_RESP};
+use edgevm_abi::io::{self, RequestData, Where};
 use edgevm_abi::layout::{Layout, IO_AREA, PROTECTED};
 use edgevm_kvm::{kvm_regs, GuestMemory};
 
@@ -57,7 +57,7 @@ pub fn api(data: &[u8]) {
     let mut ops = 0;
     while !inp.is_empty() && ops < 100 {
         ops += 1;
-        let where_ = if inp.bool() { WHERE_RESP } else { WHERE_REQ };
+        let where_ = if inp.bool() { Where::Resp } else { Where::Req };
         match inp.u8() % 9 {
             0 => {
                 // The guest scribbles on the area: header fields, counts, table entries.

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use edgevm_abi::api;
+use edgevm_abi::api::Call;
 use edgevm_abi::layout;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
@@ -81,9 +81,9 @@ impl<C: Vcpu> MainVm<C> {
                 Event::Preempted => {}
                 Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
                 Event::Returned => return Err(RunError::ReturnedDuringInit),
-                Event::Hypercall(num) => {
-                    let flow = calls.call(self, num)?;
-                    if let Some(outcome) = self.apply(num, flow) {
+                Event::Hypercall(call) => {
+                    let flow = calls.call(self, call)?;
+                    if let Some(outcome) = self.apply(call, flow) {
                         return Ok(outcome);
                     }
                 }
@@ -104,35 +104,33 @@ impl BootCalls {
     pub(crate) fn call<C: Vcpu>(
         &mut self,
         vm: &mut MainVm<C>,
-        num: u32,
+        call: Call,
     ) -> Result<Flow<BootOutcome>, RunError> {
-        Ok(match num {
-            api::WAIT_FOR_REQUESTS => {
+        Ok(match call {
+            Call::WaitForRequests => {
                 vm.initialized = true;
                 Flow::End(BootOutcome::Ready)
             }
-            api::WAIT_FOR_REQUESTS_PAUSED => return Err(RunError::EventLoopUnsupported),
-            api::STORAGE_ALLOW => {
+            Call::WaitForRequestsPaused { .. } => return Err(RunError::EventLoopUnsupported),
+            Call::StorageAllow { func } => {
                 // As in the reference: only the storage VM keeps an allow-list (0); the
                 // main VM's calls are refused (-1).
-                let f = vm.machine.cpu.regs().rdi;
                 if vm.opts.storage {
-                    vm.storage_allowed.push(f);
+                    vm.storage_allowed.push(func.0);
                     Flow::Return(0)
                 } else {
                     Flow::Return(u64::MAX)
                 }
             }
-            api::STORAGE_CALLV => match &self.storage {
+            Call::StorageCallv { .. } => match &self.storage {
                 Some(st) => Flow::Return(storage_call(vm, st)?),
                 None => Flow::Refuse,
             },
-            api::STORAGE_TASK => match &self.storage {
+            Call::StorageTask { .. } => match &self.storage {
                 Some(st) => Flow::Return(task_hypercall(vm, |f, d, a, b| st.task(f, d, a, b))),
                 None => Flow::Refuse,
             },
-            api::MAKE_EPHEMERAL => {
-                let on = vm.machine.cpu.regs().rdi != 0;
+            Call::MakeEphemeral { ephemeral: on } => {
                 if vm.opts.control_ephemeral {
                     vm.ephemeral_override = Some(on);
                     Flow::Return(0)

@@ -3,7 +3,7 @@
 //! boot (boot.rs), request (request_vm.rs) and storage (storage/calls.rs); the calls every
 //! context shares are served by [`crate::vm::MainVm::run_until_event`] itself.
 
-use edgevm_abi::api;
+use edgevm_abi::api::{self, Call};
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -21,8 +21,8 @@ pub(crate) enum Flow<T> {
 }
 
 impl<C: Vcpu> MainVm<C> {
-    /// Carry out a handler set's [`Flow`] for call `num`: Some(value) when the loop ends.
-    pub(crate) fn apply<T>(&mut self, num: u32, flow: Flow<T>) -> Option<T> {
+    /// Carry out a handler set's [`Flow`] for `call`: Some(value) when the loop ends.
+    pub(crate) fn apply<T>(&mut self, call: Call, flow: Flow<T>) -> Option<T> {
         match flow {
             Flow::Return(v) => {
                 self.machine.cpu.regs_mut().rax = v;
@@ -30,7 +30,7 @@ impl<C: Vcpu> MainVm<C> {
             }
             Flow::End(t) => Some(t),
             Flow::Refuse => {
-                self.unsupported_call(num);
+                self.unsupported_call(call.num());
                 None
             }
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use edgevm_abi::api;
+use edgevm_abi::api::Call;
 use edgevm_abi::io::{self, IoError, RequestData};
 use edgevm_abi::layout;
 use edgevm_abi::linux::{fill_random, Output};
@@ -324,14 +324,14 @@ impl Invoker {
                         "HTTP response not set. Program crashed?",
                     )
                 }
-                Event::Hypercall(api::BACKEND_RESPONSE) => return self.read_response(),
-                Event::Hypercall(api::STORAGE_CALLV) => match self.storage_hypercall() {
+                Event::Hypercall(Call::BackendResponse { .. }) => return self.read_response(),
+                Event::Hypercall(Call::StorageCallv { .. }) => match self.storage_hypercall() {
                     Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
                     Ok(None) => return Outcome::Preempted,
                     Err(f) => return Outcome::Failed(f),
                 },
-                Event::Hypercall(num) => {
-                    if let Err(f) = self.api_call(num) {
+                Event::Hypercall(call) => {
+                    if let Err(f) = self.api_call(call) {
                         return Outcome::Failed(f);
                     }
                 }

@@ -2,7 +2,7 @@
 //! reference-header path; edgevm's header serves most of them inside the guest), and reading
 //! its response.
 
-use edgevm_abi::api;
+use edgevm_abi::api::Call;
 use edgevm_abi::io::{self, IoError};
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
@@ -14,8 +14,7 @@ use crate::request_vm::{fail, FailureKind, RequestFailure, MAX_RESPONSE_BODY};
 impl Invoker {
     /// Hypercalls of the request context (the reference-header path; edgevm's header serves
     /// most of these inside the guest).
-    pub(crate) fn api_call(&mut self, num: u32) -> Result<(), RequestFailure> {
-        let r = *self.vm.machine.cpu.regs();
+    pub(crate) fn api_call(&mut self, call: Call) -> Result<(), RequestFailure> {
         let mem = &mut self.vm.machine.mem;
         let api_err = |e: IoError| RequestFailure {
             message: e.to_string(),
@@ -33,26 +32,26 @@ impl Invoker {
                 kind: FailureKind::Api,
             })
         };
-        let ret: u64 = match num {
-            api::HTTP_APPEND => {
-                let f = read(mem, r.rsi, r.rdx, "http_append")?;
-                io::append(mem, r.rdi.min(1), &f, "http_append").map_err(api_err)?;
+        let ret: u64 = match call {
+            Call::HttpAppend { where_, field } => {
+                let f = read(mem, field.addr(), field.len, "http_append")?;
+                io::append(mem, where_, &f, "http_append").map_err(api_err)?;
                 0
             }
-            api::HTTP_SET => {
-                let f = read(mem, r.rsi, r.rdx, "http_set")?;
-                io::set(mem, r.rdi.min(1), &f).map_err(api_err)?;
+            Call::HttpSet { where_, field } => {
+                let f = read(mem, field.addr(), field.len, "http_set")?;
+                io::set(mem, where_, &f).map_err(api_err)?;
                 0
             }
-            api::HTTP_FIND => {
-                let key = read(mem, r.rsi, r.rdx, "http_find")?;
-                match io::find(mem, r.rdi.min(1), &key) {
+            Call::HttpFind { where_, key, out } => {
+                let key = read(mem, key.addr(), key.len, "http_find")?;
+                match io::find(mem, where_, &key) {
                     None => 0,
-                    Some(v) if r.rcx == 0 => v.len() as u64,
-                    Some(v) if (v.len() as u64) < r.r8 => {
+                    Some(v) if out.addr() == 0 => v.len() as u64,
+                    Some(v) if (v.len() as u64) < out.len => {
                         let mut z = v.clone();
                         z.push(0);
-                        mem.write(r.rcx, &z).map_err(|err| {
+                        mem.write(out.addr(), &z).map_err(|err| {
                             api_err(IoError::BadPointer {
                                 call: "http_find",
                                 err,
@@ -63,15 +62,15 @@ impl Invoker {
                     Some(_) => 0,
                 }
             }
-            api::HTTP_METHOD => {
+            Call::HttpMethod { out } => {
                 let m = self.method_bytes();
                 let mem = &mut self.vm.machine.mem;
-                if r.rdi == 0 {
+                if out.addr() == 0 {
                     m.len() as u64
-                } else if (m.len() as u64) < r.rsi {
+                } else if (m.len() as u64) < out.len {
                     let mut z = m.clone();
                     z.push(0);
-                    mem.write(r.rdi, &z).map_err(|err| {
+                    mem.write(out.addr(), &z).map_err(|err| {
                         api_err(IoError::BadPointer {
                             call: "http_method",
                             err,
@@ -82,29 +81,34 @@ impl Invoker {
                     0
                 }
             }
-            api::SET_CACHEABLE => {
+            Call::SetCacheable {
+                cached,
+                ttl_ms,
+                grace_ms,
+                ..
+            } => {
                 self.cache_control = Some(cache_control(
-                    r.rdi != 0,
-                    r.rsi as f64 / 1000.0,
-                    r.rdx as f64 / 1000.0,
+                    cached,
+                    ttl_ms as f64 / 1000.0,
+                    grace_ms as f64 / 1000.0,
                 ));
                 0
             }
-            api::BEGIN_STREAMING => {
+            Call::BeginStreaming { .. } => {
                 return Err(RequestFailure {
                     message: "streaming responses (begin_streaming_response) are not supported yet"
                         .into(),
                     kind: FailureKind::Api,
                 })
             }
-            api::WAIT_FOR_REQUESTS | api::WAIT_FOR_REQUESTS_PAUSED => {
+            Call::WaitForRequests | Call::WaitForRequestsPaused { .. } => {
                 return Err(RequestFailure {
                     message: "wait_for_requests() called during a request".into(),
                     kind: FailureKind::Api,
                 })
             }
-            api::STORAGE_ALLOW => u64::MAX,
-            api::STORAGE_TASK => match self.storage.clone() {
+            Call::StorageAllow { .. } => u64::MAX,
+            Call::StorageTask { .. } => match self.storage.clone() {
                 Some(st) => {
                     crate::storage::task_hypercall(&mut self.vm, |f, d, a, b| st.task(f, d, a, b))
                 }
@@ -115,18 +119,18 @@ impl Invoker {
                     u64::MAX
                 }
             },
-            api::STOP_STORAGE_TASK => match &self.storage {
-                Some(st) => u64::from(st.stop_task(r.rdi)),
+            Call::StopStorageTask { id } => match &self.storage {
+                Some(st) => u64::from(st.stop_task(id)),
                 None => 0,
             },
-            api::MAKE_EPHEMERAL => {
+            Call::MakeEphemeral { .. } => {
                 self.vm
                     .printer
                     .log("sys_make_ephemeral() is only allowed before wait_for_requests()");
                 u64::MAX
             }
             other => {
-                self.vm.unsupported_call(other);
+                self.vm.unsupported_call(other.num());
                 return Ok(());
             }
         };

@@ -4,11 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use edgevm_abi::api::{self, Call};
+use edgevm_abi::cpu;
 use edgevm_abi::crash::decode_exception;
 use edgevm_abi::elf::{self, LoadedElf};
+use edgevm_abi::guest_abi::MemInfo;
+use edgevm_abi::io::write_struct;
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
-use edgevm_abi::{api, cpu};
 use edgevm_kvm::{features, Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
 
 use crate::output::Printer;
@@ -44,7 +47,7 @@ pub enum Event {
     /// exit/exit_group.
     Exited(i32),
     /// A kvm_api hypercall the generic handler did not finish.
-    Hypercall(u32),
+    Hypercall(Call),
     /// A request handler returned without responding.
     Returned,
     /// The time slice set with [`MainVm::set_slice`] is over (the deadline is not): the guest
@@ -590,11 +593,15 @@ impl<C: Vcpu> MainVm<C> {
                     }
                 }
                 Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
-                    if value == api::RETURNED {
-                        return Ok(Event::Returned);
-                    }
-                    if !self.generic_hypercall(value)? {
-                        return Ok(Event::Hypercall(value));
+                    match api::decode(value, self.machine.cpu.regs()) {
+                        Ok(Call::Returned) => return Ok(Event::Returned),
+                        Ok(call) => {
+                            if !self.generic_hypercall(call)? {
+                                return Ok(Event::Hypercall(call));
+                            }
+                        }
+                        // No context knows the number: the shared fallback.
+                        Err(bad) => self.unsupported_call(bad.num),
                     }
                 }
                 Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
@@ -659,11 +666,10 @@ impl<C: Vcpu> MainVm<C> {
     }
 
     /// Hypercalls with the same meaning everywhere. Returns false if the caller must handle it.
-    fn generic_hypercall(&mut self, num: u32) -> Result<bool, RunError> {
-        let r = *self.machine.cpu.regs();
-        let ret: u64 = match num {
-            api::REGISTER_FUNC => {
-                let (idx, f) = (r.rdi, r.rsi);
+    fn generic_hypercall(&mut self, call: Call) -> Result<bool, RunError> {
+        let ret: u64 = match call {
+            Call::RegisterFunc { index: idx, func } => {
+                let f = func.0;
                 if self.initialized {
                     // The handler table is part of the frozen state: a request must not be
                     // able to change what the next request runs.
@@ -693,9 +699,9 @@ impl<C: Vcpu> MainVm<C> {
                     }
                 }
             }
-            api::LOG => {
-                let len = r.rsi.min(1 << 20) as usize;
-                match self.machine.mem.read_vec(r.rdi, len) {
+            Call::Log { buf } => {
+                let len = buf.len.min(1 << 20) as usize;
+                match self.machine.mem.read_vec(buf.addr(), len) {
                     Ok(mut b) => {
                         // Same printer and output budget as the program's stderr.
                         if b.last() != Some(&b'\n') {
@@ -707,32 +713,32 @@ impl<C: Vcpu> MainVm<C> {
                     Err(_) => u64::MAX,
                 }
             }
-            api::IS_DEBUG => u64::from(self.opts.debug),
-            api::IS_STORAGE => u64::from(self.opts.storage),
-            api::BREAKPOINT => {
+            Call::IsDebug => u64::from(self.opts.debug),
+            Call::IsStorage => u64::from(self.opts.storage),
+            Call::Breakpoint => {
                 self.printer
                     .log("Skipped VM breakpoint (debug not enabled)");
                 0
             }
-            api::SHARED_MEMORY_AREA => {
+            Call::SharedMemoryArea => {
                 let regs = self.machine.cpu.regs_mut();
                 regs.rdx = self.layout.mem_size;
                 self.layout.shared_start
             }
-            api::GET_MEMINFO => {
-                // struct meminfo { max_memory, max_reqmem, reqmem_upper, reqmem_current }:
-                // in a request, the request's allocation limit and use; else the program's.
+            Call::GetMeminfo { info } => {
+                // In a request, the request's allocation limit and use; else the program's.
                 let (limit, used) = self
                     .linux
                     .request_usage()
                     .map(|(used, limit)| (limit, used))
                     .unwrap_or((0, 0));
-                let mut b = [0u8; 32];
-                b[..8].copy_from_slice(&self.opts.max_memory.to_le_bytes());
-                b[8..16].copy_from_slice(&limit.to_le_bytes());
-                b[16..24].copy_from_slice(&used.to_le_bytes());
-                b[24..32].copy_from_slice(&used.to_le_bytes());
-                match self.machine.mem.write(r.rdi, &b) {
+                let m = MemInfo {
+                    max_memory: self.opts.max_memory,
+                    max_reqmem: limit,
+                    reqmem_upper: used,
+                    reqmem_current: used,
+                };
+                match write_struct(&mut self.machine.mem, info.addr(), &m) {
                     Ok(()) => 0,
                     Err(_) => u64::MAX,
                 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgevm_abi::api;
+use edgevm_abi::api::Call as ApiCall;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -388,21 +388,20 @@ pub(super) fn begin_chained(
 }
 
 /// Hypercalls a storage function may make besides storage_return.
-pub(super) fn other_hypercall(core: &Core, vm: &mut MainVm, num: u32) {
-    match num {
-        api::STORAGE_CALLV => {
+pub(super) fn other_hypercall(core: &Core, vm: &mut MainVm, call: ApiCall) {
+    match call {
+        ApiCall::StorageCallv { .. } => {
             // Deadlock guard: storage cannot call itself.
             vm.machine.cpu.regs_mut().rax = u64::MAX;
         }
-        api::STORAGE_TASK => {
+        ApiCall::StorageTask { .. } => {
             let r = task_hypercall(vm, |f, d, st, pe| core.tasks.add(core, f, d, st, pe));
             vm.machine.cpu.regs_mut().rax = r;
         }
-        api::STOP_STORAGE_TASK => {
-            let id = vm.machine.cpu.regs().rdi;
+        ApiCall::StopStorageTask { id } => {
             vm.machine.cpu.regs_mut().rax = u64::from(core.tasks.stop(id));
         }
-        num => vm.unsupported_call(num),
+        other => vm.unsupported_call(other.num()),
     }
 }
 

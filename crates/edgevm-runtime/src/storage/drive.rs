@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use edgevm_abi::api;
+use edgevm_abi::api::{Buf, Call as ApiCall};
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -154,11 +154,11 @@ impl Driver<'_> {
                 Err(e) => Some(e.into()),
                 Ok(Event::Returned) => None,
                 Ok(Event::Exited(c)) => Some(StorageError::Exited(c)),
-                Ok(Event::Hypercall(api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
-                    Some(StorageError::ReturnedTwice)
-                }
-                Ok(Event::Hypercall(num)) => {
-                    other_hypercall(self.core, self.vm, num);
+                Ok(Event::Hypercall(
+                    ApiCall::StorageReturn { .. } | ApiCall::StorageNoreturn { .. },
+                )) => Some(StorageError::ReturnedTwice),
+                Ok(Event::Hypercall(call)) => {
+                    other_hypercall(self.core, self.vm, call);
                     return Step::Continue;
                 }
             };
@@ -203,22 +203,22 @@ impl Driver<'_> {
             Event::Preempted => Step::Continue,
             Event::Returned => Step::End(Ok(())),
             Event::Exited(c) => Step::End(Err(StorageError::Exited(c))),
-            Event::Hypercall(n @ (api::STORAGE_RETURN | api::STORAGE_NORETURN)) => {
-                self.storage_return(o, n)
+            Event::Hypercall(ApiCall::StorageReturn { data }) => {
+                self.storage_return(o, data, false)
             }
-            Event::Hypercall(num) => {
-                other_hypercall(self.core, self.vm, num);
+            Event::Hypercall(ApiCall::StorageNoreturn { data }) => {
+                self.storage_return(o, data, true)
+            }
+            Event::Hypercall(call) => {
+                other_hypercall(self.core, self.vm, call);
                 Step::Continue
             }
         }
     }
 
     /// `storage_return(data, len)` (or `storage_noreturn`): the call's answer.
-    fn storage_return(&mut self, o: &mut Open, n: u32) -> Step {
-        let (p, l) = {
-            let r = self.vm.machine.cpu.regs();
-            (r.rdi, r.rsi)
-        };
+    fn storage_return(&mut self, o: &mut Open, data: Buf, noreturn: bool) -> Step {
+        let (p, l) = (data.addr(), data.len);
         if o.result.is_some() {
             return Step::End(Err(StorageError::ReturnedTwice));
         }
@@ -248,7 +248,7 @@ impl Driver<'_> {
         };
         let r = Returned { data, len: l };
         o.result = Some(r.clone());
-        if n == api::STORAGE_NORETURN {
+        if noreturn {
             return Step::End(Ok(()));
         }
         // Let the function finish (clean up) within 1 s more.
