@@ -20,6 +20,8 @@
      badappend   http_append with a bad pointer, then 200
      badfind     http_find into a bad output buffer, then 200
      badheader   http_append "NoColonHere" (no ": "), then 200
+     movegs      arch_prctl(ARCH_SET_GS, 0x12340000), then 200 "gs moved"
+     bases       200 "fs=X gs=X": the FS and GS bases (arch_prctl ARCH_GET_FS/GS)
 
    Environment: ON_ERROR=1 registers an on_error handler that answers 503
    "custom error: <exception>". */
@@ -29,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static unsigned char bomb[32u << 20];
 
@@ -126,6 +130,15 @@ static void on_get(const char *url, const char *arg)
 			fputs(line, stdout);
 		fflush(stdout);
 		snprintf(out, sizeof(out), "flooded");
+		respond(200, out);
+	} else if (strcmp(action, "movegs") == 0) {
+		syscall(SYS_arch_prctl, 0x1001 /* ARCH_SET_GS */, 0x12340000UL);
+		respond(200, "gs moved");
+	} else if (strcmp(action, "bases") == 0) {
+		unsigned long fs = 0, gs = 0;
+		syscall(SYS_arch_prctl, 0x1003 /* ARCH_GET_FS */, &fs);
+		syscall(SYS_arch_prctl, 0x1004 /* ARCH_GET_GS */, &gs);
+		snprintf(out, sizeof(out), "fs=%lx gs=%lx", fs, gs);
 		respond(200, out);
 	} else if (strcmp(action, "badheader") == 0) {
 		const long r = sys_http_append(RESP, "NoColonHere", 11);

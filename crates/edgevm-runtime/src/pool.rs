@@ -644,7 +644,7 @@ impl Program {
     ) -> Result<MainVm, String> {
         use edgevm_kvm::Vcpu;
         let regs = *vm.machine.cpu.regs();
-        let fs = vm.machine.cpu.fs_base();
+        let (fs, gs) = (vm.machine.cpu.fs_base(), vm.machine.cpu.gs_base());
         let mut vm = vm;
         let xsave = vm.install_entry_fpu().map_err(|e| e.to_string())?;
         let entry = vm.entry_state(xsave);
@@ -675,8 +675,13 @@ impl Program {
         }
         let mut vm = inv.vm;
         *vm.machine.cpu.regs_mut() = regs;
+        // The frozen state is the one before warmup: registers, and the FS and GS bases a
+        // handler may have moved (arch_prctl) — every request would start with them.
         if vm.machine.cpu.fs_base() != fs {
             vm.machine.cpu.set_fs_base(fs).map_err(|e| e.to_string())?;
+        }
+        if vm.machine.cpu.gs_base() != gs {
+            vm.machine.cpu.set_gs_base(gs).map_err(|e| e.to_string())?;
         }
         tracing::info!(
             "Program '{}' warmed up with {} requests in {:.2} ms",

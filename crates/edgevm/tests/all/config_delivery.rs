@@ -789,6 +789,33 @@ fn warmup_requests_reach_the_main_vm_before_freezing() {
     s.stop();
 }
 
+/// Warmup requests run in the main VM before it is frozen, and their registers must not be:
+/// a handler that moves its GS base (as it may: arch_prctl(ARCH_SET_GS)) during warmup must
+/// not leave every later request with the moved base (the FS base was already put back).
+#[test]
+fn warmup_does_not_leak_the_gs_base_into_the_frozen_state() {
+    let dir = scratch("cd-warmup-gs");
+    let api = jp(&guest("serve_api"));
+    let cfg = write(
+        &dir.join("warmup-gs.json"),
+        &format!(
+            r#"{{
+  "warm": {{ "filename": {api}, "warmup": {{ "num_requests": 2, "url": "/warm/movegs" }} }},
+  "cold": {{ "filename": {api} }}
+}}
+"#
+        ),
+    );
+    let s = Server::start(&dir, &[&cfg], &[]);
+    let cold = s.ok("/cold/bases");
+    assert!(cold.contains(" gs="), "{cold}");
+    assert_eq!(s.ok("/warm/bases"), cold);
+    // A request moving GS leaves the next request unaffected as well.
+    assert_eq!(s.ok("/cold/movegs"), "gs moved");
+    assert_eq!(s.ok("/cold/bases"), cold);
+    s.stop();
+}
+
 // ------------------------------------------------------------------------------------------
 // 6. Live update
 // ------------------------------------------------------------------------------------------
