@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// `max_update_size` (MB in JSON, bytes here): largest live-update body (a program
     /// binary), read only after the update's key matched.
     pub max_update_size: Option<usize>,
+    /// `lenient_http`: accept requests RFC 9112 says to refuse (no/duplicate Host, transfer
+    /// codings other than chunked).
+    pub lenient_http: Option<bool>,
 }
 
 /// Every key of the server section.
@@ -83,6 +86,7 @@ pub const SERVER_KEYS: &[&str] = &[
     "max_headers",
     "max_body_size",
     "max_update_size",
+    "lenient_http",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -217,6 +221,12 @@ impl ServerConfig {
             }
             "max_headers" => self.max_headers = Some(count(v, MAX_HEADERS)?),
             "max_body_size" => self.max_body_size = Some(size(v, 1 << 20, "MB", MAX_BODY_MB)?),
+            "lenient_http" => {
+                self.lenient_http = Some(
+                    v.as_bool()
+                        .ok_or_else(|| format!("must be true or false, got {}", describe(v)))?,
+                )
+            }
             "max_update_size" => {
                 self.max_update_size = Some(size(v, 1 << 20, "MB", MAX_UPDATE_MB)?)
             }
@@ -272,6 +282,8 @@ impl ServerConfig {
     pub fn set_from_str(&mut self, key: &str, text: &str) -> Result<(), ConfigError> {
         let value = if matches!(key, "listen" | "listen_mode" | "listen_owner") {
             Value::String(text.to_string())
+        } else if let Ok(b) = text.trim().parse::<bool>() {
+            Value::Bool(b)
         } else {
             serde_json::from_str::<serde_json::Number>(text.trim())
                 .map(Value::Number)
@@ -363,6 +375,9 @@ impl ServerConfig {
                 "max_body_size".into(),
                 serde_json::json!(b as f64 / (1 << 20) as f64),
             );
+        }
+        if let Some(b) = self.lenient_http {
+            m.insert("lenient_http".into(), b.into());
         }
         if let Some(b) = self.max_update_size {
             m.insert(

@@ -97,6 +97,10 @@ pub struct HttpOptions {
     pub shutdown_grace: Duration,
     /// Add `Server: edgevm` to responses that don't set a Server header. Default true.
     pub server_header: bool,
+    /// Accept requests RFC 9112 says to refuse: no, an empty or several `Host` headers,
+    /// transfer codings other than `chunked` (passed through undecoded). Default false: 400
+    /// and 501 (see [`crate::strict`]).
+    pub lenient_http: bool,
 }
 
 impl HttpOptions {
@@ -117,6 +121,7 @@ impl HttpOptions {
             keep_alive: true,
             shutdown_grace: Duration::from_secs(30),
             server_header: true,
+            lenient_http: false,
         }
     }
 
@@ -175,6 +180,9 @@ impl HttpOptions {
         }
         if let Some(n) = s.max_body_size {
             self.max_body_bytes = n;
+        }
+        if let Some(b) = s.lenient_http {
+            self.lenient_http = b;
         }
     }
 }
@@ -610,6 +618,14 @@ async fn handle(
 async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
     if req.method() == Method::CONNECT {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported").into();
+    }
+    if let Err((status, why)) = crate::strict::check_head(&req, shared.opts.lenient_http) {
+        crate::client_warn!(
+            target = %client_text(request_target(&req)),
+            "refused request: {why}"
+        );
+        let answer = Answer::text(status, why);
+        return unread_body_answer(shared, answer, req.into_body()).into();
     }
     let path = req.uri().path();
     let Some(segment) = path

@@ -15,6 +15,7 @@
 //!   about clients ([`client_warn!`]).
 //! - [`capacity`]: what the configured programs need from the process's limits (open files,
 //!   memory mappings), checked at start.
+//! - [`strict`]: checks of a request head before routing (RFC 9112 strictness, dot segments).
 //! - [`fetch`]: program delivery ([`fetch::obtain`]): reads `filename`, or downloads `uri`
 //!   (http/https with `If-Modified-Since` and 304 → cached file, or `file://`), unpacks raw ELF
 //!   or tar/tar.xz archives with a `*storage` entry, writes the cache files atomically and falls
@@ -31,3 +32,4 @@ pub mod listen;
 pub mod logtext;
 pub mod native;
 pub mod programs;
+pub mod strict;

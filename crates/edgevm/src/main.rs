@@ -66,6 +66,10 @@ struct ServerArgs {
     /// key matched [default: 64] (server.max_update_size).
     #[arg(long)]
     max_update_mb: Option<String>,
+    /// Accept requests RFC 9112 says to refuse: no, an empty or several Host headers,
+    /// transfer codings other than chunked (server.lenient_http).
+    #[arg(long)]
+    lenient_http: bool,
     /// Largest request head in KB, at most 256; 431 beyond [default: 64]
     /// (server.max_header_size).
     #[arg(long)]
@@ -110,6 +114,9 @@ impl ServerArgs {
             if let Some(v) = value {
                 cfg.set_from_str(key, v)?;
             }
+        }
+        if self.lenient_http {
+            cfg.set_from_str("lenient_http", "true")?;
         }
         Ok(())
     }

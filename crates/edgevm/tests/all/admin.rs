@@ -49,6 +49,7 @@ pub fn raw(port: u16, bytes: &[u8]) -> String {
 /// The status code of the first response in `out` (0 for none).
 pub fn status_of(out: &str) -> u16 {
     out.strip_prefix("HTTP/1.1 ")
+        .or_else(|| out.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
@@ -198,5 +199,48 @@ fn client_text_in_the_log_is_bounded_escaped_and_rate_limited() {
     for bad in ["\u{202e}", "\u{2028}", "\x1b[2J", &"n".repeat(201)] {
         assert!(!log.contains(bad), "{bad:?} reached the log");
     }
+    s.stop();
+}
+
+#[test]
+fn rfc_9112_strictness_by_default_and_dot_segments_refused() {
+    let s = start("admin-strict", &[]);
+    let send = |port: u16, req: &str| {
+        let out = raw(port, req.as_bytes());
+        (status_of(&out), out)
+    };
+    let cases: &[(&str, u16)] = &[
+        ("GET /hello/ HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        ("GET /hello/ HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n", 400),
+        (
+            "GET /hello/ HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /hello/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+        ),
+        ("GET /hello/ HTTP/1.0\r\n\r\n", 200),
+        // Dot segments, also encoded, never reach a program or the admin endpoints.
+        ("GET /upd/../hello/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 400),
+        ("GET /hello/%2e%2e/_edgevm/stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 400),
+        // Absolute form: routed on its path, like origin form.
+        ("GET http://evil.example/hello/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 200),
+    ];
+    for (req, want) in cases {
+        let (st, out) = send(s.port, req);
+        assert_eq!(st, *want, "{req:?}: {out}");
+    }
+    assert!(send(s.port, cases[7].0).1.ends_with("Hello World!"));
+    s.stop();
+
+    // The documented lenient setting: what odd clients send is served.
+    let s = start("admin-lenient", &["--lenient-http"]);
+    for (req, want) in &cases[..4] {
+        let (st, out) = send(s.port, req);
+        assert_eq!(st, 200, "lenient {req:?} (strict: {want}): {out}");
+    }
+    let (st, out) = send(s.port, cases[5].0);
+    assert_eq!(st, 400, "{out}");
     s.stop();
 }
