@@ -173,6 +173,52 @@ pub enum StorageError {
     Internal(&'static str),
 }
 
+/// Why a program could not be started (HTTP 503 for its requests).
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The configuration or the server refused it (the message says why).
+    #[error("{0}")]
+    Config(String),
+    /// Its binary could not be obtained (the server's loader says why).
+    #[error("{0}")]
+    Load(String),
+    /// The storage VM did not start.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The main VM failed while booting (or freezing).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// main() exited instead of waiting for requests.
+    #[error("Program did not wait for requests (it exited with status {0} before calling wait_for_requests())")]
+    Exited(i32),
+    /// No handler registered.
+    #[error("the program registered no request handler (set_backend_get/post/request) before wait_for_requests()")]
+    NoHandler,
+    /// A warmup request failed.
+    #[error("warmup request {index} of {count} failed: {failure}")]
+    Warmup {
+        index: u32,
+        count: u32,
+        #[source]
+        failure: crate::request_vm::RequestFailure,
+    },
+    /// The first request VM could not be made.
+    #[error("cannot create a request VM: {0}")]
+    Fork(#[source] RunError),
+    /// A thread could not be started.
+    #[error("cannot start boot thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// edgevm panicked while booting it.
+    #[error("internal error in edgevm while booting the program")]
+    Panicked,
+}
+
+impl From<KvmError> for BootError {
+    fn from(e: KvmError) -> Self {
+        BootError::Run(RunError::Kvm(e))
+    }
+}
+
 impl From<CallvError> for RunError {
     fn from(e: CallvError) -> Self {
         RunError::StorageCall(Box::new(e))

@@ -32,39 +32,31 @@ pub struct GuestResponse {
     pub body: Vec<u8>,
 }
 
-/// Why a request produced no program response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a request produced no program response. The HTTP layer derives the status from the
+/// kind and logs the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServeError {
     /// No program of that name is configured (HTTP 404).
+    #[error("no such program: '{0}'")]
     ProgramNotFound(String),
     /// The program could not be started (boot failure, bad ELF, download failure) (HTTP 503).
+    #[error("program unavailable: {0}")]
     ProgramUnavailable(String),
     /// Waited too long for a free request VM (HTTP 503).
+    #[error("timed out waiting for a free VM")]
     QueueTimeout,
     /// Every request VM was busy and `max_queue` requests were waiting already (HTTP 503
     /// with `Retry-After`, at once).
+    #[error("too many requests waiting for this program")]
     QueueFull,
     /// The program failed this request: crash, timeout, memory limit, exit, no response,
     /// invalid status... (HTTP 500). The text says which.
+    #[error("program error: {0}")]
     ProgramError(String),
     /// The server is shutting down (HTTP 503).
+    #[error("server is shutting down")]
     ShuttingDown,
 }
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServeError::ProgramNotFound(p) => write!(f, "no such program: '{p}'"),
-            ServeError::ProgramUnavailable(e) => write!(f, "program unavailable: {e}"),
-            ServeError::QueueTimeout => write!(f, "timed out waiting for a free VM"),
-            ServeError::QueueFull => write!(f, "too many requests waiting for this program"),
-            ServeError::ProgramError(e) => write!(f, "program error: {e}"),
-            ServeError::ShuttingDown => write!(f, "server is shutting down"),
-        }
-    }
-}
-
-impl std::error::Error for ServeError {}
 
 /// The answer to [`ProgramHost::serve`].
 pub type ServeFuture =

@@ -61,7 +61,8 @@ impl Default for RequestSettings {
 }
 
 /// How a request went wrong (HTTP 500 unless the program's on_error answered).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct RequestFailure {
     /// The message (as the reference: "HTTP response not set. Program crashed?", ...).
     pub message: String,

@@ -1,0 +1,276 @@
+//! Booting a program: load its binary, boot the storage VM and the main VM, warm it up,
+//! freeze it and fork the request VMs (see docs/DESIGN.md, "The path of a request").
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{BootError, StorageError};
+use crate::pool::{Program, Shells, State, VmPool};
+use crate::request::GuestRequest;
+use crate::request_vm::{Invoker, RequestVm};
+use crate::settings::{queue_timeout, ProgramSettings, WarmupSettings};
+use crate::storage::StorageHandle;
+use crate::vm::{BootOutcome, Frozen, MainVm};
+
+impl Program {
+    /// Boot the storage VM and start its thread.
+    pub(crate) fn boot_storage(
+        &self,
+        settings: &ProgramSettings,
+    ) -> Result<StorageHandle, StorageError> {
+        let mut opts = settings.vm.clone();
+        opts.storage = true;
+        if let Some(b) = &settings.storage_binary {
+            opts.binary = b.clone();
+        }
+        crate::storage::start(opts, settings.max_storage_time, queue_timeout())
+    }
+
+    /// The boot thread: boot, or record why not.
+    pub(crate) fn boot(self: Arc<Self>) {
+        if let Err(e) = self.try_boot() {
+            self.set_failed(e);
+        }
+    }
+
+    fn try_boot(self: &Arc<Self>) -> Result<(), BootError> {
+        let t0 = Instant::now();
+        let mut settings = self.settings.clone();
+        let download = self.load_binary(&mut settings)?;
+        let shells = self.prepare_shells();
+        let storage = if settings.storage {
+            Some(self.boot_storage(&settings)?)
+        } else {
+            None
+        };
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
+        self.set_boot_gauge(0, settings.vm.binary.len() as u64);
+        let frozen = self.boot_and_freeze(&settings, &storage)?;
+        self.set_boot_gauge(1, frozen.image.backing_bytes());
+        // The first VM makes the program ready; the others follow on helper threads.
+        let first = self.fork(&frozen, &storage, &shells, 0)?;
+        self.go_ready(t0, &settings, download, frozen, storage, shells, first);
+        Ok(())
+    }
+
+    /// Get the binary from the loader, if the program has one: the download time, if any.
+    fn load_binary(&self, settings: &mut ProgramSettings) -> Result<Option<Duration>, BootError> {
+        let Some(loader) = &settings.loader else {
+            return Ok(None);
+        };
+        let b = (loader.0)().map_err(BootError::Load)?;
+        settings.vm.binary = Arc::new(b.request);
+        settings.storage_binary = b.storage.map(Arc::new);
+        settings.origin = b.origin;
+        settings.cached = b.cached;
+        Ok(b.download_time)
+    }
+
+    /// Make the request VMs' KVM VMs while the program boots (on another CPU); the forks
+    /// after the freeze then only map memory and set registers.
+    fn prepare_shells(&self) -> Arc<Shells> {
+        let shells = Arc::new(Shells::default());
+        let (sh, n) = (shells.clone(), self.settings.concurrency.max(1));
+        let spawned = std::thread::Builder::new()
+            .name(format!("prepare:{}", self.name))
+            .spawn(move || {
+                // Below the boot thread's priority: the boot decides when the program is
+                // ready; this only uses what CPU is left (Linux: per-thread nice).
+                let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+                // SAFETY: plain system call on this thread's own id; failure is harmless.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+                for _ in 0..n {
+                    match edgevm_kvm::VmShell::new(true) {
+                        Ok(v) => sh.0.lock().unwrap_or_else(|e| e.into_inner()).push(v),
+                        Err(_) => break,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("{}: no VM preparation thread: {e}", self.name);
+        }
+        shells
+    }
+
+    /// Boot the main VM to wait_for_requests(), warm it up and freeze it.
+    fn boot_and_freeze(
+        &self,
+        settings: &ProgramSettings,
+        storage: &Option<StorageHandle>,
+    ) -> Result<Arc<Frozen>, BootError> {
+        let (vm, report) = MainVm::boot_with_storage(settings.vm.clone(), storage.clone())?;
+        if let BootOutcome::Exited(code) = report.outcome {
+            return Err(BootError::Exited(code));
+        }
+        let h = vm.handlers;
+        if h.get == 0 && h.post == 0 && h.request == 0 {
+            return Err(BootError::NoHandler);
+        }
+        let vm = match &self.settings.warmup {
+            Some(w) => self.warm_up(vm, w, storage.clone())?,
+            None => vm,
+        };
+        let mut f = vm.freeze()?;
+        // The ELF is in the image now: the binary's bytes are not needed any more.
+        f.opts.binary = Arc::default();
+        Ok(Arc::new(f))
+    }
+
+    /// The program is ready with its first request VM: make the pool, say so, fork the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn go_ready(
+        self: &Arc<Self>,
+        t0: Instant,
+        settings: &ProgramSettings,
+        download: Option<Duration>,
+        frozen: Arc<Frozen>,
+        storage: Option<StorageHandle>,
+        shells: Arc<Shells>,
+        first: Box<RequestVm>,
+    ) {
+        let n = self.settings.concurrency.max(1);
+        let pool = Arc::new(VmPool {
+            frozen: frozen.clone(),
+            storage: storage.clone(),
+            shells,
+            idle: Mutex::new(Vec::with_capacity(n as usize)),
+            permits: tokio::sync::Semaphore::new(0),
+        });
+        pool.put(first);
+        let _ = self.pool.set(pool.clone());
+        let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let ephemeral = frozen
+            .ephemeral_override
+            .unwrap_or(self.settings.request.ephemeral);
+        let kind = match (ephemeral, self.settings.request.keep_working_memory) {
+            (true, true) => " ephemeral-kwm",
+            (true, false) => " ephemeral",
+            _ => "",
+        };
+        let downloads = download
+            .map(|d| format!("downloads={:.2}ms, ", d.as_secs_f64() * 1e3))
+            .unwrap_or_default();
+        tracing::info!(
+            "Program '{}' is loaded ({}, {}, vm={n}{kind}, huge=0/0, {downloads}ready={ready_ms:.2} ms)",
+            self.name,
+            settings.origin,
+            if settings.cached { "cached" } else { "not cached" },
+        );
+        self.set_state(State::Ready { vms: n, ready_ms });
+        self.fork_rest(&pool, n);
+    }
+
+    /// Fork one request VM (index `i`).
+    pub(crate) fn fork(
+        &self,
+        frozen: &Arc<Frozen>,
+        storage: &Option<StorageHandle>,
+        shells: &Shells,
+        i: u32,
+    ) -> Result<Box<RequestVm>, BootError> {
+        let mut vm = RequestVm::new_in(
+            frozen.clone(),
+            self.settings.request.clone(),
+            storage.clone(),
+            shells.take(),
+        )
+        .map_err(BootError::Fork)?;
+        vm.set_index(i);
+        Ok(Box::new(vm))
+    }
+
+    /// Fork VMs 1..n into the pool, on up to as many threads as there are CPUs.
+    pub(crate) fn fork_rest(self: &Arc<Self>, pool: &Arc<VmPool>, n: u32) {
+        let next = Arc::new(std::sync::atomic::AtomicU32::new(1));
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+        let threads = (n - 1).min(cpus);
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (me, pool, next) = (self.clone(), pool.clone(), next.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("fork{t}:{}", self.name))
+                .spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    match me.fork(&pool.frozen, &pool.storage, &pool.shells, i) {
+                        Ok(vm) => pool.put(vm),
+                        Err(e) => tracing::error!("{}: {e}", me.name),
+                    }
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!("{}: cannot start a fork thread: {e}", self.name),
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        tracing::debug!(
+            "Program '{}': {} more request VMs forked in {:.2} ms",
+            self.name,
+            n - 1,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    /// Send the warmup requests to the main VM, then put it back exactly at its
+    /// wait_for_requests() point (registers and TLS), warmed.
+    pub(crate) fn warm_up(
+        &self,
+        vm: MainVm,
+        w: &WarmupSettings,
+        storage: Option<StorageHandle>,
+    ) -> Result<MainVm, BootError> {
+        use edgevm_kvm::Vcpu;
+        let regs = *vm.machine.cpu.regs();
+        let (fs, gs) = (vm.machine.cpu.fs_base(), vm.machine.cpu.gs_base());
+        let mut vm = vm;
+        let xsave = vm.install_entry_fpu()?;
+        let entry = vm.entry_state(xsave);
+        let mut inv = Invoker::new(vm, entry, self.settings.request.clone(), storage);
+        let headers = w
+            .headers
+            .iter()
+            .filter_map(|h| h.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let req = GuestRequest {
+            method: w.method.clone(),
+            url: w.url.clone(),
+            headers,
+            warmup: true,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        for i in 0..w.num_requests {
+            if let Err(f) = inv.invoke(&req) {
+                return Err(BootError::Warmup {
+                    index: i + 1,
+                    count: w.num_requests,
+                    failure: f,
+                });
+            }
+        }
+        let mut vm = inv.vm;
+        *vm.machine.cpu.regs_mut() = regs;
+        // The frozen state is the one before warmup: registers, and the FS and GS bases a
+        // handler may have moved (arch_prctl) — every request would start with them.
+        if vm.machine.cpu.fs_base() != fs {
+            vm.machine.cpu.set_fs_base(fs)?;
+        }
+        if vm.machine.cpu.gs_base() != gs {
+            vm.machine.cpu.set_gs_base(gs)?;
+        }
+        tracing::info!(
+            "Program '{}' warmed up with {} requests in {:.2} ms",
+            self.name,
+            w.num_requests,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(vm)
+    }
+}
