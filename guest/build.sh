@@ -181,9 +181,10 @@ if ! skipped rust; then
 	CRATE="$GUEST/rust/edgevm-guest"
 	RT="$OUT/.cargo-target"
 	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
-	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" -type f); then
+	ABI="$GUEST/../crates/edgevm-guest-abi"
+	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
 		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
-			cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin hello_http ) || {
+			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http ) || {
 			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
 			exit 1
 		}

@@ -22,24 +22,24 @@ pub use types::*;
 /// Handler indices accepted by `register_func()` (`EDGEVM_FUNC_*` in `kvm_api.h`).
 pub mod func {
     /// GET/HEAD handler.
-    pub const BACKEND_GET: u64 = 1;
+    pub const BACKEND_GET: i32 = 1;
     /// POST handler (whole body).
-    pub const BACKEND_POST: u64 = 2;
+    pub const BACKEND_POST: i32 = 2;
     /// Generic request handler (`struct kvm_request`).
-    pub const BACKEND_REQUEST: u64 = 3;
+    pub const BACKEND_REQUEST: i32 = 3;
     /// Streaming POST handler.
-    pub const BACKEND_STREAM_POST: u64 = 4;
+    pub const BACKEND_STREAM_POST: i32 = 4;
     /// Error handler.
-    pub const ON_ERROR: u64 = 5;
+    pub const ON_ERROR: i32 = 5;
     /// Live update: hand over state.
-    pub const ON_LIVE_UPDATE: u64 = 6;
+    pub const ON_LIVE_UPDATE: i32 = 6;
     /// Live restore: take over state.
-    pub const ON_LIVE_RESTORE: u64 = 7;
+    pub const ON_LIVE_RESTORE: i32 = 7;
     /// Socket prepare-for-pause.
-    pub const SOCKET_PREPARE_PAUSE: u64 = 12;
+    pub const SOCKET_PREPARE_PAUSE: i32 = 12;
 
     /// Every index with its `kvm_api.h` name (checked against the header by a test).
-    pub const ALL: &[(&str, u64)] = &[
+    pub const ALL: &[(&str, i32)] = &[
         ("EDGEVM_FUNC_BACKEND_GET", BACKEND_GET),
         ("EDGEVM_FUNC_BACKEND_POST", BACKEND_POST),
         ("EDGEVM_FUNC_BACKEND_REQUEST", BACKEND_REQUEST),

@@ -658,6 +658,36 @@ fn exits_per_request_of_hello() {
 }
 
 #[test]
+fn the_rust_guest_crate_serves_through_the_shared_abi() {
+    // guest/rust/edgevm-guest builds on edgevm-guest-abi (numbers, structs, the header
+    // rules): its fast-path http_set costs no exit, its POST handler gets the body.
+    let s = serve(
+        "rust",
+        &[
+            program("rust", &guest("rust_hello_http"), "\"concurrency\": 1"),
+            program("c", &guest("example_hello"), "\"concurrency\": 1"),
+        ],
+    );
+    let r = s.req("POST", "/rust/", &[("Content-Type", "text/x")], b"echo me");
+    assert_eq!((r.status, r.text().as_str()), (200, "echo me"));
+    assert_eq!(r.header("content-type"), Some("text/x"));
+    for _ in 0..5 {
+        let r = s.get("/rust/");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "Hello from Rust!");
+        assert_eq!(r.header("x-powered-by"), Some("edgevm (Rust)"));
+        assert_eq!(s.ok("/c/"), "Hello World!");
+    }
+    // As many exits per GET as the C example making the same calls through kvm_api.h.
+    let (rust, c) = (
+        s.stat("rust", "last_request_exits"),
+        s.stat("c", "last_request_exits"),
+    );
+    assert_eq!(rust, c, "exits of the last request: rust {rust}, C {c}");
+    s.stop();
+}
+
+#[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     let mut s = serve(
         "shutdown",
