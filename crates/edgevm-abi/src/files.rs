@@ -38,18 +38,7 @@ const MAX_IO: u64 = 64 << 20;
 /// Host copy chunk.
 const CHUNK: usize = 1 << 20;
 
-const ENOENT: i64 = 2;
-const EBADF: i64 = 9;
-const EACCES: i64 = 13;
-const EFAULT: i64 = 14;
-const EEXIST: i64 = 17;
-const ENOTDIR: i64 = 20;
-const EINVAL: i64 = 22;
-const EMFILE: i64 = 24;
-const EFBIG: i64 = 27;
-pub(crate) const EROFS: i64 = 30;
-const ENXIO: i64 = 6;
-const EIO: i64 = 5;
+use crate::errno::*;
 
 const O_ACCMODE: u64 = 3;
 const O_WRONLY: u64 = 1;

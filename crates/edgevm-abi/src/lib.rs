@@ -18,6 +18,7 @@ pub mod api;
 pub mod cpu;
 pub mod crash;
 pub mod elf;
+pub mod errno;
 pub mod files;
 pub mod io;
 pub mod layout;

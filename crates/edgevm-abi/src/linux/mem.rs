@@ -1,0 +1,284 @@
+//! Memory calls: `brk` grows up from the end of the ELF image, anonymous `mmap` allocates down
+//! from the stack guard page, `munmap`ped ranges are reused (zeroed), all counted against
+//! `max_memory`.
+
+use std::collections::BTreeMap;
+
+use edgevm_kvm::GuestMemory;
+
+use super::{page_up, LinuxState, PAGE};
+use crate::errno::*;
+use crate::layout;
+
+/// Anonymous memory handed out by mmap, below the stack guard page.
+#[derive(Debug, Clone)]
+pub(super) struct MmapArea {
+    /// Lowest address of the area in use now (it grows down; munmap at the bottom raises it).
+    pub(super) bottom: u64,
+    /// Lowest address ever handed out: memory below it (down to the heap) was never used and
+    /// is still zero; memory above it must be zeroed when handed out again.
+    pub(super) low_water: u64,
+    /// Top of the area (the stack guard page).
+    pub(super) top: u64,
+    /// Freed ranges inside [bottom, top): start -> length.
+    pub(super) free: BTreeMap<u64, u64>,
+}
+
+impl MmapArea {
+    fn free_bytes(&self) -> u64 {
+        self.free.values().sum()
+    }
+
+    pub(super) fn mapped_bytes(&self) -> u64 {
+        self.top - self.bottom - self.free_bytes()
+    }
+
+    /// Remove [start, start+len) from the free list (it becomes mapped).
+    fn take(&mut self, start: u64, len: u64) {
+        let end = start + len;
+        let overlapping: Vec<(u64, u64)> = self
+            .free
+            .range(..end)
+            .filter(|(s, l)| **s + **l > start)
+            .map(|(s, l)| (*s, *l))
+            .collect();
+        for (s, l) in overlapping {
+            self.free.remove(&s);
+            if s < start {
+                self.free.insert(s, start - s);
+            }
+            if s + l > end {
+                self.free.insert(end, s + l - end);
+            }
+        }
+    }
+
+    /// Return [start, start+len) to the free list, coalescing.
+    fn give_back(&mut self, start: u64, len: u64) {
+        let start = start.max(self.bottom);
+        let end = start.saturating_add(len).min(self.top);
+        if end <= start {
+            return;
+        }
+        self.take(start, end - start);
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
+            if ps + pl == s {
+                self.free.remove(&ps);
+                s = ps;
+            }
+        }
+        if let Some(&nl) = self.free.get(&e) {
+            self.free.remove(&e);
+            e += nl;
+        }
+        if s == self.bottom {
+            self.bottom = e;
+        } else {
+            self.free.insert(s, e - s);
+        }
+    }
+}
+
+impl LinuxState {
+    /// The memory calls; None if `nr` is none of them.
+    pub(super) fn mem_call(&mut self, nr: i64, a: [u64; 6], mem: &mut GuestMemory) -> Option<i64> {
+        Some(match nr {
+            libc::SYS_mmap => self.sys_mmap(a, mem),
+            libc::SYS_mprotect => 0, // accepted, not enforced
+            libc::SYS_munmap => self.sys_munmap(a[0], a[1]),
+            libc::SYS_brk => self.sys_brk(a[0], mem),
+            libc::SYS_mremap => self.sys_mremap(a, mem),
+            libc::SYS_madvise => self.sys_madvise(a, mem),
+            _ => return None,
+        })
+    }
+
+    fn sys_brk(&mut self, req: u64, mem: &mut GuestMemory) -> i64 {
+        if req < self.brk_start {
+            return self.brk as i64;
+        }
+        let new = page_up(req);
+        // Keep one page free between the heap and the lowest mapping.
+        if new.saturating_add(PAGE) > self.mmap.bottom {
+            return self.brk as i64;
+        }
+        if new > self.brk && !self.can_grow(new - self.brk) {
+            return self.brk as i64;
+        }
+        if new > self.brk {
+            // Memory that was part of the heap before (then released) must read as zero again.
+            let dirty_end = new.min(self.brk_high);
+            if dirty_end > self.brk && mem.zero(self.brk, (dirty_end - self.brk) as usize).is_err()
+            {
+                return self.brk as i64;
+            }
+            self.brk_high = self.brk_high.max(new);
+        }
+        self.brk = new;
+        req as i64
+    }
+
+    pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
+        if !self.can_grow(len) {
+            return None;
+        }
+        // Highest free range that fits (mimics Linux's top-down allocation).
+        let fit = self
+            .mmap
+            .free
+            .iter()
+            .rev()
+            .find(|(_, l)| **l >= len)
+            .map(|(s, l)| (*s, *l));
+        if let Some((s, l)) = fit {
+            let at = s + l - len;
+            self.mmap.take(at, len);
+            mem.zero(at, len as usize).ok()?;
+            return Some(at);
+        }
+        let at = self.mmap.bottom.checked_sub(len)?;
+        if at < self.brk + PAGE {
+            return None;
+        }
+        let used_end = (at + len).min(self.mmap.bottom);
+        let used_start = at.max(self.mmap.low_water);
+        if used_end > used_start {
+            mem.zero(used_start, (used_end - used_start) as usize)
+                .ok()?;
+        }
+        self.mmap.bottom = at;
+        self.mmap.low_water = self.mmap.low_water.min(at);
+        Some(at)
+    }
+
+    fn sys_mmap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MAP_FIXED: u64 = 0x10;
+        const MAP_ANONYMOUS: u64 = 0x20;
+        const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+        let (addr, len, flags) = (a[0], a[1], a[3]);
+        if len == 0 {
+            return -EINVAL;
+        }
+        if flags & MAP_ANONYMOUS == 0 {
+            // No files yet.
+            return -EBADF;
+        }
+        let len = page_up(len);
+        if len == 0 || len > self.layout.mem_size {
+            return -ENOMEM;
+        }
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+            if addr % PAGE != 0 {
+                return -EINVAL;
+            }
+            let end = addr.saturating_add(len);
+            if addr < layout::USER_BASE || end > self.mmap.top {
+                return -ENOMEM;
+            }
+            if addr >= self.mmap.bottom.min(self.brk) {
+                // Inside (or extending) the mmap area.
+                if addr < self.brk + PAGE {
+                    // Would collide with the heap; only allowed inside existing heap pages.
+                    if end > self.brk {
+                        return -ENOMEM;
+                    }
+                } else if addr < self.mmap.bottom {
+                    let grow = self.mmap.bottom - addr;
+                    if !self.can_grow(grow) {
+                        return -ENOMEM;
+                    }
+                    let old = self.mmap.bottom;
+                    self.mmap.bottom = addr;
+                    self.mmap.low_water = self.mmap.low_water.min(addr);
+                    if end < old {
+                        self.mmap.free.insert(end, old - end);
+                    }
+                }
+                self.mmap.take(addr, len);
+            }
+            if mem.zero(addr, len as usize).is_err() {
+                return -ENOMEM;
+            }
+            return addr as i64;
+        }
+        match self.alloc(len, mem) {
+            Some(at) => at as i64,
+            None => -ENOMEM,
+        }
+    }
+
+    fn sys_munmap(&mut self, addr: u64, len: u64) -> i64 {
+        if !addr.is_multiple_of(PAGE) || len == 0 {
+            return -EINVAL;
+        }
+        let len = page_up(len);
+        if addr >= self.mmap.bottom && addr < self.mmap.top {
+            self.mmap.give_back(addr, len);
+        }
+        0
+    }
+
+    fn sys_mremap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MREMAP_MAYMOVE: u64 = 1;
+        let (old, old_len, new_len, flags) = (a[0], page_up(a[1]), page_up(a[2]), a[3]);
+        if old % PAGE != 0 || new_len == 0 || flags & !3 != 0 {
+            return -EINVAL;
+        }
+        if !(old >= self.mmap.bottom && old.saturating_add(old_len) <= self.mmap.top) {
+            return -EFAULT;
+        }
+        if new_len <= old_len {
+            self.mmap.give_back(old + new_len, old_len - new_len);
+            return old as i64;
+        }
+        let extra = new_len - old_len;
+        // Grow in place when the following range is free.
+        let next = old + old_len;
+        if let Some(&l) = self.mmap.free.get(&next) {
+            if l >= extra && self.can_grow(extra) {
+                self.mmap.take(next, extra);
+                if mem.zero(next, extra as usize).is_err() {
+                    return -ENOMEM;
+                }
+                return old as i64;
+            }
+        }
+        if flags & MREMAP_MAYMOVE == 0 {
+            return -ENOMEM;
+        }
+        let Some(new) = self.alloc(new_len, mem) else {
+            return -ENOMEM;
+        };
+        let mut off = 0;
+        while off < old_len {
+            let n = (old_len - off).min(1 << 20) as usize;
+            match mem.read_vec(old + off, n) {
+                Ok(d) => {
+                    if mem.write(new + off, &d).is_err() {
+                        return -EFAULT;
+                    }
+                }
+                Err(_) => return -EFAULT,
+            }
+            off += n as u64;
+        }
+        self.mmap.give_back(old, old_len);
+        new as i64
+    }
+
+    fn sys_madvise(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MADV_DONTNEED: u64 = 4;
+        let (addr, len, advice) = (a[0], page_up(a[1]), a[2]);
+        if addr % PAGE != 0 {
+            return -EINVAL;
+        }
+        if advice == MADV_DONTNEED && len > 0 {
+            // Anonymous private memory reads back as zero after MADV_DONTNEED.
+            if addr < layout::USER_BASE || mem.zero(addr, len as usize).is_err() {
+                return -ENOMEM;
+            }
+        }
+        0
+    }
+}

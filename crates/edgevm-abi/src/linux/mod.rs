@@ -1,0 +1,323 @@
+//! Linux system call emulation for static glibc, musl, libstdc++ and Rust programs.
+//!
+//! Every system call is exactly one VM exit: the SYSCALL entry stub does `out $0xE0`, the
+//! host reads the arguments from the synced registers, does the work against guest memory,
+//! and writes the result (and, under kvm_pvm, RIP/RFLAGS) back through sync_regs.
+//!
+//! Memory model: the address space is identity-mapped and pre-mapped; `brk` grows up from the
+//! end of the ELF image, anonymous `mmap` allocates down from the stack guard page, and the two
+//! meet in the middle. Everything handed out is counted against `max_memory`, so a program that
+//! allocates past it gets `ENOMEM`, as on Linux under a memory limit. `mprotect` is accepted
+//! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
+//! Signals are recorded (`rt_sigaction`, `rt_sigprocmask`) but never delivered; a signal sent
+//! to the program itself with a default action ends it, as `abort()` expects.
+//! Files: the program's `state` file is the only one (see [`crate::files`]); opening any other
+//! path fails with `ENOENT`.
+//! Anything not emulated returns `-ENOSYS`.
+//!
+//! Calls by area: [`fds`] (the descriptor table), [`mem`], [`process`]; see docs/DESIGN.md.
+
+mod fds;
+mod mem;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use edgevm_kvm::{kvm_regs, GuestMemory, KvmError, Vcpu, PAGE_SIZE};
+
+use crate::errno::{self, *};
+use crate::files::Files;
+use crate::layout::{self, Layout};
+use crate::names::syscall_name;
+use mem::MmapArea;
+pub use process::fill_random;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// The system call number of edgevm's start probe (see [`LinuxState::handle`] and
+/// `cpu::program_start_stub`); not a Linux system call.
+pub const START_PROBE: u64 = 0xED6E_0001;
+
+/// RFLAGS bits SYSRETQ takes from R11 (the rest are cleared; bit 1 is always set).
+const SYSRET_RFLAGS_MASK: u64 = 0x3C_7FD7;
+
+fn page_up(v: u64) -> u64 {
+    v.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+/// Where guest stdout/stderr and syscall logs go.
+pub trait Output {
+    /// Bytes the guest wrote to fd 1 or 2.
+    fn write(&mut self, fd: i32, data: &[u8]);
+    /// How many more bytes of output are worth reading from the guest: a write is still
+    /// checked and reported whole, but only this much of it is copied out (a request past its
+    /// output budget writing 64 MiB at a time costs nothing more then).
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+    /// A `verbose_syscalls` log line.
+    fn log(&mut self, line: &str);
+}
+
+/// What the run loop should do after a system call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyscallOutcome {
+    /// Result written back; resume the guest.
+    Continue,
+    /// The program called exit/exit_group with this status.
+    Exit(i32),
+    /// The program sent itself a fatal signal (e.g. abort()).
+    Killed(i32),
+    /// A blocking call would exceed the run's deadline.
+    DeadlineExceeded,
+    /// The program can never make progress (e.g. a futex wait with one thread).
+    Fatal(String),
+}
+
+/// Settings of the emulated process.
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// Bytes of memory the program may allocate in total (ELF, stack, brk and mmap).
+    pub max_memory: u64,
+    /// What readlink("/proc/self/exe") answers (absolute).
+    pub exe_path: String,
+    /// Log every system call by name.
+    pub verbose_syscalls: bool,
+    /// Host file behind the guest's `state` file (`<filename>.state`); None: no state file.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+/// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
+/// to it.
+#[derive(Debug, Clone)]
+pub struct LinuxState {
+    layout: Layout,
+    cfg: LinuxConfig,
+    brk_start: u64,
+    brk: u64,
+    brk_high: u64,
+    mmap: MmapArea,
+    image_bytes: u64,
+    sigactions: BTreeMap<u64, [u8; 32]>,
+    sigmask: u64,
+    clear_tid: u64,
+    robust_list: u64,
+    rseq: u64,
+    /// Some(true) when SYSCALL enters CPL0 (hardware KVM), Some(false) under kvm_pvm.
+    cpl0_syscalls: Option<bool>,
+    /// Deadline of the current run, for blocking calls.
+    pub deadline: Option<Instant>,
+    /// Per-request allocation limit: (memory in use when the request started, limit).
+    request_limit: Option<(u64, u64)>,
+    /// System calls handled.
+    pub syscalls: u64,
+    /// Open files (the state file).
+    files: Files,
+}
+
+impl LinuxState {
+    /// A process whose ELF image ends at `elf_end` and spans `image_bytes`.
+    pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
+        let brk_start = page_up(elf_end);
+        let files = Files::new(cfg.state_file.clone());
+        LinuxState {
+            layout,
+            cfg,
+            brk_start,
+            brk: brk_start,
+            brk_high: brk_start,
+            mmap: MmapArea {
+                bottom: layout.input_area,
+                low_water: layout.input_area,
+                top: layout.input_area,
+                free: BTreeMap::new(),
+            },
+            image_bytes,
+            sigactions: BTreeMap::new(),
+            sigmask: 0,
+            clear_tid: 0,
+            robust_list: 0,
+            rseq: 0,
+            cpl0_syscalls: None,
+            deadline: None,
+            request_limit: None,
+            syscalls: 0,
+            files,
+        }
+    }
+
+    /// The program is being frozen: the state file becomes read-only for every VM forked from
+    /// this state (request VMs), including descriptors open now.
+    pub fn make_files_read_only(&mut self) {
+        self.files.make_read_only();
+    }
+
+    /// Number of open files (besides stdin/stdout/stderr).
+    pub fn open_files(&self) -> usize {
+        self.files.count()
+    }
+
+    /// Bytes counted against max_memory now.
+    pub fn memory_used(&self) -> u64 {
+        self.image_bytes
+            + layout::STACK_SIZE
+            + (self.brk - self.brk_start)
+            + self.mmap.mapped_bytes()
+    }
+
+    /// The memory limit.
+    pub fn memory_limit(&self) -> u64 {
+        self.cfg.max_memory
+    }
+
+    /// Current program break.
+    pub fn brk(&self) -> u64 {
+        self.brk
+    }
+
+    /// Whether system calls were seen entering at CPL0 (hardware KVM).
+    pub fn cpl0_syscalls(&self) -> Option<bool> {
+        self.cpl0_syscalls
+    }
+
+    /// Turn verbose syscall logging on or off (request VMs turn it off).
+    pub fn set_verbose(&mut self, on: bool) {
+        self.cfg.verbose_syscalls = on;
+    }
+
+    fn can_grow(&self, extra: u64) -> bool {
+        let after = self.memory_used().saturating_add(extra);
+        if let Some((base, limit)) = self.request_limit {
+            if after.saturating_sub(base) > limit {
+                return false;
+            }
+        }
+        after <= self.cfg.max_memory
+    }
+
+    /// (bytes allocated by the current request, its limit), while a request limit is set.
+    pub fn request_usage(&self) -> Option<(u64, u64)> {
+        self.request_limit
+            .map(|(base, limit)| (self.memory_used().saturating_sub(base), limit))
+    }
+
+    /// Limit what one request may allocate (max_request_memory); `None` lifts the limit.
+    pub fn set_request_limit(&mut self, limit: Option<u64>) {
+        self.request_limit = limit.map(|l| (self.memory_used(), l));
+    }
+
+    /// Whether the system call in `r` may make the host thread sleep (nanosleep,
+    /// clock_nanosleep, a futex wait with a timeout): the runtime then makes it on a thread
+    /// that may block.
+    pub fn may_sleep(&self, r: &kvm_regs) -> bool {
+        match i64::try_from(r.rax) {
+            Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep) => true,
+            Ok(libc::SYS_futex) => matches!(r.rsi & 0x7F, 0 | 9) && r.r10 != 0,
+            _ => false,
+        }
+    }
+
+    /// Handle the system call the guest just made (registers as of the exit).
+    pub fn handle(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> Result<SyscallOutcome, KvmError> {
+        let r = *cpu.regs();
+        if self.cpl0_syscalls.is_none() {
+            // One GET_SREGS per program: which way did SYSCALL enter? (see cpu.rs) The first
+            // system call is always edgevm's own start probe (layout::PROGRAM_START), made
+            // before any program instruction runs: a program cannot fake the answer by
+            // reaching the system call port with an `out` of its own first.
+            self.cpl0_syscalls = Some(cpu.sregs()?.cs.dpl == 0);
+            if r.rax == START_PROBE {
+                self.syscall_return(cpu, &r, 0);
+                return Ok(SyscallOutcome::Continue);
+            }
+        }
+        self.syscalls += 1;
+        let nr = r.rax;
+        let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        let res = self.dispatch(nr, a, cpu, mem, out)?;
+        let ret = match res {
+            Ok(v) => v,
+            Err(SyscallOutcome::Continue) => -ENOSYS,
+            Err(other) => {
+                if self.cfg.verbose_syscalls {
+                    out.log(&format!(
+                        "{}({:#x}, {:#x}, {:#x}) -> {:?}",
+                        syscall_name(nr),
+                        a[0],
+                        a[1],
+                        a[2],
+                        other
+                    ));
+                }
+                return Ok(other);
+            }
+        };
+        if self.cfg.verbose_syscalls {
+            out.log(&format!(
+                "{}({:#x}, {:#x}, {:#x}) = {}",
+                syscall_name(nr),
+                a[0],
+                a[1],
+                a[2],
+                if ret < 0 && ret > -4096 {
+                    format!("-{}", errno::name(-ret))
+                } else {
+                    format!("{ret:#x}")
+                }
+            ));
+        }
+        self.syscall_return(cpu, &r, ret);
+        Ok(SyscallOutcome::Continue)
+    }
+
+    /// Return `ret` from the system call whose registers were `r`.
+    fn syscall_return(&self, cpu: &mut dyn Vcpu, r: &kvm_regs, ret: i64) {
+        let cpl0 = self.cpl0_syscalls == Some(true);
+        let regs = cpu.regs_mut();
+        regs.rax = ret as u64;
+        if !cpl0 {
+            // kvm_pvm: SYSCALL stayed at CPL3, so do what SYSRETQ would, including its RFLAGS
+            // mask (a program can reach the system call port with any R11 it likes).
+            regs.rip = r.rcx;
+            regs.rflags = (r.r11 & SYSRET_RFLAGS_MASK) | 2;
+        }
+    }
+
+    /// The system call `nr` with arguments `a`: Err(Continue) for calls not emulated (ENOSYS),
+    /// Err(other outcome) for calls that end the run.
+    #[allow(clippy::type_complexity)]
+    fn dispatch(
+        &mut self,
+        nr: u64,
+        a: [u64; 6],
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let Ok(nr) = i64::try_from(nr) else {
+            return Ok(Err(SyscallOutcome::Continue));
+        };
+        if let Some(v) = self.fd_call(nr, a, mem, out) {
+            return Ok(Ok(v));
+        }
+        if let Some(v) = self.mem_call(nr, a, mem) {
+            return Ok(Ok(v));
+        }
+        self.process_call(nr, a, cpu, mem)
+    }
+}
+
+fn wr(mem: &mut GuestMemory, addr: u64, data: &[u8]) -> i64 {
+    match mem.write(addr, data) {
+        Ok(()) => 0,
+        Err(_) => -EFAULT,
+    }
+}
