@@ -5,6 +5,7 @@
 
 mod boot;
 mod calls;
+pub mod env;
 mod error;
 mod invoker;
 mod options;

@@ -17,10 +17,7 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn queue_timeout() -> Duration {
     static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *T.get_or_init(|| {
-        std::env::var("EDGEVM_QUEUE_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&ms| ms > 0)
+        crate::env::queue_timeout_ms()
             .map(Duration::from_millis)
             .unwrap_or(QUEUE_TIMEOUT)
     })
@@ -34,10 +31,7 @@ pub const MAX_QUEUE: usize = 8192;
 pub fn inline_slice() -> Option<Duration> {
     static T: OnceLock<Option<Duration>> = OnceLock::new();
     *T.get_or_init(|| {
-        let us = std::env::var("EDGEVM_INLINE_SLICE_US")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(4000);
+        let us = crate::env::inline_slice_us().unwrap_or(4000);
         (us > 0).then(|| Duration::from_micros(us))
     })
 }

@@ -383,10 +383,7 @@ pub fn run_server(
 /// The multi-thread runtime the server runs on.
 fn http_runtime() -> io::Result<tokio::runtime::Runtime> {
     // Request VMs run on these threads (see edgevm-runtime's pool.rs): one per CPU.
-    let workers = std::env::var("EDGEVM_HTTP_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let workers = edgevm_runtime::env::http_threads();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("edgevm-http")

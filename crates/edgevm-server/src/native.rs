@@ -106,12 +106,9 @@ pub async fn serve_native_on(
     }
 }
 
-/// A tokio runtime with `EDGEVM_HTTP_THREADS` (default 2) workers, like edgevm's front end.
+/// A tokio runtime with as many workers as edgevm's front end (`EDGEVM_HTTP_THREADS`).
 fn runtime() -> io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("EDGEVM_HTTP_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let workers = edgevm_runtime::env::http_threads();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("native-http")

@@ -19,12 +19,7 @@ pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// The download budget: [`FETCH_TIMEOUT`], or `EDGEVM_FETCH_TIMEOUT_MS` (milliseconds, > 0)
 /// when set — the tests use it to exercise a stalled server in bounded time.
 pub fn fetch_timeout() -> std::time::Duration {
-    std::env::var("EDGEVM_FETCH_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map(std::time::Duration::from_millis)
-        .unwrap_or(FETCH_TIMEOUT)
+    edgevm_runtime::env::fetch_timeout().unwrap_or(FETCH_TIMEOUT)
 }
 
 /// Settings for one program whose binary is `bytes`.
