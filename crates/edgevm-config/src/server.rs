@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// `listen` given as `unix:/path`: a Unix-domain socket to listen on instead of TCP.
     pub listen_unix: Option<PathBuf>,
+    /// `admin_listen`: a separate listener for the admin endpoints (address or `unix:/path`).
+    pub admin_listen: Option<ListenAt>,
     /// `listen_mode`: permission bits of the Unix socket file (octal text such as "0660").
     pub listen_mode: Option<u32>,
     /// `listen_owner`: owner of the Unix socket file, `user`, `user:group` or `:group`
@@ -72,9 +74,47 @@ pub struct ServerConfig {
     pub lenient_http: Option<bool>,
 }
 
+/// Where a listener listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAt {
+    /// A TCP address and port.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket file.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAt::Tcp(a) => write!(f, "{a}"),
+            ListenAt::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parse `listen`-style text: `ADDR:PORT` or `unix:/absolute/path`.
+fn listen_at(v: &Value) -> Result<ListenAt, String> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("must be a string, got {}", describe(v)))?;
+    if let Some(path) = s.strip_prefix("unix:") {
+        if !path.starts_with('/') || path.len() > 100 || path.contains('\0') {
+            return Err(format!(
+                "a Unix socket must be an absolute path of at most 100 bytes such as \"unix:/run/edgevm/edgevm.sock\", got {s:?}"
+            ));
+        }
+        Ok(ListenAt::Unix(PathBuf::from(path)))
+    } else {
+        s.parse().map(ListenAt::Tcp).map_err(|_| {
+            format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", or \"unix:/path\", got {s:?}")
+        })
+    }
+}
+
 /// Every key of the server section.
 pub const SERVER_KEYS: &[&str] = &[
     "listen",
+    "admin_listen",
     "listen_mode",
     "listen_owner",
     "drain_seconds",
@@ -181,26 +221,17 @@ impl ServerConfig {
     /// Apply one key; `Err` is the reason the value is refused.
     fn set(&mut self, key: &str, v: &Value) -> Result<bool, String> {
         match key {
-            "listen" => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| format!("must be a string, got {}", describe(v)))?;
-                if let Some(path) = s.strip_prefix("unix:") {
-                    if !path.starts_with('/') || path.len() > 100 || path.contains('\0') {
-                        return Err(format!(
-                            "a Unix socket must be an absolute path of at most 100 bytes such as \"unix:/run/edgevm/edgevm.sock\", got {s:?}"
-                        ));
-                    }
-                    self.listen_unix = Some(PathBuf::from(path));
+            "listen" => match listen_at(v)? {
+                ListenAt::Unix(path) => {
+                    self.listen_unix = Some(path);
                     self.listen = None;
-                } else {
-                    let addr = s.parse().map_err(|_| {
-                        format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", or \"unix:/path\", got {s:?}")
-                    })?;
+                }
+                ListenAt::Tcp(addr) => {
                     self.listen = Some(addr);
                     self.listen_unix = None;
                 }
-            }
+            },
+            "admin_listen" => self.admin_listen = Some(listen_at(v)?),
             "listen_mode" => self.listen_mode = Some(mode(v)?),
             "listen_owner" => self.listen_owner = Some(owner(v)?),
             "drain_seconds" => {
@@ -339,6 +370,9 @@ impl ServerConfig {
         }
         if let Some(p) = &self.listen_unix {
             m.insert("listen".into(), format!("unix:{}", p.display()).into());
+        }
+        if let Some(a) = &self.admin_listen {
+            m.insert("admin_listen".into(), a.to_string().into());
         }
         if let Some(mode) = self.listen_mode {
             m.insert("listen_mode".into(), format!("{mode:04o}").into());

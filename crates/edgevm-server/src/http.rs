@@ -63,6 +63,10 @@ pub struct HttpOptions {
     pub listen: SocketAddr,
     /// A Unix socket to listen on instead of `listen`.
     pub unix: Option<UnixListen>,
+    /// A separate listener for the admin endpoints (`/metrics`, `/_edgevm/...`). When set,
+    /// the main listener serves programs only (admin paths answer 404 there) and this one
+    /// serves the admin endpoints only. Default none: one listener serves both.
+    pub admin_listen: Option<AdminListen>,
     /// After SIGTERM/SIGINT ([`run_server`]), how long to keep serving while [`Self::drain`]
     /// is set, before stopping to accept. Default 0.
     pub drain_period: Duration,
@@ -109,6 +113,7 @@ impl HttpOptions {
         HttpOptions {
             listen,
             unix: None,
+            admin_listen: None,
             drain_period: Duration::ZERO,
             drain: Drain::new(),
             max_body_bytes: 16 << 20,
@@ -156,6 +161,18 @@ impl HttpOptions {
                 mode: s.listen_mode,
                 owner: s.listen_owner.clone(),
             });
+        }
+        match &s.admin_listen {
+            Some(edgevm_config::ListenAt::Tcp(a)) => self.admin_listen = Some(AdminListen::Tcp(*a)),
+            Some(edgevm_config::ListenAt::Unix(path)) => {
+                self.admin_listen = Some(AdminListen::Unix(UnixListen {
+                    path: path.clone(),
+                    // Only the server's own user may connect unless the file is changed.
+                    mode: Some(0o600),
+                    owner: None,
+                }))
+            }
+            None => {}
         }
         if let Some(d) = s.drain_seconds {
             self.drain_period = d;
@@ -274,11 +291,36 @@ pub trait AdminHandler: Send + Sync + 'static {
     fn record(&self, _record: &RequestRecord<'_>) {}
 }
 
-/// State shared by all connections of one server.
+/// Where the separate admin listener listens ([`HttpOptions::admin_listen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket (created with mode 0600).
+    Unix(UnixListen),
+}
+
+/// Most connections the separate admin listener serves at once (its own limit, beside
+/// [`HttpOptions::max_connections`] of the main listener).
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Programs and admin endpoints (no separate admin listener).
+    All,
+    /// Programs only: the public listener when there is an admin listener.
+    Programs,
+    /// Admin endpoints only.
+    Admin,
+}
+
+/// State shared by all connections of one listener.
 struct Shared {
     opts: HttpOptions,
     host: Arc<dyn ProgramHost>,
     admin: Option<Arc<dyn AdminHandler>>,
+    role: Role,
 }
 
 /// A bound, not yet running, HTTP server. Use [`HttpServer::bind`] then [`HttpServer::run`];
@@ -286,6 +328,8 @@ struct Shared {
 pub struct HttpServer {
     listener: Listener,
     shared: Arc<Shared>,
+    /// The separate admin listener, if configured.
+    admin_listener: Option<Listener>,
 }
 
 impl HttpServer {
@@ -299,9 +343,25 @@ impl HttpServer {
             Some(u) => crate::listen::bind_unix(u)?,
             None => Listener::Tcp(TcpListener::bind(opts.listen).await?),
         };
+        let admin_listener = match &opts.admin_listen {
+            Some(AdminListen::Unix(u)) => Some(crate::listen::bind_unix(u)?),
+            Some(AdminListen::Tcp(a)) => Some(Listener::Tcp(TcpListener::bind(a).await?)),
+            None => None,
+        };
+        let role = if admin_listener.is_some() {
+            Role::Programs
+        } else {
+            Role::All
+        };
         Ok(HttpServer {
             listener,
-            shared: Arc::new(Shared { opts, host, admin }),
+            shared: Arc::new(Shared {
+                opts,
+                host,
+                admin,
+                role,
+            }),
+            admin_listener,
         })
     }
 
@@ -314,7 +374,13 @@ impl HttpServer {
     ) -> HttpServer {
         HttpServer {
             listener: Listener::Tcp(listener),
-            shared: Arc::new(Shared { opts, host, admin }),
+            shared: Arc::new(Shared {
+                opts,
+                host,
+                admin,
+                role: Role::All,
+            }),
+            admin_listener: None,
         }
     }
 
@@ -332,20 +398,63 @@ impl HttpServer {
     /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
     /// (at most [`HttpOptions::shutdown_grace`]) and return.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let HttpServer { listener, shared } = self;
-        info!(addr = %listener.describe(), "edgevm HTTP server listening");
-        let opts = shared.opts.clone();
-        accept_loop(
+        let HttpServer {
             listener,
-            &opts,
-            move || {
-                let shared = shared.clone();
-                service_fn(move |req| handle(shared.clone(), req))
-            },
-            shutdown,
-        )
-        .await
+            shared,
+            admin_listener,
+        } = self;
+        let Some(admin_listener) = admin_listener else {
+            return run_listener(listener, shared, shutdown).await;
+        };
+        // Two listeners, one shutdown.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut admin_opts = shared.opts.clone();
+        admin_opts.max_connections = admin_opts.max_connections.min(ADMIN_MAX_CONNECTIONS);
+        let admin_shared = Arc::new(Shared {
+            opts: admin_opts,
+            host: shared.host.clone(),
+            admin: shared.admin.clone(),
+            role: Role::Admin,
+        });
+        let signal = async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        };
+        let (_, public, admin) = tokio::join!(
+            signal,
+            run_listener(listener, shared, stopped(rx.clone())),
+            run_listener(admin_listener, admin_shared, stopped(rx)),
+        );
+        public.and(admin)
     }
+}
+
+/// Serve one listener with `shared` until `shutdown` completes (see [`HttpServer::run`]).
+async fn run_listener(
+    listener: Listener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let what = match shared.role {
+        Role::All => "edgevm HTTP server listening",
+        Role::Programs => "edgevm HTTP server listening (programs only)",
+        Role::Admin => "edgevm admin endpoints listening",
+    };
+    info!(addr = %listener.describe(), "{what}");
+    let opts = shared.opts.clone();
+    accept_loop(
+        listener,
+        &opts,
+        move || {
+            let shared = shared.clone();
+            service_fn(move |req| handle(shared.clone(), req))
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// Bind `opts.listen` and serve program requests until `shutdown` completes; then shut down
@@ -445,7 +554,12 @@ where
 {
     let builder = opts.builder();
     let timeouts = Timeouts::new(opts.header_read_timeout, opts.idle_timeout);
-    let shared = Arc::new(Shared { opts, host, admin });
+    let shared = Arc::new(Shared {
+        opts,
+        host,
+        admin,
+        role: Role::All,
+    });
     let act = Activity::new();
     let service = TrackedService::new(
         service_fn(move |req| handle(shared.clone(), req)),
@@ -638,7 +752,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
         )
         .into();
     }
-    if RESERVED_SEGMENTS.contains(&segment) {
+    let reserved = RESERVED_SEGMENTS.contains(&segment);
+    // With a separate admin listener, each listener serves only its own kind of path.
+    if (reserved && shared.role == Role::Programs) || (!reserved && shared.role == Role::Admin) {
+        let nf = Answer::text(StatusCode::NOT_FOUND, "not found");
+        return unread_body_answer(shared, nf, req.into_body()).into();
+    }
+    if reserved {
         return admin(shared, req).await.into();
     }
     let program = segment.to_owned();

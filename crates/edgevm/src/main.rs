@@ -49,6 +49,11 @@ struct ServerArgs {
     /// (server.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// A separate listener for the admin endpoints (/metrics, /_edgevm/...): an address or
+    /// unix:/path (socket mode 0600); the main listener then serves programs only
+    /// (server.admin_listen).
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Permission bits of the Unix socket file, octal (server.listen_mode), e.g. 0660.
     #[arg(long)]
     listen_mode: Option<String>,
@@ -99,6 +104,7 @@ impl ServerArgs {
     fn apply(&self, cfg: &mut edgevm_config::ServerConfig) -> Result<()> {
         for (key, value) in [
             ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
             ("listen_mode", &self.listen_mode),
             ("listen_owner", &self.listen_owner),
             ("drain_seconds", &self.drain_seconds),

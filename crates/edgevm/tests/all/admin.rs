@@ -244,3 +244,72 @@ fn rfc_9112_strictness_by_default_and_dot_segments_refused() {
     assert_eq!(st, 400, "{out}");
     s.stop();
 }
+
+#[test]
+fn a_separate_admin_listener_takes_the_admin_endpoints_off_the_public_one() {
+    let admin_port = free_port();
+    let addr = format!("127.0.0.1:{admin_port}");
+    let s = start("admin-listen", &["--admin-listen", &addr]);
+    assert_eq!(s.ok("/hello/"), "Hello World!");
+    let get = |port: u16, target: &str| {
+        let out = raw(
+            port,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        (status_of(&out), out)
+    };
+    for target in [
+        "/_edgevm/stats",
+        "/metrics",
+        "/_edgevm/health",
+        "http://evil.example/_edgevm/stats",
+        "/_edgevm/update/upd",
+    ] {
+        assert_eq!(get(s.port, target).0, 404, "public {target}");
+    }
+    // A live update cannot be attempted on the public listener either.
+    let r = head_only(
+        s.port,
+        "POST",
+        "/_edgevm/update/upd",
+        "X-Edgevm-Key: s3cret\r\n",
+        1000,
+    );
+    assert_eq!(r.status, 404);
+    for target in ["/_edgevm/stats", "/metrics", "http://evil.example/metrics"] {
+        let (st, out) = get(admin_port, target);
+        assert_eq!(st, 200, "admin {target}: {out}");
+    }
+    assert_eq!(get(admin_port, "/hello/").0, 404);
+    let r = head_only(
+        admin_port,
+        "POST",
+        "/_edgevm/update/upd",
+        "X-Edgevm-Key: wrong\r\n",
+        1000,
+    );
+    assert_eq!(r.status, 403);
+    s.stop();
+
+    // On a Unix socket (mode 0600).
+    let dir = scratch("admin-listen-unix");
+    let sock = dir.join("admin.sock");
+    let s = start_in(
+        &dir,
+        &["--admin-listen", &format!("unix:{}", sock.display())],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /_edgevm/stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert!(out.contains("\"upd\""), "{out}");
+    assert_eq!(get(s.port, "/_edgevm/stats").0, 404);
+    s.stop();
+    assert!(!sock.exists(), "the admin socket file is removed at stop");
+}
