@@ -24,13 +24,18 @@ pub fn root() -> PathBuf {
         .unwrap()
 }
 
-/// Directory with all guest binaries, built once per test run (guest/build.sh is incremental).
+/// Directory with all guest binaries, built once per test run (guest/build.sh is incremental;
+/// `EDGEVM_GUESTS_PREBUILT` set: already built).
 pub fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::var_os("EDGEVM_GUESTS")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join("target/guests"));
+        if std::env::var_os("EDGEVM_GUESTS_PREBUILT").is_some() {
+            // Built outside (scripts/hwkvm.sh runs the tests where no compiler is).
+            return dir;
+        }
         let out = Command::new(root().join("guest/build.sh"))
             .arg(&dir)
             .output()
@@ -43,6 +48,23 @@ pub fn guests() -> &'static Path {
         );
         dir
     })
+}
+
+/// How much slower than a development machine the tests run: `EDGEVM_TEST_TIME_SCALE` (default
+/// 1). scripts/hwkvm.sh sets it where everything runs under software emulation; tests whose
+/// configured limits must leave room for legitimate work scale them with it.
+pub fn time_scale() -> f64 {
+    std::env::var("EDGEVM_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// The tests run on kvm_pvm (a software hypervisor: SYSCALL stays at CPL3, CPL3 code runs on
+/// the host's CR4/XCR0), not on hardware KVM (kvm_amd/kvm_intel; scripts/hwkvm.sh).
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
 }
 
 /// Path of one guest binary.

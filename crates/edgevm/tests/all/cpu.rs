@@ -11,23 +11,6 @@ use std::collections::BTreeMap;
 use crate::common::*;
 use crate::harness::*;
 
-/// Which KVM runs the tests.
-#[derive(Debug, PartialEq)]
-enum Kvm {
-    /// kvm_pvm: a software hypervisor, SYSCALL stays at CPL3.
-    Pvm,
-    /// kvm_amd or kvm_intel.
-    Hardware,
-}
-
-fn kvm_kind() -> Kvm {
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        Kvm::Pvm
-    } else {
-        Kvm::Hardware
-    }
-}
-
 /// `key=value` words of cpu_probe's line.
 fn facts(line: &str) -> BTreeMap<String, u64> {
     line.split_whitespace()
@@ -84,12 +67,11 @@ fn boot_cpu_state_agrees_with_what_edgevm_enabled() {
         .find_map(|l| l.split_once("system calls entered at "))
         .map(|(_, rest)| rest.to_owned())
         .unwrap_or_else(|| panic!("no CPU line from edgevm: {}", r.all()));
-    match kvm_kind() {
-        Kvm::Pvm => assert_eq!(said, "CPL3, XCR0 not set (host's)", "{}", r.all()),
-        Kvm::Hardware => {
-            assert_eq!(said, format!("CPL0, XCR0 {:#x}", f["xcr0"]), "{}", r.all());
-            check_hardware_facts(&f, "main()");
-        }
+    if kvm_is_pvm() {
+        assert_eq!(said, "CPL3, XCR0 not set (host's)", "{}", r.all());
+    } else {
+        assert_eq!(said, format!("CPL0, XCR0 {:#x}", f["xcr0"]), "{}", r.all());
+        check_hardware_facts(&f, "main()");
     }
 }
 
@@ -106,7 +88,7 @@ fn requests_see_the_cpu_main_saw() {
     for _ in 0..3 {
         assert_eq!(s.ok("/cpu/"), first);
     }
-    if kvm_kind() == Kvm::Hardware {
+    if !kvm_is_pvm() {
         check_hardware_facts(&facts(&first), "request");
     }
     s.stop();

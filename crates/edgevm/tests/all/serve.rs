@@ -250,20 +250,26 @@ fn limit_workmem_after_req_triggers_full_resets() {
 // 4-5: failures, limits, bad API use
 // ------------------------------------------------------------------------------------------
 
+/// Programs with a 1 s request time (scaled by [`time_scale`] where everything is slower).
 fn api_server(name: &str) -> Server {
     let api = guest("serve_api");
+    let t = time_scale();
     serve(
         name,
         &[
             program(
                 "api",
                 &api,
-                "\"concurrency\": 1, \"max_request_time\": 1, \"max_request_memory\": 8",
+                &format!(
+                    "\"concurrency\": 1, \"max_request_time\": {t}, \"max_request_memory\": 8"
+                ),
             ),
             program(
                 "onerr",
                 &api,
-                "\"concurrency\": 1, \"max_request_time\": 1, \"environment\": [\"ON_ERROR=1\"]",
+                &format!(
+                    "\"concurrency\": 1, \"max_request_time\": {t}, \"environment\": [\"ON_ERROR=1\"]"
+                ),
             ),
         ],
     )
@@ -313,12 +319,14 @@ fn failing_requests_give_500_and_the_vm_recovers() {
     let t0 = Instant::now();
     expect_failure(&s, "api", "loop", 500, "timed out");
     let took = t0.elapsed();
+    let t = time_scale();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-        "max_request_time 1 s took {took:?}"
+        took >= Duration::from_secs_f64(0.9 * t) && took < Duration::from_secs_f64(4.0 * t),
+        "max_request_time {t} s took {took:?}"
     );
     // A timeout while the guest sleeps in a system call.
-    expect_failure(&s, "api", "sleep?ms=3000", 500, "timed out");
+    let sleep = format!("sleep?ms={}", (3000.0 * t) as u64);
+    expect_failure(&s, "api", &sleep, 500, "timed out");
     expect_failure(&s, "api", "crash", 500, "page fault");
     expect_failure(&s, "api", "noresp", 500, "HTTP response not set");
     expect_failure(&s, "api", "exit", 500, "exited");
