@@ -12,7 +12,14 @@
 //! The optional shared-memory area at the top of the address space is mapped `MAP_SHARED` in
 //! every request VM, so guest writes there are visible to all of them and are never reset.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+
+use nix::fcntl::FallocateFlags;
+use nix::sys::memfd::{self, MFdFlags};
+use nix::sys::mman::{self, MapFlags, MmapAdvise, ProtFlags};
+use nix::unistd::{lseek, Whence};
 use std::sync::Arc;
 
 use crate::PageSet;
@@ -71,8 +78,13 @@ unsafe impl Send for GuestMemory {}
 // many request-VM threads at once); every write needs &mut self.
 unsafe impl Sync for GuestMemory {}
 
-fn os_err(what: &str) -> MemError {
-    MemError::Os(format!("{what}: {}", std::io::Error::last_os_error()))
+fn os_err(what: &'static str) -> impl FnOnce(nix::Error) -> MemError {
+    move |e| MemError::Os(format!("{what}: {}", std::io::Error::from(e)))
+}
+
+/// `len` as a mapping length (mappings are never empty here).
+fn length(len: usize) -> Result<NonZeroUsize, MemError> {
+    NonZeroUsize::new(len).ok_or_else(|| MemError::Os("empty mapping".into()))
 }
 
 /// mmap a memfd range. Small wrapper so each unsafe block is one call.
@@ -86,19 +98,17 @@ fn map_fd(
     // SAFETY: mmap with a valid fd; when MAP_FIXED is in `flags`, `addr..addr+len` lies inside
     // a mapping this module owns (the caller's private mapping), so nothing else is clobbered.
     let p = unsafe {
-        libc::mmap(
-            addr.cast(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags | libc::MAP_NORESERVE,
-            fd.as_raw_fd(),
+        mman::mmap(
+            NonZeroUsize::new(addr as usize),
+            length(len)?,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::from_bits_retain(flags) | MapFlags::MAP_NORESERVE,
+            fd,
             off as libc::off_t,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(os_err("mmap"));
     }
-    Ok(p.cast())
+    .map_err(os_err("mmap"))?;
+    Ok(p.as_ptr().cast())
 }
 
 /// mmap anonymous private memory over `addr..addr+len`, a range inside a mapping this module
@@ -106,19 +116,15 @@ fn map_fd(
 fn map_anon_fixed(addr: *mut u8, len: usize) -> Result<(), MemError> {
     // SAFETY: MAP_FIXED over a range inside the caller's own private mapping: nothing else is
     // clobbered, and the range stays mapped (now anonymous, zero-filled).
-    let p = unsafe {
-        libc::mmap(
-            addr.cast(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            -1,
-            0,
+    unsafe {
+        mman::mmap_anonymous(
+            NonZeroUsize::new(addr as usize),
+            length(len)?,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(os_err("mmap"));
     }
+    .map_err(os_err("mmap"))?;
     Ok(())
 }
 
@@ -136,17 +142,9 @@ impl GuestMemory {
                 "guest memory size {size:#x} is not a multiple of 2 MiB"
             )));
         }
-        // SAFETY: memfd_create with a valid C string; the returned fd is owned below.
-        let fd = unsafe { libc::memfd_create(c"edgevm-guest".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(os_err("memfd_create"));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
-            return Err(os_err("ftruncate"));
-        }
+        let fd = memfd::memfd_create(c"edgevm-guest", MFdFlags::MFD_CLOEXEC)
+            .map_err(os_err("memfd_create"))?;
+        nix::unistd::ftruncate(&fd, size as libc::off_t).map_err(os_err("ftruncate"))?;
         let ptr = map_fd(std::ptr::null_mut(), size, libc::MAP_SHARED, &fd, 0)?;
         Ok(GuestMemory {
             ptr,
@@ -340,16 +338,13 @@ impl GuestMemory {
             && len.is_multiple_of(PAGE_SIZE)
         {
             // Shared memfd: punching a hole frees the pages and reads back as zero.
-            // SAFETY: fallocate on our memfd over an in-bounds range.
-            let r = unsafe {
-                libc::fallocate(
-                    self.memfd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if r == 0 {
+            let punched = nix::fcntl::fallocate(
+                &*self.memfd,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            );
+            if punched.is_ok() {
                 return Ok(());
             }
         }
@@ -407,13 +402,7 @@ impl GuestMemory {
 
     /// Bytes of host memory the backing memfd currently holds (all views together).
     pub fn backing_bytes(&self) -> u64 {
-        // SAFETY: fstat on our own fd into a zeroed struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(self.memfd.as_raw_fd(), &mut st) } != 0 {
-            return 0;
-        }
-        st.st_blocks as u64 * 512
+        nix::sys::stat::fstat(&*self.memfd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 
     /// Number of pages in the bitmap layout.
@@ -429,22 +418,19 @@ impl GuestMemory {
     /// memory reads as the shared zero page instead, and resets to zeros like the hole.
     /// Returns the number of hole pages covered.
     pub fn find_holes(&mut self, below: usize) -> usize {
-        let fd = self.memfd.as_raw_fd();
+        let fd = &*self.memfd;
         let limit = below.min(self.size) as libc::off_t;
         let mut holes = Vec::new();
         let mut pos: libc::off_t = 0;
         while pos < limit {
-            // SAFETY: lseek on our own memfd; no memory is touched.
-            let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-            let data = if data < 0 { limit } else { data.min(limit) };
+            let data = lseek(fd, pos, Whence::SeekData).map_or(limit, |d| d.min(limit));
             if data > pos {
                 holes.push((pos as usize / PAGE_SIZE, data as usize / PAGE_SIZE));
             }
             if data >= limit {
                 break;
             }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            let hole = lseek(fd, data, Whence::SeekHole).unwrap_or(-1);
             if hole <= data {
                 break;
             }
@@ -468,13 +454,7 @@ impl GuestMemory {
 
     /// Bytes the memfd behind this memory really holds (its allocated blocks).
     pub fn allocated_bytes(&self) -> u64 {
-        // SAFETY: fstat into a zeroed local struct on our own fd.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(self.memfd.as_raw_fd(), &mut st) } != 0 {
-            return 0;
-        }
-        st.st_blocks as u64 * 512
+        nix::sys::stat::fstat(&*self.memfd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 
     /// Whether guest page `page` holds the same bytes here as in `image` (false outside
@@ -613,17 +593,7 @@ impl GuestMemory {
             "drop outside the private area"
         );
         // SAFETY: the pages are inside our private mapping (below shared_from, checked above).
-        let r = unsafe {
-            libc::madvise(
-                self.ptr.add(start * PAGE_SIZE).cast(),
-                n * PAGE_SIZE,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if r != 0 {
-            return Err(os_err("madvise"));
-        }
-        Ok(())
+        unsafe { self.dont_need(start * PAGE_SIZE, n * PAGE_SIZE) }
     }
 
     /// Drop every private page (below the shared area): the view reads the image again and the
@@ -636,19 +606,30 @@ impl GuestMemory {
         self.host_list.clear();
         // SAFETY: the range is inside our private mapping; MADV_DONTNEED on a MAP_PRIVATE file
         // mapping makes the pages read the file (the frozen image) again.
-        let r = unsafe { libc::madvise(self.ptr.cast(), self.shared_from, libc::MADV_DONTNEED) };
-        if r != 0 {
-            return Err(os_err("madvise"));
-        }
-        Ok(())
+        unsafe { self.dont_need(0, self.shared_from) }
+    }
+
+    /// MADV_DONTNEED over `off..off+len` of the mapping.
+    ///
+    /// # Safety
+    /// The range must lie inside the mapping; its pages read as the file (or zero) again.
+    unsafe fn dont_need(&self, off: usize, len: usize) -> Result<(), MemError> {
+        let Some(p) = NonNull::new(self.ptr.wrapping_add(off)) else {
+            return Ok(());
+        };
+        // SAFETY: the caller's contract: the range is ours.
+        unsafe { mman::madvise(p.cast(), len, MmapAdvise::MADV_DONTNEED) }
+            .map_err(os_err("madvise"))
     }
 }
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in the constructor (the MAP_FIXED
-        // sub-mapping is inside it and goes with it).
-        unsafe { libc::munmap(self.ptr.cast(), self.size) };
+        if let Some(p) = NonNull::new(self.ptr) {
+            // SAFETY: unmapping exactly the mapping created in the constructor (the MAP_FIXED
+            // sub-mapping is inside it and goes with it).
+            let _ = unsafe { mman::munmap(p.cast(), self.size) };
+        }
     }
 }
 

@@ -15,6 +15,17 @@ use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
 use crate::{features, Exit, GuestMemory, KvmError, PageSet, Vcpu};
 
+/// KVM's ioctl type (linux/kvm.h `KVMIO`).
+const KVMIO: libc::c_uint = 0xAE;
+// The dirty-log ioctls are made directly (kvm-ioctls' wrapper allocates a bitmap per call).
+vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_bindings::kvm_dirty_log);
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_CLEAR_DIRTY_LOG,
+    KVMIO,
+    0xc0,
+    kvm_bindings::kvm_clear_dirty_log
+);
+
 const MSR_FS_BASE: u32 = 0xC000_0100;
 const MSR_GS_BASE: u32 = 0xC000_0101;
 
@@ -322,8 +333,6 @@ impl KvmVcpu {
     /// KVM_GET_DIRTY_LOG of slot 0 into `bits` (one bit per page of the slot). The
     /// kvm-ioctls wrapper would allocate a new bitmap per call.
     fn get_dirty_log(&self, bits: &mut [u64]) -> Result<(), KvmError> {
-        /// _IOW(KVMIO, 0x42, struct kvm_dirty_log), 16 bytes.
-        const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_AE42;
         let pages = self.mem_size / crate::PAGE_SIZE;
         if bits.len() < pages.div_ceil(64) {
             return Err(KvmError::ioctl(
@@ -340,7 +349,7 @@ impl KvmVcpu {
         };
         // SAFETY: `arg` points at a writable bitmap of at least one bit per page of slot 0,
         // alive across the call; KVM writes exactly that many bits.
-        unsafe { self.vm_ioctl("GET_DIRTY_LOG", KVM_GET_DIRTY_LOG, &arg) }
+        unsafe { self.vm_ioctl("GET_DIRTY_LOG", KVM_GET_DIRTY_LOG(), &arg) }
     }
 
     /// One ioctl on this VM's fd with `arg`'s address.
@@ -371,8 +380,6 @@ impl KvmVcpu {
     /// KVM_CLEAR_DIRTY_LOG (write-protect again) for the pages of `pages`, over the span of
     /// words from the first to the last one set (KVM wants 64-page aligned spans).
     fn clear_dirty_log(&mut self, pages: &PageSet) -> Result<(), KvmError> {
-        /// _IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log), 24 bytes.
-        const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xC018_AEC0;
         let (Some(&(first, _)), Some(&(last, _))) = (pages.words().first(), pages.words().last())
         else {
             return Ok(());
@@ -396,7 +403,7 @@ impl KvmVcpu {
         };
         // SAFETY: `arg` points at a bitmap of at least `num_pages` bits (one word per 64 pages
         // of the span) that lives across the call; KVM only reads it.
-        unsafe { self.vm_ioctl("CLEAR_DIRTY_LOG", KVM_CLEAR_DIRTY_LOG, &arg) }
+        unsafe { self.vm_ioctl("CLEAR_DIRTY_LOG", KVM_CLEAR_DIRTY_LOG(), &arg) }
     }
 
     /// Pointer to `kvm_run.immediate_exit`, for a signal handler on this vCPU's thread.
@@ -538,5 +545,15 @@ impl Vcpu for KvmVcpu {
 
     fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
         KvmVcpu::set_sregs(self, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The ioctl numbers the macros compute are linux/kvm.h's.
+    #[test]
+    fn dirty_log_ioctl_numbers() {
+        assert_eq!(super::KVM_GET_DIRTY_LOG(), 0x4010_AE42);
+        assert_eq!(super::KVM_CLEAR_DIRTY_LOG(), 0xC018_AEC0);
     }
 }
