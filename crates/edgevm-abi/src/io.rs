@@ -31,6 +31,28 @@ pub fn read_struct<T: FromBytes + IntoBytes>(mem: &GuestMemory, addr: u64) -> Re
     Ok(v)
 }
 
+/// Read the first `len` bytes of a shared struct from guest memory (the rest is zero).
+pub fn read_struct_prefix<T: FromBytes + IntoBytes>(
+    mem: &GuestMemory,
+    addr: u64,
+    len: usize,
+) -> Result<T, MemError> {
+    let mut v = T::new_zeroed();
+    let b = v.as_mut_bytes();
+    let len = len.min(b.len());
+    mem.read(addr, &mut b[..len])?;
+    Ok(v)
+}
+
+/// Write an array of shared structs into guest memory.
+pub fn write_structs<T: IntoBytes + Immutable>(
+    mem: &mut GuestMemory,
+    addr: u64,
+    v: &[T],
+) -> Result<(), MemError> {
+    mem.write(addr, v.as_bytes())
+}
+
 /// Write a shared struct into guest memory.
 pub fn write_struct<T: IntoBytes + Immutable>(
     mem: &mut GuestMemory,

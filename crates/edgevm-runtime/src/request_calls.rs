@@ -3,9 +3,11 @@
 //! its response.
 
 use edgevm_abi::api::Call;
-use edgevm_abi::io::{self, IoError};
+use edgevm_abi::guest_abi::{BackendResponseExtra, ResponseHeader};
+use edgevm_abi::io::{self, read_struct, read_struct_prefix, IoError};
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
+use std::mem::offset_of;
 
 use crate::invoker::{Invoker, Outcome};
 use crate::request::GuestResponse;
@@ -220,22 +222,20 @@ impl Invoker {
             message: format!("bad BackendResponseExtra passed to backend_response: {what}"),
             kind: FailureKind::Api,
         };
-        let x = mem.read_vec(at, 24).map_err(|e| bad(e.to_string()))?;
-        let hp = u64::from_le_bytes(x[0..8].try_into().unwrap_or_default());
-        let n = u16::from_le_bytes([x[8], x[9]]);
-        let cached = x[10] != 0;
-        let f = |o: usize| f32::from_le_bytes(x[o..o + 4].try_into().unwrap_or_default()) as f64;
-        let (ttl, grace) = (f(12), f(16));
+        // Only the fields used are read (up to `keep`), not the reserved words.
+        let x: BackendResponseExtra =
+            read_struct_prefix(mem, at, offset_of!(BackendResponseExtra, reserved))
+                .map_err(|e| bad(e.to_string()))?;
+        let (n, cached) = (x.num_headers, x.cached != 0);
+        let (ttl, grace) = (f64::from(x.ttl), f64::from(x.grace));
         if n > 64 {
             return Err(bad(format!("{n} headers (at most 64)")));
         }
         let mut out = Vec::new();
         for i in 0..n as u64 {
-            let e = mem
-                .read_vec(hp.wrapping_add(16 * i), 16)
-                .map_err(|e| bad(e.to_string()))?;
-            let p = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
-            let l = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
+            let e: ResponseHeader =
+                read_struct(mem, x.headers.index(i)).map_err(|e| bad(e.to_string()))?;
+            let (p, l) = (e.field.addr(), e.field_len);
             if l > 65535 {
                 return Err(bad(format!("header {i} is {l} bytes long")));
             }

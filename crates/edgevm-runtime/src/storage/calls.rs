@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgevm_abi::api::Call as ApiCall;
+use edgevm_abi::guest_abi::{GuestPtr, VirtBuffer};
+use edgevm_abi::io::write_structs;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -237,26 +239,25 @@ pub(super) fn inputs_low(top: u64, inputs: &[Vec<u8>]) -> u64 {
     sp.wrapping_sub(16 * inputs.len() as u64) & !15
 }
 
-/// Copy `inputs` below `top`: the address of the virtbuffer array and the array's bytes.
+/// Copy `inputs` below `top`: the address of the virtbuffer array and the array.
 pub(super) fn write_inputs(
     vm: &mut MainVm,
     top: u64,
     inputs: &[Vec<u8>],
-) -> Result<(u64, Vec<u8>), StorageError> {
+) -> Result<(u64, Vec<VirtBuffer>), StorageError> {
     // Guest-controlled stack pointer: wrap, the writes below are bounds-checked.
     let mut sp = top;
-    let mut descs = Vec::with_capacity(inputs.len() * 16);
+    let mut descs = Vec::with_capacity(inputs.len());
     for inp in inputs {
         sp = sp.wrapping_sub(inp.len() as u64) & !15;
         vm.machine.mem.write(sp, inp).map_err(StorageError::Input)?;
-        descs.extend_from_slice(&sp.to_le_bytes());
-        descs.extend_from_slice(&(inp.len() as u64).to_le_bytes());
+        descs.push(VirtBuffer {
+            data: GuestPtr::new(sp),
+            len: inp.len() as u64,
+        });
     }
-    sp = sp.wrapping_sub(descs.len() as u64) & !15;
-    vm.machine
-        .mem
-        .write(sp, &descs)
-        .map_err(StorageError::Input)?;
+    sp = sp.wrapping_sub(size_of_val(descs.as_slice()) as u64) & !15;
+    write_structs(&mut vm.machine.mem, sp, &descs).map_err(StorageError::Input)?;
     Ok((sp, descs))
 }
 
@@ -292,9 +293,11 @@ pub(super) fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, Stor
         Kind::Func => vec![call.inputs.len() as u64, bufs, call.dstlen],
         // func(data, len): the one input block.
         Kind::Task => {
-            let first =
-                |o: usize| u64::from_le_bytes(descs[o..o + 8].try_into().unwrap_or_default());
-            vec![first(0), first(8)]
+            let first = descs.first().copied().unwrap_or(VirtBuffer {
+                data: GuestPtr::NULL,
+                len: 0,
+            });
+            vec![first.data.addr(), first.len]
         }
         Kind::LiveUpdate => vec![],
         Kind::LiveRestore(state) => vec![state.len() as u64],

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use edgevm_abi::guest_abi::{GuestPtr, VirtBuffer};
+use edgevm_abi::io::read_struct;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -67,9 +69,9 @@ pub(crate) fn read_callv<C: Vcpu>(
     let mut inputs = Vec::with_capacity(n as usize);
     let mut total = 0usize;
     for i in 0..n {
-        let d = vm.machine.mem.read_vec(bufs.wrapping_add(16 * i), 16)?;
-        let p = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
-        let l = u64::from_le_bytes(d[8..].try_into().unwrap_or_default()) as usize;
+        let d: VirtBuffer =
+            read_struct(&vm.machine.mem, GuestPtr::<VirtBuffer>::new(bufs).index(i))?;
+        let (p, l) = (d.data.addr(), d.len as usize);
         total = total.saturating_add(l);
         if total > MAX_INPUT {
             return Err(StorageArgsError::TooMuchInput);

@@ -696,6 +696,20 @@ fn the_rust_guest_crate_serves_through_the_shared_abi() {
 }
 
 #[test]
+fn backend_response_extra_headers_are_read_from_the_shared_struct() {
+    // hostile.c's extra_headers mode: BackendResponseExtra with N ResponseHeaders.
+    let s = serve(
+        "extra",
+        &[program("h", &guest("hostile"), "\"concurrency\": 1")],
+    );
+    let r = s.get("/h/extra_headers?n=3");
+    assert_eq!((r.status, r.text().as_str()), (200, "extra"), "{}", s.log());
+    // lower-case names as the harness stores them
+    assert_eq!(r.all_headers("x-extra"), vec!["1", "1", "1"]);
+    s.stop();
+}
+
+#[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     let mut s = serve(
         "shutdown",
