@@ -298,20 +298,38 @@ impl GuestMemory {
         }
     }
 
-    /// Copy `out.len()` bytes out from offset `off` (already bounds-checked by the caller).
-    fn copy_out(&self, off: usize, out: &mut [u8]) {
-        assert!(off + out.len() <= self.size, "guest copy out of bounds");
-        // SAFETY: callers check off..off+len against the mapping; the guest is not running on
-        // this thread, and concurrent writers (shared memory) only make the bytes racy, not
-        // invalid.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
+    /// How much of `off..off+len` lies below the shared area (the rest is in it).
+    fn private_part(&self, off: usize, len: usize) -> usize {
+        self.shared_from.clamp(off, off + len) - off
     }
 
-    /// Copy `data` in at offset `off` (already bounds-checked by the caller).
+    /// Copy `out.len()` bytes out from offset `off` (already bounds-checked by the caller).
+    /// The shared area, which other VMs write while this one is stopped, is read with
+    /// volatile accesses.
+    fn copy_out(&self, off: usize, out: &mut [u8]) {
+        assert!(off + out.len() <= self.size, "guest copy out of bounds");
+        let n = self.private_part(off, out.len());
+        // SAFETY: callers check off..off+len against the mapping; this VM's guest is not
+        // running, and nothing else writes its private pages.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), n) };
+        for (i, b) in out[n..].iter_mut().enumerate() {
+            // SAFETY: inside the mapping (checked above); other VMs may write these bytes at
+            // any time, so each is read once, volatile.
+            *b = unsafe { self.ptr.add(off + n + i).read_volatile() };
+        }
+    }
+
+    /// Copy `data` in at offset `off` (already bounds-checked by the caller); volatile in the
+    /// shared area, as in `copy_out`.
     fn copy_in(&mut self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.size, "guest copy out of bounds");
+        let n = self.private_part(off, data.len());
         // SAFETY: as in `copy_out`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), n) };
+        for (i, &b) in data[n..].iter().enumerate() {
+            // SAFETY: as in `copy_out`.
+            unsafe { self.ptr.add(off + n + i).write_volatile(b) };
+        }
         self.mark_host_dirty(off, data.len());
     }
 
@@ -694,5 +712,23 @@ mod tests {
         let mut x = [0u8; 1];
         b.read(0x3000, &mut x).unwrap();
         assert_eq!(x[0], 0);
+    }
+
+    #[test]
+    fn copies_across_the_start_of_the_shared_area_see_both_parts() {
+        let main = GuestMemory::new_shared(4 << 20).unwrap();
+        let mut a = main.fork_private(2 << 20).unwrap();
+        let b = main.fork_private(2 << 20).unwrap();
+        // Four private bytes, four shared ones, in one write.
+        let at = (2 << 20) - 4;
+        a.write(at, b"privSHAR").unwrap();
+        let mut both = [0u8; 8];
+        a.read(at, &mut both).unwrap();
+        assert_eq!(&both, b"privSHAR");
+        b.read(at, &mut both).unwrap();
+        assert_eq!(
+            &both, b"\0\0\0\0SHAR",
+            "only the shared part is seen by another view"
+        );
     }
 }
