@@ -156,6 +156,20 @@ pub(crate) static KEYS: &[KeySpec] = &[
         is_default: |_| true,
     },
     KeySpec {
+        // edgevm extension: idle programs give their request VMs back.
+        name: "free_idle_vms_after",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| {
+            d.cfg.free_idle_vms_after = match v.as_f64() {
+                Some(0.0) => None,
+                _ => Some(seconds(v)?),
+            };
+            Ok(())
+        },
+        is_default: |_| true,
+    },
+    KeySpec {
         name: "start",
         aliases: &[],
         support: Supported,

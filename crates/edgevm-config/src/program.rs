@@ -64,6 +64,11 @@ pub struct ProgramConfig {
     /// `max_queue` (edgevm extension): requests that may wait for a free request VM,
     /// 0..=[`MAX_QUEUE`]; more are answered 503 at once. Default [`DEFAULT_MAX_QUEUE`].
     pub max_queue: u32,
+    /// `free_idle_vms_after` (edgevm extension, seconds): free the program's idle request VMs
+    /// once none was used for this long; the next request forks them again. None (0 in the
+    /// configuration, the default): keep them.
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub free_idle_vms_after: Option<Duration>,
     /// `max_boot_time` (seconds): time limit for `main()` to reach
     /// waiting for requests. Default 16 s.
     #[serde(serialize_with = "ser_secs")]
@@ -287,6 +292,7 @@ pub(crate) static DEFAULTS: LazyLock<ProgramConfig> = LazyLock::new(|| ProgramCo
     storage: false,
     concurrency: 2,
     max_queue: DEFAULT_MAX_QUEUE,
+    free_idle_vms_after: None,
     max_boot_time: Duration::from_secs(16),
     max_request_time: Duration::from_secs(8),
     max_storage_time: Duration::from_secs(10),
@@ -362,6 +368,10 @@ impl ProgramConfig {
 
 fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn ser_opt_secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.map_or(0.0, |d| d.as_secs_f64()))
 }
 
 fn ser_mb<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {

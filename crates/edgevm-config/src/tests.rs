@@ -1389,3 +1389,35 @@ fn listen_on_a_unix_socket_with_mode_owner_and_a_drain_period() {
         assert!(e.contains(why), "{bad}: {e} (wanted {why:?})");
     }
 }
+
+// ---------------------------------------------------------------- scale (issue 18)
+
+#[test]
+fn max_queue_and_free_idle_vms_after() {
+    let d = ok(&load(&prog("")), "demo").clone();
+    assert_eq!(d.max_queue, crate::DEFAULT_MAX_QUEUE);
+    assert_eq!(d.free_idle_vms_after, None);
+    let c = load(&prog(r#""max_queue": 0, "free_idle_vms_after": 1.5"#));
+    let p = ok(&c, "demo");
+    assert_eq!(p.max_queue, 0);
+    assert_eq!(p.free_idle_vms_after, Some(Duration::from_millis(1500)));
+    assert_eq!(
+        ok(&load(&prog(r#""free_idle_vms_after": 0"#)), "demo").free_idle_vms_after,
+        None
+    );
+    for bad in [
+        r#""max_queue": -1"#,
+        r#""max_queue": 8193"#,
+        r#""max_queue": "many""#,
+        r#""free_idle_vms_after": -1"#,
+        r#""free_idle_vms_after": "soon""#,
+        r#""free_idle_vms_after": 1e12"#,
+    ] {
+        let c = load(&prog(bad));
+        let e = err(&c, "demo").to_string();
+        assert!(
+            e.contains("max_queue") || e.contains("free_idle_vms_after"),
+            "{bad}: {e}"
+        );
+    }
+}

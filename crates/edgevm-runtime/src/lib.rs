@@ -7,6 +7,7 @@ mod boot;
 mod calls;
 pub mod env;
 mod error;
+mod idle;
 mod invoker;
 mod options;
 pub mod output;

@@ -128,6 +128,8 @@ pub struct Program {
     /// that the stats of the running program show.
     pub(crate) candidate: std::sync::atomic::AtomicBool,
     pub(crate) held: [AtomicU64; 2],
+    /// Request VMs that exist and when one was last used (`idle.rs`).
+    pub(crate) residency: crate::idle::Residency,
 }
 
 impl Program {
@@ -151,6 +153,7 @@ impl Program {
             storage: Mutex::new(None),
             candidate: Default::default(),
             held: Default::default(),
+            residency: Default::default(),
         })
     }
 
@@ -323,6 +326,8 @@ impl Program {
             Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(ServeError::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // VMs freed while the program was idle come back first.
+                self.refill(&pool)?;
                 // `waiting` counts this request too: at most `max_queue` wait.
                 if self.waiting.load(Ordering::Relaxed) > self.settings.max_queue {
                     self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +392,7 @@ impl Program {
         let stats = &self.stats;
         let Ok((result, rs)) = outcome else {
             // A bug in edgevm, not in the program: answer, and replace the VM.
+            self.residency.dropped();
             tracing::error!(
                 "{}: internal error while handling a request; replacing the VM",
                 self.name
@@ -400,6 +406,7 @@ impl Program {
                 "internal error in edgevm while handling the request".into(),
             ));
         };
+        self.residency.touch();
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
         stats.last_exits.store(rs.exits, Ordering::Relaxed);
@@ -409,6 +416,7 @@ impl Program {
             }
             if self.retired.load(Ordering::SeqCst) && self.waiting.load(Ordering::SeqCst) == 0 {
                 drop(vm);
+                self.residency.dropped();
             } else {
                 pool.put(vm);
             }
@@ -461,9 +469,19 @@ impl Program {
                 };
                 permit.forget();
                 let vm = pool.take();
+                if vm.is_some() {
+                    self.residency.dropped();
+                }
                 drop(vm);
             }
         }
+    }
+
+    /// Request VMs that exist now (idle or running; fewer than `concurrency` after idle ones
+    /// were freed), and how many were (freed while idle, forked again) so far.
+    pub fn resident_vms(&self) -> (u32, u64, u64) {
+        let (freed, refilled) = self.residency.counts();
+        (self.residency.resident(), freed, refilled)
     }
 
     /// Number of request VMs and time to ready, once ready.

@@ -158,6 +158,8 @@ impl Program {
             if settings.cached { "cached" } else { "not cached" },
         );
         self.set_state(State::Ready { vms: n, ready_ms });
+        self.residency.touch();
+        self.watch_idle();
         self.fork_rest(&pool, n);
     }
 
@@ -177,6 +179,7 @@ impl Program {
         )
         .map_err(BootError::Fork)?;
         vm.set_index(i);
+        self.residency.made();
         Ok(Box::new(vm))
     }
 

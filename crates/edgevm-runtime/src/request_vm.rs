@@ -205,6 +205,11 @@ impl RequestVm {
         self.inv.index = index;
     }
 
+    /// This VM's index in its pool.
+    pub fn index(&self) -> u32 {
+        self.inv.index
+    }
+
     /// How many pages are kept writable between requests now ("hot pages", see
     /// `after_request`).
     pub fn hot_pages(&self) -> usize {

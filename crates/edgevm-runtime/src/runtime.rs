@@ -61,6 +61,7 @@ impl Runtime {
             vm: VmOptions::new(name, Default::default(), Vec::new()),
             concurrency: 1,
             max_queue: MAX_QUEUE,
+            free_idle_vms_after: None,
             request: RequestSettings::default(),
             start: false,
             origin: "local",

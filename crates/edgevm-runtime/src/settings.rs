@@ -46,6 +46,9 @@ pub struct ProgramSettings {
     /// Requests that may wait for a free VM (`max_queue`); more are refused at once
     /// ([`ServeError::QueueFull`]). At most [`MAX_QUEUE`].
     pub max_queue: usize,
+    /// Free the idle request VMs once no request took one for this long
+    /// (`free_idle_vms_after`; see `idle.rs`).
+    pub free_idle_vms_after: Option<Duration>,
     /// Per-request policy.
     pub request: RequestSettings,
     /// Boot at server start.

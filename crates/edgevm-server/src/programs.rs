@@ -43,6 +43,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         vm,
         concurrency: p.concurrency,
         max_queue: p.max_queue as usize,
+        free_idle_vms_after: p.free_idle_vms_after,
         request: RequestSettings {
             max_request_time: p.max_request_time,
             max_request_memory: p.max_request_memory,
@@ -320,6 +321,10 @@ impl StatsAdmin {
             o.insert("status".into(), p.status().into());
             o.insert("concurrency".into(), p.settings().concurrency.into());
             o.insert("origin".into(), p.settings().origin.into());
+            let (resident, freed, refilled) = p.resident_vms();
+            o.insert("resident_vms".into(), resident.into());
+            o.insert("idle_vms_freed".into(), freed.into());
+            o.insert("idle_vms_refilled".into(), refilled.into());
             if let Some((vms, ms)) = p.ready_info() {
                 o.insert("vms".into(), vms.into());
                 o.insert("ready_ms".into(), ms.into());
@@ -364,6 +369,38 @@ impl StatsAdmin {
                 "edgevm_program_ready{{program=\"{}\"}} {r}\n",
                 escape_label(name)
             ));
+        }
+        let resident: Vec<_> = progs.iter().map(|(n, p)| (n, p.resident_vms())).collect();
+        for (metric, kind, help, pick) in [
+            (
+                "resident_vms",
+                "gauge",
+                "Request VMs that exist now (idle ones are freed after free_idle_vms_after)",
+                0,
+            ),
+            (
+                "idle_vms_freed",
+                "counter",
+                "Request VMs freed because the program was idle",
+                1,
+            ),
+            (
+                "idle_vms_refilled",
+                "counter",
+                "Request VMs forked again after being freed while idle",
+                2,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP edgevm_{metric} {help}\n# TYPE edgevm_{metric} {kind}\n"
+            ));
+            for (name, (r, f, g)) in &resident {
+                let v = [u64::from(*r), *f, *g][pick];
+                out.push_str(&format!(
+                    "edgevm_{metric}{{program=\"{}\"}} {v}\n",
+                    escape_label(name)
+                ));
+            }
         }
         out
     }

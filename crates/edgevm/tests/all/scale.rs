@@ -273,3 +273,91 @@ fn too_low_limits_are_named_at_start_with_the_number_needed() {
         "{text}"
     );
 }
+
+/// KVM VMs the server process holds now.
+fn kvm_vms(s: &Server) -> usize {
+    fds(s.pid()).0
+}
+
+/// Wait (at most 20 s) until `what` holds; false if it never did.
+fn eventually(mut what: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn idle_programs_give_their_request_vms_back_and_get_them_again() {
+    let api = js(guest("serve_api").to_str().unwrap());
+    let s = Server::with_config(
+        "scale-idle",
+        &format!(
+            "{{ \"idle\": {{ \"filename\": {api}, \"max_memory\": 64, \"concurrency\": 3, \"free_idle_vms_after\": 0.2, \"start\": true }},\n\
+             \"keep\": {{ \"filename\": {api}, \"max_memory\": 64, \"concurrency\": 2, \"start\": true }} }}\n"
+        ),
+    );
+    s.wait_loaded(&["idle", "keep"]);
+    assert_eq!(s.ok("/idle/ok"), "ok");
+    assert_eq!(s.ok("/keep/ok"), "ok");
+    // Idle: its three request VMs go (the frozen image stays); the other program keeps its two.
+    // (On a busy machine the boot's last forks may come after the first VM was freed.)
+    assert!(
+        eventually(
+            || s.stat("idle", "resident_vms") == 0.0 && s.stat("idle", "idle_vms_freed") == 3.0
+        ),
+        "{}",
+        s.stats()
+    );
+    assert_eq!(s.stat("keep", "resident_vms"), 2.0);
+    // The other program's two (and at most two made ahead for it and not used).
+    let base = kvm_vms(&s);
+    assert!((2..=4).contains(&base), "{base} KVM VMs");
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.contains("edgevm_resident_vms{program=\"idle\"} 0"),
+        "{metrics}"
+    );
+    // The next requests fork them back, each with an index of its own below concurrency.
+    let answers = s.get_concurrently(3, 4, "/idle/vcpu");
+    let mut ids: Vec<&str> = answers.iter().map(|a| a.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        assert!(
+            ["reqid=0", "reqid=1", "reqid=2"]
+                .iter()
+                .any(|r| id.ends_with(r)),
+            "{answers:?}"
+        );
+    }
+    let resident = s.stat("idle", "resident_vms");
+    assert!((1.0..=3.0).contains(&resident), "{}", s.stats());
+    assert!(s.stat("idle", "idle_vms_refilled") >= 1.0);
+    // Requests racing the watcher (a pause around the idle time between them) are all served,
+    // and never more VMs than `concurrency` exist.
+    let port = s.port;
+    std::thread::scope(|sc| {
+        for t in 0..3u64 {
+            sc.spawn(move || {
+                let mut rng = Rng(t + 18);
+                for _ in 0..12 {
+                    let r = request(port, "GET", "/idle/vcpu", &[], b"");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    std::thread::sleep(Duration::from_millis(rng.below(400) as u64));
+                }
+            });
+        }
+    });
+    assert!(s.stat("idle", "resident_vms") <= 3.0, "{}", s.stats());
+    assert!(kvm_vms(&s) <= base + 3);
+    assert!(eventually(|| s.stat("idle", "resident_vms") == 0.0));
+    assert_eq!(kvm_vms(&s), base);
+    assert_eq!(s.ok("/idle/ok"), "ok");
+    let log = s.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
