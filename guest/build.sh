@@ -12,6 +12,7 @@
 #     args_env, syscalls, syscalls_musl, crash_null, crash_gp, crash_ud,
 #     crash_div, crash_stack, loop_forever, membomb, wait, bench_getpid
 #     serve_state, serve_api   request-handler probes for the serve tests
+#     debug            GDB sessions (tests/all/debug.rs), built with -O0
 #     live_state       storage counter carried across live updates
 #     clients          request counters in shared memory (hostile-client tests)
 #     avx_state        AVX register isolation between requests
@@ -117,6 +118,7 @@ done
 build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_hello.tmp"
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
+build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/debug.c" -o "$OUT/debug.tmp"
 for prog in serve_state serve_api bench_touch hot_pages cpu_probe; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done

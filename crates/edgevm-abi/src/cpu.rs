@@ -230,6 +230,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
         mem.write_u64(layout::IDT + v * 16, lo)?;
         mem.write_u64(layout::IDT + v * 16 + 8, stub >> 32)?;
     }
+    mem.write(layout::DEBUG_IRET, &[0x48, 0xCF])?;
     // User stubs
     mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;

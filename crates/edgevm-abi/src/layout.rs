@@ -29,6 +29,9 @@ pub const TSS_LIMIT: u32 = 0x88;
 pub const IDT: u64 = 0x3000;
 /// Exception stubs (CPL0), 16 bytes each.
 pub const EXC_STUBS: u64 = 0x4000;
+/// `iretq` (CPL0), after the 32 exception stubs: a debugger resumes a program stopped in an
+/// exception stub here, with RSP at the exception frame.
+pub const DEBUG_IRET: u64 = EXC_STUBS + 32 * 16;
 /// User-executable stub page.
 pub const USER_STUBS: u64 = 0x5000;
 /// SYSCALL entry (LSTAR): `out %al,$SYSCALL_PORT; sysretq`.

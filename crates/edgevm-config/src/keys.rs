@@ -323,16 +323,26 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "allow_debug",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.allow_debug, v),
         is_default: same_as_default!(allow_debug),
     },
     KeySpec {
         name: "remote_debug_on_exception",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.remote_debug_on_exception, v),
         is_default: same_as_default!(remote_debug_on_exception),
+    },
+    KeySpec {
+        name: "debug_listen",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| {
+            d.cfg.debug_listen = crate::parse_debug_listen(string(v)?)?;
+            Ok(())
+        },
+        is_default: |_| true,
     },
     KeySpec {
         name: "main_arguments",

@@ -95,6 +95,18 @@ pub use server::{ListenAt, ServerConfig, SERVER_KEYS, SERVER_SECTION};
 
 use keys::{Ctx, Draft, KEYS};
 
+/// A GDB session address (`debug_listen`, `edgevm run --gdb=ADDR`): `IP:PORT`, `[IPv6]:PORT`
+/// or `localhost:PORT` (loopback).
+pub fn parse_debug_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok((std::net::Ipv4Addr::LOCALHOST, p).into());
+        }
+    }
+    s.parse()
+        .map_err(|_| format!("must be an address and port such as \"127.0.0.1:2159\", got {s:?}"))
+}
+
 /// Whether a configuration key (canonical name or alias) is known, and if
 /// so whether edgevm supports it. `None` for unknown keys.
 pub fn key_support(key: &str) -> Option<Support> {

@@ -129,11 +129,12 @@ pub struct ProgramConfig {
     /// `control_ephemeral`: the guest may choose ephemeralness with
     /// `sys_make_ephemeral` before it waits for requests. Default false.
     pub control_ephemeral: bool,
-    /// `allow_debug`: allow GDB on breakpoints. *Not supported yet.*
+    /// `allow_debug`: `sys_breakpoint()` opens a GDB session (docs/DEBUGGING.md).
     pub allow_debug: bool,
-    /// `remote_debug_on_exception`: start GDB on guest exceptions.
-    /// *Not supported yet.*
+    /// `remote_debug_on_exception`: a crash opens a GDB session at the faulting instruction.
     pub remote_debug_on_exception: bool,
+    /// `debug_listen` (edgevm): where GDB sessions listen. Default 127.0.0.1:2159.
+    pub debug_listen: std::net::SocketAddr,
     /// `main_arguments`: arguments after argv\[0\] (`$HOME`/`$PWD`
     /// expanded). A later layer replaces the list.
     pub main_arguments: Vec<String>,
@@ -311,6 +312,10 @@ pub(crate) static DEFAULTS: LazyLock<ProgramConfig> = LazyLock::new(|| ProgramCo
     control_ephemeral: false,
     allow_debug: false,
     remote_debug_on_exception: false,
+    debug_listen: std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        2159,
+    )),
     main_arguments: Vec::new(),
     environment: Vec::new(),
     allowed_paths: Vec::new(),

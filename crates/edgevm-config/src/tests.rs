@@ -847,7 +847,7 @@ fn path_vars_from_env_has_a_pwd() {
 fn not_supported_keys_are_fine_at_their_default() {
     let cfg = load(&prog(
         r#""allowed_paths": [], "current_working_directory": "/",
-        "mmap_backed_files": true, "allow_debug": false, "remote_debug_on_exception": false,
+        "mmap_backed_files": true,
         "hugepages": false, "hugepage_arena_size": 0, "request_hugepage_arena_size": 0,
         "split_hugepages": true, "remapping": {}, "blackout_area": {}, "verbose_pagetables": false,
         "download": [], "smp": 0, "stdout": false, "cold_start_file": null, "transparent_hugepages": false,
@@ -865,8 +865,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("allowed_paths", r#"["/dev/urandom"]"#),
         ("current_working_directory", r#""/srv""#),
         ("mmap_backed_files", "false"),
-        ("allow_debug", "true"),
-        ("remote_debug_on_exception", "true"),
         ("hugepages", "true"),
         ("hugepage_arena_size", "64"),
         ("request_hugepage_arena_size", "16"),
@@ -912,16 +910,31 @@ fn not_supported_keys_refuse_non_default_values() {
 #[test]
 fn not_supported_value_inherited_from_group_fails_the_program_not_the_group() {
     let cfg = load(
-        r#"{ "dbg": { "allow_debug": true },
+        r#"{ "dbg": { "hugepages": true },
 		"a": { "group": "dbg", "filename": "/a" },
-		"b": { "group": "dbg", "filename": "/b", "allow_debug": false } }"#,
+		"b": { "group": "dbg", "filename": "/b", "hugepages": false } }"#,
     );
     assert!(cfg.groups["dbg"].is_ok());
     assert_eq!(
         err(&cfg, "a").to_string(),
-        "a: 'allow_debug' is not supported yet"
+        "a: 'hugepages' is not supported yet"
     );
     ok(&cfg, "b");
+}
+
+#[test]
+fn debug_keys() {
+    let cfg = load(&prog(
+        r#""allow_debug": true, "remote_debug_on_exception": true, "debug_listen": "localhost:3000""#,
+    ));
+    let p = ok(&cfg, "demo");
+    assert!(p.allow_debug && p.remote_debug_on_exception);
+    assert_eq!(p.debug_listen.to_string(), "127.0.0.1:3000");
+    let cfg = load(&prog(r#""allow_debug": true"#));
+    assert_eq!(ok(&cfg, "demo").debug_listen.to_string(), "127.0.0.1:2159");
+    assert!(prog_err(r#""debug_listen": "2159""#).contains("address and port"));
+    assert!(prog_err(r#""debug_listen": 2159"#).contains("must be a string"));
+    assert!(prog_err(r#""allow_debug": "yes""#).contains("must be true or false"));
 }
 
 #[test]

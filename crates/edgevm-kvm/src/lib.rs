@@ -52,6 +52,9 @@ pub enum Exit {
     FailEntry(u64),
     /// The guest touched memory the host could not provide.
     MemoryFault { gpa: u64 },
+    /// A debug exit requested with [`KvmVcpu::set_guest_debug`]: `exception` 1 (#DB: single
+    /// step or a hardware breakpoint, `dr6` says which) or 3 (#BP: an `int3`) at `pc`.
+    Debug { exception: u32, pc: u64, dr6: u64 },
     /// Anything else, named.
     Other(String),
 }
@@ -118,5 +121,21 @@ pub trait Vcpu {
     /// Set the special registers (one ioctl: error and setup paths only).
     fn set_sregs(&mut self, _s: &kvm_sregs) -> Result<(), KvmError> {
         Ok(())
+    }
+    /// The XSAVE image (x87/SSE legacy area, header, AVX, ...), for a debugger; None when
+    /// there is none.
+    fn xsave_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Set the guest's DR0-DR3, DR6 and DR7 (a debugger's hardware breakpoints).
+    fn set_debugregs(&mut self, _db: [u64; 4], _dr6: u64, _dr7: u64) -> Result<(), KvmError> {
+        Err(KvmError::Ioctl {
+            op: "SET_DEBUGREGS",
+            err: std::io::Error::from_raw_os_error(libc::ENOSYS),
+        })
+    }
+    /// The guest's DR6 (which debug condition fired).
+    fn dr6(&mut self) -> Result<u64, KvmError> {
+        Ok(0)
     }
 }

@@ -435,6 +435,41 @@ impl KvmVcpu {
         self.exits
     }
 
+    /// KVM_SET_GUEST_DEBUG (debugger sessions only): `control` is a set of KVM_GUESTDBG_*
+    /// flags (0 turns debugging off), `debugreg` DR0-DR3 and DR7 (index 7) for hardware
+    /// breakpoints.
+    pub fn set_guest_debug(&mut self, control: u32, debugreg: [u64; 8]) -> Result<(), KvmError> {
+        let dbg = kvm_bindings::kvm_guest_debug {
+            control,
+            pad: 0,
+            arch: kvm_bindings::kvm_guest_debug_arch { debugreg },
+        };
+        self.vcpu
+            .set_guest_debug(&dbg)
+            .map_err(|e| KvmError::ioctl("SET_GUEST_DEBUG", e))
+    }
+
+    /// KVM_SET_DEBUGREGS (debugger sessions only): the guest's DR0-DR3, DR6 and DR7.
+    pub fn set_debugregs(&mut self, db: [u64; 4], dr6: u64, dr7: u64) -> Result<(), KvmError> {
+        let d = kvm_bindings::kvm_debugregs {
+            db,
+            dr6,
+            dr7,
+            ..Default::default()
+        };
+        self.vcpu
+            .set_debug_regs(&d)
+            .map_err(|e| KvmError::ioctl("SET_DEBUGREGS", e))
+    }
+
+    /// KVM_GET_DEBUGREGS: the guest's DR6 (debugger sessions only).
+    pub fn dr6(&self) -> Result<u64, KvmError> {
+        self.vcpu
+            .get_debug_regs()
+            .map(|d| d.dr6)
+            .map_err(|e| KvmError::ioctl("GET_DEBUGREGS", e))
+    }
+
     /// Write one MSR (setup and rare paths only: one ioctl).
     pub fn set_msr(&mut self, index: u32, data: u64) -> Result<(), KvmError> {
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
@@ -481,6 +516,11 @@ impl Vcpu for KvmVcpu {
             }
             Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
             Ok(VcpuExit::MemoryFault { gpa, .. }) => Exit::MemoryFault { gpa },
+            Ok(VcpuExit::Debug(d)) => Exit::Debug {
+                exception: d.exception,
+                pc: d.pc,
+                dr6: d.dr6,
+            },
             Ok(other) => Exit::Other(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) if e.errno() == libc::EFAULT => Exit::MemoryFault { gpa: 0 },
@@ -545,6 +585,18 @@ impl Vcpu for KvmVcpu {
 
     fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
         KvmVcpu::set_sregs(self, s)
+    }
+
+    fn xsave_state(&self) -> Option<Vec<u8>> {
+        KvmVcpu::xsave(self)
+    }
+
+    fn set_debugregs(&mut self, db: [u64; 4], dr6: u64, dr7: u64) -> Result<(), KvmError> {
+        KvmVcpu::set_debugregs(self, db, dr6, dr7)
+    }
+
+    fn dr6(&mut self) -> Result<u64, KvmError> {
+        KvmVcpu::dr6(self)
     }
 }
 

@@ -39,6 +39,9 @@ impl MainVm {
             ));
         }
         let t1 = Instant::now();
+        if vm.opts.gdb.as_ref().is_some_and(|g| g.at_entry) {
+            crate::debug::stop_at_entry(&mut vm)?;
+        }
         let outcome = vm.run_init(&mut BootCalls { storage })?;
         let report = BootReport {
             outcome,
@@ -59,6 +62,7 @@ impl<C: Vcpu> MainVm<C> {
             "program initialization (max_boot_time)",
         )?;
         let r = self.init_loop(calls);
+        crate::debug::end(self, r.is_err());
         self.stop_deadline();
         let r = r?;
         // The guest can write to memory it never allocated; make sure the host did not grow

@@ -54,6 +54,9 @@ pub enum RunError {
     /// wait_for_requests_paused().
     #[error("wait_for_requests_paused() (event-loop programs) is not supported yet: use set_backend_get/post/request and wait_for_requests()")]
     EventLoopUnsupported,
+    /// GDB killed the program (`kill` in a debug session).
+    #[error("killed by the debugger")]
+    KilledByDebugger,
     /// A storage call failed (during boot).
     #[error(transparent)]
     StorageCall(Box<CallvError>),

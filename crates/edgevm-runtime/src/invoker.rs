@@ -237,6 +237,7 @@ impl Invoker {
             self.vm.pause_deadline();
             return r;
         }
+        crate::debug::end(&mut self.vm, matches!(r, Outcome::Failed(_)));
         self.vm.stop_deadline();
         self.vm.printer.flush();
         // A storage call still pending when the handler failed gives up its place.

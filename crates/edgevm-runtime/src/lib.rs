@@ -5,6 +5,7 @@
 
 mod boot;
 mod calls;
+pub mod debug;
 pub mod env;
 mod error;
 mod idle;

@@ -18,6 +18,9 @@ pub struct VmOptions {
     pub program_path: PathBuf,
     /// The ELF file.
     pub binary: Arc<Vec<u8>>,
+    /// GDB remote debugging (allow_debug, remote_debug_on_exception, `edgevm run --gdb`);
+    /// None: never (the run loop then has no debugging code on its path).
+    pub gdb: Option<crate::debug::DebugSettings>,
     /// main_arguments (argv[1..]; argv[0] is the program name).
     pub arguments: Vec<String>,
     /// environment ("K=V"), appended after the defaults.
@@ -55,6 +58,7 @@ impl VmOptions {
             group: "default".into(),
             program_path,
             binary: Arc::new(binary),
+            gdb: None,
             arguments: Vec::new(),
             environment: Vec::new(),
             max_memory: 256 << 20,

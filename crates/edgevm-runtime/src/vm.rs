@@ -80,7 +80,7 @@ pub struct BootReport {
 }
 
 /// A booted (or booting) main VM. `C` is the vCPU: KVM's, or a scripted one in unit tests.
-pub struct MainVm<C = KvmVcpu> {
+pub struct MainVm<C: Vcpu = KvmVcpu> {
     /// The VM and its memory.
     pub machine: KvmMachine<C>,
     /// Emulated process state.
@@ -104,9 +104,11 @@ pub struct MainVm<C = KvmVcpu> {
     /// The vCPU still holds a half-done instruction of a failed call that KVM would resume
     /// (see [`MainVm::restore_user_mode`]): the VM must be replaced before the next call.
     pub stale: bool,
-    deadline: Option<(Instant, Duration, &'static str)>,
+    pub(crate) deadline: Option<(Instant, Duration, &'static str)>,
     /// End of the current time slice (see [`MainVm::set_slice`]).
-    slice_end: Option<Instant>,
+    pub(crate) slice_end: Option<Instant>,
+    /// An open (or opening) GDB session (crate::debug).
+    pub(crate) debug: Option<Box<crate::debug::Debugger<C>>>,
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
@@ -431,6 +433,7 @@ impl<C: Vcpu> MainVm<C> {
             slice_end: None,
             pending_syscall: false,
             timer_exits: 0,
+            debug: None,
         }
     }
 
@@ -562,7 +565,7 @@ impl<C: Vcpu> MainVm<C> {
         self.machine.cpu.clear_immediate_exit();
     }
 
-    fn timeout_error(&self) -> RunError {
+    pub(crate) fn timeout_error(&self) -> RunError {
         let (_, limit, what) = self
             .deadline
             .unwrap_or((Instant::now(), Duration::ZERO, "run"));
@@ -572,6 +575,9 @@ impl<C: Vcpu> MainVm<C> {
     /// Run the guest, handling system calls and the generic hypercalls, until something the
     /// caller must decide on.
     pub fn run_until_event(&mut self) -> Result<Event, RunError> {
+        if self.debug.is_some() {
+            return crate::debug::run_until_event(self);
+        }
         if std::mem::take(&mut self.pending_syscall) {
             if let Some(ev) = self.syscall()? {
                 return Ok(ev);
@@ -603,6 +609,10 @@ impl<C: Vcpu> MainVm<C> {
                         // No context knows the number: the shared fallback.
                         Err(bad) => self.unsupported_call(bad.num),
                     }
+                    if self.debug.is_some() {
+                        // sys_breakpoint() asked for a GDB session.
+                        return crate::debug::run_until_event(self);
+                    }
                 }
                 Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
                     let report = decode_exception(
@@ -611,6 +621,9 @@ impl<C: Vcpu> MainVm<C> {
                         &self.elf.symbols,
                         &self.layout,
                     )?;
+                    if self.opts.gdb.as_ref().is_some_and(|g| g.on_exception) {
+                        return crate::debug::on_crash(self, report);
+                    }
                     return Err(RunError::Crash(report));
                 }
                 Exit::Interrupted => {
@@ -650,7 +663,7 @@ impl<C: Vcpu> MainVm<C> {
     }
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
-    fn syscall(&mut self) -> Result<Option<Event>, RunError> {
+    pub(crate) fn syscall(&mut self) -> Result<Option<Event>, RunError> {
         match self.linux.handle(
             &mut self.machine.cpu,
             &mut self.machine.mem,
@@ -666,7 +679,7 @@ impl<C: Vcpu> MainVm<C> {
     }
 
     /// Hypercalls with the same meaning everywhere. Returns false if the caller must handle it.
-    fn generic_hypercall(&mut self, call: Call) -> Result<bool, RunError> {
+    pub(crate) fn generic_hypercall(&mut self, call: Call) -> Result<bool, RunError> {
         let ret: u64 = match call {
             Call::RegisterFunc { index: idx, func } => {
                 let f = func.0;
@@ -715,11 +728,7 @@ impl<C: Vcpu> MainVm<C> {
             }
             Call::IsDebug => u64::from(self.opts.debug),
             Call::IsStorage => u64::from(self.opts.storage),
-            Call::Breakpoint => {
-                self.printer
-                    .log("Skipped VM breakpoint (debug not enabled)");
-                0
-            }
+            Call::Breakpoint => crate::debug::breakpoint_call(self),
             Call::SharedMemoryArea => {
                 let regs = self.machine.cpu.regs_mut();
                 regs.rdx = self.layout.mem_size;

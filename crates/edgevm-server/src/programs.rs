@@ -22,6 +22,18 @@ pub fn fetch_timeout() -> std::time::Duration {
     edgevm_runtime::env::fetch_timeout().unwrap_or(FETCH_TIMEOUT)
 }
 
+/// GDB settings of a program: None unless `allow_debug` or `remote_debug_on_exception` is
+/// set (then the run loop has no debugging code on its path).
+pub fn debug_settings(p: &ProgramConfig) -> Option<edgevm_runtime::debug::DebugSettings> {
+    if !p.allow_debug && !p.remote_debug_on_exception {
+        return None;
+    }
+    let mut g = edgevm_runtime::debug::DebugSettings::new(p.debug_listen);
+    g.on_breakpoint = p.allow_debug;
+    g.on_exception = p.remote_debug_on_exception;
+    Some(g)
+}
+
 /// Settings for one program whose binary is `bytes`.
 pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     let path = p.filename.clone().unwrap_or_default();
@@ -37,6 +49,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.verbose_syscalls = p.verbose_syscalls;
     vm.storage = false;
     vm.debug = p.allow_debug;
+    vm.gdb = debug_settings(p);
     vm.control_ephemeral = p.control_ephemeral;
     vm.state_file = p.filename.as_deref().map(VmOptions::state_path_for);
     ProgramSettings {

@@ -161,6 +161,11 @@ struct RunArgs {
     /// Print the program's output without the `>>> [name] ` prefix.
     #[arg(long)]
     raw: bool,
+    /// Stop at the program's entry and wait for GDB on ADDR (`target remote ADDR`)
+    /// [default: 127.0.0.1:2159]. See docs/DEBUGGING.md.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+          default_missing_value = edgevm_runtime::debug::DEFAULT_LISTEN)]
+    gdb: Option<String>,
     /// The program file (a static x86_64 ELF); optional when the configuration names it.
     file: Option<PathBuf>,
     /// Arguments after the program (main_arguments).
@@ -172,7 +177,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EDGEVM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,gdbstub=warn")),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -351,6 +356,15 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     o.raw_output = a.raw;
     o.storage = false;
     o.debug = pc.allow_debug;
+    o.gdb = edgevm_server::programs::debug_settings(&pc);
+    if let Some(addr) = &a.gdb {
+        let listen = edgevm_config::parse_debug_listen(addr).map_err(anyhow::Error::msg)?;
+        let g = o
+            .gdb
+            .get_or_insert_with(|| edgevm_runtime::debug::DebugSettings::new(listen));
+        g.listen = listen;
+        g.at_entry = true;
+    }
     o.state_file = Some(VmOptions::state_path_for(&file));
     match MainVm::boot(o) {
         Ok((vm, report)) => {

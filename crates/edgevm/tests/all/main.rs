@@ -9,6 +9,7 @@ mod clients;
 mod common;
 mod config_delivery;
 mod cpu;
+mod debug;
 mod deploy;
 mod harness;
 mod hostile;
