@@ -4,6 +4,7 @@
      ok          200 "ok"
      cpl         200 "cpl=N": the privilege level the handler runs at (3)
      url         200 with the URL the handler got
+     arg         200 with the arg the handler got
      status?n=N  backend_response(N, ...)
      sleep?ms=N  nanosleep N ms, then 200 "slept N"
      headers     200, body = the X-Test request header (http_find on REQ);
@@ -38,7 +39,6 @@ static unsigned char bomb[32u << 20];
 
 static void on_get(const char *url, const char *arg)
 {
-	(void)arg;
 	char action[64];
 	action_of(url, action, sizeof(action));
 	char out[8192];
@@ -52,6 +52,8 @@ static void on_get(const char *url, const char *arg)
 		respond(200, out);
 	} else if (strcmp(action, "url") == 0) {
 		respond(200, url);
+	} else if (strcmp(action, "arg") == 0) {
+		respond(200, arg);
 	} else if (strcmp(action, "status") == 0) {
 		const char *n = query_param(url, "n");
 		snprintf(out, sizeof(out), "status %s", n ? n : "?");

@@ -91,7 +91,7 @@ pub use program::{
     AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULT_GROUP, DEFAULT_MAX_QUEUE,
     MAX_ADDRESS_SPACE, MAX_CONCURRENCY, MAX_QUEUE, MAX_SMP, MAX_TIME_SECS, MB,
 };
-pub use server::{ListenAt, ServerConfig, SERVER_KEYS, SERVER_SECTION};
+pub use server::{ListenAt, ServerConfig, TrustedFrontend, SERVER_KEYS, SERVER_SECTION};
 
 use keys::{Ctx, Draft, KEYS};
 

@@ -10,7 +10,7 @@
 //! unknown key is a warning; a bad value is an error that fails the whole load (the server
 //! cannot start with settings it does not understand).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// `drain_seconds`: after SIGTERM, how long the server keeps serving (health answering
     /// 503) before it stops accepting and finishes in-flight requests. 0 = no drain period.
     pub drain_seconds: Option<Duration>,
+    /// `trusted_frontends`: who may pass a program's `arg` in the `X-Edgevm-Arg` header.
+    pub trusted_frontends: Option<Vec<TrustedFrontend>>,
     /// `max_connections`: connections served at once; more are refused with 503.
     pub max_connections: Option<usize>,
     /// `header_timeout` (s): time to send a complete request head.
@@ -118,6 +120,7 @@ pub const SERVER_KEYS: &[&str] = &[
     "listen_mode",
     "listen_owner",
     "drain_seconds",
+    "trusted_frontends",
     "max_connections",
     "header_timeout",
     "idle_timeout",
@@ -155,6 +158,73 @@ fn seconds(v: &Value) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(f))
+}
+
+/// One entry of `trusted_frontends`: an address, a network (`10.0.0.0/8`, `fd00::/8`), or
+/// `"unix"` (clients of the Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustedFrontend {
+    /// Addresses whose first `prefix` bits equal those of the address.
+    Net(IpAddr, u8),
+    /// Connections to the Unix socket.
+    Unix,
+}
+
+impl TrustedFrontend {
+    /// Parse `"127.0.0.1"`, `"10.0.0.0/8"`, `"::1"`, `"fd00::/8"` or `"unix"`.
+    pub fn parse(s: &str) -> Result<TrustedFrontend, String> {
+        if s == "unix" {
+            return Ok(TrustedFrontend::Unix);
+        }
+        let bad = || {
+            format!("must be an address, a network such as \"10.0.0.0/8\", or \"unix\", got {s:?}")
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(TrustedFrontend::Net(addr, prefix))
+    }
+
+    /// Whether `ip` (IPv4-mapped IPv6 addresses count as IPv4) is in this network.
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        let TrustedFrontend::Net(net, prefix) = self else {
+            return false;
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a.to_canonical() {
+                IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((n, nlen), (a, alen)) = (bits(*net), bits(ip));
+        if nlen != alen {
+            return false;
+        }
+        let p = u32::from(*prefix);
+        let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+        n & mask == a & mask
+    }
+
+    /// Whether this entry is `"unix"`.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, TrustedFrontend::Unix)
+    }
+}
+
+impl std::fmt::Display for TrustedFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustedFrontend::Unix => f.write_str("unix"),
+            TrustedFrontend::Net(a, p) => write!(f, "{a}/{p}"),
+        }
+    }
 }
 
 /// A user or group: a name (letters, digits, `_`, `-`, `.`; not starting with `-`) or a
@@ -233,6 +303,22 @@ impl ServerConfig {
             },
             "admin_listen" => self.admin_listen = Some(listen_at(v)?),
             "listen_mode" => self.listen_mode = Some(mode(v)?),
+            "trusted_frontends" => {
+                let list = v.as_array().ok_or_else(|| {
+                    format!(
+                        "must be a list such as [\"127.0.0.1\", \"10.0.0.0/8\", \"unix\"], got {}",
+                        describe(v)
+                    )
+                })?;
+                let mut out = Vec::new();
+                for e in list {
+                    let s = e
+                        .as_str()
+                        .ok_or_else(|| format!("entries must be strings, got {}", describe(e)))?;
+                    out.push(TrustedFrontend::parse(s)?);
+                }
+                self.trusted_frontends = Some(out);
+            }
             "listen_owner" => self.listen_owner = Some(owner(v)?),
             "drain_seconds" => {
                 let f = number(v)?;
@@ -313,6 +399,12 @@ impl ServerConfig {
     pub fn set_from_str(&mut self, key: &str, text: &str) -> Result<(), ConfigError> {
         let value = if matches!(key, "listen" | "listen_mode" | "listen_owner") {
             Value::String(text.to_string())
+        } else if key == "trusted_frontends" {
+            Value::Array(
+                text.split(',')
+                    .map(|s| Value::String(s.trim().to_string()))
+                    .collect(),
+            )
         } else if let Ok(b) = text.trim().parse::<bool>() {
             Value::Bool(b)
         } else {
@@ -382,6 +474,10 @@ impl ServerConfig {
         }
         if let Some(d) = self.drain_seconds {
             m.insert("drain_seconds".into(), secs(d));
+        }
+        if let Some(t) = &self.trusted_frontends {
+            let list: Vec<Value> = t.iter().map(|t| t.to_string().into()).collect();
+            m.insert("trusted_frontends".into(), list.into());
         }
         if let Some(n) = self.max_connections {
             m.insert("max_connections".into(), n.into());

@@ -1394,6 +1394,10 @@ fn listen_on_a_unix_socket_with_mode_owner_and_a_drain_period() {
         (r#""listen_owner": 0"#, "must be a string"),
         (r#""drain_seconds": -1"#, "from 0 to"),
         (r#""drain_seconds": "5""#, "must be a number"),
+        (r#""trusted_frontends": "127.0.0.1""#, "must be a list"),
+        (r#""trusted_frontends": [1]"#, "must be strings"),
+        (r#""trusted_frontends": ["10.0.0.0/33"]"#, "a network"),
+        (r#""trusted_frontends": ["localhost"]"#, "a network"),
     ] {
         let e = load_err(&format!(
             r#"{{ "server": {{ {bad} }}, "p": {{ "filename": "/p" }} }}"#
@@ -1433,4 +1437,35 @@ fn max_queue_and_free_idle_vms_after() {
             "{bad}: {e}"
         );
     }
+}
+
+#[test]
+fn trusted_frontends_match_addresses_networks_and_the_unix_socket() {
+    use crate::TrustedFrontend as T;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let net = T::parse("10.1.0.0/16").unwrap();
+    assert!(net.contains_ip(ip("10.1.200.3")));
+    assert!(!net.contains_ip(ip("10.2.0.1")));
+    // IPv4-mapped IPv6 peers count as IPv4.
+    assert!(net.contains_ip(ip("::ffff:10.1.0.9")));
+    let one = T::parse("127.0.0.1").unwrap();
+    assert!(one.contains_ip(ip("127.0.0.1")) && !one.contains_ip(ip("127.0.0.2")));
+    assert!(!one.contains_ip(ip("::1")));
+    let all = T::parse("0.0.0.0/0").unwrap();
+    assert!(all.contains_ip(ip("192.0.2.1")) && !all.contains_ip(ip("2001:db8::1")));
+    let v6 = T::parse("fd00::/8").unwrap();
+    assert!(v6.contains_ip(ip("fd12::1")) && !v6.contains_ip(ip("fe80::1")));
+    let unix = T::parse("unix").unwrap();
+    assert!(unix.is_unix() && !unix.contains_ip(ip("127.0.0.1")));
+    let cfg = load(
+        r#"{ "server": { "trusted_frontends": ["127.0.0.1", "10.0.0.0/8", "unix"] },
+		"p": { "filename": "/p" } }"#,
+    );
+    assert_eq!(cfg.server.trusted_frontends.as_ref().map(Vec::len), Some(3));
+    assert!(
+        cfg.render_check()
+            .contains(r#""trusted_frontends":["127.0.0.1/32","10.0.0.0/8","unix"]"#),
+        "{}",
+        cfg.render_check()
+    );
 }

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::drain::Drain;
 use crate::limits::{self, Activity, Admission, Timeouts, TrackedIo, TrackedService};
-use crate::listen::{Listener, UnixListen};
+use crate::listen::{Listener, Peer, UnixListen};
 use crate::logtext::client_text;
 
 #[cfg(test)]
@@ -52,6 +52,9 @@ type RespBody = Full<Bytes>;
 const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 /// hyper's default limit on the number of request headers.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// The health endpoint: an admin path also served on a programs-only listener.
+pub const HEALTH_PATH: &str = "/_edgevm/health";
 
 /// First path segments that never reach a program.
 pub const RESERVED_SEGMENTS: &[&str] = &["metrics", "_edgevm"];
@@ -70,6 +73,9 @@ pub struct HttpOptions {
     /// After SIGTERM/SIGINT ([`run_server`]), how long to keep serving while [`Self::drain`]
     /// is set, before stopping to accept. Default 0.
     pub drain_period: Duration,
+    /// Front ends (load balancers) whose `X-Edgevm-Arg` header becomes the program's `arg`.
+    /// Default: none.
+    pub trusted_frontends: Vec<edgevm_config::TrustedFrontend>,
     /// The drain state: set at SIGTERM/SIGINT; while set, every response closes its
     /// connection (and the health endpoint answers 503).
     pub drain: Drain,
@@ -116,6 +122,7 @@ impl HttpOptions {
             admin_listen: None,
             drain_period: Duration::ZERO,
             drain: Drain::new(),
+            trusted_frontends: Vec::new(),
             max_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
@@ -176,6 +183,9 @@ impl HttpOptions {
         }
         if let Some(d) = s.drain_seconds {
             self.drain_period = d;
+        }
+        if let Some(t) = &s.trusted_frontends {
+            self.trusted_frontends = t.clone();
         }
         if let Some(n) = s.max_connections {
             self.max_connections = n;
@@ -448,9 +458,13 @@ async fn run_listener(
     accept_loop(
         listener,
         &opts,
-        move || {
+        move |peer| {
             let shared = shared.clone();
-            service_fn(move |req| handle(shared.clone(), req))
+            service_fn(move |mut req: Request<Incoming>| {
+                // Who sent it: decides whether X-Edgevm-Arg is trusted.
+                req.extensions_mut().insert(peer);
+                handle(shared.clone(), req)
+            })
         },
         shutdown,
     )
@@ -578,7 +592,7 @@ async fn accept_loop<F, S>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    F: Fn() -> S,
+    F: Fn(Peer) -> S,
     S: hyper::service::Service<
             Request<Incoming>,
             Response = Response<RespBody>,
@@ -604,7 +618,7 @@ where
                     };
                     let act = Activity::new();
                     let io = TokioIo::new(TrackedIo::new(stream, act.clone()));
-                    let service = TrackedService::new(make_service(), act.clone());
+                    let service = TrackedService::new(make_service(peer), act.clone());
                     let conn = graceful.watch(builder.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(e) = limits::supervise(conn, act, timeouts).await {
@@ -753,8 +767,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
         .into();
     }
     let reserved = RESERVED_SEGMENTS.contains(&segment);
-    // With a separate admin listener, each listener serves only its own kind of path.
-    if (reserved && shared.role == Role::Programs) || (!reserved && shared.role == Role::Admin) {
+    // With a separate admin listener, each listener serves only its own kind of path; the
+    // health endpoint is on both (load balancers probe the address they send traffic to).
+    let programs_only = shared.role == Role::Programs && path != HEALTH_PATH;
+    if (reserved && programs_only) || (!reserved && shared.role == Role::Admin) {
         let nf = Answer::text(StatusCode::NOT_FOUND, "not found");
         return unread_body_answer(shared, nf, req.into_body()).into();
     }
@@ -840,6 +856,39 @@ fn copy_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The request header a trusted front end passes a program's `arg` in.
+pub const ARG_HEADER: &str = "x-edgevm-arg";
+
+/// The program's `arg` and the headers it sees: the value of [`ARG_HEADER`] when the
+/// connection comes from one of [`HttpOptions::trusted_frontends`] ("" otherwise), and the
+/// request headers without [`ARG_HEADER`] (never passed on as a header, trusted or not).
+fn take_arg(
+    opts: &HttpOptions,
+    parts: &hyper::http::request::Parts,
+) -> (String, Vec<(String, String)>) {
+    let mut headers = copy_headers(&parts.headers);
+    let given = headers.iter().any(|(n, _)| n == ARG_HEADER);
+    if !given {
+        return (String::new(), headers);
+    }
+    let trusted = parts
+        .extensions
+        .get::<Peer>()
+        .is_some_and(|p| opts.trusted_frontends.iter().any(|t| p.trusted_by(t)));
+    let arg = if trusted {
+        headers
+            .iter()
+            .find(|(n, _)| n == ARG_HEADER)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    } else {
+        debug!("X-Edgevm-Arg from a client not in trusted_frontends: ignored");
+        String::new()
+    };
+    headers.retain(|(n, _)| n != ARG_HEADER);
+    (arg, headers)
+}
+
 /// Read the body, hand the request to the program and wait for its answer.
 async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> Outcome {
     let max = shared.opts.max_body_bytes;
@@ -857,11 +906,12 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
+    let (arg, headers) = take_arg(&shared.opts, &parts);
     let greq = GuestRequest {
         method: parts.method.as_str().to_owned(),
         url,
-        arg: String::new(),
-        headers: copy_headers(&parts.headers),
+        arg,
+        headers,
         content_type,
         body: body.into(),
         warmup: false,
@@ -1039,7 +1089,7 @@ pub async fn serve_static_hello_on(
     accept_loop(
         Listener::Tcp(listener),
         &opts,
-        || {
+        |_| {
             service_fn(|_req: Request<Incoming>| async {
                 let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello World!")));
                 let h = resp.headers_mut();

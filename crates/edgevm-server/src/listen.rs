@@ -65,6 +65,16 @@ pub enum Peer {
     Unix,
 }
 
+impl Peer {
+    /// Whether `t` lists this peer.
+    pub fn trusted_by(&self, t: &edgevm_config::TrustedFrontend) -> bool {
+        match self {
+            Peer::Tcp(a) => t.contains_ip(a.ip()),
+            Peer::Unix => t.is_unix(),
+        }
+    }
+}
+
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -306,7 +306,16 @@ impl StatsAdmin {
                 .iter()
                 .filter_map(|n| match self.runtime.program(n) {
                     Some(p) if p.ready_info().is_some() => None,
-                    Some(p) => Some(format!("{n} ({})", p.status())),
+                    // The state only: a failure's reason (paths, ...) is in the stats and
+                    // the log, not on an endpoint every listener serves.
+                    Some(p) => Some(format!(
+                        "{n} ({})",
+                        if p.status().starts_with("failed") {
+                            "failed"
+                        } else {
+                            "booting"
+                        }
+                    )),
                     None => Some(format!("{n} (not configured)")),
                 })
                 .collect();

@@ -60,6 +60,10 @@ struct ServerArgs {
     /// Owner of the Unix socket file: user, user:group or :group (server.listen_owner).
     #[arg(long)]
     listen_owner: Option<String>,
+    /// Front ends whose X-Edgevm-Arg header becomes the program's arg: comma-separated
+    /// addresses, networks (10.0.0.0/8) or `unix` (server.trusted_frontends).
+    #[arg(long)]
+    trusted_frontends: Option<String>,
     /// Seconds to keep serving after SIGTERM while /_edgevm/health answers 503, before
     /// stopping to accept [default: 0] (server.drain_seconds).
     #[arg(long)]
@@ -108,6 +112,7 @@ impl ServerArgs {
             ("listen_mode", &self.listen_mode),
             ("listen_owner", &self.listen_owner),
             ("drain_seconds", &self.drain_seconds),
+            ("trusted_frontends", &self.trusted_frontends),
             ("max_body_size", &self.max_body_mb),
             ("max_update_size", &self.max_update_mb),
             ("max_header_size", &self.max_header_kb),

@@ -93,9 +93,9 @@ fn health_waits_for_start_programs_and_reports_failed_ones() {
     let body = until(Duration::from_secs(20), "broken fails", || {
         let (st, body) = health(&s);
         assert_eq!(st, 503, "{body}");
-        (body.contains("broken (failed") && !body.contains("eager")).then_some(body)
+        (body.contains("broken (failed)") && !body.contains("eager")).then_some(body)
     });
-    assert!(body.starts_with("not ready: broken (failed: "), "{body}");
+    assert_eq!(body, "not ready: broken (failed)\n");
     assert_eq!(s.ok("/eager/ok"), "ok");
     let r = s.get("/broken/");
     assert_eq!(r.status, 503, "{}", r.text());
@@ -234,11 +234,16 @@ impl UdsServer {
 
     /// One request with `Connection: close`: the raw response.
     fn get(&self, path: &str) -> String {
+        self.get_with(path, "")
+    }
+
+    /// [`UdsServer::get`] with extra header lines (`Name: value\r\n` each).
+    fn get_with(&self, path: &str, headers: &str) -> String {
         let mut c = UnixStream::connect(&self.sock).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             c,
-            "GET {path} HTTP/1.1\r\nHost: edgevm\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: edgevm\r\n{headers}Connection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
@@ -289,7 +294,14 @@ fn serves_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
     let s = UdsServer::start(
         &dir,
         &cfg,
-        &["--listen-mode", "0600", "--listen-owner", &uid.to_string()],
+        &[
+            "--listen-mode",
+            "0600",
+            "--listen-owner",
+            &uid.to_string(),
+            "--trusted-frontends",
+            "unix",
+        ],
     );
     let md = std::fs::metadata(&s.sock).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600);
@@ -305,6 +317,9 @@ fn serves_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
         },
     );
     assert!(r.ends_with("ready\n"), "{r}");
+    // "unix" in trusted_frontends: the socket's clients pass the arg.
+    let r = s.get_with("/p/arg", "X-Edgevm-Arg: {\"w\": 1}\r\n");
+    assert!(r.ends_with("\r\n\r\n{\"w\": 1}"), "{r}");
     // A second server on the same socket is refused; the first keeps it.
     let r = edgevm_run(&[
         "serve",
@@ -377,5 +392,70 @@ fn a_live_update_persists_to_filename_and_a_restart_runs_it() {
     // A restarted server runs the new version.
     let s = Server::start(&dir, &[&cfg], &[]);
     assert_eq!(s.ok("/p/ok"), "ok");
+    s.stop();
+}
+
+#[test]
+fn x_edgevm_arg_reaches_the_program_only_from_trusted_frontends() {
+    let dir = scratch("deploy-arg");
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, config(&[program("p", &guest("serve_api"), "")])).unwrap();
+    let arg = [("X-Edgevm-Arg", "{\"width\": 128}")];
+    // Not trusted by default: the arg stays "".
+    let s = Server::start(&dir, &[&cfg], &[]);
+    let r = s.req("GET", "/p/arg", &arg, b"");
+    assert_eq!((r.status, r.text().as_str()), (200, ""));
+    s.stop();
+    // Trusted by network, by address: the header's value is the arg.
+    for trusted in ["127.0.0.0/8", "10.0.0.1,127.0.0.1"] {
+        let s = Server::start_args(&dir, &[&cfg], &[], &["--trusted-frontends", trusted]);
+        let r = s.req("GET", "/p/arg", &arg, b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "{\"width\": 128}"));
+        assert_eq!(s.ok("/p/arg"), "");
+        s.stop();
+    }
+    // Listing another network or only the Unix socket does not trust TCP clients.
+    for trusted in ["10.0.0.0/8", "unix", "::1"] {
+        let s = Server::start_args(&dir, &[&cfg], &[], &["--trusted-frontends", trusted]);
+        let r = s.req("GET", "/p/arg", &arg, b"");
+        assert_eq!((r.status, r.text().as_str()), (200, ""), "{trusted}");
+        s.stop();
+    }
+    let r = edgevm_run(&[
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trusted-frontends",
+        "localhost",
+    ]);
+    assert_eq!(r.code(), Some(1), "{}", r.all());
+    assert!(r.all().contains("trusted_frontends"), "{}", r.all());
+}
+
+#[test]
+fn health_is_on_the_program_listener_too_when_admin_has_its_own() {
+    let dir = scratch("deploy-admin-split");
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        config(&[program("p", &guest("serve_api"), "\"start\": true")]),
+    )
+    .unwrap();
+    let admin_port = free_port();
+    let s = Server::start_args(
+        &dir,
+        &[&cfg],
+        &[],
+        &["--admin-listen", &format!("127.0.0.1:{admin_port}")],
+    );
+    until(
+        Duration::from_secs(20),
+        "health 200 on the program listener",
+        || (health(&s).0 == 200).then_some(()),
+    );
+    // Only health: the other admin endpoints stay on the admin listener.
+    assert_eq!(s.get("/_edgevm/stats").status, 404);
+    let r = request(admin_port, "GET", "/_edgevm/health", &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
     s.stop();
 }
