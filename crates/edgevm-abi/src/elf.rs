@@ -218,45 +218,7 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
         ),
         t => return Err(ElfError::BadType(t)),
     };
-    // Leave room for at least 2 MiB of heap and mmap below the stack guard.
-    let hi = l.input_area & !((2 << 20) - 1);
-    let mut ranges = Vec::new();
-    for p in &loads {
-        let vaddr = p.p_vaddr.wrapping_add(bias);
-        let end = vaddr.saturating_add(p.p_memsz);
-        if vaddr < layout::USER_BASE || end > hi.saturating_sub(2 << 20) {
-            return Err(ElfError::OutsideAddressSpace {
-                vaddr,
-                end,
-                lo: layout::USER_BASE,
-                hi: hi.saturating_sub(2 << 20),
-            });
-        }
-        if p.p_filesz > p.p_memsz {
-            return Err(ElfError::Malformed(format!(
-                "segment at {:#x} has file size {:#x} larger than memory size {:#x}",
-                p.p_vaddr, p.p_filesz, p.p_memsz
-            )));
-        }
-        let fend = p.p_offset.checked_add(p.p_filesz);
-        if fend.is_none_or(|e| e > bytes.len() as u64) {
-            return Err(ElfError::Malformed(format!(
-                "truncated: segment at {:#x} needs file bytes {:#x}..{:#x}, file has {:#x}",
-                p.p_vaddr,
-                p.p_offset,
-                p.p_offset.saturating_add(p.p_filesz),
-                bytes.len()
-            )));
-        }
-        ranges.push((vaddr, end));
-    }
-    let mut sorted = ranges.clone();
-    sorted.sort();
-    for w in sorted.windows(2) {
-        if w[1].0 < w[0].1 {
-            return Err(ElfError::Overlap(w[0].0, w[0].1, w[1].0, w[1].1));
-        }
-    }
+    let sorted = check_segments(bytes, &loads, bias, l)?;
     // Map like Linux does: whole pages from the file, then zero the rest of memsz.
     for p in &loads {
         let vaddr = p.p_vaddr.wrapping_add(bias);
@@ -297,16 +259,7 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
         .get(phoff as usize..(phoff as usize).saturating_add(phsize))
         .unwrap_or(&[])
         .to_vec();
-    let mut syms: Vec<(u64, u64, String)> = elf
-        .syms
-        .iter()
-        .filter(|s| s.st_type() == sym::STT_FUNC && s.st_value != 0)
-        .filter_map(|s| {
-            let name = elf.strtab.get_at(s.st_name)?;
-            Some((s.st_value.wrapping_add(bias), s.st_size, name.to_string()))
-        })
-        .collect();
-    syms.sort_by_key(|s| s.0);
+    let syms = function_symbols(&elf, bias);
     Ok(LoadedElf {
         entry: elf.entry.wrapping_add(bias),
         bias,
@@ -318,6 +271,71 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
         symbols: Symbols { syms },
         raw_phdrs,
     })
+}
+
+/// Check the load segments (inside the user address space, file bytes present, no overlap):
+/// their (start, end) ranges after relocation by `bias`, sorted.
+fn check_segments(
+    bytes: &[u8],
+    loads: &[&program_header::ProgramHeader],
+    bias: u64,
+    l: &Layout,
+) -> Result<Vec<(u64, u64)>, ElfError> {
+    // Leave room for at least 2 MiB of heap and mmap below the stack guard.
+    let hi = l.input_area & !((2 << 20) - 1);
+    let mut ranges = Vec::new();
+    for p in loads {
+        let vaddr = p.p_vaddr.wrapping_add(bias);
+        let end = vaddr.saturating_add(p.p_memsz);
+        if vaddr < layout::USER_BASE || end > hi.saturating_sub(2 << 20) {
+            return Err(ElfError::OutsideAddressSpace {
+                vaddr,
+                end,
+                lo: layout::USER_BASE,
+                hi: hi.saturating_sub(2 << 20),
+            });
+        }
+        if p.p_filesz > p.p_memsz {
+            return Err(ElfError::Malformed(format!(
+                "segment at {:#x} has file size {:#x} larger than memory size {:#x}",
+                p.p_vaddr, p.p_filesz, p.p_memsz
+            )));
+        }
+        let fend = p.p_offset.checked_add(p.p_filesz);
+        if fend.is_none_or(|e| e > bytes.len() as u64) {
+            return Err(ElfError::Malformed(format!(
+                "truncated: segment at {:#x} needs file bytes {:#x}..{:#x}, file has {:#x}",
+                p.p_vaddr,
+                p.p_offset,
+                p.p_offset.saturating_add(p.p_filesz),
+                bytes.len()
+            )));
+        }
+        ranges.push((vaddr, end));
+    }
+    let mut sorted = ranges;
+    sorted.sort();
+    for w in sorted.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(ElfError::Overlap(w[0].0, w[0].1, w[1].0, w[1].1));
+        }
+    }
+    Ok(sorted)
+}
+
+/// Function symbols (address after relocation, size, name), sorted by address.
+fn function_symbols(elf: &Elf, bias: u64) -> Vec<(u64, u64, String)> {
+    let mut syms: Vec<(u64, u64, String)> = elf
+        .syms
+        .iter()
+        .filter(|s| s.st_type() == sym::STT_FUNC && s.st_value != 0)
+        .filter_map(|s| {
+            let name = elf.strtab.get_at(s.st_name)?;
+            Some((s.st_value.wrapping_add(bias), s.st_size, name.to_string()))
+        })
+        .collect();
+    syms.sort_by_key(|s| s.0);
+    syms
 }
 
 // auxv keys

@@ -191,8 +191,15 @@ fn short(v: u64) -> i16 {
 impl Call {
     /// Decode call `num` with argument registers `a`.
     pub fn decode(num: u32, a: &Args) -> Result<Call, BadCall> {
+        Self::decode_request(num, a)
+            .or_else(|| Self::decode_host(num, a))
+            .ok_or(BadCall { num })
+    }
+
+    /// The lifecycle, response, header and regex calls (0x10000..0x10035).
+    fn decode_request(num: u32, a: &Args) -> Option<Call> {
         let [a0, a1, a2, a3, a4, a5] = a.0;
-        Ok(match num {
+        Some(match num {
             nr::REGISTER_FUNC => Call::RegisterFunc {
                 index: a0,
                 func: Func(a1),
@@ -260,6 +267,14 @@ impl Call {
                 from: Where::from_arg(a1),
                 to: Where::from_arg(a2),
             },
+            _ => return None,
+        })
+    }
+
+    /// The other calls: shared memory, storage, multiprocessing, fetch, logging, debugging.
+    fn decode_host(num: u32, a: &Args) -> Option<Call> {
+        let [a0, a1, a2, a3, a4, _] = a.0;
+        Some(match num {
             nr::SOCKETS_WRITE => Call::SocketsWrite {
                 events: p(a0),
                 n: a1,
@@ -324,7 +339,7 @@ impl Call {
             nr::BREAKPOINT => Call::Breakpoint,
             nr::IS_DEBUG => Call::IsDebug,
             nr::RETURNED => Call::Returned,
-            num => return Err(BadCall { num }),
+            _ => return None,
         })
     }
 
