@@ -51,6 +51,7 @@ use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
 };
+use gdbstub::target::ext::section_offsets::{Offsets, SectionOffsets, SectionOffsetsOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::id::X86_64CoreRegId;
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
@@ -205,6 +206,12 @@ pub(crate) fn breakpoint_call<C: Vcpu>(vm: &mut MainVm<C>) -> u64 {
         vm.printer.log("Skipped VM breakpoint (debug not enabled)");
         return 0;
     }
+    if vm.opts.storage {
+        // A storage VM's calls have no end a session could follow (no end hook yet).
+        vm.printer
+            .log("Skipped VM breakpoint (debugging the storage VM is not supported)");
+        return 0;
+    }
     match &mut vm.debug {
         // Already debugged: stop there (see run_until_event).
         Some(_) => {}
@@ -219,6 +226,9 @@ pub(crate) fn on_crash<C: Vcpu>(
     vm: &mut MainVm<C>,
     report: CrashReport,
 ) -> Result<Event, RunError> {
+    if vm.opts.storage {
+        return Err(RunError::Crash(report));
+    }
     let d = dbg(vm);
     d.pending = Some(Open::Crash(report.clone()));
     d.crash = Some(report);
@@ -986,6 +996,23 @@ impl<C: Vcpu> Target for MainVm<C> {
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_section_offsets(&mut self) -> Option<SectionOffsetsOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// Where the program was loaded relative to its link addresses (a static-pie program's load
+/// bias), so GDB relocates its symbols.
+impl<C: Vcpu> SectionOffsets for MainVm<C> {
+    fn get_section_offsets(&mut self) -> Result<Offsets<u64>, Self::Error> {
+        let b = self.elf.bias;
+        Ok(Offsets::Sections {
+            text: b,
+            data: b,
+            bss: Some(b),
+        })
     }
 }
 

@@ -179,11 +179,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("EDGEVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // gdbstub logs every packet it does not know at info: only when asked for.
+    if !std::env::var("EDGEVM_LOG").is_ok_and(|v| v.contains("gdbstub")) {
+        if let Ok(d) = "gdbstub=warn".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGEVM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,gdbstub=warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

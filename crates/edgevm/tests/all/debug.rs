@@ -375,3 +375,57 @@ fn without_allow_debug_the_port_is_never_open_and_sys_breakpoint_is_a_logged_no_
     has(&log, "Skipped VM breakpoint (debug not enabled)");
     assert!(!log.contains("waiting up to"), "{log}");
 }
+
+#[test]
+fn gdb_kill_fails_the_request_and_the_vm_is_reset() {
+    let dir = scratch("debug_kill");
+    let port = free_port();
+    let s = debug_server(
+        "debug_kill_srv",
+        &format!(r#", "allow_debug": true, "debug_listen": "127.0.0.1:{port}""#),
+    );
+    let bp = get_later(s.port, "/dbg/bp");
+    s.wait_log("waiting up to", Duration::from_secs(20));
+    let out = gdb(
+        port,
+        &guest("debug"),
+        &["set var counter = 1000", "kill"],
+        &dir,
+    );
+    assert!(
+        out.contains("killed]") || out.contains("Remote connection closed"),
+        "{out}"
+    );
+    let r = bp.join().unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    s.wait_log("killed by the debugger", Duration::from_secs(5));
+    // The write the debugger made is gone with the reset.
+    assert_eq!(s.ok("/dbg/x"), "ok 44\n");
+    assert_eq!(s.ok("/dbg/x"), "ok 44\n");
+}
+
+#[test]
+fn static_pie_symbols_are_relocated() {
+    let dir = scratch("debug_pie");
+    let port = free_port();
+    let log = dir.join("edgevm.log");
+    let mut run = edgevm()
+        .args(["run", &format!("--gdb=127.0.0.1:{port}")])
+        .arg(guest("hello_pie"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(append(&log))
+        .spawn()
+        .unwrap();
+    wait_file(&log, "waiting up to", Duration::from_secs(20));
+    let out = gdb(
+        port,
+        &guest("hello_pie"),
+        &["break main", "continue", "bt", "continue"],
+        &dir,
+    );
+    assert!(wait_bounded(&mut run, Duration::from_secs(30)).success());
+    has(&out, "Breakpoint 1, main (argc=1");
+    has(&out, "exited normally");
+}
