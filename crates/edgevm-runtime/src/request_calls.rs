@@ -6,34 +6,59 @@ use edgevm_abi::api::Call;
 use edgevm_abi::guest_abi::{BackendResponseExtra, ResponseHeader};
 use edgevm_abi::io::{self, read_struct, read_struct_prefix, IoError};
 use edgevm_abi::linux::Output;
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{GuestMemory, Vcpu};
 use std::mem::offset_of;
 
 use crate::invoker::{Invoker, Outcome};
 use crate::request::GuestResponse;
 use crate::request_vm::{fail, FailureKind, RequestFailure, MAX_RESPONSE_BODY};
 
+fn api_err(e: IoError) -> RequestFailure {
+    RequestFailure {
+        message: e.to_string(),
+        kind: FailureKind::Api,
+    }
+}
+
+/// Read a header field or key (at most 65535 bytes) passed to `call`.
+fn read(mem: &GuestMemory, p: u64, l: u64, call: &'static str) -> Result<Vec<u8>, RequestFailure> {
+    if l > 65535 {
+        return Err(RequestFailure {
+            message: format!("length {l} passed to {call} is too large"),
+            kind: FailureKind::Api,
+        });
+    }
+    mem.read_vec(p, l as usize)
+        .map_err(|err| api_err(IoError::BadPointer { call, err }))
+}
+
+/// Answer `value` into the guest's buffer `out` of `cap` bytes, as the reference does: its
+/// length when `out` is NULL, the length after copying it NUL-terminated when it fits, else 0.
+fn write_cstr(
+    mem: &mut GuestMemory,
+    value: &[u8],
+    out: u64,
+    cap: u64,
+    call: &'static str,
+) -> Result<u64, RequestFailure> {
+    if out == 0 {
+        return Ok(value.len() as u64);
+    }
+    if value.len() as u64 >= cap {
+        return Ok(0);
+    }
+    let mut z = value.to_vec();
+    z.push(0);
+    mem.write(out, &z)
+        .map_err(|err| api_err(IoError::BadPointer { call, err }))?;
+    Ok(value.len() as u64)
+}
+
 impl Invoker {
     /// Hypercalls of the request context (the reference-header path; edgevm's header serves
     /// most of these inside the guest).
     pub(crate) fn api_call(&mut self, call: Call) -> Result<(), RequestFailure> {
         let mem = &mut self.vm.machine.mem;
-        let api_err = |e: IoError| RequestFailure {
-            message: e.to_string(),
-            kind: FailureKind::Api,
-        };
-        let read = |mem: &edgevm_kvm::GuestMemory, p: u64, l: u64, call: &'static str| {
-            if l > 65535 {
-                return Err(RequestFailure {
-                    message: format!("length {l} passed to {call} is too large"),
-                    kind: FailureKind::Api,
-                });
-            }
-            mem.read_vec(p, l as usize).map_err(|err| RequestFailure {
-                message: IoError::BadPointer { call, err }.to_string(),
-                kind: FailureKind::Api,
-            })
-        };
         let ret: u64 = match call {
             Call::HttpAppend { where_, field } => {
                 let f = read(mem, field.addr(), field.len, "http_append")?;
@@ -49,39 +74,13 @@ impl Invoker {
                 let key = read(mem, key.addr(), key.len, "http_find")?;
                 match io::find(mem, where_, &key) {
                     None => 0,
-                    Some(v) if out.addr() == 0 => v.len() as u64,
-                    Some(v) if (v.len() as u64) < out.len => {
-                        let mut z = v.clone();
-                        z.push(0);
-                        mem.write(out.addr(), &z).map_err(|err| {
-                            api_err(IoError::BadPointer {
-                                call: "http_find",
-                                err,
-                            })
-                        })?;
-                        v.len() as u64
-                    }
-                    Some(_) => 0,
+                    Some(v) => write_cstr(mem, &v, out.addr(), out.len, "http_find")?,
                 }
             }
             Call::HttpMethod { out } => {
                 let m = self.method_bytes();
                 let mem = &mut self.vm.machine.mem;
-                if out.addr() == 0 {
-                    m.len() as u64
-                } else if (m.len() as u64) < out.len {
-                    let mut z = m.clone();
-                    z.push(0);
-                    mem.write(out.addr(), &z).map_err(|err| {
-                        api_err(IoError::BadPointer {
-                            call: "http_method",
-                            err,
-                        })
-                    })?;
-                    m.len() as u64
-                } else {
-                    0
-                }
+                write_cstr(mem, &m, out.addr(), out.len, "http_method")?
             }
             Call::SetCacheable {
                 cached,
