@@ -21,7 +21,7 @@ pub struct VmOptions {
     /// GDB remote debugging (allow_debug, remote_debug_on_exception, `edgevm run --gdb`);
     /// None: never (the run loop then has no debugging code on its path).
     pub gdb: Option<crate::debug::DebugSettings>,
-    /// main_arguments (argv[1..]; argv[0] is the program name).
+    /// main_arguments (`argv[1..]`; `argv[0]` is the program name).
     pub arguments: Vec<String>,
     /// environment ("K=V"), appended after the defaults.
     pub environment: Vec<String>,

@@ -1,20 +1,7 @@
-//! Programs and their request-VM pools; the runtime the HTTP layer talks to.
-//!
-//! A program boots lazily on its first request (or at server start with `start`): a boot
-//! thread runs the main VM to `wait_for_requests()`, freezes it, forks the first request VM
-//! (the program is ready from then on) and then the other `concurrency - 1`. No VM or memory
-//! slot is created per request.
-//!
-//! **Where a request runs.** The request VMs wait in a pool; a request takes one (waiting, in
-//! arrival order, at most 60 s — then 503) and runs it *on the thread that read the request*
-//! (an HTTP worker), with a time slice ([`inline_slice`], 4 ms). Handing every request to a
-//! dedicated VM thread and back cost two thread wake-ups (~30 µs each on this nested machine,
-//! a few µs on bare metal) — more than the VM cycle itself; running it in place costs none. A
-//! request still running when its slice is over is stopped at an instruction boundary and
-//! finished on a blocking thread (`spawn_blocking`), so a slow or hostile program holds an
-//! HTTP worker for at most about one slice. KVM allows a vCPU to be run from any thread
-//! (measured here: the first run after a move costs ~15 µs more); the run timer is the
-//! thread's own (see `timer.rs`).
+//! A program ([`Program`]) and its pool of request VMs: boot on demand (program_boot.rs), a
+//! FIFO wait for a free VM, and each request run on the thread that read it for a time slice,
+//! then on a blocking thread (docs/DESIGN.md, "Where requests run"). All programs together
+//! and live updates: runtime.rs; settings and counters: settings.rs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -44,7 +44,7 @@ pub struct ProgramSettings {
     /// Number of request VMs.
     pub concurrency: u32,
     /// Requests that may wait for a free VM (`max_queue`); more are refused at once
-    /// ([`ServeError::QueueFull`]). At most [`MAX_QUEUE`].
+    /// ([`crate::ServeError::QueueFull`]). At most [`MAX_QUEUE`].
     pub max_queue: usize,
     /// Free the idle request VMs once no request took one for this long
     /// (`free_idle_vms_after`; see `idle.rs`).

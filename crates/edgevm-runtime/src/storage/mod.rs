@@ -1,37 +1,7 @@
 //! The storage VM: one long-lived VM per program (when `storage` is on) that keeps mutable
-//! state across requests. It boots from the same program (KVM_TYPE=storage), runs `main()` to
-//! `wait_for_requests()`, and then serves `storage_call()`s from request VMs, one at a time. It
-//! is never reset.
-//!
-//! A call: the request VM's `storage_callv(func, n, bufs, dst, dstlen)` exits to the host, which
-//! copies the input buffers onto the storage VM's stack and calls `func(n, bufs, dstlen)` there
-//! through the request-entry stub. The function's `storage_return(data, len)` exits; the caller
-//! gets at most `dstlen` bytes of the data at once, and the function is resumed (at most 1 s
-//! more) so it can clean up and return. `storage_noreturn` is not resumed. Both programs are
-//! the same ELF at the same addresses, so function pointers are valid in both VMs. A call that
-//! crashes or times out fails the caller (-1); the storage VM keeps its state and serves the
-//! next call from a fresh entry.
-//!
-//! **Where calls run.** Whoever holds the storage VM's *turn* runs it, on its own thread: a
-//! FIFO lock (`Core`) that serializes every use of the storage VM. A request takes the turn on
-//! the thread that runs the request (an HTTP worker, or a blocking thread after a preemption)
-//! and runs the storage function right there: with the turn free, a call costs no thread
-//! wake-up at all. On an HTTP worker the call runs within the request's time slice; when the
-//! turn is taken, or the call runs past the slice, the request is preempted as for any slow
-//! request and goes on waiting (in its place in the queue) or running on a blocking thread.
-//! The timer that enforces `max_storage_time` is the running thread's own (timer.rs): it is
-//! pointed at the storage vCPU while storage runs and back at the request's afterwards.
-//!
-//! **Clean-ups are chained.** The caller goes on at storage_return and leaves the function's
-//! clean-up to the next holder of the turn, which runs it and its own call in one KVM_RUN
-//! (`begin_chained`: a mailbox in the storage VM and the chain stub after the entry stub's
-//! `call`), so a call costs one storage exit instead of two. Other work a holder leaves
-//! unfinished (a call whose caller went away, a run stopped by the slice) is finished by the
-//! next holder first, or by the storage thread when nobody comes.
-//!
-//! The storage VM's own thread boots it and serves what nobody waits for on a request's thread:
-//! tasks, the calls `main()` makes during boot, and live-update hand-overs. These take their
-//! place in the same FIFO queue (the turn is handed to the storage thread together with them).
+//! state across requests, serving `storage_callv()`s one at a time under a FIFO turn, on the
+//! caller's thread, with clean-ups chained to the next call. How calls run, the turn and the
+//! chaining: docs/DESIGN.md, "Storage VM".
 //!
 //! Tasks (`sys_storage_task(func, data, len, start_ms, period_ms)`, from request VMs or from
 //! storage itself): `func(copy_of_data, len)` runs in the storage VM through the same queue as
