@@ -26,3 +26,4 @@ mod storage;
 mod storage_inline;
 mod storage_tasks;
 mod ux;
+mod varnish;
