@@ -30,6 +30,8 @@ pub const MAX_BODY_MB: f64 = 16.0;
 pub const MAX_HEADER_KB: f64 = 256.0;
 /// Largest `max_headers`: what a program's I/O area holds.
 pub const MAX_HEADERS: u64 = 512;
+/// Largest `max_body_memory` (MB): 1 TB.
+pub const MAX_BODY_MEMORY_MB: f64 = 1048576.0;
 /// Largest `max_update_size` (MB): a live update's program binary.
 pub const MAX_UPDATE_MB: f64 = 1024.0;
 /// Largest `max_connections`.
@@ -71,6 +73,11 @@ pub struct ServerConfig {
     /// `max_update_size` (MB in JSON, bytes here): largest live-update body (a program
     /// binary), read only after the update's key matched.
     pub max_update_size: Option<usize>,
+    /// `max_connections_per_address`: connections from one client IP address at once.
+    pub max_connections_per_address: Option<usize>,
+    /// `max_body_memory` (MB in JSON, bytes here): server-wide budget for buffered request
+    /// bodies.
+    pub max_body_memory: Option<usize>,
     /// `lenient_http`: accept requests RFC 9112 says to refuse (no/duplicate Host, transfer
     /// codings other than chunked).
     pub lenient_http: Option<bool>,
@@ -130,6 +137,8 @@ pub const SERVER_KEYS: &[&str] = &[
     "max_body_size",
     "max_update_size",
     "lenient_http",
+    "max_body_memory",
+    "max_connections_per_address",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -338,6 +347,12 @@ impl ServerConfig {
             }
             "max_headers" => self.max_headers = Some(count(v, MAX_HEADERS)?),
             "max_body_size" => self.max_body_size = Some(size(v, 1 << 20, "MB", MAX_BODY_MB)?),
+            "max_connections_per_address" => {
+                self.max_connections_per_address = Some(count(v, MAX_CONNECTIONS)?)
+            }
+            "max_body_memory" => {
+                self.max_body_memory = Some(size(v, 1 << 20, "MB", MAX_BODY_MEMORY_MB)?)
+            }
             "lenient_http" => {
                 self.lenient_http = Some(
                     v.as_bool()
@@ -503,6 +518,15 @@ impl ServerConfig {
         if let Some(b) = self.max_body_size {
             m.insert(
                 "max_body_size".into(),
+                serde_json::json!(b as f64 / (1 << 20) as f64),
+            );
+        }
+        if let Some(n) = self.max_connections_per_address {
+            m.insert("max_connections_per_address".into(), n.into());
+        }
+        if let Some(b) = self.max_body_memory {
+            m.insert(
+                "max_body_memory".into(),
                 serde_json::json!(b as f64 / (1 << 20) as f64),
             );
         }

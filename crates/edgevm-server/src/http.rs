@@ -100,6 +100,9 @@ pub struct HttpOptions {
     pub body_timeout: Option<Duration>,
     /// Most connections served at once; more are answered 503 and closed. Default 10000.
     pub max_connections: usize,
+    /// Most connections from one client IP address at once; more are answered 503 and
+    /// closed. `None` (default): no per-address limit. Unix-socket clients are not counted.
+    pub max_connections_per_address: Option<usize>,
     /// Keep HTTP/1.1 connections alive between requests. Default true.
     pub keep_alive: bool,
     /// On shutdown, how long in-flight requests may take to finish before the server returns
@@ -107,6 +110,9 @@ pub struct HttpOptions {
     pub shutdown_grace: Duration,
     /// Add `Server: edgevm` to responses that don't set a Server header. Default true.
     pub server_header: bool,
+    /// The server-wide budget for buffered request bodies (all listeners together); see
+    /// [`limits::BodyBudget`]. Default: an eighth of the machine's memory, at least 64 MiB.
+    pub body_memory: limits::BodyBudget,
     /// Accept requests RFC 9112 says to refuse: no, an empty or several `Host` headers,
     /// transfer codings other than `chunked` (passed through undecoded). Default false: 400
     /// and 501 (see [`crate::strict`]).
@@ -130,10 +136,12 @@ impl HttpOptions {
             idle_timeout: Some(Duration::from_secs(60)),
             body_timeout: Some(Duration::from_secs(60)),
             max_connections: 10_000,
+            max_connections_per_address: None,
             keep_alive: true,
             shutdown_grace: Duration::from_secs(30),
             server_header: true,
             lenient_http: false,
+            body_memory: limits::BodyBudget::new(limits::BodyBudget::default_bytes()),
         }
     }
 
@@ -190,6 +198,9 @@ impl HttpOptions {
         if let Some(n) = s.max_connections {
             self.max_connections = n;
         }
+        if let Some(n) = s.max_connections_per_address {
+            self.max_connections_per_address = Some(n);
+        }
         if let Some(d) = s.header_timeout {
             self.header_read_timeout = Some(d);
         }
@@ -207,6 +218,9 @@ impl HttpOptions {
         }
         if let Some(n) = s.max_body_size {
             self.max_body_bytes = n;
+        }
+        if let Some(n) = s.max_body_memory {
+            self.body_memory = limits::BodyBudget::new(n);
         }
         if let Some(b) = s.lenient_http {
             self.lenient_http = b;
@@ -604,7 +618,7 @@ where
     let builder = opts.builder();
     let grace = opts.shutdown_grace;
     let timeouts = Timeouts::new(opts.header_read_timeout, opts.idle_timeout);
-    let admission = Admission::new(opts.max_connections);
+    let admission = Admission::new(opts.max_connections, opts.max_connections_per_address);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -613,10 +627,10 @@ where
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some((stream, slot)) = admission.admit(stream) else {
+                    let act = Activity::new();
+                    let Some((stream, slot)) = admission.admit(stream, peer, &act) else {
                         continue;
                     };
-                    let act = Activity::new();
                     let io = TokioIo::new(TrackedIo::new(stream, act.clone()));
                     let service = TrackedService::new(make_service(peer), act.clone());
                     let conn = graceful.watch(builder.serve_connection(io, service));
@@ -806,13 +820,19 @@ async fn admin(shared: &Shared, req: Request<Incoming>) -> Answer {
         AdminCheck::ReadBody(limit) => limit,
         AdminCheck::ReadNormalBody => shared.opts.max_body_bytes,
     };
-    match limits::read_body(req.into_body(), limit, shared.opts.body_timeout).await {
-        Ok(b) => areq.body = b.to_vec(),
-        Err(e) => {
-            crate::client_warn!(path = %client_text(&areq.path), "{e}");
-            return body_error(e);
-        }
-    }
+    let opts = &shared.opts;
+    let _lease =
+        match limits::read_body(req.into_body(), limit, opts.body_timeout, &opts.body_memory).await
+        {
+            Ok((b, lease)) => {
+                areq.body = Vec::from(b);
+                lease
+            }
+            Err(e) => {
+                crate::client_warn!(path = %client_text(&areq.path), "{e}");
+                return body_error(e);
+            }
+        };
     match tokio::task::spawn_blocking(move || handler.handle(&areq)).await {
         Ok(Some(resp)) => guest_answer(resp),
         Ok(None) => Answer::text(StatusCode::NOT_FOUND, "not found"),
@@ -894,13 +914,15 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
     let max = shared.opts.max_body_bytes;
     let url = request_target(&req).to_owned();
     let (parts, body) = req.into_parts();
-    let body = match limits::read_body(body, max, shared.opts.body_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            crate::client_warn!(program = %client_text(program), "{e}");
-            return body_error(e).into();
-        }
-    };
+    let opts = &shared.opts;
+    let (body, _lease) =
+        match limits::read_body(body, max, opts.body_timeout, &opts.body_memory).await {
+            Ok(b) => b,
+            Err(e) => {
+                crate::client_warn!(program = %client_text(program), "{e}");
+                return body_error(e).into();
+            }
+        };
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -957,6 +979,10 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
 fn body_error(e: limits::BodyError) -> Answer {
     let mut a = Answer::text(e.status(), &e);
     a.close = true;
+    if matches!(e, limits::BodyError::OverBudget) {
+        a.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     a
 }
 

@@ -4,12 +4,16 @@
 //! the request head (size and number of headers, answered with 431) and the body size limit
 //! (413), this module bounds the time and the connections a client can take:
 //!
-//! * **Connections**: at most [`crate::http::HttpOptions::max_connections`] are served at once. A connection
-//!   beyond it is **refused**: it gets a `503 Service Unavailable` (`Connection: close`,
-//!   `Retry-After: 1`) written without waiting and is closed at once. It is not queued: a
-//!   queue would keep the client's socket open with no answer, which is exactly what an
-//!   attacker holding connections wants. [`raise_fd_limit`] lifts the process's open-file
-//!   limit so that the limit, not the file descriptors, is what runs out.
+//! * **Connections**: at most [`crate::http::HttpOptions::max_connections`] are served at
+//!   once. At the limit the kept-alive connection idle the longest (no request in progress or
+//!   starting) is closed to admit a new one, so clients holding idle connections cannot lock
+//!   others out. With none idle, the new connection is **refused**: it gets a `503 Service
+//!   Unavailable` (`Connection: close`, `Retry-After: 1`) written without waiting and is
+//!   closed at once. It is not queued: a queue would keep the client's socket open with no
+//!   answer, which is exactly what an attacker holding connections wants. An optional
+//!   per-address limit ([`crate::http::HttpOptions::max_connections_per_address`]) refuses
+//!   the same way. [`raise_fd_limit`] lifts the process's open-file limit so that the limit,
+//!   not the file descriptors, is what runs out.
 //! * **Header timeout** ([`crate::http::HttpOptions::header_read_timeout`], slowloris): a new connection
 //!   must deliver its first complete request head within it of being accepted, and on a
 //!   kept-alive connection a request head must be complete within it of its first byte. The
@@ -20,6 +24,8 @@
 //! * **Body timeout** ([`crate::http::HttpOptions::body_timeout`]): the whole request body must arrive
 //!   within it of the request head; otherwise 408 Request Timeout and the connection is
 //!   closed. No VM is involved before the body is complete ([`read_body`]).
+//! * **Body memory** ([`BodyBudget`]): the bodies buffered by all connections together stay
+//!   within a server-wide budget; past it a body waits [`BUDGET_WAIT`], then gets 503.
 //!
 //! While a request is in progress (head received, response not yet handed to hyper) neither
 //! the header nor the idle timeout runs: the program's own `max_request_time` bounds that.
@@ -42,18 +48,17 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::listen::Conn;
+use crate::listen::{Conn, Peer};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // tokio's clock: paused in tests and in the HTTP fuzz target, so timeouts fire at once there.
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -110,48 +115,149 @@ pub fn connections_for_fds(max_connections: usize, fd_limit: u64) -> usize {
 // Admission
 // ------------------------------------------------------------------------------------------
 
-/// Counts open connections against [`crate::http::HttpOptions::max_connections`].
+/// Counts open connections against [`crate::http::HttpOptions::max_connections`] (and, when
+/// set, [`crate::http::HttpOptions::max_connections_per_address`]). At the limit, the
+/// kept-alive connection idle the longest is closed to admit the new one; only when none is
+/// idle is the new one refused.
 pub(crate) struct Admission {
-    slots: Arc<Semaphore>,
     max: usize,
+    per_address: Option<usize>,
+    state: std::sync::Mutex<Open>,
     refused: AtomicU64,
+    evicted: AtomicU64,
     last_warning: AtomicU64,
     epoch: Instant,
 }
 
-impl Admission {
-    pub(crate) fn new(max_connections: usize) -> Admission {
-        let max = max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        Admission {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-            refused: AtomicU64::new(0),
-            last_warning: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
+/// The open connections.
+#[derive(Default)]
+struct Open {
+    count: usize,
+    next_id: u64,
+    conns: std::collections::HashMap<u64, Arc<Activity>>,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
 
-    /// A slot for a new connection, or `None` (after answering 503 and closing it) when all
-    /// are taken.
-    pub(crate) fn admit(&self, stream: Conn) -> Option<(Conn, OwnedSemaphorePermit)> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some((stream, permit)),
-            Err(_) => {
-                // Best effort and without waiting: the socket buffer takes this easily.
-                stream.try_write(REFUSED);
-                let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = self.epoch.elapsed().as_secs() + 1;
-                if self.last_warning.swap(now, Ordering::Relaxed) != now {
-                    warn!(
-                        max_connections = self.max,
-                        refused_total = n,
-                        "connection limit reached: refusing new connections with 503"
-                    );
+/// An admitted connection's place; given back when dropped.
+pub(crate) struct Slot {
+    admission: Arc<Admission>,
+    id: u64,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.admission.lock();
+        open.count -= 1;
+        open.conns.remove(&self.id);
+        if let Some(ip) = self.ip {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = open.per_ip.entry(ip) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
                 }
-                None
             }
         }
     }
+}
+
+impl Admission {
+    pub(crate) fn new(max_connections: usize, per_address: Option<usize>) -> Arc<Admission> {
+        Arc::new(Admission {
+            max: max_connections.max(1),
+            per_address: per_address.map(|n| n.max(1)),
+            state: Default::default(),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            last_warning: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a new connection from `peer` whose activity is `act`, or `None` (after
+    /// answering 503 and closing it). At the connection limit the kept-alive connection idle
+    /// the longest is told to close (it goes within moments; the count may exceed the limit
+    /// by the connections being closed so).
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        stream: Conn,
+        peer: Peer,
+        act: &Arc<Activity>,
+    ) -> Option<(Conn, Slot)> {
+        let ip = match peer {
+            Peer::Tcp(a) => Some(a.ip()),
+            Peer::Unix => None,
+        };
+        let mut open = self.lock();
+        let why = if let (Some(limit), Some(ip)) = (self.per_address, ip) {
+            (open.per_ip.get(&ip).copied().unwrap_or(0) >= limit)
+                .then_some("connection limit per client address reached")
+        } else {
+            None
+        };
+        let why = why.or_else(|| {
+            if open.count < self.max {
+                return None;
+            }
+            match oldest_idle(&open.conns) {
+                Some(victim) => {
+                    victim.evict();
+                    let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                    debug!(
+                        evicted_total = n,
+                        "connection limit: closing the longest-idle keep-alive connection"
+                    );
+                    None
+                }
+                None => Some("connection limit reached"),
+            }
+        });
+        if let Some(why) = why {
+            drop(open);
+            // Best effort and without waiting: the socket buffer takes this easily.
+            stream.try_write(REFUSED);
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = self.epoch.elapsed().as_secs() + 1;
+            if self.last_warning.swap(now, Ordering::Relaxed) != now {
+                warn!(
+                    max_connections = self.max,
+                    refused_total = n,
+                    "{why}: refusing new connections with 503"
+                );
+            }
+            return None;
+        }
+        open.count += 1;
+        let id = open.next_id;
+        open.next_id += 1;
+        open.conns.insert(id, act.clone());
+        if let (Some(ip), Some(_)) = (ip, self.per_address) {
+            *open.per_ip.entry(ip).or_default() += 1;
+        }
+        drop(open);
+        let ip = ip.filter(|_| self.per_address.is_some());
+        Some((
+            stream,
+            Slot {
+                admission: self.clone(),
+                id,
+                ip,
+            },
+        ))
+    }
+}
+
+/// The kept-alive connection idle the longest (and not already told to close), if any.
+fn oldest_idle(conns: &std::collections::HashMap<u64, Arc<Activity>>) -> Option<&Arc<Activity>> {
+    conns
+        .values()
+        .filter_map(|a| a.idle_since().map(|t| (t, a)))
+        .min_by_key(|(t, _)| *t)
+        .map(|(_, a)| a)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -180,6 +286,9 @@ pub(crate) struct Activity {
     requests: AtomicU64,
     last_io: AtomicU64,
     head_started: AtomicU64,
+    /// Told to close (to admit a new connection at the limit).
+    evict: tokio::sync::Notify,
+    evicting: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -190,7 +299,25 @@ impl Activity {
             requests: AtomicU64::new(0),
             last_io: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            evict: tokio::sync::Notify::new(),
+            evicting: Default::default(),
         })
+    }
+
+    /// Since when a kept-alive connection has been idle (no request in progress, none
+    /// starting, at least one served); `None` for anything else, or one already told to close.
+    fn idle_since(&self) -> Option<Instant> {
+        let idle = self.requests.load(Ordering::Relaxed) > 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.evicting.load(Ordering::Relaxed);
+        idle.then(|| self.at(self.last_io.load(Ordering::Relaxed)))
+    }
+
+    /// Tell the connection to close (see [`supervise`]).
+    fn evict(&self) {
+        self.evicting.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
     }
 
     fn now(&self) -> u64 {
@@ -289,10 +416,26 @@ pub(crate) async fn supervise<F, E>(conn: F, act: Arc<Activity>, t: Timeouts) ->
 where
     F: Future<Output = Result<(), E>>,
 {
+    // Told to close to make room: only while still idle (a request that started meanwhile
+    // is served; the connection limit is then exceeded by one until something closes).
+    let evicted = async {
+        loop {
+            act.evict.notified().await;
+            let idle = act.in_flight.load(Ordering::Relaxed) == 0
+                && act.head_started.load(Ordering::Relaxed) == 0;
+            if idle {
+                return;
+            }
+        }
+    };
     tokio::select! {
         r = conn => r,
         why = expiry(&act, t) => {
             debug!("closing connection: {why}");
+            Ok(())
+        }
+        _ = evicted => {
+            debug!("closing the longest-idle keep-alive connection to admit a new one");
             Ok(())
         }
     }
@@ -422,6 +565,9 @@ pub enum BodyError {
     /// The client sent a broken body or went away.
     #[error("could not read request body: {0}")]
     Failed(String),
+    /// The server-wide budget for buffered bodies ([`BodyBudget`]) stayed full.
+    #[error("server busy: too much request body data buffered; retry later")]
+    OverBudget,
 }
 
 impl BodyError {
@@ -431,40 +577,230 @@ impl BodyError {
             BodyError::TooLarge(_) => hyper::StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::TimedOut(_) => hyper::StatusCode::REQUEST_TIMEOUT,
             BodyError::Failed(_) => hyper::StatusCode::BAD_REQUEST,
+            BodyError::OverBudget => hyper::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
-/// Read a whole request body of at most `max` bytes within `timeout` (`None`: no limit).
-/// Announced sizes above `max` are refused before reading anything, chunked bodies as soon as
-/// they cross it.
+/// How long a body waits for room in a full [`BodyBudget`] before it gets 503.
+pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// After a burst that buffered at least this much, memory goes back to the system once no
+/// body is buffered any more.
+const TRIM_AFTER: usize = 16 << 20;
+
+/// The server-wide budget for buffered request bodies
+/// ([`crate::http::HttpOptions::body_memory`]). Every body byte received is counted against
+/// it until its request is finished; a body that finds no room waits [`BUDGET_WAIT`] for some
+/// and then gets 503 with `Retry-After`. One body may always take the whole budget (so a
+/// budget below a body limit makes such bodies wait for each other rather than fail). When
+/// the last buffered body is released after a burst, the allocator gives its free memory
+/// back to the system (glibc `malloc_trim`).
+#[derive(Clone)]
+pub struct BodyBudget(Arc<BudgetState>);
+
+struct BudgetState {
+    total: usize,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+    freed: tokio::sync::Notify,
+    trims: AtomicU64,
+}
+
+impl std::fmt::Debug for BodyBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BodyBudget({} bytes)", self.0.total)
+    }
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (at least 1).
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget(Arc::new(BudgetState {
+            total: bytes.max(1),
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            trims: AtomicU64::new(0),
+        }))
+    }
+
+    /// The default: an eighth of the machine's memory, at least 64 MiB.
+    pub fn default_bytes() -> usize {
+        // SAFETY: sysconf only reads system configuration.
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let ram = (pages.max(0) as u64).saturating_mul(size.max(0) as u64);
+        usize::try_from(ram / 8).unwrap_or(usize::MAX).max(64 << 20)
+    }
+
+    /// The budget in bytes.
+    pub fn total(&self) -> usize {
+        self.0.total
+    }
+
+    /// Bytes buffered right now.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// How often memory was given back after a burst.
+    pub fn trims(&self) -> u64 {
+        self.0.trims.load(Ordering::Relaxed)
+    }
+
+    /// An empty lease on this budget.
+    pub fn lease(&self) -> BodyLease {
+        BodyLease {
+            budget: self.clone(),
+            held: 0,
+        }
+    }
+
+    /// Count `n` more bytes for a body that holds `already`, if they fit.
+    fn try_take(&self, n: usize, already: usize) -> bool {
+        let st = &self.0;
+        let mut used = st.used.load(Ordering::Relaxed);
+        loop {
+            // One body alone may take the whole budget, whatever its size.
+            let fits = used + n <= st.total || used == already;
+            if !fits {
+                return false;
+            }
+            match st
+                .used
+                .compare_exchange_weak(used, used + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    st.peak.fetch_max(used + n, Ordering::Relaxed);
+                    return true;
+                }
+                Err(u) => used = u,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let st = &self.0;
+        let left = st.used.fetch_sub(n, Ordering::AcqRel) - n;
+        st.freed.notify_waiters();
+        if left == 0 && st.peak.load(Ordering::Relaxed) >= TRIM_AFTER {
+            st.peak.store(0, Ordering::Relaxed);
+            st.trims.fetch_add(1, Ordering::Relaxed);
+            give_memory_back();
+        }
+    }
+}
+
+/// Return the allocator's free memory to the system (after a burst of large bodies). With a
+/// runtime, half a second later on a blocking thread, so that the connections of the burst
+/// have let go of their buffers too.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let trim = || {
+            // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+            unsafe { libc::malloc_trim(0) };
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = tokio::task::spawn_blocking(trim).await;
+            })),
+            Err(_) => trim(),
+        }
+    }
+}
+
+/// Bytes of one request body counted against a [`BodyBudget`]; given back when dropped.
+pub struct BodyLease {
+    budget: BodyBudget,
+    held: usize,
+}
+
+impl BodyLease {
+    /// Count `n` more bytes, waiting until `deadline` at most for room.
+    async fn grow(&mut self, n: usize, deadline: Instant) -> bool {
+        loop {
+            let freed = self.budget.0.freed.notified();
+            if self.budget.try_take(n, self.held) {
+                self.held += n;
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for BodyLease {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
+
+/// Read a whole request body of at most `max` bytes within `timeout` (`None`: no limit),
+/// counting it against `budget` (the lease gives it back when dropped: keep it until the
+/// request is finished). Announced sizes above `max` are refused before reading anything,
+/// chunked bodies as soon as they cross it.
 pub async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     max: usize,
     timeout: Option<Duration>,
-) -> Result<Bytes, BodyError> {
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyLease), BodyError> {
+    let mut lease = budget.lease();
     if body.size_hint().lower() > max as u64 {
         return Err(BodyError::TooLarge(max));
     }
     if body.is_end_stream() {
         // No body (most GETs): nothing to wait for, no timer.
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), lease));
     }
     let collect = async {
-        match Limited::new(body, max).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(BodyError::TooLarge(max))
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Failed(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > max {
+                return Err(BodyError::TooLarge(max));
             }
-            Err(e) => Err(BodyError::Failed(e.to_string())),
+            if !lease.grow(data.len(), Instant::now() + BUDGET_WAIT).await {
+                return Err(BodyError::OverBudget);
+            }
+            chunks.push(data);
         }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = Vec::with_capacity(len);
+                for c in chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                Bytes::from(all)
+            }
+        })
     };
-    match timeout {
-        None => collect.await,
+    let bytes = match timeout {
+        None => collect.await?,
         Some(t) => tokio::time::timeout(t, collect)
             .await
-            .unwrap_or(Err(BodyError::TimedOut(t))),
-    }
+            .unwrap_or(Err(BodyError::TimedOut(t)))?,
+    };
+    Ok((bytes, lease))
 }
 
 /// Read and throw away a request body already answered: at most `max` bytes within
@@ -493,6 +829,65 @@ pub async fn discard_body(mut body: Incoming, max: usize, timeout: Option<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_body_budget_makes_bodies_wait_then_refuses_them() {
+        let b = BodyBudget::new(100);
+        let mut one = b.lease();
+        assert!(one.grow(60, Instant::now() + BUDGET_WAIT).await);
+        let mut two = b.lease();
+        assert!(two.grow(40, Instant::now() + BUDGET_WAIT).await);
+        // Full: waits BUDGET_WAIT (paused clock) and gives up.
+        let t0 = Instant::now();
+        assert!(!two.grow(1, Instant::now() + BUDGET_WAIT).await);
+        assert!(t0.elapsed() >= BUDGET_WAIT);
+        assert_eq!(b.used(), 100);
+        // Room made while waiting lets it in.
+        let waiter = tokio::spawn(async move {
+            let ok = two.grow(50, Instant::now() + BUDGET_WAIT).await;
+            (ok, two)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(one);
+        let (ok, two) = waiter.await.unwrap();
+        assert!(ok);
+        assert_eq!(b.used(), 90);
+        drop(two);
+        assert_eq!(b.used(), 0);
+        // A body alone may take more than the whole budget.
+        let mut big = b.lease();
+        assert!(big.grow(150, Instant::now()).await);
+        assert!(big.grow(150, Instant::now()).await);
+        let mut other = b.lease();
+        assert!(!other.grow(1, Instant::now()).await);
+        drop(big);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn memory_goes_back_after_a_burst() {
+        let b = BodyBudget::new(64 << 20);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut l = b.lease();
+            assert!(l.grow(TRIM_AFTER, Instant::now()).await);
+            let mut small = b.lease();
+            assert!(small.grow(10, Instant::now()).await);
+            drop(l);
+            // Something still buffered: not yet.
+            assert_eq!(b.trims(), 0);
+            drop(small);
+            assert_eq!(b.trims(), 1);
+            // A small burst does not trim.
+            let mut l = b.lease();
+            assert!(l.grow(1000, Instant::now()).await);
+            drop(l);
+            assert_eq!(b.trims(), 1);
+        });
+    }
 
     #[test]
     fn connections_fit_in_the_fd_limit() {

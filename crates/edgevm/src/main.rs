@@ -79,6 +79,14 @@ struct ServerArgs {
     /// transfer codings other than chunked (server.lenient_http).
     #[arg(long)]
     lenient_http: bool,
+    /// Most connections from one client IP address at once; more are answered 503 [default:
+    /// no limit] (server.max_connections_per_address).
+    #[arg(long)]
+    max_connections_per_address: Option<String>,
+    /// Server-wide budget in MB for buffered request bodies; past it new bodies wait 1 s,
+    /// then get 503 [default: an eighth of the memory, at least 64] (server.max_body_memory).
+    #[arg(long)]
+    max_body_memory_mb: Option<String>,
     /// Largest request head in KB, at most 256; 431 beyond [default: 64]
     /// (server.max_header_size).
     #[arg(long)]
@@ -115,6 +123,11 @@ impl ServerArgs {
             ("trusted_frontends", &self.trusted_frontends),
             ("max_body_size", &self.max_body_mb),
             ("max_update_size", &self.max_update_mb),
+            ("max_body_memory", &self.max_body_memory_mb),
+            (
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            ),
             ("max_header_size", &self.max_header_kb),
             ("max_headers", &self.max_headers),
             ("max_connections", &self.max_connections),

@@ -315,3 +315,194 @@ fn a_separate_admin_listener_takes_the_admin_endpoints_off_the_public_one() {
     s.stop();
     assert!(!sock.exists(), "the admin socket file is removed at stop");
 }
+
+/// A POST to an unknown program announcing `len` body bytes and sending `send` of them: the
+/// server buffers the body before it finds there is no such program.
+fn start_post(port: u16, len: usize, send: usize) -> Conn {
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut c = Conn::from_stream(c);
+    let head = format!("POST /nope/ HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+    c.stream.write_all(head.as_bytes()).unwrap();
+    c.stream.write_all(&vec![b'b'; send]).unwrap();
+    c
+}
+
+#[test]
+fn a_server_wide_budget_bounds_buffered_bodies() {
+    let s = start("admin-budget", &["--max-body-memory-mb", "2"]);
+    let kib = 1024;
+    // Two bodies of 900 KiB buffered and waiting for their last 124 KiB.
+    let mut held: Vec<Conn> = (0..2)
+        .map(|_| start_post(s.port, 1024 * kib, 900 * kib))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A third finds no room: it waits a moment, then 503 with Retry-After.
+    let port = s.port;
+    let third = std::thread::spawn(move || {
+        let mut c = start_post(port, 1024 * kib, 0);
+        let w = c.stream.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = w;
+            let _ = w.write_all(&vec![b'c'; 600 * kib]);
+        });
+        let r = c.read_response(false);
+        drop(writer);
+        r
+    });
+    let r = third.join().unwrap().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The held ones finish normally; then there is room again.
+    for c in &mut held {
+        c.stream.write_all(&vec![b'b'; 124 * kib]).unwrap();
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    let mut c = start_post(s.port, 1024 * kib, 1024 * kib);
+    assert_eq!(c.read_response(false).unwrap().status, 404);
+    s.stop();
+}
+
+/// The server's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn memory_goes_back_to_the_system_after_a_burst_of_bodies() {
+    let s = start("admin-rss", &["--max-body-memory-mb", "1024"]);
+    let body = 4 << 20;
+    let post = |port: u16| {
+        let mut c = start_post(port, body, body);
+        assert_eq!(c.read_response(false).unwrap().status, 404);
+    };
+    post(s.port);
+    let before = rss_kib(s.pid());
+    let port = s.port;
+    for _ in 0..3 {
+        std::thread::scope(|sc| {
+            for _ in 0..32 {
+                sc.spawn(move || post(port));
+            }
+        });
+    }
+    // Given back once the last body is released (on a blocking thread: poll a little).
+    let mut after = rss_kib(s.pid());
+    for _ in 0..100 {
+        if after < before + (32 << 10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_kib(s.pid());
+    }
+    eprintln!("RSS before the burst {before} KiB, after {after} KiB");
+    assert!(
+        after < before + (32 << 10),
+        "RSS {before} KiB before a burst of 3 x 32 x 4 MiB bodies, {after} KiB after"
+    );
+    assert!(s.log().contains("no such program") || s.log().contains("unknown program"));
+    s.stop();
+}
+
+/// Let the server close the connections the start-up probe and earlier requests left (they
+/// count against the connection limits until it has).
+fn settle(s: &Server) {
+    assert_eq!(s.ok("/hello/"), "Hello World!");
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Whether the server closed `c` (EOF or reset within 20 s).
+fn closed(c: &mut Conn) -> bool {
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    matches!(c.stream.read(&mut b), Ok(0) | Err(_))
+}
+
+#[test]
+fn idle_keepalive_connections_make_room_for_new_clients_at_the_limit() {
+    let s = start("admin-evict", &["--max-connections", "4"]);
+    settle(&s);
+    // Four kept-alive connections, each idle after one request; the first idle the longest.
+    let mut idle: Vec<Conn> = (0..4)
+        .map(|_| {
+            let mut c = s.connect();
+            assert_eq!(c.send("GET", "/hello/", &[], b"").status, 200);
+            std::thread::sleep(Duration::from_millis(50));
+            c
+        })
+        .collect();
+    // A fifth client is served: the longest-idle one was closed for it.
+    let mut fifth = s.connect();
+    assert_eq!(fifth.send("GET", "/hello/", &[], b"").status, 200);
+    assert!(closed(&mut idle[0]), "the oldest idle connection is closed");
+    for c in &mut idle[1..] {
+        assert_eq!(c.send("GET", "/hello/", &[], b"").status, 200);
+    }
+    drop(idle);
+    drop(fifth);
+    s.stop();
+
+    // Connections in the middle of a request are never closed for a newcomer: with all of
+    // them busy, 503.
+    let s = start("admin-evict-busy", &["--max-connections", "2"]);
+    settle(&s);
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            c.write_all(b"GET /hello/ HTTP/1.1\r\nHo").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = raw(s.port, b"GET /hello/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status_of(&out), 503, "{out}");
+    assert!(out.contains("retry-after: 1"), "{out}");
+    for mut c in busy {
+        c.write_all(b"st: a\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = c.read_to_string(&mut out);
+        assert_eq!(status_of(&out), 200, "{out}");
+    }
+    s.stop();
+}
+
+#[test]
+fn a_per_address_connection_limit() {
+    let s = start("admin-per-address", &["--max-connections-per-address", "2"]);
+    settle(&s);
+    let mut two: Vec<Conn> = (0..2).map(|_| s.connect()).collect();
+    for c in &mut two {
+        assert_eq!(c.send("GET", "/hello/", &[], b"").status, 200);
+    }
+    // A third from the same address is refused (idle ones are not closed for it).
+    let out = raw(s.port, b"GET /hello/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status_of(&out), 503, "{out}");
+    for c in &mut two {
+        assert_eq!(c.send("GET", "/hello/", &[], b"").status, 200);
+    }
+    // One closes: room again.
+    drop(two.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        let out = raw(
+            s.port,
+            b"GET /hello/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        if status_of(&out) == 200 {
+            again = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(again.is_some(), "no room after a connection closed");
+    s.stop();
+}
