@@ -506,3 +506,42 @@ fn a_per_address_connection_limit() {
     assert!(again.is_some(), "no room after a connection closed");
     s.stop();
 }
+
+/// The short form of the hostile-client probe (scripts/hostile-probe.py, whose full form is
+/// the original half-hour probe): limits, the smuggling set, slowloris, a flood of unknown
+/// programs, idle connections at the limit and a short soak, against a real server.
+#[test]
+fn the_hostile_client_probe_short_form() {
+    let dir = scratch("admin-probe");
+    let s = start_in(&dir, &["--max-connections", "64", "--header-timeout", "2"]);
+    settle(&s);
+    let log = (0..)
+        .map(|n| dir.join(format!("server-{n}.log")))
+        .take_while(|p| p.exists())
+        .last()
+        .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(root().join("scripts/hostile-probe.py"))
+        .args([
+            "--short",
+            "--program",
+            "hello",
+            "--port",
+            &s.port.to_string(),
+        ])
+        .args(["--max-connections", "64", "--header-timeout", "2"])
+        .arg("--log")
+        .arg(&log)
+        .args(["--pid", &s.pid().to_string()])
+        .output()
+        .expect("python3 scripts/hostile-probe.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "probe failed:\n{text}");
+    assert!(text.contains("0 failure(s)"), "{text}");
+    s.stop();
+}
