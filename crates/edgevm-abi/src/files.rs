@@ -39,6 +39,7 @@ const MAX_IO: u64 = 64 << 20;
 const CHUNK: usize = 1 << 20;
 
 use crate::errno::*;
+use crate::linux_abi::{put, Stat};
 
 const O_ACCMODE: u64 = 3;
 const O_WRONLY: u64 = 1;
@@ -466,24 +467,21 @@ impl Files {
 
 /// A `struct stat` for a host file: its size, blocks and times; a regular file, mode 0644.
 fn write_stat(m: &std::fs::Metadata, mem: &mut GuestMemory, buf: u64) -> i64 {
-    let mut st = [0u8; 144];
-    let mut put = |off: usize, v: u64| st[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    put(0, 0x45); // st_dev
-    put(8, 2); // st_ino
-    put(16, 1); // st_nlink
-    put(40, 0); // st_rdev
-    put(48, m.len()); // st_size
-    put(56, 4096); // st_blksize
-    put(64, m.blocks()); // st_blocks
-    put(72, m.atime() as u64);
-    put(80, m.atime_nsec() as u64);
-    put(88, m.mtime() as u64);
-    put(96, m.mtime_nsec() as u64);
-    put(104, m.ctime() as u64);
-    put(112, m.ctime_nsec() as u64);
-    st[24..28].copy_from_slice(&0o100644u32.to_le_bytes()); // S_IFREG | 0644
-    match mem.write(buf, &st) {
-        Ok(()) => 0,
-        Err(_) => -EFAULT,
-    }
+    let st = Stat {
+        dev: 0x45,
+        ino: 2,
+        nlink: 1,
+        mode: 0o100644, // S_IFREG | 0644
+        size: m.len() as i64,
+        blksize: 4096,
+        blocks: m.blocks() as i64,
+        atime: m.atime(),
+        atime_nsec: m.atime_nsec(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec(),
+        ..Stat::default()
+    };
+    put(mem, buf, &st)
 }

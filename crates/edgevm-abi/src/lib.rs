@@ -23,6 +23,7 @@ pub mod files;
 pub mod io;
 pub mod layout;
 pub mod linux;
+mod linux_abi;
 mod names;
 
 pub use edgevm_guest_abi as guest_abi;

@@ -2,8 +2,13 @@
 
 use edgevm_kvm::GuestMemory;
 
-use super::{wr, LinuxState, Output};
+use std::mem::offset_of;
+
+use edgevm_guest_abi::GuestPtr;
+
+use super::{LinuxState, Output};
 use crate::errno::*;
+use crate::linux_abi::{get, put, PollFd, Stat, Termios, Winsize};
 
 /// What kind of file a descriptor is. Every descriptor operation below asks this first; a new
 /// kind (files, directories, pipes, eventfds, sockets) is a variant here and an arm in the
@@ -226,18 +231,16 @@ impl LinuxState {
         }
         let mut ready = 0;
         for i in 0..n {
-            let at = fds.wrapping_add(8 * i);
-            let mut b = [0u8; 8];
-            if mem.read(at, &mut b).is_err() {
+            let at = GuestPtr::<PollFd>::new(fds).index(i);
+            let Some(mut p) = get::<PollFd>(mem, at) else {
                 return -EFAULT;
-            }
-            let fd = i32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
-            let events = i16::from_le_bytes([b[4], b[5]]);
-            let revents = self.poll_events(fd, events);
-            if revents != 0 {
+            };
+            p.revents = self.poll_events(p.fd, p.events);
+            if p.revents != 0 {
                 ready += 1;
             }
-            if mem.write(at + 6, &revents.to_le_bytes()).is_err() {
+            let revents_at = at + offset_of!(PollFd, revents) as u64;
+            if put(mem, revents_at, &p.revents) != 0 {
                 return -EFAULT;
             }
         }
@@ -253,11 +256,13 @@ impl LinuxState {
             return -EBADF;
         }
         let mode: u32 = if fd == 0 { 0o010600 } else { 0o020620 }; // S_IFIFO, S_IFCHR
-        let mut st = [0u8; 144];
-        st[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
-        st[24..28].copy_from_slice(&mode.to_le_bytes());
-        st[56..64].copy_from_slice(&4096i64.to_le_bytes()); // st_blksize
-        wr(mem, buf, &st)
+        let st = Stat {
+            nlink: 1,
+            mode,
+            blksize: 4096,
+            ..Stat::default()
+        };
+        put(mem, buf, &st)
     }
 
     /// ioctl on fds 0-2: TCGETS and TIOCGWINSZ succeed on stdout/stderr (a terminal, see
@@ -269,18 +274,22 @@ impl LinuxState {
             (1 | 2, TCGETS) => {
                 // struct termios (kernel): iflag ICRNL, oflag OPOST|ONLCR, cflag B38400|CS8|
                 // CREAD, lflag ISIG|ICANON|ECHO..., c_line, c_cc[19].
-                let mut t = [0u8; 36];
-                t[0..4].copy_from_slice(&0o400u32.to_le_bytes());
-                t[4..8].copy_from_slice(&0o5u32.to_le_bytes());
-                t[8..12].copy_from_slice(&0o277u32.to_le_bytes());
-                t[12..16].copy_from_slice(&0o105073u32.to_le_bytes());
-                wr(mem, arg, &t)
+                let t = Termios {
+                    iflag: 0o400,
+                    oflag: 0o5,
+                    cflag: 0o277,
+                    lflag: 0o105073,
+                    ..Termios::default()
+                };
+                put(mem, arg, &t)
             }
             (1 | 2, TIOCGWINSZ) => {
-                let mut w = [0u8; 8];
-                w[0..2].copy_from_slice(&24u16.to_le_bytes());
-                w[2..4].copy_from_slice(&80u16.to_le_bytes());
-                wr(mem, arg, &w)
+                let w = Winsize {
+                    rows: 24,
+                    cols: 80,
+                    ..Winsize::default()
+                };
+                put(mem, arg, &w)
             }
             (0..=2, _) => -ENOTTY,
             _ => -EBADF,

@@ -8,6 +8,7 @@ use edgevm_kvm::{GuestMemory, KvmError, Vcpu};
 use super::{wr, LinuxState, SyscallOutcome};
 use crate::errno::*;
 use crate::layout;
+use crate::linux_abi::{get, put, Rlimit, StackT, Timespec, Timeval};
 
 impl LinuxState {
     /// The process calls: Err(Continue) for calls not emulated (ENOSYS), Err(outcome) for
@@ -49,7 +50,14 @@ impl LinuxState {
             libc::SYS_time => Ok(self.sys_time(a[0], mem)),
             libc::SYS_clock_gettime => Ok(self.sys_clock_gettime(a[0], a[1], mem)),
             libc::SYS_clock_getres => Ok(if a[1] != 0 {
-                wr(mem, a[1], &timespec_bytes(0, 1))
+                put(
+                    mem,
+                    a[1],
+                    &Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1,
+                    },
+                )
             } else {
                 0
             }),
@@ -118,9 +126,11 @@ impl LinuxState {
 
     fn sys_sigaltstack(&mut self, old: u64, mem: &mut GuestMemory) -> i64 {
         if old != 0 {
-            let mut ss = [0u8; 24];
-            ss[8..12].copy_from_slice(&2u32.to_le_bytes()); // SS_DISABLE
-            return wr(mem, old, &ss);
+            let ss = StackT {
+                flags: 2, // SS_DISABLE
+                ..StackT::default()
+            };
+            return put(mem, old, &ss);
         }
         0
     }
@@ -193,10 +203,11 @@ impl LinuxState {
     fn sys_gettimeofday(&mut self, tv: u64, tz: u64, mem: &mut GuestMemory) -> i64 {
         let (s, ns) = host_clock(libc::CLOCK_REALTIME);
         if tv != 0 {
-            let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&s.to_le_bytes());
-            b[8..].copy_from_slice(&(ns / 1000).to_le_bytes());
-            if mem.write(tv, &b).is_err() {
+            let t = Timeval {
+                tv_sec: s,
+                tv_usec: ns / 1000,
+            };
+            if put(mem, tv, &t) != 0 {
                 return -EFAULT;
             }
         }
@@ -219,7 +230,14 @@ impl LinuxState {
             return -EINVAL;
         }
         let (s, ns) = host_clock(clk as libc::clockid_t);
-        wr(mem, tp, &timespec_bytes(s, ns))
+        put(
+            mem,
+            tp,
+            &Timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            },
+        )
     }
 
     fn sys_nanosleep(
@@ -228,12 +246,13 @@ impl LinuxState {
         mem: &GuestMemory,
         abs_clock: Option<u64>,
     ) -> Result<i64, SyscallOutcome> {
-        let mut b = [0u8; 16];
-        if mem.read(req, &mut b).is_err() {
+        let Some(Timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        }) = get(mem, req)
+        else {
             return Ok(-EFAULT);
-        }
-        let s = i64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        let ns = i64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+        };
         if s < 0 || !(0..1_000_000_000).contains(&ns) {
             return Ok(-EINVAL);
         }
@@ -381,19 +400,9 @@ impl LinuxState {
 
     /// Fill an rlimit struct for `resource` at `old`.
     pub fn write_rlimit(&self, resource: u64, old: u64, mem: &mut GuestMemory) -> i64 {
-        let (c, m) = self.rlimit(resource);
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&c.to_le_bytes());
-        b[8..].copy_from_slice(&m.to_le_bytes());
-        wr(mem, old, &b)
+        let (cur, max) = self.rlimit(resource);
+        put(mem, old, &Rlimit { cur, max })
     }
-}
-
-pub(super) fn timespec_bytes(s: i64, ns: i64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&s.to_le_bytes());
-    b[8..].copy_from_slice(&ns.to_le_bytes());
-    b
 }
 
 pub(super) fn host_clock(clk: libc::clockid_t) -> (i64, i64) {
