@@ -15,10 +15,14 @@
 #   3. every program booted (one request each), then the node's figures with all of them
 #      resident: memory per program and per request VM, open files, KVM VMs, mappings,
 #      threads, and KVM's kernel memory where /proc/slabinfo shows it (vCPUs and shadow
-#      page-table pages; the rest of KVM's allocations are not visible there).
+#      page-table pages; the rest of KVM's allocations are not visible there);
+#   4. idle: the group has "free_idle_vms_after": IDLE_AFTER (60 s); after that long without
+#      requests the figures again (request VMs freed, images kept), then 40 programs asked
+#      again: the first request forks a VM back (no boot), the second is warm.
 #
 # Writes OUT/many.md (the report section) and OUT/many.json. Environment: PROGRAMS, PORT
-# (19110), DURATION (5), EDGEVM (target/release/edgevm), THREADS/CONNS for wrk (2/8).
+# (19110), DURATION (5), IDLE_AFTER (60), EDGEVM (target/release/edgevm), THREADS/CONNS for
+# wrk (2/8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -28,6 +32,7 @@ OUT="$(cd "$OUT" && pwd)"
 PROGRAMS="${PROGRAMS:-1000}"
 PORT="${PORT:-19110}"
 DURATION="${DURATION:-5}"
+IDLE_AFTER="${IDLE_AFTER:-60}"
 THREADS="${THREADS:-2}"
 CONNS="${CONNS:-8}"
 EDGEVM="${EDGEVM:-$ROOT/target/release/edgevm}"
@@ -37,9 +42,9 @@ log() { echo "bench-many: $*" >&2; }
 
 # --- programs -----------------------------------------------------------------------------
 mkdir -p "$OUT/programs"
-python3 - "$OUT" "$PROGRAMS" "$EDGEVM_GUESTS" <<'PY'
+python3 - "$OUT" "$PROGRAMS" "$EDGEVM_GUESTS" "$IDLE_AFTER" <<'PY'
 import json, os, sys
-out, n, guests = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, n, guests, idle = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 files = []
 for ex in ("hello", "echo", "headers"):
     elf = open(f"{guests}/example_{ex}", "rb").read()
@@ -48,7 +53,8 @@ for ex in ("hello", "echo", "headers"):
         with open(path, "wb") as f:
             f.write(elf + b"\x5a" * (size * 100_000 + 4096))
         files.append(path)
-cfg = {"many": {"max_memory": 16, "max_request_memory": 8, "concurrency": 2}}
+cfg = {"many": {"max_memory": 16, "max_request_memory": 8, "concurrency": 2,
+                "free_idle_vms_after": idle}}
 for i in range(n):
     cfg[f"p{i:04d}"] = {"group": "many", "filename": files[i % len(files)]}
 json.dump(cfg, open(f"{out}/many.json", "w"), indent=0)
@@ -66,7 +72,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-EDGEVM_LOG=warn,edgevm_runtime=info NO_COLOR=1 timeout 900 "$EDGEVM" serve --config "$OUT/many.json" \
+EDGEVM_LOG=warn,edgevm=info NO_COLOR=1 timeout 900 "$EDGEVM" serve --config "$OUT/many.json" \
 	--listen "127.0.0.1:$PORT" >"$OUT/many-server.log" 2>&1 &
 WRAP=$!
 for _ in $(seq 300); do
@@ -116,7 +122,7 @@ print(json.dumps({
     "pss_anon_kib": roll.get("Pss_Anon"), "pss_shmem_kib": roll.get("Pss_Shmem"),
     "pss_file_kib": roll.get("Pss_File"), "fds": fds, "maps": maps, "threads": threads,
     "slab": slab, "programs_ready": len(ready),
-    "request_vms": sum(p.get("vms", 0) for p in ready),
+    "request_vms": sum(p.get("resident_vms", 0) for p in ready),
     "image_bytes": sum(p.get("memory_image_bytes", 0) for p in ready),
     "requests": sum(p.get("requests", 0) for p in stats.values()),
     "status_5xx": sum(p.get("status_5xx", 0) for p in stats.values()),
@@ -126,7 +132,9 @@ PY
 snapshot start
 
 # --- 1. cold first requests -----------------------------------------------------------------
-python3 - "$PORT" "$PROGRAMS" >"$OUT/many-cold.json" <<'PY'
+# First and second request to 40 programs spread over the names (as JSON).
+first_second() {
+	python3 - "$PORT" "$PROGRAMS" <<'PY'
 import http.client, json, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -148,6 +156,8 @@ med = lambda v: sorted(v)[len(v) // 2]
 print(json.dumps({"first_us": first, "second_us": second, "first_median_us": med(first),
                   "first_max_us": max(first), "second_median_us": med(second)}))
 PY
+}
+first_second >"$OUT/many-cold.json"
 snapshot cold40
 
 # --- 2. skewed load -------------------------------------------------------------------------
@@ -183,6 +193,12 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "non_200": bad}))
 PY
 sleep 1 # the last programs' other request VMs are forked after their first answer
 snapshot all
+
+# --- 4. idle ---------------------------------------------------------------------------------
+log "waiting $((IDLE_AFTER + 3)) s for free_idle_vms_after"
+sleep $((IDLE_AFTER + 3))
+snapshot idle
+first_second >"$OUT/many-refill.json"
 ULIMIT_N="$(awk '/Max open files/ { print $4 " (hard " $5 ")" }' "/proc/$SERVER/limits")"
 START_LINE="$(grep -o '[0-9]* program(s) need up to.*' "$OUT/many-server.log" | head -1 || true)"
 cleanup
@@ -197,6 +213,7 @@ for line in open(f"{out}/many-phases.jsonl"):
     d = json.loads(line)
     ph[d["phase"]] = d
 cold = json.load(open(f"{out}/many-cold.json"))
+refill = json.load(open(f"{out}/many-refill.json"))
 allb = json.load(open(f"{out}/many-all.json"))
 def wrk_result(path):
     text = open(path).read()
@@ -221,11 +238,6 @@ def kvm_kib(p):
         return None
     # vCPU objects, plus one 4 KiB shadow page (and its header) per page header.
     return (v["objects"] * v["size"] + h.get("objects", 0) * (h.get("size", 0) + 4096)) / 1024
-d = lambda k: sa[k] - s0[k]
-progs, vms = sa["programs_ready"], sa["request_vms"]
-img_kib = sa["image_bytes"] / 1024
-per_prog = d("pss_kib") / max(progs, 1)
-per_vm = (d("pss_kib") - img_kib) / max(vms, 1)
 lines = []
 w = lines.append
 w(f"### Many programs ({n} programs on one server; scripts/bench-many.sh)\n")
@@ -235,7 +247,8 @@ w(f"Copies of the examples hello, echo and headers in 4 sizes (0.8-1.1 MB files)
 w("| phase | programs booted | request VMs | Rss MiB | Pss MiB | Pss anon MiB | Pss shmem MiB | open fds | KVM VM fds | vCPU fds | mappings | threads | KVM kernel MiB (vCPUs + shadow pages, system-wide) |")
 w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, label in (("start", "started, nothing booted"), ("cold40", "40 cold programs asked once"),
-                    ("skewed", "after the skewed load"), ("all", f"all {n} booted")):
+                    ("skewed", "after the skewed load"), ("all", f"all {n} booted"),
+                    ("idle", "idle (free_idle_vms_after passed)")):
     p = ph.get(name)
     if not p:
         continue
@@ -244,17 +257,25 @@ for name, label in (("start", "started, nothing booted"), ("cold40", "40 cold pr
       f"{p['pss_anon_kib']/1024:.1f} | {p['pss_shmem_kib']/1024:.1f} | {p['fds']['all']} | {p['fds']['kvm_vm']} | "
       f"{p['fds']['kvm_vcpu']} | {p['maps']} | {p['threads']} | {'' if k is None else f'{k/1024:.1f}'} |")
 w("")
-w(f"* **Memory per booted program** (all {n} booted, Pss above the start): {per_prog:.0f} KiB, of which "
-  f"its frozen image {img_kib/max(progs,1):.0f} KiB (memfd pages the program's main() touched) and "
-  f"{per_vm:.0f} KiB per idle request VM ({vms} VMs). A configured program that never ran holds no VM and no copy of its binary "
+si = ph.get("idle", sa)
+prog_kib = (si["pss_kib"] - s0["pss_kib"]) / max(si["programs_ready"], 1)
+img_kib = si["image_bytes"] / 1024 / max(si["programs_ready"], 1)
+dvms = sa["request_vms"] - si["request_vms"]
+vm_kib = (sa["pss_kib"] - si["pss_kib"]) / max(dvms, 1)
+w(f"* **Memory per booted program without request VMs** (the idle phase, Pss above the start ÷ {si['programs_ready']}): "
+  f"{prog_kib:.0f} KiB, of which its frozen image {img_kib:.0f} KiB (memfd pages the program's main() touched: "
+  f"the ELF of a 0.8 MB static binary) and {(si['pss_anon_kib'] - s0['pss_anon_kib']) / max(si['programs_ready'], 1):.0f} KiB "
+  f"of anonymous heap. **Per idle request VM**: {vm_kib:.0f} KiB of Pss ((all booted − idle) ÷ {dvms} VMs). "
+  f"A configured program that never ran holds no VM and no copy of its binary "
   f"(Pss at start: {s0['pss_kib']/1024:.1f} MiB for {n} programs).")
 kv0, kva = kvm_kib(s0), kvm_kib(sa)
 if kv0 is not None and kva is not None:
+    kvi = kvm_kib(si) if kvm_kib(si) is not None else kv0
     w(f"* **KVM's kernel memory** (from /proc/slabinfo, system-wide, other VMs on the machine included): "
-      f"{(kva-kv0)/1024:.1f} MiB more with all programs booted = {(kva-kv0)/max(vms,1):.0f} KiB per request VM "
+      f"{(kva-kv0)/1024:.1f} MiB more with all programs booted; (all booted − idle) ÷ {dvms} VMs = {(kva-kvi)/max(dvms,1):.0f} KiB per request VM "
       f"(a kvm_vcpu object is {sa['slab']['kvm_vcpu']['size']/1024:.0f} KiB); the VM structures themselves are not visible there.")
 w(f"* **Open files and KVM VMs** with all booted: {sa['fds']['all']} fds, {sa['fds']['kvm_vm']} KVM VMs, "
-  f"{sa['fds']['kvm_vcpu']} vCPUs, {sa['maps']} mappings, {sa['threads']} threads (KVM adds a kernel thread per VM). "
+  f"{sa['fds']['kvm_vcpu']} vCPUs, {sa['maps']} mappings, {sa['threads']} threads (KVM's kernel threads of the VMs, kvm-nx-lpage-recovery, count there too). "
   f"No limit was hit: {allb['non_200']} of {n} first requests failed; booting all {n} one after the other took {allb['seconds']:.1f} s.")
 w(f"* **First request of a cold program** (boots it; keep-alive client, 40 programs): median "
   f"{cold['first_median_us']/1000:.2f} ms, max {cold['first_max_us']/1000:.2f} ms; the second request "
@@ -264,9 +285,18 @@ w(f"* **Skewed load** (`{wrk}`, 90% of requests to 10 hot programs, 10% over all
   f"non-2xx {skew['non_2xx']}; {ph['skewed']['programs_ready'] - ph['cold40']['programs_ready']} programs booted during the run. "
   f"The same wrk on one hot program alone: {one['rps']:.0f} req/s, p99 {one['p99_us']} µs: "
   f"skewed ÷ one = {skew['rps']/max(one['rps'],1):.2f}×.")
+si = ph.get("idle")
+if si:
+    w(f"* **Idle programs give their VMs back** (`free_idle_vms_after`): after the idle time Pss went from "
+      f"{sa['pss_kib']/1024:.1f} to {si['pss_kib']/1024:.1f} MiB, KVM VM fds from {sa['fds']['kvm_vm']} to "
+      f"{si['fds']['kvm_vm']}, request VMs from {sa['request_vms']} to {si['request_vms']} (frozen images kept). "
+      f"The next request of such a program forks a VM back: median {refill['first_median_us']/1000:.2f} ms "
+      f"(max {refill['first_max_us']/1000:.2f}) against {cold['first_median_us']/1000:.2f} ms for a boot = "
+      f"{cold['first_median_us']/max(refill['first_median_us'],1):.1f}× faster; the request after it "
+      f"{refill['second_median_us']/1000:.3f} ms.")
 text = "\n".join(lines) + "\n"
 open(f"{out}/many.md", "w").write(text)
 json.dump({"phases": ph, "cold": cold, "all": allb, "wrk_one": one, "wrk_skewed": skew,
-           "per_program_kib": per_prog, "per_request_vm_kib": per_vm}, open(f"{out}/many.json", "w"), indent=1)
+           "per_program_kib": prog_kib, "per_request_vm_kib": vm_kib}, open(f"{out}/many.json", "w"), indent=1)
 print(text)
 PY

@@ -31,10 +31,9 @@ for b in "$EDGEVM" "$LOAD"; do
 done
 cat >"$OUT/overload.json" <<JSON
 {
-  "g": { "filename": "$EDGEVM_GUESTS/bench_touch", "concurrency": 2, "max_memory": 64,
-         "max_request_memory": 32, "start": true },
-  "bounded": { "group": "g", "max_queue": 16 },
-  "unbounded": { "group": "g", "max_queue": 8192 }
+  "g": { "concurrency": 2, "max_memory": 64, "max_request_memory": 32, "start": true },
+  "bounded": { "group": "g", "filename": "$EDGEVM_GUESTS/bench_touch", "max_queue": 16 },
+  "unbounded": { "group": "g", "filename": "$EDGEVM_GUESTS/bench_touch", "max_queue": 8192 }
 }
 JSON
 SERVER=""
@@ -52,10 +51,12 @@ EDGEVM_LOG=warn NO_COLOR=1 timeout 600 "$EDGEVM" serve --config "$OUT/overload.j
 	--listen "127.0.0.1:$PORT" >"$OUT/overload-server.log" 2>&1 &
 WRAP=$!
 for p in bounded unbounded; do
+	ok=0
 	for _ in $(seq 300); do
-		curl -fs -o /dev/null "http://127.0.0.1:$PORT/$p/?k=30" && break
+		if curl -fs -o /dev/null "http://127.0.0.1:$PORT/$p/?k=30"; then ok=1; break; fi
 		sleep 0.1
 	done
+	[ "$ok" = 1 ] || { log "/$p/ does not answer 200"; tail -5 "$OUT/overload-server.log" >&2; exit 1; }
 done
 SERVER="$(pgrep -P "$WRAP" | head -1)"
 [ -n "$SERVER" ] || { log "server did not start"; cat "$OUT/overload-server.log" >&2; exit 1; }

@@ -84,7 +84,7 @@ for p in $PEERS; do
 done
 
 log "building (release)"
-timeout 1800 cargo build --release --quiet --bin edgevm --bin edgevm-hello
+timeout 1800 cargo build --release --quiet --bin edgevm --bin edgevm-hello --bin edgevm-load
 export EDGEVM_GUESTS="${EDGEVM_GUESTS:-$ROOT/target/guests}"
 timeout 600 guest/build.sh "$EDGEVM_GUESTS" >/dev/null
 sed "s#@GUESTS@#$EDGEVM_GUESTS#g" bench/programs.json >"$OUT/programs.json"
@@ -289,5 +289,21 @@ if [ "$QUICK" = 0 ]; then
 		{ log "microbenchmarks failed:"; tail -20 "$OUT/micro.log" >&2; exit 1; }
 fi
 
+# --- many programs on one node, and overload (issue 18) -------------------------------------
+if [ "$QUICK" = 0 ]; then
+	log "many programs (scripts/bench-many.sh)"
+	PORT=$((PORT + 10)) timeout 1200 scripts/bench-many.sh "$OUT" >"$OUT/many.log" 2>&1 ||
+		{ log "bench-many failed:"; tail -20 "$OUT/many.log" >&2; }
+	log "overload (scripts/bench-overload.sh)"
+	PORT=$((PORT + 20)) timeout 900 scripts/bench-overload.sh "$OUT" >"$OUT/overload.log" 2>&1 ||
+		{ log "bench-overload failed:"; tail -20 "$OUT/overload.log" >&2; }
+fi
+
 printf '%s\n' "${SKIPPED[@]}" >"$OUT/skipped.txt"
 python3 scripts/bench_report.py "$OUT" "$QUICK" "${WRK[*]}" "$ROUNDS" "${READY[@]%% *}" | tee "$OUT/report.md"
+for part in many overload; do
+	if [ -f "$OUT/$part.md" ]; then
+		echo
+		cat "$OUT/$part.md"
+	fi
+done | tee -a "$OUT/report.md"

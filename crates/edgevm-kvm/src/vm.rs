@@ -139,10 +139,16 @@ impl VmShell {
     /// Create the VM and its vCPU. With `log_dirty`, KVM will record guest-written pages.
     pub fn new(log_dirty: bool) -> Result<Self, KvmError> {
         let g = global()?;
-        let vm = g
-            .kvm
-            .create_vm()
-            .map_err(|e| KvmError::ioctl("CREATE_VM", e))?;
+        // KVM_CREATE_VM fails with EINTR when a signal is pending on the calling thread (a
+        // run timer's, on an HTTP worker that forks a VM back after an idle period: seen here
+        // under load): try again, a bounded number of times.
+        let mut tries = 0;
+        let vm = loop {
+            match g.kvm.create_vm() {
+                Err(e) if e.errno() == libc::EINTR && tries < 100 => tries += 1,
+                r => break r.map_err(|e| KvmError::ioctl("CREATE_VM", e))?,
+            }
+        };
         // Manual re-protection (see take_dirty_log_keeping), where KVM has it (Linux 5.8+;
         // kvm_pvm too). Without it every logged page is write-protected again at each read.
         let manual_protect = log_dirty && {
