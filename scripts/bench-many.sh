@@ -20,7 +20,8 @@
 #      requests the figures again (request VMs freed, images kept), then 40 programs asked
 #      again: the first request forks a VM back (no boot), the second is warm.
 #
-# Writes OUT/many.md (the report section) and OUT/many.json. Environment: PROGRAMS, PORT
+# Writes OUT/many.md (the report section) and OUT/many-results.json (OUT/many.json is the
+# configuration). Environment: PROGRAMS, PORT
 # (19110), DURATION (5), IDLE_AFTER (60), EDGEVM (target/release/edgevm), THREADS/CONNS for
 # wrk (2/8).
 set -euo pipefail
@@ -297,6 +298,6 @@ if si:
 text = "\n".join(lines) + "\n"
 open(f"{out}/many.md", "w").write(text)
 json.dump({"phases": ph, "cold": cold, "all": allb, "wrk_one": one, "wrk_skewed": skew,
-           "per_program_kib": prog_kib, "per_request_vm_kib": vm_kib}, open(f"{out}/many.json", "w"), indent=1)
+           "per_program_kib": prog_kib, "per_request_vm_kib": vm_kib}, open(f"{out}/many-results.json", "w"), indent=1)
 print(text)
 PY

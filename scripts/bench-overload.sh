@@ -11,7 +11,7 @@
 # connections to each in turn. Reported per run: answers by status with p50/p99/max latency,
 # and the server's memory (Rss) before and after.
 #
-# Writes OUT/overload.md and OUT/overload-*.json. Environment: PORT (19120), DURATION (5),
+# Writes OUT/overload.md and OUT/overload-*.json. Environment: PORT (19120), DURATION (10),
 # CONNS (256), EDGEVM / LOAD (the binaries under target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ OUT="${1:-$ROOT/target/bench/overload-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PORT="${PORT:-19120}"
-DURATION="${DURATION:-5}"
+DURATION="${DURATION:-10}"
 CONNS="${CONNS:-256}"
 EDGEVM="${EDGEVM:-$ROOT/target/release/edgevm}"
 LOAD="${LOAD:-$ROOT/target/release/edgevm-load}"
