@@ -14,6 +14,7 @@ mod deploy;
 mod harness;
 mod hostile;
 mod inline;
+mod package;
 mod privilege;
 mod reset;
 mod robustness;
