@@ -429,3 +429,33 @@ fn static_pie_symbols_are_relocated() {
     has(&out, "Breakpoint 1, main (argc=1");
     has(&out, "exited normally");
 }
+
+#[test]
+fn detach_at_a_breakpoint_lets_the_program_go_on() {
+    let dir = scratch("debug_detach");
+    let port = free_port();
+    let log = dir.join("edgevm.log");
+    let mut run = edgevm()
+        .args(["run", &format!("--gdb=127.0.0.1:{port}")])
+        .arg(guest("debug"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(append(&log))
+        .spawn()
+        .unwrap();
+    wait_file(&log, "waiting up to", Duration::from_secs(20));
+    let out = gdb(
+        port,
+        &guest("debug"),
+        &["break compute", "continue", "detach"],
+        &dir,
+    );
+    assert!(wait_bounded(&mut run, Duration::from_secs(30)).success());
+    has(&out, "Breakpoint 1, compute");
+    has(&out, "detached");
+    let log = std::fs::read_to_string(&log).unwrap();
+    has(&log, "GDB detached; the program goes on");
+    has(&log, "compute: 44");
+    has(&log, "is ready");
+}
