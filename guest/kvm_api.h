@@ -512,7 +512,8 @@ set_cacheable(bool cached, float ttl, float grace, float keep)
 }
 
 /* ==========================================================================
- * Regular expressions (host-side PCRE-compatible engine, max 64 handles)
+ * Regular expressions (PCRE2 on the host, at most 64 handles per VM; handles made
+ * in main() serve every request, a request's own are dropped at its reset)
  * ========================================================================== */
 #define REGEX_SUBST_ALL 0x1
 
@@ -522,8 +523,9 @@ extern int  sys_regex_compile(const char *pattern, size_t len);
 extern void sys_regex_free(int rgx);
 /* [0x10032] Match; returns > 0 on match, 0 on no match, negative on error. */
 extern int  sys_regex_match(int rgx, const char *buf, size_t len);
-/* [0x10033] Substitute matches of `rgx` in `buf` by `subst` into dst.
-   Flags: REGEX_SUBST_ALL. Returns the result length or negative. */
+/* [0x10033] Substitute the first match of `rgx` in `buf` (every match with
+   REGEX_SUBST_ALL) by `subst` (\0..\9: the match and its groups) into dst,
+   NUL-terminated. Returns the result length, or -1 if it does not fit dstlen. */
 extern long sys_regex_subst(int rgx, const char *buf, const char *subst,
 	char *dst, size_t dstlen, int flags);
 /* [0x10035] Copy the header fields matching `rgx` from one header set

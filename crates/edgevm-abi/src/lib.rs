@@ -12,6 +12,7 @@
 //! * [`api`] — `kvm_api.h` calls decoded into a typed [`api::Call`] (numbers and decoding live
 //!   in [`guest_abi`], the `no_std` crate shared with the Rust guest crate).
 //! * [`io`] — the I/O area: writing requests, the header calls on guest memory.
+//! * [`regex`] — the regex calls' compiled patterns (PCRE2) and Varnish-style substitution.
 //! * [`crash`] — turning a CPU exception into a readable report.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod layout;
 pub mod linux;
 mod linux_abi;
 mod names;
+pub mod regex;
 
 pub use edgevm_guest_abi as guest_abi;
 pub use names::syscall_name;

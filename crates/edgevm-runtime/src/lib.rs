@@ -14,6 +14,7 @@ mod options;
 pub mod output;
 pub mod pool;
 mod program_boot;
+mod regex_calls;
 pub mod request;
 mod request_calls;
 pub mod request_vm;

@@ -108,6 +108,25 @@ impl Invoker {
                     kind: FailureKind::Api,
                 })
             }
+            Call::RegexCopyto { rgx, from, to } => {
+                // Every live field of `from` that matches goes to the end of `to`.
+                let mut copied = 0u64;
+                for f in io::fields(mem, from) {
+                    match self.vm.regex.is_match(rgx, &f.bytes) {
+                        Ok(true) => {
+                            io::append(mem, to, &f.bytes, "regex_copyto").map_err(api_err)?;
+                            copied += 1;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.vm.printer.log(&e.to_string());
+                            copied = u64::MAX;
+                            break;
+                        }
+                    }
+                }
+                copied
+            }
             Call::StorageAllow { .. } => u64::MAX,
             Call::StorageTask { .. } => match self.storage.clone() {
                 Some(st) => {

@@ -159,6 +159,7 @@ impl RequestVm {
         self.hot.record(&kept, &self.unchanged);
         self.unchanged.clear();
         self.inv.vm.linux = self.frozen.linux.clone();
+        self.inv.vm.regex.restore(&self.frozen.regex);
         let limit = self.inv.settings.limit_workmem_after_req;
         if self.inv.settings.keep_working_memory && limit > 0 {
             let working: u64 = self
@@ -201,5 +202,6 @@ impl RequestVm {
         }
         self.working.iter_mut().for_each(|w| *w = 0);
         self.inv.vm.linux = self.frozen.linux.clone();
+        self.inv.vm.regex.restore(&self.frozen.regex);
     }
 }

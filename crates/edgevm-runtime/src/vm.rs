@@ -12,6 +12,7 @@ use edgevm_abi::guest_abi::MemInfo;
 use edgevm_abi::io::write_struct;
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
+use edgevm_abi::regex::Regexes;
 use edgevm_kvm::{features, Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
 
 use crate::output::Printer;
@@ -85,6 +86,8 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
     pub machine: KvmMachine<C>,
     /// Emulated process state.
     pub linux: LinuxState,
+    /// Compiled regexes (the regex calls' handles).
+    pub regex: Regexes,
     /// The loaded program.
     pub elf: LoadedElf,
     /// Address-space layout.
@@ -154,6 +157,9 @@ pub struct Frozen {
     pub gs_base: u64,
     /// Emulated process state.
     pub linux: LinuxState,
+    /// Regexes compiled before the freeze: every request VM starts with (and is reset to)
+    /// these.
+    pub regex: Regexes,
     /// Registered handlers.
     pub handlers: Handlers,
     /// The program.
@@ -340,6 +346,7 @@ impl MainVm {
         let MainVm {
             machine,
             linux,
+            mut regex,
             elf,
             layout,
             handlers,
@@ -358,12 +365,14 @@ impl MainVm {
         // Request VMs may read the state file, never write it (descriptors open now are
         // inherited read-only).
         linux.make_files_read_only();
+        regex.mark_frozen();
         Ok(Frozen {
             image: mem,
             regs,
             fs_base,
             gs_base,
             linux,
+            regex,
             handlers,
             elf,
             layout,
@@ -400,6 +409,7 @@ impl MainVm {
         let linux = f.linux.clone();
         let mut vm = MainVm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
         vm.handlers = f.handlers;
+        vm.regex = f.regex.clone();
         vm.ephemeral_override = f.ephemeral_override;
         vm.initialized = true;
         Ok(vm)
@@ -420,6 +430,7 @@ impl<C: Vcpu> MainVm<C> {
             _timer_guard,
             machine,
             linux,
+            regex: Regexes::default(),
             elf,
             layout,
             printer: Printer::new(&opts.name, opts.raw_output),
@@ -726,6 +737,10 @@ impl<C: Vcpu> MainVm<C> {
                     Err(_) => u64::MAX,
                 }
             }
+            Call::RegexCompile { .. }
+            | Call::RegexFree { .. }
+            | Call::RegexMatch { .. }
+            | Call::RegexSubst { .. } => self.regex_call(call),
             Call::IsDebug => u64::from(self.opts.debug),
             Call::IsStorage => u64::from(self.opts.storage),
             Call::Breakpoint => crate::debug::breakpoint_call(self),

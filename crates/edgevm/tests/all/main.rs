@@ -16,6 +16,7 @@ mod hostile;
 mod inline;
 mod package;
 mod privilege;
+mod regex;
 mod reset;
 mod robustness;
 mod run_cmd;
