@@ -737,8 +737,8 @@ async fn handle(
         });
     }
     debug!(
-        %method,
-        program = outcome.program.as_deref().unwrap_or("-"),
+        method = %client_text(method.as_str()),
+        program = %client_text(outcome.program.as_deref().unwrap_or("-")),
         status = status.as_u16(),
         elapsed_us = start.elapsed().as_micros() as u64,
         "request"

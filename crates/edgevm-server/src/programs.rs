@@ -485,7 +485,11 @@ impl AdminHandler for StatsAdmin {
         if let Some(name) = req.path.strip_prefix("/_edgevm/update/") {
             return self.check_update(req, name);
         }
-        if READ_ONLY.contains(&req.path.as_str()) && req.method != "GET" && req.method != "HEAD" {
+        if !READ_ONLY.contains(&req.path.as_str()) {
+            // No such endpoint: said before any body is read.
+            return AdminCheck::Answer(text(404, "not found\n"));
+        }
+        if req.method != "GET" && req.method != "HEAD" {
             let mut r = text(405, "this endpoint answers GET and HEAD\n");
             r.headers.push(("allow".into(), "GET, HEAD".into()));
             return AdminCheck::Answer(r);

@@ -82,9 +82,11 @@ fn admin_paths_answer_from_the_request_head_before_reading_a_body() {
         // Read-only endpoints want GET or HEAD.
         ("POST", "/metrics", "", big, 405),
         ("PUT", "/_edgevm/stats", "", big, 405),
+        // No such endpoint: said from the head.
+        ("GET", "/_edgevm/nothing-here", "", big, 404),
+        ("POST", "/metrics/x", "", big, 404),
         // Within the normal limit or not at all.
         ("GET", "/_edgevm/stats", "", 2 << 20, 413),
-        ("GET", "/_edgevm/nothing-here", "", 2 << 20, 413),
         // Live update: method, program, key, then its own limit (64 MiB by default).
         ("GET", "/_edgevm/update/upd", key, big, 405),
         ("POST", "/_edgevm/update/nope", key, big, 404),
