@@ -247,6 +247,12 @@ fn too_low_limits_are_named_at_start_with_the_number_needed() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // The line comes just before the listener binds: wait for it to accept.
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let first = request(port, "GET", "/p7/", &[], b"");
     let _ = child.kill();
     let _ = child.wait();
