@@ -81,6 +81,11 @@ pub struct ServerConfig {
     /// `lenient_http`: accept requests RFC 9112 says to refuse (no/duplicate Host, transfer
     /// codings other than chunked).
     pub lenient_http: Option<bool>,
+    /// `log_requests`: one info log line per request (default true).
+    pub log_requests: Option<bool>,
+    /// `error_details`: error responses tell the client why (host paths, crash reports);
+    /// by default they say only the status and the request id (default false).
+    pub error_details: Option<bool>,
 }
 
 /// Where a listener listens.
@@ -114,9 +119,7 @@ fn listen_at(v: &Value) -> Result<ListenAt, String> {
         }
         Ok(ListenAt::Unix(PathBuf::from(path)))
     } else {
-        s.parse().map(ListenAt::Tcp).map_err(|_| {
-            format!("must be an address and port such as \"127.0.0.1:8080\" or \"[::]:80\", or \"unix:/path\", got {s:?}")
-        })
+        parse_listen(s).map(ListenAt::Tcp)
     }
 }
 
@@ -139,6 +142,8 @@ pub const SERVER_KEYS: &[&str] = &[
     "lenient_http",
     "max_body_memory",
     "max_connections_per_address",
+    "log_requests",
+    "error_details",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -149,6 +154,23 @@ fn number(v: &Value) -> Result<f64, String> {
             .ok_or_else(|| format!("must be a number, got {n}")),
         other => Err(format!("must be a number, got {}", describe(other))),
     }
+}
+
+fn boolean(v: &Value) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("must be true or false, got {}", describe(v)))
+}
+
+/// `HOST:PORT` with HOST an IP address (`[v6]` in brackets) or `localhost` (= 127.0.0.1).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let bad = || {
+        format!("must be an address and port such as \"127.0.0.1:8080\", \"localhost:8080\" or \"[::]:80\", or \"unix:/path\", got {s:?}")
+    };
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| bad())
 }
 
 fn count(v: &Value, max: u64) -> Result<usize, String> {
@@ -362,6 +384,8 @@ impl ServerConfig {
             "max_update_size" => {
                 self.max_update_size = Some(size(v, 1 << 20, "MB", MAX_UPDATE_MB)?)
             }
+            "log_requests" => self.log_requests = Some(boolean(v)?),
+            "error_details" => self.error_details = Some(boolean(v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -538,6 +562,12 @@ impl ServerConfig {
                 "max_update_size".into(),
                 serde_json::json!(b as f64 / (1 << 20) as f64),
             );
+        }
+        if let Some(b) = self.log_requests {
+            m.insert("log_requests".into(), b.into());
+        }
+        if let Some(b) = self.error_details {
+            m.insert("error_details".into(), b.into());
         }
         Value::Object(m)
     }

@@ -1293,6 +1293,10 @@ fn server_section_layers_and_validates() {
         (r#""max_header_size": 257"#, "at most 256"),
         (r#""listen": "localhost""#, "address and port"),
         (r#""listen": 8080"#, "must be a string"),
+        (r#""listen": "localhost:99999""#, "address and port"),
+        (r#""listen": "example.com:80""#, "address and port"),
+        (r#""log_requests": 1"#, "true or false"),
+        (r#""error_details": "yes""#, "true or false"),
     ] {
         let e = load_err(&format!(
             r#"{{ "server": {{ {bad} }}, "p": {{ "filename": "/p" }} }}"#
@@ -1338,6 +1342,13 @@ fn server_settings_from_the_command_line_are_validated_like_json() {
         .to_string();
     assert!(e.contains("must be a number"), "{e}");
     assert!(s.set_from_str("nonsense", "1").is_err());
+    // localhost is 127.0.0.1; the switches take true/false.
+    s.set_from_str("listen", "localhost:8081").unwrap();
+    assert_eq!(s.listen, Some("127.0.0.1:8081".parse().unwrap()));
+    s.set_from_str("log_requests", "false").unwrap();
+    s.set_from_str("error_details", "true").unwrap();
+    assert_eq!((s.log_requests, s.error_details), (Some(false), Some(true)));
+    assert!(s.set_from_str("log_requests", "maybe").is_err());
 }
 
 #[test]

@@ -39,6 +39,7 @@ impl ProgramHost for EchoHost {
                 content_type: req.content_type.clone(),
                 headers: req.headers.clone(),
                 body: req.body.clone(),
+                ..Default::default()
             }),
         };
         Box::pin(std::future::ready(result))
@@ -54,6 +55,7 @@ impl AdminHandler for Admin {
             content_type: "text/plain".into(),
             headers: vec![],
             body: req.body.clone(),
+            ..Default::default()
         })
     }
 }

@@ -412,7 +412,8 @@ impl Program {
             stats.full_resets.fetch_add(1, Ordering::Relaxed);
         }
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                resp.exits = Some(rs.exits);
                 let c = match resp.status {
                     200..=299 => &stats.status_2xx,
                     300..=399 => &stats.status_3xx,

@@ -30,6 +30,9 @@ pub struct GuestResponse {
     pub headers: Vec<(String, String)>,
     /// Response body.
     pub body: Vec<u8>,
+    /// VM exits the request took (storage calls included); `None` for answers that did not
+    /// come from a request VM.
+    pub exits: Option<u64>,
 }
 
 /// Why a request produced no program response. The HTTP layer derives the status from the

@@ -231,6 +231,7 @@ impl Invoker {
             content_type: String::from_utf8_lossy(&ctype).into_owned(),
             headers,
             body,
+            exits: None,
         })
     }
 

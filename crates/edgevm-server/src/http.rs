@@ -117,6 +117,12 @@ pub struct HttpOptions {
     /// transfer codings other than `chunked` (passed through undecoded). Default false: 400
     /// and 501 (see [`crate::strict`]).
     pub lenient_http: bool,
+    /// Log one info line per request (target `edgevm::access`). Default true.
+    pub log_requests: bool,
+    /// Error responses tell the client why the program failed (crash report, host paths);
+    /// by default they carry only the status, the program and the request id, and the
+    /// details go to the log. Default false.
+    pub error_details: bool,
 }
 
 impl HttpOptions {
@@ -142,6 +148,8 @@ impl HttpOptions {
             server_header: true,
             lenient_http: false,
             body_memory: limits::BodyBudget::new(limits::BodyBudget::default_bytes()),
+            log_requests: true,
+            error_details: false,
         }
     }
 
@@ -225,6 +233,12 @@ impl HttpOptions {
         if let Some(b) = s.lenient_http {
             self.lenient_http = b;
         }
+        if let Some(b) = s.log_requests {
+            self.log_requests = b;
+        }
+        if let Some(b) = s.error_details {
+            self.error_details = b;
+        }
     }
 }
 
@@ -292,6 +306,8 @@ pub struct RequestRecord<'a> {
     pub elapsed: Duration,
     /// Why the program produced no response, when it didn't.
     pub error: Option<&'a ServeError>,
+    /// VM exits of the request, when a request VM answered it.
+    pub exits: Option<u64>,
 }
 
 /// Hook for the reserved admin paths (metrics, stats, ...). It gets first look at every
@@ -462,12 +478,16 @@ async fn run_listener(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    // Logged only now that the address is bound (a failed bind is an error instead).
     let what = match shared.role {
-        Role::All => "edgevm HTTP server listening",
-        Role::Programs => "edgevm HTTP server listening (programs only)",
-        Role::Admin => "edgevm admin endpoints listening",
+        Role::All => "edgevm serving",
+        Role::Programs => "edgevm serving programs",
+        Role::Admin => "edgevm serving admin endpoints",
     };
-    info!(addr = %listener.describe(), "{what}");
+    match listener.describe() {
+        unix if unix.starts_with("unix:") => info!("{what} on {unix}"),
+        tcp => info!("{what} on http://{tcp}/"),
+    }
     let opts = shared.opts.clone();
     accept_loop(
         listener,
@@ -706,6 +726,7 @@ struct Outcome {
     answer: Answer,
     program: Option<String>,
     error: Option<ServeError>,
+    exits: Option<u64>,
 }
 
 impl From<Answer> for Outcome {
@@ -714,7 +735,34 @@ impl From<Answer> for Outcome {
             answer,
             program: None,
             error: None,
+            exits: None,
         }
+    }
+}
+
+/// A request id: unique in this process, and (its first part being the server's start time)
+/// across restarts. Error responses carry it (body and `X-Request-Id`), log lines too.
+#[derive(Clone, Copy)]
+struct RequestId(u32, u64);
+
+impl RequestId {
+    fn next() -> RequestId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static START: OnceLock<u32> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let start = *START.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32)
+        });
+        RequestId(start, NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:x}", self.0, self.1)
     }
 }
 
@@ -725,7 +773,11 @@ async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let outcome = route(&shared, req).await;
+    let log = shared.opts.log_requests
+        && tracing::enabled!(target: "edgevm::access", tracing::Level::INFO);
+    let path = log.then(|| req.uri().path().to_owned());
+    let id = RequestId::next();
+    let outcome = route(&shared, req, id).await;
     let status = outcome.answer.status;
     if let Some(admin) = &shared.admin {
         admin.record(&RequestRecord {
@@ -734,15 +786,22 @@ async fn handle(
             status: status.as_u16(),
             elapsed: start.elapsed(),
             error: outcome.error.as_ref(),
+            exits: outcome.exits,
         });
     }
-    debug!(
-        method = %client_text(method.as_str()),
-        program = %client_text(outcome.program.as_deref().unwrap_or("-")),
-        status = status.as_u16(),
-        elapsed_us = start.elapsed().as_micros() as u64,
-        "request"
-    );
+    if let Some(path) = path {
+        // Method and path are the client's: escaped (the program name is a configured one).
+        info!(
+            target: "edgevm::access",
+            "{} {} program={} status={} time_ms={:.3} exits={} id={id}",
+            client_text(method.as_str()),
+            client_text(&path),
+            outcome.program.as_deref().map_or("-".into(), |p| client_text(p).to_string()),
+            status.as_u16(),
+            start.elapsed().as_secs_f64() * 1e3,
+            outcome.exits.map_or("-".into(), |e| e.to_string()),
+        );
+    }
     let mut answer = outcome.answer;
     // Draining: clients (load balancers) reconnect elsewhere.
     answer.close |= shared.opts.drain.is_draining();
@@ -754,7 +813,7 @@ async fn handle(
 }
 
 /// Decide where a request goes and get its answer.
-async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
+async fn route(shared: &Shared, req: Request<Incoming>, id: RequestId) -> Outcome {
     if req.method() == Method::CONNECT {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported").into();
     }
@@ -792,7 +851,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
         return admin(shared, req).await.into();
     }
     let program = segment.to_owned();
-    let mut outcome = run_program(shared, &program, req).await;
+    let mut outcome = run_program(shared, &program, req, id).await;
     outcome.program = Some(program);
     outcome
 }
@@ -910,7 +969,12 @@ fn take_arg(
 }
 
 /// Read the body, hand the request to the program and wait for its answer.
-async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> Outcome {
+async fn run_program(
+    shared: &Shared,
+    program: &str,
+    req: Request<Incoming>,
+    id: RequestId,
+) -> Outcome {
     let max = shared.opts.max_body_bytes;
     let url = request_target(&req).to_owned();
     let (parts, body) = req.into_parts();
@@ -941,6 +1005,7 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
 
     match shared.host.serve(program, greq).await {
         Ok(resp) => Outcome {
+            exits: resp.exits,
             answer: guest_answer(resp),
             program: None,
             error: None,
@@ -949,13 +1014,14 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
             // The name is the client's: no echo of it in the log line.
             crate::client_warn!(program = %client_text(program), "request for an unknown program");
             Outcome {
-                answer: Answer::text(error_status(&err), &err),
+                answer: error_answer(shared.opts.error_details, program, &err, id),
                 program: None,
                 error: Some(err),
+                exits: None,
             }
         }
         Err(err) => {
-            let mut answer = Answer::text(error_status(&err), &err);
+            let mut answer = error_answer(shared.opts.error_details, program, &err, id);
             if matches!(err, ServeError::QueueFull | ServeError::QueueTimeout) {
                 // Overload: the client may try again shortly. Not logged per request (an
                 // overloaded server would spend its time logging): the stats count them.
@@ -964,15 +1030,45 @@ async fn run_program(shared: &Shared, program: &str, req: Request<Incoming>) -> 
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 overload_warning(program, &err);
             } else {
-                warn!(program, "request failed: {err}");
+                warn!(program, "request failed: {err} (request id {id})");
             }
             Outcome {
                 answer,
                 program: None,
                 error: Some(err),
+                exits: None,
             }
         }
     }
+}
+
+/// The answer to a request the program did not answer: the status, a short reason and the
+/// request id (also in `X-Request-Id`); with `details`, the whole error (crash report, host
+/// paths) and the request id.
+fn error_answer(details: bool, program: &str, err: &ServeError, id: RequestId) -> Answer {
+    let status = error_status(err);
+    let mut a = if details {
+        Answer::text(status, format_args!("{err} (request id {id})"))
+    } else {
+        let reason = match err {
+            ServeError::ProgramNotFound(_) => "no such program".to_string(),
+            ServeError::ProgramUnavailable(_) => format!("program '{program}' is unavailable"),
+            ServeError::ProgramError(_) => format!("program '{program}' failed"),
+            other => other.to_string(),
+        };
+        Answer::text(
+            status,
+            format_args!(
+                "{} {}: {reason} (request id {id})",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        a.headers.insert("x-request-id", v);
+    }
+    a
 }
 
 /// The answer to a request whose body could not be read: the connection is closed after it.

@@ -474,6 +474,7 @@ fn text(status: u16, body: &str) -> GuestResponse {
         content_type: "text/plain".into(),
         headers: vec![],
         body: body.as_bytes().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -509,12 +510,14 @@ impl AdminHandler for StatsAdmin {
                 content_type: "application/json".into(),
                 headers: vec![],
                 body: self.json().into_bytes(),
+                ..Default::default()
             }),
             "/metrics" => Some(GuestResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4".into(),
                 headers: vec![],
                 body: self.prometheus().into_bytes(),
+                ..Default::default()
             }),
             _ => None,
         }

@@ -109,6 +109,15 @@ struct ServerArgs {
     /// (server.body_timeout).
     #[arg(long)]
     body_timeout: Option<String>,
+    /// No log line per request (server.log_requests: false). EDGEVM_LOG=info,edgevm::access=off
+    /// does the same.
+    #[arg(long)]
+    no_request_log: bool,
+    /// Error responses tell clients why a program failed (crash report, host paths) instead
+    /// of only the status and request id (server.error_details: true). Not on a public
+    /// listener.
+    #[arg(long)]
+    error_details: bool,
 }
 
 impl ServerArgs {
@@ -141,6 +150,12 @@ impl ServerArgs {
         }
         if self.lenient_http {
             cfg.set_from_str("lenient_http", "true")?;
+        }
+        if self.no_request_log {
+            cfg.set_from_str("log_requests", "false")?;
+        }
+        if self.error_details {
+            cfg.set_from_str("error_details", "true")?;
         }
         Ok(())
     }
@@ -266,11 +281,7 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     let runtime = Arc::new(runtime);
     runtime.start_eager();
     let names: Vec<_> = runtime.programs().into_iter().map(|(n, _)| n).collect();
-    tracing::info!(
-        "edgevm serving {} program(s) on {listen} ({})",
-        names.len(),
-        names.join(", ")
-    );
+    tracing::info!("{} program(s): {}", names.len(), names.join(", "));
     let mut admin = edgevm_server::programs::StatsAdmin::new(runtime.clone())
         .with_health(edgevm_server::programs::start_programs(&cfg), drain);
     if let Some(b) = cfg.server.max_update_size {
@@ -278,7 +289,7 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     }
     let admin = Arc::new(admin);
     edgevm_server::http::run_server(opts, runtime, Some(admin))
-        .with_context(|| format!("serving on {listen}"))?;
+        .with_context(|| format!("cannot serve on {listen}"))?;
     tracing::info!("edgevm stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,7 @@ fn ok(status: u16, body: &str) -> GuestResponse {
         content_type: "text/plain".into(),
         headers: vec![],
         body: body.as_bytes().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -92,6 +93,7 @@ impl ProgramHost for FakeHost {
                     ("Cache-Control".into(), "max-age=60".into()),
                 ],
                 body: b"<p>hi</p>".to_vec(),
+                ..Default::default()
             }),
             "notfound" => Err(ServeError::ProgramNotFound(program.clone())),
             "unavailable" => Err(ServeError::ProgramUnavailable("bad ELF".into())),
@@ -344,7 +346,12 @@ async fn program_name_is_first_segment() {
     let r = c.get("/other/x").await;
     assert_eq!(r.status, 404);
     assert_eq!(s.host.last().0, "other");
-    assert_eq!(r.text(), "no such program: 'other'\n");
+    assert!(
+        r.text()
+            .starts_with("404 Not Found: no such program (request id "),
+        "{}",
+        r.text()
+    );
     s.shutdown().await;
 }
 
@@ -508,19 +515,55 @@ async fn oversized_headers_are_rejected_and_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_errors_map_to_statuses() {
+    // By default: status, a short reason and the request id, nothing of the details.
     let s = TestServer::start(|_| {}, None).await;
     let mut c = s.connect().await;
+    let mut ids = Vec::new();
     for (program, status, text) in [
-        ("notfound", 404, "no such program: 'notfound'"),
-        ("unavailable", 503, "program unavailable: bad ELF"),
-        ("queue", 503, "timed out waiting for a free VM"),
-        ("crash", 500, "program error: guest crashed"),
-        ("shutting", 503, "server is shutting down"),
+        ("notfound", 404, "404 Not Found: no such program"),
+        (
+            "unavailable",
+            503,
+            "503 Service Unavailable: program 'unavailable' is unavailable",
+        ),
+        (
+            "queue",
+            503,
+            "503 Service Unavailable: timed out waiting for a free VM",
+        ),
+        (
+            "crash",
+            500,
+            "500 Internal Server Error: program 'crash' failed",
+        ),
+        (
+            "shutting",
+            503,
+            "503 Service Unavailable: server is shutting down",
+        ),
     ] {
         let r = c.get(&format!("/{program}/x")).await;
         assert_eq!(r.status, status, "{program}");
-        assert_eq!(r.text(), format!("{text}\n"));
+        let id = r.header("x-request-id").expect("X-Request-Id").to_owned();
+        assert_eq!(r.text(), format!("{text} (request id {id})\n"));
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "request ids are unique: {ids:?}");
+    s.shutdown().await;
+    // error_details: the whole error.
+    let s = TestServer::start(|o| o.error_details = true, None).await;
+    let mut c = s.connect().await;
+    for (program, text) in [
+        ("notfound", "no such program: 'notfound'"),
+        ("unavailable", "program unavailable: bad ELF"),
+        ("crash", "program error: guest crashed"),
+    ] {
+        let r = c.get(&format!("/{program}/x")).await;
+        let id = r.header("x-request-id").unwrap().to_owned();
+        assert_eq!(r.text(), format!("{text} (request id {id})\n"));
     }
     s.shutdown().await;
 }
@@ -575,7 +618,7 @@ async fn runtime_panic_is_500() {
     let mut c = s.connect().await;
     let r = c.get("/panic").await;
     assert_eq!(r.status, 500);
-    assert!(r.text().contains("internal error"));
+    assert!(r.text().contains("program 'panic' failed"), "{}", r.text());
     assert_eq!(c.get("/echo").await.status, 200);
     s.shutdown().await;
 }

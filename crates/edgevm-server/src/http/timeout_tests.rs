@@ -16,6 +16,7 @@ impl ProgramHost for Ok200 {
             content_type: "text/plain".into(),
             headers: vec![],
             body: format!("len={}", req.body.len()).into_bytes(),
+            ..Default::default()
         })))
     }
 }
@@ -31,6 +32,7 @@ impl ProgramHost for Slow {
                 content_type: "text/plain".into(),
                 headers: vec![],
                 body: b"slow".to_vec(),
+                ..Default::default()
             })
         })
     }

@@ -15,6 +15,10 @@ pub fn js(s: impl AsRef<str>) -> String {
     format!("{:?}", s.as_ref())
 }
 
+/// Pseudo-argument of [`Server::start_args`]: serve with the default short error bodies.
+/// Without it the harness passes `--error-details`, so tests can check why a request failed.
+pub const SHORT_ERRORS: &str = "(short error bodies)";
+
 /// A port nothing listens on right now (connection refused until someone binds it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -71,7 +75,10 @@ impl Server {
                 cmd.arg("--config").arg(c);
             }
             let f = std::fs::File::create(&log).unwrap();
-            cmd.args(args)
+            if !args.contains(&SHORT_ERRORS) {
+                cmd.arg("--error-details");
+            }
+            cmd.args(args.iter().filter(|a| **a != SHORT_ERRORS))
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .env("EDGEVM_LOG", "info")

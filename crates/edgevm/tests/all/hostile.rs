@@ -159,11 +159,16 @@ impl Load {
     }
 }
 
-/// The message of a "program error: MESSAGE" response.
+/// The message of a "program error: MESSAGE (request id ID)" response (the harness serves
+/// with `--error-details`).
 fn program_error(r: &Resp) -> Option<String> {
-    r.text()
-        .strip_prefix("program error: ")
-        .map(|m| m.trim_end().to_owned())
+    let t = r.text();
+    let m = t.strip_prefix("program error: ")?.trim_end();
+    Some(
+        m.rsplit_once(" (request id ")
+            .map_or(m, |(m, _)| m)
+            .to_owned(),
+    )
 }
 
 impl Drop for Load {
