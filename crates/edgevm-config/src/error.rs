@@ -84,12 +84,24 @@ pub enum ConfigError {
     },
 
     /// A program refers to a group that no configuration file defines.
-    #[error("{program}: unknown group '{group}'")]
+    #[error("{program}: unknown group '{group}'{hint}")]
     UnknownGroup {
         /// Program name.
         program: String,
         /// The group it asked for.
         group: String,
+        /// `" (did you mean 'x'?)"` or `" (groups: a, b)"`.
+        hint: String,
+    },
+
+    /// A program name no request can reach: an admin path of the server, or characters a
+    /// URL path segment cannot carry as they are.
+    #[error("{program}: {message}")]
+    UnreachableName {
+        /// Program name.
+        program: String,
+        /// Why, and what to do.
+        message: String,
     },
 
     /// A program's group has errors of its own, so the program cannot be

@@ -574,6 +574,25 @@ pub(crate) fn lookup(key: &str) -> Option<&'static KeySpec> {
         .find(|k| k.name == key || k.aliases.contains(&key))
 }
 
+/// `" (did you mean 'KEY'?)"` when one of `known` is close to the unknown `key` (a typo:
+/// Jaro-Winkler similarity of at least 0.85, case ignored), else nothing.
+pub(crate) fn did_you_mean<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    let lower = key.to_ascii_lowercase();
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(&lower, k), k))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
+}
+
+/// Every key name a program or group accepts (canonical names and aliases).
+pub(crate) fn all_key_names() -> impl Iterator<Item = &'static str> {
+    KEYS.iter()
+        .flat_map(|k| std::iter::once(k.name).chain(k.aliases.iter().copied()))
+}
+
 // ---------------------------------------------------------------- values
 
 /// Describe a JSON value's type for error messages.
@@ -716,8 +735,10 @@ fn warn_unknown_subkeys(obj: &Map<String, Value>, parent: &str, known: &[&str], 
     for k in obj.keys() {
         if !known.contains(&k.as_str()) {
             let message = format!(
-                "Unknown configuration key for '{}': {parent}.{k} ({})",
-                ctx.name, ctx.source
+                "Unknown configuration key for '{}': {parent}.{k} ({}){}",
+                ctx.name,
+                ctx.source,
+                did_you_mean(k, known.iter().copied())
             );
             ctx.warn(message);
         }

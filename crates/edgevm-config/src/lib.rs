@@ -471,8 +471,9 @@ fn apply_layer(
     for (key, value) in &layer.obj {
         let Some(spec) = keys::lookup(key) else {
             ctx.warn(format!(
-                "Unknown configuration key for '{name}': {key} ({})",
-                layer.source
+                "Unknown configuration key for '{name}': {key} ({}){}",
+                layer.source,
+                keys::did_you_mean(key, keys::all_key_names())
             ));
             continue;
         };
@@ -527,6 +528,33 @@ fn group_key(layer: &Layer, program: &str) -> Result<Option<String>, ConfigError
     }
 }
 
+/// First path segments the server keeps for itself (`/metrics`, `/_edgevm/...`): no program
+/// can have these names (edgevm-server's router uses the same list).
+pub const RESERVED_PROGRAM_NAMES: &[&str] = &["metrics", "_edgevm"];
+
+/// Why no request could reach a program called `name`, if none could: a reserved name, a
+/// `.`/`..` segment, or a character that a URL path segment cannot carry unescaped (the
+/// router compares the first segment as sent, without percent-decoding).
+pub fn unreachable_name(name: &str) -> Option<String> {
+    if RESERVED_PROGRAM_NAMES.contains(&name) {
+        return Some(format!(
+            "the program name '{name}' is reserved for the server's admin paths (/metrics, /_edgevm/...); choose another name"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!(
+            "'{name}' cannot be a program name (a dot segment is refused in URLs)"
+        ));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c);
+    if let Some(c) = name.chars().find(|&c| !ok(c)) {
+        return Some(format!(
+            "the program name {name:?} cannot be reached by a URL: it contains {c:?}; use letters, digits and - . _ ~ (a program is requested as /<name>/...)"
+        ));
+    }
+    None
+}
+
 fn build_program(
     name: &str,
     layers: &[Layer],
@@ -534,6 +562,12 @@ fn build_program(
     vars: &PathVars,
     warnings: &mut Vec<String>,
 ) -> Result<ProgramConfig, ConfigError> {
+    if let Some(message) = unreachable_name(name) {
+        return Err(ConfigError::UnreachableName {
+            program: name.to_string(),
+            message,
+        });
+    }
     let first = layers.first().expect("a program has at least one layer");
     let group = group_key(first, name)?.unwrap_or_else(|| DEFAULT_GROUP.to_string());
     for layer in &layers[1..] {
@@ -550,10 +584,18 @@ fn build_program(
     }
     let mut draft = match groups.get(&group) {
         None => {
+            let hint = match keys::did_you_mean(&group, groups.keys().map(String::as_str)) {
+                h if h.is_empty() => format!(
+                    " (groups: {})",
+                    groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                h => h,
+            };
             return Err(ConfigError::UnknownGroup {
                 program: name.to_string(),
                 group,
-            })
+                hint,
+            });
         }
         Some(Err(e)) => {
             return Err(ConfigError::GroupInvalid {

@@ -415,7 +415,8 @@ impl ServerConfig {
             match self.set(key, value) {
                 Ok(true) => {}
                 Ok(false) => warnings.push(format!(
-                    "Unknown configuration key for '{SERVER_SECTION}': {key} ({source}); known keys: {}",
+                    "Unknown configuration key for '{SERVER_SECTION}': {key} ({source}){}; known keys: {}",
+                    crate::keys::did_you_mean(key, SERVER_KEYS.iter().copied()),
                     SERVER_KEYS.join(", ")
                 )),
                 Err(message) => errors.push(ConfigError::InvalidValue {

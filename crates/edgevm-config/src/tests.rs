@@ -232,13 +232,17 @@ fn real_world_config_with_both_comment_kinds_and_many_programs() {
 	"hello":   { "group": "small",   "filename": "/opt/edge/hello", "start": true },
 	"counter": { "group": "small",   "uri": "https://example.com/counter.tar.xz",
 	             "filename": "/var/cache/edgevm/counter" },
-	"url//with/slashes": { "filename": "/tmp/a//b" /* not a comment */ },
+	"url//with": { "filename": "/tmp/a//b" /* not a comment */ },
 	"plain":   { "filename": "/opt/edge/plain" }
 }"#,
     );
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     assert_eq!(cfg.programs.len(), 6);
-    assert!(!cfg.has_errors());
+    // `//` in a string is no comment; that program name is unreachable by URL, though.
+    assert!(err(&cfg, "url//with")
+        .to_string()
+        .contains("cannot be reached by a URL"));
+    assert_eq!(cfg.errors().count(), 1);
     let avif = ok(&cfg, "avif");
     assert_eq!(avif.concurrency, 16);
     assert_eq!(avif.max_memory, 512 * MB);
@@ -255,12 +259,10 @@ fn real_world_config_with_both_comment_kinds_and_many_programs() {
     assert_eq!(hello.max_request_time, Duration::from_millis(500));
     assert_eq!(hello.max_memory, 64 * MB);
     assert_eq!(hello.concurrency, 2);
-    assert_eq!(
-        ok(&cfg, "url//with/slashes").filename,
-        Some(PathBuf::from("/tmp/a//b"))
-    );
+    let cfg2 = load(r#"{ "p": { "filename": "/tmp/a//b" /* not a comment */ } }"#);
+    assert_eq!(ok(&cfg2, "p").filename, Some(PathBuf::from("/tmp/a//b")));
     assert_eq!(ok(&cfg, "plain").group, "test");
-    assert_eq!(cfg.valid_programs().count(), 6);
+    assert_eq!(cfg.valid_programs().count(), 5);
     assert_eq!(cfg.program("gzip").unwrap().group, "compute");
 }
 
@@ -500,10 +502,69 @@ fn unknown_group_names_program_and_group() {
         *e,
         ConfigError::UnknownGroup {
             program: "demo".into(),
-            group: "nope".into()
+            group: "nope".into(),
+            hint: " (groups: test)".into()
         }
     );
-    assert_eq!(e.to_string(), "demo: unknown group 'nope'");
+    assert_eq!(e.to_string(), "demo: unknown group 'nope' (groups: test)");
+    // A typo of a defined group: did you mean.
+    let cfg = load(
+        r#"{ "edge": { "max_memory": 64 }, "demo": { "group": "egde", "filename": "/tmp/demo" } }"#,
+    );
+    assert_eq!(
+        err(&cfg, "demo").to_string(),
+        "demo: unknown group 'egde' (did you mean 'edge'?)"
+    );
+    assert!(cfg.has_errors());
+}
+
+#[test]
+fn typo_keys_get_did_you_mean() {
+    let cfg = load(
+        r#"{ "demo": { "filename": "/tmp/demo", "concurency": 2, "max_memry": 64, "wholly_unknown": 1 },
+             "server": { "max_conections": 5 } }"#,
+    );
+    let all = cfg.warnings.join("\n");
+    assert!(
+        all.contains("Unknown configuration key for 'demo': concurency (<test>) (did you mean 'concurrency'?)")
+            || all.contains("concurency") && all.contains("(did you mean 'concurrency'?)"),
+        "{all}"
+    );
+    assert!(all.contains("(did you mean 'max_memory'?)"), "{all}");
+    assert!(all.contains("(did you mean 'max_connections'?)"), "{all}");
+    let unknown = cfg
+        .warnings
+        .iter()
+        .find(|w| w.contains("wholly_unknown"))
+        .unwrap();
+    assert!(!unknown.contains("did you mean"), "{unknown}");
+}
+
+#[test]
+fn reserved_and_unreachable_program_names_are_errors() {
+    for (name, why) in [
+        ("metrics", "reserved"),
+        ("_edgevm", "reserved"),
+        ("my prog", "cannot be reached by a URL"),
+        ("a/b", "cannot be reached by a URL"),
+        ("caf\u{e9}", "cannot be reached by a URL"),
+        ("q?x", "cannot be reached by a URL"),
+        ("100%", "cannot be reached by a URL"),
+        ("..", "dot segment"),
+    ] {
+        let text = format!(
+            r#"{{ {}: {{ "filename": "/tmp/x" }}, "fine-name_1.2~": {{ "filename": "/tmp/y" }} }}"#,
+            serde_json::to_string(name).unwrap()
+        );
+        let cfg = load(&text);
+        let e = err(&cfg, name).to_string();
+        assert!(e.contains(why), "{name}: {e}");
+        assert!(cfg.program("fine-name_1.2~").is_some(), "{name}");
+        assert!(cfg.has_errors());
+    }
+    // Group names never appear in URLs: anything goes.
+    let cfg = load(r#"{ "my group": {}, "p": { "group": "my group", "filename": "/tmp/p" } }"#);
+    assert!(cfg.program("p").is_some());
 }
 
 #[test]

@@ -57,7 +57,8 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 pub const HEALTH_PATH: &str = "/_edgevm/health";
 
 /// First path segments that never reach a program.
-pub const RESERVED_SEGMENTS: &[&str] = &["metrics", "_edgevm"];
+/// (The configuration refuses programs of these names: `edgevm check` and `serve` say so.)
+pub const RESERVED_SEGMENTS: &[&str] = edgevm_config::RESERVED_PROGRAM_NAMES;
 
 /// Settings of the HTTP front end.
 #[derive(Debug, Clone)]

@@ -201,9 +201,87 @@ struct RunArgs {
     gdb: Option<String>,
     /// The program file (a static x86_64 ELF); optional when the configuration names it.
     file: Option<PathBuf>,
-    /// Arguments after the program (main_arguments).
+    /// Arguments after the program (main_arguments). `--request [METHOD] PATH [-H 'K: V']...
+    /// [-d BODY|@FILE]` after them boots the program like `serve` does (same checks) and
+    /// sends it one request: the response is printed like `curl -i`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// One request for `edgevm run PROG --request ...`.
+#[derive(Debug, PartialEq)]
+struct RequestSpec {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A token of RFC 9110 (method, header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Take `--request [METHOD] PATH [-H 'K: V']... [-d BODY|@FILE]` off the end of `args`.
+fn take_request(args: &mut Vec<String>) -> Result<Option<RequestSpec>> {
+    let Some(at) = args.iter().position(|a| a == "--request") else {
+        return Ok(None);
+    };
+    let spec: Vec<String> = args.drain(at..).skip(1).collect();
+    let usage = "usage: edgevm run PROGRAM [ARGS...] --request [METHOD] PATH [-H 'Name: value']... [-d BODY|@FILE]";
+    let words = spec.iter().take_while(|w| !w.starts_with('-')).count();
+    let (method, path) = match &spec[..words] {
+        [path] => (None, path.clone()),
+        [method, path] => (Some(method.clone()), path.clone()),
+        _ => bail!("--request wants [METHOD] PATH; {usage}"),
+    };
+    let mut headers = Vec::new();
+    let mut body = None;
+    let mut rest = spec[words..].iter();
+    while let Some(flag) = rest.next() {
+        let Some(value) = rest.next() else {
+            bail!("{flag} wants a value; {usage}");
+        };
+        match flag.as_str() {
+            "-H" | "--header" => {
+                let Some((name, v)) = value.split_once(':') else {
+                    bail!("-H wants 'Name: value', got {value:?}");
+                };
+                let v = v.trim();
+                if !is_token(name) || v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    bail!("-H wants 'Name: value' (a header name and a value without control characters), got {value:?}");
+                }
+                headers.push((name.to_ascii_lowercase(), v.to_string()));
+            }
+            "-d" | "--data" if body.is_none() => {
+                body = Some(match value.strip_prefix('@') {
+                    Some(f) => std::fs::read(f).with_context(|| format!("-d @{f}"))?,
+                    None => value.clone().into_bytes(),
+                });
+            }
+            "-d" | "--data" => bail!("-d is given twice"),
+            other => bail!("unknown option {other:?} after --request; {usage}"),
+        }
+    }
+    let method = method.unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.into());
+    if !is_token(&method) {
+        bail!("{method:?} is not an HTTP method");
+    }
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        bail!("the request path must start with '/' and contain no spaces or control characters, got {path:?}");
+    }
+    let body = body.unwrap_or_default();
+    if body.len() > 16 << 20 {
+        bail!("the request body is {} bytes; at most 16 MB", body.len());
+    }
+    Ok(Some(RequestSpec {
+        method: method.to_ascii_uppercase(),
+        path,
+        headers,
+        body,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -298,11 +376,52 @@ fn check(files: &[PathBuf]) -> Result<ExitCode> {
     let cfg = Config::load_files(files)?;
     cfg.server.check()?;
     print!("{}", cfg.render_check());
-    Ok(if cfg.has_errors() {
+    let mut failed = cfg.has_errors();
+    for (name, p) in cfg.valid_programs() {
+        match program_file_problem(p) {
+            Some(Ok(note)) => println!("note: program '{name}': {note}"),
+            Some(Err(e)) => {
+                println!("error: program '{name}': {e}");
+                failed = true;
+            }
+            None => {}
+        }
+    }
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `serve` would find at a program's `filename`: `Err` when it could not load it
+/// (missing with no `uri` to fetch it, unreadable, not an ELF file), `Ok` with a note when
+/// the file will be fetched, `None` when the file is there.
+fn program_file_problem(p: &ProgramConfig) -> Option<Result<String, String>> {
+    use std::io::Read;
+    let file = p.filename.as_ref()?;
+    let shown = file.display();
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(file).and_then(|mut f| f.read_exact(&mut magic));
+    if let Some(uri) = &p.uri {
+        // serve fetches it (into filename); nothing to check here but whether it is there.
+        return (!file.exists()).then(|| {
+            Ok(format!(
+                "'{shown}' does not exist yet: it will be fetched from {uri}"
+            ))
+        });
+    }
+    match read {
+        Ok(()) if magic == *b"\x7fELF" => None,
+        Ok(()) => Some(Err(format!("'{shown}' is not an ELF program"))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Some(Err(format!("'{shown}' is not an ELF program (too short)")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Err(format!(
+            "'{shown}' does not exist (and there is no 'uri' to fetch it from)"
+        ))),
+        Err(e) => Some(Err(format!("cannot read '{shown}': {e}"))),
+    }
 }
 
 fn program_config(a: &RunArgs) -> Result<ProgramConfig> {
@@ -347,7 +466,8 @@ fn program_config(a: &RunArgs) -> Result<ProgramConfig> {
     }
 }
 
-fn run(a: RunArgs) -> Result<ExitCode> {
+fn run(mut a: RunArgs) -> Result<ExitCode> {
+    let request = take_request(&mut a.args)?;
     edgevm_kvm::kvm_available()?;
     let pc = program_config(&a)?;
     let file = a
@@ -400,6 +520,9 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         g.at_entry = true;
     }
     o.state_file = Some(VmOptions::state_path_for(&file));
+    if let Some(req) = request {
+        return run_request(pc, &o, req);
+    }
     match MainVm::boot(o) {
         Ok((vm, report)) => {
             if vm.opts.verbose {
@@ -426,6 +549,16 @@ fn run(a: RunArgs) -> Result<ExitCode> {
             }
             match report.outcome {
                 BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),
+                BootOutcome::Ready
+                    if vm.handlers.get == 0
+                        && vm.handlers.post == 0
+                        && vm.handlers.request == 0 =>
+                {
+                    eprintln!(
+                        "edgevm: program '{name}' is not servable: it called wait_for_requests() without registering a request handler (set_backend_get/post/request); serve refuses it"
+                    );
+                    Ok(ExitCode::from(70))
+                }
                 BootOutcome::Ready => {
                     eprintln!(
                         "edgevm: program '{name}' is ready: it called wait_for_requests() after {:.2} ms of initialization ({} VM exits)",
@@ -448,6 +581,102 @@ fn run(a: RunArgs) -> Result<ExitCode> {
                 RunError::Killed(s) => 128 + s as u8,
                 _ => 70,
             }))
+        }
+    }
+}
+
+/// `edgevm run PROG --request ...`: boot the program as `serve` does (a one-program runtime
+/// with the same checks: handlers registered, no exit before wait_for_requests(), warmup,
+/// storage) with the run's settings, send it the request and print the answer like `curl -i`.
+/// Exit status 0 when the program answered (whatever the status), 70 when it did not.
+fn run_request(mut pc: ProgramConfig, o: &VmOptions, req: RequestSpec) -> Result<ExitCode> {
+    use edgevm_runtime::{GuestRequest, ProgramHost};
+    use std::io::Write;
+    pc.name = o.name.clone();
+    pc.filename = Some(o.program_path.clone());
+    pc.uri = None;
+    pc.max_memory = o.max_memory;
+    pc.address_space = o.address_space;
+    pc.max_boot_time = o.max_boot_time;
+    pc.environment = o.environment.clone();
+    pc.main_arguments = o.arguments.clone();
+    pc.verbose = o.verbose;
+    pc.verbose_syscalls = o.verbose_syscalls;
+    pc.concurrency = 1;
+    let name = pc.name.clone();
+    let mut cfg = Config::default();
+    cfg.programs.insert(name.clone(), Ok(pc));
+    let (runtime, errors) = edgevm_server::programs::build_runtime(&cfg);
+    if let Some(e) = errors.first() {
+        eprintln!("edgevm: {e}");
+        return Ok(ExitCode::from(70));
+    }
+    let url = if req.path == format!("/{name}")
+        || req.path.starts_with(&format!("/{name}/"))
+        || req.path.starts_with(&format!("/{name}?"))
+    {
+        req.path.clone()
+    } else {
+        // What the program sees under serve: the program's own prefix first.
+        format!("/{name}{}", req.path)
+    };
+    let content_type = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let greq = GuestRequest {
+        method: req.method.clone(),
+        url,
+        arg: String::new(),
+        headers: req.headers,
+        content_type,
+        body: req.body,
+        warmup: false,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(runtime.serve(&name, greq));
+    match answer {
+        Ok(resp) => {
+            let mut out = std::io::stdout().lock();
+            let reason = match resp.status {
+                200 => "OK",
+                201 => "Created",
+                204 => "No Content",
+                301 => "Moved Permanently",
+                302 => "Found",
+                304 => "Not Modified",
+                400 => "Bad Request",
+                403 => "Forbidden",
+                404 => "Not Found",
+                405 => "Method Not Allowed",
+                500 => "Internal Server Error",
+                503 => "Service Unavailable",
+                _ => "",
+            };
+            writeln!(out, "HTTP/1.1 {} {reason}", resp.status)?;
+            if !resp.content_type.is_empty() {
+                writeln!(out, "content-type: {}", resp.content_type)?;
+            }
+            for (k, v) in &resp.headers {
+                writeln!(out, "{k}: {v}")?;
+            }
+            writeln!(out, "content-length: {}", resp.body.len())?;
+            writeln!(out)?;
+            out.write_all(&resp.body)?;
+            out.flush()?;
+            if let Some(e) = resp.exits {
+                eprintln!("edgevm: '{name}' answered {} ({e} VM exits)", resp.status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("edgevm: program '{name}': {e}");
+            Ok(ExitCode::from(70))
         }
     }
 }

@@ -237,7 +237,7 @@ fn serving_is_logged_after_the_bind_and_localhost_is_accepted() {
     let text = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!("cannot serve on 127.0.0.1:{port}")),
+        text.contains(&format!("cannot serve on http://127.0.0.1:{port}/")),
         "{text}"
     );
     assert!(!text.contains("serving on"), "{text}");
@@ -275,5 +275,200 @@ fn serving_is_logged_after_the_bind_and_localhost_is_accepted() {
     assert!(
         err.contains(&format!("edgevm serving on http://127.0.0.1:{port}/")),
         "{err}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. edgevm check
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn check_fails_on_what_serve_would_refuse() {
+    let dir = scratch("ux-check");
+    let hello = js(p(&guest("example_hello")));
+    let missing = js(p(&dir.join("missing")));
+    let not_elf = dir.join("script.sh");
+    std::fs::write(&not_elf, "#!/bin/sh\n").unwrap();
+    let case = |name: &str, text: String| {
+        let f = dir.join(format!("{name}.json"));
+        std::fs::write(&f, text).unwrap();
+        edgevm_run(&["check", "--config", p(&f)])
+    };
+    // Everything fine: exit 0.
+    let r = case(
+        "ok",
+        format!("{{ \"hello\": {{ \"filename\": {hello} }} }}"),
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    for (name, program, want) in [
+        (
+            "missing",
+            format!("\"p\": {{ \"filename\": {missing} }}"),
+            "error: program 'p': '".to_string() + dir.join("missing").to_str().unwrap()
+                + "' does not exist (and there is no 'uri' to fetch it from)",
+        ),
+        (
+            "notelf",
+            format!("\"p\": {{ \"filename\": {} }}", js(p(&not_elf))),
+            "is not an ELF program".into(),
+        ),
+        (
+            "reserved",
+            format!("\"metrics\": {{ \"filename\": {hello} }}"),
+            "error: program 'metrics': the program name 'metrics' is reserved".into(),
+        ),
+        (
+            "space",
+            format!("\"my prog\": {{ \"filename\": {hello} }}"),
+            "cannot be reached by a URL: it contains ' '".into(),
+        ),
+        (
+            "group",
+            format!("\"edge\": {{ \"max_memory\": 64 }}, \"p\": {{ \"group\": \"egde\", \"filename\": {hello} }}"),
+            "unknown group 'egde' (did you mean 'edge'?)".into(),
+        ),
+    ] {
+        let r = case(name, format!("{{ {program} }}"));
+        assert_eq!(r.code(), Some(1), "{name}: {}", r.all());
+        assert!(r.all().contains(&want), "{name}: wanted {want:?}:\n{}", r.all());
+    }
+    // A typo'd key: a warning with the likely key (and still exit 0: the key is ignored).
+    let r = case(
+        "typo",
+        format!("{{ \"hello\": {{ \"filename\": {hello}, \"concurency\": 4 }} }}"),
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.all().contains("concurency") && r.all().contains("(did you mean 'concurrency'?)"),
+        "{}",
+        r.all()
+    );
+    // A missing file that a uri will fetch: a note, not an error.
+    let r = case(
+        "uri",
+        format!("{{ \"p\": {{ \"uri\": \"https://example.com/p\", \"filename\": {missing} }} }}"),
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.all()
+            .contains("will be fetched from https://example.com/p"),
+        "{}",
+        r.all()
+    );
+    // serve refuses the same names: the others are served, those are reported.
+    let f = dir.join("serve.json");
+    std::fs::write(
+        &f,
+        format!("{{ \"hello\": {{ \"filename\": {hello} }}, \"metrics\": {{ \"filename\": {hello} }} }}"),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&f], &[]);
+    assert!(s.ok("/hello").starts_with("Hello"));
+    assert_eq!(
+        s.get("/metrics").status,
+        200,
+        "the admin path stays the admin path"
+    );
+    let log = s.stop();
+    assert!(
+        log.contains("the program name 'metrics' is reserved"),
+        "{log}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. edgevm run --request
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn run_sends_one_request_with_the_checks_of_serve() {
+    let echo = guest("example_echo");
+    let r = edgevm_run(&[
+        "run",
+        p(&echo),
+        "--request",
+        "POST",
+        "/echo/x?y=1",
+        "-H",
+        "X-Test: 1",
+        "-d",
+        "some data",
+    ]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(r.stdout.starts_with("HTTP/1.1 200 OK\n"), "{}", r.all());
+    assert!(r.stdout.ends_with("\n\nsome data"), "{}", r.all());
+    // GET by default; the path gets the program's prefix, as under serve.
+    let r = edgevm_run(&["run", p(&guest("example_hello")), "--request", "/"]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(r.stdout.contains("Hello World!"), "{}", r.all());
+    // What serve refuses, run refuses too: no wait_for_requests(), no handler.
+    let r = edgevm_run(&["run", p(&guest("hello")), "--request", "/"]);
+    assert_eq!(r.code(), Some(70), "{}", r.all());
+    assert!(
+        r.stderr.contains("before calling wait_for_requests()"),
+        "{}",
+        r.all()
+    );
+    // A crash in the handler: 70 and the crash report.
+    let r = edgevm_run(&["run", p(&guest("serve_api")), "--request", "/crash"]);
+    assert_eq!(r.code(), Some(70), "{}", r.all());
+    assert!(r.stderr.contains("page fault"), "{}", r.all());
+    // Garbage: a clear error, exit 1, nothing booted.
+    for bad in [
+        &["--request"][..],
+        &["--request", "G T", "/"],
+        &["--request", "GET", "no-slash"],
+        &["--request", "/a b"],
+        &["--request", "/", "-H", "NoColon"],
+        &["--request", "/", "-H", "Bad Name: x"],
+        &["--request", "/", "-H", "X: a\u{1}b"],
+        &["--request", "/", "-d"],
+        &["--request", "/", "-d", "a", "-d", "b"],
+        &["--request", "/", "--what", "x"],
+        &["--request", "/", "-d", "@/nonexistent/file"],
+        &["--request", "GET", "/", "/extra"],
+    ] {
+        let mut args = vec!["run", p(&echo)];
+        args.extend_from_slice(bad);
+        let r = edgevm_run(&args);
+        assert_eq!(r.code(), Some(1), "{bad:?}: {}", r.all());
+        assert!(
+            r.stderr.starts_with("edgevm: error: "),
+            "{bad:?}: {}",
+            r.all()
+        );
+        assert!(!r.all().contains("panicked"), "{bad:?}: {}", r.all());
+    }
+}
+
+#[test]
+fn run_says_a_program_without_handlers_is_not_servable() {
+    // api_compat's main registers handlers; the wait guest registers GET. hello_rust exits.
+    let dir = scratch("ux-nohandler");
+    let src = dir.join("nohandler.c");
+    std::fs::write(
+        &src,
+        "#include \"kvm_api.h\"\nint main(void) { wait_for_requests(); return 0; }\n",
+    )
+    .unwrap();
+    let bin = dir.join("nohandler");
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-I"])
+        .arg(root().join("guest"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = edgevm_run(&["run", p(&bin)]);
+    assert_eq!(r.code(), Some(70), "{}", r.all());
+    assert!(r.stderr.contains("not servable"), "{}", r.all());
+    let r = edgevm_run(&["run", p(&bin), "--request", "/"]);
+    assert_eq!(r.code(), Some(70), "{}", r.all());
+    assert!(
+        r.stderr.contains("registered no request handler"),
+        "{}",
+        r.all()
     );
 }
