@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgevm_config::{Config, ProgramConfig};
+mod new;
+
 use edgevm_runtime::vm::{BootOutcome, MainVm, RunError, VmOptions};
 
 #[derive(Parser)]
@@ -32,6 +34,14 @@ enum Cmd {
         config: Vec<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Write a ready-to-build program NAME/ (source, build.sh, config.json).
+    New {
+        /// Program name (also its directory and URL path).
+        name: String,
+        /// Language: c, cpp or rust.
+        #[arg(long, default_value = "c")]
+        lang: String,
     },
     /// Validate configuration files and print each program's effective settings.
     Check {
@@ -301,6 +311,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::New { name, lang } => new::new_program(&name, &lang).map(|()| ExitCode::SUCCESS),
         Cmd::Check { config } => check(&config),
         Cmd::Serve { config, server } => serve(&config, &server),
     };
