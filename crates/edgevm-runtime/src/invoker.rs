@@ -167,10 +167,15 @@ impl Invoker {
         } else if h.get != 0 {
             (h.get, 1)
         } else {
-            return fail(
-                FailureKind::Api,
-                format!("the program has no handler for {method} requests"),
-            );
+            // Only a POST handler: GET and HEAD are not allowed (the program is not run).
+            return Outcome::Response(GuestResponse {
+                status: 405,
+                content_type: "text/plain".into(),
+                headers: vec![("Allow".into(), "POST, PUT, PATCH, DELETE, OPTIONS".into())],
+                body: format!("405 Method Not Allowed: the program has no handler for {method}\n")
+                    .into_bytes(),
+                exits: None,
+            });
         };
         if req.body.len() as u64 > layout::INPUT_AREA_SIZE {
             return fail(

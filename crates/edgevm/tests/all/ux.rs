@@ -600,3 +600,41 @@ fn new_writes_cpp_and_refuses_bad_names() {
         assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// 9. Which method reaches which handler
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn get_to_a_post_only_program_is_405() {
+    let dir = scratch("ux-405");
+    let src = dir.join("postonly.c");
+    std::fs::write(
+        &src,
+        "#include \"kvm_api.h\"\n#include <string.h>\n\
+         static void on_post(const char *u, const char *a, const char *c, const uint8_t *d, size_t n)\n\
+         { (void)u; (void)a; (void)c; backend_response(200, \"text/plain\", 10, d, n); }\n\
+         int main(void) { set_backend_post(on_post); wait_for_requests(); return 0; }\n",
+    )
+    .unwrap();
+    let bin = dir.join("postonly");
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-I"])
+        .arg(root().join("guest"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = edgevm_run(&["run", p(&bin), "--request", "GET", "/"]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.stdout.starts_with("HTTP/1.1 405 Method Not Allowed\n"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stdout.contains("\nAllow: POST"), "{}", r.all());
+    let r = edgevm_run(&["run", p(&bin), "--request", "/", "-d", "x"]);
+    assert!(r.stdout.ends_with("\n\nx"), "{}", r.all());
+}
