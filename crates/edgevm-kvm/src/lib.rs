@@ -27,7 +27,9 @@ pub use fake::{FakeVcpu, ScriptedVcpu};
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 pub use memory::{GuestMemory, MemError, PAGE_SIZE};
 pub use pageset::PageSet;
-pub use vm::{guest_user_fsgsbase, guest_user_xsave, kvm_available, KvmMachine, KvmVcpu, VmShell};
+pub use vm::{
+    guest_user_fsgsbase, guest_user_xsave, is_kvm_pvm, kvm_available, KvmMachine, KvmVcpu, VmShell,
+};
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,13 @@ pub struct KvmMachine<C = KvmVcpu> {
     pub mem: GuestMemory,
 }
 
+/// Whether `/dev/kvm` is kvm_pvm, the development machines' software hypervisor (guest user
+/// code there runs on the host's CR4/XCR0; SYSCALL stays at CPL3; no guest debug exits).
+pub fn is_kvm_pvm() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| std::path::Path::new("/sys/module/kvm_pvm").exists())
+}
+
 /// Whether guest code at CPL3 can write its own FS/GS bases with `wrfsbase`/`wrgsbase`
 /// without the host seeing it. On hardware KVM it cannot (edgevm leaves CR4.FSGSBASE clear,
 /// the instructions fault). kvm_pvm runs guest user code under the host's CR4, so there it
@@ -82,7 +89,7 @@ pub fn guest_user_fsgsbase() -> bool {
         const HWCAP2_FSGSBASE: libc::c_ulong = 1 << 1;
         // SAFETY: getauxval only reads the process's auxiliary vector.
         let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
-        std::path::Path::new("/sys/module/kvm_pvm").exists() && hwcap2 & HWCAP2_FSGSBASE != 0
+        is_kvm_pvm() && hwcap2 & HWCAP2_FSGSBASE != 0
     })
 }
 
@@ -95,7 +102,7 @@ pub fn guest_user_xsave() -> bool {
     static V: OnceLock<bool> = OnceLock::new();
     *V.get_or_init(|| {
         let ecx = std::arch::x86_64::__cpuid(1).ecx;
-        std::path::Path::new("/sys/module/kvm_pvm").exists() && ecx & (1 << 27) != 0
+        is_kvm_pvm() && ecx & (1 << 27) != 0
     })
 }
 

@@ -256,11 +256,6 @@ fn exception_frame<C: Vcpu>(vm: &MainVm<C>) -> (u8, u64, u64) {
     }
 }
 
-fn kvm_pvm() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::path::Path::new("/sys/module/kvm_pvm").exists())
-}
-
 /// The end of the run the session belongs to (boot reached `wait_for_requests()` or exited,
 /// the request answered or failed): GDB is told the process is gone, breakpoints removed.
 pub(crate) fn end<C: Vcpu>(vm: &mut MainVm<C>, failed: bool) {

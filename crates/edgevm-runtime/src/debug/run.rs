@@ -89,7 +89,7 @@ pub(crate) fn run_until_event<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Event, RunE
                 // The step is over after the `out`. kvm_pvm delivers no #DB for it: report it
                 // here. Hardware KVM queues one when it completes the `out` at the next run
                 // (kvm_skip_emulated_instruction with RFLAGS.TF), which reports the step.
-                if stepping && kvm_pvm() {
+                if stepping && edgevm_kvm::is_kvm_pvm() {
                     dbg(vm).stop = Some(SingleThreadStopReason::DoneStep);
                 }
                 if let Some(call) = call {

@@ -429,7 +429,7 @@ impl<C: Vcpu> SwBreakpoint for MainVm<C> {
 
 impl<C: Vcpu> HwBreakpoint for MainVm<C> {
     fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        if kvm_pvm() {
+        if edgevm_kvm::is_kvm_pvm() {
             // kvm_pvm ignores the guest's debug registers: the same int3 as `break`.
             return self.add_sw_breakpoint(addr, kind);
         }
@@ -444,7 +444,7 @@ impl<C: Vcpu> HwBreakpoint for MainVm<C> {
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        if kvm_pvm() {
+        if edgevm_kvm::is_kvm_pvm() {
             return self.remove_sw_breakpoint(addr, kind);
         }
         let mut hw = dbg(self).hw.clone();
