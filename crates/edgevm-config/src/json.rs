@@ -2,7 +2,6 @@
 //! pass) and the position of a trailing comma for error messages.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 /// Duplicate keys of the top-level object (`'demo'`) and of its entries
 /// (`'demo'.'concurrency'`), found by a second, value-ignoring pass.
