@@ -103,8 +103,8 @@ impl Program {
         if let BootOutcome::Exited(code) = report.outcome {
             return Err(BootError::Exited(code));
         }
-        let h = vm.handlers;
-        if h.get == 0 && h.post == 0 && h.request == 0 {
+        // As the reference: any registered function, or an event loop, is enough to load.
+        if !vm.registered && vm.paused.is_none() {
             return Err(BootError::NoHandler);
         }
         let vm = match &self.settings.warmup {
@@ -234,7 +234,14 @@ impl Program {
         let mut vm = vm;
         let xsave = vm.install_entry_fpu()?;
         let entry = vm.entry_state(xsave);
+        let paused = vm.paused.is_some();
         let mut inv = Invoker::new(vm, entry, self.settings.request.clone(), storage);
+        // An event loop runs each warmup request on to its next wait, and is frozen there.
+        if paused {
+            inv.paused_regs = Some(regs);
+            inv.continue_loop = true;
+            inv.pause_slots = true;
+        }
         let headers = w
             .headers
             .iter()
@@ -259,6 +266,9 @@ impl Program {
             }
         }
         let mut vm = inv.vm;
+        if paused {
+            return Ok(vm);
+        }
         *vm.machine.cpu.regs_mut() = regs;
         // The frozen state is the one before warmup: registers, and the FS and GS bases a
         // handler may have moved (arch_prctl) — every request would start with them.

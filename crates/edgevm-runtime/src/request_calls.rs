@@ -102,9 +102,16 @@ impl Invoker {
                     kind: FailureKind::Api,
                 })
             }
-            Call::WaitForRequests | Call::WaitForRequestsPaused { .. } => {
+            Call::WaitForRequests => {
                 return Err(RequestFailure {
                     message: "wait_for_requests() called during a request".into(),
+                    kind: FailureKind::Api,
+                })
+            }
+            Call::WaitForRequestsPaused { .. } => {
+                return Err(RequestFailure {
+                    message: "wait_for_requests_paused() called before the request's response"
+                        .into(),
                     kind: FailureKind::Api,
                 })
             }

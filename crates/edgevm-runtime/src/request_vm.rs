@@ -186,7 +186,11 @@ impl RequestVm {
         let pages = vm.machine.mem.pages();
         // The new VM stands exactly at the frozen point.
         let entry = vm.entry_state(frozen.use_xsave);
-        let inv = Invoker::new(vm, entry, settings, storage);
+        let mut inv = Invoker::new(vm, entry, settings, storage);
+        // An event loop resumes from the frozen paused point; a non-ephemeral one runs on to
+        // its next wait after each response and is resumed there.
+        inv.paused_regs = frozen.paused.map(|_| frozen.regs);
+        inv.continue_loop = !ephemeral;
         Ok(RequestVm {
             inv,
             frozen,
@@ -279,6 +283,10 @@ impl RequestVm {
                 Ok((pages, full)) => {
                     stats.reset_pages = pages;
                     stats.full_reset = full;
+                    if std::mem::take(&mut self.inv.broken) {
+                        self.full_reset();
+                        stats.full_reset = true;
+                    }
                     Ok(r)
                 }
                 Err(f) => {

@@ -160,6 +160,7 @@ impl RequestVm {
         self.unchanged.clear();
         self.inv.vm.linux = self.frozen.linux.clone();
         self.inv.vm.regex.restore(&self.frozen.regex);
+        self.back_to_frozen_pause();
         let limit = self.inv.settings.limit_workmem_after_req;
         if self.inv.settings.keep_working_memory && limit > 0 {
             let working: u64 = self
@@ -203,5 +204,14 @@ impl RequestVm {
         self.working.iter_mut().for_each(|w| *w = 0);
         self.inv.vm.linux = self.frozen.linux.clone();
         self.inv.vm.regex.restore(&self.frozen.regex);
+        self.back_to_frozen_pause();
+    }
+
+    /// An event loop's memory is the frozen image again: the next request resumes it from
+    /// the frozen paused point.
+    fn back_to_frozen_pause(&mut self) {
+        self.inv.live_paused = false;
+        self.inv.broken = false;
+        self.inv.vm.paused = self.frozen.paused;
     }
 }

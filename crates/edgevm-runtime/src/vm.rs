@@ -104,6 +104,11 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
     pub storage_allowed: Vec<u64>,
     /// Initialization is over (wait_for_requests() was called): the handler table is fixed.
     pub initialized: bool,
+    /// An event-loop program (`wait_for_requests_paused(req)`) stands at its paused point
+    /// with `req` its request pointer: the next request resumes it there.
+    pub paused: Option<u64>,
+    /// Some register_func() call succeeded (any index, as the reference).
+    pub registered: bool,
     /// The vCPU still holds a half-done instruction of a failed call that KVM would resume
     /// (see [`MainVm::restore_user_mode`]): the VM must be replaced before the next call.
     pub stale: bool,
@@ -170,6 +175,9 @@ pub struct Frozen {
     pub opts: VmOptions,
     /// sys_make_ephemeral() choice, if made.
     pub ephemeral_override: Option<bool>,
+    /// An event-loop program: the request pointer of its paused point (`regs` are the
+    /// registers there, the image holds its resume slots).
+    pub paused: Option<u64>,
     /// The image at FXSAVE_AREA is a full XSAVE image (restored with XRSTOR).
     pub use_xsave: bool,
 }
@@ -352,6 +360,7 @@ impl MainVm {
             handlers,
             opts,
             ephemeral_override,
+            paused,
             ..
         } = self;
         let KvmMachine { cpu, mut mem } = machine;
@@ -378,6 +387,7 @@ impl MainVm {
             layout,
             opts,
             ephemeral_override,
+            paused,
             use_xsave,
         })
     }
@@ -411,6 +421,7 @@ impl MainVm {
         vm.handlers = f.handlers;
         vm.regex = f.regex.clone();
         vm.ephemeral_override = f.ephemeral_override;
+        vm.paused = f.paused;
         vm.initialized = true;
         Ok(vm)
     }
@@ -439,6 +450,8 @@ impl<C: Vcpu> MainVm<C> {
             ephemeral_override: None,
             storage_allowed: Vec::new(),
             initialized: false,
+            paused: None,
+            registered: false,
             stale: false,
             deadline: None,
             slice_end: None,
@@ -490,6 +503,74 @@ impl<C: Vcpu> MainVm<C> {
         for (slot, v) in slots.into_iter().zip(args) {
             *slot = *v;
         }
+        Ok(())
+    }
+
+    /// The guest stopped at `wait_for_requests_paused(req)` (its `out` not completed): finish
+    /// the call (RAX 0) so the registers stand where it returns, and when that is the `ret`
+    /// of a call stub, take the `ret` too, so resuming never depends on the return address
+    /// still being on the stack. With `slots`, write the point into the resume slots
+    /// ([`edgevm_abi::guest_abi::io::PAUSED_RESUME`]) that [`MainVm::enter_paused`] uses.
+    pub fn pause_at_wait(&mut self, req: u64, slots: bool) -> Result<(), RunError> {
+        let size = std::mem::size_of::<edgevm_abi::guest_abi::KvmRequest>();
+        if req < layout::USER_BASE || self.machine.mem.read_vec(req, size).is_err() {
+            return Err(RunError::BadPausedRequest(req));
+        }
+        self.machine.cpu.regs_mut().rax = 0;
+        if !self.machine.cpu.settle() {
+            return Err(RunError::CannotPause("the call did not complete"));
+        }
+        let r = *self.machine.cpu.regs();
+        let mut op = [0u8; 1];
+        if self.machine.mem.read(r.rip, &mut op).is_ok() && op[0] == 0xC3 {
+            let ret = self
+                .machine
+                .mem
+                .read_u64(r.rsp)
+                .map_err(|_| RunError::CannotPause("no return address on the stack"))?;
+            let regs = self.machine.cpu.regs_mut();
+            regs.rip = ret;
+            regs.rsp = r.rsp.wrapping_add(8);
+        }
+        if slots {
+            let r = *self.machine.cpu.regs();
+            let mut b = [0u8; 32];
+            for (i, v) in [r.rsp, r.r12, r.r13, r.rip].iter().enumerate() {
+                b[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            self.machine
+                .mem
+                .write(edgevm_abi::guest_abi::io::PAUSED_RESUME, &b)
+                .map_err(|_| RunError::CannotPause("the resume slots are not writable"))?;
+        }
+        self.paused = Some(req);
+        Ok(())
+    }
+
+    /// Resume an event-loop program at the paused point `p` (the registers frozen by
+    /// [`MainVm::pause_at_wait`]) through the request entry stub, which restores the frozen
+    /// FPU state and the FS/GS bases and calls the resume trampoline (`cpu::paused_resume_stub`)
+    /// on a scratch stack below the paused one.
+    pub fn enter_paused(
+        &mut self,
+        e: &EntryState,
+        p: &kvm_bindings::kvm_regs,
+    ) -> Result<(), RunError> {
+        if self.machine.cpu.gs_base() != e.gs_base {
+            self.machine.cpu.set_gs_base(e.gs_base)?;
+        }
+        if self.machine.cpu.fs_base() != e.fs_base {
+            self.machine.cpu.set_fs_base(e.fs_base)?;
+        }
+        let r = self.machine.cpu.regs_mut();
+        *r = *p;
+        r.rax = 0;
+        r.rip = layout::REQUEST_ENTRY;
+        // Below the paused frame and its red zone; the trampoline loads the real RSP.
+        r.rsp = p.rsp.wrapping_sub(1024) & !15;
+        r.rflags = 0x202;
+        r.r11 = layout::PAUSED_ENTRY;
+        (r.r10, r.r12, r.r13) = e.stub_flags();
         Ok(())
     }
 
@@ -717,6 +798,13 @@ impl<C: Vcpu> MainVm<C> {
                     match slot {
                         Some(s) => {
                             *s = f;
+                            self.registered = true;
+                            0
+                        }
+                        // Index 0 is accepted as by the reference (whose VCL-side entry it
+                        // is); nothing in edgevm calls it.
+                        None if idx == 0 => {
+                            self.registered = true;
                             0
                         }
                         None => u64::MAX,

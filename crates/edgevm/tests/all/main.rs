@@ -11,6 +11,7 @@ mod config_delivery;
 mod cpu;
 mod debug;
 mod deploy;
+mod event_loop;
 mod harness;
 mod hostile;
 mod inline;
