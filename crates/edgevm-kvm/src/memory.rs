@@ -162,7 +162,7 @@ impl GuestMemory {
 
     /// A copy-on-write view of this memory for a request VM: pages below `shared_from` are
     /// private (first write copies), pages from `shared_from` up are shared with every view.
-    pub fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
+    pub(crate) fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
         let shared_from = shared_from.min(self.size) & !(PAGE_SIZE - 1);
         let ptr = map_fd(
             std::ptr::null_mut(),
@@ -477,7 +477,7 @@ impl GuestMemory {
 
     /// Whether guest page `page` holds the same bytes here as in `image` (false outside
     /// either mapping).
-    pub fn page_same_as(&self, image: &GuestMemory, page: usize) -> bool {
+    pub(crate) fn page_same_as(&self, image: &GuestMemory, page: usize) -> bool {
         if page >= self.pages() || page >= image.pages() {
             return false;
         }
@@ -503,7 +503,7 @@ impl GuestMemory {
     /// compared with the image first and copied only when they differ; the ones that did not
     /// are pushed to `unchanged`.
     /// Returns (pages copied, pages dropped).
-    pub fn discard_pages(
+    pub(crate) fn discard_pages(
         &mut self,
         image: &GuestMemory,
         dirty: &PageSet,
@@ -616,7 +616,7 @@ impl GuestMemory {
 
     /// Drop every private page (below the shared area): the view reads the image again and the
     /// host memory is given back. Only for private views.
-    pub fn discard_private(&mut self) -> Result<(), MemError> {
+    pub(crate) fn discard_private(&mut self) -> Result<(), MemError> {
         if !self.private {
             return Err(MemError::Os("discard_private on the main VM memory".into()));
         }
@@ -681,54 +681,5 @@ mod tests {
         m.read_raw(0x100, &mut b).unwrap();
         assert_eq!(&b, b"sys");
         assert!(m.read_cstr(0x100, 10).is_err());
-    }
-
-    #[test]
-    fn private_views_copy_on_write_and_restore() {
-        let mut main = GuestMemory::new_shared(4 << 20).unwrap();
-        main.write(0x1000, b"frozen").unwrap();
-        main.write((2 << 20) + 8, b"shm").unwrap();
-        let mut a = main.fork_private(2 << 20).unwrap();
-        let mut b = main.fork_private(2 << 20).unwrap();
-        a.write(0x1000, b"AAAAAA").unwrap();
-        a.write((2 << 20) + 8, b"SHM").unwrap();
-        let mut buf = [0u8; 6];
-        b.read(0x1000, &mut buf).unwrap();
-        assert_eq!(&buf, b"frozen");
-        let mut s = [0u8; 3];
-        b.read((2 << 20) + 8, &mut s).unwrap();
-        assert_eq!(&s, b"SHM", "shared area is shared");
-        let none = PageSet::new();
-        let n = a.discard_pages(&main, &none, 0..u64::MAX, &none, &mut Vec::new());
-        assert_eq!(
-            n,
-            Ok((1, 0)),
-            "only the host-written private page is restored"
-        );
-        a.read(0x1000, &mut buf).unwrap();
-        assert_eq!(&buf, b"frozen");
-        b.write(0x3000, b"x").unwrap();
-        b.discard_private().unwrap();
-        let mut x = [0u8; 1];
-        b.read(0x3000, &mut x).unwrap();
-        assert_eq!(x[0], 0);
-    }
-
-    #[test]
-    fn copies_across_the_start_of_the_shared_area_see_both_parts() {
-        let main = GuestMemory::new_shared(4 << 20).unwrap();
-        let mut a = main.fork_private(2 << 20).unwrap();
-        let b = main.fork_private(2 << 20).unwrap();
-        // Four private bytes, four shared ones, in one write.
-        let at = (2 << 20) - 4;
-        a.write(at, b"privSHAR").unwrap();
-        let mut both = [0u8; 8];
-        a.read(at, &mut both).unwrap();
-        assert_eq!(&both, b"privSHAR");
-        b.read(at, &mut both).unwrap();
-        assert_eq!(
-            &both, b"\0\0\0\0SHAR",
-            "only the shared part is seen by another view"
-        );
     }
 }

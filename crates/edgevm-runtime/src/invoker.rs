@@ -8,7 +8,7 @@ use edgevm_abi::api::Call;
 use edgevm_abi::io::{self, IoError, RequestData};
 use edgevm_abi::layout;
 use edgevm_abi::linux::{fill_random, Output};
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{KvmVcpu, MemoryView, PrivateView, Vcpu};
 
 use crate::error::CallvError;
 use crate::request::{GuestRequest, GuestResponse};
@@ -17,14 +17,14 @@ use crate::request_vm::{
     REQUEST_OUTPUT_BUDGET,
 };
 use crate::storage::{Answer, StorageCall, StorageHandle};
-use crate::vm::{EntryState, Event, MainVm};
+use crate::vm::{EntryState, Event, Vm};
 
 /// Calls a program's handlers in a VM: writes the request, enters the guest once, serves the
 /// request-context hypercalls and reads the response. Used by request VMs and, for `warmup`,
 /// by the main VM before it is frozen.
-pub struct Invoker {
+pub struct Invoker<M: MemoryView = PrivateView> {
     /// The VM.
-    pub vm: MainVm,
+    pub vm: Vm<KvmVcpu, M>,
     /// What every handler call starts from (stack, TLS/GS bases, user segments, FPU image).
     pub(crate) entry: EntryState,
     /// Limits for one call.
@@ -78,10 +78,10 @@ pub(crate) enum StorageStep {
     Waiting(PendingStorage),
 }
 
-impl Invoker {
+impl<M: MemoryView> Invoker<M> {
     /// An invoker over `vm`, whose handler calls start from `entry`.
     pub fn new(
-        vm: MainVm,
+        vm: Vm<KvmVcpu, M>,
         entry: EntryState,
         settings: RequestSettings,
         storage: Option<StorageHandle>,

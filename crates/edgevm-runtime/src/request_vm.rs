@@ -21,7 +21,7 @@ use crate::error::CallvError;
 use crate::request::{GuestRequest, GuestResponse};
 use crate::reset::HotPages;
 use crate::storage::StorageHandle;
-use crate::vm::{Frozen, MainVm, RunError};
+use crate::vm::{ForkedVm, Frozen, RunError};
 
 pub use crate::invoker::Invoker;
 use crate::invoker::Outcome;
@@ -181,7 +181,7 @@ impl RequestVm {
         storage: Option<StorageHandle>,
         shell: Option<edgevm_kvm::VmShell>,
     ) -> Result<Self, RunError> {
-        let mut vm = MainVm::from_frozen_in(&frozen, shell)?;
+        let mut vm = ForkedVm::from_frozen_in(&frozen, shell)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
         // The new VM stands exactly at the frozen point.

@@ -8,7 +8,7 @@ use edgevm_abi::linux::Output;
 use edgevm_kvm::{PageSet, PAGE_SIZE};
 
 use crate::request_vm::{FailureKind, RequestFailure, RequestVm};
-use crate::vm::MainVm;
+use crate::vm::ForkedVm;
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
 /// reset by copying back even when other pages are dropped.
@@ -137,7 +137,7 @@ impl RequestVm {
             let rsp = self.frozen.regs.rsp;
             rsp.saturating_sub(HOT_STACK)..rsp.saturating_add(4096)
         };
-        let reset = self.inv.vm.machine.mem.discard_pages(
+        let reset = self.inv.vm.machine.mem.reset_pages(
             &self.frozen.image,
             dirty,
             hot,
@@ -182,7 +182,7 @@ impl RequestVm {
     pub fn full_reset(&mut self) {
         self.full_resets += 1;
         if self.inv.vm.stale {
-            match MainVm::from_frozen(&self.frozen) {
+            match ForkedVm::from_frozen(&self.frozen) {
                 Ok(mut vm) => {
                     vm.printer
                         .log("the failed request left an unfinished I/O instruction; VM replaced");

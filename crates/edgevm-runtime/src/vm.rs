@@ -13,7 +13,10 @@ use edgevm_abi::io::write_struct;
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_abi::regex::Regexes;
-use edgevm_kvm::{features, Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
+use edgevm_kvm::{
+    features, Exit, FrozenImage, KvmMachine, KvmVcpu, MainMemory, MemoryView, PrivateView, Vcpu,
+    VmShell,
+};
 
 use crate::output::Printer;
 use crate::timer;
@@ -80,10 +83,28 @@ pub struct BootReport {
     pub syscalls: u64,
 }
 
-/// A booted (or booting) main VM. `C` is the vCPU: KVM's, or a scripted one in unit tests.
-pub struct MainVm<C: Vcpu = KvmVcpu> {
+/// A VM running a program: `C` is the vCPU (KVM's, or a scripted one in unit tests), `M` the
+/// memory it runs in, which decides its role (docs/DESIGN.md, "VM roles and memory views"):
+/// [`MainVm`] boots a program in its own memory and is then frozen ([`MainVm::freeze`]) or
+/// kept as a storage VM ([`crate::storage`]); [`ForkedVm`] runs requests in a copy-on-write
+/// view of the frozen image and is reset after each ([`crate::RequestVm`]). What only one
+/// role may do is implemented for that type only: freezing needs a `MainVm`, resetting a
+/// `ForkedVm`.
+///
+/// ```compile_fail
+/// fn f(vm: edgevm_runtime::vm::ForkedVm) {
+///     let _ = vm.freeze(); // a request VM cannot become a program's image
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn f(vm: &mut edgevm_runtime::vm::MainVm) {
+///     vm.machine.mem.discard_private().unwrap(); // a main VM's memory is never reset
+/// }
+/// ```
+pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     /// The VM and its memory.
-    pub machine: KvmMachine<C>,
+    pub machine: KvmMachine<C, M>,
     /// Emulated process state.
     pub linux: LinuxState,
     /// Compiled regexes (the regex calls' handles).
@@ -116,7 +137,7 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
     /// End of the current time slice (see [`MainVm::set_slice`]).
     pub(crate) slice_end: Option<Instant>,
     /// An open (or opening) GDB session (crate::debug).
-    pub(crate) debug: Option<Box<crate::debug::Debugger<C>>>,
+    pub(crate) debug: Option<Box<crate::debug::Debugger<C, M>>>,
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
@@ -128,7 +149,7 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
 }
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
-fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
+fn setup_cpu<M: MemoryView>(machine: &mut KvmMachine<KvmVcpu, M>) -> Result<(), RunError> {
     let base = machine.cpu.sregs()?;
     // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
     // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both. Which
@@ -152,8 +173,8 @@ fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
 /// A program frozen at `wait_for_requests()`: the memory image every request VM is forked
 /// from and reset to, and the CPU and process state that go with it.
 pub struct Frozen {
-    /// The main VM's memory (its KVM VM is gone).
-    pub image: GuestMemory,
+    /// The main VM's memory (its KVM VM is gone), read-only from now on.
+    pub image: FrozenImage,
     /// Registers at wait_for_requests().
     pub regs: kvm_bindings::kvm_regs,
     /// FS base (TLS).
@@ -256,12 +277,19 @@ impl EntryState {
     }
 }
 
+/// A VM that boots a program in its own memory: frozen into the program's image, or kept as
+/// its storage VM.
+pub type MainVm<C = KvmVcpu> = Vm<C, MainMemory>;
+
+/// A request VM's machine: runs in a copy-on-write view of a frozen image.
+pub type ForkedVm<C = KvmVcpu> = Vm<C, PrivateView>;
+
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
     pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
         let size = opts.memory_size();
         let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
-        let mut mem = GuestMemory::new_shared(size as usize)?;
+        let mut mem = MainMemory::new(size as usize)?;
         cpu::write_system_tables(&mut mem, &layout)?;
         mem.set_protected(layout::PROTECTED.to_vec());
         let elf = elf::load(&opts.binary, &mut mem, &layout)?;
@@ -303,9 +331,95 @@ impl MainVm {
             elf.end,
             elf.image_bytes,
         );
-        Ok(MainVm::assemble(machine, linux, elf, layout, opts))
+        Ok(Vm::assemble(machine, linux, elf, layout, opts))
     }
 
+    /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
+    /// the CPU state (FPU/SSE/AVX into the image, for the request entry stub), drop its vCPU.
+    pub fn freeze(mut self) -> Result<Frozen, RunError> {
+        self.printer.flush();
+        let use_xsave = self.install_entry_fpu()?;
+        let regs = *self.machine.cpu.regs();
+        let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
+        let Vm {
+            machine,
+            linux,
+            mut regex,
+            elf,
+            layout,
+            handlers,
+            opts,
+            ephemeral_override,
+            paused,
+            ..
+        } = self;
+        let KvmMachine { cpu, mut mem } = machine;
+        drop(cpu);
+        // Never-written pages: anonymous in request VMs (reads must not grow the image).
+        mem.find_holes(layout.shared_start as usize);
+        // The frozen process state is what request VMs start from and reset to:
+        // verbose_syscalls is for the main VM only (glossary).
+        let mut linux = linux;
+        linux.set_verbose(false);
+        // Request VMs may read the state file, never write it (descriptors open now are
+        // inherited read-only).
+        linux.make_files_read_only();
+        regex.mark_frozen();
+        Ok(Frozen {
+            image: mem.freeze(),
+            regs,
+            fs_base,
+            gs_base,
+            linux,
+            regex,
+            handlers,
+            elf,
+            layout,
+            opts,
+            ephemeral_override,
+            paused,
+            use_xsave,
+        })
+    }
+}
+
+impl ForkedVm {
+    /// A VM running on a copy-on-write view of a frozen program (a request VM). Call on the
+    /// thread that will run it.
+    pub fn from_frozen(f: &Frozen) -> Result<ForkedVm, RunError> {
+        ForkedVm::from_frozen_in(f, None)
+    }
+
+    /// [`ForkedVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
+    /// with dirty logging).
+    pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<ForkedVm, RunError> {
+        let mut mem = f.image.fork(f.layout.shared_start as usize)?;
+        mem.set_track_host_writes(true);
+        let shell = match shell {
+            Some(s) => s,
+            None => VmShell::new(true)?,
+        };
+        let mut machine = KvmMachine::from_shell(shell, mem)?;
+        setup_cpu(&mut machine)?;
+        if f.fs_base != 0 {
+            machine.cpu.set_fs_base(f.fs_base)?;
+        }
+        if f.gs_base != 0 {
+            machine.cpu.set_gs_base(f.gs_base)?;
+        }
+        *machine.cpu.regs_mut() = f.regs;
+        let linux = f.linux.clone();
+        let mut vm = Vm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
+        vm.handlers = f.handlers;
+        vm.regex = f.regex.clone();
+        vm.ephemeral_override = f.ephemeral_override;
+        vm.paused = f.paused;
+        vm.initialized = true;
+        Ok(vm)
+    }
+}
+
+impl<M: MemoryView> Vm<KvmVcpu, M> {
     /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
     /// from. Returns true for a full XSAVE image, false for FXSAVE (x87/SSE) only.
     pub fn install_entry_fpu(&mut self) -> Result<bool, RunError> {
@@ -343,101 +457,19 @@ impl MainVm {
         self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
         Ok(false)
     }
-
-    /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
-    /// the CPU state (FPU/SSE/AVX into the image, for the request entry stub), drop its vCPU.
-    pub fn freeze(mut self) -> Result<Frozen, RunError> {
-        self.printer.flush();
-        let use_xsave = self.install_entry_fpu()?;
-        let regs = *self.machine.cpu.regs();
-        let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
-        let MainVm {
-            machine,
-            linux,
-            mut regex,
-            elf,
-            layout,
-            handlers,
-            opts,
-            ephemeral_override,
-            paused,
-            ..
-        } = self;
-        let KvmMachine { cpu, mut mem } = machine;
-        drop(cpu);
-        // Never-written pages: anonymous in request VMs (reads must not grow the image).
-        mem.find_holes(layout.shared_start as usize);
-        // The frozen process state is what request VMs start from and reset to:
-        // verbose_syscalls is for the main VM only (glossary).
-        let mut linux = linux;
-        linux.set_verbose(false);
-        // Request VMs may read the state file, never write it (descriptors open now are
-        // inherited read-only).
-        linux.make_files_read_only();
-        regex.mark_frozen();
-        Ok(Frozen {
-            image: mem,
-            regs,
-            fs_base,
-            gs_base,
-            linux,
-            regex,
-            handlers,
-            elf,
-            layout,
-            opts,
-            ephemeral_override,
-            paused,
-            use_xsave,
-        })
-    }
-
-    /// A VM running on a copy-on-write view of a frozen program (a request VM). Call on the
-    /// thread that will run it.
-    pub fn from_frozen(f: &Frozen) -> Result<MainVm, RunError> {
-        MainVm::from_frozen_in(f, None)
-    }
-
-    /// [`MainVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
-    /// with dirty logging).
-    pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<MainVm, RunError> {
-        let mut mem = f.image.fork_private(f.layout.shared_start as usize)?;
-        mem.set_track_host_writes(true);
-        let shell = match shell {
-            Some(s) => s,
-            None => VmShell::new(true)?,
-        };
-        let mut machine = KvmMachine::from_shell(shell, mem)?;
-        setup_cpu(&mut machine)?;
-        if f.fs_base != 0 {
-            machine.cpu.set_fs_base(f.fs_base)?;
-        }
-        if f.gs_base != 0 {
-            machine.cpu.set_gs_base(f.gs_base)?;
-        }
-        *machine.cpu.regs_mut() = f.regs;
-        let linux = f.linux.clone();
-        let mut vm = MainVm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
-        vm.handlers = f.handlers;
-        vm.regex = f.regex.clone();
-        vm.ephemeral_override = f.ephemeral_override;
-        vm.paused = f.paused;
-        vm.initialized = true;
-        Ok(vm)
-    }
 }
 
-impl<C: Vcpu> MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     /// A VM around `machine` (its memory loaded, its vCPU set up) with this process state.
     pub(crate) fn assemble(
-        mut machine: KvmMachine<C>,
+        mut machine: KvmMachine<C, M>,
         linux: LinuxState,
         elf: LoadedElf,
         layout: Layout,
         opts: VmOptions,
-    ) -> MainVm<C> {
+    ) -> Vm<C, M> {
         let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
-        MainVm {
+        Vm {
             _timer_guard,
             machine,
             linux,
