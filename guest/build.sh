@@ -18,6 +18,7 @@
 #     avx_state        AVX register isolation between requests
 #     cpu_probe        CPUID feature bits and XCR0 as the guest sees them
 #     regex_api        the regex calls (tests/all/regex.rs)
+#     slow_init        main() computes for 60 ms (snapshot tests and benchmark)
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
@@ -121,7 +122,7 @@ build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_h
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
 build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/debug.c" -o "$OUT/debug.tmp"
-for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api; do
+for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"

@@ -27,6 +27,7 @@ pub mod linux;
 mod linux_abi;
 mod names;
 pub mod regex;
+pub mod snapcodec;
 
 pub use edgevm_guest_abi as guest_abi;
 pub use names::syscall_name;

@@ -528,7 +528,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "cold_start_file",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, ctx| {
             d.cfg.cold_start_file = Some(PathBuf::from(ctx.vars.expand(non_empty_string(v)?)?));
             Ok(())

@@ -657,6 +657,13 @@ fn finalize(draft: Draft, is_program: bool) -> Result<ProgramConfig, ConfigError
             "a program needs a 'filename' or a 'uri'".to_string(),
         ));
     }
+    if cfg.storage && cfg.cold_start_file.is_some() {
+        errors.push(inconsistent(
+            "'cold_start_file' cannot be used with 'storage': a snapshot does not hold the \
+             storage VM's state"
+                .to_string(),
+        ));
+    }
     cfg.address_space = address_space;
 
     if is_program {

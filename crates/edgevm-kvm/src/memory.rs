@@ -423,6 +423,30 @@ impl GuestMemory {
         nix::sys::stat::fstat(&*self.memfd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 
+    /// Byte ranges `[start, end)` of the backing memfd that hold data (page aligned, in
+    /// order); everything else reads as zeros (for a snapshot file of a frozen image).
+    pub fn data_extents(&self) -> Vec<(usize, usize)> {
+        let fd = &*self.memfd;
+        let limit = self.size as libc::off_t;
+        let mut out = Vec::new();
+        let mut pos: libc::off_t = 0;
+        while pos < limit {
+            let Ok(data) = lseek(fd, pos, Whence::SeekData) else {
+                break;
+            };
+            if data >= limit {
+                break;
+            }
+            let hole = lseek(fd, data, Whence::SeekHole).map_or(limit, |h| h.min(limit));
+            if hole <= data {
+                break;
+            }
+            out.push((data as usize, hole as usize));
+            pos = hole;
+        }
+        out
+    }
+
     /// Number of pages in the bitmap layout.
     pub fn pages(&self) -> usize {
         self.size / PAGE_SIZE

@@ -46,11 +46,30 @@ impl Program {
         };
         *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
         self.set_boot_gauge(0, settings.vm.binary.len() as u64);
-        let frozen = self.boot_and_freeze(&settings, &storage)?;
+        // A valid snapshot file replaces the boot; a boot writes one (snapshot.rs): before
+        // the program is ready when request VMs could change the image (shared memory).
+        let (frozen, write) = match self.load_snapshot(&settings) {
+            Some(f) => (f, false),
+            None => (self.boot_and_freeze(&settings, &storage)?, true),
+        };
+        if write && settings.vm.shared_memory > 0 {
+            self.write_snapshot(&frozen, &settings);
+        }
         self.set_boot_gauge(1, frozen.image.backing_bytes());
         // The first VM makes the program ready; the others follow on helper threads.
         let first = self.fork(&frozen, &storage, &shells, 0)?;
-        self.go_ready(t0, &settings, download, frozen, storage, shells, first);
+        self.go_ready(
+            t0,
+            &settings,
+            download,
+            frozen.clone(),
+            storage,
+            shells,
+            first,
+        );
+        if write && settings.vm.shared_memory == 0 {
+            self.write_snapshot(&frozen, &settings);
+        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 mod fds;
 mod mem;
 mod process;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 

@@ -24,6 +24,7 @@ mod run_cmd;
 mod run_limits;
 mod scale;
 mod serve;
+mod snapshot;
 mod soak;
 mod storage;
 mod storage_inline;
