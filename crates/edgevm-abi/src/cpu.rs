@@ -1,7 +1,7 @@
 //! CPU state and the supervisor structures of a guest.
 //!
 //! The same guest image must run correctly on hardware KVM (VT-x/AMD-V) and on this machine's
-//! kvm_pvm, which differ (../shared/reference/kvm-costs-here.md):
+//! kvm_pvm, which differ (docs/DESIGN.md, "Guest CPU state"):
 //!
 //! * Program code runs at CPL3 in 64-bit long mode. No guest kernel runs on any normal path:
 //!   under kvm_pvm CPL0 code is emulated (~1 µs per instruction), and on hardware a ring switch

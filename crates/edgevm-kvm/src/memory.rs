@@ -1,6 +1,6 @@
 //! Guest physical memory.
 //!
-//! Design (see docs/DESIGN.md and ../shared/reference/kvm-costs-here.md): a program's main VM
+//! Design (see docs/DESIGN.md, "Copy-on-write and reset"): a program's main VM
 //! owns a `memfd` mapped `MAP_SHARED`. When the program calls `wait_for_requests()` the main VM
 //! stops for good and that memfd becomes the frozen image. Each request VM maps the same memfd
 //! `MAP_PRIVATE`: the host kernel shares every untouched page with the image and copies a page
