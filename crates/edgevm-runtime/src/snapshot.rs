@@ -38,7 +38,7 @@ use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{LinuxConfig, LinuxState};
 use edgevm_abi::regex::Regexes;
 use edgevm_abi::snapcodec::{Reader, Writer};
-use edgevm_kvm::{GuestMemory, PAGE_SIZE};
+use edgevm_kvm::{MainMemory, PAGE_SIZE};
 use sha2::{Digest, Sha256};
 
 use crate::settings::ProgramSettings;
@@ -311,6 +311,10 @@ pub fn save(
         Some(false) => 1,
         Some(true) => 2,
     });
+    match frozen.paused {
+        None => w.u64(0),
+        Some(req) => w.u64(1).u64(req),
+    };
     frozen
         .linux
         .save(&mut w)
@@ -529,6 +533,11 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         2 => Some(true),
         v => return Err(corrupt(format!("ephemeral choice {v}"))),
     };
+    let paused = match r.u64().map_err(corrupt)? {
+        0 => None,
+        1 => Some(r.u64().map_err(corrupt)?),
+        v => return Err(corrupt(format!("paused point {v}"))),
+    };
     let layout = Layout::new(size, o.shared_memory).map_err(SnapshotError::Io)?;
     let linux = LinuxState::restore(
         layout,
@@ -566,8 +575,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         return Err(corrupt("data extents do not add up to the data length"));
     }
     // The data straight into the new image, hashed on the way.
-    let mut mem =
-        GuestMemory::new_shared(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
     let mut buf = vec![0u8; (1usize << 20).min(data_len as usize).max(1)];
     for &(a, n) in &extents {
         let mut done = 0u64;
@@ -596,7 +604,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     let mut opts = o.clone();
     opts.binary = Arc::default();
     Ok(Frozen {
-        image: mem,
+        image: mem.freeze(),
         regs,
         fs_base,
         gs_base,
@@ -607,6 +615,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         layout,
         opts,
         ephemeral_override,
+        paused,
         use_xsave,
     })
 }
