@@ -18,11 +18,11 @@
 #     avx_state        AVX register isolation between requests
 #     cpu_probe        CPUID feature bits and XCR0 as the guest sees them
 #     regex_api        the regex calls (tests/all/regex.rs)
-#     slow_init        main() computes for 60 ms (snapshot tests and benchmark)
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
+#     files(_musl)     allowed_paths, cwd and descriptors from a handler (tests/all/files.rs)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
 #     hostile          hostile modes (loops, bombs, privileged instructions, bad calls)
 #     secrets          plants a secret everywhere / scans all it can read for it
@@ -33,12 +33,11 @@
 #     hot_pages        reset of pages kept writable (tests/all/reset.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
-#     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
-#     example_headers
+#     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11)
 #   Rust guest crate (guest/rust/edgevm-guest):
-#     rust_hello_http, rust_event_loop
+#     rust_hello_http
 #
 # Rebuilds only what is older than its sources or kvm_api.h. Fails loudly
 # when a compiler is missing. Set EDGEVM_GUEST_SKIP="rust musl cpp" (any
@@ -68,6 +67,8 @@ need() { # need TOOL DEBIAN_PACKAGE
 	fi
 }
 need gcc gcc
+[ -e /usr/lib/x86_64-linux-gnu/liblua5.4.a ] || { echo "build.sh: ERROR: liblua5.4.a not found. Install it with: apt-get install liblua5.4-dev" >&2; exit 1; }
+[ -e /usr/lib/python3.11/config-3.11-x86_64-linux-gnu/libpython3.11.a ] || { echo "build.sh: ERROR: libpython3.11.a not found. Install it with: apt-get install libpython3.11-dev" >&2; exit 1; }
 skipped cpp || need g++ g++
 skipped musl || need musl-gcc musl-tools
 if ! skipped rust; then
@@ -122,7 +123,7 @@ build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_h
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
 build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/debug.c" -o "$OUT/debug.tmp"
-for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init; do
+for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
@@ -135,11 +136,9 @@ build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
-for prog in storage_api state_file shm_api storage_tasks; do
+for prog in storage_api state_file shm_api storage_tasks files; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
-build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"
-build event_loop_ref "$T/event_loop.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop_ref.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 
@@ -148,6 +147,7 @@ if ! skipped musl; then
 	build hello_musl "$T/hello.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/hello.c" -o "$OUT/hello_musl.tmp"
 	build syscalls_musl "$T/syscalls.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/syscalls.c" -o "$OUT/syscalls_musl.tmp"
 	build output_musl "$T/output.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output_musl.tmp"
+	build files_musl "$T/files.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/files.c" -o "$OUT/files_musl.tmp"
 	build state_file_musl "$T/state_file.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/state_file.c" -o "$OUT/state_file_musl.tmp"
 fi
 
@@ -155,7 +155,6 @@ fi
 if ! skipped cpp; then
 	build hello_cpp "$T/hello.cpp" g++ $CXXFLAGS -static "$T/hello.cpp" -o "$OUT/hello_cpp.tmp"
 	build api_cpp "$T/api/api_cpp.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$T/api/api_cpp.cpp" -o "$OUT/api_cpp.tmp"
-	build event_loop_cpp "$T/event_loop.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$T/event_loop.cpp" -o "$OUT/event_loop_cpp.tmp"
 fi
 
 # --- Rust (single file) ---------------------------------------------------
@@ -170,6 +169,15 @@ fi
 for ex in hello counter scounter echo headers; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
+
+# Real runtimes (Debian's static libraries; the linker's notes about getpwnam & co. in static
+# programs are silenced: those calls are not used).
+LUA_INC=/usr/include/lua5.4
+build example_lua "$E/lua.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" -I"$LUA_INC" "$E/lua.c" \
+	-o "$OUT/example_lua.tmp" -Wl,--no-warnings -llua5.4 -lm
+PYCFG=/usr/lib/python3.11/config-3.11-x86_64-linux-gnu
+build example_python "$E/python.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" -I/usr/include/python3.11 \
+	"$E/python.c" -o "$OUT/example_python.tmp" -Wl,--no-warnings "$PYCFG/libpython3.11.a" -lexpat -lz -lm
 
 FAILED=0
 for i in "${!PIDS[@]}"; do
@@ -190,15 +198,13 @@ if ! skipped rust; then
 	RT="$OUT/.cargo-target"
 	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
 	ABI="$GUEST/../crates/edgevm-guest-abi"
-	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
-		|| ! up_to_date "$OUT/rust_event_loop" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
+	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
 		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
-			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http --bin event_loop ) || {
+			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http ) || {
 			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
 			exit 1
 		}
 		cp -f "$BIN" "$OUT/rust_hello_http"
-		cp -f "$RT/x86_64-unknown-linux-gnu/release/event_loop" "$OUT/rust_event_loop"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

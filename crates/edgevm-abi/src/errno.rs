@@ -11,8 +11,36 @@ macro_rules! errnos {
 }
 
 errnos!(
-    EPERM, ENOENT, ESRCH, EIO, ENXIO, EBADF, EAGAIN, ENOMEM, EACCES, EFAULT, EEXIST, ENODEV,
-    ENOTDIR, EINVAL, EMFILE, ENOTTY, EFBIG, ESPIPE, EROFS, ERANGE, ENOSYS, ETIMEDOUT,
+    EPERM,
+    ENOENT,
+    ESRCH,
+    EIO,
+    ENXIO,
+    EBADF,
+    EAGAIN,
+    ENOMEM,
+    EACCES,
+    EFAULT,
+    EEXIST,
+    ENODEV,
+    ENOTDIR,
+    EINVAL,
+    EMFILE,
+    ENOTTY,
+    EFBIG,
+    ESPIPE,
+    EROFS,
+    ERANGE,
+    ENOSYS,
+    ETIMEDOUT,
+    ENAMETOOLONG,
+    EBUSY,
+    EXDEV,
+    ELOOP,
+    EISDIR,
+    EPIPE,
+    EOVERFLOW,
+    ENODATA,
 );
 
 /// The name of error number `e` (positive), e.g. "ENOENT"; "E?" if it has none.

@@ -1,219 +1,83 @@
-//! The one file a program can open: its `state` file.
+//! Host files and directories behind guest descriptors: what one open file or directory does.
 //!
-//! Every program gets `KVM_STATE=state` in its environment. Opening that path inside the guest
-//! (`state`, `./state` or `/state`: the working directory is `/`) opens the host file
-//! `<filename>.state` (the program's configured `filename` plus `.state`), so what a program
-//! keeps there survives live updates and server restarts. Every other path fails with
-//! `ENOENT`, as before: the guest never names a host path, it can only reach this one file,
-//! whose host path comes from the configuration.
+//! Which host files a guest may open, and under which names, is the sandbox's business
+//! ([`crate::sandbox`]); the descriptor table is [`crate::linux`]'s. A program's `state` file
+//! (`KVM_STATE=state`, also `/state`: the host file `<filename>.state`) is one writable rule of
+//! the sandbox, so what a program keeps there survives live updates and server restarts.
 //!
 //! Who may write: the main VM while it initializes (and runs warmup requests) and the storage
-//! VM. When a program is frozen at `wait_for_requests()` its file table becomes read-only
-//! ([`Files::make_read_only`]): request VMs may open the state file read-only, an open for
+//! VM, and only below `writable` rules. When a program is frozen at `wait_for_requests()`
+//! its descriptor table becomes read-only: request VMs may open files read-only, an open for
 //! writing (`O_WRONLY`, `O_RDWR`, `O_TRUNC`, or `O_CREAT` of a missing file) fails with
 //! `EROFS`, and descriptors the main VM left open at the freeze are inherited as read-only
 //! descriptors (`write` fails with `EBADF`, `ftruncate` with `EINVAL`, as on Linux for a
 //! descriptor not open for writing), each request starting at the offset they had at the
-//! freeze. The file table is part of the emulated process state, so a request VM's reset
-//! closes what the request opened and restores the inherited descriptors.
+//! freeze. The table is part of the emulated process state, so a request VM's reset closes
+//! what the request opened and restores the inherited descriptors and their offsets.
 //!
 //! Descriptors hold the host file and their own offset; reads and writes are positioned
 //! (`pread`/`pwrite` on the host), so clones of the table (request VMs, resets) share host
-//! files without sharing offsets or duplicating host descriptors.
+//! files without sharing offsets or duplicating host descriptors. A directory's entries are
+//! read once, when it is opened, and kept with the descriptor (its position is an index).
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use edgevm_kvm::GuestMemory;
 
-/// Descriptors a VM may have open at once (besides stdin/stdout/stderr).
-pub const MAX_OPEN_FILES: usize = 16;
-/// Largest state file a program may write (writes past it fail with `EFBIG`).
+/// Descriptors a VM may have open at once (including stdin/stdout/stderr): RLIMIT_NOFILE.
+pub const MAX_FDS: usize = 1024;
+/// Largest file a program may write (writes past it fail with `EFBIG`).
 pub const MAX_STATE_SIZE: u64 = 1 << 30;
-/// Most bytes moved by one read or write call.
-const MAX_IO: u64 = 64 << 20;
+/// Most entries of one directory a guest can list.
+pub const MAX_DIR_ENTRIES: usize = 1 << 16;
+/// Most bytes moved by one read or write call (a longer one is short, as Linux may make it):
+/// a call copies at most this much on the thread running the VM (about a millisecond).
+const MAX_IO: u64 = 4 << 20;
 /// Host copy chunk.
 const CHUNK: usize = 1 << 20;
 
 use crate::errno::*;
-use crate::linux_abi::{put, Stat};
+use crate::linux_abi::Stat;
 
-const O_ACCMODE: u64 = 3;
-const O_WRONLY: u64 = 1;
-const O_RDWR: u64 = 2;
-const O_CREAT: u64 = 0o100;
-const O_EXCL: u64 = 0o200;
-const O_TRUNC: u64 = 0o1000;
-const O_APPEND: u64 = 0o2000;
-const O_DIRECTORY: u64 = 0o200000;
-const O_CLOEXEC: u64 = 0o2000000;
-const AT_FDCWD: i32 = -100;
-
-/// One open descriptor.
-#[derive(Debug, Clone)]
-struct OpenFile {
-    file: Arc<File>,
-    offset: u64,
-    read: bool,
-    write: bool,
-    append: bool,
-    cloexec: bool,
-}
-
-/// A VM's open files (the state file only) and whether it may write.
-#[derive(Debug, Clone, Default)]
-pub struct Files {
-    /// Host path of the state file (None: the program has none; every open is ENOENT).
-    state: Option<PathBuf>,
-    /// Opens for writing are allowed (main VM before the freeze, storage VM).
-    writable: bool,
-    open: BTreeMap<i32, OpenFile>,
-}
-
-fn errno(e: &std::io::Error) -> i64 {
+pub(crate) fn errno(e: &std::io::Error) -> i64 {
     -(e.raw_os_error().map(i64::from).unwrap_or(EIO))
 }
 
-impl Files {
-    /// A table for a VM whose state file lives at `state` on the host (writable).
-    pub fn new(state: Option<PathBuf>) -> Files {
-        Files {
-            state,
-            writable: true,
-            open: BTreeMap::new(),
-        }
-    }
+/// One open host file.
+#[derive(Debug, Clone)]
+pub struct OpenFile {
+    pub(crate) file: Arc<File>,
+    pub(crate) offset: u64,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) append: bool,
+    /// The guest path it was opened by.
+    pub(crate) path: Vec<u8>,
+}
 
-    /// Freeze: no more opens for writing, and descriptors already open become read-only.
-    pub fn make_read_only(&mut self) {
-        self.writable = false;
-        for f in self.open.values_mut() {
-            f.write = false;
-        }
-    }
-
-    /// Whether `fd` is an open file here.
-    pub fn is_open(&self, fd: i32) -> bool {
-        self.open.contains_key(&fd)
-    }
-
-    /// Number of open descriptors.
-    pub fn count(&self) -> usize {
-        self.open.len()
-    }
-
-    /// The host path if `dirfd`/`path` names the state file; Err(errno) otherwise.
-    fn resolve(&self, dirfd: i32, path: u64, mem: &GuestMemory) -> Result<PathBuf, i64> {
-        let p = mem.read_cstr(path, 4096).map_err(|_| -EFAULT)?;
-        let named = matches!(p.as_slice(), b"state" | b"./state" | b"/state");
-        if !p.starts_with(b"/") && dirfd != AT_FDCWD {
-            // Relative to a directory descriptor: there are none.
-            return Err(-EBADF);
-        }
-        match &self.state {
-            Some(host) if named => Ok(host.clone()),
-            _ => Err(-ENOENT),
-        }
-    }
-
-    /// open/openat/creat.
-    pub fn open(&mut self, dirfd: i32, path: u64, flags: u64, mem: &GuestMemory) -> i64 {
-        let host = match self.resolve(dirfd, path, mem) {
-            Ok(h) => h,
-            Err(e) => return e,
-        };
-        if flags & O_DIRECTORY != 0 {
-            return -ENOTDIR;
-        }
-        let acc = flags & O_ACCMODE;
-        if acc == O_ACCMODE {
-            return -EINVAL;
-        }
-        let (read, write) = (acc != O_WRONLY, acc != 0);
-        let creat = flags & O_CREAT != 0;
-        let trunc = flags & O_TRUNC != 0;
-        if !self.writable {
-            if write || trunc {
-                return -EROFS;
-            }
-            if creat && !host.exists() {
-                return -EROFS;
-            }
-            if creat && flags & O_EXCL != 0 {
-                return -EEXIST;
-            }
-        }
-        if self.open.len() >= MAX_OPEN_FILES {
-            return -EMFILE;
-        }
-        let host_write = self.writable && (write || trunc || creat);
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true).write(host_write).mode(0o600);
-        if host_write {
-            o.create(creat).truncate(trunc);
-            if creat && flags & O_EXCL != 0 {
-                o.create_new(true);
-            }
-        }
-        let file = match o.open(&host) {
-            Ok(f) => f,
-            Err(e) => return errno(&e),
-        };
-        let fd = (3..).find(|n| !self.open.contains_key(n)).unwrap_or(3);
-        self.open.insert(
-            fd,
-            OpenFile {
-                file: Arc::new(file),
-                offset: 0,
-                read,
-                write: write && self.writable,
-                append: flags & O_APPEND != 0,
-                cloexec: flags & O_CLOEXEC != 0,
-            },
-        );
-        i64::from(fd)
-    }
-
-    /// close.
-    pub fn close(&mut self, fd: i32) -> i64 {
-        match self.open.remove(&fd) {
-            Some(_) => 0,
-            None => -EBADF,
-        }
-    }
-
+impl OpenFile {
     /// read/pread64 (`at`: None = at the descriptor's offset, which then moves).
-    pub fn read(
-        &mut self,
-        fd: i32,
-        buf: u64,
-        len: u64,
-        at: Option<u64>,
-        mem: &mut GuestMemory,
-    ) -> i64 {
-        let Some(f) = self.open.get_mut(&fd) else {
-            return -EBADF;
-        };
-        if !f.read {
+    pub fn read(&mut self, buf: u64, len: u64, at: Option<u64>, mem: &mut GuestMemory) -> i64 {
+        if !self.read {
             return -EBADF;
         }
         let len = len.min(MAX_IO);
         if !mem.contains(buf, len as usize) {
             return -EFAULT;
         }
-        let start = at.unwrap_or(f.offset);
+        let start = at.unwrap_or(self.offset);
         let mut chunk = vec![0u8; (len as usize).min(CHUNK)];
         let mut done = 0u64;
         while done < len {
             let want = ((len - done) as usize).min(CHUNK);
-            let n = match f
+            let n = match self
                 .file
                 .read_at(&mut chunk[..want], start.saturating_add(done))
             {
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if done == 0 => return errno(&e),
                 Err(_) => break,
             };
@@ -229,25 +93,28 @@ impl Files {
             }
         }
         if at.is_none() {
-            f.offset = start.saturating_add(done);
+            self.offset = start.saturating_add(done);
         }
         done as i64
     }
 
+    /// Bytes at `off` into a host buffer (file-backed mmap); short at the end of the file.
+    pub fn read_into(&self, off: u64, out: &mut [u8]) -> Result<usize, i64> {
+        let mut done = 0;
+        while done < out.len() {
+            match self.file.read_at(&mut out[done..], off + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(errno(&e)),
+            }
+        }
+        Ok(done)
+    }
+
     /// write/pwrite64 from guest memory.
-    pub fn write(
-        &mut self,
-        fd: i32,
-        buf: u64,
-        len: u64,
-        at: Option<u64>,
-        mem: &GuestMemory,
-    ) -> i64 {
-        let writable = self.writable;
-        let Some(f) = self.open.get_mut(&fd) else {
-            return -EBADF;
-        };
-        if !f.write || !writable {
+    pub fn write(&mut self, buf: u64, len: u64, at: Option<u64>, mem: &GuestMemory) -> i64 {
+        if !self.write {
             return -EBADF;
         }
         let len = len.min(MAX_IO);
@@ -256,11 +123,11 @@ impl Files {
         }
         let start = match at {
             Some(p) => p,
-            None if f.append => match f.file.metadata() {
+            None if self.append => match self.file.metadata() {
                 Ok(m) => m.len(),
                 Err(e) => return errno(&e),
             },
-            None => f.offset,
+            None => self.offset,
         };
         if start.saturating_add(len) > MAX_STATE_SIZE {
             return -EFBIG;
@@ -271,7 +138,7 @@ impl Files {
             let Ok(data) = mem.read_vec(buf + done, n) else {
                 return -EFAULT;
             };
-            if let Err(e) = f.file.write_all_at(&data, start + done) {
+            if let Err(e) = self.file.write_all_at(&data, start + done) {
                 if done == 0 {
                     return errno(&e);
                 }
@@ -280,59 +147,17 @@ impl Files {
             done += n as u64;
         }
         if at.is_none() {
-            f.offset = start + done;
+            self.offset = start + done;
         }
         done as i64
     }
 
-    /// readv/writev on a file descriptor: one call per iovec entry.
-    pub fn vectored(
-        &mut self,
-        fd: i32,
-        iov: u64,
-        cnt: u64,
-        write: bool,
-        mem: &mut GuestMemory,
-    ) -> i64 {
-        if cnt > 1024 {
-            return -EINVAL;
-        }
-        let mut total = 0i64;
-        for i in 0..cnt {
-            let (Ok(base), Ok(len)) = (
-                mem.read_u64(iov.wrapping_add(16 * i)),
-                mem.read_u64(iov.wrapping_add(16 * i + 8)),
-            ) else {
-                return if total > 0 { total } else { -EFAULT };
-            };
-            if len == 0 {
-                continue;
-            }
-            let r = if write {
-                self.write(fd, base, len, None, mem)
-            } else {
-                self.read(fd, base, len, None, mem)
-            };
-            if r < 0 {
-                return if total > 0 { total } else { r };
-            }
-            total += r;
-            if (r as u64) < len {
-                break;
-            }
-        }
-        total
-    }
-
     /// lseek.
-    pub fn lseek(&mut self, fd: i32, off: i64, whence: u64) -> i64 {
-        let Some(f) = self.open.get_mut(&fd) else {
-            return -EBADF;
-        };
-        let size = || f.file.metadata().map(|m| m.len() as i64);
+    pub fn lseek(&mut self, off: i64, whence: u64) -> i64 {
+        let size = || self.file.metadata().map(|m| m.len() as i64);
         let base = match whence {
             0 => 0,
-            1 => f.offset as i64,
+            1 => self.offset as i64,
             2 => match size() {
                 Ok(s) => s,
                 Err(e) => return errno(&e),
@@ -347,141 +172,281 @@ impl Files {
                     return -ENXIO;
                 }
                 let to = if whence == 3 { off } else { s };
-                f.offset = to as u64;
+                self.offset = to as u64;
                 return to;
             }
             _ => return -EINVAL,
         };
         match base.checked_add(off) {
             Some(to) if to >= 0 => {
-                f.offset = to as u64;
+                self.offset = to as u64;
                 to
             }
             _ => -EINVAL,
         }
     }
 
-    /// fstat of an open descriptor.
-    pub fn fstat(&self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
-        let Some(f) = self.open.get(&fd) else {
-            return -EBADF;
-        };
-        match f.file.metadata() {
-            Ok(m) => write_stat(&m, mem, buf),
-            Err(e) => errno(&e),
-        }
-    }
-
-    /// stat/lstat/newfstatat by path.
-    pub fn stat_path(&self, dirfd: i32, path: u64, buf: u64, mem: &mut GuestMemory) -> i64 {
-        let host = match self.resolve(dirfd, path, mem) {
-            Ok(h) => h,
-            Err(e) => return e,
-        };
-        match std::fs::metadata(&host) {
-            Ok(m) => write_stat(&m, mem, buf),
-            Err(e) => errno(&e),
-        }
-    }
-
-    /// access/faccessat: F_OK, R_OK and W_OK (EROFS where writing is not allowed).
-    pub fn access(&self, dirfd: i32, path: u64, mode: u64, mem: &GuestMemory) -> i64 {
-        let host = match self.resolve(dirfd, path, mem) {
-            Ok(h) => h,
-            Err(e) => return e,
-        };
-        if let Err(e) = std::fs::metadata(&host) {
-            return errno(&e);
-        }
-        if mode & 1 != 0 {
-            return -EACCES;
-        }
-        if mode & 2 != 0 && !self.writable {
-            return -EROFS;
-        }
-        0
-    }
-
     /// ftruncate.
-    pub fn ftruncate(&mut self, fd: i32, len: i64) -> i64 {
-        let writable = self.writable;
-        let Some(f) = self.open.get(&fd) else {
-            return -EBADF;
-        };
-        if !f.write || !writable || len < 0 {
+    pub fn ftruncate(&mut self, len: i64) -> i64 {
+        if !self.write || len < 0 {
             return -EINVAL;
         }
         if len as u64 > MAX_STATE_SIZE {
             return -EFBIG;
         }
-        match f.file.set_len(len as u64) {
+        match self.file.set_len(len as u64) {
             Ok(()) => 0,
             Err(e) => errno(&e),
         }
     }
 
     /// fsync/fdatasync (a no-op where nothing can be written).
-    pub fn fsync(&self, fd: i32) -> i64 {
-        let Some(f) = self.open.get(&fd) else {
-            return -EBADF;
-        };
-        if !f.write || !self.writable {
+    pub fn fsync(&self) -> i64 {
+        if !self.write {
             return 0;
         }
-        match f.file.sync_data() {
+        match self.file.sync_data() {
             Ok(()) => 0,
             Err(e) => errno(&e),
         }
     }
 
-    /// fcntl on an open descriptor: F_GETFD/F_SETFD/F_GETFL/F_SETFL (O_APPEND); record locks
-    /// succeed (one process).
-    pub fn fcntl(&mut self, fd: i32, cmd: u64, arg: u64) -> i64 {
-        let Some(f) = self.open.get_mut(&fd) else {
-            return -EBADF;
+    /// The F_GETFL access mode and flags.
+    pub fn status_flags(&self) -> i64 {
+        const O_WRONLY: i64 = 1;
+        const O_RDWR: i64 = 2;
+        const O_APPEND: i64 = 0o2000;
+        let acc = match (self.read, self.write) {
+            (true, true) => O_RDWR,
+            (false, true) => O_WRONLY,
+            _ => 0,
         };
-        match cmd {
-            1 => i64::from(f.cloexec),
-            2 => {
-                f.cloexec = arg & 1 != 0;
-                0
+        acc | if self.append { O_APPEND } else { 0 }
+    }
+
+    /// fstat.
+    pub(crate) fn stat(&self) -> Result<Stat, i64> {
+        rustix::fs::fstat(&*self.file)
+            .map(|st| guest_stat(&st))
+            .map_err(|e| -i64::from(e.raw_os_error()))
+    }
+}
+
+/// One directory entry as getdents64 reports it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub(crate) ino: u64,
+    pub(crate) kind: u8,
+    pub(crate) name: Vec<u8>,
+}
+
+/// An open directory: its entries, read when it was opened, and the position in them.
+#[derive(Debug, Clone)]
+pub struct OpenDir {
+    /// The host directory (None: a virtual directory of the sandbox).
+    pub(crate) host: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The guest path it was opened by (normalized, absolute): openat relative to it, fchdir.
+    pub(crate) path: Vec<u8>,
+    pub(crate) entries: Arc<Vec<DirEntry>>,
+    pub(crate) pos: usize,
+}
+
+const DT_DIR: u8 = 4;
+
+impl OpenDir {
+    /// A host directory opened for reading: its entries now.
+    pub fn host(fd: std::os::fd::OwnedFd, path: Vec<u8>) -> Result<OpenDir, i64> {
+        let mut dir = rustix::fs::Dir::read_from(&fd).map_err(|e| -i64::from(e.raw_os_error()))?;
+        let mut entries = Vec::new();
+        while let Some(e) = dir.read() {
+            let e = e.map_err(|e| -i64::from(e.raw_os_error()))?;
+            if entries.len() >= MAX_DIR_ENTRIES {
+                return Err(-ENOMEM);
             }
-            3 => {
-                let acc = match (f.read, f.write) {
-                    (true, true) => O_RDWR,
-                    (false, true) => O_WRONLY,
-                    _ => 0,
-                };
-                (acc | if f.append { O_APPEND } else { 0 }) as i64
+            entries.push(DirEntry {
+                ino: e.ino(),
+                kind: file_type_byte(e.file_type()),
+                name: e.file_name().to_bytes().to_vec(),
+            });
+        }
+        Ok(OpenDir {
+            host: Some(Arc::new(fd)),
+            path,
+            entries: Arc::new(entries),
+            pos: 0,
+        })
+    }
+
+    /// A virtual directory listing `names` (each a directory or the top of a rule).
+    pub fn virtual_dir(names: &[Vec<u8>], path: Vec<u8>) -> OpenDir {
+        let mut entries = vec![
+            DirEntry {
+                ino: 1,
+                kind: DT_DIR,
+                name: b".".to_vec(),
+            },
+            DirEntry {
+                ino: 1,
+                kind: DT_DIR,
+                name: b"..".to_vec(),
+            },
+        ];
+        for (i, n) in names.iter().enumerate() {
+            entries.push(DirEntry {
+                ino: 2 + i as u64,
+                kind: 0, // DT_UNKNOWN: the program stats it
+                name: n.clone(),
+            });
+        }
+        OpenDir {
+            host: None,
+            path,
+            entries: Arc::new(entries),
+            pos: 0,
+        }
+    }
+
+    /// getdents64 into the guest buffer.
+    pub fn getdents(&mut self, buf: u64, len: u64, mem: &mut GuestMemory) -> i64 {
+        let len = len.min(1 << 20) as usize;
+        let mut out = Vec::new();
+        let mut pos = self.pos;
+        while let Some(e) = self.entries.get(pos) {
+            let reclen = (19 + e.name.len() + 1).div_ceil(8) * 8;
+            if out.len() + reclen > len {
+                break;
             }
-            4 => {
-                f.append = arg & O_APPEND != 0;
-                0
-            }
-            // F_GETLK, F_SETLK, F_SETLKW and the OFD variants.
-            5..=7 | 36..=38 => 0,
-            _ => -EINVAL,
+            let start = out.len();
+            out.extend_from_slice(&e.ino.to_le_bytes());
+            out.extend_from_slice(&((pos + 1) as i64).to_le_bytes());
+            out.extend_from_slice(&(reclen as u16).to_le_bytes());
+            out.push(e.kind);
+            out.extend_from_slice(&e.name);
+            out.resize(start + reclen, 0);
+            pos += 1;
+        }
+        if out.is_empty() && pos < self.entries.len() {
+            return -EINVAL; // buffer too small for the next entry
+        }
+        if mem.write(buf, &out).is_err() {
+            return -EFAULT;
+        }
+        self.pos = pos;
+        out.len() as i64
+    }
+
+    /// lseek on a directory: SEEK_SET to a position getdents64 reported (d_off), SEEK_CUR 0.
+    pub fn lseek(&mut self, off: i64, whence: u64) -> i64 {
+        let to = match whence {
+            0 => off,
+            1 => (self.pos as i64).saturating_add(off),
+            _ => return -EINVAL,
+        };
+        if to < 0 {
+            return -EINVAL;
+        }
+        self.pos = (to as usize).min(self.entries.len());
+        to
+    }
+
+    /// fstat.
+    pub(crate) fn stat(&self) -> Result<Stat, i64> {
+        match &self.host {
+            Some(fd) => rustix::fs::fstat(&**fd)
+                .map(|st| guest_stat(&st))
+                .map_err(|e| -i64::from(e.raw_os_error())),
+            None => Ok(virtual_dir_stat()),
         }
     }
 }
 
-/// A `struct stat` for a host file: its size, blocks and times; a regular file, mode 0644.
-fn write_stat(m: &std::fs::Metadata, mem: &mut GuestMemory, buf: u64) -> i64 {
-    let st = Stat {
-        dev: 0x45,
-        ino: 2,
-        nlink: 1,
-        mode: 0o100644, // S_IFREG | 0644
-        size: m.len() as i64,
-        blksize: 4096,
-        blocks: m.blocks() as i64,
-        atime: m.atime(),
-        atime_nsec: m.atime_nsec(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-        ctime: m.ctime(),
-        ctime_nsec: m.ctime_nsec(),
+fn file_type_byte(t: rustix::fs::FileType) -> u8 {
+    use rustix::fs::FileType::*;
+    match t {
+        Fifo => 1,
+        CharacterDevice => 2,
+        Directory => 4,
+        BlockDevice => 6,
+        RegularFile => 8,
+        Symlink => 10,
+        Socket => 12,
+        Unknown => 0,
+    }
+}
+
+/// The guest's `struct stat` for a host `stat`: the host's type, permission bits, size, times,
+/// device and inode numbers; owner root.
+pub(crate) fn guest_stat(s: &rustix::fs::Stat) -> Stat {
+    Stat {
+        dev: s.st_dev,
+        ino: s.st_ino,
+        nlink: s.st_nlink,
+        mode: s.st_mode,
+        rdev: s.st_rdev,
+        size: s.st_size,
+        blksize: s.st_blksize,
+        blocks: s.st_blocks,
+        atime: s.st_atime,
+        atime_nsec: s.st_atime_nsec as i64,
+        mtime: s.st_mtime,
+        mtime_nsec: s.st_mtime_nsec as i64,
+        ctime: s.st_ctime,
+        ctime_nsec: s.st_ctime_nsec as i64,
         ..Stat::default()
-    };
-    put(mem, buf, &st)
+    }
+}
+
+/// A virtual directory of the sandbox: read-only, owned by root.
+pub(crate) fn virtual_dir_stat() -> Stat {
+    Stat {
+        dev: 0x45,
+        ino: 1,
+        nlink: 2,
+        mode: 0o040555,
+        blksize: 4096,
+        ..Stat::default()
+    }
+}
+
+/// A symlink rule's link: `len` bytes of target.
+pub(crate) fn link_stat(len: usize) -> Stat {
+    Stat {
+        dev: 0x45,
+        ino: 3,
+        nlink: 1,
+        mode: 0o120777,
+        size: len as i64,
+        blksize: 4096,
+        ..Stat::default()
+    }
+}
+
+/// A `struct statx` (256 bytes) with the basic fields of `s`.
+pub(crate) fn statx_bytes(s: &Stat) -> [u8; 256] {
+    let mut b = [0u8; 256];
+    let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+    put(0, &0x7FFu32.to_le_bytes()); // STATX_BASIC_STATS
+    put(4, &(s.blksize as u32).to_le_bytes());
+    put(16, &(s.nlink as u32).to_le_bytes());
+    put(20, &s.uid.to_le_bytes());
+    put(24, &s.gid.to_le_bytes());
+    put(28, &(s.mode as u16).to_le_bytes());
+    put(32, &s.ino.to_le_bytes());
+    put(40, &(s.size as u64).to_le_bytes());
+    put(48, &(s.blocks as u64).to_le_bytes());
+    for (off, sec, nsec) in [
+        (0x40, s.atime, s.atime_nsec),
+        (0x60, s.ctime, s.ctime_nsec),
+        (0x70, s.mtime, s.mtime_nsec),
+    ] {
+        put(off, &sec.to_le_bytes());
+        put(off + 8, &(nsec as u32).to_le_bytes());
+    }
+    let (rmaj, rmin) = (libc::major(s.rdev), libc::minor(s.rdev));
+    let (dmaj, dmin) = (libc::major(s.dev), libc::minor(s.dev));
+    put(0x80, &rmaj.to_le_bytes());
+    put(0x84, &rmin.to_le_bytes());
+    put(0x88, &dmaj.to_le_bytes());
+    put(0x8c, &dmin.to_le_bytes());
+    b
 }

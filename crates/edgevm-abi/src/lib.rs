@@ -7,8 +7,10 @@
 //!   auxv) and symbols for crash reports.
 //! * [`linux`] — emulation of the Linux system calls static glibc, musl, libstdc++ and Rust
 //!   programs need; one VM exit per call.
-//! * [`files`] — the program's `state` file (`<filename>.state` on the host), the only file
-//!   a guest can open.
+//! * [`sandbox`] — `allowed_paths`: which host files a guest may reach, under which names,
+//!   confined by the kernel (openat2 RESOLVE_BENEATH).
+//! * [`files`] — open host files and directories behind guest descriptors (the `state` file,
+//!   `<filename>.state` on the host, is one of them).
 //! * [`api`] — `kvm_api.h` calls decoded into a typed [`api::Call`] (numbers and decoding live
 //!   in [`guest_abi`], the `no_std` crate shared with the Rust guest crate).
 //! * [`io`] — the I/O area: writing requests, the header calls on guest memory.
@@ -27,7 +29,7 @@ pub mod linux;
 mod linux_abi;
 mod names;
 pub mod regex;
-pub mod snapcodec;
+pub mod sandbox;
 
 pub use edgevm_guest_abi as guest_abi;
 pub use names::syscall_name;

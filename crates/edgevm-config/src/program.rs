@@ -141,14 +141,12 @@ pub struct ProgramConfig {
     /// `environment`: extra `KEY=VALUE` variables (`$HOME`/`$PWD`
     /// expanded). Each layer (group, program, override) **appends**.
     pub environment: Vec<String>,
-    /// `allowed_paths`: host files the guest may open. *Not supported yet*
-    /// (when non-empty).
+    /// `allowed_paths`: host files the guest may open (docs/CONFIG.md "Files").
     pub allowed_paths: Vec<AllowedPath>,
     /// `current_working_directory`: the guest's cwd. Default `/`.
-    /// *Not supported yet* (when not `/`).
     pub current_working_directory: String,
     /// `mmap_backed_files`: map guest file mappings without copying.
-    /// Default true. *Not supported yet* (when false).
+    /// Default true. Accepted; mappings are copies either way for now.
     pub mmap_backed_files: bool,
     /// `verbose`: verbose loading and syscall diagnostics.
     pub verbose: bool,

@@ -856,8 +856,7 @@ fn home_and_pwd_are_expanded() {
 		"allowed_paths": ["$HOME/share"]
 	} }"#,
     );
-    // allowed_paths is not supported yet, so build the program without it.
-    assert!(cfg.programs["demo"].is_err());
+    assert_eq!(ok(&cfg, "demo").allowed_paths[0].real, "/home/user/share");
     let cfg = load(
         r#"{ "demo": {
 		"filename": "$HOME/bin/demo",
@@ -902,36 +901,6 @@ fn path_vars_from_env_has_a_pwd() {
     assert!(PathVars::from_env().pwd.is_some());
 }
 
-// ---------------------------------------------------------------- snapshots
-
-#[test]
-fn cold_start_file_and_snapshot_dir() {
-    let cfg = load(&prog(
-        r#""cold_start_file": "/var/lib/edgevm/demo.snapshot""#,
-    ));
-    let p = ok(&cfg, "demo");
-    assert_eq!(
-        p.cold_start_file.as_deref(),
-        Some(std::path::Path::new("/var/lib/edgevm/demo.snapshot"))
-    );
-    for bad in [r#""""#, "3", "true"] {
-        let cfg = load(&prog(&format!("\"cold_start_file\": {bad}")));
-        err(&cfg, "demo");
-    }
-    let cfg = load(&prog(r#""storage": true, "cold_start_file": "/s/demo""#));
-    assert!(err(&cfg, "demo")
-        .to_string()
-        .contains("'cold_start_file' cannot be used with 'storage'"));
-    let mut s = ServerConfig::default();
-    s.set_from_str("snapshot_dir", "/var/lib/edgevm/snapshots")
-        .unwrap();
-    assert_eq!(
-        s.snapshot_dir.as_deref(),
-        Some(std::path::Path::new("/var/lib/edgevm/snapshots"))
-    );
-    assert!(s.set_from_str("snapshot_dir", "").is_err());
-}
-
 // ---------------------------------------------------------------- not supported yet
 
 #[test]
@@ -953,9 +922,6 @@ fn not_supported_keys_are_fine_at_their_default() {
 #[test]
 fn not_supported_keys_refuse_non_default_values() {
     let cases = [
-        ("allowed_paths", r#"["/dev/urandom"]"#),
-        ("current_working_directory", r#""/srv""#),
-        ("mmap_backed_files", "false"),
         ("hugepages", "true"),
         ("hugepage_arena_size", "64"),
         ("request_hugepage_arena_size", "16"),
@@ -973,6 +939,7 @@ fn not_supported_keys_refuse_non_default_values() {
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),
         ("executable_heap", "true"),
+        ("cold_start_file", r#""/tmp/snap""#),
         ("transparent_hugepages", "true"),
         ("executable_remapping", r#"["0x40000000", 2]"#),
         ("server", r#"{"port": 8080}"#),

@@ -143,6 +143,7 @@ pub fn syscalls(data: &[u8]) {
             exe_path: "/fuzz/prog".into(),
             verbose_syscalls: inp.bool(),
             state_file: Some(state_dir().join("prog.state")),
+            ..LinuxConfig::default()
         },
         elf_end,
         image_pages * PAGE,

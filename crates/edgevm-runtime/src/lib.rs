@@ -21,11 +21,11 @@ pub mod request_vm;
 mod reset;
 mod runtime;
 mod settings;
-pub mod snapshot;
 pub mod storage;
 pub mod timer;
 pub mod vm;
 
+pub use edgevm_abi::sandbox::PathRule;
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
 
 #[cfg(test)]

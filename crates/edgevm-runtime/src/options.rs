@@ -48,6 +48,10 @@ pub struct VmOptions {
     /// Host file behind the guest's `state` file (KVM_STATE): `<filename>.state`. None: the
     /// program has no state file (opening it fails with ENOENT).
     pub state_file: Option<PathBuf>,
+    /// allowed_paths: the host files the program may reach, under their virtual names.
+    pub allowed_paths: Vec<edgevm_abi::sandbox::PathRule>,
+    /// current_working_directory (a guest path; "/" by default).
+    pub cwd: String,
 }
 
 impl VmOptions {
@@ -72,6 +76,8 @@ impl VmOptions {
             debug: false,
             control_ephemeral: false,
             state_file: None,
+            allowed_paths: Vec::new(),
+            cwd: "/".into(),
         }
     }
 
@@ -107,7 +113,13 @@ pub fn program_environment(o: &VmOptions) -> Vec<String> {
         format!("KVM_NAME={}", o.name),
         format!("KVM_GROUP={}", o.group),
         format!("KVM_TYPE={}", if o.storage { "storage" } else { "request" }),
-        "KVM_STATE=state".to_string(),
+        // The state file is `/state`; relative `state` names it while the working directory
+        // is `/`.
+        if o.cwd == "/" || o.cwd.is_empty() {
+            "KVM_STATE=state".to_string()
+        } else {
+            "KVM_STATE=/state".to_string()
+        },
         format!("KVM_DEBUG={}", u8::from(o.debug)),
         // Tells edgevm's kvm_api.h that the I/O area is there (in-guest header calls).
         "EDGEVM_IO=1".to_string(),

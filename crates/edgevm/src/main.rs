@@ -531,6 +531,8 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
         g.at_entry = true;
     }
     o.state_file = Some(VmOptions::state_path_for(&file));
+    o.allowed_paths = edgevm_server::programs::allowed_paths(&pc);
+    o.cwd = pc.current_working_directory.clone();
     if let Some(req) = request {
         return run_request(pc, &o, req);
     }
@@ -560,7 +562,11 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
             }
             match report.outcome {
                 BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),
-                BootOutcome::Ready if !vm.registered && vm.paused.is_none() => {
+                BootOutcome::Ready
+                    if vm.handlers.get == 0
+                        && vm.handlers.post == 0
+                        && vm.handlers.request == 0 =>
+                {
                     eprintln!(
                         "edgevm: program '{name}' is not servable: it called wait_for_requests() without registering a request handler (set_backend_get/post/request); serve refuses it"
                     );

@@ -1,47 +1,301 @@
 //! The file-descriptor table: what each kind of open descriptor does (see [`FdKind`]).
+//!
+//! Descriptors name open file descriptions ([`Desc`]) as on Linux: `dup` shares one (its
+//! offset and status flags), `close` drops a reference. The whole table, pipes included, is
+//! plain data cloned with the process state, so a request VM's reset restores exactly the
+//! descriptors (and offsets) the frozen program had. Calls on paths are in [`super::paths`].
 
-use edgevm_kvm::GuestMemory;
-
+use std::collections::{BTreeMap, VecDeque};
 use std::mem::offset_of;
 
 use edgevm_guest_abi::GuestPtr;
+use edgevm_kvm::GuestMemory;
 
 use super::{LinuxState, Output};
 use crate::errno::*;
+use crate::files::{OpenDir, OpenFile, MAX_FDS};
 use crate::linux_abi::{get, put, PollFd, Stat, Termios, Winsize};
 
 /// What kind of file a descriptor is. Every descriptor operation below asks this first; a new
-/// kind (files, directories, pipes, eventfds, sockets) is a variant here and an arm in the
-/// operations, and the system-call dispatcher ([`LinuxState::fd_call`]) does not change.
+/// kind (eventfds, sockets, ...) is a variant here, one in [`DescKind`], and an arm in the
+/// operations; the system-call dispatcher ([`LinuxState::fd_call`]) does not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FdKind {
-    /// fd 0: an empty pipe (reads return EOF).
+    /// An empty pipe (reads return EOF): fd 0 at the start.
     Stdin,
-    /// fd 1 and 2: the program's output, a terminal to the program.
+    /// The program's output (fd 1 and 2 at the start), a terminal to the program.
     Output,
-    /// The program's `state` file ([`crate::files`]).
-    State,
+    /// A host file (an allowed path or the state file).
+    File,
+    /// A directory (host or virtual).
+    Dir,
+    /// The read end of a pipe.
+    PipeRead,
+    /// The write end of a pipe.
+    PipeWrite,
     /// Nothing open.
     Closed,
 }
 
 use FdKind::*;
 
+/// What an open file description is.
+#[derive(Debug, Clone)]
+pub(super) enum DescKind {
+    Stdin,
+    /// Output stream 1 or 2.
+    Output(i32),
+    File(OpenFile),
+    Dir(OpenDir),
+    PipeRead(u32),
+    PipeWrite(u32),
+}
+
+/// An open file description.
+#[derive(Debug, Clone)]
+pub(super) struct Desc {
+    /// Descriptors naming it.
+    refs: u32,
+    /// O_NONBLOCK.
+    nonblock: bool,
+    pub(super) kind: DescKind,
+}
+
+/// Bytes a pipe holds.
+const PIPE_SIZE: usize = 65536;
+
+/// A pipe's buffer and how many descriptions of each end are open.
+#[derive(Debug, Clone, Default)]
+struct Pipe {
+    buf: VecDeque<u8>,
+    readers: u32,
+    writers: u32,
+}
+
+/// The descriptor table.
+#[derive(Debug, Clone)]
+pub(super) struct FdTable {
+    /// fd -> (description, FD_CLOEXEC).
+    fds: BTreeMap<i32, (u32, bool)>,
+    descs: BTreeMap<u32, Desc>,
+    pipes: BTreeMap<u32, Pipe>,
+    next: u32,
+}
+
+impl FdTable {
+    /// stdin (an empty pipe), stdout and stderr.
+    pub(super) fn new() -> FdTable {
+        let mut t = FdTable {
+            fds: BTreeMap::new(),
+            descs: BTreeMap::new(),
+            pipes: BTreeMap::new(),
+            next: 0,
+        };
+        for (fd, k) in [
+            (0, DescKind::Stdin),
+            (1, DescKind::Output(1)),
+            (2, DescKind::Output(2)),
+        ] {
+            let d = t.new_desc(k, false);
+            t.attach(fd, d, false);
+        }
+        t
+    }
+
+    fn new_desc(&mut self, kind: DescKind, nonblock: bool) -> u32 {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.descs.insert(
+            id,
+            Desc {
+                refs: 0,
+                nonblock,
+                kind,
+            },
+        );
+        id
+    }
+
+    /// The lowest free descriptor >= `min`; None past the limit.
+    fn free_fd(&self, min: i32) -> Option<i32> {
+        let mut n = min.max(0);
+        for (&fd, _) in self.fds.range(n..) {
+            if fd != n {
+                break;
+            }
+            n += 1;
+        }
+        ((n as usize) < MAX_FDS).then_some(n)
+    }
+
+    /// Install a new description at the lowest free descriptor: the fd, or -EMFILE.
+    pub(super) fn install(&mut self, kind: DescKind, cloexec: bool, nonblock: bool) -> i64 {
+        let Some(fd) = self.free_fd(0) else {
+            return -EMFILE;
+        };
+        let d = self.new_desc(kind, nonblock);
+        self.attach(fd, d, cloexec);
+        i64::from(fd)
+    }
+
+    fn attach(&mut self, fd: i32, d: u32, cloexec: bool) {
+        if let Some(desc) = self.descs.get_mut(&d) {
+            desc.refs += 1;
+            if desc.refs == 1 {
+                match desc.kind {
+                    DescKind::PipeRead(p) => self.pipes.entry(p).or_default().readers += 1,
+                    DescKind::PipeWrite(p) => self.pipes.entry(p).or_default().writers += 1,
+                    _ => {}
+                }
+            }
+        }
+        self.fds.insert(fd, (d, cloexec));
+    }
+
+    /// close: -EBADF if `fd` is not open.
+    pub(super) fn close(&mut self, fd: i32) -> i64 {
+        let Some((d, _)) = self.fds.remove(&fd) else {
+            return -EBADF;
+        };
+        let Some(desc) = self.descs.get_mut(&d) else {
+            return 0;
+        };
+        desc.refs -= 1;
+        if desc.refs == 0 {
+            let desc = self.descs.remove(&d);
+            let pipe = match desc.map(|d| d.kind) {
+                Some(DescKind::PipeRead(p)) => self.pipes.get_mut(&p).map(|x| {
+                    x.readers -= 1;
+                    p
+                }),
+                Some(DescKind::PipeWrite(p)) => self.pipes.get_mut(&p).map(|x| {
+                    x.writers -= 1;
+                    p
+                }),
+                _ => None,
+            };
+            if let Some(p) = pipe {
+                if self
+                    .pipes
+                    .get(&p)
+                    .is_some_and(|x| x.readers + x.writers == 0)
+                {
+                    self.pipes.remove(&p);
+                }
+            }
+        }
+        0
+    }
+
+    /// dup/dup2/dup3/F_DUPFD: `new` None = the lowest free >= `min`.
+    fn dup(&mut self, old: i32, new: Option<i32>, min: i32, cloexec: bool) -> i64 {
+        let Some(&(d, _)) = self.fds.get(&old) else {
+            return -EBADF;
+        };
+        let fd = match new {
+            Some(n) => {
+                if n < 0 || n as usize >= MAX_FDS {
+                    return -EBADF;
+                }
+                if n == old {
+                    return i64::from(n);
+                }
+                self.close(n);
+                n
+            }
+            None => match self.free_fd(min) {
+                Some(n) => n,
+                None => return -EMFILE,
+            },
+        };
+        self.attach(fd, d, cloexec);
+        i64::from(fd)
+    }
+
+    pub(super) fn desc(&self, fd: i32) -> Option<&Desc> {
+        self.fds.get(&fd).and_then(|(d, _)| self.descs.get(d))
+    }
+
+    pub(super) fn desc_mut(&mut self, fd: i32) -> Option<&mut Desc> {
+        let d = self.fds.get(&fd)?.0;
+        self.descs.get_mut(&d)
+    }
+
+    /// The open file behind `fd`, if it is one.
+    pub(super) fn file(&self, fd: i32) -> Option<&OpenFile> {
+        match &self.desc(fd)?.kind {
+            DescKind::File(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn file_mut(&mut self, fd: i32) -> Option<&mut OpenFile> {
+        match &mut self.desc_mut(fd)?.kind {
+            DescKind::File(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The open directory behind `fd`, if it is one.
+    pub(super) fn dir(&self, fd: i32) -> Option<&OpenDir> {
+        match &self.desc(fd)?.kind {
+            DescKind::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn dir_mut(&mut self, fd: i32) -> Option<&mut OpenDir> {
+        match &mut self.desc_mut(fd)?.kind {
+            DescKind::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Freeze: every open file becomes read-only.
+    pub(super) fn make_read_only(&mut self) {
+        for d in self.descs.values_mut() {
+            if let DescKind::File(f) = &mut d.kind {
+                f.write = false;
+            }
+        }
+    }
+
+    /// Open descriptors other than stdin/stdout/stderr-like ones.
+    pub(super) fn count_files(&self) -> usize {
+        self.fds
+            .values()
+            .filter(|(d, _)| {
+                !matches!(
+                    self.descs.get(d).map(|x| &x.kind),
+                    Some(DescKind::Stdin | DescKind::Output(_)) | None
+                )
+            })
+            .count()
+    }
+
+    /// Open descriptors.
+    pub(super) fn count(&self) -> usize {
+        self.fds.len()
+    }
+}
+
 /// `AT_FDCWD`.
-const AT_FDCWD: i32 = -100;
-/// `MAP_ANONYMOUS`.
-const MAP_ANONYMOUS: u64 = 0x20;
+pub(super) const AT_FDCWD: i32 = -100;
+const O_NONBLOCK: u64 = 0o4000;
+const O_CLOEXEC: u64 = 0o2000000;
+const O_APPEND: u64 = 0o2000;
 
 impl LinuxState {
     /// The kind of descriptor `fd`.
     pub(super) fn fd_kind(&self, fd: i32) -> FdKind {
-        if self.files.is_open(fd) {
-            return State;
-        }
-        match fd {
-            0 => Stdin,
-            1 | 2 => Output,
-            _ => Closed,
+        match self.fds.desc(fd).map(|d| &d.kind) {
+            None => Closed,
+            Some(DescKind::Stdin) => Stdin,
+            Some(DescKind::Output(_)) => Output,
+            Some(DescKind::File(_)) => File,
+            Some(DescKind::Dir(_)) => Dir,
+            Some(DescKind::PipeRead(_)) => PipeRead,
+            Some(DescKind::PipeWrite(_)) => PipeWrite,
         }
     }
 
@@ -53,82 +307,336 @@ impl LinuxState {
         mem: &mut GuestMemory,
         out: &mut dyn Output,
     ) -> Option<i64> {
+        if let Some(v) = self.path_call(nr, a, mem) {
+            return Some(v);
+        }
         let fd = a[0] as i64 as i32;
         let kind = self.fd_kind(fd);
         // Seek-type calls on a stream; calls that need a file but got a stream.
         let no_seek = |k| if k == Closed { -EBADF } else { -ESPIPE };
         let not_file = |k| if k == Closed { -EBADF } else { -EINVAL };
         Some(match nr {
-            libc::SYS_open => self.files.open(AT_FDCWD, a[0], a[1], mem),
-            libc::SYS_creat => self.files.open(AT_FDCWD, a[0], 0o1101, mem),
-            libc::SYS_openat => self.files.open(a[0] as i32, a[1], a[2], mem),
-            libc::SYS_stat | libc::SYS_lstat => self.files.stat_path(AT_FDCWD, a[0], a[1], mem),
-            libc::SYS_newfstatat => self.sys_newfstatat(a, mem),
-            libc::SYS_access => self.files.access(AT_FDCWD, a[0], a[1], mem),
-            libc::SYS_faccessat | libc::SYS_faccessat2 => {
-                self.files.access(a[0] as i32, a[1], a[2], mem)
+            libc::SYS_read => self.read(fd, a[1], a[2], mem),
+            libc::SYS_write => self.write(fd, a[1], a[2], mem, out),
+            libc::SYS_pread64 | libc::SYS_pwrite64 if kind == File && (a[3] as i64) < 0 => -EINVAL,
+            libc::SYS_pread64 if kind == File => match self.fds.file_mut(fd) {
+                Some(f) => f.read(a[1], a[2], Some(a[3]), mem),
+                None => -EBADF,
+            },
+            libc::SYS_pwrite64 if kind == File => match self.fds.file_mut(fd) {
+                Some(f) => f.write(a[1], a[2], Some(a[3]), mem),
+                None => -EBADF,
+            },
+            libc::SYS_pread64 | libc::SYS_pwrite64 if kind == Dir => -EISDIR,
+            libc::SYS_lseek => match kind {
+                File => match self.fds.file_mut(fd) {
+                    Some(f) => f.lseek(a[1] as i64, a[2]),
+                    None => -EBADF,
+                },
+                Dir => match self.fds.dir_mut(fd) {
+                    Some(d) => d.lseek(a[1] as i64, a[2]),
+                    None => -EBADF,
+                },
+                k => no_seek(k),
+            },
+            libc::SYS_pread64 | libc::SYS_pwrite64 => no_seek(kind),
+            libc::SYS_readv => self.vectored(fd, a[1], a[2], false, mem, out),
+            libc::SYS_writev => self.vectored(fd, a[1], a[2], true, mem, out),
+            libc::SYS_close => self.fds.close(fd),
+            libc::SYS_dup => self.fds.dup(fd, None, 0, false),
+            libc::SYS_dup2 => {
+                if kind == Closed {
+                    -EBADF
+                } else {
+                    self.fds.dup(fd, Some(a[1] as i64 as i32), 0, false)
+                }
             }
-            libc::SYS_read => match kind {
-                State => self.files.read(fd, a[1], a[2], None, mem),
-                Stdin => 0,
-                Output | Closed => -EBADF,
-            },
-            libc::SYS_write => match kind {
-                State => self.files.write(fd, a[1], a[2], None, mem),
-                Output => self.sys_write(fd, a[1], a[2], mem, out),
-                Stdin | Closed => -EBADF,
-            },
-            libc::SYS_pread64 | libc::SYS_pwrite64 if kind == State && (a[3] as i64) < 0 => -EINVAL,
-            libc::SYS_pread64 if kind == State => self.files.read(fd, a[1], a[2], Some(a[3]), mem),
-            libc::SYS_pwrite64 if kind == State => {
-                self.files.write(fd, a[1], a[2], Some(a[3]), mem)
+            libc::SYS_dup3 => {
+                if a[2] & !O_CLOEXEC != 0 || a[0] == a[1] {
+                    -EINVAL
+                } else {
+                    self.fds
+                        .dup(fd, Some(a[1] as i64 as i32), 0, a[2] & O_CLOEXEC != 0)
+                }
             }
-            libc::SYS_lseek if kind == State => self.files.lseek(fd, a[1] as i64, a[2]),
-            libc::SYS_lseek | libc::SYS_pread64 | libc::SYS_pwrite64 => no_seek(kind),
-            libc::SYS_readv => match kind {
-                State => self.files.vectored(fd, a[1], a[2], false, mem),
-                Stdin => 0,
-                Output | Closed => -EBADF,
-            },
-            libc::SYS_writev => match kind {
-                State => self.files.vectored(fd, a[1], a[2], true, mem),
-                Output => self.sys_writev(fd, a[1], a[2], mem, out),
-                Stdin | Closed => -EBADF,
-            },
-            libc::SYS_close => match kind {
-                State => self.files.close(fd),
-                Stdin | Output => 0,
-                Closed => -EBADF,
+            libc::SYS_pipe => self.pipe(a[0], 0, mem),
+            libc::SYS_pipe2 => self.pipe(a[0], a[1], mem),
+            libc::SYS_getdents64 => match self.fds.dir_mut(fd) {
+                Some(d) => d.getdents(a[1], a[2], mem),
+                None => not_dir(kind),
             },
             libc::SYS_fstat => self.fstat(fd, a[1], mem),
-            libc::SYS_ioctl => match kind {
-                State => -ENOTTY,
-                Stdin | Output | Closed => self.sys_ioctl_std(fd, a[1], a[2], mem),
+            libc::SYS_ioctl => self.ioctl(fd, a[1], a[2], mem),
+            libc::SYS_fcntl => self.fcntl(fd, a[1], a[2]),
+            libc::SYS_fsync | libc::SYS_fdatasync => match kind {
+                File => self.fds.file(fd).map_or(-EBADF, |f| f.fsync()),
+                Dir => 0,
+                k => not_file(k),
             },
-            libc::SYS_fcntl => match kind {
-                State => self.files.fcntl(fd, a[1], a[2]),
-                Stdin | Output | Closed => stdio_fcntl(fd, a[1]),
+            libc::SYS_ftruncate => match self.fds.file_mut(fd) {
+                Some(f) => f.ftruncate(a[1] as i64),
+                None => not_file(kind),
             },
-            libc::SYS_fsync | libc::SYS_fdatasync if kind == State => self.files.fsync(fd),
-            libc::SYS_ftruncate if kind == State => self.files.ftruncate(fd, a[1] as i64),
-            libc::SYS_fsync | libc::SYS_fdatasync | libc::SYS_ftruncate => not_file(kind),
+            libc::SYS_fchdir => match self.fds.dir(fd) {
+                Some(d) => {
+                    self.cwd = d.path.clone();
+                    0
+                }
+                None => not_dir(kind),
+            },
             // flock (one process) and fadvise64 are accepted on files only (else ENOSYS).
-            libc::SYS_flock | libc::SYS_fadvise64 if kind == State => 0,
-            libc::SYS_mmap
-                if a[3] & MAP_ANONYMOUS == 0 && self.fd_kind(a[4] as i64 as i32) == State =>
-            {
-                -ENODEV
-            }
+            libc::SYS_flock | libc::SYS_fadvise64 if matches!(kind, File | Dir) => 0,
             libc::SYS_poll | libc::SYS_ppoll => self.sys_poll(a[0], a[1], mem),
             _ => return None,
         })
     }
 
+    fn read(&mut self, fd: i32, buf: u64, len: u64, mem: &mut GuestMemory) -> i64 {
+        let Some(desc) = self.fds.desc_mut(fd) else {
+            return -EBADF;
+        };
+        let nonblock = desc.nonblock;
+        match &mut desc.kind {
+            DescKind::File(f) => f.read(buf, len, None, mem),
+            DescKind::Stdin => 0,
+            DescKind::Dir(_) => -EISDIR,
+            DescKind::Output(_) | DescKind::PipeWrite(_) => -EBADF,
+            DescKind::PipeRead(p) => {
+                let p = *p;
+                self.pipe_read(p, buf, len, nonblock, mem)
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        len: u64,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> i64 {
+        let Some(desc) = self.fds.desc_mut(fd) else {
+            return -EBADF;
+        };
+        match &mut desc.kind {
+            DescKind::File(f) => f.write(buf, len, None, mem),
+            DescKind::Output(stream) => {
+                let s = *stream;
+                self.sys_write(s, buf, len, mem, out)
+            }
+            DescKind::PipeWrite(p) => {
+                let p = *p;
+                self.pipe_write(p, buf, len, mem)
+            }
+            DescKind::Stdin | DescKind::Dir(_) | DescKind::PipeRead(_) => -EBADF,
+        }
+    }
+
+    /// readv/writev: outputs gather into one write; everything else is one call per entry.
+    fn vectored(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        cnt: u64,
+        write: bool,
+        mem: &mut GuestMemory,
+        out: &mut dyn Output,
+    ) -> i64 {
+        if let Some(DescKind::Output(s)) = self.fds.desc(fd).map(|d| &d.kind) {
+            if !write {
+                return -EBADF;
+            }
+            let s = *s;
+            return self.sys_writev(s, iov, cnt, mem, out);
+        }
+        if self.fd_kind(fd) == Closed {
+            return -EBADF;
+        }
+        if cnt > 1024 {
+            return -EINVAL;
+        }
+        let mut total = 0i64;
+        for i in 0..cnt {
+            let (Ok(base), Ok(len)) = (
+                mem.read_u64(iov.wrapping_add(16 * i)),
+                mem.read_u64(iov.wrapping_add(16 * i + 8)),
+            ) else {
+                return if total > 0 { total } else { -EFAULT };
+            };
+            if len == 0 {
+                continue;
+            }
+            let r = if write {
+                self.write(fd, base, len, mem, out)
+            } else {
+                self.read(fd, base, len, mem)
+            };
+            if r < 0 {
+                return if total > 0 { total } else { r };
+            }
+            total += r;
+            if (r as u64) < len {
+                break;
+            }
+        }
+        total
+    }
+
+    /// pipe/pipe2: a pipe inside this process (its buffer is part of the process state).
+    fn pipe(&mut self, fds: u64, flags: u64, mem: &mut GuestMemory) -> i64 {
+        const O_DIRECT: u64 = 0o40000;
+        if flags & !(O_CLOEXEC | O_NONBLOCK | O_DIRECT) != 0 {
+            return -EINVAL;
+        }
+        if !mem.contains(fds, 8) {
+            return -EFAULT;
+        }
+        if self.fds.count() + 2 > MAX_FDS {
+            return -EMFILE;
+        }
+        let id = self.fds.next;
+        let (cloexec, nonblock) = (flags & O_CLOEXEC != 0, flags & O_NONBLOCK != 0);
+        let r = self.fds.install(DescKind::PipeRead(id), cloexec, nonblock);
+        let w = self.fds.install(DescKind::PipeWrite(id), cloexec, nonblock);
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&(r as i32).to_le_bytes());
+        b[4..].copy_from_slice(&(w as i32).to_le_bytes());
+        if mem.write(fds, &b).is_err() {
+            self.fds.close(r as i32);
+            self.fds.close(w as i32);
+            return -EFAULT;
+        }
+        0
+    }
+
+    /// A read from an empty pipe whose write end is open would wait forever in a program with
+    /// one thread: it fails with EAGAIN, blocking or not.
+    fn pipe_read(
+        &mut self,
+        p: u32,
+        buf: u64,
+        len: u64,
+        _nonblock: bool,
+        mem: &mut GuestMemory,
+    ) -> i64 {
+        let Some(pipe) = self.fds.pipes.get_mut(&p) else {
+            return 0;
+        };
+        if pipe.buf.is_empty() {
+            return if pipe.writers == 0 { 0 } else { -EAGAIN };
+        }
+        let n = (len as usize).min(pipe.buf.len());
+        if !mem.contains(buf, n) {
+            return -EFAULT;
+        }
+        let data: Vec<u8> = pipe.buf.iter().take(n).copied().collect();
+        if mem.write(buf, &data).is_err() {
+            return -EFAULT;
+        }
+        pipe.buf.drain(..n);
+        n as i64
+    }
+
+    /// A write to a full pipe fails with EAGAIN (nothing else could empty it); a write with
+    /// no reader left fails with EPIPE.
+    fn pipe_write(&mut self, p: u32, buf: u64, len: u64, mem: &GuestMemory) -> i64 {
+        let Some(pipe) = self.fds.pipes.get_mut(&p) else {
+            return -EPIPE;
+        };
+        if pipe.readers == 0 {
+            return -EPIPE;
+        }
+        let room = PIPE_SIZE - pipe.buf.len();
+        if room == 0 {
+            return -EAGAIN;
+        }
+        let n = (len as usize).min(room);
+        match mem.read_vec(buf, n) {
+            Ok(d) => {
+                pipe.buf.extend(d);
+                n as i64
+            }
+            Err(_) => -EFAULT,
+        }
+    }
+
     /// fstat on any kind of descriptor.
-    fn fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
-        match self.fd_kind(fd) {
-            State => self.files.fstat(fd, buf, mem),
-            Stdin | Output | Closed => self.sys_fstat(fd, buf, mem),
+    pub(super) fn fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
+        match self.fd_stat(fd) {
+            Ok(st) => put(mem, buf, &st),
+            Err(e) => e,
+        }
+    }
+
+    /// The `struct stat` of descriptor `fd`.
+    pub(super) fn fd_stat(&self, fd: i32) -> Result<Stat, i64> {
+        let mode: u32 = match self.fds.desc(fd).map(|d| &d.kind) {
+            None => return Err(-EBADF),
+            Some(DescKind::File(f)) => return f.stat(),
+            Some(DescKind::Dir(d)) => return d.stat(),
+            Some(DescKind::Stdin | DescKind::PipeRead(_) | DescKind::PipeWrite(_)) => 0o010600,
+            Some(DescKind::Output(_)) => 0o020620, // S_IFCHR: a terminal
+        };
+        Ok(Stat {
+            nlink: 1,
+            mode,
+            blksize: 4096,
+            ..Stat::default()
+        })
+    }
+
+    /// fcntl.
+    fn fcntl(&mut self, fd: i32, cmd: u64, arg: u64) -> i64 {
+        const F_DUPFD_CLOEXEC: u64 = 1030;
+        const F_GETPIPE_SZ: u64 = 1032;
+        let kind = self.fd_kind(fd);
+        if kind == Closed {
+            return -EBADF;
+        }
+        match cmd {
+            0 | F_DUPFD_CLOEXEC => {
+                let min = arg as i64;
+                if !(0..MAX_FDS as i64).contains(&min) {
+                    return -EINVAL;
+                }
+                self.fds.dup(fd, None, min as i32, cmd == F_DUPFD_CLOEXEC)
+            }
+            1 => i64::from(self.fds.fds.get(&fd).is_some_and(|x| x.1)),
+            2 => {
+                if let Some(x) = self.fds.fds.get_mut(&fd) {
+                    x.1 = arg & 1 != 0;
+                }
+                0
+            }
+            3 => {
+                let d = self.fds.desc(fd).expect("open");
+                let nb = if d.nonblock { O_NONBLOCK as i64 } else { 0 };
+                nb | match &d.kind {
+                    DescKind::File(f) => f.status_flags(),
+                    DescKind::Output(_) | DescKind::PipeWrite(_) => 1, // O_WRONLY
+                    DescKind::Dir(_) => 0o200000,                      // O_DIRECTORY
+                    _ => 0,
+                }
+            }
+            4 => {
+                let d = self.fds.desc_mut(fd).expect("open");
+                d.nonblock = arg & O_NONBLOCK != 0;
+                if let DescKind::File(f) = &mut d.kind {
+                    f.append = arg & O_APPEND != 0;
+                }
+                0
+            }
+            // F_GETLK, F_SETLK, F_SETLKW and the OFD variants: one process, always granted.
+            5..=7 | 36..=38 => {
+                if matches!(kind, File | Dir) {
+                    0
+                } else {
+                    -EINVAL
+                }
+            }
+            F_GETPIPE_SZ if matches!(kind, PipeRead | PipeWrite) => PIPE_SIZE as i64,
+            _ => -EINVAL,
         }
     }
 
@@ -136,17 +644,39 @@ impl LinuxState {
     fn poll_events(&self, fd: i32, events: i16) -> i16 {
         const POLLIN: i16 = 1;
         const POLLOUT: i16 = 4;
+        const POLLERR: i16 = 8;
+        const POLLHUP: i16 = 0x10;
         const POLLNVAL: i16 = 0x20;
         if fd < 0 {
             return 0;
         }
-        match self.fd_kind(fd) {
-            Stdin => events & POLLIN,
-            Output => events & POLLOUT,
-            State => events & (POLLIN | POLLOUT),
-            Closed => POLLNVAL,
+        let pipe = |p: &u32| self.fds.pipes.get(p).cloned().unwrap_or_default();
+        match self.fds.desc(fd).map(|d| &d.kind) {
+            None => POLLNVAL,
+            Some(DescKind::Stdin) => events & POLLIN,
+            Some(DescKind::Output(_)) => events & POLLOUT,
+            Some(DescKind::File(_) | DescKind::Dir(_)) => events & (POLLIN | POLLOUT),
+            Some(DescKind::PipeRead(p)) => {
+                let p = pipe(p);
+                let mut r = if p.buf.is_empty() { 0 } else { events & POLLIN };
+                if p.writers == 0 {
+                    r |= POLLHUP;
+                }
+                r
+            }
+            Some(DescKind::PipeWrite(p)) => {
+                let p = pipe(p);
+                if p.readers == 0 {
+                    POLLERR
+                } else if p.buf.len() < PIPE_SIZE {
+                    events & POLLOUT
+                } else {
+                    0
+                }
+            }
         }
     }
+
     fn sys_write(
         &mut self,
         fd: i32,
@@ -155,9 +685,6 @@ impl LinuxState {
         mem: &GuestMemory,
         out: &mut dyn Output,
     ) -> i64 {
-        if fd != 1 && fd != 2 {
-            return -EBADF;
-        }
         let len = len.min(64 << 20) as usize;
         if !mem.contains(buf, len) {
             return -EFAULT;
@@ -179,9 +706,6 @@ impl LinuxState {
         mem: &GuestMemory,
         out: &mut dyn Output,
     ) -> i64 {
-        if fd != 1 && fd != 2 {
-            return -EBADF;
-        }
         if cnt > 1024 {
             return -EINVAL;
         }
@@ -223,8 +747,7 @@ impl LinuxState {
         total as i64
     }
 
-    /// poll/ppoll on the standard descriptors: stdin is at EOF (readable), stdout and stderr
-    /// are always writable, anything else is not open (POLLNVAL). Never blocks.
+    /// poll/ppoll. Never blocks.
     fn sys_poll(&mut self, fds: u64, n: u64, mem: &mut GuestMemory) -> i64 {
         if n > 1024 {
             return -EINVAL;
@@ -247,31 +770,25 @@ impl LinuxState {
         ready
     }
 
-    /// stdin is an empty pipe; stdout and stderr look like a terminal (a character device
-    /// that answers TCGETS and TIOCGWINSZ), so glibc and musl line-buffer stdout: what a
-    /// program prints appears line by line, and nothing but a partial line can sit in a
-    /// stdio buffer when the VM is frozen.
-    fn sys_fstat(&mut self, fd: i32, buf: u64, mem: &mut GuestMemory) -> i64 {
-        if !(0..=2).contains(&fd) {
-            return -EBADF;
-        }
-        let mode: u32 = if fd == 0 { 0o010600 } else { 0o020620 }; // S_IFIFO, S_IFCHR
-        let st = Stat {
-            nlink: 1,
-            mode,
-            blksize: 4096,
-            ..Stat::default()
-        };
-        put(mem, buf, &st)
-    }
-
-    /// ioctl on fds 0-2: TCGETS and TIOCGWINSZ succeed on stdout/stderr (a terminal, see
-    /// `sys_fstat`); everything else is ENOTTY.
-    fn sys_ioctl_std(&mut self, fd: i32, req: u64, arg: u64, mem: &mut GuestMemory) -> i64 {
+    /// ioctl: outputs answer TCGETS and TIOCGWINSZ (a terminal, so glibc and musl line-buffer
+    /// stdout: what a program prints appears line by line, and nothing but a partial line can
+    /// sit in a stdio buffer when the VM is frozen); FIOCLEX/FIONCLEX on anything open;
+    /// everything else is ENOTTY.
+    fn ioctl(&mut self, fd: i32, req: u64, arg: u64, mem: &mut GuestMemory) -> i64 {
         const TCGETS: u64 = 0x5401;
         const TIOCGWINSZ: u64 = 0x5413;
-        match (fd, req & 0xFFFF_FFFF) {
-            (1 | 2, TCGETS) => {
+        const FIONCLEX: u64 = 0x5450;
+        const FIOCLEX: u64 = 0x5451;
+        let kind = self.fd_kind(fd);
+        match (kind, req & 0xFFFF_FFFF) {
+            (Closed, _) => -EBADF,
+            (_, FIOCLEX | FIONCLEX) => {
+                if let Some(x) = self.fds.fds.get_mut(&fd) {
+                    x.1 = req & 0xFFFF_FFFF == FIOCLEX;
+                }
+                0
+            }
+            (Output, TCGETS) => {
                 // struct termios (kernel): iflag ICRNL, oflag OPOST|ONLCR, cflag B38400|CS8|
                 // CREAD, lflag ISIG|ICANON|ECHO..., c_line, c_cc[19].
                 let t = Termios {
@@ -283,7 +800,7 @@ impl LinuxState {
                 };
                 put(mem, arg, &t)
             }
-            (1 | 2, TIOCGWINSZ) => {
+            (Output, TIOCGWINSZ) => {
                 let w = Winsize {
                     rows: 24,
                     cols: 80,
@@ -291,32 +808,15 @@ impl LinuxState {
                 };
                 put(mem, arg, &w)
             }
-            (0..=2, _) => -ENOTTY,
-            _ => -EBADF,
+            _ => -ENOTTY,
         }
-    }
-
-    fn sys_newfstatat(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
-        const AT_EMPTY_PATH: u64 = 0x1000;
-        let path = match mem.read_cstr(a[1], 4096) {
-            Ok(p) => p,
-            Err(_) => return -EFAULT,
-        };
-        if path.is_empty() && a[3] & AT_EMPTY_PATH != 0 {
-            return self.fstat(a[0] as i32, a[2], mem);
-        }
-        self.files.stat_path(a[0] as i32, a[1], a[2], mem)
     }
 }
 
-/// fcntl on the standard descriptors.
-fn stdio_fcntl(fd: i32, cmd: u64) -> i64 {
-    match (fd, cmd) {
-        (0..=2, 1) => 0,     // F_GETFD
-        (0..=2, 2 | 4) => 0, // F_SETFD, F_SETFL
-        (0, 3) => 0,         // F_GETFL: O_RDONLY
-        (1..=2, 3) => 1,     // O_WRONLY
-        (0..=2, _) => -EINVAL,
-        _ => -EBADF,
+fn not_dir(k: FdKind) -> i64 {
+    if k == Closed {
+        -EBADF
+    } else {
+        -ENOTDIR
     }
 }

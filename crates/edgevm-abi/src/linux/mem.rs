@@ -161,8 +161,7 @@ impl LinuxState {
             return -EINVAL;
         }
         if flags & MAP_ANONYMOUS == 0 {
-            // No files yet.
-            return -EBADF;
+            return self.mmap_file(a, mem);
         }
         let len = page_up(len);
         if len == 0 || len > self.layout.mem_size {
@@ -206,6 +205,61 @@ impl LinuxState {
             Some(at) => at as i64,
             None => -ENOMEM,
         }
+    }
+
+    /// A file mapping: anonymous memory holding a copy of the file's bytes (the rest of the
+    /// last page, and pages past the end of the file, read as zero). MAP_PRIVATE, and
+    /// MAP_SHARED read-only (the copy does not follow later changes of the file); a shared
+    /// writable mapping, whose writes would have to reach the file, is refused with ENODEV.
+    fn mmap_file(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const PROT_WRITE: u64 = 2;
+        const MAP_SHARED: u64 = 1;
+        const MAP_ANONYMOUS: u64 = 0x20;
+        let (len, prot, flags, fd, off) = (a[1], a[2], a[3], a[4] as i64 as i32, a[5]);
+        if off % PAGE != 0 {
+            return -EINVAL;
+        }
+        let file = match self.fds.file(fd) {
+            Some(f) => f.clone(),
+            None if self.fd_kind(fd) == super::fds::FdKind::Closed => return -EBADF,
+            None => return -ENODEV,
+        };
+        if !file.read {
+            return -EACCES;
+        }
+        if flags & 3 == MAP_SHARED && prot & PROT_WRITE != 0 {
+            return if file.write { -ENODEV } else { -EACCES };
+        }
+        let mut anon = a;
+        anon[3] |= MAP_ANONYMOUS;
+        let at = self.sys_mmap(anon, mem);
+        if at < 0 {
+            return at;
+        }
+        let at = at as u64;
+        let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+        let mut done = 0u64;
+        while done < len {
+            let want = ((len - done) as usize).min(buf.len());
+            let n = match file.read_into(off + done, &mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.sys_munmap(at, len);
+                    return e;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if mem.write(at + done, &buf[..n]).is_err() {
+                return -EFAULT;
+            }
+            done += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        at as i64
     }
 
     fn sys_munmap(&mut self, addr: u64, len: u64) -> i64 {

@@ -11,28 +11,31 @@
 //! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
 //! Signals are recorded (`rt_sigaction`, `rt_sigprocmask`) but never delivered; a signal sent
 //! to the program itself with a default action ends it, as `abort()` expects.
-//! Files: the program's `state` file is the only one (see [`crate::files`]); opening any other
-//! path fails with `ENOENT`.
+//! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
+//! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
 //! Anything not emulated returns `-ENOSYS`.
 //!
-//! Calls by area: [`fds`] (the descriptor table), [`mem`], [`process`]; see docs/DESIGN.md.
+//! Calls by area: [`fds`] (the descriptor table), [`paths`], [`mem`], [`process`]; see
+//! docs/DESIGN.md.
 
 mod fds;
 mod mem;
+mod paths;
 mod process;
-mod snapshot;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use edgevm_kvm::{kvm_regs, GuestMemory, KvmError, Vcpu, PAGE_SIZE};
 
 use crate::errno::{self, *};
-use crate::files::Files;
 use crate::layout::{self, Layout};
 use crate::names::syscall_name;
+use crate::sandbox::{PathRule, Sandbox};
+use fds::FdTable;
 use mem::MmapArea;
 pub use process::fill_random;
 
@@ -79,7 +82,7 @@ pub enum SyscallOutcome {
 }
 
 /// Settings of the emulated process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LinuxConfig {
     /// Bytes of memory the program may allocate in total (ELF, stack, brk and mmap).
     pub max_memory: u64,
@@ -89,6 +92,12 @@ pub struct LinuxConfig {
     pub verbose_syscalls: bool,
     /// Host file behind the guest's `state` file (`<filename>.state`); None: no state file.
     pub state_file: Option<std::path::PathBuf>,
+    /// The host files the program may reach (`allowed_paths`).
+    pub allowed_paths: Vec<PathRule>,
+    /// The working directory at the start (`current_working_directory`, a guest path).
+    pub cwd: String,
+    /// `verbose`: log paths the sandbox refuses.
+    pub verbose: bool,
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -115,15 +124,39 @@ pub struct LinuxState {
     request_limit: Option<(u64, u64)>,
     /// System calls handled.
     pub syscalls: u64,
-    /// Open files (the state file).
-    files: Files,
+    /// The descriptor table.
+    fds: FdTable,
+    /// What paths name (allowed_paths and the state file).
+    sandbox: Arc<Sandbox>,
+    /// The working directory (a normalized guest path).
+    cwd: Vec<u8>,
+    /// Writes to writable paths are allowed (main VM before the freeze, storage VM).
+    may_write: bool,
 }
 
 impl LinuxState {
     /// A process whose ELF image ends at `elf_end` and spans `image_bytes`.
     pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
         let brk_start = page_up(elf_end);
-        let files = Files::new(cfg.state_file.clone());
+        let mut rules = cfg.allowed_paths.clone();
+        if let Some(state) = &cfg.state_file {
+            rules.push(PathRule {
+                virt: b"/state".to_vec(),
+                real: state.clone(),
+                prefix: false,
+                writable: true,
+                symlink: false,
+            });
+        }
+        let sandbox = Arc::new(Sandbox::new(rules));
+        let cwd = crate::sandbox::normalize(b"/", cfg.cwd.as_bytes())
+            .map(|mut c| {
+                if c.len() > 1 && c.ends_with(b"/") {
+                    c.pop();
+                }
+                c
+            })
+            .unwrap_or_else(|_| b"/".to_vec());
         LinuxState {
             layout,
             cfg,
@@ -146,19 +179,23 @@ impl LinuxState {
             deadline: None,
             request_limit: None,
             syscalls: 0,
-            files,
+            fds: FdTable::new(),
+            sandbox,
+            cwd,
+            may_write: true,
         }
     }
 
     /// The program is being frozen: the state file becomes read-only for every VM forked from
     /// this state (request VMs), including descriptors open now.
     pub fn make_files_read_only(&mut self) {
-        self.files.make_read_only();
+        self.may_write = false;
+        self.fds.make_read_only();
     }
 
-    /// Number of open files (besides stdin/stdout/stderr).
+    /// Number of open descriptors besides stdin/stdout/stderr (and their duplicates).
     pub fn open_files(&self) -> usize {
-        self.files.count()
+        self.fds.count_files()
     }
 
     /// Bytes counted against max_memory now.

@@ -43,9 +43,6 @@ impl LinuxState {
             libc::SYS_kill | libc::SYS_tkill => self.sys_kill(a[0] as i64, a[1] as i64),
             libc::SYS_tgkill => self.sys_kill(a[1] as i64, a[2] as i64),
             libc::SYS_uname => Ok(self.sys_uname(a[0], mem)),
-            libc::SYS_getcwd => Ok(self.sys_getcwd(a[0], a[1], mem)),
-            libc::SYS_readlink => Ok(self.sys_readlink(a[0], a[1], a[2], mem)),
-            libc::SYS_readlinkat => Ok(self.sys_readlink(a[1], a[2], a[3], mem)),
             libc::SYS_gettimeofday => Ok(self.sys_gettimeofday(a[0], a[1], mem)),
             libc::SYS_time => Ok(self.sys_time(a[0], mem)),
             libc::SYS_clock_gettime => Ok(self.sys_clock_gettime(a[0], a[1], mem)),
@@ -173,31 +170,6 @@ impl LinuxState {
             u[i * 65..i * 65 + s.len()].copy_from_slice(s.as_bytes());
         }
         wr(mem, buf, &u)
-    }
-
-    fn sys_getcwd(&mut self, buf: u64, size: u64, mem: &mut GuestMemory) -> i64 {
-        if size < 2 {
-            return -ERANGE;
-        }
-        match mem.write(buf, b"/\0") {
-            Ok(()) => 2,
-            Err(_) => -EFAULT,
-        }
-    }
-
-    fn sys_readlink(&mut self, path: u64, buf: u64, size: u64, mem: &mut GuestMemory) -> i64 {
-        let Ok(p) = mem.read_cstr(path, 4096) else {
-            return -EFAULT;
-        };
-        if p != b"/proc/self/exe" {
-            return -ENOENT;
-        }
-        let target = self.cfg.exe_path.as_bytes();
-        let n = target.len().min(size as usize);
-        match mem.write(buf, &target[..n]) {
-            Ok(()) => n as i64,
-            Err(_) => -EFAULT,
-        }
     }
 
     fn sys_gettimeofday(&mut self, tv: u64, tz: u64, mem: &mut GuestMemory) -> i64 {

@@ -43,6 +43,7 @@ fn env(max_memory: u64) -> Env {
             exe_path: "/prog".into(),
             verbose_syscalls: true,
             state_file: None,
+            ..LinuxConfig::default()
         },
         0x400000 + 0x1234,
         0x2000,
@@ -111,22 +112,24 @@ fn the_state_file_is_the_only_file_and_read_only_after_the_freeze() {
         e.mem.write(path, &b).unwrap();
     };
     const AT_FDCWD: u64 = -100i64 as u64;
-    // Other paths, including ways out of the sandbox: ENOENT, nothing created.
-    for p in [
-        "../prog.state",
-        "state/",
-        "/tmp/x",
-        "prog.state",
-        "",
-        "/state/..",
+    // Other paths, including ways out of the sandbox: an error, nothing created.
+    for (p, err) in [
+        ("../prog.state", ENOENT),
+        ("/tmp/x", ENOENT),
+        ("prog.state", ENOENT),
+        ("", ENOENT),
+        ("/state/..", crate::errno::EISDIR),
     ] {
         name(&mut e, p);
         assert_eq!(
             e.call(257, [AT_FDCWD, path, 0o102, 0o644, 0, 0]),
-            Ok(-ENOENT),
+            Ok(-err),
             "{p:?}"
         );
     }
+    name(&mut e, "state/");
+    assert!(e.call(257, [AT_FDCWD, path, 0o102, 0o644, 0, 0]).unwrap() < 0);
+    assert!(!host.exists(), "nothing created");
     name(&mut e, "state");
     assert_eq!(
         e.call(2, [path, 0, 0, 0, 0, 0]),
@@ -206,7 +209,7 @@ fn the_state_file_is_the_only_file_and_read_only_after_the_freeze() {
     assert_eq!(e.call(3, [4, 0, 0, 0, 0, 0]), Ok(-EBADF));
     assert_eq!(e.st.open_files(), 1);
     // Too many open files.
-    for i in 0..crate::files::MAX_OPEN_FILES - 1 {
+    for i in 0..crate::files::MAX_FDS - 4 {
         assert!(e.call(2, [path, 0, 0, 0, 0, 0]).unwrap() > 0, "open {i}");
     }
     assert_eq!(e.call(2, [path, 0, 0, 0, 0, 0]), Ok(-24), "EMFILE");
@@ -278,7 +281,7 @@ fn random_file_calls_never_panic_and_never_write_after_the_freeze() {
             };
         }
         let _ = e.call(nr, a);
-        assert!(e.st.open_files() <= crate::files::MAX_OPEN_FILES);
+        assert!(e.st.open_files() <= crate::files::MAX_FDS);
         if let Some(len) = frozen_len {
             let now = std::fs::metadata(&host)
                 .ok()
@@ -603,4 +606,466 @@ fn process_calls() {
         e.call(202, [0x305000, 0, 5, 0, 0, 0]),
         Err(SyscallOutcome::Fatal(_))
     ));
+}
+
+/// A host tree for the file sandbox tests, removed on drop.
+struct Tree(std::path::PathBuf);
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sandbox_env(tag: &str) -> (Env, Tree) {
+    use std::os::unix::fs::symlink;
+    let root = std::env::temp_dir().join(format!("edgevm-sbx-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let d = root.join("allowed");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("rw")).unwrap();
+    std::fs::create_dir_all(root.join("c/remote2")).unwrap();
+    std::fs::write(d.join("a.txt"), b"hello").unwrap();
+    std::fs::write(d.join("sub/b.txt"), b"world").unwrap();
+    std::fs::write(root.join("secret.txt"), b"secret").unwrap();
+    std::fs::write(root.join("c/other.txt"), b"secret").unwrap();
+    symlink("sub/b.txt", d.join("link_in")).unwrap();
+    symlink("../secret.txt", d.join("link_out")).unwrap();
+    symlink(root.join("secret.txt"), d.join("link_abs")).unwrap();
+    symlink("/proc/self/root", d.join("link_proc")).unwrap();
+    symlink("other.txt", root.join("c/remoteX")).unwrap();
+    let rule = |v: &str, r: std::path::PathBuf, prefix, writable, symlink| PathRule {
+        virt: v.as_bytes().to_vec(),
+        real: r,
+        prefix,
+        writable,
+        symlink,
+    };
+    let rules = vec![
+        rule("/data", d.clone(), false, false, false),
+        rule("/rw", root.join("rw"), false, true, false),
+        rule("/cache/remote", root.join("c/remote"), true, true, false),
+        rule("/p", "/proc/self".into(), false, false, false),
+        rule(
+            "/proc/self/exe",
+            "/host/prog.elf".into(),
+            false,
+            false,
+            true,
+        ),
+        PathRule::same("/dev/urandom"),
+    ];
+    let mut e = env(32 << 20);
+    e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+    e.st = LinuxState::new(
+        e.st.layout,
+        LinuxConfig {
+            allowed_paths: rules,
+            ..e.st.cfg.clone()
+        },
+        0x400000 + 0x1234,
+        0x2000,
+    );
+    (e, Tree(root))
+}
+
+const P: u64 = 0x300000;
+const BUF: u64 = 0x310000;
+const AT: u64 = -100i64 as u64;
+
+impl Env {
+    fn path(&mut self, p: &str) -> u64 {
+        let mut b = p.as_bytes().to_vec();
+        b.push(0);
+        self.mem.write(P, &b).unwrap();
+        P
+    }
+    fn open(&mut self, p: &str, flags: u64) -> i64 {
+        let at = self.path(p);
+        self.call(257, [AT, at, flags, 0o644, 0, 0]).unwrap()
+    }
+    fn read_all(&mut self, fd: i64) -> Vec<u8> {
+        let n = self.call(0, [fd as u64, BUF, 4096, 0, 0, 0]).unwrap();
+        assert!(n >= 0, "read {n}");
+        self.mem.read_vec(BUF, n as usize).unwrap()
+    }
+    fn cat(&mut self, p: &str) -> Result<Vec<u8>, i64> {
+        let fd = self.open(p, 0);
+        if fd < 0 {
+            return Err(fd);
+        }
+        let d = self.read_all(fd);
+        assert_eq!(self.call(3, [fd as u64, 0, 0, 0, 0, 0]), Ok(0));
+        Ok(d)
+    }
+    fn names(&mut self, p: &str) -> Vec<String> {
+        let fd = self.open(p, 0o200000);
+        assert!(fd >= 0, "{p}: {fd}");
+        let mut names = Vec::new();
+        loop {
+            let n = self.call(217, [fd as u64, BUF, 200, 0, 0, 0]).unwrap();
+            assert!(n >= 0);
+            if n == 0 {
+                break;
+            }
+            let b = self.mem.read_vec(BUF, n as usize).unwrap();
+            let mut off = 0;
+            while off < b.len() {
+                let reclen = u16::from_le_bytes([b[off + 16], b[off + 17]]) as usize;
+                let name = &b[off + 19..off + reclen];
+                let end = name.iter().position(|&c| c == 0).unwrap();
+                names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+                off += reclen;
+            }
+        }
+        self.call(3, [fd as u64, 0, 0, 0, 0, 0]).unwrap();
+        names.sort();
+        names
+    }
+}
+
+use crate::errno::{EBUSY, EISDIR, ELOOP, ENAMETOOLONG, ENOTDIR, EROFS, EXDEV};
+use crate::sandbox::PathRule;
+
+#[test]
+fn allowed_paths_show_only_what_is_listed_under_virtual_names() {
+    let (mut e, t) = sandbox_env("names");
+    assert_eq!(e.cat("/data/a.txt"), Ok(b"hello".to_vec()));
+    assert_eq!(e.cat("/data/sub/../a.txt"), Ok(b"hello".to_vec()));
+    assert_eq!(
+        e.cat("/data/link_in"),
+        Ok(b"world".to_vec()),
+        "a link inside"
+    );
+    // The real path is not a guest name.
+    let real = t.0.join("allowed/a.txt");
+    assert_eq!(e.cat(real.to_str().unwrap()), Err(-ENOENT));
+    assert_eq!(e.cat("/etc/passwd"), Err(-ENOENT));
+    // Virtual directories list the tops of the rules.
+    assert_eq!(
+        e.names("/"),
+        [".", "..", "cache", "data", "dev", "p", "proc", "rw"]
+    );
+    assert_eq!(e.names("/proc/self"), [".", "..", "exe"]);
+    let mut want = vec![
+        ".",
+        "..",
+        "a.txt",
+        "link_abs",
+        "link_in",
+        "link_out",
+        "link_proc",
+        "sub",
+    ];
+    want.sort();
+    assert_eq!(e.names("/data"), want);
+    // The symlink rule: readlink answers the real path, lstat shows a link.
+    let p = e.path("/proc/self/exe");
+    assert_eq!(e.call(89, [p, BUF, 100, 0, 0, 0]), Ok(14));
+    assert_eq!(e.mem.read_vec(BUF, 14).unwrap(), b"/host/prog.elf");
+    assert_eq!(e.call(6, [p, BUF, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(
+        e.mem.read_u64(BUF + 24).unwrap() as u32 & 0o170000,
+        0o120000
+    );
+    let p = e.path("/data/link_in");
+    assert_eq!(e.call(89, [p, BUF, 100, 0, 0, 0]), Ok(9));
+    assert_eq!(e.mem.read_vec(BUF, 9).unwrap(), b"sub/b.txt");
+    // stat, statx, access.
+    let p = e.path("/data/a.txt");
+    assert_eq!(e.call(4, [p, BUF, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(e.mem.read_u64(BUF + 48).unwrap(), 5, "st_size");
+    assert_eq!(e.call(332, [AT, p, 0, 0x7ff, BUF, 0]), Ok(0));
+    assert_eq!(e.mem.read_u64(BUF + 40).unwrap(), 5, "stx_size");
+    assert_eq!(e.call(21, [p, 4, 0, 0, 0, 0]), Ok(0), "R_OK");
+    assert_eq!(e.call(21, [p, 2, 0, 0, 0, 0]), Ok(-EROFS), "W_OK");
+    // A real file rule.
+    let fd = e.open("/dev/urandom", 0);
+    assert!(fd >= 3);
+    assert_eq!(e.call(0, [fd as u64, BUF, 16, 0, 0, 0]), Ok(16));
+}
+
+#[test]
+fn dot_dot_symlinks_out_and_proc_magic_links_are_refused_by_the_kernel() {
+    let (mut e, _t) = sandbox_env("escape");
+    for p in [
+        "/data/../secret.txt",
+        "/data/sub/../../secret.txt",
+        "../../../../secret.txt",
+        "/cache/other.txt",
+        "/p/../secret.txt",
+    ] {
+        assert_eq!(e.cat(p), Err(-ENOENT), "{p}");
+    }
+    // Symlinks leaving the tree: relative, absolute, through /proc.
+    assert_eq!(e.cat("/data/link_out"), Err(-EXDEV));
+    assert_eq!(e.cat("/data/link_abs"), Err(-EXDEV));
+    assert_eq!(e.cat("/data/link_proc/etc/passwd"), Err(-EXDEV));
+    let p = e.path("/data/link_out");
+    assert_eq!(
+        e.call(4, [p, BUF, 0, 0, 0, 0]),
+        Ok(-EXDEV),
+        "stat follows: refused"
+    );
+    assert_eq!(
+        e.call(6, [p, BUF, 0, 0, 0, 0]),
+        Ok(0),
+        "lstat: the link itself"
+    );
+    // /proc/self allowed: its magic links (root, cwd, exe, fd/N) still lead nowhere.
+    for p in ["/p/root/etc/passwd", "/p/cwd/x", "/p/exe", "/p/fd/0"] {
+        let r = e.cat(p);
+        assert!(r == Err(-ELOOP) || r == Err(-EXDEV), "{p}: {r:?}");
+    }
+    // A prefix extension must not be a symlink (remoteX -> other.txt).
+    assert_eq!(e.cat("/cache/remoteX"), Err(-ELOOP));
+    // Through a directory descriptor: lexical, still confined.
+    let dfd = e.open("/data/sub", 0o200000) as u64;
+    let p = e.path("../a.txt");
+    let fd = e.call(257, [dfd, p, 0, 0, 0, 0]).unwrap();
+    assert_eq!(e.read_all(fd), b"hello");
+    let p = e.path("../../secret.txt");
+    assert_eq!(e.call(257, [dfd, p, 0, 0, 0, 0]), Ok(-ENOENT));
+    let fd = e.open("/data/a.txt", 0) as u64;
+    let p = e.path("../../secret.txt");
+    assert_eq!(e.call(257, [fd, p, 0, 0, 0, 0]), Ok(-ENOTDIR));
+    assert_eq!(e.call(257, [999, p, 0, 0, 0, 0]), Ok(-EBADF));
+}
+
+#[test]
+fn a_symlink_swapped_during_opens_never_leads_out() {
+    let (mut e, t) = sandbox_env("race");
+    let race = t.0.join("allowed/race");
+    let tmp = t.0.join("allowed/race.tmp");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let swapper = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&tmp);
+            if i.is_multiple_of(2) {
+                let _ = std::os::unix::fs::symlink("../secret.txt", &tmp);
+            } else {
+                let _ = std::fs::write(&tmp, b"inside");
+            }
+            let _ = std::fs::rename(&tmp, &race);
+            i += 1;
+        }
+        i
+    });
+    let mut inside = 0;
+    for _ in 0..3000 {
+        match e.cat("/data/race") {
+            Ok(d) => {
+                assert_ne!(d, b"secret", "escaped through a swapped symlink");
+                inside += usize::from(d == b"inside");
+            }
+            Err(err) => assert!([-EXDEV, -ENOENT].contains(&err), "{err}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        swaps > 10,
+        "the swapper ran ({swaps} swaps, {inside} inside reads)"
+    );
+}
+
+#[test]
+fn writes_need_a_writable_path_and_stop_at_the_freeze() {
+    let (mut e, t) = sandbox_env("write");
+    let before = std::fs::read(t.0.join("allowed/a.txt")).unwrap();
+    for flags in [1u64, 2, 0o1000, 0o101, 0o1101] {
+        assert_eq!(e.open("/data/a.txt", flags), -EROFS, "{flags:o}");
+    }
+    assert_eq!(e.open("/data/new.txt", 0o101), -EROFS);
+    let p = e.path("/data/x");
+    assert_eq!(e.call(83, [p, 0o755, 0, 0, 0, 0]), Ok(-EROFS), "mkdir");
+    let p = e.path("/data/a.txt");
+    assert_eq!(e.call(87, [p, 0, 0, 0, 0, 0]), Ok(-EROFS), "unlink");
+    let q = 0x300800;
+    e.mem.write(q, b"/rw/stolen\0").unwrap();
+    assert_eq!(e.call(82, [p, q, 0, 0, 0, 0]), Ok(-EROFS), "rename out");
+    let fd = e.open("/data/a.txt", 0);
+    assert_eq!(
+        e.call(77, [fd as u64, 0, 0, 0, 0, 0]),
+        Ok(-EINVAL),
+        "ftruncate"
+    );
+    assert_eq!(e.call(1, [fd as u64, BUF, 1, 0, 0, 0]), Ok(-EBADF));
+    assert_eq!(std::fs::read(t.0.join("allowed/a.txt")).unwrap(), before);
+    assert!(!t.0.join("allowed/new.txt").exists());
+    // The writable path: create, write, mkdir, rename, unlink.
+    let fd = e.open("/rw/f.txt", 0o1102);
+    assert!(fd >= 3);
+    e.mem.write(BUF, b"data").unwrap();
+    assert_eq!(e.call(1, [fd as u64, BUF, 4, 0, 0, 0]), Ok(4));
+    assert_eq!(e.call(74, [fd as u64, 0, 0, 0, 0, 0]), Ok(0), "fsync");
+    assert_eq!(std::fs::read(t.0.join("rw/f.txt")).unwrap(), b"data");
+    let p = e.path("/rw/d");
+    assert_eq!(e.call(83, [p, 0o755, 0, 0, 0, 0]), Ok(0));
+    let p = e.path("/rw/f.txt");
+    e.mem.write(q, b"/rw/d/g.txt\0").unwrap();
+    assert_eq!(e.call(82, [p, q, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(std::fs::read(t.0.join("rw/d/g.txt")).unwrap(), b"data");
+    let p = e.path("/rw");
+    assert_eq!(e.call(84, [p, 0, 0, 0, 0, 0]), Ok(-EBUSY), "a rule's root");
+    // Prefix: below it and extending its last component.
+    std::fs::create_dir_all(t.0.join("c/remote")).unwrap();
+    assert!(e.open("/cache/remote/x", 0o101) >= 0);
+    assert!(e.open("/cache/remote2/y", 0o101) >= 0);
+    assert!(t.0.join("c/remote/x").exists() && t.0.join("c/remote2/y").exists());
+    // Freeze: nothing writes any more, open descriptors included.
+    let keep = e.open("/rw/d/g.txt", 2);
+    e.st.make_files_read_only();
+    assert_eq!(e.call(1, [keep as u64, BUF, 1, 0, 0, 0]), Ok(-EBADF));
+    assert_eq!(e.open("/rw/h.txt", 0o101), -EROFS);
+    let p = e.path("/rw/d/g.txt");
+    assert_eq!(e.call(87, [p, 0, 0, 0, 0, 0]), Ok(-EROFS));
+    let p = e.path("/rw/d2");
+    assert_eq!(e.call(83, [p, 0o755, 0, 0, 0, 0]), Ok(-EROFS));
+    assert_eq!(std::fs::read(t.0.join("rw/d/g.txt")).unwrap(), b"data");
+    assert_eq!(e.cat("/rw/d/g.txt"), Ok(b"data".to_vec()), "still readable");
+}
+
+#[test]
+fn descriptors_cwd_pipes_and_the_reset() {
+    let (mut e, _t) = sandbox_env("fds");
+    // Working directory.
+    let p = e.path("/data");
+    assert_eq!(e.call(80, [p, 0, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(e.call(79, [BUF, 100, 0, 0, 0, 0]), Ok(6));
+    assert_eq!(e.mem.read_vec(BUF, 6).unwrap(), b"/data\0");
+    assert_eq!(e.call(79, [BUF, 3, 0, 0, 0, 0]), Ok(-ERANGE));
+    assert_eq!(e.cat("sub/b.txt"), Ok(b"world".to_vec()));
+    let p = e.path("a.txt");
+    assert_eq!(e.call(80, [p, 0, 0, 0, 0, 0]), Ok(-ENOTDIR));
+    let p = e.path("/nowhere");
+    assert_eq!(e.call(80, [p, 0, 0, 0, 0, 0]), Ok(-ENOENT));
+    let d = e.open("/data/sub", 0o200000) as u64;
+    assert_eq!(e.call(81, [d, 0, 0, 0, 0, 0]), Ok(0), "fchdir");
+    assert_eq!(e.cat("b.txt"), Ok(b"world".to_vec()));
+    // dup shares the offset; dup2 over stdout; fcntl.
+    let fd = e.open("/data/a.txt", 0) as u64;
+    assert_eq!(e.call(0, [fd, BUF, 2, 0, 0, 0]), Ok(2));
+    let fd2 = e.call(32, [fd, 0, 0, 0, 0, 0]).unwrap() as u64;
+    assert_eq!(e.call(8, [fd2, 0, 1, 0, 0, 0]), Ok(2), "shared offset");
+    assert_eq!(e.call(33, [fd, 1, 0, 0, 0, 0]), Ok(1));
+    assert_eq!(
+        e.call(0, [1, BUF, 10, 0, 0, 0]),
+        Ok(3),
+        "fd 1 is the file now"
+    );
+    assert_eq!(
+        e.call(72, [fd, 1030, 100, 0, 0, 0]),
+        Ok(100),
+        "F_DUPFD_CLOEXEC"
+    );
+    assert_eq!(e.call(72, [100, 1, 0, 0, 0, 0]), Ok(1), "FD_CLOEXEC");
+    assert_eq!(e.call(292, [fd, fd, 0, 0, 0, 0]), Ok(-EINVAL), "dup3 same");
+    // Pipes.
+    assert_eq!(e.call(293, [BUF, 0o4000, 0, 0, 0, 0]), Ok(0));
+    let rw = e.mem.read_u64(BUF).unwrap();
+    let (r, w) = (rw & 0xFFFF_FFFF, rw >> 32);
+    assert_eq!(e.call(0, [r, BUF, 10, 0, 0, 0]), Ok(-EAGAIN));
+    e.mem.write(BUF + 100, b"ping").unwrap();
+    assert_eq!(e.call(1, [w, BUF + 100, 4, 0, 0, 0]), Ok(4));
+    assert_eq!(e.read_all(r as i64), b"ping");
+    assert_eq!(e.call(3, [w, 0, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(
+        e.call(0, [r, BUF, 10, 0, 0, 0]),
+        Ok(0),
+        "EOF without writers"
+    );
+    assert_eq!(e.call(293, [0, 0, 0, 0, 0, 0]), Ok(-EFAULT));
+    // The freeze: what is open now is what every request starts with, at these offsets.
+    let keep = e.open("/data/a.txt", 0) as u64;
+    assert_eq!(e.call(0, [keep, BUF, 1, 0, 0, 0]), Ok(1));
+    e.st.make_files_read_only();
+    let frozen = e.st.clone();
+    let open_at_freeze = e.st.open_files();
+    for _ in 0..3 {
+        assert_eq!(e.call(0, [keep, BUF, 2, 0, 0, 0]), Ok(2));
+        assert_eq!(e.mem.read_vec(BUF, 2).unwrap(), b"el", "offset restored");
+        assert!(e.open("/data/sub/b.txt", 0) >= 0);
+        assert_eq!(e.call(3, [0, 0, 0, 0, 0, 0]), Ok(0));
+        e.st = frozen.clone();
+        assert_eq!(e.st.open_files(), open_at_freeze);
+        assert_eq!(e.call(79, [BUF, 100, 0, 0, 0, 0]), Ok(10));
+        assert_eq!(e.mem.read_vec(BUF, 10).unwrap(), b"/data/sub\0");
+    }
+}
+
+#[test]
+fn descriptor_exhaustion_and_bad_pointers() {
+    let (mut e, _t) = sandbox_env("limits");
+    let mut fds = Vec::new();
+    loop {
+        let fd = e.open("/data/a.txt", 0);
+        if fd < 0 {
+            assert_eq!(fd, -24, "EMFILE");
+            break;
+        }
+        fds.push(fd);
+    }
+    assert_eq!(fds.len(), crate::files::MAX_FDS - 3);
+    assert_eq!(e.open("/data", 0o200000), -24);
+    assert_eq!(e.call(32, [3, 0, 0, 0, 0, 0]), Ok(-24), "dup");
+    assert_eq!(e.call(293, [BUF, 0, 0, 0, 0, 0]), Ok(-24), "pipe2");
+    for fd in fds {
+        assert_eq!(e.call(3, [fd as u64, 0, 0, 0, 0, 0]), Ok(0));
+    }
+    assert_eq!(e.cat("/data/a.txt"), Ok(b"hello".to_vec()));
+    // Bad pointers and names.
+    for bad in [0u64, u64::MAX, MEM, 0x1000] {
+        assert_eq!(e.call(257, [AT, bad, 0, 0, 0, 0]), Ok(-EFAULT), "{bad:x}");
+        assert_eq!(e.call(4, [bad, BUF, 0, 0, 0, 0]), Ok(-EFAULT));
+    }
+    let long = "/data/".to_string() + &"x".repeat(5000);
+    let p = e.path(&long);
+    assert_eq!(e.call(2, [p, 0, 0, 0, 0, 0]), Ok(-ENAMETOOLONG));
+    let p = e.path("/data/a.txt");
+    assert_eq!(e.call(4, [p, u64::MAX - 8, 0, 0, 0, 0]), Ok(-EFAULT));
+    assert_eq!(e.call(332, [AT, p, 0, 0x7ff, 0x1000, 0]), Ok(-EFAULT));
+    let d = e.open("/data", 0o200000) as u64;
+    assert_eq!(e.call(217, [d, 0x1000, 4096, 0, 0, 0]), Ok(-EFAULT));
+    assert_eq!(e.call(217, [d, BUF, 8, 0, 0, 0]), Ok(-EINVAL), "too small");
+    assert_eq!(e.call(0, [d, BUF, 8, 0, 0, 0]), Ok(-EISDIR));
+    let fd = e.open("/data/a.txt", 0) as u64;
+    assert_eq!(e.call(0, [fd, 0x1000, 8, 0, 0, 0]), Ok(-EFAULT));
+    assert_eq!(e.call(217, [fd, BUF, 4096, 0, 0, 0]), Ok(-ENOTDIR));
+    assert_eq!(
+        e.call(89, [p, 0x1000, 100, 0, 0, 0]),
+        Ok(-EINVAL),
+        "not a link"
+    );
+    let p = e.path("/proc/self/exe");
+    assert_eq!(e.call(89, [p, 0x1000, 100, 0, 0, 0]), Ok(-EFAULT));
+}
+
+#[test]
+fn file_mappings_are_private_copies() {
+    let (mut e, _t) = sandbox_env("mmap");
+    let fd = e.open("/data/a.txt", 0) as u64;
+    // PROT_READ, MAP_PRIVATE
+    let at = e.call(9, [0, 8192, 1, 2, fd, 0]).unwrap();
+    assert!(at > 0, "{at}");
+    assert_eq!(e.mem.read_vec(at as u64, 6).unwrap(), b"hello\0");
+    // Writable private mapping: the file is not changed.
+    let at = e.call(9, [0, 4096, 3, 2, fd, 0]).unwrap() as u64;
+    e.mem.write(at, b"J").unwrap();
+    assert_eq!(e.cat("/data/a.txt"), Ok(b"hello".to_vec()));
+    assert_eq!(
+        e.call(9, [0, 4096, 3, 1, fd, 0]),
+        Ok(-EACCES),
+        "shared writable"
+    );
+    assert_eq!(
+        e.call(9, [0, 4096, 1, 2, fd, 1]),
+        Ok(-EINVAL),
+        "unaligned offset"
+    );
+    assert_eq!(e.call(9, [0, 4096, 1, 2, 77, 0]), Ok(-EBADF));
+    let d = e.open("/data", 0o200000) as u64;
+    assert_eq!(e.call(9, [0, 4096, 1, 2, d, 0]), Ok(-ENODEV));
 }

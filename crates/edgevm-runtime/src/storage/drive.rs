@@ -8,11 +8,10 @@ use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
 use super::calls::other_hypercall;
-use super::StorageVm;
 use super::{
     describe, Answer, Core, Kind, Open, Returned, Served, StorageError, CLEANUP_BUDGET, MAX_RESULT,
 };
-use crate::vm::{EntryState, Event, RunError};
+use crate::vm::{EntryState, Event, MainVm, RunError};
 
 /// Where an open call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +65,7 @@ enum Step {
 /// Runs one open call of the storage VM on this thread.
 struct Driver<'a> {
     core: &'a Core,
-    vm: &'a mut StorageVm,
+    vm: &'a mut MainVm,
     entry: &'a EntryState,
     mailbox: Option<u64>,
     slice: Option<Duration>,

@@ -442,9 +442,9 @@ fn storage_boots_from_the_storage_program_of_an_archive() {
 const READ_ONLY: &str = "fopen_w=EROFS fopen_a=EROFS fopen_rplus=EROFS trunc=EROFS creat=EROFS \
      held_write=-1:EBADF held_trunc=-1:EINVAL held_fputs_fflush=-1:EBADF access_w=-1:EROFS";
 
-/// Other paths, from requests and from storage.
+/// Other paths, from requests and from storage (`..` of `/` is `/`, as on Linux).
 const OTHERS: &str =
-    "../state=ENOENT state.tmp=ENOENT /etc/passwd=ENOENT /proc/self/exe=ENOENT /tmp=ENOENT";
+    "../state=opened state.tmp=ENOENT /etc/passwd=ENOENT /proc/self/exe=ENOENT /tmp=ENOENT";
 
 /// Files in `dir` besides the server's logs and config.
 fn files_in(dir: &Path) -> Vec<String> {

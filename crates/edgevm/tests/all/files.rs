@@ -1,0 +1,192 @@
+//! The file sandbox end to end (issue 15, items 1 and 2): `allowed_paths` and
+//! `current_working_directory` through `edgevm serve`, seen by a real handler
+//! (guest/tests/files.c, glibc and musl): virtual names, directory listings, symlinks in and
+//! out of an allowed tree, writes refused outside writable paths and from requests, the
+//! descriptor the frozen program held (same offset every request), descriptors a request
+//! opens (closed by the reset), file mappings.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use crate::common::*;
+use crate::harness::*;
+
+/// dir/tree: a.txt, sub/b.txt, links in and out; dir/rw (writable); dir/secret.txt.
+fn tree(dir: &Path) {
+    let t = dir.join("tree");
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    std::fs::create_dir_all(dir.join("rw")).unwrap();
+    std::fs::write(t.join("a.txt"), "hello world").unwrap();
+    std::fs::write(t.join("sub/b.txt"), "bee").unwrap();
+    std::fs::write(dir.join("secret.txt"), "secret").unwrap();
+    symlink("sub/b.txt", t.join("in")).unwrap();
+    symlink("../secret.txt", t.join("out")).unwrap();
+    symlink(dir.join("secret.txt"), t.join("abs")).unwrap();
+    symlink("/proc/self/root/etc", t.join("proc")).unwrap();
+}
+
+fn config(dir: &Path, names: &[(&str, &str)]) -> String {
+    let paths = format!(
+        r#"[{{"virtual": "/data", "real": {}}}, {{"virtual": "/rw", "real": {}, "writable": true}},
+            {{"virtual": "/proc/self/exe", "real": "/srv/prog.elf", "symlink": true}}]"#,
+        js(dir.join("tree").to_str().unwrap()),
+        js(dir.join("rw").to_str().unwrap())
+    );
+    let progs: Vec<String> = names
+        .iter()
+        .map(|(name, g)| {
+            format!(
+                r#"{}: {{ "filename": {}, "allowed_paths": {paths},
+                    "current_working_directory": "/data/sub" }}"#,
+                js(name),
+                js(guest(g).to_str().unwrap())
+            )
+        })
+        .collect();
+    format!("{{ {} }}", progs.join(",\n"))
+}
+
+#[test]
+fn a_handler_sees_only_allowed_paths_under_their_virtual_names() {
+    let dir = scratch("files-sandbox");
+    tree(&dir);
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, config(&dir, &[("f", "files"), ("fm", "files_musl")])).unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    for p in ["f", "fm"] {
+        let ok = |action: &str| s.ok(&format!("/{p}/{action}"));
+        assert_eq!(ok("read?p=/data/a.txt"), "hello world", "{p}");
+        assert_eq!(ok("read?p=/data/in"), "bee", "a symlink inside the tree");
+        assert_eq!(ok("ls?p=/data"), ".,..,a.txt,abs,in,out,proc,sub");
+        assert_eq!(
+            ok("ls?p=/"),
+            ".,..,data,proc,rw,state",
+            "state: the state file"
+        );
+        assert_eq!(ok("ls?p=/proc/self"), ".,..,exe");
+        assert_eq!(ok("stat?p=/data/a.txt"), "size=11 dir=0 link=0");
+        assert_eq!(
+            ok("stat?p=/data/sub"),
+            "size=4096 dir=1 link=0".replace(
+                "4096",
+                &std::fs::metadata(dir.join("tree/sub"))
+                    .unwrap()
+                    .len()
+                    .to_string()
+            )
+        );
+        assert_eq!(ok("readlink?p=/proc/self/exe"), "/srv/prog.elf");
+        assert_eq!(ok("readlink?p=/data/in"), "sub/b.txt");
+        assert_eq!(ok("cwd"), "cwd=/data/sub b.txt=bee");
+        // Ways out: refused (by name, or by the kernel below the tree).
+        let real = dir.join("tree/a.txt");
+        assert_eq!(ok(&format!("read?p={}", real.display())), "error=ENOENT");
+        for out in [
+            "/data/../secret.txt",
+            "../../secret.txt",
+            "/etc/passwd",
+            "/proc/self/maps",
+        ] {
+            assert_eq!(ok(&format!("read?p={out}")), "error=ENOENT", "{out}");
+        }
+        assert_eq!(ok("read?p=/data/out"), "error=EXDEV");
+        assert_eq!(ok("read?p=/data/abs"), "error=EXDEV");
+        assert_eq!(ok("read?p=/data/proc/passwd"), "error=EXDEV");
+        assert_eq!(ok("stat?p=/data/out"), "link=1 target_error=EXDEV");
+        // Requests never write: not in the tree, not in the writable path.
+        assert_eq!(ok("write?p=/data/a.txt"), "error=EROFS");
+        assert_eq!(ok("write?p=/data/new"), "error=EROFS");
+        assert_eq!(ok("write?p=/rw/new"), "error=EROFS");
+        assert_eq!(ok("mkdir?p=/rw/d"), "error=EROFS");
+        assert_eq!(ok("unlink?p=/rw/init.txt"), "error=EROFS");
+        assert_eq!(ok("rename?p=/rw/init.txt"), "error=EROFS");
+        assert_eq!(ok("unlink?p=/data/a.txt"), "error=EROFS");
+        // The main VM wrote the writable path while it initialized.
+        assert_eq!(ok("read?p=/rw/init.txt"), "written by main");
+        // The descriptor main() held: offset 2 in every request; what a request opens is
+        // closed by its reset.
+        for _ in 0..3 {
+            assert_eq!(ok("held"), "held=3:llo");
+            assert_eq!(ok("leak"), "fd=4");
+        }
+        assert_eq!(ok("mmap?p=/data/a.txt"), "hello");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tree/a.txt")).unwrap(),
+        "hello world"
+    );
+    let mut rw: Vec<_> = std::fs::read_dir(dir.join("rw"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    rw.sort();
+    assert_eq!(rw, ["init.txt"], "requests created nothing");
+    s.stop();
+}
+
+#[test]
+fn a_working_directory_outside_the_allowed_paths_fails_the_program_with_the_reason() {
+    let dir = scratch("files-cwd");
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "f": {{ "filename": {}, "current_working_directory": "/nowhere" }} }}"#,
+            js(guest("files").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    let r = s.get("/f/cwd");
+    assert_eq!(r.status, 503, "{}", r.text());
+    let log = s.wait_log(
+        "current_working_directory",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(log.contains("\"/nowhere\": ENOENT"), "{log}");
+    s.stop();
+}
+
+/// guest/examples/<dir> seen at /app.
+fn app(dir: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guest/examples")
+        .join(dir);
+    format!(
+        r#"{{ "virtual": "/app", "real": {} }}"#,
+        js(p.canonicalize().unwrap().to_str().unwrap())
+    )
+}
+
+#[test]
+fn lua_and_cpython_handlers_read_their_scripts_and_libraries_through_allowed_paths() {
+    let dir = scratch("files-runtimes");
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "lua": {{ "filename": {}, "allowed_paths": [{}] }},
+                 "python": {{ "filename": {}, "max_memory": 256,
+                             "allowed_paths": ["/usr/lib/python3.11", {}] }} }}"#,
+            js(guest("example_lua").to_str().unwrap()),
+            app("lua"),
+            js(guest("example_python").to_str().unwrap()),
+            app("python"),
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    for _ in 0..3 {
+        assert_eq!(
+            s.ok("/lua/a/b?x=1"),
+            "Hello from Lua 5.4! url=/lua/a/b?x=1 words=4 request=1\n"
+        );
+        let py = s.ok("/python/a/b?x=1&y=2");
+        assert!(
+            py.starts_with("{\"path\": \"/python/a/b\", \"python\": \"3.11.")
+                && py.ends_with("\"query\": {\"x\": \"1\", \"y\": \"2\"}, \"request\": 1}\n"),
+            "{py}"
+        );
+    }
+    s.stop();
+}
