@@ -18,6 +18,7 @@
 #     avx_state        AVX register isolation between requests
 #     cpu_probe        CPUID feature bits and XCR0 as the guest sees them
 #     regex_api        the regex calls (tests/all/regex.rs)
+#     slow_init        main() computes for 60 ms (snapshot tests and benchmark)
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
@@ -33,11 +34,12 @@
 #     hot_pages        reset of pages kept writable (tests/all/reset.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
+#     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11)
 #   Rust guest crate (guest/rust/edgevm-guest):
-#     rust_hello_http
+#     rust_hello_http, rust_event_loop
 #
 # Rebuilds only what is older than its sources or kvm_api.h. Fails loudly
 # when a compiler is missing. Set EDGEVM_GUEST_SKIP="rust musl cpp" (any
@@ -123,7 +125,7 @@ build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_h
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
 build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/debug.c" -o "$OUT/debug.tmp"
-for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api; do
+for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
@@ -139,6 +141,8 @@ build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/li
 for prog in storage_api state_file shm_api storage_tasks files; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"
+build event_loop_ref "$T/event_loop.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop_ref.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 
@@ -155,6 +159,7 @@ fi
 if ! skipped cpp; then
 	build hello_cpp "$T/hello.cpp" g++ $CXXFLAGS -static "$T/hello.cpp" -o "$OUT/hello_cpp.tmp"
 	build api_cpp "$T/api/api_cpp.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$T/api/api_cpp.cpp" -o "$OUT/api_cpp.tmp"
+	build event_loop_cpp "$T/event_loop.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$T/event_loop.cpp" -o "$OUT/event_loop_cpp.tmp"
 fi
 
 # --- Rust (single file) ---------------------------------------------------
@@ -198,13 +203,15 @@ if ! skipped rust; then
 	RT="$OUT/.cargo-target"
 	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
 	ABI="$GUEST/../crates/edgevm-guest-abi"
-	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
+	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
+		|| ! up_to_date "$OUT/rust_event_loop" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
 		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
-			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http ) || {
+			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http --bin event_loop ) || {
 			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
 			exit 1
 		}
 		cp -f "$BIN" "$OUT/rust_hello_http"
+		cp -f "$RT/x86_64-unknown-linux-gnu/release/event_loop" "$OUT/rust_event_loop"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

@@ -289,7 +289,7 @@ if [ "$QUICK" = 0 ]; then
 		{ log "microbenchmarks failed:"; tail -20 "$OUT/micro.log" >&2; exit 1; }
 fi
 
-# --- many programs on one node, and overload (issue 18) -------------------------------------
+# --- many programs on one node, overload, snapshot start (issue 18) -------------------------
 if [ "$QUICK" = 0 ]; then
 	log "many programs (scripts/bench-many.sh)"
 	PORT=$((PORT + 10)) timeout 1200 scripts/bench-many.sh "$OUT" >"$OUT/many.log" 2>&1 ||
@@ -297,11 +297,14 @@ if [ "$QUICK" = 0 ]; then
 	log "overload (scripts/bench-overload.sh)"
 	PORT=$((PORT + 20)) timeout 900 scripts/bench-overload.sh "$OUT" >"$OUT/overload.log" 2>&1 ||
 		{ log "bench-overload failed:"; tail -20 "$OUT/overload.log" >&2; }
+	log "snapshot start against a boot (scripts/bench-snapshot.sh)"
+	PORT=$((PORT + 30)) timeout 900 scripts/bench-snapshot.sh "$OUT" >"$OUT/snapshot.log" 2>&1 ||
+		{ log "bench-snapshot failed:"; tail -20 "$OUT/snapshot.log" >&2; }
 fi
 
 printf '%s\n' "${SKIPPED[@]}" >"$OUT/skipped.txt"
 python3 scripts/bench_report.py "$OUT" "$QUICK" "${WRK[*]}" "$ROUNDS" "${READY[@]%% *}" | tee "$OUT/report.md"
-for part in many overload; do
+for part in many overload snapshot; do
 	if [ -f "$OUT/$part.md" ]; then
 		echo
 		cat "$OUT/$part.md"

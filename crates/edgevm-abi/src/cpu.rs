@@ -1,7 +1,7 @@
 //! CPU state and the supervisor structures of a guest.
 //!
 //! The same guest image must run correctly on hardware KVM (VT-x/AMD-V) and on this machine's
-//! kvm_pvm, which differ (../shared/reference/kvm-costs-here.md):
+//! kvm_pvm, which differ (docs/DESIGN.md, "Guest CPU state"):
 //!
 //! * Program code runs at CPL3 in 64-bit long mode. No guest kernel runs on any normal path:
 //!   under kvm_pvm CPL0 code is emulated (~1 µs per instruction), and on hardware a ring switch
@@ -172,6 +172,35 @@ pub fn chain_stub() -> Vec<u8> {
     c
 }
 
+/// The resume trampoline of event-loop programs, at [`layout::PAUSED_ENTRY`]: the request
+/// entry stub restored the frozen FPU state (and, under kvm_pvm, the FS/GS bases from R12/R13)
+/// and calls it on a scratch stack; it puts back the paused point's RSP, R12 and R13 (the
+/// callee-saved registers the stub used) and jumps to where `wait_for_requests_paused()`
+/// returns. Every other register is set by the host.
+///
+/// ```text
+///     mov PAUSED_RESUME+0,%rsp; mov PAUSED_RESUME+8,%r12; mov PAUSED_RESUME+16,%r13
+///     jmp *PAUSED_RESUME+24
+/// ```
+pub fn paused_resume_stub() -> Vec<u8> {
+    let slot = |i: u64| ((edgevm_guest_abi::io::PAUSED_RESUME + 8 * i) as u32).to_le_bytes();
+    let mut c = Vec::new();
+    for (i, op) in [
+        [0x48, 0x8B, 0x24, 0x25],
+        [0x4C, 0x8B, 0x24, 0x25],
+        [0x4C, 0x8B, 0x2C, 0x25],
+    ]
+    .iter()
+    .enumerate()
+    {
+        c.extend_from_slice(op);
+        c.extend_from_slice(&slot(i as u64));
+    }
+    c.extend_from_slice(&[0xFF, 0x24, 0x25]);
+    c.extend_from_slice(&slot(3));
+    c
+}
+
 /// Program start: one system call that tells the host how SYSCALL enters on this KVM (CPL0 on
 /// hardware, CPL3 under kvm_pvm) before any program instruction runs, then the ELF entry with
 /// the registers Linux gives a new process (zero but RSP and RFLAGS):
@@ -236,6 +265,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
     mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
     mem.write(layout::CHAIN_STUB, &chain_stub())?;
+    mem.write(layout::PAUSED_ENTRY, &paused_resume_stub())?;
     mem.write(layout::PROGRAM_START, &program_start_stub())?;
     write_page_tables(mem, l)
 }
@@ -384,6 +414,9 @@ mod tests {
         assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::PROGRAM_START);
         assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
         const { assert!(layout::ENTRY_SLOT + 8 <= layout::CHAIN_STUB) };
-        assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::USER_STUBS + 0x1000);
+        assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::PAUSED_ENTRY);
+        assert!(
+            layout::PAUSED_ENTRY + paused_resume_stub().len() as u64 <= layout::USER_STUBS + 0x1000
+        );
     }
 }

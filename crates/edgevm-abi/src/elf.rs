@@ -192,6 +192,20 @@ fn precheck(bytes: &[u8]) -> Result<(), ElfError> {
 
 /// Validate `bytes` and load its segments into `mem`.
 pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf, ElfError> {
+    load_into(bytes, Some(mem), l)
+}
+
+/// What [`load`] returns, without writing the segments anywhere (a program whose loaded
+/// image comes from a snapshot file).
+pub fn describe(bytes: &[u8], l: &Layout) -> Result<LoadedElf, ElfError> {
+    load_into(bytes, None, l)
+}
+
+fn load_into(
+    bytes: &[u8],
+    mut mem: Option<&mut GuestMemory>,
+    l: &Layout,
+) -> Result<LoadedElf, ElfError> {
     precheck(bytes)?;
     let elf = Elf::parse(bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
     if elf
@@ -221,6 +235,9 @@ pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf
     let sorted = check_segments(bytes, &loads, bias, l)?;
     // Map like Linux does: whole pages from the file, then zero the rest of memsz.
     for p in &loads {
+        let Some(mem) = mem.as_deref_mut() else {
+            break;
+        };
         let vaddr = p.p_vaddr.wrapping_add(bias);
         let page_off = vaddr & 0xFFF;
         let file_start = p.p_offset.saturating_sub(page_off) as usize;

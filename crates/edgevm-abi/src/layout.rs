@@ -48,6 +48,10 @@ pub const ENTRY_SLOT: u64 = USER_STUBS + 0xF8;
 /// Where a handler that returned goes from the request entry stub: the next storage call
 /// chained by the host (RBX points at its mailbox), else [`RETURN_TRAMPOLINE`].
 pub const CHAIN_STUB: u64 = USER_STUBS + 0x100;
+/// Where an event-loop program (`wait_for_requests_paused`) resumes from the frozen state:
+/// the request entry stub calls this trampoline, which loads RSP, R12, R13 and RIP of the
+/// paused point from [`edgevm_guest_abi::io::PAUSED_RESUME`] (see `cpu::paused_resume_stub`).
+pub const PAUSED_ENTRY: u64 = USER_STUBS + 0x180;
 /// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
 pub const FXSAVE_AREA: u64 = 0x6000;
 /// Top of the exception stack (TSS.RSP0).

@@ -30,6 +30,7 @@ mod linux_abi;
 mod names;
 pub mod regex;
 pub mod sandbox;
+pub mod snapcodec;
 
 pub use edgevm_guest_abi as guest_abi;
 pub use names::syscall_name;

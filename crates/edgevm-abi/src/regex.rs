@@ -121,6 +121,39 @@ impl Regexes {
         self.len() == 0
     }
 
+    /// The compiled patterns by handle, as compiled (for a snapshot file).
+    pub fn patterns(&self) -> Vec<Option<String>> {
+        self.slots
+            .iter()
+            .map(|s| s.as_ref().map(|r| r.as_str().to_string()))
+            .collect()
+    }
+
+    /// A frozen table from [`Regexes::patterns`]: each pattern compiled again into its
+    /// handle. A pattern must carry the match limit [`Regexes::compile`] puts in front.
+    pub fn from_patterns(patterns: &[Option<String>]) -> Result<Regexes, RegexError> {
+        if patterns.len() > MAX_HANDLES {
+            return Err(RegexError::TooMany);
+        }
+        let prefix = format!("(*LIMIT_MATCH={MATCH_LIMIT})");
+        let mut slots = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            slots.push(match p {
+                Some(p) if p.starts_with(&prefix) => Some(Arc::new(
+                    RegexBuilder::new()
+                        .build(p)
+                        .map_err(|e| RegexError::Compile(e.to_string()))?,
+                )),
+                Some(_) => return Err(RegexError::Compile("no match limit".into())),
+                None => None,
+            });
+        }
+        Ok(Regexes {
+            slots,
+            changed: false,
+        })
+    }
+
     /// Put back `frozen`'s table (a request's reset); nothing to do if this one is unchanged.
     pub fn restore(&mut self, frozen: &Regexes) {
         if self.changed {
@@ -263,6 +296,19 @@ mod tests {
         let empty = r.compile(b"x*").unwrap();
         let re = r.get(empty).unwrap();
         assert_eq!(substitute(re, b"abc", b"-", true).unwrap(), b"-a-b-c-");
+    }
+
+    #[test]
+    fn patterns_round_trip() {
+        let mut r = Regexes::default();
+        r.compile(b"a+b").unwrap();
+        r.compile(b"(?i)x").unwrap();
+        r.free(0);
+        let back = Regexes::from_patterns(&r.patterns()).unwrap();
+        assert!(back.get(0).is_err());
+        assert!(back.is_match(1, b"X").unwrap());
+        assert!(Regexes::from_patterns(&[Some("(".into())]).is_err());
+        assert!(Regexes::from_patterns(&[Some("x".into())]).is_err());
     }
 
     #[test]

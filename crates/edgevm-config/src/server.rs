@@ -86,6 +86,9 @@ pub struct ServerConfig {
     /// `error_details`: error responses tell the client why (host paths, crash reports);
     /// by default they say only the status and the request id (default false).
     pub error_details: Option<bool>,
+    /// `snapshot_dir`: each program's snapshot file is `<dir>/<program>.snapshot` unless it
+    /// has its own `cold_start_file` (programs with storage are not snapshotted).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Where a listener listens.
@@ -144,6 +147,7 @@ pub const SERVER_KEYS: &[&str] = &[
     "max_connections_per_address",
     "log_requests",
     "error_details",
+    "snapshot_dir",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -386,6 +390,13 @@ impl ServerConfig {
             }
             "log_requests" => self.log_requests = Some(boolean(v)?),
             "error_details" => self.error_details = Some(boolean(v)?),
+            "snapshot_dir" => {
+                let d = v
+                    .as_str()
+                    .filter(|d| !d.is_empty() && !d.contains('\0'))
+                    .ok_or_else(|| format!("must be a directory path, got {}", describe(v)))?;
+                self.snapshot_dir = Some(PathBuf::from(d));
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -437,7 +448,10 @@ impl ServerConfig {
     /// `listen`, `listen_mode` and `listen_owner` are text, every other key a number in the
     /// key's unit.
     pub fn set_from_str(&mut self, key: &str, text: &str) -> Result<(), ConfigError> {
-        let value = if matches!(key, "listen" | "listen_mode" | "listen_owner") {
+        let value = if matches!(
+            key,
+            "listen" | "listen_mode" | "listen_owner" | "snapshot_dir"
+        ) {
             Value::String(text.to_string())
         } else if key == "trusted_frontends" {
             Value::Array(
@@ -569,6 +583,9 @@ impl ServerConfig {
         }
         if let Some(b) = self.error_details {
             m.insert("error_details".into(), b.into());
+        }
+        if let Some(d) = &self.snapshot_dir {
+            m.insert("snapshot_dir".into(), d.to_string_lossy().into());
         }
         Value::Object(m)
     }

@@ -901,6 +901,36 @@ fn path_vars_from_env_has_a_pwd() {
     assert!(PathVars::from_env().pwd.is_some());
 }
 
+// ---------------------------------------------------------------- snapshots
+
+#[test]
+fn cold_start_file_and_snapshot_dir() {
+    let cfg = load(&prog(
+        r#""cold_start_file": "/var/lib/edgevm/demo.snapshot""#,
+    ));
+    let p = ok(&cfg, "demo");
+    assert_eq!(
+        p.cold_start_file.as_deref(),
+        Some(std::path::Path::new("/var/lib/edgevm/demo.snapshot"))
+    );
+    for bad in [r#""""#, "3", "true"] {
+        let cfg = load(&prog(&format!("\"cold_start_file\": {bad}")));
+        err(&cfg, "demo");
+    }
+    let cfg = load(&prog(r#""storage": true, "cold_start_file": "/s/demo""#));
+    assert!(err(&cfg, "demo")
+        .to_string()
+        .contains("'cold_start_file' cannot be used with 'storage'"));
+    let mut s = ServerConfig::default();
+    s.set_from_str("snapshot_dir", "/var/lib/edgevm/snapshots")
+        .unwrap();
+    assert_eq!(
+        s.snapshot_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/edgevm/snapshots"))
+    );
+    assert!(s.set_from_str("snapshot_dir", "").is_err());
+}
+
 // ---------------------------------------------------------------- not supported yet
 
 #[test]
@@ -939,7 +969,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),
         ("executable_heap", "true"),
-        ("cold_start_file", r#""/tmp/snap""#),
         ("transparent_hugepages", "true"),
         ("executable_remapping", r#"["0x40000000", 2]"#),
         ("server", r#"{"port": 8080}"#),

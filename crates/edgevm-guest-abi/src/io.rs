@@ -4,6 +4,7 @@
 //! ```text
 //! BASE + 0x0000  struct edgevm_io (IoHeader): magic, version, counts, used bytes, flags
 //! BASE + 0x0040  per-vCPU data at %gs: u32 vcpuid, u32 vcpureqid
+//! BASE + 0x0080  where an event-loop program resumes: RSP, R12, R13, RIP (4 x u64)
 //! BASE + 0x1000  request header table:  struct kvm_request_header[REQ_MAX]
 //! BASE + 0x3000  response header table: struct kvm_request_header[RESP_MAX]
 //! BASE + 0x3800  struct kvm_request for set_backend_request handlers
@@ -24,6 +25,9 @@ pub const FLAG_WARMUP: u32 = 1;
 /// Per-vCPU data at %gs (the GS base points here): `u32 vcpuid` (always 0: one vCPU),
 /// `u32 vcpureqid` (the request VM's index in its program's pool).
 pub const VCPU_INFO: u64 = BASE + 0x40;
+/// The paused point of an event-loop program (`wait_for_requests_paused`): RSP, R12, R13 and
+/// RIP, read by the host's resume trampoline (written once into the frozen image).
+pub const PAUSED_RESUME: u64 = BASE + 0x80;
 /// Request header table.
 pub const REQ_TABLE: u64 = BASE + 0x1000;
 /// Maximum request headers.

@@ -20,6 +20,7 @@ mod fake;
 pub mod features;
 pub mod memory;
 pub mod pageset;
+pub mod views;
 pub mod vm;
 
 pub use fake::{FakeVcpu, ScriptedVcpu};
@@ -27,6 +28,7 @@ pub use fake::{FakeVcpu, ScriptedVcpu};
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 pub use memory::{GuestMemory, MemError, PAGE_SIZE};
 pub use pageset::PageSet;
+pub use views::{FrozenImage, MainMemory, MemoryView, PrivateView};
 pub use vm::{
     guest_user_fsgsbase, guest_user_xsave, is_kvm_pvm, kvm_available, KvmMachine, KvmVcpu, VmShell,
 };

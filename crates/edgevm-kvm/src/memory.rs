@@ -1,6 +1,6 @@
 //! Guest physical memory.
 //!
-//! Design (see docs/DESIGN.md and ../shared/reference/kvm-costs-here.md): a program's main VM
+//! Design (see docs/DESIGN.md, "Copy-on-write and reset"): a program's main VM
 //! owns a `memfd` mapped `MAP_SHARED`. When the program calls `wait_for_requests()` the main VM
 //! stops for good and that memfd becomes the frozen image. Each request VM maps the same memfd
 //! `MAP_PRIVATE`: the host kernel shares every untouched page with the image and copies a page
@@ -162,7 +162,7 @@ impl GuestMemory {
 
     /// A copy-on-write view of this memory for a request VM: pages below `shared_from` are
     /// private (first write copies), pages from `shared_from` up are shared with every view.
-    pub fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
+    pub(crate) fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
         let shared_from = shared_from.min(self.size) & !(PAGE_SIZE - 1);
         let ptr = map_fd(
             std::ptr::null_mut(),
@@ -423,6 +423,30 @@ impl GuestMemory {
         nix::sys::stat::fstat(&*self.memfd).map_or(0, |st| st.st_blocks as u64 * 512)
     }
 
+    /// Byte ranges `[start, end)` of the backing memfd that hold data (page aligned, in
+    /// order); everything else reads as zeros (for a snapshot file of a frozen image).
+    pub fn data_extents(&self) -> Vec<(usize, usize)> {
+        let fd = &*self.memfd;
+        let limit = self.size as libc::off_t;
+        let mut out = Vec::new();
+        let mut pos: libc::off_t = 0;
+        while pos < limit {
+            let Ok(data) = lseek(fd, pos, Whence::SeekData) else {
+                break;
+            };
+            if data >= limit {
+                break;
+            }
+            let hole = lseek(fd, data, Whence::SeekHole).map_or(limit, |h| h.min(limit));
+            if hole <= data {
+                break;
+            }
+            out.push((data as usize, hole as usize));
+            pos = hole;
+        }
+        out
+    }
+
     /// Number of pages in the bitmap layout.
     pub fn pages(&self) -> usize {
         self.size / PAGE_SIZE
@@ -477,7 +501,7 @@ impl GuestMemory {
 
     /// Whether guest page `page` holds the same bytes here as in `image` (false outside
     /// either mapping).
-    pub fn page_same_as(&self, image: &GuestMemory, page: usize) -> bool {
+    pub(crate) fn page_same_as(&self, image: &GuestMemory, page: usize) -> bool {
         if page >= self.pages() || page >= image.pages() {
             return false;
         }
@@ -503,7 +527,7 @@ impl GuestMemory {
     /// compared with the image first and copied only when they differ; the ones that did not
     /// are pushed to `unchanged`.
     /// Returns (pages copied, pages dropped).
-    pub fn discard_pages(
+    pub(crate) fn discard_pages(
         &mut self,
         image: &GuestMemory,
         dirty: &PageSet,
@@ -616,7 +640,7 @@ impl GuestMemory {
 
     /// Drop every private page (below the shared area): the view reads the image again and the
     /// host memory is given back. Only for private views.
-    pub fn discard_private(&mut self) -> Result<(), MemError> {
+    pub(crate) fn discard_private(&mut self) -> Result<(), MemError> {
         if !self.private {
             return Err(MemError::Os("discard_private on the main VM memory".into()));
         }
@@ -681,54 +705,5 @@ mod tests {
         m.read_raw(0x100, &mut b).unwrap();
         assert_eq!(&b, b"sys");
         assert!(m.read_cstr(0x100, 10).is_err());
-    }
-
-    #[test]
-    fn private_views_copy_on_write_and_restore() {
-        let mut main = GuestMemory::new_shared(4 << 20).unwrap();
-        main.write(0x1000, b"frozen").unwrap();
-        main.write((2 << 20) + 8, b"shm").unwrap();
-        let mut a = main.fork_private(2 << 20).unwrap();
-        let mut b = main.fork_private(2 << 20).unwrap();
-        a.write(0x1000, b"AAAAAA").unwrap();
-        a.write((2 << 20) + 8, b"SHM").unwrap();
-        let mut buf = [0u8; 6];
-        b.read(0x1000, &mut buf).unwrap();
-        assert_eq!(&buf, b"frozen");
-        let mut s = [0u8; 3];
-        b.read((2 << 20) + 8, &mut s).unwrap();
-        assert_eq!(&s, b"SHM", "shared area is shared");
-        let none = PageSet::new();
-        let n = a.discard_pages(&main, &none, 0..u64::MAX, &none, &mut Vec::new());
-        assert_eq!(
-            n,
-            Ok((1, 0)),
-            "only the host-written private page is restored"
-        );
-        a.read(0x1000, &mut buf).unwrap();
-        assert_eq!(&buf, b"frozen");
-        b.write(0x3000, b"x").unwrap();
-        b.discard_private().unwrap();
-        let mut x = [0u8; 1];
-        b.read(0x3000, &mut x).unwrap();
-        assert_eq!(x[0], 0);
-    }
-
-    #[test]
-    fn copies_across_the_start_of_the_shared_area_see_both_parts() {
-        let main = GuestMemory::new_shared(4 << 20).unwrap();
-        let mut a = main.fork_private(2 << 20).unwrap();
-        let b = main.fork_private(2 << 20).unwrap();
-        // Four private bytes, four shared ones, in one write.
-        let at = (2 << 20) - 4;
-        a.write(at, b"privSHAR").unwrap();
-        let mut both = [0u8; 8];
-        a.read(at, &mut both).unwrap();
-        assert_eq!(&both, b"privSHAR");
-        b.read(at, &mut both).unwrap();
-        assert_eq!(
-            &both, b"\0\0\0\0SHAR",
-            "only the shared part is seen by another view"
-        );
     }
 }

@@ -13,7 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
-use crate::{features, Exit, GuestMemory, KvmError, PageSet, Vcpu};
+use crate::{features, Exit, KvmError, PageSet, Vcpu};
 
 /// KVM's ioctl type (linux/kvm.h `KVMIO`).
 const KVMIO: libc::c_uint = 0xAE;
@@ -65,11 +65,12 @@ pub fn kvm_available() -> Result<(), KvmError> {
 /// Field order matters: the vCPU and VM are closed before the memory is unmapped.
 /// The vCPU type is a parameter so the runtime can run its VM logic over a scripted vCPU
 /// ([`crate::ScriptedVcpu`]) in unit tests; everything that creates VMs uses [`KvmVcpu`].
-pub struct KvmMachine<C = KvmVcpu> {
+pub struct KvmMachine<C = KvmVcpu, M = crate::MainMemory> {
     /// The VM and its vCPU.
     pub cpu: C,
-    /// The guest's memory.
-    pub mem: GuestMemory,
+    /// The guest's memory: a main VM's ([`crate::MainMemory`]) or a request VM's
+    /// ([`crate::PrivateView`]).
+    pub mem: M,
 }
 
 /// Whether `/dev/kvm` is kvm_pvm, the development machines' software hypervisor (guest user
@@ -189,15 +190,15 @@ impl VmShell {
     }
 }
 
-impl KvmMachine {
+impl<M: crate::MemoryView> KvmMachine<KvmVcpu, M> {
     /// Create a VM over `mem`. With `log_dirty`, KVM records guest-written pages (used by
     /// request VMs to know what to reset).
-    pub fn new(mem: GuestMemory, log_dirty: bool) -> Result<Self, KvmError> {
+    pub fn new(mem: M, log_dirty: bool) -> Result<Self, KvmError> {
         KvmMachine::from_shell(VmShell::new(log_dirty)?, mem)
     }
 
     /// Give a prepared VM (see [`VmShell`]) its memory.
-    pub fn from_shell(shell: VmShell, mem: GuestMemory) -> Result<Self, KvmError> {
+    pub fn from_shell(shell: VmShell, mem: M) -> Result<Self, KvmError> {
         let VmShell {
             vm,
             mut vcpu,

@@ -115,7 +115,13 @@ impl BootCalls {
                 vm.initialized = true;
                 Flow::End(BootOutcome::Ready)
             }
-            Call::WaitForRequestsPaused { .. } => return Err(RunError::EventLoopUnsupported),
+            Call::WaitForRequestsPaused { req } => {
+                // Event-loop programs: frozen at the paused point, each request resumes it
+                // there with `*req` filled in (request_vm.rs).
+                vm.pause_at_wait(req.addr(), true)?;
+                vm.initialized = true;
+                Flow::End(BootOutcome::Ready)
+            }
             Call::StorageAllow { func } => {
                 // As in the reference: only the storage VM keeps an allow-list (0); the
                 // main VM's calls are refused (-1).

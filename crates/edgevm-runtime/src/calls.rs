@@ -5,9 +5,9 @@
 
 use edgevm_abi::api::{self, Call};
 use edgevm_abi::linux::Output;
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{MemoryView, Vcpu};
 
-use crate::vm::MainVm;
+use crate::vm::Vm;
 
 /// What a handler set made of one call.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub(crate) enum Flow<T> {
     Refuse,
 }
 
-impl<C: Vcpu> MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     /// Carry out a handler set's [`Flow`] for `call`: Some(value) when the loop ends.
     pub(crate) fn apply<T>(&mut self, call: Call, flow: Flow<T>) -> Option<T> {
         match flow {

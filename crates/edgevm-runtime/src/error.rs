@@ -55,9 +55,12 @@ pub enum RunError {
     /// The program returned through the request trampoline while booting.
     #[error("the program returned through the request trampoline during initialization")]
     ReturnedDuringInit,
-    /// wait_for_requests_paused().
-    #[error("wait_for_requests_paused() (event-loop programs) is not supported yet: use set_backend_get/post/request and wait_for_requests()")]
-    EventLoopUnsupported,
+    /// wait_for_requests_paused() with a request pointer outside the program's memory.
+    #[error("wait_for_requests_paused() was passed a bad request pointer {0:#x}")]
+    BadPausedRequest(u64),
+    /// The paused point of wait_for_requests_paused() could not be resumed.
+    #[error("wait_for_requests_paused(): the VM cannot be paused there ({0})")]
+    CannotPause(&'static str),
     /// GDB killed the program (`kill` in a debug session).
     #[error("killed by the debugger")]
     KilledByDebugger,
@@ -199,7 +202,7 @@ pub enum BootError {
     #[error("Program did not wait for requests (it exited with status {0} before calling wait_for_requests())")]
     Exited(i32),
     /// No handler registered.
-    #[error("the program registered no request handler (set_backend_get/post/request) before wait_for_requests()")]
+    #[error("the program registered no request handler (set_backend_get/post/request) before wait_for_requests(), and does not wait with wait_for_requests_paused()")]
     NoHandler,
     /// A warmup request failed.
     #[error("warmup request {index} of {count} failed: {failure}")]

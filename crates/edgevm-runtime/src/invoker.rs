@@ -8,7 +8,7 @@ use edgevm_abi::api::Call;
 use edgevm_abi::io::{self, IoError, RequestData};
 use edgevm_abi::layout;
 use edgevm_abi::linux::{fill_random, Output};
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{KvmVcpu, MemoryView, PrivateView, Vcpu};
 
 use crate::error::CallvError;
 use crate::request::{GuestRequest, GuestResponse};
@@ -17,14 +17,14 @@ use crate::request_vm::{
     REQUEST_OUTPUT_BUDGET,
 };
 use crate::storage::{Answer, StorageCall, StorageHandle};
-use crate::vm::{EntryState, Event, MainVm};
+use crate::vm::{EntryState, Event, Vm};
 
 /// Calls a program's handlers in a VM: writes the request, enters the guest once, serves the
 /// request-context hypercalls and reads the response. Used by request VMs and, for `warmup`,
 /// by the main VM before it is frozen.
-pub struct Invoker {
+pub struct Invoker<M: MemoryView = PrivateView> {
     /// The VM.
-    pub vm: MainVm,
+    pub vm: Vm<KvmVcpu, M>,
     /// What every handler call starts from (stack, TLS/GS bases, user segments, FPU image).
     pub(crate) entry: EntryState,
     /// Limits for one call.
@@ -38,6 +38,22 @@ pub struct Invoker {
     pub(crate) pending_storage: Option<PendingStorage>,
     /// VM exits of the storage VM in this request's storage calls.
     pub(crate) storage_exits: u64,
+    /// An event-loop program: the registers of its frozen paused point.
+    pub(crate) paused_regs: Option<kvm_bindings::kvm_regs>,
+    /// The vCPU stands at a paused point of its own (a non-ephemeral VM after a request, the
+    /// main VM after a warmup request): the next request resumes it as it is.
+    pub(crate) live_paused: bool,
+    /// After its response, an event loop runs on to its next `wait_for_requests_paused()`
+    /// (non-ephemeral VMs and warmup; an ephemeral VM is reset instead).
+    pub(crate) continue_loop: bool,
+    /// Pausing writes the resume slots (the main VM during warmup: its image is frozen next).
+    pub(crate) pause_slots: bool,
+    /// The request being served resumed the event loop.
+    in_loop: bool,
+    /// The response of an event loop that runs on to its next wait.
+    stashed: Option<GuestResponse>,
+    /// The event loop failed after its response: reset the VM fully.
+    pub(crate) broken: bool,
 }
 
 pub(crate) enum Outcome {
@@ -62,10 +78,10 @@ pub(crate) enum StorageStep {
     Waiting(PendingStorage),
 }
 
-impl Invoker {
+impl<M: MemoryView> Invoker<M> {
     /// An invoker over `vm`, whose handler calls start from `entry`.
     pub fn new(
-        vm: MainVm,
+        vm: Vm<KvmVcpu, M>,
         entry: EntryState,
         settings: RequestSettings,
         storage: Option<StorageHandle>,
@@ -79,6 +95,13 @@ impl Invoker {
             index: 0,
             pending_storage: None,
             storage_exits: 0,
+            paused_regs: None,
+            live_paused: false,
+            continue_loop: false,
+            pause_slots: false,
+            in_loop: false,
+            stashed: None,
+            broken: false,
         }
     }
 
@@ -158,21 +181,37 @@ impl Invoker {
     pub(crate) fn call_handler(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Outcome {
         let h = self.vm.handlers;
         let method = req.method.as_str();
+        let get_like = method == "GET" || method == "HEAD";
+        // As the reference: the request handler takes everything; a request with a body goes
+        // to the POST handler, one without to the GET handler (other methods without a body
+        // to the POST handler when there is no GET handler); what no handler takes resumes
+        // an event loop, or is answered 405.
         let (handler, kind) = if h.request != 0 {
             (h.request, 3)
-        } else if (method == "GET" || method == "HEAD") && h.get != 0 {
+        } else if req.body.is_empty() && h.get != 0 {
             (h.get, 1)
-        } else if method != "GET" && method != "HEAD" && h.post != 0 {
+        } else if (!req.body.is_empty() || !get_like) && h.post != 0 {
             (h.post, 2)
-        } else if h.get != 0 {
-            (h.get, 1)
+        } else if let Some(at) = self.vm.paused {
+            (at, 0)
         } else {
-            // Only a POST handler: GET and HEAD are not allowed (the program is not run).
+            let mut allow = Vec::new();
+            if h.get != 0 {
+                allow.push("GET, HEAD");
+            }
+            if h.post != 0 {
+                allow.push("POST, PUT, PATCH, DELETE, OPTIONS");
+            }
+            let what = if req.body.is_empty() {
+                method.to_string()
+            } else {
+                format!("{method} with a body")
+            };
             return Outcome::Response(GuestResponse {
                 status: 405,
                 content_type: "text/plain".into(),
-                headers: vec![("Allow".into(), "POST, PUT, PATCH, DELETE, OPTIONS".into())],
-                body: format!("405 Method Not Allowed: the program has no handler for {method}\n")
+                headers: vec![("Allow".into(), allow.join(", "))],
+                body: format!("405 Method Not Allowed: the program has no handler for {what}\n")
                     .into_bytes(),
                 exits: None,
             });
@@ -187,6 +226,14 @@ impl Invoker {
             Ok(p) => p,
             Err(e) => return fail(FailureKind::Api, e.to_string()),
         };
+        self.in_loop = kind == 0;
+        self.stashed = None;
+        if kind == 0 {
+            if let Err(f) = self.resume_loop(handler) {
+                return Outcome::Failed(f);
+            }
+            return self.start_run(slice);
+        }
         let body_addr = if req.body.is_empty() {
             0
         } else {
@@ -208,6 +255,40 @@ impl Invoker {
         if let Err(e) = self.vm.enter_handler(&self.entry, handler, rsp, &args) {
             return Outcome::Failed(run_error_failure(e));
         }
+        self.start_run(slice)
+    }
+
+    /// Resume the event loop paused with request pointer `at`: `*at` gets the request's
+    /// `struct kvm_request` (its strings in the I/O area), and the VM continues where
+    /// `wait_for_requests_paused()` returns — from the frozen point, or as it stands.
+    fn resume_loop(&mut self, at: u64) -> Result<(), RequestFailure> {
+        let size = std::mem::size_of::<edgevm_abi::guest_abi::KvmRequest>();
+        let mem = &mut self.vm.machine.mem;
+        let copied = mem
+            .read_vec(io::REQUEST_STRUCT, size)
+            .and_then(|k| mem.write(at, &k));
+        if let Err(e) = copied {
+            return Err(RequestFailure {
+                message: format!("bad request pointer passed to wait_for_requests_paused: {e}"),
+                kind: FailureKind::Api,
+            });
+        }
+        if self.live_paused {
+            return Ok(());
+        }
+        let Some(regs) = self.paused_regs else {
+            return Err(RequestFailure {
+                message: "internal error: no paused point to resume".into(),
+                kind: FailureKind::Other,
+            });
+        };
+        self.vm
+            .enter_paused(&self.entry, &regs)
+            .map_err(run_error_failure)
+    }
+
+    /// Run the entered handler (or resumed loop) with the request's limits.
+    fn start_run(&mut self, slice: Option<Duration>) -> Outcome {
         self.vm
             .linux
             .set_request_limit(Some(self.settings.max_request_memory));
@@ -297,10 +378,32 @@ impl Invoker {
 
     pub(crate) fn run_request(&mut self) -> Outcome {
         let out = self.run_request_inner();
-        if matches!(out, Outcome::Failed(_)) {
+        if let Outcome::Failed(f) = &out {
             self.vm.restore_user_mode(&self.entry);
+            if let Some(r) = self.stashed.take() {
+                // The response is made: it goes out, and the VM is reset fully.
+                self.vm.printer.log(&format!(
+                    "the event loop failed after its response, before waiting again: {}",
+                    f.message
+                ));
+                self.broken = true;
+                self.live_paused = false;
+                return Outcome::Response(r);
+            }
         }
         out
+    }
+
+    /// `sys_backend_response` in an event loop that goes on after its response.
+    fn stash_response(&mut self) -> Option<Outcome> {
+        match self.read_response() {
+            Outcome::Response(r) => {
+                self.stashed = Some(r);
+                self.vm.machine.cpu.regs_mut().rax = 0;
+                None
+            }
+            other => Some(other),
+        }
     }
 
     pub(crate) fn run_request_inner(&mut self) -> Outcome {
@@ -330,7 +433,29 @@ impl Invoker {
                         "HTTP response not set. Program crashed?",
                     )
                 }
+                Event::Hypercall(Call::BackendResponse { .. }) if self.stashed.is_some() => {
+                    return fail(
+                        FailureKind::Api,
+                        "backend_response() called twice: the event loop must wait_for_requests_paused() after its response",
+                    )
+                }
+                Event::Hypercall(Call::BackendResponse { .. })
+                    if self.in_loop && self.continue_loop =>
+                {
+                    if let Some(out) = self.stash_response() {
+                        return out;
+                    }
+                }
                 Event::Hypercall(Call::BackendResponse { .. }) => return self.read_response(),
+                Event::Hypercall(Call::WaitForRequestsPaused { req }) if self.stashed.is_some() => {
+                    if let Err(e) = self.vm.pause_at_wait(req.addr(), self.pause_slots) {
+                        return Outcome::Failed(run_error_failure(e));
+                    }
+                    self.live_paused = true;
+                    if let Some(r) = self.stashed.take() {
+                        return Outcome::Response(r);
+                    }
+                }
                 Event::Hypercall(Call::StorageCallv { .. }) => match self.storage_hypercall() {
                     Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
                     Ok(None) => return Outcome::Preempted,
@@ -359,6 +484,8 @@ impl Invoker {
         let at = self.vm.layout.input_area;
         self.vm.machine.mem.write(at, &msg).ok()?;
         let (handler, rsp) = (self.vm.handlers.on_error, self.entry.rsp.wrapping_sub(512));
+        self.in_loop = false;
+        self.stashed = None;
         self.vm
             .enter_handler(&self.entry, handler, rsp, &[ptrs.url, ptrs.arg, at])
             .ok()?;

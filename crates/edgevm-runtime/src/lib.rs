@@ -21,6 +21,7 @@ pub mod request_vm;
 mod reset;
 mod runtime;
 mod settings;
+pub mod snapshot;
 pub mod storage;
 pub mod timer;
 pub mod vm;

@@ -46,11 +46,30 @@ impl Program {
         };
         *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
         self.set_boot_gauge(0, settings.vm.binary.len() as u64);
-        let frozen = self.boot_and_freeze(&settings, &storage)?;
+        // A valid snapshot file replaces the boot; a boot writes one (snapshot.rs): before
+        // the program is ready when request VMs could change the image (shared memory).
+        let (frozen, write) = match self.load_snapshot(&settings) {
+            Some(f) => (f, false),
+            None => (self.boot_and_freeze(&settings, &storage)?, true),
+        };
+        if write && settings.vm.shared_memory > 0 {
+            self.write_snapshot(&frozen, &settings);
+        }
         self.set_boot_gauge(1, frozen.image.backing_bytes());
         // The first VM makes the program ready; the others follow on helper threads.
         let first = self.fork(&frozen, &storage, &shells, 0)?;
-        self.go_ready(t0, &settings, download, frozen, storage, shells, first);
+        self.go_ready(
+            t0,
+            &settings,
+            download,
+            frozen.clone(),
+            storage,
+            shells,
+            first,
+        );
+        if write && settings.vm.shared_memory == 0 {
+            self.write_snapshot(&frozen, &settings);
+        }
         Ok(())
     }
 
@@ -103,8 +122,8 @@ impl Program {
         if let BootOutcome::Exited(code) = report.outcome {
             return Err(BootError::Exited(code));
         }
-        let h = vm.handlers;
-        if h.get == 0 && h.post == 0 && h.request == 0 {
+        // As the reference: any registered function, or an event loop, is enough to load.
+        if !vm.registered && vm.paused.is_none() {
             return Err(BootError::NoHandler);
         }
         let vm = match &self.settings.warmup {
@@ -234,7 +253,14 @@ impl Program {
         let mut vm = vm;
         let xsave = vm.install_entry_fpu()?;
         let entry = vm.entry_state(xsave);
+        let paused = vm.paused.is_some();
         let mut inv = Invoker::new(vm, entry, self.settings.request.clone(), storage);
+        // An event loop runs each warmup request on to its next wait, and is frozen there.
+        if paused {
+            inv.paused_regs = Some(regs);
+            inv.continue_loop = true;
+            inv.pause_slots = true;
+        }
         let headers = w
             .headers
             .iter()
@@ -259,6 +285,9 @@ impl Program {
             }
         }
         let mut vm = inv.vm;
+        if paused {
+            return Ok(vm);
+        }
         *vm.machine.cpu.regs_mut() = regs;
         // The frozen state is the one before warmup: registers, and the FS and GS bases a
         // handler may have moved (arch_prctl) — every request would start with them.

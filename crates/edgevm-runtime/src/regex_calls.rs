@@ -5,14 +5,14 @@
 use edgevm_abi::api::Call;
 use edgevm_abi::linux::Output;
 use edgevm_abi::regex::{self, RegexError, MAX_INPUT};
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{MemoryView, Vcpu};
 
-use crate::vm::MainVm;
+use crate::vm::Vm;
 
 /// REGEX_SUBST_ALL: replace every match, not only the first.
 const SUBST_ALL: i32 = 1;
 
-impl<C: Vcpu> MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     /// Serve a regex call; the value for RAX.
     pub(crate) fn regex_call(&mut self, call: Call) -> u64 {
         match self.try_regex_call(call) {

@@ -6,7 +6,7 @@ use edgevm_abi::api::Call;
 use edgevm_abi::guest_abi::{BackendResponseExtra, ResponseHeader};
 use edgevm_abi::io::{self, read_struct, read_struct_prefix, IoError};
 use edgevm_abi::linux::Output;
-use edgevm_kvm::{GuestMemory, Vcpu};
+use edgevm_kvm::{GuestMemory, MemoryView, Vcpu};
 use std::mem::offset_of;
 
 use crate::invoker::{Invoker, Outcome};
@@ -54,7 +54,7 @@ fn write_cstr(
     Ok(value.len() as u64)
 }
 
-impl Invoker {
+impl<M: MemoryView> Invoker<M> {
     /// Hypercalls of the request context (the reference-header path; edgevm's header serves
     /// most of these inside the guest).
     pub(crate) fn api_call(&mut self, call: Call) -> Result<(), RequestFailure> {
@@ -102,9 +102,16 @@ impl Invoker {
                     kind: FailureKind::Api,
                 })
             }
-            Call::WaitForRequests | Call::WaitForRequestsPaused { .. } => {
+            Call::WaitForRequests => {
                 return Err(RequestFailure {
                     message: "wait_for_requests() called during a request".into(),
+                    kind: FailureKind::Api,
+                })
+            }
+            Call::WaitForRequestsPaused { .. } => {
+                return Err(RequestFailure {
+                    message: "wait_for_requests_paused() called before the request's response"
+                        .into(),
                     kind: FailureKind::Api,
                 })
             }

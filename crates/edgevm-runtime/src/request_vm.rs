@@ -21,7 +21,7 @@ use crate::error::CallvError;
 use crate::request::{GuestRequest, GuestResponse};
 use crate::reset::HotPages;
 use crate::storage::StorageHandle;
-use crate::vm::{Frozen, MainVm, RunError};
+use crate::vm::{ForkedVm, Frozen, RunError};
 
 pub use crate::invoker::Invoker;
 use crate::invoker::Outcome;
@@ -181,12 +181,16 @@ impl RequestVm {
         storage: Option<StorageHandle>,
         shell: Option<edgevm_kvm::VmShell>,
     ) -> Result<Self, RunError> {
-        let mut vm = MainVm::from_frozen_in(&frozen, shell)?;
+        let mut vm = ForkedVm::from_frozen_in(&frozen, shell)?;
         let ephemeral = frozen.ephemeral_override.unwrap_or(settings.ephemeral);
         let pages = vm.machine.mem.pages();
         // The new VM stands exactly at the frozen point.
         let entry = vm.entry_state(frozen.use_xsave);
-        let inv = Invoker::new(vm, entry, settings, storage);
+        let mut inv = Invoker::new(vm, entry, settings, storage);
+        // An event loop resumes from the frozen paused point; a non-ephemeral one runs on to
+        // its next wait after each response and is resumed there.
+        inv.paused_regs = frozen.paused.map(|_| frozen.regs);
+        inv.continue_loop = !ephemeral;
         Ok(RequestVm {
             inv,
             frozen,
@@ -279,6 +283,10 @@ impl RequestVm {
                 Ok((pages, full)) => {
                     stats.reset_pages = pages;
                     stats.full_reset = full;
+                    if std::mem::take(&mut self.inv.broken) {
+                        self.full_reset();
+                        stats.full_reset = true;
+                    }
                     Ok(r)
                 }
                 Err(f) => {

@@ -8,7 +8,7 @@ use edgevm_abi::linux::Output;
 use edgevm_kvm::{PageSet, PAGE_SIZE};
 
 use crate::request_vm::{FailureKind, RequestFailure, RequestVm};
-use crate::vm::MainVm;
+use crate::vm::ForkedVm;
 
 /// Stack below the frozen RSP that request handlers are expected to use on every request;
 /// reset by copying back even when other pages are dropped.
@@ -137,7 +137,7 @@ impl RequestVm {
             let rsp = self.frozen.regs.rsp;
             rsp.saturating_sub(HOT_STACK)..rsp.saturating_add(4096)
         };
-        let reset = self.inv.vm.machine.mem.discard_pages(
+        let reset = self.inv.vm.machine.mem.reset_pages(
             &self.frozen.image,
             dirty,
             hot,
@@ -160,6 +160,7 @@ impl RequestVm {
         self.unchanged.clear();
         self.inv.vm.linux = self.frozen.linux.clone();
         self.inv.vm.regex.restore(&self.frozen.regex);
+        self.back_to_frozen_pause();
         let limit = self.inv.settings.limit_workmem_after_req;
         if self.inv.settings.keep_working_memory && limit > 0 {
             let working: u64 = self
@@ -181,7 +182,7 @@ impl RequestVm {
     pub fn full_reset(&mut self) {
         self.full_resets += 1;
         if self.inv.vm.stale {
-            match MainVm::from_frozen(&self.frozen) {
+            match ForkedVm::from_frozen(&self.frozen) {
                 Ok(mut vm) => {
                     vm.printer
                         .log("the failed request left an unfinished I/O instruction; VM replaced");
@@ -203,5 +204,14 @@ impl RequestVm {
         self.working.iter_mut().for_each(|w| *w = 0);
         self.inv.vm.linux = self.frozen.linux.clone();
         self.inv.vm.regex.restore(&self.frozen.regex);
+        self.back_to_frozen_pause();
+    }
+
+    /// An event loop's memory is the frozen image again: the next request resumes it from
+    /// the frozen paused point.
+    fn back_to_frozen_pause(&mut self) {
+        self.inv.live_paused = false;
+        self.inv.broken = false;
+        self.inv.vm.paused = self.frozen.paused;
     }
 }

@@ -71,6 +71,7 @@ impl Runtime {
             storage: false,
             storage_binary: None,
             max_storage_time: Duration::from_secs(10),
+            snapshot: None,
             loader: None,
         };
         let p = Program::new(name, settings);

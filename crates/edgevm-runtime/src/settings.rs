@@ -69,6 +69,9 @@ pub struct ProgramSettings {
     pub max_storage_time: Duration,
     /// Where the binary comes from at boot; None = `vm.binary` as given.
     pub loader: Option<Loader>,
+    /// The program's snapshot file (`cold_start_file`, or in the server's `snapshot_dir`):
+    /// started from when it is valid, written after a boot (snapshot.rs). None: always boot.
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 /// A program's binaries as obtained at boot time (e.g. downloaded by the server).
@@ -156,6 +159,12 @@ pub struct Stats {
     pub binary_size: AtomicU64,
     /// Bytes of storage state carried across live updates.
     pub live_update_transfer_bytes: AtomicU64,
+    /// Starts from a snapshot file instead of a boot.
+    pub snapshot_starts: AtomicU64,
+    /// Snapshot files written.
+    pub snapshot_writes: AtomicU64,
+    /// Snapshot files found stale, corrupt or refused (the program booted instead).
+    pub snapshot_rejected: AtomicU64,
 }
 
 /// A snapshot of [`Stats`] for reporting.
@@ -190,6 +199,9 @@ impl Stats {
                 "live_update_transfer_bytes",
                 l(&self.live_update_transfer_bytes),
             ),
+            ("snapshot_starts", l(&self.snapshot_starts)),
+            ("snapshot_writes", l(&self.snapshot_writes)),
+            ("snapshot_rejected", l(&self.snapshot_rejected)),
         ])
     }
 }

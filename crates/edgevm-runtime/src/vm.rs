@@ -13,13 +13,20 @@ use edgevm_abi::io::write_struct;
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_abi::regex::Regexes;
-use edgevm_kvm::{features, Exit, GuestMemory, KvmMachine, KvmVcpu, Vcpu, VmShell};
+use edgevm_kvm::{
+    Exit, FrozenImage, KvmMachine, KvmVcpu, MainMemory, MemoryView, PrivateView, Vcpu, VmShell,
+};
 
 use crate::output::Printer;
 use crate::timer;
 
 pub use crate::error::{signal_name, RunError};
 pub use crate::options::{program_environment, VmOptions};
+
+mod deadline;
+mod entry;
+
+pub use entry::EntryState;
 
 /// Functions a program registered with `register_func` (0 = none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,10 +87,28 @@ pub struct BootReport {
     pub syscalls: u64,
 }
 
-/// A booted (or booting) main VM. `C` is the vCPU: KVM's, or a scripted one in unit tests.
-pub struct MainVm<C: Vcpu = KvmVcpu> {
+/// A VM running a program: `C` is the vCPU (KVM's, or a scripted one in unit tests), `M` the
+/// memory it runs in, which decides its role (docs/DESIGN.md, "VM roles and memory views"):
+/// [`MainVm`] boots a program in its own memory and is then frozen ([`MainVm::freeze`]) or
+/// kept as a storage VM ([`crate::storage`]); [`ForkedVm`] runs requests in a copy-on-write
+/// view of the frozen image and is reset after each ([`crate::RequestVm`]). What only one
+/// role may do is implemented for that type only: freezing needs a `MainVm`, resetting a
+/// `ForkedVm`.
+///
+/// ```compile_fail
+/// fn f(vm: edgevm_runtime::vm::ForkedVm) {
+///     let _ = vm.freeze(); // a request VM cannot become a program's image
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn f(vm: &mut edgevm_runtime::vm::MainVm) {
+///     vm.machine.mem.discard_private().unwrap(); // a main VM's memory is never reset
+/// }
+/// ```
+pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     /// The VM and its memory.
-    pub machine: KvmMachine<C>,
+    pub machine: KvmMachine<C, M>,
     /// Emulated process state.
     pub linux: LinuxState,
     /// Compiled regexes (the regex calls' handles).
@@ -104,6 +129,11 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
     pub storage_allowed: Vec<u64>,
     /// Initialization is over (wait_for_requests() was called): the handler table is fixed.
     pub initialized: bool,
+    /// An event-loop program (`wait_for_requests_paused(req)`) stands at its paused point
+    /// with `req` its request pointer: the next request resumes it there.
+    pub paused: Option<u64>,
+    /// Some register_func() call succeeded (any index, as the reference).
+    pub registered: bool,
     /// The vCPU still holds a half-done instruction of a failed call that KVM would resume
     /// (see [`MainVm::restore_user_mode`]): the VM must be replaced before the next call.
     pub stale: bool,
@@ -111,7 +141,7 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
     /// End of the current time slice (see [`MainVm::set_slice`]).
     pub(crate) slice_end: Option<Instant>,
     /// An open (or opening) GDB session (crate::debug).
-    pub(crate) debug: Option<Box<crate::debug::Debugger<C>>>,
+    pub(crate) debug: Option<Box<crate::debug::Debugger<C, M>>>,
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
@@ -123,7 +153,7 @@ pub struct MainVm<C: Vcpu = KvmVcpu> {
 }
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
-fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
+fn setup_cpu<M: MemoryView>(machine: &mut KvmMachine<KvmVcpu, M>) -> Result<(), RunError> {
     let base = machine.cpu.sregs()?;
     // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
     // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both. Which
@@ -147,8 +177,8 @@ fn setup_cpu(machine: &mut KvmMachine) -> Result<(), RunError> {
 /// A program frozen at `wait_for_requests()`: the memory image every request VM is forked
 /// from and reset to, and the CPU and process state that go with it.
 pub struct Frozen {
-    /// The main VM's memory (its KVM VM is gone).
-    pub image: GuestMemory,
+    /// The main VM's memory (its KVM VM is gone), read-only from now on.
+    pub image: FrozenImage,
     /// Registers at wait_for_requests().
     pub regs: kvm_bindings::kvm_regs,
     /// FS base (TLS).
@@ -170,90 +200,26 @@ pub struct Frozen {
     pub opts: VmOptions,
     /// sys_make_ephemeral() choice, if made.
     pub ephemeral_override: Option<bool>,
+    /// An event-loop program: the request pointer of its paused point (`regs` are the
+    /// registers there, the image holds its resume slots).
+    pub paused: Option<u64>,
     /// The image at FXSAVE_AREA is a full XSAVE image (restored with XRSTOR).
     pub use_xsave: bool,
 }
 
-/// kvm_fpu -> the 512-byte FXSAVE image that the request entry stub `fxrstor`s.
-pub(crate) fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
-    let mut b = [0u8; 512];
-    b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
-    b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
-    b[4] = f.ftwx;
-    b[6..8].copy_from_slice(&f.last_opcode.to_le_bytes());
-    b[8..16].copy_from_slice(&f.last_ip.to_le_bytes());
-    b[16..24].copy_from_slice(&f.last_dp.to_le_bytes());
-    b[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
-    b[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes());
-    for (i, r) in f.fpr.iter().enumerate() {
-        b[32 + 16 * i..48 + 16 * i].copy_from_slice(r);
-    }
-    for (i, r) in f.xmm.iter().enumerate() {
-        b[160 + 16 * i..176 + 16 * i].copy_from_slice(r);
-    }
-    b
-}
+/// A VM that boots a program in its own memory: frozen into the program's image, or kept as
+/// its storage VM.
+pub type MainVm<C = KvmVcpu> = Vm<C, MainMemory>;
 
-/// MXCSR of a fresh x86 CPU: every SIMD floating-point exception masked, round to nearest.
-const MXCSR_DEFAULT: u32 = 0x1F80;
-
-/// The MXCSR field (bytes 24..28) of an FXSAVE/XSAVE image. kvm_pvm reports 0 for a vCPU whose
-/// SSE state it never saved (KVM_GET_XSAVE and KVM_GET_FPU alike), although the guest ran with
-/// the default; restoring 0 would unmask every SIMD exception, so the next `1.0/3.0` in a
-/// request would crash it with #XM. No program runs with all exceptions unmasked: take 0 to
-/// mean "not reported" and restore the architectural default.
-fn sane_mxcsr(img: &mut [u8]) {
-    if img.len() >= 28 && img[24..28] == [0, 0, 0, 0] {
-        img[24..28].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
-    }
-}
-
-/// What every handler call starts from, captured once at the frozen point
-/// (`wait_for_requests()`): the stack, TLS and GS bases, user-mode segments and whether the
-/// FPU image is a full XSAVE image. Request handlers, `on_error`, warmup and storage calls all
-/// enter through [`MainVm::enter_handler`] with it.
-#[derive(Debug, Clone)]
-pub struct EntryState {
-    /// RSP at the frozen point; handler frames go below it.
-    pub rsp: u64,
-    fs_base: u64,
-    gs_base: u64,
-    user_sregs: Option<kvm_bindings::kvm_sregs>,
-    xsave: bool,
-    /// The program can move its FS/GS bases without the host seeing it (kvm_pvm): the entry
-    /// stub writes them back itself on every call.
-    user_bases: bool,
-}
-
-impl EntryState {
-    /// R10, R12 and R13 for the request entry stub: bit 0 of R10 picks XRSTOR over FXRSTOR;
-    /// with `user_bases`, bit 1 has the stub set the FS/GS bases from R12/R13 itself
-    /// (wrfsbase/wrgsbase: no exit, and it covers bases the program changed without a system
-    /// call).
-    fn stub_flags(&self) -> (u64, u64, u64) {
-        if self.user_bases {
-            (u64::from(self.xsave) | 2, self.fs_base, self.gs_base)
-        } else {
-            (u64::from(self.xsave), 0, 0)
-        }
-    }
-
-    /// [`EntryState::stub_flags`] for entering a call without the host touching the vCPU
-    /// (chained storage calls), given the vCPU's FS/GS bases as the host knows them: the stub
-    /// restores the bases itself (kvm_pvm), or they are the frozen ones already. None when the
-    /// host would have to set them.
-    pub(crate) fn stub_regs(&self, fs_base: u64, gs_base: u64) -> Option<(u64, u64, u64)> {
-        (self.user_bases || (fs_base == self.fs_base && gs_base == self.gs_base))
-            .then(|| self.stub_flags())
-    }
-}
+/// A request VM's machine: runs in a copy-on-write view of a frozen image.
+pub type ForkedVm<C = KvmVcpu> = Vm<C, PrivateView>;
 
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
     pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
         let size = opts.memory_size();
         let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
-        let mut mem = GuestMemory::new_shared(size as usize)?;
+        let mut mem = MainMemory::new(size as usize)?;
         cpu::write_system_tables(&mut mem, &layout)?;
         mem.set_protected(layout::PROTECTED.to_vec());
         let elf = elf::load(&opts.binary, &mut mem, &layout)?;
@@ -305,45 +271,7 @@ impl MainVm {
                 edgevm_abi::errno::name(-e)
             ))
         })?;
-        Ok(MainVm::assemble(machine, linux, elf, layout, opts))
-    }
-
-    /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
-    /// from. Returns true for a full XSAVE image, false for FXSAVE (x87/SSE) only.
-    pub fn install_entry_fpu(&mut self) -> Result<bool, RunError> {
-        // The page holds 4 KiB: enough for every component edgevm enables (x87/SSE/AVX,
-        // AVX-512). The image must agree with this vCPU's XCR0, which the entry stub's XRSTOR
-        // uses as its mask: KVM adds PKRU on CPUs with protection keys (fit_xsave_image).
-        if let Some(xcr0) = self.machine.cpu.xcr0() {
-            if let Some(mut img) = self.machine.cpu.xsave() {
-                if features::fit_xsave_image(&mut img, xcr0) {
-                    sane_mxcsr(&mut img);
-                    self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
-                    return Ok(true);
-                }
-            }
-        }
-        let fpu = self.machine.cpu.fpu()?;
-        let mut img = fxsave_image(&fpu).to_vec();
-        // kvm_pvm's KVM_GET_FPU reports MXCSR as 0 (every SIMD exception unmasked: the first
-        // inexact floating-point operation of a handler would fault with #XM); the legacy
-        // area of KVM_GET_XSAVE has the real value.
-        if let Some(x) = self.machine.cpu.xsave().filter(|x| x.len() >= 28) {
-            img[24..28].copy_from_slice(&x[24..28]);
-        }
-        sane_mxcsr(&mut img);
-        if edgevm_kvm::guest_user_xsave() {
-            // KVM has no XSAVE for us, but the program runs on the host's XCR0 (kvm_pvm) and
-            // can use AVX: an XSAVE image with XSTATE_BV = x87|SSE makes the stub's XRSTOR load
-            // those from the legacy area and put every other component (AVX upper halves,
-            // AVX-512, ...) in its initial state.
-            img.resize(576, 0);
-            img[512..520].copy_from_slice(&3u64.to_le_bytes());
-            self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
-            return Ok(true);
-        }
-        self.machine.mem.write_raw(layout::FXSAVE_AREA, &img)?;
-        Ok(false)
+        Ok(Vm::assemble(machine, linux, elf, layout, opts))
     }
 
     /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
@@ -353,7 +281,7 @@ impl MainVm {
         let use_xsave = self.install_entry_fpu()?;
         let regs = *self.machine.cpu.regs();
         let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
-        let MainVm {
+        let Vm {
             machine,
             linux,
             mut regex,
@@ -362,6 +290,7 @@ impl MainVm {
             handlers,
             opts,
             ephemeral_override,
+            paused,
             ..
         } = self;
         let KvmMachine { cpu, mut mem } = machine;
@@ -377,7 +306,7 @@ impl MainVm {
         linux.make_files_read_only();
         regex.mark_frozen();
         Ok(Frozen {
-            image: mem,
+            image: mem.freeze(),
             regs,
             fs_base,
             gs_base,
@@ -388,20 +317,23 @@ impl MainVm {
             layout,
             opts,
             ephemeral_override,
+            paused,
             use_xsave,
         })
     }
+}
 
+impl ForkedVm {
     /// A VM running on a copy-on-write view of a frozen program (a request VM). Call on the
     /// thread that will run it.
-    pub fn from_frozen(f: &Frozen) -> Result<MainVm, RunError> {
-        MainVm::from_frozen_in(f, None)
+    pub fn from_frozen(f: &Frozen) -> Result<ForkedVm, RunError> {
+        ForkedVm::from_frozen_in(f, None)
     }
 
-    /// [`MainVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
+    /// [`ForkedVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
     /// with dirty logging).
-    pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<MainVm, RunError> {
-        let mut mem = f.image.fork_private(f.layout.shared_start as usize)?;
+    pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<ForkedVm, RunError> {
+        let mut mem = f.image.fork(f.layout.shared_start as usize)?;
         mem.set_track_host_writes(true);
         let shell = match shell {
             Some(s) => s,
@@ -417,26 +349,27 @@ impl MainVm {
         }
         *machine.cpu.regs_mut() = f.regs;
         let linux = f.linux.clone();
-        let mut vm = MainVm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
+        let mut vm = Vm::assemble(machine, linux, f.elf.clone(), f.layout, f.opts.clone());
         vm.handlers = f.handlers;
         vm.regex = f.regex.clone();
         vm.ephemeral_override = f.ephemeral_override;
+        vm.paused = f.paused;
         vm.initialized = true;
         Ok(vm)
     }
 }
 
-impl<C: Vcpu> MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     /// A VM around `machine` (its memory loaded, its vCPU set up) with this process state.
     pub(crate) fn assemble(
-        mut machine: KvmMachine<C>,
+        mut machine: KvmMachine<C, M>,
         linux: LinuxState,
         elf: LoadedElf,
         layout: Layout,
         opts: VmOptions,
-    ) -> MainVm<C> {
+    ) -> Vm<C, M> {
         let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
-        MainVm {
+        Vm {
             _timer_guard,
             machine,
             linux,
@@ -449,6 +382,8 @@ impl<C: Vcpu> MainVm<C> {
             ephemeral_override: None,
             storage_allowed: Vec::new(),
             initialized: false,
+            paused: None,
+            registered: false,
             stale: false,
             deadline: None,
             slice_end: None,
@@ -456,141 +391,6 @@ impl<C: Vcpu> MainVm<C> {
             timer_exits: 0,
             debug: None,
         }
-    }
-
-    /// Capture the entry state at the frozen point (the VM is stopped in wait_for_requests()).
-    /// `xsave` says what [`MainVm::install_entry_fpu`] installed.
-    pub fn entry_state(&mut self, xsave: bool) -> EntryState {
-        EntryState {
-            rsp: self.machine.cpu.regs().rsp,
-            fs_base: self.machine.cpu.fs_base(),
-            gs_base: self.machine.cpu.gs_base(),
-            user_sregs: self.machine.cpu.sregs().ok(),
-            xsave,
-            user_bases: edgevm_kvm::guest_user_fsgsbase(),
-        }
-    }
-
-    /// Set up a call of `handler(args...)` through the request entry stub, with the stack at
-    /// `rsp` (16-aligned here). TLS and GS bases are put back when a previous call moved them
-    /// (one MSR write each, only then). Guest-controlled values wrap rather than overflow.
-    pub fn enter_handler(
-        &mut self,
-        e: &EntryState,
-        handler: u64,
-        rsp: u64,
-        args: &[u64],
-    ) -> Result<(), RunError> {
-        if self.machine.cpu.gs_base() != e.gs_base {
-            self.machine.cpu.set_gs_base(e.gs_base)?;
-        }
-        if self.machine.cpu.fs_base() != e.fs_base {
-            self.machine.cpu.set_fs_base(e.fs_base)?;
-        }
-        let r = self.machine.cpu.regs_mut();
-        *r = Default::default();
-        r.rip = layout::REQUEST_ENTRY;
-        r.rsp = rsp & !15;
-        r.rflags = 0x202;
-        r.r11 = handler;
-        (r.r10, r.r12, r.r13) = e.stub_flags();
-        let slots = [
-            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
-        ];
-        for (slot, v) in slots.into_iter().zip(args) {
-            *slot = *v;
-        }
-        Ok(())
-    }
-
-    /// After a failed call: a CPU exception leaves the vCPU in the CPL0 exception stub, so put
-    /// the user-mode segments back before the next call.
-    pub fn restore_user_mode(&mut self, e: &EntryState) {
-        // An instruction KVM left half done (an `in`, string I/O) must complete now, before
-        // new registers are set, or it would resume the failed call's code in the next one.
-        if !self.machine.cpu.settle() {
-            self.stale = true;
-        }
-        if let Some(s) = &e.user_sregs {
-            if let Err(err) = self.machine.cpu.set_sregs(s) {
-                self.printer
-                    .log(&format!("cannot restore user mode after a failure: {err}"));
-            }
-        }
-    }
-
-    /// Start the run deadline (`budget` from now) and arm this thread's timer for it (or for
-    /// the end of the time slice, if one is set and comes first).
-    pub fn start_deadline(&mut self, budget: Duration, what: &'static str) -> Result<(), RunError> {
-        let deadline = Instant::now() + budget;
-        self.deadline = Some((deadline, budget, what));
-        self.linux.deadline = Some(deadline);
-        self.arm_timer()
-    }
-
-    /// Give the next run a time slice: once `slice` has passed (and the deadline has not),
-    /// [`MainVm::run_until_event`] stops the guest and returns [`Event::Preempted`], so the
-    /// caller can move the VM to another thread and [`MainVm::resume_deadline`] there. Set it
-    /// before [`MainVm::start_deadline`].
-    pub fn set_slice(&mut self, slice: Option<Duration>) {
-        self.slice_end = slice.map(|s| Instant::now() + s);
-    }
-
-    /// (Re-)arm this thread's timer for the deadline, or for the end of the time slice if that
-    /// comes first (e.g. after another VM, the storage VM, ran on this thread).
-    pub(crate) fn arm_timer(&mut self) -> Result<(), RunError> {
-        let Some((deadline, _, _)) = self.deadline else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let mut at = deadline;
-        if let Some(s) = self.slice_end {
-            at = at.min(s);
-        }
-        let p = self.machine.cpu.immediate_exit_ptr();
-        timer::arm(p, at.saturating_duration_since(now)).map_err(RunError::Timer)
-    }
-
-    /// Stop this thread's timer but keep the deadline: the VM is about to move to another
-    /// thread (preemption) or to wait while another VM runs on this thread (a storage call).
-    pub fn pause_deadline(&mut self) {
-        timer::disarm();
-        self.machine.cpu.clear_immediate_exit();
-    }
-
-    /// Re-arm the deadline kept by [`MainVm::pause_deadline`] on the current thread (already
-    /// passed: it fires at once). The time slice is over.
-    pub fn resume_deadline(&mut self) -> Result<(), RunError> {
-        self.slice_end = None;
-        self.arm_timer()
-    }
-
-    /// Time left in the current time slice (None: no slice, the caller may block).
-    pub fn slice_left(&self) -> Option<Duration> {
-        self.slice_end
-            .map(|s| s.saturating_duration_since(Instant::now()))
-    }
-
-    /// Time left before the current run's deadline (None without a deadline).
-    pub fn time_left(&self) -> Option<Duration> {
-        self.deadline
-            .map(|(d, _, _)| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// Disarm the run timer and forget the deadline.
-    pub fn stop_deadline(&mut self) {
-        timer::disarm();
-        self.deadline = None;
-        self.slice_end = None;
-        self.linux.deadline = None;
-        self.machine.cpu.clear_immediate_exit();
-    }
-
-    pub(crate) fn timeout_error(&self) -> RunError {
-        let (_, limit, what) = self
-            .deadline
-            .unwrap_or((Instant::now(), Duration::ZERO, "run"));
-        RunError::Timeout { what, limit }
     }
 
     /// Run the guest, handling system calls and the generic hypercalls, until something the
@@ -727,6 +527,13 @@ impl<C: Vcpu> MainVm<C> {
                     match slot {
                         Some(s) => {
                             *s = f;
+                            self.registered = true;
+                            0
+                        }
+                        // Index 0 is accepted as by the reference (whose VCL-side entry it
+                        // is); nothing in edgevm calls it.
+                        None if idx == 0 => {
+                            self.registered = true;
                             0
                         }
                         None => u64::MAX,

@@ -88,6 +88,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         storage_binary: None,
         max_storage_time: p.max_storage_time,
         loader: None,
+        snapshot: None,
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),
@@ -97,12 +98,36 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     }
 }
 
+/// A program's snapshot file: its `cold_start_file`, else `<snapshot_dir>/<name>.snapshot`
+/// (not for programs with storage, which are never snapshotted), else none.
+pub fn snapshot_file(p: &ProgramConfig, cfg: &Config) -> Option<std::path::PathBuf> {
+    if let Some(f) = &p.cold_start_file {
+        return Some(f.clone());
+    }
+    let dir = cfg.server.snapshot_dir.as_deref()?;
+    (!p.storage).then(|| edgevm_runtime::snapshot::file_in(dir, &p.name))
+}
+
 /// Build the runtime for every program of `cfg`. Programs that cannot be set up (bad
 /// settings, unreadable file, features not built yet) are registered as failed, so requests
 /// to them get a clear 503 and the rest keep serving. Returns the error lines too.
 pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
     let mut rt = Runtime::new();
     let mut errors = Vec::new();
+    let cfg_snap;
+    let mut cfg = cfg;
+    if let Some(dir) = &cfg.server.snapshot_dir {
+        if let Err(e) = prepare_snapshot_dir(dir) {
+            errors.push(format!(
+                "snapshot_dir {}: {e}; programs boot without snapshots",
+                dir.display()
+            ));
+            let mut c = cfg.clone();
+            c.server.snapshot_dir = None;
+            cfg_snap = c;
+            cfg = &cfg_snap;
+        }
+    }
     let timeout = fetch_timeout();
     for (name, p) in &cfg.programs {
         let p = match p {
@@ -119,6 +144,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
         if p.uri.is_some() {
             // Downloaded (or taken from the cache) when the program boots.
             let mut settings = program_settings(p, Vec::new());
+            settings.snapshot = snapshot_file(p, cfg);
             let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
             settings.loader = Some(Loader(Arc::new(move || {
                 let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), timeout)
@@ -156,6 +182,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 // binary in memory (docs/BENCHMARKS.md, "Many programs").
                 drop(f);
                 let mut settings = program_settings(p, Vec::new());
+                settings.snapshot = snapshot_file(p, cfg);
                 settings.loader = Some(local_loader(name, file));
                 rt.add(name, settings);
             }
@@ -167,6 +194,19 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
         }
     }
     (rt, errors)
+}
+
+/// The server's snapshot directory: made (mode 0700) if missing; it must be a directory.
+fn prepare_snapshot_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    Ok(())
 }
 
 /// Reads a local program's file (and its `*storage` companion) when the program boots.
@@ -292,6 +332,17 @@ const METRIC_HELP: &[(&str, &str, &str)] = &[
         "binary_size",
         "gauge",
         "Size of the program binary in bytes",
+    ),
+    (
+        "snapshot_starts",
+        "counter",
+        "Starts from the program's snapshot file instead of a boot",
+    ),
+    ("snapshot_writes", "counter", "Snapshot files written"),
+    (
+        "snapshot_rejected",
+        "counter",
+        "Snapshot files ignored as stale, corrupt or refused (the program booted)",
     ),
 ];
 

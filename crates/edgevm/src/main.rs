@@ -562,11 +562,7 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
             }
             match report.outcome {
                 BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),
-                BootOutcome::Ready
-                    if vm.handlers.get == 0
-                        && vm.handlers.post == 0
-                        && vm.handlers.request == 0 =>
-                {
+                BootOutcome::Ready if !vm.registered && vm.paused.is_none() => {
                     eprintln!(
                         "edgevm: program '{name}' is not servable: it called wait_for_requests() without registering a request handler (set_backend_get/post/request); serve refuses it"
                     );

@@ -273,6 +273,16 @@ impl FdTable {
             .count()
     }
 
+    /// Whether the table is stdin, stdout and stderr as at the start, nothing else.
+    pub(super) fn is_initial(&self) -> bool {
+        let kind = |fd: i32| self.desc(fd).map(|d| &d.kind);
+        self.fds.len() == 3
+            && matches!(kind(0), Some(DescKind::Stdin))
+            && matches!(kind(1), Some(DescKind::Output(1)))
+            && matches!(kind(2), Some(DescKind::Output(2)))
+            && self.fds.values().all(|(_, cloexec)| !cloexec)
+    }
+
     /// Open descriptors.
     pub(super) fn count(&self) -> usize {
         self.fds.len()

@@ -22,6 +22,7 @@ mod fds;
 mod mem;
 mod paths;
 mod process;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -138,25 +139,7 @@ impl LinuxState {
     /// A process whose ELF image ends at `elf_end` and spans `image_bytes`.
     pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
         let brk_start = page_up(elf_end);
-        let mut rules = cfg.allowed_paths.clone();
-        if let Some(state) = &cfg.state_file {
-            rules.push(PathRule {
-                virt: b"/state".to_vec(),
-                real: state.clone(),
-                prefix: false,
-                writable: true,
-                symlink: false,
-            });
-        }
-        let sandbox = Arc::new(Sandbox::new(rules));
-        let cwd = crate::sandbox::normalize(b"/", cfg.cwd.as_bytes())
-            .map(|mut c| {
-                if c.len() > 1 && c.ends_with(b"/") {
-                    c.pop();
-                }
-                c
-            })
-            .unwrap_or_else(|_| b"/".to_vec());
+        let (sandbox, cwd) = sandbox_of(&cfg);
         LinuxState {
             layout,
             cfg,
@@ -351,6 +334,31 @@ impl LinuxState {
         }
         self.process_call(nr, a, cpu, mem)
     }
+}
+
+/// The sandbox (allowed_paths and the state file at `/state`) and the normalized working
+/// directory of a process with this configuration.
+fn sandbox_of(cfg: &LinuxConfig) -> (Arc<Sandbox>, Vec<u8>) {
+    let mut rules = cfg.allowed_paths.clone();
+    if let Some(state) = &cfg.state_file {
+        rules.push(PathRule {
+            virt: b"/state".to_vec(),
+            real: state.clone(),
+            prefix: false,
+            writable: true,
+            symlink: false,
+        });
+    }
+    let sandbox = Arc::new(Sandbox::new(rules));
+    let cwd = crate::sandbox::normalize(b"/", cfg.cwd.as_bytes())
+        .map(|mut c| {
+            if c.len() > 1 && c.ends_with(b"/") {
+                c.pop();
+            }
+            c
+        })
+        .unwrap_or_else(|_| b"/".to_vec());
+    (sandbox, cwd)
 }
 
 fn wr(mem: &mut GuestMemory, addr: u64, data: &[u8]) -> i64 {

@@ -38,7 +38,7 @@ use edgevm_abi::cpu::has_error_code;
 use edgevm_abi::crash::CrashReport;
 use edgevm_abi::layout;
 use edgevm_abi::linux::Output;
-use edgevm_kvm::{Exit, Vcpu};
+use edgevm_kvm::{Exit, MemoryView, Vcpu};
 use gdbstub::arch::{Arch, Registers};
 use gdbstub::common::Signal;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -57,7 +57,7 @@ use gdbstub_arch::x86::reg::id::X86_64CoreRegId;
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 
 use crate::timer;
-use crate::vm::{Event, MainVm, RunError};
+use crate::vm::{Event, RunError, Vm};
 
 mod run;
 mod target;
@@ -113,7 +113,7 @@ const GP_INT3: u64 = (3 << 3) | 2;
 /// How often a running program is stopped to look for GDB's Ctrl-C.
 const POLL: Duration = Duration::from_millis(50);
 
-type Gdb<C> = GdbStubStateMachine<'static, MainVm<C>, TcpStream>;
+type Gdb<C, M> = GdbStubStateMachine<'static, Vm<C, M>, TcpStream>;
 
 /// Why a session opens.
 #[derive(Debug, Clone)]
@@ -124,8 +124,8 @@ enum Open {
 }
 
 /// An open (or opening) GDB session of one VM.
-pub(crate) struct Debugger<C: Vcpu> {
-    gdb: Option<Gdb<C>>,
+pub(crate) struct Debugger<C: Vcpu, M: MemoryView> {
+    gdb: Option<Gdb<C, M>>,
     /// Software breakpoints: address -> the byte the `int3` replaced.
     sw: BTreeMap<u64, u8>,
     /// Hardware breakpoints in DR0-DR3 (hardware KVM).
@@ -172,7 +172,7 @@ impl Drop for BusyGuard {
     }
 }
 
-impl<C: Vcpu> Debugger<C> {
+impl<C: Vcpu, M: MemoryView> Debugger<C, M> {
     fn new(pending: Option<Open>) -> Box<Self> {
         Box::new(Debugger {
             gdb: None,
@@ -192,12 +192,12 @@ impl<C: Vcpu> Debugger<C> {
     }
 }
 
-fn dbg<C: Vcpu>(vm: &mut MainVm<C>) -> &mut Debugger<C> {
+fn dbg<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> &mut Debugger<C, M> {
     vm.debug.get_or_insert_with(|| Debugger::new(None))
 }
 
 /// `edgevm run --gdb`: an internal breakpoint at the ELF entry opens the session there.
-pub(crate) fn stop_at_entry<C: Vcpu>(vm: &mut MainVm<C>) -> Result<(), RunError> {
+pub(crate) fn stop_at_entry<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> Result<(), RunError> {
     let entry = vm.elf.entry;
     let mut orig = [0u8];
     vm.machine.mem.read_raw(entry, &mut orig)?;
@@ -208,7 +208,7 @@ pub(crate) fn stop_at_entry<C: Vcpu>(vm: &mut MainVm<C>) -> Result<(), RunError>
 
 /// `sys_breakpoint()`: with `allow_debug`, a session opens right after the call (the return
 /// value is 0); without it the call is a logged no-op (as in the reference).
-pub(crate) fn breakpoint_call<C: Vcpu>(vm: &mut MainVm<C>) -> u64 {
+pub(crate) fn breakpoint_call<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> u64 {
     if !vm.opts.gdb.as_ref().is_some_and(|g| g.on_breakpoint) {
         vm.printer.log("Skipped VM breakpoint (debug not enabled)");
         return 0;
@@ -229,8 +229,8 @@ pub(crate) fn breakpoint_call<C: Vcpu>(vm: &mut MainVm<C>) -> u64 {
 
 /// A crash with `remote_debug_on_exception`: open a session at the faulting instruction; the
 /// crash is delivered when GDB continues or detaches (or when no GDB comes).
-pub(crate) fn on_crash<C: Vcpu>(
-    vm: &mut MainVm<C>,
+pub(crate) fn on_crash<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
     report: CrashReport,
 ) -> Result<Event, RunError> {
     if vm.opts.storage {
@@ -246,7 +246,7 @@ pub(crate) fn on_crash<C: Vcpu>(
 }
 
 /// The exception stub's vector, error code and frame address (the vCPU is in the stub).
-fn exception_frame<C: Vcpu>(vm: &MainVm<C>) -> (u8, u64, u64) {
+fn exception_frame<C: Vcpu, M: MemoryView>(vm: &Vm<C, M>) -> (u8, u64, u64) {
     let rsp = vm.machine.cpu.regs().rsp;
     let vector = vm.machine.mem.read_raw_u64(rsp) as u8;
     if has_error_code(vector) {
@@ -258,7 +258,7 @@ fn exception_frame<C: Vcpu>(vm: &MainVm<C>) -> (u8, u64, u64) {
 
 /// The end of the run the session belongs to (boot reached `wait_for_requests()` or exited,
 /// the request answered or failed): GDB is told the process is gone, breakpoints removed.
-pub(crate) fn end<C: Vcpu>(vm: &mut MainVm<C>, failed: bool) {
+pub(crate) fn end<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>, failed: bool) {
     let Some(mut d) = vm.debug.take() else {
         return;
     };
@@ -284,7 +284,7 @@ pub(crate) fn end<C: Vcpu>(vm: &mut MainVm<C>, failed: bool) {
 
 /// Open the session: take the program's session flag, listen, wait for GDB, suspend the
 /// deadline. Err(reason) when refused (logged by the caller).
-fn open<C: Vcpu>(vm: &mut MainVm<C>, why: &Open) -> Result<(), String> {
+fn open<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>, why: &Open) -> Result<(), String> {
     let Some(s) = vm.opts.gdb.clone() else {
         return Err("debugging is not enabled".into());
     };
@@ -354,7 +354,10 @@ fn open<C: Vcpu>(vm: &mut MainVm<C>, why: &Open) -> Result<(), String> {
     Ok(())
 }
 
-fn restore_deadline<C: Vcpu>(vm: &mut MainVm<C>, left: Option<(Duration, Duration, &'static str)>) {
+fn restore_deadline<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
+    left: Option<(Duration, Duration, &'static str)>,
+) {
     if let Some((l, budget, w)) = left {
         vm.deadline = Some((Instant::now() + l, budget, w));
         vm.linux.deadline = Some(Instant::now() + l);
@@ -415,7 +418,7 @@ enum Served {
 }
 
 /// Serve GDB while the program is stopped, until it resumes, detaches or kills it.
-fn serve<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Served, RunError> {
+fn serve<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> Result<Served, RunError> {
     let Some(mut gdb) = dbg(vm).gdb.take() else {
         return Ok(Served::Detach);
     };
@@ -474,14 +477,14 @@ fn serve<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Served, RunError> {
     }
 }
 
-fn lost<C: Vcpu>(vm: &mut MainVm<C>, why: &str) -> Served {
+fn lost<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>, why: &str) -> Served {
     tracing::warn!("{}: debug session: {why}", vm.opts.name);
     Served::Detach
 }
 
 /// Detach: remove every breakpoint, put the deadline back; the program goes on without a
 /// debugger (from where it stopped).
-fn detach<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Option<CrashReport>, RunError> {
+fn detach<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> Result<Option<CrashReport>, RunError> {
     let Some(mut d) = vm.debug.take() else {
         return Ok(None);
     };

@@ -5,7 +5,9 @@ use super::*;
 
 /// The run loop while a session is open or opening: [`MainVm::run_until_event`] for a VM
 /// with a debugger.
-pub(crate) fn run_until_event<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Event, RunError> {
+pub(crate) fn run_until_event<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
+) -> Result<Event, RunError> {
     loop {
         if let Some(why) = dbg(vm).pending.clone() {
             if vm.slice_end.is_some() {
@@ -123,7 +125,7 @@ pub(crate) fn run_until_event<C: Vcpu>(vm: &mut MainVm<C>) -> Result<Event, RunE
 
 /// Before a run: leave the exception stub through `iretq` if stopped in one, with TF for a
 /// single step and RF so an instruction breakpoint does not fire again.
-pub(super) fn resume_state<C: Vcpu>(vm: &mut MainVm<C>) -> Result<(), RunError> {
+pub(super) fn resume_state<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> Result<(), RunError> {
     let d = dbg(vm);
     let step = d.stepping;
     let frame = d.frame.take();
@@ -146,7 +148,10 @@ pub(super) fn resume_state<C: Vcpu>(vm: &mut MainVm<C>) -> Result<(), RunError> 
 }
 
 /// An exception while debugging: a breakpoint, a finished step, or a crash.
-pub(super) fn on_exception<C: Vcpu>(vm: &mut MainVm<C>, stepping: bool) -> Result<(), RunError> {
+pub(super) fn on_exception<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
+    stepping: bool,
+) -> Result<(), RunError> {
     let (vector, err, frame) = exception_frame(vm);
     let rip = vm.machine.mem.read_raw_u64(frame);
     let d = dbg(vm);
@@ -208,7 +213,7 @@ pub(super) fn on_exception<C: Vcpu>(vm: &mut MainVm<C>, stepping: bool) -> Resul
 }
 
 /// While running: a Ctrl-C (or anything) from GDB.
-pub(super) fn poll_ctrl_c<C: Vcpu>(vm: &mut MainVm<C>) {
+pub(super) fn poll_ctrl_c<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) {
     let Some(Gdb::Running(mut r)) = dbg(vm).gdb.take() else {
         return;
     };
@@ -266,7 +271,10 @@ pub(super) fn hw_slots(hw: &[u64]) -> [u64; 4] {
     s
 }
 
-pub(super) fn set_hw<C: Vcpu>(vm: &mut MainVm<C>, hw: &[u64]) -> Result<(), RunError> {
+pub(super) fn set_hw<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
+    hw: &[u64],
+) -> Result<(), RunError> {
     let mut dr7 = 0x400u64;
     for i in 0..hw.len().min(4) {
         dr7 |= 1 << (2 * i); // local enable; R/W 00 (execute), LEN 00

@@ -200,7 +200,7 @@ pub(super) fn fatal(e: impl std::fmt::Display) -> TargetError<String> {
     TargetError::Fatal(e.to_string())
 }
 
-impl<C: Vcpu> Target for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Target for Vm<C, M> {
     type Arch = EdgevmX86_64;
     type Error = String;
 
@@ -219,7 +219,7 @@ impl<C: Vcpu> Target for MainVm<C> {
 
 /// Where the program was loaded relative to its link addresses (a static-pie program's load
 /// bias), so GDB relocates its symbols.
-impl<C: Vcpu> SectionOffsets for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> SectionOffsets for Vm<C, M> {
     fn get_section_offsets(&mut self) -> Result<Offsets<u64>, Self::Error> {
         let b = self.elf.bias;
         Ok(Offsets::Sections {
@@ -230,7 +230,7 @@ impl<C: Vcpu> SectionOffsets for MainVm<C> {
     }
 }
 
-impl<C: Vcpu> SingleThreadBase for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> SingleThreadBase for Vm<C, M> {
     fn read_registers(&mut self, regs: &mut Regs) -> TargetResult<(), Self> {
         let r = *self.machine.cpu.regs();
         let s = self.machine.cpu.sregs().map_err(fatal)?;
@@ -373,7 +373,7 @@ pub(super) fn fill_fpu(regs: &mut Regs, x: &[u8]) {
     }
 }
 
-impl<C: Vcpu> SingleThreadResume for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> SingleThreadResume for Vm<C, M> {
     fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         dbg(self).stepping = false;
         Ok(())
@@ -384,14 +384,14 @@ impl<C: Vcpu> SingleThreadResume for MainVm<C> {
     }
 }
 
-impl<C: Vcpu> SingleThreadSingleStep for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> SingleThreadSingleStep for Vm<C, M> {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         dbg(self).stepping = true;
         Ok(())
     }
 }
 
-impl<C: Vcpu> Breakpoints for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> Breakpoints for Vm<C, M> {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -401,7 +401,7 @@ impl<C: Vcpu> Breakpoints for MainVm<C> {
     }
 }
 
-impl<C: Vcpu> SwBreakpoint for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> SwBreakpoint for Vm<C, M> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if dbg(self).sw.contains_key(&addr) {
             return Ok(true);
@@ -427,7 +427,7 @@ impl<C: Vcpu> SwBreakpoint for MainVm<C> {
     }
 }
 
-impl<C: Vcpu> HwBreakpoint for MainVm<C> {
+impl<C: Vcpu, M: MemoryView> HwBreakpoint for Vm<C, M> {
     fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
         if edgevm_kvm::is_kvm_pvm() {
             // kvm_pvm ignores the guest's debug registers: the same int3 as `break`.

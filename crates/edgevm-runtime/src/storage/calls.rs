@@ -14,11 +14,12 @@ use edgevm_kvm::Vcpu;
 use super::drive::{drive, Drive, Finished, Phase};
 use super::guest::task_hypercall;
 use super::turn::{Queued, Turn};
+use super::StorageVm;
 use super::{
     describe, program_exits, Answer, Call, Core, Kind, Open, Served, StorageError, CLEANUP_BUDGET,
     CLEANUP_NOW, TASK_BUDGET,
 };
-use crate::vm::{EntryState, MainVm};
+use crate::vm::EntryState;
 
 /// A storage call of a request: waiting for the turn, or running (holding it). Advance it with
 /// [`StorageCall::advance`] on whichever thread runs the request; dropping it gives up its
@@ -241,7 +242,7 @@ pub(super) fn inputs_low(top: u64, inputs: &[Vec<u8>]) -> u64 {
 
 /// Copy `inputs` below `top`: the address of the virtbuffer array and the array.
 pub(super) fn write_inputs(
-    vm: &mut MainVm,
+    vm: &mut StorageVm,
     top: u64,
     inputs: &[Vec<u8>],
 ) -> Result<(u64, Vec<VirtBuffer>), StorageError> {
@@ -391,7 +392,7 @@ pub(super) fn begin_chained(
 }
 
 /// Hypercalls a storage function may make besides storage_return.
-pub(super) fn other_hypercall(core: &Core, vm: &mut MainVm, call: ApiCall) {
+pub(super) fn other_hypercall(core: &Core, vm: &mut StorageVm, call: ApiCall) {
     match call {
         ApiCall::StorageCallv { .. } => {
             // Deadlock guard: storage cannot call itself.

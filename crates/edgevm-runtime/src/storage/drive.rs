@@ -8,10 +8,11 @@ use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
 use super::calls::other_hypercall;
+use super::StorageVm;
 use super::{
     describe, Answer, Core, Kind, Open, Returned, Served, StorageError, CLEANUP_BUDGET, MAX_RESULT,
 };
-use crate::vm::{EntryState, Event, MainVm, RunError};
+use crate::vm::{EntryState, Event, RunError};
 
 /// Where an open call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ enum Step {
 /// Runs one open call of the storage VM on this thread.
 struct Driver<'a> {
     core: &'a Core,
-    vm: &'a mut MainVm,
+    vm: &'a mut StorageVm,
     entry: &'a EntryState,
     mailbox: Option<u64>,
     slice: Option<Duration>,

@@ -6,15 +6,15 @@ use std::time::Duration;
 use edgevm_abi::guest_abi::{GuestPtr, VirtBuffer};
 use edgevm_abi::io::read_struct;
 use edgevm_abi::linux::Output;
-use edgevm_kvm::Vcpu;
+use edgevm_kvm::{MemoryView, Vcpu};
 
 use super::{Answer, StorageError, MAX_BUFFERS, MAX_INPUT, MAX_RESULT};
 use crate::error::{CallvError, StorageArgsError};
-use crate::vm::MainVm;
+use crate::vm::Vm;
 
 /// hand them to `add`; the return value for RAX (the id, or -1 with a log line).
-pub(crate) fn task_hypercall<C: Vcpu>(
-    vm: &mut MainVm<C>,
+pub(crate) fn task_hypercall<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
     add: impl FnOnce(u64, Vec<u8>, Duration, Duration) -> Result<u64, StorageError>,
 ) -> u64 {
     let r = *vm.machine.cpu.regs();
@@ -55,8 +55,8 @@ pub(crate) fn task_hypercall<C: Vcpu>(
 /// reference: more than 64 buffers, or a result buffer that wraps around; logged), Err(what)
 /// for bad pointers or too much input.
 #[allow(clippy::type_complexity)]
-pub(crate) fn read_callv<C: Vcpu>(
-    vm: &mut MainVm<C>,
+pub(crate) fn read_callv<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
 ) -> Result<Option<(u64, Vec<Vec<u8>>, u64, u64)>, StorageArgsError> {
     let r = *vm.machine.cpu.regs();
     let (func, n, bufs, dst, dstlen) = (r.rdi, r.rsi, r.rdx, r.rcx, r.r8);
@@ -90,8 +90,8 @@ pub(crate) fn read_callv<C: Vcpu>(
 /// (none when it passed NULL data); -1 when it returned without calling storage_return().
 /// Err for bad arguments or a refused or failed call (allow-list, crash, max_storage_time),
 /// which fails the caller.
-pub(crate) fn finish_callv<C: Vcpu>(
-    vm: &mut MainVm<C>,
+pub(crate) fn finish_callv<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
     dst: u64,
     dstlen: u64,
     res: Answer,

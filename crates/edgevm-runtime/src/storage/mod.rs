@@ -133,9 +133,27 @@ struct Core {
     dozing: std::sync::atomic::AtomicBool,
 }
 
+/// A program's storage VM: booted like a main VM, in its own memory, and kept running for
+/// good — never frozen (that needs an owned [`MainVm`]) and never reset (only a request VM's
+/// [`crate::vm::ForkedVm`] memory can be).
+pub(crate) struct StorageVm(MainVm);
+
+impl std::ops::Deref for StorageVm {
+    type Target = MainVm;
+    fn deref(&self) -> &MainVm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StorageVm {
+    fn deref_mut(&mut self) -> &mut MainVm {
+        &mut self.0
+    }
+}
+
 /// The storage VM and the call it is in, used by whoever holds the turn.
 struct Served {
-    vm: MainVm,
+    vm: StorageVm,
     entry: EntryState,
     allowed: Vec<u64>,
     open: Option<Open>,

@@ -55,7 +55,7 @@ pub fn start(
                     allowed: vm.storage_allowed.clone(),
                     // In the gap between the frozen frame and the calls' inputs.
                     mailbox: Some(entry.rsp.wrapping_sub(2048) & !63),
-                    vm,
+                    vm: super::StorageVm(vm),
                     entry,
                     open: None,
                     left_at: Instant::now(),

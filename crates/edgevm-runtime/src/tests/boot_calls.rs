@@ -96,7 +96,7 @@ fn storage_calls_without_a_storage_vm_and_request_calls_fall_back_to_minus_one()
 }
 
 #[test]
-fn returning_through_the_trampoline_or_an_event_loop_fails_the_boot() {
+fn returning_through_the_trampoline_or_a_bad_event_loop_pointer_fails_the_boot() {
     let mut cpu = ScriptedVcpu::new();
     cpu.then(hypercall(api::RETURNED, &[]));
     let (_, r) = boot(cpu, false, false);
@@ -105,8 +105,13 @@ fn returning_through_the_trampoline_or_an_event_loop_fails_the_boot() {
     cpu.then(hypercall(api::WAIT_FOR_REQUESTS_PAUSED, &[]));
     let (_, r) = boot(cpu, false, false);
     let e = r.unwrap_err();
-    assert!(matches!(e, RunError::EventLoopUnsupported));
+    assert!(matches!(e, RunError::BadPausedRequest(0)), "{e}");
     assert!(e.to_string().contains("wait_for_requests_paused"));
+    // A pointer into the supervisor area is refused the same way.
+    let mut cpu = ScriptedVcpu::new();
+    cpu.then(hypercall(api::WAIT_FOR_REQUESTS_PAUSED, &[0x1000]));
+    let (_, r) = boot(cpu, false, false);
+    assert!(matches!(r, Err(RunError::BadPausedRequest(0x1000))));
 }
 
 #[test]

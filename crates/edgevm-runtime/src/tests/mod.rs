@@ -9,7 +9,7 @@ mod storage_args;
 use edgevm_abi::elf::LoadedElf;
 use edgevm_abi::layout::{self, Layout};
 use edgevm_abi::linux::{LinuxConfig, LinuxState};
-use edgevm_kvm::{kvm_regs, Exit, GuestMemory, KvmMachine, ScriptedVcpu};
+use edgevm_kvm::{kvm_regs, Exit, KvmMachine, MainMemory, ScriptedVcpu};
 
 use crate::vm::{MainVm, VmOptions};
 
@@ -25,7 +25,7 @@ pub(crate) fn options() -> VmOptions {
 pub(crate) fn vm_with(cpu: ScriptedVcpu, opts: VmOptions) -> MainVm<ScriptedVcpu> {
     let size = opts.memory_size();
     let layout = Layout::new(size, opts.shared_memory).expect("layout");
-    let mut mem = GuestMemory::new_shared(size as usize).expect("memfd");
+    let mut mem = MainMemory::new(size as usize).expect("memfd");
     mem.set_protected(layout::PROTECTED.to_vec());
     let linux = LinuxState::new(
         layout,

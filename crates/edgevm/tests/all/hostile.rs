@@ -285,7 +285,7 @@ fn catalog() -> Vec<(String, Want)> {
         ),
         (
             "wait_paused",
-            Fail(&["wait_for_requests() called during a request"]),
+            Fail(&["wait_for_requests_paused() called before the request's response"]),
         ),
         ("register", Answer(200, "register done")),
         ("make_ephemeral", Answer(200, "r=-1")),

@@ -1,0 +1,699 @@
+//! Snapshot files (`cold_start_file`, the server's `snapshot_dir`): a program frozen at
+//! `wait_for_requests()` written to disk, so the next start maps it instead of booting.
+//!
+//! A file holds the frozen image (the pages the main VM wrote; holes stay holes), the CPU
+//! state at the frozen point (registers, FS/GS bases, the FPU/SSE/AVX image the request entry
+//! stub restores, which lives in the image), the emulated process state (heap and mmap
+//! bounds, signal actions), the handlers, the regexes compiled in `main()` (their patterns,
+//! compiled again) and `sys_make_ephemeral()`'s choice. Its identity: edgevm's version and
+//! snapshot format, the SHA-256 of the program's binary, the settings that shape the image
+//! (name, group, path, arguments, environment, memory sizes, warmup, the state file's
+//! identity) and the host CPU (vendor, model, feature bits, XCR0, kvm_pvm or not). A file
+//! whose identity differs from the program's now is *stale*; one whose checksums (SHA-256 of
+//! the metadata, and of everything after the header) or structure are wrong is *corrupt*. Either is ignored
+//! with a log line and the program boots as usual (and writes a new file); neither is ever
+//! run.
+//!
+//! Layout: a 96-byte header (`EDGEVMSN`, format, metadata length, data length, checksums),
+//! the metadata ([`edgevm_abi::snapcodec`]), zero padding to a page, the data extents one
+//! after the other. Written to a fresh temporary file in the same directory (`O_EXCL`,
+//! `O_NOFOLLOW`, mode 0600), synced, then renamed over the old file: a reader sees the old
+//! file or the new one, never a part. Read with `O_NOFOLLOW | O_NONBLOCK`: a symbolic link,
+//! a FIFO or anything but a regular file is refused. The supervisor structures (GDT, IDT,
+//! stubs, page tables) are written again by this edgevm after loading, so a snapshot never
+//! brings in another build's system code.
+//!
+//! Not snapshotted (the program boots every time, with a log line): programs with a storage
+//! VM (its state is not in the file), programs with host files open at
+//! `wait_for_requests()`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgevm_abi::cpu;
+use edgevm_abi::elf;
+use edgevm_abi::layout::{self, Layout};
+use edgevm_abi::linux::{LinuxConfig, LinuxState};
+use edgevm_abi::regex::Regexes;
+use edgevm_abi::snapcodec::{Reader, Writer};
+use edgevm_kvm::{MainMemory, PAGE_SIZE};
+use sha2::{Digest, Sha256};
+
+use crate::settings::ProgramSettings;
+use crate::vm::{Frozen, Handlers};
+
+/// File magic.
+const MAGIC: &[u8; 8] = b"EDGEVMSN";
+/// Snapshot format version (bumped whenever what is written changes).
+pub const FORMAT: u64 = 1;
+/// Header: magic, format, metadata length, data length, SHA-256 of everything after the
+/// header, SHA-256 of the metadata (checked before anything in it is believed).
+const HEADER: usize = 96;
+/// Largest metadata block read (symbols are not in it; the rest is small).
+const MAX_META: u64 = 64 << 20;
+
+/// Why a snapshot was not used or not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// No file yet.
+    #[error("no snapshot file")]
+    Missing,
+    /// The file is not one this program may use now (it says why).
+    #[error("stale: {0}")]
+    Stale(String),
+    /// The file is damaged or not a snapshot.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// The file is not a regular file (a symbolic link, a FIFO, a directory).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// This program cannot be snapshotted.
+    #[error("not snapshotted: {0}")]
+    Unsupported(String),
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// edgevm's version as written into snapshots, with the address-space constants a program's
+/// image depends on.
+fn edgevm_version() -> String {
+    format!(
+        "edgevm {} snapshot {FORMAT} layout {:#x}/{:#x}/{:#x}/{:#x}/{:#x}",
+        env!("CARGO_PKG_VERSION"),
+        layout::USER_BASE,
+        layout::PIE_BASE,
+        layout::STACK_SIZE,
+        layout::INPUT_AREA_SIZE,
+        layout::IO_AREA,
+    )
+}
+
+/// The host CPU as a program's image may depend on it (glibc picks string functions by CPUID
+/// at start; the FPU image follows XCR0).
+fn host_identity() -> String {
+    use std::arch::x86_64::__cpuid_count;
+    let l0 = __cpuid_count(0, 0);
+    let l1 = __cpuid_count(1, 0);
+    let l7 = __cpuid_count(7, 0);
+    format!(
+        "cpu {:08x}{:08x}{:08x} {:08x} {:08x}/{:08x} {:08x}/{:08x}/{:08x} xcr0 {:?} pvm {} user_xsave {} user_fsgsbase {}",
+        l0.ebx,
+        l0.edx,
+        l0.ecx,
+        l1.eax,
+        // Leaf 1 ECX/EDX without the APIC id and the OSXSAVE bit of the moment.
+        l1.ecx & !(1 << 27),
+        l1.edx,
+        l7.ebx,
+        l7.ecx,
+        l7.edx,
+        edgevm_kvm::KvmVcpu::guest_xcr0(),
+        edgevm_kvm::is_kvm_pvm(),
+        edgevm_kvm::guest_user_xsave(),
+        edgevm_kvm::guest_user_fsgsbase(),
+    )
+}
+
+/// What readlink("/proc/self/exe") answers for this program (as [`crate::vm::MainVm::load`]
+/// computes it).
+fn exe_path(settings: &ProgramSettings) -> String {
+    let p = &settings.vm.program_path;
+    let exe = std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.clone())
+        .to_string_lossy()
+        .into_owned();
+    if exe.starts_with('/') {
+        exe
+    } else {
+        format!("/{exe}")
+    }
+}
+
+/// The settings that shape a program's frozen image, one per line.
+fn settings_identity(s: &ProgramSettings) -> String {
+    let o = &s.vm;
+    let mut t = String::new();
+    let mut line = |k: &str, v: String| {
+        t.push_str(k);
+        t.push_str(": ");
+        t.push_str(&v);
+        t.push('\n');
+    };
+    line("name", format!("{:?}", o.name));
+    line("group", format!("{:?}", o.group));
+    line("program path", format!("{:?}", exe_path(s)));
+    line("main_arguments", format!("{:?}", o.arguments));
+    line(
+        "environment",
+        format!("{:?}", crate::vm::program_environment(o)),
+    );
+    line("max_memory", o.max_memory.to_string());
+    line("address space", o.memory_size().to_string());
+    line("shared_memory", o.shared_memory.to_string());
+    line("control_ephemeral", o.control_ephemeral.to_string());
+    line(
+        "warmup",
+        match &s.warmup {
+            None => "none".into(),
+            Some(w) => format!(
+                "{} {:?} {:?} {:?}",
+                w.num_requests, w.method, w.url, w.headers
+            ),
+        },
+    );
+    // The file sandbox main() saw (not the contents of the files in it).
+    if !o.allowed_paths.is_empty() || o.cwd != "/" {
+        line("files", format!("{:?} cwd {:?}", o.allowed_paths, o.cwd));
+    }
+    // main() may read the state file: a different file is a different image.
+    line(
+        "state file",
+        match &o.state_file {
+            None => "none".into(),
+            Some(p) => match std::fs::metadata(p) {
+                Ok(m) => format!(
+                    "{p:?} size {} mtime {}.{:09} inode {}",
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ino()
+                ),
+                Err(_) => format!("{p:?} absent"),
+            },
+        },
+    );
+    t
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether (and why not) a program can be started from or written to a snapshot.
+pub fn supported(s: &ProgramSettings) -> Result<(), SnapshotError> {
+    if s.storage {
+        return Err(SnapshotError::Unsupported(
+            "the program has a storage VM, whose state a snapshot does not hold".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn put_regs(w: &mut Writer, r: &kvm_bindings::kvm_regs) {
+    for v in [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15, r.rip, r.rflags,
+    ] {
+        w.u64(v);
+    }
+}
+
+fn get_regs(r: &mut Reader) -> Result<kvm_bindings::kvm_regs, SnapshotError> {
+    let mut v = [0u64; 18];
+    for x in &mut v {
+        *x = r.u64().map_err(corrupt)?;
+    }
+    Ok(kvm_bindings::kvm_regs {
+        rax: v[0],
+        rbx: v[1],
+        rcx: v[2],
+        rdx: v[3],
+        rsi: v[4],
+        rdi: v[5],
+        rsp: v[6],
+        rbp: v[7],
+        r8: v[8],
+        r9: v[9],
+        r10: v[10],
+        r11: v[11],
+        r12: v[12],
+        r13: v[13],
+        r14: v[14],
+        r15: v[15],
+        rip: v[16],
+        rflags: v[17],
+    })
+}
+
+fn corrupt(e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Corrupt(e.to_string())
+}
+
+fn io<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    let what = what.to_string();
+    move |e| SnapshotError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// The directory of a snapshot file, refused when every user may write it (anybody could
+/// plant a file there that this server would run).
+fn check_dir(path: &Path) -> Result<&Path, SnapshotError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let md = std::fs::metadata(dir).map_err(io("cannot use the directory", dir))?;
+    if !md.is_dir() {
+        return Err(SnapshotError::Refused(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if md.permissions().mode() & 0o002 != 0 {
+        return Err(SnapshotError::Refused(format!(
+            "the directory {} is writable by every user",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// Write `frozen` (booted with `settings`) to `path`, atomically. Returns the file's size.
+pub fn save(
+    frozen: &Frozen,
+    settings: &ProgramSettings,
+    path: &Path,
+) -> Result<u64, SnapshotError> {
+    supported(settings)?;
+    let dir = check_dir(path)?;
+    let binary = &settings.vm.binary;
+    if binary.is_empty() {
+        return Err(SnapshotError::Unsupported(
+            "the binary is not at hand".into(),
+        ));
+    }
+    let mut w = Writer::default();
+    w.str(&edgevm_version())
+        .bytes(&sha256(binary))
+        .str(&settings_identity(settings))
+        .str(&host_identity())
+        .u64(frozen.image.size() as u64);
+    put_regs(&mut w, &frozen.regs);
+    w.u64(frozen.fs_base)
+        .u64(frozen.gs_base)
+        .u64(u64::from(frozen.use_xsave));
+    let h = &frozen.handlers;
+    for v in [
+        h.get,
+        h.post,
+        h.request,
+        h.stream_post,
+        h.on_error,
+        h.on_live_update,
+        h.on_live_restore,
+        h.socket_pause,
+    ] {
+        w.u64(v);
+    }
+    w.u64(match frozen.ephemeral_override {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    match frozen.paused {
+        None => w.u64(0),
+        Some(req) => w.u64(1).u64(req),
+    };
+    frozen
+        .linux
+        .save(&mut w)
+        .map_err(SnapshotError::Unsupported)?;
+    let patterns = frozen.regex.patterns();
+    w.u64(patterns.len() as u64);
+    for p in &patterns {
+        match p {
+            None => w.u64(0),
+            Some(p) => w.u64(1).str(p),
+        };
+    }
+    let extents = frozen.image.data_extents();
+    w.u64(extents.len() as u64);
+    let mut data_len = 0u64;
+    for &(a, b) in &extents {
+        w.u64(a as u64).u64((b - a) as u64);
+        data_len += (b - a) as u64;
+    }
+    let meta = w.0;
+    let pad = pad_after_meta(meta.len());
+    // The data, read from the image in chunks, hashed as it goes.
+    let mut hasher = Sha256::new();
+    hasher.update(&meta);
+    hasher.update(vec![0u8; pad]);
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{:x}",
+        path.file_name()
+            .map_or("snapshot".into(), |n| n.to_string_lossy()),
+        std::process::id(),
+        rand_suffix()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(io("cannot create", &tmp))?;
+        // Header placeholder; the checksum is known at the end.
+        f.write_all(&[0u8; HEADER])
+            .map_err(io("cannot write", &tmp))?;
+        f.write_all(&meta).map_err(io("cannot write", &tmp))?;
+        f.write_all(&vec![0u8; pad])
+            .map_err(io("cannot write", &tmp))?;
+        let mut buf = vec![0u8; 1 << 20];
+        for &(a, b) in &extents {
+            let mut at = a;
+            while at < b {
+                let n = (b - at).min(buf.len());
+                frozen
+                    .image
+                    .read_raw(at as u64, &mut buf[..n])
+                    .map_err(|e| SnapshotError::Io(e.to_string()))?;
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(io("cannot write", &tmp))?;
+                at += n;
+            }
+        }
+        let sum: [u8; 32] = hasher.finalize().into();
+        let mut head = [0u8; HEADER];
+        head[0..8].copy_from_slice(MAGIC);
+        head[8..16].copy_from_slice(&FORMAT.to_le_bytes());
+        head[16..24].copy_from_slice(&(meta.len() as u64).to_le_bytes());
+        head[24..32].copy_from_slice(&data_len.to_le_bytes());
+        head[32..64].copy_from_slice(&sum);
+        head[64..96].copy_from_slice(&sha256(&meta));
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&head, 0).map_err(io("cannot write", &tmp))?;
+        f.sync_all().map_err(io("cannot sync", &tmp))?;
+        let size = f.metadata().map_err(io("cannot stat", &tmp))?.len();
+        std::fs::rename(&tmp, path).map_err(io("cannot rename to", path))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(size)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn pad_after_meta(meta_len: usize) -> usize {
+    (HEADER + meta_len).next_multiple_of(PAGE_SIZE) - HEADER - meta_len
+}
+
+fn rand_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    edgevm_abi::linux::fill_random(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Read the snapshot at `path` for a program with `settings` (its binary at hand): a frozen
+/// program ready to fork request VMs from, or why the file cannot be used.
+pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotError> {
+    supported(settings)?;
+    check_dir(path)?;
+    let o = &settings.vm;
+    let size = o.memory_size();
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(SnapshotError::Refused(
+                "it is a symbolic link (snapshots are regular files)".into(),
+            ))
+        }
+        Err(e) => return Err(io("cannot open", path)(e)),
+    };
+    let md = f.metadata().map_err(io("cannot stat", path))?;
+    if !md.file_type().is_file() {
+        return Err(SnapshotError::Refused("not a regular file".into()));
+    }
+    let len = md.len();
+    if len < HEADER as u64 || len > size + MAX_META + (HEADER + PAGE_SIZE) as u64 {
+        return Err(corrupt(format!("file size {len}")));
+    }
+    let mut head = [0u8; HEADER];
+    f.read_exact(&mut head).map_err(corrupt)?;
+    if &head[0..8] != MAGIC {
+        return Err(corrupt("not an edgevm snapshot"));
+    }
+    let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (format, meta_len, data_len) = (word(8), word(16), word(24));
+    if format != FORMAT {
+        return Err(SnapshotError::Stale(format!(
+            "snapshot format {format}, this edgevm reads format {FORMAT}"
+        )));
+    }
+    if meta_len > MAX_META || data_len > size {
+        return Err(corrupt("section sizes out of range"));
+    }
+    let pad = pad_after_meta(meta_len as usize) as u64;
+    if HEADER as u64 + meta_len + pad + data_len != len {
+        return Err(corrupt(format!(
+            "file size {len} does not match its sections ({meta_len} + {data_len})"
+        )));
+    }
+    let mut meta = vec![0u8; (meta_len + pad) as usize];
+    f.read_exact(&mut meta).map_err(corrupt)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&meta);
+    meta.truncate(meta_len as usize);
+    if sha256(&meta)[..] != head[64..96] {
+        return Err(corrupt(
+            "metadata checksum mismatch (the file was changed or damaged)",
+        ));
+    }
+    let mut r = Reader::new(&meta);
+    // Identity first: a stale file says why.
+    let version = r.str().map_err(corrupt)?.to_string();
+    let binary_hash = r.bytes().map_err(corrupt)?.to_vec();
+    let ident = r.str().map_err(corrupt)?.to_string();
+    let host = r.str().map_err(corrupt)?.to_string();
+    if version != edgevm_version() {
+        return Err(SnapshotError::Stale(format!(
+            "written by {version}, this is {}",
+            edgevm_version()
+        )));
+    }
+    if binary_hash != sha256(&o.binary) {
+        return Err(SnapshotError::Stale(format!(
+            "the program's binary changed (sha256 {} in the snapshot, {} now)",
+            hex(&binary_hash),
+            hex(&sha256(&o.binary))
+        )));
+    }
+    let now = settings_identity(settings);
+    if ident != now {
+        let diff = ident
+            .lines()
+            .zip(now.lines())
+            .find(|(a, b)| a != b)
+            .map_or("settings".to_string(), |(a, b)| {
+                format!("'{a}' is now '{b}'")
+            });
+        return Err(SnapshotError::Stale(format!(
+            "written for other settings: {diff}"
+        )));
+    }
+    if host != host_identity() {
+        return Err(SnapshotError::Stale(format!(
+            "written on another CPU or hypervisor ({host})"
+        )));
+    }
+    if r.u64().map_err(corrupt)? != size {
+        return Err(corrupt("memory size"));
+    }
+    let regs = get_regs(&mut r)?;
+    let fs_base = r.u64().map_err(corrupt)?;
+    let gs_base = r.u64().map_err(corrupt)?;
+    let use_xsave = r.bool().map_err(corrupt)?;
+    let mut hv = [0u64; 8];
+    for x in &mut hv {
+        *x = r.u64().map_err(corrupt)?;
+    }
+    let handlers = Handlers {
+        get: hv[0],
+        post: hv[1],
+        request: hv[2],
+        stream_post: hv[3],
+        on_error: hv[4],
+        on_live_update: hv[5],
+        on_live_restore: hv[6],
+        socket_pause: hv[7],
+    };
+    let ephemeral_override = match r.u64().map_err(corrupt)? {
+        0 => None,
+        1 => Some(false),
+        2 => Some(true),
+        v => return Err(corrupt(format!("ephemeral choice {v}"))),
+    };
+    let paused = match r.u64().map_err(corrupt)? {
+        0 => None,
+        1 => Some(r.u64().map_err(corrupt)?),
+        v => return Err(corrupt(format!("paused point {v}"))),
+    };
+    let layout = Layout::new(size, o.shared_memory).map_err(SnapshotError::Io)?;
+    let linux = LinuxState::restore(
+        layout,
+        LinuxConfig {
+            max_memory: o.max_memory,
+            exe_path: exe_path(settings),
+            verbose_syscalls: false,
+            state_file: o.state_file.clone(),
+            allowed_paths: o.allowed_paths.clone(),
+            cwd: o.cwd.clone(),
+            verbose: o.verbose,
+        },
+        &mut r,
+    )
+    .map_err(corrupt)?;
+    let mut patterns = Vec::new();
+    for _ in 0..r.count(8).map_err(corrupt)? {
+        patterns.push(match r.u64().map_err(corrupt)? {
+            0 => None,
+            1 => Some(r.str().map_err(corrupt)?.to_string()),
+            v => return Err(corrupt(format!("regex slot {v}"))),
+        });
+    }
+    let mut extents = Vec::new();
+    let (mut end, mut total) = (0u64, 0u64);
+    for _ in 0..r.count(16).map_err(corrupt)? {
+        let (a, n) = (r.u64().map_err(corrupt)?, r.u64().map_err(corrupt)?);
+        let page = PAGE_SIZE as u64;
+        if a < end || a % page != 0 || n % page != 0 || n == 0 || a.saturating_add(n) > size {
+            return Err(corrupt("data extents out of order or out of range"));
+        }
+        end = a + n;
+        total += n;
+        extents.push((a, n));
+    }
+    r.finish().map_err(corrupt)?;
+    if total != data_len {
+        return Err(corrupt("data extents do not add up to the data length"));
+    }
+    // The data straight into the new image, hashed on the way.
+    let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let mut buf = vec![0u8; (1usize << 20).min(data_len as usize).max(1)];
+    for &(a, n) in &extents {
+        let mut done = 0u64;
+        while done < n {
+            let k = ((n - done) as usize).min(buf.len());
+            f.read_exact(&mut buf[..k]).map_err(corrupt)?;
+            hasher.update(&buf[..k]);
+            mem.write_raw(a + done, &buf[..k])
+                .map_err(|e| SnapshotError::Io(e.to_string()))?;
+            done += k as u64;
+        }
+    }
+    let sum: [u8; 32] = hasher.finalize().into();
+    if sum[..] != head[32..64] {
+        return Err(corrupt(
+            "checksum mismatch (the file was changed or damaged)",
+        ));
+    }
+    // This build's supervisor structures, whatever the file held there (the FPU image and
+    // the entry slot the freeze wrote are not among them).
+    cpu::write_system_tables(&mut mem, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    mem.set_protected(layout::PROTECTED.to_vec());
+    mem.find_holes(layout.shared_start as usize);
+    let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
+    let elf = elf::describe(&o.binary, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let mut opts = o.clone();
+    opts.binary = Arc::default();
+    Ok(Frozen {
+        image: mem.freeze(),
+        regs,
+        fs_base,
+        gs_base,
+        linux,
+        regex,
+        handlers,
+        elf,
+        layout,
+        opts,
+        ephemeral_override,
+        paused,
+        use_xsave,
+    })
+}
+
+/// `dir/<program>.snapshot`: a program's file in the server's snapshot directory.
+pub fn file_in(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("{program}.snapshot"))
+}
+
+impl crate::pool::Program {
+    /// The program's frozen state from its snapshot file, if it has a valid one. A stale,
+    /// corrupt or refused file is logged and counted; the caller boots instead.
+    pub(crate) fn load_snapshot(&self, settings: &ProgramSettings) -> Option<Arc<Frozen>> {
+        use std::sync::atomic::Ordering;
+        let path = settings.snapshot.as_deref()?;
+        let t = std::time::Instant::now();
+        match load(settings, path) {
+            Ok(f) => {
+                self.stats.snapshot_starts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "Program '{}' started from its snapshot {} ({} KiB in {:.2} ms)",
+                    self.name,
+                    path.display(),
+                    f.image.allocated_bytes() >> 10,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                Some(Arc::new(f))
+            }
+            Err(SnapshotError::Missing) => None,
+            Err(e @ SnapshotError::Unsupported(_)) => {
+                tracing::info!("Program '{}': snapshot {}: {e}", self.name, path.display());
+                None
+            }
+            Err(e) => {
+                self.stats.snapshot_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "Program '{}': snapshot {} ignored, booting instead: {e}",
+                    self.name,
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Write the program's snapshot file after a boot (if it has one); failures are logged.
+    pub(crate) fn write_snapshot(&self, frozen: &Frozen, settings: &ProgramSettings) {
+        use std::sync::atomic::Ordering;
+        let Some(path) = settings.snapshot.as_deref() else {
+            return;
+        };
+        let t = std::time::Instant::now();
+        match save(frozen, settings, path) {
+            Ok(size) => {
+                self.stats.snapshot_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "Program '{}': snapshot written to {} ({} KiB in {:.2} ms)",
+                    self.name,
+                    path.display(),
+                    size >> 10,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Err(e @ SnapshotError::Unsupported(_)) => {
+                tracing::info!("Program '{}': snapshot {}: {e}", self.name, path.display())
+            }
+            Err(e) => tracing::warn!(
+                "Program '{}': cannot write the snapshot {}: {e}",
+                self.name,
+                path.display()
+            ),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! A program's request: reading the body, running the program, mapping its answer or error
+//! to an HTTP response.
+
+use super::*;
+use crate::limits;
+use crate::logtext::client_text;
+use bytes::Bytes;
+use edgevm_runtime::{GuestRequest, GuestResponse, ServeError};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// A response before the final touches of [`finish`].
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+    /// Close the connection after this response (e.g. an unread request body).
+    pub(super) close: bool,
+}
+
+impl Answer {
+    /// A short `text/plain` answer: `msg` and a newline.
+    pub(super) fn text(status: StatusCode, msg: impl std::fmt::Display) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Answer {
+            status,
+            headers,
+            body: Bytes::from(format!("{msg}\n")),
+            close: false,
+        }
+    }
+}
+
+/// What routing decided about a request.
+pub(super) struct Outcome {
+    pub(super) answer: Answer,
+    pub(super) program: Option<String>,
+    pub(super) error: Option<ServeError>,
+    pub(super) exits: Option<u64>,
+}
+
+impl From<Answer> for Outcome {
+    fn from(answer: Answer) -> Outcome {
+        Outcome {
+            answer,
+            program: None,
+            error: None,
+            exits: None,
+        }
+    }
+}
+
+/// A request id: unique in this process, and (its first part being the server's start time)
+/// across restarts. Error responses carry it (body and `X-Request-Id`), log lines too.
+#[derive(Clone, Copy)]
+pub(super) struct RequestId(u32, u64);
+
+impl RequestId {
+    pub(super) fn next() -> RequestId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static START: OnceLock<u32> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let start = *START.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32)
+        });
+        RequestId(start, NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:x}", self.0, self.1)
+    }
+}
+
+/// Read the body, hand the request to the program and wait for its answer.
+pub(super) async fn run_program(
+    shared: &Shared,
+    program: &str,
+    req: Request<Incoming>,
+    id: RequestId,
+) -> Outcome {
+    let max = shared.opts.max_body_bytes;
+    let url = request_target(&req).to_owned();
+    let (parts, body) = req.into_parts();
+    let opts = &shared.opts;
+    let (body, _lease) =
+        match limits::read_body(body, max, opts.body_timeout, &opts.body_memory).await {
+            Ok(b) => b,
+            Err(e) => {
+                crate::client_warn!(program = %client_text(program), "{e}");
+                return body_error(e).into();
+            }
+        };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let (arg, headers) = take_arg(&shared.opts, &parts);
+    let greq = GuestRequest {
+        method: parts.method.as_str().to_owned(),
+        url,
+        arg,
+        headers,
+        content_type,
+        body: body.into(),
+        warmup: false,
+    };
+
+    match shared.host.serve(program, greq).await {
+        Ok(resp) => Outcome {
+            exits: resp.exits,
+            answer: guest_answer(resp),
+            program: None,
+            error: None,
+        },
+        Err(err @ ServeError::ProgramNotFound(_)) => {
+            // The name is the client's: no echo of it in the log line.
+            crate::client_warn!(program = %client_text(program), "request for an unknown program");
+            Outcome {
+                answer: error_answer(shared.opts.error_details, program, &err, id),
+                program: None,
+                error: Some(err),
+                exits: None,
+            }
+        }
+        Err(err) => {
+            let mut answer = error_answer(shared.opts.error_details, program, &err, id);
+            if matches!(err, ServeError::QueueFull | ServeError::QueueTimeout) {
+                // Overload: the client may try again shortly. Not logged per request (an
+                // overloaded server would spend its time logging): the stats count them.
+                answer
+                    .headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                overload_warning(program, &err);
+            } else {
+                warn!(program, "request failed: {err} (request id {id})");
+            }
+            Outcome {
+                answer,
+                program: None,
+                error: Some(err),
+                exits: None,
+            }
+        }
+    }
+}
+
+/// The answer to a request the program did not answer: the status, a short reason and the
+/// request id (also in `X-Request-Id`); with `details`, the whole error (crash report, host
+/// paths) and the request id.
+pub(super) fn error_answer(
+    details: bool,
+    program: &str,
+    err: &ServeError,
+    id: RequestId,
+) -> Answer {
+    let status = error_status(err);
+    let mut a = if details {
+        Answer::text(status, format_args!("{err} (request id {id})"))
+    } else {
+        let reason = match err {
+            ServeError::ProgramNotFound(_) => "no such program".to_string(),
+            ServeError::ProgramUnavailable(_) => format!("program '{program}' is unavailable"),
+            ServeError::ProgramError(_) => format!("program '{program}' failed"),
+            other => other.to_string(),
+        };
+        Answer::text(
+            status,
+            format_args!(
+                "{} {}: {reason} (request id {id})",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        a.headers.insert("x-request-id", v);
+    }
+    a
+}
+
+/// The answer to a request whose body could not be read: the connection is closed after it.
+pub(super) fn body_error(e: limits::BodyError) -> Answer {
+    let mut a = Answer::text(e.status(), &e);
+    a.close = true;
+    if matches!(e, limits::BodyError::OverBudget) {
+        a.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    a
+}
+
+/// Log a refused request: every one at debug level, at most one a second as a warning.
+pub(super) fn overload_warning(program: &str, err: &ServeError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        warn!(program, "request refused: {err} (more are counted in /_edgevm/stats: queue_full, queue_timeouts)");
+    } else {
+        debug!(program, "request refused: {err}");
+    }
+}
+
+/// The HTTP status for a [`ServeError`].
+pub fn error_status(err: &ServeError) -> StatusCode {
+    match err {
+        ServeError::ProgramNotFound(_) => StatusCode::NOT_FOUND,
+        ServeError::ProgramUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::QueueTimeout | ServeError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::ProgramError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Headers a program may not set: framing and hop-by-hop headers, owned by the server.
+pub(super) fn is_forbidden_response_header(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Turn a program's (or admin handler's) response into an [`Answer`].
+pub(super) fn guest_answer(resp: GuestResponse) -> Answer {
+    let status = match StatusCode::from_u16(resp.status) {
+        Ok(s) if (200..=599).contains(&resp.status) => s,
+        _ => {
+            warn!(status = resp.status, "program answered an invalid status");
+            return Answer::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format_args!("program error: invalid status {}", resp.status),
+            );
+        }
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 1);
+    for (name, value) in &resp.headers {
+        let Ok(hname) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+            warn!(header = %name, "program set an invalid header name; dropped");
+            continue;
+        };
+        if is_forbidden_response_header(&hname) {
+            debug!(header = %name, "program set a framing/hop-by-hop header; ignored");
+            continue;
+        }
+        let Ok(hvalue) = HeaderValue::from_str(value.trim()) else {
+            warn!(header = %name, "program set an invalid header value; dropped");
+            continue;
+        };
+        headers.append(hname, hvalue);
+    }
+    if !resp.content_type.is_empty() {
+        match HeaderValue::from_str(resp.content_type.trim()) {
+            Ok(v) => {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            Err(_) => warn!("program set an invalid content type; dropped"),
+        }
+    }
+    Answer {
+        status,
+        headers,
+        body: Bytes::from(resp.body),
+        close: false,
+    }
+}
+
+/// Final touches: framing headers, `Server`, HEAD and no-body statuses.
+pub(super) fn finish(answer: Answer, is_head: bool, server_header: bool) -> Response<RespBody> {
+    let Answer {
+        status,
+        mut headers,
+        body,
+        close,
+    } = answer;
+    let bodyless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if !bodyless_status {
+        // For HEAD this is the length the body would have had.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    if server_header && !headers.contains_key(header::SERVER) {
+        headers.insert(header::SERVER, HeaderValue::from_static("edgevm"));
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let body = if is_head || bodyless_status {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}

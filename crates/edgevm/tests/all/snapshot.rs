@@ -1,0 +1,274 @@
+//! Snapshot files (`cold_start_file`, `server.snapshot_dir`): a program started from its
+//! snapshot answers exactly as the boot that wrote it did, and a damaged, stale or planted
+//! file is ignored with a log line (the program boots and answers), never run.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+use crate::harness::*;
+
+/// Header size of a snapshot file (crates/edgevm-runtime/src/snapshot.rs): magic, format,
+/// metadata length, data length, SHA-256 of the rest, SHA-256 of the metadata.
+const HEADER: usize = 96;
+
+/// Recompute the checksums of a snapshot file after editing it (a well-formed file).
+fn reseal(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let meta_len = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
+    let sum = Sha256::digest(&b[HEADER..HEADER + meta_len]);
+    b[64..96].copy_from_slice(&sum);
+    let sum = Sha256::digest(&b[HEADER..]);
+    b[32..64].copy_from_slice(&sum);
+    std::fs::write(path, b).unwrap();
+}
+
+fn config(dir: &Path, names: &[&str], extra: &str) -> std::path::PathBuf {
+    let mut progs = Vec::new();
+    for n in names {
+        let file = dir.join(n);
+        if !file.exists() {
+            let src = if n.starts_with("regex") {
+                "regex_api"
+            } else if n.starts_with("slow") {
+                "slow_init"
+            } else {
+                "example_hello"
+            };
+            std::fs::copy(guest(src), &file).unwrap();
+        }
+        progs.push(format!(
+            "{}: {{ \"filename\": {}, \"cold_start_file\": {}, \"start\": true, \"environment\": [\"SLOW_INIT_MS=20\"] }}",
+            js(n),
+            js(file.to_str().unwrap()),
+            js(dir.join(format!("snap/{n}.snapshot")).to_str().unwrap())
+        ));
+    }
+    let path = dir.join("config.json");
+    std::fs::write(&path, format!("{{ {}{extra} }}", progs.join(",\n"))).unwrap();
+    path
+}
+
+fn answers(s: &Server, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| {
+            let path = if n.starts_with("regex") {
+                format!("/{n}/match?s=ab-cd")
+            } else {
+                format!("/{n}")
+            };
+            s.ok(&path)
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
+    require_kvm();
+    let dir = scratch("snapshot");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let names = [
+        "good", "regex", "slow", "trunc", "flip", "meta", "version", "binary", "other", "link",
+        "fifo", "empty",
+    ];
+    let cfg = config(&dir, &names, "");
+    let wait_written = |s: &Server, names: &[&str]| {
+        for n in names {
+            s.wait_log(
+                &format!("Program '{n}': snapshot written to"),
+                Duration::from_secs(20),
+            );
+        }
+    };
+
+    // 1. Boot: every program writes its snapshot.
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&names);
+    let booted = answers(&s, &names);
+    wait_written(&s, &names);
+    assert_eq!(s.stat("good", "snapshot_writes"), 1.0);
+    s.stop();
+    let file = |n: &str| snap.join(format!("{n}.snapshot"));
+    let mode = std::fs::metadata(file("good"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "snapshot files are private");
+    assert!(
+        std::fs::read_dir(&snap).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp.")),
+        "no temporary files left"
+    );
+
+    // 2. Damage all but the first three, each in its own way.
+    let len = std::fs::metadata(file("trunc")).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file("trunc"))
+        .unwrap();
+    f.set_len(len - 4096 - 7).unwrap();
+    drop(f);
+    // A byte of the image.
+    let mut b = std::fs::read(file("flip")).unwrap();
+    let at = b.len() - 5000;
+    b[at] ^= 0x40;
+    std::fs::write(file("flip"), &b).unwrap();
+    // A byte of the metadata (the regex/heap state), checksum left alone.
+    let mut b = std::fs::read(file("meta")).unwrap();
+    b[HEADER + 300] ^= 1;
+    std::fs::write(file("meta"), &b).unwrap();
+    // Another edgevm version, checksum made to match: stale, not corrupt.
+    let mut b = std::fs::read(file("version")).unwrap();
+    let v = HEADER + 8;
+    assert_eq!(&b[v..v + 7], b"edgevm ");
+    b[v..v + 7].copy_from_slice(b"edgeVM ");
+    std::fs::write(file("version"), &b).unwrap();
+    reseal(&file("version"));
+    // The program's binary changed since (one more byte at its end: still a valid ELF).
+    let mut bin = std::fs::read(dir.join("binary")).unwrap();
+    bin.push(0);
+    std::fs::write(dir.join("binary"), &bin).unwrap();
+    // Another program's snapshot (same binary, other name) in this program's place.
+    std::fs::copy(file("good"), file("other")).unwrap();
+    // A symbolic link to a valid snapshot, a FIFO (must not block the boot), an empty file.
+    std::fs::remove_file(file("link")).unwrap();
+    std::os::unix::fs::symlink(file("good"), file("link")).unwrap();
+    std::fs::remove_file(file("fifo")).unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(file("fifo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(file("empty"), b"").unwrap();
+
+    // 3. Restart: the first three start from their snapshots and answer exactly as the boot
+    // did (slow's answer holds the number of rounds its main() ran: not run again); the
+    // others say why their file was ignored, boot, answer, and write a good file.
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&names);
+    let log = s.log();
+    for n in ["good", "regex", "slow"] {
+        assert!(
+            log.contains(&format!("Program '{n}' started from its snapshot")),
+            "{n}:\n{log}"
+        );
+        assert_eq!(s.stat(n, "snapshot_starts"), 1.0, "{n}");
+    }
+    let again = answers(&s, &names);
+    assert_eq!(again[..3], booted[..3]);
+    for (i, n) in names.iter().enumerate().skip(3) {
+        if *n != "binary" && *n != "other" {
+            assert_eq!(again[i], booted[i], "{n}");
+        }
+    }
+    let why = [
+        ("trunc", "corrupt: file size"),
+        ("flip", "corrupt: checksum mismatch"),
+        ("meta", "corrupt: metadata checksum mismatch"),
+        ("version", "stale: written by edgeVM "),
+        ("binary", "stale: the program's binary changed"),
+        (
+            "other",
+            "stale: written for other settings: 'name: \"good\"' is now 'name: \"other\"'",
+        ),
+        ("link", "refused: it is a symbolic link"),
+        ("fifo", "refused: not a regular file"),
+        ("empty", "corrupt: file size 0"),
+    ];
+    for (n, reason) in why {
+        let line = format!(
+            "Program '{n}': snapshot {} ignored, booting instead: {reason}",
+            file(n).display()
+        );
+        assert!(log.contains(&line), "no {line:?} in:\n{log}");
+        assert_eq!(s.stat(n, "snapshot_rejected"), 1.0, "{n}");
+        assert_eq!(s.stat(n, "snapshot_starts"), 0.0, "{n}");
+    }
+    wait_written(&s, &names[3..]);
+    // The link was replaced by a file; what it pointed at is untouched.
+    assert!(!std::fs::symlink_metadata(file("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    s.stop();
+
+    // 4. Every file is good again; a directory every user may write is refused.
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&names);
+    for n in names {
+        assert_eq!(s.stat(n, "snapshot_starts"), 1.0, "{n}");
+    }
+    assert_eq!(answers(&s, &names[..3]), booted[..3]);
+    s.stop();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["good"]);
+    assert_eq!(s.ok("/good"), booted[0]);
+    s.wait_log("is writable by every user", Duration::from_secs(5));
+    assert_eq!(s.stat("good", "snapshot_starts"), 0.0);
+    s.stop();
+}
+
+#[test]
+fn snapshot_dir_serves_every_program_and_skips_storage() {
+    require_kvm();
+    let dir = scratch("snapshot_dir");
+    let snap = dir.join("snaps");
+    let cfg = format!(
+        "{{ \"server\": {{ \"snapshot_dir\": {} }},\n\
+         \"hello\": {{ \"filename\": {}, \"start\": true }},\n\
+         \"counter\": {{ \"filename\": {}, \"storage\": true, \"start\": true }} }}",
+        js(snap.to_str().unwrap()),
+        js(guest("example_hello").to_str().unwrap()),
+        js(guest("example_counter").to_str().unwrap()),
+    );
+    let path = dir.join("config.json");
+    std::fs::write(&path, &cfg).unwrap();
+    let s = Server::start(&dir, &[&path], &[]);
+    s.wait_loaded(&["hello", "counter"]);
+    let hello = s.ok("/hello");
+    s.wait_log(
+        "Program 'hello': snapshot written to",
+        Duration::from_secs(10),
+    );
+    s.stop();
+    // Made by the server, private.
+    let mode = std::fs::metadata(&snap).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(snap.join("hello.snapshot").exists());
+    assert!(!snap.join("counter.snapshot").exists());
+    let s = Server::start(&dir, &[&path], &[]);
+    s.wait_loaded(&["hello", "counter"]);
+    assert_eq!(s.ok("/hello"), hello);
+    assert_eq!(s.stat("hello", "snapshot_starts"), 1.0);
+    assert_eq!(s.stat("counter", "snapshot_starts"), 0.0);
+    s.stop();
+
+    // cold_start_file with storage is a configuration error.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        format!(
+            "{{ \"counter\": {{ \"filename\": {}, \"storage\": true, \"cold_start_file\": \"/tmp/x\" }} }}",
+            js(guest("example_counter").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let r = edgevm_run(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1), "{}", r.all());
+    assert!(
+        r.all()
+            .contains("'cold_start_file' cannot be used with 'storage'"),
+        "{}",
+        r.all()
+    );
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# scripts/bench-snapshot.sh [OUT] -- start from a snapshot file against a boot
+# (docs/BENCHMARKS.md, "Snapshot start"); part of scripts/bench.sh, runnable alone once
+# target/release is built.
+#
+# For each program — hello (guest/examples/hello.c) and slow_init (guest/tests/slow_init.c,
+# whose main() computes for 60 ms) — and each way to start — `boot` (no snapshot) and
+# `snapshot` (a cold_start_file written by an earlier run) — REPS times, interleaved: start
+# `edgevm serve` with the program not started ("start": false), wait until it accepts
+# connections, and time one GET with curl: the program's start (boot, or snapshot load) and
+# its first response, as a client sees them. Reported: the median of each, and
+# boot / snapshot.
+#
+# Writes OUT/snapshot.md. Environment: PORT (19130), REPS (9), EDGEVM (target/release/edgevm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+OUT="${1:-$ROOT/target/bench/snapshot-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+PORT="${PORT:-19130}"
+REPS="${REPS:-9}"
+EDGEVM="${EDGEVM:-$ROOT/target/release/edgevm}"
+export EDGEVM_GUESTS="${EDGEVM_GUESTS:-$ROOT/target/guests}"
+log() { echo "bench-snapshot: $*" >&2; }
+[ -x "$EDGEVM" ] || { log "no $EDGEVM: cargo build --release first"; exit 1; }
+WORK="$OUT/snapshot-work"
+rm -rf "$WORK"
+mkdir -p "$WORK/snap"
+chmod 700 "$WORK/snap"
+SERVER=""
+cleanup() {
+	if [ -n "$SERVER" ]; then
+		kill "$SERVER" 2>/dev/null || true
+		wait "$SERVER" 2>/dev/null || true
+	fi
+}
+trap cleanup EXIT
+
+config() { # NAME FILE MODE
+	local snap=""
+	[ "$3" = snapshot ] && snap=", \"cold_start_file\": \"$WORK/snap/$1.snapshot\""
+	cat >"$WORK/$1-$3.json" <<JSON
+{ "$1": { "filename": "$2", "concurrency": 1, "start": false$snap } }
+JSON
+}
+
+# One start: prints the seconds from sending the first GET to its full answer.
+one() { # NAME MODE
+	local name="$1" mode="$2" t
+	timeout 60 "$EDGEVM" serve --config "$WORK/$name-$mode.json" --listen "127.0.0.1:$PORT" \
+		--no-request-log >>"$WORK/server.log" 2>&1 &
+	SERVER=$!
+	for _ in $(seq 1 500); do
+		curl -s -o /dev/null "http://127.0.0.1:$PORT/_edgevm/health" && break
+		sleep 0.01
+	done
+	t=$(curl -s -o "$WORK/answer" -w '%{time_total}' "http://127.0.0.1:$PORT/$name")
+	grep -q . "$WORK/answer" || { log "$name ($mode): no answer"; cat "$WORK/server.log" >&2; exit 1; }
+	if [ "$mode" = snapshot ] && [ ! -s "$WORK/snap/$name.snapshot" ]; then
+		# The first snapshot run boots and writes the file: wait for it.
+		for _ in $(seq 1 500); do
+			[ -s "$WORK/snap/$name.snapshot" ] && break
+			sleep 0.01
+		done
+		t=""
+	fi
+	kill "$SERVER"
+	wait "$SERVER" 2>/dev/null || true
+	SERVER=""
+	echo "$t"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+{
+	echo "| program | boot: start to first response (median of $REPS) | snapshot start to first response | boot / snapshot |"
+	echo "|---|---|---|---|"
+} >"$OUT/snapshot.md"
+for prog in hello:"$EDGEVM_GUESTS/example_hello" slow_init:"$EDGEVM_GUESTS/slow_init"; do
+	name="${prog%%:*}"
+	file="${prog#*:}"
+	config "$name" "$file" boot
+	config "$name" "$file" snapshot
+	one "$name" snapshot >/dev/null # writes the snapshot
+	: >"$WORK/$name-boot.t"
+	: >"$WORK/$name-snapshot.t"
+	for _ in $(seq 1 "$REPS"); do
+		one "$name" boot >>"$WORK/$name-boot.t"
+		one "$name" snapshot >>"$WORK/$name-snapshot.t"
+	done
+	if ! grep -q "Program '$name' started from its snapshot" "$WORK/server.log"; then
+		log "$name: never started from its snapshot"
+		exit 1
+	fi
+	b=$(median <"$WORK/$name-boot.t")
+	s=$(median <"$WORK/$name-snapshot.t")
+	awk -v n="$name" -v b="$b" -v s="$s" 'BEGIN {
+		printf "| %s | %.2f ms | %.2f ms | %.1fx |\n", n, b * 1e3, s * 1e3, b / s }' >>"$OUT/snapshot.md"
+done
+cat "$OUT/snapshot.md"
