@@ -1,8 +1,10 @@
-//! Scheduled storage tasks (`sys_storage_task` with a start or period) and their scheduler
-//! thread.
+//! Scheduled storage tasks (`sys_storage_task` with a start or period). The storage thread
+//! itself queues them when due (thread.rs): no thread of their own.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
 use std::time::{Duration, Instant};
 
 use super::{Call, Core, Job, Kind, StorageError, MAX_INPUT, MAX_TIMERS};
@@ -10,7 +12,9 @@ use super::{Call, Core, Job, Kind, StorageError, MAX_INPUT, MAX_TIMERS};
 /// Scheduled tasks of one storage VM.
 pub(super) struct Tasks {
     pub(super) state: Mutex<TaskState>,
-    pub(super) changed: Condvar,
+    /// Wakes the storage thread when the schedule changes (capacity 1: one pending wake-up
+    /// is enough).
+    pub(super) wake: Sender<()>,
 }
 
 #[derive(Default)]
@@ -36,7 +40,7 @@ impl Drop for Alive {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stopped = true;
-        self.0.changed.notify_all();
+        self.0.notify();
     }
 }
 
@@ -113,7 +117,7 @@ impl Tasks {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let id = st.schedule(func, data, Instant::now() + start, period)?;
         drop(st);
-        self.changed.notify_all();
+        self.notify();
         Ok(id)
     }
 
@@ -125,33 +129,22 @@ impl Tasks {
             .timers
             .remove(&id)
             .is_some();
-        self.changed.notify_all();
         found
     }
 
-    /// The scheduler thread: queue due tasks until the last handle is gone.
-    pub(super) fn run(self: Arc<Self>, core: Arc<Core>) {
+    /// Wake the storage thread to look at the schedule again.
+    pub(super) fn notify(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Queue the tasks due now (called by the storage thread); when the next one is due.
+    pub(super) fn queue_due(&self, core: &Core) -> Option<Instant> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if st.stopped {
-                return;
-            }
-            for (func, data) in st.take_due(Instant::now()) {
-                if core.enqueue(task_job(func, data)).is_err() {
-                    return;
-                }
-            }
-            st = match st.next_due() {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    self.changed
-                        .wait_timeout(st, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
-            };
+        for (func, data) in st.take_due(Instant::now()) {
+            // Only fails once the storage thread is gone (it is the caller).
+            let _ = core.enqueue(task_job(func, data));
         }
+        st.next_due()
     }
 }
 

@@ -2,10 +2,10 @@
 //! boot-time calls, live updates) and finishes calls left unfinished when nobody comes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use edgevm_abi::linux::Output;
 
 use super::calls::{serve_turn, settle, Started};
@@ -25,9 +25,10 @@ pub fn start(
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Arc<Core>, StorageError>>(1);
     let name = opts.name.clone();
+    let (wake, woken) = crossbeam_channel::bounded::<()>(1);
     let tasks = Arc::new(Tasks {
         state: Mutex::new(TaskState::default()),
-        changed: Condvar::new(),
+        wake,
     });
     let tasks2 = tasks.clone();
     std::thread::Builder::new()
@@ -68,28 +69,18 @@ pub fn start(
                 dozing: std::sync::atomic::AtomicBool::new(true),
             });
             let _ = ready_tx.send(Ok(core.clone()));
-            serve(core, rx)
+            serve(core, rx, woken)
         })
         .map_err(|source| StorageError::Thread {
             what: "storage thread",
             source,
         })?;
     match ready_rx.recv() {
-        Ok(Ok(core)) => {
-            let (t, c) = (tasks.clone(), core.clone());
-            std::thread::Builder::new()
-                .name(format!("tasks:{name}"))
-                .spawn(move || t.run(c))
-                .map_err(|source| StorageError::Thread {
-                    what: "the storage task thread",
-                    source,
-                })?;
-            Ok(StorageHandle {
-                core,
-                timeout: max_storage_time + queue_timeout,
-                _alive: Arc::new(Alive(tasks)),
-            })
-        }
+        Ok(Ok(core)) => Ok(StorageHandle {
+            core,
+            timeout: max_storage_time + queue_timeout,
+            _alive: Arc::new(Alive(tasks)),
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(StorageError::BootThreadEnded),
     }
@@ -98,21 +89,39 @@ pub fn start(
 /// The storage thread: run the jobs handed to it (with the turn), finish calls left
 /// unfinished when nobody comes, and end once every handle is gone. While calls come it
 /// looks every 20 ms for a clean-up left behind for 10 ms; after 2 s without a job it dozes
-/// (500 ms), and a holder that leaves a clean-up behind hands it the turn instead.
-pub(super) fn serve(core: Arc<Core>, rx: Receiver<Job>) {
+/// (500 ms), and a holder that leaves a clean-up behind hands it the turn instead. It also
+/// queues the scheduled tasks when they are due (woken through `woken` when the schedule
+/// changes), so a storage program costs one thread.
+pub(super) fn serve(core: Arc<Core>, rx: Receiver<Job>, woken: Receiver<()>) {
     let mut active_until = Instant::now();
     loop {
-        let dozing = Instant::now() >= active_until;
+        let next_task = core.tasks.queue_due(&core);
+        let now = Instant::now();
+        let dozing = now >= active_until;
         core.dozing.store(dozing, Ordering::Relaxed);
-        let wait = Duration::from_millis(if dozing { 500 } else { 20 });
-        match rx.recv_timeout(wait) {
+        let mut wait = Duration::from_millis(if dozing { 500 } else { 20 });
+        if let Some(at) = next_task {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        let got = crossbeam_channel::select! {
+            recv(rx) -> job => job.map_err(|_| RecvTimeoutError::Disconnected),
+            recv(woken) -> _ => {
+                if core.tasks.is_stopped() {
+                    finish_left_clean_up(&core);
+                    return;
+                }
+                continue;
+            }
+            default(wait) => Err(RecvTimeoutError::Timeout),
+        };
+        match got {
             Ok(job) => {
                 let turn = Turn(core.clone());
                 run_job(&core, job);
                 drop(turn);
                 active_until = Instant::now() + Duration::from_secs(2);
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 if core.tasks.is_stopped() {
                     // The program is gone: run the last clean-up before the VM goes.
                     finish_left_clean_up(&core);
@@ -127,7 +136,7 @@ pub(super) fn serve(core: Arc<Core>, rx: Receiver<Job>) {
                 }
                 finish_left_clean_up(&core);
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
