@@ -1,138 +1,93 @@
 //! `kvm_api.h` call numbers: `mov $NUM,%eax; out %eax,$0` with SysV argument registers, the
 //! same numbers as the reference system so binaries built against its header run unchanged.
 
-/// register_func(idx, fn) — see [`crate::func`].
-pub const REGISTER_FUNC: u32 = 0x10000;
-/// wait_for_requests(): end of initialization; the VM is frozen here.
-pub const WAIT_FOR_REQUESTS: u32 = 0x10001;
-/// wait_for_requests_paused(struct kvm_request*).
-pub const WAIT_FOR_REQUESTS_PAUSED: u32 = 0x10002;
-/// sys_set_cacheable(cached, ttl_ms, grace_ms, keep_ms).
-pub const SET_CACHEABLE: u32 = 0x10005;
-/// sys_backend_response(status, ctype, ctlen, content, clen, extra).
-pub const BACKEND_RESPONSE: u32 = 0x10010;
-/// storage_return(data, len).
-pub const STORAGE_RETURN: u32 = 0x10011;
-/// begin_streaming_response(status, ctype, ctlen, content_length, cb, arg).
-pub const BEGIN_STREAMING: u32 = 0x10012;
-/// storage_noreturn(data, len).
-pub const STORAGE_NORETURN: u32 = 0x10013;
-/// sys_http_append(where, str, len).
-pub const HTTP_APPEND: u32 = 0x10020;
-/// sys_http_set(where, str, len).
-pub const HTTP_SET: u32 = 0x10021;
-/// sys_http_find(where, key, klen, outb, outl).
-pub const HTTP_FIND: u32 = 0x10022;
-/// sys_http_method(outb, outl).
-pub const HTTP_METHOD: u32 = 0x10023;
-/// sys_regex_compile(pattern, len).
-pub const REGEX_COMPILE: u32 = 0x10030;
-/// sys_regex_free(rgx).
-pub const REGEX_FREE: u32 = 0x10031;
-/// sys_regex_match(rgx, buf, len).
-pub const REGEX_MATCH: u32 = 0x10032;
-/// sys_regex_subst(rgx, buf, subst, dst, dstlen, flags).
-pub const REGEX_SUBST: u32 = 0x10033;
-/// sys_regex_copyto(rgx, srchp, dsthp).
-pub const REGEX_COPYTO: u32 = 0x10035;
-/// sys_sockets_write(events, n).
-pub const SOCKETS_WRITE: u32 = 0x10500;
-/// shared_memory_area() -> {ptr, end} in rax:rdx.
-pub const SHARED_MEMORY_AREA: u32 = 0x10700;
-/// sys_make_ephemeral(int).
-pub const MAKE_EPHEMERAL: u32 = 0x10703;
-/// sys_is_storage().
-pub const IS_STORAGE: u32 = 0x10706;
-/// sys_storage_allow(fn).
-pub const STORAGE_ALLOW: u32 = 0x10707;
-/// storage_callv(fn, n, bufs, dst, dstlen).
-pub const STORAGE_CALLV: u32 = 0x10708;
-/// sys_storage_task(fn, data, len, start_ms, period_ms).
-pub const STORAGE_TASK: u32 = 0x10709;
-/// stop_storage_task(id).
-pub const STOP_STORAGE_TASK: u32 = 0x1070A;
-/// multiprocess(n, fn, arg).
-pub const MULTIPROCESS: u32 = 0x10710;
-/// multiprocess_array(n, fn, array, elsize).
-pub const MULTIPROCESS_ARRAY: u32 = 0x10711;
-/// multiprocess_clone(n, stack_base, stack_size).
-pub const MULTIPROCESS_CLONE: u32 = 0x10712;
-/// multiprocess_wait().
-pub const MULTIPROCESS_WAIT: u32 = 0x10713;
-/// get_meminfo(struct meminfo*).
-pub const GET_MEMINFO: u32 = 0x10A00;
-/// sys_fetch(url, len, op, fields, options).
-pub const FETCH: u32 = 0x20000;
-/// sys_request (declared by the reference, never dispatched there either).
-pub const REQUEST: u32 = 0x20001;
-/// sys_log(buf, len).
-pub const LOG: u32 = 0x7F000;
-/// sys_breakpoint().
-pub const BREAKPOINT: u32 = 0x7F7F7;
-/// sys_is_debug().
-pub const IS_DEBUG: u32 = 0x7FDEB;
+/// Defines each call-number constant and [`ALL`] from one list, so a number cannot be left
+/// out of the table the header test and the log names use.
+macro_rules! calls {
+    ($($(#[$doc:meta])* $konst:ident = $num:literal, $suffix:literal, $name:literal;)*) => {
+        $($(#[$doc])* pub const $konst: u32 = $num;)*
+        /// Every `kvm_api.h` call: (header macro suffix, number, name in logs). The header's
+        /// macro is `EDGEVM_HYPERCALL_<suffix>`; a test checks each one against
+        /// `guest/kvm_api.h`.
+        pub const ALL: &[(&str, u32, &str)] = &[$(($suffix, $konst, $name)),*];
+    };
+}
+
+calls! {
+    /// register_func(idx, fn) — see [`crate::func`].
+    REGISTER_FUNC = 0x10000, "REGISTER_FUNC", "register_func";
+    /// wait_for_requests(): end of initialization; the VM is frozen here.
+    WAIT_FOR_REQUESTS = 0x10001, "WAIT_FOR_REQUESTS", "wait_for_requests";
+    /// wait_for_requests_paused(struct kvm_request*).
+    WAIT_FOR_REQUESTS_PAUSED = 0x10002, "WAIT_PAUSED", "wait_for_requests_paused";
+    /// sys_set_cacheable(cached, ttl_ms, grace_ms, keep_ms).
+    SET_CACHEABLE = 0x10005, "SET_CACHEABLE", "set_cacheable";
+    /// sys_backend_response(status, ctype, ctlen, content, clen, extra).
+    BACKEND_RESPONSE = 0x10010, "BACKEND_RESPONSE", "backend_response";
+    /// storage_return(data, len).
+    STORAGE_RETURN = 0x10011, "STORAGE_RETURN", "storage_return";
+    /// begin_streaming_response(status, ctype, ctlen, content_length, cb, arg).
+    BEGIN_STREAMING = 0x10012, "STREAMING_RESPONSE", "begin_streaming_response";
+    /// storage_noreturn(data, len).
+    STORAGE_NORETURN = 0x10013, "STORAGE_NORETURN", "storage_noreturn";
+    /// sys_http_append(where, str, len).
+    HTTP_APPEND = 0x10020, "HTTP_APPEND", "http_append";
+    /// sys_http_set(where, str, len).
+    HTTP_SET = 0x10021, "HTTP_SET", "http_set";
+    /// sys_http_find(where, key, klen, outb, outl).
+    HTTP_FIND = 0x10022, "HTTP_FIND", "http_find";
+    /// sys_http_method(outb, outl).
+    HTTP_METHOD = 0x10023, "HTTP_METHOD", "http_method";
+    /// sys_regex_compile(pattern, len).
+    REGEX_COMPILE = 0x10030, "REGEX_COMPILE", "regex_compile";
+    /// sys_regex_free(rgx).
+    REGEX_FREE = 0x10031, "REGEX_FREE", "regex_free";
+    /// sys_regex_match(rgx, buf, len).
+    REGEX_MATCH = 0x10032, "REGEX_MATCH", "regex_match";
+    /// sys_regex_subst(rgx, buf, subst, dst, dstlen, flags).
+    REGEX_SUBST = 0x10033, "REGEX_SUBST", "regex_subst";
+    /// sys_regex_copyto(rgx, srchp, dsthp).
+    REGEX_COPYTO = 0x10035, "REGEX_COPYTO", "regex_copyto";
+    /// sys_sockets_write(events, n).
+    SOCKETS_WRITE = 0x10500, "SOCKETS_WRITE", "sockets_write";
+    /// shared_memory_area() -> {ptr, end} in rax:rdx.
+    SHARED_MEMORY_AREA = 0x10700, "SHARED_MEMORY_AREA", "shared_memory_area";
+    /// sys_make_ephemeral(int).
+    MAKE_EPHEMERAL = 0x10703, "MAKE_EPHEMERAL", "make_ephemeral";
+    /// sys_is_storage().
+    IS_STORAGE = 0x10706, "IS_STORAGE", "is_storage";
+    /// sys_storage_allow(fn).
+    STORAGE_ALLOW = 0x10707, "STORAGE_ALLOW", "storage_allow";
+    /// storage_callv(fn, n, bufs, dst, dstlen).
+    STORAGE_CALLV = 0x10708, "STORAGE_CALLV", "storage_callv";
+    /// sys_storage_task(fn, data, len, start_ms, period_ms).
+    STORAGE_TASK = 0x10709, "STORAGE_TASK", "storage_task";
+    /// stop_storage_task(id).
+    STOP_STORAGE_TASK = 0x1070A, "STOP_STORAGE_TASK", "stop_storage_task";
+    /// multiprocess(n, fn, arg).
+    MULTIPROCESS = 0x10710, "MULTIPROCESS", "multiprocess";
+    /// multiprocess_array(n, fn, array, elsize).
+    MULTIPROCESS_ARRAY = 0x10711, "MULTIPROCESS_ARRAY", "multiprocess_array";
+    /// multiprocess_clone(n, stack_base, stack_size).
+    MULTIPROCESS_CLONE = 0x10712, "MULTIPROCESS_CLONE", "multiprocess_clone";
+    /// multiprocess_wait().
+    MULTIPROCESS_WAIT = 0x10713, "MULTIPROCESS_WAIT", "multiprocess_wait";
+    /// get_meminfo(struct meminfo*).
+    GET_MEMINFO = 0x10A00, "GET_MEMINFO", "get_meminfo";
+    /// sys_fetch(url, len, op, fields, options).
+    FETCH = 0x20000, "FETCH", "fetch";
+    /// sys_request (declared by the reference, never dispatched there either).
+    REQUEST = 0x20001, "REQUEST", "request";
+    /// sys_log(buf, len).
+    LOG = 0x7F000, "LOG", "log";
+    /// sys_breakpoint().
+    BREAKPOINT = 0x7F7F7, "BREAKPOINT", "breakpoint";
+    /// sys_is_debug().
+    IS_DEBUG = 0x7FDEB, "IS_DEBUG", "is_debug";
+}
+
 /// The return trampoline: a handler returned without responding (not a `kvm_api.h` call).
 pub const RETURNED: u32 = 0xFFFF;
-
-/// Every `kvm_api.h` call: (header macro suffix, number, name in logs). The header's macro is
-/// `EDGEVM_HYPERCALL_<suffix>`; a test checks each one against `guest/kvm_api.h`.
-pub const ALL: &[(&str, u32, &str)] = &[
-    ("REGISTER_FUNC", REGISTER_FUNC, "register_func"),
-    ("WAIT_FOR_REQUESTS", WAIT_FOR_REQUESTS, "wait_for_requests"),
-    (
-        "WAIT_PAUSED",
-        WAIT_FOR_REQUESTS_PAUSED,
-        "wait_for_requests_paused",
-    ),
-    ("SET_CACHEABLE", SET_CACHEABLE, "set_cacheable"),
-    ("BACKEND_RESPONSE", BACKEND_RESPONSE, "backend_response"),
-    ("STORAGE_RETURN", STORAGE_RETURN, "storage_return"),
-    (
-        "STREAMING_RESPONSE",
-        BEGIN_STREAMING,
-        "begin_streaming_response",
-    ),
-    ("STORAGE_NORETURN", STORAGE_NORETURN, "storage_noreturn"),
-    ("HTTP_APPEND", HTTP_APPEND, "http_append"),
-    ("HTTP_SET", HTTP_SET, "http_set"),
-    ("HTTP_FIND", HTTP_FIND, "http_find"),
-    ("HTTP_METHOD", HTTP_METHOD, "http_method"),
-    ("REGEX_COMPILE", REGEX_COMPILE, "regex_compile"),
-    ("REGEX_FREE", REGEX_FREE, "regex_free"),
-    ("REGEX_MATCH", REGEX_MATCH, "regex_match"),
-    ("REGEX_SUBST", REGEX_SUBST, "regex_subst"),
-    ("REGEX_COPYTO", REGEX_COPYTO, "regex_copyto"),
-    ("SOCKETS_WRITE", SOCKETS_WRITE, "sockets_write"),
-    (
-        "SHARED_MEMORY_AREA",
-        SHARED_MEMORY_AREA,
-        "shared_memory_area",
-    ),
-    ("MAKE_EPHEMERAL", MAKE_EPHEMERAL, "make_ephemeral"),
-    ("IS_STORAGE", IS_STORAGE, "is_storage"),
-    ("STORAGE_ALLOW", STORAGE_ALLOW, "storage_allow"),
-    ("STORAGE_CALLV", STORAGE_CALLV, "storage_callv"),
-    ("STORAGE_TASK", STORAGE_TASK, "storage_task"),
-    ("STOP_STORAGE_TASK", STOP_STORAGE_TASK, "stop_storage_task"),
-    ("MULTIPROCESS", MULTIPROCESS, "multiprocess"),
-    (
-        "MULTIPROCESS_ARRAY",
-        MULTIPROCESS_ARRAY,
-        "multiprocess_array",
-    ),
-    (
-        "MULTIPROCESS_CLONE",
-        MULTIPROCESS_CLONE,
-        "multiprocess_clone",
-    ),
-    ("MULTIPROCESS_WAIT", MULTIPROCESS_WAIT, "multiprocess_wait"),
-    ("GET_MEMINFO", GET_MEMINFO, "get_meminfo"),
-    ("FETCH", FETCH, "fetch"),
-    ("REQUEST", REQUEST, "request"),
-    ("LOG", LOG, "log"),
-    ("BREAKPOINT", BREAKPOINT, "breakpoint"),
-    ("IS_DEBUG", IS_DEBUG, "is_debug"),
-];
 
 /// Name of a call number, for logs.
 pub fn name(num: u32) -> &'static str {
