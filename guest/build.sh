@@ -37,7 +37,8 @@
 #     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
-#     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11)
+#     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
+#     example_datatree (an espeak-like data directory tree)
 #   Rust guest crate (guest/rust/edgevm-guest):
 #     rust_hello_http, rust_event_loop
 #
@@ -175,6 +176,7 @@ for ex in hello counter scounter echo headers; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
 
+build example_datatree "$E/datatree.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/datatree.c" -o "$OUT/example_datatree.tmp"
 # Real runtimes (Debian's static libraries; the linker's notes about getpwnam & co. in static
 # programs are silenced: those calls are not used).
 LUA_INC=/usr/include/lua5.4

@@ -159,15 +159,18 @@ fn app(dir: &str) -> String {
 }
 
 #[test]
-fn lua_and_cpython_handlers_read_their_scripts_and_libraries_through_allowed_paths() {
+fn espeak_like_lua_and_cpython_programs_read_their_data_through_allowed_paths() {
     let dir = scratch("files-runtimes");
     let cfg = dir.join("config.json");
     std::fs::write(
         &cfg,
         format!(
-            r#"{{ "lua": {{ "filename": {}, "allowed_paths": [{}] }},
+            r#"{{ "voices": {{ "filename": {}, "allowed_paths": [{}] }},
+                 "lua": {{ "filename": {}, "allowed_paths": [{}] }},
                  "python": {{ "filename": {}, "max_memory": 256,
                              "allowed_paths": ["/usr/lib/python3.11", {}] }} }}"#,
+            js(guest("example_datatree").to_str().unwrap()),
+            app("voices").replace("/app", "/data"),
             js(guest("example_lua").to_str().unwrap()),
             app("lua"),
             js(guest("example_python").to_str().unwrap()),
@@ -176,6 +179,12 @@ fn lua_and_cpython_handlers_read_their_scripts_and_libraries_through_allowed_pat
     )
     .unwrap();
     let s = Server::start(&dir, &[&cfg], &[]);
+    assert_eq!(
+        s.ok("/voices"),
+        "3 voices in 3 directories (125 bytes): english english-us german\n"
+    );
+    assert_eq!(s.ok("/voices/german"), "Hallo (/data/lang/de/voice)\n");
+    assert_eq!(s.ok("/voices/english-us"), "Howdy (/data/lang/en/us)\n");
     for _ in 0..3 {
         assert_eq!(
             s.ok("/lua/a/b?x=1"),
