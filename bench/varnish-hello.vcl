@@ -11,6 +11,7 @@ sub vcl_recv {
 sub vcl_synth {
 	set resp.http.Content-Type = "text/plain";
 	set resp.http.X-Powered-By = "edgevm";
-	set resp.body = "Hello World!";
+	set resp.body = {"Hello World!
+"};
 	return (deliver);
 }

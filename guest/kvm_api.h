@@ -29,8 +29,9 @@
  * Arguments are passed in the SysV AMD64 argument registers (rdi, rsi, rdx,
  * rcx, r8, r9) exactly as for a normal C call, and the host leaves the result
  * in rax (rax:rdx for 16-byte structures such as shared_memory_area()). The
- * guest runs at CPL3 with IOPL=3, so `out` is permitted. Hypercall numbers
- * are listed in the EDGEVM_HYPERCALL_* constants below.
+ * guest runs at CPL3 with IOPL 0; the TSS I/O permission bitmap grants the
+ * API's ports to CPL3, so `out` is permitted. Hypercall numbers are listed in
+ * the EDGEVM_HYPERCALL_* constants below.
  *
  * The stubs are emitted into every translation unit that includes this
  * header, as weak symbols in COMDAT sections, so a program made of several
@@ -493,6 +494,136 @@ http_alloc_method(void)
 	}
 	return result;
 }
+
+/* ==========================================================================
+ * Request text helpers: query parameters, JSON strings
+ * (the same rules as the Rust crate's query_param() and json_escape())
+ * ========================================================================== */
+
+static inline int edgevm_hexval(char c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+	return -1;
+}
+
+/* Percent-decode the next byte of [*p, end) ('+' is a space; a '%' not
+   followed by two hex digits stays as it is) and advance *p. */
+static inline char edgevm_decode_next(const char **p, const char *end)
+{
+	const char *s = *p;
+	if (*s == '+') { *p = s + 1; return ' '; }
+	if (*s == '%' && end - s >= 3) {
+		const int hi = edgevm_hexval(s[1]), lo = edgevm_hexval(s[2]);
+		if (hi >= 0 && lo >= 0) { *p = s + 3; return (char)(hi << 4 | lo); }
+	}
+	*p = s + 1;
+	return *s;
+}
+
+/* The value of query parameter `name` in `url` (the handler's url: program
+   prefix, path and query string), percent-decoded into `out` and
+   NUL-terminated. The query is what follows the first '?' (up to a '#');
+   parameters are separated by '&'; "x" alone has the empty value; the first
+   parameter whose decoded key is `name` wins. Returns the decoded length, or
+   -1 when the parameter is missing. A return value >= outlen means the value
+   was cut to outlen - 1 bytes (like snprintf). A value may contain "%00": the
+   returned length counts it, strlen() stops there. */
+static inline long
+url_query_param(const char *url, const char *name, char *out, size_t outlen)
+{
+	const char *q = __builtin_strchr(url, '?');
+	if (q == NULL)
+		return -1;
+	q++;
+	const char *qend = __builtin_strchr(q, '#');
+	if (qend == NULL)
+		qend = q + __builtin_strlen(q);
+	const size_t nlen = __builtin_strlen(name);
+	while (q <= qend) {
+		const char *amp = (const char *)__builtin_memchr(q, '&', (size_t)(qend - q));
+		const char *pend = amp != NULL ? amp : qend;
+		const char *eq = (const char *)__builtin_memchr(q, '=', (size_t)(pend - q));
+		const char *kend = eq != NULL ? eq : pend;
+		/* Compare the decoded key with name. */
+		const char *k = q;
+		size_t i = 0;
+		int same = pend > q;
+		while (same && k < kend) {
+			const char c = edgevm_decode_next(&k, kend);
+			same = i < nlen && c == name[i];
+			i++;
+		}
+		if (same && i == nlen) {
+			const char *v = eq != NULL ? eq + 1 : pend;
+			size_t n = 0;
+			while (v < pend) {
+				const char c = edgevm_decode_next(&v, pend);
+				if (n + 1 < outlen)
+					out[n] = c;
+				n++;
+			}
+			if (outlen > 0)
+				out[n < outlen ? n : outlen - 1] = 0;
+			return (long)n;
+		}
+		q = pend + 1;
+	}
+	return -1;
+}
+
+/* Escape `len` bytes of `in` for the inside of a JSON string into `out`
+   (NUL-terminated): \" \\ \n \r \t \b \f, \u00XX for the other control
+   characters and DEL; other bytes (UTF-8) as they are. Returns the escaped
+   length; a value >= outlen means the output was cut (never in the middle of
+   an escape). */
+static inline size_t
+json_escape(const char *in, size_t len, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0, written = 0;
+	int full = 0;
+	for (size_t i = 0; i < len; i++) {
+		const unsigned char b = (unsigned char)in[i];
+		char e[6];
+		size_t el = 2;
+		e[0] = '\\';
+		switch (b) {
+		case '"': e[1] = '"'; break;
+		case '\\': e[1] = '\\'; break;
+		case '\n': e[1] = 'n'; break;
+		case '\r': e[1] = 'r'; break;
+		case '\t': e[1] = 't'; break;
+		case '\b': e[1] = 'b'; break;
+		case '\f': e[1] = 'f'; break;
+		default:
+			if (b < 0x20 || b == 0x7f) {
+				e[1] = 'u'; e[2] = '0'; e[3] = '0';
+				e[4] = hex[b >> 4]; e[5] = hex[b & 15];
+				el = 6;
+			} else {
+				e[0] = (char)b;
+				el = 1;
+			}
+		}
+		if (!full && written + el < outlen) {
+			__builtin_memcpy(out + written, e, el);
+			written += el;
+		} else {
+			full = 1;
+		}
+		n += el;
+	}
+	if (outlen > 0)
+		out[written] = 0;
+	return n;
+}
+
+/* The same for a NUL-terminated string. */
+static inline size_t
+json_escape_str(const char *in, char *out, size_t outlen)
+{ return json_escape(in, __builtin_strlen(in), out, outlen); }
 
 /* ==========================================================================
  * Caching

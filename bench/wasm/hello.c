@@ -18,14 +18,14 @@ void exports_wasi_http_incoming_handler_handle(
 	exports_wasi_http_incoming_handler_own_incoming_request_t request,
 	exports_wasi_http_incoming_handler_own_response_outparam_t response_out)
 {
-	static const char body[] = "Hello World!";
+	static const char body[] = "Hello World!\n";
 	wasi_http_types_incoming_request_drop_own(request);
 
 	wasi_http_types_own_fields_t headers = wasi_http_types_constructor_fields();
 	wasi_http_types_borrow_fields_t h = wasi_http_types_borrow_fields(headers);
 	header(h, "x-powered-by", "edgevm");
 	header(h, "content-type", "text/plain");
-	header(h, "content-length", "12");
+	header(h, "content-length", "13");
 	wasi_http_types_own_outgoing_response_t resp =
 		wasi_http_types_constructor_outgoing_response(headers);
 

@@ -18,7 +18,7 @@ on_get(const char *url, const char *arg)
 
 	http_setf(BERESP, "X-Counter: %d", counter);
 
-	backend_response_str(200, "text/plain", "Hello Compute World!");
+	backend_response_str(200, "text/plain", "Hello Compute World!\n");
 }
 
 int main(int argc, char **argv)

@@ -7,7 +7,7 @@ static void on_get(const char *url, const char *arg)
 	(void)url;
 	(void)arg;
 	http_set_str(RESP, "X-Powered-By: edgevm");
-	backend_response_str(200, "text/plain", "Hello World!");
+	backend_response_str(200, "text/plain", "Hello World!\n");
 }
 
 int main(int argc, char **argv)

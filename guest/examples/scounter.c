@@ -10,7 +10,7 @@ on_get(const char *url, const char *arg)
 
 	char buffer[64];
 	const int len =
-		snprintf(buffer, sizeof(buffer), "Hello %d World!", c);
+		snprintf(buffer, sizeof(buffer), "Hello %d World!\n", c);
 
 	backend_response(200, "text/plain", strlen("text/plain"), buffer, len);
 }

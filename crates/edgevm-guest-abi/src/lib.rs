@@ -1,7 +1,8 @@
 //! The edgevm guest ABI, written once: `kvm_api.h` call numbers ([`nr`]), handler indices
 //! ([`func`]), the host<->guest I/O-area layout ([`io`]), every `#[repr(C)]` struct host and
 //! guest share ([`types`]), the header-table rules both sides apply ([`headers`]) and the
-//! decoding of a call into a typed value ([`call`]).
+//! decoding of a call into a typed value ([`call`]), and text helpers for programs
+//! ([`text`]: query parameters, JSON escaping).
 //!
 //! `no_std` and dependency-free, so the Rust guest crate (`guest/rust/edgevm-guest`) uses it
 //! as is; the host enables the `zerocopy` feature to read and write the structs in guest
@@ -13,6 +14,7 @@ pub mod call;
 pub mod headers;
 pub mod io;
 pub mod nr;
+pub mod text;
 pub mod types;
 
 pub use call::{Args, BadCall, Call};

@@ -80,3 +80,87 @@ fn a_wrong_number_fails_the_check() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!st.status.success());
 }
+
+/// A C string literal of `s`, every byte octal-escaped.
+fn c_lit(s: &str) -> String {
+    let mut o = String::from("\"");
+    for b in s.bytes() {
+        write!(o, "\\{b:03o}").unwrap();
+    }
+    o.push('"');
+    o
+}
+
+#[test]
+fn kvm_api_h_text_helpers_agree_with_the_crate() {
+    use edgevm_guest_abi::text::{JSON_CASES, QUERY_CASES};
+    // A native program (the helpers make no call to the host) prints each result as hex.
+    let mut c = String::from(
+        "#include \"kvm_api.h\"\n#include <stdio.h>\n\
+         static void hex(const char *s, long n) { for (long i = 0; i < n; i++) printf(\"%02x\", (unsigned char)s[i]); printf(\"\\n\"); }\n\
+         int main(void) {\n  char out[64]; long n;\n",
+    );
+    for (url, name, _) in QUERY_CASES {
+        writeln!(
+            c,
+            "  n = url_query_param({}, {}, out, sizeof out); if (n < 0) printf(\"none\\n\"); else hex(out, n);",
+            c_lit(url),
+            c_lit(name)
+        )
+        .unwrap();
+    }
+    for (input, _) in JSON_CASES {
+        writeln!(
+            c,
+            "  n = (long)json_escape({}, {}, out, sizeof out); hex(out, n);",
+            c_lit(input),
+            input.len()
+        )
+        .unwrap();
+    }
+    // Cut values: the length says so, the output is cut and terminated, never mid-escape.
+    c.push_str(
+        "  n = url_query_param(\"/p?x=abcdef\", \"x\", out, 4); printf(\"%ld %s\\n\", n, out);\n\
+         n = (long)json_escape_str(\"ab\\ncd\", out, 4); printf(\"%ld %s\\n\", n, out);\n\
+         n = (long)json_escape_str(\"ab\\n\", out, 4); printf(\"%ld %s\\n\", n, out);\n\
+         return 0;\n}\n",
+    );
+    let mut want = String::new();
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for (_, _, v) in QUERY_CASES {
+        match v {
+            Some(v) => writeln!(want, "{}", hex(v)).unwrap(),
+            None => want.push_str("none\n"),
+        }
+    }
+    for (_, e) in JSON_CASES {
+        writeln!(want, "{}", hex(e)).unwrap();
+    }
+    want.push_str("6 abc\n6 ab\n4 ab\n");
+
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest");
+    let dir = std::env::temp_dir().join(format!("edgevm-header-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (compiler, std, ext) in [("gcc", "-std=gnu11", "c"), ("g++", "-std=gnu++17", "cpp")] {
+        let src = dir.join(format!("text.{ext}"));
+        std::fs::write(&src, &c).unwrap();
+        let exe = dir.join(format!("text-{ext}"));
+        let out = Command::new(compiler)
+            .args([std, "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(&guest)
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .unwrap_or_else(|e| panic!("{compiler}: {e}"));
+        assert!(
+            out.status.success(),
+            "{compiler}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = Command::new(&exe).output().unwrap();
+        assert!(run.status.success());
+        assert_eq!(String::from_utf8_lossy(&run.stdout), want, "{compiler}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -218,7 +218,7 @@ fn frozen(opts: VmOptions) -> Frozen {
     vm.freeze().expect("freeze")
 }
 
-/// The hello example's request cycle (`GET /`, "Hello World!") in both reset modes, and the
+/// The hello example's request cycle (`GET /`, "Hello World!\n") in both reset modes, and the
 /// raw exit round trip, interleaved on one thread in blocks of 50 so that both see the same
 /// noise: every sample is one cycle or one exit.
 ///
@@ -261,7 +261,7 @@ fn hello_and_raw_exit(
     for _ in 0..100 {
         exit();
         for vm in &mut vms {
-            Samples::default().one_expect(vm, &req, b"Hello World!");
+            Samples::default().one_expect(vm, &req, b"Hello World!\n");
         }
     }
     let mut raw = Vec::with_capacity(cycles);
@@ -272,7 +272,7 @@ fn hello_and_raw_exit(
         }
         for (vm, s) in vms.iter_mut().zip(hello.iter_mut()) {
             for _ in 0..BLOCK {
-                s.one_expect(vm, &req, b"Hello World!");
+                s.one_expect(vm, &req, b"Hello World!\n");
             }
         }
     }

@@ -117,6 +117,8 @@ pub struct Program {
     pub(crate) held: [AtomicU64; 2],
     /// Request VMs that exist and when one was last used (`idle.rs`).
     pub(crate) residency: crate::idle::Residency,
+    /// Boot failures and the next retry (`retry.rs`).
+    pub(crate) retry: crate::retry::Retry,
 }
 
 impl Program {
@@ -141,6 +143,7 @@ impl Program {
             candidate: Default::default(),
             held: Default::default(),
             residency: Default::default(),
+            retry: Default::default(),
         })
     }
 
@@ -188,12 +191,24 @@ impl Program {
 
     /// Start booting (once) on a background thread.
     pub fn start(self: &Arc<Self>) {
+        self.start_if(|st| matches!(st, State::NotStarted));
+    }
+
+    /// Boot again after a failure (`retry.rs`).
+    pub(crate) fn start_from_failed(self: &Arc<Self>) {
+        self.start_if(|st| matches!(st, State::Failed(_)));
+    }
+
+    /// Start booting on a background thread if the state is one `from` accepts.
+    fn start_if(self: &Arc<Self>, from: impl Fn(&State) -> bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(*st, State::NotStarted) {
+        if !from(&st) {
             return;
         }
         *st = State::Booting;
         drop(st);
+        self.changed.notify_all();
+        self.changed_async.send_modify(|v| *v += 1);
         let me = self.clone();
         let r = std::thread::Builder::new()
             .name(format!("boot:{}", self.name))
@@ -232,16 +247,37 @@ impl Program {
         }
     }
 
-    pub(crate) fn set_failed(&self, why: BootError) {
-        if self.candidate.load(Ordering::Acquire) {
+    pub(crate) fn set_failed(self: &Arc<Self>, why: BootError) {
+        // A storage VM booted before the failure goes (a retry boots its own).
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let candidate = self.candidate.load(Ordering::Acquire);
+        let shown = why.to_string();
+        self.set_state(State::Failed(Arc::new(why)));
+        if candidate {
             tracing::warn!(
-                "Live update of '{}' refused (the old program keeps serving): {why}",
+                "Live update of '{}' refused (the old program keeps serving): {shown}",
                 self.name
             );
-        } else {
-            tracing::error!("Program '{}' failed to start: {why}", self.name);
+            return;
         }
-        self.set_state(State::Failed(Arc::new(why)));
+        // (After the state is Failed: the retry watcher drops programs that are not.)
+        let retry = match self.schedule_retry() {
+            Some(wait) => format!(
+                " (retried in {} s, or at once when {} changes)",
+                wait.as_secs(),
+                self.settings.vm.program_path.display()
+            ),
+            None => String::new(),
+        };
+        if self.retry.repeated(&shown) {
+            // The same failure again: said once at error level already.
+            tracing::debug!("Program '{}' failed to start: {shown}{retry}", self.name);
+        } else {
+            tracing::error!("Program '{}' failed to start: {shown}{retry}", self.name);
+        }
     }
 
     pub(crate) fn set_state(&self, st: State) {
@@ -329,9 +365,11 @@ impl Program {
             }
         }
         drop(waiting);
+        let waited = queued.elapsed();
         self.stats
             .queue_wait_us
-            .fetch_add(queued.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.stats.queue_time.observe_duration(waited);
         let Some(mut vm) = pool.take() else {
             // Cannot happen: a permit stands for an idle VM.
             pool.permits.add_permits(1);
@@ -345,8 +383,8 @@ impl Program {
             vm.begin(&req, inline_slice())
         }));
         match begun {
-            Ok(Step::Done(result, rs)) => self.complete(&pool, Some(vm), Ok((result, rs))),
-            Err(_) => self.complete(&pool, None, Err(())),
+            Ok(Step::Done(result, rs)) => self.complete(&pool, Some(vm), Ok((result, rs)), queued),
+            Err(_) => self.complete(&pool, None, Err(()), queued),
             Ok(Step::Preempted) => {
                 self.stats.preempted.fetch_add(1, Ordering::Relaxed);
                 let me = self.clone();
@@ -355,8 +393,8 @@ impl Program {
                     let r =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.resume(&req)));
                     match r {
-                        Ok(x) => me.complete(&p, Some(vm), Ok(x)),
-                        Err(_) => me.complete(&p, None, Err(())),
+                        Ok(x) => me.complete(&p, Some(vm), Ok(x), queued),
+                        Err(_) => me.complete(&p, None, Err(()), queued),
                     }
                 });
                 task.await.unwrap_or_else(|_| {
@@ -375,6 +413,7 @@ impl Program {
         pool: &VmPool,
         vm: Option<Box<RequestVm>>,
         outcome: Result<(Result<GuestResponse, RequestFailure>, RequestStats), ()>,
+        queued: Instant,
     ) -> Result<GuestResponse, ServeError> {
         let stats = &self.stats;
         let Ok((result, rs)) = outcome else {
@@ -395,6 +434,8 @@ impl Program {
         };
         self.residency.touch();
         stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.request_time.observe_duration(queued.elapsed());
+        stats.request_exits.observe_count(rs.exits);
         stats.exits.fetch_add(rs.exits, Ordering::Relaxed);
         stats.last_exits.store(rs.exits, Ordering::Relaxed);
         if let Some(vm) = vm {

@@ -36,6 +36,7 @@ impl Program {
 
     fn try_boot(self: &Arc<Self>) -> Result<(), BootError> {
         let t0 = Instant::now();
+        self.retry.begin(&self.settings.vm.program_path);
         let mut settings = self.settings.clone();
         let download = self.load_binary(&mut settings)?;
         let shells = self.prepare_shells();
@@ -176,6 +177,7 @@ impl Program {
             settings.origin,
             if settings.cached { "cached" } else { "not cached" },
         );
+        self.retry.succeeded();
         self.set_state(State::Ready { vms: n, ready_ms });
         self.residency.touch();
         self.watch_idle();

@@ -80,6 +80,18 @@ impl Runtime {
         self.programs.insert(name.to_string(), p);
     }
 
+    /// Register a program whose binary cannot be loaded now (`why`): it is failed, and
+    /// retried like a program whose boot failed (`retry.rs`): when its file changes or
+    /// after the back-off.
+    pub fn add_unloadable(&mut self, name: &str, settings: ProgramSettings, why: String) {
+        let p = Program::new(name, settings);
+        p.retry.begin(&p.settings.vm.program_path);
+        *p.state.lock().unwrap_or_else(|e| e.into_inner()) =
+            State::Failed(Arc::new(BootError::Load(why)));
+        p.schedule_retry();
+        self.programs.insert(name.to_string(), p);
+    }
+
     /// Start the programs configured with `start`.
     pub fn start_eager(&self) {
         for (_, p) in self.programs() {

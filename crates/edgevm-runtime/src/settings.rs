@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::histogram::Histogram;
 use crate::request_vm::RequestSettings;
 use crate::vm::VmOptions;
 
@@ -114,7 +115,7 @@ pub struct WarmupSettings {
 }
 
 /// Per-program counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Requests handled by a VM.
     pub requests: AtomicU64,
@@ -165,6 +166,48 @@ pub struct Stats {
     pub snapshot_writes: AtomicU64,
     /// Snapshot files found stale, corrupt or refused (the program booted instead).
     pub snapshot_rejected: AtomicU64,
+    /// Time from a request reaching the program to its answer (queue wait included), for
+    /// the requests a VM handled.
+    pub request_time: Histogram,
+    /// Time a request waited for the program's boot and a free VM.
+    pub queue_time: Histogram,
+    /// VM exits per request.
+    pub request_exits: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let z = AtomicU64::default;
+        Stats {
+            requests: z(),
+            status_2xx: z(),
+            status_3xx: z(),
+            status_4xx: z(),
+            status_5xx: z(),
+            timeouts: z(),
+            exceptions: z(),
+            memory_errors: z(),
+            other_errors: z(),
+            resets: z(),
+            full_resets: z(),
+            exits: z(),
+            queue_timeouts: z(),
+            queue_full: z(),
+            queue_wait_us: z(),
+            last_exits: z(),
+            memory_image_bytes: z(),
+            live_updates: z(),
+            preempted: z(),
+            binary_size: z(),
+            live_update_transfer_bytes: z(),
+            snapshot_starts: z(),
+            snapshot_writes: z(),
+            snapshot_rejected: z(),
+            request_time: Histogram::seconds(),
+            queue_time: Histogram::seconds(),
+            request_exits: Histogram::exits(),
+        }
+    }
 }
 
 /// A snapshot of [`Stats`] for reporting.

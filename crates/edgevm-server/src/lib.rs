@@ -11,6 +11,8 @@
 //! - [`listen`]: TCP or Unix-socket listening; [`drain`]: the drain state after SIGTERM.
 //! - [`limits`]: what one client can hold: connections (503 beyond `max_connections`), header,
 //!   idle and body timeouts.
+//! - [`metrics`]: `/metrics` in the Prometheus text format (prometheus-client), every
+//!   program's counters, gauges and histograms.
 //! - [`logtext`]: client text in log lines (truncated, escaped) and rate-limited warnings
 //!   about clients ([`client_warn!`]).
 //! - [`capacity`]: what the configured programs need from the process's limits (open files,
@@ -30,6 +32,7 @@ pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod logtext;
+pub mod metrics;
 pub mod native;
 pub mod programs;
 pub mod strict;

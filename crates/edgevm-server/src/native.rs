@@ -60,18 +60,18 @@ fn answer(path: &str, c: &Counters) -> Response<Full<Bytes>> {
     match first {
         "scounter" => {
             let n = c.shared.fetch_add(1, Ordering::Relaxed);
-            text_response(None, Bytes::from(format!("Hello {n} World!")))
+            text_response(None, Bytes::from(format!("Hello {n} World!\n")))
         }
         "counter" => {
             let n = c.storage.fetch_add(1, Ordering::Relaxed) + 1;
             text_response(
                 Some(("x-counter", HeaderValue::from(n))),
-                Bytes::from_static(b"Hello Compute World!"),
+                Bytes::from_static(b"Hello Compute World!\n"),
             )
         }
         _ => text_response(
             Some(("x-powered-by", HeaderValue::from_static("edgevm"))),
-            Bytes::from_static(b"Hello World!"),
+            Bytes::from_static(b"Hello World!\n"),
         ),
     }
 }

@@ -187,9 +187,12 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 rt.add(name, settings);
             }
             Err(e) => {
+                // Failed now, booted again when the file changes (or after a back-off).
                 let msg = e.to_string();
                 errors.push(msg.clone());
-                rt.add_failed(name, msg);
+                let mut settings = program_settings(p, Vec::new());
+                settings.loader = Some(local_loader(name, file));
+                rt.add_unloadable(name, settings, msg);
             }
         }
     }
@@ -231,7 +234,7 @@ fn local_loader(name: &str, file: &std::path::Path) -> Loader {
 ///   (`"start": true`) is ready; 503 with the reasons otherwise, and 503 `draining` once the
 ///   server is draining (SIGTERM). For load-balancer probes.
 /// * `GET /_edgevm/stats` — JSON statistics per program.
-/// * `GET /metrics` — the same as Prometheus text.
+/// * `GET /metrics` — the same in the Prometheus text format (`metrics.rs`).
 /// * `POST /_edgevm/update/<program>` — live update: the body is the new program binary, the
 ///   key goes in the `X-Edgevm-Key` header (only there: a key in a URL ends up in proxy and
 ///   access logs); it must equal the program's `key`.
@@ -263,88 +266,6 @@ pub fn start_programs(cfg: &Config) -> Vec<String> {
 
 /// Default largest live-update body (a program binary).
 pub const MAX_UPDATE_BYTES: usize = 64 << 20;
-
-/// Help texts of the per-program counters (Prometheus).
-const METRIC_HELP: &[(&str, &str, &str)] = &[
-    ("requests", "counter", "Requests handled by a request VM"),
-    ("status_2xx", "counter", "Program responses with status 2xx"),
-    ("status_3xx", "counter", "Program responses with status 3xx"),
-    ("status_4xx", "counter", "Program responses with status 4xx"),
-    (
-        "status_5xx",
-        "counter",
-        "Responses with status 5xx (program's own or failures)",
-    ),
-    (
-        "timeouts",
-        "counter",
-        "Requests stopped by max_request_time",
-    ),
-    (
-        "exceptions",
-        "counter",
-        "Requests ended by a CPU exception in the program",
-    ),
-    (
-        "memory_errors",
-        "counter",
-        "Requests over max_request_memory",
-    ),
-    (
-        "other_errors",
-        "counter",
-        "Requests failed otherwise (no response, exit, API misuse)",
-    ),
-    ("resets", "counter", "VM resets after requests"),
-    (
-        "full_resets",
-        "counter",
-        "Full VM resets (all private memory dropped)",
-    ),
-    ("exits", "counter", "VM exits while handling requests"),
-    (
-        "last_request_exits",
-        "gauge",
-        "VM exits of the most recent request",
-    ),
-    (
-        "queue_timeouts",
-        "counter",
-        "Requests refused after waiting too long for a VM",
-    ),
-    (
-        "queue_full",
-        "counter",
-        "Requests refused at once because max_queue requests were waiting",
-    ),
-    (
-        "queue_wait_us",
-        "counter",
-        "Total time requests waited for a VM, microseconds",
-    ),
-    (
-        "memory_image_bytes",
-        "gauge",
-        "Host memory held by the program's frozen image",
-    ),
-    ("live_updates", "counter", "Successful live updates"),
-    (
-        "binary_size",
-        "gauge",
-        "Size of the program binary in bytes",
-    ),
-    (
-        "snapshot_starts",
-        "counter",
-        "Starts from the program's snapshot file instead of a boot",
-    ),
-    ("snapshot_writes", "counter", "Snapshot files written"),
-    (
-        "snapshot_rejected",
-        "counter",
-        "Snapshot files ignored as stale, corrupt or refused (the program booted)",
-    ),
-];
 
 impl StatsAdmin {
     /// Admin endpoints over `runtime`.
@@ -414,6 +335,11 @@ impl StatsAdmin {
             o.insert("resident_vms".into(), resident.into());
             o.insert("idle_vms_freed".into(), freed.into());
             o.insert("idle_vms_refilled".into(), refilled.into());
+            let retry = p.retry_info();
+            o.insert("boot_failures".into(), retry.boot_failures.into());
+            if let Some(d) = retry.retry_in {
+                o.insert("retry_in_s".into(), d.as_secs_f64().into());
+            }
             if let Some((vms, ms)) = p.ready_info() {
                 o.insert("vms".into(), vms.into());
                 o.insert("ready_ms".into(), ms.into());
@@ -433,65 +359,6 @@ impl StatsAdmin {
             progs.insert(name.clone(), serde_json::Value::Object(o));
         }
         serde_json::to_string_pretty(&serde_json::json!({ "programs": progs })).unwrap_or_default()
-    }
-
-    fn prometheus(&self) -> String {
-        let progs = self.runtime.programs();
-        let snaps: Vec<_> = progs.iter().map(|(n, p)| (n, p.stats.snapshot())).collect();
-        let mut out = String::new();
-        for (metric, kind, help) in METRIC_HELP {
-            out.push_str(&format!(
-                "# HELP edgevm_{metric} {help}\n# TYPE edgevm_{metric} {kind}\n"
-            ));
-            for (name, snap) in &snaps {
-                let v = snap.get(metric).copied().unwrap_or(0);
-                out.push_str(&format!(
-                    "edgevm_{metric}{{program=\"{}\"}} {v}\n",
-                    escape_label(name)
-                ));
-            }
-        }
-        out.push_str("# HELP edgevm_program_ready Whether the program is booted and serving\n# TYPE edgevm_program_ready gauge\n");
-        for (name, p) in &progs {
-            let r = u8::from(p.ready_info().is_some());
-            out.push_str(&format!(
-                "edgevm_program_ready{{program=\"{}\"}} {r}\n",
-                escape_label(name)
-            ));
-        }
-        let resident: Vec<_> = progs.iter().map(|(n, p)| (n, p.resident_vms())).collect();
-        for (metric, kind, help, pick) in [
-            (
-                "resident_vms",
-                "gauge",
-                "Request VMs that exist now (idle ones are freed after free_idle_vms_after)",
-                0,
-            ),
-            (
-                "idle_vms_freed",
-                "counter",
-                "Request VMs freed because the program was idle",
-                1,
-            ),
-            (
-                "idle_vms_refilled",
-                "counter",
-                "Request VMs forked again after being freed while idle",
-                2,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP edgevm_{metric} {help}\n# TYPE edgevm_{metric} {kind}\n"
-            ));
-            for (name, (r, f, g)) in &resident {
-                let v = [u64::from(*r), *f, *g][pick];
-                out.push_str(&format!(
-                    "edgevm_{metric}{{program=\"{}\"}} {v}\n",
-                    escape_label(name)
-                ));
-            }
-        }
-        out
     }
 
     /// The live update's checks from the request head: method, program, key.
@@ -527,12 +394,6 @@ fn update_error(e: UpdateError) -> GuestResponse {
         UpdateError::Refused(_) => 400,
     };
     text(status, &format!("{e}\n"))
-}
-
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn text(status: u16, body: &str) -> GuestResponse {
@@ -579,13 +440,16 @@ impl AdminHandler for StatsAdmin {
                 body: self.json().into_bytes(),
                 ..Default::default()
             }),
-            "/metrics" => Some(GuestResponse {
-                status: 200,
-                content_type: "text/plain; version=0.0.4".into(),
-                headers: vec![],
-                body: self.prometheus().into_bytes(),
-                ..Default::default()
-            }),
+            "/metrics" => {
+                let (ct, body) = crate::metrics::render(&self.runtime, req.header("accept"));
+                Some(GuestResponse {
+                    status: 200,
+                    content_type: ct.into(),
+                    headers: vec![],
+                    body: body.into_bytes(),
+                    ..Default::default()
+                })
+            }
             _ => None,
         }
     }

@@ -100,7 +100,7 @@ pub fn new_program(name: &str, lang: &str) -> Result<()> {
                 ),
             )?;
             (
-                format!("RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu && cp target/x86_64-unknown-linux-gnu/release/{name} {name}"),
+                format!("RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu\ncp \"${{CARGO_TARGET_DIR:-target}}/x86_64-unknown-linux-gnu/release/{name}\" {name}"),
                 "Rust",
             )
         }

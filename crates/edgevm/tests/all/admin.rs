@@ -233,7 +233,7 @@ fn rfc_9112_strictness_by_default_and_dot_segments_refused() {
         let (st, out) = send(s.port, req);
         assert_eq!(st, *want, "{req:?}: {out}");
     }
-    assert!(send(s.port, cases[7].0).1.ends_with("Hello World!"));
+    assert!(send(s.port, cases[7].0).1.ends_with("Hello World!\n"));
     s.stop();
 
     // The documented lenient setting: what odd clients send is served.
@@ -252,7 +252,7 @@ fn a_separate_admin_listener_takes_the_admin_endpoints_off_the_public_one() {
     let admin_port = free_port();
     let addr = format!("127.0.0.1:{admin_port}");
     let s = start("admin-listen", &["--admin-listen", &addr]);
-    assert_eq!(s.ok("/hello/"), "Hello World!");
+    assert_eq!(s.ok("/hello/"), "Hello World!\n");
     let get = |port: u16, target: &str| {
         let out = raw(
             port,
@@ -415,7 +415,7 @@ fn memory_goes_back_to_the_system_after_a_burst_of_bodies() {
 /// Let the server close the connections the start-up probe and earlier requests left (they
 /// count against the connection limits until it has).
 fn settle(s: &Server) {
-    assert_eq!(s.ok("/hello/"), "Hello World!");
+    assert_eq!(s.ok("/hello/"), "Hello World!\n");
     std::thread::sleep(Duration::from_millis(500));
 }
 

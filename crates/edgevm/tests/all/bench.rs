@@ -158,7 +158,7 @@ fn native_baseline_answers_like_the_examples() {
     }
     let e = ce.send("GET", "/counter/", &[], b"");
     assert_eq!(e.header("x-counter"), Some("4"));
-    assert_eq!(e.text(), "Hello Compute World!");
+    assert_eq!(e.text(), "Hello Compute World!\n");
     let e = ce.send("GET", "/scounter/", &[], b"");
-    assert_eq!(e.text(), "Hello 3 World!");
+    assert_eq!(e.text(), "Hello 3 World!\n");
 }

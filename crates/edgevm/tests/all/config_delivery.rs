@@ -348,7 +348,7 @@ fn check_prints_effective_settings_of_a_real_world_config() {
 
     // The same file really serves (a few programs; boots are lazy).
     let s = Server::start(&dir, &[&main, &over], &[]);
-    assert_eq!(s.ok("/hello"), "Hello World!");
+    assert_eq!(s.ok("/hello"), "Hello World!\n");
     assert_eq!(s.ok("/plain"), "Hello");
     let st = s.stats();
     assert_eq!(st["programs"]["echo"]["concurrency"], 7, "{st:#}");
@@ -516,7 +516,7 @@ fn uri_download_304_and_cache_fallbacks() {
         .collect();
     for h in firsts {
         let r = h.join().unwrap();
-        assert_eq!((r.status, r.text().as_str()), (200, "Hello World!"));
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello World!\n"));
     }
     for p in ["b", "c", "d"] {
         assert_eq!(s.ok(&format!("/{p}")), "Hello");
@@ -524,7 +524,7 @@ fn uri_download_304_and_cache_fallbacks() {
     let t = s.unavailable("/none", "none");
     assert!(t.contains("404") && t.contains("/p/none"), "{t}");
     assert_eq!(s.ok("/local"), "Hello", "the rest keeps serving");
-    assert_eq!(s.ok("/a/again"), "Hello World!");
+    assert_eq!(s.ok("/a/again"), "Hello World!\n");
     s.wait_loaded(&["a", "b", "c", "d"]);
     let log = s.stop();
     for p in ["a", "b", "c", "d"] {
@@ -554,7 +554,7 @@ fn uri_download_304_and_cache_fallbacks() {
     let cfg2 = write(&dir.join("two.json"), &config(&refused));
     let s = Server::start(&dir, &[&cfg2], &[("EDGEVM_FETCH_TIMEOUT_MS", "700")]);
     let t0 = Instant::now();
-    assert_eq!(s.ok("/a"), "Hello World!");
+    assert_eq!(s.ok("/a"), "Hello World!\n");
     for p in ["b", "c", "d"] {
         assert_eq!(s.ok(&format!("/{p}")), "Hello");
     }
@@ -654,7 +654,7 @@ fn archives_storage_entry_confusing_corrupt_and_file_uri() {
     for _ in 0..4 {
         let r = s.get("/counter");
         assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
-        assert_eq!(r.text(), "Hello Compute World!");
+        assert_eq!(r.text(), "Hello Compute World!\n");
         let n: i64 = r
             .header("x-counter")
             .unwrap_or_else(|| panic!("no X-Counter: {r:?}"))
@@ -678,7 +678,7 @@ fn archives_storage_entry_confusing_corrupt_and_file_uri() {
     let t = s.unavailable("/corrupt", "corrupt");
     assert!(t.contains("corrupt"), "{t}");
     assert!(!cache.join("corrupt").exists());
-    assert_eq!(s.ok("/viafile"), "Hello World!");
+    assert_eq!(s.ok("/viafile"), "Hello World!\n");
     assert_eq!(std::fs::read(cache.join("viafile")).unwrap(), hello);
     let t = s.unavailable("/html", "html");
     assert!(t.contains("neither an ELF"), "{t}");
@@ -752,7 +752,7 @@ fn start_true_boots_at_server_start_and_default_is_lazy() {
     let st = s.stats();
     assert_eq!(st["programs"]["eager"]["status"], "ready", "{st:#}");
     assert_ne!(st["programs"]["lazy"]["status"], "ready", "{st:#}");
-    assert_eq!(s.ok("/lazy"), "Hello World!");
+    assert_eq!(s.ok("/lazy"), "Hello World!\n");
     let log = s.wait_log("Program 'lazy' is loaded (", Duration::from_secs(5));
     assert!(loaded_line(&log, "lazy").contains("(local, "), "{log}");
     assert_eq!(s.ok("/eager"), "Hello");
@@ -782,8 +782,8 @@ fn warmup_requests_reach_the_main_vm_before_freezing() {
         ),
     );
     let s = Server::start(&dir, &[&cfg], &[]);
-    assert_eq!(s.ok("/scounter"), "Hello 5 World!");
-    assert_eq!(s.ok("/scounter"), "Hello 6 World!");
+    assert_eq!(s.ok("/scounter"), "Hello 5 World!\n");
+    assert_eq!(s.ok("/scounter"), "Hello 6 World!\n");
     let st = s.stats();
     assert_eq!(st["programs"]["scounter"]["requests"], 2, "{st:#}");
     s.stop();
@@ -836,7 +836,7 @@ fn live_update_keys_failures_and_swap() {
     );
     let s = Server::start(&dir, &[&cfg], &[]);
     assert_eq!(s.ok("/upd/ok"), "ok");
-    assert_eq!(s.ok("/nokey"), "Hello World!");
+    assert_eq!(s.ok("/nokey"), "Hello World!\n");
     let wait = bytes("wait");
     let post = |prog: &str, key: Option<&str>, body: &[u8]| {
         let h: Vec<(&str, &str)> = key.map(|k| ("X-Edgevm-Key", k)).into_iter().collect();
@@ -850,7 +850,7 @@ fn live_update_keys_failures_and_swap() {
     let r = post("upd", Some("wrong"), &wait);
     assert_eq!(r.status, 403, "wrong key: {}", r.text());
     assert_eq!(s.ok("/upd/ok"), "ok");
-    assert_eq!(s.ok("/nokey"), "Hello World!");
+    assert_eq!(s.ok("/nokey"), "Hello World!\n");
 
     // A new program that crashes in main: 400 with the reason, the old one keeps serving.
     let r = post("upd", Some("s3cret"), &bytes("crash_null"));
@@ -959,32 +959,82 @@ fn stats_and_metrics_count_requests_statuses_timeouts_exceptions() {
 
     let r = s.get("/metrics");
     assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let m = r.text();
-    for metric in [
-        "requests",
-        "status_2xx",
-        "status_4xx",
-        "status_5xx",
-        "timeouts",
-        "exceptions",
+    // Counters end in _total; statuses and failures are labelled families.
+    for (metric, labels, key) in [
+        ("requests_total", "", "requests"),
+        ("responses_total", ",class=\"2xx\"", "status_2xx"),
+        ("responses_total", ",class=\"4xx\"", "status_4xx"),
+        ("responses_total", ",class=\"5xx\"", "status_5xx"),
+        ("request_failures_total", ",reason=\"timeout\"", "timeouts"),
+        (
+            "request_failures_total",
+            ",reason=\"exception\"",
+            "exceptions",
+        ),
+        ("exits_total", "", "exits"),
     ] {
-        let kind = "counter";
         assert!(
-            m.contains(&format!("# HELP edgevm_{metric} ")),
-            "no HELP for {metric}:\n{m}"
-        );
-        assert!(
-            m.contains(&format!("# TYPE edgevm_{metric} {kind}\n")),
+            m.contains(&format!("# TYPE edgevm_{metric} counter\n")),
             "no TYPE for {metric}:\n{m}"
         );
-        let line = format!("edgevm_{metric}{{program=\"api\"}} {}\n", n(metric));
+        let line = format!("edgevm_{metric}{{program=\"api\"{labels}}} {}\n", n(key));
         assert!(m.contains(&line), "no {line:?} in:\n{m}");
     }
-    assert!(m.contains("edgevm_requests{program=\"idle\"} 0\n"), "{m}");
+    assert!(
+        m.contains("edgevm_requests_total{program=\"idle\"} 0\n"),
+        "{m}"
+    );
+    // Histograms in seconds: every request of the plan was counted once.
+    for h in [
+        "request_duration_seconds",
+        "queue_wait_seconds",
+        "request_exits",
+    ] {
+        assert!(m.contains(&format!("# TYPE edgevm_{h} histogram\n")), "{m}");
+        let count = format!("edgevm_{h}_count{{program=\"api\"}} {}\n", plan.len());
+        assert!(m.contains(&count), "no {count:?} in:\n{m}");
+        let inf = format!(
+            "edgevm_{h}_bucket{{program=\"api\",le=\"+Inf\"}} {}\n",
+            plan.len()
+        );
+        assert!(m.contains(&inf), "no {inf:?} in:\n{m}");
+    }
+    // The 1 s timeout is in the request-time sum (seconds, not microseconds).
+    let sum: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("edgevm_request_duration_seconds_sum{program=\"api\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..60.0).contains(&sum), "{sum}");
     for line in m.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(name.starts_with("edgevm_"), "{line}");
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
+    // OpenMetrics for a scraper that asks for it.
+    let r = s.req(
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
+        b"",
+    );
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let t = r.text();
+    assert!(
+        t.ends_with("# EOF\n") && t.contains("# TYPE edgevm_requests counter\n"),
+        "{t}"
+    );
     s.stop();
 }

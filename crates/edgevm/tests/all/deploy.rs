@@ -359,7 +359,7 @@ fn a_live_update_persists_to_filename_and_a_restart_runs_it() {
     )
     .unwrap();
     let s = Server::start(&dir, &[&cfg], &[]);
-    assert_eq!(s.ok("/p/ok"), "Hello World!");
+    assert_eq!(s.ok("/p/ok"), "Hello World!\n");
     let update = |s: &Server, body: &[u8]| {
         s.req("POST", "/_edgevm/update/p", &[("X-Edgevm-Key", "k")], body)
     };

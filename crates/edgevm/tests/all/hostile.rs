@@ -579,7 +579,7 @@ fn hostile_server(name: &str) -> Server {
 #[test]
 fn hostile_programs_are_contained_next_to_a_loaded_program() {
     let s = hostile_server("hostile-catalog");
-    assert_eq!(s.ok("/hello/"), "Hello World!");
+    assert_eq!(s.ok("/hello/"), "Hello World!\n");
     let mut conn = s.connect();
     let baseline = try_send(&mut conn, "GET", "/h/probe", b"").unwrap().text();
     assert!(
@@ -589,7 +589,7 @@ fn hostile_programs_are_contained_next_to_a_loaded_program() {
     // FS/GS bases as the CPU has them, where the program can read them (kvm_pvm).
     let bases = try_send(&mut conn, "GET", "/h/bases", b"").unwrap();
     s.wait_loaded(&["hello", "h"]);
-    let load = Load::start(s.port, "/hello/", "Hello World!", 2);
+    let load = Load::start(s.port, "/hello/", "Hello World!\n", 2);
     std::thread::sleep(Duration::from_millis(200));
     let before = proc_stats(s.pid());
 
@@ -689,11 +689,11 @@ const SYS_CALLS: &[u32] = &[
 #[test]
 fn every_api_and_system_call_with_hostile_pointers_and_lengths() {
     let s = hostile_server("hostile-args");
-    assert_eq!(s.ok("/hello/"), "Hello World!");
+    assert_eq!(s.ok("/hello/"), "Hello World!\n");
     let mut conn = s.connect();
     let baseline = try_send(&mut conn, "GET", "/h/probe", b"").unwrap().text();
     s.wait_loaded(&["hello", "h"]);
-    let load = Load::start(s.port, "/hello/", "Hello World!", 1);
+    let load = Load::start(s.port, "/hello/", "Hello World!\n", 1);
     let mut paths = Vec::new();
     for call in API_CALLS {
         for cls in CLASSES {

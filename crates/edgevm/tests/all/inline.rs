@@ -42,7 +42,7 @@ fn others_are_served_during(s: &Server, slow_path: &str, slow_status: u16) {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
-        assert_eq!(s.ok("/hello"), "Hello World!");
+        assert_eq!(s.ok("/hello"), "Hello World!\n");
         worst = worst.max(t.elapsed());
     }
     let r = slow.join().unwrap();

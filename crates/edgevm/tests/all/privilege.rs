@@ -71,7 +71,7 @@ fn serves_as_an_unprivileged_user_with_only_kvm_access() {
                 js(guest("example_hello").to_string_lossy())
             ),
         );
-        assert_eq!(s.ok("/hello"), "Hello World!");
+        assert_eq!(s.ok("/hello"), "Hello World!\n");
         assert_ne!(status_field(s.pid(), "Uid")[1], "0");
         assert_eq!(status_field(s.pid(), "CapEff"), ["0000000000000000"]);
         return;
@@ -189,7 +189,7 @@ fn serves_as_an_unprivileged_user_with_only_kvm_access() {
     let r = request(port, "GET", "/hello", &[], b"");
     assert_eq!(
         (r.status, r.text().as_str()),
-        (200, "Hello World!"),
+        (200, "Hello World!\n"),
         "{}",
         logtext()
     );

@@ -35,7 +35,7 @@ fn copies(dir: &Path) -> Vec<(PathBuf, &'static str)> {
 /// What a GET to an example answers.
 fn answer(example: &str) -> &'static str {
     match example {
-        "hello" => "Hello World!",
+        "hello" => "Hello World!\n",
         "echo" => "POST a body to /",
         _ => "",
     }
@@ -275,7 +275,7 @@ fn too_low_limits_are_named_at_start_with_the_number_needed() {
     // What fits still serves.
     assert_eq!(
         (first.status, first.text().as_str()),
-        (200, "Hello World!"),
+        (200, "Hello World!\n"),
         "{text}"
     );
 }

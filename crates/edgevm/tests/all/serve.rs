@@ -423,7 +423,7 @@ fn http_front_end() {
     );
     // GET and HEAD.
     let r = s.get("/hello/");
-    assert_eq!((r.status, r.text().as_str()), (200, "Hello World!"));
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello World!\n"));
     assert_eq!(r.header("content-length"), Some("12"));
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("x-powered-by"), Some("edgevm"));
@@ -437,7 +437,7 @@ fn http_front_end() {
     let r = c.send("GET", "/hello/again", &[], b"");
     assert_eq!(
         (r.status, r.text().as_str()),
-        (200, "Hello World!"),
+        (200, "Hello World!\n"),
         "HEAD left a body on the connection"
     );
 
@@ -525,7 +525,7 @@ fn http_front_end() {
                 r.text()
             );
         }
-        assert_eq!(s.ok("/hello/"), "Hello World!");
+        assert_eq!(s.ok("/hello/"), "Hello World!\n");
     }
 
     // Oversized request headers: 431 (or a clean close), and the server keeps serving.
@@ -537,7 +537,7 @@ fn http_front_end() {
         Ok(r) => assert_eq!(r.status, 431, "{}", r.text()),
         Err(e) => eprintln!("oversized headers: connection closed ({e})"),
     }
-    assert_eq!(s.ok("/hello/"), "Hello World!");
+    assert_eq!(s.ok("/hello/"), "Hello World!\n");
 
     // Admin endpoints.
     let m = s.get("/metrics");
@@ -655,7 +655,7 @@ fn exits_per_request_of_hello() {
         )],
     );
     for _ in 0..10 {
-        assert_eq!(s.ok("/hello/"), "Hello World!");
+        assert_eq!(s.ok("/hello/"), "Hello World!\n");
     }
     let per = s.stat("hello", "exits_per_request");
     let last = s.stat("hello", "last_request_exits");
@@ -682,9 +682,9 @@ fn the_rust_guest_crate_serves_through_the_shared_abi() {
     for _ in 0..5 {
         let r = s.get("/rust/");
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.text(), "Hello from Rust!");
+        assert_eq!(r.text(), "Hello from Rust!\n");
         assert_eq!(r.header("x-powered-by"), Some("edgevm (Rust)"));
-        assert_eq!(s.ok("/c/"), "Hello World!");
+        assert_eq!(s.ok("/c/"), "Hello World!\n");
     }
     // As many exits per GET as the C example making the same calls through kvm_api.h.
     let (rust, c) = (
@@ -743,7 +743,7 @@ fn storage_counter_and_shared_memory_counter_count() {
     // by the storage VM at boot.
     let r = s.get("/counter/");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), "Hello Compute World!");
+    assert_eq!(r.text(), "Hello Compute World!\n");
     assert_eq!(r.header("x-counter"), Some("1"));
     for i in 2..5u64 {
         let r = s.get("/counter/");
@@ -756,7 +756,7 @@ fn storage_counter_and_shared_memory_counter_count() {
         s.log()
     );
     for i in 0..6 {
-        assert_eq!(s.ok("/scounter/"), format!("Hello {i} World!"));
+        assert_eq!(s.ok("/scounter/"), format!("Hello {i} World!\n"));
     }
     // Across VMs, concurrently: every value exactly once.
     let port = s.port;
@@ -769,7 +769,7 @@ fn storage_counter_and_shared_memory_counter_count() {
                         .map(|_| {
                             let t = c.send("GET", "/scounter/", &[], b"").text();
                             t.strip_prefix("Hello ")
-                                .and_then(|t| t.strip_suffix(" World!"))
+                                .and_then(|t| t.strip_suffix(" World!\n"))
                                 .and_then(|n| n.parse().ok())
                                 .unwrap_or_else(|| panic!("scounter answered {t:?}"))
                         })
@@ -969,7 +969,7 @@ fn hostile_clients_do_not_stop_the_server() {
         c.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
     }
-    assert_eq!(s.ok("/hello"), "Hello World!");
+    assert_eq!(s.ok("/hello"), "Hello World!\n");
     let log = s.stop();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -83,7 +83,7 @@ struct Tally {
 
 fn parse_scounter(t: &str) -> Option<u64> {
     t.strip_prefix("Hello ")?
-        .strip_suffix(" World!")?
+        .strip_suffix(" World!\n")?
         .parse()
         .ok()
 }
@@ -113,11 +113,11 @@ fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, probe: String) -> Tally {
                 Ok(r) if r.status == 200 => {
                     let text = r.text();
                     match path {
-                        "/hello/" if text == "Hello World!" => t.hello += 1,
+                        "/hello/" if text == "Hello World!\n" => t.hello += 1,
                         "/scounter/" if parse_scounter(&text).is_some() => {
                             t.scounter.push(parse_scounter(&text).unwrap())
                         }
-                        "/counter/" if text == "Hello Compute World!" => {
+                        "/counter/" if text == "Hello Compute World!\n" => {
                             match r.header("x-counter").and_then(|v| v.parse().ok()) {
                                 Some(n) => t.counter.push(n),
                                 None => t.failures.push(format!("{path}: no X-Counter")),
@@ -305,7 +305,7 @@ fn soak_mixed_good_and_hostile_load() {
         (1..=n).collect::<Vec<_>>(),
         "shared-memory counter values"
     );
-    assert_eq!(s.ok("/scounter/"), format!("Hello {} World!", n + 1));
+    assert_eq!(s.ok("/scounter/"), format!("Hello {} World!\n", n + 1));
     counter.sort_unstable();
     let n = counter.len() as u64;
     assert_eq!(

@@ -153,7 +153,10 @@ fn seed_storage_counter_counts_every_request_exactly_under_wrk() {
         ],
     );
     let r = s.get("/storage_test");
-    assert_eq!((r.status, r.text().as_str()), (200, "Hello Compute World!"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "Hello Compute World!\n")
+    );
     assert_eq!(r.header("x-counter"), Some("1"));
     let n = wrk_exact(
         &dir,
@@ -190,7 +193,7 @@ fn seed_shared_memory_counter_counts_every_request_exactly_under_wrk() {
             ),
         ],
     );
-    assert_eq!(s.ok("/scounter"), "Hello 0 World!");
+    assert_eq!(s.ok("/scounter"), "Hello 0 World!\n");
     let n = wrk_exact(
         &dir,
         &format!("http://127.0.0.1:{}/scounter", s.port),
@@ -199,7 +202,7 @@ fn seed_shared_memory_counter_counts_every_request_exactly_under_wrk() {
     );
     assert_eq!(
         s.ok("/scounter"),
-        format!("Hello {} World!", n + 1),
+        format!("Hello {} World!\n", n + 1),
         "{n} requests by wrk"
     );
     assert_eq!(s.stat("scounter", "status_2xx"), (n + 2) as f64);

@@ -123,7 +123,7 @@ fn slow_or_waiting_storage_calls_do_not_hold_the_http_worker() {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
-        assert_eq!(s.ok("/hello"), "Hello World!");
+        assert_eq!(s.ok("/hello"), "Hello World!\n");
         worst = worst.max(t.elapsed());
     }
     assert_eq!(slow.join().unwrap(), "r=4 data=spun");

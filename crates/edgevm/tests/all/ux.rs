@@ -400,7 +400,7 @@ fn run_sends_one_request_with_the_checks_of_serve() {
     // GET by default; the path gets the program's prefix, as under serve.
     let r = edgevm_run(&["run", p(&guest("example_hello")), "--request", "/"]);
     assert_eq!(r.code(), Some(0), "{}", r.all());
-    assert!(r.stdout.contains("Hello World!"), "{}", r.all());
+    assert!(r.stdout.contains("Hello World!\n"), "{}", r.all());
     // What serve refuses, run refuses too: no wait_for_requests(), no handler.
     let r = edgevm_run(&["run", p(&guest("hello")), "--request", "/"]);
     assert_eq!(r.code(), Some(70), "{}", r.all());
@@ -586,10 +586,6 @@ fn new_writes_cpp_and_refuses_bad_names() {
         "posted",
     ]);
     assert!(r.stdout.ends_with("\n\nposted"), "{}", r.all());
-    // Rust: the project is written (building it is the guest crate's own test).
-    let out = run(&["new", "rs1", "--lang", "rust"]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(dir.join("rs1/src/main.rs").exists() && dir.join("rs1/Cargo.toml").exists());
     for bad in [
         &["new", "cpp1"][..],
         &["new", "metrics"],
@@ -599,6 +595,64 @@ fn new_writes_cpp_and_refuses_bad_names() {
         let out = run(bad);
         assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
     }
+}
+
+#[test]
+fn new_rust_program_builds_statically_and_serves_and_the_guest_crate_tests_pass() {
+    let dir = scratch("ux-new-rust");
+    let _ = std::fs::remove_dir_all(dir.join("rs1"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgevm"))
+        .args(["new", "rs1", "--lang", "rust"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The guest crate compiled once for every guest build (guest/build.sh's cargo target).
+    let target = guests().join(".cargo-target");
+    let st = std::process::Command::new(dir.join("rs1/build.sh"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let bin = dir.join("rs1/rs1");
+    // Linked statically (crt-static): no program header asks for an interpreter (PT_INTERP).
+    let elf = std::fs::read(&bin).unwrap();
+    let u = |at: usize, n: usize| {
+        elf[at..at + n]
+            .iter()
+            .rev()
+            .fold(0usize, |v, &b| v << 8 | usize::from(b))
+    };
+    let (phoff, phentsize, phnum) = (u(0x20, 8), u(0x36, 2), u(0x38, 2));
+    assert!(phnum > 0);
+    for i in 0..phnum {
+        assert_ne!(u(phoff + i * phentsize, 4), 3, "rs1 is linked dynamically");
+    }
+    let r = edgevm_run(&["run", p(&bin), "--request", "/x?y=1"]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.stdout.contains("HTTP/1.1 200 OK\n") && r.stdout.ends_with("\n\nHello from rs1!\n"),
+        "{}",
+        r.all()
+    );
+    assert!(r.all().contains(">>> [rs1] GET /rs1/x?y=1"), "{}", r.all());
+    // The guest crate's own unit tests (query_param, json_escape) on the host.
+    let st = std::process::Command::new("cargo")
+        .args(["test", "--quiet", "--offline", "--lib", "--manifest-path"])
+        .arg(root().join("guest/rust/edgevm-guest/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&st.stdout),
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -637,4 +691,221 @@ fn get_to_a_post_only_program_is_405() {
     assert!(r.stdout.contains("\nAllow: POST"), "{}", r.all());
     let r = edgevm_run(&["run", p(&bin), "--request", "/", "-d", "x"]);
     assert!(r.stdout.ends_with("\n\nx"), "{}", r.all());
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. A failed program is retried
+// ------------------------------------------------------------------------------------------
+
+/// Wait (at most `limit`) until `f` holds for the stats of `prog`; those stats.
+fn wait_stats(
+    s: &Server,
+    prog: &str,
+    limit: Duration,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = s.stats();
+        let p = st["programs"][prog].clone();
+        if f(&p) {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{prog}: {what} not seen after {limit:?}: {st:#}\nlog:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failed_program_is_retried_with_backoff_and_at_once_when_its_file_changes() {
+    let dir = scratch("ux-retry");
+    let later = dir.join("later");
+    let _ = std::fs::remove_file(&later);
+    // `exits`: a plain program that exits before wait_for_requests(), every time.
+    let exits = dir.join("exits");
+    std::fs::copy(guest("hello"), &exits).unwrap();
+    let cfg = dir.join("retry.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"later\": {{ \"filename\": {}, \"start\": true }},\n  \"exits\": {{ \"filename\": {}, \"start\": true }} }}\n",
+            js(p(&later)),
+            js(p(&exits))
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    let limit = Duration::from_secs(20);
+
+    // The missing file: failed, says why and when it is retried; clients get 503.
+    let st = wait_stats(&s, "later", limit, "failed", |p| {
+        p["status"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("failed"))
+    });
+    assert!(st["boot_failures"].as_u64() >= Some(1), "{st:#}");
+    let retry = st["retry_in_s"].as_f64().expect("retry_in_s");
+    assert!((0.0..=1.0).contains(&retry), "{st:#}");
+    s.unavailable("/later", "later");
+    assert_eq!(s.get("/_edgevm/health").status, 503);
+
+    // A program that fails at every boot: retried with a growing back-off (1 s, 2 s, ...).
+    let st = wait_stats(&s, "exits", limit, "three failed boots", |p| {
+        p["boot_failures"].as_u64() >= Some(3)
+    });
+    assert!(
+        st["status"]
+            .as_str()
+            .is_some_and(|t| t.contains("did not wait for requests")),
+        "{st:#}"
+    );
+    let n = st["boot_failures"].as_u64().unwrap();
+    let retry = st["retry_in_s"].as_f64().expect("retry_in_s");
+    let backoff = 2f64.powi(n.min(7) as i32 - 1).min(60.0);
+    assert!(retry <= backoff && retry > 0.0, "{st:#}");
+    let log = s.log();
+    // Said once (the same failure again is a debug line), with when it is retried.
+    assert_eq!(
+        log.matches("Program 'exits' failed to start:").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("(retried in 1 s, or at once when") && log.contains("exits changes)"),
+        "{log}"
+    );
+
+    // The file appears (a build writing it): booted again at once, without a restart.
+    let tmp = dir.join("later.tmp");
+    std::fs::copy(guest("serve_api"), &tmp).unwrap();
+    std::fs::rename(&tmp, &later).unwrap();
+    let st = wait_stats(&s, "later", limit, "ready", |p| p["status"] == "ready");
+    assert!(st.get("retry_in_s").is_none(), "{st:#}");
+    assert!(st["boot_failures"].as_u64() >= Some(1), "{st:#}");
+    let log = s.log();
+    assert!(
+        log.contains("Program 'later': booting again (its file changed)"),
+        "{log}"
+    );
+    s.ok("/later/ok");
+    assert_eq!(s.get("/_edgevm/health").status, 503, "'exits' still fails");
+
+    // A program that fails is fixed by replacing its file, too.
+    let tmp = dir.join("exits.tmp");
+    std::fs::copy(guest("serve_api"), &tmp).unwrap();
+    std::fs::rename(&tmp, &exits).unwrap();
+    wait_stats(&s, "exits", limit, "ready", |p| p["status"] == "ready");
+    s.ok("/exits/ok");
+    assert_eq!(s.get("/_edgevm/health").status, 200);
+    s.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. /metrics carries what the stats have, and docs/METRICS.md documents both
+// ------------------------------------------------------------------------------------------
+
+/// The first two columns of the table under `heading` in docs/METRICS.md, backticks removed
+/// from the first.
+fn doc_table(doc: &str, heading: &str) -> Vec<(String, String)> {
+    let section = doc
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?} in docs/METRICS.md"));
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').to_string(), cells[3].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_carry_every_stats_field_and_both_are_documented() {
+    let dir = scratch("ux-metrics-doc");
+    let gone = dir.join("gone");
+    let _ = std::fs::remove_file(&gone);
+    let cfg = dir.join("m.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"hello\": {{ \"filename\": {}, \"start\": true }}, \"gone\": {{ \"filename\": {} }} }}\n",
+            js(p(&guest("example_hello"))),
+            js(p(&gone))
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.ok("/hello");
+    let hello = wait_stats(&s, "hello", Duration::from_secs(20), "ready", |p| {
+        p["status"] == "ready"
+    });
+    let gone = wait_stats(&s, "gone", Duration::from_secs(20), "a retry", |p| {
+        p.get("retry_in_s").is_some()
+    });
+    let metrics = s.get("/metrics").text();
+    s.stop();
+
+    let doc = std::fs::read_to_string(root().join("docs/METRICS.md")).unwrap();
+    let fields = doc_table(&doc, "## `/_edgevm/stats` fields");
+    // Every field the server sends is documented, and every documented field is sent.
+    let mut sent: Vec<String> = hello
+        .as_object()
+        .unwrap()
+        .keys()
+        .chain(gone.as_object().unwrap().keys())
+        .cloned()
+        .collect();
+    sent.sort();
+    sent.dedup();
+    let mut documented: Vec<String> = fields.iter().map(|f| f.0.clone()).collect();
+    documented.sort();
+    assert_eq!(sent, documented, "stats fields vs docs/METRICS.md");
+    // Each field's metric exists in /metrics.
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let has_series = |name: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(name) && !l.starts_with('#'))
+    };
+    for (field, metric_cell) in &fields {
+        let metric = doc_metric_names(metric_cell);
+        assert!(!metric.is_empty(), "{field}: no metric named");
+        for m in metric {
+            assert!(has_series(&m), "{field}: no {m} in /metrics:\n{metrics}");
+        }
+    }
+    // Every metric family is documented, and every documented metric is exported.
+    let listed: Vec<String> = doc_table(&doc, "## `/metrics`")
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    let mut exported: Vec<String> = families.iter().map(|f| f.to_string()).collect();
+    exported.sort();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    assert_eq!(
+        exported, listed_sorted,
+        "/metrics families vs docs/METRICS.md"
+    );
+}
+
+/// The metric names (`edgevm_...`, without a `{...}` selector) in a table cell.
+fn doc_metric_names(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .filter(|w| w.starts_with("edgevm_"))
+        .map(|w| w.split('{').next().unwrap().to_string())
+        .collect()
 }

@@ -15,7 +15,7 @@
 //! use edgevm_guest as kvm;
 //!
 //! fn on_get(_url: &str, _arg: &str) {
-//!     kvm::backend_response_str(200, "text/plain", "Hello from Rust!");
+//!     kvm::backend_response_str(200, "text/plain", "Hello from Rust!\n");
 //! }
 //!
 //! fn main() {
@@ -45,6 +45,7 @@ mod handlers;
 mod http;
 mod raw;
 mod services;
+mod text;
 mod types;
 
 pub use edgevm_guest_abi::nr;
@@ -52,6 +53,7 @@ pub use handlers::*;
 pub use http::*;
 pub use raw::{hypercall, hypercall2r};
 pub use services::*;
+pub use text::{json_escape, query_param};
 pub use types::*;
 
 /// Handler indices for [`register_func`] (`EDGEVM_FUNC_*` in `kvm_api.h`).

@@ -5,7 +5,7 @@ use edgevm_guest as kvm;
 
 fn on_get(_url: &str, _arg: &str) {
     kvm::http_set(kvm::RESP, "X-Powered-By: edgevm (Rust)");
-    kvm::backend_response_str(200, "text/plain", "Hello from Rust!");
+    kvm::backend_response_str(200, "text/plain", "Hello from Rust!\n");
 }
 
 fn on_post(_url: &str, _arg: &str, content_type: &str, body: &[u8]) {
