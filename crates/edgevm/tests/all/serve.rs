@@ -424,12 +424,12 @@ fn http_front_end() {
     // GET and HEAD.
     let r = s.get("/hello/");
     assert_eq!((r.status, r.text().as_str()), (200, "Hello World!\n"));
-    assert_eq!(r.header("content-length"), Some("12"));
+    assert_eq!(r.header("content-length"), Some("13"));
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("x-powered-by"), Some("edgevm"));
     let r = s.req("HEAD", "/hello/", &[], b"");
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-length"), Some("12"), "HEAD: {r:?}");
+    assert_eq!(r.header("content-length"), Some("13"), "HEAD: {r:?}");
     // HEAD must not send a body: the next response on the connection must parse.
     let mut c = s.connect();
     let r = c.send("HEAD", "/hello/", &[], b"");
