@@ -250,6 +250,9 @@ pub const METRICS: &[Metric] = &[
         help: "Storage state carried from the old program to the new one by live updates",
         read: |s| counter(s, "live_update_transfer_bytes"),
     },
+    counter!("snapshot_starts", "snapshot_starts", "Starts from the program's snapshot file instead of a boot"),
+    counter!("snapshot_writes", "snapshot_writes", "Snapshot files written"),
+    counter!("snapshot_rejected", "snapshot_rejected", "Snapshot files ignored as stale, corrupt or refused (the program booted instead)"),
     Metric {
         name: "binary_size",
         kind: MetricType::Gauge,

@@ -722,9 +722,9 @@ async fn static_hello_answers_every_path() {
     for path in ["/", "/x/y?z"] {
         let r = c.get(path).await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"Hello World!");
+        assert_eq!(r.body, b"Hello World!\n");
         assert_eq!(r.header("content-type"), Some("text/plain"));
-        assert_eq!(r.header("content-length"), Some("12"));
+        assert_eq!(r.header("content-length"), Some("13"));
     }
     stop.send(()).unwrap();
     tokio::time::timeout(T, task)
