@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use edgevm_config::{Config, ProgramConfig};
 mod new;
 
-use edgevm_runtime::vm::{BootOutcome, MainVm, RunError, VmOptions};
+use edgevm_runtime::vm::{BootOutcome, BootReport, MainVm, RunError, VmOptions};
 
 #[derive(Parser)]
 #[command(
@@ -489,7 +489,38 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
     let bytes = std::fs::read(&file)
         .with_context(|| format!("cannot read program '{}'", file.display()))?;
     let name = a.name.clone().unwrap_or_else(|| pc.name.clone());
-    let mut o = VmOptions::new(&name, file.clone(), bytes);
+    let o = run_options(&a, &pc, &name, file, bytes)?;
+    if let Some(req) = request {
+        return run_request(pc, &o, req);
+    }
+    match MainVm::boot(o) {
+        Ok((vm, report)) => Ok(report_ready(&name, &vm, &report)),
+        Err(e) => {
+            let what = match &e {
+                RunError::Crash(_) => "crashed",
+                RunError::Timeout { .. } => "timed out",
+                RunError::Killed(_) => "was killed",
+                _ => "failed",
+            };
+            eprintln!("edgevm: program '{name}' {what}: {e}");
+            Ok(ExitCode::from(match e {
+                RunError::Killed(s) => 128 + s as u8,
+                _ => 70,
+            }))
+        }
+    }
+}
+
+/// The VM options of `edgevm run`: the program's configuration with the command line's
+/// overrides.
+fn run_options(
+    a: &RunArgs,
+    pc: &ProgramConfig,
+    name: &str,
+    file: PathBuf,
+    bytes: Vec<u8>,
+) -> Result<VmOptions> {
+    let mut o = VmOptions::new(name, file.clone(), bytes);
     o.group = pc.group.clone();
     o.arguments = pc.main_arguments.clone();
     o.arguments.extend(a.args.iter().cloned());
@@ -521,7 +552,7 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
     o.raw_output = a.raw;
     o.storage = false;
     o.debug = pc.allow_debug;
-    o.gdb = edgevm_server::programs::debug_settings(&pc);
+    o.gdb = edgevm_server::programs::debug_settings(pc);
     if let Some(addr) = &a.gdb {
         let listen = edgevm_config::parse_debug_listen(addr).map_err(anyhow::Error::msg)?;
         let g = o
@@ -531,65 +562,50 @@ fn run(mut a: RunArgs) -> Result<ExitCode> {
         g.at_entry = true;
     }
     o.state_file = Some(VmOptions::state_path_for(&file));
-    o.allowed_paths = edgevm_server::programs::allowed_paths(&pc);
+    o.allowed_paths = edgevm_server::programs::allowed_paths(pc);
     o.cwd = pc.current_working_directory.clone();
-    if let Some(req) = request {
-        return run_request(pc, &o, req);
+    Ok(o)
+}
+
+/// What `edgevm run` says about a program that booted, and its exit code.
+fn report_ready(name: &str, vm: &MainVm, report: &BootReport) -> ExitCode {
+    if vm.opts.verbose {
+        eprintln!(
+            "edgevm: '{name}': load {:.2} ms, init {:.2} ms, {} VM exits, {} system calls",
+            report.load_time.as_secs_f64() * 1e3,
+            report.init_time.as_secs_f64() * 1e3,
+            report.exits,
+            report.syscalls
+        );
+        // What the hardware-KVM harness (scripts/hwkvm) checks: how SYSCALL entered
+        // (CPL0 on hardware KVM) and the XCR0 edgevm set (none on kvm_pvm).
+        let entry = match vm.linux.cpl0_syscalls() {
+            Some(true) => "CPL0",
+            Some(false) => "CPL3",
+            None => "unknown",
+        };
+        let xcr0 = vm
+            .machine
+            .cpu
+            .xcr0()
+            .map_or("not set (host's)".to_string(), |x| format!("{x:#x}"));
+        eprintln!("edgevm: '{name}': system calls entered at {entry}, XCR0 {xcr0}");
     }
-    match MainVm::boot(o) {
-        Ok((vm, report)) => {
-            if vm.opts.verbose {
-                eprintln!(
-                    "edgevm: '{name}': load {:.2} ms, init {:.2} ms, {} VM exits, {} system calls",
-                    report.load_time.as_secs_f64() * 1e3,
-                    report.init_time.as_secs_f64() * 1e3,
-                    report.exits,
-                    report.syscalls
-                );
-                // What the hardware-KVM harness (scripts/hwkvm) checks: how SYSCALL entered
-                // (CPL0 on hardware KVM) and the XCR0 edgevm set (none on kvm_pvm).
-                let entry = match vm.linux.cpl0_syscalls() {
-                    Some(true) => "CPL0",
-                    Some(false) => "CPL3",
-                    None => "unknown",
-                };
-                let xcr0 = vm
-                    .machine
-                    .cpu
-                    .xcr0()
-                    .map_or("not set (host's)".to_string(), |x| format!("{x:#x}"));
-                eprintln!("edgevm: '{name}': system calls entered at {entry}, XCR0 {xcr0}");
-            }
-            match report.outcome {
-                BootOutcome::Exited(code) => Ok(ExitCode::from(code as u8)),
-                BootOutcome::Ready if !vm.registered && vm.paused.is_none() => {
-                    eprintln!(
+    match report.outcome {
+        BootOutcome::Exited(code) => ExitCode::from(code as u8),
+        BootOutcome::Ready if !vm.registered && vm.paused.is_none() => {
+            eprintln!(
                         "edgevm: program '{name}' is not servable: it called wait_for_requests() without registering a request handler (set_backend_get/post/request); serve refuses it"
                     );
-                    Ok(ExitCode::from(70))
-                }
-                BootOutcome::Ready => {
-                    eprintln!(
+            ExitCode::from(70)
+        }
+        BootOutcome::Ready => {
+            eprintln!(
                         "edgevm: program '{name}' is ready: it called wait_for_requests() after {:.2} ms of initialization ({} VM exits)",
                         (report.load_time + report.init_time).as_secs_f64() * 1e3,
                         report.exits
                     );
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
-        }
-        Err(e) => {
-            let what = match &e {
-                RunError::Crash(_) => "crashed",
-                RunError::Timeout { .. } => "timed out",
-                RunError::Killed(_) => "was killed",
-                _ => "failed",
-            };
-            eprintln!("edgevm: program '{name}' {what}: {e}");
-            Ok(ExitCode::from(match e {
-                RunError::Killed(s) => 128 + s as u8,
-                _ => 70,
-            }))
+            ExitCode::SUCCESS
         }
     }
 }
