@@ -35,6 +35,7 @@
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
+#     call_semantics(_ref) every header call, fast path vs hypercalls (call_semantics.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
@@ -142,6 +143,8 @@ build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/li
 for prog in storage_api state_file shm_api storage_tasks files; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build call_semantics "$T/call_semantics.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
+build call_semantics_ref "$T/call_semantics.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
 build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"
 build event_loop_ref "$T/event_loop.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop_ref.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \

@@ -716,7 +716,7 @@ static void mode_many_headers(void)
 	unsigned done = 0;
 	for (unsigned i = 0; i < n; i++) {
 		const int l = snprintf(h, sizeof(h), "X-Hostile-%u: %u", i, i);
-		if (sys_http_append(RESP, h, (size_t)l) == 0)
+		if (sys_http_append(RESP, h, (size_t)l) > 0)
 			done++;
 	}
 	respondf(200, "appended %u of %u", done, n);

@@ -18,6 +18,8 @@
 #include <string.h>
 
 static long total, ticks, evil_runs;
+/* The storage VM's own main() scheduled a task (id) and queued one: how often each ran. */
+static long boot_id = -100, boot_ticks, boot_marks;
 static long init_call = -9, init_value = -9, init_task = -9;
 
 static void respond(const char *text)
@@ -51,6 +53,19 @@ static void tick(void *data, size_t len)
 	ticks++;
 }
 
+static void boot_tick(void *data, size_t len)
+{
+	(void)data;
+	(void)len;
+	boot_ticks++;
+}
+
+static void boot_mark(void *data, size_t len)
+{
+	if (len == 4 && memcmp(data, "boot", 4) == 0)
+		boot_marks++;
+}
+
 static void evil(void *data, size_t len)
 {
 	(void)data;
@@ -69,8 +84,9 @@ static void get(size_t n, struct virtbuffer buf[n], size_t res)
 {
 	(void)buf;
 	(void)res;
-	char out[96];
-	int l = snprintf(out, sizeof(out), "total=%ld ticks=%ld evil=%ld", total, ticks, evil_runs);
+	char out[160];
+	int l = snprintf(out, sizeof(out), "total=%ld ticks=%ld evil=%ld bootid=%ld boottick=%ld bootmark=%ld",
+		total, ticks, evil_runs, boot_id, boot_ticks, boot_marks);
 	storage_return(out, (size_t)l);
 }
 
@@ -140,6 +156,14 @@ int main(void)
 	STORAGE_ALLOW(get);
 	STORAGE_ALLOW(from_storage);
 	STORAGE_ALLOW(init_mark);
+	STORAGE_ALLOW(boot_tick);
+	STORAGE_ALLOW(boot_mark);
+	if (IS_STORAGE()) {
+		/* The storage VM's main() schedules storage tasks too: one 50 ms from now (the
+		   first timer: id 1), one queued now. */
+		boot_id = schedule_storage_task(boot_tick, NULL, 0, 0.05f, 0.0f);
+		storage_task(boot_mark, "boot", 4);
+	}
 	if (!IS_STORAGE()) {
 		/* The main VM may use storage during initialization already. */
 		long v = 41;

@@ -18,7 +18,7 @@ use edgevm_guest_abi::types::{GuestPtr, IoHeader, KvmRequest, RequestHeader};
 use edgevm_kvm::{GuestMemory, MemError};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-pub use edgevm_guest_abi::headers::validate_field;
+pub use edgevm_guest_abi::headers::{validate_field, validate_key, FIRST_INDEX};
 pub use edgevm_guest_abi::io::{
     Where, MAGIC, REQUEST_STRUCT, REQ_BLOB, REQ_BLOB_SIZE, REQ_MAX, REQ_TABLE, RESP_BLOB,
     RESP_BLOB_SIZE, RESP_MAX, RESP_TABLE, VCPU_INFO, VERSION,
@@ -119,6 +119,10 @@ pub enum IoError {
     },
     #[error("{0}")]
     Limit(String),
+    /// A header table or its string space is full: the field is lost (the call returns -1,
+    /// as the reference's HDR_INVALID).
+    #[error("{0}")]
+    Full(String),
 }
 
 /// A header field as quoted in error messages (and so in the server log): at most the first
@@ -307,23 +311,23 @@ fn header_error(e: HeaderError<MemError>, call: &'static str, f: &[u8]) -> IoErr
             field: shown_field(f),
             why,
         },
-        HeaderError::TooMany { max } => IoError::Limit(format!("too many headers (at most {max})")),
-        HeaderError::BlobFull => IoError::Limit("header space exhausted".into()),
+        HeaderError::TooMany { max } => IoError::Full(format!("too many headers (at most {max})")),
+        HeaderError::BlobFull => IoError::Full("header space exhausted".into()),
     }
 }
 
-/// Append a validated field. The API's `sys_http_append`.
+/// Append a validated field. The API's `sys_http_append`: its field index.
 pub fn append(
     mem: &mut GuestMemory,
     where_: Where,
     f: &[u8],
     call: &'static str,
-) -> Result<(), IoError> {
+) -> Result<u32, IoError> {
     headers::append(&mut MemMut(mem), where_, f).map_err(|e| header_error(e, call, f))
 }
 
-/// Remove every field with this key. Returns how many were removed.
-pub fn unset(mem: &mut GuestMemory, where_: Where, key: &[u8]) -> Result<u32, IoError> {
+/// Remove every field with this key: the field index of the first removed.
+pub fn unset(mem: &mut GuestMemory, where_: Where, key: &[u8]) -> Result<Option<u32>, IoError> {
     headers::unset(&mut MemMut(mem), where_, key).map_err(|err| IoError::BadPointer {
         call: "http_set",
         err,
@@ -331,7 +335,8 @@ pub fn unset(mem: &mut GuestMemory, where_: Where, key: &[u8]) -> Result<u32, Io
 }
 
 /// `sys_http_set`: replace the key's fields with this one; without a colon, remove the key.
-pub fn set(mem: &mut GuestMemory, where_: Where, f: &[u8]) -> Result<(), IoError> {
+/// The field index (see [`edgevm_guest_abi::headers::set`]).
+pub fn set(mem: &mut GuestMemory, where_: Where, f: &[u8]) -> Result<u32, IoError> {
     headers::set(&mut MemMut(mem), where_, f).map_err(|e| header_error(e, "http_set", f))
 }
 
@@ -398,10 +403,15 @@ mod tests {
         assert_eq!(m.read_cstr(p.url, 100).unwrap(), b"/a?b=1");
         assert_eq!(find(&m, Where::Req, b"x-id").unwrap(), b"X-Id: 7");
         assert!(find(&m, Where::Req, b"nope").is_none());
-        append(&mut m, Where::Resp, b"X-Counter: 1", "t").unwrap();
-        set(&mut m, Where::Resp, b"X-Counter: 2").unwrap();
-        append(&mut m, Where::Resp, b"X-Other: y", "t").unwrap();
-        set(&mut m, Where::Resp, b"X-Other").unwrap();
+        assert_eq!(
+            append(&mut m, Where::Resp, b"X-Counter: 1", "t").unwrap(),
+            5
+        );
+        assert_eq!(set(&mut m, Where::Resp, b"X-Counter: 2").unwrap(), 6);
+        assert_eq!(append(&mut m, Where::Resp, b"X-Other: y", "t").unwrap(), 7);
+        assert_eq!(set(&mut m, Where::Resp, b"X-Other").unwrap(), 7);
+        assert_eq!(set(&mut m, Where::Resp, b"X-Other").unwrap(), 0);
+        assert_eq!(set(&mut m, Where::Resp, b"").unwrap(), 0);
         assert_eq!(
             response_headers(&m).unwrap(),
             vec![("X-Counter".to_string(), "2".to_string())]

@@ -73,12 +73,16 @@ pub enum Call {
     },
     /// storage_noreturn(data, len).
     StorageNoreturn { data: Buf },
-    /// sys_http_append(where, field, len).
-    HttpAppend { where_: Where, field: Buf },
+    /// sys_http_append(where, field, len). `where_` None: not a header set (see [`Where`]).
+    HttpAppend { where_: Option<Where>, field: Buf },
     /// sys_http_set(where, field, len).
-    HttpSet { where_: Where, field: Buf },
+    HttpSet { where_: Option<Where>, field: Buf },
     /// sys_http_find(where, key, klen, outb, outl).
-    HttpFind { where_: Where, key: Buf, out: Buf },
+    HttpFind {
+        where_: Option<Where>,
+        key: Buf,
+        out: Buf,
+    },
     /// sys_http_method(outb, outl).
     HttpMethod { out: Buf },
     /// sys_regex_compile(pattern, len).
@@ -96,7 +100,11 @@ pub enum Call {
         flags: i32,
     },
     /// sys_regex_copyto(rgx, srchp, dsthp).
-    RegexCopyto { rgx: i32, from: Where, to: Where },
+    RegexCopyto {
+        rgx: i32,
+        from: Option<Where>,
+        to: Option<Where>,
+    },
     /// sys_sockets_write(events, n).
     SocketsWrite { events: GuestPtr<c_void>, n: u64 },
     /// shared_memory_area().
@@ -409,14 +417,19 @@ mod tests {
     }
 
     #[test]
-    fn where_is_a_c_int_and_only_1_is_resp() {
+    fn where_is_a_c_int_req_or_bereq_resp_or_beresp() {
         for (v, w) in [
-            (0u64, Where::Req),
-            (1, Where::Resp),
-            (2, Where::Req),
-            (u64::MAX, Where::Req),
-            (0xdead_0000_0001, Where::Resp),
-            (0xdead_0000_0000, Where::Req),
+            (0u64, Some(Where::Req)),
+            (4, Some(Where::Req)),
+            (1, Some(Where::Resp)),
+            (5, Some(Where::Resp)),
+            (2, None),
+            (3, None),
+            (6, None),
+            (u64::MAX, None),
+            (0xdead_0000_0001, Some(Where::Resp)),
+            (0xdead_0000_0004, Some(Where::Req)),
+            (0xdead_0000_0000, Some(Where::Req)),
         ] {
             let c = Call::decode(nr::HTTP_SET, &Args([v, 0x1000, 9, 0, 0, 0])).unwrap();
             assert_eq!(

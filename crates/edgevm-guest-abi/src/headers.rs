@@ -9,6 +9,25 @@ use core::mem::{offset_of, size_of};
 /// Longest header field.
 pub const MAX_FIELD: usize = 65535;
 
+/// The field index the header calls return for table entry `i` is `FIRST_INDEX + i`, as the
+/// reference's (Varnish numbers a message's header fields after its first line's 5 fields):
+/// `sys_http_append`/`sys_http_set` return it, so a result > 0 means success.
+pub const FIRST_INDEX: u32 = 5;
+
+/// Check a key passed to `sys_http_find` as the reference does: 1 to 65535 bytes, none of
+/// `: \0 \b \e \f \t \r \n`.
+pub fn validate_key(k: &[u8]) -> Result<(), &'static str> {
+    if k.is_empty() || k.len() > MAX_FIELD {
+        return Err("a header name must be 1 to 65535 bytes long");
+    }
+    if k.iter()
+        .any(|c| matches!(c, b':' | b' ' | 0 | 8 | 0x1b | 0x0c | b'\t' | b'\r' | b'\n'))
+    {
+        return Err("header name contains a forbidden character");
+    }
+    Ok(())
+}
+
 /// Check a "Key: value" field as the reference does. Returns the colon index.
 pub fn validate_field(f: &[u8]) -> Result<usize, &'static str> {
     if f.len() < 4 || f.len() > MAX_FIELD {
@@ -152,22 +171,24 @@ pub fn find<A: AreaRead>(a: &A, w: Where, key: &[u8]) -> Option<RequestHeader> {
     })
 }
 
-/// Remove every field with this key. Returns how many were removed.
-pub fn unset<A: Area>(a: &mut A, w: Where, key: &[u8]) -> Result<u32, A::Error> {
+/// Remove every field with this key. Returns the field index ([`FIRST_INDEX`] + entry) of
+/// the first one removed, None when there was none.
+pub fn unset<A: Area>(a: &mut A, w: Where, key: &[u8]) -> Result<Option<u32>, A::Error> {
     let t = w.table();
-    let mut n = 0;
+    let mut first = None;
     for i in 0..count(a, w) {
         if let Some((_, true)) = live_entry(a, w, i, Some(key)) {
             let len_at = entry_addr(&t, i) + offset_of!(RequestHeader, field_len) as u64;
             a.write_u32(len_at, 0)?;
-            n += 1;
+            first = first.or(Some(FIRST_INDEX + i));
         }
     }
-    Ok(n)
+    Ok(first)
 }
 
-/// `sys_http_append`: append a validated field.
-pub fn append<A: Area>(a: &mut A, w: Where, f: &[u8]) -> Result<(), HeaderError<A::Error>> {
+/// `sys_http_append`: append a validated field. Returns its field index ([`FIRST_INDEX`] +
+/// entry).
+pub fn append<A: Area>(a: &mut A, w: Where, f: &[u8]) -> Result<u32, HeaderError<A::Error>> {
     let colon = validate_field(f).map_err(HeaderError::BadField)?;
     let t = w.table();
     let (count_at, used_at) = counters(w);
@@ -189,13 +210,20 @@ pub fn append<A: Area>(a: &mut A, w: Where, f: &[u8]) -> Result<(), HeaderError<
     a.write_entry(entry_addr(&t, count), &e)?;
     a.write_u32(count_at, count + 1)?;
     a.write_u32(used_at, (used + f.len() as u64 + 1) as u32)?;
-    Ok(())
+    Ok(FIRST_INDEX + count)
 }
 
-/// `sys_http_set`: replace the key's fields with this one; without a colon, remove the key.
-pub fn set<A: Area>(a: &mut A, w: Where, f: &[u8]) -> Result<(), HeaderError<A::Error>> {
+/// `sys_http_set`: replace the key's fields with this one (its field index); without a colon,
+/// remove the key (the index of the first field removed, 0 when there was none); an empty
+/// string does nothing (0).
+pub fn set<A: Area>(a: &mut A, w: Where, f: &[u8]) -> Result<u32, HeaderError<A::Error>> {
+    if f.is_empty() {
+        return Ok(0);
+    }
     match f.iter().position(|&c| c == b':') {
-        None => unset(a, w, f).map(|_| ()).map_err(HeaderError::Mem),
+        None => unset(a, w, f)
+            .map(|i| i.unwrap_or(0))
+            .map_err(HeaderError::Mem),
         Some(colon) => {
             validate_field(f).map_err(HeaderError::BadField)?;
             unset(a, w, &f[..colon])?;

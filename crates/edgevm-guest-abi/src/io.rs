@@ -60,15 +60,17 @@ pub const HEADER_MACROS: &[(&str, u64)] = &[
     ("EDGEVM_IO_RESP_BLOB", RESP_BLOB),
     ("EDGEVM_IO_RESP_BLOB_SIZE", RESP_BLOB_SIZE),
     ("EDGEVM_IO_MAGIC", MAGIC as u64),
+    ("EDGEVM_IO_FIRST_INDEX", crate::headers::FIRST_INDEX as u64),
     ("KVM_REQUEST_INFO_WARMUP", FLAG_WARMUP as u64),
 ];
 
 /// The `where` argument of the header calls: which header set.
 ///
-/// `kvm_api.h` (and the reference) define REQ = BEREQ = 0 and RESP = BERESP = 1; `where` is a
-/// C `int`, so only the low 32 bits of the register count. 1 selects the response headers and
-/// every other value the request headers, on the in-guest fast path and the hypercall path
-/// alike (what other values should do is issue 14's to decide).
+/// `where` is a C `int` (only the low 32 bits of the register count). As in the reference,
+/// whose programs always run as a backend: REQ and BEREQ (0, and Varnish's HDR_BEREQ 4) select
+/// the request headers, RESP and BERESP (1, and HDR_BERESP 5) the response headers; any other
+/// value names a header set that is not available ([`Where::from_arg`] gives None: the host
+/// fails the request, the in-guest fast paths leave it to the host). The same on both paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Where {
     /// REQ / BEREQ.
@@ -79,11 +81,11 @@ pub enum Where {
 
 impl Where {
     /// Decode a `where` argument (a C `int` in a 64-bit register).
-    pub fn from_arg(v: u64) -> Where {
-        if v as u32 as i32 == 1 {
-            Where::Resp
-        } else {
-            Where::Req
+    pub fn from_arg(v: u64) -> Option<Where> {
+        match v as u32 as i32 {
+            0 | 4 => Some(Where::Req),
+            1 | 5 => Some(Where::Resp),
+            _ => None,
         }
     }
 

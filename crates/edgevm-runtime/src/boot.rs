@@ -10,7 +10,7 @@ use edgevm_kvm::Vcpu;
 
 use crate::calls::Flow;
 use crate::error::CallvError;
-use crate::storage::{finish_callv, read_callv, task_hypercall, StorageHandle};
+use crate::storage::{finish_callv, read_callv, task_hypercall, BootTasks, StorageHandle};
 use crate::vm::{BootOutcome, BootReport, Event, MainVm, RunError, VmOptions};
 
 impl MainVm {
@@ -25,6 +25,28 @@ impl MainVm {
         opts: VmOptions,
         storage: Option<StorageHandle>,
     ) -> Result<(MainVm, BootReport), RunError> {
+        MainVm::boot_with(
+            opts,
+            &mut BootCalls {
+                storage,
+                own_tasks: None,
+            },
+        )
+    }
+
+    /// Boot a storage VM: its `main()` may schedule storage tasks into `tasks`.
+    pub(crate) fn boot_storage(
+        opts: VmOptions,
+        tasks: &mut BootTasks,
+    ) -> Result<(MainVm, BootReport), RunError> {
+        let mut calls = BootCalls {
+            storage: None,
+            own_tasks: Some(tasks),
+        };
+        MainVm::boot_with(opts, &mut calls)
+    }
+
+    fn boot_with(opts: VmOptions, calls: &mut BootCalls) -> Result<(MainVm, BootReport), RunError> {
         let t0 = Instant::now();
         let mut vm = MainVm::load(opts)?;
         let load_time = t0.elapsed();
@@ -42,7 +64,7 @@ impl MainVm {
         if vm.opts.gdb.as_ref().is_some_and(|g| g.at_entry) {
             crate::debug::stop_at_entry(&mut vm)?;
         }
-        let outcome = vm.run_init(&mut BootCalls { storage })?;
+        let outcome = vm.run_init(calls)?;
         let report = BootReport {
             outcome,
             load_time,
@@ -56,7 +78,7 @@ impl MainVm {
 }
 
 impl<C: Vcpu> MainVm<C> {
-    pub(crate) fn run_init(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+    pub(crate) fn run_init(&mut self, calls: &mut BootCalls<'_>) -> Result<BootOutcome, RunError> {
         self.start_deadline(
             self.opts.max_boot_time,
             "program initialization (max_boot_time)",
@@ -78,7 +100,7 @@ impl<C: Vcpu> MainVm<C> {
         Ok(r)
     }
 
-    pub(crate) fn init_loop(&mut self, calls: &mut BootCalls) -> Result<BootOutcome, RunError> {
+    pub(crate) fn init_loop(&mut self, calls: &mut BootCalls<'_>) -> Result<BootOutcome, RunError> {
         loop {
             match self.run_until_event()? {
                 // Boot runs without a time slice.
@@ -99,12 +121,14 @@ impl<C: Vcpu> MainVm<C> {
 /// The boot context's handler set: the calls `main()` may make before `wait_for_requests()`
 /// besides the ones every context shares ([`MainVm::run_until_event`]). Anything else is
 /// refused by the shared fallback.
-pub(crate) struct BootCalls {
+pub(crate) struct BootCalls<'a> {
     /// The storage VM, for storage calls made during initialization.
     pub(crate) storage: Option<StorageHandle>,
+    /// Booting a storage VM: where its own tasks go.
+    pub(crate) own_tasks: Option<&'a mut BootTasks>,
 }
 
-impl BootCalls {
+impl BootCalls<'_> {
     pub(crate) fn call<C: Vcpu>(
         &mut self,
         vm: &mut MainVm<C>,
@@ -136,9 +160,15 @@ impl BootCalls {
                 Some(st) => Flow::Return(storage_call(vm, st)?),
                 None => Flow::Refuse,
             },
-            Call::StorageTask { .. } => match &self.storage {
-                Some(st) => Flow::Return(task_hypercall(vm, |f, d, a, b| st.task(f, d, a, b))),
-                None => Flow::Refuse,
+            Call::StorageTask { .. } => match (&self.storage, &mut self.own_tasks) {
+                (Some(st), _) => Flow::Return(task_hypercall(vm, |f, d, a, b| st.task(f, d, a, b))),
+                (None, Some(t)) => Flow::Return(task_hypercall(vm, |f, d, a, b| t.add(f, d, a, b))),
+                (None, None) => Flow::Refuse,
+            },
+            Call::StopStorageTask { id } => match (&self.storage, &self.own_tasks) {
+                (Some(st), _) => Flow::Return(u64::from(st.stop_task(id))),
+                (None, Some(t)) => Flow::Return(u64::from(t.stop(id))),
+                (None, None) => Flow::Refuse,
             },
             Call::MakeEphemeral { ephemeral: on } => {
                 if vm.opts.control_ephemeral {

@@ -36,6 +36,16 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         }
     }
 
+    /// A number that is no call (or `sys_request`, declared by the reference and served by
+    /// nobody): -ENOSYS and a log line, as the reference.
+    pub fn unknown_call(&mut self, num: u32) {
+        self.printer.log(&format!(
+            "kvm_api call {num:#x} ({}) is not implemented; returning -ENOSYS",
+            api::name(num)
+        ));
+        self.machine.cpu.regs_mut().rax = (-(libc::ENOSYS as i64)) as u64;
+    }
+
     /// The shared fallback: answer a call the context does not serve with -1 and a log line.
     pub fn unsupported_call(&mut self, num: u32) {
         self.printer.log(&format!(

@@ -54,6 +54,8 @@ pub struct Invoker<M: MemoryView = PrivateView> {
     stashed: Option<GuestResponse>,
     /// The event loop failed after its response: reset the VM fully.
     pub(crate) broken: bool,
+    /// Header fields lost to a full table in this request (logged once).
+    pub(crate) lost_headers: u32,
 }
 
 pub(crate) enum Outcome {
@@ -102,6 +104,7 @@ impl<M: MemoryView> Invoker<M> {
             in_loop: false,
             stashed: None,
             broken: false,
+            lost_headers: 0,
         }
     }
 
@@ -228,6 +231,7 @@ impl<M: MemoryView> Invoker<M> {
         };
         self.in_loop = kind == 0;
         self.stashed = None;
+        self.lost_headers = 0;
         if kind == 0 {
             if let Err(f) = self.resume_loop(handler) {
                 return Outcome::Failed(f);

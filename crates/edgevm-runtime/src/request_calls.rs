@@ -4,7 +4,7 @@
 
 use edgevm_abi::api::Call;
 use edgevm_abi::guest_abi::{BackendResponseExtra, ResponseHeader};
-use edgevm_abi::io::{self, read_struct, read_struct_prefix, IoError};
+use edgevm_abi::io::{self, read_struct, read_struct_prefix, IoError, Where};
 use edgevm_abi::linux::Output;
 use edgevm_kvm::{GuestMemory, MemoryView, Vcpu};
 use std::mem::offset_of;
@@ -33,8 +33,8 @@ fn read(mem: &GuestMemory, p: u64, l: u64, call: &'static str) -> Result<Vec<u8>
 }
 
 /// Answer `value` into the guest's buffer `out` of `cap` bytes, as the reference does: its
-/// length when `out` is NULL, the length after copying it NUL-terminated when it fits, else 0.
-fn write_cstr(
+/// length when `out` is NULL; the length after copying it (no NUL added) when it fits; else 0.
+fn copy_out(
     mem: &mut GuestMemory,
     value: &[u8],
     out: u64,
@@ -44,14 +44,23 @@ fn write_cstr(
     if out == 0 {
         return Ok(value.len() as u64);
     }
-    if value.len() as u64 >= cap {
+    if value.len() as u64 > cap {
         return Ok(0);
     }
-    let mut z = value.to_vec();
-    z.push(0);
-    mem.write(out, &z)
+    mem.write(out, value)
         .map_err(|err| api_err(IoError::BadPointer { call, err }))?;
     Ok(value.len() as u64)
+}
+
+/// The header set `where` names, or the request fails (as the reference's "Selected HTTP not
+/// available").
+fn header_set(w: Option<Where>, call: &str) -> Result<Where, RequestFailure> {
+    w.ok_or_else(|| RequestFailure {
+        message: format!(
+            "{call}: no such header set (where: REQ/BEREQ = 0 or 4, RESP/BERESP = 1 or 5)"
+        ),
+        kind: FailureKind::Api,
+    })
 }
 
 impl<M: MemoryView> Invoker<M> {
@@ -61,26 +70,40 @@ impl<M: MemoryView> Invoker<M> {
         let mem = &mut self.vm.machine.mem;
         let ret: u64 = match call {
             Call::HttpAppend { where_, field } => {
+                let w = header_set(where_, "http_append")?;
                 let f = read(mem, field.addr(), field.len, "http_append")?;
-                io::append(mem, where_, &f, "http_append").map_err(api_err)?;
-                0
+                match io::append(mem, w, &f, "http_append") {
+                    Ok(i) => u64::from(i),
+                    Err(e) => self.lost_header(e)?,
+                }
             }
             Call::HttpSet { where_, field } => {
+                let w = header_set(where_, "http_set")?;
                 let f = read(mem, field.addr(), field.len, "http_set")?;
-                io::set(mem, where_, &f).map_err(api_err)?;
-                0
+                match io::set(mem, w, &f) {
+                    Ok(i) => u64::from(i),
+                    Err(e) => self.lost_header(e)?,
+                }
             }
             Call::HttpFind { where_, key, out } => {
+                let w = header_set(where_, "http_find")?;
                 let key = read(mem, key.addr(), key.len, "http_find")?;
-                match io::find(mem, where_, &key) {
+                io::validate_key(&key).map_err(|why| {
+                    api_err(IoError::BadHeader {
+                        call: "http_find",
+                        field: io::shown_field(&key),
+                        why,
+                    })
+                })?;
+                match io::find(mem, w, &key) {
                     None => 0,
-                    Some(v) => write_cstr(mem, &v, out.addr(), out.len, "http_find")?,
+                    Some(v) => copy_out(mem, &v, out.addr(), out.len, "http_find")?,
                 }
             }
             Call::HttpMethod { out } => {
                 let m = self.method_bytes();
                 let mem = &mut self.vm.machine.mem;
-                write_cstr(mem, &m, out.addr(), out.len, "http_method")?
+                copy_out(mem, &m, out.addr(), out.len, "http_method")?
             }
             Call::SetCacheable {
                 cached,
@@ -116,14 +139,20 @@ impl<M: MemoryView> Invoker<M> {
                 })
             }
             Call::RegexCopyto { rgx, from, to } => {
+                let (from, to) = (
+                    header_set(from, "regex_copyto")?,
+                    header_set(to, "regex_copyto")?,
+                );
                 // Every live field of `from` that matches goes to the end of `to`.
                 let mut copied = 0u64;
                 for f in io::fields(mem, from) {
                     match self.vm.regex.is_match(rgx, &f.bytes) {
-                        Ok(true) => {
-                            io::append(mem, to, &f.bytes, "regex_copyto").map_err(api_err)?;
-                            copied += 1;
-                        }
+                        Ok(true) => match io::append(mem, to, &f.bytes, "regex_copyto") {
+                            Ok(_) => copied += 1,
+                            // As the reference: a field that does not fit is not counted.
+                            Err(IoError::Full(_)) => {}
+                            Err(e) => return Err(api_err(e)),
+                        },
                         Ok(false) => {}
                         Err(e) => {
                             self.vm.printer.log(&e.to_string());
@@ -163,6 +192,23 @@ impl<M: MemoryView> Invoker<M> {
         };
         self.vm.machine.cpu.regs_mut().rax = ret;
         Ok(())
+    }
+
+    /// A header table that is full: the field is lost, the call returns -1 (the reference's
+    /// HDR_INVALID) and the log says so; any other error fails the request.
+    fn lost_header(&mut self, e: IoError) -> Result<u64, RequestFailure> {
+        match e {
+            IoError::Full(why) => {
+                self.lost_headers += 1;
+                if self.lost_headers == 1 {
+                    self.vm.printer.log(&format!(
+                        "header field lost: {why}; the call returns -1 (logged once per request)"
+                    ));
+                }
+                Ok(u64::MAX)
+            }
+            other => Err(api_err(other)),
+        }
     }
 
     pub(crate) fn method_bytes(&self) -> Vec<u8> {

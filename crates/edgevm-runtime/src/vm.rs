@@ -427,8 +427,8 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                                 return Ok(Event::Hypercall(call));
                             }
                         }
-                        // No context knows the number: the shared fallback.
-                        Err(bad) => self.unsupported_call(bad.num),
+                        // No context knows the number: -ENOSYS.
+                        Err(bad) => self.unknown_call(bad.num),
                     }
                     if self.debug.is_some() {
                         // sys_breakpoint() asked for a GDB session.
@@ -558,6 +558,10 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             | Call::RegexFree { .. }
             | Call::RegexMatch { .. }
             | Call::RegexSubst { .. } => self.regex_call(call),
+            Call::Request { .. } => {
+                self.unknown_call(call.num());
+                return Ok(true);
+            }
             Call::IsDebug => u64::from(self.opts.debug),
             Call::IsStorage => u64::from(self.opts.storage),
             Call::Breakpoint => crate::debug::breakpoint_call(self),

@@ -36,6 +36,7 @@ pub use crate::error::StorageError;
 pub use calls::StorageCall;
 use calls::{CallState, Started};
 pub(crate) use guest::{finish_callv, read_callv, task_hypercall};
+pub(crate) use tasks::BootTasks;
 use tasks::{Alive, Tasks};
 pub use thread::start;
 use turn::TurnState;

@@ -148,6 +148,43 @@ impl Tasks {
     }
 }
 
+/// The storage VM's own `main()` scheduling tasks, before the storage VM (and so its queue)
+/// exists: timers are scheduled at once, tasks queued "now" wait in `now` until the queue is
+/// there (storage/thread.rs). Ids are the same as later.
+pub(crate) struct BootTasks {
+    pub(super) tasks: Arc<Tasks>,
+    pub(super) now: Vec<(u64, Vec<u8>)>,
+}
+
+impl BootTasks {
+    /// `sys_storage_task` from the storage VM's `main()`.
+    pub(crate) fn add(
+        &mut self,
+        func: u64,
+        data: Vec<u8>,
+        start: Duration,
+        period: Duration,
+    ) -> Result<u64, StorageError> {
+        if data.len() > MAX_INPUT {
+            return Err(StorageError::TaskTooLarge(data.len() as u64));
+        }
+        if start.is_zero() && period.is_zero() {
+            self.now.push((func, data));
+            return Ok(0);
+        }
+        let mut st = self.tasks.state.lock().unwrap_or_else(|e| e.into_inner());
+        let id = st.schedule(func, data, Instant::now() + start, period)?;
+        drop(st);
+        self.tasks.notify();
+        Ok(id)
+    }
+
+    /// `stop_storage_task` from the storage VM's `main()`.
+    pub(crate) fn stop(&self, id: u64) -> bool {
+        self.tasks.stop(id)
+    }
+}
+
 pub(super) fn task_job(func: u64, data: Vec<u8>) -> Job {
     Job {
         call: Some(Call {

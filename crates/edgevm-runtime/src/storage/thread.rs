@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use edgevm_abi::linux::Output;
 
 use super::calls::{serve_turn, settle, Started};
-use super::tasks::{Alive, TaskState, Tasks};
+use super::tasks::{task_job, Alive, BootTasks, TaskState, Tasks};
 use super::turn::{Turn, TurnState};
 use super::{describe, program_exits, Core, Job, Kind, Served, StorageError, StorageHandle};
 use crate::vm::{BootOutcome, MainVm, VmOptions};
@@ -34,7 +34,12 @@ pub fn start(
     std::thread::Builder::new()
         .name(format!("storage:{name}"))
         .spawn(move || {
-            let (mut vm, report) = match MainVm::boot(opts) {
+            // The storage VM's main() may schedule tasks too (as in the reference).
+            let mut boot_tasks = BootTasks {
+                tasks: tasks2.clone(),
+                now: Vec::new(),
+            };
+            let (mut vm, report) = match MainVm::boot_storage(opts, &mut boot_tasks) {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = ready_tx.send(Err(StorageError::Boot(e)));
@@ -68,6 +73,11 @@ pub fn start(
                 exits: AtomicU64::new(exits),
                 dozing: std::sync::atomic::AtomicBool::new(true),
             });
+            for (func, data) in boot_tasks.now {
+                if let Err(e) = core.enqueue(task_job(func, data)) {
+                    tracing::warn!("a storage task from main() was not queued: {e}");
+                }
+            }
             let _ = ready_tx.send(Ok(core.clone()));
             serve(core, rx, woken)
         })

@@ -20,7 +20,10 @@ fn boot(
     o.storage = storage_vm;
     o.control_ephemeral = control_ephemeral;
     let mut vm = vm_with(cpu, o);
-    let r = vm.init_loop(&mut BootCalls { storage: None });
+    let r = vm.init_loop(&mut BootCalls {
+        storage: None,
+        own_tasks: None,
+    });
     (vm, r)
 }
 
@@ -124,6 +127,28 @@ fn run_init_refuses_a_program_that_outgrew_max_memory() {
     // The guest wrote 4 MiB it never allocated.
     let chunk = vec![1u8; 4 << 20];
     vm.machine.mem.write(HEAP, &chunk).unwrap();
-    let e = vm.run_init(&mut BootCalls { storage: None }).unwrap_err();
+    let e = vm
+        .run_init(&mut BootCalls {
+            storage: None,
+            own_tasks: None,
+        })
+        .unwrap_err();
     assert!(matches!(e, RunError::MemoryLimit { .. }), "{e}");
+}
+
+#[test]
+fn unknown_numbers_and_sys_request_return_enosys() {
+    let mut cpu = ScriptedVcpu::new();
+    cpu.then(hypercall(0x10004, &[]))
+        .then(hypercall(api::REQUEST, &[HEAP, 4, 0, 0, 0]))
+        .then(hypercall(0x7FFFF, &[]))
+        .then(hypercall(api::WAIT_FOR_REQUESTS, &[]));
+    let (mut vm, r) = boot(cpu, false, false);
+    assert_eq!(r.unwrap(), BootOutcome::Ready);
+    let enosys = (-(libc::ENOSYS as i64)) as u64;
+    assert_eq!(vm.machine.cpu.results, vec![enosys; 3]);
+    assert_eq!(
+        vm.printer.captured().matches("returning -ENOSYS").count(),
+        3
+    );
 }

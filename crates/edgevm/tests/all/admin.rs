@@ -240,7 +240,9 @@ fn rfc_9112_strictness_by_default_and_dot_segments_refused() {
     let s = start("admin-lenient", &["--lenient-http"]);
     for (req, want) in &cases[..4] {
         let (st, out) = send(s.port, req);
-        assert_eq!(st, 200, "lenient {req:?} (strict: {want}): {out}");
+        // Parsed and routed: the POST's body reaches a GET-only program, which answers 405.
+        let served = if req.starts_with("POST") { 405 } else { 200 };
+        assert_eq!(st, served, "lenient {req:?} (strict: {want}): {out}");
     }
     let (st, out) = send(s.port, cases[5].0);
     assert_eq!(st, 400, "{out}");

@@ -263,7 +263,8 @@ fn catalog() -> Vec<(String, Want)> {
             Fail(&["larger than the 64 mib limit"]),
         ),
         ("big_response?mb=24", Answer(200, "")),
-        ("many_headers?n=10000", Fail(&["too many headers"])),
+        // A full response header set loses the field (-1, as the reference), logged once.
+        ("many_headers?n=300", Answer(200, "appended 128 of 300")),
         (
             "extra_headers?n=10000",
             Fail(&["10000 headers (at most 64)"]),

@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod bench;
+mod call_semantics;
 mod clients;
 mod common;
 mod config_delivery;

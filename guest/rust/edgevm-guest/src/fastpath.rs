@@ -66,20 +66,27 @@ impl Area for IoArea {
     }
 }
 
-/// Append; false when the hypercall must decide (invalid field, table or blob full).
-pub(crate) fn append(a: &mut IoArea, w: Where, f: &[u8]) -> bool {
-    headers::append(a, w, f).is_ok()
+/// Append: the field index; None when the hypercall must decide (invalid field, table or
+/// blob full).
+pub(crate) fn append(a: &mut IoArea, w: Where, f: &[u8]) -> Option<u32> {
+    headers::append(a, w, f).ok()
 }
 
-/// Set (or unset, without a colon); false when the hypercall must decide.
-pub(crate) fn set(a: &mut IoArea, w: Where, f: &[u8]) -> bool {
-    if f.contains(&b':')
-        && (headers::validate_field(f).is_err() || headers::count(a, w) >= w.table().max)
+/// Set (or unset, without a colon): the field index; None when the hypercall must decide.
+pub(crate) fn set(a: &mut IoArea, w: Where, f: &[u8]) -> Option<u32> {
+    if f.len() > headers::MAX_FIELD
+        || f.contains(&b':')
+            && (headers::validate_field(f).is_err() || headers::count(a, w) >= w.table().max)
     {
         // Nothing is removed before the host reports the error.
-        return false;
+        return None;
     }
-    headers::set(a, w, f).is_ok()
+    headers::set(a, w, f).ok()
+}
+
+/// Whether the fast path answers `sys_http_find` for this key (else the host refuses it).
+pub(crate) fn valid_key(key: &[u8]) -> bool {
+    headers::validate_key(key).is_ok()
 }
 
 /// The whole first field with this key.

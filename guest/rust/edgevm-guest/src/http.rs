@@ -165,11 +165,12 @@ pub const RESP: Http = Http::Resp;
 pub const BEREQ: Http = Http::Req;
 pub const BERESP: Http = Http::Resp;
 
-/// [0x10020] Append the header field "Key: value".
+/// [0x10020] Append the header field "Key: value": its field index (> 0), or -1 when the
+/// header set is full (the field is lost). An invalid field fails the request.
 pub fn http_append(where_: Http, field: &str) -> i64 {
     if let Some(mut a) = fastpath::area() {
-        if fastpath::append(&mut a, where_.into(), field.as_bytes()) {
-            return 0;
+        if let Some(i) = fastpath::append(&mut a, where_.into(), field.as_bytes()) {
+            return i64::from(i);
         }
     }
     // SAFETY: the slice is valid for its length.
@@ -177,11 +178,12 @@ pub fn http_append(where_: Http, field: &str) -> i64 {
     r as i64
 }
 
-/// [0x10021] Set or replace the header field "Key: value".
+/// [0x10021] Set or replace the header field "Key: value" (its field index), or, without a
+/// colon, remove the key's fields (the index of the first removed, 0 if none).
 pub fn http_set(where_: Http, field: &str) -> i64 {
     if let Some(mut a) = fastpath::area() {
-        if fastpath::set(&mut a, where_.into(), field.as_bytes()) {
-            return 0;
+        if let Some(i) = fastpath::set(&mut a, where_.into(), field.as_bytes()) {
+            return i64::from(i);
         }
     }
     // SAFETY: the slice is valid for its length.
@@ -196,7 +198,7 @@ pub fn http_unset(where_: Http, key: &str) -> i64 {
 
 /// [0x10022] Find a header field; returns the whole "Key: value" field.
 pub fn http_find(where_: Http, key: &str) -> Option<String> {
-    if let Some(a) = fastpath::area() {
+    if let Some(a) = fastpath::area().filter(|_| fastpath::valid_key(key.as_bytes())) {
         return fastpath::find(&a, where_.into(), key.as_bytes())
             .map(|b| String::from_utf8_lossy(&b).into_owned());
     }
