@@ -60,9 +60,9 @@ HEADER="$GUEST/kvm_api.h $GUEST/tests/test_util.h"
 SKIP=" ${EDGEVM_GUEST_SKIP:-} "
 skipped() { [[ "$SKIP" == *" $1 "* ]]; }
 
-CFLAGS="-std=gnu11 -O2 -g -Wall -Wextra"
-CXXFLAGS="-std=gnu++17 -O2 -g -Wall -Wextra"
-EXFLAGS="-std=gnu11 -O2 -g -Wall"  # examples are spec text: no -Wextra
+CFLAGS="-std=gnu11 -O2 -g -Wall -Wextra -Werror"  # warning-free (issue 19)
+CXXFLAGS="-std=gnu++17 -O2 -g -Wall -Wextra -Werror"
+EXFLAGS="-std=gnu11 -O2 -g -Wall -Werror"  # examples are spec text: no -Wextra
 
 need() { # need TOOL DEBIAN_PACKAGE
 	if ! command -v "$1" >/dev/null 2>&1; then
