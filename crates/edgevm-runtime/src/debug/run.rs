@@ -74,30 +74,8 @@ pub(crate) fn run_until_event<C: Vcpu, M: MemoryView>(
                 }
             }
             Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
-                let call = match api::decode(value, vm.machine.cpu.regs()) {
-                    Ok(Call::Returned) => return Ok(Event::Returned),
-                    Ok(Call::Breakpoint) if dbg(vm).gdb.is_some() => {
-                        // sys_breakpoint() with GDB attached: stop there.
-                        vm.machine.cpu.regs_mut().rax = 0;
-                        dbg(vm).stop = Some(SingleThreadStopReason::Signal(Signal::SIGTRAP));
-                        continue;
-                    }
-                    Ok(call) => Some(call),
-                    Err(bad) => {
-                        vm.unsupported_call(bad.num);
-                        None
-                    }
-                };
-                // The step is over after the `out`. kvm_pvm delivers no #DB for it: report it
-                // here. Hardware KVM queues one when it completes the `out` at the next run
-                // (kvm_skip_emulated_instruction with RFLAGS.TF), which reports the step.
-                if stepping && edgevm_kvm::is_kvm_pvm() {
-                    dbg(vm).stop = Some(SingleThreadStopReason::DoneStep);
-                }
-                if let Some(call) = call {
-                    if !vm.generic_hypercall(call)? {
-                        return Ok(Event::Hypercall(call));
-                    }
+                if let Some(ev) = api_exit(vm, value, stepping)? {
+                    return Ok(ev);
                 }
             }
             Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
@@ -121,6 +99,41 @@ pub(crate) fn run_until_event<C: Vcpu, M: MemoryView>(
             }
         }
     }
+}
+
+/// A `kvm_api.h` call while debugging: a `sys_breakpoint()` stops in GDB; the event to
+/// return, if the call is not served here.
+fn api_exit<C: Vcpu, M: MemoryView>(
+    vm: &mut Vm<C, M>,
+    value: u32,
+    stepping: bool,
+) -> Result<Option<Event>, RunError> {
+    let call = match api::decode(value, vm.machine.cpu.regs()) {
+        Ok(Call::Returned) => return Ok(Some(Event::Returned)),
+        Ok(Call::Breakpoint) if dbg(vm).gdb.is_some() => {
+            // sys_breakpoint() with GDB attached: stop there.
+            vm.machine.cpu.regs_mut().rax = 0;
+            dbg(vm).stop = Some(SingleThreadStopReason::Signal(Signal::SIGTRAP));
+            return Ok(None);
+        }
+        Ok(call) => Some(call),
+        Err(bad) => {
+            vm.unsupported_call(bad.num);
+            None
+        }
+    };
+    // The step is over after the `out`. kvm_pvm delivers no #DB for it: report it
+    // here. Hardware KVM queues one when it completes the `out` at the next run
+    // (kvm_skip_emulated_instruction with RFLAGS.TF), which reports the step.
+    if stepping && edgevm_kvm::is_kvm_pvm() {
+        dbg(vm).stop = Some(SingleThreadStopReason::DoneStep);
+    }
+    if let Some(call) = call {
+        if !vm.generic_hypercall(call)? {
+            return Ok(Some(Event::Hypercall(call)));
+        }
+    }
+    Ok(None)
 }
 
 /// Before a run: leave the exception stub through `iretq` if stopped in one, with TF for a
