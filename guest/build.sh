@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # guest/build.sh OUTDIR -- build every edgevm test guest and example program.
 #
-# Outputs (all static x86_64 ELF files, flat in OUTDIR):
+# Outputs (static x86_64 ELF files but `dynamic`, flat in OUTDIR):
 #   tests (guest/tests):
 #     hello            glibc   "Hello World from C (glibc)!"
 #     hello_musl       musl    "Hello World from C (musl)!"
@@ -24,6 +24,7 @@
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     files(_musl)     allowed_paths, cwd and descriptors from a handler (tests/all/files.rs)
+#     dynamic          a dynamically linked handler (host ld.so, dlopen), the one non-static guest
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
 #     hostile          hostile modes (loops, bombs, privileged instructions, bad calls)
 #     secrets          plants a secret everywhere / scans all it can read for it
@@ -179,6 +180,7 @@ for ex in hello counter scounter echo headers; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
 
+build dynamic "$T/dynamic.c $HEADER" gcc $CFLAGS -I"$GUEST" "$T/dynamic.c" -o "$OUT/dynamic.tmp"
 build example_datatree "$E/datatree.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/datatree.c" -o "$OUT/example_datatree.tmp"
 # Real runtimes (Debian's static libraries; the linker's notes about getpwnam & co. in static
 # programs are silenced: those calls are not used).

@@ -192,19 +192,40 @@ fn precheck(bytes: &[u8]) -> Result<(), ElfError> {
 
 /// Validate `bytes` and load its segments into `mem`.
 pub fn load(bytes: &[u8], mem: &mut GuestMemory, l: &Layout) -> Result<LoadedElf, ElfError> {
-    load_into(bytes, Some(mem), l)
+    load_into(bytes, Some(mem), l, layout::PIE_BASE)
+}
+
+/// Where the host's dynamic loader goes when it boots a dynamically linked program: above
+/// the 64 MiB from [`layout::PIE_BASE`] a non-PIE program's image (linked at 0x400000) takes.
+pub const INTERP_BASE: u64 = layout::PIE_BASE + (64 << 20);
+
+/// [`load`] for a dynamic loader (ET_DYN), relocated to [`INTERP_BASE`].
+pub fn load_interpreter(
+    bytes: &[u8],
+    mem: &mut GuestMemory,
+    l: &Layout,
+) -> Result<LoadedElf, ElfError> {
+    load_into(bytes, Some(mem), l, INTERP_BASE)
+}
+
+/// The interpreter (PT_INTERP) a dynamically linked program names, if it names one.
+pub fn interpreter(bytes: &[u8]) -> Result<Option<String>, ElfError> {
+    precheck(bytes)?;
+    let elf = Elf::parse(bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
+    Ok(elf.interpreter.map(str::to_string))
 }
 
 /// What [`load`] returns, without writing the segments anywhere (a program whose loaded
 /// image comes from a snapshot file).
 pub fn describe(bytes: &[u8], l: &Layout) -> Result<LoadedElf, ElfError> {
-    load_into(bytes, None, l)
+    load_into(bytes, None, l, layout::PIE_BASE)
 }
 
 fn load_into(
     bytes: &[u8],
     mut mem: Option<&mut GuestMemory>,
     l: &Layout,
+    pie_base: u64,
 ) -> Result<LoadedElf, ElfError> {
     precheck(bytes)?;
     let elf = Elf::parse(bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
@@ -226,10 +247,7 @@ fn load_into(
     let min_vaddr = loads.iter().map(|p| p.p_vaddr).min().unwrap_or(0) & !0xFFF;
     let (kind, bias) = match elf.header.e_type {
         header::ET_EXEC => (BinaryType::Static, 0u64),
-        header::ET_DYN => (
-            BinaryType::StaticPie,
-            layout::PIE_BASE.wrapping_sub(min_vaddr),
-        ),
+        header::ET_DYN => (BinaryType::StaticPie, pie_base.wrapping_sub(min_vaddr)),
         t => return Err(ElfError::BadType(t)),
     };
     let sorted = check_segments(bytes, &loads, bias, l)?;

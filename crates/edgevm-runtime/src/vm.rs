@@ -214,6 +214,9 @@ pub type MainVm<C = KvmVcpu> = Vm<C, MainMemory>;
 /// A request VM's machine: runs in a copy-on-write view of a frozen image.
 pub type ForkedVm<C = KvmVcpu> = Vm<C, PrivateView>;
 
+/// The host's dynamic loader, which boots programs with a PT_INTERP header.
+pub const HOST_LD_SO: &str = "/lib64/ld-linux-x86-64.so.2";
+
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
     pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
@@ -222,8 +225,33 @@ impl MainVm {
         let mut mem = MainMemory::new(size as usize)?;
         cpu::write_system_tables(&mut mem, &layout)?;
         mem.set_protected(layout::PROTECTED.to_vec());
-        let elf = elf::load(&opts.binary, &mut mem, &layout)?;
+        let exe = std::fs::canonicalize(&opts.program_path)
+            .unwrap_or_else(|_| opts.program_path.clone())
+            .to_string_lossy()
+            .into_owned();
+        let exe = if exe.starts_with('/') {
+            exe
+        } else {
+            format!("/{exe}")
+        };
+        let mut opts = opts;
         let mut argv = vec![opts.name.clone()];
+        let elf = if elf::interpreter(&opts.binary)?.is_some() {
+            // A dynamically linked program: boot the host's dynamic loader with the program
+            // as its argument (as the reference does); the loader reads the program, and the
+            // libraries it finds through allowed_paths, with open/mmap.
+            let ld = std::fs::read(HOST_LD_SO).map_err(|e| {
+                RunError::Sandbox(format!(
+                    "a dynamically linked program needs the host's {HOST_LD_SO}: {e}"
+                ))
+            })?;
+            opts.allowed_paths
+                .push(edgevm_abi::sandbox::PathRule::same(&exe));
+            argv = vec![HOST_LD_SO.to_string(), exe.clone()];
+            elf::load_interpreter(&ld, &mut mem, &layout)?
+        } else {
+            elf::load(&opts.binary, &mut mem, &layout)?
+        };
         argv.extend(opts.arguments.iter().cloned());
         let env = program_environment(&opts);
         let mut random = [0u8; 16];
@@ -241,15 +269,6 @@ impl MainVm {
         // %gs points at the per-vCPU data vcpuid()/vcpureqid() read (a program may move it).
         machine.cpu.set_gs_base(edgevm_abi::io::VCPU_INFO)?;
         *machine.cpu.regs_mut() = cpu::initial_regs(rsp);
-        let exe = std::fs::canonicalize(&opts.program_path)
-            .unwrap_or_else(|_| opts.program_path.clone())
-            .to_string_lossy()
-            .into_owned();
-        let exe = if exe.starts_with('/') {
-            exe
-        } else {
-            format!("/{exe}")
-        };
         let linux = LinuxState::new(
             layout,
             LinuxConfig {

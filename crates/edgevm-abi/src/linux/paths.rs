@@ -180,6 +180,7 @@ impl LinuxState {
         } else {
             OFlags::RDONLY
         };
+        host |= OFlags::NONBLOCK;
         if dir_only {
             host |= OFlags::DIRECTORY;
         }
@@ -215,6 +216,11 @@ impl LinuxState {
             Ok(s) => s,
             Err(e) => return errno(e),
         };
+        // Opened O_NONBLOCK so that a FIFO in an allowed tree cannot stall the host thread;
+        // FIFOs and sockets are not for guests (ENXIO).
+        if matches!(st.st_mode & 0o170000, 0o010000 | 0o140000) {
+            return -ENXIO;
+        }
         let is_dir = st.st_mode & 0o170000 == 0o040000;
         if is_dir {
             if write {

@@ -1069,3 +1069,14 @@ fn file_mappings_are_private_copies() {
     let d = e.open("/data", 0o200000) as u64;
     assert_eq!(e.call(9, [0, 4096, 1, 2, d, 0]), Ok(-ENODEV));
 }
+
+#[test]
+fn a_fifo_in_an_allowed_tree_never_blocks_the_host() {
+    let (mut e, t) = sandbox_env("fifo");
+    let fifo = t.0.join("allowed/fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // No writer: a blocking open would wait forever.
+    assert_eq!(e.open("/data/fifo", 0), -crate::errno::ENXIO);
+}

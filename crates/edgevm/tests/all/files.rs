@@ -199,3 +199,70 @@ fn espeak_like_lua_and_cpython_programs_read_their_data_through_allowed_paths() 
     }
     s.stop();
 }
+
+#[test]
+fn dynamically_linked_programs_boot_through_the_host_ld_so_with_their_libraries_allowed() {
+    let dir = scratch("files-dynamic");
+    let libs = r#"["/lib/x86_64-linux-gnu"]"#;
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "dy": {{ "filename": {}, "allowed_paths": {libs} }},
+                 "nolibs": {{ "filename": {} }} }}"#,
+            js(guest("dynamic").to_str().unwrap()),
+            js(guest("dynamic").to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    for _ in 0..3 {
+        assert_eq!(
+            s.ok("/dy"),
+            "dynamic: cos(0)=1.0",
+            "libc loaded, libm dlopen()ed"
+        );
+    }
+    // Without its libraries listed, ld.so says so and the program is not served.
+    assert_eq!(s.get("/nolibs").status, 503);
+    s.wait_log(
+        "libc.so.6: cannot open shared object file",
+        std::time::Duration::from_secs(10),
+    );
+    s.stop();
+
+    // Debian's own /usr/bin/python3.11 (dynamically linked, not PIE) runs a script.
+    let python = Path::new("/usr/bin/python3.11");
+    if !python.exists() {
+        panic!("/usr/bin/python3.11 is missing: scripts/deps.sh installs python3");
+    }
+    let script = dir.join("hello.py");
+    std::fs::write(
+        &script,
+        "import json, sys\nprint('python', sys.version_info[:2], json.dumps({'ok': True}))\n",
+    )
+    .unwrap();
+    let pcfg = dir.join("python.json");
+    std::fs::write(
+        &pcfg,
+        format!(
+            r#"{{ "py": {{ "filename": "/usr/bin/python3.11", "max_memory": 512,
+                "allowed_paths": ["/lib/x86_64-linux-gnu", "/usr/lib/python3.11", {}] }} }}"#,
+            js(script.to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let r = edgevm_run(&[
+        "run",
+        "--raw",
+        "--config",
+        pcfg.to_str().unwrap(),
+        "--program",
+        "py",
+        "/usr/bin/python3.11",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert_eq!(r.stdout, "python (3, 11) {\"ok\": true}\n", "{}", r.all());
+}
