@@ -21,6 +21,7 @@
 #     slow_init        main() computes for 60 ms (snapshot tests and benchmark)
 #     storage_api      storage_call/storage_callv semantics (tests/all/storage.rs)
 #     storage_tasks    storage tasks (tests/all/storage_tasks.rs)
+#     fetch_api        sys_fetch probes (tests/all/fetch.rs)
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     files(_musl)     allowed_paths, cwd and descriptors from a handler (tests/all/files.rs)
@@ -41,6 +42,7 @@
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
 #     example_datatree (an espeak-like data directory tree)
+#     example_fetch, example_storage_fetch, example_fetch_cpp (C++)
 #   Rust guest crate (guest/rust/edgevm-guest):
 #     rust_hello_http, rust_event_loop
 #
@@ -141,7 +143,7 @@ build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
-for prog in storage_api state_file shm_api storage_tasks files; do
+for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build call_semantics "$T/call_semantics.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
@@ -176,9 +178,12 @@ if ! skipped rust; then
 fi
 
 # --- Examples -------------------------------------------------------------
-for ex in hello counter scounter echo headers; do
+for ex in hello counter scounter echo headers fetch storage_fetch; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
+if ! skipped cpp; then
+	build example_fetch_cpp "$E/fetch.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$E/fetch.cpp" -o "$OUT/example_fetch_cpp.tmp"
+fi
 
 build dynamic "$T/dynamic.c $HEADER" gcc $CFLAGS -I"$GUEST" "$T/dynamic.c" -o "$OUT/dynamic.tmp"
 build example_datatree "$E/datatree.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/datatree.c" -o "$OUT/example_datatree.tmp"

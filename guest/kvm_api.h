@@ -924,10 +924,26 @@ extern int vcpureqid(void) __attribute__((const));
 /* ==========================================================================
  * HTTP fetch (outgoing requests)
  * ==========================================================================
- * sys_fetch() performs an HTTP request from the host. A path-only URL
- * ("/foo") is a request to the server itself. It is a POST when
- * post_buffer is set. When `content` is NULL the host allocates the result
- * buffer in guest memory. Returns 0 on success.
+ * sys_fetch() makes an HTTP request from the host (the calling request waits;
+ * no HTTP worker of the server does). URL: http://, https://, or a path
+ * ("/program/x"): a self-request, served by the server itself in-process
+ * (at most 4 deep, 50 at once server-wide). Method: GET, POST when
+ * post_buffer is set, or curl_options.method (edgevm). Where a program may
+ * connect is the server's network policy ("allow_net"/"deny_net", see
+ * docs/CONFIG.md): public addresses by default; loopback, private,
+ * link-local and cloud-metadata addresses only when allowed. Limits: 5 s to
+ * connect, 8 s more for the answer (and never past the request's own
+ * deadline), URL up to 8192 bytes, POST body up to 64 MB, response body up
+ * to 256 MB.
+ * Results: status, ctype/ctlen (truncated to 127 bytes, NUL-terminated).
+ * When `content` is NULL the host maps a buffer for the body in guest
+ * memory (NUL-terminated; counted against max_request_memory and undone
+ * by the reset); otherwise `content` is the program's buffer of
+ * `content_length` bytes and a larger body fails the call. When both
+ * `headers` and `headers_length` are 0 the host maps the response headers
+ * there too ("name: value\r\n"..., NUL-terminated); otherwise they are left
+ * alone. Returns 0 on success, -1 on failure (the log says why; the
+ * struct's contents are then undefined).
  */
 struct curl_op {
 	uint32_t    status;          /* out: HTTP status */
@@ -950,12 +966,15 @@ struct curl_fields {
 #define CURL_SETFIELD(f, idx, value) \
 	do { (f).ptr[idx] = (value); (f).len[idx] = (uint16_t)__builtin_strlen(value); } while (0)
 struct curl_options {
-	const char *interface;        /* Network interface to bind to. */
-	const char *unused;
-	int8_t      follow_location;  /* Follow redirects. */
-	int8_t      dummy_fetch;      /* Do not keep the content. */
-	int8_t      tcp_fast_open;
-	int8_t      dont_verify_host;
+	const char *interface;        /* Bind to an interface: not supported (fails). */
+	union {
+		const char *unused;       /* The reference's name. */
+		const char *method;       /* edgevm: "PUT", "DELETE"... (NULL: GET/POST). */
+	};
+	int8_t      follow_location;  /* Follow redirects (at most 10, each hop checked). */
+	int8_t      dummy_fetch;      /* Do not keep the content (content_length 0). */
+	int8_t      tcp_fast_open;    /* Accepted, no effect. */
+	int8_t      dont_verify_host; /* Do not verify the TLS certificate. */
 	uint32_t    unused_opt5;
 };
 /* [0x20000] fields and options may be NULL. */

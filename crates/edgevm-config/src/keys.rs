@@ -372,6 +372,28 @@ pub(crate) static KEYS: &[KeySpec] = &[
         is_default: |_| true,
     },
     KeySpec {
+        // edgevm extension: the outgoing network policy (edgevm-netpolicy), added to the
+        // server's and the group's.
+        name: "allow_net",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| {
+            d.cfg.allow_net.extend(net_entries(v)?);
+            Ok(())
+        },
+        is_default: |_| true,
+    },
+    KeySpec {
+        name: "deny_net",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| {
+            d.cfg.deny_net.extend(net_entries(v)?);
+            Ok(())
+        },
+        is_default: |_| true,
+    },
+    KeySpec {
         name: "allowed_paths",
         aliases: &[],
         support: Supported,

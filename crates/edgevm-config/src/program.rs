@@ -135,6 +135,13 @@ pub struct ProgramConfig {
     pub remote_debug_on_exception: bool,
     /// `debug_listen` (edgevm): where GDB sessions listen. Default 127.0.0.1:2159.
     pub debug_listen: std::net::SocketAddr,
+    /// `allow_net` (edgevm): destinations this program may reach besides public addresses
+    /// (`sys_fetch`, sockets; see the `edgevm-netpolicy` crate). Each layer (server, group,
+    /// program) **appends**.
+    pub allow_net: Vec<String>,
+    /// `deny_net` (edgevm): destinations this program may not reach, even public ones or
+    /// ones listed in `allow_net`. Each layer **appends**.
+    pub deny_net: Vec<String>,
     /// `main_arguments`: arguments after argv\[0\] (`$HOME`/`$PWD`
     /// expanded). A later layer replaces the list.
     pub main_arguments: Vec<String>,
@@ -314,6 +321,8 @@ pub(crate) static DEFAULTS: LazyLock<ProgramConfig> = LazyLock::new(|| ProgramCo
         std::net::Ipv4Addr::LOCALHOST,
         2159,
     )),
+    allow_net: Vec::new(),
+    deny_net: Vec::new(),
     main_arguments: Vec::new(),
     environment: Vec::new(),
     allowed_paths: Vec::new(),

@@ -89,6 +89,11 @@ pub struct ServerConfig {
     /// `snapshot_dir`: each program's snapshot file is `<dir>/<program>.snapshot` unless it
     /// has its own `cold_start_file` (programs with storage are not snapshotted).
     pub snapshot_dir: Option<PathBuf>,
+    /// `allow_net`: destinations every program may reach besides public addresses (see the
+    /// `edgevm-netpolicy` crate); groups and programs add their own.
+    pub allow_net: Option<Vec<String>>,
+    /// `deny_net`: destinations no program may reach.
+    pub deny_net: Option<Vec<String>>,
 }
 
 /// Where a listener listens.
@@ -148,6 +153,8 @@ pub const SERVER_KEYS: &[&str] = &[
     "log_requests",
     "error_details",
     "snapshot_dir",
+    "allow_net",
+    "deny_net",
 ];
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -397,6 +404,8 @@ impl ServerConfig {
                     .ok_or_else(|| format!("must be a directory path, got {}", describe(v)))?;
                 self.snapshot_dir = Some(PathBuf::from(d));
             }
+            "allow_net" => self.allow_net = Some(crate::keys::net_entries(v)?),
+            "deny_net" => self.deny_net = Some(crate::keys::net_entries(v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -586,6 +595,12 @@ impl ServerConfig {
         }
         if let Some(d) = &self.snapshot_dir {
             m.insert("snapshot_dir".into(), d.to_string_lossy().into());
+        }
+        if let Some(l) = &self.allow_net {
+            m.insert("allow_net".into(), l.clone().into());
+        }
+        if let Some(l) = &self.deny_net {
+            m.insert("deny_net".into(), l.clone().into());
         }
         Value::Object(m)
     }

@@ -181,6 +181,7 @@ impl BootCalls<'_> {
                     Flow::Return(u64::MAX)
                 }
             }
+            call @ Call::Fetch { .. } => Flow::Return(vm.fetch_hypercall(call)),
             _ => Flow::Refuse,
         })
     }

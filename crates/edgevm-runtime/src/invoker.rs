@@ -232,6 +232,7 @@ impl<M: MemoryView> Invoker<M> {
         self.in_loop = kind == 0;
         self.stashed = None;
         self.lost_headers = 0;
+        self.vm.fetch_depth = req.self_depth;
         if kind == 0 {
             if let Err(f) = self.resume_loop(handler) {
                 return Outcome::Failed(f);

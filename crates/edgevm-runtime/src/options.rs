@@ -52,6 +52,8 @@ pub struct VmOptions {
     pub allowed_paths: Vec<edgevm_abi::sandbox::PathRule>,
     /// current_working_directory (a guest path; "/" by default).
     pub cwd: String,
+    /// Outgoing network access (`sys_fetch`): policy and fetcher (crate::net).
+    pub net: crate::net::NetAccess,
 }
 
 impl VmOptions {
@@ -78,6 +80,7 @@ impl VmOptions {
             state_file: None,
             allowed_paths: Vec::new(),
             cwd: "/".into(),
+            net: crate::net::NetAccess::default(),
         }
     }
 

@@ -17,6 +17,9 @@ pub struct GuestRequest {
     pub body: Vec<u8>,
     /// True for warmup requests sent before the main VM is frozen.
     pub warmup: bool,
+    /// How many self-requests (`sys_fetch` of a path) led to this one: 0 for a client's
+    /// request. Bounded by the server (its self-request depth limit).
+    pub self_depth: u32,
 }
 
 /// What a program answered.

@@ -163,6 +163,7 @@ impl<M: MemoryView> Invoker<M> {
                 }
                 copied
             }
+            call @ Call::Fetch { .. } => self.vm.fetch_hypercall(call),
             Call::StorageAllow { .. } => u64::MAX,
             Call::StorageTask { .. } => match self.storage.clone() {
                 Some(st) => {

@@ -145,6 +145,11 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     /// The guest stopped at a system call that is made when the VM resumes (see
     /// [`Event::Preempted`]).
     pending_syscall: bool,
+    /// A call that may block (`sys_fetch`) made during a time slice: the slice ended at it and
+    /// it is served when the VM resumes, on a thread that may block.
+    pending_call: Option<Call>,
+    /// Self-request depth of the request being served (0: a client's), for `sys_fetch`.
+    pub(crate) fetch_depth: u32,
     /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
     /// not the program's, so they are left out of exits-per-request counts.
     pub timer_exits: u64,
@@ -407,6 +412,8 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             deadline: None,
             slice_end: None,
             pending_syscall: false,
+            pending_call: None,
+            fetch_depth: 0,
             timer_exits: 0,
             debug: None,
         }
@@ -417,6 +424,9 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     pub fn run_until_event(&mut self) -> Result<Event, RunError> {
         if self.debug.is_some() {
             return crate::debug::run_until_event(self);
+        }
+        if let Some(call) = self.pending_call.take() {
+            return Ok(Event::Hypercall(call));
         }
         if std::mem::take(&mut self.pending_syscall) {
             if let Some(ev) = self.syscall()? {
@@ -441,6 +451,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                 Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
                     match api::decode(value, self.machine.cpu.regs()) {
                         Ok(Call::Returned) => return Ok(Event::Returned),
+                        Ok(call @ Call::Fetch { .. }) if self.slice_end.is_some() => {
+                            // A fetch would hold this thread (an HTTP worker) for seconds:
+                            // end the slice here and serve it wherever the VM resumes.
+                            self.slice_end = None;
+                            self.pending_call = Some(call);
+                            return Ok(Event::Preempted);
+                        }
                         Ok(call) => {
                             if !self.generic_hypercall(call)? {
                                 return Ok(Event::Hypercall(call));

@@ -34,5 +34,6 @@ pub mod listen;
 pub mod logtext;
 pub mod metrics;
 pub mod native;
+pub mod outgoing;
 pub mod programs;
 pub mod strict;

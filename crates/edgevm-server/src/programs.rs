@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use edgevm_config::{Config, ProgramConfig};
+use edgevm_runtime::net::NetAccess;
 use edgevm_runtime::pool::{
     LoadedBinary, Loader, ProgramSettings, Runtime, UpdateError, WarmupSettings,
 };
@@ -108,6 +109,30 @@ pub fn snapshot_file(p: &ProgramConfig, cfg: &Config) -> Option<std::path::PathB
     (!p.storage).then(|| edgevm_runtime::snapshot::file_in(dir, &p.name))
 }
 
+/// A program's network access: the server's `allow_net`/`deny_net` plus the program's (its
+/// group's included), and the server's fetcher (outgoing.rs). The entries were validated when
+/// the configuration was loaded.
+pub fn net_access(cfg: &Config, p: &ProgramConfig) -> NetAccess {
+    let s = &cfg.server;
+    let policy = crate::outgoing::program_policy(
+        s.allow_net.as_deref().unwrap_or_default(),
+        s.deny_net.as_deref().unwrap_or_default(),
+        &p.allow_net,
+        &p.deny_net,
+    )
+    .unwrap_or_else(|e| {
+        // Cannot happen (validated at load); refuse everything rather than allow too much.
+        tracing::error!("{}: {e}; outgoing requests refused", p.name);
+        edgevm_runtime::net::NetPolicy::parse(&[], &["0.0.0.0/0".into(), "::/0".into()])
+            .unwrap_or_default()
+    });
+    let fetcher: Arc<dyn edgevm_runtime::net::Fetcher> = crate::outgoing::outgoing();
+    NetAccess {
+        policy: Arc::new(policy),
+        fetcher: Some(fetcher),
+    }
+}
+
 /// Build the runtime for every program of `cfg`. Programs that cannot be set up (bad
 /// settings, unreadable file, features not built yet) are registered as failed, so requests
 /// to them get a clear 503 and the rest keep serving. Returns the error lines too.
@@ -145,6 +170,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
             // Downloaded (or taken from the cache) when the program boots.
             let mut settings = program_settings(p, Vec::new());
             settings.snapshot = snapshot_file(p, cfg);
+            settings.vm.net = net_access(cfg, p);
             let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
             settings.loader = Some(Loader(Arc::new(move || {
                 let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), timeout)
@@ -183,6 +209,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 drop(f);
                 let mut settings = program_settings(p, Vec::new());
                 settings.snapshot = snapshot_file(p, cfg);
+                settings.vm.net = net_access(cfg, p);
                 settings.loader = Some(local_loader(name, file));
                 rt.add(name, settings);
             }

@@ -659,6 +659,7 @@ fn run_request(mut pc: ProgramConfig, o: &VmOptions, req: RequestSpec) -> Result
         content_type,
         body: req.body,
         warmup: false,
+        self_depth: 0,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

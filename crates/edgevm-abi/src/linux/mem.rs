@@ -119,6 +119,17 @@ impl LinuxState {
         req as i64
     }
 
+    /// Map `len` bytes of zeroed anonymous memory for the program, as its own `mmap` would
+    /// (counted against max_memory and the request's limit, undone by the VM's reset): how the
+    /// host hands a program a buffer it filled (e.g. a `sys_fetch` response). None: no room.
+    pub fn map_anonymous(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
+        let len = page_up(len.max(1));
+        if len == 0 || len > self.layout.mem_size {
+            return None;
+        }
+        self.alloc(len, mem)
+    }
+
     pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
         if !self.can_grow(len) {
             return None;

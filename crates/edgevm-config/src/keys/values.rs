@@ -139,6 +139,26 @@ pub(super) fn expanded_strings(v: &Value, vars: &PathVars) -> Result<Vec<String>
         .collect()
 }
 
+/// `allow_net` / `deny_net`: a list of network entries, each checked here.
+pub(crate) fn net_entries(v: &Value) -> Result<Vec<String>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!(
+            "must be a list such as [\"127.0.0.1:7000\", \"10.1.0.0/16\", \"db.internal:5432\"], got {}",
+            describe(v)
+        ));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let s = item
+                .as_str()
+                .ok_or_else(|| format!("entries must be strings, got {}", describe(item)))?;
+            edgevm_netpolicy::NetRule::parse(s)?;
+            Ok(s.trim().to_string())
+        })
+        .collect()
+}
+
 pub(super) fn hex_digest(v: &Value, len: usize) -> Result<String, String> {
     let s = string(v)?;
     if s.len() != len || !s.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -405,6 +405,10 @@ pub(super) fn other_hypercall(core: &Core, vm: &mut StorageVm, call: ApiCall) {
         ApiCall::StopStorageTask { id } => {
             vm.machine.cpu.regs_mut().rax = u64::from(core.tasks.stop(id));
         }
+        call @ ApiCall::Fetch { .. } => {
+            let r = vm.fetch_hypercall(call);
+            vm.machine.cpu.regs_mut().rax = r;
+        }
         other => vm.unsupported_call(other.num()),
     }
 }

@@ -118,6 +118,7 @@ pub(super) async fn run_program(
         content_type,
         body: body.into(),
         warmup: false,
+        self_depth: 0,
     };
 
     match shared.host.serve(program, greq).await {

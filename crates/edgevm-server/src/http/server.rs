@@ -186,6 +186,8 @@ pub fn run_server(
     admin: Option<Arc<dyn AdminHandler>>,
 ) -> io::Result<()> {
     let rt = http_runtime()?;
+    crate::outgoing::attach_runtime(rt.handle().clone());
+    crate::outgoing::attach_host(&host);
     let result = rt.block_on(async {
         let stop = drain_then_stop(opts.drain.clone(), opts.drain_period)?;
         serve(opts, host, admin, stop).await

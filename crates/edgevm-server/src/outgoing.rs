@@ -1,0 +1,349 @@
+//! Outgoing requests of programs (`sys_fetch`, edgevm-runtime's [`Fetcher`]):
+//!
+//! * `http://` and `https://` URLs with ureq, every connection (redirects included) checked
+//!   against the program's [`NetPolicy`] *after* DNS resolution, in the resolver: a name that
+//!   resolves to a loopback or private address is refused like the address itself;
+//! * a path (`/program/x`) is a **self-request**: served in-process by edgevm's own router
+//!   (no TCP), at most [`MAX_SELF_REQUESTS`] at once server-wide and [`MAX_SELF_DEPTH`] deep
+//!   (a program fetching itself cannot recurse forever).
+//!
+//! The runtime calls [`Outgoing::fetch`] only on threads that may block (never an HTTP worker):
+//! see docs/DESIGN.md, "Outgoing fetch". [`Outgoing::self_request`] is the entry point for other
+//! in-process callers (a chain's `fetch` step).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use edgevm_runtime::net::{
+    FetchError, FetchRequest, FetchResponse, Fetcher, NetPolicy, FETCH_CONNECT_TIMEOUT,
+    MAX_REDIRECTS,
+};
+use edgevm_runtime::{GuestRequest, ProgramHost, ServeError};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+/// Self-requests in flight at once, server-wide (the reference's `max_concurrent_requests`
+/// default); more fail at once.
+pub const MAX_SELF_REQUESTS: usize = 50;
+/// How deep self-requests may nest (a request that fetches itself that fetches itself ...).
+pub const MAX_SELF_DEPTH: u32 = 4;
+
+/// Makes the outgoing requests of every program of the server.
+pub struct Outgoing {
+    host: OnceLock<Weak<dyn ProgramHost>>,
+    handle: OnceLock<tokio::runtime::Handle>,
+    self_in_flight: AtomicUsize,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing").finish_non_exhaustive()
+    }
+}
+
+/// The server's one [`Outgoing`].
+pub fn outgoing() -> Arc<Outgoing> {
+    static O: OnceLock<Arc<Outgoing>> = OnceLock::new();
+    O.get_or_init(|| {
+        Arc::new(Outgoing {
+            host: OnceLock::new(),
+            handle: OnceLock::new(),
+            self_in_flight: AtomicUsize::new(0),
+        })
+    })
+    .clone()
+}
+
+/// Give self-requests the router they go to (the programs being served). Without it, a
+/// self-request fails with "self-requests are not available".
+pub fn attach_host(host: &Arc<dyn ProgramHost>) {
+    let _ = outgoing().host.set(Arc::downgrade(host));
+}
+
+/// Give self-requests the runtime to run on when made from a thread outside it (the storage
+/// VM's task thread). Called by the server when its runtime starts.
+pub fn attach_runtime(handle: tokio::runtime::Handle) {
+    let _ = outgoing().handle.set(handle);
+}
+
+/// Decrements the self-request count when dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Outgoing {
+    /// A self-request: `method url` (a path, `/program/...`) served by the router in-process,
+    /// as a client's request would be. `depth` is the self-request depth of the request making
+    /// it (0: a client's). Blocking: call it from a thread that may block.
+    pub fn self_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        depth: u32,
+        deadline: Instant,
+    ) -> Result<FetchResponse, FetchError> {
+        if depth >= MAX_SELF_DEPTH {
+            return Err(FetchError(format!(
+                "self-request {url} refused: self-requests nest at most {MAX_SELF_DEPTH} deep"
+            )));
+        }
+        let host = self
+            .host
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| FetchError("self-requests are not available here".into()))?;
+        let path = url.split(['?', '#']).next().unwrap_or("");
+        let program = path
+            .strip_prefix('/')
+            .and_then(|p| p.split('/').next())
+            .unwrap_or("");
+        if program.is_empty() || crate::http::RESERVED_SEGMENTS.contains(&program) {
+            return Ok(FetchResponse {
+                status: 404,
+                content_type: "text/plain".into(),
+                headers: Vec::new(),
+                body: b"not found".to_vec(),
+            });
+        }
+        if self.self_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_SELF_REQUESTS {
+            self.self_in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(FetchError(format!(
+                "self-request {url} refused: {MAX_SELF_REQUESTS} self-requests are in flight already"
+            )));
+        }
+        let _count = InFlight(&self.self_in_flight);
+        let content_type = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let req = GuestRequest {
+            method: method.to_string(),
+            url: url.to_string(),
+            arg: String::new(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            content_type,
+            body,
+            warmup: false,
+            self_depth: depth + 1,
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.handle.get().cloned())
+            .ok_or_else(|| FetchError("self-requests are not available here".into()))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let fut = host.serve(program, req);
+        let r = handle.block_on(async move { tokio::time::timeout(left, fut).await });
+        match r {
+            Err(_) => Err(FetchError(format!(
+                "self-request {url} timed out after {left:?}"
+            ))),
+            Ok(Ok(resp)) => Ok(FetchResponse {
+                status: resp.status,
+                content_type: resp.content_type,
+                headers: resp.headers,
+                body: resp.body,
+            }),
+            Ok(Err(e)) => {
+                let status = crate::http::error_status(&e).as_u16();
+                let body = match &e {
+                    ServeError::ProgramNotFound(_) => "not found".to_string(),
+                    _ => format!("{status} {}", e),
+                };
+                Ok(FetchResponse {
+                    status,
+                    content_type: "text/plain".into(),
+                    headers: Vec::new(),
+                    body: body.into_bytes(),
+                })
+            }
+        }
+    }
+
+    fn http(&self, req: FetchRequest) -> Result<FetchResponse, FetchError> {
+        let left = req.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FetchError("no time left".into()));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(!req.verify_tls)
+            .build();
+        let config = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .allow_non_standard_methods(true)
+            .timeout_connect(Some(FETCH_CONNECT_TIMEOUT.min(left)))
+            .timeout_global(Some(left))
+            .max_redirects(if req.follow_location {
+                MAX_REDIRECTS
+            } else {
+                0
+            })
+            .max_redirects_will_error(false)
+            .tls_config(tls)
+            .user_agent("edgevm")
+            .build();
+        let resolver = PolicyResolver {
+            policy: req.policy.clone(),
+            program: req.program.clone(),
+        };
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
+        let mut b = ureq::http::Request::builder()
+            .method(req.method.as_str())
+            .uri(req.url.as_str());
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let shown = |e: ureq::Error| -> FetchError {
+            FetchError(match e {
+                ureq::Error::Timeout(t) => format!("timed out ({t})"),
+                ureq::Error::BodyExceedsLimit(n) => {
+                    format!("response body larger than {n} bytes")
+                }
+                ureq::Error::Io(io) => io.to_string(),
+                e => e.to_string(),
+            })
+        };
+        let resp = match req.body {
+            Some(body) => {
+                let r = b
+                    .body(body)
+                    .map_err(|e| FetchError(format!("bad request: {e}")))?;
+                agent.run(r)
+            }
+            None => {
+                let r = b
+                    .body(())
+                    .map_err(|e| FetchError(format!("bad request: {e}")))?;
+                agent.run(r)
+            }
+        };
+        let mut resp = resp.map_err(shown)?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let content_type = headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(req.max_body)
+            .read_to_vec()
+            .map_err(shown)?;
+        Ok(FetchResponse {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+}
+
+impl Fetcher for Outgoing {
+    fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, FetchError> {
+        if req.url.starts_with('/') {
+            let body = req.body.unwrap_or_default();
+            return self.self_request(
+                &req.method,
+                &req.url,
+                req.headers,
+                body,
+                req.depth,
+                req.deadline,
+            );
+        }
+        self.http(req)
+    }
+}
+
+/// Resolves like ureq's default resolver, then keeps only the addresses the program's policy
+/// allows: the check is on the address actually connected to, for every hop.
+#[derive(Debug)]
+struct PolicyResolver {
+    policy: Arc<NetPolicy>,
+    program: String,
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or("");
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = bare.parse::<IpAddr>().is_err().then_some(bare);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        if let Some(rule) = name.and_then(|n| self.policy.name_denied(n, port)) {
+            let why = format!("network policy refuses {bare}:{port}: listed in deny_net ({rule})");
+            tracing::warn!(program = %self.program, "sys_fetch refused: {why}");
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            )));
+        }
+        let all = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let mut out = self.empty();
+        let mut refused = None;
+        for a in all.iter() {
+            let a: SocketAddr = *a;
+            match self.policy.check(name, a) {
+                Ok(()) => out.push(a),
+                Err(r) => refused = Some(r),
+            }
+        }
+        if out.is_empty() {
+            let why = refused.map_or_else(|| format!("{bare}: no address"), |r| r.to_string());
+            tracing::warn!(program = %self.program, "sys_fetch refused: {why}");
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// A program's policy: the server's lists plus the program's (group's included).
+pub fn program_policy(
+    server_allow: &[String],
+    server_deny: &[String],
+    allow: &[String],
+    deny: &[String],
+) -> Result<NetPolicy, String> {
+    NetPolicy::parse(server_allow, server_deny)?.with(allow, deny)
+}
+
+/// How long a fetch may take at most.
+pub fn fetch_budget() -> Duration {
+    FETCH_CONNECT_TIMEOUT + edgevm_runtime::net::FETCH_READ_TIMEOUT
+}
