@@ -35,6 +35,8 @@ fn config(dir: &Path, names: &[&str], extra: &str) -> std::path::PathBuf {
                 "regex_api"
             } else if n.starts_with("slow") {
                 "slow_init"
+            } else if n.starts_with("event") {
+                "event_loop"
             } else {
                 "example_hello"
             };
@@ -58,6 +60,8 @@ fn answers(s: &Server, names: &[&str]) -> Vec<String> {
         .map(|n| {
             let path = if n.starts_with("regex") {
                 format!("/{n}/match?s=ab-cd")
+            } else if n.starts_with("event") {
+                format!("/{n}/a")
             } else {
                 format!("/{n}")
             };
@@ -74,7 +78,7 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
     std::fs::create_dir(&snap).unwrap();
     std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
     let names = [
-        "good", "regex", "slow", "trunc", "flip", "meta", "version", "binary", "other", "link",
+        "good", "regex", "slow", "event", "trunc", "flip", "meta", "version", "binary", "other", "link",
         "fifo", "empty",
     ];
     let cfg = config(&dir, &names, "");
@@ -109,7 +113,7 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
         "no temporary files left"
     );
 
-    // 2. Damage all but the first three, each in its own way.
+    // 2. Damage all but the first four, each in its own way.
     let len = std::fs::metadata(file("trunc")).unwrap().len();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -150,13 +154,14 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
     assert!(st.success());
     std::fs::write(file("empty"), b"").unwrap();
 
-    // 3. Restart: the first three start from their snapshots and answer exactly as the boot
-    // did (slow's answer holds the number of rounds its main() ran: not run again); the
-    // others say why their file was ignored, boot, answer, and write a good file.
+    // 3. Restart: the first four start from their snapshots and answer exactly as the boot
+    // did (slow's answer holds the number of rounds its main() ran: not run again; event is
+    // an event loop frozen at its paused point); the others say why their file was ignored,
+    // boot, answer, and write a good file.
     let s = Server::start(&dir, &[&cfg], &[]);
     s.wait_loaded(&names);
     let log = s.log();
-    for n in ["good", "regex", "slow"] {
+    for n in ["good", "regex", "slow", "event"] {
         assert!(
             log.contains(&format!("Program '{n}' started from its snapshot")),
             "{n}:\n{log}"
@@ -164,8 +169,8 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
         assert_eq!(s.stat(n, "snapshot_starts"), 1.0, "{n}");
     }
     let again = answers(&s, &names);
-    assert_eq!(again[..3], booted[..3]);
-    for (i, n) in names.iter().enumerate().skip(3) {
+    assert_eq!(again[..4], booted[..4]);
+    for (i, n) in names.iter().enumerate().skip(4) {
         if *n != "binary" && *n != "other" {
             assert_eq!(again[i], booted[i], "{n}");
         }
@@ -193,7 +198,7 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
         assert_eq!(s.stat(n, "snapshot_rejected"), 1.0, "{n}");
         assert_eq!(s.stat(n, "snapshot_starts"), 0.0, "{n}");
     }
-    wait_written(&s, &names[3..]);
+    wait_written(&s, &names[4..]);
     // The link was replaced by a file; what it pointed at is untouched.
     assert!(!std::fs::symlink_metadata(file("link"))
         .unwrap()
@@ -207,7 +212,7 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
     for n in names {
         assert_eq!(s.stat(n, "snapshot_starts"), 1.0, "{n}");
     }
-    assert_eq!(answers(&s, &names[..3]), booted[..3]);
+    assert_eq!(answers(&s, &names[..4]), booted[..4]);
     s.stop();
     std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o777)).unwrap();
     let s = Server::start(&dir, &[&cfg], &[]);
