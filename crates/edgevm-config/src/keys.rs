@@ -166,6 +166,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
         is_default: |_| true,
     },
     KeySpec {
+        // edgevm extension: idle programs give their frozen image back too.
+        name: "free_idle_image",
+        aliases: &[],
+        support: Supported,
+        apply: |d, v, _| set_bool(&mut d.cfg.free_idle_image, v),
+        is_default: |_| true,
+    },
+    KeySpec {
         name: "start",
         aliases: &[],
         support: Supported,

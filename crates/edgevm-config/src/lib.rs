@@ -657,6 +657,18 @@ fn finalize(draft: Draft, is_program: bool) -> Result<ProgramConfig, ConfigError
             "a program needs a 'filename' or a 'uri'".to_string(),
         ));
     }
+    if cfg.free_idle_image && cfg.free_idle_vms_after.is_none() {
+        errors.push(inconsistent(
+            "'free_idle_image' needs 'free_idle_vms_after' (the image goes after the request VMs)"
+                .to_string(),
+        ));
+    }
+    if cfg.free_idle_image && cfg.storage {
+        errors.push(inconsistent(
+            "'free_idle_image' cannot be used with 'storage': such a program has no snapshot"
+                .to_string(),
+        ));
+    }
     if cfg.storage && cfg.cold_start_file.is_some() {
         errors.push(inconsistent(
             "'cold_start_file' cannot be used with 'storage': a snapshot does not hold the \

@@ -69,6 +69,10 @@ pub struct ProgramConfig {
     /// configuration, the default): keep them.
     #[serde(serialize_with = "ser_opt_secs")]
     pub free_idle_vms_after: Option<Duration>,
+    /// `free_idle_image` (edgevm extension): once `free_idle_vms_after` freed every request
+    /// VM, free the frozen image too (it stays on disk as the program's snapshot file); the
+    /// next request loads it back.
+    pub free_idle_image: bool,
     /// `max_boot_time` (seconds): time limit for `main()` to reach
     /// waiting for requests. Default 16 s.
     #[serde(serialize_with = "ser_secs")]
@@ -299,6 +303,7 @@ pub(crate) static DEFAULTS: LazyLock<ProgramConfig> = LazyLock::new(|| ProgramCo
     concurrency: 2,
     max_queue: DEFAULT_MAX_QUEUE,
     free_idle_vms_after: None,
+    free_idle_image: false,
     max_boot_time: Duration::from_secs(16),
     max_request_time: Duration::from_secs(8),
     max_storage_time: Duration::from_secs(10),

@@ -13,6 +13,13 @@
 //! Each VM keeps its index (`vcpureqid()`): a freed VM's index goes back to a free list and
 //! the next fork takes it, so the VMs alive at one time always have different indices below
 //! `concurrency`.
+//!
+//! With `free_idle_image` (and a snapshot file, which every start of such a program writes or
+//! starts from), once every request VM is gone the frozen image goes too: its memory is
+//! given back and the program holds no guest memory at all. The next request loads the
+//! image back from the snapshot file on a blocking thread (snapshot.rs; if the file is no
+//! longer valid, e.g. the binary changed, the program boots again there) and then forks its
+//! VM as above.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -20,6 +27,21 @@ use std::time::{Duration, Instant};
 
 use crate::pool::{Program, VmPool};
 use crate::request::ServeError;
+use crate::vm::Frozen;
+
+/// A ready program's frozen image, which `free_idle_image` may free and a request bring back.
+pub(crate) struct ImageSlot(Mutex<Option<Arc<Frozen>>>);
+
+impl ImageSlot {
+    pub(crate) fn new(f: Arc<Frozen>) -> ImageSlot {
+        ImageSlot(Mutex::new(Some(f)))
+    }
+
+    /// The image, if it is in memory.
+    pub(crate) fn get(&self) -> Option<Arc<Frozen>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// How often the watcher looks at the programs.
 const PERIOD: Duration = Duration::from_millis(250);
@@ -153,6 +175,9 @@ impl Program {
             r.dropped();
             freed += 1;
         }
+        if r.resident() == 0 && self.settings.free_idle_image {
+            self.free_image(pool);
+        }
         if freed > 0 {
             // KVM VMs made ahead at boot and not used go too (a refill makes its own).
             pool.shells
@@ -169,9 +194,55 @@ impl Program {
         }
     }
 
+    /// Every request VM is gone: free the frozen image too, if the program's snapshot file
+    /// holds it (written or started from by this program).
+    fn free_image(&self, pool: &VmPool) {
+        let s = &self.stats;
+        let on_disk = s.snapshot_writes.load(Ordering::Relaxed)
+            + s.snapshot_starts.load(Ordering::Relaxed)
+            + s.images_reloaded.load(Ordering::Relaxed)
+            > 0;
+        let mut slot = pool.frozen.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !on_disk || slot.is_none() || self.residency.resident() > 0 {
+            return;
+        }
+        *slot = None;
+        s.image_resident.store(0, Ordering::Relaxed);
+        s.memory_image_bytes.store(0, Ordering::Relaxed);
+        s.images_freed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("Program '{}': idle frozen image freed", self.name);
+    }
+
+    /// The image back in memory (a request needs a VM and the image was freed): from the
+    /// snapshot file, else by booting the program again. Runs on a blocking thread.
+    fn reload_image(&self, pool: &VmPool) -> Result<Arc<Frozen>, crate::error::BootError> {
+        let mut slot = pool.frozen.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = &*slot {
+            return Ok(f.clone());
+        }
+        let mut settings = self.settings.clone();
+        self.load_binary(&mut settings)?;
+        let frozen = match self.load_snapshot(&settings) {
+            Some(f) => f,
+            None => {
+                let f = self.boot_and_freeze(&settings, &None)?;
+                self.write_snapshot(&f, &settings);
+                f
+            }
+        };
+        let s = &self.stats;
+        s.image_resident.store(1, Ordering::Relaxed);
+        s.memory_image_bytes
+            .store(frozen.image.backing_bytes(), Ordering::Relaxed);
+        s.images_reloaded.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(frozen.clone());
+        Ok(frozen)
+    }
+
     /// No VM is free: if some were freed while the program was idle, fork one back into the
-    /// pool (the request then waits in line for a VM as usual).
-    pub(crate) fn refill(&self, pool: &VmPool) -> Result<(), ServeError> {
+    /// pool (the request then waits in line for a VM as usual); a freed image comes back
+    /// first, on a blocking thread.
+    pub(crate) async fn refill(self: &Arc<Self>, pool: &Arc<VmPool>) -> Result<(), ServeError> {
         let r = &self.residency;
         let Some(index) = r
             .free_indices
@@ -181,7 +252,28 @@ impl Program {
         else {
             return Ok(());
         };
-        match self.fork(&pool.frozen, &pool.storage, &pool.shells, index) {
+        let frozen = match pool.frozen.get() {
+            Some(f) => Ok(f),
+            None => {
+                let (me, p) = (self.clone(), pool.clone());
+                match tokio::task::spawn_blocking(move || me.reload_image(&p)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("internal error while loading the program's image".into()),
+                }
+            }
+        };
+        let frozen = match frozen {
+            Ok(f) => f,
+            Err(e) => {
+                r.free_indices
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(index);
+                tracing::error!("{}: {e}", self.name);
+                return Err(ServeError::ProgramUnavailable(e));
+            }
+        };
+        match self.fork(&frozen, &pool.storage, &pool.shells, index) {
             Ok(vm) => {
                 r.refilled.fetch_add(1, Ordering::Relaxed);
                 pool.put(vm);

@@ -14,7 +14,6 @@ use crate::error::BootError;
 use crate::request::{GuestRequest, GuestResponse, ServeError};
 use crate::request_vm::{FailureKind, RequestFailure, RequestStats, RequestVm, Step};
 use crate::storage::StorageHandle;
-use crate::vm::Frozen;
 
 pub use crate::runtime::{Runtime, UpdateError};
 pub use crate::settings::{
@@ -35,7 +34,8 @@ impl Shells {
 
 /// The request VMs of a ready program.
 pub(crate) struct VmPool {
-    pub(crate) frozen: Arc<Frozen>,
+    /// The frozen image (None while freed by `free_idle_image`: idle.rs).
+    pub(crate) frozen: crate::idle::ImageSlot,
     pub(crate) storage: Option<StorageHandle>,
     pub(crate) shells: Arc<Shells>,
     /// Idle VMs (boxed: a request moves its VM in and out of here), each with the thread
@@ -350,7 +350,7 @@ impl Program {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(ServeError::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 // VMs freed while the program was idle come back first.
-                self.refill(&pool)?;
+                self.refill(&pool).await?;
                 // `waiting` counts this request too: at most `max_queue` wait.
                 if self.waiting.load(Ordering::Relaxed) > self.settings.max_queue {
                     self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -423,9 +423,14 @@ impl Program {
                 "{}: internal error while handling a request; replacing the VM",
                 self.name
             );
-            match self.fork(&pool.frozen, &pool.storage, &pool.shells, 0) {
-                Ok(v) => pool.put(v),
-                Err(e) => tracing::error!("{}: cannot replace the VM: {e}", self.name),
+            match pool
+                .frozen
+                .get()
+                .map(|f| self.fork(&f, &pool.storage, &pool.shells, 0))
+            {
+                Some(Ok(v)) => pool.put(v),
+                Some(Err(e)) => tracing::error!("{}: cannot replace the VM: {e}", self.name),
+                None => {}
             }
             stats.status_5xx.fetch_add(1, Ordering::Relaxed);
             return Err(ServeError::ProgramError(

@@ -75,7 +75,10 @@ impl Program {
     }
 
     /// Get the binary from the loader, if the program has one: the download time, if any.
-    fn load_binary(&self, settings: &mut ProgramSettings) -> Result<Option<Duration>, BootError> {
+    pub(crate) fn load_binary(
+        &self,
+        settings: &mut ProgramSettings,
+    ) -> Result<Option<Duration>, BootError> {
         let Some(loader) = &settings.loader else {
             return Ok(None);
         };
@@ -114,7 +117,7 @@ impl Program {
     }
 
     /// Boot the main VM to wait_for_requests(), warm it up and freeze it.
-    fn boot_and_freeze(
+    pub(crate) fn boot_and_freeze(
         &self,
         settings: &ProgramSettings,
         storage: &Option<StorageHandle>,
@@ -151,7 +154,7 @@ impl Program {
     ) {
         let n = self.settings.concurrency.max(1);
         let pool = Arc::new(VmPool {
-            frozen: frozen.clone(),
+            frozen: crate::idle::ImageSlot::new(frozen.clone()),
             storage: storage.clone(),
             shells,
             idle: Mutex::new(Vec::with_capacity(n as usize)),
@@ -178,6 +181,7 @@ impl Program {
             if settings.cached { "cached" } else { "not cached" },
         );
         self.retry.succeeded();
+        self.stats.image_resident.store(1, Ordering::Relaxed);
         self.set_state(State::Ready { vms: n, ready_ms });
         self.residency.touch();
         self.watch_idle();
@@ -220,7 +224,10 @@ impl Program {
                     if i >= n {
                         break;
                     }
-                    match me.fork(&pool.frozen, &pool.storage, &pool.shells, i) {
+                    let Some(frozen) = pool.frozen.get() else {
+                        break;
+                    };
+                    match me.fork(&frozen, &pool.storage, &pool.shells, i) {
                         Ok(vm) => pool.put(vm),
                         Err(e) => tracing::error!("{}: {e}", me.name),
                     }

@@ -62,6 +62,7 @@ impl Runtime {
             concurrency: 1,
             max_queue: MAX_QUEUE,
             free_idle_vms_after: None,
+            free_idle_image: false,
             request: RequestSettings::default(),
             start: false,
             origin: "local",

@@ -50,6 +50,9 @@ pub struct ProgramSettings {
     /// Free the idle request VMs once no request took one for this long
     /// (`free_idle_vms_after`; see `idle.rs`).
     pub free_idle_vms_after: Option<Duration>,
+    /// Free the frozen image too once every request VM is freed (`free_idle_image`; needs
+    /// [`ProgramSettings::snapshot`]): the next request loads it back from the snapshot.
+    pub free_idle_image: bool,
     /// Per-request policy.
     pub request: RequestSettings,
     /// Boot at server start.
@@ -166,6 +169,12 @@ pub struct Stats {
     pub snapshot_writes: AtomicU64,
     /// Snapshot files found stale, corrupt or refused (the program booted instead).
     pub snapshot_rejected: AtomicU64,
+    /// 1 while the frozen image is in memory (0 before the first start and while freed).
+    pub image_resident: AtomicU64,
+    /// Frozen images freed because the program was idle (`free_idle_image`).
+    pub images_freed: AtomicU64,
+    /// Frozen images loaded back (or booted again) after that.
+    pub images_reloaded: AtomicU64,
     /// Time from a request reaching the program to its answer (queue wait included), for
     /// the requests a VM handled.
     pub request_time: Histogram,
@@ -203,6 +212,9 @@ impl Default for Stats {
             snapshot_starts: z(),
             snapshot_writes: z(),
             snapshot_rejected: z(),
+            image_resident: z(),
+            images_freed: z(),
+            images_reloaded: z(),
             request_time: Histogram::seconds(),
             queue_time: Histogram::seconds(),
             request_exits: Histogram::exits(),
@@ -245,6 +257,9 @@ impl Stats {
             ("snapshot_starts", l(&self.snapshot_starts)),
             ("snapshot_writes", l(&self.snapshot_writes)),
             ("snapshot_rejected", l(&self.snapshot_rejected)),
+            ("image_resident", l(&self.image_resident)),
+            ("images_freed", l(&self.images_freed)),
+            ("images_reloaded", l(&self.images_reloaded)),
         ])
     }
 }

@@ -254,6 +254,15 @@ pub const METRICS: &[Metric] = &[
     counter!("snapshot_writes", "snapshot_writes", "Snapshot files written"),
     counter!("snapshot_rejected", "snapshot_rejected", "Snapshot files ignored as stale, corrupt or refused (the program booted instead)"),
     Metric {
+        name: "image_resident",
+        kind: MetricType::Gauge,
+        unit: None,
+        help: "1 while the program's frozen image is in memory (free_idle_image frees it when idle)",
+        read: |s| count(s.stat("image_resident")),
+    },
+    counter!("images_freed", "images_freed", "Frozen images freed while the program was idle (free_idle_image)"),
+    counter!("images_reloaded", "images_reloaded", "Frozen images loaded back from the snapshot (or booted again) after that"),
+    Metric {
         name: "binary_size",
         kind: MetricType::Gauge,
         unit: Some(Unit::Bytes),

@@ -74,6 +74,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         concurrency: p.concurrency,
         max_queue: p.max_queue as usize,
         free_idle_vms_after: p.free_idle_vms_after,
+        free_idle_image: p.free_idle_image,
         request: RequestSettings {
             max_request_time: p.max_request_time,
             max_request_memory: p.max_request_memory,
@@ -166,6 +167,14 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 continue;
             }
         };
+        if p.free_idle_image && snapshot_file(p, cfg).is_none() {
+            let msg = format!(
+                "program '{name}': 'free_idle_image' needs a snapshot file ('cold_start_file', or the server's 'snapshot_dir')"
+            );
+            errors.push(msg.clone());
+            rt.add_failed(name, msg);
+            continue;
+        }
         if p.uri.is_some() {
             // Downloaded (or taken from the cache) when the program boots.
             let mut settings = program_settings(p, Vec::new());
