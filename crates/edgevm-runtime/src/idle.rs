@@ -176,7 +176,7 @@ impl Program {
             freed += 1;
         }
         if r.resident() == 0 && self.settings.free_idle_image {
-            self.free_image(pool);
+            self.free_image(pool, after);
         }
         if freed > 0 {
             // KVM VMs made ahead at boot and not used go too (a refill makes its own).
@@ -196,14 +196,21 @@ impl Program {
 
     /// Every request VM is gone: free the frozen image too, if the program's snapshot file
     /// holds it (written or started from by this program).
-    fn free_image(&self, pool: &VmPool) {
+    fn free_image(&self, pool: &VmPool, after: Duration) {
         let s = &self.stats;
         let on_disk = s.snapshot_writes.load(Ordering::Relaxed)
             + s.snapshot_starts.load(Ordering::Relaxed)
             + s.images_reloaded.load(Ordering::Relaxed)
             > 0;
         let mut slot = pool.frozen.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !on_disk || slot.is_none() || self.residency.resident() > 0 {
+        // Under the lock: a request that just loaded the image back (and is forking its VM)
+        // made the program used again.
+        let last = self.residency.last_used_ms.load(Ordering::Relaxed);
+        if !on_disk
+            || slot.is_none()
+            || self.residency.resident() > 0
+            || now_ms().saturating_sub(last) < after.as_millis() as u64
+        {
             return;
         }
         *slot = None;
@@ -235,6 +242,7 @@ impl Program {
         s.memory_image_bytes
             .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         s.images_reloaded.fetch_add(1, Ordering::Relaxed);
+        self.residency.touch();
         *slot = Some(frozen.clone());
         Ok(frozen)
     }

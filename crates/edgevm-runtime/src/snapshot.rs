@@ -10,7 +10,10 @@
 //! (name, group, path, arguments, environment, memory sizes, warmup, the state file's
 //! identity) and the host CPU (vendor, model, feature bits, XCR0, kvm_pvm or not). A file
 //! whose identity differs from the program's now is *stale*; one whose checksums (SHA-256 of
-//! the metadata, and of everything after the header) or structure are wrong is *corrupt*. Either is ignored
+//! the metadata, CRC-32 of the image data: a damaged page, not a forged one — see the
+//! directory rule below) or structure are wrong is *corrupt*. The binary's SHA-256 is computed
+//! at load only when its file is not the very file the snapshot was written from (device,
+//! inode, size, modification and change times, recorded when its content was verified). Either is ignored
 //! with a log line and the program boots as usual (and writes a new file); neither is ever
 //! run.
 //!
@@ -47,9 +50,9 @@ use crate::vm::{Frozen, Handlers};
 /// File magic.
 const MAGIC: &[u8; 8] = b"EDGEVMSN";
 /// Snapshot format version (bumped whenever what is written changes).
-pub const FORMAT: u64 = 1;
-/// Header: magic, format, metadata length, data length, SHA-256 of everything after the
-/// header, SHA-256 of the metadata (checked before anything in it is believed).
+pub const FORMAT: u64 = 2;
+/// Header: magic, format, metadata length, data length, CRC-32 of the data (8 bytes, then 24
+/// zero), SHA-256 of the metadata (checked before anything in it is believed).
 const HEADER: usize = 96;
 /// Largest metadata block read (symbols are not in it; the rest is small).
 const MAX_META: u64 = 64 << 20;
@@ -188,6 +191,37 @@ fn settings_identity(s: &ProgramSettings) -> String {
     t
 }
 
+/// Device, inode, size, modification and change times of a file ("" when it cannot be read):
+/// a file that still has all of them holds the same bytes (any write changes the change time;
+/// a replaced file is another inode).
+fn file_identity(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => format!(
+            "{} {} {} {}.{} {}.{}",
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// [`file_identity`] of the program's file if its content now is the binary the image was
+/// booted from (read between two equal identities), else "" (the next load hashes it).
+fn verified_file_identity(s: &ProgramSettings) -> String {
+    let p = &s.vm.program_path;
+    let before = file_identity(p);
+    let same = std::fs::read(p).is_ok_and(|b| b == *s.vm.binary);
+    if before.is_empty() || !same || file_identity(p) != before {
+        return String::new();
+    }
+    before
+}
+
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
@@ -290,6 +324,7 @@ pub fn save(
     let mut w = Writer::default();
     w.str(&edgevm_version())
         .bytes(&sha256(binary))
+        .str(&verified_file_identity(settings))
         .str(&settings_identity(settings))
         .str(&host_identity())
         .u64(frozen.image.size() as u64);
@@ -341,9 +376,7 @@ pub fn save(
     let meta = w.0;
     let pad = pad_after_meta(meta.len());
     // The data, read from the image in chunks, hashed as it goes.
-    let mut hasher = Sha256::new();
-    hasher.update(&meta);
-    hasher.update(vec![0u8; pad]);
+    let mut hasher = crc32fast::Hasher::new();
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{:x}",
         path.file_name()
@@ -379,13 +412,13 @@ pub fn save(
                 at += n;
             }
         }
-        let sum: [u8; 32] = hasher.finalize().into();
+        let sum = u64::from(hasher.finalize());
         let mut head = [0u8; HEADER];
         head[0..8].copy_from_slice(MAGIC);
         head[8..16].copy_from_slice(&FORMAT.to_le_bytes());
         head[16..24].copy_from_slice(&(meta.len() as u64).to_le_bytes());
         head[24..32].copy_from_slice(&data_len.to_le_bytes());
-        head[32..64].copy_from_slice(&sum);
+        head[32..40].copy_from_slice(&sum.to_le_bytes());
         head[64..96].copy_from_slice(&sha256(&meta));
         use std::os::unix::fs::FileExt;
         f.write_all_at(&head, 0).map_err(io("cannot write", &tmp))?;
@@ -417,6 +450,9 @@ fn rand_suffix() -> u64 {
 /// program ready to fork request VMs from, or why the file cannot be used.
 pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotError> {
     supported(settings)?;
+    let t0 = std::time::Instant::now();
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let mut phase = |name: &'static str| phases.push((name, t0.elapsed().as_secs_f64() * 1e3));
     check_dir(path)?;
     let o = &settings.vm;
     let size = o.memory_size();
@@ -465,8 +501,6 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     }
     let mut meta = vec![0u8; (meta_len + pad) as usize];
     f.read_exact(&mut meta).map_err(corrupt)?;
-    let mut hasher = Sha256::new();
-    hasher.update(&meta);
     meta.truncate(meta_len as usize);
     if sha256(&meta)[..] != head[64..96] {
         return Err(corrupt(
@@ -477,6 +511,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     // Identity first: a stale file says why.
     let version = r.str().map_err(corrupt)?.to_string();
     let binary_hash = r.bytes().map_err(corrupt)?.to_vec();
+    let binary_file = r.str().map_err(corrupt)?.to_string();
     let ident = r.str().map_err(corrupt)?.to_string();
     let host = r.str().map_err(corrupt)?.to_string();
     if version != edgevm_version() {
@@ -485,11 +520,20 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             edgevm_version()
         )));
     }
-    if binary_hash != sha256(&o.binary) {
+    phase("header and metadata");
+    // The very file the snapshot was made from (verified then): its hash is the recorded one.
+    let same_file = !binary_file.is_empty() && binary_file == file_identity(&o.program_path);
+    let now_hash = if same_file {
+        binary_hash.clone()
+    } else {
+        sha256(&o.binary).to_vec()
+    };
+    phase("binary hash");
+    if binary_hash != now_hash {
         return Err(SnapshotError::Stale(format!(
             "the program's binary changed (sha256 {} in the snapshot, {} now)",
             hex(&binary_hash),
-            hex(&sha256(&o.binary))
+            hex(&now_hash)
         )));
     }
     let now = settings_identity(settings);
@@ -582,7 +626,9 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         return Err(corrupt("data extents do not add up to the data length"));
     }
     // The data straight into the new image, hashed on the way.
+    phase("identity and state");
     let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; (1usize << 20).min(data_len as usize).max(1)];
     for &(a, n) in &extents {
         let mut done = 0u64;
@@ -595,10 +641,11 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             done += k as u64;
         }
     }
-    let sum: [u8; 32] = hasher.finalize().into();
-    if sum[..] != head[32..64] {
+    let sum = u64::from(hasher.finalize());
+    phase("image read and checked");
+    if sum.to_le_bytes()[..] != head[32..40] || head[40..64].iter().any(|&b| b != 0) {
         return Err(corrupt(
-            "checksum mismatch (the file was changed or damaged)",
+            "image checksum mismatch (the file was changed or damaged)",
         ));
     }
     // This build's supervisor structures, whatever the file held there (the FPU image and
@@ -607,7 +654,13 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     mem.set_protected(layout::PROTECTED.to_vec());
     mem.find_holes(layout.shared_start as usize);
     let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
+    phase("system tables, holes, regexes");
     let elf = elf::describe(&o.binary, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    phase("ELF symbols");
+    tracing::debug!(
+        "snapshot {} loaded: {phases:?} (ms since start)",
+        path.display()
+    );
     let mut opts = o.clone();
     opts.binary = Arc::default();
     Ok(Frozen {
