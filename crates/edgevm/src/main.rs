@@ -471,7 +471,17 @@ fn program_config(a: &RunArgs) -> Result<ProgramConfig> {
         }
     };
     match cfg.programs.get(&name) {
-        Some(Ok(p)) => Ok(p.clone()),
+        Some(Ok(p)) => {
+            // The server-wide network policy applies to `run` too.
+            let mut p = p.clone();
+            let s = &cfg.server;
+            let mut allow = s.allow_net.clone().unwrap_or_default();
+            allow.append(&mut p.allow_net);
+            let mut deny = s.deny_net.clone().unwrap_or_default();
+            deny.append(&mut p.deny_net);
+            (p.allow_net, p.deny_net) = (allow, deny);
+            Ok(p)
+        }
         Some(Err(e)) => bail!("program '{name}': {e}"),
         None => bail!("program '{name}' is not in the configuration"),
     }
@@ -564,6 +574,15 @@ fn run_options(
     o.state_file = Some(VmOptions::state_path_for(&file));
     o.allowed_paths = edgevm_server::programs::allowed_paths(pc);
     o.cwd = pc.current_working_directory.clone();
+    // sys_fetch: the configuration's network policy; no self-requests (no server runs).
+    let policy = edgevm_runtime::net::NetPolicy::parse(&pc.allow_net, &pc.deny_net)
+        .map_err(anyhow::Error::msg)?;
+    let fetcher: std::sync::Arc<dyn edgevm_runtime::net::Fetcher> =
+        edgevm_server::outgoing::outgoing();
+    o.net = edgevm_runtime::net::NetAccess {
+        policy: std::sync::Arc::new(policy),
+        fetcher: Some(fetcher),
+    };
     Ok(o)
 }
 

@@ -113,8 +113,9 @@ impl Origin {
                         ),
                         "/hold" => {
                             // Answer once the test says so (at most 20 s).
-                            let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(20));
-                            respond(&mut c, "200 OK", "", b"released")
+                            let r = held.lock().unwrap().recv_timeout(Duration::from_secs(20));
+                            let body: &[u8] = if r.is_ok() { b"released" } else { b"held" };
+                            respond(&mut c, "200 OK", "", body)
                         }
                         _ => respond(&mut c, "404 Not Found", "", b"unknown"),
                     }
@@ -384,5 +385,30 @@ fn example_fetch_programs_in_c_and_cpp_and_storage_self_fetch() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    s.stop();
+}
+
+#[test]
+fn a_slow_origin_or_an_oversized_answer_fails_only_that_request() {
+    // The fetch is bounded by the request's own deadline; a body the program may not map
+    // (max_request_memory) fails the call, not the server.
+    let o = Origin::start();
+    let allow = format!("\"allow_net\": [\"127.0.0.1:{}\"]", o.port);
+    let s = server(
+        "fetch-slow",
+        &allow,
+        ", \"max_request_time\": 1.5, \"max_request_memory\": 1",
+        &[],
+    );
+    let r = s.get(&format!("/f/get?{}", o.url("/hold")));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    o.release.send(()).unwrap();
+    assert_eq!(s.ok(&format!("/f/get?{}", o.url("/big"))), "get r=-1");
+    let log = s.wait_log("max_request_memory reached", Duration::from_secs(5));
+    assert!(log.contains("sys_fetch failed"), "{log}");
+    assert!(s
+        .ok(&format!("/f/get?{}", o.url("/hello")))
+        .starts_with("get r=0 status=200"));
     s.stop();
 }
