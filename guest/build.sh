@@ -38,6 +38,8 @@
 #     api_cpp          kvm_api.h from C++
 #     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
 #     call_semantics(_ref) every header call, fast path vs hypercalls (call_semantics.rs)
+#     threads          pthreads: a frozen worker pool, spawns, futexes (tests/all/threads.rs)
+#     threads_rust     Rust std::thread, mpsc, Mutex/Condvar (tests/all/threads.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
@@ -139,6 +141,7 @@ build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"
 build output "$T/output.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output.tmp"
 build output_ref "$T/output.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/output.c" -o "$OUT/output_ref.tmp"
 build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.c" -o "$OUT/hostile.tmp" -lpthread
+build threads "$T/threads.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/threads.c" -o "$OUT/threads.tmp" -lpthread -lm
 build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
@@ -173,6 +176,8 @@ fi
 if ! skipped rust; then
 	build hello_rust "$T/hello.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
 		--target x86_64-unknown-linux-gnu "$T/hello.rs" -o "$OUT/hello_rust.tmp"
+	build threads_rust "$T/threads.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
+		--target x86_64-unknown-linux-gnu "$T/threads.rs" -o "$OUT/threads_rust.tmp"
 	build state_file_rust "$T/state_file.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
 		--target x86_64-unknown-linux-gnu "$T/state_file.rs" -o "$OUT/state_file_rust.tmp"
 fi

@@ -116,8 +116,9 @@ static void fuzz(unsigned long long seed)
 			hypercall6(num, arg(), arg(), arg(), arg(), arg(), arg());
 		} else {
 			long nr = (long)(next() % 340);
-			/* Skip the calls that end the program or wait forever on purpose. */
-			if (nr == SYS_exit || nr == SYS_exit_group || nr == SYS_kill || nr == SYS_tkill
+			/* Skip the calls that end the program or wait forever on purpose, and clone
+			   (a thread on a random stack). */
+			if (nr == SYS_clone || nr == SYS_exit || nr == SYS_exit_group || nr == SYS_kill || nr == SYS_tkill
 				|| nr == SYS_tgkill || nr == SYS_futex || nr == SYS_nanosleep
 				|| nr == SYS_clock_nanosleep || nr == SYS_rt_sigreturn)
 				continue;

@@ -16,8 +16,8 @@
    stack_overflow unbounded recursion
    stack_clash    alloca(8 MiB) past the stack guard, writes there, answers 200
    fork_bomb / vfork_bomb / clone_bomb / thread_bomb [?n=N]
-                  N (1000) fork()s / vforks / clone()s / pthread_create()s: 200 "... 0 of
-                  N ..." when none succeeded
+                  N (1000) fork()s / vforks / clone()s / pthread_create()s (the threads
+                  wait forever): 200 "... K of N succeeded, errno E"
    fork_forever   for (;;) fork();  (never answers)
    jump_garbage / jump_zero / jump_unmapped / jump_noncanonical / jump_kernel /
    jump_supervisor / jump_syscall_stub / jump_trampoline / jump_entry_stub
@@ -62,6 +62,7 @@
 #include "kvm_api.h"
 #include "test_util.h"
 #include <errno.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -252,15 +253,29 @@ static void mode_stack_clash(void)
 /* Process bombs                                                                          */
 /* ------------------------------------------------------------------------------------- */
 
+static int never_changes;
+
+/* A thread that waits forever (a futex nobody wakes): bombs pile up threads. */
 static void *thread_fn(void *arg)
 {
+	for (;;)
+		syscall(SYS_futex, &never_changes, FUTEX_WAIT, 0, NULL, NULL, 0);
 	return arg;
+}
+
+static int clone_fn(void *arg)
+{
+	thread_fn(arg);
+	return 0;
 }
 
 static void mode_bomb(const char *kind)
 {
 	const int n = (int)param_u("n", 10, 1000);
 	int ok = 0, last_err = 0;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 64 << 10);
 	for (int i = 0; i < n; i++) {
 		long r;
 		if (strcmp(kind, "fork") == 0) {
@@ -268,20 +283,25 @@ static void mode_bomb(const char *kind)
 		} else if (strcmp(kind, "vfork") == 0) {
 			r = syscall(SYS_vfork);
 		} else if (strcmp(kind, "clone") == 0) {
-			static char stack[16384];
-			r = syscall(SYS_clone, CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
-				CLONE_THREAD | CLONE_SYSVSEM, stack + sizeof(stack), NULL, NULL, 0);
+			/* Raw clone() threads, each on its own small stack. */
+			char *stack = malloc(64 << 10);
+			r = clone(clone_fn, stack + (64 << 10), CLONE_VM | CLONE_FS | CLONE_FILES |
+				CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, NULL);
+			if (r <= 0)
+				free(stack);
 		} else {
 			pthread_t t;
-			r = pthread_create(&t, NULL, thread_fn, NULL);
+			r = pthread_create(&t, &attr, thread_fn, NULL);
 			if (r != 0) {
 				errno = (int)r;
 				r = -1;
+			} else {
+				r = 1;
 			}
 		}
 		if (r == 0) {
-			/* A child (or a thread) that really runs: answer from here to make it
-			   visible, whatever the parent does. */
+			/* A forked child that really runs: answer from here to make it visible,
+			   whatever the parent does. */
 			respondf(200, "FAIL %s child running", kind);
 		}
 		if (r > 0)

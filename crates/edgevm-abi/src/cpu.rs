@@ -380,6 +380,13 @@ pub fn initial_sregs(base: &kvm_sregs, osxsave: bool) -> kvm_sregs {
     s
 }
 
+/// Put the user-mode (CPL3) code and stack segments into `s` (a green thread resumes in user
+/// mode, wherever the vCPU stopped).
+pub fn user_segments(s: &mut kvm_sregs) {
+    s.cs = seg(0x23, 3, 11, true);
+    s.ss = seg(0x1b, 3, 3, false);
+}
+
 /// Registers at program start: RIP at the start probe ([`program_start_stub`]), which jumps to
 /// the ELF entry written at [`layout::ENTRY_SLOT`].
 pub fn initial_regs(rsp: u64) -> kvm_regs {

@@ -131,6 +131,11 @@ pub trait Vcpu {
     fn xsave_state(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Load an XSAVE image taken with [`Vcpu::xsave_state`] (a green thread's FPU/SSE/AVX
+    /// state when the host switches threads).
+    fn set_xsave_state(&mut self, _img: &[u8]) -> Result<(), KvmError> {
+        Ok(())
+    }
     /// Set the guest's DR0-DR3, DR6 and DR7 (a debugger's hardware breakpoints).
     fn set_debugregs(&mut self, _db: [u64; 4], _dr6: u64, _dr7: u64) -> Result<(), KvmError> {
         Err(KvmError::Ioctl {

@@ -287,7 +287,7 @@ impl KvmVcpu {
     /// The XSAVE image as KVM gives it (standard, uncompacted format: x87/SSE legacy area,
     /// header, AVX and further components; KVM may include components the guest's XCR0 does not
     /// enable, such as PKRU: see [`crate::features::fit_xsave_image`]), when KVM and the CPU
-    /// support XSAVE. Freeze time only.
+    /// support XSAVE. At the freeze and when a green thread is switched out.
     pub fn xsave(&self) -> Option<Vec<u8>> {
         let x = self.vcpu.get_xsave().ok()?;
         let mut out = Vec::with_capacity(4096);
@@ -295,6 +295,19 @@ impl KvmVcpu {
             out.extend_from_slice(&w.to_le_bytes());
         }
         Some(out)
+    }
+
+    /// Load an XSAVE image as [`KvmVcpu::xsave`] returns it (at most the 4 KiB KVM_SET_XSAVE
+    /// takes; the rest of the region is zero).
+    pub fn set_xsave(&mut self, img: &[u8]) -> Result<(), KvmError> {
+        let mut x = kvm_bindings::kvm_xsave::default();
+        for (w, c) in x.region.iter_mut().zip(img.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            *w = u32::from_le_bytes(b);
+        }
+        // SAFETY: `x` is a full kvm_xsave (4 KiB region); KVM_SET_XSAVE reads only that.
+        unsafe { self.vcpu.set_xsave(&x) }.map_err(|e| KvmError::ioctl("SET_XSAVE", e))
     }
 
     /// Write the FPU/SSE state.
@@ -603,6 +616,10 @@ impl Vcpu for KvmVcpu {
 
     fn xsave_state(&self) -> Option<Vec<u8>> {
         KvmVcpu::xsave(self)
+    }
+
+    fn set_xsave_state(&mut self, img: &[u8]) -> Result<(), KvmError> {
+        KvmVcpu::set_xsave(self, img)
     }
 
     fn set_debugregs(&mut self, db: [u64; 4], dr6: u64, dr7: u64) -> Result<(), KvmError> {

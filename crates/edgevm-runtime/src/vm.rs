@@ -140,6 +140,8 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     pub(crate) deadline: Option<(Instant, Duration, &'static str)>,
     /// End of the current time slice (see [`MainVm::set_slice`]).
     pub(crate) slice_end: Option<Instant>,
+    /// End of the running guest thread's time slice, while another thread is ready to run.
+    pub(crate) thread_slice: Option<Instant>,
     /// An open (or opening) GDB session (crate::debug).
     pub(crate) debug: Option<Box<crate::debug::Debugger<C, M>>>,
     /// The guest stopped at a system call that is made when the VM resumes (see
@@ -156,6 +158,9 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     /// Clears this thread's timer pointer if the VM is dropped while it points at the vCPU.
     _timer_guard: timer::Guard,
 }
+
+/// How long a guest thread runs before the host switches to another ready one.
+const THREAD_SLICE: Duration = Duration::from_millis(5);
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
 fn setup_cpu<M: MemoryView>(machine: &mut KvmMachine<KvmVcpu, M>) -> Result<(), RunError> {
@@ -411,6 +416,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             stale: false,
             deadline: None,
             slice_end: None,
+            thread_slice: None,
             pending_syscall: false,
             pending_call: None,
             fetch_depth: 0,
@@ -434,6 +440,11 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             }
         }
         loop {
+            if self.thread_slice.is_none() && self.linux.others_runnable() {
+                // Green threads: the running one gets a time slice (no timer otherwise).
+                self.thread_slice = Some(Instant::now() + THREAD_SLICE);
+                self.arm_timer()?;
+            }
             let exit = self.machine.cpu.run()?;
             match exit {
                 Exit::IoOut { port, .. } if port == layout::SYSCALL_PORT => {
@@ -492,6 +503,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                         }
                     }
                     self.timer_exits += 1;
+                    if self.thread_slice.is_some_and(|s| now >= s) {
+                        self.thread_slice = None;
+                        self.linux.preempt(&mut self.machine.cpu)?;
+                        if self.linux.others_runnable() {
+                            self.thread_slice = Some(now + THREAD_SLICE);
+                        }
+                    }
                     if self.slice_end.is_some_and(|s| now >= s) {
                         self.slice_end = None;
                         return Ok(Event::Preempted);

@@ -13,10 +13,11 @@
 //! to the program itself with a default action ends it, as `abort()` expects.
 //! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
 //! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
+//! Threads are green threads on the VM's vCPU ([`threads`]).
 //! Anything not emulated returns `-ENOSYS`.
 //!
-//! Calls by area: [`fds`] (the descriptor table), [`paths`], [`mem`], [`process`]; see
-//! docs/DESIGN.md.
+//! Calls by area: [`fds`] (the descriptor table), [`paths`], [`mem`], [`process`], [`threads`]
+//! (clone, futex, the scheduler); see docs/DESIGN.md.
 
 mod fds;
 mod mem;
@@ -25,6 +26,7 @@ mod process;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use crate::sandbox::{PathRule, Sandbox};
 use fds::FdTable;
 use mem::MmapArea;
 pub use process::fill_random;
+pub use threads::MAX_THREADS;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -78,7 +81,7 @@ pub enum SyscallOutcome {
     Killed(i32),
     /// A blocking call would exceed the run's deadline.
     DeadlineExceeded,
-    /// The program can never make progress (e.g. a futex wait with one thread).
+    /// The program can never make progress (every thread waits on a futex with no timeout).
     Fatal(String),
 }
 
@@ -113,8 +116,10 @@ pub struct LinuxState {
     mmap: MmapArea,
     image_bytes: u64,
     sigactions: BTreeMap<u64, [u8; 32]>,
-    sigmask: u64,
-    clear_tid: u64,
+    /// The program's threads (see [`threads`]).
+    threads: threads::Threads,
+    /// The last system call switched threads: the vCPU holds another thread's registers.
+    switched: bool,
     robust_list: u64,
     rseq: u64,
     /// Some(true) when SYSCALL enters CPL0 (hardware KVM), Some(false) under kvm_pvm.
@@ -154,8 +159,8 @@ impl LinuxState {
             },
             image_bytes,
             sigactions: BTreeMap::new(),
-            sigmask: 0,
-            clear_tid: 0,
+            threads: threads::Threads::default(),
+            switched: false,
             robust_list: 0,
             rseq: 0,
             cpl0_syscalls: None,
@@ -231,14 +236,18 @@ impl LinuxState {
     }
 
     /// Whether the system call in `r` may make the host thread sleep (nanosleep,
-    /// clock_nanosleep, a futex wait with a timeout): the runtime then makes it on a thread
-    /// that may block.
+    /// clock_nanosleep, a futex wait, a thread's exit, with no other thread ready to run): the
+    /// runtime then makes it on a thread that may block.
     pub fn may_sleep(&self, r: &kvm_regs) -> bool {
-        match i64::try_from(r.rax) {
+        let blocking = match i64::try_from(r.rax) {
             Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep) => true,
-            Ok(libc::SYS_futex) => matches!(r.rsi & 0x7F, 0 | 9) && r.r10 != 0,
+            Ok(libc::SYS_futex) => {
+                matches!(r.rsi & 0x7F, 0 | 9) && (r.r10 != 0 || self.thread_count() > 1)
+            }
+            Ok(libc::SYS_exit) => self.thread_count() > 1,
             _ => false,
-        }
+        };
+        blocking && !self.others_runnable()
     }
 
     /// Handle the system call the guest just made (registers as of the exit).
@@ -264,6 +273,25 @@ impl LinuxState {
         let nr = r.rax;
         let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let res = self.dispatch(nr, a, cpu, mem, out)?;
+        if std::mem::take(&mut self.switched) {
+            // Another thread runs now, with its own registers.
+            if self.cfg.verbose_syscalls {
+                out.log(&format!(
+                    "{}({:#x}, {:#x}, {:#x}) -> thread {}",
+                    syscall_name(nr),
+                    a[0],
+                    a[1],
+                    a[2],
+                    self.tid()
+                ));
+            }
+            if let Err(other) = res {
+                if other != SyscallOutcome::Continue {
+                    return Ok(other);
+                }
+            }
+            return Ok(SyscallOutcome::Continue);
+        }
         let ret = match res {
             Ok(v) => v,
             Err(SyscallOutcome::Continue) => -ENOSYS,

@@ -1,5 +1,5 @@
-//! Process calls: signals (recorded, never delivered), identity, time and sleeping, futexes,
-//! limits, thread-local bases, random bytes.
+//! Process calls: signals (recorded, never delivered), identity, time and sleeping, limits,
+//! thread-local bases, random bytes (threads and futexes: threads.rs).
 
 use std::time::{Duration, Instant};
 
@@ -25,23 +25,32 @@ impl LinuxState {
             libc::SYS_rt_sigaction => Ok(self.sys_rt_sigaction(a, mem)),
             libc::SYS_rt_sigprocmask => Ok(self.sys_rt_sigprocmask(a, mem)),
             libc::SYS_sigaltstack => Ok(self.sys_sigaltstack(a[1], mem)),
-            libc::SYS_sched_yield => Ok(0),
-            libc::SYS_nanosleep => return Ok(self.sys_nanosleep(a[0], mem, None)),
+            libc::SYS_sched_yield => Ok(self.sys_sched_yield(cpu)?),
+            libc::SYS_nanosleep => return self.sys_nanosleep(a[0], cpu, mem, None),
             libc::SYS_clock_nanosleep => {
                 let abs = if a[1] & 1 != 0 { Some(a[0]) } else { None };
-                return Ok(self.sys_nanosleep(a[2], mem, abs));
+                return self.sys_nanosleep(a[2], cpu, mem, abs);
             }
-            libc::SYS_getpid | libc::SYS_gettid => Ok(1),
+            libc::SYS_getpid => Ok(1),
+            libc::SYS_gettid => Ok(i64::from(self.tid())),
+            libc::SYS_clone => Ok(self.sys_clone(a, cpu, mem)?),
+            libc::SYS_clone3 => Ok(self.sys_clone3(a, cpu, mem)?),
             libc::SYS_getuid
             | libc::SYS_getgid
             | libc::SYS_geteuid
             | libc::SYS_getegid
             | libc::SYS_getppid => Ok(0),
-            libc::SYS_exit | libc::SYS_exit_group => {
-                Err(SyscallOutcome::Exit((a[0] & 0xFF) as i32))
+            libc::SYS_exit_group => Err(SyscallOutcome::Exit((a[0] & 0xFF) as i32)),
+            libc::SYS_exit => return self.sys_exit_thread((a[0] & 0xFF) as i32, cpu, mem),
+            libc::SYS_kill => self.sys_kill(a[0] as i64, a[1] as i64),
+            libc::SYS_tkill => self.sys_tkill(a[0] as i64, a[1] as i64),
+            libc::SYS_tgkill => {
+                if a[0] as i64 != 1 {
+                    Ok(-ESRCH)
+                } else {
+                    self.sys_tkill(a[1] as i64, a[2] as i64)
+                }
             }
-            libc::SYS_kill | libc::SYS_tkill => self.sys_kill(a[0] as i64, a[1] as i64),
-            libc::SYS_tgkill => self.sys_kill(a[1] as i64, a[2] as i64),
             libc::SYS_uname => Ok(self.sys_uname(a[0], mem)),
             libc::SYS_gettimeofday => Ok(self.sys_gettimeofday(a[0], a[1], mem)),
             libc::SYS_time => Ok(self.sys_time(a[0], mem)),
@@ -61,11 +70,11 @@ impl LinuxState {
             libc::SYS_getrlimit => Ok(self.sys_prlimit(0, a[0], a[1], mem)),
             libc::SYS_prlimit64 => Ok(self.sys_prlimit(a[0], a[1], a[3], mem)),
             libc::SYS_arch_prctl => Ok(self.sys_arch_prctl(a[0], a[1], cpu, mem)?),
-            libc::SYS_futex => return Ok(self.sys_futex(a, mem)),
+            libc::SYS_futex => return self.sys_futex(a, cpu, mem),
             libc::SYS_sched_getaffinity => Ok(self.sys_sched_getaffinity(a[1], a[2], mem)),
             libc::SYS_set_tid_address => {
-                self.clear_tid = a[0];
-                Ok(1)
+                self.threads.current_mut().clear_tid = a[0];
+                Ok(i64::from(self.tid()))
             }
             libc::SYS_set_robust_list => Ok(if a[1] != 24 {
                 -EINVAL
@@ -104,17 +113,20 @@ impl LinuxState {
 
     fn sys_rt_sigprocmask(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
         let (how, set, oset) = (a[0], a[1], a[2]);
-        if oset != 0 && mem.write_u64(oset, self.sigmask).is_err() {
+        if oset != 0 && mem.write_u64(oset, self.threads.current().sigmask).is_err() {
             return -EFAULT;
         }
         if set != 0 {
             let Ok(s) = mem.read_u64(set) else {
                 return -EFAULT;
             };
+            // SIGKILL and SIGSTOP cannot be blocked.
+            let s = s & !((1 << 8) | (1 << 18));
+            let mask = &mut self.threads.current_mut().sigmask;
             match how {
-                0 => self.sigmask |= s,
-                1 => self.sigmask &= !s,
-                2 => self.sigmask = s,
+                0 => *mask |= s,
+                1 => *mask &= !s,
+                2 => *mask = s,
                 _ => return -EINVAL,
             }
         }
@@ -130,6 +142,13 @@ impl LinuxState {
             return put(mem, old, &ss);
         }
         0
+    }
+
+    fn sys_tkill(&mut self, tid: i64, sig: i64) -> Result<i64, SyscallOutcome> {
+        if !self.thread_exists(tid) {
+            return Ok(-ESRCH);
+        }
+        self.sys_kill(1, sig)
     }
 
     fn sys_kill(&mut self, pid: i64, sig: i64) -> Result<i64, SyscallOutcome> {
@@ -212,21 +231,23 @@ impl LinuxState {
         )
     }
 
+    #[allow(clippy::type_complexity)]
     fn sys_nanosleep(
         &mut self,
         req: u64,
+        cpu: &mut dyn Vcpu,
         mem: &GuestMemory,
         abs_clock: Option<u64>,
-    ) -> Result<i64, SyscallOutcome> {
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let Some(Timespec {
             tv_sec: s,
             tv_nsec: ns,
         }) = get(mem, req)
         else {
-            return Ok(-EFAULT);
+            return Ok(Ok(-EFAULT));
         };
         if s < 0 || !(0..1_000_000_000).contains(&ns) {
-            return Ok(-EINVAL);
+            return Ok(Ok(-EINVAL));
         }
         let mut dur = Duration::new(s as u64, ns as u32);
         if let Some(clk) = abs_clock {
@@ -234,40 +255,19 @@ impl LinuxState {
             let now = Duration::new(ns_.max(0) as u64, nns as u32);
             dur = dur.saturating_sub(now);
         }
+        if self.thread_count() > 1 {
+            // The other threads run meanwhile.
+            return self.sleep_thread(dur.min(Duration::from_secs(1 << 32)), cpu);
+        }
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if dur > left {
                 std::thread::sleep(left);
-                return Err(SyscallOutcome::DeadlineExceeded);
+                return Ok(Err(SyscallOutcome::DeadlineExceeded));
             }
         }
         std::thread::sleep(dur);
-        Ok(0)
-    }
-
-    fn sys_futex(&mut self, a: [u64; 6], mem: &GuestMemory) -> Result<i64, SyscallOutcome> {
-        let op = a[1] & 0x7F;
-        match op {
-            0 | 9 => {
-                let mut w = [0u8; 4];
-                if mem.read(a[0], &mut w).is_err() {
-                    return Ok(-EFAULT);
-                }
-                if u32::from_le_bytes(w) != a[2] as u32 {
-                    return Ok(-EAGAIN);
-                }
-                if a[3] != 0 {
-                    // A single thread: nobody can wake us, so the wait times out.
-                    let r = self.sys_nanosleep(a[3], mem, None)?;
-                    return Ok(if r == 0 { -ETIMEDOUT } else { r });
-                }
-                Err(SyscallOutcome::Fatal(
-                    "futex wait with no timeout in a single-threaded program: it would never wake up (deadlock)".into(),
-                ))
-            }
-            1 | 10 => Ok(0),
-            _ => Ok(-ENOSYS),
-        }
+        Ok(Ok(0))
     }
 
     fn sys_sched_getaffinity(&mut self, len: u64, mask: u64, mem: &mut GuestMemory) -> i64 {

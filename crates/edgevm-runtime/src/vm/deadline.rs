@@ -39,6 +39,9 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         if let Some(s) = self.slice_end {
             at = at.min(s);
         }
+        if let Some(s) = self.thread_slice {
+            at = at.min(s);
+        }
         let p = self.machine.cpu.immediate_exit_ptr();
         timer::arm(p, at.saturating_duration_since(now)).map_err(RunError::Timer)
     }
@@ -74,6 +77,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         timer::disarm();
         self.deadline = None;
         self.slice_end = None;
+        self.thread_slice = None;
         self.linux.deadline = None;
         self.machine.cpu.clear_immediate_exit();
     }

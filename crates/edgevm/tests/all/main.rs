@@ -32,5 +32,6 @@ mod soak;
 mod storage;
 mod storage_inline;
 mod storage_tasks;
+mod threads;
 mod ux;
 mod varnish;
