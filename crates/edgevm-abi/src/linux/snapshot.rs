@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::fds::FdTable;
+use super::threads::Threads;
 use super::{LinuxConfig, LinuxState, MmapArea};
 use crate::layout::Layout;
 use crate::snapcodec::{DecodeError, Reader, Writer};
@@ -19,6 +20,12 @@ impl LinuxState {
             return Err(format!(
                 "the program has {} file(s) open at wait_for_requests(): open host files cannot be snapshotted",
                 self.open_files()
+            ));
+        }
+        if self.thread_count() > 1 {
+            return Err(format!(
+                "the program has {} threads at wait_for_requests(): only single-threaded programs can be snapshotted",
+                self.thread_count()
             ));
         }
         if !self.fds.is_initial() {
@@ -41,8 +48,9 @@ impl LinuxState {
         for (&sig, act) in &self.sigactions {
             w.u64(sig).bytes(act);
         }
-        w.u64(self.sigmask)
-            .u64(self.clear_tid)
+        let main = self.threads.current();
+        w.u64(main.sigmask)
+            .u64(main.clear_tid)
             .u64(self.robust_list)
             .u64(self.rseq);
         w.u64(match self.cpl0_syscalls {
@@ -103,6 +111,9 @@ impl LinuxState {
             v => return Err(DecodeError(format!("bad syscall mode {v}"))),
         };
         let (sandbox, cwd) = super::sandbox_of(&cfg);
+        let mut threads = Threads::default();
+        threads.current_mut().sigmask = sigmask;
+        threads.current_mut().clear_tid = clear_tid;
         Ok(LinuxState {
             layout,
             cfg,
@@ -117,8 +128,8 @@ impl LinuxState {
             },
             image_bytes,
             sigactions,
-            sigmask,
-            clear_tid,
+            threads,
+            switched: false,
             robust_list,
             rseq,
             cpl0_syscalls,
