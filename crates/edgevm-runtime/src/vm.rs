@@ -505,7 +505,15 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     self.timer_exits += 1;
                     if self.thread_slice.is_some_and(|s| now >= s) {
                         self.thread_slice = None;
-                        self.linux.preempt(&mut self.machine.cpu)?;
+                        if let Err(end) = self
+                            .linux
+                            .preempt(&mut self.machine.cpu, &mut self.machine.mem)?
+                        {
+                            return match self.outcome(end)? {
+                                Some(ev) => Ok(ev),
+                                None => Err(RunError::Emulation("thread switch".into())),
+                            };
+                        }
                         if self.linux.others_runnable() {
                             self.thread_slice = Some(now + THREAD_SLICE);
                         }
@@ -539,17 +547,22 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
     pub(crate) fn syscall(&mut self) -> Result<Option<Event>, RunError> {
-        match self.linux.handle(
+        let o = self.linux.handle(
             &mut self.machine.cpu,
             &mut self.machine.mem,
             &mut self.printer,
-        ) {
-            Ok(SyscallOutcome::Continue) => Ok(None),
-            Ok(SyscallOutcome::Exit(c)) => Ok(Some(Event::Exited(c))),
-            Ok(SyscallOutcome::Killed(s)) => Err(RunError::Killed(s)),
-            Ok(SyscallOutcome::DeadlineExceeded) => Err(self.timeout_error()),
-            Ok(SyscallOutcome::Fatal(m)) => Err(RunError::Emulation(m)),
-            Err(e) => Err(e.into()),
+        )?;
+        self.outcome(o)
+    }
+
+    /// What a system call's outcome means for the run.
+    fn outcome(&self, o: SyscallOutcome) -> Result<Option<Event>, RunError> {
+        match o {
+            SyscallOutcome::Continue => Ok(None),
+            SyscallOutcome::Exit(c) => Ok(Some(Event::Exited(c))),
+            SyscallOutcome::Killed(s) => Err(RunError::Killed(s)),
+            SyscallOutcome::DeadlineExceeded => Err(self.timeout_error()),
+            SyscallOutcome::Fatal(m) => Err(RunError::Emulation(m)),
         }
     }
 

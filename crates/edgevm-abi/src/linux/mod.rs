@@ -9,8 +9,9 @@
 //! meet in the middle. Everything handed out is counted against `max_memory`, so a program that
 //! allocates past it gets `ENOMEM`, as on Linux under a memory limit. `mprotect` is accepted
 //! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
-//! Signals are recorded (`rt_sigaction`, `rt_sigprocmask`) but never delivered; a signal sent
-//! to the program itself with a default action ends it, as `abort()` expects.
+//! Signals the program sends itself or its threads run their `rt_sigaction` handlers
+//! ([`signals`]); one with a default action ends it, as `abort()` expects. Faults (SIGSEGV,
+//! SIGFPE) are not delivered to handlers: they end the run as a crash.
 //! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
 //! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
 //! Threads are green threads on the VM's vCPU ([`threads`]).
@@ -23,6 +24,7 @@ mod fds;
 mod mem;
 mod paths;
 mod process;
+mod signals;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -120,6 +122,8 @@ pub struct LinuxState {
     threads: threads::Threads,
     /// The last system call switched threads: the vCPU holds another thread's registers.
     switched: bool,
+    /// How the run ends, found while switching threads (a signal the program cannot take).
+    fatal: Option<SyscallOutcome>,
     robust_list: u64,
     rseq: u64,
     /// Some(true) when SYSCALL enters CPL0 (hardware KVM), Some(false) under kvm_pvm.
@@ -161,6 +165,7 @@ impl LinuxState {
             sigactions: BTreeMap::new(),
             threads: threads::Threads::default(),
             switched: false,
+            fatal: None,
             robust_list: 0,
             rseq: 0,
             cpl0_syscalls: None,
@@ -272,7 +277,10 @@ impl LinuxState {
         self.syscalls += 1;
         let nr = r.rax;
         let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
-        let res = self.dispatch(nr, a, cpu, mem, out)?;
+        let mut res = self.dispatch(nr, a, cpu, mem, out)?;
+        if let Some(e) = self.fatal.take() {
+            res = Err(e);
+        }
         if std::mem::take(&mut self.switched) {
             // Another thread runs now, with its own registers.
             if self.cfg.verbose_syscalls {

@@ -1,14 +1,14 @@
-//! Process calls: signals (recorded, never delivered), identity, time and sleeping, limits,
+//! Process calls: signal actions and masks (delivery: signals.rs), identity, time and sleeping, limits,
 //! thread-local bases, random bytes (threads and futexes: threads.rs).
 
 use std::time::{Duration, Instant};
 
 use edgevm_kvm::{GuestMemory, KvmError, Vcpu};
 
-use super::{wr, LinuxState, SyscallOutcome};
+use super::{signals, threads, wr, LinuxState, SyscallOutcome};
 use crate::errno::*;
 use crate::layout;
-use crate::linux_abi::{get, put, Rlimit, StackT, Timespec, Timeval};
+use crate::linux_abi::{get, put, Rlimit, Timespec, Timeval};
 
 impl LinuxState {
     /// The process calls: Err(Continue) for calls not emulated (ENOSYS), Err(outcome) for
@@ -23,9 +23,10 @@ impl LinuxState {
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let v = match nr {
             libc::SYS_rt_sigaction => Ok(self.sys_rt_sigaction(a, mem)),
-            libc::SYS_rt_sigprocmask => Ok(self.sys_rt_sigprocmask(a, mem)),
-            libc::SYS_sigaltstack => Ok(self.sys_sigaltstack(a[1], mem)),
-            libc::SYS_sched_yield => Ok(self.sys_sched_yield(cpu)?),
+            libc::SYS_rt_sigprocmask => return self.sys_rt_sigprocmask(a, cpu, mem),
+            libc::SYS_sigaltstack => Ok(self.sys_sigaltstack(a[0], a[1], cpu, mem)),
+            libc::SYS_rt_sigreturn => return self.sys_rt_sigreturn(cpu, mem),
+            libc::SYS_sched_yield => Ok(self.sys_sched_yield(cpu, mem)?),
             libc::SYS_nanosleep => return self.sys_nanosleep(a[0], cpu, mem, None),
             libc::SYS_clock_nanosleep => {
                 let abs = if a[1] & 1 != 0 { Some(a[0]) } else { None };
@@ -42,13 +43,20 @@ impl LinuxState {
             | libc::SYS_getppid => Ok(0),
             libc::SYS_exit_group => Err(SyscallOutcome::Exit((a[0] & 0xFF) as i32)),
             libc::SYS_exit => return self.sys_exit_thread((a[0] & 0xFF) as i32, cpu, mem),
-            libc::SYS_kill => self.sys_kill(a[0] as i64, a[1] as i64),
-            libc::SYS_tkill => self.sys_tkill(a[0] as i64, a[1] as i64),
+            libc::SYS_kill => {
+                if !(-1..=1).contains(&(a[0] as i64)) {
+                    Ok(-ESRCH)
+                } else {
+                    let cur = self.threads.cur;
+                    return self.sys_signal(cur, a[1] as i64, signals::SI_USER, cpu, mem);
+                }
+            }
+            libc::SYS_tkill => return self.sys_tkill(a[0] as i64, a[1] as i64, cpu, mem),
             libc::SYS_tgkill => {
                 if a[0] as i64 != 1 {
                     Ok(-ESRCH)
                 } else {
-                    self.sys_tkill(a[1] as i64, a[2] as i64)
+                    return self.sys_tkill(a[1] as i64, a[2] as i64, cpu, mem);
                 }
             }
             libc::SYS_uname => Ok(self.sys_uname(a[0], mem)),
@@ -111,66 +119,72 @@ impl LinuxState {
         0
     }
 
-    fn sys_rt_sigprocmask(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+    #[allow(clippy::type_complexity)]
+    fn sys_rt_sigprocmask(
+        &mut self,
+        a: [u64; 6],
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let (how, set, oset) = (a[0], a[1], a[2]);
-        if oset != 0 && mem.write_u64(oset, self.threads.current().sigmask).is_err() {
-            return -EFAULT;
+        if set != 0 && how > 2 {
+            return Ok(Ok(-EINVAL));
         }
-        if set != 0 {
+        let new = if set != 0 {
             let Ok(s) = mem.read_u64(set) else {
-                return -EFAULT;
+                return Ok(Ok(-EFAULT));
             };
-            // SIGKILL and SIGSTOP cannot be blocked.
-            let s = s & !((1 << 8) | (1 << 18));
+            Some(s & !signals::UNBLOCKABLE)
+        } else {
+            None
+        };
+        if oset != 0 && mem.write_u64(oset, self.threads.current().sigmask).is_err() {
+            return Ok(Ok(-EFAULT));
+        }
+        if let Some(s) = new {
             let mask = &mut self.threads.current_mut().sigmask;
             match how {
                 0 => *mask |= s,
                 1 => *mask &= !s,
-                2 => *mask = s,
-                _ => return -EINVAL,
+                _ => *mask = s,
             }
+            // A pending signal it unblocks runs now.
+            let r = *cpu.regs();
+            return self.deliver_pending(threads::after_syscall(&r, 0), true, cpu, mem);
         }
-        0
+        Ok(Ok(0))
     }
 
-    fn sys_sigaltstack(&mut self, old: u64, mem: &mut GuestMemory) -> i64 {
-        if old != 0 {
-            let ss = StackT {
-                flags: 2, // SS_DISABLE
-                ..StackT::default()
-            };
-            return put(mem, old, &ss);
-        }
-        0
+    #[allow(clippy::type_complexity)]
+    fn sys_tkill(
+        &mut self,
+        tid: i64,
+        sig: i64,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let Some(t) = self.thread_index(tid) else {
+            return Ok(Ok(-ESRCH));
+        };
+        self.sys_signal(t, sig, signals::SI_TKILL, cpu, mem)
     }
 
-    fn sys_tkill(&mut self, tid: i64, sig: i64) -> Result<i64, SyscallOutcome> {
-        if !self.thread_exists(tid) {
-            return Ok(-ESRCH);
-        }
-        self.sys_kill(1, sig)
-    }
-
-    fn sys_kill(&mut self, pid: i64, sig: i64) -> Result<i64, SyscallOutcome> {
-        if !(pid == 1 || pid == 0 || pid == -1) {
-            return Ok(-ESRCH);
-        }
+    #[allow(clippy::type_complexity)]
+    fn sys_signal(
+        &mut self,
+        t: usize,
+        sig: i64,
+        code: i32,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         if !(0..=64).contains(&sig) {
-            return Ok(-EINVAL);
+            return Ok(Ok(-EINVAL));
         }
         if sig == 0 {
-            return Ok(0);
+            return Ok(Ok(0));
         }
-        let handler = self
-            .sigactions
-            .get(&(sig as u64))
-            .map(|a| u64::from_le_bytes(a[0..8].try_into().unwrap_or_default()))
-            .unwrap_or(0);
-        // SIG_IGN, or signals whose default action is to ignore.
-        if handler == 1 || matches!(sig, 17 | 23 | 28) {
-            return Ok(0);
-        }
-        Err(SyscallOutcome::Killed(sig as i32))
+        self.send_signal(t, sig as u64, code, cpu, mem)
     }
 
     fn sys_uname(&mut self, buf: u64, mem: &mut GuestMemory) -> i64 {
@@ -236,7 +250,7 @@ impl LinuxState {
         &mut self,
         req: u64,
         cpu: &mut dyn Vcpu,
-        mem: &GuestMemory,
+        mem: &mut GuestMemory,
         abs_clock: Option<u64>,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let Some(Timespec {
@@ -257,7 +271,7 @@ impl LinuxState {
         }
         if self.thread_count() > 1 {
             // The other threads run meanwhile.
-            return self.sleep_thread(dur.min(Duration::from_secs(1 << 32)), cpu);
+            return self.sleep_thread(dur.min(Duration::from_secs(1 << 32)), cpu, mem);
         }
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -130,6 +130,7 @@ impl LinuxState {
             sigactions,
             threads,
             switched: false,
+            fatal: None,
             robust_list,
             rseq,
             cpl0_syscalls,

@@ -78,6 +78,12 @@ pub(super) struct Thread {
     pub clear_tid: u64,
     /// Blocked signals.
     pub sigmask: u64,
+    /// Signals sent to it and not delivered yet (blocked, or it was not running).
+    pub pending: u64,
+    /// The siginfo code of the last pending signal.
+    pub pending_code: i32,
+    /// Its alternate signal stack (sp, size; size 0: none).
+    pub altstack: (u64, u64),
     wait: Wait,
     /// It stopped at a system call (not preempted): RCX and R11 hold nothing of its own.
     at_syscall: bool,
@@ -96,6 +102,9 @@ impl Thread {
             fpu: None,
             clear_tid: 0,
             sigmask: 0,
+            pending: 0,
+            pending_code: 0,
+            altstack: (0, 0),
             wait: Wait::Runnable,
             at_syscall: true,
             until: None,
@@ -199,7 +208,7 @@ impl Threads {
 
 /// Registers a thread resumes with after the system call in `r` returns `ret` (what SYSRETQ
 /// would do).
-fn after_syscall(r: &kvm_regs, ret: i64) -> kvm_regs {
+pub(super) fn after_syscall(r: &kvm_regs, ret: i64) -> kvm_regs {
     let mut u = *r;
     u.rax = ret as u64;
     u.rip = r.rcx;
@@ -234,25 +243,32 @@ impl LinuxState {
 
     /// The time slice of the running thread is over: switch to the next runnable thread (after
     /// waking those whose timeouts passed). False when the vCPU stays on the same thread.
-    pub fn preempt(&mut self, cpu: &mut dyn Vcpu) -> Result<bool, KvmError> {
+    pub fn preempt(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<bool, SyscallOutcome>, KvmError> {
         let r = *cpu.regs();
         // Hardware KVM: stopped in the CPL0 system call stub (between its `out` and `sysretq`):
         // not a user-mode state to save. The next slice will do.
         if self.cpl0_syscalls == Some(true) && r.rip == crate::layout::SYSCALL_ENTRY + 2 {
-            return Ok(false);
+            return Ok(Ok(false));
         }
         self.threads.wake_expired(Instant::now());
         let Some(next) = self.threads.next_runnable() else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         if next == self.threads.cur {
-            return Ok(false);
+            return Ok(Ok(false));
         }
         self.threads.current_mut().regs = r;
-        self.switch_to(cpu, next, false)?;
+        self.switch_to(cpu, mem, next, false)?;
         // Not in a system call: nothing for `handle` to skip.
         self.switched = false;
-        Ok(true)
+        Ok(match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(true),
+        })
     }
 
     /// Save the running thread's FS/GS bases and FPU state, and load thread `next`'s (its
@@ -264,6 +280,7 @@ impl LinuxState {
     fn switch_to(
         &mut self,
         cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
         next: usize,
         in_syscall: bool,
     ) -> Result<(), KvmError> {
@@ -288,8 +305,9 @@ impl LinuxState {
             .unwrap_or(0);
         let n = self.threads.current().clone();
         let mut regs = n.regs;
+        let signal = n.pending & !n.sigmask != 0;
         if in_syscall && self.cpl0_syscalls == Some(true) {
-            if n.at_syscall {
+            if n.at_syscall && !signal {
                 regs.rip = crate::layout::SYSCALL_ENTRY + 2; // the stub's sysretq
                 regs.rcx = n.regs.rip;
                 regs.r11 = n.regs.rflags;
@@ -310,6 +328,13 @@ impl LinuxState {
         }
         *cpu.regs_mut() = regs;
         self.switched = true;
+        if signal {
+            // A signal sent to it while it was not running: its handler runs first.
+            if let Err(e) = self.deliver_pending(regs, false, cpu, mem)? {
+                self.fatal = Some(e);
+            }
+            self.switched = true;
+        }
         Ok(())
     }
 
@@ -319,6 +344,7 @@ impl LinuxState {
     pub(super) fn block(
         &mut self,
         cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
         wait: Wait,
         until: Option<Instant>,
         timeout_ret: i64,
@@ -340,7 +366,7 @@ impl LinuxState {
             t.wait = Wait::Runnable;
             return Ok(Ok(Blocked::Now(t.regs.rax as i64)));
         }
-        self.switch_to(cpu, next, true)?;
+        self.switch_to(cpu, mem, next, true)?;
         Ok(Ok(Blocked::Switched))
     }
 
@@ -506,12 +532,16 @@ impl LinuxState {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
-        self.switch_to(cpu, next, true)?;
+        self.switch_to(cpu, mem, next, true)?;
         Ok(Ok(0))
     }
 
     /// sched_yield(): let the next runnable thread run.
-    pub(super) fn sys_sched_yield(&mut self, cpu: &mut dyn Vcpu) -> Result<i64, KvmError> {
+    pub(super) fn sys_sched_yield(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<i64, KvmError> {
         self.threads.wake_expired(Instant::now());
         if !self.threads.others_runnable() {
             return Ok(0);
@@ -521,7 +551,7 @@ impl LinuxState {
         let Some(next) = self.threads.next_runnable() else {
             return Ok(0);
         };
-        self.switch_to(cpu, next, true)?;
+        self.switch_to(cpu, mem, next, true)?;
         Ok(0)
     }
 
@@ -530,9 +560,10 @@ impl LinuxState {
         &mut self,
         dur: Duration,
         cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let until = Instant::now() + dur;
-        Ok(match self.block(cpu, Wait::Sleep, Some(until), 0)? {
+        Ok(match self.block(cpu, mem, Wait::Sleep, Some(until), 0)? {
             Ok(Blocked::Now(v)) => Ok(v),
             Ok(Blocked::Switched) => Ok(0),
             Err(e) => Err(e),
@@ -589,7 +620,7 @@ impl LinuxState {
                     return Ok(Ok(-EAGAIN));
                 }
                 return Ok(
-                    match self.block(cpu, Wait::Futex { addr, bitset }, until, -ETIMEDOUT)? {
+                    match self.block(cpu, mem, Wait::Futex { addr, bitset }, until, -ETIMEDOUT)? {
                         Ok(Blocked::Now(v)) => Ok(v),
                         Ok(Blocked::Switched) => Ok(0),
                         Err(e) => Err(e),
@@ -675,12 +706,12 @@ impl LinuxState {
         Ok(Ok(v))
     }
 
-    /// Whether thread `tid` exists.
-    pub(super) fn thread_exists(&self, tid: i64) -> bool {
+    /// The index of thread `tid`, if it exists.
+    pub(super) fn thread_index(&self, tid: i64) -> Option<usize> {
         self.threads
             .list
             .iter()
-            .any(|t| i64::from(t.tid) == tid && t.wait != Wait::Exited)
+            .position(|t| i64::from(t.tid) == tid && t.wait != Wait::Exited)
     }
 }
 

@@ -80,3 +80,35 @@ fn c_and_rust_programs_start_and_join_threads_under_edgevm_run() {
         "channel: 4 results, joined 6\ncondvar: 100\nsleep: 3 woke\nscope: 36\nthreads ok\n"
     );
 }
+
+#[test]
+fn signal_handlers_run_with_masks_alternate_stacks_and_sigreturn() {
+    let file = guest("signals");
+    let s = Server::with_config(
+        "signals",
+        &format!(
+            "{{ \"signals\": {{ \"filename\": {}, \"max_memory\": 64 }} }}",
+            js(file.to_str().unwrap())
+        ),
+    );
+    // SI_TKILL (-6) from raise(); SI_USER (0) from kill().
+    assert_eq!(s.ok("/signals/raise"), "raise: got 10 code -6 on_alt 0");
+    assert_eq!(
+        s.ok("/signals/altstack"),
+        "altstack: got 10 on_alt 1 size 65536"
+    );
+    assert_eq!(s.ok("/signals/mask"), "mask: before 0 after 12 code 0");
+    assert_eq!(s.ok("/signals/thread"), "thread: got 10 in the thread 1");
+    assert_eq!(s.ok("/signals/storm"), "storm: 500 handled");
+    assert_eq!(s.ok("/signals/fpu"), "fpu: intact, handler 1");
+    // Default actions and a frame that cannot be written end the program, not the server.
+    for (action, signal) in [("default", "SIGTERM"), ("badstack", "SIGSEGV")] {
+        let r = s.get(&format!("/signals/{action}"));
+        assert_eq!(r.status, 500, "{action}: {}", r.text());
+        s.wait_log(
+            &format!("killed by signal {signal}"),
+            std::time::Duration::from_secs(10),
+        );
+    }
+    assert_eq!(s.ok("/signals/raise"), "raise: got 10 code -6 on_alt 0");
+}
