@@ -311,10 +311,11 @@ fn idle_programs_give_their_request_vms_back_and_get_them_again() {
     assert_eq!(s.ok("/idle/ok"), "ok");
     assert_eq!(s.ok("/keep/ok"), "ok");
     // Idle: its three request VMs go (the frozen image stays); the other program keeps its two.
-    // (On a busy machine the boot's last forks may come after the first VM was freed.)
+    // (On a busy machine the boot's last forks may come after the first VM was freed, and the
+    // first request may refill one that is then freed again: at least three are freed.)
     assert!(
         eventually(
-            || s.stat("idle", "resident_vms") == 0.0 && s.stat("idle", "idle_vms_freed") == 3.0
+            || s.stat("idle", "resident_vms") == 0.0 && s.stat("idle", "idle_vms_freed") >= 3.0
         ),
         "{}",
         s.stats()
