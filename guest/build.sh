@@ -37,6 +37,7 @@
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
+#     routes           a program behind routes and chains (tests/all/routes.rs)
 #     call_semantics(_ref) every header call, fast path vs hypercalls (call_semantics.rs)
 #     threads          pthreads: a frozen worker pool, spawns, futexes (tests/all/threads.rs)
 #     threads_rust     Rust std::thread, mpsc, Mutex/Condvar (tests/all/threads.rs)
@@ -151,6 +152,7 @@ build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/li
 for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build routes "$T/routes.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/routes.c" -o "$OUT/routes.tmp"
 build call_semantics "$T/call_semantics.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
 build call_semantics_ref "$T/call_semantics.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
 build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"

@@ -81,6 +81,7 @@ mod expand;
 mod json;
 mod keys;
 mod program;
+mod routes;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -92,6 +93,7 @@ pub use program::{
     AllowedPath, Download, ProgramConfig, Remapping, Warmup, DEFAULT_GROUP, DEFAULT_MAX_QUEUE,
     MAX_ADDRESS_SPACE, MAX_CONCURRENCY, MAX_QUEUE, MAX_SMP, MAX_TIME_SECS, MB,
 };
+pub use routes::{ChainStep, Route, FETCH_STEP, ROUTES_SECTION};
 pub use server::{ListenAt, ServerConfig, TrustedFrontend, SERVER_KEYS, SERVER_SECTION};
 
 use json::{comma_before, DuplicateKeys};
@@ -137,6 +139,8 @@ pub struct Config {
     /// Server-wide settings from the top-level [`SERVER_SECTION`] object (later files
     /// override earlier ones key by key).
     pub server: ServerConfig,
+    /// The top-level [`ROUTES_SECTION`] lists of every file, in order (first match wins).
+    pub routes: Vec<Route>,
 }
 
 /// One object from one file, for one program or group.
@@ -185,10 +189,19 @@ impl Config {
         let mut program_layers: BTreeMap<String, Vec<Layer>> = BTreeMap::new();
         let mut warnings = Vec::new();
         let mut server = ServerConfig::default();
+        let mut all_routes = Vec::new();
 
         for (source, text) in sources {
             let doc = parse_document(text, source, &mut warnings)?;
             for (name, value) in doc {
+                if name == ROUTES_SECTION {
+                    let r = routes::parse(&value).map_err(|message| ConfigError::Structure {
+                        source_name: source.clone(),
+                        message,
+                    })?;
+                    all_routes.extend(r);
+                    continue;
+                }
                 if name == SERVER_SECTION {
                     let Value::Object(obj) = &value else {
                         return Err(ConfigError::Structure {
@@ -240,6 +253,7 @@ impl Config {
             sources: sources.iter().map(|(s, _)| s.clone()).collect(),
             warnings,
             server,
+            routes: all_routes,
             ..Config::default()
         };
 
@@ -282,6 +296,14 @@ impl Config {
         for (name, layers) in &program_layers {
             let result = build_program(name, layers, &group_drafts, vars, &mut config.warnings);
             config.programs.insert(name.clone(), result);
+        }
+
+        let unknown = routes::unknown_programs(&config.routes, |p| config.programs.contains_key(p));
+        if let Some((i, p)) = unknown.first() {
+            return Err(ConfigError::Structure {
+                source_name: config.sources.join(", "),
+                message: format!("route {}: no program '{p}' is configured", i + 1),
+            });
         }
 
         if config.programs.is_empty() && !sources.is_empty() {

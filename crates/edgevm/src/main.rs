@@ -332,6 +332,7 @@ fn serve(files: &[PathBuf], args: &ServerArgs) -> Result<ExitCode> {
     cfg.server.check()?;
     let mut opts = edgevm_server::http::HttpOptions::default();
     opts.apply_config(&cfg.server);
+    opts.routes = Arc::new(cfg.routes.clone());
     let fds = edgevm_server::limits::raise_fd_limit();
     // Connections get what the programs' VMs leave of the open-file limit.
     let needs = edgevm_server::capacity::needs(&cfg);

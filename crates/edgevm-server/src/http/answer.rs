@@ -120,7 +120,16 @@ pub(super) async fn run_program(
         warmup: false,
         self_depth: 0,
     };
+    serve_guest(shared, program, greq, id).await
+}
 
+/// Run `greq` in `program` and map its answer or error to the client's response.
+pub(super) async fn serve_guest(
+    shared: &Shared,
+    program: &str,
+    greq: GuestRequest,
+    id: RequestId,
+) -> Outcome {
     match shared.host.serve(program, greq).await {
         Ok(resp) => Outcome {
             exits: resp.exits,

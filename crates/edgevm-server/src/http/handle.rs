@@ -98,6 +98,11 @@ pub(super) async fn route(shared: &Shared, req: Request<Incoming>, id: RequestId
     if reserved {
         return admin(shared, req).await.into();
     }
+    if let Some(r) = super::routes::find(shared, &req) {
+        let mut outcome = super::routes::run_route(shared, &r, req, id).await;
+        outcome.program.get_or_insert_with(|| r.program.clone());
+        return outcome;
+    }
     let program = segment.to_owned();
     let mut outcome = run_program(shared, &program, req, id).await;
     outcome.program = Some(program);

@@ -26,6 +26,8 @@ pub struct HttpOptions {
     /// After SIGTERM/SIGINT ([`run_server`]), how long to keep serving while [`Self::drain`]
     /// is set, before stopping to accept. Default 0.
     pub drain_period: Duration,
+    /// The configuration's `"routes"` (first match wins; path routing when none matches).
+    pub routes: Arc<Vec<edgevm_config::Route>>,
     /// Front ends (load balancers) whose `X-Edgevm-Arg` header becomes the program's `arg`.
     /// Default: none.
     pub trusted_frontends: Vec<edgevm_config::TrustedFrontend>,
@@ -87,6 +89,7 @@ impl HttpOptions {
             admin_listen: None,
             drain_period: Duration::ZERO,
             drain: Drain::new(),
+            routes: Arc::default(),
             trusted_frontends: Vec::new(),
             max_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,

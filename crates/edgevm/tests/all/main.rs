@@ -23,6 +23,7 @@ mod privilege;
 mod regex;
 mod reset;
 mod robustness;
+mod routes;
 mod run_cmd;
 mod run_limits;
 mod scale;

@@ -1,0 +1,192 @@
+//! The configuration's routes (`edgevm_config::Route`, issue 14 item 7): a request whose path
+//! starts with a route's prefix (and whose method and host match, when the route names them)
+//! goes to the route's program with the route's `url` (the request target when absent) and
+//! `arg`; a chain runs first, each step's answer POSTed into the next, the special first step
+//! `fetch` getting a path of this server in-process (no TCP). A step answering with the route's
+//! `error_threshold` or above ends the chain with that answer.
+
+use super::*;
+use crate::limits;
+use crate::logtext::client_text;
+use edgevm_config::{Route, FETCH_STEP};
+use edgevm_runtime::{GuestRequest, GuestResponse, ServeError};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::Request;
+use tracing::warn;
+
+/// The first route `req` takes.
+pub(super) fn find(shared: &Shared, req: &Request<Incoming>) -> Option<Route> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    shared
+        .opts
+        .routes
+        .iter()
+        .find(|r| r.matches(method, host, path))
+        .cloned()
+}
+
+/// Serve `req` through `route` (its chain, then its program).
+pub(super) async fn run_route(
+    shared: &Shared,
+    route: &Route,
+    req: Request<Incoming>,
+    id: RequestId,
+) -> Outcome {
+    let target = request_target(&req).to_owned();
+    let (parts, body) = req.into_parts();
+    let opts = &shared.opts;
+    let (body, _lease) = match limits::read_body(
+        body,
+        opts.max_body_bytes,
+        opts.body_timeout,
+        &opts.body_memory,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            crate::client_warn!(program = %client_text(&route.program), "{e}");
+            return body_error(e).into();
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    // The route's arg; without one, a trusted front end's X-Edgevm-Arg.
+    let (given, headers) = take_arg(&shared.opts, &parts);
+    let url = route.url.clone().unwrap_or(target);
+    let mut cur = GuestRequest {
+        method: parts.method.as_str().to_owned(),
+        url: url.clone(),
+        arg: if route.arg.is_empty() {
+            given
+        } else {
+            route.arg.clone()
+        },
+        headers,
+        content_type,
+        body: body.into(),
+        warmup: false,
+        self_depth: 0,
+    };
+    for (i, step) in route.chain.iter().enumerate() {
+        let answer = if step.program == FETCH_STEP {
+            let path = step.url.clone().unwrap_or_default();
+            fetch_in_process(shared, &path, &cur.headers).await
+        } else {
+            let r = GuestRequest {
+                url: step.url.clone().unwrap_or_else(|| url.clone()),
+                arg: step.arg.clone(),
+                ..cur.clone()
+            };
+            shared.host.serve(&step.program, r).await
+        };
+        match answer {
+            Ok(r) if r.status >= route.error_threshold => {
+                warn!(
+                    program = %route.program,
+                    "chain step {} ({}) answered {}: the chain ends with its answer",
+                    i + 1,
+                    step.program,
+                    r.status
+                );
+                return Outcome {
+                    exits: r.exits,
+                    answer: guest_answer(r),
+                    program: Some(route.program.clone()),
+                    error: None,
+                };
+            }
+            // The step's answer is POSTed into the next.
+            Ok(r) => {
+                cur.method = "POST".into();
+                cur.content_type = r.content_type;
+                cur.body = r.body;
+                cur.headers.retain(|(k, _)| {
+                    !k.eq_ignore_ascii_case("content-type")
+                        && !k.eq_ignore_ascii_case("content-length")
+                });
+                cur.headers
+                    .push(("content-type".into(), cur.content_type.clone()));
+                cur.headers
+                    .push(("content-length".into(), cur.body.len().to_string()));
+            }
+            Err(err) => {
+                let name = if step.program == FETCH_STEP {
+                    route.program.as_str()
+                } else {
+                    step.program.as_str()
+                };
+                warn!(
+                    program = %route.program,
+                    "chain step {} ({}) failed: {err} (request id {id})",
+                    i + 1,
+                    step.program
+                );
+                return Outcome {
+                    answer: error_answer(shared.opts.error_details, name, &err, id),
+                    program: Some(route.program.clone()),
+                    error: Some(err),
+                    exits: None,
+                };
+            }
+        }
+    }
+    cur.url = url;
+    serve_guest(shared, &route.program, cur, id).await
+}
+
+/// A chain's `fetch` step: GET `path` of this server in-process: the route it takes (its
+/// program with its url and arg; a route's own chain is not run, so fetches never nest) or
+/// `/<program>/...`.
+async fn fetch_in_process(
+    shared: &Shared,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<GuestResponse, ServeError> {
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str());
+    let only_path = path.split('?').next().unwrap_or(path);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| {
+            !k.eq_ignore_ascii_case("content-type") && !k.eq_ignore_ascii_case("content-length")
+        })
+        .cloned()
+        .collect();
+    let mut req = GuestRequest {
+        method: "GET".into(),
+        url: path.to_owned(),
+        headers,
+        // Counted as a self-request (the server's self-request depth limit).
+        self_depth: 1,
+        ..Default::default()
+    };
+    if let Some(r) = shared
+        .opts
+        .routes
+        .iter()
+        .find(|r| r.matches("GET", host, only_path))
+    {
+        req.url = r.url.clone().unwrap_or(req.url);
+        req.arg = r.arg.clone();
+        return shared.host.serve(&r.program, req).await;
+    }
+    let segment = only_path
+        .strip_prefix('/')
+        .map(|p| p.split('/').next().unwrap_or(""))
+        .unwrap_or("");
+    if segment.is_empty() || RESERVED_SEGMENTS.contains(&segment) {
+        return Err(ServeError::ProgramNotFound(segment.to_owned()));
+    }
+    shared.host.serve(segment, req).await
+}
