@@ -10,7 +10,9 @@
 #include <lua.h>
 #include <lualib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static lua_State *L;
 
@@ -38,12 +40,36 @@ int main(int argc, char **argv)
 	const char *script = argc > 1 ? argv[1] : "/app/handler.lua";
 	L = luaL_newstate();
 	luaL_openlibs(L);
+	/* SCRIPT_DIR: where the script is, for the files it reads next to it. */
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s", script);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	lua_pushstring(L, slash ? dir : ".");
+	lua_setglobal(L, "SCRIPT_DIR");
 	if (luaL_dofile(L, script) != LUA_OK) {
 		fprintf(stderr, "lua: %s\n", lua_tostring(L, -1));
 		return 1;
 	}
 	if (IS_LINUX_MAIN()) {
-		puts("lua: script loaded; run me inside edgevm to serve it");
+		/* Natively, BENCH_CALLS=N times N calls of handle() (docs/BENCHMARKS.md). */
+		const char *calls = getenv("BENCH_CALLS");
+		const long n = calls ? atol(calls) : 0;
+		struct timespec a, b;
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		for (long i = 0; i < n; i++) {
+			lua_getglobal(L, "handle");
+			lua_pushstring(L, "/lua/a/b?x=1");
+			lua_pcall(L, 1, 2, 0);
+			lua_pop(L, 2);
+		}
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		if (n > 0)
+			printf("lua: %.2f us per call (native, %ld calls)\n",
+			       ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / n, n);
+		else
+			puts("lua: script loaded; run me inside edgevm to serve it");
 		return 0;
 	}
 	set_backend_get(on_get);

@@ -12,7 +12,9 @@
 
 #include "kvm_api.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static PyObject *handle;
 
@@ -63,7 +65,19 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (IS_LINUX_MAIN()) {
-		puts("python: handler imported; run me inside edgevm to serve it");
+		/* Natively, BENCH_CALLS=N times N calls of handle() (docs/BENCHMARKS.md). */
+		const char *calls = getenv("BENCH_CALLS");
+		const long n = calls ? atol(calls) : 0;
+		struct timespec a, b;
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		for (long i = 0; i < n; i++)
+			Py_XDECREF(PyObject_CallFunction(handle, "s", "/python/a/b?x=1"));
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		if (n > 0)
+			printf("python: %.2f us per call (native, %ld calls)\n",
+			       ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / n, n);
+		else
+			puts("python: handler imported; run me inside edgevm to serve it");
 		return 0;
 	}
 	set_backend_get(on_get);

@@ -1,6 +1,6 @@
 -- handler.lua: loaded once by guest/examples/lua.c before the program is frozen; handle(url)
 -- runs for every request in a fresh copy of that state.
-local f = assert(io.open("/app/greeting.txt"))
+local f = assert(io.open(SCRIPT_DIR .. "/greeting.txt"))
 local greeting = f:read("l")
 f:close()
 
