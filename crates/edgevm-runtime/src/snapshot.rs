@@ -28,7 +28,8 @@
 //!
 //! Not snapshotted (the program boots every time, with a log line): programs with a storage
 //! VM (its state is not in the file), programs with host files open at
-//! `wait_for_requests()`.
+//! `wait_for_requests()`, programs with `allowed_paths` and dynamically linked ones (what
+//! `main()` read from host files could change unseen).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -157,6 +158,7 @@ fn settings_identity(s: &ProgramSettings) -> String {
     line("address space", o.memory_size().to_string());
     line("shared_memory", o.shared_memory.to_string());
     line("control_ephemeral", o.control_ephemeral.to_string());
+    line("current_working_directory", format!("{:?}", o.cwd));
     line(
         "warmup",
         match &s.warmup {
@@ -235,6 +237,18 @@ pub fn supported(s: &ProgramSettings) -> Result<(), SnapshotError> {
     if s.storage {
         return Err(SnapshotError::Unsupported(
             "the program has a storage VM, whose state a snapshot does not hold".into(),
+        ));
+    }
+    if !s.vm.allowed_paths.is_empty() {
+        return Err(SnapshotError::Unsupported(
+            "main() may read host files (allowed_paths), whose later changes a snapshot would not see"
+                .into(),
+        ));
+    }
+    if matches!(elf::interpreter(&s.vm.binary), Ok(Some(_))) {
+        return Err(SnapshotError::Unsupported(
+            "a dynamically linked program: its libraries are host files a snapshot would not see change"
+                .into(),
         ));
     }
     Ok(())

@@ -229,18 +229,24 @@ fn snapshot_dir_serves_every_program_and_skips_storage() {
     let cfg = format!(
         "{{ \"server\": {{ \"snapshot_dir\": {} }},\n\
          \"hello\": {{ \"filename\": {}, \"start\": true }},\n\
+         \"files\": {{ \"filename\": {}, \"start\": true, \"allowed_paths\": [\"/etc/hostname\"] }},\n\
          \"counter\": {{ \"filename\": {}, \"storage\": true, \"start\": true }} }}",
         js(snap.to_str().unwrap()),
+        js(guest("example_hello").to_str().unwrap()),
         js(guest("example_hello").to_str().unwrap()),
         js(guest("example_counter").to_str().unwrap()),
     );
     let path = dir.join("config.json");
     std::fs::write(&path, &cfg).unwrap();
     let s = Server::start(&dir, &[&path], &[]);
-    s.wait_loaded(&["hello", "counter"]);
+    s.wait_loaded(&["hello", "counter", "files"]);
     let hello = s.ok("/hello");
     s.wait_log(
         "Program 'hello': snapshot written to",
+        Duration::from_secs(10),
+    );
+    s.wait_log(
+        "not snapshotted: main() may read host files (allowed_paths)",
         Duration::from_secs(10),
     );
     s.stop();
@@ -249,6 +255,7 @@ fn snapshot_dir_serves_every_program_and_skips_storage() {
     assert_eq!(mode & 0o777, 0o700);
     assert!(snap.join("hello.snapshot").exists());
     assert!(!snap.join("counter.snapshot").exists());
+    assert!(!snap.join("files.snapshot").exists());
     let s = Server::start(&dir, &[&path], &[]);
     s.wait_loaded(&["hello", "counter"]);
     assert_eq!(s.ok("/hello"), hello);
