@@ -116,11 +116,24 @@ strip --strip-debug -o "$R$ROOT/target/debug/edgevm" target/debug/edgevm
 strip --strip-debug -o "$R/hwkvm/all" "$tests_bin"
 cp -r "$EDGEVM_GUESTS"/. "$R$EDGEVM_GUESTS/"
 # Debug info off the guests (symbols stay: crash reports name functions); less to unpack.
-find "$R$EDGEVM_GUESTS" -maxdepth 1 -type f -perm -u+x -exec strip --strip-debug {} + 2>/dev/null || true
+# Not off `debug`: the debug:: tests read its variables and arguments with GDB.
+find "$R$EDGEVM_GUESTS" -maxdepth 1 -type f -perm -u+x ! -name debug -exec strip --strip-debug {} + 2>/dev/null || true
 cp -r "$ROOT/bench" "$ROOT/config" "$R$ROOT/"
 cp -r "$ROOT/guest" "$R$ROOT/guest"
 rm -rf "$R$ROOT/guest/rust/"*/target
-for f in $(ldd target/debug/edgevm "$tests_bin" "$CACHE/tss_available.so" | awk '/=> \// { print $3 } /^[ \t]*\/lib64\// { print $1 }' | sort -u); do
+# GDB for the debug:: tests (not in the default list): Debian's gdb-minimal, no Python, so
+# its shared libraries are all it needs. Downloaded once.
+extra=()
+if printf '%s\n' "${filters[@]}" | grep -q '^debug::'; then
+	if [ ! -x "$CACHE/gdb/usr/bin/gdb" ]; then
+		rm -rf "$CACHE/gdbdl" && mkdir -p "$CACHE/gdbdl"
+		(cd "$CACHE/gdbdl" && apt-get download -q gdb-minimal >/dev/null 2>&1 && dpkg-deb -x ./*.deb "$CACHE/gdb")
+		rm -rf "$CACHE/gdbdl"
+	fi
+	cp "$CACHE/gdb/usr/bin/gdb" "$R/usr/bin/gdb"
+	extra+=("$CACHE/gdb/usr/bin/gdb")
+fi
+for f in $(ldd target/debug/edgevm "$tests_bin" "$CACHE/tss_available.so" "${extra[@]}" | awk '/=> \// { print $3 } /^[ \t]*\/lib64\// { print $1 }' | sort -u); do
 	cp -L "$f" "$R$f"
 done
 cat >"$R/hwkvm/env" <<EOV
