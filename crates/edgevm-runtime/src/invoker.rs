@@ -233,6 +233,8 @@ impl<M: MemoryView> Invoker<M> {
         self.stashed = None;
         self.lost_headers = 0;
         self.vm.fetch_depth = req.self_depth;
+        // A new request: nothing left over from one that failed while a call waited.
+        self.vm.forget_pending();
         if kind == 0 {
             if let Err(f) = self.resume_loop(handler) {
                 return Outcome::Failed(f);

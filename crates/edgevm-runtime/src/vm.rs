@@ -425,6 +425,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         }
     }
 
+    /// Forget a system call or hypercall kept for when the VM resumes (a request that failed
+    /// while one waited leaves it behind; the next request must not make it).
+    pub(crate) fn forget_pending(&mut self) {
+        self.pending_call = None;
+        self.pending_syscall = false;
+    }
+
     /// Run the guest, handling system calls and the generic hypercalls, until something the
     /// caller must decide on.
     pub fn run_until_event(&mut self) -> Result<Event, RunError> {
