@@ -94,6 +94,11 @@ fn varnish_in_front_over_a_unix_socket() {
     run_vtc("uds.vtc", &[]);
 }
 
+#[test]
+fn a_chain_route_through_varnish() {
+    run_vtc("chain.vtc", &[]);
+}
+
 /// The fleet scenario, short (scripts/fleet.sh runs it long and prints the counts): three
 /// nodes, kill -9 of one under load, a rolling live update under load and a restart, a node
 /// whose program cannot boot. Every GET through Varnish must answer 200.
