@@ -84,7 +84,9 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
         for n in names {
             s.wait_log(
                 &format!("Program '{n}': snapshot written to"),
-                Duration::from_secs(20),
+                // Writing hashes and copies the image: on emulated SVM (scripts/hwkvm.sh, time
+                // scale 4) that took 40 s for seven programs at once.
+                Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
             );
         }
     };
@@ -216,7 +218,10 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
     let s = Server::start(&dir, &[&cfg], &[]);
     s.wait_loaded(&["good"]);
     assert_eq!(s.ok("/good"), booted[0]);
-    s.wait_log("is writable by every user", Duration::from_secs(5));
+    s.wait_log(
+        "is writable by every user",
+        Duration::from_secs(5).mul_f64(time_scale()),
+    );
     assert_eq!(s.stat("good", "snapshot_starts"), 0.0);
     s.stop();
 }
