@@ -47,6 +47,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		storage::shared_memory_is_at_the_top_and_shared_by_every_request_vm
 		inline::a_looping_request_does_not_hold_the_http_worker  # preemption
 		hostile::a_request_finds_no_secret_of_the_previous_one
+		snapshot::snapshot_dir_serves_every_program_and_skips_storage  # CPU state from a file
 		# Not hostile::hostile_programs_are_contained_next_to_a_loaded_program: its catalog of
 		# privileged instructions meets QEMU TCG's own quirks (reserved MXCSR bits load without
 		# #GP, ICEBP is #UD), which real CPUs and KVM do not share.
