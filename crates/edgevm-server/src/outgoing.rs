@@ -8,8 +8,9 @@
 //!   (a program fetching itself cannot recurse forever).
 //!
 //! The runtime calls [`Outgoing::fetch`] only on threads that may block (never an HTTP worker):
-//! see docs/DESIGN.md, "Outgoing fetch". [`Outgoing::self_request`] is the entry point for other
-//! in-process callers (a chain's `fetch` step).
+//! see docs/DESIGN.md, "Outgoing fetch". [`Outgoing::self_request`] (blocking) and
+//! [`Outgoing::self_request_async`] are the entry points for other in-process callers (a
+//! chain's `fetch` step).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,8 +81,28 @@ impl Drop for InFlight<'_> {
 impl Outgoing {
     /// A self-request: `method url` (a path, `/program/...`) served by the router in-process,
     /// as a client's request would be. `depth` is the self-request depth of the request making
-    /// it (0: a client's). Blocking: call it from a thread that may block.
+    /// it (0: a client's). Blocking: call it from a thread that may block (never from inside
+    /// the async runtime: use [`Outgoing::self_request_async`] there).
     pub fn self_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        depth: u32,
+        deadline: Instant,
+    ) -> Result<FetchResponse, FetchError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.handle.get().cloned())
+            .ok_or_else(|| FetchError("self-requests are not available here".into()))?;
+        handle.block_on(self.self_request_async(method, url, headers, body, depth, deadline))
+    }
+
+    /// [`Outgoing::self_request`] for async callers on the server's runtime (a chain's `fetch`
+    /// step): the same limits (depth, server-wide count, `deadline`), awaited instead of
+    /// blocking.
+    pub async fn self_request_async(
         &self,
         method: &str,
         url: &str,
@@ -138,13 +159,8 @@ impl Outgoing {
             warmup: false,
             self_depth: depth + 1,
         };
-        let handle = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.handle.get().cloned())
-            .ok_or_else(|| FetchError("self-requests are not available here".into()))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let fut = host.serve(program, req);
-        let r = handle.block_on(async move { tokio::time::timeout(left, fut).await });
+        let r = tokio::time::timeout(left, host.serve(program, req)).await;
         match r {
             Err(_) => Err(FetchError(format!(
                 "self-request {url} timed out after {left:?}"
