@@ -208,7 +208,7 @@ impl LinuxState {
         regs.rax = 0;
         regs.rsp = frame;
         regs.rip = handler;
-        regs.rflags = (ctx.rflags & !0x4_0500) | 0x202; // DF, TF, AC cleared
+        regs.rflags = (ctx.rflags & !0x4_3500) | 0x202; // DF, TF, AC, IOPL cleared
         self.enter_user(regs, in_syscall, cpu)?;
         Ok(Ok(0))
     }

@@ -212,7 +212,9 @@ pub(super) fn after_syscall(r: &kvm_regs, ret: i64) -> kvm_regs {
     let mut u = *r;
     u.rax = ret as u64;
     u.rip = r.rcx;
-    u.rflags = (r.r11 & SYSRET_RFLAGS_MASK) | 2;
+    // Never IOPL: a program reaching the system call port with an `out` of its own chooses
+    // R11, and these flags are loaded as they are when the thread resumes.
+    u.rflags = (r.r11 & SYSRET_RFLAGS_MASK & !0x3000) | 2;
     u
 }
 
@@ -249,9 +251,10 @@ impl LinuxState {
         mem: &mut GuestMemory,
     ) -> Result<Result<bool, SyscallOutcome>, KvmError> {
         let r = *cpu.regs();
-        // Hardware KVM: stopped in the CPL0 system call stub (between its `out` and `sysretq`):
-        // not a user-mode state to save. The next slice will do.
-        if self.cpl0_syscalls == Some(true) && r.rip == crate::layout::SYSCALL_ENTRY + 2 {
+        // Stopped at CPL0 (in the system call stub on hardware KVM, or in the exception stub
+        // before its exit): not a user-mode state to save, and the next thread must not run
+        // with a CPL0 code segment. The next slice will do (one GET_SREGS per slice end).
+        if cpu.sregs()?.cs.dpl != 3 {
             return Ok(Ok(false));
         }
         self.threads.wake_expired(Instant::now());
@@ -307,7 +310,10 @@ impl LinuxState {
         let mut regs = n.regs;
         let signal = n.pending & !n.sigmask != 0;
         if in_syscall && self.cpl0_syscalls == Some(true) {
-            if n.at_syscall && !signal {
+            // SYSRETQ only to a canonical address: on Intel CPUs a non-canonical RCX faults at
+            // CPL0 on the program's stack (its RIP came from RCX, which a program reaching
+            // the port with its own `out` chooses).
+            if n.at_syscall && !signal && n.regs.rip < (1 << 47) - 4096 {
                 regs.rip = crate::layout::SYSCALL_ENTRY + 2; // the stub's sysretq
                 regs.rcx = n.regs.rip;
                 regs.r11 = n.regs.rflags;
