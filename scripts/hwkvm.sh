@@ -43,6 +43,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		serve::exits_per_request_of_hello
 		serve::storage_counter_and_shared_memory_counter_count
 		serve::on_error_handler_answers_after_a_crash
+		event_loop::ephemeral_event_loops_restart_from_the_paused_point  # resume trampoline
 		storage::storage_calls_copy_buffers_and_results_as_the_reference
 		storage::shared_memory_is_at_the_top_and_shared_by_every_request_vm
 		inline::a_looping_request_does_not_hold_the_http_worker  # preemption
