@@ -55,8 +55,6 @@ if [ ${#filters[@]} -eq 0 ]; then
 		# privileged instructions meets QEMU TCG's own quirks (reserved MXCSR bits load without
 		# #GP, ICEBP is #UD), which real CPUs and KVM do not share.
 		bench::exits_per_request_do_not_rise_above_the_record
-		event_loop::ephemeral_event_loops_restart_from_the_paused_point  # resume trampoline
-		snapshot::a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run  # CPU state from a file
 	)
 fi
 

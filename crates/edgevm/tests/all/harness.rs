@@ -113,7 +113,7 @@ impl Server {
                     panic!("edgevm serve exited early ({st}):\n{text}\nconfig:\n{configs}");
                 }
                 assert!(
-                    t0.elapsed() < Duration::from_secs(10),
+                    t0.elapsed() < Duration::from_secs(10).mul_f64(time_scale()),
                     "edgevm serve does not accept connections:\n{}",
                     s.log()
                 );
