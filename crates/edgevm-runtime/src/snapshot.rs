@@ -470,6 +470,88 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     check_dir(path)?;
     let o = &settings.vm;
     let size = o.memory_size();
+    let (mut f, head, meta, data_len) = open_checked(path, size)?;
+    let mut r = Reader::new(&meta);
+    // Identity first: a stale file says why.
+    let (binary_hash, binary_file, ident, host) = read_identity(&mut r)?;
+    phase("header and metadata");
+    check_identity(settings, &binary_hash, &binary_file, &ident, &host)?;
+    phase("binary hash");
+    if r.u64().map_err(corrupt)? != size {
+        return Err(corrupt("memory size"));
+    }
+    let regs = get_regs(&mut r)?;
+    let fs_base = r.u64().map_err(corrupt)?;
+    let gs_base = r.u64().map_err(corrupt)?;
+    let use_xsave = r.bool().map_err(corrupt)?;
+    let (handlers, ephemeral_override, paused) = read_handlers(&mut r)?;
+    let layout = Layout::new(size, o.shared_memory).map_err(SnapshotError::Io)?;
+    let linux = LinuxState::restore(
+        layout,
+        LinuxConfig {
+            max_memory: o.max_memory,
+            exe_path: exe_path(settings),
+            verbose_syscalls: false,
+            state_file: o.state_file.clone(),
+            allowed_paths: o.allowed_paths.clone(),
+            cwd: o.cwd.clone(),
+            verbose: o.verbose,
+        },
+        &mut r,
+    )
+    .map_err(corrupt)?;
+    let mut patterns = Vec::new();
+    for _ in 0..r.count(8).map_err(corrupt)? {
+        patterns.push(match r.u64().map_err(corrupt)? {
+            0 => None,
+            1 => Some(r.str().map_err(corrupt)?.to_string()),
+            v => return Err(corrupt(format!("regex slot {v}"))),
+        });
+    }
+    let extents = read_extents(&mut r, size, data_len)?;
+    r.finish().map_err(corrupt)?;
+    // The data straight into the new image, hashed on the way.
+    phase("identity and state");
+    let mut mem = read_image(&mut f, &head, &extents, size, data_len)?;
+    phase("image read and checked");
+    // This build's supervisor structures, whatever the file held there (the FPU image and
+    // the entry slot the freeze wrote are not among them).
+    cpu::write_system_tables(&mut mem, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    mem.set_protected(layout::PROTECTED.to_vec());
+    mem.find_holes(layout.shared_start as usize);
+    let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
+    phase("system tables, holes, regexes");
+    let elf = elf::describe(&o.binary, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    phase("ELF symbols");
+    tracing::debug!(
+        "snapshot {} loaded: {phases:?} (ms since start)",
+        path.display()
+    );
+    let mut opts = o.clone();
+    opts.binary = Arc::default();
+    Ok(Frozen {
+        image: mem.freeze(),
+        regs,
+        fs_base,
+        gs_base,
+        linux,
+        regex,
+        handlers,
+        elf,
+        layout,
+        opts,
+        ephemeral_override,
+        paused,
+        use_xsave,
+    })
+}
+
+/// Open a snapshot file and check its header and metadata checksum: the file (at the data),
+/// the header, the metadata and the data length.
+fn open_checked(
+    path: &Path,
+    size: u64,
+) -> Result<(std::fs::File, [u8; HEADER], Vec<u8>, u64), SnapshotError> {
     let mut f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -521,8 +603,12 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             "metadata checksum mismatch (the file was changed or damaged)",
         ));
     }
-    let mut r = Reader::new(&meta);
-    // Identity first: a stale file says why.
+    Ok((f, head, meta, data_len))
+}
+
+/// The identity section: edgevm's version (checked here), the binary's hash and file
+/// identity, the settings identity and the host.
+fn read_identity(r: &mut Reader) -> Result<(Vec<u8>, String, String, String), SnapshotError> {
     let version = r.str().map_err(corrupt)?.to_string();
     let binary_hash = r.bytes().map_err(corrupt)?.to_vec();
     let binary_file = r.str().map_err(corrupt)?.to_string();
@@ -534,19 +620,28 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             edgevm_version()
         )));
     }
-    phase("header and metadata");
-    // The very file the snapshot was made from (verified then): its hash is the recorded one.
+    Ok((binary_hash, binary_file, ident, host))
+}
+
+/// Whether the snapshot was written for this binary, these settings and this host.
+fn check_identity(
+    settings: &ProgramSettings,
+    binary_hash: &[u8],
+    binary_file: &str,
+    ident: &str,
+    host: &str,
+) -> Result<(), SnapshotError> {
+    let o = &settings.vm;
     let same_file = !binary_file.is_empty() && binary_file == file_identity(&o.program_path);
     let now_hash = if same_file {
-        binary_hash.clone()
+        binary_hash.to_vec()
     } else {
         sha256(&o.binary).to_vec()
     };
-    phase("binary hash");
     if binary_hash != now_hash {
         return Err(SnapshotError::Stale(format!(
             "the program's binary changed (sha256 {} in the snapshot, {} now)",
-            hex(&binary_hash),
+            hex(binary_hash),
             hex(&now_hash)
         )));
     }
@@ -568,13 +663,11 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             "written on another CPU or hypervisor ({host})"
         )));
     }
-    if r.u64().map_err(corrupt)? != size {
-        return Err(corrupt("memory size"));
-    }
-    let regs = get_regs(&mut r)?;
-    let fs_base = r.u64().map_err(corrupt)?;
-    let gs_base = r.u64().map_err(corrupt)?;
-    let use_xsave = r.bool().map_err(corrupt)?;
+    Ok(())
+}
+
+/// The registered handlers, the ephemeral choice and the paused point.
+fn read_handlers(r: &mut Reader) -> Result<(Handlers, Option<bool>, Option<u64>), SnapshotError> {
     let mut hv = [0u64; 8];
     for x in &mut hv {
         *x = r.u64().map_err(corrupt)?;
@@ -600,29 +693,15 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         1 => Some(r.u64().map_err(corrupt)?),
         v => return Err(corrupt(format!("paused point {v}"))),
     };
-    let layout = Layout::new(size, o.shared_memory).map_err(SnapshotError::Io)?;
-    let linux = LinuxState::restore(
-        layout,
-        LinuxConfig {
-            max_memory: o.max_memory,
-            exe_path: exe_path(settings),
-            verbose_syscalls: false,
-            state_file: o.state_file.clone(),
-            allowed_paths: o.allowed_paths.clone(),
-            cwd: o.cwd.clone(),
-            verbose: o.verbose,
-        },
-        &mut r,
-    )
-    .map_err(corrupt)?;
-    let mut patterns = Vec::new();
-    for _ in 0..r.count(8).map_err(corrupt)? {
-        patterns.push(match r.u64().map_err(corrupt)? {
-            0 => None,
-            1 => Some(r.str().map_err(corrupt)?.to_string()),
-            v => return Err(corrupt(format!("regex slot {v}"))),
-        });
-    }
+    Ok((handlers, ephemeral_override, paused))
+}
+
+/// The data extents (address, length), in order, inside the memory, adding up to `data_len`.
+fn read_extents(
+    r: &mut Reader,
+    size: u64,
+    data_len: u64,
+) -> Result<Vec<(u64, u64)>, SnapshotError> {
     let mut extents = Vec::new();
     let (mut end, mut total) = (0u64, 0u64);
     for _ in 0..r.count(16).map_err(corrupt)? {
@@ -635,16 +714,24 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         total += n;
         extents.push((a, n));
     }
-    r.finish().map_err(corrupt)?;
     if total != data_len {
         return Err(corrupt("data extents do not add up to the data length"));
     }
-    // The data straight into the new image, hashed on the way.
-    phase("identity and state");
+    Ok(extents)
+}
+
+/// Read the image data into a fresh memory, checking its CRC-32 against the header.
+fn read_image(
+    f: &mut std::fs::File,
+    head: &[u8; HEADER],
+    extents: &[(u64, u64)],
+    size: u64,
+    data_len: u64,
+) -> Result<MainMemory, SnapshotError> {
     let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; (1usize << 20).min(data_len as usize).max(1)];
-    for &(a, n) in &extents {
+    for &(a, n) in extents {
         let mut done = 0u64;
         while done < n {
             let k = ((n - done) as usize).min(buf.len());
@@ -656,42 +743,12 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         }
     }
     let sum = u64::from(hasher.finalize());
-    phase("image read and checked");
     if sum.to_le_bytes()[..] != head[32..40] || head[40..64].iter().any(|&b| b != 0) {
         return Err(corrupt(
             "image checksum mismatch (the file was changed or damaged)",
         ));
     }
-    // This build's supervisor structures, whatever the file held there (the FPU image and
-    // the entry slot the freeze wrote are not among them).
-    cpu::write_system_tables(&mut mem, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
-    mem.set_protected(layout::PROTECTED.to_vec());
-    mem.find_holes(layout.shared_start as usize);
-    let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
-    phase("system tables, holes, regexes");
-    let elf = elf::describe(&o.binary, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
-    phase("ELF symbols");
-    tracing::debug!(
-        "snapshot {} loaded: {phases:?} (ms since start)",
-        path.display()
-    );
-    let mut opts = o.clone();
-    opts.binary = Arc::default();
-    Ok(Frozen {
-        image: mem.freeze(),
-        regs,
-        fs_base,
-        gs_base,
-        linux,
-        regex,
-        handlers,
-        elf,
-        layout,
-        opts,
-        ephemeral_override,
-        paused,
-        use_xsave,
-    })
+    Ok(mem)
 }
 
 /// `dir/<program>.snapshot`: a program's file in the server's snapshot directory.
