@@ -335,59 +335,7 @@ pub fn save(
             "the binary is not at hand".into(),
         ));
     }
-    let mut w = Writer::default();
-    w.str(&edgevm_version())
-        .bytes(&sha256(binary))
-        .str(&verified_file_identity(settings))
-        .str(&settings_identity(settings))
-        .str(&host_identity())
-        .u64(frozen.image.size() as u64);
-    put_regs(&mut w, &frozen.regs);
-    w.u64(frozen.fs_base)
-        .u64(frozen.gs_base)
-        .u64(u64::from(frozen.use_xsave));
-    let h = &frozen.handlers;
-    for v in [
-        h.get,
-        h.post,
-        h.request,
-        h.stream_post,
-        h.on_error,
-        h.on_live_update,
-        h.on_live_restore,
-        h.socket_pause,
-    ] {
-        w.u64(v);
-    }
-    w.u64(match frozen.ephemeral_override {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    });
-    match frozen.paused {
-        None => w.u64(0),
-        Some(req) => w.u64(1).u64(req),
-    };
-    frozen
-        .linux
-        .save(&mut w)
-        .map_err(SnapshotError::Unsupported)?;
-    let patterns = frozen.regex.patterns();
-    w.u64(patterns.len() as u64);
-    for p in &patterns {
-        match p {
-            None => w.u64(0),
-            Some(p) => w.u64(1).str(p),
-        };
-    }
-    let extents = frozen.image.data_extents();
-    w.u64(extents.len() as u64);
-    let mut data_len = 0u64;
-    for &(a, b) in &extents {
-        w.u64(a as u64).u64((b - a) as u64);
-        data_len += (b - a) as u64;
-    }
-    let meta = w.0;
+    let (meta, extents, data_len) = metadata(frozen, settings, binary)?;
     let pad = pad_after_meta(meta.len());
     // The data, read from the image in chunks, hashed as it goes.
     let mut hasher = crc32fast::Hasher::new();
@@ -448,6 +396,68 @@ pub fn save(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The metadata section of `frozen`'s snapshot, its data extents and the data length.
+fn metadata(
+    frozen: &Frozen,
+    settings: &ProgramSettings,
+    binary: &[u8],
+) -> Result<(Vec<u8>, Vec<(usize, usize)>, u64), SnapshotError> {
+    let mut w = Writer::default();
+    w.str(&edgevm_version())
+        .bytes(&sha256(binary))
+        .str(&verified_file_identity(settings))
+        .str(&settings_identity(settings))
+        .str(&host_identity())
+        .u64(frozen.image.size() as u64);
+    put_regs(&mut w, &frozen.regs);
+    w.u64(frozen.fs_base)
+        .u64(frozen.gs_base)
+        .u64(u64::from(frozen.use_xsave));
+    let h = &frozen.handlers;
+    for v in [
+        h.get,
+        h.post,
+        h.request,
+        h.stream_post,
+        h.on_error,
+        h.on_live_update,
+        h.on_live_restore,
+        h.socket_pause,
+    ] {
+        w.u64(v);
+    }
+    w.u64(match frozen.ephemeral_override {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    match frozen.paused {
+        None => w.u64(0),
+        Some(req) => w.u64(1).u64(req),
+    };
+    frozen
+        .linux
+        .save(&mut w)
+        .map_err(SnapshotError::Unsupported)?;
+    let patterns = frozen.regex.patterns();
+    w.u64(patterns.len() as u64);
+    for p in &patterns {
+        match p {
+            None => w.u64(0),
+            Some(p) => w.u64(1).str(p),
+        };
+    }
+    let extents = frozen.image.data_extents();
+    w.u64(extents.len() as u64);
+    let mut data_len = 0u64;
+    for &(a, b) in &extents {
+        w.u64(a as u64).u64((b - a) as u64);
+        data_len += (b - a) as u64;
+    }
+    let meta = w.0;
+    Ok((meta, extents, data_len))
 }
 
 fn pad_after_meta(meta_len: usize) -> usize {
