@@ -398,12 +398,15 @@ pub fn save(
     result
 }
 
+/// A snapshot's metadata section, its data extents (start, end) and the data length.
+type Meta = (Vec<u8>, Vec<(usize, usize)>, u64);
+
 /// The metadata section of `frozen`'s snapshot, its data extents and the data length.
 fn metadata(
     frozen: &Frozen,
     settings: &ProgramSettings,
     binary: &[u8],
-) -> Result<(Vec<u8>, Vec<(usize, usize)>, u64), SnapshotError> {
+) -> Result<Meta, SnapshotError> {
     let mut w = Writer::default();
     w.str(&edgevm_version())
         .bytes(&sha256(binary))

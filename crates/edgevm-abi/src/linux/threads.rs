@@ -583,7 +583,6 @@ impl LinuxState {
         cpu: &mut dyn Vcpu,
         mem: &mut GuestMemory,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
-        const FUTEX_CLOCK_REALTIME: u64 = 256;
         let (addr, op, val) = (a[0], a[1] & 0x7F, a[2]);
         if addr & 3 != 0 {
             return Ok(Ok(-EINVAL));
@@ -598,29 +597,9 @@ impl LinuxState {
                 if bitset == 0 {
                     return Ok(Ok(-EINVAL));
                 }
-                let until = if a[3] == 0 {
-                    None
-                } else {
-                    let Some(Timespec { tv_sec, tv_nsec }) = get(mem, a[3]) else {
-                        return Ok(Ok(-EFAULT));
-                    };
-                    if tv_sec < 0 || !(0..1_000_000_000).contains(&tv_nsec) {
-                        return Ok(Ok(-EINVAL));
-                    }
-                    let t = Duration::new(tv_sec as u64, tv_nsec as u32);
-                    let dur = if op == 9 {
-                        // Absolute, on CLOCK_MONOTONIC unless FUTEX_CLOCK_REALTIME.
-                        let clk = if a[1] & FUTEX_CLOCK_REALTIME != 0 {
-                            libc::CLOCK_REALTIME
-                        } else {
-                            libc::CLOCK_MONOTONIC
-                        };
-                        let (s, ns) = host_clock(clk);
-                        t.saturating_sub(Duration::new(s.max(0) as u64, ns as u32))
-                    } else {
-                        t
-                    };
-                    Some(Instant::now() + dur.min(Duration::from_secs(1 << 32)))
+                let until = match futex_deadline(mem, a, op) {
+                    Ok(u) => u,
+                    Err(e) => return Ok(Ok(e)),
                 };
                 if word != val as u32 {
                     return Ok(Ok(-EAGAIN));
@@ -658,58 +637,62 @@ impl LinuxState {
                 (if op == 4 { woken + moved } else { woken }) as i64
             }
             // WAKE_OP
-            5 => {
-                let addr2 = a[4];
-                if addr2 & 3 != 0 {
-                    return Ok(Ok(-EINVAL));
-                }
-                let Ok(old) = read_u32(mem, addr2) else {
-                    return Ok(Ok(-EFAULT));
-                };
-                let enc = a[5] as u32;
-                let (wop, cmp) = ((enc >> 28) & 0xF, (enc >> 24) & 0xF);
-                let mut oparg = (enc >> 12) & 0xFFF;
-                let cmparg = enc & 0xFFF;
-                if wop & 8 != 0 {
-                    // FUTEX_OP_OPARG_SHIFT
-                    if oparg > 31 {
-                        return Ok(Ok(-EINVAL));
-                    }
-                    oparg = 1 << oparg;
-                }
-                let new = match wop & 7 {
-                    0 => oparg,
-                    1 => old.wrapping_add(oparg),
-                    2 => old | oparg,
-                    3 => old & !oparg,
-                    4 => old ^ oparg,
-                    _ => return Ok(Ok(-ENOSYS)),
-                };
-                if mem.write(addr2, &new.to_le_bytes()).is_err() {
-                    return Ok(Ok(-EFAULT));
-                }
-                let (o, c) = (old as i32, cmparg as i32);
-                let hit = match cmp {
-                    0 => o == c,
-                    1 => o != c,
-                    2 => o < c,
-                    3 => o <= c,
-                    4 => o > c,
-                    5 => o >= c,
-                    _ => return Ok(Ok(-ENOSYS)),
-                };
-                let mut n = self.threads.wake(addr, u32::MAX, val.min(i32::MAX as u64));
-                if hit {
-                    n += self
-                        .threads
-                        .wake(addr2, u32::MAX, a[3].min(i32::MAX as u64));
-                }
-                n as i64
-            }
+            5 => self.futex_wake_op(mem, addr, val, a),
             // The priority-inheritance operations: pthreads uses them only for PI mutexes.
             _ => -ENOSYS,
         };
         Ok(Ok(v))
+    }
+
+    /// FUTEX_WAKE_OP: change the word at `a[4]`, wake `val` waiters on `addr` and, if the old
+    /// word passes the encoded comparison, `a[3]` on `a[4]`.
+    fn futex_wake_op(&mut self, mem: &mut GuestMemory, addr: u64, val: u64, a: [u64; 6]) -> i64 {
+        let addr2 = a[4];
+        if addr2 & 3 != 0 {
+            return -EINVAL;
+        }
+        let Ok(old) = read_u32(mem, addr2) else {
+            return -EFAULT;
+        };
+        let enc = a[5] as u32;
+        let (wop, cmp) = ((enc >> 28) & 0xF, (enc >> 24) & 0xF);
+        let mut oparg = (enc >> 12) & 0xFFF;
+        let cmparg = enc & 0xFFF;
+        if wop & 8 != 0 {
+            // FUTEX_OP_OPARG_SHIFT
+            if oparg > 31 {
+                return -EINVAL;
+            }
+            oparg = 1 << oparg;
+        }
+        let new = match wop & 7 {
+            0 => oparg,
+            1 => old.wrapping_add(oparg),
+            2 => old | oparg,
+            3 => old & !oparg,
+            4 => old ^ oparg,
+            _ => return -ENOSYS,
+        };
+        if mem.write(addr2, &new.to_le_bytes()).is_err() {
+            return -EFAULT;
+        }
+        let (o, c) = (old as i32, cmparg as i32);
+        let hit = match cmp {
+            0 => o == c,
+            1 => o != c,
+            2 => o < c,
+            3 => o <= c,
+            4 => o > c,
+            5 => o >= c,
+            _ => return -ENOSYS,
+        };
+        let mut n = self.threads.wake(addr, u32::MAX, val.min(i32::MAX as u64));
+        if hit {
+            n += self
+                .threads
+                .wake(addr2, u32::MAX, a[3].min(i32::MAX as u64));
+        }
+        n as i64
     }
 
     /// The index of thread `tid`, if it exists.
@@ -725,4 +708,33 @@ fn read_u32(mem: &GuestMemory, addr: u64) -> Result<u32, ()> {
     let mut w = [0u8; 4];
     mem.read(addr, &mut w).map_err(|_| ())?;
     Ok(u32::from_le_bytes(w))
+}
+
+/// The end of a futex wait: none without a timeout; `a[3]` is relative for FUTEX_WAIT and
+/// absolute for FUTEX_WAIT_BITSET (CLOCK_MONOTONIC unless FUTEX_CLOCK_REALTIME). Err(-errno).
+fn futex_deadline(mem: &GuestMemory, a: [u64; 6], op: u64) -> Result<Option<Instant>, i64> {
+    const FUTEX_CLOCK_REALTIME: u64 = 256;
+    if a[3] == 0 {
+        return Ok(None);
+    }
+    let Some(Timespec { tv_sec, tv_nsec }) = get(mem, a[3]) else {
+        return Err(-EFAULT);
+    };
+    if tv_sec < 0 || !(0..1_000_000_000).contains(&tv_nsec) {
+        return Err(-EINVAL);
+    }
+    let t = Duration::new(tv_sec as u64, tv_nsec as u32);
+    let dur = if op == 9 {
+        // Absolute, on CLOCK_MONOTONIC unless FUTEX_CLOCK_REALTIME.
+        let clk = if a[1] & FUTEX_CLOCK_REALTIME != 0 {
+            libc::CLOCK_REALTIME
+        } else {
+            libc::CLOCK_MONOTONIC
+        };
+        let (s, ns) = host_clock(clk);
+        t.saturating_sub(Duration::new(s.max(0) as u64, ns as u32))
+    } else {
+        t
+    };
+    Ok(Some(Instant::now() + dur.min(Duration::from_secs(1 << 32))))
 }
