@@ -84,60 +84,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         opts_at: u64,
     ) -> Result<(FetchRequest, CurlOp, bool), Why> {
         let mem = &self.machine.mem;
-        if url_len == 0 || url_len > MAX_FETCH_URL {
-            return Err(format!(
-                "URL length {url_len} (must be 1 to {MAX_FETCH_URL} bytes)"
-            ));
-        }
-        let url = mem
-            .read_vec(url, url_len as usize)
-            .map_err(|e| format!("bad URL pointer: {e}"))?;
-        let url = String::from_utf8(url).map_err(|_| "the URL is not UTF-8".to_string())?;
-        if url.bytes().any(|b| b <= b' ' || b == 0x7F) {
-            return Err(format!("the URL {url:?} has spaces or control characters"));
-        }
-        let lower = url.to_ascii_lowercase();
-        if !(url.starts_with('/') && !url.starts_with("//")
-            || lower.starts_with("http://")
-            || lower.starts_with("https://"))
-        {
-            return Err(format!(
-                "unsupported URL {url:?} (http://, https:// or a path such as \"/program/x\" for a self-request)"
-            ));
-        }
+        let url = read_url(mem, url, url_len)?;
         if op_at == 0 {
             return Err("struct curl_op is NULL".into());
         }
         let op: CurlOp =
             read_struct(mem, op_at).map_err(|e| format!("bad curl_op pointer: {e}"))?;
-        let mut headers = Vec::new();
-        if fields_at != 0 {
-            let fl: CurlFields =
-                read_struct(mem, fields_at).map_err(|e| format!("bad curl_fields pointer: {e}"))?;
-            for i in 0..CURL_FIELDS_COUNT {
-                let (p, l) = (fl.ptr[i].addr(), fl.len[i]);
-                if p == 0 || l == 0 {
-                    continue;
-                }
-                let raw = mem
-                    .read_vec(p, l as usize)
-                    .map_err(|e| format!("bad curl_fields entry {i}: {e}"))?;
-                let text = String::from_utf8(raw)
-                    .map_err(|_| format!("curl_fields entry {i} is not UTF-8"))?;
-                let (name, value) = text
-                    .split_once(':')
-                    .ok_or_else(|| format!("curl_fields entry {i} {text:?} has no colon"))?;
-                let value = value.trim_matches(|c| c == ' ' || c == '\t');
-                if !header_name_ok(name)
-                    || value.bytes().any(|b| b < b' ' && b != b'\t' || b == 0x7F)
-                {
-                    return Err(format!(
-                        "curl_fields entry {i} {text:?} is not a valid header field"
-                    ));
-                }
-                headers.push((name.to_string(), value.to_string()));
-            }
-        }
+        let headers = read_fields(mem, fields_at)?;
         let o: Option<CurlOptions> = if opts_at != 0 {
             Some(read_struct(mem, opts_at).map_err(|e| format!("bad curl_options pointer: {e}"))?)
         } else {
@@ -282,4 +235,65 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             .map_err(|e| format!("cannot write the {what}: {e}"))?;
         Ok(at)
     }
+}
+
+/// The URL of a fetch: 1 to MAX_FETCH_URL bytes of UTF-8 without spaces or control
+/// characters, http(s):// or a path (a self-request).
+fn read_url(mem: &edgevm_kvm::GuestMemory, url: u64, url_len: u64) -> Result<String, Why> {
+    if url_len == 0 || url_len > MAX_FETCH_URL {
+        return Err(format!(
+            "URL length {url_len} (must be 1 to {MAX_FETCH_URL} bytes)"
+        ));
+    }
+    let url = mem
+        .read_vec(url, url_len as usize)
+        .map_err(|e| format!("bad URL pointer: {e}"))?;
+    let url = String::from_utf8(url).map_err(|_| "the URL is not UTF-8".to_string())?;
+    if url.bytes().any(|b| b <= b' ' || b == 0x7F) {
+        return Err(format!("the URL {url:?} has spaces or control characters"));
+    }
+    let lower = url.to_ascii_lowercase();
+    if !(url.starts_with('/') && !url.starts_with("//")
+        || lower.starts_with("http://")
+        || lower.starts_with("https://"))
+    {
+        return Err(format!(
+            "unsupported URL {url:?} (http://, https:// or a path such as \"/program/x\" for a self-request)"
+        ));
+    }
+    Ok(url)
+}
+
+/// The request header fields of `struct curl_fields` (none when `fields_at` is NULL).
+fn read_fields(
+    mem: &edgevm_kvm::GuestMemory,
+    fields_at: u64,
+) -> Result<Vec<(String, String)>, Why> {
+    let mut headers = Vec::new();
+    if fields_at != 0 {
+        let fl: CurlFields =
+            read_struct(mem, fields_at).map_err(|e| format!("bad curl_fields pointer: {e}"))?;
+        for i in 0..CURL_FIELDS_COUNT {
+            let (p, l) = (fl.ptr[i].addr(), fl.len[i]);
+            if p == 0 || l == 0 {
+                continue;
+            }
+            let raw = mem
+                .read_vec(p, l as usize)
+                .map_err(|e| format!("bad curl_fields entry {i}: {e}"))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| format!("curl_fields entry {i} is not UTF-8"))?;
+            let (name, value) = text
+                .split_once(':')
+                .ok_or_else(|| format!("curl_fields entry {i} {text:?} has no colon"))?;
+            let value = value.trim_matches(|c| c == ' ' || c == '\t');
+            if !header_name_ok(name) || value.bytes().any(|b| b < b' ' && b != b'\t' || b == 0x7F) {
+                return Err(format!(
+                    "curl_fields entry {i} {text:?} is not a valid header field"
+                ));
+            }
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    Ok(headers)
 }
