@@ -171,31 +171,7 @@ impl LinuxState {
         if (write || trunc) && !may_write {
             return -EROFS;
         }
-        let mut host = if write {
-            if read {
-                OFlags::RDWR
-            } else {
-                OFlags::WRONLY
-            }
-        } else {
-            OFlags::RDONLY
-        };
-        host |= OFlags::NONBLOCK;
-        if dir_only {
-            host |= OFlags::DIRECTORY;
-        }
-        if flags & O_NOFOLLOW != 0 {
-            host |= OFlags::NOFOLLOW;
-        }
-        if trunc {
-            host |= OFlags::TRUNC;
-        }
-        if creat && may_write {
-            host |= OFlags::CREATE;
-            if flags & O_EXCL != 0 {
-                host |= OFlags::EXCL;
-            }
-        }
+        let host = host_oflags(flags, read, write, dir_only, may_write);
         let mode = if rule.real.as_path() == self.cfg.state_file.as_deref().unwrap_or("".as_ref()) {
             0o600
         } else {
@@ -522,4 +498,35 @@ impl LinuxState {
         })();
         r.err().unwrap_or(0)
     }
+}
+
+/// The host's open flags for a guest open: the access mode, never blocking (a FIFO must not
+/// stall the host), and creation only where the guest may write.
+fn host_oflags(flags: u64, read: bool, write: bool, dir_only: bool, may_write: bool) -> OFlags {
+    let mut host = if write {
+        if read {
+            OFlags::RDWR
+        } else {
+            OFlags::WRONLY
+        }
+    } else {
+        OFlags::RDONLY
+    };
+    host |= OFlags::NONBLOCK;
+    if dir_only {
+        host |= OFlags::DIRECTORY;
+    }
+    if flags & O_NOFOLLOW != 0 {
+        host |= OFlags::NOFOLLOW;
+    }
+    if flags & O_TRUNC != 0 {
+        host |= OFlags::TRUNC;
+    }
+    if flags & O_CREAT != 0 && may_write {
+        host |= OFlags::CREATE;
+        if flags & O_EXCL != 0 {
+            host |= OFlags::EXCL;
+        }
+    }
+    host
 }
