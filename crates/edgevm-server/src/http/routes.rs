@@ -54,11 +54,7 @@ pub(super) async fn run_route(
             return body_error(e).into();
         }
     };
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
+    let content_type = content_type_of(&parts.headers);
     // The route's arg; without one, a trusted front end's X-Edgevm-Arg.
     let (given, headers) = take_arg(&shared.opts, &parts);
     let url = route.url.clone().unwrap_or(target);
@@ -105,19 +101,7 @@ pub(super) async fn run_route(
                 };
             }
             // The step's answer is POSTed into the next.
-            Ok(r) => {
-                cur.method = "POST".into();
-                cur.content_type = r.content_type;
-                cur.body = r.body;
-                cur.headers.retain(|(k, _)| {
-                    !k.eq_ignore_ascii_case("content-type")
-                        && !k.eq_ignore_ascii_case("content-length")
-                });
-                cur.headers
-                    .push(("content-type".into(), cur.content_type.clone()));
-                cur.headers
-                    .push(("content-length".into(), cur.body.len().to_string()));
-            }
+            Ok(r) => post_into_next(&mut cur, r),
             Err(err) => {
                 let name = if step.program == FETCH_STEP {
                     route.program.as_str()
@@ -189,4 +173,26 @@ async fn fetch_in_process(
         return Err(ServeError::ProgramNotFound(segment.to_owned()));
     }
     shared.host.serve(segment, req).await
+}
+
+/// A chain step's answer becomes the next step's request: a POST of its body and type.
+fn post_into_next(cur: &mut GuestRequest, r: GuestResponse) {
+    cur.method = "POST".into();
+    cur.content_type = r.content_type;
+    cur.body = r.body;
+    cur.headers.retain(|(k, _)| {
+        !k.eq_ignore_ascii_case("content-type") && !k.eq_ignore_ascii_case("content-length")
+    });
+    cur.headers
+        .push(("content-type".into(), cur.content_type.clone()));
+    cur.headers
+        .push(("content-length".into(), cur.body.len().to_string()));
+}
+
+/// The request's Content-Type ("" without one).
+fn content_type_of(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
 }
