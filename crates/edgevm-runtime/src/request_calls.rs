@@ -119,50 +119,19 @@ impl<M: MemoryView> Invoker<M> {
                 0
             }
             Call::BeginStreaming { .. } => {
-                return Err(RequestFailure {
-                    message: "streaming responses (begin_streaming_response) are not supported yet"
-                        .into(),
-                    kind: FailureKind::Api,
-                })
+                return Err(api_failure(
+                    "streaming responses (begin_streaming_response) are not supported yet",
+                ))
             }
             Call::WaitForRequests => {
-                return Err(RequestFailure {
-                    message: "wait_for_requests() called during a request".into(),
-                    kind: FailureKind::Api,
-                })
+                return Err(api_failure("wait_for_requests() called during a request"))
             }
             Call::WaitForRequestsPaused { .. } => {
-                return Err(RequestFailure {
-                    message: "wait_for_requests_paused() called before the request's response"
-                        .into(),
-                    kind: FailureKind::Api,
-                })
+                return Err(api_failure(
+                    "wait_for_requests_paused() called before the request's response",
+                ))
             }
-            Call::RegexCopyto { rgx, from, to } => {
-                let (from, to) = (
-                    header_set(from, "regex_copyto")?,
-                    header_set(to, "regex_copyto")?,
-                );
-                // Every live field of `from` that matches goes to the end of `to`.
-                let mut copied = 0u64;
-                for f in io::fields(mem, from) {
-                    match self.vm.regex.is_match(rgx, &f.bytes) {
-                        Ok(true) => match io::append(mem, to, &f.bytes, "regex_copyto") {
-                            Ok(_) => copied += 1,
-                            // As the reference: a field that does not fit is not counted.
-                            Err(IoError::Full(_)) => {}
-                            Err(e) => return Err(api_err(e)),
-                        },
-                        Ok(false) => {}
-                        Err(e) => {
-                            self.vm.printer.log(&e.to_string());
-                            copied = u64::MAX;
-                            break;
-                        }
-                    }
-                }
-                copied
-            }
+            Call::RegexCopyto { rgx, from, to } => self.regex_copyto(rgx, from, to)?,
             call @ Call::Fetch { .. } => self.vm.fetch_hypercall(call),
             Call::StorageAllow { .. } => u64::MAX,
             Call::StorageTask { .. } => match self.storage.clone() {
@@ -193,6 +162,40 @@ impl<M: MemoryView> Invoker<M> {
         };
         self.vm.machine.cpu.regs_mut().rax = ret;
         Ok(())
+    }
+
+    /// regex_copyto: every live field of `from` that matches goes to the end of `to`; the
+    /// number copied (-1 after a regex error).
+    fn regex_copyto(
+        &mut self,
+        rgx: i32,
+        from: Option<Where>,
+        to: Option<Where>,
+    ) -> Result<u64, RequestFailure> {
+        let vm = &mut self.vm;
+        let (from, to) = (
+            header_set(from, "regex_copyto")?,
+            header_set(to, "regex_copyto")?,
+        );
+        // Every live field of `from` that matches goes to the end of `to`.
+        let mut copied = 0u64;
+        for f in io::fields(&vm.machine.mem, from) {
+            match vm.regex.is_match(rgx, &f.bytes) {
+                Ok(true) => match io::append(&mut vm.machine.mem, to, &f.bytes, "regex_copyto") {
+                    Ok(_) => copied += 1,
+                    // As the reference: a field that does not fit is not counted.
+                    Err(IoError::Full(_)) => {}
+                    Err(e) => return Err(api_err(e)),
+                },
+                Ok(false) => {}
+                Err(e) => {
+                    vm.printer.log(&e.to_string());
+                    copied = u64::MAX;
+                    break;
+                }
+            }
+        }
+        Ok(copied)
     }
 
     /// A header table that is full: the field is lost, the call returns -1 (the reference's
@@ -341,5 +344,13 @@ fn cache_control(cached: bool, ttl: f64, grace: f64) -> String {
         s
     } else {
         "private, no-store".into()
+    }
+}
+
+/// A call the request context refuses: the request fails with this message.
+fn api_failure(message: &str) -> RequestFailure {
+    RequestFailure {
+        message: message.into(),
+        kind: FailureKind::Api,
     }
 }
