@@ -490,66 +490,86 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     }
                 }
                 Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
-                    let report = decode_exception(
-                        &mut self.machine.cpu,
-                        &self.machine.mem,
-                        &self.elf.symbols,
-                        &self.layout,
-                    )?;
-                    if self.opts.gdb.as_ref().is_some_and(|g| g.on_exception) {
-                        return crate::debug::on_crash(self, report);
-                    }
-                    return Err(RunError::Crash(report));
+                    return self.crashed()
                 }
                 Exit::Interrupted => {
-                    self.machine.cpu.clear_immediate_exit();
-                    let now = Instant::now();
-                    if let Some((d, _, _)) = self.deadline {
-                        if now >= d {
-                            return Err(self.timeout_error());
-                        }
+                    if let Some(ev) = self.timer_exit()? {
+                        return Ok(ev);
                     }
-                    self.timer_exits += 1;
-                    if self.thread_slice.is_some_and(|s| now >= s) {
-                        self.thread_slice = None;
-                        if let Err(end) = self
-                            .linux
-                            .preempt(&mut self.machine.cpu, &mut self.machine.mem)?
-                        {
-                            return match self.outcome(end)? {
-                                Some(ev) => Ok(ev),
-                                None => Err(RunError::Emulation("thread switch".into())),
-                            };
-                        }
-                        if self.linux.others_runnable() {
-                            self.thread_slice = Some(now + THREAD_SLICE);
-                        }
-                    }
-                    if self.slice_end.is_some_and(|s| now >= s) {
-                        self.slice_end = None;
-                        return Ok(Event::Preempted);
-                    }
-                    // Stopped early: the thread's timer was still armed for an earlier run
-                    // (timer.rs arms lazily), or another signal came. Aim it at this run.
-                    self.arm_timer()?;
                 }
                 Exit::Shutdown => {
                     return Err(RunError::TripleFault {
                         rip: self.machine.cpu.regs().rip,
                     })
                 }
-                exit => {
-                    let rip = self.machine.cpu.regs().rip;
-                    let symbol = self
-                        .elf
-                        .symbols
-                        .lookup(rip)
-                        .map(|(n, o)| format!(" in {n}+{o:#x}"))
-                        .unwrap_or_default();
-                    return Err(RunError::UnexpectedExit { exit, rip, symbol });
-                }
+                exit => return Err(self.unexpected_exit(exit)),
             }
         }
+    }
+
+    /// The run timer stopped the guest: a timeout, a green thread's slice, the end of this
+    /// run's slice (the event to return), or an early fire (re-armed, run on).
+    fn timer_exit(&mut self) -> Result<Option<Event>, RunError> {
+        self.machine.cpu.clear_immediate_exit();
+        let now = Instant::now();
+        if let Some((d, _, _)) = self.deadline {
+            if now >= d {
+                return Err(self.timeout_error());
+            }
+        }
+        self.timer_exits += 1;
+        if self.thread_slice.is_some_and(|s| now >= s) {
+            self.thread_slice = None;
+            if let Err(end) = self
+                .linux
+                .preempt(&mut self.machine.cpu, &mut self.machine.mem)?
+            {
+                return match self.outcome(end)? {
+                    Some(ev) => Ok(Some(ev)),
+                    None => Err(RunError::Emulation("thread switch".into())),
+                };
+            }
+            if self.linux.others_runnable() {
+                self.thread_slice = Some(now + THREAD_SLICE);
+            }
+        }
+        if self.slice_end.is_some_and(|s| now >= s) {
+            self.slice_end = None;
+            return Ok(Some(Event::Preempted));
+        }
+        // Stopped early: the thread's timer was still armed for an earlier run
+        // (timer.rs arms lazily), or another signal came. Aim it at this run.
+        self.arm_timer()?;
+        Ok(None)
+    }
+
+    /// The guest took an exception: its crash report, or a GDB session at the crash when
+    /// `remote_debug_on_exception` asks for one.
+    #[cold]
+    fn crashed(&mut self) -> Result<Event, RunError> {
+        let report = decode_exception(
+            &mut self.machine.cpu,
+            &self.machine.mem,
+            &self.elf.symbols,
+            &self.layout,
+        )?;
+        if self.opts.gdb.as_ref().is_some_and(|g| g.on_exception) {
+            return crate::debug::on_crash(self, report);
+        }
+        Err(RunError::Crash(report))
+    }
+
+    /// A VM exit the engine never causes, with the symbol it happened in.
+    #[cold]
+    fn unexpected_exit(&self, exit: Exit) -> RunError {
+        let rip = self.machine.cpu.regs().rip;
+        let symbol = self
+            .elf
+            .symbols
+            .lookup(rip)
+            .map(|(n, o)| format!(" in {n}+{o:#x}"))
+            .unwrap_or_default();
+        RunError::UnexpectedExit { exit, rip, symbol }
     }
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
