@@ -22,12 +22,13 @@
 //! VM as above.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::pool::{Program, VmPool};
 use crate::request::ServeError;
 use crate::vm::Frozen;
+use crate::watcher::Watcher;
 
 /// A ready program's frozen image, which `free_idle_image` may free and a request bring back.
 pub(crate) struct ImageSlot(Mutex<Option<Arc<Frozen>>>);
@@ -42,9 +43,6 @@ impl ImageSlot {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
-
-/// How often the watcher looks at the programs.
-const PERIOD: Duration = Duration::from_millis(250);
 
 /// Which request VMs of a program exist, and when one was last used.
 #[derive(Default)]
@@ -100,43 +98,19 @@ impl Residency {
     }
 }
 
-/// The programs the watcher looks after.
-fn watched() -> &'static Mutex<Vec<Weak<Program>>> {
-    static W: OnceLock<Mutex<Vec<Weak<Program>>>> = OnceLock::new();
-    W.get_or_init(|| {
-        let r = std::thread::Builder::new()
-            .name("edgevm-idle".into())
-            .spawn(watch_loop);
-        if let Err(e) = r {
-            tracing::error!("no idle watcher thread ({e}): idle request VMs are kept");
-        }
-        Mutex::new(Vec::new())
-    })
-}
-
-fn watch_loop() {
-    loop {
-        std::thread::sleep(PERIOD);
-        let programs: Vec<Arc<Program>> = {
-            let mut w = watched().lock().unwrap_or_else(|e| e.into_inner());
-            w.retain(|p| p.strong_count() > 0);
-            w.iter().filter_map(Weak::upgrade).collect()
-        };
-        for p in programs {
-            p.free_idle_vms();
-        }
+/// The programs with `free_idle_vms_after`.
+static IDLE: Watcher = Watcher::new("edgevm-idle", "idle request VMs are kept", |w| {
+    for p in w.live() {
+        p.free_idle_vms();
     }
-}
+});
 
 impl Program {
     /// Let the watcher free this program's request VMs when it is idle (once ready; only
     /// with `free_idle_vms_after`).
     pub(crate) fn watch_idle(self: &Arc<Self>) {
         if self.settings.free_idle_vms_after.is_some() {
-            watched()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::downgrade(self));
+            IDLE.add(self);
         }
     }
 

@@ -29,6 +29,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod timer;
 pub mod vm;
+mod watcher;
 
 pub use edgevm_abi::sandbox::PathRule;
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};

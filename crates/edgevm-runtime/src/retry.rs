@@ -10,17 +10,16 @@
 //! retry boots, they wait for it as for any boot.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::pool::{Program, State};
+use crate::watcher::Watcher;
 
 /// The first back-off after a failure.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest back-off.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
-/// How often the watcher looks at the failed programs (and their files).
-const PERIOD: Duration = Duration::from_millis(250);
 
 /// What identifies a version of a program's file: (length, modification time, inode).
 /// None when the file does not exist (or the program has none).
@@ -133,48 +132,24 @@ impl Retry {
     }
 }
 
-/// The failed programs the watcher looks after.
-fn watched() -> &'static Mutex<Vec<Weak<Program>>> {
-    static W: OnceLock<Mutex<Vec<Weak<Program>>>> = OnceLock::new();
-    W.get_or_init(|| {
-        let r = std::thread::Builder::new()
-            .name("edgevm-retry".into())
-            .spawn(watch_loop);
-        if let Err(e) = r {
-            tracing::error!("no retry thread ({e}): failed programs stay failed");
-        }
-        Mutex::new(Vec::new())
-    })
-}
-
-fn watch_loop() {
-    loop {
-        std::thread::sleep(PERIOD);
-        let programs: Vec<Arc<Program>> = {
-            let mut w = watched().lock().unwrap_or_else(|e| e.into_inner());
-            w.retain(|p| p.strong_count() > 0);
-            w.iter().filter_map(Weak::upgrade).collect()
-        };
-        let (mut done, mut due) = (Vec::new(), Vec::new());
-        for p in programs {
-            if !p.is_failed() {
-                // No longer failed: not ours any more.
-                done.push(Arc::as_ptr(&p));
-            } else if p.retry.due(&p.settings.vm.program_path) {
-                done.push(Arc::as_ptr(&p));
-                due.push(p);
-            }
-        }
-        if !done.is_empty() {
-            // Before the retries: one that fails at once puts its program back in the list.
-            let mut w = watched().lock().unwrap_or_else(|e| e.into_inner());
-            w.retain(|p| !done.contains(&p.as_ptr()));
-        }
-        for p in due {
-            p.retry_boot();
+/// The failed programs (looked at, with their files, four times a second).
+static FAILED: Watcher = Watcher::new("edgevm-retry", "failed programs stay failed", |w| {
+    let (mut done, mut due) = (Vec::new(), Vec::new());
+    for p in w.live() {
+        if !p.is_failed() {
+            // No longer failed: not ours any more.
+            done.push(Arc::as_ptr(&p));
+        } else if p.retry.due(&p.settings.vm.program_path) {
+            done.push(Arc::as_ptr(&p));
+            due.push(p);
         }
     }
-}
+    // Before the retries: one that fails at once puts its program back in the list.
+    w.forget(&done);
+    for p in due {
+        p.retry_boot();
+    }
+});
 
 impl Program {
     fn is_failed(&self) -> bool {
@@ -193,10 +168,7 @@ impl Program {
             return None;
         }
         let wait = self.retry.failed();
-        watched()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(self));
+        FAILED.add(self);
         Some(wait)
     }
 
