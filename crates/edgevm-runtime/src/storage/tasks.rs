@@ -107,11 +107,25 @@ impl Tasks {
         start: Duration,
         period: Duration,
     ) -> Result<u64, StorageError> {
+        self.add_with(func, data, start, period, |func, data| {
+            core.enqueue(task_job(func, data))
+        })
+    }
+
+    /// Check the task, then hand a task due now to `now` (id 0) or schedule it (id >= 1).
+    fn add_with(
+        &self,
+        func: u64,
+        data: Vec<u8>,
+        start: Duration,
+        period: Duration,
+        now: impl FnOnce(u64, Vec<u8>) -> Result<(), StorageError>,
+    ) -> Result<u64, StorageError> {
         if data.len() > MAX_INPUT {
             return Err(StorageError::TaskTooLarge(data.len() as u64));
         }
         if start.is_zero() && period.is_zero() {
-            core.enqueue(task_job(func, data))?;
+            now(func, data)?;
             return Ok(0);
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -165,18 +179,12 @@ impl BootTasks {
         start: Duration,
         period: Duration,
     ) -> Result<u64, StorageError> {
-        if data.len() > MAX_INPUT {
-            return Err(StorageError::TaskTooLarge(data.len() as u64));
-        }
-        if start.is_zero() && period.is_zero() {
-            self.now.push((func, data));
-            return Ok(0);
-        }
-        let mut st = self.tasks.state.lock().unwrap_or_else(|e| e.into_inner());
-        let id = st.schedule(func, data, Instant::now() + start, period)?;
-        drop(st);
-        self.tasks.notify();
-        Ok(id)
+        let queue = &mut self.now;
+        self.tasks
+            .add_with(func, data, start, period, |func, data| {
+                queue.push((func, data));
+                Ok(())
+            })
     }
 
     /// `stop_storage_task` from the storage VM's `main()`.
