@@ -379,19 +379,34 @@ impl Program {
         };
         // From here on nothing awaits until the VM is back in the pool or owned by the
         // blocking task, so a client that goes away cannot lose a VM.
-        let begun = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            vm.begin(&req, inline_slice())
-        }));
+        // With a slice the request starts here, on the HTTP worker, and moves to a blocking
+        // thread only when the slice ends; without one (EDGEVM_INLINE_SLICE_US=0) it runs on
+        // a blocking thread from the start.
+        let slice = inline_slice();
+        let begun = slice.map(|s| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.begin(&req, Some(s))))
+        });
         match begun {
-            Ok(Step::Done(result, rs)) => self.complete(&pool, Some(vm), Ok((result, rs)), queued),
-            Err(_) => self.complete(&pool, None, Err(()), queued),
-            Ok(Step::Preempted) => {
-                self.stats.preempted.fetch_add(1, Ordering::Relaxed);
+            Some(Ok(Step::Done(result, rs))) => {
+                self.complete(&pool, Some(vm), Ok((result, rs)), queued)
+            }
+            Some(Err(_)) => self.complete(&pool, None, Err(()), queued),
+            Some(Ok(Step::Preempted)) | None => {
+                let started = begun.is_some();
+                if started {
+                    self.stats.preempted.fetch_add(1, Ordering::Relaxed);
+                }
                 let me = self.clone();
                 let p = pool.clone();
                 let task = tokio::task::spawn_blocking(move || {
-                    let r =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.resume(&req)));
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if !started {
+                            if let Step::Done(r, s) = vm.begin(&req, None) {
+                                return (r, s);
+                            }
+                        }
+                        vm.resume(&req)
+                    }));
                     match r {
                         Ok(x) => me.complete(&p, Some(vm), Ok(x), queued),
                         Err(_) => me.complete(&p, None, Err(()), queued),

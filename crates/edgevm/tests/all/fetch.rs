@@ -301,6 +301,20 @@ fn self_requests_are_served_in_process_and_bounded_in_depth() {
 }
 
 #[test]
+fn without_an_inline_slice_requests_and_self_requests_run_on_blocking_threads() {
+    // EDGEVM_INLINE_SLICE_US=0: every request runs on a blocking thread from the start (a
+    // self-request made on an HTTP worker used to panic inside the runtime: 500).
+    let s = server("fetch-noslice", "", "", &[("EDGEVM_INLINE_SLICE_US", "0")]);
+    assert_eq!(s.ok("/f/plain"), "plain answer");
+    assert_eq!(
+        s.ok("/f/get?/f/plain"),
+        "get r=0 status=200 ct=text/plain len=12 body=plain answer"
+    );
+    assert_eq!(s.ok("/f/recurse"), "((((bottom))))");
+    s.stop();
+}
+
+#[test]
 fn a_waiting_fetch_does_not_hold_the_http_worker() {
     // One HTTP worker: the origin answers /hold only after /f/plain was answered, so the
     // fetch succeeds only if the worker served another request while the fetch waited.
