@@ -138,8 +138,8 @@ for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
-build api_compat "$T/api_compat.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
-build api_compat_ref "$T/api_compat.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
+build api_compat "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
+build api_compat_ref "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
 build output "$T/output.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output.tmp"
 build output_ref "$T/output.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/output.c" -o "$OUT/output_ref.tmp"
 build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.c" -o "$OUT/hostile.tmp" -lpthread
@@ -153,8 +153,8 @@ for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build routes "$T/routes.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/routes.c" -o "$OUT/routes.tmp"
-build call_semantics "$T/call_semantics.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
-build call_semantics_ref "$T/call_semantics.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
+build call_semantics "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
+build call_semantics_ref "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
 build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"
 build event_loop_ref "$T/event_loop.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop_ref.tmp"
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \

@@ -12,20 +12,7 @@
 #include <string.h>
 
 #ifdef REF_ABI
-#define STUB(name, num) \
-	__asm__(".global " #name "\n" #name ":\n\tmov $" #num ", %eax\n\tout %eax, $0\n\tret\n")
-STUB(register_func, 0x10000);
-STUB(wait_for_requests, 0x10001);
-STUB(sys_set_cacheable, 0x10005);
-STUB(sys_backend_response, 0x10010);
-STUB(sys_http_append, 0x10020);
-STUB(sys_http_set, 0x10021);
-STUB(sys_http_find, 0x10022);
-STUB(sys_http_method, 0x10023);
-STUB(get_meminfo, 0x10A00);
-STUB(sys_log, 0x7F000);
-STUB(sys_breakpoint, 0x7F7F7);
-STUB(sys_is_debug, 0x7FDEB);
+#include "ref_stubs.h"
 #endif
 
 static void on_request(const struct kvm_request *req)
