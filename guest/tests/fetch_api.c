@@ -86,6 +86,13 @@ static void on_get(const char *url, const char *arg)
 		o.follow_location = 1;
 		r = sys_fetch(t, strlen(t), &op, NULL, &o);
 		answer_op("follow", r, &op);
+	} else if (strncmp(url, "/f/insecure?", 12) == 0) {
+		/* dont_verify_host: an HTTPS origin with a certificate nobody signed. */
+		struct curl_options o;
+		memset(&o, 0, sizeof(o));
+		o.dont_verify_host = 1;
+		r = sys_fetch(t, strlen(t), &op, NULL, &o);
+		answer_op("insecure", r, &op);
 	} else if (strncmp(url, "/f/dummy?", 9) == 0) {
 		struct curl_options o;
 		memset(&o, 0, sizeof(o));

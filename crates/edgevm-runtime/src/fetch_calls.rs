@@ -7,6 +7,7 @@
 //! Returns 0 on success; -1 (with a log line saying why) on any error, as the reference does
 //! ("a non-zero value and the struct contents are undefined").
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgevm_abi::api::Call;
@@ -63,12 +64,22 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     // this thread's timer back at this VM.
                     self.arm_timer()
                         .map_err(|e| format!("cannot re-arm the run timer: {e}"))?;
-                    self.fetch_answer(o, op, resp, dummy)
+                    let n = resp.body.len() as u64;
+                    self.fetch_answer(o, op, resp, dummy)?;
+                    let c = &self.opts.net.counters;
+                    c.fetches.fetch_add(1, Ordering::Relaxed);
+                    c.bytes.fetch_add(n, Ordering::Relaxed);
+                    Ok(())
                 });
         match r {
             Ok(()) => 0,
             Err(why) => {
                 let _ = self.arm_timer();
+                self.opts
+                    .net
+                    .counters
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed);
                 self.printer.log(&format!("sys_fetch failed: {why}"));
                 u64::MAX
             }

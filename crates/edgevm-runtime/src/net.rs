@@ -94,6 +94,8 @@ pub struct NetAccess {
     pub policy: Arc<NetPolicy>,
     /// Makes `sys_fetch` requests; None: `sys_fetch` fails with a log line.
     pub fetcher: Option<Arc<dyn Fetcher>>,
+    /// The program's `sys_fetch` counters (its [`crate::settings::Stats`] share them).
+    pub counters: Arc<FetchCounters>,
 }
 
 impl Default for NetAccess {
@@ -101,8 +103,21 @@ impl Default for NetAccess {
         NetAccess {
             policy: Arc::new(NetPolicy::public_only()),
             fetcher: None,
+            counters: Arc::default(),
         }
     }
+}
+
+/// What a program's `sys_fetch` calls did (requests, boot and storage VM together).
+#[derive(Debug, Default)]
+pub struct FetchCounters {
+    /// Fetches answered (any status), self-requests included.
+    pub fetches: std::sync::atomic::AtomicU64,
+    /// Fetches that failed (refused by the policy or the limits, bad arguments, network
+    /// errors, timeouts): `sys_fetch` returned -1.
+    pub failures: std::sync::atomic::AtomicU64,
+    /// Response body bytes received by answered fetches.
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for NetAccess {

@@ -128,7 +128,12 @@ impl Program {
     }
 
     /// A program that continues the counters of `stats` (live update).
-    pub fn with_stats(name: &str, settings: ProgramSettings, stats: Arc<Stats>) -> Arc<Program> {
+    pub fn with_stats(
+        name: &str,
+        mut settings: ProgramSettings,
+        stats: Arc<Stats>,
+    ) -> Arc<Program> {
+        settings.vm.net.counters = stats.fetch.clone();
         Arc::new(Program {
             name: name.to_string(),
             settings,

@@ -175,6 +175,8 @@ pub struct Stats {
     pub images_freed: AtomicU64,
     /// Frozen images loaded back (or booted again) after that.
     pub images_reloaded: AtomicU64,
+    /// `sys_fetch` counters (shared with the program's VMs through its `NetAccess`).
+    pub fetch: Arc<crate::net::FetchCounters>,
     /// Time from a request reaching the program to its answer (queue wait included), for
     /// the requests a VM handled.
     pub request_time: Histogram,
@@ -215,6 +217,7 @@ impl Default for Stats {
             image_resident: z(),
             images_freed: z(),
             images_reloaded: z(),
+            fetch: Arc::default(),
             request_time: Histogram::seconds(),
             queue_time: Histogram::seconds(),
             request_exits: Histogram::exits(),
@@ -260,6 +263,9 @@ impl Stats {
             ("image_resident", l(&self.image_resident)),
             ("images_freed", l(&self.images_freed)),
             ("images_reloaded", l(&self.images_reloaded)),
+            ("fetches", l(&self.fetch.fetches)),
+            ("fetch_failures", l(&self.fetch.failures)),
+            ("fetch_bytes", l(&self.fetch.bytes)),
         ])
     }
 }

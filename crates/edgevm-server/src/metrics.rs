@@ -262,6 +262,15 @@ pub const METRICS: &[Metric] = &[
     },
     counter!("images_freed", "images_freed", "Frozen images freed while the program was idle (free_idle_image)"),
     counter!("images_reloaded", "images_reloaded", "Frozen images loaded back from the snapshot (or booted again) after that"),
+    counter!("fetches", "fetches", "Outgoing requests (sys_fetch) answered, self-requests included"),
+    counter!("fetch_failures", "fetch_failures", "Outgoing requests (sys_fetch) that failed: refused, bad arguments, network errors, timeouts"),
+    Metric {
+        name: "fetch",
+        kind: MetricType::Counter,
+        unit: Some(Unit::Bytes),
+        help: "Response body bytes received by outgoing requests (sys_fetch)",
+        read: |s| counter(s, "fetch_bytes"),
+    },
     Metric {
         name: "binary_size",
         kind: MetricType::Gauge,

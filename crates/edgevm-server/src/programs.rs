@@ -131,6 +131,7 @@ pub fn net_access(cfg: &Config, p: &ProgramConfig) -> NetAccess {
     NetAccess {
         policy: Arc::new(policy),
         fetcher: Some(fetcher),
+        counters: Default::default(),
     }
 }
 

@@ -583,6 +583,7 @@ fn run_options(
     o.net = edgevm_runtime::net::NetAccess {
         policy: std::sync::Arc::new(policy),
         fetcher: Some(fetcher),
+        counters: Default::default(),
     };
     Ok(o)
 }

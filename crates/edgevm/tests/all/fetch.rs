@@ -211,6 +211,108 @@ fn fetch_get_post_put_headers_and_buffers_from_a_local_origin() {
         s.ok(&format!("/f/dummy?{}", o.url("/hello"))),
         "dummy r=0 status=200 len=0 content=(nil)"
     );
+    // Counted: 11 answered (bodies received: 12+4+12+12+59+58+12 bytes, 2 MiB, the 302's
+    // none, 12 followed, 12 for the dummy fetch), 1 failed (too large for the buffer).
+    assert_eq!(s.stat("f", "fetches"), 11.0);
+    assert_eq!(s.stat("f", "fetch_failures"), 1.0);
+    assert_eq!(
+        s.stat("f", "fetch_bytes"),
+        (12 + 4 + 12 + 12 + 59 + 58 + 12 + (2 << 20) + 12 + 12) as f64
+    );
+    s.stop();
+}
+
+/// An HTTPS origin on 127.0.0.1 (`openssl s_server -WWW` serving `hello.txt` from `dir`)
+/// with a self-signed certificate; stopped when dropped.
+struct TlsOrigin {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsOrigin {
+    fn start(dir: &std::path::Path) -> TlsOrigin {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+        ]);
+        std::fs::write(dir.join("hello.txt"), "hello over tls").unwrap();
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server", "-quiet", "-WWW", "-cert", "cert.pem", "-key", "key.pem",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        let t = std::time::Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "s_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsOrigin { port, child }
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_fetch_verifies_certificates_unless_told_not_to() {
+    let dir = scratch("fetch-https-origin");
+    let o = TlsOrigin::start(&dir);
+    let allow = format!("\"allow_net\": [\"127.0.0.1:{}\"]", o.port);
+    let s = server("fetch-https", &allow, "", &[]);
+    let url = format!("https://127.0.0.1:{}/hello.txt", o.port);
+    // A certificate no trusted authority signed: refused, with the reason in the log.
+    assert_eq!(s.ok(&format!("/f/get?{url}")), "get r=-1");
+    let log = s.log();
+    assert!(
+        log.contains("sys_fetch failed") && log.to_ascii_lowercase().contains("certificate"),
+        "{log}"
+    );
+    // dont_verify_host: the answer arrives over TLS.
+    assert_eq!(
+        s.ok(&format!("/f/insecure?{url}")),
+        "insecure r=0 status=200 ct=text/plain len=14 body=hello over tls"
+    );
+    // The policy still applies to HTTPS: another port of the same address is refused.
+    let other = format!("https://127.0.0.1:{}/hello.txt", o.port.wrapping_add(1));
+    assert_eq!(s.ok(&format!("/f/insecure?{other}")), "insecure r=-1");
+    assert_eq!(s.stat("f", "fetches"), 1.0);
+    assert_eq!(s.stat("f", "fetch_failures"), 2.0);
     s.stop();
 }
 
