@@ -24,7 +24,7 @@ mod answer;
 mod handle;
 mod hello;
 mod options;
-mod routes;
+pub(crate) mod routes;
 mod server;
 
 pub use answer::error_status;

@@ -3,9 +3,10 @@
 //! * `http://` and `https://` URLs with ureq, every connection (redirects included) checked
 //!   against the program's [`NetPolicy`] *after* DNS resolution, in the resolver: a name that
 //!   resolves to a loopback or private address is refused like the address itself;
-//! * a path (`/program/x`) is a **self-request**: served in-process by edgevm's own router
-//!   (no TCP), at most [`MAX_SELF_REQUESTS`] at once server-wide and [`MAX_SELF_DEPTH`] deep
-//!   (a program fetching itself cannot recurse forever).
+//! * a path is a **self-request**: served in-process by edgevm's own router (no TCP) as a
+//!   client's request would be — the first configured route it takes (its program, url, arg
+//!   and chain), else `/<program>/...` — at most [`MAX_SELF_REQUESTS`] at once server-wide and
+//!   [`MAX_SELF_DEPTH`] deep (a program fetching itself cannot recurse forever).
 //!
 //! The runtime calls [`Outgoing::fetch`] only on threads that may block (never an HTTP worker):
 //! see docs/DESIGN.md, "Outgoing fetch". [`Outgoing::self_request`] (blocking) and
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use edgevm_config::Route;
 use edgevm_runtime::net::{
     FetchError, FetchRequest, FetchResponse, Fetcher, NetPolicy, FETCH_CONNECT_TIMEOUT,
     MAX_REDIRECTS,
@@ -34,6 +36,7 @@ pub const MAX_SELF_DEPTH: u32 = 4;
 /// Makes the outgoing requests of every program of the server.
 pub struct Outgoing {
     host: OnceLock<Weak<dyn ProgramHost>>,
+    routes: OnceLock<Arc<Vec<Route>>>,
     handle: OnceLock<tokio::runtime::Handle>,
     self_in_flight: AtomicUsize,
 }
@@ -50,6 +53,7 @@ pub fn outgoing() -> Arc<Outgoing> {
     O.get_or_init(|| {
         Arc::new(Outgoing {
             host: OnceLock::new(),
+            routes: OnceLock::new(),
             handle: OnceLock::new(),
             self_in_flight: AtomicUsize::new(0),
         })
@@ -61,6 +65,11 @@ pub fn outgoing() -> Arc<Outgoing> {
 /// self-request fails with "self-requests are not available".
 pub fn attach_host(host: &Arc<dyn ProgramHost>) {
     let _ = outgoing().host.set(Arc::downgrade(host));
+}
+
+/// Give self-requests the configuration's routes (the server's, set once when it starts).
+pub fn attach_routes(routes: Arc<Vec<Route>>) {
+    let _ = outgoing().routes.set(routes);
 }
 
 /// Give self-requests the runtime to run on when made from a thread outside it (the storage
@@ -122,10 +131,22 @@ impl Outgoing {
             .and_then(Weak::upgrade)
             .ok_or_else(|| FetchError("self-requests are not available here".into()))?;
         let path = url.split(['?', '#']).next().unwrap_or("");
-        let program = path
-            .strip_prefix('/')
-            .and_then(|p| p.split('/').next())
-            .unwrap_or("");
+        let host_header = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.as_str());
+        let route = self
+            .routes
+            .get()
+            .and_then(|rs| rs.iter().find(|r| r.matches(method, host_header, path)))
+            .cloned();
+        let program = match &route {
+            Some(r) => r.program.as_str(),
+            None => path
+                .strip_prefix('/')
+                .and_then(|p| p.split('/').next())
+                .unwrap_or(""),
+        };
         if program.is_empty() || crate::http::RESERVED_SEGMENTS.contains(&program) {
             return Ok(FetchResponse {
                 status: 404,
@@ -146,10 +167,13 @@ impl Outgoing {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        let req = GuestRequest {
+        let mut req = GuestRequest {
             method: method.to_string(),
-            url: url.to_string(),
-            arg: String::new(),
+            url: route
+                .as_ref()
+                .and_then(|r| r.url.clone())
+                .unwrap_or_else(|| url.to_string()),
+            arg: route.as_ref().map(|r| r.arg.clone()).unwrap_or_default(),
             headers: headers
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
@@ -160,7 +184,28 @@ impl Outgoing {
             self_depth: depth + 1,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let r = tokio::time::timeout(left, host.serve(program, req)).await;
+        let serve = async {
+            if let Some(route) = route.as_ref().filter(|r| !r.chain.is_empty()) {
+                let routes = self.routes.get().cloned().unwrap_or_default();
+                let url = req.url.clone();
+                match crate::http::routes::run_chain(&host, &routes, route, &mut req).await {
+                    Ok(Some(answer)) => return Ok(answer),
+                    Ok(None) => req.url = url,
+                    Err(f) => {
+                        tracing::warn!(
+                            program = %route.program,
+                            "self-request {url}: chain step {} ({}) failed: {}",
+                            f.step,
+                            f.name,
+                            f.error
+                        );
+                        return Err(f.error);
+                    }
+                }
+            }
+            host.serve(program, req).await
+        };
+        let r = tokio::time::timeout(left, serve).await;
         match r {
             Err(_) => Err(FetchError(format!(
                 "self-request {url} timed out after {left:?}"

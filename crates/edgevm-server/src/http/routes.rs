@@ -9,10 +9,11 @@ use super::*;
 use crate::limits;
 use crate::logtext::client_text;
 use edgevm_config::{Route, FETCH_STEP};
-use edgevm_runtime::{GuestRequest, GuestResponse, ServeError};
+use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeError};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::Request;
+use std::sync::Arc;
 use tracing::warn;
 
 /// The first route `req` takes.
@@ -72,17 +73,67 @@ pub(super) async fn run_route(
         warmup: false,
         self_depth: 0,
     };
+    match run_chain(&shared.host, &opts.routes, route, &mut cur).await {
+        // A step answered with the error threshold or above: the chain ends with its answer.
+        Ok(Some(r)) => Outcome {
+            exits: r.exits,
+            answer: guest_answer(r),
+            program: Some(route.program.clone()),
+            error: None,
+        },
+        Ok(None) => {
+            cur.url = url;
+            serve_guest(shared, &route.program, cur, id).await
+        }
+        Err(ChainFailure { step, name, error }) => {
+            warn!(
+                program = %route.program,
+                "chain step {step} ({name}) failed: {error} (request id {id})"
+            );
+            let name = if name == FETCH_STEP {
+                route.program.as_str()
+            } else {
+                name.as_str()
+            };
+            Outcome {
+                answer: error_answer(shared.opts.error_details, name, &error, id),
+                program: Some(route.program.clone()),
+                error: Some(error),
+                exits: None,
+            }
+        }
+    }
+}
+
+/// A chain step that failed: its number (from 1), its program (or `fetch`) and why.
+pub(crate) struct ChainFailure {
+    pub step: usize,
+    pub name: String,
+    pub error: ServeError,
+}
+
+/// Run `route`'s chain on `cur`: each step's answer is POSTed into the next (`cur` becomes
+/// the last step's answer, as a request). `Some(answer)` when a step answered with the route's
+/// `error_threshold` or above (the chain ends with that answer), `None` when every step ran.
+/// Shared by clients' requests and self-requests (the `url` of `cur` is the route's).
+pub(crate) async fn run_chain(
+    host: &Arc<dyn ProgramHost>,
+    routes: &[Route],
+    route: &Route,
+    cur: &mut GuestRequest,
+) -> Result<Option<GuestResponse>, ChainFailure> {
+    let url = cur.url.clone();
     for (i, step) in route.chain.iter().enumerate() {
         let answer = if step.program == FETCH_STEP {
             let path = step.url.clone().unwrap_or_default();
-            fetch_in_process(shared, &path, &cur.headers).await
+            fetch_in_process(host, routes, &path, &cur.headers, cur.self_depth).await
         } else {
             let r = GuestRequest {
                 url: step.url.clone().unwrap_or_else(|| url.clone()),
                 arg: step.arg.clone(),
                 ..cur.clone()
             };
-            shared.host.serve(&step.program, r).await
+            host.serve(&step.program, r).await
         };
         match answer {
             Ok(r) if r.status >= route.error_threshold => {
@@ -93,49 +144,33 @@ pub(super) async fn run_route(
                     step.program,
                     r.status
                 );
-                return Outcome {
-                    exits: r.exits,
-                    answer: guest_answer(r),
-                    program: Some(route.program.clone()),
-                    error: None,
-                };
+                return Ok(Some(r));
             }
             // The step's answer is POSTed into the next.
-            Ok(r) => post_into_next(&mut cur, r),
-            Err(err) => {
-                let name = if step.program == FETCH_STEP {
-                    route.program.as_str()
-                } else {
-                    step.program.as_str()
-                };
-                warn!(
-                    program = %route.program,
-                    "chain step {} ({}) failed: {err} (request id {id})",
-                    i + 1,
-                    step.program
-                );
-                return Outcome {
-                    answer: error_answer(shared.opts.error_details, name, &err, id),
-                    program: Some(route.program.clone()),
-                    error: Some(err),
-                    exits: None,
-                };
+            Ok(r) => post_into_next(cur, r),
+            Err(error) => {
+                return Err(ChainFailure {
+                    step: i + 1,
+                    name: step.program.clone(),
+                    error,
+                })
             }
         }
     }
-    cur.url = url;
-    serve_guest(shared, &route.program, cur, id).await
+    Ok(None)
 }
 
 /// A chain's `fetch` step: GET `path` of this server in-process: the route it takes (its
 /// program with its url and arg; a route's own chain is not run, so fetches never nest) or
 /// `/<program>/...`.
 async fn fetch_in_process(
-    shared: &Shared,
+    host: &Arc<dyn ProgramHost>,
+    routes: &[Route],
     path: &str,
     headers: &[(String, String)],
+    depth: u32,
 ) -> Result<GuestResponse, ServeError> {
-    let host = headers
+    let host_header = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("host"))
         .map(|(_, v)| v.as_str());
@@ -152,18 +187,16 @@ async fn fetch_in_process(
         url: path.to_owned(),
         headers,
         // Counted as a self-request (the server's self-request depth limit).
-        self_depth: 1,
+        self_depth: depth + 1,
         ..Default::default()
     };
-    if let Some(r) = shared
-        .opts
-        .routes
+    if let Some(r) = routes
         .iter()
-        .find(|r| r.matches("GET", host, only_path))
+        .find(|r| r.matches("GET", host_header, only_path))
     {
         req.url = r.url.clone().unwrap_or(req.url);
         req.arg = r.arg.clone();
-        return shared.host.serve(&r.program, req).await;
+        return host.serve(&r.program, req).await;
     }
     let segment = only_path
         .strip_prefix('/')
@@ -172,7 +205,7 @@ async fn fetch_in_process(
     if segment.is_empty() || RESERVED_SEGMENTS.contains(&segment) {
         return Err(ServeError::ProgramNotFound(segment.to_owned()));
     }
-    shared.host.serve(segment, req).await
+    host.serve(segment, req).await
 }
 
 /// A chain step's answer becomes the next step's request: a POST of its body and type.

@@ -188,6 +188,7 @@ pub fn run_server(
     let rt = http_runtime()?;
     crate::outgoing::attach_runtime(rt.handle().clone());
     crate::outgoing::attach_host(&host);
+    crate::outgoing::attach_routes(opts.routes.clone());
     let result = rt.block_on(async {
         let stop = drain_then_stop(opts.drain.clone(), opts.drain_period)?;
         serve(opts, host, admin, stop).await

@@ -146,3 +146,44 @@ fn check_refuses_bad_routes() {
     let run = edgevm_run(&["check", "--config", good.to_str().unwrap()]);
     assert_eq!(run.code(), Some(0), "{}", run.all());
 }
+
+#[test]
+fn self_requests_take_routes_with_their_arg_and_chain() {
+    // A program's sys_fetch of a path is served as a client's request would be: the route it
+    // takes (program, url, arg, chain), else /<program>/.
+    let s = Server::with_config(
+        "routes-self",
+        &format!(
+            r#"{{ {},
+  "f": {{ "filename": {}, "max_memory": 64 }},
+  "routes": [
+    {{ "prefix": "/thumbs/", "program": "thumb", "arg": "{{\"width\": 128}}" }},
+    {{ "prefix": "/chain/", "program": "thumb", "arg": "{{\"width\": 32}}",
+       "chain": [ {{ "program": "fetch", "url": "/origin/data" }},
+                  {{ "program": "upper", "arg": "upper" }} ] }},
+    {{ "prefix": "/bad/", "program": "thumb",
+       "chain": [ {{ "program": "fetch", "url": "/origin/fail" }} ] }}
+  ] }}"#,
+            programs(),
+            js(guest("fetch_api").to_str().unwrap())
+        ),
+    );
+    assert_eq!(
+        s.ok("/f/get?/thumbs/cat.jpg"),
+        r#"get r=0 status=200 ct=text/plain len=42 body=GET url=/thumbs/cat.jpg arg={"width": 128}"#
+    );
+    assert_eq!(
+        s.ok("/f/get?/chain/x"),
+        "get r=0 status=200 ct=text/plain len=44 body=width=32 ctype=text/x-upper body=ORIGIN DATA"
+    );
+    // A chain ending at its threshold: its answer is the fetch's answer.
+    assert_eq!(
+        s.ok("/f/get?/bad/x"),
+        "get r=0 status=404 ct=text/plain len=8 body=not here"
+    );
+    // Path routing still works for self-requests.
+    assert!(s
+        .ok("/f/get?/origin/data")
+        .starts_with("get r=0 status=200"));
+    s.stop();
+}
