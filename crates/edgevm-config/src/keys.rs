@@ -497,7 +497,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "sha256",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.sha256 = Some(hex_digest(v, 64)?);
             Ok(())
@@ -507,7 +507,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "md5",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.md5 = Some(hex_digest(v, 32)?);
             Ok(())
@@ -517,7 +517,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "download",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, ctx| {
             d.cfg.download = downloads(v, ctx)?;
             Ok(())

@@ -679,6 +679,13 @@ fn finalize(draft: Draft, is_program: bool) -> Result<ProgramConfig, ConfigError
             "a program needs a 'filename' or a 'uri'".to_string(),
         ));
     }
+    if (cfg.sha256.is_some() || cfg.md5.is_some()) && cfg.uri.is_none() && is_program {
+        errors.push(inconsistent(
+            "'sha256'/'md5' pin the program downloaded from 'uri' (a cached file with that \
+             digest is used without downloading): this program has no 'uri'"
+                .to_string(),
+        ));
+    }
     if cfg.free_idle_image && cfg.free_idle_vms_after.is_none() {
         errors.push(inconsistent(
             "'free_idle_image' needs 'free_idle_vms_after' (the image goes after the request VMs)"

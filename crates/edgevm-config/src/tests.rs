@@ -959,12 +959,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("remapping", r#"{"caged_heap": ["0x1000000000", 256]}"#),
         ("blackout_area", r#"{"x": ["0x200000000", "0x1000000000"]}"#),
         ("verbose_pagetables", "true"),
-        ("sha256", &format!("\"{}\"", "ab".repeat(32))),
-        ("md5", &format!("\"{}\"", "cd".repeat(16))),
-        (
-            "download",
-            r#"[{"uri": "https://x/y", "filepath": "/tmp/y"}]"#,
-        ),
         ("smp", "4"),
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),
@@ -991,6 +985,27 @@ fn not_supported_keys_refuse_non_default_values() {
         );
         assert_eq!(key_support(key), Some(Support::NotYet));
     }
+}
+
+#[test]
+fn pins_need_a_uri_and_downloads_a_known_scheme() {
+    let sha = "ab".repeat(32);
+    let cfg = load(&prog(&format!(r#""sha256": "{sha}""#)));
+    let e = err(&cfg, "demo").to_string();
+    assert!(e.contains("this program has no 'uri'"), "{e}");
+    let cfg = load(&format!(
+        r#"{{ "demo": {{ "uri": "https://x/demo", "filename": "/tmp/demo", "md5": "{}",
+            "download": [{{ "uri": "file:///srv/model", "filepath": "/tmp/m", "sha256": "{sha}" }}] }} }}"#,
+        "cd".repeat(16)
+    ));
+    let p = ok(&cfg, "demo");
+    assert_eq!(p.md5.as_deref(), Some("cd".repeat(16).as_str()));
+    assert_eq!(p.download[0].sha256.as_deref(), Some(sha.as_str()));
+    let cfg = load(&prog(
+        r#""download": [{ "uri": "ftp://x/y", "filepath": "/tmp/y" }]"#,
+    ));
+    let e = err(&cfg, "demo").to_string();
+    assert!(e.contains("unsupported uri"), "{e}");
 }
 
 #[test]

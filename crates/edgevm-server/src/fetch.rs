@@ -202,6 +202,41 @@ pub fn obtain(
     filename: Option<&Path>,
     timeout: Duration,
 ) -> Result<FetchedProgram, FetchError> {
+    obtain_pinned(name, uri, filename, None, timeout)
+}
+
+/// [`obtain`] with the program's `sha256`/`md5` (only with a `uri`): a cached file with the
+/// pinned digest is used without asking the server; a download (or `file://` source) whose
+/// request program has another digest is refused before it is written, and there is no
+/// fallback to a cache that does not match.
+pub fn obtain_pinned(
+    name: &str,
+    uri: Option<&str>,
+    filename: Option<&Path>,
+    pin: Option<&Pin>,
+    timeout: Duration,
+) -> Result<FetchedProgram, FetchError> {
+    if let (Some(pin), Some(u)) = (pin, uri) {
+        let cache = filename
+            .map(Path::to_owned)
+            .unwrap_or_else(|| default_cache_path(name));
+        if pin.file_matches(&cache) {
+            let (request, storage) = read_cached(name, &cache)?;
+            return Ok(FetchedProgram {
+                request,
+                storage,
+                origin: Origin::Remote,
+                cached: true,
+                download_time: None,
+                info: vec![format!(
+                    "{} has the pinned {pin}: not downloaded from {u}",
+                    cache.display()
+                )],
+                path: cache,
+                notes: Vec::new(),
+            });
+        }
+    }
     match uri {
         None => {
             let Some(filename) = filename else {
@@ -225,9 +260,9 @@ pub fn obtain(
             let cache = filename
                 .map(Path::to_owned)
                 .unwrap_or_else(|| default_cache_path(name));
-            obtain_http(name, uri, &cache, timeout)
+            obtain_http(name, uri, &cache, pin, timeout)
         }
-        Some(uri) if has_scheme(uri, "file://") => obtain_file(name, uri, filename),
+        Some(uri) if has_scheme(uri, "file://") => obtain_file(name, uri, filename, pin),
         Some(uri) => Err(FetchError::BadUri {
             program: name.to_owned(),
             uri: uri.to_owned(),
@@ -337,11 +372,14 @@ fn obtain_http(
     name: &str,
     uri: &str,
     cache: &Path,
+    pin: Option<&Pin>,
     timeout: Duration,
 ) -> Result<FetchedProgram, FetchError> {
+    // Pinned: the cache did not match (obtain_pinned), so it is neither asked about
+    // (If-Modified-Since) nor a fallback.
     let cache_mtime = fs::metadata(cache)
         .ok()
-        .filter(|m| m.is_file())
+        .filter(|m| m.is_file() && pin.is_none())
         .and_then(|m| m.modified().ok());
     let start = Instant::now();
     let outcome = http_get(uri, cache_mtime, timeout);
@@ -401,11 +439,7 @@ fn obtain_http(
             body,
             last_modified,
         } => {
-            let unpacked = unpack(&body).map_err(|reason| FetchError::Content {
-                program: name.to_owned(),
-                uri: uri.to_owned(),
-                reason,
-            })?;
+            let unpacked = unpack_pinned(name, uri, &body, pin)?;
             store(name, cache, &unpacked, last_modified)?;
             out.info = unpacked.info;
             out.request = unpacked.request;
@@ -419,6 +453,7 @@ fn obtain_file(
     name: &str,
     uri: &str,
     filename: Option<&Path>,
+    pin: Option<&Pin>,
 ) -> Result<FetchedProgram, FetchError> {
     let rest = &uri["file://".len()..];
     let rest = if has_scheme(rest, "localhost/") {
@@ -440,11 +475,7 @@ fn obtain_file(
         path: source.clone(),
         source: e,
     })?;
-    let unpacked = unpack(&body).map_err(|reason| FetchError::Content {
-        program: name.to_owned(),
-        uri: uri.to_owned(),
-        reason,
-    })?;
+    let unpacked = unpack_pinned(name, uri, &body, pin)?;
     let mut path = source.clone();
     if let Some(filename) = filename {
         if !same_file(&source, filename) {
@@ -463,6 +494,26 @@ fn obtain_file(
         notes: Vec::new(),
         info: unpacked.info,
     })
+}
+
+/// [`unpack`], then the pin's check on the request program.
+fn unpack_pinned(
+    name: &str,
+    uri: &str,
+    body: &[u8],
+    pin: Option<&Pin>,
+) -> Result<Unpacked, FetchError> {
+    let content = |reason| FetchError::Content {
+        program: name.to_owned(),
+        uri: uri.to_owned(),
+        reason,
+    };
+    let unpacked = unpack(body).map_err(content)?;
+    if let Some(pin) = pin {
+        pin.check(&unpacked.request)
+            .map_err(|why| content(format!("the program does not match: {why}")))?;
+    }
+    Ok(unpacked)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -655,6 +706,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mtime: Option<SystemTime>) -> io::Res
     }
     result
 }
+
+mod download;
+mod pin;
+pub use download::fetch_downloads;
+pub use pin::Pin;
 
 #[cfg(test)]
 mod tests;

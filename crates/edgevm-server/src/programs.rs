@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use edgevm_config::{Config, ProgramConfig};
+use edgevm_config::{Config, Download, ProgramConfig};
 use edgevm_runtime::net::NetAccess;
 use edgevm_runtime::pool::{
     LoadedBinary, Loader, ProgramSettings, Runtime, UpdateError, WarmupSettings,
@@ -182,9 +182,18 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
             settings.snapshot = snapshot_file(p, cfg);
             settings.vm.net = net_access(cfg, p);
             let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
+            let pin = crate::fetch::Pin::from_config(p.sha256.as_deref(), p.md5.as_deref());
+            let downloads = p.download.clone();
             settings.loader = Some(Loader(Arc::new(move || {
-                let f = crate::fetch::obtain(&n, uri.as_deref(), file.as_deref(), timeout)
-                    .map_err(|e| e.to_string())?;
+                run_downloads(&n, &downloads, timeout)?;
+                let f = crate::fetch::obtain_pinned(
+                    &n,
+                    uri.as_deref(),
+                    file.as_deref(),
+                    pin.as_ref(),
+                    timeout,
+                )
+                .map_err(|e| e.to_string())?;
                 for note in &f.notes {
                     tracing::warn!("{n}: {note}");
                 }
@@ -220,7 +229,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 let mut settings = program_settings(p, Vec::new());
                 settings.snapshot = snapshot_file(p, cfg);
                 settings.vm.net = net_access(cfg, p);
-                settings.loader = Some(local_loader(name, file));
+                settings.loader = Some(local_loader(name, file, &p.download));
                 rt.add(name, settings);
             }
             Err(e) => {
@@ -228,7 +237,7 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
                 let msg = e.to_string();
                 errors.push(msg.clone());
                 let mut settings = program_settings(p, Vec::new());
-                settings.loader = Some(local_loader(name, file));
+                settings.loader = Some(local_loader(name, file, &p.download));
                 rt.add_unloadable(name, settings, msg);
             }
         }
@@ -249,10 +258,29 @@ fn prepare_snapshot_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The program's `download` list, fetched before its binary is read (fetch/download.rs).
+fn run_downloads(
+    name: &str,
+    list: &[Download],
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    for (warn, line) in
+        crate::fetch::fetch_downloads(name, list, timeout).map_err(|e| e.to_string())?
+    {
+        if warn {
+            tracing::warn!("{name}: {line}");
+        } else {
+            tracing::info!("{name}: {line}");
+        }
+    }
+    Ok(())
+}
+
 /// Reads a local program's file (and its `*storage` companion) when the program boots.
-fn local_loader(name: &str, file: &std::path::Path) -> Loader {
-    let (name, file) = (name.to_string(), file.to_path_buf());
+fn local_loader(name: &str, file: &std::path::Path, downloads: &[Download]) -> Loader {
+    let (name, file, downloads) = (name.to_string(), file.to_path_buf(), downloads.to_vec());
     Loader(Arc::new(move || {
+        run_downloads(&name, &downloads, fetch_timeout())?;
         let f = crate::fetch::obtain(&name, None, Some(&file), fetch_timeout())
             .map_err(|e| e.to_string())?;
         Ok(LoadedBinary {

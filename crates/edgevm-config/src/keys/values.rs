@@ -437,6 +437,15 @@ pub(super) fn downloads(v: &Value, ctx: &mut Ctx<'_>) -> Result<Vec<Download>, S
             non_empty_string(v).map_err(|e| format!("entry {i}: '{name}' {e}"))
         };
         let uri = get("uri")?.to_string();
+        let lower = uri.to_ascii_lowercase();
+        if !(lower.starts_with("http://")
+            || lower.starts_with("https://")
+            || (lower.starts_with("file:///")))
+        {
+            return Err(format!(
+                "entry {i}: unsupported uri {uri:?}: use http://, https:// or file:///path"
+            ));
+        }
         let filepath = PathBuf::from(
             ctx.vars
                 .expand(get("filepath")?)

@@ -1,6 +1,7 @@
 //! Tests for [`super`]: a tiny hand-written HTTP/1.1 server on 127.0.0.1 plays the origin.
 
 use super::*;
+use edgevm_config::Download;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -565,4 +566,176 @@ fn storage_path_appends_suffix() {
         storage_path(Path::new("/tmp/compute_inflate")),
         PathBuf::from("/tmp/compute_inflate_storage")
     );
+}
+
+fn sha(bytes: &[u8]) -> Pin {
+    let p = Pin::Sha256(String::new());
+    Pin::Sha256(p.digest_of(bytes))
+}
+
+#[test]
+fn a_pinned_program_uses_a_matching_cache_without_asking_and_refuses_other_content() {
+    let srv = Server::start(vec![
+        ("/prog", Route::ok(elf("v2"))),
+        (
+            "/down",
+            Route {
+                status: 503,
+                ..Route::default()
+            },
+        ),
+    ]);
+    let dir = tmpdir("pin");
+    let file = dir.join("prog");
+    fs::write(&file, elf("v1")).unwrap();
+    // The cache has the pinned digest: used, the server is not asked.
+    let pin = sha(&elf("v1"));
+    let p = obtain_pinned(
+        "prog",
+        Some(&srv.url("/prog")),
+        Some(&file),
+        Some(&pin),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(p.request, elf("v1"));
+    assert!(
+        p.cached && p.info[0].contains("pinned sha256"),
+        "{:?}",
+        p.info
+    );
+    assert!(srv.seen().is_empty(), "{:?}", srv.seen());
+    // Pinned to v2: the cache (v1) does not match, v2 is downloaded (no If-Modified-Since).
+    let pin2 = sha(&elf("v2"));
+    let p = obtain_pinned(
+        "prog",
+        Some(&srv.url("/prog")),
+        Some(&file),
+        Some(&pin2),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(p.request, elf("v2"));
+    assert_eq!(fs::read(&file).unwrap(), elf("v2"));
+    assert!(srv.seen()[0].ims.is_none());
+    // Pinned to v3: the server's v2 is refused and the cache is left as it was.
+    let pin3 =
+        Pin::from_config(None, Some(&Pin::Md5(String::new()).digest_of(&elf("v3")))).unwrap();
+    let e = obtain_pinned(
+        "prog",
+        Some(&srv.url("/prog")),
+        Some(&file),
+        Some(&pin3),
+        TIMEOUT,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("does not match") && e.contains("md5"), "{e}");
+    assert_eq!(fs::read(&file).unwrap(), elf("v2"));
+    // A failed download is not replaced by a cache that does not match the pin.
+    let e = obtain_pinned(
+        "prog",
+        Some(&srv.url("/down")),
+        Some(&file),
+        Some(&pin3),
+        TIMEOUT,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("503"), "{e}");
+    // file:// sources are checked too.
+    let src = dir.join("src");
+    fs::write(&src, elf("v4")).unwrap();
+    let uri = format!("file://{}", src.display());
+    let e = obtain_pinned("prog", Some(&uri), None, Some(&pin3), TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match"), "{e}");
+    assert!(obtain_pinned("prog", Some(&uri), None, Some(&sha(&elf("v4"))), TIMEOUT).is_ok());
+    no_temp_files(&dir);
+}
+
+fn dl(uri: String, filepath: PathBuf, sha256: Option<String>) -> Download {
+    Download {
+        uri,
+        filepath,
+        sha256,
+        md5: None,
+    }
+}
+
+#[test]
+fn downloads_are_fetched_in_parallel_checked_and_kept_on_failure() {
+    let lm = date(1_700_000_000);
+    let srv = Server::start(vec![
+        (
+            "/model",
+            Route {
+                last_modified: Some(lm),
+                honour_ims: true,
+                ..Route::ok(b"model bytes".to_vec())
+            },
+        ),
+        ("/data", Route::ok(b"data bytes".to_vec())),
+        (
+            "/down",
+            Route {
+                status: 500,
+                ..Route::default()
+            },
+        ),
+    ]);
+    let dir = tmpdir("downloads");
+    let model = dir.join("sub/model.bin");
+    let data = dir.join("data.bin");
+    let good = sha(b"data bytes").digest_of(b"data bytes");
+    let list = vec![
+        dl(srv.url("/model"), model.clone(), None),
+        dl(srv.url("/data"), data.clone(), Some(good.clone())),
+    ];
+    let notes = fetch_downloads("p", &list, TIMEOUT).unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(fs::read(&model).unwrap(), b"model bytes");
+    assert_eq!(fs::read(&data).unwrap(), b"data bytes");
+    assert_eq!(fs::metadata(&model).unwrap().modified().unwrap(), lm);
+    // Again: the model is not modified (304), the pinned data file is not fetched at all.
+    let before = srv.seen().len();
+    let notes = fetch_downloads("p", &list, TIMEOUT).unwrap();
+    assert!(
+        notes.iter().any(|(_, l)| l.contains("not modified")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|(_, l)| l.contains("pinned sha256")),
+        "{notes:?}"
+    );
+    let seen = srv.seen();
+    assert_eq!(seen.len(), before + 1, "{seen:?}");
+    assert_eq!(seen.last().unwrap().path, "/model");
+    // A failed download keeps an unpinned file (a warning) ...
+    let keep = vec![dl(srv.url("/down"), model.clone(), None)];
+    let notes = fetch_downloads("p", &keep, TIMEOUT).unwrap();
+    assert!(notes[0].0 && notes[0].1.contains("keeping"), "{notes:?}");
+    // ... and fails the boot without one, or when pinned content does not match.
+    let missing = vec![dl(srv.url("/down"), dir.join("none"), None)];
+    let e = fetch_downloads("p", &missing, TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("program 'p'") && e.contains("500"), "{e}");
+    let wrong = vec![dl(srv.url("/model"), dir.join("m2"), Some(good))];
+    let e = fetch_downloads("p", &wrong, TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused") && e.contains("sha256"), "{e}");
+    assert!(!dir.join("m2").exists());
+    // file:// entries are copied.
+    let copy = vec![dl(
+        format!("file://{}", data.display()),
+        dir.join("copy.bin"),
+        None,
+    )];
+    fetch_downloads("p", &copy, TIMEOUT).unwrap();
+    assert_eq!(fs::read(dir.join("copy.bin")).unwrap(), b"data bytes");
+    no_temp_files(&dir);
+    no_temp_files(&dir.join("sub"));
 }

@@ -1038,3 +1038,77 @@ fn stats_and_metrics_count_requests_statuses_timeouts_exceptions() {
     );
     s.stop();
 }
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn pinned_programs_and_download_lists() {
+    let dir = scratch("cd-pins");
+    let cache = dir.join("cache");
+    let origin = Origin::start();
+    let hello = bytes("example_hello");
+    origin.serve("/hello", Mode::Fresh, hello.clone());
+    origin.serve("/model", Mode::Fresh, b"model weights".to_vec());
+    let local = dir.join("hello.bin");
+    std::fs::write(&local, &hello).unwrap();
+    let cfg = write(
+        &dir.join("pins.json"),
+        &format!(
+            r#"{{
+  "pinned": {{ "uri": {}, "filename": {}, "sha256": "{}" }},
+  "wrongpin": {{ "uri": {}, "filename": {}, "sha256": "{}" }},
+  "withdl": {{ "filename": {}, "download": [
+      {{ "uri": {}, "filepath": {} }},
+      {{ "uri": {}, "filepath": {}, "sha256": "{}" }} ] }},
+  "baddl": {{ "filename": {}, "download": [ {{ "uri": {}, "filepath": {} }} ] }}
+}}
+"#,
+            js(origin.url("/hello")),
+            jp(&cache.join("pinned")),
+            sha256_hex(&hello),
+            js(origin.url("/hello")),
+            jp(&cache.join("wrongpin")),
+            sha256_hex(b"another program"),
+            jp(&local),
+            js(origin.url("/model")),
+            jp(&dir.join("data/model.bin")),
+            js(format!("file://{}", local.display())),
+            jp(&dir.join("data/copy.bin")),
+            sha256_hex(&hello),
+            jp(&local),
+            js(origin.url("/missing")),
+            jp(&dir.join("data/none")),
+        ),
+    );
+    let s = Server::start(&dir, &[&cfg], &[]);
+    assert_eq!(s.ok("/pinned"), "Hello World!\n");
+    let t = s.unavailable("/wrongpin", "wrongpin");
+    assert!(t.contains("does not match") && t.contains("sha256"), "{t}");
+    assert!(
+        !cache.join("wrongpin").exists(),
+        "refused content is not kept"
+    );
+    // The download list is fetched before the program boots.
+    assert_eq!(s.ok("/withdl"), "Hello World!\n");
+    assert_eq!(
+        std::fs::read(dir.join("data/model.bin")).unwrap(),
+        b"model weights"
+    );
+    assert_eq!(std::fs::read(dir.join("data/copy.bin")).unwrap(), hello);
+    let t = s.unavailable("/baddl", "baddl");
+    assert!(t.contains("download") && t.contains("404"), "{t}");
+    s.stop();
+    // Restart: the pinned cache is used without asking the origin.
+    let before = origin.requests("/hello").len();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    assert_eq!(s.ok("/pinned"), "Hello World!\n");
+    assert_eq!(origin.requests("/hello").len(), before);
+    let log = s.stop();
+    assert!(log.contains("has the pinned sha256"), "{log}");
+}
