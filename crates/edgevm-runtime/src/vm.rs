@@ -447,7 +447,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             }
         }
         loop {
-            if self.thread_slice.is_none() && self.linux.others_runnable() {
+            if self.thread_slice.is_none() && self.linux.needs_slice() {
                 // Green threads: the running one gets a time slice (no timer otherwise).
                 self.thread_slice = Some(Instant::now() + THREAD_SLICE);
                 self.arm_timer()?;
@@ -455,7 +455,11 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             let exit = self.machine.cpu.run()?;
             match exit {
                 Exit::IoOut { port, .. } if port == layout::SYSCALL_PORT => {
-                    if self.slice_end.is_some() && self.linux.may_sleep(self.machine.cpu.regs()) {
+                    if self.slice_end.is_some()
+                        && self
+                            .linux
+                            .may_sleep(self.machine.cpu.regs(), &self.machine.mem)
+                    {
                         // A sleeping system call would hold this thread (an HTTP worker):
                         // end the slice here and make the call wherever the VM resumes.
                         self.slice_end = None;
@@ -529,7 +533,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     None => Err(RunError::Emulation("thread switch".into())),
                 };
             }
-            if self.linux.others_runnable() {
+            if self.linux.needs_slice() {
                 self.thread_slice = Some(now + THREAD_SLICE);
             }
         }

@@ -28,6 +28,12 @@ pub(super) enum FdKind {
     PipeRead,
     /// The write end of a pipe.
     PipeWrite,
+    /// An eventfd.
+    Event,
+    /// A timerfd.
+    Timer,
+    /// An epoll instance.
+    Epoll,
     /// Nothing open.
     Closed,
 }
@@ -44,6 +50,9 @@ pub(super) enum DescKind {
     Dir(OpenDir),
     PipeRead(u32),
     PipeWrite(u32),
+    Event(EventFd),
+    Timer(TimerFd),
+    Epoll(Epoll),
 }
 
 /// An open file description.
@@ -65,6 +74,8 @@ struct Pipe {
     buf: VecDeque<u8>,
     readers: u32,
     writers: u32,
+    /// Writes so far (edge-triggered epoll).
+    gen: u64,
 }
 
 /// The descriptor table.
@@ -158,6 +169,7 @@ impl FdTable {
         desc.refs -= 1;
         if desc.refs == 0 {
             let desc = self.descs.remove(&d);
+            self.epoll_forget(d);
             let pipe = match desc.map(|d| d.kind) {
                 Some(DescKind::PipeRead(p)) => self.pipes.get_mut(&p).map(|x| {
                     x.readers -= 1;
@@ -278,6 +290,21 @@ impl FdTable {
             && self.fds.values().all(|(_, cloexec)| !cloexec)
     }
 
+    /// Whether reads and writes of `fd` wait when they cannot go on (a blocking pipe,
+    /// eventfd or timerfd).
+    pub(super) fn waits(&self, fd: i32) -> bool {
+        self.desc(fd).is_some_and(|d| {
+            !d.nonblock
+                && matches!(
+                    d.kind,
+                    DescKind::PipeRead(_)
+                        | DescKind::PipeWrite(_)
+                        | DescKind::Event(_)
+                        | DescKind::Timer(_)
+                )
+        })
+    }
+
     /// Open descriptors.
     pub(super) fn count(&self) -> usize {
         self.fds.len()
@@ -291,3 +318,11 @@ const O_CLOEXEC: u64 = 0o2000000;
 const O_APPEND: u64 = 0o2000;
 
 mod calls;
+mod epoll;
+mod event;
+mod ready;
+
+use epoll::Epoll;
+pub(super) use epoll::{EPOLLIN, EPOLLOUT};
+use event::{EventFd, TimerFd};
+pub(super) use ready::Interest;

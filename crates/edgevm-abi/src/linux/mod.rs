@@ -14,7 +14,8 @@
 //! SIGFPE) are not delivered to handlers: they end the run as a crash.
 //! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
 //! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
-//! Threads are green threads on the VM's vCPU ([`threads`]).
+//! Threads are green threads on the VM's vCPU ([`threads`]); a call that waits for
+//! descriptors (poll, select, epoll, a blocking pipe read) blocks only its thread ([`wait`]).
 //! Anything not emulated returns `-ENOSYS`.
 //!
 //! Calls by area: [`fds`] (the descriptor table), [`paths`], [`mem`], [`process`], [`threads`]
@@ -29,6 +30,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod threads;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -243,9 +245,11 @@ impl LinuxState {
     /// Whether the system call in `r` may make the host thread sleep (nanosleep,
     /// clock_nanosleep, a futex wait, a thread's exit, with no other thread ready to run): the
     /// runtime then makes it on a thread that may block.
-    pub fn may_sleep(&self, r: &kvm_regs) -> bool {
+    pub fn may_sleep(&self, r: &kvm_regs, mem: &GuestMemory) -> bool {
+        let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let blocking = match i64::try_from(r.rax) {
             Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep) => true,
+            Ok(nr) if self.io_would_wait(nr, a, mem) => true,
             Ok(libc::SYS_futex) => {
                 matches!(r.rsi & 0x7F, 0 | 9) && (r.r10 != 0 || self.thread_count() > 1)
             }
@@ -276,6 +280,10 @@ impl LinuxState {
         }
         self.syscalls += 1;
         let nr = r.rax;
+        let t = self.threads.current_mut();
+        if t.restart.is_some_and(|(n, _)| n != nr) {
+            t.restart = None;
+        }
         let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let mut res = self.dispatch(nr, a, cpu, mem, out)?;
         if let Some(e) = self.fatal.take() {
@@ -362,6 +370,9 @@ impl LinuxState {
         let Ok(nr) = i64::try_from(nr) else {
             return Ok(Err(SyscallOutcome::Continue));
         };
+        if let Some(v) = self.waiting_call(nr, a, cpu, mem, out) {
+            return v;
+        }
         if let Some(v) = self.fd_call(nr, a, mem, out) {
             return Ok(Ok(v));
         }

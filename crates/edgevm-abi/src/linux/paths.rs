@@ -376,6 +376,9 @@ impl LinuxState {
                             format!("pipe:[{i}]").into_bytes()
                         }
                         Some(DescKind::Stdin | DescKind::Output(_)) => b"/dev/pts/0".to_vec(),
+                        Some(DescKind::Event(_)) => b"anon_inode:[eventfd]".to_vec(),
+                        Some(DescKind::Timer(_)) => b"anon_inode:[timerfd]".to_vec(),
+                        Some(DescKind::Epoll(_)) => b"anon_inode:[eventpoll]".to_vec(),
                         None => return -ENOENT,
                     }
                 }

@@ -60,6 +60,8 @@ pub(super) enum Wait {
     Futex { addr: u64, bitset: u32 },
     /// Sleeping (nanosleep) until its timeout.
     Sleep,
+    /// Waiting for descriptors (`io`), to run its system call again (see wait.rs).
+    Io,
     /// Gone (removed at the next switch).
     Exited,
 }
@@ -69,7 +71,7 @@ pub(super) enum Wait {
 pub(super) struct Thread {
     pub tid: u32,
     /// User-mode registers to resume with (stale while the thread runs).
-    regs: kvm_regs,
+    pub(super) regs: kvm_regs,
     fs_base: u64,
     gs_base: u64,
     /// XSAVE image to resume with (None: the thread never ran, or KVM has no XSAVE).
@@ -84,12 +86,16 @@ pub(super) struct Thread {
     pub pending_code: i32,
     /// Its alternate signal stack (sp, size; size 0: none).
     pub altstack: (u64, u64),
-    wait: Wait,
+    pub(super) wait: Wait,
     /// It stopped at a system call (not preempted): RCX and R11 hold nothing of its own.
     at_syscall: bool,
     /// When a waiting thread gives up: it then returns `timeout_ret`.
-    until: Option<Instant>,
+    pub(super) until: Option<Instant>,
     timeout_ret: i64,
+    /// What it waits for in [`Wait::Io`].
+    pub io: super::fds::Interest,
+    /// The call it runs again after a [`Wait::Io`], and that call's deadline.
+    pub restart: Option<(u64, Option<Instant>)>,
 }
 
 impl Thread {
@@ -109,6 +115,8 @@ impl Thread {
             at_syscall: true,
             until: None,
             timeout_ret: 0,
+            io: Vec::new(),
+            restart: None,
         }
     }
 }
@@ -184,9 +192,15 @@ impl Threads {
         moved
     }
 
-    /// Wake every waiter whose timeout has passed.
+    /// Wake every waiter whose timeout has passed (one waiting for descriptors runs its call
+    /// again, which answers the timeout).
     fn wake_expired(&mut self, now: Instant) {
         for t in self.list.iter_mut() {
+            if t.wait == Wait::Io && t.until.is_some_and(|u| u <= now) {
+                t.wait = Wait::Runnable;
+                t.io.clear();
+                continue;
+            }
             if matches!(t.wait, Wait::Futex { .. } | Wait::Sleep)
                 && t.until.is_some_and(|u| u <= now)
             {
@@ -243,6 +257,16 @@ impl LinuxState {
         self.threads.others_runnable()
     }
 
+    /// Whether the running thread needs a time slice: another thread is ready, or waits for
+    /// something that may become ready while this one runs (descriptors, a timeout): at the
+    /// end of the slice [`LinuxState::preempt`] looks.
+    pub fn needs_slice(&self) -> bool {
+        let cur = self.threads.cur;
+        self.threads.list.iter().enumerate().any(|(i, t)| {
+            i != cur && (t.wait == Wait::Runnable || t.wait == Wait::Io || t.until.is_some())
+        })
+    }
+
     /// The time slice of the running thread is over: switch to the next runnable thread (after
     /// waking those whose timeouts passed). False when the vCPU stays on the same thread.
     pub fn preempt(
@@ -258,6 +282,7 @@ impl LinuxState {
             return Ok(Ok(false));
         }
         self.threads.wake_expired(Instant::now());
+        self.wake_ready();
         let Some(next) = self.threads.next_runnable() else {
             return Ok(Ok(false));
         };
@@ -280,7 +305,7 @@ impl LinuxState {
     /// the stub's SYSRETQ when `next` also stopped at a system call (RCX/R11 are the return
     /// address and flags), else with user-mode segments (one SET_SREGS). No SET_SREGS
     /// otherwise: under kvm_pvm it would cost a reload of the shadow page tables.
-    fn switch_to(
+    pub(super) fn switch_to(
         &mut self,
         cpu: &mut dyn Vcpu,
         mem: &mut GuestMemory,
@@ -377,20 +402,31 @@ impl LinuxState {
     }
 
     /// The thread to run next: wakes expired waiters, sleeps on the host while nothing can run.
-    fn pick_next(&mut self) -> Result<usize, SyscallOutcome> {
+    pub(super) fn pick_next(&mut self) -> Result<usize, SyscallOutcome> {
         loop {
             let now = Instant::now();
             self.threads.wake_expired(now);
+            self.wake_ready();
             if let Some(i) = self.threads.next_runnable() {
                 return Ok(i);
             }
+            let (mut host, timer) = self.io_waits();
             let earliest = self
                 .threads
                 .list
                 .iter()
                 .filter(|t| t.wait != Wait::Exited)
                 .filter_map(|t| t.until)
+                .chain(timer)
                 .min();
+            if earliest.is_none() && !host.is_empty() {
+                // Only host descriptors can wake a thread: wait for them, up to the deadline.
+                super::wait::host_wait(&mut host, self.deadline);
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(SyscallOutcome::DeadlineExceeded);
+                }
+                continue;
+            }
             let Some(at) = earliest else {
                 let waiting = self
                     .threads
@@ -398,19 +434,24 @@ impl LinuxState {
                     .iter()
                     .filter(|t| t.wait != Wait::Exited)
                     .count();
-                return Err(SyscallOutcome::Fatal(if waiting <= 1 {
-                    "futex wait with no timeout and no other thread to wake it: it would never wake up (deadlock)".into()
-                } else {
-                    format!("deadlock: all {waiting} threads wait on futexes with no timeout")
+                let io = self.threads.list.iter().any(|t| t.wait == Wait::Io);
+                return Err(SyscallOutcome::Fatal(match (waiting <= 1, io) {
+                    (true, false) => "futex wait with no timeout and no other thread to wake it: it would never wake up (deadlock)".into(),
+                    (true, true) => "a wait for descriptors no other thread can make ready, with no timeout: it would never wake up (deadlock)".into(),
+                    (false, false) => format!("deadlock: all {waiting} threads wait on futexes with no timeout"),
+                    (false, true) => format!("deadlock: all {waiting} threads wait (futexes, descriptors no thread can make ready) with no timeout"),
                 }));
             };
             if let Some(deadline) = self.deadline {
                 if at > deadline {
-                    std::thread::sleep(deadline.saturating_duration_since(now));
-                    return Err(SyscallOutcome::DeadlineExceeded);
+                    super::wait::host_wait(&mut host, Some(deadline));
+                    if Instant::now() >= deadline {
+                        return Err(SyscallOutcome::DeadlineExceeded);
+                    }
+                    continue;
                 }
             }
-            std::thread::sleep(at.saturating_duration_since(now));
+            super::wait::host_wait(&mut host, Some(at));
         }
     }
 
@@ -549,6 +590,7 @@ impl LinuxState {
         mem: &mut GuestMemory,
     ) -> Result<i64, KvmError> {
         self.threads.wake_expired(Instant::now());
+        self.wake_ready();
         if !self.threads.others_runnable() {
             return Ok(0);
         }

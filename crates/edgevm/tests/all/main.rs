@@ -20,6 +20,7 @@ mod hostile;
 mod inline;
 mod package;
 mod privilege;
+mod readiness;
 mod regex;
 mod reset;
 mod robustness;

@@ -2,14 +2,11 @@
 //! positioned forms, pipes, fstat, fcntl, poll, ioctl, dup and close.
 
 use super::*;
-use std::mem::offset_of;
-
-use edgevm_guest_abi::GuestPtr;
 use edgevm_kvm::GuestMemory;
 
 use super::{LinuxState, Output};
 use crate::files::MAX_FDS;
-use crate::linux_abi::{get, put, PollFd, Stat, Termios, Winsize};
+use crate::linux_abi::{put, Stat, Termios, Winsize};
 
 impl LinuxState {
     /// The kind of descriptor `fd`.
@@ -22,6 +19,9 @@ impl LinuxState {
             Some(DescKind::Dir(_)) => Dir,
             Some(DescKind::PipeRead(_)) => PipeRead,
             Some(DescKind::PipeWrite(_)) => PipeWrite,
+            Some(DescKind::Event(_)) => Event,
+            Some(DescKind::Timer(_)) => Timer,
+            Some(DescKind::Epoll(_)) => Epoll,
         }
     }
 
@@ -112,12 +112,31 @@ impl LinuxState {
             },
             // flock (one process) and fadvise64 are accepted on files only (else ENOSYS).
             libc::SYS_flock | libc::SYS_fadvise64 if matches!(kind, File | Dir) => 0,
-            libc::SYS_poll | libc::SYS_ppoll => self.sys_poll(a[0], a[1], mem),
+            libc::SYS_eventfd => self.sys_eventfd2(a[0], 0),
+            libc::SYS_eventfd2 => self.sys_eventfd2(a[0], a[1]),
+            libc::SYS_timerfd_create => self.sys_timerfd_create(a[0], a[1]),
+            libc::SYS_timerfd_settime => self.sys_timerfd_settime(a, mem),
+            libc::SYS_timerfd_gettime => self.sys_timerfd_gettime(a[0], a[1], mem),
+            libc::SYS_epoll_create => {
+                if (a[0] as i64 as i32) <= 0 {
+                    -EINVAL
+                } else {
+                    self.sys_epoll_create1(0)
+                }
+            }
+            libc::SYS_epoll_create1 => self.sys_epoll_create1(a[0]),
+            libc::SYS_epoll_ctl => self.sys_epoll_ctl(a, mem),
             _ => return None,
         })
     }
 
-    fn read(&mut self, fd: i32, buf: u64, len: u64, mem: &mut GuestMemory) -> i64 {
+    pub(in crate::linux) fn read(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        len: u64,
+        mem: &mut GuestMemory,
+    ) -> i64 {
         let Some(desc) = self.fds.desc_mut(fd) else {
             return -EBADF;
         };
@@ -131,10 +150,13 @@ impl LinuxState {
                 let p = *p;
                 self.pipe_read(p, buf, len, nonblock, mem)
             }
+            DescKind::Event(e) => Self::eventfd_read(e, buf, len, mem),
+            DescKind::Timer(t) => Self::timerfd_read(t, buf, len, mem),
+            DescKind::Epoll(_) => -EINVAL,
         }
     }
 
-    fn write(
+    pub(in crate::linux) fn write(
         &mut self,
         fd: i32,
         buf: u64,
@@ -155,12 +177,14 @@ impl LinuxState {
                 let p = *p;
                 self.pipe_write(p, buf, len, mem)
             }
+            DescKind::Event(e) => Self::eventfd_write(e, buf, len, mem),
+            DescKind::Timer(_) | DescKind::Epoll(_) => -EINVAL,
             DescKind::Stdin | DescKind::Dir(_) | DescKind::PipeRead(_) => -EBADF,
         }
     }
 
     /// readv/writev: outputs gather into one write; everything else is one call per entry.
-    fn vectored(
+    pub(in crate::linux) fn vectored(
         &mut self,
         fd: i32,
         iov: u64,
@@ -236,8 +260,8 @@ impl LinuxState {
         0
     }
 
-    /// A read from an empty pipe whose write end is open would wait forever in a program with
-    /// one thread: it fails with EAGAIN, blocking or not.
+    /// A read from an empty pipe whose write end is open fails with EAGAIN; a blocking
+    /// descriptor then waits for a writer (`wait.rs`).
     fn pipe_read(
         &mut self,
         p: u32,
@@ -264,8 +288,8 @@ impl LinuxState {
         n as i64
     }
 
-    /// A write to a full pipe fails with EAGAIN (nothing else could empty it); a write with
-    /// no reader left fails with EPIPE.
+    /// A write to a full pipe fails with EAGAIN (a blocking descriptor then waits for a
+    /// reader); a write with no reader left fails with EPIPE.
     fn pipe_write(&mut self, p: u32, buf: u64, len: u64, mem: &GuestMemory) -> i64 {
         let Some(pipe) = self.fds.pipes.get_mut(&p) else {
             return -EPIPE;
@@ -281,6 +305,7 @@ impl LinuxState {
         match mem.read_vec(buf, n) {
             Ok(d) => {
                 pipe.buf.extend(d);
+                pipe.gen = pipe.gen.wrapping_add(1);
                 n as i64
             }
             Err(_) => -EFAULT,
@@ -303,6 +328,8 @@ impl LinuxState {
             Some(DescKind::Dir(d)) => return d.stat(),
             Some(DescKind::Stdin | DescKind::PipeRead(_) | DescKind::PipeWrite(_)) => 0o010600,
             Some(DescKind::Output(_)) => 0o020620, // S_IFCHR: a terminal
+            // Anonymous inodes, as Linux reports them.
+            Some(DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_)) => 0o600,
         };
         Ok(Stat {
             nlink: 1,
@@ -342,6 +369,7 @@ impl LinuxState {
                     DescKind::File(f) => f.status_flags(),
                     DescKind::Output(_) | DescKind::PipeWrite(_) => 1, // O_WRONLY
                     DescKind::Dir(_) => 0o200000,                      // O_DIRECTORY
+                    DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_) => 2, // O_RDWR
                     _ => 0,
                 }
             }
@@ -363,43 +391,6 @@ impl LinuxState {
             }
             F_GETPIPE_SZ if matches!(kind, PipeRead | PipeWrite) => PIPE_SIZE as i64,
             _ => -EINVAL,
-        }
-    }
-
-    /// poll/ppoll's answer for one descriptor.
-    fn poll_events(&self, fd: i32, events: i16) -> i16 {
-        const POLLIN: i16 = 1;
-        const POLLOUT: i16 = 4;
-        const POLLERR: i16 = 8;
-        const POLLHUP: i16 = 0x10;
-        const POLLNVAL: i16 = 0x20;
-        if fd < 0 {
-            return 0;
-        }
-        let pipe = |p: &u32| self.fds.pipes.get(p).cloned().unwrap_or_default();
-        match self.fds.desc(fd).map(|d| &d.kind) {
-            None => POLLNVAL,
-            Some(DescKind::Stdin) => events & POLLIN,
-            Some(DescKind::Output(_)) => events & POLLOUT,
-            Some(DescKind::File(_) | DescKind::Dir(_)) => events & (POLLIN | POLLOUT),
-            Some(DescKind::PipeRead(p)) => {
-                let p = pipe(p);
-                let mut r = if p.buf.is_empty() { 0 } else { events & POLLIN };
-                if p.writers == 0 {
-                    r |= POLLHUP;
-                }
-                r
-            }
-            Some(DescKind::PipeWrite(p)) => {
-                let p = pipe(p);
-                if p.readers == 0 {
-                    POLLERR
-                } else if p.buf.len() < PIPE_SIZE {
-                    events & POLLOUT
-                } else {
-                    0
-                }
-            }
         }
     }
 
@@ -473,29 +464,6 @@ impl LinuxState {
         total as i64
     }
 
-    /// poll/ppoll. Never blocks.
-    fn sys_poll(&mut self, fds: u64, n: u64, mem: &mut GuestMemory) -> i64 {
-        if n > 1024 {
-            return -EINVAL;
-        }
-        let mut ready = 0;
-        for i in 0..n {
-            let at = GuestPtr::<PollFd>::new(fds).index(i);
-            let Some(mut p) = get::<PollFd>(mem, at) else {
-                return -EFAULT;
-            };
-            p.revents = self.poll_events(p.fd, p.events);
-            if p.revents != 0 {
-                ready += 1;
-            }
-            let revents_at = at + offset_of!(PollFd, revents) as u64;
-            if put(mem, revents_at, &p.revents) != 0 {
-                return -EFAULT;
-            }
-        }
-        ready
-    }
-
     /// ioctl: outputs answer TCGETS and TIOCGWINSZ (a terminal, so glibc and musl line-buffer
     /// stdout: what a program prints appears line by line, and nothing but a partial line can
     /// sit in a stdio buffer when the VM is frozen); FIOCLEX/FIONCLEX on anything open;
@@ -505,9 +473,27 @@ impl LinuxState {
         const TIOCGWINSZ: u64 = 0x5413;
         const FIONCLEX: u64 = 0x5450;
         const FIOCLEX: u64 = 0x5451;
+        const FIONBIO: u64 = 0x5421;
+        const FIONREAD: u64 = 0x541B;
         let kind = self.fd_kind(fd);
         match (kind, req & 0xFFFF_FFFF) {
             (Closed, _) => -EBADF,
+            (_, FIONBIO) => {
+                let Ok(v) = mem.read_vec(arg, 4) else {
+                    return -EFAULT;
+                };
+                if let Some(d) = self.fds.desc_mut(fd) {
+                    d.nonblock = v != [0, 0, 0, 0];
+                }
+                0
+            }
+            (PipeRead, FIONREAD) => {
+                let n = match self.fds.desc(fd).map(|d| &d.kind) {
+                    Some(DescKind::PipeRead(p)) => self.fds.pipes.get(p).map_or(0, |p| p.buf.len()),
+                    _ => 0,
+                };
+                put(mem, arg, &(n as i32))
+            }
             (_, FIOCLEX | FIONCLEX) => {
                 if let Some(x) = self.fds.fds.get_mut(&fd) {
                     x.1 = req & 0xFFFF_FFFF == FIOCLEX;
