@@ -46,6 +46,7 @@
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
+#     example_quickjs (JavaScript: QuickJS through the rquickjs crate, guest/examples/quickjs),
 #     example_datatree (an espeak-like data directory tree)
 #     example_fetch, example_storage_fetch, example_fetch_cpp (C++)
 #   Rust guest crate (guest/rust/edgevm-guest):
@@ -235,6 +236,24 @@ if ! skipped rust; then
 		}
 		cp -f "$BIN" "$OUT/rust_hello_http"
 		cp -f "$RT/x86_64-unknown-linux-gnu/release/event_loop" "$OUT/rust_event_loop"
+		BUILT=$((BUILT + 1))
+	else
+		FRESH=$((FRESH + 1))
+	fi
+fi
+
+# --- QuickJS handler (Rust + rquickjs from crates.io; cargo caches it under $OUT) ---
+if ! skipped rust && ! skipped quickjs; then
+	QJS="$GUEST/examples/quickjs"
+	QT="$OUT/.cargo-quickjs"
+	if ! up_to_date "$OUT/example_quickjs" $(find "$QJS/src" "$QJS/Cargo.toml" "$QJS/Cargo.lock" \
+		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
+		( cd "$QJS" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$QT" \
+			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
+			echo "build.sh: FAILED: example_quickjs (cargo build; the first build downloads rquickjs from crates.io)" >&2
+			exit 1
+		}
+		cp -f "$QT/x86_64-unknown-linux-gnu/release/example_quickjs" "$OUT/example_quickjs"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

@@ -159,7 +159,7 @@ fn app(dir: &str) -> String {
 }
 
 #[test]
-fn espeak_like_lua_and_cpython_programs_read_their_data_through_allowed_paths() {
+fn espeak_like_lua_cpython_and_quickjs_programs_read_their_data_through_allowed_paths() {
     let dir = scratch("files-runtimes");
     let cfg = dir.join("config.json");
     std::fs::write(
@@ -168,13 +168,17 @@ fn espeak_like_lua_and_cpython_programs_read_their_data_through_allowed_paths() 
             r#"{{ "voices": {{ "filename": {}, "allowed_paths": [{}] }},
                  "lua": {{ "filename": {}, "allowed_paths": [{}] }},
                  "python": {{ "filename": {}, "max_memory": 256,
-                             "allowed_paths": ["/usr/lib/python3.11", {}] }} }}"#,
+                             "allowed_paths": ["/usr/lib/python3.11", {}] }},
+                 "js": {{ "filename": {}, "main_arguments": ["/app/handler.js"],
+                         "allowed_paths": [{}] }} }}"#,
             js(guest("example_datatree").to_str().unwrap()),
             app("voices").replace("/app", "/data"),
             js(guest("example_lua").to_str().unwrap()),
             app("lua"),
             js(guest("example_python").to_str().unwrap()),
             app("python"),
+            js(guest("example_quickjs").to_str().unwrap()),
+            app("quickjs/app"),
         ),
     )
     .unwrap();
@@ -196,6 +200,24 @@ fn espeak_like_lua_and_cpython_programs_read_their_data_through_allowed_paths() 
                 && py.ends_with("\"query\": {\"x\": \"1\", \"y\": \"2\"}, \"request\": 1}\n"),
             "{py}"
         );
+        assert_eq!(
+            s.ok("/js/a/b?x=1&y=2"),
+            "Hello from QuickJS! {\"method\":\"GET\",\"words\":3,\"params\":{\"x\":\"1\",\"y\":\"2\"},\"request\":1,\"started\":true}\n"
+        );
+        let r = s.req(
+            "POST",
+            "/js/p",
+            &[("Content-Type", "application/json")],
+            b"{\"n\": [1, 2]}",
+        );
+        assert_eq!(
+            r.text(),
+            "Hello from QuickJS! {\"method\":\"POST\",\"words\":2,\"params\":{},\"request\":1,\"started\":true,\"body\":{\"n\":[1,2]}}\n"
+        );
+        // A script error is the request's 500, and the next request is served as before.
+        let r = s.req("POST", "/js/p", &[], b"not json");
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert!(r.text().contains("unexpected token"), "{}", r.text());
     }
     s.stop();
 }
