@@ -26,6 +26,7 @@
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     files(_musl)     allowed_paths, cwd and descriptors from a handler (tests/all/files.rs)
 #     dynamic          a dynamically linked handler (host ld.so, dlopen), the one non-static guest
+#     dynamic_musl, bad_interp  interp.c with musl's loader / PT_INTERP /etc/passwd (files.rs)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
 #     hostile          hostile modes (loops, bombs, privileged instructions, bad calls)
 #     secrets          plants a secret everywhere / scans all it can read for it
@@ -170,6 +171,7 @@ if ! skipped musl; then
 	build output_musl "$T/output.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output_musl.tmp"
 	build files_musl "$T/files.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/files.c" -o "$OUT/files_musl.tmp"
 	build state_file_musl "$T/state_file.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/state_file.c" -o "$OUT/state_file_musl.tmp"
+	build dynamic_musl "$T/interp.c" musl-gcc $CFLAGS "$T/interp.c" -Wl,-dynamic-linker,/lib/ld-musl-x86_64.so.1 -o "$OUT/dynamic_musl.tmp"
 fi
 
 # --- C++ ------------------------------------------------------------------
@@ -198,6 +200,7 @@ if ! skipped cpp; then
 fi
 
 build dynamic "$T/dynamic.c $HEADER" gcc $CFLAGS -I"$GUEST" "$T/dynamic.c" -o "$OUT/dynamic.tmp"
+build bad_interp "$T/interp.c" gcc $CFLAGS "$T/interp.c" -Wl,--dynamic-linker=/etc/passwd -o "$OUT/bad_interp.tmp"
 build example_datatree "$E/datatree.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/datatree.c" -o "$OUT/example_datatree.tmp"
 # Real runtimes (Debian's static libraries; the linker's notes about getpwnam & co. in static
 # programs are silenced: those calls are not used).

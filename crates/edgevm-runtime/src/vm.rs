@@ -224,8 +224,34 @@ pub type MainVm<C = KvmVcpu> = Vm<C, MainMemory>;
 /// A request VM's machine: runs in a copy-on-write view of a frozen image.
 pub type ForkedVm<C = KvmVcpu> = Vm<C, PrivateView>;
 
-/// The host's dynamic loader, which boots programs with a PT_INTERP header.
+/// The host's glibc dynamic loader (the usual PT_INTERP of an x86_64 Linux program).
 pub const HOST_LD_SO: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// The dynamic loaders a program may name in PT_INTERP: the host's copy boots it. Any other
+/// path is refused: PT_INTERP comes from the program's file (a live update can set it), and the
+/// loader is read from the host outside `allowed_paths`.
+pub const HOST_LOADERS: &[&str] = &[
+    HOST_LD_SO,
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+];
+
+/// The host loader for a program whose PT_INTERP is `interp`, read from the host.
+fn host_loader(interp: &str) -> Result<Vec<u8>, RunError> {
+    if !HOST_LOADERS.contains(&interp) {
+        return Err(RunError::Sandbox(format!(
+            "the program's interpreter (PT_INTERP) {interp:?} is not a dynamic loader edgevm \
+             boots (one of {})",
+            HOST_LOADERS.join(", ")
+        )));
+    }
+    std::fs::read(interp).map_err(|e| {
+        RunError::Sandbox(format!(
+            "a dynamically linked program needs the host's {interp}: {e}"
+        ))
+    })
+}
 
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
@@ -246,18 +272,15 @@ impl MainVm {
         };
         let mut opts = opts;
         let mut argv = vec![opts.name.clone()];
-        let elf = if elf::interpreter(&opts.binary)?.is_some() {
-            // A dynamically linked program: boot the host's dynamic loader with the program
-            // as its argument (as the reference does); the loader reads the program, and the
-            // libraries it finds through allowed_paths, with open/mmap.
-            let ld = std::fs::read(HOST_LD_SO).map_err(|e| {
-                RunError::Sandbox(format!(
-                    "a dynamically linked program needs the host's {HOST_LD_SO}: {e}"
-                ))
-            })?;
+        let elf = if let Some(interp) = elf::interpreter(&opts.binary)? {
+            // A dynamically linked program: boot the host's copy of the dynamic loader it
+            // names (glibc's or musl's) with the program as its argument (as the reference
+            // does); the loader reads the program, and the libraries it finds through
+            // allowed_paths, with open/mmap.
+            let ld = host_loader(&interp)?;
             opts.allowed_paths
                 .push(edgevm_abi::sandbox::PathRule::same(&exe));
-            argv = vec![HOST_LD_SO.to_string(), exe.clone()];
+            argv = vec![interp, exe.clone()];
             elf::load_interpreter(&ld, &mut mem, &layout)?
         } else {
             elf::load(&opts.binary, &mut mem, &layout)?

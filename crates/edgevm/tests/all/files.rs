@@ -223,7 +223,7 @@ fn espeak_like_lua_cpython_and_quickjs_programs_read_their_data_through_allowed_
 }
 
 #[test]
-fn dynamically_linked_programs_boot_through_the_host_ld_so_with_their_libraries_allowed() {
+fn dynamically_linked_programs_boot_through_their_host_loader_with_their_libraries_allowed() {
     let dir = scratch("files-dynamic");
     let libs = r#"["/lib/x86_64-linux-gnu"]"#;
     let cfg = dir.join("config.json");
@@ -287,4 +287,20 @@ fn dynamically_linked_programs_boot_through_the_host_ld_so_with_their_libraries_
     ]);
     assert_eq!(r.code(), Some(0), "{}", r.all());
     assert_eq!(r.stdout, "python (3, 11) {\"ok\": true}\n", "{}", r.all());
+
+    // The loader named by PT_INTERP boots the program: musl's (its libc is the loader) ...
+    let musl = guest("dynamic_musl");
+    let r = edgevm_run(&["run", "--raw", musl.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(r.stdout.starts_with("interp ok: "), "{}", r.all());
+    // ... and a PT_INTERP that is not a known loader is refused before anything is read.
+    let bad = guest("bad_interp");
+    let r = edgevm_run(&["run", "--raw", bad.to_str().unwrap()]);
+    assert_ne!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.all()
+            .contains("interpreter (PT_INTERP) \"/etc/passwd\" is not a dynamic loader"),
+        "{}",
+        r.all()
+    );
 }
