@@ -13,6 +13,7 @@
      leak      the descriptor number open() returns (not closed: the reset closes it)
      mmap      the first bytes of a private file mapping of p
      readlink  readlink(p)
+     slurp     read the whole file p &n=N times in 4 MiB read() calls: "bytes=<total>"
 */
 #define _GNU_SOURCE
 #include "test_util.h"
@@ -152,6 +153,19 @@ static void on_get(const char *url, const char *arg)
 			snprintf(out, sizeof(out), "%.5s", m);
 		if (fd >= 0)
 			close(fd);
+	} else if (strcmp(action, "slurp") == 0) {
+		const char *nv = query_param(url, "n");
+		long times = nv ? atol(nv) : 1, total = 0;
+		static char buf[4 << 20];
+		for (long i = 0; i < times; i++) {
+			int fd = open(p, O_RDONLY);
+			ssize_t n;
+			while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) > 0)
+				total += n;
+			if (fd >= 0)
+				close(fd);
+		}
+		snprintf(out, sizeof(out), "bytes=%ld", total);
 	} else if (strcmp(action, "readlink") == 0) {
 		char b[256];
 		ssize_t n = readlink(p, b, sizeof(b) - 1);

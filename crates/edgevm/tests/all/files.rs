@@ -304,3 +304,23 @@ fn dynamically_linked_programs_boot_through_their_host_loader_with_their_librari
         r.all()
     );
 }
+
+#[test]
+fn a_request_reading_large_files_does_not_hold_the_http_worker() {
+    // One HTTP worker; a request reads a 64 MiB file 16 times (1 GiB in 4 MiB read() calls,
+    // each a host read on the thread running the VM): after its inline slice it runs on a
+    // blocking thread, so requests to another program are answered meanwhile.
+    let dir = scratch("files-stall");
+    tree(&dir);
+    std::fs::write(dir.join("tree/big.bin"), vec![7u8; 64 << 20]).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        config(&dir, &[("slow", "files"), ("hello", "example_hello")]),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[("EDGEVM_HTTP_THREADS", "1")]);
+    assert_eq!(s.ok("/slow/slurp?p=/data/big.bin&n=1"), "bytes=67108864");
+    crate::inline::others_are_served_during(&s, "/slow/slurp?p=/data/big.bin&n=16", 200);
+    s.stop();
+}

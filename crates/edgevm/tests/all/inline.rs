@@ -34,7 +34,7 @@ fn one_worker_server(name: &str) -> Server {
 }
 
 /// While `slow_path` runs on the server's only HTTP worker, /hello answers quickly.
-fn others_are_served_during(s: &Server, slow_path: &str, slow_status: u16) {
+pub(crate) fn others_are_served_during(s: &Server, slow_path: &str, slow_status: u16) {
     let port = s.port;
     let slow_path = slow_path.to_owned();
     let slow = std::thread::spawn(move || Conn::new(port).send("GET", &slow_path, &[], b""));
