@@ -44,12 +44,13 @@
 #     threads_rust     Rust std::thread, mpsc, Mutex/Condvar (tests/all/threads.rs)
 #     signals          signal handlers, masks, sigaltstack, rt_sigreturn (tests/all/threads.rs)
 #     readiness        poll/select/epoll/eventfd/timerfd and blocking pipes (tests/all/readiness.rs)
+#     stream           begin_streaming_response, honest and hostile (tests/all/stream.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
 #     example_quickjs (JavaScript: QuickJS through the rquickjs crate, guest/examples/quickjs),
 #     example_datatree (an espeak-like data directory tree)
-#     example_fetch, example_storage_fetch, example_fetch_cpp (C++)
+#     example_fetch, example_storage_fetch, example_fetch_cpp (C++), example_stream
 #   Rust guest crate (guest/rust/edgevm-guest):
 #     rust_hello_http, rust_event_loop
 #
@@ -156,6 +157,7 @@ build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/li
 for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build stream "$T/stream.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/stream.c" -o "$OUT/stream.tmp"
 build routes "$T/routes.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/routes.c" -o "$OUT/routes.tmp"
 build call_semantics "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
 build call_semantics_ref "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
@@ -192,7 +194,7 @@ if ! skipped rust; then
 fi
 
 # --- Examples -------------------------------------------------------------
-for ex in hello counter scounter echo headers fetch storage_fetch; do
+for ex in hello counter scounter echo headers fetch storage_fetch stream; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
 if ! skipped cpp; then

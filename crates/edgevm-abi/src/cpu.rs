@@ -225,6 +225,14 @@ pub fn program_start_stub() -> Vec<u8> {
 /// Return trampoline: `mov $0xFFFF,%eax; out %eax,$0; ud2`.
 pub const RETURN_STUB: [u8; 9] = [0xB8, 0xFF, 0xFF, 0x00, 0x00, 0xE7, 0x00, 0x0F, 0x0B];
 
+/// Stream-callback return, at [`layout::STREAM_RETURN`]: `mov %rax,%rsi; jmp RETURN_TRAMPOLINE`.
+pub fn stream_return_stub() -> Vec<u8> {
+    let mut c = vec![0x48, 0x89, 0xC6, 0xE9];
+    let next = layout::STREAM_RETURN + c.len() as u64 + 4;
+    c.extend_from_slice(&((layout::RETURN_TRAMPOLINE as i64 - next as i64) as i32).to_le_bytes());
+    c
+}
+
 /// Write GDT, TSS, IDT, stubs and page tables into a fresh guest memory.
 pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
     // GDT
@@ -264,6 +272,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
     mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
+    mem.write(layout::STREAM_RETURN, &stream_return_stub())?;
     mem.write(layout::CHAIN_STUB, &chain_stub())?;
     mem.write(layout::PAUSED_ENTRY, &paused_resume_stub())?;
     mem.write(layout::PROGRAM_START, &program_start_stub())?;
@@ -418,7 +427,8 @@ mod tests {
             request_entry_stub().len()
                 <= (layout::RETURN_TRAMPOLINE - layout::REQUEST_ENTRY) as usize
         );
-        assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::PROGRAM_START);
+        assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::STREAM_RETURN);
+        assert!(layout::STREAM_RETURN + stream_return_stub().len() as u64 <= layout::PROGRAM_START);
         assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
         const { assert!(layout::ENTRY_SLOT + 8 <= layout::CHAIN_STUB) };
         assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::PAUSED_ENTRY);

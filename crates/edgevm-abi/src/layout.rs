@@ -40,6 +40,10 @@ pub const SYSCALL_ENTRY: u64 = USER_STUBS;
 pub const REQUEST_ENTRY: u64 = USER_STUBS + 0x40;
 /// Return trampoline: a handler that returns lands here and reports "returned".
 pub const RETURN_TRAMPOLINE: u64 = USER_STUBS + 0x80;
+/// Where a streaming callback (`begin_streaming_response`) returns: keeps the callback's RAX
+/// (the `data` of its `struct streaming_content`) in RSI and reports the return like
+/// [`RETURN_TRAMPOLINE`] (RDX, its `len`, is left as the callback returned it).
+pub const STREAM_RETURN: u64 = USER_STUBS + 0xA0;
 /// Where every program starts: edgevm's start probe (one system call), then a jump to the ELF
 /// entry point stored at [`ENTRY_SLOT`].
 pub const PROGRAM_START: u64 = USER_STUBS + 0xC0;

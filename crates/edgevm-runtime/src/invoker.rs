@@ -49,7 +49,10 @@ pub struct Invoker<M: MemoryView = PrivateView> {
     /// Pausing writes the resume slots (the main VM during warmup: its image is frozen next).
     pub(crate) pause_slots: bool,
     /// The request being served resumed the event loop.
-    in_loop: bool,
+    pub(crate) in_loop: bool,
+    /// The request's response was streamed (`begin_streaming_response`): once its head went
+    /// out, `on_error` cannot answer instead.
+    pub(crate) streamed: bool,
     /// The response of an event loop that runs on to its next wait.
     stashed: Option<GuestResponse>,
     /// The event loop failed after its response: reset the VM fully.
@@ -64,6 +67,9 @@ pub(crate) enum Outcome {
     /// The time slice ran out; the handler is stopped mid-way and continues with
     /// [`Invoker::resume_handler`] (on any thread).
     Preempted,
+    /// The handler called `begin_streaming_response` (stream.rs): the head is read, the body
+    /// comes from its callback ([`Invoker::finish_stream`]).
+    Streaming(Box<crate::stream::StreamStart>),
 }
 
 /// A storage call made by a request and not answered yet.
@@ -102,6 +108,7 @@ impl<M: MemoryView> Invoker<M> {
             continue_loop: false,
             pause_slots: false,
             in_loop: false,
+            streamed: false,
             stashed: None,
             broken: false,
             lost_headers: 0,
@@ -170,9 +177,11 @@ impl<M: MemoryView> Invoker<M> {
         match self.call_handler(req, None) {
             Outcome::Response(r) => Ok(r),
             Outcome::Failed(f) => Err(f),
+            Outcome::Streaming(s) => self.finish_stream(s, None),
             Outcome::Preempted => match self.resume_handler() {
                 Outcome::Response(r) => Ok(r),
                 Outcome::Failed(f) => Err(f),
+                Outcome::Streaming(s) => self.finish_stream(s, None),
                 Outcome::Preempted => Err(RequestFailure {
                     message: "internal error: request preempted twice".into(),
                     kind: FailureKind::Other,
@@ -216,6 +225,7 @@ impl<M: MemoryView> Invoker<M> {
                 headers: vec![("Allow".into(), allow.join(", "))],
                 body: format!("405 Method Not Allowed: the program has no handler for {what}\n")
                     .into_bytes(),
+                stream: None,
                 exits: None,
             });
         };
@@ -230,6 +240,7 @@ impl<M: MemoryView> Invoker<M> {
             Err(e) => return fail(FailureKind::Api, e.to_string()),
         };
         self.in_loop = kind == 0;
+        self.streamed = false;
         self.stashed = None;
         self.lost_headers = 0;
         self.vm.fetch_depth = req.self_depth;
@@ -468,6 +479,22 @@ impl<M: MemoryView> Invoker<M> {
                     Ok(None) => return Outcome::Preempted,
                     Err(f) => return Outcome::Failed(f),
                 },
+                Event::Hypercall(Call::BeginStreaming { .. }) if self.stashed.is_some() => {
+                    return fail(
+                        FailureKind::Api,
+                        "begin_streaming_response() called after the event loop's response",
+                    );
+                }
+                Event::Hypercall(call @ Call::BeginStreaming { .. }) => {
+                    if self.vm.slice_left().is_some() {
+                        // The body is produced while the client takes it: never on an HTTP
+                        // worker. End the slice here; the call is served where the VM
+                        // resumes (a blocking thread, pool.rs).
+                        self.vm.defer_call(call);
+                        return Outcome::Preempted;
+                    }
+                    return self.begin_stream(call);
+                }
                 Event::Hypercall(call) => {
                     if let Err(f) = self.api_call(call) {
                         return Outcome::Failed(f);
@@ -504,7 +531,7 @@ impl<M: MemoryView> Invoker<M> {
         self.vm.printer.flush();
         match out {
             Outcome::Response(r) => Some(r),
-            Outcome::Preempted => None,
+            Outcome::Preempted | Outcome::Streaming(_) => None,
             Outcome::Failed(f2) => {
                 self.vm
                     .printer

@@ -27,12 +27,14 @@ mod runtime;
 mod settings;
 pub mod snapshot;
 pub mod storage;
+pub mod stream;
 pub mod timer;
 pub mod vm;
 mod watcher;
 
 pub use edgevm_abi::sandbox::PathRule;
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
+pub use stream::BodyStream;
 
 #[cfg(test)]
 mod tests;

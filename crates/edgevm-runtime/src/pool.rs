@@ -14,6 +14,7 @@ use crate::error::BootError;
 use crate::request::{GuestRequest, GuestResponse, ServeError};
 use crate::request_vm::{FailureKind, RequestFailure, RequestStats, RequestVm, Step};
 use crate::storage::StorageHandle;
+use crate::stream::StreamSink;
 
 pub use crate::runtime::{Runtime, UpdateError};
 pub use crate::settings::{
@@ -401,9 +402,13 @@ impl Program {
                 if started {
                     self.stats.preempted.fetch_add(1, Ordering::Relaxed);
                 }
+                // A streamed response's head comes back through `head` while the blocking
+                // task goes on producing its body (stream.rs) and then completes the request.
+                let (sink, mut head) = StreamSink::new(tokio::runtime::Handle::current());
+                vm.stream_to(sink);
                 let me = self.clone();
                 let p = pool.clone();
-                let task = tokio::task::spawn_blocking(move || {
+                let mut task = tokio::task::spawn_blocking(move || {
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if !started {
                             if let Step::Done(r, s) = vm.begin(&req, None) {
@@ -417,11 +422,21 @@ impl Program {
                         Err(_) => me.complete(&p, None, Err(()), queued),
                     }
                 });
-                task.await.unwrap_or_else(|_| {
+                let internal = |_| {
                     Err(ServeError::ProgramError(
                         "internal error in edgevm while handling the request".into(),
                     ))
-                })
+                };
+                // The head first: a short stream may be over (its chunks waiting in the
+                // channel) by the time this looks.
+                tokio::select! {
+                    biased;
+                    h = &mut head => match h {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => task.await.unwrap_or_else(internal),
+                    },
+                    r = &mut task => r.unwrap_or_else(internal),
+                }
             }
         }
     }
@@ -488,6 +503,11 @@ impl Program {
                 };
                 c.fetch_add(1, Ordering::Relaxed);
                 Ok(resp)
+            }
+            Err(f) if f.kind == FailureKind::ClientGone => {
+                // The response went out in part; nothing the program did wrong.
+                tracing::info!("{}: {}", self.name, f.message);
+                Err(ServeError::ProgramError(f.message))
             }
             Err(f) => {
                 let c = match f.kind {

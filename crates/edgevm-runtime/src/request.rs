@@ -31,11 +31,25 @@ pub struct GuestResponse {
     pub content_type: String,
     /// Extra response headers set by the program, as (name, value).
     pub headers: Vec<(String, String)>,
-    /// Response body.
+    /// Response body (empty when streamed).
     pub body: Vec<u8>,
+    /// A streamed body (`begin_streaming_response`): the chunks as the program produces
+    /// them, instead of `body`.
+    pub stream: Option<crate::stream::BodyStream>,
     /// VM exits the request took (storage calls included); `None` for answers that did not
     /// come from a request VM.
     pub exits: Option<u64>,
+}
+
+impl GuestResponse {
+    /// The response with a streamed body collected into `body` (at most `limit` bytes), for
+    /// callers that need the whole body (self-requests, chain steps, `edgevm run --request`).
+    pub async fn collected(mut self, limit: u64) -> Result<GuestResponse, ServeError> {
+        if let Some(s) = self.stream.take() {
+            self.body = s.collect(limit).await.map_err(ServeError::ProgramError)?;
+        }
+        Ok(self)
+    }
 }
 
 /// Why a request produced no program response. The HTTP layer derives the status from the

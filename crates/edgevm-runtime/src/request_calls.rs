@@ -288,6 +288,7 @@ impl<M: MemoryView> Invoker<M> {
             content_type: String::from_utf8_lossy(&ctype).into_owned(),
             headers,
             body,
+            stream: None,
             exits: None,
         })
     }

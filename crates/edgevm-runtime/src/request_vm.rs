@@ -85,6 +85,9 @@ pub enum FailureKind {
     NoResponse,
     /// Bad API use (pointer, header, status...).
     Api,
+    /// The client of a streamed response went away (or stopped reading): the program was
+    /// stopped, through no fault of its own.
+    ClientGone,
     /// Anything else.
     Other,
 }
@@ -119,6 +122,9 @@ pub struct RequestVm {
     pub(crate) hot: HotPages,
     /// Scratch: the kept pages the last reset found unchanged.
     pub(crate) unchanged: Vec<usize>,
+    /// Where a streamed response of the current request goes (set by the pool before the
+    /// request moves to a blocking thread); without one a streamed body is collected.
+    pub(crate) stream_sink: Option<crate::stream::StreamSink>,
 }
 
 /// What [`RequestVm::begin`] came to.
@@ -201,6 +207,7 @@ impl RequestVm {
             exits0: 0,
             hot: HotPages::default(),
             unchanged: Vec::new(),
+            stream_sink: None,
         })
     }
 
@@ -264,11 +271,28 @@ impl RequestVm {
         self.finish(req, outcome)
     }
 
+    /// Send a streamed response of the current request to `sink` (see
+    /// [`crate::stream`]); without this a streamed body is collected into the response.
+    pub fn stream_to(&mut self, sink: crate::stream::StreamSink) {
+        self.stream_sink = Some(sink);
+    }
+
     fn finish(
         &mut self,
         req: &GuestRequest,
         outcome: Outcome,
     ) -> (Result<GuestResponse, RequestFailure>, RequestStats) {
+        let outcome = match outcome {
+            Outcome::Streaming(s) => {
+                let sink = self.stream_sink.take();
+                match self.inv.finish_stream(s, sink) {
+                    Ok(r) => Outcome::Response(r),
+                    Err(f) => Outcome::Failed(f),
+                }
+            }
+            other => other,
+        };
+        self.stream_sink = None;
         let mut stats = RequestStats {
             // Time-slice ends are the runtime's exits, not the program's.
             // The storage VM's exits on this request's path count too.
@@ -300,7 +324,7 @@ impl RequestVm {
                 stats.full_reset = true;
                 Err(f)
             }
-            Outcome::Preempted => {
+            Outcome::Preempted | Outcome::Streaming(_) => {
                 // resume_handler never preempts; be safe anyway.
                 self.full_reset();
                 stats.full_reset = true;
@@ -311,7 +335,8 @@ impl RequestVm {
             }
         };
         let result = match result {
-            Err(f) if self.inv.vm.handlers.on_error != 0 => {
+            // A streamed response went out already: on_error cannot answer instead.
+            Err(f) if self.inv.vm.handlers.on_error != 0 && !self.inv.streamed => {
                 let r = self.inv.call_on_error(req, &f);
                 self.full_reset();
                 r.ok_or(f)

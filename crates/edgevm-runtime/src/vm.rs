@@ -448,6 +448,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         }
     }
 
+    /// End the time slice at hypercall `call`: the caller returns [`Event::Preempted`] and the
+    /// next [`Vm::run_until_event`] (on the thread the VM moves to) hands the call back.
+    pub(crate) fn defer_call(&mut self, call: Call) {
+        self.slice_end = None;
+        self.pending_call = Some(call);
+    }
+
     /// Forget a system call or hypercall kept for when the VM resumes (a request that failed
     /// while one waited leaves it behind; the next request must not make it).
     pub(crate) fn forget_pending(&mut self) {

@@ -40,8 +40,9 @@ mod tests;
 #[cfg(test)]
 mod timeout_tests;
 
-/// The response body type of every response this server produces (always fully buffered).
-type RespBody = Full<Bytes>;
+/// The response body type of every response this server produces: fully buffered, or a
+/// program's streamed body.
+type RespBody = http_body_util::Either<Full<Bytes>, answer::GuestBody>;
 
 /// hyper's default read buffer limit (`8192 + 4096 * 100`); raised when headers may be larger.
 const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;

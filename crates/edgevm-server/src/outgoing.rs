@@ -203,7 +203,12 @@ impl Outgoing {
                     }
                 }
             }
-            host.serve(program, req).await
+            // A streamed answer is collected: the fetching program gets it whole.
+            let limit = edgevm_runtime::request_vm::MAX_RESPONSE_BODY;
+            match host.serve(program, req).await {
+                Ok(resp) => resp.collected(limit).await,
+                Err(e) => Err(e),
+            }
         };
         let r = tokio::time::timeout(left, serve).await;
         match r {

@@ -686,7 +686,11 @@ fn run_request(mut pc: ProgramConfig, o: &VmOptions, req: RequestSpec) -> Result
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let answer = rt.block_on(runtime.serve(&name, greq));
+    let answer = rt.block_on(async {
+        let r = runtime.serve(&name, greq).await?;
+        r.collected(edgevm_runtime::request_vm::MAX_RESPONSE_BODY)
+            .await
+    });
     match answer {
         Ok(resp) => {
             let mut out = std::io::stdout().lock();

@@ -6,7 +6,7 @@ use crate::limits;
 use crate::logtext::client_text;
 use bytes::Bytes;
 use edgevm_runtime::{GuestRequest, GuestResponse, ServeError};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -21,6 +21,8 @@ pub(super) struct Answer {
     pub(super) body: Bytes,
     /// Close the connection after this response (e.g. an unread request body).
     pub(super) close: bool,
+    /// A streamed body (`begin_streaming_response`), sent chunked instead of `body`.
+    pub(super) stream: Option<edgevm_runtime::BodyStream>,
 }
 
 impl Answer {
@@ -36,6 +38,7 @@ impl Answer {
             headers,
             body: Bytes::from(format!("{msg}\n")),
             close: false,
+            stream: None,
         }
     }
 }
@@ -290,6 +293,7 @@ pub(super) fn guest_answer(resp: GuestResponse) -> Answer {
         headers,
         body: Bytes::from(resp.body),
         close: false,
+        stream: resp.stream,
     }
 }
 
@@ -300,9 +304,26 @@ pub(super) fn finish(answer: Answer, is_head: bool, server_header: bool) -> Resp
         mut headers,
         body,
         close,
+        stream,
     } = answer;
     let bodyless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    if !bodyless_status {
+    // A streamed body goes out chunked as the program produces it (no Content-Length: a
+    // body cut short is then visible to the client as a missing final chunk). For HEAD or a
+    // bodyless status it is dropped, which stops the program.
+    let streamed = stream.is_some();
+    let stream = stream
+        .filter(|_| !is_head && !bodyless_status)
+        .and_then(|s| Some((s.take()?, s.total())));
+    if bodyless_status {
+    } else if streamed {
+        // What a GET would have got (hyper sets it itself when it sends the body).
+        if is_head {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+    } else {
         // For HEAD this is the length the body would have had.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
@@ -317,8 +338,73 @@ pub(super) fn finish(answer: Answer, is_head: bool, server_header: bool) -> Resp
     } else {
         body
     };
-    let mut resp = Response::new(Full::new(body));
+    let body = match stream {
+        Some((rx, total)) => Either::Right(GuestBody::new(rx, total)),
+        None => Either::Left(Full::new(body)),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// A streamed response body: the program's chunks as they come (edgevm_runtime::stream).
+/// One that ends before the announced length, or with the runtime's error, ends in an error:
+/// hyper then closes the connection without the final chunk. The error comes one poll after
+/// it is known, so that hyper flushes what it holds first (the head and the chunks before
+/// it reach the client).
+pub(crate) struct GuestBody {
+    rx: tokio::sync::mpsc::Receiver<edgevm_runtime::stream::Chunk>,
+    total: u64,
+    sent: u64,
+    cut: Option<String>,
+}
+
+impl GuestBody {
+    pub(super) fn new(
+        rx: tokio::sync::mpsc::Receiver<edgevm_runtime::stream::Chunk>,
+        total: u64,
+    ) -> GuestBody {
+        GuestBody {
+            rx,
+            total,
+            sent: 0,
+            cut: None,
+        }
+    }
+}
+
+/// Why a streamed body was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("streamed response cut short: {0}")]
+pub(crate) struct StreamCut(String);
+
+impl hyper::body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = StreamCut;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, StreamCut>>> {
+        use std::task::Poll;
+        if let Some(why) = self.cut.take() {
+            return Poll::Ready(Some(Err(StreamCut(why))));
+        }
+        let why = match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(c))) => {
+                self.sent += c.len() as u64;
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(c)))));
+            }
+            Poll::Ready(Some(Err(e))) => e,
+            Poll::Ready(None) if self.sent < self.total => {
+                format!("{} of {} bytes", self.sent, self.total)
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.cut = Some(why);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }

@@ -40,7 +40,9 @@ pub async fn serve_static_hello_on(
         &opts,
         |_| {
             service_fn(|_req: Request<Incoming>| async {
-                let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello World!\n")));
+                let mut resp = Response::new(http_body_util::Either::Left(Full::new(
+                    Bytes::from_static(b"Hello World!\n"),
+                )));
                 let h = resp.headers_mut();
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(13u32));

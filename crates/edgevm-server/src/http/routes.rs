@@ -135,6 +135,14 @@ pub(crate) async fn run_chain(
             };
             host.serve(&step.program, r).await
         };
+        // A streamed answer is collected: the next step gets it whole.
+        let answer = match answer {
+            Ok(r) => {
+                r.collected(edgevm_runtime::request_vm::MAX_RESPONSE_BODY)
+                    .await
+            }
+            err => err,
+        };
         match answer {
             Ok(r) if r.status >= route.error_threshold => {
                 warn!(

@@ -709,7 +709,18 @@ fn every_api_and_system_call_with_hostile_pointers_and_lengths() {
     let mut logged = Vec::new();
     let (mut answered, mut failed) = (0, 0);
     for (i, path) in paths.iter().enumerate() {
-        let r = try_send(&mut conn, "GET", path, b"").unwrap_or_else(|e| panic!("{path}: {e}"));
+        let r = match try_send(&mut conn, "GET", path, b"") {
+            Ok(r) => r,
+            // begin_streaming_response with a hostile callback or length: the head went out,
+            // the body is cut short (tests/all/stream.rs), the connection closed.
+            Err(_) if path.contains("call=10012&") => {
+                conn = s.connect();
+                let p = try_send(&mut conn, "GET", "/h/probe", b"").unwrap();
+                assert_eq!(p.text(), baseline, "the VM was not reset after {path}");
+                continue;
+            }
+            Err(e) => panic!("{path}: {e}"),
+        };
         match r.status {
             // backend_response itself, with these arguments accepted: its answer.
             200 if path.contains("call=10010&") => answered += 1,

@@ -34,6 +34,7 @@ mod soak;
 mod storage;
 mod storage_inline;
 mod storage_tasks;
+mod stream;
 mod threads;
 mod ux;
 mod varnish;
