@@ -16,7 +16,8 @@ use serde_json::{Map, Value};
 /// The name of the top-level list.
 pub const ROUTES_SECTION: &str = "routes";
 
-/// The special first chain step that fetches `url` (path-only: served in-process).
+/// The special first chain step that fetches `url`: a path of this server (served in-process)
+/// or an `http(s)://` URL (fetched under the route program's network policy).
 pub const FETCH_STEP: &str = "fetch";
 
 /// One route.
@@ -87,9 +88,24 @@ fn string(obj: &Map<String, Value>, key: &str, what: &str) -> Result<Option<Stri
 }
 
 fn url(obj: &Map<String, Value>, what: &str) -> Result<Option<String>, String> {
+    url_or(obj, what, false)
+}
+
+/// `url`: a path; with `external`, also an `http://` or `https://` URL (a `fetch` step's).
+fn url_or(obj: &Map<String, Value>, what: &str, external: bool) -> Result<Option<String>, String> {
     let u = string(obj, "url", what)?;
     if let Some(u) = &u {
-        if !u.starts_with('/') || u.contains(['\r', '\n', ' ', '\0']) || u.len() > 8192 {
+        let lower = u.to_ascii_lowercase();
+        let is_url = external
+            && (lower.starts_with("http://") || lower.starts_with("https://"))
+            && u.len() > "https://".len();
+        if (!u.starts_with('/') && !is_url) || u.contains(['\r', '\n', ' ', '\0']) || u.len() > 8192
+        {
+            if external {
+                return Err(format!(
+                    "{what}: a 'fetch' step's 'url' must be a path starting with '/' or an http(s):// URL (no spaces or control characters), got {u:?}"
+                ));
+            }
             return Err(format!(
                 "{what}: 'url' must be a path starting with '/' (no spaces or control characters), got {u:?}"
             ));
@@ -123,7 +139,7 @@ fn step(v: &Value, what: &str, first: bool) -> Result<ChainStep, String> {
     }
     let program = string(obj, "program", what)?
         .ok_or_else(|| format!("{what}: a chain step needs 'program'"))?;
-    let url = url(obj, what)?;
+    let url = url_or(obj, what, program == FETCH_STEP)?;
     if program == FETCH_STEP {
         if !first {
             return Err(format!(
@@ -132,7 +148,7 @@ fn step(v: &Value, what: &str, first: bool) -> Result<ChainStep, String> {
         }
         if url.is_none() {
             return Err(format!(
-                "{what}: a 'fetch' step needs 'url' (a path on this server, e.g. \"/images/a.jpg\")"
+                "{what}: a 'fetch' step needs 'url' (a path on this server, e.g. \"/images/a.jpg\", or an http(s):// URL)"
             ));
         }
     }

@@ -23,7 +23,7 @@ use edgevm_runtime::net::{
     FetchError, FetchRequest, FetchResponse, Fetcher, NetPolicy, FETCH_CONNECT_TIMEOUT,
     MAX_REDIRECTS,
 };
-use edgevm_runtime::{GuestRequest, ProgramHost, ServeError};
+use edgevm_runtime::{GuestRequest, GuestResponse, ProgramHost, ServeError};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -37,6 +37,8 @@ pub const MAX_SELF_DEPTH: u32 = 4;
 pub struct Outgoing {
     host: OnceLock<Weak<dyn ProgramHost>>,
     routes: OnceLock<Arc<Vec<Route>>>,
+    /// Each program's network policy (for fetches made on its behalf by a chain's `fetch`).
+    policies: std::sync::Mutex<std::collections::HashMap<String, Arc<NetPolicy>>>,
     handle: OnceLock<tokio::runtime::Handle>,
     self_in_flight: AtomicUsize,
 }
@@ -54,6 +56,7 @@ pub fn outgoing() -> Arc<Outgoing> {
         Arc::new(Outgoing {
             host: OnceLock::new(),
             routes: OnceLock::new(),
+            policies: Default::default(),
             handle: OnceLock::new(),
             self_in_flight: AtomicUsize::new(0),
         })
@@ -70,6 +73,69 @@ pub fn attach_host(host: &Arc<dyn ProgramHost>) {
 /// Give self-requests the configuration's routes (the server's, set once when it starts).
 pub fn attach_routes(routes: Arc<Vec<Route>>) {
     let _ = outgoing().routes.set(routes);
+}
+
+/// Remember `program`'s network policy (its fetches through a route's chain use it).
+pub fn remember_policy(program: &str, policy: Arc<NetPolicy>) {
+    outgoing()
+        .policies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(program.to_owned(), policy);
+}
+
+/// A chain's `fetch` step with an `http(s)://` URL, made for `program` under its network
+/// policy (public addresses only for a program the server does not know). GET, no client
+/// header passed on, redirects followed, certificates checked; the answer as the program's
+/// would be (a failure: 502 with the reason). Runs on a blocking thread.
+pub async fn fetch_for_chain(program: &str, url: &str, depth: u32) -> GuestResponse {
+    let o = outgoing();
+    let policy = o
+        .policies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(program)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(NetPolicy::public_only()));
+    let req = FetchRequest {
+        program: program.to_owned(),
+        url: url.to_owned(),
+        method: "GET".into(),
+        headers: Vec::new(),
+        body: None,
+        follow_location: true,
+        verify_tls: true,
+        max_body: edgevm_runtime::net::MAX_FETCH_BODY,
+        deadline: Instant::now() + fetch_budget(),
+        depth,
+        policy,
+    };
+    let (p, u) = (program.to_owned(), url.to_owned());
+    let r = tokio::task::spawn_blocking(move || o.http(req)).await;
+    match r {
+        Ok(Ok(f)) => GuestResponse {
+            status: f.status,
+            content_type: f.content_type,
+            headers: Vec::new(),
+            body: f.body,
+            ..Default::default()
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(program = %p, "chain fetch of {u} failed: {e}");
+            GuestResponse {
+                status: 502,
+                content_type: "text/plain".into(),
+                body: format!("fetch of {u} failed: {e}\n").into_bytes(),
+                ..Default::default()
+            }
+        }
+        Err(_) => GuestResponse {
+            status: 502,
+            content_type: "text/plain".into(),
+            body: b"fetch failed: internal error\n".to_vec(),
+            ..Default::default()
+        },
+    }
 }
 
 /// Give self-requests the runtime to run on when made from a thread outside it (the storage

@@ -128,8 +128,10 @@ pub fn net_access(cfg: &Config, p: &ProgramConfig) -> NetAccess {
             .unwrap_or_default()
     });
     let fetcher: Arc<dyn edgevm_runtime::net::Fetcher> = crate::outgoing::outgoing();
+    let policy = Arc::new(policy);
+    crate::outgoing::remember_policy(&p.name, policy.clone());
     NetAccess {
-        policy: Arc::new(policy),
+        policy,
         fetcher: Some(fetcher),
         counters: Default::default(),
     }

@@ -2,7 +2,8 @@
 //! starts with a route's prefix (and whose method and host match, when the route names them)
 //! goes to the route's program with the route's `url` (the request target when absent) and
 //! `arg`; a chain runs first, each step's answer POSTed into the next, the special first step
-//! `fetch` getting a path of this server in-process (no TCP). A step answering with the route's
+//! `fetch` getting a path of this server in-process (no TCP) or an http(s) URL under the route
+//! program's network policy (`outgoing::fetch_for_chain`). A step answering with the route's
 //! `error_threshold` or above ends the chain with that answer.
 
 use super::*;
@@ -126,7 +127,12 @@ pub(crate) async fn run_chain(
     for (i, step) in route.chain.iter().enumerate() {
         let answer = if step.program == FETCH_STEP {
             let path = step.url.clone().unwrap_or_default();
-            fetch_in_process(host, routes, &path, &cur.headers, cur.self_depth).await
+            if path.starts_with('/') {
+                fetch_in_process(host, routes, &path, &cur.headers, cur.self_depth).await
+            } else {
+                let r = crate::outgoing::fetch_for_chain(&route.program, &path, cur.self_depth);
+                Ok(r.await)
+            }
         } else {
             let r = GuestRequest {
                 url: step.url.clone().unwrap_or_else(|| url.clone()),

@@ -187,3 +187,37 @@ fn self_requests_take_routes_with_their_arg_and_chain() {
         .starts_with("get r=0 status=200"));
     s.stop();
 }
+
+#[test]
+fn a_chain_fetch_step_may_fetch_a_url_under_the_route_programs_policy() {
+    let o = crate::fetch::Origin::start();
+    let g = js(guest("routes").to_str().unwrap());
+    let s = Server::with_config(
+        "routes-fetch-url",
+        &format!(
+            r#"{{ "thumb": {{ "filename": {g}, "max_memory": 64,
+                 "allow_net": ["127.0.0.1:{port}"] }},
+  "upper": {{ "filename": {g}, "max_memory": 64 }},
+  "origin": {{ "filename": {g}, "max_memory": 64 }},
+  "routes": [
+    {{ "prefix": "/ext/", "program": "thumb", "arg": "{{\"width\": 5}}",
+       "chain": [ {{ "program": "fetch", "url": "{url}" }},
+                  {{ "program": "upper", "arg": "upper" }} ] }},
+    {{ "prefix": "/denied/", "program": "origin",
+       "chain": [ {{ "program": "fetch", "url": "{url}" }} ] }}
+  ] }}"#,
+            port = o.port,
+            url = o.url("/hello")
+        ),
+    );
+    // The origin's answer, upper-cased, into the route's program.
+    assert_eq!(
+        s.ok("/ext/x"),
+        "width=5 ctype=text/x-upper body=HELLO ORIGIN"
+    );
+    // The route's program may not reach the address: the chain ends with a 502 saying why.
+    let r = s.get("/denied/x");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("network policy"), "{}", r.text());
+    s.stop();
+}
