@@ -45,6 +45,7 @@
 #     signals          signal handlers, masks, sigaltstack, rt_sigreturn (tests/all/threads.rs)
 #     readiness        poll/select/epoll/eventfd/timerfd and blocking pipes (tests/all/readiness.rs)
 #     stream           begin_streaming_response, honest and hostile (tests/all/stream.rs)
+#     sockets          guest sockets under the network policy (tests/all/sockets.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
@@ -150,6 +151,7 @@ build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.
 build threads "$T/threads.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/threads.c" -o "$OUT/threads.tmp" -lpthread -lm
 build signals "$T/signals.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/signals.c" -o "$OUT/signals.tmp" -lpthread
 build readiness "$T/readiness.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/readiness.c" -o "$OUT/readiness.tmp" -lpthread
+build sockets "$T/sockets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/sockets.c" -o "$OUT/sockets.tmp"
 build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"

@@ -41,6 +41,16 @@ errnos!(
     EPIPE,
     EOVERFLOW,
     ENODATA,
+    EAFNOSUPPORT,
+    ENOTCONN,
+    ENOTSOCK,
+    EPROTONOSUPPORT,
+    ECONNREFUSED,
+    EINPROGRESS,
+    EOPNOTSUPP,
+    ENOBUFS,
+    ENOPROTOOPT,
+    EDOM,
 );
 
 /// The name of error number `e` (positive), e.g. "ENOENT"; "E?" if it has none.

@@ -23,6 +23,7 @@ pub mod crash;
 pub mod elf;
 pub mod errno;
 pub mod files;
+mod hostnet;
 pub mod io;
 pub mod layout;
 pub mod linux;

@@ -1,5 +1,5 @@
-//! The outgoing network policy: which destinations a program may reach (`sys_fetch` today,
-//! guest sockets next). It knows nothing of HTTP or of VMs, so every layer that opens a
+//! The outgoing network policy: which destinations a program may reach (`sys_fetch` and
+//! guest sockets). It knows nothing of HTTP or of VMs, so every layer that opens a
 //! connection for a program asks the same [`NetPolicy`].
 //!
 //! Configuration (docs/CONFIG.md): `"allow_net"` and `"deny_net"`, lists of entries, in the

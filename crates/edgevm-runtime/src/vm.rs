@@ -312,6 +312,7 @@ impl MainVm {
                 allowed_paths: opts.allowed_paths.clone(),
                 cwd: opts.cwd.clone(),
                 verbose: opts.verbose,
+                net: Some(opts.net.policy.clone()),
             },
             elf.end,
             elf.image_bytes,

@@ -34,6 +34,8 @@ pub(super) enum FdKind {
     Timer,
     /// An epoll instance.
     Epoll,
+    /// A socket (a host socket).
+    Socket,
     /// Nothing open.
     Closed,
 }
@@ -53,6 +55,7 @@ pub(super) enum DescKind {
     Event(EventFd),
     Timer(TimerFd),
     Epoll(Epoll),
+    Socket(Socket),
 }
 
 /// An open file description.
@@ -261,10 +264,21 @@ impl FdTable {
     /// Freeze: every open file becomes read-only.
     pub(super) fn make_read_only(&mut self) {
         for d in self.descs.values_mut() {
-            if let DescKind::File(f) = &mut d.kind {
-                f.write = false;
+            match &mut d.kind {
+                DescKind::File(f) => f.write = false,
+                // One host connection cannot serve every request VM: closed (socket.rs).
+                DescKind::Socket(s) => s.fd = None,
+                _ => {}
             }
         }
+    }
+
+    /// Open sockets (host sockets held).
+    pub(super) fn socket_count(&self) -> usize {
+        self.descs
+            .values()
+            .filter(|d| matches!(&d.kind, DescKind::Socket(s) if s.fd.is_some()))
+            .count()
     }
 
     /// Open descriptors other than stdin/stdout/stderr-like ones.
@@ -291,7 +305,7 @@ impl FdTable {
     }
 
     /// Whether reads and writes of `fd` wait when they cannot go on (a blocking pipe,
-    /// eventfd or timerfd).
+    /// eventfd, timerfd or socket).
     pub(super) fn waits(&self, fd: i32) -> bool {
         self.desc(fd).is_some_and(|d| {
             !d.nonblock
@@ -301,6 +315,7 @@ impl FdTable {
                         | DescKind::PipeWrite(_)
                         | DescKind::Event(_)
                         | DescKind::Timer(_)
+                        | DescKind::Socket(_)
                 )
         })
     }
@@ -321,8 +336,11 @@ mod calls;
 mod epoll;
 mod event;
 mod ready;
+mod socket;
 
 use epoll::Epoll;
 pub(super) use epoll::{EPOLLIN, EPOLLOUT};
 use event::{EventFd, TimerFd};
 pub(super) use ready::Interest;
+use socket::Socket;
+pub(super) use socket::RESOLVER_FILES;

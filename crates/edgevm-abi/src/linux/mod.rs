@@ -14,6 +14,7 @@
 //! SIGFPE) are not delivered to handlers: they end the run as a crash.
 //! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
 //! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
+//! Sockets are host sockets under the program's network policy (`fds/socket.rs`).
 //! Threads are green threads on the VM's vCPU ([`threads`]); a call that waits for
 //! descriptors (poll, select, epoll, a blocking pipe read) blocks only its thread ([`wait`]).
 //! Anything not emulated returns `-ENOSYS`.
@@ -106,6 +107,8 @@ pub struct LinuxConfig {
     pub cwd: String,
     /// `verbose`: log paths the sandbox refuses.
     pub verbose: bool,
+    /// Where the program's sockets may connect (None: public addresses only).
+    pub net: Option<Arc<edgevm_netpolicy::NetPolicy>>,
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -144,6 +147,11 @@ pub struct LinuxState {
     cwd: Vec<u8>,
     /// Writes to writable paths are allowed (main VM before the freeze, storage VM).
     may_write: bool,
+    /// Bytes sent and received through sockets, and the count when the request began.
+    net_bytes: u64,
+    net_base: u64,
+    /// Refused destinations logged (fds/socket.rs).
+    net_refusals: u32,
 }
 
 impl LinuxState {
@@ -178,6 +186,9 @@ impl LinuxState {
             sandbox,
             cwd,
             may_write: true,
+            net_bytes: 0,
+            net_base: 0,
+            net_refusals: 0,
         }
     }
 
@@ -240,6 +251,11 @@ impl LinuxState {
     /// Limit what one request may allocate (max_request_memory); `None` lifts the limit.
     pub fn set_request_limit(&mut self, limit: Option<u64>) {
         self.request_limit = limit.map(|l| (self.memory_used(), l));
+        if limit.is_some() {
+            // A request begins: its socket byte budget too.
+            self.net_base = self.net_bytes;
+            self.net_refusals = 0;
+        }
     }
 
     /// Whether the system call in `r` may make the host thread sleep (nanosleep,
@@ -395,6 +411,20 @@ fn sandbox_of(cfg: &LinuxConfig) -> (Arc<Sandbox>, Vec<u8>) {
             writable: true,
             symlink: false,
         });
+    }
+    // The host's resolver configuration, read-only at its own paths, unless the configuration
+    // names those paths itself (the guest's resolver reads them: fds/socket.rs).
+    let configured = Sandbox::new(rules.clone());
+    for f in fds::RESOLVER_FILES {
+        if configured.resolve(f.as_bytes()).is_err() && std::path::Path::new(f).is_file() {
+            rules.push(PathRule {
+                virt: f.as_bytes().to_vec(),
+                real: f.into(),
+                prefix: false,
+                writable: false,
+                symlink: false,
+            });
+        }
     }
     let sandbox = Arc::new(Sandbox::new(rules));
     let cwd = crate::sandbox::normalize(b"/", cfg.cwd.as_bytes())

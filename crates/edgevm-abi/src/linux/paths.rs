@@ -379,6 +379,7 @@ impl LinuxState {
                         Some(DescKind::Event(_)) => b"anon_inode:[eventfd]".to_vec(),
                         Some(DescKind::Timer(_)) => b"anon_inode:[timerfd]".to_vec(),
                         Some(DescKind::Epoll(_)) => b"anon_inode:[eventpoll]".to_vec(),
+                        Some(DescKind::Socket(_)) => b"socket:[0]".to_vec(),
                         None => return -ENOENT,
                     }
                 }

@@ -141,6 +141,9 @@ impl LinuxState {
             sandbox,
             cwd,
             may_write: false,
+            net_bytes: 0,
+            net_base: 0,
+            net_refusals: 0,
         })
     }
 }

@@ -165,11 +165,14 @@ impl LinuxState {
         if let Some(r) = self.readiness_call(nr, a, cpu, mem) {
             return Some(r);
         }
+        if let Some(r) = self.socket_call(nr, a, cpu, mem, out) {
+            return Some(r);
+        }
         let ev = self.blocking_io(nr, a)?;
         let fd = a[0] as i64 as i32;
         Some(self.wait_io(nr as u64, None, cpu, mem, |s, mem, _| {
             let v = match nr {
-                libc::SYS_read => s.read(fd, a[1], a[2], mem),
+                libc::SYS_read => s.read(fd, a[1], a[2], mem, out),
                 libc::SYS_write => s.write(fd, a[1], a[2], mem, out),
                 libc::SYS_readv => s.vectored(fd, a[1], a[2], false, mem, out),
                 _ => s.vectored(fd, a[1], a[2], true, mem, out),

@@ -54,6 +54,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             allowed_paths: o.allowed_paths.clone(),
             cwd: o.cwd.clone(),
             verbose: o.verbose,
+            net: Some(o.net.policy.clone()),
         },
         &mut r,
     )

@@ -60,7 +60,7 @@ fn a_handler_sees_only_allowed_paths_under_their_virtual_names() {
         assert_eq!(ok("ls?p=/data"), ".,..,a.txt,abs,in,out,proc,sub");
         assert_eq!(
             ok("ls?p=/"),
-            ".,..,data,proc,rw,state",
+            ".,..,data,etc,proc,rw,state",
             "state: the state file"
         );
         assert_eq!(ok("ls?p=/proc/self"), ".,..,exe");

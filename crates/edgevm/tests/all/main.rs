@@ -31,6 +31,7 @@ mod scale;
 mod serve;
 mod snapshot;
 mod soak;
+mod sockets;
 mod storage;
 mod storage_inline;
 mod storage_tasks;

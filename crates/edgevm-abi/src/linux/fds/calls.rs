@@ -22,6 +22,7 @@ impl LinuxState {
             Some(DescKind::Event(_)) => Event,
             Some(DescKind::Timer(_)) => Timer,
             Some(DescKind::Epoll(_)) => Epoll,
+            Some(DescKind::Socket(_)) => Socket,
         }
     }
 
@@ -42,7 +43,7 @@ impl LinuxState {
         let no_seek = |k| if k == Closed { -EBADF } else { -ESPIPE };
         let not_file = |k| if k == Closed { -EBADF } else { -EINVAL };
         Some(match nr {
-            libc::SYS_read => self.read(fd, a[1], a[2], mem),
+            libc::SYS_read => self.read(fd, a[1], a[2], mem, out),
             libc::SYS_write => self.write(fd, a[1], a[2], mem, out),
             libc::SYS_pread64 | libc::SYS_pwrite64 if kind == File && (a[3] as i64) < 0 => -EINVAL,
             libc::SYS_pread64 if kind == File => match self.fds.file_mut(fd) {
@@ -136,6 +137,7 @@ impl LinuxState {
         buf: u64,
         len: u64,
         mem: &mut GuestMemory,
+        out: &mut dyn Output,
     ) -> i64 {
         let Some(desc) = self.fds.desc_mut(fd) else {
             return -EBADF;
@@ -153,6 +155,7 @@ impl LinuxState {
             DescKind::Event(e) => Self::eventfd_read(e, buf, len, mem),
             DescKind::Timer(t) => Self::timerfd_read(t, buf, len, mem),
             DescKind::Epoll(_) => -EINVAL,
+            DescKind::Socket(_) => self.sock_recv(fd, &[(buf, len)], 0, None, mem, out).0,
         }
     }
 
@@ -179,6 +182,7 @@ impl LinuxState {
             }
             DescKind::Event(e) => Self::eventfd_write(e, buf, len, mem),
             DescKind::Timer(_) | DescKind::Epoll(_) => -EINVAL,
+            DescKind::Socket(_) => self.sock_send(fd, &[(buf, len)], 0, None, mem, out),
             DescKind::Stdin | DescKind::Dir(_) | DescKind::PipeRead(_) => -EBADF,
         }
     }
@@ -220,7 +224,7 @@ impl LinuxState {
             let r = if write {
                 self.write(fd, base, len, mem, out)
             } else {
-                self.read(fd, base, len, mem)
+                self.read(fd, base, len, mem, out)
             };
             if r < 0 {
                 return if total > 0 { total } else { r };
@@ -330,6 +334,7 @@ impl LinuxState {
             Some(DescKind::Output(_)) => 0o020620, // S_IFCHR: a terminal
             // Anonymous inodes, as Linux reports them.
             Some(DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_)) => 0o600,
+            Some(DescKind::Socket(_)) => 0o140777, // S_IFSOCK
         };
         Ok(Stat {
             nlink: 1,
@@ -369,7 +374,10 @@ impl LinuxState {
                     DescKind::File(f) => f.status_flags(),
                     DescKind::Output(_) | DescKind::PipeWrite(_) => 1, // O_WRONLY
                     DescKind::Dir(_) => 0o200000,                      // O_DIRECTORY
-                    DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_) => 2, // O_RDWR
+                    DescKind::Event(_)
+                    | DescKind::Timer(_)
+                    | DescKind::Epoll(_)
+                    | DescKind::Socket(_) => 2, // O_RDWR
                     _ => 0,
                 }
             }
@@ -487,8 +495,11 @@ impl LinuxState {
                 }
                 0
             }
-            (PipeRead, FIONREAD) => {
+            (PipeRead | Socket, FIONREAD) => {
                 let n = match self.fds.desc(fd).map(|d| &d.kind) {
+                    Some(DescKind::Socket(s)) => s.fd.as_ref().map_or(0, |h| {
+                        crate::hostnet::readable_bytes(std::os::fd::AsFd::as_fd(&**h)) as usize
+                    }),
                     Some(DescKind::PipeRead(p)) => self.fds.pipes.get(p).map_or(0, |p| p.buf.len()),
                     _ => 0,
                 };

@@ -53,6 +53,16 @@ fn wanted(events: u32) -> u32 {
     (events & !(EPOLLET | EPOLLONESHOT | EPOLLEXCLUSIVE | EPOLLWAKEUP)) | EPOLLERR | EPOLLHUP
 }
 
+impl Epoll {
+    /// The descriptions registered and the readiness bits each asks for.
+    pub fn members(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.regs
+            .iter()
+            .filter(|(_, r)| !r.disabled)
+            .map(|(&(_, d), r)| (d, wanted(r.events) & 0xFFFF))
+    }
+}
+
 impl FdTable {
     /// What registration `r` would report now (0: nothing).
     fn reg_report(&self, d: u32, r: &Reg, now: Instant, depth: u32) -> u32 {

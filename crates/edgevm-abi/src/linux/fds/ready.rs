@@ -7,8 +7,11 @@ use edgevm_kvm::{GuestMemory, KvmError, Vcpu};
 
 use super::epoll::{EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT};
 use super::{DescKind, FdTable, PIPE_SIZE};
+use std::os::fd::{AsFd, AsRawFd};
+
 use crate::errno::*;
 use crate::files::MAX_FDS;
+use crate::hostnet;
 use crate::linux::wait::{Io, Timeout};
 use crate::linux::{LinuxState, SyscallOutcome};
 use crate::linux_abi::{get, put, PollFd, Timespec, Timeval};
@@ -70,6 +73,10 @@ impl FdTable {
                     0
                 }
             }
+            DescKind::Socket(s) => match &s.fd {
+                Some(h) => u32::from(hostnet::poll_now(h.as_fd(), events as u16 as i16) as u16),
+                None => EPOLLHUP | EPOLLERR,
+            },
         };
         bits & (events | EPOLLERR | EPOLLHUP | POLLNVAL)
     }
@@ -80,6 +87,11 @@ impl FdTable {
             Some(DescKind::PipeRead(p)) => self.pipes.get(p).map_or(0, |p| p.gen),
             Some(DescKind::Event(e)) => e.gen,
             Some(DescKind::Timer(t)) => t.pending(now),
+            // Bytes waiting: grows when more arrive (edge-triggered epoll).
+            Some(DescKind::Socket(s)) => {
+                s.fd.as_ref()
+                    .map_or(0, |h| hostnet::readable_bytes(h.as_fd()) as u64)
+            }
             _ => 0,
         }
     }
@@ -95,7 +107,27 @@ impl FdTable {
     /// Add to `out` the host descriptors behind what `interest` names (sockets), with the
     /// poll events asked for.
     pub(in crate::linux) fn host_fds(&self, interest: &Interest, out: &mut Vec<libc::pollfd>) {
-        let _ = (interest, out);
+        let mut stack: Vec<(u32, u32, u32)> = interest
+            .iter()
+            .filter_map(|&(fd, ev)| self.fds.get(&fd).map(|x| (x.0, ev, 0)))
+            .collect();
+        while let Some((d, ev, depth)) = stack.pop() {
+            match self.descs.get(&d).map(|x| &x.kind) {
+                Some(DescKind::Socket(s)) => {
+                    if let Some(h) = &s.fd {
+                        out.push(libc::pollfd {
+                            fd: h.as_raw_fd(),
+                            events: ev as u16 as i16,
+                            revents: 0,
+                        });
+                    }
+                }
+                Some(DescKind::Epoll(ep)) if depth < 5 => {
+                    stack.extend(ep.members().map(|(x, e)| (x, e, depth + 1)));
+                }
+                _ => {}
+            }
+        }
     }
 
     /// When the earliest timer among what `interest` names (through epoll instances too)
