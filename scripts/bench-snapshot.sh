@@ -7,11 +7,14 @@
 # whose main() computes for 60 ms) — and each way to start — `boot` (no snapshot) and
 # `snapshot` (a cold_start_file written by an earlier run) — REPS times, interleaved: start
 # `edgevm serve` with the program not started ("start": false), wait until it accepts
-# connections, and time one GET with curl: the program's start (boot, or snapshot load) and
+# connections, wait SETTLE seconds (a cold program on a running server: the server's own
+# start-up work, such as the spare KVM VMs it makes for snapshot starts, is done), and time
+# one GET with curl: the program's start (boot, or snapshot load) and
 # its first response, as a client sees them. Reported: the median of each, and
 # boot / snapshot.
 #
-# Writes OUT/snapshot.md. Environment: PORT (19130), REPS (9), EDGEVM (target/release/edgevm).
+# Writes OUT/snapshot.md. Environment: PORT (19130), REPS (9), SETTLE (1), EDGEVM
+# (target/release/edgevm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -20,6 +23,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PORT="${PORT:-19130}"
 REPS="${REPS:-9}"
+SETTLE="${SETTLE:-1}"
 EDGEVM="${EDGEVM:-$ROOT/target/release/edgevm}"
 export EDGEVM_GUESTS="${EDGEVM_GUESTS:-$ROOT/target/guests}"
 log() { echo "bench-snapshot: $*" >&2; }
@@ -55,6 +59,7 @@ one() { # NAME MODE
 		curl -s -o /dev/null "http://127.0.0.1:$PORT/_edgevm/health" && break
 		sleep 0.01
 	done
+	sleep "$SETTLE" # a running server: what its start does in the background is done
 	t=$(curl -s -o "$WORK/answer" -w '%{time_total}' "http://127.0.0.1:$PORT/$name")
 	grep -q . "$WORK/answer" || { log "$name ($mode): no answer"; cat "$WORK/server.log" >&2; exit 1; }
 	if [ "$mode" = snapshot ] && [ ! -s "$WORK/snap/$name.snapshot" ]; then

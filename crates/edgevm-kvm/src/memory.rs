@@ -128,6 +128,64 @@ fn map_anon_fixed(addr: *mut u8, len: usize) -> Result<(), MemError> {
     Ok(())
 }
 
+/// An address range reserved (mapped `PROT_NONE`, no memory) for a request VM's view, so that
+/// a KVM memory slot can point at it before the view exists: making the slot is the slow part
+/// of a fork (KVM waits for an SRCU grace period), and is done ahead, on another thread
+/// ([`crate::VmShell::with_slot`]). Unmapped when dropped unless a view took it over.
+pub struct Reservation {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the range is owned by this value alone (nothing reads or writes PROT_NONE memory);
+// moving the owner to another thread is fine.
+unsafe impl Send for Reservation {}
+
+impl Reservation {
+    /// Reserve `len` bytes of address space.
+    pub fn new(len: usize) -> Result<Self, MemError> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice: nothing
+        // else is touched.
+        let p = unsafe {
+            mman::mmap_anonymous(
+                None,
+                length(len)?,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(os_err("mmap"))?;
+        Ok(Reservation {
+            ptr: p.as_ptr().cast(),
+            len,
+        })
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty (never: mappings are not).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(p) = NonNull::new(self.ptr) {
+            // SAFETY: unmapping exactly the range this value reserved (no view took it over).
+            let _ = unsafe { mman::munmap(p.cast(), self.len) };
+        }
+    }
+}
+
 /// Holes shorter than this (pages) are left to the memfd mapping.
 const MIN_HOLE_PAGES: usize = 16;
 /// At most this many holes (the largest) get anonymous mappings in each view: each one costs
@@ -162,15 +220,42 @@ impl GuestMemory {
 
     /// A copy-on-write view of this memory for a request VM: pages below `shared_from` are
     /// private (first write copies), pages from `shared_from` up are shared with every view.
-    pub(crate) fn fork_private(&self, shared_from: usize) -> Result<Self, MemError> {
+    /// With `at` (an address range reserved for it, of this memory's size: a KVM memory slot
+    /// already points there, see [`Reservation`]) the view is mapped over that range and takes
+    /// it over; else anywhere.
+    pub(crate) fn fork_private(
+        &self,
+        shared_from: usize,
+        at: Option<Reservation>,
+    ) -> Result<Self, MemError> {
         let shared_from = shared_from.min(self.size) & !(PAGE_SIZE - 1);
-        let ptr = map_fd(
-            std::ptr::null_mut(),
-            self.size,
-            libc::MAP_PRIVATE,
-            &self.memfd,
-            0,
-        )?;
+        let ptr = match at {
+            Some(r) if r.len == self.size => {
+                let p = map_fd(
+                    r.ptr,
+                    self.size,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    &self.memfd,
+                    0,
+                )?;
+                // The range is the view's now: it unmaps it when dropped.
+                std::mem::forget(r);
+                p
+            }
+            Some(r) => {
+                return Err(MemError::Os(format!(
+                    "reserved range of {:#x} bytes for a memory of {:#x}",
+                    r.len, self.size
+                )))
+            }
+            None => map_fd(
+                std::ptr::null_mut(),
+                self.size,
+                libc::MAP_PRIVATE,
+                &self.memfd,
+                0,
+            )?,
+        };
         let mem = GuestMemory {
             ptr,
             size: self.size,
@@ -275,6 +360,34 @@ impl GuestMemory {
     pub fn write_raw(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.raw_range(addr, data.len())?;
         self.copy_in(off, data);
+        Ok(())
+    }
+
+    /// Fill `addr..addr+len` with the bytes of `file` at `file_off` (a snapshot's image), in
+    /// the kernel: no buffer and no page faults of this mapping (a fresh shared memory's pages
+    /// would each fault on a copy). Fails if the file ends early. Main memory only.
+    pub fn fill_from_file(
+        &mut self,
+        file: &std::fs::File,
+        file_off: u64,
+        addr: u64,
+        len: usize,
+    ) -> Result<(), MemError> {
+        if self.private {
+            return Err(MemError::Os("fill_from_file on a private view".into()));
+        }
+        self.raw_range(addr, len)?;
+        lseek(&*self.memfd, addr as libc::off_t, Whence::SeekSet).map_err(os_err("lseek"))?;
+        let mut off = file_off as libc::off_t;
+        let mut left = len;
+        while left > 0 {
+            let n = nix::sys::sendfile::sendfile(&*self.memfd, file, Some(&mut off), left)
+                .map_err(os_err("sendfile"))?;
+            if n == 0 {
+                return Err(MemError::Os("the file ends early".into()));
+            }
+            left -= n.min(left);
+        }
         Ok(())
     }
 

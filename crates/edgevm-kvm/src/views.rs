@@ -29,7 +29,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::memory::{GuestMemory, MemError};
+use crate::memory::{GuestMemory, MemError, Reservation};
 use crate::PageSet;
 
 /// Memory a VM can run in: [`MainMemory`] or [`PrivateView`].
@@ -58,7 +58,16 @@ impl FrozenImage {
     /// write copies), pages from `shared_from` up are shared with every view (the
     /// shared-memory area).
     pub fn fork(&self, shared_from: usize) -> Result<PrivateView, MemError> {
-        self.0.fork_private(shared_from).map(PrivateView)
+        self.0.fork_private(shared_from, None).map(PrivateView)
+    }
+
+    /// [`FrozenImage::fork`] into a reserved address range (see [`Reservation`]).
+    pub(crate) fn fork_at(
+        &self,
+        shared_from: usize,
+        at: Reservation,
+    ) -> Result<PrivateView, MemError> {
+        self.0.fork_private(shared_from, Some(at)).map(PrivateView)
     }
 }
 

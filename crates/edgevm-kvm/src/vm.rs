@@ -13,6 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
+use crate::memory::Reservation;
 use crate::{features, Exit, KvmError, PageSet, Vcpu};
 
 /// KVM's ioctl type (linux/kvm.h `KVMIO`).
@@ -141,6 +142,11 @@ pub struct VmShell {
     vcpu: VcpuFd,
     log_dirty: bool,
     manual_protect: bool,
+    /// The address range memory slot 0 already points at ([`VmShell::with_slot`]); dropped
+    /// after the VM (field order).
+    slot: Option<Reservation>,
+    /// Where slot 0 points (host address, size), once made.
+    slot_at: Option<(u64, usize)>,
 }
 
 impl VmShell {
@@ -186,7 +192,68 @@ impl VmShell {
             vcpu,
             log_dirty,
             manual_protect,
+            slot: None,
+            slot_at: None,
         })
+    }
+
+    /// [`VmShell::new`] with its memory slot made too, over an address range of `size` bytes
+    /// reserved for the request VM's view ([`Reservation`]): KVM_SET_USER_MEMORY_REGION waits
+    /// for an SRCU grace period (0.2 ms on a quiet machine here, tens of ms under load), so a
+    /// fork into this shell ([`KvmMachine::fork_into`]) only maps the view over the range.
+    pub fn with_slot(size: usize, log_dirty: bool) -> Result<Self, KvmError> {
+        let mut shell = VmShell::new(log_dirty)?;
+        let r = Reservation::new(size)?;
+        // SAFETY: the region describes the reserved range, which the shell owns and unmaps
+        // only after the VM (field order), or hands over to the view that maps it.
+        unsafe { shell.set_slot(r.addr(), size) }?;
+        shell.slot = Some(r);
+        Ok(shell)
+    }
+
+    /// The memory size this shell's slot was made for, if it has one.
+    pub fn slot_size(&self) -> Option<usize> {
+        self.slot.as_ref().map(Reservation::len)
+    }
+
+    /// Memory slot 0 over `size` bytes at host address `addr`.
+    ///
+    /// # Safety
+    /// The range must stay mapped (or reserved) for as long as the VM exists.
+    unsafe fn set_slot(&mut self, addr: u64, size: usize) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: if self.log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+            guest_phys_addr: 0,
+            memory_size: size as u64,
+            userspace_addr: addr,
+        };
+        // SAFETY: the caller keeps the range mapped for the VM's life.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| KvmError::ioctl("SET_USER_MEMORY_REGION", e))?;
+        self.slot_at = (size > 0).then_some((addr, size));
+        Ok(())
+    }
+}
+
+impl KvmMachine<KvmVcpu, crate::PrivateView> {
+    /// A request VM's machine: a copy-on-write view of `image` in `shell`. When the shell's
+    /// slot was made ahead for this size ([`VmShell::with_slot`]) the view is mapped over its
+    /// range and no memory slot is made now.
+    pub fn fork_into(
+        mut shell: VmShell,
+        image: &crate::FrozenImage,
+        shared_from: usize,
+    ) -> Result<Self, KvmError> {
+        let view = match shell.slot.take() {
+            Some(r) if r.len() == image.size() => image.fork_at(shared_from, r)?,
+            _ => image.fork(shared_from)?,
+        };
+        KvmMachine::from_shell(shell, view)
     }
 }
 
@@ -197,29 +264,26 @@ impl<M: crate::MemoryView> KvmMachine<KvmVcpu, M> {
         KvmMachine::from_shell(VmShell::new(log_dirty)?, mem)
     }
 
-    /// Give a prepared VM (see [`VmShell`]) its memory.
-    pub fn from_shell(shell: VmShell, mem: M) -> Result<Self, KvmError> {
+    /// Give a prepared VM (see [`VmShell`]) its memory. A shell whose slot still holds its
+    /// reserved range is given a new slot over `mem` (the range goes with the shell).
+    pub fn from_shell(mut shell: VmShell, mem: M) -> Result<Self, KvmError> {
+        if shell.slot_at != Some((mem.host_addr(), mem.size())) {
+            if shell.slot_at.is_some() {
+                // A slot's host range cannot be changed: delete it first.
+                // SAFETY: a zero-sized region deletes the slot; nothing is mapped for it.
+                unsafe { shell.set_slot(0, 0) }?;
+            }
+            // SAFETY: the region describes `mem`'s live mapping, which this struct owns and
+            // drops only after the VM (field order).
+            unsafe { shell.set_slot(mem.host_addr(), mem.size()) }?;
+        }
         let VmShell {
             vm,
             mut vcpu,
             log_dirty,
             manual_protect,
+            ..
         } = shell;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: if log_dirty {
-                KVM_MEM_LOG_DIRTY_PAGES
-            } else {
-                0
-            },
-            guest_phys_addr: 0,
-            memory_size: mem.size() as u64,
-            userspace_addr: mem.host_addr(),
-        };
-        // SAFETY: the region describes `mem`'s live mapping, which this struct owns and drops
-        // only after the VM (field order).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| KvmError::ioctl("SET_USER_MEMORY_REGION", e))?;
         let regs: *mut kvm_regs = &mut vcpu.sync_regs_mut().regs;
         let cpu = KvmVcpu {
             vcpu,
@@ -634,6 +698,30 @@ impl Vcpu for KvmVcpu {
 #[cfg(test)]
 mod tests {
     /// The ioctl numbers the macros compute are linux/kvm.h's.
+    #[test]
+    fn a_fork_maps_its_view_where_the_slot_made_ahead_points() {
+        if super::kvm_available().is_err() {
+            return;
+        }
+        let mut main = crate::MainMemory::new(4 << 20).unwrap();
+        main.write(0x1000, b"image").unwrap();
+        let image = main.freeze();
+        let shell = super::VmShell::with_slot(4 << 20, true).unwrap();
+        let (at, size) = shell.slot_at.unwrap();
+        assert_eq!(size, 4 << 20);
+        let m = super::KvmMachine::fork_into(shell, &image, 2 << 20).unwrap();
+        assert_eq!(m.mem.host_addr(), at, "the view took the reserved range");
+        let mut b = [0u8; 5];
+        m.mem.read(0x1000, &mut b).unwrap();
+        assert_eq!(&b, b"image");
+        // A slot made for another size is replaced by one over the view.
+        let shell = super::VmShell::with_slot(2 << 20, true).unwrap();
+        let m2 = super::KvmMachine::fork_into(shell, &image, 2 << 20).unwrap();
+        m2.mem.read(0x1000, &mut b).unwrap();
+        assert_eq!(&b, b"image");
+        drop((m, m2));
+    }
+
     #[test]
     fn dirty_log_ioctl_numbers() {
         assert_eq!(super::KVM_GET_DIRTY_LOG(), 0x4010_AE42);

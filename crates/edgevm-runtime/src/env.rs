@@ -33,3 +33,9 @@ pub fn fetch_timeout() -> Option<Duration> {
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis)
 }
+
+/// `EDGEVM_SPARE_VMS`: KVM VMs kept made ahead per memory size for snapshot starts (spare.rs),
+/// if set (0: none).
+pub fn spare_vms() -> Option<u64> {
+    number("EDGEVM_SPARE_VMS")
+}

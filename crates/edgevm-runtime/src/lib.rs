@@ -26,6 +26,7 @@ pub mod retry;
 mod runtime;
 mod settings;
 pub mod snapshot;
+pub mod spare;
 pub mod storage;
 pub mod stream;
 pub mod timer;

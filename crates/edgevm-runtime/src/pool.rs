@@ -135,6 +135,10 @@ impl Program {
         stats: Arc<Stats>,
     ) -> Arc<Program> {
         settings.vm.net.counters = stats.fetch.clone();
+        if settings.snapshot.is_some() {
+            // Its start will be faster than making a KVM VM: keep some made (spare.rs).
+            crate::spare::want(settings.vm.memory_size() as usize);
+        }
         Arc::new(Program {
             name: name.to_string(),
             settings,

@@ -95,6 +95,7 @@ impl Program {
     fn prepare_shells(&self) -> Arc<Shells> {
         let shells = Arc::new(Shells::default());
         let (sh, n) = (shells.clone(), self.settings.concurrency.max(1));
+        let size = self.settings.vm.memory_size() as usize;
         let spawned = std::thread::Builder::new()
             .name(format!("prepare:{}", self.name))
             .spawn(move || {
@@ -104,7 +105,7 @@ impl Program {
                 // SAFETY: plain system call on this thread's own id; failure is harmless.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
                 for _ in 0..n {
-                    match edgevm_kvm::VmShell::new(true) {
+                    match edgevm_kvm::VmShell::with_slot(size, true) {
                         Ok(v) => sh.0.lock().unwrap_or_else(|e| e.into_inner()).push(v),
                         Err(_) => break,
                     }
@@ -196,11 +197,18 @@ impl Program {
         shells: &Shells,
         i: u32,
     ) -> Result<Box<RequestVm>, BootError> {
+        let shell = shells.take().or_else(|| {
+            // A program with a snapshot file may take a spare VM (spare.rs).
+            self.settings
+                .snapshot
+                .as_ref()
+                .and_then(|_| crate::spare::take(frozen.image.size()))
+        });
         let mut vm = RequestVm::new_in(
             frozen.clone(),
             self.settings.request.clone(),
             storage.clone(),
-            shells.take(),
+            shell,
         )
         .map_err(BootError::Fork)?;
         vm.set_index(i);

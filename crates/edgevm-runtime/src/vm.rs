@@ -386,13 +386,12 @@ impl ForkedVm {
     /// [`ForkedVm::from_frozen`] in a VM prepared ahead (see [`edgevm_kvm::VmShell`]; made
     /// with dirty logging).
     pub fn from_frozen_in(f: &Frozen, shell: Option<VmShell>) -> Result<ForkedVm, RunError> {
-        let mut mem = f.image.fork(f.layout.shared_start as usize)?;
-        mem.set_track_host_writes(true);
         let shell = match shell {
             Some(s) => s,
             None => VmShell::new(true)?,
         };
-        let mut machine = KvmMachine::from_shell(shell, mem)?;
+        let mut machine = KvmMachine::fork_into(shell, &f.image, f.layout.shared_start as usize)?;
+        machine.mem.set_track_host_writes(true);
         setup_cpu(&mut machine)?;
         if f.fs_base != 0 {
             machine.cpu.set_fs_base(f.fs_base)?;

@@ -279,7 +279,11 @@ fn read_extents(
     Ok(extents)
 }
 
-/// Read the image data into a fresh memory, checking its CRC-32 against the header.
+/// Read the image data into a fresh memory (by the kernel, from the file straight into the
+/// memory's pages), then check its CRC-32 against the header over the bytes as they are in the
+/// memory now: what was checked is what runs, whatever happens to the file afterwards (the
+/// program never maps the file itself, so a file truncated or rewritten later cannot touch a
+/// running program or the server; docs/DESIGN.md, "Snapshot files").
 fn read_image(
     f: &mut std::fs::File,
     head: &[u8; HEADER],
@@ -287,17 +291,22 @@ fn read_image(
     size: u64,
     data_len: u64,
 ) -> Result<MainMemory, SnapshotError> {
+    use std::io::Seek;
     let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let mut at = f.stream_position().map_err(corrupt)?;
+    for &(a, n) in extents {
+        mem.fill_from_file(f, at, a, n as usize).map_err(corrupt)?;
+        at += n;
+    }
     let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; (1usize << 20).min(data_len as usize).max(1)];
+    let mut buf = vec![0u8; (64usize << 10).min(data_len as usize).max(1)];
     for &(a, n) in extents {
         let mut done = 0u64;
         while done < n {
             let k = ((n - done) as usize).min(buf.len());
-            f.read_exact(&mut buf[..k]).map_err(corrupt)?;
-            hasher.update(&buf[..k]);
-            mem.write_raw(a + done, &buf[..k])
+            mem.read_raw(a + done, &mut buf[..k])
                 .map_err(|e| SnapshotError::Io(e.to_string()))?;
+            hasher.update(&buf[..k]);
             done += k as u64;
         }
     }

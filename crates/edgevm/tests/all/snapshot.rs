@@ -213,6 +213,26 @@ fn a_snapshot_start_answers_like_the_boot_and_bad_files_are_never_run() {
         assert_eq!(s.stat(n, "snapshot_starts"), 1.0, "{n}");
     }
     assert_eq!(answers(&s, &names[..4]), booted[..4]);
+    // Files truncated or rewritten in place while their programs run (a `cp` over one does
+    // both): the running programs never map the file, so they keep answering as booted, and
+    // the server serves on (a mapped file cut short would raise SIGBUS on the next read).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file("good"))
+        .unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    let len = std::fs::metadata(file("slow")).unwrap().len() as usize;
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file("slow"))
+        .unwrap()
+        .write_all(&vec![0xCC; len])
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(answers(&s, &names[..4]), booted[..4]);
+    }
     s.stop();
     std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o777)).unwrap();
     let s = Server::start(&dir, &[&cfg], &[]);
