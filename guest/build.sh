@@ -46,6 +46,7 @@
 #     readiness        poll/select/epoll/eventfd/timerfd and blocking pipes (tests/all/readiness.rs)
 #     stream           begin_streaming_response, honest and hostile (tests/all/stream.rs)
 #     sockets          guest sockets under the network policy (tests/all/sockets.rs)
+#     stream_post      set_backend_stream_post: bodies segment by segment (tests/all/stream_post.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
@@ -160,6 +161,7 @@ for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build stream "$T/stream.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/stream.c" -o "$OUT/stream.tmp"
+build stream_post "$T/stream_post.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/stream_post.c" -o "$OUT/stream_post.tmp"
 build routes "$T/routes.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/routes.c" -o "$OUT/routes.tmp"
 build call_semantics "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics.tmp"
 build call_semantics_ref "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"

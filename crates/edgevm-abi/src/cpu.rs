@@ -233,6 +233,13 @@ pub fn stream_return_stub() -> Vec<u8> {
     c
 }
 
+/// Keep-the-result call, at [`layout::CALL_KEEP`]:
+/// `sub $8,%rsp; call *%rbx; add $8,%rsp; mov %rax,%rsi; xor %ebx,%ebx; ret`.
+pub const CALL_KEEP_STUB: [u8; 17] = [
+    0x48, 0x83, 0xEC, 0x08, 0xFF, 0xD3, 0x48, 0x83, 0xC4, 0x08, 0x48, 0x89, 0xC6, 0x31, 0xDB, 0xC3,
+    0xCC,
+];
+
 /// Write GDT, TSS, IDT, stubs and page tables into a fresh guest memory.
 pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
     // GDT
@@ -273,6 +280,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
     mem.write(layout::RETURN_TRAMPOLINE, &RETURN_STUB)?;
     mem.write(layout::STREAM_RETURN, &stream_return_stub())?;
+    mem.write(layout::CALL_KEEP, &CALL_KEEP_STUB)?;
     mem.write(layout::CHAIN_STUB, &chain_stub())?;
     mem.write(layout::PAUSED_ENTRY, &paused_resume_stub())?;
     mem.write(layout::PROGRAM_START, &program_start_stub())?;
@@ -428,7 +436,8 @@ mod tests {
                 <= (layout::RETURN_TRAMPOLINE - layout::REQUEST_ENTRY) as usize
         );
         assert!(layout::RETURN_TRAMPOLINE + RETURN_STUB.len() as u64 <= layout::STREAM_RETURN);
-        assert!(layout::STREAM_RETURN + stream_return_stub().len() as u64 <= layout::PROGRAM_START);
+        assert!(layout::STREAM_RETURN + stream_return_stub().len() as u64 <= layout::CALL_KEEP);
+        assert!(layout::CALL_KEEP + CALL_KEEP_STUB.len() as u64 <= layout::PROGRAM_START);
         assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
         const { assert!(layout::ENTRY_SLOT + 8 <= layout::CHAIN_STUB) };
         assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::PAUSED_ENTRY);

@@ -44,6 +44,11 @@ pub const RETURN_TRAMPOLINE: u64 = USER_STUBS + 0x80;
 /// (the `data` of its `struct streaming_content`) in RSI and reports the return like
 /// [`RETURN_TRAMPOLINE`] (RDX, its `len`, is left as the callback returned it).
 pub const STREAM_RETURN: u64 = USER_STUBS + 0xA0;
+/// A handler call that keeps the handler's return value: the request entry stub calls this
+/// stub, which calls the function in RBX (stack aligned as for any call), moves RAX to RSI,
+/// zeroes RBX (the chain stub's "no mailbox") and returns to the entry stub, which reports the
+/// return (`set_backend_stream_post` handlers return the bytes they consumed).
+pub const CALL_KEEP: u64 = USER_STUBS + 0xA8;
 /// Where every program starts: edgevm's start probe (one system call), then a jump to the ELF
 /// entry point stored at [`ENTRY_SLOT`].
 pub const PROGRAM_START: u64 = USER_STUBS + 0xC0;

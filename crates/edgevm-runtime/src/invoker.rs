@@ -192,6 +192,9 @@ impl<M: MemoryView> Invoker<M> {
 
     pub(crate) fn call_handler(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Outcome {
         let h = self.vm.handlers;
+        if req.body_in.is_some() {
+            return self.streamed_body(req, slice);
+        }
         let method = req.method.as_str();
         let get_like = method == "GET" || method == "HEAD";
         // As the reference: the request handler takes everything; a request with a body goes
@@ -276,6 +279,28 @@ impl<M: MemoryView> Invoker<M> {
         self.start_run(slice)
     }
 
+    /// A request whose body the server streams (stream_post.rs): to the stream-POST handler.
+    fn streamed_body(&mut self, req: &GuestRequest, slice: Option<Duration>) -> Outcome {
+        let h = self.vm.handlers;
+        if h.request != 0 || h.stream_post == 0 || h.post == 0 {
+            return fail(
+                FailureKind::Api,
+                "the program takes no streamed request body (set_backend_stream_post and set_backend_post)",
+            );
+        }
+        let ptrs = match self.write_request(req) {
+            Ok(p) => p,
+            Err(e) => return fail(FailureKind::Api, e.to_string()),
+        };
+        self.in_loop = false;
+        self.streamed = false;
+        self.stashed = None;
+        self.lost_headers = 0;
+        self.vm.fetch_depth = req.self_depth;
+        self.vm.forget_pending();
+        self.stream_post_body(req, (ptrs.url, ptrs.arg, ptrs.content_type), slice)
+    }
+
     /// Resume the event loop paused with request pointer `at`: `*at` gets the request's
     /// `struct kvm_request` (its strings in the I/O area), and the VM continues where
     /// `wait_for_requests_paused()` returns — from the frozen point, or as it stands.
@@ -307,12 +332,7 @@ impl<M: MemoryView> Invoker<M> {
 
     /// Run the entered handler (or resumed loop) with the request's limits.
     fn start_run(&mut self, slice: Option<Duration>) -> Outcome {
-        self.vm
-            .linux
-            .set_request_limit(Some(self.settings.max_request_memory));
-        self.cache_control = None;
-        self.vm.printer.set_budget(Some(REQUEST_OUTPUT_BUDGET));
-        self.vm.set_slice(slice);
+        self.prepare_run(slice);
         if let Err(e) = self
             .vm
             .start_deadline(self.settings.max_request_time, "request (max_request_time)")
@@ -320,6 +340,16 @@ impl<M: MemoryView> Invoker<M> {
             return Outcome::Failed(run_error_failure(e));
         }
         self.run_and_settle()
+    }
+
+    /// The request's limits, before the guest runs: request memory, output budget, slice.
+    pub(crate) fn prepare_run(&mut self, slice: Option<Duration>) {
+        self.vm
+            .linux
+            .set_request_limit(Some(self.settings.max_request_memory));
+        self.cache_control = None;
+        self.vm.printer.set_budget(Some(REQUEST_OUTPUT_BUDGET));
+        self.vm.set_slice(slice);
     }
 
     /// Continue a handler stopped by its time slice, on the current thread, to the end.

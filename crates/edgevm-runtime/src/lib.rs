@@ -29,6 +29,7 @@ pub mod snapshot;
 pub mod spare;
 pub mod storage;
 pub mod stream;
+mod stream_post;
 pub mod timer;
 pub mod vm;
 mod watcher;

@@ -120,6 +120,8 @@ pub struct Program {
     pub(crate) residency: crate::idle::Residency,
     /// Boot failures and the next retry (`retry.rs`).
     pub(crate) retry: crate::retry::Retry,
+    /// The ready program takes request bodies streamed (`set_backend_stream_post`).
+    pub(crate) streams_post: std::sync::atomic::AtomicBool,
 }
 
 impl Program {
@@ -154,6 +156,7 @@ impl Program {
             held: Default::default(),
             residency: Default::default(),
             retry: Default::default(),
+            streams_post: Default::default(),
         })
     }
 
@@ -392,7 +395,8 @@ impl Program {
         // With a slice the request starts here, on the HTTP worker, and moves to a blocking
         // thread only when the slice ends; without one (EDGEVM_INLINE_SLICE_US=0) it runs on
         // a blocking thread from the start.
-        let slice = inline_slice();
+        // A streamed request body is waited for: never on the HTTP worker.
+        let slice = inline_slice().filter(|_| req.body_in.is_none());
         let begun = slice.map(|s| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.begin(&req, Some(s))))
         });
@@ -443,6 +447,19 @@ impl Program {
                 }
             }
         }
+    }
+
+    /// Whether the program takes request bodies streamed (see
+    /// [`crate::ProgramHost::streams_body`]); waits for it to be ready (at most the queue
+    /// timeout; false if it does not get ready).
+    pub async fn streams_body(self: Arc<Self>) -> bool {
+        if self.pool.get().is_none() {
+            let ready = tokio::time::timeout(queue_timeout(), self.ready_pool()).await;
+            if !matches!(ready, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.streams_post.load(Ordering::Acquire)
     }
 
     /// Count a finished request, put its VM back (a fresh one if edgevm panicked while

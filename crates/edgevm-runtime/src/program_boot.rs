@@ -162,6 +162,11 @@ impl Program {
             permits: tokio::sync::Semaphore::new(0),
         });
         pool.put(first);
+        let h = frozen.handlers;
+        self.streams_post.store(
+            h.stream_post != 0 && h.post != 0 && h.request == 0,
+            Ordering::Release,
+        );
         let _ = self.pool.set(pool.clone());
         let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
         let ephemeral = frozen

@@ -15,6 +15,9 @@ pub struct GuestRequest {
     pub content_type: String,
     /// Request body (POST).
     pub body: Vec<u8>,
+    /// A request body the server streams instead of `body` (only to a program that
+    /// [`ProgramHost::streams_body`]): its segments as they arrive, or why it stopped.
+    pub body_in: Option<crate::stream::BodyStream>,
     /// True for warmup requests sent before the main VM is frozen.
     pub warmup: bool,
     /// How many self-requests (`sys_fetch` of a path) led to this one: 0 for a client's
@@ -88,4 +91,14 @@ pub type ServeFuture =
 pub trait ProgramHost: Send + Sync + 'static {
     /// Serve `req` with `program` (the first path segment of the URL).
     fn serve(&self, program: &str, req: GuestRequest) -> ServeFuture;
+
+    /// Whether `program` takes its request bodies streamed (`set_backend_stream_post`, see
+    /// `GuestRequest::body_in`); waits for the program to be ready. False by default.
+    fn streams_body(&self, program: &str) -> BoolFuture {
+        let _ = program;
+        Box::pin(async { false })
+    }
 }
+
+/// The answer to [`ProgramHost::streams_body`].
+pub type BoolFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;

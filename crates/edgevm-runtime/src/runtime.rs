@@ -336,4 +336,11 @@ impl ProgramHost for Runtime {
             }
         }
     }
+
+    fn streams_body(&self, program: &str) -> crate::request::BoolFuture {
+        match self.program(program) {
+            Some(p) => Box::pin(p.streams_body()),
+            None => Box::pin(async { false }),
+        }
+    }
 }

@@ -50,7 +50,9 @@ pub struct BodyStream {
 }
 
 impl BodyStream {
-    fn new(rx: mpsc::Receiver<Chunk>, total: u64) -> BodyStream {
+    /// A stream of the chunks `rx` receives (`total`: the announced length, or
+    /// `u64::MAX` when unknown). The server makes streamed request bodies with it.
+    pub fn new(rx: mpsc::Receiver<Chunk>, total: u64) -> BodyStream {
         BodyStream {
             rx: Arc::new(Mutex::new(Some(rx))),
             total,

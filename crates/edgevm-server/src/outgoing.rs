@@ -246,6 +246,7 @@ impl Outgoing {
                 .collect(),
             content_type,
             body,
+            body_in: None,
             warmup: false,
             self_depth: depth + 1,
         };

@@ -679,6 +679,7 @@ fn run_request(mut pc: ProgramConfig, o: &VmOptions, req: RequestSpec) -> Result
         headers: req.headers,
         content_type,
         body: req.body,
+        body_in: None,
         warmup: false,
         self_depth: 0,
     };

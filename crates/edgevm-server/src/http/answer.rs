@@ -99,6 +99,9 @@ pub(super) async fn run_program(
     let url = request_target(&req).to_owned();
     let (parts, body) = req.into_parts();
     let opts = &shared.opts;
+    if !hyper::body::Body::is_end_stream(&body) && shared.host.streams_body(program).await {
+        return run_streamed_body(shared, program, url, parts, body, id).await;
+    }
     let (body, _lease) =
         match limits::read_body(body, max, opts.body_timeout, &opts.body_memory).await {
             Ok(b) => b,
@@ -120,10 +123,99 @@ pub(super) async fn run_program(
         headers,
         content_type,
         body: body.into(),
+        body_in: None,
         warmup: false,
         self_depth: 0,
     };
     serve_guest(shared, program, greq, id).await
+}
+
+/// A request whose program takes its body streamed (`set_backend_stream_post`): the body is
+/// not buffered and not limited by `max_body_size`; its frames go to the program as they
+/// arrive (a few ahead at most), and the client must keep sending: the whole body within
+/// `body_timeout` of the head, not counting the time the program takes for the segments.
+async fn run_streamed_body(
+    shared: &Shared,
+    program: &str,
+    url: String,
+    parts: hyper::http::request::Parts,
+    mut body: Incoming,
+    id: RequestId,
+) -> Outcome {
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<edgevm_runtime::stream::Chunk>(4);
+    let failed: std::sync::Arc<std::sync::Mutex<Option<limits::BodyError>>> = Default::default();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timeout = shared.opts.body_timeout;
+    let (f2, d2) = (failed.clone(), done.clone());
+    tokio::spawn(async move {
+        let mut deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let fail = |e: limits::BodyError| {
+            let why = e.to_string();
+            *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            why
+        };
+        loop {
+            let frame = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        let why = fail(limits::BodyError::TimedOut(timeout.unwrap_or_default()));
+                        let _ = tx.send(Err(why)).await;
+                        return;
+                    }
+                },
+                None => body.frame().await,
+            };
+            let data = match frame {
+                None => {
+                    d2.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+                Some(Err(e)) => {
+                    let why = fail(limits::BodyError::Failed(e.to_string()));
+                    let _ = tx.send(Err(why)).await;
+                    return;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) if !d.is_empty() => d,
+                    _ => continue,
+                },
+            };
+            // Time the program takes for the segments is not the client's.
+            let t = tokio::time::Instant::now();
+            if tx.send(Ok(data.to_vec())).await.is_err() {
+                return; // the program answered (or failed) before the end of the body
+            }
+            deadline = deadline.map(|d| d + t.elapsed());
+        }
+    });
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let (arg, headers) = take_arg(&shared.opts, &parts);
+    let greq = GuestRequest {
+        method: parts.method.as_str().to_owned(),
+        url,
+        arg,
+        headers,
+        content_type,
+        body_in: Some(edgevm_runtime::BodyStream::new(rx, u64::MAX)),
+        ..Default::default()
+    };
+    let mut outcome = serve_guest(shared, program, greq, id).await;
+    let err = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = err {
+        // The client's fault, not the program's: 408 or 400, as for a buffered body.
+        crate::client_warn!(program = %client_text(program), "{e}");
+        outcome.answer = body_error(e);
+    } else if !done.load(std::sync::atomic::Ordering::Acquire) {
+        // Answered before the end of the body: the rest is not read.
+        outcome.answer.close = true;
+    }
+    outcome
 }
 
 /// Run `greq` in `program` and map its answer or error to the client's response.

@@ -71,6 +71,7 @@ pub(super) async fn run_route(
         headers,
         content_type,
         body: body.into(),
+        body_in: None,
         warmup: false,
         self_depth: 0,
     };

@@ -36,6 +36,7 @@ mod storage;
 mod storage_inline;
 mod storage_tasks;
 mod stream;
+mod stream_post;
 mod threads;
 mod ux;
 mod varnish;
