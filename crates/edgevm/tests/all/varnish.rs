@@ -99,6 +99,11 @@ fn a_chain_route_through_varnish() {
     run_vtc("chain.vtc", &[]);
 }
 
+#[test]
+fn a_streamed_response_through_varnish_arrives_in_pieces() {
+    run_vtc("stream.vtc", &[]);
+}
+
 /// The fleet scenario, short (scripts/fleet.sh runs it long and prints the counts): three
 /// nodes, kill -9 of one under load, a rolling live update under load and a restart, a node
 /// whose program cannot boot. Every GET through Varnish must answer 200.
