@@ -53,6 +53,8 @@
 #     example_quickjs (JavaScript: QuickJS through the rquickjs crate, guest/examples/quickjs),
 #     example_datatree (an espeak-like data directory tree)
 #     example_fetch, example_storage_fetch, example_fetch_cpp (C++), example_stream
+#     example_linedb (a C client of a Redis-like line service over TCP)
+#     example_tokio (Rust, tokio's multi-thread runtime: tasks, a timer, TCP; guest/examples/tokio)
 #   Rust guest crate (guest/rust/edgevm-guest):
 #     rust_hello_http, rust_event_loop
 #
@@ -152,7 +154,7 @@ build hostile "$T/hostile.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/hostile.
 build threads "$T/threads.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/threads.c" -o "$OUT/threads.tmp" -lpthread -lm
 build signals "$T/signals.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/signals.c" -o "$OUT/signals.tmp" -lpthread
 build readiness "$T/readiness.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/readiness.c" -o "$OUT/readiness.tmp" -lpthread
-build sockets "$T/sockets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/sockets.c" -o "$OUT/sockets.tmp"
+build sockets "$T/sockets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/sockets.c" -o "$OUT/sockets.tmp" -Wl,--no-warnings
 build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
@@ -201,6 +203,10 @@ fi
 for ex in hello counter scounter echo headers fetch storage_fetch stream; do
 	build "example_$ex" "$E/$ex.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/$ex.c" -o "$OUT/example_$ex.tmp"
 done
+# getaddrinfo in a static program: glibc's files and dns modules are built in (the linker's
+# warning about shared NSS libraries does not apply to them).
+build example_linedb "$E/linedb.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/linedb.c" \
+	-o "$OUT/example_linedb.tmp" -Wl,--no-warnings
 if ! skipped cpp; then
 	build example_fetch_cpp "$E/fetch.cpp $HEADER" g++ $CXXFLAGS -static -I"$GUEST" "$E/fetch.cpp" -o "$OUT/example_fetch_cpp.tmp"
 fi
@@ -263,6 +269,24 @@ if ! skipped rust && ! skipped quickjs; then
 			exit 1
 		}
 		cp -f "$QT/x86_64-unknown-linux-gnu/release/example_quickjs" "$OUT/example_quickjs"
+		BUILT=$((BUILT + 1))
+	else
+		FRESH=$((FRESH + 1))
+	fi
+fi
+
+# --- tokio handler (Rust + tokio from crates.io; cargo caches it under $OUT) ---
+if ! skipped rust; then
+	TOK="$GUEST/examples/tokio"
+	TT="$OUT/.cargo-tokio"
+	if ! up_to_date "$OUT/example_tokio" $(find "$TOK/src" "$TOK/Cargo.toml" "$TOK/Cargo.lock" \
+		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
+		( cd "$TOK" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TT" \
+			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
+			echo "build.sh: FAILED: example_tokio (cargo build; the first build downloads tokio from crates.io)" >&2
+			exit 1
+		}
+		cp -f "$TT/x86_64-unknown-linux-gnu/release/example_tokio" "$OUT/example_tokio"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

@@ -197,3 +197,57 @@ fn guest_sockets_reach_what_the_policy_allows_and_nothing_else() {
     );
     s.stop();
 }
+
+#[test]
+fn example_c_and_tokio_programs_use_a_local_line_service() {
+    // guest/examples/linedb.c (C, getaddrinfo, blocking sockets) and guest/examples/tokio
+    // (tokio's multi-thread runtime built in main() and frozen with it: tasks on its worker
+    // threads, a timer, a TCP connection) against the same line server.
+    let ls = LineServer::start();
+    let dir = scratch("sockets-examples");
+    let cfg = dir.join("config.json");
+    let g = |n: &str| js(guest(n).to_str().unwrap());
+    // MALLOC_ARENA_MAX=1: see guest/examples/tokio/src/main.rs.
+    let net = format!(
+        "\"allow_net\": [\"127.0.0.1:{0}\"], \
+         \"environment\": [\"LINEDB=127.0.0.1:{0}\", \"MALLOC_ARENA_MAX=1\"]",
+        ls.port
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"linedb\": {{ \"filename\": {}, {net} }},\n\
+             \"tokio\": {{ \"filename\": {}, \"max_memory\": 256, {net} }},\n\
+             \"tokio_denied\": {{ \"filename\": {}, \"max_memory\": 256, \
+             \"environment\": [\"LINEDB=127.0.0.1:{}\", \"MALLOC_ARENA_MAX=1\"] }} }}",
+            g("example_linedb"),
+            g("example_tokio"),
+            g("example_tokio"),
+            ls.port
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    for n in 1..=3 {
+        assert_eq!(s.ok("/linedb/home"), format!("home: {n} views\n"));
+    }
+    let r = s.req("POST", "/linedb/colour", &[], b"blue");
+    assert_eq!(r.text(), "colour = blue\n");
+    let tail = "(tasks 8 sum 18018000, channel 55, slept 20 ms yes, on worker threads yes)\n";
+    for n in 1..=3 {
+        assert_eq!(s.ok("/tokio/about"), format!("about: {n} views {tail}"));
+    }
+    for r in s.get_concurrently(2, 3, "/tokio/many") {
+        assert!(r.starts_with("many: ") && r.ends_with(tail), "{r}");
+    }
+    assert_eq!(s.ok("/tokio/about"), format!("about: 4 views {tail}"));
+    assert_eq!(
+        s.ok("/tokio_denied/x"),
+        format!("x: (service: Permission denied (os error 13)) views {tail}")
+    );
+    s.wait_log(
+        &format!("connection to 127.0.0.1:{} refused", ls.port),
+        Duration::from_secs(10),
+    );
+    s.stop();
+}
