@@ -12,6 +12,7 @@
      hostile    bad addresses, lengths, families, options; exhaustion
      frozen     a socketpair opened by main() before the freeze: closed in requests
      resolve    getaddrinfo("localhost") through the host's /etc/hosts
+     budget     bytes through a socketpair until the request's budget ends it (ENOBUFS)
      count      the descriptor a new socket gets (the same every request: reset closes) */
 #define _GNU_SOURCE
 #include "kvm_api.h"
@@ -292,6 +293,28 @@ static void do_hostile(int port)
 		 rmm[0].msg_len, r2, rmm[1].msg_len, n, emfile);
 }
 
+/* Past the byte budget of a request: ENOBUFS. */
+static void do_budget(void)
+{
+	int sp[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0)
+		return;
+	static char buf[1 << 20];
+	long long moved = 0;
+	for (;;) {
+		const ssize_t n = send(sp[0], buf, sizeof buf, MSG_DONTWAIT);
+		if (n < 0)
+			break;
+		moved += n;
+		const ssize_t m = recv(sp[1], buf, sizeof buf, 0);
+		if (m < 0)
+			break;
+		moved += m;
+	}
+	snprintf(out, sizeof out, "moved %lld MiB, then %s", moved >> 20,
+		 errno == ENOBUFS ? "ENOBUFS" : strerror(errno));
+}
+
 static void do_resolve(void)
 {
 	struct addrinfo h, *r = NULL;
@@ -331,6 +354,8 @@ static void on_get(const char *url, const char *arg)
 		do_hostile(port);
 	else if (strcmp(action, "resolve") == 0)
 		do_resolve();
+	else if (strcmp(action, "budget") == 0)
+		do_budget();
 	else if (strcmp(action, "frozen") == 0) {
 		const int w = err_of((int)write(frozen_pair[0], "x", 1));
 		snprintf(out, sizeof out, "frozen socket write %d", w);

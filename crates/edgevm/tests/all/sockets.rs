@@ -119,7 +119,8 @@ fn guest_sockets_reach_what_the_policy_allows_and_nothing_else() {
             "{{ \"sockets\": {{ \"filename\": {}, \"max_memory\": 128, \"concurrency\": 2, \
              \"max_request_time\": 2, \
              \"allow_net\": [\"127.0.0.1:{}\", \"127.0.0.1:{}\"], \
-             \"allowed_paths\": [{{ \"real\": {}, \"virtual\": \"/sock\" }}] }} }}",
+             \"allowed_paths\": [{{ \"real\": {}, \"virtual\": \"/sock\" }}] }},\n\
+             \"sockets_budget\": {{ \"filename\": {0}, \"max_request_time\": 30 }} }}",
             js(guest("sockets").to_str().unwrap()),
             ls.port,
             silent,
@@ -175,6 +176,17 @@ fn guest_sockets_reach_what_the_policy_allows_and_nothing_else() {
     );
     assert_eq!(s.ok("/sockets/frozen"), "frozen socket write 107");
     assert_eq!(s.ok("/sockets/resolve"), "localhost 127.0.0.1 port 6379");
+    // 256 MiB sent and received per request, then ENOBUFS; the next request has its own.
+    for _ in 0..2 {
+        assert_eq!(
+            s.ok("/sockets_budget/budget"),
+            "moved 256 MiB, then ENOBUFS"
+        );
+    }
+    s.wait_log(
+        "socket traffic past 268435456 bytes in one request",
+        Duration::from_secs(10),
+    );
     // A peer that never answers: the request ends at its timeout, and meanwhile the one HTTP
     // worker serves others.
     let port = s.port;

@@ -18,7 +18,7 @@
 //!   here (the host socket never blocks); anything else is `ENOPROTOOPT`. Ancillary data is
 //!   never passed (no descriptor passing in either direction).
 //! * Bounded: [`MAX_SOCKETS`] per VM (`EMFILE`), [`MAX_NET_BYTES`] sent and received per
-//!   request (`ENOBUFS` after it). A request VM's reset closes the sockets the request opened;
+//!   request (`ENOBUFS` after it; `main()` and the storage VM have their time limits). A request VM's reset closes the sockets the request opened;
 //!   sockets open at the freeze are closed by it in the frozen state (their descriptors stay,
 //!   and fail with `ENOTCONN`): one host connection cannot be shared by request VMs.
 
@@ -657,8 +657,12 @@ impl LinuxState {
         })
     }
 
-    /// Room left in this request's socket byte budget.
+    /// Room left in this request's socket byte budget (outside requests, `main()` and the
+    /// storage VM, the run's time limits bound the traffic).
     fn net_room(&self) -> u64 {
+        if self.request_usage().is_none() {
+            return u64::MAX;
+        }
         MAX_NET_BYTES.saturating_sub(self.net_bytes.saturating_sub(self.net_base))
     }
 
