@@ -53,7 +53,7 @@ JSON
 one() { # NAME MODE
 	local name="$1" mode="$2" t
 	timeout 60 "$EDGEVM" serve --config "$WORK/$name-$mode.json" --listen "127.0.0.1:$PORT" \
-		--no-request-log >>"$WORK/server.log" 2>&1 &
+		--no-request-log >>"$WORK/server-$mode.log" 2>&1 &
 	SERVER=$!
 	for _ in $(seq 1 500); do
 		curl -s -o /dev/null "http://127.0.0.1:$PORT/_edgevm/health" && break
@@ -61,7 +61,7 @@ one() { # NAME MODE
 	done
 	sleep "$SETTLE" # a running server: what its start does in the background is done
 	t=$(curl -s -o "$WORK/answer" -w '%{time_total}' "http://127.0.0.1:$PORT/$name")
-	grep -q . "$WORK/answer" || { log "$name ($mode): no answer"; cat "$WORK/server.log" >&2; exit 1; }
+	grep -q . "$WORK/answer" || { log "$name ($mode): no answer"; cat "$WORK/server-$mode.log" >&2; exit 1; }
 	if [ "$mode" = snapshot ] && [ ! -s "$WORK/snap/$name.snapshot" ]; then
 		# The first snapshot run boots and writes the file: wait for it.
 		for _ in $(seq 1 500); do
@@ -79,8 +79,13 @@ one() { # NAME MODE
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 {
-	echo "| program | boot: start to first response (median of $REPS) | snapshot start to first response | boot / snapshot |"
-	echo "|---|---|---|---|"
+	echo "### Snapshot start over HTTP (scripts/bench-snapshot.sh)"
+	echo
+	echo "Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg). Client: curl's time for the first GET;"
+	echo "server: its own log (the snapshot load, and ready = the program's start to its first request VM)."
+	echo
+	echo "| program | boot: start to first response (median of $REPS) | snapshot start to first response | boot / snapshot | server: boot ready | snapshot load | snapshot ready |"
+	echo "|---|---|---|---|---|---|---|"
 } >"$OUT/snapshot.md"
 for prog in hello:"$EDGEVM_GUESTS/example_hello" slow_init:"$EDGEVM_GUESTS/slow_init"; do
 	name="${prog%%:*}"
@@ -94,13 +99,21 @@ for prog in hello:"$EDGEVM_GUESTS/example_hello" slow_init:"$EDGEVM_GUESTS/slow_
 		one "$name" boot >>"$WORK/$name-boot.t"
 		one "$name" snapshot >>"$WORK/$name-snapshot.t"
 	done
-	if ! grep -q "Program '$name' started from its snapshot" "$WORK/server.log"; then
+	if ! grep -q "Program '$name' started from its snapshot" "$WORK/server-snapshot.log"; then
 		log "$name: never started from its snapshot"
 		exit 1
 	fi
 	b=$(median <"$WORK/$name-boot.t")
 	s=$(median <"$WORK/$name-snapshot.t")
-	awk -v n="$name" -v b="$b" -v s="$s" 'BEGIN {
-		printf "| %s | %.2f ms | %.2f ms | %.1fx |\n", n, b * 1e3, s * 1e3, b / s }' >>"$OUT/snapshot.md"
+	# The server's own figures of the last REPS starts of each kind.
+	ready() { grep -o "Program '$name' is loaded.*ready=[0-9.]*" "$1" | sed 's/.*ready=//' | tail -n "$REPS" | median; }
+	br=$(ready "$WORK/server-boot.log")
+	sr=$(ready "$WORK/server-snapshot.log")
+	sl=$(grep -o "Program '$name' started from its snapshot .* in [0-9.]* ms" "$WORK/server-snapshot.log" |
+		sed 's/.* in //; s/ ms//' | tail -n "$REPS" | median)
+	awk -v n="$name" -v b="$b" -v s="$s" -v br="$br" -v sl="$sl" -v sr="$sr" 'BEGIN {
+		printf "| %s | %.2f ms | %.2f ms | %.1fx | %.2f ms | %.2f ms | %.2f ms |\n", n, b * 1e3, s * 1e3, b / s, br, sl, sr }' >>"$OUT/snapshot.md"
 done
+echo "" >>"$OUT/snapshot.md"
+echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)." >>"$OUT/snapshot.md"
 cat "$OUT/snapshot.md"

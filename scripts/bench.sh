@@ -287,6 +287,10 @@ if [ "$QUICK" = 0 ]; then
 	EDGEVM_BENCH_JSON="$OUT/micro.json" EDGEVM_BENCH_CYCLES="$CYCLES" timeout 1200 \
 		cargo bench --quiet -p edgevm-runtime --bench request >"$OUT/micro.md" 2>"$OUT/micro.log" ||
 		{ log "microbenchmarks failed:"; tail -20 "$OUT/micro.log" >&2; exit 1; }
+	log "cold start microbenchmark (cargo bench --bench coldstart)"
+	timeout 900 cargo bench --quiet -p edgevm-runtime --bench coldstart >"$OUT/coldstart.md" \
+		2>"$OUT/coldstart.log" ||
+		{ log "coldstart microbenchmark failed:"; tail -20 "$OUT/coldstart.log" >&2; }
 fi
 
 # --- many programs on one node, overload, snapshot start (issue 18) -------------------------
@@ -304,7 +308,7 @@ fi
 
 printf '%s\n' "${SKIPPED[@]}" >"$OUT/skipped.txt"
 python3 scripts/bench_report.py "$OUT" "$QUICK" "${WRK[*]}" "$ROUNDS" "${READY[@]%% *}" | tee "$OUT/report.md"
-for part in many overload snapshot; do
+for part in many overload snapshot coldstart; do
 	if [ -f "$OUT/$part.md" ]; then
 		echo
 		cat "$OUT/$part.md"

@@ -106,6 +106,16 @@ fn main() {
     let dir = guests(&["example_hello", "slow_init"]);
     let tmp = std::env::temp_dir().join(format!("edgevm-coldstart-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
+    println!("### Snapshot start in the engine (crates/edgevm-runtime/benches/coldstart.rs)\n");
+    println!(
+        "Medians of {runs} starts each, interleaved, µs; load average {}.\n",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("| program | start | image ready | (KVM VM, made ahead) | fork | first request | start to first answer | second request |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (name, url) in [("example_hello", "/"), ("slow_init", "/slow_init/7")] {
