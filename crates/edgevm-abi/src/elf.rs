@@ -120,6 +120,62 @@ impl Symbols {
     }
 }
 
+impl LoadedElf {
+    /// Write this description to a snapshot (snapcodec), symbols included: a start from the
+    /// snapshot does not parse the binary again.
+    pub fn save(&self, w: &mut crate::snapcodec::Writer) {
+        w.u64(self.entry)
+            .u64(self.bias)
+            .u64(self.phdr)
+            .u64(self.phnum)
+            .u64(self.end)
+            .u64(self.image_bytes)
+            .u64(match self.kind {
+                BinaryType::Static => 0,
+                BinaryType::StaticPie => 1,
+            })
+            .bytes(&self.raw_phdrs)
+            .u64(self.symbols.syms.len() as u64);
+        for (a, n, name) in &self.symbols.syms {
+            w.u64(*a).u64(*n).str(name);
+        }
+    }
+
+    /// Read a description written by [`LoadedElf::save`]; symbols must be in order.
+    pub fn restore(
+        r: &mut crate::snapcodec::Reader,
+    ) -> Result<LoadedElf, crate::snapcodec::DecodeError> {
+        use crate::snapcodec::DecodeError;
+        let (entry, bias, phdr, phnum, end, image_bytes) =
+            (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let kind = match r.u64()? {
+            0 => BinaryType::Static,
+            1 => BinaryType::StaticPie,
+            v => return Err(DecodeError(format!("binary type {v}"))),
+        };
+        let raw_phdrs = r.bytes()?.to_vec();
+        let mut syms: Vec<(u64, u64, String)> = Vec::new();
+        for _ in 0..r.count(24)? {
+            let (a, n, name) = (r.u64()?, r.u64()?, r.str()?.to_string());
+            if syms.last().is_some_and(|l| l.0 > a) {
+                return Err(DecodeError("symbols out of order".into()));
+            }
+            syms.push((a, n, name));
+        }
+        Ok(LoadedElf {
+            entry,
+            bias,
+            phdr,
+            phnum,
+            end,
+            image_bytes,
+            kind,
+            symbols: Symbols { syms },
+            raw_phdrs,
+        })
+    }
+}
+
 fn machine_name(m: u16) -> String {
     match m {
         3 => "x86 (i386)".into(),
@@ -542,6 +598,40 @@ mod tests {
         e[0x3C] = 3;
         let err = load(&e, &mut m, &l).unwrap_err().to_string();
         assert!(err.contains("its section headers end"), "{err}");
+    }
+
+    #[test]
+    fn a_description_survives_a_snapshot_and_bad_ones_are_refused() {
+        let e = LoadedElf {
+            entry: 0x401000,
+            bias: 7,
+            phdr: 0x400040,
+            phnum: 3,
+            end: 0x500000,
+            image_bytes: 0x100000,
+            kind: BinaryType::StaticPie,
+            symbols: Symbols {
+                syms: vec![(0x1000, 0x10, "a".into()), (0x2000, 0, "b".into())],
+            },
+            raw_phdrs: vec![1, 2, 3],
+        };
+        let mut w = crate::snapcodec::Writer::default();
+        e.save(&mut w);
+        let back = LoadedElf::restore(&mut crate::snapcodec::Reader::new(&w.0)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        assert_eq!(back.symbols.lookup(0x1008), Some(("a", 8)));
+        // Symbols out of order, a binary type that does not exist, a cut-off record.
+        let mut bad = e.clone();
+        bad.symbols.syms.reverse();
+        let mut w = crate::snapcodec::Writer::default();
+        bad.save(&mut w);
+        assert!(LoadedElf::restore(&mut crate::snapcodec::Reader::new(&w.0)).is_err());
+        let mut w = crate::snapcodec::Writer::default();
+        e.save(&mut w);
+        let mut b = w.0.clone();
+        b[48] = 9;
+        assert!(LoadedElf::restore(&mut crate::snapcodec::Reader::new(&b)).is_err());
+        assert!(LoadedElf::restore(&mut crate::snapcodec::Reader::new(&w.0[..70])).is_err());
     }
 
     #[test]

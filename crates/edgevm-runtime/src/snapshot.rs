@@ -4,8 +4,9 @@
 //! A file holds the frozen image (the pages the main VM wrote; holes stay holes), the CPU
 //! state at the frozen point (registers, FS/GS bases, the FPU/SSE/AVX image the request entry
 //! stub restores, which lives in the image), the emulated process state (heap and mmap
-//! bounds, signal actions), the handlers, the regexes compiled in `main()` (their patterns,
-//! compiled again) and `sys_make_ephemeral()`'s choice. Its identity: edgevm's version and
+//! bounds, signal actions), the handlers, the program's ELF description with its function
+//! symbols (for crash reports: a start does not parse the binary), the regexes compiled in
+//! `main()` (their patterns, compiled again) and `sys_make_ephemeral()`'s choice. Its identity: edgevm's version and
 //! snapshot format, the SHA-256 of the program's binary, the settings that shape the image
 //! (name, group, path, arguments, environment, memory sizes, warmup, the state file's
 //! identity) and the host CPU (vendor, model, feature bits, XCR0, kvm_pvm or not). A file
@@ -51,11 +52,11 @@ pub use load::load;
 /// File magic.
 const MAGIC: &[u8; 8] = b"EDGEVMSN";
 /// Snapshot format version (bumped whenever what is written changes).
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 /// Header: magic, format, metadata length, data length, CRC-32 of the data (8 bytes, then 24
 /// zero), SHA-256 of the metadata (checked before anything in it is believed).
 const HEADER: usize = 96;
-/// Largest metadata block read (symbols are not in it; the rest is small).
+/// Largest metadata block read (the binary's function symbols are the largest part).
 const MAX_META: u64 = 64 << 20;
 
 /// Why a snapshot was not used or not written.
@@ -444,6 +445,7 @@ fn metadata(
         .linux
         .save(&mut w)
         .map_err(SnapshotError::Unsupported)?;
+    frozen.elf.save(&mut w);
     let patterns = frozen.regex.patterns();
     w.u64(patterns.len() as u64);
     for p in &patterns {

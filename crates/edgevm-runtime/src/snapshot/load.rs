@@ -59,6 +59,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         &mut r,
     )
     .map_err(corrupt)?;
+    let elf = elf::LoadedElf::restore(&mut r).map_err(corrupt)?;
     let mut patterns = Vec::new();
     for _ in 0..r.count(8).map_err(corrupt)? {
         patterns.push(match r.u64().map_err(corrupt)? {
@@ -80,8 +81,6 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     mem.find_holes(layout.shared_start as usize);
     let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
     phase("system tables, holes, regexes");
-    let elf = elf::describe(&o.binary, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
-    phase("ELF symbols");
     tracing::debug!(
         "snapshot {} loaded: {phases:?} (ms since start)",
         path.display()
