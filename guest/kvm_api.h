@@ -271,8 +271,11 @@ static inline void set_backend_request(void (*f)(const struct kvm_request *))
 { register_func(EDGEVM_FUNC_BACKEND_REQUEST, f); }
 
 /* Streaming POST: called for each body segment as it arrives, `off` is the
-   offset of `data` in the whole body. Must return the number of bytes
-   consumed (normally `len`). The POST handler is called at the end. */
+   offset of `data` in the whole body. Must return `len` (all of it consumed;
+   anything else fails the request). The POST handler (required) is called at
+   the end: with the whole body when it fitted in the 16 MiB request-body
+   area, else with data NULL and len the total. Such bodies are not buffered
+   by the server and may exceed max_body_size. */
 static inline void set_backend_stream_post(long (*f)(const char *url, const char *arg,
 	const char *ctype, const uint8_t *data, size_t len, size_t off))
 { register_func(EDGEVM_FUNC_BACKEND_STREAM_POST, f); }
