@@ -218,6 +218,11 @@ fn clients_that_go_away_or_stop_reading_do_not_hold_vms_or_workers() {
         }
         assert_eq!(s.ok("/s/calls"), "calls=0");
     }
+    // Every stream was stopped (the line comes as its VM goes back: wait for the last).
+    let t0 = std::time::Instant::now();
+    while s.log().matches("the client went away").count() < 6 && t0.elapsed().as_secs() < 20 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = s.log();
     assert_eq!(
         log.matches("the client went away").count(),
