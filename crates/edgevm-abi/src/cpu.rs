@@ -270,7 +270,10 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
                 0xFD,
             ],
         )?;
-        let lo = (stub & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | (((stub >> 16) & 0xFFFF) << 48);
+        // Interrupt gates, DPL0 but for int3 and into (DPL3, as on Linux): the program's own
+        // `int3` is #BP on every KVM (a trap, RIP after it: a SIGTRAP handler or GDB), not #GP.
+        let kind: u64 = if matches!(v, 3 | 4) { 0xEE00 } else { 0x8E00 };
+        let lo = (stub & 0xFFFF) | (0x08 << 16) | (kind << 32) | (((stub >> 16) & 0xFFFF) << 48);
         mem.write_u64(layout::IDT + v * 16, lo)?;
         mem.write_u64(layout::IDT + v * 16 + 8, stub >> 32)?;
     }

@@ -14,6 +14,7 @@ errnos!(
     EPERM,
     ENOENT,
     ESRCH,
+    EINTR,
     EIO,
     ENXIO,
     EBADF,

@@ -11,7 +11,9 @@ use edgevm_abi::elf::{self, LoadedElf};
 use edgevm_abi::guest_abi::MemInfo;
 use edgevm_abi::io::write_struct;
 use edgevm_abi::layout::{self, Layout};
-use edgevm_abi::linux::{fill_random, LinuxConfig, LinuxState, Output, SyscallOutcome};
+use edgevm_abi::linux::{
+    fill_random, FaultDelivery, LinuxConfig, LinuxState, Output, SyscallOutcome,
+};
 use edgevm_abi::regex::Regexes;
 use edgevm_kvm::{
     Exit, FrozenImage, KvmMachine, KvmVcpu, MainMemory, MemoryView, PrivateView, Vcpu, VmShell,
@@ -354,6 +356,8 @@ impl MainVm {
         // verbose_syscalls is for the main VM only (glossary).
         let mut linux = linux;
         linux.set_verbose(false);
+        // Timers armed in main() do not fire in requests (docs/DESIGN.md, "Signals").
+        linux.clear_timers();
         // Request VMs may read the state file, never write it (descriptors open now are
         // inherited read-only).
         linux.make_files_read_only();
@@ -499,6 +503,9 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     if let Some(ev) = self.syscall()? {
                         return Ok(ev);
                     }
+                    if self.linux.take_timers_changed() {
+                        self.arm_timer()?;
+                    }
                 }
                 Exit::IoOut { port, value, .. } if port == layout::API_PORT => {
                     match api::decode(value, self.machine.cpu.regs()) {
@@ -524,7 +531,9 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     }
                 }
                 Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
-                    return self.crashed()
+                    if !self.fault_handled()? {
+                        return self.crashed();
+                    }
                 }
                 Exit::Interrupted => {
                     if let Some(ev) = self.timer_exit()? {
@@ -567,6 +576,15 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                 self.thread_slice = Some(now + THREAD_SLICE);
             }
         }
+        if let Err(end) = self
+            .linux
+            .timer_tick(&mut self.machine.cpu, &mut self.machine.mem)?
+        {
+            return match self.outcome(end)? {
+                Some(ev) => Ok(Some(ev)),
+                None => Err(RunError::Emulation("timer signal".into())),
+            };
+        }
         if self.slice_end.is_some_and(|s| now >= s) {
             self.slice_end = None;
             return Ok(Some(Event::Preempted));
@@ -575,6 +593,26 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         // (timer.rs arms lazily), or another signal came. Aim it at this run.
         self.arm_timer()?;
         Ok(None)
+    }
+
+    /// The guest took a CPU exception: true when the program handles its signal (the vCPU
+    /// now runs the handler), false when the run ends with the crash report.
+    #[cold]
+    fn fault_handled(&mut self) -> Result<bool, RunError> {
+        match self
+            .linux
+            .deliver_fault(&mut self.machine.cpu, &mut self.machine.mem)?
+        {
+            FaultDelivery::Delivered(_) => Ok(true),
+            FaultDelivery::NotHandled => Ok(false),
+            FaultDelivery::Looping(sig, n) => {
+                self.printer.log(&format!(
+                    "the {} handler let the same fault happen {n} times in a row: the program is ended",
+                    signal_name(sig as i32)
+                ));
+                Ok(false)
+            }
+        }
     }
 
     /// The guest took an exception: its crash report, or a GDB session at the crash when

@@ -10,8 +10,9 @@
 //! allocates past it gets `ENOMEM`, as on Linux under a memory limit. `mprotect` is accepted
 //! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
 //! Signals the program sends itself or its threads run their `rt_sigaction` handlers
-//! ([`signals`]); one with a default action ends it, as `abort()` expects. Faults (SIGSEGV,
-//! SIGFPE) are not delivered to handlers: they end the run as a crash.
+//! ([`signals`]); one with a default action ends it, as `abort()` expects. CPU faults (SIGSEGV,
+//! SIGFPE, SIGILL, SIGBUS, SIGTRAP) run the program's handler when it installed one
+//! ([`LinuxState::deliver_fault`]), else end the run as a crash.
 //! Files: what `allowed_paths` lists, under its virtual names, confined by the kernel (see
 //! [`crate::sandbox`]), and the program's `state` file; any other path fails with `ENOENT`.
 //! Sockets are host sockets under the program's network policy (`fds/socket.rs`).
@@ -31,6 +32,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod threads;
+mod timers;
 mod wait;
 
 use std::collections::BTreeMap;
@@ -46,7 +48,9 @@ use crate::sandbox::{PathRule, Sandbox};
 use fds::FdTable;
 use mem::MmapArea;
 pub use process::fill_random;
+pub use signals::{FaultDelivery, MAX_FAULT_REPEATS};
 pub use threads::MAX_THREADS;
+pub use timers::{MAX_TIMERS, MIN_INTERVAL};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -123,8 +127,12 @@ pub struct LinuxState {
     mmap: MmapArea,
     image_bytes: u64,
     sigactions: BTreeMap<u64, [u8; 32]>,
+    /// The last fault delivered to a handler (to see a handler loop).
+    faults: signals::FaultState,
     /// The program's threads (see [`threads`]).
     threads: threads::Threads,
+    /// Interval and POSIX timers (see [`timers`]).
+    timers: timers::Timers,
     /// The last system call switched threads: the vCPU holds another thread's registers.
     switched: bool,
     /// How the run ends, found while switching threads (a signal the program cannot take).
@@ -173,7 +181,9 @@ impl LinuxState {
             },
             image_bytes,
             sigactions: BTreeMap::new(),
+            faults: signals::FaultState::default(),
             threads: threads::Threads::default(),
+            timers: timers::Timers::default(),
             switched: false,
             fatal: None,
             robust_list: 0,
@@ -264,7 +274,7 @@ impl LinuxState {
     pub fn may_sleep(&self, r: &kvm_regs, mem: &GuestMemory) -> bool {
         let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let blocking = match i64::try_from(r.rax) {
-            Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep) => true,
+            Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_pause) => true,
             Ok(nr) if self.io_would_wait(nr, a, mem) => true,
             Ok(libc::SYS_futex) => {
                 matches!(r.rsi & 0x7F, 0 | 9) && (r.r10 != 0 || self.thread_count() > 1)
@@ -296,6 +306,9 @@ impl LinuxState {
         }
         self.syscalls += 1;
         let nr = r.rax;
+        if nr != libc::SYS_rt_sigreturn as u64 {
+            self.note_progress();
+        }
         let t = self.threads.current_mut();
         if t.restart.is_some_and(|(n, _)| n != nr) {
             t.restart = None;
@@ -356,6 +369,20 @@ impl LinuxState {
             ));
         }
         self.syscall_return(cpu, &r, ret);
+        if self.timers_due(Instant::now()) {
+            if let Err(e) = self.fire_timers(Instant::now()) {
+                return Ok(e);
+            }
+        }
+        if self.signal_ready() {
+            // A timer's signal (or one a woken wait left): its handler runs over the
+            // system call's return.
+            let ctx = threads::after_syscall(&r, ret);
+            if let Err(e) = self.deliver_pending(ctx, true, cpu, mem)? {
+                return Ok(e);
+            }
+            self.switched = false;
+        }
         Ok(SyscallOutcome::Continue)
     }
 

@@ -93,6 +93,15 @@ impl LinuxState {
             libc::SYS_getcpu => Ok(getcpu(a, mem)),
             libc::SYS_getrandom => Ok(self.sys_getrandom(a[0], a[1], mem)),
             libc::SYS_rseq => Ok(self.sys_rseq(a, mem)),
+            libc::SYS_setitimer => Ok(self.sys_setitimer(a[0], a[1], a[2], mem)),
+            libc::SYS_getitimer => Ok(self.sys_getitimer(a[0], a[1], mem)),
+            libc::SYS_alarm => Ok(self.sys_alarm(a[0])),
+            libc::SYS_timer_create => Ok(self.sys_timer_create(a[0], a[1], a[2], mem)),
+            libc::SYS_timer_settime => Ok(self.sys_timer_settime(a, mem)),
+            libc::SYS_timer_gettime => Ok(self.sys_timer_gettime(a[0], a[1], mem)),
+            libc::SYS_timer_getoverrun => Ok(self.sys_timer_getoverrun(a[0])),
+            libc::SYS_timer_delete => Ok(self.sys_timer_delete(a[0])),
+            libc::SYS_pause => return self.sys_pause(cpu, mem),
             _ => Err(SyscallOutcome::Continue),
         };
         Ok(v)
@@ -269,8 +278,8 @@ impl LinuxState {
             let now = Duration::new(ns_.max(0) as u64, nns as u32);
             dur = dur.saturating_sub(now);
         }
-        if self.thread_count() > 1 {
-            // The other threads run meanwhile.
+        if self.thread_count() > 1 || self.next_timer().is_some() {
+            // The other threads run meanwhile, a timer's signal ends the sleep.
             return self.sleep_thread(dur.min(Duration::from_secs(1 << 32)), cpu, mem);
         }
         if let Some(deadline) = self.deadline {

@@ -6,6 +6,15 @@
 //! and pending signals are per thread: a blocked signal waits until it is unblocked. A signal
 //! for another thread is delivered when that thread next runs. Default actions: ignore for
 //! SIGCHLD/SIGURG/SIGWINCH, else the program ends with the signal.
+//!
+//! CPU faults in user mode ([`LinuxState::deliver_fault`]) become SIGSEGV (page faults, #GP),
+//! SIGFPE (#DE, x87/SIMD exceptions), SIGILL (#UD), SIGBUS (#AC, #SS, #NP) or SIGTRAP (#BP,
+//! #DB) with Linux's si_code, si_addr and sigcontext `err`/`trapno`/`cr2`, when the program
+//! installed a handler that the faulting thread does not block; as on Linux a fault whose signal
+//! is blocked (a fault inside its own handler), ignored or has no handler ends the program, here
+//! with the crash report. A handler that returns to the faulting instruction without changing
+//! anything faults again: after [`MAX_FAULT_REPEATS`] identical faults with no other system
+//! call in between the run ends with the crash report instead of spinning until its deadline.
 
 use edgevm_kvm::{kvm_regs, GuestMemory, KvmError, Vcpu};
 
@@ -25,6 +34,11 @@ pub(super) const UNBLOCKABLE: u64 = (1 << 8) | (1 << 18);
 /// siginfo codes.
 pub(super) const SI_USER: i32 = 0;
 pub(super) const SI_TKILL: i32 = -6;
+pub(super) const SI_TIMER: i32 = -2;
+pub(super) const SI_KERNEL: i32 = 0x80;
+/// Identical faults in a row (same vector, RIP and address, no other system call than
+/// `rt_sigreturn` in between) after which a handler is taken to loop: the run ends.
+pub const MAX_FAULT_REPEATS: u32 = 1000;
 /// Size of `struct ucontext` (flags, link, stack, sigcontext, sigmask).
 const UCONTEXT: u64 = 8 + 8 + 24 + 256 + 8;
 /// Size of `struct siginfo`.
@@ -84,7 +98,13 @@ impl LinuxState {
             _ => {}
         }
         self.threads.list[t].pending |= bit(sig);
-        self.threads.list[t].pending_code = code;
+        self.threads.list[t].pending_info.insert(
+            sig,
+            SigInfo {
+                code,
+                ..SigInfo::default()
+            },
+        );
         if t == self.threads.cur {
             let r = *cpu.regs();
             let ctx = super::threads::after_syscall(&r, 0);
@@ -109,27 +129,154 @@ impl LinuxState {
             return Ok(Ok(0));
         }
         let sig = u64::from(ready.trailing_zeros()) + 1;
-        let code = th.pending_code;
-        self.threads.current_mut().pending &= !bit(sig);
+        let th = self.threads.current_mut();
+        th.pending &= !bit(sig);
+        let info = th.pending_info.remove(&sig).unwrap_or_default();
         match self.disposition(sig) {
             None => Ok(Ok(0)),
             Some(Err(e)) => Ok(Err(e)),
-            Some(Ok(())) => self.run_handler(sig, code, 0, ctx, in_syscall, cpu, mem),
+            Some(Ok(())) => {
+                let entry = if in_syscall {
+                    Entry::Syscall
+                } else {
+                    Entry::User
+                };
+                self.run_handler(sig, info, ctx, entry, cpu, mem)
+            }
         }
     }
 
+    /// Make `sig` pending in thread `t` (a timer's signal, not sent by a system call of
+    /// `t`): it runs when `t` next runs or makes a system call; a wait of `t` (a sleep, a
+    /// futex, pause) ends with EINTR when the signal will run a handler. Err: the signal's
+    /// default action ends the program.
+    pub(super) fn post_signal(
+        &mut self,
+        t: usize,
+        sig: u64,
+        info: SigInfo,
+    ) -> Result<(), SyscallOutcome> {
+        let blocked = self.threads.list[t].sigmask & bit(sig) != 0;
+        match self.disposition(sig) {
+            None => return Ok(()),
+            Some(Err(e)) if !blocked => return Err(e),
+            _ => {}
+        }
+        let handler = self.disposition(sig) == Some(Ok(()));
+        let th = &mut self.threads.list[t];
+        th.pending |= bit(sig);
+        th.pending_info.insert(sig, info);
+        if handler
+            && !blocked
+            && matches!(
+                th.wait,
+                super::threads::Wait::Futex { .. }
+                    | super::threads::Wait::Sleep
+                    | super::threads::Wait::Pause
+                    | super::threads::Wait::Io
+            )
+        {
+            th.interrupt();
+        }
+        Ok(())
+    }
+
+    /// The running thread has a signal it does not block pending.
+    pub(super) fn signal_ready(&self) -> bool {
+        let th = self.threads.current();
+        th.pending & !th.sigmask != 0
+    }
+
+    /// The vCPU stopped in a CPU exception stub: if the exception came from user mode and the
+    /// program handles its signal, run the handler (over the faulting context, as Linux does)
+    /// and return Delivered; else the run ends with the crash report.
+    pub fn deliver_fault(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<FaultDelivery, KvmError> {
+        let Some(f) = read_fault(cpu, mem)? else {
+            return Ok(FaultDelivery::NotHandled);
+        };
+        let mut fx = cpu.xsave_state().unwrap_or_default();
+        fx.resize(512, 0);
+        let Some((sig, code, addr)) = fault_signal(&f, &fx) else {
+            return Ok(FaultDelivery::NotHandled);
+        };
+        let (handler, flags, restorer, _) = self.action(sig);
+        if handler <= 1
+            || flags & SA_RESTORER == 0
+            || restorer == 0
+            || self.threads.current().sigmask & bit(sig) != 0
+        {
+            // No handler, ignored (a fault cannot be), or blocked (a fault inside its own
+            // handler): Linux resets it to the default action, which ends the program.
+            return Ok(FaultDelivery::NotHandled);
+        }
+        let key = (f.vector, f.rip, f.cr2);
+        if self.faults.last == Some(key) {
+            self.faults.repeats += 1;
+            if self.faults.repeats >= MAX_FAULT_REPEATS {
+                return Ok(FaultDelivery::Looping(sig, self.faults.repeats));
+            }
+        } else {
+            self.faults.last = Some(key);
+            self.faults.repeats = 1;
+        }
+        let mut ctx = *cpu.regs();
+        ctx.rip = f.rip;
+        ctx.rsp = f.rsp;
+        ctx.rflags = f.rflags;
+        let info = SigInfo {
+            code,
+            addr,
+            trapno: u64::from(f.vector),
+            err: f.error,
+            cr2: f.cr2,
+        };
+        let res = self.run_handler(sig, info, ctx, Entry::Exception, cpu, mem)?;
+        self.switched = false;
+        if res.is_err() {
+            // No room for the frame: the crash report says more than "SIGSEGV".
+            return Ok(FaultDelivery::NotHandled);
+        }
+        if matches!(f.vector, 16 | 19) {
+            // The handler starts with the default x87/SSE control state (Linux gives it a
+            // fresh FPU state): the exception that brought it here stays masked.
+            if let Some(mut img) = cpu.xsave_state() {
+                if img.len() >= 32 {
+                    img[0..2].copy_from_slice(&0x37Fu16.to_le_bytes());
+                    img[2..4].copy_from_slice(&0u16.to_le_bytes());
+                    img[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+                    cpu.set_xsave_state(&img)?;
+                }
+            }
+        }
+        Ok(FaultDelivery::Delivered(sig))
+    }
+
+    /// A system call other than `rt_sigreturn`: a fault after it is not a handler loop.
+    pub(super) fn note_progress(&mut self) {
+        self.faults.last = None;
+    }
+
     /// Build the signal frame for `sig` over `ctx` and point the vCPU at the handler.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_handler(
         &mut self,
         sig: u64,
-        code: i32,
-        addr: u64,
+        info: SigInfo,
         ctx: kvm_regs,
-        in_syscall: bool,
+        entry: Entry,
         cpu: &mut dyn Vcpu,
         mem: &mut GuestMemory,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let SigInfo {
+            code,
+            addr,
+            trapno,
+            err,
+            cr2,
+        } = info;
         let (handler, flags, restorer, mask) = self.action(sig);
         if flags & SA_RESTORER == 0 || restorer == 0 {
             // x86_64 has no default return trampoline: Linux kills the program too.
@@ -173,8 +320,10 @@ impl LinuxState {
         }
         // cs, gs, fs, ss (__pad0), err, trapno, oldmask, cr2, fpstate, reserved[8].
         f.extend_from_slice(&[0x23, 0, 0, 0, 0, 0, 0x1b, 0]);
-        f.extend_from_slice(&[0u8; 8 * 3]);
-        f.extend_from_slice(&addr.to_le_bytes());
+        f.extend_from_slice(&err.to_le_bytes());
+        f.extend_from_slice(&trapno.to_le_bytes());
+        f.extend_from_slice(&th.sigmask.to_le_bytes());
+        f.extend_from_slice(&cr2.to_le_bytes());
         f.extend_from_slice(&fpstate.to_le_bytes());
         f.extend_from_slice(&[0u8; 64]);
         f.extend_from_slice(&th.sigmask.to_le_bytes()); // uc_sigmask
@@ -183,6 +332,12 @@ impl LinuxState {
         si[8..12].copy_from_slice(&code.to_le_bytes());
         if code == SI_USER || code == SI_TKILL {
             si[16..20].copy_from_slice(&1i32.to_le_bytes()); // si_pid
+        } else if code == SI_TIMER {
+            // si_timerid, si_overrun, si_value (`addr` carries the value, `err` the id and
+            // overrun count).
+            si[16..20].copy_from_slice(&(err as i32).to_le_bytes());
+            si[20..24].copy_from_slice(&((err >> 32) as i32).to_le_bytes());
+            si[24..32].copy_from_slice(&addr.to_le_bytes());
         } else {
             si[16..24].copy_from_slice(&addr.to_le_bytes()); // si_addr
         }
@@ -209,19 +364,22 @@ impl LinuxState {
         regs.rsp = frame;
         regs.rip = handler;
         regs.rflags = (ctx.rflags & !0x4_3500) | 0x202; // DF, TF, AC, IOPL cleared
-        self.enter_user(regs, in_syscall, cpu)?;
+        self.enter_user(regs, entry, cpu)?;
         Ok(Ok(0))
     }
 
-    /// Resume user mode with `regs`. `in_syscall`: the vCPU stopped at a system call; on
-    /// hardware KVM it is then in the CPL0 stub and gets back through one SET_SREGS.
+    /// Resume user mode with `regs` from where the vCPU stopped: at a system call it is in
+    /// the CPL0 stub on hardware KVM, in an exception stub it is at CPL0 on any KVM; either
+    /// gets back through one SET_SREGS.
     fn enter_user(
         &mut self,
         regs: kvm_regs,
-        in_syscall: bool,
+        entry: Entry,
         cpu: &mut dyn Vcpu,
     ) -> Result<(), KvmError> {
-        if in_syscall && self.cpl0_syscalls == Some(true) {
+        if entry == Entry::Exception
+            || (entry == Entry::Syscall && self.cpl0_syscalls == Some(true))
+        {
             let mut s = cpu.sregs()?;
             crate::cpu::user_segments(&mut s);
             cpu.set_sregs(&s)?;
@@ -294,7 +452,7 @@ impl LinuxState {
         if r.rip >= 1 << 47 {
             r.rip = 0;
         }
-        self.enter_user(r, true, cpu)?;
+        self.enter_user(r, Entry::Syscall, cpu)?;
         // A signal unblocked by the restored mask runs now.
         let ctx = *cpu.regs();
         self.switched = false;
@@ -352,4 +510,137 @@ impl LinuxState {
         }
         0
     }
+}
+
+/// Where the vCPU stopped when a handler is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Entry {
+    /// In user mode (a time-slice end, a thread switch to a thread that was preempted).
+    User,
+    /// At a system call.
+    Syscall,
+    /// In a CPU exception stub (CPL0).
+    Exception,
+}
+
+/// What a handler's `siginfo` and `sigcontext` say beyond the signal number.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SigInfo {
+    pub code: i32,
+    /// si_addr (faults) or si_value (timers).
+    pub addr: u64,
+    pub trapno: u64,
+    /// sigcontext.err (faults); timer id | overrun << 32 (timers).
+    pub err: u64,
+    pub cr2: u64,
+}
+
+/// What became of a CPU exception ([`LinuxState::deliver_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultDelivery {
+    /// The handler for this signal runs now.
+    Delivered(u64),
+    /// Not the program's to handle: the run ends with the crash report.
+    NotHandled,
+    /// The handler let the same fault happen this many times in a row: the run ends.
+    Looping(u64, u32),
+}
+
+/// The last fault delivered, to see a handler loop.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FaultState {
+    last: Option<(u8, u64, u64)>,
+    repeats: u32,
+}
+
+/// A CPU exception taken in user mode.
+#[derive(Debug, Clone, Copy)]
+struct UserFault {
+    vector: u8,
+    error: u64,
+    rip: u64,
+    rsp: u64,
+    rflags: u64,
+    cr2: u64,
+}
+
+/// The exception frame the CPL0 stub left (`push $vector` over the CPU's frame); None if the
+/// exception did not come from user mode.
+fn read_fault(cpu: &mut dyn Vcpu, mem: &GuestMemory) -> Result<Option<UserFault>, KvmError> {
+    let sp = cpu.regs().rsp;
+    let rd = |a: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        mem.read_raw(a, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let Some(vector) = rd(sp).filter(|v| *v < 32) else {
+        return Ok(None);
+    };
+    let mut frame = sp + 8;
+    let mut error = 0;
+    if crate::cpu::has_error_code(vector as u8) {
+        error = rd(frame).unwrap_or(0);
+        frame += 8;
+    }
+    let (Some(rip), Some(cs), Some(rflags), Some(rsp)) =
+        (rd(frame), rd(frame + 8), rd(frame + 16), rd(frame + 24))
+    else {
+        return Ok(None);
+    };
+    if cs & 3 != 3 {
+        return Ok(None);
+    }
+    let cr2 = if vector == 14 { cpu.sregs()?.cr2 } else { 0 };
+    Ok(Some(UserFault {
+        vector: vector as u8,
+        error,
+        rip,
+        rsp,
+        rflags,
+        cr2,
+    }))
+}
+
+/// The signal, si_code and si_addr Linux gives a user-mode exception (arch/x86/kernel/traps.c,
+/// fault.c); None for the ones that are never the program's (#DF, #MC, ...). `fx`: the FXSAVE
+/// image (for the x87/SIMD exception's cause).
+fn fault_signal(f: &UserFault, fx: &[u8]) -> Option<(u64, i32, u64)> {
+    const SIGTRAP: u64 = 5;
+    const SIGBUS: u64 = 7;
+    const SIGFPE: u64 = 8;
+    const SIGSEGV: u64 = 11;
+    const SIGILL: u64 = 4;
+    let w16 = |o: usize| u32::from(u16::from_le_bytes([fx[o], fx[o + 1]]));
+    // FPE_FLTINV, FPE_FLTDIV, FPE_FLTOVF, FPE_FLTUND, FPE_FLTRES from unmasked flags.
+    let fpe = |flags: u32| -> i32 {
+        if flags & 1 != 0 {
+            7
+        } else if flags & 4 != 0 {
+            3
+        } else if flags & 8 != 0 {
+            4
+        } else if flags & 0x12 != 0 {
+            5
+        } else if flags & 0x20 != 0 {
+            6
+        } else {
+            0
+        }
+    };
+    Some(match f.vector {
+        0 => (SIGFPE, 1, f.rip),  // FPE_INTDIV
+        1 => (SIGTRAP, 2, f.rip), // TRAP_TRACE
+        3 => (SIGTRAP, SI_KERNEL, 0),
+        4 | 5 | 10 | 13 => (SIGSEGV, SI_KERNEL, 0),
+        6 => (SIGILL, 2, f.rip), // ILL_ILLOPN
+        11 | 12 => (SIGBUS, SI_KERNEL, 0),
+        14 => (SIGSEGV, if f.error & 1 != 0 { 2 } else { 1 }, f.cr2), // SEGV_ACCERR / MAPERR
+        16 => (SIGFPE, fpe(w16(2) & !w16(0) & 0x3F), f.rip),
+        17 => (SIGBUS, 1, 0), // BUS_ADRALN
+        19 => {
+            let mx = u32::from_le_bytes([fx[24], fx[25], fx[26], fx[27]]);
+            (SIGFPE, fpe(mx & !(mx >> 7) & 0x3F), f.rip)
+        }
+        _ => return None,
+    })
 }

@@ -62,6 +62,8 @@ pub(super) enum Wait {
     Sleep,
     /// Waiting for descriptors (`io`), to run its system call again (see wait.rs).
     Io,
+    /// In pause(): until a signal runs a handler.
+    Pause,
     /// Gone (removed at the next switch).
     Exited,
 }
@@ -82,8 +84,8 @@ pub(super) struct Thread {
     pub sigmask: u64,
     /// Signals sent to it and not delivered yet (blocked, or it was not running).
     pub pending: u64,
-    /// The siginfo code of the last pending signal.
-    pub pending_code: i32,
+    /// What each pending signal's siginfo says.
+    pub pending_info: std::collections::BTreeMap<u64, super::signals::SigInfo>,
     /// Its alternate signal stack (sp, size; size 0: none).
     pub altstack: (u64, u64),
     pub(super) wait: Wait,
@@ -99,6 +101,19 @@ pub(super) struct Thread {
 }
 
 impl Thread {
+    /// A signal ends its wait: the call returns EINTR.
+    pub(super) fn interrupt(&mut self) {
+        if self.wait == Wait::Io {
+            // It would run its call again (RIP at the `syscall`): return from it instead.
+            self.regs.rip = self.regs.rip.wrapping_add(2);
+            self.io.clear();
+            self.restart = None;
+        }
+        self.wait = Wait::Runnable;
+        self.until = None;
+        self.regs.rax = (-EINTR) as u64;
+    }
+
     fn new(tid: u32) -> Thread {
         Thread {
             tid,
@@ -109,7 +124,7 @@ impl Thread {
             clear_tid: 0,
             sigmask: 0,
             pending: 0,
-            pending_code: 0,
+            pending_info: Default::default(),
             altstack: (0, 0),
             wait: Wait::Runnable,
             at_syscall: true,
@@ -407,6 +422,9 @@ impl LinuxState {
             let now = Instant::now();
             self.threads.wake_expired(now);
             self.wake_ready();
+            if self.timers_due(now) {
+                self.fire_timers(now)?;
+            }
             if let Some(i) = self.threads.next_runnable() {
                 return Ok(i);
             }
@@ -418,6 +436,7 @@ impl LinuxState {
                 .filter(|t| t.wait != Wait::Exited)
                 .filter_map(|t| t.until)
                 .chain(timer)
+                .chain(self.next_timer())
                 .min();
             if earliest.is_none() && !host.is_empty() {
                 // Only host descriptors can wake a thread: wait for them, up to the deadline.
@@ -434,6 +453,11 @@ impl LinuxState {
                     .iter()
                     .filter(|t| t.wait != Wait::Exited)
                     .count();
+                if self.threads.current().wait == Wait::Pause && waiting <= 1 {
+                    return Err(SyscallOutcome::Fatal(
+                        "pause() with no timer and no other thread to send a signal: it would never return (deadlock)".into(),
+                    ));
+                }
                 let io = self.threads.list.iter().any(|t| t.wait == Wait::Io);
                 return Err(SyscallOutcome::Fatal(match (waiting <= 1, io) {
                     (true, false) => "futex wait with no timeout and no other thread to wake it: it would never wake up (deadlock)".into(),
@@ -612,6 +636,19 @@ impl LinuxState {
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
         let until = Instant::now() + dur;
         Ok(match self.block(cpu, mem, Wait::Sleep, Some(until), 0)? {
+            Ok(Blocked::Now(v)) => Ok(v),
+            Ok(Blocked::Switched) => Ok(0),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// pause(): the thread waits until a signal runs a handler (then EINTR).
+    pub(super) fn sys_pause(
+        &mut self,
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        Ok(match self.block(cpu, mem, Wait::Pause, None, -EINTR)? {
             Ok(Blocked::Now(v)) => Ok(v),
             Ok(Blocked::Switched) => Ok(0),
             Err(e) => Err(e),

@@ -85,6 +85,10 @@ impl LinuxState {
                 t.wait = Wait::Runnable;
                 t.io.clear();
                 t.restart = None;
+                if self.signal_ready() {
+                    // A timer's signal: the call ends with EINTR, its handler runs next.
+                    return Ok(Ok(-crate::errno::EINTR));
+                }
                 continue;
             }
             self.switch_to(cpu, mem, next, true)?;

@@ -11,9 +11,10 @@
 //! How the CPU is driven (the same on hardware KVM and kvm_pvm, which ignores
 //! KVM_SET_GUEST_DEBUG: measured here, neither single-step nor breakpoint exits arrive):
 //! * software breakpoints are `int3` bytes written into guest memory. Program code runs at
-//!   CPL3 and the IDT gates are DPL0, so on hardware KVM `int3` raises #GP (error code 0x1A:
-//!   IDT vector 3) with RIP at the `int3`; kvm_pvm delivers #BP (RIP after it). Either way
-//!   the CPL0 exception stub reports it through its port;
+//!   CPL3 and the #BP gate is DPL3 (as on Linux), so `int3` raises #BP (RIP after it); an
+//!   image whose gate is DPL0 gets #GP (error code 0x1A: IDT vector 3, RIP at the `int3`) on
+//!   hardware KVM, which is recognized too. Either way the CPL0 exception stub reports it
+//!   through its port;
 //! * single step sets RFLAGS.TF: the #DB after one instruction goes the same way;
 //! * hardware breakpoints are the guest's DR0-DR3/DR7 (KVM_SET_DEBUGREGS), which raise #DB
 //!   on hardware KVM; kvm_pvm ignores guest debug registers, so there they are `int3` too;

@@ -169,8 +169,8 @@ pub(super) fn on_exception<C: Vcpu, M: MemoryView>(
     let rip = vm.machine.mem.read_raw_u64(frame);
     let d = dbg(vm);
     d.frame = Some(frame);
-    // int3: #BP (a trap: RIP after it) where the gate lets CPL3 in (kvm_pvm delivers it so),
-    // #GP with error code 0x1A (RIP at it) through edgevm's DPL0 gate on hardware KVM.
+    // int3: #BP (a trap: RIP after it) through edgevm's DPL3 gate, #GP with error code 0x1A
+    // (RIP at it) through a DPL0 gate on hardware KVM.
     let int3_at = match (vector, err) {
         (3, _) => Some(rip.wrapping_sub(1)),
         (13, GP_INT3) => Some(rip),

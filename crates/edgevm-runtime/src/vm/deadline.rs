@@ -42,6 +42,9 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
         if let Some(s) = self.thread_slice {
             at = at.min(s);
         }
+        if let Some(t) = self.linux.next_timer() {
+            at = at.min(t);
+        }
         let p = self.machine.cpu.immediate_exit_ptr();
         timer::arm(p, at.saturating_duration_since(now)).map_err(RunError::Timer)
     }

@@ -13,6 +13,7 @@ mod cpu;
 mod debug;
 mod deploy;
 mod event_loop;
+mod faults;
 mod fetch;
 mod files;
 mod harness;
