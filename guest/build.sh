@@ -56,12 +56,14 @@
 #     example_fetch, example_storage_fetch, example_fetch_cpp (C++), example_stream
 #     example_linedb (a C client of a Redis-like line service over TCP)
 #     example_tokio (Rust, tokio's multi-thread runtime: tasks, a timer, TCP; guest/examples/tokio)
+#     example_goserve  Go 1.19 (CGO_ENABLED=0) through the kvm package (guest/go/kvm):
+#                      goroutines, channels, a WaitGroup fan-out, time.Sleep (tests/all/golang.rs)
 #   Rust guest crate (guest/rust/edgevm-guest):
 #     rust_hello_http, rust_event_loop
 #
 # Rebuilds only what is older than its sources or kvm_api.h. Fails loudly
 # when a compiler is missing. Set EDGEVM_GUEST_SKIP="rust musl cpp" (any
-# subset) to skip toolchains deliberately.
+# subset; also "go", "quickjs") to skip toolchains deliberately.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -289,6 +291,25 @@ if ! skipped rust; then
 			exit 1
 		}
 		cp -f "$TT/x86_64-unknown-linux-gnu/release/example_tokio" "$OUT/example_tokio"
+		BUILT=$((BUILT + 1))
+	else
+		FRESH=$((FRESH + 1))
+	fi
+fi
+
+# --- Go (Debian's golang-go; the build cache and module cache live under $OUT) ---
+if ! skipped go; then
+	need go golang-go
+	GOSRC="$GUEST/examples/go"
+	if ! up_to_date "$OUT/example_goserve" $(find "$GOSRC" "$GUEST/go" -type f); then
+		( cd "$GOSRC" && CGO_ENABLED=0 GOCACHE="$OUT/.go-cache" GOPATH="$OUT/.go-path" \
+			GOPROXY=off GOFLAGS=-mod=mod go build -trimpath -o "$OUT/example_goserve.tmp" . ) \
+			>"$LOGDIR/example_goserve.log" 2>&1 || {
+			cat "$LOGDIR/example_goserve.log" >&2
+			echo "build.sh: FAILED: example_goserve (go build)" >&2
+			exit 1
+		}
+		mv -f "$OUT/example_goserve.tmp" "$OUT/example_goserve"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what edgevm's build, guests and tests need on Debian 12 (idempotent, quiet when done).
 set -euo pipefail
-pkgs=(gcc g++ make musl-tools liblzma-dev pkg-config curl wrk gdb varnish python3 liblua5.4-dev libpython3.11-dev openssl)
+pkgs=(gcc g++ make musl-tools liblzma-dev pkg-config curl wrk gdb varnish python3 liblua5.4-dev libpython3.11-dev golang-go openssl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -16,6 +16,7 @@ mod event_loop;
 mod faults;
 mod fetch;
 mod files;
+mod golang;
 mod harness;
 mod hostile;
 mod inline;

@@ -1,0 +1,3 @@
+module edgevm.local/guest
+
+go 1.19
