@@ -8,10 +8,14 @@
 //	          runtime's asynchronous preemption (SIGURG through tgkill) lets main run again
 //	nilptr    a nil pointer dereference: SIGSEGV becomes a Go panic, recovered
 //	echo      POST: the body back, with its length in X-Length
+//
+// Run natively with BENCH_CALLS=N BENCH_URL=/goserve/squares it times N calls of the same
+// handler (docs/BENCHMARKS.md).
 package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,6 +151,18 @@ func main() {
 	jobs := make(chan job)
 	for w := 0; w < 4; w++ {
 		go worker(jobs)
+	}
+	if calls, err := strconv.Atoi(os.Getenv("BENCH_CALLS")); err == nil && calls > 0 {
+		// Run natively (not in a VM): time the same handler on BENCH_URL, for
+		// docs/BENCHMARKS.md.
+		url := os.Getenv("BENCH_URL")
+		start := time.Now()
+		for i := 0; i < calls; i++ {
+			handle(&kvm.Request{Method: "GET", URL: url}, jobs)
+		}
+		per := time.Since(start) / time.Duration(calls)
+		fmt.Printf("%s: %.1f us per call\n", url, float64(per.Nanoseconds())/1000)
+		return
 	}
 	fmt.Println("goserve: ready")
 	for {

@@ -76,6 +76,15 @@ impl LinuxState {
                 0
             }),
             libc::SYS_getrlimit => Ok(self.sys_prlimit(0, a[0], a[1], mem)),
+            // Accepted and ignored, as prlimit's new limits (Go's runtime raises
+            // RLIMIT_NOFILE at start).
+            libc::SYS_setrlimit => Ok(if a[0] > 15 {
+                -EINVAL
+            } else if get::<Rlimit>(mem, a[1]).is_none() {
+                -EFAULT
+            } else {
+                0
+            }),
             libc::SYS_prlimit64 => Ok(self.sys_prlimit(a[0], a[1], a[3], mem)),
             libc::SYS_arch_prctl => Ok(self.sys_arch_prctl(a[0], a[1], cpu, mem)?),
             libc::SYS_futex => return self.sys_futex(a, cpu, mem),

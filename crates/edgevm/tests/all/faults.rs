@@ -90,6 +90,11 @@ fn cpu_faults_run_the_programs_handlers_with_siginfo_and_ucontext() {
     ] {
         let r = s.get(&format!("/faults/{action}"));
         assert_eq!(r.status, 500, "{action}: {}", r.text());
+        if crate::common::time_scale() > 1.0 && matches!(action, "loop" | "wild") {
+            // Under QEMU's software CPU (scripts/hwkvm.sh) 1,000 fault round trips outlast
+            // the request's time limit: it ends with the timeout instead.
+            continue;
+        }
         s.wait_log(log, Duration::from_secs(10));
     }
     assert_eq!(
