@@ -369,7 +369,7 @@ impl LinuxState {
             ));
         }
         self.syscall_return(cpu, &r, ret);
-        if self.timers_due(Instant::now()) {
+        if self.timers_armed() && self.timers_due(Instant::now()) {
             if let Err(e) = self.fire_timers(Instant::now()) {
                 return Ok(e);
             }

@@ -120,6 +120,11 @@ impl LinuxState {
         self.timers = Timers::default();
     }
 
+    /// Whether any timer exists (no clock read on a system call's path otherwise).
+    pub(super) fn timers_armed(&self) -> bool {
+        !self.timers.list.is_empty()
+    }
+
     /// Whether a timer is due now.
     pub(super) fn timers_due(&self, now: Instant) -> bool {
         self.next_timer().is_some_and(|t| t <= now)
