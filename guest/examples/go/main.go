@@ -16,6 +16,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,7 +82,8 @@ func nilptr() (msg string) {
 var spins uint64
 
 //go:noinline
-func spin(stop *int32) {
+func spin(stop, started *int32) {
+	atomic.StoreInt32(started, 1)
 	for atomic.LoadInt32(stop) == 0 {
 		spins++
 	}
@@ -131,8 +133,13 @@ func handle(req *kvm.Request, jobs chan<- job) (int, string) {
 		ok := time.Since(start) >= time.Duration(n)*time.Millisecond
 		return 200, fmt.Sprintf("sleep: %d ms, long enough %v\n", n, ok)
 	case "spin":
-		var stop int32
-		go spin(&stop)
+		var stop, started int32
+		go spin(&stop, &started)
+		// With one P the spinning goroutine runs from the first yield on: main gets past
+		// this loop and its sleep only when the runtime preempts it.
+		for atomic.LoadInt32(&started) == 0 {
+			runtime.Gosched()
+		}
 		time.Sleep(time.Duration(n) * time.Millisecond)
 		atomic.StoreInt32(&stop, 1)
 		return 200, fmt.Sprintf("spin: preempted %v\n", spins > 0)
