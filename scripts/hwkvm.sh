@@ -61,6 +61,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		# Not hostile::hostile_programs_are_contained_next_to_a_loaded_program: its catalog of
 		# privileged instructions meets QEMU TCG's own quirks (reserved MXCSR bits load without
 		# #GP, ICEBP is #UD), which real CPUs and KVM do not share.
+		wx::                                       # W^X: the page-table routine from CPL0 and CPL3
 		bench::exits_per_request_do_not_rise_above_the_record
 	)
 fi

@@ -23,9 +23,9 @@
    jump_supervisor / jump_syscall_stub / jump_trampoline / jump_entry_stub
                   calls into random bytes, address 0, beyond memory, a non-canonical
                   address, the kernel half, the CPL0 exception stubs, edgevm's user stubs
-   write_code     overwrites probe_value()'s code so it returns 666 and calls it: 200
-                  "value=666" (code pages are writable); the next request must see 42
-   write_rodata   overwrites a string literal
+   write_code     overwrites probe_value()'s code so it returns 666 and calls it: a
+                  page fault (code pages are read-only); the next request must see 42
+   write_rodata   overwrites a string literal: a page fault (read-only)
    write_stubs / write_fxsave / write_gdt / write_pagetables
                   writes edgevm's read-only user pages / supervisor pages
    write_io       fills the whole I/O area (request data, header tables) with garbage,

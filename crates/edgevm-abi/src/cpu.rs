@@ -17,20 +17,16 @@
 //! * CPU exceptions go through 32 IDT gates to tiny CPL0 stubs that push the vector and
 //!   `out $0xE1`: a few emulated instructions, on error paths only.
 //! * SMAP stays off (STAC/CLAC fail under kvm_pvm); VMCALL is never used (it hangs there).
-//! * Page tables identity-map the address space, are built once per program, and are never
-//!   rewritten: copy-on-write and reset happen on the host side (rewriting guest page tables
-//!   made the next entry cost ~1.1 ms under kvm_pvm in the reference engine).
+//! * Page tables identity-map the address space and are built once per program; copy-on-write
+//!   and reset happen on the host side (rewriting guest page tables made the next entry cost
+//!   ~1.1 ms under kvm_pvm in the reference engine). Only protection changes (`mprotect`,
+//!   `mmap` with other protections) rewrite entries, through [`crate::paging`].
 
 use edgevm_kvm::{kvm_regs, kvm_segment, kvm_sregs, GuestMemory, MemError};
 
 use crate::layout::{self, Layout};
 
-const P: u64 = 1;
-const RW: u64 = 2;
-const US: u64 = 4;
-const A: u64 = 0x20;
-const D: u64 = 0x40;
-const PS: u64 = 0x80;
+use crate::paging::{A, D, NX, P, PS, RW, US};
 
 /// MSR numbers written at setup.
 pub const MSR_STAR: u32 = 0xC000_0081;
@@ -240,8 +236,75 @@ pub const CALL_KEEP_STUB: [u8; 17] = [
     0xCC,
 ];
 
-/// Write GDT, TSS, IDT, stubs and page tables into a fresh guest memory.
-pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
+/// The #UD handler at [`layout::PT_HANDLER`], on its own IST stack (so a #UD at CPL0, in the
+/// hardware-KVM system call stub, never writes below the program's RSP). A #UD at
+/// [`layout::PT_TRIGGER`] with a batch queued is the page-table routine (see
+/// [`crate::paging`]): it stores every queued page-table range onto itself (a guest write the
+/// hypervisor follows), reloads CR3 (TLB flush) and returns to the RIP in the batch. Any
+/// other #UD (or the trigger reached with nothing queued: a program jumping there) goes to
+/// the ordinary exception stub, a crash report.
+///
+/// ```text
+///     cmpq $PT_TRIGGER,(%rsp); jne 3f
+///     push %rax; push %rcx; push %rsi; push %rdi; push %rdx
+///     mov  $PT_BATCH,%edx; mov (%rdx),%rax; test %rax,%rax; jz 2f
+///     cld
+/// 1:  mov 16(%rdx),%rdi; mov 24(%rdx),%rcx; mov %rdi,%rsi; rep movsq
+///     add $16,%rdx; dec %rax; jnz 1b
+///     mov $PT_BATCH,%edx; movq $0,(%rdx); mov 8(%rdx),%rax; mov %rax,40(%rsp)
+///     mov %cr3,%rax; mov %rax,%cr3
+///     pop %rdx; pop %rdi; pop %rsi; pop %rcx; pop %rax
+///     iretq
+/// 2:  pop %rdx; pop %rdi; pop %rsi; pop %rcx; pop %rax
+/// 3:  jmp EXC_STUBS+6*16
+/// ```
+pub fn pt_apply_handler() -> Vec<u8> {
+    let batch = (layout::PT_BATCH as u32).to_le_bytes();
+    let mut c = vec![0x48, 0x81, 0x3C, 0x24];
+    c.extend_from_slice(&(layout::PT_TRIGGER as u32).to_le_bytes());
+    c.extend_from_slice(&[0x0F, 0x85, 0, 0, 0, 0]); // jne rel32 (3f)
+    let jne_at = c.len() - 4;
+    c.extend_from_slice(&[0x50, 0x51, 0x56, 0x57, 0x52, 0xBA]);
+    c.extend_from_slice(&batch);
+    c.extend_from_slice(&[0x48, 0x8B, 0x02, 0x48, 0x85, 0xC0, 0x74, 0x00]);
+    let jz_at = c.len() - 1;
+    c.push(0xFC);
+    let lp = c.len();
+    c.extend_from_slice(&[
+        0x48, 0x8B, 0x7A, 0x10, 0x48, 0x8B, 0x4A, 0x18, 0x48, 0x89, 0xFE, 0xF3, 0x48, 0xA5, 0x48,
+        0x83, 0xC2, 0x10, 0x48, 0xFF, 0xC8, 0x75,
+    ]);
+    c.push((lp as i64 - (c.len() as i64 + 1)) as i8 as u8);
+    c.push(0xBA);
+    c.extend_from_slice(&batch);
+    c.extend_from_slice(&[
+        0x48, 0xC7, 0x02, 0, 0, 0, 0, 0x48, 0x8B, 0x42, 0x08, 0x48, 0x89, 0x44, 0x24, 0x28, 0x0F,
+        0x20, 0xD8, 0x0F, 0x22, 0xD8,
+    ]);
+    c.extend_from_slice(&[0x5A, 0x5F, 0x5E, 0x59, 0x58, 0x48, 0xCF]);
+    c[jz_at] = (c.len() - (jz_at + 1)) as u8;
+    c.extend_from_slice(&[0x5A, 0x5F, 0x5E, 0x59, 0x58]);
+    let here = (layout::PT_HANDLER + c.len() as u64) as i64;
+    c[jne_at..jne_at + 4].copy_from_slice(
+        &((here - (jne_at as i64 + 4 + layout::PT_HANDLER as i64)) as i32).to_le_bytes(),
+    );
+    let ud_stub = (layout::EXC_STUBS + 6 * 16) as i64;
+    c.push(0xE9);
+    c.extend_from_slice(&((ud_stub - (here + 5)) as i32).to_le_bytes());
+    c
+}
+
+/// `ud2` at [`layout::PT_TRIGGER`].
+pub const PT_TRIGGER_STUB: [u8; 2] = [0x0F, 0x0B];
+
+/// Write GDT, TSS, IDT, stubs and page tables into a fresh guest memory. User memory is
+/// read-write and non-executable (executable too below the stack with `executable_heap`);
+/// the ELF loader then gives its segments their own protections.
+pub fn write_system_tables(
+    mem: &mut GuestMemory,
+    l: &Layout,
+    executable_heap: bool,
+) -> Result<(), MemError> {
     // GDT
     for (i, e) in gdt_entries().iter().enumerate() {
         mem.write_u64(layout::GDT + 8 * i as u64, *e)?;
@@ -255,6 +318,7 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
         bitmap[port as usize / 8] &= !(1 << (port % 8));
     }
     mem.write(layout::TSS + 0x68, &bitmap)?;
+    mem.write_u64(layout::TSS + 0x24, layout::PT_STACK_TOP)?;
     // IDT and exception stubs: `push $vec; out %al,$0xE1; hlt; jmp .-1`
     for v in 0..32u64 {
         let stub = layout::EXC_STUBS + v * 16;
@@ -278,6 +342,14 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
         mem.write_u64(layout::IDT + v * 16 + 8, stub >> 32)?;
     }
     mem.write(layout::DEBUG_IRET, &[0x48, 0xCF])?;
+    // #UD goes to the page-table routine first (an interrupt gate on IST1).
+    let h = layout::PT_HANDLER;
+    mem.write(h, &pt_apply_handler())?;
+    let v = 6u64;
+    let lo = (h & 0xFFFF) | (0x08 << 16) | (0x8E01 << 32) | (((h >> 16) & 0xFFFF) << 48);
+    mem.write_u64(layout::IDT + v * 16, lo)?;
+    mem.write_u64(layout::IDT + v * 16 + 8, h >> 32)?;
+    mem.write(layout::PT_TRIGGER, &PT_TRIGGER_STUB)?;
     // User stubs
     mem.write(layout::SYSCALL_ENTRY, &SYSCALL_STUB)?;
     mem.write(layout::REQUEST_ENTRY, &request_entry_stub())?;
@@ -287,10 +359,10 @@ pub fn write_system_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemE
     mem.write(layout::CHAIN_STUB, &chain_stub())?;
     mem.write(layout::PAUSED_ENTRY, &paused_resume_stub())?;
     mem.write(layout::PROGRAM_START, &program_start_stub())?;
-    write_page_tables(mem, l)
+    write_page_tables(mem, l, executable_heap)
 }
 
-fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> {
+fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Result<(), MemError> {
     const MB2: u64 = 2 << 20;
     mem.write_u64(layout::PML4, layout::PDPT | P | RW | US | A)?;
     let gibs = l.mem_size.div_ceil(1 << 30);
@@ -305,11 +377,13 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> 
         let addr = page * 4096;
         let flags = match addr {
             0 => 0,
-            a if a == layout::USER_STUBS || a == layout::FXSAVE_AREA => P | US | A | D,
+            a if a == layout::USER_STUBS => P | US | A | D,
+            a if a == layout::FXSAVE_AREA => P | US | A | D | NX,
             a if (layout::IO_AREA..layout::IO_AREA + layout::IO_AREA_SIZE).contains(&a) => {
-                P | RW | US | A | D
+                P | RW | US | A | D | NX
             }
-            _ => P | RW | A | D,
+            a if a == layout::EXC_STUBS => P | RW | A | D,
+            _ => P | RW | A | D | NX,
         };
         mem.write_u64(
             layout::PT_LOW + 8 * page,
@@ -322,7 +396,7 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> 
         let e = if addr == l.guard_page {
             0
         } else {
-            addr | P | RW | US | A | D
+            addr | P | RW | US | A | D | NX
         };
         mem.write_u64(layout::PT_GUARD + 8 * page, e)?;
     }
@@ -332,8 +406,10 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout) -> Result<(), MemError> 
             layout::PT_LOW | P | RW | US | A
         } else if region == guard_region {
             layout::PT_GUARD | P | RW | US | A
-        } else {
+        } else if exec_heap && region < guard_region {
             region | P | RW | US | A | D | PS
+        } else {
+            region | P | RW | US | A | D | PS | NX
         };
         mem.write_u64(layout::PD_BASE + 8 * (region / MB2), e)?;
         region += MB2;
@@ -426,7 +502,7 @@ mod tests {
     fn tables_fit_and_map() {
         let l = Layout::new(64 << 20, 2 << 20).unwrap();
         let mut m = GuestMemory::new_shared(64 << 20).unwrap();
-        write_system_tables(&mut m, &l).unwrap();
+        write_system_tables(&mut m, &l, false).unwrap();
         // The guard page is not present, its neighbours are.
         let gi = (l.guard_page % (2 << 20)) / 4096;
         assert_eq!(m.read_u64(layout::PT_GUARD + 8 * gi).unwrap(), 0);
@@ -444,8 +520,8 @@ mod tests {
         assert!(layout::PROGRAM_START + program_start_stub().len() as u64 <= layout::ENTRY_SLOT);
         const { assert!(layout::ENTRY_SLOT + 8 <= layout::CHAIN_STUB) };
         assert!(layout::CHAIN_STUB + chain_stub().len() as u64 <= layout::PAUSED_ENTRY);
-        assert!(
-            layout::PAUSED_ENTRY + paused_resume_stub().len() as u64 <= layout::USER_STUBS + 0x1000
-        );
+        assert!(layout::PAUSED_ENTRY + paused_resume_stub().len() as u64 <= layout::PT_TRIGGER);
+        const { assert!(layout::DEBUG_IRET + 2 <= layout::PT_HANDLER) };
+        assert!(layout::PT_HANDLER + pt_apply_handler().len() as u64 <= layout::EXC_STUBS + 0x1000);
     }
 }

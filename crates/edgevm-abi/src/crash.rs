@@ -72,10 +72,19 @@ impl std::fmt::Display for CrashReport {
                 } else {
                     "reading"
                 };
-                let why = if e & 1 != 0 {
+                let system = crate::layout::PROTECTED
+                    .iter()
+                    .any(|&(lo, hi)| (lo..hi).contains(&a));
+                let why = if e & 1 == 0 {
+                    "page not mapped, or PROT_NONE"
+                } else if system {
                     "protection violation"
+                } else if e & 0x10 != 0 {
+                    "not executable"
+                } else if e & 2 != 0 {
+                    "read-only"
                 } else {
-                    "page not mapped"
+                    "protection violation"
                 };
                 write!(f, " {access} address {a:#x} ({why})")?;
             } else if let Some(e) = self.error_code.filter(|e| *e != 0) {

@@ -80,6 +80,9 @@ pub struct LoadedElf {
     pub kind: BinaryType,
     /// Function symbols for crash reports.
     pub symbols: Symbols,
+    /// The load segments as mapped: (first page, end page, PROT_* bits), in header order (a
+    /// page two segments share gets the later one's protection, as on Linux).
+    pub segments: Vec<(u64, u64, u32)>,
     raw_phdrs: Vec<u8>,
 }
 
@@ -171,6 +174,8 @@ impl LoadedElf {
             image_bytes,
             kind,
             symbols: Symbols { syms },
+            // A snapshot carries the page protections themselves (LinuxState::save_protections).
+            segments: Vec::new(),
             raw_phdrs,
         })
     }
@@ -351,6 +356,18 @@ fn load_into(
         .unwrap_or(&[])
         .to_vec();
     let syms = function_symbols(&elf, bias);
+    let segments = loads
+        .iter()
+        .map(|p| {
+            let vaddr = p.p_vaddr.wrapping_add(bias);
+            let f = p.p_flags;
+            let bit = |flag: u32, prot: u32| if f & flag != 0 { prot } else { 0 };
+            let prot = bit(program_header::PF_R, crate::paging::PROT_READ)
+                | bit(program_header::PF_W, crate::paging::PROT_WRITE)
+                | bit(program_header::PF_X, crate::paging::PROT_EXEC);
+            (vaddr & !0xFFF, (vaddr + p.p_memsz + 0xFFF) & !0xFFF, prot)
+        })
+        .collect();
     Ok(LoadedElf {
         entry: elf.entry.wrapping_add(bias),
         bias,
@@ -360,6 +377,7 @@ fn load_into(
         image_bytes: end - start,
         kind,
         symbols: Symbols { syms },
+        segments,
         raw_phdrs,
     })
 }
@@ -610,6 +628,7 @@ mod tests {
             end: 0x500000,
             image_bytes: 0x100000,
             kind: BinaryType::StaticPie,
+            segments: Vec::new(),
             symbols: Symbols {
                 syms: vec![(0x1000, 0x10, "a".into()), (0x2000, 0, "b".into())],
             },

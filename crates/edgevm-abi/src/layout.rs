@@ -9,15 +9,19 @@
 //! 0x0000_4000  exception stubs, CPL0    (supervisor)
 //! 0x0000_5000  user stubs: syscall entry, request entry, return trampoline (user, read-only)
 //! 0x0000_6000  frozen FXSAVE image      (user, read-only)
+//! 0x0000_7000  page-table routine stack, IST1 = 0x8000 (supervisor)
 //! 0x0000_8000  exception stack, RSP0 = 0x10000 (supervisor)
 //! 0x0001_0000  PML4, PDPT, low PT, guard PT    (supervisor)
+//! 0x0001_4000  page-table batch, 2 pages (supervisor)
+//! 0x0001_6000  page-table pool for split 2 MiB regions (supervisor)
 //! 0x0002_0000  host<->guest I/O area    (user)
-//! 0x0010_0000  page directories, 1 per GiB (supervisor)
+//! 0x0010_0000  page directories, 1 per GiB, then more page-table pool (supervisor)
 //! 0x0020_0000  user memory: ELF, brk heap ->  <- mmap | request body | guard | stack | shared
 //! ```
 //!
 //! Page-table pages are supervisor-only, so guest code at CPL3 can never change them, and they
-//! are written once at boot with Accessed/Dirty preset, so they never show up in dirty logs.
+//! are written with Accessed/Dirty preset, so the CPU never writes them. Protection changes
+//! after boot: [`crate::paging`].
 
 /// GDT.
 pub const GDT: u64 = 0x1000;
@@ -61,6 +65,21 @@ pub const CHAIN_STUB: u64 = USER_STUBS + 0x100;
 /// the request entry stub calls this trampoline, which loads RSP, R12, R13 and RIP of the
 /// paused point from [`edgevm_guest_abi::io::PAUSED_RESUME`] (see `cpu::paused_resume_stub`).
 pub const PAUSED_ENTRY: u64 = USER_STUBS + 0x180;
+/// Where the host sends the guest when page-table entries changed: a `ud2` whose #UD the
+/// CPL0 page-table routine takes (see [`crate::paging`]). A software interrupt would be the
+/// usual way in, but kvm_pvm answers `int $n` from CPL3 with #UD.
+pub const PT_TRIGGER: u64 = USER_STUBS + 0x1C0;
+/// The CPL0 page-table routine (`cpu::pt_apply_handler`), after the exception stubs: the
+/// #UD gate (on its own IST stack) leads there.
+pub const PT_HANDLER: u64 = EXC_STUBS + 0x240;
+/// Top of the page-table routine's stack (TSS.IST1; the page below it).
+pub const PT_STACK_TOP: u64 = 0x8000;
+/// The page-table batch (2 pages): count, return RIP, then (address, qwords) pairs.
+pub const PT_BATCH: u64 = 0x14000;
+/// Most pairs a batch holds.
+pub const PT_BATCH_MAX: usize = (0x2000 - 16) / 16;
+/// First low page of the page-table pool (up to the I/O area; see `paging::pool_page`).
+pub const PT_POOL_LOW: u64 = 0x16000;
 /// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
 pub const FXSAVE_AREA: u64 = 0x6000;
 /// Top of the exception stack (TSS.RSP0).

@@ -29,6 +29,7 @@ pub mod layout;
 pub mod linux;
 mod linux_abi;
 mod names;
+pub mod paging;
 pub mod regex;
 pub mod sandbox;
 pub mod snapcodec;

@@ -551,7 +551,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "executable_heap",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.executable_heap, v),
         is_default: same_as_default!(executable_heap),
     },

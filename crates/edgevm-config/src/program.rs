@@ -201,7 +201,7 @@ pub struct ProgramConfig {
     /// `relocate_fixed_mmap` (reference extra): default true.
     /// *Not supported yet* (when false).
     pub relocate_fixed_mmap: bool,
-    /// `executable_heap` (reference extra). *Not supported yet.*
+    /// `executable_heap` (reference extra): brk and mmap memory executable, W+X allowed.
     pub executable_heap: bool,
     /// `cold_start_file` (reference extra): VM snapshot file.
     /// *Not supported yet.*

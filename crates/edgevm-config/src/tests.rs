@@ -962,7 +962,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("smp", "4"),
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),
-        ("executable_heap", "true"),
         ("transparent_hugepages", "true"),
         ("executable_remapping", r#"["0x40000000", 2]"#),
         ("server", r#"{"port": 8080}"#),

@@ -28,7 +28,7 @@ pub fn api(data: &[u8]) {
     let mut inp = Input::new(data);
     let layout = Layout::new(MEM, 0).expect("layout");
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
-    write_system_tables(&mut mem, &layout).expect("system tables");
+    write_system_tables(&mut mem, &layout, false).expect("system tables");
     mem.set_protected(PROTECTED.to_vec());
 
     let headers: Vec<(String, String)> = (0..inp.u8() % 8)

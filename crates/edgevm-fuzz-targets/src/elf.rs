@@ -27,7 +27,7 @@ pub fn elf(data: &[u8]) {
     };
     let layout = Layout::new(MEM, 0).expect("layout");
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
-    write_system_tables(&mut mem, &layout).expect("system tables");
+    write_system_tables(&mut mem, &layout, false).expect("system tables");
     mem.set_protected(PROTECTED.to_vec());
     let low = crate::supervisor_bytes(&mem);
 

@@ -157,7 +157,7 @@ pub fn syscalls(data: &[u8]) {
         st.make_files_read_only();
     }
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
-    write_system_tables(&mut mem, &layout).expect("system tables");
+    write_system_tables(&mut mem, &layout, false).expect("system tables");
     mem.set_protected(PROTECTED.to_vec());
     let low = crate::supervisor_bytes(&mem);
     // Every input starts from the same state file.

@@ -65,6 +65,10 @@ pub struct GuestMemory {
     /// Ranges the guest program may not name in a pointer (its supervisor structures): the
     /// checked accessors refuse them like out-of-bounds addresses; `*_raw` bypass the check.
     protected: Vec<(u64, u64)>,
+    /// Where the guest's page directories start (they identity-map the memory, one per GiB,
+    /// contiguous): [`GuestMemory::write`] then writes only pages the guest could write
+    /// itself at CPL3. None: no such check (before the tables exist).
+    user_tables: Option<u64>,
     /// Page ranges [start, end) that are holes of the frozen image (never written by the main
     /// VM); views map anonymous memory there (see [`GuestMemory::find_holes`]).
     holes: Arc<Vec<(usize, usize)>>,
@@ -214,6 +218,7 @@ impl GuestMemory {
             host_list: Vec::new(),
             track_host_writes: false,
             protected: Vec::new(),
+            user_tables: None,
             holes: Arc::default(),
         })
     }
@@ -266,6 +271,7 @@ impl GuestMemory {
             host_list: Vec::new(),
             track_host_writes: true,
             protected: self.protected.clone(),
+            user_tables: self.user_tables,
             holes: self.holes.clone(),
         };
         for &(start, end) in self.holes.iter() {
@@ -313,6 +319,42 @@ impl GuestMemory {
     /// Refuse guest pointers into these ranges from now on (and in views forked later).
     pub fn set_protected(&mut self, ranges: Vec<(u64, u64)>) {
         self.protected = ranges;
+    }
+
+    /// From now on (and in views forked later), [`GuestMemory::write`] writes only pages that
+    /// the x86-64 page tables whose page directories start at `pd_base` (identity map, one
+    /// directory per GiB) make present, writable and user-accessible: a host write on the
+    /// guest's behalf cannot go where the guest itself could not write (its code).
+    pub fn set_user_write_check(&mut self, pd_base: u64) {
+        self.user_tables = Some(pd_base);
+    }
+
+    /// Whether the page tables let CPL3 write every page of `addr..addr+len` (in bounds).
+    fn user_writable(&self, addr: u64, len: usize) -> bool {
+        const P_RW_US: u64 = 7;
+        const PS: u64 = 0x80;
+        const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+        let Some(pd) = self.user_tables else {
+            return true;
+        };
+        let end = addr + len as u64;
+        let mut a = addr & !(PAGE_SIZE as u64 - 1);
+        while a < end {
+            let pde = self.read_raw_u64(pd + 8 * (a >> 21));
+            if pde & P_RW_US != P_RW_US {
+                return false;
+            }
+            if pde & PS != 0 {
+                a = (a | 0x1F_FFFF) + 1;
+                continue;
+            }
+            let pte = self.read_raw_u64((pde & ADDR) + 8 * ((a >> 12) & 511));
+            if pte & P_RW_US != P_RW_US {
+                return false;
+            }
+            a += PAGE_SIZE as u64;
+        }
+        true
     }
 
     fn raw_range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
@@ -453,8 +495,23 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Copy bytes into the guest.
+    /// Copy bytes into the guest, where the guest could write them itself (see
+    /// [`GuestMemory::set_user_write_check`]).
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        let off = self.range(addr, data.len())?;
+        if !self.user_writable(addr, data.len()) {
+            return Err(MemError::Protected {
+                addr,
+                len: data.len() as u64,
+            });
+        }
+        self.copy_in(off, data);
+        Ok(())
+    }
+
+    /// Copy bytes into the guest whatever its page protections say (outside the supervisor
+    /// structures): the debugger's breakpoints, a loader filling a mapping it protects next.
+    pub fn write_any_protection(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.range(addr, data.len())?;
         self.copy_in(off, data);
         Ok(())

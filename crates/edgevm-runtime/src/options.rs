@@ -52,6 +52,8 @@ pub struct VmOptions {
     pub allowed_paths: Vec<edgevm_abi::sandbox::PathRule>,
     /// current_working_directory (a guest path; "/" by default).
     pub cwd: String,
+    /// `executable_heap`: brk and mmap memory executable, W+X allowed.
+    pub executable_heap: bool,
     /// Outgoing network access (`sys_fetch`): policy and fetcher (crate::net).
     pub net: crate::net::NetAccess,
 }
@@ -80,6 +82,7 @@ impl VmOptions {
             state_file: None,
             allowed_paths: Vec::new(),
             cwd: "/".into(),
+            executable_heap: false,
             net: crate::net::NetAccess::default(),
         }
     }

@@ -158,7 +158,8 @@ impl RequestVm {
         // order, a subset of `kept`).
         self.hot.record(&kept, &self.unchanged);
         self.unchanged.clear();
-        self.inv.vm.linux = self.frozen.linux.clone();
+        let prev = std::mem::replace(&mut self.inv.vm.linux, self.frozen.linux.clone());
+        self.inv.vm.linux.reset_from(&prev);
         self.inv.vm.regex.restore(&self.frozen.regex);
         self.back_to_frozen_pause();
         let limit = self.inv.settings.limit_workmem_after_req;
@@ -202,7 +203,8 @@ impl RequestVm {
             self.inv.vm.printer.log(&format!("full reset failed: {e}"));
         }
         self.working.iter_mut().for_each(|w| *w = 0);
-        self.inv.vm.linux = self.frozen.linux.clone();
+        let prev = std::mem::replace(&mut self.inv.vm.linux, self.frozen.linux.clone());
+        self.inv.vm.linux.reset_from(&prev);
         self.inv.vm.regex.restore(&self.frozen.regex);
         self.back_to_frozen_pause();
     }

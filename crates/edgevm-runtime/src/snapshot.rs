@@ -52,7 +52,7 @@ pub use load::load;
 /// File magic.
 const MAGIC: &[u8; 8] = b"EDGEVMSN";
 /// Snapshot format version (bumped whenever what is written changes).
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 /// Header: magic, format, metadata length, data length, CRC-32 of the data (8 bytes, then 24
 /// zero), SHA-256 of the metadata (checked before anything in it is believed).
 const HEADER: usize = 96;
@@ -446,6 +446,7 @@ fn metadata(
         .save(&mut w)
         .map_err(SnapshotError::Unsupported)?;
     frozen.elf.save(&mut w);
+    frozen.linux.save_protections(&frozen.image, &mut w);
     let patterns = frozen.regex.patterns();
     w.u64(patterns.len() as u64);
     for p in &patterns {

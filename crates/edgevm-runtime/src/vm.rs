@@ -163,6 +163,8 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
 
 /// How long a guest thread runs before the host switches to another ready one.
 const THREAD_SLICE: Duration = Duration::from_millis(5);
+/// How long a thread switch waits for the page-table routine to return.
+const PT_ROUTINE_GRACE: Duration = Duration::from_millis(1);
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
 fn setup_cpu<M: MemoryView>(machine: &mut KvmMachine<KvmVcpu, M>) -> Result<(), RunError> {
@@ -261,7 +263,7 @@ impl MainVm {
         let size = opts.memory_size();
         let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
         let mut mem = MainMemory::new(size as usize)?;
-        cpu::write_system_tables(&mut mem, &layout)?;
+        cpu::write_system_tables(&mut mem, &layout, opts.executable_heap)?;
         mem.set_protected(layout::PROTECTED.to_vec());
         let exe = std::fs::canonicalize(&opts.program_path)
             .unwrap_or_else(|_| opts.program_path.clone())
@@ -304,7 +306,7 @@ impl MainVm {
         // %gs points at the per-vCPU data vcpuid()/vcpureqid() read (a program may move it).
         machine.cpu.set_gs_base(edgevm_abi::io::VCPU_INFO)?;
         *machine.cpu.regs_mut() = cpu::initial_regs(rsp);
-        let linux = LinuxState::new(
+        let mut linux = LinuxState::new(
             layout,
             LinuxConfig {
                 max_memory: opts.max_memory,
@@ -315,10 +317,15 @@ impl MainVm {
                 cwd: opts.cwd.clone(),
                 verbose: opts.verbose,
                 net: Some(opts.net.policy.clone()),
+                executable_heap: opts.executable_heap,
             },
             elf.end,
             elf.image_bytes,
         );
+        linux
+            .protect_segments(&mut machine.mem, &elf.segments)
+            .map_err(RunError::Emulation)?;
+        machine.mem.set_user_write_check(layout::PD_BASE);
         linux.check_cwd().map_err(|e| {
             RunError::Sandbox(format!(
                 "current_working_directory {:?}: {} (it must be a directory reachable through allowed_paths)",
@@ -361,6 +368,7 @@ impl MainVm {
         // Request VMs may read the state file, never write it (descriptors open now are
         // inherited read-only).
         linux.make_files_read_only();
+        linux.freeze_page_tables();
         regex.mark_frozen();
         Ok(Frozen {
             image: mem.freeze(),
@@ -486,6 +494,13 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                 self.thread_slice = Some(Instant::now() + THREAD_SLICE);
                 self.arm_timer()?;
             }
+            if let Some(to) = self
+                .linux
+                .page_table_redirect(&mut self.machine.mem, self.machine.cpu.regs().rip)
+            {
+                // Changed page protections: the vCPU re-reads them first (edgevm_abi::paging).
+                self.machine.cpu.regs_mut().rip = to;
+            }
             let exit = self.machine.cpu.run()?;
             match exit {
                 Exit::IoOut { port, .. } if port == layout::SYSCALL_PORT => {
@@ -561,7 +576,12 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             }
         }
         self.timer_exits += 1;
-        if self.thread_slice.is_some_and(|s| now >= s) {
+        if self.thread_slice.is_some_and(|s| now >= s)
+            && edgevm_abi::paging::in_routine(self.machine.cpu.regs().rip)
+        {
+            // Inside the page-table routine (edgevm_abi::paging): let it finish first.
+            self.thread_slice = Some(now + PT_ROUTINE_GRACE);
+        } else if self.thread_slice.is_some_and(|s| now >= s) {
             self.thread_slice = None;
             if let Err(end) = self
                 .linux

@@ -69,6 +69,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.state_file = p.filename.as_deref().map(VmOptions::state_path_for);
     vm.allowed_paths = allowed_paths(p);
     vm.cwd = p.current_working_directory.clone();
+    vm.executable_heap = p.executable_heap;
     ProgramSettings {
         vm,
         concurrency: p.concurrency,

@@ -563,6 +563,7 @@ fn run_options(
     o.raw_output = a.raw;
     o.storage = false;
     o.debug = pc.allow_debug;
+    o.executable_heap = pc.executable_heap;
     o.gdb = edgevm_server::programs::debug_settings(pc);
     if let Some(addr) = &a.gdb {
         let listen = edgevm_config::parse_debug_listen(addr).map_err(anyhow::Error::msg)?;

@@ -9,6 +9,7 @@ use edgevm_kvm::GuestMemory;
 use super::{page_up, LinuxState, PAGE};
 use crate::errno::*;
 use crate::layout;
+use crate::paging::{PROT_EXEC, PROT_READ, PROT_WRITE};
 
 /// Anonymous memory handed out by mmap, below the stack guard page.
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ impl LinuxState {
     pub(super) fn mem_call(&mut self, nr: i64, a: [u64; 6], mem: &mut GuestMemory) -> Option<i64> {
         Some(match nr {
             libc::SYS_mmap => self.sys_mmap(a, mem),
-            libc::SYS_mprotect => 0, // accepted, not enforced
+            libc::SYS_mprotect => self.sys_mprotect(a[0], a[1], a[2], mem),
             libc::SYS_munmap => self.sys_munmap(a[0], a[1]),
             libc::SYS_brk => self.sys_brk(a[0], mem),
             libc::SYS_mremap => self.sys_mremap(a, mem),
@@ -114,6 +115,14 @@ impl LinuxState {
                 return self.brk as i64;
             }
             self.brk_high = self.brk_high.max(new);
+            let prot = self.heap_prot(PROT_READ | PROT_WRITE);
+            if self
+                .pt
+                .set_range(mem, &self.layout, self.brk, new, prot)
+                .is_err()
+            {
+                return self.brk as i64;
+            }
         }
         self.brk = new;
         req as i64
@@ -127,7 +136,13 @@ impl LinuxState {
         if len == 0 || len > self.layout.mem_size {
             return None;
         }
-        self.alloc(len, mem)
+        let at = self.alloc(len, mem)?;
+        let prot = self.heap_prot(PROT_READ | PROT_WRITE);
+        if self.protect(mem, at, len, prot) < 0 {
+            self.mmap.give_back(at, len);
+            return None;
+        }
+        Some(at)
     }
 
     pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
@@ -163,7 +178,84 @@ impl LinuxState {
         Some(at)
     }
 
+    /// Protection of new brk/mmap memory: as asked, plus execute with `executable_heap`.
+    fn heap_prot(&self, prot: u32) -> u32 {
+        if self.cfg.executable_heap && prot != 0 {
+            prot | PROT_EXEC
+        } else {
+            prot
+        }
+    }
+
+    /// W^X: writable and executable at once only with `executable_heap`.
+    fn wx_refused(&self, prot: u64) -> bool {
+        prot & 6 == 6 && !self.cfg.executable_heap
+    }
+
+    /// Give `start..start+len` the protection `prot` (PROT_* bits); -ENOMEM when a page
+    /// table cannot be found for it.
+    pub(super) fn protect(
+        &mut self,
+        mem: &mut GuestMemory,
+        start: u64,
+        len: u64,
+        prot: u32,
+    ) -> i64 {
+        match self
+            .pt
+            .set_range(mem, &self.layout, start, start + len, prot)
+        {
+            Ok(()) => 0,
+            Err(_) => -ENOMEM,
+        }
+    }
+
+    fn sys_mprotect(&mut self, addr: u64, len: u64, prot: u64, mem: &mut GuestMemory) -> i64 {
+        if !addr.is_multiple_of(PAGE) || prot & !7 != 0 {
+            return -EINVAL;
+        }
+        let len = page_up(len);
+        if len == 0 {
+            return 0;
+        }
+        let Some(end) = addr.checked_add(len) else {
+            return -ENOMEM;
+        };
+        let l = &self.layout;
+        let heap = addr >= layout::USER_BASE && end <= self.mmap.top;
+        let stack = addr >= l.stack_bottom && end <= l.stack_top;
+        if !heap && !stack {
+            return -ENOMEM;
+        }
+        if self.wx_refused(prot) {
+            return -EACCES;
+        }
+        self.protect(mem, addr, len, prot as u32)
+    }
+
     fn sys_mmap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
+        const MAP_ANONYMOUS: u64 = 0x20;
+        let prot = a[2] & 7;
+        if self.wx_refused(prot) {
+            return -EACCES;
+        }
+        if a[3] & MAP_ANONYMOUS == 0 {
+            return self.mmap_file(a, mem);
+        }
+        let at = self.mmap_anon(a, mem);
+        if at < 0 {
+            return at;
+        }
+        let prot = self.heap_prot(prot as u32);
+        let r = self.protect(mem, at as u64, page_up(a[1]), prot);
+        if r < 0 {
+            self.sys_munmap(at as u64, a[1]);
+            return r;
+        }
+        at
+    }
+
+    fn mmap_anon(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
         const MAP_FIXED: u64 = 0x10;
         const MAP_ANONYMOUS: u64 = 0x20;
         const MAP_FIXED_NOREPLACE: u64 = 0x100000;
@@ -223,7 +315,6 @@ impl LinuxState {
     /// MAP_SHARED read-only (the copy does not follow later changes of the file); a shared
     /// writable mapping, whose writes would have to reach the file, is refused with ENODEV.
     fn mmap_file(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
-        const PROT_WRITE: u64 = 2;
         const MAP_SHARED: u64 = 1;
         const MAP_ANONYMOUS: u64 = 0x20;
         let (len, prot, flags, fd, off) = (a[1], a[2], a[3], a[4] as i64 as i32, a[5]);
@@ -238,16 +329,22 @@ impl LinuxState {
         if !file.read {
             return -EACCES;
         }
-        if flags & 3 == MAP_SHARED && prot & PROT_WRITE != 0 {
+        if flags & 3 == MAP_SHARED && prot & u64::from(PROT_WRITE) != 0 {
             return if file.write { -ENODEV } else { -EACCES };
         }
         let mut anon = a;
         anon[3] |= MAP_ANONYMOUS;
-        let at = self.sys_mmap(anon, mem);
+        let at = self.mmap_anon(anon, mem);
         if at < 0 {
             return at;
         }
         let at = at as u64;
+        // Readable and writable while the host copies the file in; then as asked.
+        let r = self.protect(mem, at, page_up(len), PROT_READ | PROT_WRITE);
+        if r < 0 {
+            self.sys_munmap(at, len);
+            return r;
+        }
         let mut buf = vec![0u8; (len as usize).min(1 << 20)];
         let mut done = 0u64;
         while done < len {
@@ -269,6 +366,12 @@ impl LinuxState {
             if n < want {
                 break;
             }
+        }
+        let prot = self.heap_prot((prot & 7) as u32);
+        let r = self.protect(mem, at, page_up(len), prot);
+        if r < 0 {
+            self.sys_munmap(at, len);
+            return r;
         }
         at as i64
     }
@@ -306,6 +409,11 @@ impl LinuxState {
                 if mem.zero(next, extra as usize).is_err() {
                     return -ENOMEM;
                 }
+                let prot = crate::paging::prot_at(mem, old);
+                let r = self.protect(mem, next, extra, prot);
+                if r < 0 {
+                    return r;
+                }
                 return old as i64;
             }
         }
@@ -315,12 +423,18 @@ impl LinuxState {
         let Some(new) = self.alloc(new_len, mem) else {
             return -ENOMEM;
         };
+        let prot = crate::paging::prot_at(mem, old);
+        let r = self.protect(mem, new, new_len, prot);
+        if r < 0 {
+            self.mmap.give_back(new, new_len);
+            return r;
+        }
         let mut off = 0;
         while off < old_len {
             let n = (old_len - off).min(1 << 20) as usize;
             match mem.read_vec(old + off, n) {
                 Ok(d) => {
-                    if mem.write(new + off, &d).is_err() {
+                    if mem.write_any_protection(new + off, &d).is_err() {
                         return -EFAULT;
                     }
                 }

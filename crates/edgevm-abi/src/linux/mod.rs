@@ -7,8 +7,9 @@
 //! Memory model: the address space is identity-mapped and pre-mapped; `brk` grows up from the
 //! end of the ELF image, anonymous `mmap` allocates down from the stack guard page, and the two
 //! meet in the middle. Everything handed out is counted against `max_memory`, so a program that
-//! allocates past it gets `ENOMEM`, as on Linux under a memory limit. `mprotect` is accepted
-//! but not enforced (pages stay read-write); `munmap`ped ranges are reused and zeroed on reuse.
+//! allocates past it gets `ENOMEM`, as on Linux under a memory limit. Protections (`mprotect`,
+//! `mmap`'s `prot`) are enforced in the page tables ([`crate::paging`]); `munmap`ped ranges are
+//! reused and zeroed on reuse.
 //! Signals the program sends itself or its threads run their `rt_sigaction` handlers
 //! ([`signals`]); one with a default action ends it, as `abort()` expects. CPU faults (SIGSEGV,
 //! SIGFPE, SIGILL, SIGBUS, SIGTRAP) run the program's handler when it installed one
@@ -44,6 +45,7 @@ use edgevm_kvm::{kvm_regs, GuestMemory, KvmError, Vcpu, PAGE_SIZE};
 use crate::errno::{self, *};
 use crate::layout::{self, Layout};
 use crate::names::syscall_name;
+use crate::paging::PageTables;
 use crate::sandbox::{PathRule, Sandbox};
 use fds::FdTable;
 use mem::MmapArea;
@@ -113,6 +115,9 @@ pub struct LinuxConfig {
     pub verbose: bool,
     /// Where the program's sockets may connect (None: public addresses only).
     pub net: Option<Arc<edgevm_netpolicy::NetPolicy>>,
+    /// `executable_heap`: brk and mmap memory is executable, and may be writable and
+    /// executable at once.
+    pub executable_heap: bool,
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -160,6 +165,8 @@ pub struct LinuxState {
     net_base: u64,
     /// Refused destinations logged (fds/socket.rs).
     net_refusals: u32,
+    /// Page protections (see [`crate::paging`]).
+    pt: PageTables,
 }
 
 impl LinuxState {
@@ -199,7 +206,47 @@ impl LinuxState {
             net_bytes: 0,
             net_base: 0,
             net_refusals: 0,
+            pt: PageTables::default(),
         }
+    }
+
+    /// Give the ELF segments their protections (before the vCPU first runs): code
+    /// read+execute, read-only data read-only, data read-write.
+    pub fn protect_segments(
+        &mut self,
+        mem: &mut GuestMemory,
+        segments: &[(u64, u64, u32)],
+    ) -> Result<(), String> {
+        for &(start, end, prot) in segments {
+            self.pt
+                .set_range(mem, &self.layout, start, end, prot)
+                .map_err(|e| format!("cannot map the ELF segments: {e:?}"))?;
+        }
+        // The vCPU has not run: nothing it could have cached.
+        self.pt.freeze();
+        Ok(())
+    }
+
+    /// The program is frozen: its page tables are the image's from now on.
+    pub fn freeze_page_tables(&mut self) {
+        self.pt.freeze();
+    }
+
+    /// This state replaces `prev` at a reset (a clone of the frozen state): the page-table
+    /// entries `prev` changed must be re-read by the vCPU before it runs again.
+    pub fn reset_from(&mut self, prev: &LinuxState) {
+        self.pt.after_reset(&prev.pt);
+    }
+
+    /// Before the vCPU runs on from `rip`: where it must go instead to re-read changed
+    /// page-table entries first (see [`crate::paging`]); None when nothing changed.
+    pub fn page_table_redirect(&mut self, mem: &mut GuestMemory, rip: u64) -> Option<u64> {
+        self.pt.redirect(mem, rip)
+    }
+
+    /// Pool pages the page tables use (snapshots).
+    pub fn page_table_pool_used(&self) -> usize {
+        self.pt.pool_used()
     }
 
     /// The program is being frozen: the state file becomes read-only for every VM forked from

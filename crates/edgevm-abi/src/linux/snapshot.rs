@@ -61,6 +61,35 @@ impl LinuxState {
         Ok(())
     }
 
+    /// Encode the page protections of the frozen image `mem` (after [`LinuxState::save`]).
+    pub fn save_protections(&self, mem: &edgevm_kvm::GuestMemory, w: &mut Writer) {
+        let runs = crate::paging::protection_runs(mem, &self.layout);
+        w.u64(runs.len() as u64);
+        for (s, e, p) in runs {
+            w.u64(s).u64(e).u64(u64::from(p));
+        }
+    }
+
+    /// Decode what [`LinuxState::save_protections`] wrote: (start, end, PROT_* bits) runs
+    /// for [`LinuxState::protect_segments`] on the fresh page tables of the loaded image.
+    /// Ranges outside user memory are refused.
+    pub fn read_protections(&self, r: &mut Reader) -> Result<Vec<(u64, u64, u32)>, DecodeError> {
+        let mut runs = Vec::new();
+        for _ in 0..r.count(24)? {
+            let (s, e, p) = (r.u64()?, r.u64()?, r.u64()?);
+            if s < crate::layout::USER_BASE
+                || e > self.layout.mem_size
+                || s >= e
+                || (s | e) % 4096 != 0
+                || p > 7
+            {
+                return Err(DecodeError(format!("bad protection range {s:#x}..{e:#x}")));
+            }
+            runs.push((s, e, p as u32));
+        }
+        Ok(runs)
+    }
+
     /// Decode what [`LinuxState::save`] wrote, for a program with this layout and
     /// configuration (its files read-only, as in a frozen program). Addresses outside the
     /// layout are refused.
@@ -146,6 +175,7 @@ impl LinuxState {
             net_bytes: 0,
             net_base: 0,
             net_refusals: 0,
+            pt: Default::default(),
         })
     }
 }

@@ -324,7 +324,7 @@ impl<C: Vcpu, M: MemoryView> SingleThreadBase for Vm<C, M> {
         }
         self.machine
             .mem
-            .write(start, data)
+            .write_any_protection(start, data)
             .map_err(|_| TargetError::Errno(14))
     }
 
@@ -411,7 +411,12 @@ impl<C: Vcpu, M: MemoryView> SwBreakpoint for Vm<C, M> {
         }
         let mut b = [0u8];
         self.machine.mem.read_raw(addr, &mut b).map_err(fatal)?;
-        if self.machine.mem.write(addr, &[INT3]).is_err() {
+        if self
+            .machine
+            .mem
+            .write_any_protection(addr, &[INT3])
+            .is_err()
+        {
             return Ok(false);
         }
         dbg(self).sw.insert(addr, b[0]);
@@ -422,7 +427,10 @@ impl<C: Vcpu, M: MemoryView> SwBreakpoint for Vm<C, M> {
         let Some(b) = dbg(self).sw.remove(&addr) else {
             return Ok(false);
         };
-        self.machine.mem.write(addr, &[b]).map_err(fatal)?;
+        self.machine
+            .mem
+            .write_any_protection(addr, &[b])
+            .map_err(fatal)?;
         Ok(true)
     }
 }

@@ -44,7 +44,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     let use_xsave = r.bool().map_err(corrupt)?;
     let (handlers, ephemeral_override, paused) = read_handlers(&mut r)?;
     let layout = Layout::new(size, o.shared_memory).map_err(SnapshotError::Io)?;
-    let linux = LinuxState::restore(
+    let mut linux = LinuxState::restore(
         layout,
         LinuxConfig {
             max_memory: o.max_memory,
@@ -55,11 +55,13 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             cwd: o.cwd.clone(),
             verbose: o.verbose,
             net: Some(o.net.policy.clone()),
+            executable_heap: o.executable_heap,
         },
         &mut r,
     )
     .map_err(corrupt)?;
     let elf = elf::LoadedElf::restore(&mut r).map_err(corrupt)?;
+    let protections = linux.read_protections(&mut r).map_err(corrupt)?;
     let mut patterns = Vec::new();
     for _ in 0..r.count(8).map_err(corrupt)? {
         patterns.push(match r.u64().map_err(corrupt)? {
@@ -76,7 +78,13 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     phase("image read and checked");
     // This build's supervisor structures, whatever the file held there (the FPU image and
     // the entry slot the freeze wrote are not among them).
-    cpu::write_system_tables(&mut mem, &layout).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    cpu::write_system_tables(&mut mem, &layout, o.executable_heap)
+        .map_err(|e| SnapshotError::Io(e.to_string()))?;
+    // Page protections as the program left them, in tables this build writes.
+    linux
+        .protect_segments(&mut mem, &protections)
+        .map_err(corrupt)?;
+    mem.set_user_write_check(layout::PD_BASE);
     mem.set_protected(layout::PROTECTED.to_vec());
     mem.find_holes(layout.shared_start as usize);
     let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;

@@ -250,8 +250,9 @@ fn catalog() -> Vec<(String, Want)> {
         ("jump_trampoline", Fail(&["response not set"])),
         ("jump_entry_stub", Fail(ANY)),
         // Writing over code, read-only data and edgevm's pages
-        ("write_code", Answer(200, "value=666")),
-        ("write_rodata", Answer(200, "rodata=OVERWRITTEN")),
+        // W^X: code and read-only data are read-only (docs/SECURITY.md).
+        ("write_code", Fail(&["(read-only)"])),
+        ("write_rodata", Fail(&["(read-only)"])),
         ("write_stubs", Fail(&["protection violation"])),
         ("write_fxsave", Fail(&["protection violation"])),
         ("write_gdt", Fail(&["protection violation"])),

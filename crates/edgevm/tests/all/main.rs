@@ -42,3 +42,4 @@ mod stream_post;
 mod threads;
 mod ux;
 mod varnish;
+mod wx;

@@ -1,0 +1,135 @@
+//! Page protections (issue 15, item 5): code read+execute, data, heap and stack
+//! non-executable, read-only segments read-only, `mprotect` enforced (a JIT maps RW, writes,
+//! makes it RX), `executable_heap`, and a request's protection changes undone by its reset —
+//! in the page tables, the TLB and, under kvm_pvm, the hypervisor's shadow tables.
+//! Guest: guest/tests/wx.c (its main() already ran a JIT at boot, or it would not be ready).
+
+use std::sync::Arc;
+
+use edgevm_runtime::request::GuestRequest;
+use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
+use edgevm_runtime::vm::{BootOutcome, MainVm, VmOptions};
+
+use crate::common::{guest, require_kvm};
+
+fn request_vm(executable_heap: bool, keep_working_memory: bool) -> RequestVm {
+    require_kvm();
+    let path = guest("wx");
+    let bytes = std::fs::read(&path).expect("read the wx guest");
+    let mut opts = VmOptions::new("wx", path, bytes);
+    opts.raw_output = true;
+    opts.executable_heap = executable_heap;
+    let (vm, report) = MainVm::boot(opts).expect("boot wx");
+    assert_eq!(report.outcome, BootOutcome::Ready, "{report:?}");
+    let frozen = Arc::new(vm.freeze().expect("freeze"));
+    let settings = RequestSettings {
+        keep_working_memory,
+        ..Default::default()
+    };
+    RequestVm::new(frozen, settings, None).expect("request VM")
+}
+
+fn get(vm: &mut RequestVm, mode: &str) -> Result<String, String> {
+    let req = GuestRequest {
+        method: "GET".into(),
+        url: format!("/?m={mode}"),
+        ..Default::default()
+    };
+    let (r, _) = vm.handle(&req);
+    match r {
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.message),
+    }
+}
+
+fn ok(vm: &mut RequestVm, mode: &str, want: &str) {
+    assert_eq!(get(vm, mode).as_deref(), Ok(want), "{mode}");
+}
+
+fn crashes(vm: &mut RequestVm, mode: &str, want: &str) {
+    let e = get(vm, mode).expect_err(mode);
+    assert!(e.contains(want), "{mode}: {e}");
+    // The VM serves on, as the image left it.
+    ok(vm, "write_data", "ok 1");
+}
+
+#[test]
+fn code_is_not_writable_and_data_heap_stack_are_not_executable() {
+    let mut vm = request_vm(false, false);
+    crashes(&mut vm, "exec_heap", "executing address");
+    crashes(&mut vm, "exec_heap", "(not executable)");
+    crashes(&mut vm, "exec_stack", "(not executable)");
+    crashes(&mut vm, "exec_data", "(not executable)");
+    crashes(&mut vm, "call_frozen", "(not executable)");
+    crashes(&mut vm, "write_code", "writing address");
+    crashes(&mut vm, "write_code", "(read-only)");
+    crashes(&mut vm, "write_rodata", "(read-only)");
+    // W^X: writable and executable at once is refused (EACCES), for mmap and mprotect.
+    ok(&mut vm, "rwx", "mmap=13 mprotect=13 ran=0,0");
+}
+
+#[test]
+fn a_jit_maps_rw_then_rx_and_loses_write() {
+    let mut vm = request_vm(false, false);
+    for _ in 0..3 {
+        ok(&mut vm, "jit", "jit=42");
+    }
+    crashes(&mut vm, "jit_write", "(read-only)");
+    ok(&mut vm, "jit", "jit=42");
+}
+
+#[test]
+fn a_requests_mprotect_is_undone_by_its_reset() {
+    for keep in [false, true] {
+        let mut vm = request_vm(false, keep);
+        for _ in 0..2 {
+            // Read-only for one request, writable again in the next.
+            ok(&mut vm, "protect_data", "ok 0");
+            ok(&mut vm, "write_data", "ok 1");
+            // Executable for one request (a page of the frozen image), NX again after.
+            ok(&mut vm, "exec_frozen", "frozen=42 (0)");
+            crashes(&mut vm, "call_frozen", "(not executable)");
+            // PROT_NONE: the read faults, the next request reads and writes it.
+            crashes(&mut vm, "none", "page not mapped, or PROT_NONE");
+            ok(&mut vm, "write_data", "ok 1");
+            ok(&mut vm, "jit", "jit=42");
+        }
+    }
+}
+
+#[test]
+fn hostile_mprotect_arguments_get_linux_errors() {
+    let mut vm = request_vm(false, false);
+    // EINVAL (22): unaligned, unknown protection bits; ENOMEM (12): outside the program's
+    // memory (NULL page, page tables, I/O area), wrapping or huge lengths; a zero length
+    // changes nothing.
+    ok(
+        &mut vm,
+        "hostile",
+        "unaligned=22 badprot=22 null=12 kernel=12 io=12 wrap=12 huge=12 zero=0 growsdown=22",
+    );
+    ok(&mut vm, "write_data", "ok 1");
+}
+
+#[test]
+fn system_calls_cannot_write_code() {
+    let mut vm = request_vm(false, false);
+    // EFAULT (14) into code, read-only data and a PROT_READ mapping; data is writable.
+    ok(
+        &mut vm,
+        "syscall_code",
+        "code=14 rodata=14 ro=14 data=0 helper=7",
+    );
+}
+
+#[test]
+fn executable_heap_allows_writable_executable_memory() {
+    let mut vm = request_vm(true, false);
+    ok(&mut vm, "rwx", "mmap=0 mprotect=0 ran=42,42");
+    ok(&mut vm, "exec_heap", "ran 42");
+    // Code, data and the stack keep their protections.
+    crashes(&mut vm, "write_code", "(read-only)");
+    crashes(&mut vm, "exec_stack", "(not executable)");
+    crashes(&mut vm, "exec_data", "(not executable)");
+}

@@ -1,0 +1,176 @@
+/* wx.c: page protections (W^X, mprotect, executable_heap), tested by
+   crates/edgevm/tests/all/wx.rs.
+
+   At boot: a JIT the usual way (mmap RW, write code, mprotect RX, call: must give 42), and
+   `frozen_code`, a RW page holding code (never made executable).
+
+   GET /?m=MODE, where MODE is one of:
+     exec_heap, exec_stack, exec_data   call code written to malloc/stack/.data memory
+     write_code, write_rodata           write to a function / a string literal
+     jit                                mmap RW, write, mprotect RX, call: "jit=42"
+     jit_write                          the same, then write to the RX page
+     rwx                                "mmap=E mprotect=E": errno (0 = allowed, then the
+                                        code in it is called and must give 42)
+     protect_data                       mprotect(data_page, PROT_READ): "ok"
+     write_data                         data_page[0]++: "ok N"
+     exec_frozen                        mprotect(frozen_code, RX) and call it: "frozen=42"
+     call_frozen                        call frozen_code as it is (NX)
+     none                               mprotect(data_page, PROT_NONE), then read it
+     hostile                            mprotect with bad arguments: their errnos
+     syscall_code                       system calls writing into code / rodata / a
+                                        PROT_READ page: their errnos, then helper() */
+#include "kvm_api.h"
+#include "test_util.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+typedef int (*fn_t)(void);
+static const unsigned char code42[] = { 0xB8, 42, 0, 0, 0, 0xC3 }; /* mov $42,%eax; ret */
+
+static unsigned char data_page[PAGE] __attribute__((aligned(PAGE)));
+static unsigned char *frozen_code;
+static int boot_jit;
+
+__attribute__((noinline, used)) int helper(void);
+__attribute__((noinline, used)) int helper(void)
+{
+	return 7;
+}
+
+static int call(void *p)
+{
+	fn_t f;
+	memcpy(&f, &p, sizeof(f));
+	return f();
+}
+
+static int jit(int write_after)
+{
+	unsigned char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -1;
+	memcpy(p, code42, sizeof(code42));
+	if (mprotect(p, PAGE, PROT_READ | PROT_EXEC) != 0)
+		return -2;
+	const int r = call(p);
+	if (write_after)
+		((volatile unsigned char *)p)[0] = 0xC3;
+	return r;
+}
+
+static long sys_mprotect(unsigned long a, unsigned long l, unsigned long p)
+{
+	const long r = syscall(SYS_mprotect, a, l, p);
+	return r < 0 ? errno : r;
+}
+
+static void on_get(const char *url, const char *arg)
+{
+	(void)arg;
+	char m[32] = "", out[256];
+	const char *q = query_param(url, "m");
+	for (size_t i = 0; q != NULL && q[i] != '\0' && q[i] != '&' && i + 1 < sizeof(m); i++)
+		m[i] = q[i], m[i + 1] = '\0';
+	if (strcmp(m, "exec_heap") == 0) {
+		unsigned char *p = malloc(64);
+		memcpy(p, code42, sizeof(code42));
+		snprintf(out, sizeof(out), "ran %d", call(p));
+	} else if (strcmp(m, "exec_stack") == 0) {
+		unsigned char buf[64];
+		memcpy(buf, code42, sizeof(code42));
+		snprintf(out, sizeof(out), "ran %d", call(buf));
+	} else if (strcmp(m, "exec_data") == 0) {
+		memcpy(data_page, code42, sizeof(code42));
+		snprintf(out, sizeof(out), "ran %d", call(data_page));
+	} else if (strcmp(m, "write_code") == 0) {
+		unsigned char *h;
+		fn_t f = helper;
+		memcpy(&h, &f, sizeof(h));
+		*(volatile unsigned char *)h = 0xC3;
+		snprintf(out, sizeof(out), "wrote code");
+	} else if (strcmp(m, "write_rodata") == 0) {
+		static const char lit[] = "a string literal in .rodata";
+		*(volatile char *)lit = 'X';
+		snprintf(out, sizeof(out), "wrote rodata");
+	} else if (strcmp(m, "jit") == 0 || strcmp(m, "jit_write") == 0) {
+		snprintf(out, sizeof(out), "jit=%d", jit(m[3] == '_'));
+	} else if (strcmp(m, "rwx") == 0) {
+		void *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE | PROT_EXEC,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const int e1 = p == MAP_FAILED ? errno : 0;
+		unsigned char *q2 = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const int e2 = mprotect(q2, PAGE, PROT_READ | PROT_WRITE | PROT_EXEC) != 0 ? errno : 0;
+		int r1 = 0, r2 = 0;
+		if (e1 == 0) {
+			memcpy(p, code42, sizeof(code42));
+			r1 = call(p);
+		}
+		if (e2 == 0) {
+			memcpy(q2, code42, sizeof(code42));
+			r2 = call(q2);
+		}
+		snprintf(out, sizeof(out), "mmap=%d mprotect=%d ran=%d,%d", e1, e2, r1, r2);
+	} else if (strcmp(m, "protect_data") == 0) {
+		snprintf(out, sizeof(out), "ok %ld", sys_mprotect((unsigned long)data_page, PAGE, PROT_READ));
+	} else if (strcmp(m, "write_data") == 0) {
+		((volatile unsigned char *)data_page)[0]++;
+		snprintf(out, sizeof(out), "ok %d", data_page[0]);
+	} else if (strcmp(m, "exec_frozen") == 0) {
+		const long e = sys_mprotect((unsigned long)frozen_code, PAGE, PROT_READ | PROT_EXEC);
+		snprintf(out, sizeof(out), "frozen=%d (%ld)", e == 0 ? call(frozen_code) : -1, e);
+	} else if (strcmp(m, "call_frozen") == 0) {
+		snprintf(out, sizeof(out), "ran %d", call(frozen_code));
+	} else if (strcmp(m, "none") == 0) {
+		const long e = sys_mprotect((unsigned long)data_page, PAGE, PROT_NONE);
+		snprintf(out, sizeof(out), "read %d after %ld", ((volatile unsigned char *)data_page)[1], e);
+	} else if (strcmp(m, "hostile") == 0) {
+		const unsigned long d = (unsigned long)data_page;
+		snprintf(out, sizeof(out),
+			 "unaligned=%ld badprot=%ld null=%ld kernel=%ld io=%ld wrap=%ld huge=%ld zero=%ld growsdown=%ld",
+			 sys_mprotect(d + 1, PAGE, PROT_READ), sys_mprotect(d, PAGE, 8),
+			 sys_mprotect(0, PAGE, PROT_READ), sys_mprotect(0x10000, PAGE, PROT_READ | PROT_WRITE),
+			 sys_mprotect(0x20000, PAGE, PROT_READ), sys_mprotect(d, ~0UL - d, PROT_READ),
+			 sys_mprotect(d, 1UL << 46, PROT_READ), sys_mprotect(d, 0, PROT_READ),
+			 sys_mprotect(d, PAGE, PROT_READ | 0x01000000));
+	} else if (strcmp(m, "syscall_code") == 0) {
+		unsigned char *h;
+		fn_t f = helper;
+		memcpy(&h, &f, sizeof(h));
+		static const char lit[64] = "rodata";
+		unsigned char *ro = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const long g1 = getrandom(h, 16, 0) < 0 ? errno : 0;
+		const long g2 = clock_gettime(CLOCK_REALTIME, (struct timespec *)(void *)lit) < 0 ? errno : 0;
+		const long g3 = getrandom(ro, 16, 0) < 0 ? errno : 0;
+		const long g4 = getrandom(data_page, 16, 0) < 0 ? errno : 0;
+		snprintf(out, sizeof(out), "code=%ld rodata=%ld ro=%ld data=%ld helper=%d", g1, g2, g3, g4,
+			 helper());
+	} else {
+		backend_response_str(400, "text/plain", "unknown mode");
+	}
+	backend_response_str(200, "text/plain", out);
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	boot_jit = jit(0);
+	frozen_code = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memcpy(frozen_code, code42, sizeof(code42));
+	if (boot_jit != 42) {
+		printf("boot jit=%d\n", boot_jit);
+		return 3;
+	}
+	set_backend_get(on_get);
+	wait_for_requests();
+	return 0;
+}
