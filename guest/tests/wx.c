@@ -48,6 +48,9 @@ __attribute__((noinline, used)) int helper(void)
 
 static int call(void *p)
 {
+	/* The code written at p is used: without this, GCC drops a memcpy into malloc'd memory
+	   that is only ever called (a dead store as far as it knows). */
+	__asm__ volatile("" : : "r"(p) : "memory");
 	fn_t f;
 	memcpy(&f, &p, sizeof(f));
 	return f();

@@ -494,12 +494,16 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                 self.thread_slice = Some(Instant::now() + THREAD_SLICE);
                 self.arm_timer()?;
             }
-            if let Some(to) = self
-                .linux
-                .page_table_redirect(&mut self.machine.mem, self.machine.cpu.regs().rip)
-            {
+            if self.linux.page_tables_pending() {
                 // Changed page protections: the vCPU re-reads them first (edgevm_abi::paging).
-                self.machine.cpu.regs_mut().rip = to;
+                // An `out` it stopped at (a system call on hardware KVM, where the stub's
+                // `sysretq` comes next; a hypercall) completes first, so the routine returns
+                // after it rather than making the call again.
+                self.machine.cpu.settle();
+                let rip = self.machine.cpu.regs().rip;
+                if let Some(to) = self.linux.page_table_redirect(&mut self.machine.mem, rip) {
+                    self.machine.cpu.regs_mut().rip = to;
+                }
             }
             let exit = self.machine.cpu.run()?;
             match exit {

@@ -244,6 +244,11 @@ impl LinuxState {
         self.pt.redirect(mem, rip)
     }
 
+    /// Whether changed page-table entries wait for the vCPU to re-read them.
+    pub fn page_tables_pending(&self) -> bool {
+        self.pt.has_pending()
+    }
+
     /// Pool pages the page tables use (snapshots).
     pub fn page_table_pool_used(&self) -> usize {
         self.pt.pool_used()
