@@ -137,6 +137,43 @@ pub fn protection_runs(mem: &GuestMemory, l: &Layout) -> Vec<(u64, u64, u32)> {
     runs
 }
 
+/// `verbose_pagetables`: the user part of the page tables in `mem`, one line per run of equal
+/// protection and page size: `0x401000-0x47b000 r-x 4K (482 pages)`.
+pub fn describe(mem: &GuestMemory, l: &Layout) -> Vec<String> {
+    let mut runs: Vec<(u64, u64, u32, bool)> = Vec::new();
+    let mut push = |s: u64, e: u64, p: u32, huge: bool| match runs.last_mut() {
+        Some(last) if last.1 == s && last.2 == p && last.3 == huge => last.1 = e,
+        _ => runs.push((s, e, p, huge)),
+    };
+    let mut a = layout::USER_BASE;
+    while a < l.mem_size {
+        let pde = mem.read_raw_u64(layout::PD_BASE + 8 * (a >> 21));
+        if pde & P == 0 || pde & PS != 0 {
+            push(a, a + MB2, prot_of(pde), true);
+        } else {
+            for i in 0..512 {
+                let e = mem.read_raw_u64((pde & ADDR) + 8 * i);
+                push(a + i * 4096, a + (i + 1) * 4096, prot_of(e), false);
+            }
+        }
+        a += MB2;
+    }
+    runs.iter()
+        .map(|&(s, e, p, huge)| {
+            let rwx: String = [(PROT_READ, 'r'), (PROT_WRITE, 'w'), (PROT_EXEC, 'x')]
+                .iter()
+                .map(|&(b, c)| if p & b != 0 { c } else { '-' })
+                .collect();
+            let (size, n) = if huge {
+                ("2M", (e - s) / MB2)
+            } else {
+                ("4K", (e - s) / 4096)
+            };
+            format!("pagetables: {s:#x}-{e:#x} {rwx} {size} ({n} pages)")
+        })
+        .collect()
+}
+
 /// Why a protection change failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtError {
@@ -371,6 +408,21 @@ mod tests {
         let mut fresh = PageTables::with_pool_used(0);
         fresh.after_reset(&pt);
         assert!(fresh.has_pending());
+    }
+
+    #[test]
+    fn describe_lists_runs() {
+        let (mut m, l) = setup();
+        let mut pt = PageTables::default();
+        pt.set_range(&mut m, &l, 0x401000, 0x403000, PROT_READ | PROT_EXEC)
+            .unwrap();
+        let d = describe(&m, &l);
+        assert_eq!(d[0], "pagetables: 0x200000-0x400000 rw- 2M (1 pages)");
+        assert_eq!(d[1], "pagetables: 0x400000-0x401000 rw- 4K (1 pages)");
+        assert_eq!(d[2], "pagetables: 0x401000-0x403000 r-x 4K (2 pages)");
+        assert!(d
+            .iter()
+            .any(|s| s.contains(&format!("{:#x}-", l.guard_page)) && s.contains(" --- ")));
     }
 
     #[test]

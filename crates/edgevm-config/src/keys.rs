@@ -449,7 +449,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "verbose_pagetables",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.verbose_pagetables, v),
         is_default: same_as_default!(verbose_pagetables),
     },

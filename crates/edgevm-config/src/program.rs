@@ -163,8 +163,7 @@ pub struct ProgramConfig {
     pub verbose: bool,
     /// `verbose_syscalls`: log every system call of the main VM.
     pub verbose_syscalls: bool,
-    /// `verbose_pagetables`: print the page tables after initialization.
-    /// *Not supported yet.*
+    /// `verbose_pagetables`: log the page protections after initialization.
     pub verbose_pagetables: bool,
     /// `remapping`: named memory areas moved to fixed guest addresses.
     /// *Not supported yet* (when non-empty).

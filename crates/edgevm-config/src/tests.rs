@@ -958,7 +958,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("split_hugepages", "false"),
         ("remapping", r#"{"caged_heap": ["0x1000000000", 256]}"#),
         ("blackout_area", r#"{"x": ["0x200000000", "0x1000000000"]}"#),
-        ("verbose_pagetables", "true"),
         ("smp", "4"),
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),

@@ -65,6 +65,12 @@ impl MainVm {
             crate::debug::stop_at_entry(&mut vm)?;
         }
         let outcome = vm.run_init(calls)?;
+        if vm.opts.verbose_pagetables && outcome == BootOutcome::Ready {
+            // The page protections after initialization (glossary: verbose_pagetables).
+            for line in edgevm_abi::paging::describe(&vm.machine.mem, &vm.layout) {
+                vm.printer.log(&line);
+            }
+        }
         let report = BootReport {
             outcome,
             load_time,

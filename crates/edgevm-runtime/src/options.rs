@@ -54,6 +54,8 @@ pub struct VmOptions {
     pub cwd: String,
     /// `executable_heap`: brk and mmap memory executable, W+X allowed.
     pub executable_heap: bool,
+    /// `verbose_pagetables`: log the page protections after initialization.
+    pub verbose_pagetables: bool,
     /// Outgoing network access (`sys_fetch`): policy and fetcher (crate::net).
     pub net: crate::net::NetAccess,
 }
@@ -83,6 +85,7 @@ impl VmOptions {
             allowed_paths: Vec::new(),
             cwd: "/".into(),
             executable_heap: false,
+            verbose_pagetables: false,
             net: crate::net::NetAccess::default(),
         }
     }

@@ -70,6 +70,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.allowed_paths = allowed_paths(p);
     vm.cwd = p.current_working_directory.clone();
     vm.executable_heap = p.executable_heap;
+    vm.verbose_pagetables = p.verbose_pagetables;
     ProgramSettings {
         vm,
         concurrency: p.concurrency,

@@ -564,6 +564,7 @@ fn run_options(
     o.storage = false;
     o.debug = pc.allow_debug;
     o.executable_heap = pc.executable_heap;
+    o.verbose_pagetables = pc.verbose_pagetables;
     o.gdb = edgevm_server::programs::debug_settings(pc);
     if let Some(addr) = &a.gdb {
         let listen = edgevm_config::parse_debug_listen(addr).map_err(anyhow::Error::msg)?;

@@ -133,3 +133,29 @@ fn executable_heap_allows_writable_executable_memory() {
     crashes(&mut vm, "exec_stack", "(not executable)");
     crashes(&mut vm, "exec_data", "(not executable)");
 }
+
+#[test]
+fn verbose_pagetables_logs_the_protections_at_the_freeze() {
+    require_kvm();
+    let dir = crate::common::scratch("verbose-pagetables");
+    let cfg = dir.join("wx.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "wx": {{ "filename": "{}", "verbose_pagetables": true }} }}"#,
+            guest("wx").display()
+        ),
+    )
+    .unwrap();
+    let r = crate::common::edgevm_run(&["run", "--config", cfg.to_str().unwrap()]);
+    let all = r.all();
+    // The ELF's code, its read-only data (RELRO made read-only by glibc), the boot JIT's
+    // page, and the stack guard page.
+    for want in [" r-x 4K ", " r-- 4K ", " rw- 2M ", " --- 4K (1 pages)"] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains("pagetables: 0x") && l.contains(want)),
+            "{want}: {all}"
+        );
+    }
+}
