@@ -233,7 +233,7 @@ fn bench_raw_exit(g: &Guest, runs: u64, rows: &mut Vec<Row>) -> f64 {
     // e7 00: out %eax,$0   eb fc: jmp -4 (back to the out)
     vm.machine
         .mem
-        .write(vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
+        .write_any_protection(vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
         .expect("patch entry");
     // Start right there (a loaded program would first run edgevm's start probe).
     let entry = vm.elf.entry;

@@ -234,7 +234,7 @@ fn hello_and_raw_exit(
     raw_vm
         .machine
         .mem
-        .write(raw_vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
+        .write_any_protection(raw_vm.elf.entry, &[0xe7, 0x00, 0xeb, 0xfc])
         .expect("patch entry");
     // Start right there (a loaded program would first run edgevm's start probe).
     let entry = raw_vm.elf.entry;
