@@ -35,6 +35,60 @@ pub(crate) fn supervisor_bytes(mem: &edgevm_kvm::GuestMemory) -> Vec<u8> {
     v
 }
 
+/// The supervisor bytes no system call may change even when it changes page protections:
+/// GDT, TSS, IDT, stubs, FXSAVE image, exception stacks, PML4, PDPT and the low page table
+/// (`[0, PT_GUARD)`). Page directories, the guard page table and the pool change with
+/// `mprotect`; [`page_tables_sound`] checks those.
+pub(crate) fn fixed_supervisor_bytes(mem: &edgevm_kvm::GuestMemory) -> Vec<u8> {
+    let mut v = vec![0u8; edgevm_abi::layout::PT_GUARD as usize];
+    mem.read_raw(0, &mut v).expect("read");
+    v
+}
+
+/// The page tables still identity-map user memory only: every present entry of a user region
+/// maps its own address, user-accessible, through a page table that is the guard table or a
+/// supervisor pool page; the NULL region's table is the low one; the guard page is absent.
+pub(crate) fn page_tables_sound(
+    mem: &edgevm_kvm::GuestMemory,
+    l: &edgevm_abi::layout::Layout,
+) -> bool {
+    use edgevm_abi::layout::{PD_BASE, PT_GUARD, PT_LOW, USER_BASE};
+    use edgevm_abi::paging::{P, PS, US};
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    const MB2: u64 = 2 << 20;
+    let mut region = 0;
+    while region < l.mem_size {
+        let pde = mem.read_raw_u64(PD_BASE + 8 * (region / MB2));
+        if region == 0 {
+            if pde & ADDR != PT_LOW {
+                return false;
+            }
+        } else if pde & P != 0 {
+            if pde & PS != 0 {
+                if pde & ADDR & !(MB2 - 1) != region || pde & US == 0 {
+                    return false;
+                }
+            } else {
+                let pt = pde & ADDR;
+                if pt != PT_GUARD
+                    && !(pt >= PD_BASE && pt < USER_BASE || pt >= 0x16000 && pt < 0x20000)
+                {
+                    return false;
+                }
+                for i in 0..512u64 {
+                    let e = mem.read_raw_u64(pt + 8 * i);
+                    let a = region + i * 4096;
+                    if e & P != 0 && (e & ADDR != a || e & US == 0 || a == l.guard_page) {
+                        return false;
+                    }
+                }
+            }
+        }
+        region += MB2;
+    }
+    true
+}
+
 pub use api::api;
 pub use config::config;
 pub use elf::elf;

@@ -159,7 +159,7 @@ pub fn syscalls(data: &[u8]) {
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
     write_system_tables(&mut mem, &layout, false).expect("system tables");
     mem.set_protected(PROTECTED.to_vec());
-    let low = crate::supervisor_bytes(&mem);
+    let low = crate::fixed_supervisor_bytes(&mem);
     // Every input starts from the same state file.
     let state_path = state_dir().join("prog.state");
     std::fs::write(&state_path, STATE_CONTENT).expect("state file");
@@ -280,7 +280,11 @@ pub fn syscalls(data: &[u8]) {
         );
     }
     assert!(
-        low == crate::supervisor_bytes(&mem),
+        low == crate::fixed_supervisor_bytes(&mem),
         "a system call changed supervisor memory"
+    );
+    assert!(
+        crate::page_tables_sound(&mem, &layout),
+        "a system call left the page tables mapping something else than user memory"
     );
 }
