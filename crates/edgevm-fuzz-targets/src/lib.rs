@@ -71,7 +71,7 @@ pub(crate) fn page_tables_sound(
             } else {
                 let pt = pde & ADDR;
                 if pt != PT_GUARD
-                    && !(pt >= PD_BASE && pt < USER_BASE || pt >= 0x16000 && pt < 0x20000)
+                    && !((PD_BASE..USER_BASE).contains(&pt) || (0x16000..0x20000).contains(&pt))
                 {
                     return false;
                 }
