@@ -76,7 +76,7 @@ impl std::fmt::Display for CrashReport {
                     .iter()
                     .any(|&(lo, hi)| (lo..hi).contains(&a));
                 let why = if e & 1 == 0 {
-                    "page not mapped, or PROT_NONE"
+                    "page not mapped"
                 } else if system {
                     "protection violation"
                 } else if e & 0x10 != 0 {

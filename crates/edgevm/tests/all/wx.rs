@@ -91,7 +91,7 @@ fn a_requests_mprotect_is_undone_by_its_reset() {
             ok(&mut vm, "exec_frozen", "frozen=42 (0)");
             crashes(&mut vm, "call_frozen", "(not executable)");
             // PROT_NONE: the read faults, the next request reads and writes it.
-            crashes(&mut vm, "none", "page not mapped, or PROT_NONE");
+            crashes(&mut vm, "none", "reading address");
             ok(&mut vm, "write_data", "ok 1");
             ok(&mut vm, "jit", "jit=42");
         }
