@@ -272,6 +272,12 @@ static void check_enosys(void)
 	CHECK(r >= 0, "socket", "socket(AF_INET) r=%ld errno=%d", r, e);
 	if (r >= 0)
 		close((int)r);
+	if (in_sandbox) {
+		errno = 0;
+		r = syscall(SYS_socket, AF_PACKET, SOCK_RAW, 0);
+		e = errno;
+		CHECK(r == -1 && e == EAFNOSUPPORT, "socket_packet", "r=%ld errno=%d", r, e);
+	}
 }
 
 static void check_stdin(void)
