@@ -9,10 +9,11 @@ use std::time::Duration;
 use crate::common::guest;
 use crate::harness::{js, Server};
 
-fn faults_server() -> Server {
+/// A server for one test: `name` is its scratch directory (tests run in parallel).
+fn faults_server(name: &str) -> Server {
     let file = guest("faults");
     Server::with_config(
-        "faults",
+        name,
         &format!(
             "{{ \"faults\": {{ \"filename\": {}, \"max_memory\": 64 }} }}",
             js(file.to_str().unwrap())
@@ -22,7 +23,7 @@ fn faults_server() -> Server {
 
 #[test]
 fn cpu_faults_run_the_programs_handlers_with_siginfo_and_ucontext() {
-    let s = faults_server();
+    let s = faults_server("faults-handlers");
     // Page faults: SEGV_MAPERR (1) / SEGV_ACCERR (2), si_addr = CR2, trapno 14, the error
     // code of a user-mode read; the handler's RIP and RAX changes take effect (ret 0x5a).
     assert_eq!(
@@ -105,7 +106,7 @@ fn cpu_faults_run_the_programs_handlers_with_siginfo_and_ucontext() {
 
 #[test]
 fn timers_deliver_their_signals_bounded_and_not_across_requests() {
-    let s = faults_server();
+    let s = faults_server("faults-timers");
     // alarm() interrupts a sleep: the handler runs, nanosleep says EINTR; SI_KERNEL (128).
     assert_eq!(
         s.ok("/faults/alarm"),
