@@ -262,40 +262,28 @@ if ! skipped rust; then
 	fi
 fi
 
-# --- QuickJS handler (Rust + rquickjs from crates.io; cargo caches it under $OUT) ---
+# --- Rust examples with crates from crates.io (their own Cargo.lock; cargo caches under $OUT) ---
+# cargo_example NAME DIR WHAT: build guest/examples/DIR's binary NAME into $OUT/NAME.
+cargo_example() {
+	local name=$1 dir="$GUEST/examples/$2" what=$3 tdir="$OUT/.cargo-$2"
+	if ! up_to_date "$OUT/$name" $(find "$dir/src" "$dir/Cargo.toml" "$dir/Cargo.lock" \
+		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
+		( cd "$dir" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$tdir" \
+			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
+			echo "build.sh: FAILED: $name (cargo build; the first build downloads $what from crates.io)" >&2
+			exit 1
+		}
+		cp -f "$tdir/x86_64-unknown-linux-gnu/release/$name" "$OUT/$name"
+		BUILT=$((BUILT + 1))
+	else
+		FRESH=$((FRESH + 1))
+	fi
+}
 if ! skipped rust && ! skipped quickjs; then
-	QJS="$GUEST/examples/quickjs"
-	QT="$OUT/.cargo-quickjs"
-	if ! up_to_date "$OUT/example_quickjs" $(find "$QJS/src" "$QJS/Cargo.toml" "$QJS/Cargo.lock" \
-		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
-		( cd "$QJS" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$QT" \
-			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
-			echo "build.sh: FAILED: example_quickjs (cargo build; the first build downloads rquickjs from crates.io)" >&2
-			exit 1
-		}
-		cp -f "$QT/x86_64-unknown-linux-gnu/release/example_quickjs" "$OUT/example_quickjs"
-		BUILT=$((BUILT + 1))
-	else
-		FRESH=$((FRESH + 1))
-	fi
+	cargo_example example_quickjs quickjs rquickjs
 fi
-
-# --- tokio handler (Rust + tokio from crates.io; cargo caches it under $OUT) ---
 if ! skipped rust; then
-	TOK="$GUEST/examples/tokio"
-	TT="$OUT/.cargo-tokio"
-	if ! up_to_date "$OUT/example_tokio" $(find "$TOK/src" "$TOK/Cargo.toml" "$TOK/Cargo.lock" \
-		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
-		( cd "$TOK" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TT" \
-			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
-			echo "build.sh: FAILED: example_tokio (cargo build; the first build downloads tokio from crates.io)" >&2
-			exit 1
-		}
-		cp -f "$TT/x86_64-unknown-linux-gnu/release/example_tokio" "$OUT/example_tokio"
-		BUILT=$((BUILT + 1))
-	else
-		FRESH=$((FRESH + 1))
-	fi
+	cargo_example example_tokio tokio tokio
 fi
 
 # --- Go (Debian's golang-go; the build cache and module cache live under $OUT) ---
