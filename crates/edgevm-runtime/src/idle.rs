@@ -154,11 +154,7 @@ impl Program {
         }
         if freed > 0 {
             // KVM VMs made ahead at boot and not used go too (a refill makes its own).
-            pool.shells
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            pool.shells.close();
             r.freed.fetch_add(freed, Ordering::Relaxed);
             tracing::debug!(
                 "Program '{}': {freed} idle request VM(s) freed ({} left)",

@@ -24,12 +24,178 @@ pub use crate::settings::{
 
 /// KVM VMs made ahead for a program's request VMs, while its main VM boots (see
 /// [`edgevm_kvm::VmShell`]): forking then only maps the memory and sets registers.
-#[derive(Default)]
-pub(crate) struct Shells(pub(crate) Mutex<Vec<edgevm_kvm::VmShell>>);
+///
+/// A boot needs `concurrency` KVM VMs: each is made either ahead by the preparation thread
+/// or by a fork that finds none ready, never both. Both sides claim one of the boot's
+/// `left` units before making a VM; a fork that finds every unit claimed and a VM still in
+/// the making waits for it. Once the boot's forks are done, [`Shells::close`] drops what is
+/// left, so no KVM VM is made that no request VM will use.
+pub(crate) struct Shells<T = edgevm_kvm::VmShell> {
+    state: Mutex<ShellState<T>>,
+    made: Condvar,
+}
 
-impl Shells {
-    pub(crate) fn take(&self) -> Option<edgevm_kvm::VmShell> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+struct ShellState<T> {
+    ready: Vec<T>,
+    /// Units not claimed yet by either side.
+    left: u32,
+    /// VMs the preparation thread is making now.
+    making: u32,
+    /// No more VMs wanted (a VM finished after this is dropped).
+    closed: bool,
+}
+
+impl<T> Shells<T> {
+    /// Room for `n` KVM VMs.
+    pub(crate) fn with_budget(n: u32) -> Self {
+        Self {
+            state: Mutex::new(ShellState {
+                ready: Vec::new(),
+                left: n,
+                making: 0,
+                closed: false,
+            }),
+            made: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ShellState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For a fork: a VM made ahead, waiting for one in the making if every unit is claimed.
+    /// None: the fork makes its own (it has claimed a unit, or none are left at all).
+    pub(crate) fn take(&self) -> Option<T> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = st.ready.pop() {
+                return Some(v);
+            }
+            if st.left > 0 {
+                st.left -= 1;
+                return None;
+            }
+            if st.making == 0 {
+                return None;
+            }
+            st = self.made.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// For the preparation thread: claim one unit (false: none left, stop).
+    fn claim(&self) -> bool {
+        let mut st = self.lock();
+        if st.left == 0 {
+            return false;
+        }
+        st.left -= 1;
+        st.making += 1;
+        true
+    }
+
+    /// For the preparation thread: a claimed VM is made (or failed: None).
+    fn made(&self, vm: Option<T>) {
+        let mut st = self.lock();
+        st.making -= 1;
+        let late = match vm {
+            Some(v) if !st.closed => {
+                st.ready.push(v);
+                None
+            }
+            v => v,
+        };
+        drop(st);
+        self.made.notify_all();
+        drop(late);
+    }
+
+    /// Make up to the budget's VMs ahead (the preparation thread's loop); stops at the first
+    /// failure (the forks then make their own and report it).
+    pub(crate) fn prepare<E>(&self, make: impl Fn() -> Result<T, E>) {
+        while self.claim() {
+            match make() {
+                Ok(v) => self.made(Some(v)),
+                Err(_) => {
+                    self.made(None);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The boot's forks are done (or the VMs are freed): drop what is left and make no more.
+    pub(crate) fn close(&self) {
+        let ready = {
+            let mut st = self.lock();
+            st.left = 0;
+            st.closed = true;
+            std::mem::take(&mut st.ready)
+        };
+        drop(ready);
+    }
+}
+
+#[cfg(test)]
+mod shell_tests {
+    use super::Shells;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn forks_and_the_preparation_thread_make_no_more_than_the_budget() {
+        // Every interleaving of a slow preparation thread and fast forks: n made in total.
+        for delay_us in [0u64, 50, 500, 3000] {
+            let made = Arc::new(AtomicU32::new(0));
+            let sh = Arc::new(Shells::<u32>::with_budget(4));
+            let (s2, m2) = (sh.clone(), made.clone());
+            let prep = std::thread::spawn(move || {
+                s2.prepare(|| {
+                    std::thread::sleep(std::time::Duration::from_micros(delay_us));
+                    Ok::<_, ()>(m2.fetch_add(1, Ordering::SeqCst))
+                })
+            });
+            let start = Arc::new(Barrier::new(4));
+            let forks: Vec<_> = (0..4)
+                .map(|_| {
+                    let (sh, made, start) = (sh.clone(), made.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        if sh.take().is_none() {
+                            made.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for f in forks {
+                f.join().unwrap();
+            }
+            sh.close();
+            prep.join().unwrap();
+            assert_eq!(made.load(Ordering::SeqCst), 4, "delay {delay_us} us");
+            assert!(sh.lock().ready.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_failed_preparation_leaves_the_forks_to_make_their_own() {
+        let sh = Shells::<u32>::with_budget(3);
+        sh.prepare(|| Err::<u32, _>("no KVM"));
+        assert!(sh.take().is_none());
+        assert!(sh.take().is_none());
+        assert!(sh.take().is_none());
+        // Past the budget (a refill after the boot): no waiting, the fork makes its own.
+        assert!(sh.take().is_none());
+    }
+
+    #[test]
+    fn a_vm_finished_after_close_is_dropped() {
+        let sh = Shells::<u32>::with_budget(2);
+        assert!(sh.claim());
+        sh.close();
+        sh.made(Some(7));
+        assert!(sh.lock().ready.is_empty());
+        assert!(!sh.claim());
+        assert!(sh.take().is_none());
     }
 }
 

@@ -40,6 +40,8 @@ impl Program {
         let mut settings = self.settings.clone();
         let download = self.load_binary(&mut settings)?;
         let shells = self.prepare_shells();
+        // When the boot ends (ready with its forks done, or failed) no more VMs are made ahead.
+        let _close = CloseShells(shells.clone());
         let storage = if settings.storage {
             Some(self.boot_storage(&settings)?)
         } else {
@@ -93,8 +95,9 @@ impl Program {
     /// Make the request VMs' KVM VMs while the program boots (on another CPU); the forks
     /// after the freeze then only map memory and set registers.
     fn prepare_shells(&self) -> Arc<Shells> {
-        let shells = Arc::new(Shells::default());
-        let (sh, n) = (shells.clone(), self.settings.concurrency.max(1));
+        let n = self.settings.concurrency.max(1);
+        let shells = Arc::new(Shells::with_budget(n));
+        let sh = shells.clone();
         let size = self.settings.vm.memory_size() as usize;
         let spawned = std::thread::Builder::new()
             .name(format!("prepare:{}", self.name))
@@ -104,12 +107,7 @@ impl Program {
                 let tid = nix::unistd::gettid().as_raw() as libc::id_t;
                 // SAFETY: plain system call on this thread's own id; failure is harmless.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
-                for _ in 0..n {
-                    match edgevm_kvm::VmShell::with_slot(size, true) {
-                        Ok(v) => sh.0.lock().unwrap_or_else(|e| e.into_inner()).push(v),
-                        Err(_) => break,
-                    }
-                }
+                sh.prepare(|| edgevm_kvm::VmShell::with_slot(size, true));
             });
         if let Err(e) = spawned {
             tracing::debug!("{}: no VM preparation thread: {e}", self.name);
@@ -326,5 +324,14 @@ impl Program {
             t.elapsed().as_secs_f64() * 1e3
         );
         Ok(vm)
+    }
+}
+
+/// Closes a boot's [`Shells`] when the boot ends, however it ends.
+struct CloseShells(Arc<Shells>);
+
+impl Drop for CloseShells {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
