@@ -52,7 +52,7 @@ pub use load::load;
 /// File magic.
 const MAGIC: &[u8; 8] = b"EDGEVMSN";
 /// Snapshot format version (bumped whenever what is written changes).
-pub const FORMAT: u64 = 4;
+pub const FORMAT: u64 = 5;
 /// Header: magic, format, metadata length, data length, CRC-32 of the data (8 bytes, then 24
 /// zero), SHA-256 of the metadata (checked before anything in it is believed).
 const HEADER: usize = 96;

@@ -1,6 +1,8 @@
 //! Memory calls: `brk` grows up from the end of the ELF image, anonymous `mmap` allocates down
 //! from the stack guard page, `munmap`ped ranges are reused (zeroed), all counted against
-//! `max_memory`.
+//! `max_memory` except address space reserved with `PROT_NONE` (glibc's malloc arenas, Go's
+//! heap arena reservations): it counts once it is made accessible (`mprotect`, or a
+//! `MAP_FIXED` mapping over it).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,56 @@ pub(super) struct MmapArea {
     pub(super) top: u64,
     /// Freed ranges inside [bottom, top): start -> length.
     pub(super) free: BTreeMap<u64, u64>,
+    /// Mapped ranges with no access (PROT_NONE), not counted: start -> length.
+    pub(super) reserved: BTreeMap<u64, u64>,
+}
+
+/// Remove [start, start+len) from a set of ranges (start -> length): the bytes removed.
+fn remove_range(set: &mut BTreeMap<u64, u64>, start: u64, len: u64) -> u64 {
+    let end = start.saturating_add(len);
+    let overlapping: Vec<(u64, u64)> = set
+        .range(..end)
+        .filter(|(s, l)| **s + **l > start)
+        .map(|(s, l)| (*s, *l))
+        .collect();
+    let mut removed = 0;
+    for (s, l) in overlapping {
+        set.remove(&s);
+        removed += (s + l).min(end) - s.max(start);
+        if s < start {
+            set.insert(s, start - s);
+        }
+        if s + l > end {
+            set.insert(end, s + l - end);
+        }
+    }
+    removed
+}
+
+/// Bytes of [start, start+len) inside a set of ranges.
+fn overlap(set: &BTreeMap<u64, u64>, start: u64, len: u64) -> u64 {
+    let end = start.saturating_add(len);
+    set.range(..end)
+        .filter(|(s, l)| **s + **l > start)
+        .map(|(s, l)| (*s + *l).min(end) - (*s).max(start))
+        .sum()
+}
+
+/// Add [start, start+len) to a set of ranges, merging with neighbours.
+fn insert_range(set: &mut BTreeMap<u64, u64>, start: u64, len: u64) {
+    remove_range(set, start, len);
+    let (mut s, mut e) = (start, start + len);
+    if let Some((&ps, &pl)) = set.range(..s).next_back() {
+        if ps + pl == s {
+            set.remove(&ps);
+            s = ps;
+        }
+    }
+    if let Some(&nl) = set.get(&e) {
+        set.remove(&e);
+        e += nl;
+    }
+    set.insert(s, e - s);
 }
 
 impl MmapArea {
@@ -30,28 +82,17 @@ impl MmapArea {
         self.free.values().sum()
     }
 
+    /// Bytes mapped and counted (reservations with no access are not).
     pub(super) fn mapped_bytes(&self) -> u64 {
-        self.top - self.bottom - self.free_bytes()
+        let reserved: u64 = self.reserved.values().sum();
+        (self.top - self.bottom)
+            .saturating_sub(self.free_bytes())
+            .saturating_sub(reserved)
     }
 
     /// Remove [start, start+len) from the free list (it becomes mapped).
     fn take(&mut self, start: u64, len: u64) {
-        let end = start + len;
-        let overlapping: Vec<(u64, u64)> = self
-            .free
-            .range(..end)
-            .filter(|(s, l)| **s + **l > start)
-            .map(|(s, l)| (*s, *l))
-            .collect();
-        for (s, l) in overlapping {
-            self.free.remove(&s);
-            if s < start {
-                self.free.insert(s, start - s);
-            }
-            if s + l > end {
-                self.free.insert(end, s + l - end);
-            }
-        }
+        remove_range(&mut self.free, start, len);
     }
 
     /// Return [start, start+len) to the free list, coalescing.
@@ -61,6 +102,7 @@ impl MmapArea {
         if end <= start {
             return;
         }
+        remove_range(&mut self.reserved, start, end - start);
         self.take(start, end - start);
         let (mut s, mut e) = (start, end);
         if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
@@ -136,7 +178,7 @@ impl LinuxState {
         if len == 0 || len > self.layout.mem_size {
             return None;
         }
-        let at = self.alloc(len, mem)?;
+        let at = self.alloc(len, mem, true)?;
         let prot = self.heap_prot(PROT_READ | PROT_WRITE);
         if self.protect(mem, at, len, prot) < 0 {
             self.mmap.give_back(at, len);
@@ -145,8 +187,10 @@ impl LinuxState {
         Some(at)
     }
 
-    pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
-        if !self.can_grow(len) {
+    /// Take `len` bytes of the mmap area; `counted`: checked against the memory limits (a
+    /// reservation with no access is not).
+    pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory, counted: bool) -> Option<u64> {
+        if counted && !self.can_grow(len) {
             return None;
         }
         // Highest free range that fits (mimics Linux's top-down allocation).
@@ -176,6 +220,44 @@ impl LinuxState {
         self.mmap.bottom = at;
         self.mmap.low_water = self.mmap.low_water.min(at);
         Some(at)
+    }
+
+    /// Memory of the mmap area in `start..start+len` got the protection `prot`: a range with
+    /// no access becomes a reservation (not counted), reserved memory made accessible counts
+    /// again. Call [`Self::may_unreserve`] before making reserved memory accessible.
+    fn account(&mut self, start: u64, len: u64, prot: u32) {
+        let (lo, hi) = (
+            start.max(self.mmap.bottom),
+            start.saturating_add(len).min(self.mmap.top),
+        );
+        if hi <= lo {
+            return;
+        }
+        if prot == 0 {
+            // Only what is mapped: free ranges stay free.
+            let mut at = lo;
+            let free: Vec<(u64, u64)> = self
+                .mmap
+                .free
+                .range(..hi)
+                .filter(|(s, l)| **s + **l > lo)
+                .map(|(s, l)| (*s, *s + *l))
+                .collect();
+            for (fs, fe) in free.into_iter().chain([(hi, hi)]) {
+                if fs > at {
+                    insert_range(&mut self.mmap.reserved, at, fs - at);
+                }
+                at = at.max(fe);
+            }
+        } else {
+            remove_range(&mut self.mmap.reserved, lo, hi - lo);
+        }
+    }
+
+    /// Whether reserved memory in `start..start+len` may be made accessible (it then counts
+    /// against max_memory and the request's limit).
+    fn may_unreserve(&self, start: u64, len: u64, prot: u32) -> bool {
+        prot == 0 || self.can_grow(overlap(&self.mmap.reserved, start, len))
     }
 
     /// Protection of new brk/mmap memory: as asked, plus execute with `executable_heap`.
@@ -230,7 +312,14 @@ impl LinuxState {
         if self.wx_refused(prot) {
             return -EACCES;
         }
-        self.protect(mem, addr, len, prot as u32)
+        if !self.may_unreserve(addr, len, prot as u32) {
+            return -ENOMEM;
+        }
+        let r = self.protect(mem, addr, len, prot as u32);
+        if r == 0 {
+            self.account(addr, len, prot as u32);
+        }
+        r
     }
 
     fn sys_mmap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
@@ -247,11 +336,17 @@ impl LinuxState {
             return at;
         }
         let prot = self.heap_prot(prot as u32);
+        // MAP_FIXED over a reservation: the part made accessible counts from now on.
+        if !self.may_unreserve(at as u64, page_up(a[1]), prot) {
+            self.sys_munmap(at as u64, a[1]);
+            return -ENOMEM;
+        }
         let r = self.protect(mem, at as u64, page_up(a[1]), prot);
         if r < 0 {
             self.sys_munmap(at as u64, a[1]);
             return r;
         }
+        self.account(at as u64, page_up(a[1]), prot);
         at
     }
 
@@ -260,6 +355,8 @@ impl LinuxState {
         const MAP_ANONYMOUS: u64 = 0x20;
         const MAP_FIXED_NOREPLACE: u64 = 0x100000;
         let (addr, len, flags) = (a[0], a[1], a[3]);
+        // A mapping with no access only reserves address space (not counted).
+        let counted = a[2] & 7 != 0;
         if len == 0 {
             return -EINVAL;
         }
@@ -287,7 +384,7 @@ impl LinuxState {
                     }
                 } else if addr < self.mmap.bottom {
                     let grow = self.mmap.bottom - addr;
-                    if !self.can_grow(grow) {
+                    if counted && !self.can_grow(grow) {
                         return -ENOMEM;
                     }
                     let old = self.mmap.bottom;
@@ -304,7 +401,7 @@ impl LinuxState {
             }
             return addr as i64;
         }
-        match self.alloc(len, mem) {
+        match self.alloc(len, mem, counted) {
             Some(at) => at as i64,
             None => -ENOMEM,
         }
@@ -373,6 +470,7 @@ impl LinuxState {
             self.sys_munmap(at, len);
             return r;
         }
+        self.account(at, page_up(len), prot);
         at as i64
     }
 
@@ -404,31 +502,33 @@ impl LinuxState {
         // Grow in place when the following range is free.
         let next = old + old_len;
         if let Some(&l) = self.mmap.free.get(&next) {
-            if l >= extra && self.can_grow(extra) {
+            let prot = crate::paging::prot_at(mem, old);
+            if l >= extra && (prot == 0 || self.can_grow(extra)) {
                 self.mmap.take(next, extra);
                 if mem.zero(next, extra as usize).is_err() {
                     return -ENOMEM;
                 }
-                let prot = crate::paging::prot_at(mem, old);
                 let r = self.protect(mem, next, extra, prot);
                 if r < 0 {
                     return r;
                 }
+                self.account(next, extra, prot);
                 return old as i64;
             }
         }
         if flags & MREMAP_MAYMOVE == 0 {
             return -ENOMEM;
         }
-        let Some(new) = self.alloc(new_len, mem) else {
+        let prot = crate::paging::prot_at(mem, old);
+        let Some(new) = self.alloc(new_len, mem, prot != 0) else {
             return -ENOMEM;
         };
-        let prot = crate::paging::prot_at(mem, old);
         let r = self.protect(mem, new, new_len, prot);
         if r < 0 {
             self.mmap.give_back(new, new_len);
             return r;
         }
+        self.account(new, new_len, prot);
         let mut off = 0;
         while off < old_len {
             let n = (old_len - off).min(1 << 20) as usize;

@@ -185,6 +185,7 @@ impl LinuxState {
                 low_water: layout.input_area,
                 top: layout.input_area,
                 free: BTreeMap::new(),
+                reserved: BTreeMap::new(),
             },
             image_bytes,
             sigactions: BTreeMap::new(),

@@ -43,6 +43,10 @@ impl LinuxState {
         for (&s, &l) in &m.free {
             w.u64(s).u64(l);
         }
+        w.u64(m.reserved.len() as u64);
+        for (&s, &l) in &m.reserved {
+            w.u64(s).u64(l);
+        }
         w.u64(self.image_bytes);
         w.u64(self.sigactions.len() as u64);
         for (&sig, act) in &self.sigactions {
@@ -122,6 +126,15 @@ impl LinuxState {
             }
             free.insert(s, l);
         }
+        let mut reserved = BTreeMap::new();
+        for _ in 0..r.count(16)? {
+            let s = addr(r, "reserved range")?;
+            let l = r.u64()?;
+            if s < bottom || s.checked_add(l).is_none_or(|e| e > mtop) {
+                return Err(DecodeError("reserved range outside the mmap area".into()));
+            }
+            reserved.insert(s, l);
+        }
         let image_bytes = r.u64()?;
         let mut sigactions = BTreeMap::new();
         for _ in 0..r.count(16)? {
@@ -154,6 +167,7 @@ impl LinuxState {
                 low_water,
                 top: mtop,
                 free,
+                reserved,
             },
             image_bytes,
             sigactions,

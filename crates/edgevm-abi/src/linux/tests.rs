@@ -570,6 +570,103 @@ fn request_limit() {
 }
 
 #[test]
+fn prot_none_reservations_do_not_count_until_made_accessible() {
+    // 8 MB limit; glibc's arenas and Go's heap reserve far more with PROT_NONE.
+    let mut e = env(8 << 20);
+    let base = e.st.memory_used();
+    let res = e.call(9, [0, 32 << 20, 0, 0x22, u64::MAX, 0]).unwrap();
+    assert!(
+        res > 0,
+        "a 32 MB PROT_NONE reservation under an 8 MB limit: {res}"
+    );
+    assert_eq!(e.st.memory_used(), base);
+    let res = res as u64;
+    // Making 1 MB of it accessible counts; 16 MB more is refused and leaves it reserved.
+    assert_eq!(e.call(10, [res, 1 << 20, 3, 0, 0, 0]), Ok(0));
+    assert_eq!(e.st.memory_used(), base + (1 << 20));
+    assert_eq!(
+        e.call(10, [res + (2 << 20), 16 << 20, 3, 0, 0, 0]),
+        Ok(-ENOMEM)
+    );
+    assert_eq!(e.st.memory_used(), base + (1 << 20));
+    // MAP_FIXED read-write over the reservation (Go's way) counts too, and over the limit fails.
+    let fixed = res + (4 << 20);
+    assert_eq!(
+        e.call(9, [fixed, 2 << 20, 3, 0x32, u64::MAX, 0]),
+        Ok(fixed as i64)
+    );
+    assert_eq!(e.st.memory_used(), base + (3 << 20));
+    assert_eq!(
+        e.call(9, [res + (16 << 20), 16 << 20, 3, 0x32, u64::MAX, 0]),
+        Ok(-ENOMEM)
+    );
+    // Back to PROT_NONE: not counted again; munmap of the rest gives nothing back twice.
+    assert_eq!(e.call(10, [res, 1 << 20, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(e.st.memory_used(), base + (2 << 20));
+    assert_eq!(e.call(11, [res, 32 << 20, 0, 0, 0, 0]), Ok(0));
+    assert_eq!(e.st.memory_used(), base);
+    // The request limit follows the same rule (a glibc arena per thread inside a request).
+    e.st.set_request_limit(Some(1 << 20));
+    let r2 = e.call(9, [0, 32 << 20, 0, 0x22, u64::MAX, 0]).unwrap();
+    assert!(r2 > 0);
+    assert_eq!(e.call(10, [r2 as u64, 512 << 10, 3, 0, 0, 0]), Ok(0));
+    assert_eq!(e.call(10, [r2 as u64, 2 << 20, 3, 0, 0, 0]), Ok(-ENOMEM));
+    e.st.set_request_limit(None);
+}
+
+#[test]
+fn random_protections_keep_the_accounting_consistent() {
+    let mut e = env(16 << 20);
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut maps: Vec<u64> = Vec::new();
+    for _ in 0..3000 {
+        let len = (1 + next() % 64) << 12;
+        let prot = [0, 1, 3][(next() % 3) as usize];
+        match next() % 4 {
+            0 => {
+                if let Ok(r) = e.call(9, [0, len, prot, 0x22, u64::MAX, 0]) {
+                    if r > 0 {
+                        maps.push(r as u64);
+                    }
+                }
+            }
+            1 if !maps.is_empty() => {
+                let m = maps[(next() % maps.len() as u64) as usize];
+                let _ = e.call(10, [m + ((next() % 8) << 12), len, prot, 0, 0, 0]);
+            }
+            2 if !maps.is_empty() => {
+                let i = (next() % maps.len() as u64) as usize;
+                let m = maps.swap_remove(i);
+                let _ = e.call(11, [m, len, 0, 0, 0, 0]);
+            }
+            _ if !maps.is_empty() => {
+                let m = maps[(next() % maps.len() as u64) as usize];
+                let _ = e.call(9, [m, len, prot, 0x32, u64::MAX, 0]);
+            }
+            _ => {}
+        }
+        assert!(e.st.memory_used() <= e.st.memory_limit());
+        let m = &e.st.mmap;
+        for (s, l) in &m.reserved {
+            assert!(
+                *s >= m.bottom && s + l <= m.top,
+                "reservation outside the area"
+            );
+            assert!(
+                m.free.range(..s + l).all(|(fs, fl)| fs + fl <= *s),
+                "reservation overlaps a free range"
+            );
+        }
+    }
+}
+
+#[test]
 fn process_calls() {
     let mut e = env(32 << 20);
     assert_eq!(e.call(158, [0x1002, 0x7777, 0, 0, 0, 0]), Ok(0));

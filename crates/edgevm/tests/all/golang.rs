@@ -12,7 +12,7 @@ fn goserve() -> Server {
     Server::with_config(
         "goserve",
         &format!(
-            "{{ \"goserve\": {{ \"filename\": {}, \"max_memory\": 1024, \"concurrency\": 2 }} }}",
+            "{{ \"goserve\": {{ \"filename\": {}, \"max_memory\": 256, \"address_space\": 1024, \"concurrency\": 2 }} }}",
             js(file.to_str().unwrap())
         ),
     )

@@ -11,11 +11,10 @@
 //!   environment; the network policy must allow it, e.g. `"allow_net": ["127.0.0.1:6380"]`):
 //!   `INCR tokio:<page>`, answered `:N`.
 //!
-//! Configuration: `"environment": ["LINEDB=127.0.0.1:6380", "MALLOC_ARENA_MAX=1"]`. The second
-//! entry keeps glibc's allocator to one arena: a worker thread's first allocation in a request
-//! would otherwise create a new arena, which reserves 128 MiB of address space for a moment,
-//! more than a request may allocate (`max_request_memory`, 64 MB by default); the threads
-//! share one vCPU anyway, so more arenas would buy nothing.
+//! Configuration: `"environment": ["LINEDB=127.0.0.1:6380"]`. A worker thread's first
+//! allocation in a request makes glibc create an arena, reserving 128 MiB of address space
+//! with `PROT_NONE`: reservations count against neither `max_memory` nor `max_request_memory`
+//! (only what the arena makes accessible does), so this needs no `MALLOC_ARENA_MAX`.
 //!
 //! GET /tokio/<page> answers `<page>: N views (tasks 8 sum S, channel C, slept 20 ms, workers W)`.
 use std::collections::HashSet;
