@@ -104,11 +104,15 @@ up_to_date() {
 	local out="$1"; shift
 	[ -e "$out" ] || return 1
 	local dep
-	for dep in "$@" "$GUEST/build.sh"; do
+	for dep in "$@"; do
 		[ "$out" -nt "$dep" ] || return 1
 	done
 	return 0
 }
+
+# Each program built by `build` records its command line in $OUT/.cmd/NAME: a changed command
+# (flags, sources, libraries) rebuilds that program only, not every guest when build.sh changes.
+mkdir -p "$OUT/.cmd"
 
 PIDS=()
 NAMES=()
@@ -121,13 +125,15 @@ FRESH=0
 # up to date. CMD must write "$OUT/NAME.tmp"; it is renamed on success.
 build() {
 	local name="$1" deps="$2"; shift 2
+	local cmd="$*"
 	# shellcheck disable=SC2086
-	if up_to_date "$OUT/$name" $deps; then
+	if up_to_date "$OUT/$name" $deps && [ "$(cat "$OUT/.cmd/$name" 2>/dev/null)" = "$cmd" ]; then
 		FRESH=$((FRESH + 1))
 		return 0
 	fi
 	(
-		"$@" >"$LOGDIR/$name.log" 2>&1 && mv -f "$OUT/$name.tmp" "$OUT/$name"
+		"$@" >"$LOGDIR/$name.log" 2>&1 && mv -f "$OUT/$name.tmp" "$OUT/$name" &&
+			printf '%s' "$cmd" >"$OUT/.cmd/$name"
 	) &
 	PIDS+=("$!")
 	NAMES+=("$name")
@@ -247,8 +253,8 @@ if ! skipped rust; then
 	RT="$OUT/.cargo-target"
 	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
 	ABI="$GUEST/../crates/edgevm-guest-abi"
-	if ! up_to_date "$OUT/rust_hello_http" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
-		|| ! up_to_date "$OUT/rust_event_loop" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
+	if ! up_to_date "$OUT/rust_hello_http" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
+		|| ! up_to_date "$OUT/rust_event_loop" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
 		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
 			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http --bin event_loop ) || {
 			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
@@ -266,7 +272,7 @@ fi
 # cargo_example NAME DIR WHAT: build guest/examples/DIR's binary NAME into $OUT/NAME.
 cargo_example() {
 	local name=$1 dir="$GUEST/examples/$2" what=$3 tdir="$OUT/.cargo-$2"
-	if ! up_to_date "$OUT/$name" $(find "$dir/src" "$dir/Cargo.toml" "$dir/Cargo.lock" \
+	if ! up_to_date "$OUT/$name" "$GUEST/build.sh" $(find "$dir/src" "$dir/Cargo.toml" "$dir/Cargo.lock" \
 		"$GUEST/rust/edgevm-guest/src" "$GUEST/rust/edgevm-guest/Cargo.toml" -type f); then
 		( cd "$dir" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$tdir" \
 			cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu ) || {
@@ -290,7 +296,7 @@ fi
 if ! skipped go; then
 	need go golang-go
 	GOSRC="$GUEST/examples/go"
-	if ! up_to_date "$OUT/example_goserve" $(find "$GOSRC" "$GUEST/go" -type f); then
+	if ! up_to_date "$OUT/example_goserve" "$GUEST/build.sh" $(find "$GOSRC" "$GUEST/go" -type f); then
 		( cd "$GOSRC" && CGO_ENABLED=0 GOCACHE="$OUT/.go-cache" GOPATH="$OUT/.go-path" \
 			GOPROXY=off GOFLAGS=-mod=mod go build -trimpath -o "$OUT/example_goserve.tmp" . ) \
 			>"$LOGDIR/example_goserve.log" 2>&1 || {
