@@ -98,6 +98,13 @@ pub trait ProgramHost: Send + Sync + 'static {
         let _ = program;
         Box::pin(async { false })
     }
+
+    /// `program`'s outgoing-request counters (fetches made for it outside `sys_fetch`, such
+    /// as a route chain's `fetch` step, count there too). None by default.
+    fn fetch_counters(&self, program: &str) -> Option<std::sync::Arc<crate::net::FetchCounters>> {
+        let _ = program;
+        None
+    }
 }
 
 /// The answer to [`ProgramHost::streams_body`].

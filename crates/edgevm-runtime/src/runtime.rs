@@ -343,4 +343,8 @@ impl ProgramHost for Runtime {
             None => Box::pin(async { false }),
         }
     }
+
+    fn fetch_counters(&self, program: &str) -> Option<Arc<crate::net::FetchCounters>> {
+        self.program(program).map(|p| p.stats.fetch.clone())
+    }
 }

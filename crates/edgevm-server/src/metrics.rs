@@ -262,8 +262,8 @@ pub const METRICS: &[Metric] = &[
     },
     counter!("images_freed", "images_freed", "Frozen images freed while the program was idle (free_idle_image)"),
     counter!("images_reloaded", "images_reloaded", "Frozen images loaded back from the snapshot (or booted again) after that"),
-    counter!("fetches", "fetches", "Outgoing requests (sys_fetch) answered, self-requests included"),
-    counter!("fetch_failures", "fetch_failures", "Outgoing requests (sys_fetch) that failed: refused, bad arguments, network errors, timeouts"),
+    counter!("fetches", "fetches", "Outgoing requests (sys_fetch, route chains' URL fetch steps) answered, self-requests included"),
+    counter!("fetch_failures", "fetch_failures", "Outgoing requests (sys_fetch, route chains' URL fetch steps) that failed: refused, bad arguments, network errors, timeouts"),
     Metric {
         name: "fetch",
         kind: MetricType::Counter,

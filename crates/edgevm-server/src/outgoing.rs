@@ -111,7 +111,25 @@ pub async fn fetch_for_chain(program: &str, url: &str, depth: u32) -> GuestRespo
         policy,
     };
     let (p, u) = (program.to_owned(), url.to_owned());
+    // Counted as the program's own fetches are (stats and metrics: fetches, fetch_failures,
+    // fetch_bytes).
+    let counters = o
+        .host
+        .get()
+        .and_then(|h| h.upgrade())
+        .and_then(|h| h.fetch_counters(program));
     let r = tokio::task::spawn_blocking(move || o.http(req)).await;
+    if let Some(c) = counters {
+        match &r {
+            Ok(Ok(f)) => {
+                c.fetches.fetch_add(1, Ordering::Relaxed);
+                c.bytes.fetch_add(f.body.len() as u64, Ordering::Relaxed);
+            }
+            _ => {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
     match r {
         Ok(Ok(f)) => GuestResponse {
             status: f.status,

@@ -219,5 +219,9 @@ fn a_chain_fetch_step_may_fetch_a_url_under_the_route_programs_policy() {
     let r = s.get("/denied/x");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("network policy"), "{}", r.text());
+    // Counted as the route program's fetches (its statistics and metrics).
+    assert_eq!(s.stat("thumb", "fetches"), 1.0);
+    assert_eq!(s.stat("thumb", "fetch_bytes"), "hello origin".len() as f64);
+    assert_eq!(s.stat("origin", "fetch_failures"), 1.0);
     s.stop();
 }
