@@ -329,6 +329,7 @@ impl Outgoing {
         }
         let tls = ureq::tls::TlsConfig::builder()
             .disable_verification(!req.verify_tls)
+            .root_certs(trusted_roots())
             .build();
         let config = ureq::Agent::config_builder()
             .proxy(None)
@@ -497,4 +498,54 @@ pub fn program_policy(
 /// How long a fetch may take at most.
 pub fn fetch_budget() -> Duration {
     FETCH_CONNECT_TIMEOUT + edgevm_runtime::net::FETCH_READ_TIMEOUT
+}
+
+/// Where the system's trusted certificate authorities are on Debian (and derivatives); the
+/// `SSL_CERT_FILE` environment variable names another bundle, as for curl and OpenSSL.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The authorities HTTPS fetches trust: the system's bundle (so a private authority added
+/// with `update-ca-certificates` is trusted, as by curl, which the reference uses), or
+/// Mozilla's list built into edgevm when there is no readable bundle (logged once).
+fn trusted_roots() -> ureq::tls::RootCerts {
+    static ROOTS: OnceLock<ureq::tls::RootCerts> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let path = std::env::var_os("SSL_CERT_FILE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+            match load_bundle(&path) {
+                Ok(certs) => {
+                    tracing::debug!(
+                        "HTTPS fetches trust the {} authorities of {}",
+                        certs.len(),
+                        path.display()
+                    );
+                    ureq::tls::RootCerts::new_with_certs(&certs)
+                }
+                Err(why) => {
+                    tracing::info!(
+                        "HTTPS fetches trust Mozilla's authorities built into edgevm ({}: {why})",
+                        path.display()
+                    );
+                    ureq::tls::RootCerts::WebPki
+                }
+            }
+        })
+        .clone()
+}
+
+/// The certificates of a PEM bundle (at least one).
+fn load_bundle(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
 }

@@ -223,7 +223,8 @@ fn fetch_get_post_put_headers_and_buffers_from_a_local_origin() {
 }
 
 /// An HTTPS origin on 127.0.0.1 (`openssl s_server -WWW` serving `hello.txt` from `dir`)
-/// with a self-signed certificate; stopped when dropped.
+/// with a certificate for 127.0.0.1 signed by a private authority (`dir/ca.pem`) no system
+/// trusts; stopped when dropped.
 struct TlsOrigin {
     port: u16,
     child: std::process::Child,
@@ -246,13 +247,43 @@ impl TlsOrigin {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "key.pem",
+            "ca.key",
             "-out",
-            "cert.pem",
+            "ca.pem",
             "-subj",
-            "/CN=localhost",
+            "/CN=edgevm test authority",
             "-days",
             "1",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
         ]);
         std::fs::write(dir.join("hello.txt"), "hello over tls").unwrap();
         let port = {
@@ -313,6 +344,20 @@ fn https_fetch_verifies_certificates_unless_told_not_to() {
     assert_eq!(s.ok(&format!("/f/insecure?{other}")), "insecure r=-1");
     assert_eq!(s.stat("f", "fetches"), 1.0);
     assert_eq!(s.stat("f", "fetch_failures"), 2.0);
+    s.stop();
+    // A server whose system trusts the private authority (SSL_CERT_FILE, as for curl):
+    // verified, and answered.
+    let ca = dir.join("ca.pem");
+    let s = server(
+        "fetch-https-private-ca",
+        &allow,
+        "",
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
+    assert_eq!(
+        s.ok(&format!("/f/get?{url}")),
+        "get r=0 status=200 ct=text/plain len=14 body=hello over tls"
+    );
     s.stop();
 }
 
