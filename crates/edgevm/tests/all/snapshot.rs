@@ -386,3 +386,57 @@ fn idle_programs_give_their_image_back_and_load_it_from_the_snapshot() {
     );
     s.stop();
 }
+
+#[test]
+fn a_snapshot_start_keeps_the_page_protections() {
+    // guest/tests/wx.c: W^X as the boot left it (code read-only, data and heap not
+    // executable, its JIT page RX, a RW page of code NX) must hold in request VMs made from
+    // the snapshot file too (the protections live in the saved page tables).
+    require_kvm();
+    let dir = scratch("snapshot-wx");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"wx\": {{ \"filename\": {}, \"cold_start_file\": {}, \"start\": true }} }}",
+            js(guest("wx").to_str().unwrap()),
+            js(snap.join("wx.snapshot").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["wx"]);
+    s.wait_log(
+        "Program 'wx': snapshot written to",
+        Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
+    );
+    s.stop();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["wx"]);
+    assert!(s.log().contains("Program 'wx' started from its snapshot"));
+    let crash = |mode: &str, want: &str| {
+        let before = s.log().matches(want).count();
+        let r = s.get(&format!("/wx/?m={mode}"));
+        assert_eq!(r.status, 500, "{mode}: {}", r.text());
+        let log = s.log();
+        assert!(
+            log.matches(want).count() > before,
+            "{mode}: no new {want:?} in the log:\n{log}"
+        );
+    };
+    crash("write_code", "(read-only)");
+    crash("write_rodata", "(read-only)");
+    crash("exec_heap", "(not executable)");
+    crash("call_frozen", "(not executable)");
+    assert_eq!(s.ok("/wx/?m=jit"), "jit=42");
+    assert_eq!(s.ok("/wx/?m=exec_frozen"), "frozen=42 (0)");
+    assert_eq!(s.ok("/wx/?m=rwx"), "mmap=13 mprotect=13 ran=0,0");
+    // Every request runs in a VM reset to the snapshot's protections: the page made
+    // executable by exec_frozen is not executable any more.
+    crash("call_frozen", "(not executable)");
+    assert_eq!(s.ok("/wx/?m=write_data"), "ok 1");
+    s.stop();
+}
