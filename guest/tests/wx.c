@@ -16,6 +16,8 @@
      exec_frozen                        mprotect(frozen_code, RX) and call it: "frozen=42"
      call_frozen                        call frozen_code as it is (NX)
      none                               mprotect(data_page, PROT_NONE), then read it
+     use_after_munmap                   mmap a page, munmap it, read it
+     map_again                          mmap, munmap, mmap again: "same=1 zero=1 wrote=9"
      hostile                            mprotect with bad arguments: their errnos
      syscall_code                       system calls writing into code / rodata / a
                                         PROT_READ page: their errnos, then helper() */
@@ -132,6 +134,19 @@ static void on_get(const char *url, const char *arg)
 		snprintf(out, sizeof(out), "frozen=%d (%ld)", e == 0 ? call(frozen_code) : -1, e);
 	} else if (strcmp(m, "call_frozen") == 0) {
 		snprintf(out, sizeof(out), "ran %d", call(frozen_code));
+	} else if (strcmp(m, "use_after_munmap") == 0) {
+		volatile unsigned char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		p[0] = 7;
+		munmap((void *)p, PAGE);
+		snprintf(out, sizeof(out), "read %d after munmap", p[0]);
+	} else if (strcmp(m, "map_again") == 0) {
+		unsigned char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		p[0] = 7;
+		munmap(p, PAGE);
+		unsigned char *q = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const int first = q[0];
+		q[0] = 9;
+		snprintf(out, sizeof(out), "same=%d zero=%d wrote=%d", p == q, first == 0, q[0]);
 	} else if (strcmp(m, "none") == 0) {
 		const long e = sys_mprotect((unsigned long)data_page, PAGE, PROT_NONE);
 		snprintf(out, sizeof(out), "read %d after %ld", ((volatile unsigned char *)data_page)[1], e);

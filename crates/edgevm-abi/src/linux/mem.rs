@@ -129,7 +129,7 @@ impl LinuxState {
         Some(match nr {
             libc::SYS_mmap => self.sys_mmap(a, mem),
             libc::SYS_mprotect => self.sys_mprotect(a[0], a[1], a[2], mem),
-            libc::SYS_munmap => self.sys_munmap(a[0], a[1]),
+            libc::SYS_munmap => self.sys_munmap(a[0], a[1], mem),
             libc::SYS_brk => self.sys_brk(a[0], mem),
             libc::SYS_mremap => self.sys_mremap(a, mem),
             libc::SYS_madvise => self.sys_madvise(a, mem),
@@ -338,12 +338,12 @@ impl LinuxState {
         let prot = self.heap_prot(prot as u32);
         // MAP_FIXED over a reservation: the part made accessible counts from now on.
         if !self.may_unreserve(at as u64, page_up(a[1]), prot) {
-            self.sys_munmap(at as u64, a[1]);
+            self.sys_munmap(at as u64, a[1], mem);
             return -ENOMEM;
         }
         let r = self.protect(mem, at as u64, page_up(a[1]), prot);
         if r < 0 {
-            self.sys_munmap(at as u64, a[1]);
+            self.sys_munmap(at as u64, a[1], mem);
             return r;
         }
         self.account(at as u64, page_up(a[1]), prot);
@@ -439,7 +439,7 @@ impl LinuxState {
         // Readable and writable while the host copies the file in; then as asked.
         let r = self.protect(mem, at, page_up(len), PROT_READ | PROT_WRITE);
         if r < 0 {
-            self.sys_munmap(at, len);
+            self.sys_munmap(at, len, mem);
             return r;
         }
         let mut buf = vec![0u8; (len as usize).min(1 << 20)];
@@ -449,7 +449,7 @@ impl LinuxState {
             let n = match file.read_into(off + done, &mut buf[..want]) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.sys_munmap(at, len);
+                    self.sys_munmap(at, len, mem);
                     return e;
                 }
             };
@@ -467,22 +467,36 @@ impl LinuxState {
         let prot = self.heap_prot((prot & 7) as u32);
         let r = self.protect(mem, at, page_up(len), prot);
         if r < 0 {
-            self.sys_munmap(at, len);
+            self.sys_munmap(at, len, mem);
             return r;
         }
         self.account(at, page_up(len), prot);
         at as i64
     }
 
-    fn sys_munmap(&mut self, addr: u64, len: u64) -> i64 {
+    fn sys_munmap(&mut self, addr: u64, len: u64, mem: &mut GuestMemory) -> i64 {
         if !addr.is_multiple_of(PAGE) || len == 0 {
             return -EINVAL;
         }
         let len = page_up(len);
         if addr >= self.mmap.bottom && addr < self.mmap.top {
-            self.mmap.give_back(addr, len);
+            self.unmap(addr, len, mem);
         }
         0
+    }
+
+    /// Give `start..start+len` of the mmap area back: free for reuse, and no longer
+    /// accessible (a use after `munmap` faults, as on Linux, until the range is mapped again).
+    fn unmap(&mut self, start: u64, len: u64, mem: &mut GuestMemory) {
+        let lo = start.max(self.mmap.bottom);
+        let hi = start.saturating_add(len).min(self.mmap.top);
+        if hi <= lo {
+            return;
+        }
+        self.mmap.give_back(lo, hi - lo);
+        // Cannot fail inside the mmap area (its page tables exist); if it did, the range
+        // would only stay accessible, as before.
+        let _ = self.protect(mem, lo, hi - lo, 0);
     }
 
     fn sys_mremap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
@@ -495,7 +509,7 @@ impl LinuxState {
             return -EFAULT;
         }
         if new_len <= old_len {
-            self.mmap.give_back(old + new_len, old_len - new_len);
+            self.unmap(old + new_len, old_len - new_len, mem);
             return old as i64;
         }
         let extra = new_len - old_len;
@@ -542,7 +556,7 @@ impl LinuxState {
             }
             off += n as u64;
         }
-        self.mmap.give_back(old, old_len);
+        self.unmap(old, old_len, mem);
         new as i64
     }
 

@@ -92,6 +92,9 @@ fn a_requests_mprotect_is_undone_by_its_reset() {
             crashes(&mut vm, "call_frozen", "(not executable)");
             // PROT_NONE: the read faults, the next request reads and writes it.
             crashes(&mut vm, "none", "reading address");
+            // munmapped memory is not accessible any more; mapped again, it is, zeroed.
+            crashes(&mut vm, "use_after_munmap", "reading address");
+            ok(&mut vm, "map_again", "same=1 zero=1 wrote=9");
             ok(&mut vm, "write_data", "ok 1");
             ok(&mut vm, "jit", "jit=42");
         }
