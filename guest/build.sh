@@ -56,6 +56,7 @@
 #     example_datatree (an espeak-like data directory tree)
 #     example_fetch, example_storage_fetch, example_fetch_cpp (C++), example_stream
 #     example_linedb (a C client of a Redis-like line service over TCP)
+#     example_lineserver (a line-protocol server in the TCP server mode; tests/all/tcp_server.rs)
 #     example_tokio (Rust, tokio's multi-thread runtime: tasks, a timer, TCP; guest/examples/tokio)
 #     example_goserve  Go 1.19 (CGO_ENABLED=0) through the kvm package (guest/go/kvm):
 #                      goroutines, channels, a WaitGroup fan-out, time.Sleep (tests/all/golang.rs)
@@ -216,6 +217,8 @@ for ex in hello counter scounter echo headers fetch storage_fetch stream; do
 done
 # getaddrinfo in a static program: glibc's files and dns modules are built in (the linker's
 # warning about shared NSS libraries does not apply to them).
+build example_lineserver "$E/lineserver.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/lineserver.c" \
+	-o "$OUT/example_lineserver.tmp"
 build example_linedb "$E/linedb.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/linedb.c" \
 	-o "$OUT/example_linedb.tmp" -Wl,--no-warnings
 if ! skipped cpp; then

@@ -296,8 +296,8 @@ static inline void set_on_live_update(void (*f)(void))
 static inline void set_on_live_restore(void (*f)(size_t datalen))
 { register_func(EDGEVM_FUNC_ON_LIVE_RESTORE, f); }
 
-/* Called with a socket fd before a paused VM is paused (experimental TCP). */
-static inline void set_socket_prepare_for_pause(void (*f)(int fd))
+/* TCP server mode: called in each serving VM with its index (see below). */
+static inline void set_socket_prepare_for_pause(void (*f)(int system))
 { register_func(EDGEVM_FUNC_SOCKET_PREPARE_PAUSE, f); }
 
 /* [0x10001] Ends initialization: the VM is frozen right here and becomes
@@ -336,10 +336,23 @@ static inline void edgevm_flush_stdout(void)
 #define wait_for_requests_paused(req)                                        \
 	(edgevm_flush_stdout(), wait_for_requests_paused(req))
 
-/* The reference's TCP socket events (its experimental TCP server mode), declared
-   so that programs using them compile. edgevm has no TCP server mode yet:
-   nothing calls the socket_prepare_for_pause callback, so no program reaches
-   wait_for_socket_events_paused(), and sys_sockets_write() returns -1. */
+/* TCP server mode (a program's "server" key, docs/CONFIG.md): the host listens
+   and owns the connections; `systems` long-lived VMs forked from the frozen
+   program each call the set_socket_prepare_for_pause() callback with their
+   index (0, 1, ...), which loops on wait_for_socket_events_paused(). A
+   connection is a number (0x1000 and up) in these events, not a file
+   descriptor: answer with sys_sockets_write(). Events, in arrival order:
+     SOCKET_CONNECT    `remote` = the peer ("127.0.0.1:5000", "unix:/path"),
+                       `arg` = "" ; a SOCKET_WRITABLE follows
+     SOCKET_READ       `data`/`data_len`: bytes read (up to 64 KiB; valid until
+                       the next wait); a SOCKET_WRITABLE follows (as the
+                       reference's edge-triggered loop reports it)
+     SOCKET_WRITABLE   also when data the host kept for a full connection is
+                       all sent
+     SOCKET_DISCONNECT the peer closed, an error, idle_timeout, or a close the
+                       program asked for; the number is free again afterwards
+   A program that crashes, exits or runs past max_request_time in a batch
+   loses its VM's connections; the VM is started again. */
 enum SocketEvent {
 	SOCKET_CONNECT = 0,
 	SOCKET_READ = 1,
@@ -354,11 +367,19 @@ struct kvm_socket_event {
 	const uint8_t *data;    /* SOCKET_READ: bytes read; sys_sockets_write: to write */
 	size_t data_len;
 };
-/* [0x10002] Wait for up to `max` socket events; returns how many arrived. */
+/* [0x10002] Wait for up to `max` (1..256 used) socket events; returns how many
+   arrived (at least 1). */
 extern int wait_for_socket_events_paused(struct kvm_socket_event *events, int max);
 static inline int wait_for_socket_event_paused(struct kvm_socket_event *event)
 { return wait_for_socket_events_paused(event, 1); }
-/* [0x10500] Write each event's data to its socket. */
+/* [0x10500] For each of the `n` (at most 256) entries: event SOCKET_WRITABLE
+   sends `data_len` bytes of `data` to connection `fd`; SOCKET_DISCONNECT
+   closes it once everything sent before is out (edgevm). As the reference, the
+   result goes back into the entry's `fd`: the bytes taken (what the socket
+   does not take at once is kept, up to 1 MiB per connection), -EAGAIN when
+   that is full (a SOCKET_WRITABLE comes when it is sent), -EBADF, -EPIPE,
+   -EFAULT, -EINVAL (another event). Returns the entries handled, -EFAULT for
+   an unreadable array. */
 extern long sys_sockets_write(const struct kvm_socket_event *events, size_t n);
 
 /* ==========================================================================

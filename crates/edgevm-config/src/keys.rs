@@ -575,9 +575,9 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "server",
         aliases: &[],
-        support: NotYet,
-        apply: |d, v, _| {
-            d.cfg.server = Some(object(v)?.clone().into());
+        support: Supported,
+        apply: |d, v, ctx| {
+            d.cfg.server = Some(crate::tcp_server::parse(v, |p| ctx.vars.expand(p))?);
             Ok(())
         },
         is_default: same_as_default!(server),

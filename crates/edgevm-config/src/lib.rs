@@ -83,6 +83,7 @@ mod keys;
 mod program;
 mod routes;
 mod server;
+mod tcp_server;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +96,7 @@ pub use program::{
 };
 pub use routes::{ChainStep, Route, FETCH_STEP, ROUTES_SECTION};
 pub use server::{ListenAt, ServerConfig, TrustedFrontend, SERVER_KEYS, SERVER_SECTION};
+pub use tcp_server::{TcpListen, TcpServerConfig};
 
 use json::{comma_before, DuplicateKeys};
 use keys::{Ctx, Draft, KEYS};
@@ -297,6 +299,8 @@ impl Config {
             let result = build_program(name, layers, &group_drafts, vars, &mut config.warnings);
             config.programs.insert(name.clone(), result);
         }
+
+        tcp_server::refuse_shared_listeners(&mut config.programs, &config.server);
 
         let unknown = routes::unknown_programs(&config.routes, |p| config.programs.contains_key(p));
         if let Some((i, p)) = unknown.first() {

@@ -206,9 +206,9 @@ pub struct ProgramConfig {
     /// *Not supported yet.*
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start_file: Option<PathBuf>,
-    /// `server` (reference extra, epoll server object). *Not supported yet.*
+    /// `server` (reference extra): the TCP server mode (see `tcp_server.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<serde_json::Value>,
+    pub server: Option<crate::tcp_server::TcpServerConfig>,
     /// `websocket_server` (reference extra). *Not supported yet.*
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket_server: Option<serde_json::Value>,

@@ -963,7 +963,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("relocate_fixed_mmap", "false"),
         ("transparent_hugepages", "true"),
         ("executable_remapping", r#"["0x40000000", 2]"#),
-        ("server", r#"{"port": 8080}"#),
         ("websocket_server", r#"{"port": 8081}"#),
     ];
     for (key, value) in cases {
@@ -1578,4 +1577,40 @@ fn trusted_frontends_match_addresses_networks_and_the_unix_socket() {
         "{}",
         cfg.render_check()
     );
+}
+
+#[test]
+fn server_mode_keys() {
+    let cfg = load(&prog(
+        r#""server": { "port": 6390, "systems": 3, "idle_timeout": 5 }"#,
+    ));
+    let s = ok(&cfg, "demo").server.clone().unwrap();
+    assert_eq!(
+        s.listen,
+        crate::TcpListen::Tcp("127.0.0.1:6390".parse().unwrap())
+    );
+    assert_eq!((s.systems, s.max_connections), (3, 1024));
+    assert_eq!(s.idle_timeout, std::time::Duration::from_secs(5));
+    let cfg = load(&prog(r#""server": { "path": "/run/x.sock" }"#));
+    let s = ok(&cfg, "demo").server.clone().unwrap();
+    assert_eq!(s.listen, crate::TcpListen::Unix("/run/x.sock".into()));
+    assert_eq!(key_support("server"), Some(Support::Supported));
+    assert!(prog_err(r#""server": { "port": 70000 }"#).contains("from 1 to 65535"));
+    assert!(prog_err(r#""server": { "port": 1, "systems": 0 }"#).contains("\"systems\""));
+    assert!(prog_err(r#""server": { "path": "/x", "address": "::1" }"#).contains("not with"));
+    let long = "/".to_string() + &"a".repeat(120);
+    assert!(prog_err(&format!(r#""server": {{ "path": "{long}" }}"#)).contains("usable"));
+}
+
+#[test]
+fn two_programs_cannot_listen_at_the_same_place() {
+    let cfg = load(
+        r#"{ "a": { "filename": "/a", "server": { "port": 7000, "address": "0.0.0.0" } },
+             "b": { "filename": "/b", "server": { "port": 7000 } },
+             "c": { "filename": "/c", "server": { "port": 7001 } },
+             "server": { "listen": "127.0.0.1:7001" } }"#,
+    );
+    ok(&cfg, "a");
+    assert!(err(&cfg, "b").to_string().contains("program 'a'"));
+    assert!(err(&cfg, "c").to_string().contains("HTTP server"));
 }

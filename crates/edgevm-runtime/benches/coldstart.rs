@@ -35,6 +35,7 @@ fn settings(dir: &std::path::Path, name: &str, snap: &std::path::Path) -> Progra
     o.raw_output = true;
     o.max_boot_time = Duration::from_secs(600);
     ProgramSettings {
+        server: None,
         vm: o,
         concurrency: 1,
         max_queue: 16,

@@ -30,6 +30,7 @@ pub mod spare;
 pub mod storage;
 pub mod stream;
 mod stream_post;
+pub mod tcp_server;
 pub mod timer;
 pub mod vm;
 mod watcher;

@@ -288,6 +288,8 @@ pub struct Program {
     pub(crate) retry: crate::retry::Retry,
     /// The ready program takes request bodies streamed (`set_backend_stream_post`).
     pub(crate) streams_post: std::sync::atomic::AtomicBool,
+    /// The TCP server of a program in server mode, once ready (tcp_server.rs).
+    pub(crate) tcp: Mutex<Option<crate::tcp_server::TcpServer>>,
 }
 
 impl Program {
@@ -323,6 +325,7 @@ impl Program {
             residency: Default::default(),
             retry: Default::default(),
             streams_post: Default::default(),
+            tcp: Mutex::new(None),
         })
     }
 
@@ -716,6 +719,14 @@ impl Program {
     /// nobody waits any more, and the storage VM with the last of them.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
+        // Its TCP server stops: connections closed, systems ended (on a thread of its own:
+        // a system may be in the middle of a batch).
+        if let Some(t) = self.tcp.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.signal_stop();
+            let _ = std::thread::Builder::new()
+                .name(format!("tcpstop:{}", self.name))
+                .spawn(move || drop(t));
+        }
         // The storage VM goes once the last request VM holding its handle is gone.
         self.storage
             .lock()

@@ -61,6 +61,17 @@ impl Program {
         self.set_boot_gauge(1, frozen.image.backing_bytes());
         // The first VM makes the program ready; the others follow on helper threads.
         let first = self.fork(&frozen, &storage, &shells, 0)?;
+        if let Some(mode) = &settings.server {
+            let t = crate::tcp_server::TcpServer::start(
+                &self.name,
+                mode,
+                frozen.clone(),
+                settings.request.clone(),
+                storage.clone(),
+            )
+            .map_err(BootError::Config)?;
+            *self.tcp.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
         self.go_ready(
             t0,
             &settings,

@@ -74,6 +74,7 @@ impl Runtime {
             max_storage_time: Duration::from_secs(10),
             snapshot: None,
             loader: None,
+            server: None,
         };
         let p = Program::new(name, settings);
         *p.state.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -96,7 +97,7 @@ impl Runtime {
     /// Start the programs configured with `start`.
     pub fn start_eager(&self) {
         for (_, p) in self.programs() {
-            if p.settings.start {
+            if p.settings.start || p.settings.server.is_some() {
                 p.start();
             }
         }

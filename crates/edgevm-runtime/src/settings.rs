@@ -76,6 +76,9 @@ pub struct ProgramSettings {
     /// The program's snapshot file (`cold_start_file`, or in the server's `snapshot_dir`):
     /// started from when it is valid, written after a boot (snapshot.rs). None: always boot.
     pub snapshot: Option<std::path::PathBuf>,
+    /// The TCP server mode (`server`): the program serves connections itself
+    /// (tcp_server.rs). Such a program starts with the server.
+    pub server: Option<crate::tcp_server::ServerMode>,
 }
 
 /// A program's binaries as obtained at boot time (e.g. downloaded by the server).

@@ -84,7 +84,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
             ephemeral: p.ephemeral,
             keep_working_memory: p.ephemeral_keep_working_memory,
         },
-        start: p.start,
+        start: p.start || p.server.is_some(),
         origin: "local",
         cached: false,
         key: p.key.clone(),
@@ -93,6 +93,20 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         max_storage_time: p.max_storage_time,
         loader: None,
         snapshot: None,
+        server: p
+            .server
+            .as_ref()
+            .map(|s| edgevm_runtime::tcp_server::ServerMode {
+                listen: match &s.listen {
+                    edgevm_config::TcpListen::Tcp(a) => edgevm_runtime::tcp_server::Listen::Tcp(*a),
+                    edgevm_config::TcpListen::Unix(p) => {
+                        edgevm_runtime::tcp_server::Listen::Unix(p.clone())
+                    }
+                },
+                systems: s.systems,
+                max_connections: s.max_connections,
+                idle_timeout: s.idle_timeout,
+            }),
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),

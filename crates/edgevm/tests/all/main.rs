@@ -39,6 +39,7 @@ mod storage_inline;
 mod storage_tasks;
 mod stream;
 mod stream_post;
+mod tcp_server;
 mod threads;
 mod ux;
 mod varnish;

@@ -1,0 +1,286 @@
+//! The TCP server mode (`server`): guest/examples/lineserver.c answers a line protocol on a
+//! port the host listens on, with real TCP clients — many at once, split and pipelined lines,
+//! slowloris clients held to `idle_timeout`, a huge line, clients that never read or close
+//! abruptly, the `max_connections` bound, a program that crashes mid-connection (its VM's
+//! connections are closed, the VM starts again, the other system keeps serving) — and on a
+//! Unix socket through a live update and a shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::common::{guest, scratch, time_scale};
+use crate::harness::{free_port, js, Server};
+
+fn config(listen: &str, extra: &str) -> String {
+    format!(
+        r#"{{ "lines": {{ "filename": {}, "environment": ["LINESERVER_CRASH=1"], "key": "k",
+              "server": {{ {listen} {extra} }} }} }}"#,
+        js(guest("example_lineserver").to_str().unwrap())
+    )
+}
+
+fn limit(secs: u64) -> Duration {
+    Duration::from_secs(secs).mul_f64(time_scale())
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(limit(20))).unwrap();
+        Client {
+            r: BufReader::new(s),
+        }
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.r.get_mut().write_all(bytes).unwrap();
+    }
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    }
+    fn cmd(&mut self, c: &str) -> String {
+        self.send(format!("{c}\r\n").as_bytes());
+        self.line()
+    }
+    /// The server closed the connection (EOF) within the read timeout.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 256];
+        loop {
+            match self.r.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[test]
+fn line_protocol_with_real_clients_hostile_ones_and_a_crash() {
+    let port = free_port();
+    let s = Server::with_config(
+        "tcp-lines",
+        &config(
+            &format!(r#""port": {port}, "address": "127.0.0.1","#),
+            r#""systems": 2, "idle_timeout": 2, "max_connections": 200"#,
+        ),
+    );
+    s.wait_log("TCP server on 127.0.0.1:", limit(10));
+
+    // Slowloris: half a command, then silence. Closed by the host after idle_timeout.
+    let mut slow: Vec<Client> = (0..8).map(|_| Client::new(port)).collect();
+    for c in &mut slow {
+        c.send(b"PI");
+    }
+    // Clients that never read what they asked for, and ones that vanish mid-line.
+    let mut deaf = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&b"PING\n".repeat(20_000)).unwrap();
+        deaf.push(c);
+    }
+    for _ in 0..16 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = c.write_all(b"INC");
+        drop(c);
+    }
+
+    // Many honest clients at once, lines split across writes and pipelined.
+    let workers: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                assert_eq!(c.cmd("PING"), "+PONG");
+                for n in 1..=10 {
+                    c.send(b"IN");
+                    std::thread::sleep(Duration::from_millis(1));
+                    c.send(b"CR\r\n");
+                    assert_eq!(c.line(), format!(":{n}"));
+                }
+                c.send(format!("ECHO client {i}\nINCR\nINCR\n").as_bytes());
+                assert_eq!(c.line(), format!("client {i}"));
+                assert_eq!(c.line(), ":11");
+                assert_eq!(c.line(), ":12");
+                assert_eq!(c.cmd("NOPE"), "-ERR unknown command");
+                assert_eq!(c.cmd("QUIT"), "+BYE");
+                assert!(c.closed());
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    // A line longer than the program keeps: refused, connection closed.
+    let mut huge = Client::new(port);
+    huge.send(&vec![b'x'; 100_000]);
+    assert_eq!(huge.line(), "-ERR line too long");
+    assert!(huge.closed());
+
+    // The slowloris connections are gone after idle_timeout; the deaf ones too (they stop
+    // taking data, so they go idle as well).
+    for c in &mut slow {
+        assert!(c.closed(), "an idle connection stays open");
+    }
+    drop(deaf);
+
+    // A crash in one system VM: its connections are closed, the VM starts again; the other
+    // system's connections are untouched.
+    let mut by_system: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    let t0 = Instant::now();
+    while by_system.iter().any(|v| v.is_empty()) {
+        assert!(
+            t0.elapsed() < limit(20),
+            "connections never reach both systems"
+        );
+        let mut c = Client::new(port);
+        let sys: usize = c.cmd("SYSTEM").trim_start_matches(':').parse().unwrap();
+        by_system[sys].push(c);
+    }
+    let mut victim = by_system[0].pop().unwrap();
+    victim.send(b"CRASH\n");
+    assert!(victim.closed());
+    for c in &mut by_system[0] {
+        assert!(c.closed(), "a connection of the crashed VM stays open");
+    }
+    for c in &mut by_system[1] {
+        assert_eq!(c.cmd("PING"), "+PONG");
+    }
+    let log = s.wait_log("TCP system 0 failed: page fault", limit(10));
+    assert!(log.contains("starts again"), "{log}");
+    // Served again by a restarted system 0 (or by system 1 meanwhile).
+    let t0 = Instant::now();
+    loop {
+        let mut c = Client::new(port);
+        let sys = c.cmd("SYSTEM");
+        if sys == ":0" {
+            assert_eq!(c.cmd("PING"), "+PONG");
+            break;
+        }
+        assert!(t0.elapsed() < limit(20), "system 0 never serves again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // HTTP still works beside it.
+    assert!(s.ok("/lines/").contains("lineserver"));
+    s.stop();
+}
+
+#[test]
+fn connection_bound_unix_socket_live_update_and_shutdown() {
+    let dir = scratch("tcp-unix-files");
+    let path = dir.join("lines.sock");
+    let _ = std::fs::remove_file(&path);
+    // A copy: an accepted live update replaces the program's file.
+    let file = dir.join("lineserver");
+    std::fs::copy(guest("example_lineserver"), &file).unwrap();
+    let cfg = format!(
+        r#"{{ "lines": {{ "filename": {}, "key": "k",
+              "server": {{ "path": {}, "max_connections": 3 }} }} }}"#,
+        js(file.to_str().unwrap()),
+        js(path.to_str().unwrap())
+    );
+    let s = Server::with_config("tcp-unix", &cfg);
+    s.wait_log("TCP server on unix:", limit(10));
+    let open = |p: &std::path::Path| {
+        let u = UnixStream::connect(p).unwrap();
+        u.set_read_timeout(Some(limit(20))).unwrap();
+        BufReader::new(u)
+    };
+    let ask = |r: &mut BufReader<UnixStream>, c: &str| {
+        r.get_mut().write_all(format!("{c}\n").as_bytes()).unwrap();
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    };
+    let mut held: Vec<_> = (0..3).map(|_| open(&path)).collect();
+    for r in &mut held {
+        assert_eq!(ask(r, "PING"), "+PONG");
+    }
+    // A fourth connection waits in the backlog until one of the three goes.
+    let mut fourth = open(&path);
+    fourth.get_mut().write_all(b"PING\n").unwrap();
+    fourth
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut l = String::new();
+    assert!(
+        fourth.read_line(&mut l).is_err(),
+        "served beyond max_connections: {l:?}"
+    );
+    fourth.get_mut().set_read_timeout(Some(limit(20))).unwrap();
+    assert_eq!(ask(&mut held[0], "QUIT"), "+BYE");
+    held.remove(0);
+    let mut l = String::new();
+    fourth.read_line(&mut l).unwrap();
+    assert_eq!(l.trim_end(), "+PONG");
+
+    // Live update: the new program takes over the socket; the old one's connections close.
+    let bin = std::fs::read(guest("example_lineserver")).unwrap();
+    let r = s.req(
+        "POST",
+        "/_edgevm/update/lines",
+        &[("X-Edgevm-Key", "k")],
+        &bin,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for r in held.iter_mut().chain(std::iter::once(&mut fourth)) {
+        let mut b = String::new();
+        assert_eq!(
+            r.read_line(&mut b).unwrap_or(0),
+            0,
+            "old connection open: {b:?}"
+        );
+    }
+    let mut fresh = open(&path);
+    assert_eq!(ask(&mut fresh, "PING"), "+PONG");
+
+    // Shutdown closes the connections.
+    s.stop();
+    let mut b = String::new();
+    assert_eq!(fresh.read_line(&mut b).unwrap_or(0), 0);
+}
+
+#[test]
+fn check_refuses_bad_server_settings() {
+    let dir = scratch("tcp-check");
+    for (server, why) in [
+        (
+            r#"{"port": 0}"#,
+            "\"port\" must be a whole number from 1 to 65535",
+        ),
+        (r#"{"port": 80, "path": "/x"}"#, "not both"),
+        (r#"{"systems": 2}"#, "needs a \"port\""),
+        (r#"{"path": "rel.sock"}"#, "absolute path"),
+        (r#"{"port": 8000, "address": "localhost"}"#, "IP address"),
+        (r#"{"port": 8000, "colour": 1}"#, "unknown key \"colour\""),
+    ] {
+        let cfg = dir.join("c.json");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"{{ "p": {{ "filename": {}, "server": {server} }} }}"#,
+                js(guest("example_lineserver").to_str().unwrap())
+            ),
+        )
+        .unwrap();
+        let out = crate::common::edgevm()
+            .arg("check")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{server}: accepted:\n{text}");
+        assert!(text.contains(why), "{server}: {text}");
+    }
+}
