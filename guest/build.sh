@@ -49,6 +49,7 @@
 #     sockets          guest sockets under the network policy (tests/all/sockets.rs)
 #     stream_post      set_backend_stream_post: bodies segment by segment (tests/all/stream_post.rs)
 #     faults           CPU faults to SIGSEGV/SIGFPE/... handlers, timer signals (tests/all/faults.rs)
+#     smp              multiprocess* and vcpuid() on extra vCPUs (tests/all/smp.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
@@ -167,6 +168,7 @@ build signals "$T/signals.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/signals.
 build readiness "$T/readiness.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/readiness.c" -o "$OUT/readiness.tmp" -lpthread
 build sockets "$T/sockets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/sockets.c" -o "$OUT/sockets.tmp" -Wl,--no-warnings
 build faults "$T/faults.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/faults.c" -o "$OUT/faults.tmp" -lpthread
+build smp "$T/smp.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/smp.c" -o "$OUT/smp.tmp"
 build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.c" -o "$OUT/secrets.tmp"
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"

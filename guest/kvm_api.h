@@ -922,22 +922,29 @@ extern void get_meminfo(struct meminfo *info);
  * Multiprocessing (extra vCPUs inside one request VM)
  * ========================================================================== */
 
-/* [0x10710] Start n-1 extra vCPUs (n >= 2 total), each calling func(arg).
-   The caller is vCPU 0 and should do its share, then multiprocess_wait(). */
+/* [0x10710] Start n-1 extra vCPUs (2 <= n <= "smp" + 1 total), each calling func(arg)
+   on its own 512 KiB stack; returns 0 at once (-1 and a log line when refused).
+   The caller is vCPU 0 and should do its share, then multiprocess_wait(). Workers
+   may compute, sched_yield() and return; any other system call or kvm_api call fails
+   the request (guest/README.md, "Multiprocessing"). */
 typedef void (*multiprocess_t)(void *arg);
 extern long multiprocess(size_t n, multiprocess_t func, void *arg);
 
-/* [0x10711] Like multiprocess(), passing (vcpu, array, element_size). */
+/* [0x10711] Like multiprocess(); worker k is called as func(&array[k * element_size],
+   element_size), as the reference does (whatever the typedef says): the caller handles
+   element 0. */
 typedef void (*multiprocess_array_t)(int vcpu, void *array, size_t element_size);
 extern long multiprocess_array(size_t n, multiprocess_array_t func,
 	void *array, size_t element_size);
 
 /* [0x10712] Start n-1 extra vCPUs at the current instruction, each with its
-   own stack of stack_size bytes carved from stack_base. RFLAGS, RSP, RBP,
-   RAX, R14 and R15 are clobbered. */
+   own stack of stack_size bytes carved from stack_base (n * stack_size bytes;
+   worker k's stack ends at stack_base + k * stack_size). RFLAGS, RSP, RBP,
+   RAX, R10, R11, R14 and R15 are clobbered. A worker ends in multiprocess_wait(). */
 extern long multiprocess_clone(size_t n, void *stack_base, size_t stack_size);
 
-/* [0x10713] Wait for all extra vCPUs to finish. */
+/* [0x10713] Wait for all extra vCPUs to finish: 0 (a failed worker fails the
+   request). On a worker: ends that worker. */
 extern long multiprocess_wait(void);
 
 /* The current vCPU id (%gs:0); 0 on the main vCPU. Not a hypercall. */

@@ -527,7 +527,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "smp",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.smp = int_in(v, 0, MAX_SMP.into())? as u32;
             Ok(())

@@ -398,6 +398,7 @@ fn out_of_range_values_are_errors() {
     assert!(prog_err(r#""max_memory": 0"#).contains("at least 2 MB"));
     assert!(prog_err(r#""max_request_memory": 0"#).contains("at least 1 MB"));
     assert!(prog_err(r#""smp": 17"#).contains("between 0 and 16"));
+    assert_eq!(ok(&load(&prog(r#""smp": 16"#)), "demo").smp, 16);
     assert!(prog_err(r#""warmup": {"num_requests": 70000}"#).contains("between 0 and 65535"));
     assert!(prog_err(r#""concurrency": 2.5"#).contains("whole number"));
 }
@@ -958,7 +959,6 @@ fn not_supported_keys_refuse_non_default_values() {
         ("split_hugepages", "false"),
         ("remapping", r#"{"caged_heap": ["0x1000000000", 256]}"#),
         ("blackout_area", r#"{"x": ["0x200000000", "0x1000000000"]}"#),
-        ("smp", "4"),
         ("stdout", "true"),
         ("relocate_fixed_mmap", "false"),
         ("transparent_hugepages", "true"),

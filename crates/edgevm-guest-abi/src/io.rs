@@ -5,6 +5,7 @@
 //! BASE + 0x0000  struct edgevm_io (IoHeader): magic, version, counts, used bytes, flags
 //! BASE + 0x0040  per-vCPU data at %gs: u32 vcpuid, u32 vcpureqid
 //! BASE + 0x0080  where an event-loop program resumes: RSP, R12, R13, RIP (4 x u64)
+//! BASE + 0x0100  per-vCPU data of the extra vCPUs (multiprocess): 8 bytes per vCPU id
 //! BASE + 0x1000  request header table:  struct kvm_request_header[REQ_MAX]
 //! BASE + 0x3000  response header table: struct kvm_request_header[RESP_MAX]
 //! BASE + 0x3800  struct kvm_request for set_backend_request handlers
@@ -22,9 +23,12 @@ pub const MAGIC: u32 = 0x4F49_5645;
 pub const VERSION: u32 = 1;
 /// `edgevm_io.flags` bit 0: the request is a warmup request.
 pub const FLAG_WARMUP: u32 = 1;
-/// Per-vCPU data at %gs (the GS base points here): `u32 vcpuid` (always 0: one vCPU),
+/// Per-vCPU data at %gs (the GS base points here): `u32 vcpuid` (0: the VM's first vCPU),
 /// `u32 vcpureqid` (the request VM's index in its program's pool).
 pub const VCPU_INFO: u64 = BASE + 0x40;
+/// The same data for the extra vCPUs of `multiprocess` (SMP): vCPU `k` (1..=16) has its GS
+/// base at `SMP_VCPU_INFO + 8 * k`.
+pub const SMP_VCPU_INFO: u64 = BASE + 0x100;
 /// The paused point of an event-loop program (`wait_for_requests_paused`): RSP, R12, R13 and
 /// RIP, read by the host's resume trampoline (written once into the frozen image).
 pub const PAUSED_RESUME: u64 = BASE + 0x80;

@@ -30,7 +30,8 @@ pub use memory::{GuestMemory, MemError, PAGE_SIZE};
 pub use pageset::PageSet;
 pub use views::{FrozenImage, MainMemory, MemoryView, PrivateView};
 pub use vm::{
-    guest_user_fsgsbase, guest_user_xsave, is_kvm_pvm, kvm_available, KvmMachine, KvmVcpu, VmShell,
+    guest_user_fsgsbase, guest_user_xsave, is_kvm_pvm, kvm_available, KvmMachine, KvmVcpu, SmpVcpu,
+    VmShell,
 };
 
 /// Why a vCPU stopped running guest code.

@@ -582,42 +582,7 @@ impl KvmVcpu {
 impl Vcpu for KvmVcpu {
     fn run(&mut self) -> Result<Exit, KvmError> {
         self.exits += 1;
-        let exit = match self.vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let mut v = [0u8; 4];
-                let n = data.len().min(4);
-                v[..n].copy_from_slice(&data[..n]);
-                Exit::IoOut {
-                    port,
-                    value: u32::from_le_bytes(v),
-                    size: n as u8,
-                }
-            }
-            Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn { port },
-            Ok(VcpuExit::MmioWrite(addr, _)) => Exit::MmioWrite { addr },
-            Ok(VcpuExit::MmioRead(addr, _)) => Exit::MmioRead { addr },
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(VcpuExit::InternalError) => {
-                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the `internal` union member
-                // is the one KVM filled in.
-                let sub = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                Exit::InternalError(sub)
-            }
-            Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
-            Ok(VcpuExit::MemoryFault { gpa, .. }) => Exit::MemoryFault { gpa },
-            Ok(VcpuExit::Debug(d)) => Exit::Debug {
-                exception: d.exception,
-                pc: d.pc,
-                dr6: d.dr6,
-            },
-            Ok(other) => Exit::Other(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) if e.errno() == libc::EFAULT => Exit::MemoryFault { gpa: 0 },
-            Err(e) => return Err(KvmError::ioctl("RUN", e)),
-        };
-        Ok(exit)
+        run_vcpu(&mut self.vcpu)
     }
 
     fn regs(&self) -> &kvm_regs {
@@ -692,6 +657,171 @@ impl Vcpu for KvmVcpu {
 
     fn dr6(&mut self) -> Result<u64, KvmError> {
         KvmVcpu::dr6(self)
+    }
+}
+
+/// KVM_RUN once on `vcpu`, the exit mapped to [`Exit`].
+fn run_vcpu(vcpu: &mut VcpuFd) -> Result<Exit, KvmError> {
+    let exit = match vcpu.run() {
+        Ok(VcpuExit::IoOut(port, data)) => {
+            let mut v = [0u8; 4];
+            let n = data.len().min(4);
+            v[..n].copy_from_slice(&data[..n]);
+            Exit::IoOut {
+                port,
+                value: u32::from_le_bytes(v),
+                size: n as u8,
+            }
+        }
+        Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn { port },
+        Ok(VcpuExit::MmioWrite(addr, _)) => Exit::MmioWrite { addr },
+        Ok(VcpuExit::MmioRead(addr, _)) => Exit::MmioRead { addr },
+        Ok(VcpuExit::Hlt) => Exit::Hlt,
+        Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+        Ok(VcpuExit::Intr) => Exit::Interrupted,
+        Ok(VcpuExit::InternalError) => {
+            // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the `internal` union member
+            // is the one KVM filled in.
+            let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            Exit::InternalError(sub)
+        }
+        Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
+        Ok(VcpuExit::MemoryFault { gpa, .. }) => Exit::MemoryFault { gpa },
+        Ok(VcpuExit::Debug(d)) => Exit::Debug {
+            exception: d.exception,
+            pc: d.pc,
+            dr6: d.dr6,
+        },
+        Ok(other) => Exit::Other(format!("{other:?}")),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+        Err(e) if e.errno() == libc::EFAULT => Exit::MemoryFault { gpa: 0 },
+        Err(e) => return Err(KvmError::ioctl("RUN", e)),
+    };
+    Ok(exit)
+}
+
+impl KvmVcpu {
+    /// Add vCPU `id` (1, 2, ...) to this VM, for SMP workers (`multiprocess`): same memory,
+    /// same CPUID and XCR0 as this vCPU; its special registers, MSRs and general registers are
+    /// the caller's to set. KVM cannot remove a vCPU: it lives as long as the VM.
+    pub fn add_vcpu(&self, id: u64) -> Result<SmpVcpu, KvmError> {
+        let g = global()?;
+        let mut vcpu = self
+            .vm
+            .create_vcpu(id)
+            .map_err(|e| KvmError::ioctl("CREATE_VCPU", e))?;
+        if let Some(cpuid) = &g.cpuid {
+            let _ = vcpu.set_cpuid2(cpuid);
+        }
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+        let regs: *mut kvm_regs = &mut vcpu.sync_regs_mut().regs;
+        Ok(SmpVcpu {
+            vcpu,
+            regs,
+            xcr0: self.xcr0,
+        })
+    }
+}
+
+/// An extra vCPU of a VM ([`KvmVcpu::add_vcpu`]): runs on its own host thread over the same
+/// memory and page tables as the VM's first vCPU. Registers go through sync_regs as there.
+pub struct SmpVcpu {
+    vcpu: VcpuFd,
+    regs: *mut kvm_regs,
+    xcr0: Option<u64>,
+}
+
+// SAFETY: `regs` points into the vCPU's own kvm_run mapping, which moves with the VcpuFd; the
+// vCPU is used by one thread at a time.
+unsafe impl Send for SmpVcpu {}
+
+impl SmpVcpu {
+    /// Run guest code until the next exit.
+    pub fn run(&mut self) -> Result<Exit, KvmError> {
+        run_vcpu(&mut self.vcpu)
+    }
+
+    /// General-purpose registers as of the last exit.
+    pub fn regs(&self) -> &kvm_regs {
+        // SAFETY: `regs` points into this vCPU's kvm_run mapping (valid while self lives); KVM
+        // only writes it during KVM_RUN, which needs &mut self.
+        unsafe { &*self.regs }
+    }
+
+    /// Mutable registers, handed to KVM on the next run (sync_regs dirty bit).
+    pub fn regs_mut(&mut self) -> &mut kvm_regs {
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+        // SAFETY: as in `regs`, and &mut self guarantees exclusive access.
+        unsafe { &mut *self.regs }
+    }
+
+    /// Special registers (one ioctl).
+    pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        self.vcpu
+            .get_sregs()
+            .map_err(|e| KvmError::ioctl("GET_SREGS", e))
+    }
+
+    /// Set the special registers (one ioctl).
+    pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
+        self.vcpu
+            .set_sregs(s)
+            .map_err(|e| KvmError::ioctl("SET_SREGS", e))
+    }
+
+    /// Give this vCPU the XCR0 of the vCPU it was added beside (after CR4.OSXSAVE is set with
+    /// [`SmpVcpu::set_sregs`]), if that one has one.
+    pub fn copy_xcr0(&mut self) -> Result<(), KvmError> {
+        let Some(value) = self.xcr0 else {
+            return Ok(());
+        };
+        let mut x = self
+            .vcpu
+            .get_xcrs()
+            .map_err(|e| KvmError::ioctl("GET_XCRS", e))?;
+        x.nr_xcrs = 1;
+        x.xcrs[0].xcr = 0;
+        x.xcrs[0].value = value;
+        self.vcpu
+            .set_xcrs(&x)
+            .map_err(|e| KvmError::ioctl("SET_XCRS", e))
+    }
+
+    /// Write one MSR (setup only).
+    pub fn set_msr(&mut self, index: u32, data: u64) -> Result<(), KvmError> {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }])
+        .map_err(|_| KvmError::Ioctl {
+            op: "SET_MSRS",
+            err: std::io::Error::other("bad msr list"),
+        })?;
+        self.vcpu
+            .set_msrs(&msrs)
+            .map_err(|e| KvmError::ioctl("SET_MSRS", e))?;
+        Ok(())
+    }
+
+    /// Pointer to `kvm_run.immediate_exit` (set by a signal handler or another thread to stop
+    /// the current or next run).
+    pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.vcpu.get_kvm_run().immediate_exit
+    }
+
+    /// Clear `immediate_exit` after an interrupted run.
+    pub fn clear_immediate_exit(&mut self) {
+        self.vcpu.set_kvm_immediate_exit(0);
+    }
+
+    /// Let KVM finish an instruction left half done (see [`KvmVcpu::settle`]); false when it
+    /// came back with another exit.
+    pub fn settle(&mut self) -> bool {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let r = self.run();
+        self.vcpu.set_kvm_immediate_exit(0);
+        matches!(r, Ok(Exit::Interrupted))
     }
 }
 

@@ -365,11 +365,20 @@ impl<M: MemoryView> Invoker<M> {
 
     /// Run the handler until it answers, fails or is preempted; stop or pause the deadline.
     pub(crate) fn run_and_settle(&mut self) -> Outcome {
-        let r = self.run_request();
+        let mut r = self.run_request();
         if matches!(r, Outcome::Preempted) {
             // The VM may move to another thread now: this thread's timer lets go of it.
             self.vm.pause_deadline();
             return r;
+        }
+        if self.vm.smp.is_some() {
+            // No multiprocess worker outlives its request; one that failed fails it.
+            if let Some(f) = self.end_workers() {
+                if !matches!(r, Outcome::Failed(_)) {
+                    self.vm.restore_user_mode(&self.entry);
+                    r = Outcome::Failed(f);
+                }
+            }
         }
         crate::debug::end(&mut self.vm, matches!(r, Outcome::Failed(_)));
         self.vm.stop_deadline();
@@ -525,6 +534,21 @@ impl<M: MemoryView> Invoker<M> {
                     }
                     return self.begin_stream(call);
                 }
+                Event::Hypercall(
+                    call @ (Call::Multiprocess { .. }
+                    | Call::MultiprocessArray { .. }
+                    | Call::MultiprocessClone { .. }),
+                ) => self.vm.machine.cpu.regs_mut().rax = self.multiprocess(call),
+                Event::Hypercall(call @ Call::MultiprocessWait) => match self.multiprocess_wait() {
+                    Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                    Ok(None) => {
+                        // Workers still run at the end of the slice: wait on where the VM
+                        // resumes (never on an HTTP worker).
+                        self.vm.defer_call(call);
+                        return Outcome::Preempted;
+                    }
+                    Err(f) => return Outcome::Failed(f),
+                },
                 Event::Hypercall(call) => {
                     if let Err(f) = self.api_call(call) {
                         return Outcome::Failed(f);

@@ -25,6 +25,8 @@ mod reset;
 pub mod retry;
 mod runtime;
 mod settings;
+pub mod smp;
+mod smp_calls;
 pub mod snapshot;
 pub mod spare;
 pub mod storage;

@@ -58,6 +58,8 @@ pub struct VmOptions {
     pub verbose_pagetables: bool,
     /// Outgoing network access (`sys_fetch`): policy and fetcher (crate::net).
     pub net: crate::net::NetAccess,
+    /// `smp`: extra vCPUs a request may run `multiprocess*` workers on (0..=16).
+    pub smp: u32,
 }
 
 impl VmOptions {
@@ -87,6 +89,7 @@ impl VmOptions {
             executable_heap: false,
             verbose_pagetables: false,
             net: crate::net::NetAccess::default(),
+            smp: 0,
         }
     }
 

@@ -212,6 +212,10 @@ impl RequestVm {
     /// An event loop's memory is the frozen image again: the next request resumes it from
     /// the frozen paused point.
     fn back_to_frozen_pause(&mut self) {
+        // The process state is the frozen one again: the workers' stacks are unmapped.
+        if let Some(s) = self.inv.vm.smp.as_mut() {
+            s.stacks = None;
+        }
         self.inv.live_paused = false;
         self.inv.broken = false;
         self.inv.vm.paused = self.frozen.paused;

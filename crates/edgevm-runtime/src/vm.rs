@@ -109,6 +109,9 @@ pub struct BootReport {
 /// }
 /// ```
 pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
+    /// Extra vCPUs of `multiprocess*` (crate::smp), made when a request first asks. First
+    /// field: dropped (its threads stopped and joined) before the VM and its memory.
+    pub(crate) smp: Option<Box<crate::smp::Smp>>,
     /// The VM and its memory.
     pub machine: KvmMachine<C, M>,
     /// Emulated process state.
@@ -154,6 +157,9 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     pending_call: Option<Call>,
     /// Self-request depth of the request being served (0: a client's), for `sys_fetch`.
     pub(crate) fetch_depth: u32,
+    /// Where the stacks of `multiprocess` workers are (`smp` x 512 KiB, reserved at boot in
+    /// whole 2 MiB pages so no page table changes for them); 0: none reserved.
+    pub(crate) smp_stacks: u64,
     /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
     /// not the program's, so they are left out of exits-per-request counts.
     pub timer_exits: u64,
@@ -219,6 +225,8 @@ pub struct Frozen {
     pub paused: Option<u64>,
     /// The image at FXSAVE_AREA is a full XSAVE image (restored with XRSTOR).
     pub use_xsave: bool,
+    /// The `multiprocess` workers' stacks reserved at boot (0: none; see `Vm`).
+    pub smp_stacks: u64,
 }
 
 /// A VM that boots a program in its own memory: frozen into the program's image, or kept as
@@ -333,13 +341,30 @@ impl MainVm {
                 edgevm_abi::errno::name(-e)
             ))
         })?;
-        Ok(Vm::assemble(machine, linux, elf, layout, opts))
+        // The stacks of `multiprocess` workers (docs/DESIGN.md, "SMP"): reserved now, while
+        // the page tables are being written anyway, so a request never changes them for this.
+        let smp_stacks = if opts.smp > 0 && !opts.storage {
+            let len = u64::from(opts.smp.min(crate::smp::MAX_SMP)) * crate::smp::WORKER_STACK;
+            linux
+                .map_anonymous_huge(len, &mut machine.mem)
+                .ok_or(RunError::MemoryLimit {
+                    used: linux.memory_used() + len.next_multiple_of(2 << 20),
+                    limit: opts.max_memory,
+                })?
+        } else {
+            0
+        };
+        let mut vm = Vm::assemble(machine, linux, elf, layout, opts);
+        vm.smp_stacks = smp_stacks;
+        Ok(vm)
     }
 
     /// Freeze a program that called wait_for_requests(): keep its memory as the image, record
     /// the CPU state (FPU/SSE/AVX into the image, for the request entry stub), drop its vCPU.
     pub fn freeze(mut self) -> Result<Frozen, RunError> {
         self.printer.flush();
+        // Workers a warmup request started are gone with the main VM's vCPUs.
+        self.smp = None;
         let use_xsave = self.install_entry_fpu()?;
         let regs = *self.machine.cpu.regs();
         let (fs_base, gs_base) = (self.machine.cpu.fs_base(), self.machine.cpu.gs_base());
@@ -353,6 +378,7 @@ impl MainVm {
             opts,
             ephemeral_override,
             paused,
+            smp_stacks,
             ..
         } = self;
         let KvmMachine { cpu, mut mem } = machine;
@@ -384,6 +410,7 @@ impl MainVm {
             ephemeral_override,
             paused,
             use_xsave,
+            smp_stacks,
         })
     }
 }
@@ -418,6 +445,7 @@ impl ForkedVm {
         vm.regex = f.regex.clone();
         vm.ephemeral_override = f.ephemeral_override;
         vm.paused = f.paused;
+        vm.smp_stacks = f.smp_stacks;
         vm.initialized = true;
         Ok(vm)
     }
@@ -434,6 +462,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
     ) -> Vm<C, M> {
         let _timer_guard = timer::Guard::new(machine.cpu.immediate_exit_ptr());
         Vm {
+            smp: None,
             _timer_guard,
             machine,
             linux,
@@ -455,6 +484,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             pending_syscall: false,
             pending_call: None,
             fetch_depth: 0,
+            smp_stacks: 0,
             timer_exits: 0,
             debug: None,
         }
@@ -495,6 +525,14 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                 self.arm_timer()?;
             }
             if self.linux.page_tables_pending() {
+                if self.smp.as_ref().is_some_and(|s| s.active()) {
+                    // The workers' vCPUs would keep the old entries (docs/DESIGN.md, "SMP").
+                    return Err(RunError::Emulation(
+                        "page protections changed (mprotect, munmap, mmap over such a range) \
+                         while multiprocess workers run: not allowed before multiprocess_wait()"
+                            .into(),
+                    ));
+                }
                 // Changed page protections: the vCPU re-reads them first (edgevm_abi::paging).
                 // An `out` it stopped at (a system call on hardware KVM, where the stub's
                 // `sysretq` comes next; a hypercall) completes first, so the routine returns

@@ -71,6 +71,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.cwd = p.current_working_directory.clone();
     vm.executable_heap = p.executable_heap;
     vm.verbose_pagetables = p.verbose_pagetables;
+    vm.smp = p.smp;
     ProgramSettings {
         vm,
         concurrency: p.concurrency,

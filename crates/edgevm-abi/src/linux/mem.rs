@@ -187,6 +187,33 @@ impl LinuxState {
         Some(at)
     }
 
+    /// [`LinuxState::map_anonymous`] in whole 2 MiB pages on a 2 MiB boundary: where the
+    /// page tables already say what the program's new memory gets (every never-changed
+    /// region), nothing is rewritten or queued for the vCPU to re-read. For the stacks of
+    /// SMP workers, whose vCPUs cannot run the page-table routine (docs/DESIGN.md, "SMP").
+    pub fn map_anonymous_huge(&mut self, len: u64, mem: &mut GuestMemory) -> Option<u64> {
+        const MB2: u64 = 2 << 20;
+        let len = len.max(1).div_ceil(MB2).checked_mul(MB2)?;
+        if len > self.layout.mem_size {
+            return None;
+        }
+        let at = self.alloc(len + MB2, mem, true)?;
+        let start = at.next_multiple_of(MB2);
+        let end = start + len;
+        if start > at {
+            self.mmap.give_back(at, start - at);
+        }
+        if at + len + MB2 > end {
+            self.mmap.give_back(end, at + len + MB2 - end);
+        }
+        let prot = self.heap_prot(PROT_READ | PROT_WRITE);
+        if self.protect(mem, start, len, prot) < 0 {
+            self.mmap.give_back(start, len);
+            return None;
+        }
+        Some(start)
+    }
+
     /// Take `len` bytes of the mmap area; `counted`: checked against the memory limits (a
     /// reservation with no access is not).
     pub(super) fn alloc(&mut self, len: u64, mem: &mut GuestMemory, counted: bool) -> Option<u64> {

@@ -109,6 +109,8 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         ephemeral_override,
         paused,
         use_xsave,
+        // Not recorded in snapshots: multiprocess maps the workers' stacks per request.
+        smp_stacks: 0,
     })
 }
 

@@ -84,6 +84,20 @@ impl EntryState {
     }
 }
 
+impl EntryState {
+    /// R10 for a `multiprocess` worker entering through the request entry stub: the FPU
+    /// image kind only (its FS/GS bases are set with its special registers, so R12 and R13
+    /// stay free for `multiprocess_clone`).
+    pub(crate) fn worker_r10(&self) -> u64 {
+        u64::from(self.xsave)
+    }
+
+    /// The user-mode special registers at the frozen point, if they could be read.
+    pub(crate) fn user_sregs(&self) -> Option<kvm_bindings::kvm_sregs> {
+        self.user_sregs
+    }
+}
+
 impl<M: MemoryView> Vm<KvmVcpu, M> {
     /// Write this VM's current FPU/SSE/AVX state where the request-entry stub restores it
     /// from. Returns true for a full XSAVE image, false for FXSAVE (x87/SSE) only.

@@ -31,6 +31,7 @@ mod run_cmd;
 mod run_limits;
 mod scale;
 mod serve;
+mod smp;
 mod snapshot;
 mod soak;
 mod sockets;
