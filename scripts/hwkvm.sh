@@ -128,8 +128,8 @@ strip --strip-debug -o "$R$ROOT/target/debug/edgevm" target/debug/edgevm
 strip --strip-debug -o "$R/hwkvm/all" "$tests_bin"
 cp -r "$EDGEVM_GUESTS"/. "$R$EDGEVM_GUESTS/"
 # Debug info off the guests (symbols stay: crash reports name functions); less to unpack.
-# Not off `debug`: the debug:: tests read its variables and arguments with GDB.
-find "$R$EDGEVM_GUESTS" -maxdepth 1 -type f -perm -u+x ! -name debug -exec strip --strip-debug {} + 2>/dev/null || true
+# Not off `debug` and `hello_pie`: the debug:: tests read their variables and arguments with GDB.
+find "$R$EDGEVM_GUESTS" -maxdepth 1 -type f -perm -u+x ! -name debug ! -name hello_pie -exec strip --strip-debug {} + 2>/dev/null || true
 cp -r "$ROOT/bench" "$ROOT/config" "$R$ROOT/"
 cp -r "$ROOT/guest" "$R$ROOT/guest"
 rm -rf "$R$ROOT/guest/rust/"*/target

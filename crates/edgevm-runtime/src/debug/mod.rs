@@ -16,8 +16,8 @@
 //!   hardware KVM, which is recognized too. Either way the CPL0 exception stub reports it
 //!   through its port;
 //! * single step sets RFLAGS.TF: the #DB after one instruction goes the same way;
-//! * hardware breakpoints are the guest's DR0-DR3/DR7 (KVM_SET_DEBUGREGS), which raise #DB
-//!   on hardware KVM; kvm_pvm ignores guest debug registers, so there they are `int3` too;
+//! * hardware breakpoints (`hbreak`) are `int3` bytes too: kvm_pvm ignores the guest's debug
+//!   registers, and under emulated SVM a DR0-DR3 breakpoint was never hit (DEBUGGING.md);
 //! * a program stopped in an exception stub resumes through an `iretq` at
 //!   [`layout::DEBUG_IRET`] with RSP at the exception frame, whose RIP, RFLAGS (TF, RF) and
 //!   RSP the debugger may have changed;
@@ -64,7 +64,6 @@ mod run;
 mod target;
 
 pub(crate) use run::run_until_event;
-use run::*;
 pub use target::{EdgevmX86_64, Regs};
 
 /// The default debug address: the reference's port, loopback only.
@@ -129,8 +128,6 @@ pub(crate) struct Debugger<C: Vcpu, M: MemoryView> {
     gdb: Option<Gdb<C, M>>,
     /// Software breakpoints: address -> the byte the `int3` replaced.
     sw: BTreeMap<u64, u8>,
-    /// Hardware breakpoints in DR0-DR3 (hardware KVM).
-    hw: Vec<u64>,
     /// The internal breakpoint at the program's entry (`--gdb`).
     entry_bp: Option<(u64, u8)>,
     /// The vCPU is in a CPL0 exception stub; the program's RIP, CS, RFLAGS, RSP and SS are
@@ -178,7 +175,6 @@ impl<C: Vcpu, M: MemoryView> Debugger<C, M> {
         Box::new(Debugger {
             gdb: None,
             sw: BTreeMap::new(),
-            hw: Vec::new(),
             entry_bp: None,
             frame: None,
             stepping: false,
@@ -268,9 +264,6 @@ pub(crate) fn end<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>, failed: bool) {
     }
     if let Some((a, b)) = d.entry_bp.take() {
         let _ = vm.machine.mem.write_raw(a, &[b]);
-    }
-    if !d.hw.is_empty() {
-        let _ = vm.machine.cpu.set_debugregs([0; 4], 0xFFFF_0FF0, 0x400);
     }
     if let Some(Gdb::Running(r)) = d.gdb.take() {
         let why = if failed {
@@ -494,9 +487,6 @@ fn detach<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) -> Result<Option<CrashRepor
     }
     if let Some((a, b)) = d.entry_bp.take() {
         vm.machine.mem.write_raw(a, &[b])?;
-    }
-    if !d.hw.is_empty() {
-        vm.machine.cpu.set_debugregs([0; 4], 0xFFFF_0FF0, 0x400)?;
     }
     if let Some(f) = d.frame.take() {
         let fl = vm.machine.mem.read_raw_u64(f + 16);

@@ -195,16 +195,7 @@ pub(super) fn on_exception<C: Vcpu, M: MemoryView>(
         return Ok(());
     }
     if vector == 1 {
-        let has_hw = !d.hw.is_empty();
-        let hw_hit = has_hw && vm.machine.cpu.dr6().is_ok_and(|d6| d6 & 0xF != 0);
-        if hw_hit {
-            let hw = dbg(vm).hw.clone();
-            set_hw(vm, &hw)?;
-        }
-        let d = dbg(vm);
-        d.stop = Some(if hw_hit {
-            SingleThreadStopReason::HwBreak(())
-        } else if stepping {
+        d.stop = Some(if stepping {
             SingleThreadStopReason::DoneStep
         } else {
             SingleThreadStopReason::Signal(Signal::SIGTRAP)
@@ -274,26 +265,4 @@ pub(super) fn poll_ctrl_c<C: Vcpu, M: MemoryView>(vm: &mut Vm<C, M>) {
         // boundary in user mode).
     }
     dbg(vm).gdb = Some(gdb);
-}
-
-pub(super) fn hw_slots(hw: &[u64]) -> [u64; 4] {
-    let mut s = [0u64; 4];
-    for (i, a) in hw.iter().take(4).enumerate() {
-        s[i] = *a;
-    }
-    s
-}
-
-pub(super) fn set_hw<C: Vcpu, M: MemoryView>(
-    vm: &mut Vm<C, M>,
-    hw: &[u64],
-) -> Result<(), RunError> {
-    let mut dr7 = 0x400u64;
-    for i in 0..hw.len().min(4) {
-        dr7 |= 1 << (2 * i); // local enable; R/W 00 (execute), LEN 00
-    }
-    vm.machine
-        .cpu
-        .set_debugregs(hw_slots(hw), 0xFFFF_0FF0, dr7)?;
-    Ok(())
 }
