@@ -62,7 +62,7 @@
 #     example_goserve  Go 1.19 (CGO_ENABLED=0) through the kvm package (guest/go/kvm):
 #                      goroutines, channels, a WaitGroup fan-out, time.Sleep (tests/all/golang.rs)
 #   Rust guest crate (guest/rust/edgevm-guest):
-#     rust_hello_http, rust_event_loop
+#     rust_hello_http, rust_event_loop, rust_smp (multiprocess from Rust; tests/all/smp.rs)
 #
 # Rebuilds only what is older than its sources or kvm_api.h. Fails loudly
 # when a compiler is missing. Set EDGEVM_GUEST_SKIP="rust musl cpp" (any
@@ -259,14 +259,16 @@ if ! skipped rust; then
 	BIN="$RT/x86_64-unknown-linux-gnu/release/hello_http"
 	ABI="$GUEST/../crates/edgevm-guest-abi"
 	if ! up_to_date "$OUT/rust_hello_http" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
-		|| ! up_to_date "$OUT/rust_event_loop" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
+		|| ! up_to_date "$OUT/rust_event_loop" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f) \
+		|| ! up_to_date "$OUT/rust_smp" "$GUEST/build.sh" $(find "$CRATE/src" "$CRATE/Cargo.toml" "$ABI/src" "$ABI/Cargo.toml" -type f); then
 		( cd "$CRATE" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$RT" \
-			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http --bin event_loop ) || {
+			cargo build --quiet --offline --release --target x86_64-unknown-linux-gnu --bin hello_http --bin event_loop --bin smp ) || {
 			echo "build.sh: FAILED: rust_hello_http (cargo build)" >&2
 			exit 1
 		}
 		cp -f "$BIN" "$OUT/rust_hello_http"
 		cp -f "$RT/x86_64-unknown-linux-gnu/release/event_loop" "$OUT/rust_event_loop"
+		cp -f "$RT/x86_64-unknown-linux-gnu/release/smp" "$OUT/rust_smp"
 		BUILT=$((BUILT + 1))
 	else
 		FRESH=$((FRESH + 1))

@@ -147,9 +147,11 @@ static void yield_worker(void *arg)
 		sched_yield();
 	atomic_fetch_add(&yields, 1);
 }
+static uint64_t tsc[MAXV][2];
 static void bench_worker(void *arg)
 {
 	const long units = (long)arg;
+	tsc[vcpuid()][0] = __builtin_ia32_rdtsc();
 	uint64_t x = 88172645463325252ull + (uint64_t)vcpuid();
 	for (long i = 0; i < units * 1000; i++) {
 		x ^= x << 13;
@@ -157,6 +159,7 @@ static void bench_worker(void *arg)
 		x ^= x << 17;
 	}
 	ctx.sums[vcpuid()] = (long)(x & 0xFFFF);
+	tsc[vcpuid()][1] = __builtin_ia32_rdtsc();
 }
 
 static void on_get(const char *url, const char *arg)
@@ -234,7 +237,11 @@ static void on_get(const char *url, const char *arg)
 			multiprocess(n, bench_worker, (void *)(units / n));
 		bench_worker((void *)(units / n));
 		multiprocess_wait();
-		snprintf(out, sizeof(out), "ok %d", n);
+		/* Each vCPU's [start, end] in TSC ticks relative to vCPU 0's start. */
+		int len = snprintf(out, sizeof(out), "ok %d", n);
+		for (int i = 0; i < n; i++)
+			len += snprintf(out + len, sizeof(out) - len, " [%ld %ld]",
+				(long)(tsc[i][0] - tsc[0][0]) / 1000000, (long)(tsc[i][1] - tsc[0][0]) / 1000000);
 	} else if (strstr(url, "/loop")) {
 		multiprocess(3, spin_forever, NULL);
 		multiprocess_wait();

@@ -11,12 +11,14 @@ use crate::harness::{js, Server};
 fn smp_server(name: &str) -> Server {
     let file = guest("smp");
     let f = js(file.to_str().unwrap());
+    let rust = js(guest("rust_smp").to_str().unwrap());
     Server::with_config(
         name,
         &format!(
             "{{ \"smp\": {{ \"filename\": {f}, \"smp\": 4, \"shared_memory\": 2, \
              \"max_request_time\": 1, \"concurrency\": 2 }},
-               \"nosmp\": {{ \"filename\": {f}, \"shared_memory\": 2 }} }}"
+               \"nosmp\": {{ \"filename\": {f}, \"shared_memory\": 2 }},
+               \"rust_smp\": {{ \"filename\": {rust}, \"smp\": 3 }} }}"
         ),
     )
 }
@@ -69,6 +71,15 @@ fn workers_run_on_extra_vcpus_over_the_same_memory() {
     assert!(s
         .log()
         .contains("multiprocess: this program has no extra vCPUs (set \"smp\""));
+    // The same from the Rust guest crate.
+    assert_eq!(
+        s.ok("/rust_smp/sum?n=4"),
+        format!("rust r 0 w 0 sum {} ids 0 1 2 3", expected_sum(4))
+    );
+    assert_eq!(
+        s.ok("/rust_smp/array"),
+        "rust r 0 w 0 [20 0] [25 1] [32 2] [41 3]"
+    );
     // Two request VMs with their own workers at once.
     let want = s.ok("/smp/sum?n=5");
     for r in s.get_concurrently(2, 4, "/smp/sum?n=5") {

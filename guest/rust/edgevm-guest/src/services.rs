@@ -203,7 +203,13 @@ pub unsafe fn sys_fetch(
     }
 }
 
-/// [0x10710] Run `f(arg)` on `n - 1` extra vCPUs.
+/// [0x10710] Run `f(arg)` on `n - 1` extra vCPUs (the program's `smp` configuration allows
+/// up to 16), each on its own stack, in parallel with the caller; 0, or -1 when refused.
+/// The caller (vCPU 0) does its share, then [`multiprocess_wait`]. A worker may only compute
+/// over memory (atomics work across vCPUs), call `std::thread::yield_now()` and return: any
+/// other system call (allocation, printing, locks that sleep) or host call fails the request
+/// (guest/README.md, "Multiprocessing"). `multiprocess_clone` is not offered here: a Rust
+/// function cannot go on soundly on another stack.
 ///
 /// # Safety
 /// `f` runs concurrently with the caller; `arg` must be safe to share.
@@ -211,12 +217,37 @@ pub unsafe fn multiprocess(n: usize, f: extern "C" fn(*mut c_void), arg: *mut c_
     // SAFETY: forwarded to the caller.
     unsafe { hc3(nr::MULTIPROCESS, n, f as usize, arg as usize) as i64 }
 }
-/// [0x10713] Wait for all extra vCPUs.
+/// [0x10711] Like [`multiprocess`]: worker k (1..n) is called as
+/// `f(array + k * element_size, element_size)` (as the reference); the caller handles
+/// element 0.
+///
+/// # Safety
+/// As [`multiprocess`]; `array` must hold `n` elements of `element_size` bytes.
+pub unsafe fn multiprocess_array(
+    n: usize,
+    f: extern "C" fn(*mut c_void, usize),
+    array: *mut c_void,
+    element_size: usize,
+) -> i64 {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        hypercall(
+            nr::MULTIPROCESS_ARRAY,
+            n,
+            f as usize,
+            array as usize,
+            element_size,
+            0,
+            0,
+        ) as i64
+    }
+}
+/// [0x10713] Wait for all extra vCPUs (0; a failed worker fails the request).
 pub fn multiprocess_wait() -> i64 {
     // SAFETY: no arguments.
     unsafe { hc0(nr::MULTIPROCESS_WAIT) as i64 }
 }
-/// The current vCPU id (%gs:0).
+/// The current vCPU id (%gs:0): 0 on the main vCPU, 1..n-1 on `multiprocess` workers.
 pub fn vcpuid() -> i32 {
     let v: i32;
     // SAFETY: the host maps per-vCPU data at %gs.
