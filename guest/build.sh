@@ -36,6 +36,7 @@
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     hot_pages        reset of pages kept writable (tests/all/reset.rs)
 #     wx               page protections: W^X, mprotect, executable_heap (tests/all/wx.rs)
+#     memlayout        blackout_area, relocate_fixed_mmap, stdout, huge pages (tests/all/memlayout.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
 #     event_loop(_ref,_cpp) wait_for_requests_paused() event loops (tests/all/event_loop.rs)
@@ -154,7 +155,7 @@ build bench_hello "$T/hello.c" gcc $CFLAGS -static "$T/hello.c" -o "$OUT/bench_h
 build hello_pie "$T/hello.c" gcc $CFLAGS -static-pie -fPIE "$T/hello.c" -o "$OUT/hello_pie.tmp"
 build wait "$T/wait.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/wait.c" -o "$OUT/wait.tmp"
 build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/debug.c" -o "$OUT/debug.tmp"
-for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init wx; do
+for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init wx memlayout; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"

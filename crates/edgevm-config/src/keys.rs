@@ -270,14 +270,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "hugepages",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.hugepages, v),
         is_default: same_as_default!(hugepages),
     },
     KeySpec {
         name: "hugepage_arena_size",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.hugepage_arena_size = megabytes(v, 2, 0)?;
             Ok(())
@@ -287,7 +287,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "request_hugepage_arena_size",
         aliases: &["request_hugepages"],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.request_hugepage_arena_size = megabytes(v, 2, 0)?;
             Ok(())
@@ -297,7 +297,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "split_hugepages",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.split_hugepages, v),
         is_default: same_as_default!(split_hugepages),
     },
@@ -466,7 +466,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "blackout_area",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.blackout_area = remappings("blackout_area", v)?;
             Ok(())
@@ -537,14 +537,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "stdout",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.stdout, v),
         is_default: same_as_default!(stdout),
     },
     KeySpec {
         name: "relocate_fixed_mmap",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.relocate_fixed_mmap, v),
         is_default: same_as_default!(relocate_fixed_mmap),
     },
@@ -568,7 +568,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "transparent_hugepages",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| set_bool(&mut d.cfg.transparent_hugepages, v),
         is_default: same_as_default!(transparent_hugepages),
     },

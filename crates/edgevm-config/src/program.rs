@@ -108,22 +108,24 @@ pub struct ProgramConfig {
     /// `max_memory + shared_memory` (raised automatically).
     #[serde(serialize_with = "ser_mb")]
     pub address_space: u64,
-    /// `hugepages`: back the whole main VM with hugepages. *Not supported
-    /// yet.*
+    /// `hugepages`: ask the host for (transparent) huge pages over the whole
+    /// main VM's memory.
     pub hugepages: bool,
-    /// `hugepage_arena_size` (MB, multiple of 2): hugepage-backed part of
-    /// main memory; 0 disables. *Not supported yet.*
+    /// `hugepage_arena_size` (MB, multiple of 2): the first part of main
+    /// memory asked for huge pages; 0 disables.
     #[serde(serialize_with = "ser_mb")]
     pub hugepage_arena_size: u64,
     /// `request_hugepage_arena_size` (MB, multiple of 2; alias
-    /// `request_hugepages`): hugepage-backed part of request memory.
-    /// *Not supported yet.*
+    /// `request_hugepages`): the first part of each request VM's memory
+    /// asked for huge pages; 0 disables.
     #[serde(serialize_with = "ser_mb")]
     pub request_hugepage_arena_size: u64,
     /// `split_hugepages`: allow splitting hugepages into 4K pages during
-    /// requests. Default true. *Not supported yet* (when false).
+    /// requests. Default true. edgevm's copy-on-write is host-side, at 4 KiB,
+    /// whatever the value (docs/CONFIG.md).
     pub split_hugepages: bool,
-    /// `transparent_hugepages` (reference extra). *Not supported yet.*
+    /// `transparent_hugepages` (reference extra): ask for transparent huge
+    /// pages over all guest memory, main and request VMs.
     pub transparent_hugepages: bool,
     /// `ephemeral`: reset the request VM after every request. Default true.
     pub ephemeral: bool,
@@ -173,8 +175,7 @@ pub struct ProgramConfig {
     /// executable. *Not supported yet* (when non-empty).
     #[serde(serialize_with = "ser_remappings")]
     pub executable_remapping: Vec<Remapping>,
-    /// `blackout_area`: guest areas to unmap. *Not supported yet* (when
-    /// non-empty).
+    /// `blackout_area`: guest areas the program can never map or touch.
     #[serde(serialize_with = "ser_remappings")]
     pub blackout_area: Vec<Remapping>,
     /// `warmup`: mock requests sent before forking the request VMs.
@@ -194,11 +195,12 @@ pub struct ProgramConfig {
     /// `smp` (reference extra): extra vCPUs per VM, 0..=16.
     /// *Not supported yet* (when non-zero).
     pub smp: u32,
-    /// `stdout` (reference extra): print guest output straight to stdout.
-    /// *Not supported yet.*
+    /// `stdout` (reference extra): the program's stdout goes to the
+    /// server's stdout (else all its output goes to the log, stderr).
     pub stdout: bool,
-    /// `relocate_fixed_mmap` (reference extra): default true.
-    /// *Not supported yet* (when false).
+    /// `relocate_fixed_mmap` (reference extra): default true: MAP_FIXED
+    /// mappings outside the mmap area are placed elsewhere; false: mmap
+    /// hints are honoured and such mappings fail.
     pub relocate_fixed_mmap: bool,
     /// `executable_heap` (reference extra): brk and mmap memory executable, W+X allowed.
     pub executable_heap: bool,

@@ -446,14 +446,14 @@ fn a_bad_program_does_not_affect_the_others() {
         r#"{
 		"good": { "filename": "/opt/good" },
 		"bad": { "filename": "/opt/bad", "max_memory": 3 },
-		"other": { "filename": "/opt/other", "hugepages": true }
+		"other": { "filename": "/opt/other", "websocket_server": { "port": 8081 } }
 	}"#,
     );
     assert!(ok(&cfg, "good").filename.is_some());
     assert!(err(&cfg, "bad").to_string().contains("multiple of 2 MB"));
     assert_eq!(
         err(&cfg, "other").to_string(),
-        "other: 'hugepages' is not supported yet"
+        "other: 'websocket_server' is not supported yet"
     );
     assert!(cfg.has_errors());
     assert_eq!(cfg.errors().count(), 2);
@@ -953,15 +953,7 @@ fn not_supported_keys_are_fine_at_their_default() {
 #[test]
 fn not_supported_keys_refuse_non_default_values() {
     let cases = [
-        ("hugepages", "true"),
-        ("hugepage_arena_size", "64"),
-        ("request_hugepage_arena_size", "16"),
-        ("split_hugepages", "false"),
         ("remapping", r#"{"caged_heap": ["0x1000000000", 256]}"#),
-        ("blackout_area", r#"{"x": ["0x200000000", "0x1000000000"]}"#),
-        ("stdout", "true"),
-        ("relocate_fixed_mmap", "false"),
-        ("transparent_hugepages", "true"),
         ("executable_remapping", r#"["0x40000000", 2]"#),
         ("websocket_server", r#"{"port": 8081}"#),
     ];
@@ -1008,14 +1000,14 @@ fn pins_need_a_uri_and_downloads_a_known_scheme() {
 #[test]
 fn not_supported_value_inherited_from_group_fails_the_program_not_the_group() {
     let cfg = load(
-        r#"{ "dbg": { "hugepages": true },
+        r#"{ "dbg": { "remapping": { "x": ["0x1000000000", 2] } },
 		"a": { "group": "dbg", "filename": "/a" },
-		"b": { "group": "dbg", "filename": "/b", "hugepages": false } }"#,
+		"b": { "group": "dbg", "filename": "/b", "remapping": {} } }"#,
     );
     assert!(cfg.groups["dbg"].is_ok());
     assert_eq!(
         err(&cfg, "a").to_string(),
-        "a: 'hugepages' is not supported yet"
+        "a: 'remapping' is not supported yet"
     );
     ok(&cfg, "b");
 }
@@ -1053,7 +1045,7 @@ fn key_table_reports_support() {
         key_support("req_mem_limit_after_reset"),
         Some(Support::Supported)
     );
-    assert_eq!(key_support("request_hugepages"), Some(Support::NotYet));
+    assert_eq!(key_support("request_hugepages"), Some(Support::Supported));
     assert_eq!(key_support("colour"), None);
     let names: Vec<_> = known_keys().map(|(n, _)| n).collect();
     for glossary_key in [

@@ -821,6 +821,29 @@ impl GuestMemory {
         unsafe { self.dont_need(0, self.shared_from) }
     }
 
+    /// Ask the host for transparent huge pages (`madvise(MADV_HUGEPAGE)`) over the first
+    /// `len` bytes of this memory (rounded down to 2 MiB; for a request VM's view, never the
+    /// shared-memory area). Whether the host then uses them: [`host_huge_pages`].
+    pub fn advise_huge_pages(&self, len: u64) -> Result<(), MemError> {
+        const MB2: usize = 2 << 20;
+        let limit = if self.private {
+            self.shared_from
+        } else {
+            self.size
+        };
+        let len = (len.min(limit as u64) as usize) & !(MB2 - 1);
+        let Some(p) = NonNull::new(self.ptr) else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: 0..len lies inside this memory's own mapping; MADV_HUGEPAGE changes only
+        // how the kernel backs it, never its contents.
+        unsafe { mman::madvise(p.cast(), len, MmapAdvise::MADV_HUGEPAGE) }
+            .map_err(os_err("madvise(MADV_HUGEPAGE)"))
+    }
+
     /// MADV_DONTNEED over `off..off+len` of the mapping.
     ///
     /// # Safety
@@ -842,6 +865,51 @@ impl Drop for GuestMemory {
             // sub-mapping is inside it and goes with it).
             let _ = unsafe { mman::munmap(p.cast(), self.size) };
         }
+    }
+}
+
+/// What the host's transparent huge pages give guest memory: the kernel's modes
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` for anonymous memory, `shmem_enabled` for the
+/// memfd images), "" where the kernel has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHugePages {
+    /// Mode for anonymous memory (a request VM's fresh pages): `always`, `madvise`, `never`.
+    pub anon: String,
+    /// Mode for shared memory (a program's image): `always`, `within_size`, `advise`,
+    /// `never`, `deny`, `force`.
+    pub shmem: String,
+}
+
+impl HostHugePages {
+    /// Whether advised anonymous memory gets huge pages.
+    pub fn anon_ok(&self) -> bool {
+        matches!(self.anon.as_str(), "always" | "madvise")
+    }
+
+    /// Whether advised shared memory (the image) gets huge pages.
+    pub fn shmem_ok(&self) -> bool {
+        matches!(
+            self.shmem.as_str(),
+            "always" | "within_size" | "advise" | "force"
+        )
+    }
+}
+
+/// The host's transparent-huge-page modes (the bracketed word of each file).
+pub fn host_huge_pages() -> HostHugePages {
+    let mode = |f: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{f}"))
+            .ok()
+            .and_then(|t| {
+                let a = t.find('[')?;
+                let b = t[a..].find(']')?;
+                Some(t[a + 1..a + b].to_string())
+            })
+            .unwrap_or_default()
+    };
+    HostHugePages {
+        anon: mode("enabled"),
+        shmem: mode("shmem_enabled"),
     }
 }
 

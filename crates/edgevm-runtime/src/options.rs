@@ -60,6 +60,28 @@ pub struct VmOptions {
     pub net: crate::net::NetAccess,
     /// `smp`: extra vCPUs a request may run `multiprocess*` workers on (0..=16).
     pub smp: u32,
+    /// `blackout_area`: page-aligned ranges [start, end) the program can never map or touch.
+    pub blackout_area: Vec<(u64, u64)>,
+    /// `relocate_fixed_mmap` (default true): a MAP_FIXED mapping outside the program's mmap
+    /// area gets memory elsewhere; false: mmap hints are honoured and such mappings fail.
+    pub relocate_fixed_mmap: bool,
+    /// Where guest output goes: true (`stdout`, and always under `edgevm run`) prints what the
+    /// program writes to fd 1 on the host's stdout and fd 2 on stderr; false prints both on
+    /// stderr, the server's log.
+    pub output_to_stdout: bool,
+    /// Huge pages asked for guest memory (`hugepages`, `hugepage_arena_size`,
+    /// `request_hugepage_arena_size`, `transparent_hugepages`).
+    pub huge_pages: HugePages,
+}
+
+/// How much guest memory, from guest-physical 0, the host is asked to back with transparent
+/// huge pages (`madvise(MADV_HUGEPAGE)`), in bytes; 0 = none, `u64::MAX` = all of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HugePages {
+    /// The main (and storage) VM's memory: the program's image.
+    pub main: u64,
+    /// Each request VM's view: its working memory.
+    pub request: u64,
 }
 
 impl VmOptions {
@@ -90,6 +112,10 @@ impl VmOptions {
             verbose_pagetables: false,
             net: crate::net::NetAccess::default(),
             smp: 0,
+            blackout_area: Vec::new(),
+            relocate_fixed_mmap: true,
+            output_to_stdout: true,
+            huge_pages: HugePages::default(),
         }
     }
 

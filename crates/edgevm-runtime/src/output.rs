@@ -16,11 +16,14 @@ pub struct Printer {
     budget: Option<usize>,
     /// The "output truncated" note was printed for this run.
     truncated: bool,
+    /// What the program writes to fd 1 goes to the host's stdout (else to stderr, the log).
+    to_stdout: bool,
 }
 
 impl Printer {
-    /// A printer for program `name`; `raw` prints guest bytes unchanged.
-    pub fn new(name: &str, raw: bool) -> Self {
+    /// A printer for program `name`; `raw` prints guest bytes unchanged; `to_stdout` prints
+    /// what it writes to fd 1 on the host's stdout, else everything goes to stderr.
+    pub fn new(name: &str, raw: bool, to_stdout: bool) -> Self {
         Printer {
             prefix: format!(">>> [{name}] "),
             raw,
@@ -28,6 +31,7 @@ impl Printer {
             capture: None,
             budget: None,
             truncated: false,
+            to_stdout,
         }
     }
 
@@ -55,7 +59,7 @@ impl Printer {
                 c.extend_from_slice(data);
             }
         }
-        if fd == 2 {
+        if fd == 2 || !self.to_stdout {
             let _ = std::io::stderr().lock().write_all(data);
         } else {
             let mut o = std::io::stdout().lock();

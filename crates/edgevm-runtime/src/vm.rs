@@ -23,7 +23,7 @@ use crate::output::Printer;
 use crate::timer;
 
 pub use crate::error::{signal_name, RunError};
-pub use crate::options::{program_environment, VmOptions};
+pub use crate::options::{program_environment, HugePages, VmOptions};
 
 mod deadline;
 mod entry;
@@ -265,12 +265,54 @@ fn host_loader(interp: &str) -> Result<Vec<u8>, RunError> {
     })
 }
 
+/// Guest-physical ranges the host refuses as pointers: the supervisor structures, and the
+/// program's `blackout_area`.
+pub(crate) fn protected_ranges(opts: &VmOptions) -> Vec<(u64, u64)> {
+    let mut v = layout::PROTECTED.to_vec();
+    v.extend(opts.blackout_area.iter().copied());
+    v
+}
+
+/// Ask for transparent huge pages over the main memory as configured, with one log line per
+/// program where the host will not give them (its image is shared memory, a memfd).
+pub(crate) fn advise_huge_pages(
+    mem: &edgevm_kvm::GuestMemory,
+    opts: &VmOptions,
+) -> Result<(), RunError> {
+    let h = opts.huge_pages;
+    if h.main == 0 && h.request == 0 {
+        return Ok(());
+    }
+    let host = edgevm_kvm::host_huge_pages();
+    if !opts.storage {
+        if h.main > 0 && !host.shmem_ok() {
+            tracing::warn!(
+                "program '{}': huge pages asked for its memory, but this host gives shared memory                  none (/sys/kernel/mm/transparent_hugepage/shmem_enabled is {:?}): its image                  stays on 4 KiB pages",
+                opts.name,
+                host.shmem
+            );
+        }
+        if h.request > 0 && !host.anon_ok() {
+            tracing::warn!(
+                "program '{}': huge pages asked for request memory, but this host has                  transparent huge pages off (/sys/kernel/mm/transparent_hugepage/enabled is                  {:?}): request VMs stay on 4 KiB pages",
+                opts.name,
+                host.anon
+            );
+        }
+    }
+    if h.main > 0 {
+        mem.advise_huge_pages(h.main)?;
+    }
+    Ok(())
+}
+
 impl MainVm {
     /// Create the VM and load the program, ready to run from its entry point.
     pub fn load(opts: VmOptions) -> Result<MainVm, RunError> {
         let size = opts.memory_size();
         let layout = Layout::new(size, opts.shared_memory).map_err(RunError::Layout)?;
         let mut mem = MainMemory::new(size as usize)?;
+        advise_huge_pages(&mem, &opts)?;
         cpu::write_system_tables(&mut mem, &layout, opts.executable_heap)?;
         mem.set_protected(layout::PROTECTED.to_vec());
         let exe = std::fs::canonicalize(&opts.program_path)
@@ -326,13 +368,22 @@ impl MainVm {
                 verbose: opts.verbose,
                 net: Some(opts.net.policy.clone()),
                 executable_heap: opts.executable_heap,
+                blackout: opts.blackout_area.clone(),
+                keep_mmap_addresses: !opts.relocate_fixed_mmap,
             },
             elf.end,
             elf.image_bytes,
         );
         linux
             .protect_segments(&mut machine.mem, &elf.segments)
-            .map_err(RunError::Emulation)?;
+            .map_err(|e| {
+                if e.starts_with("blackout_area") {
+                    RunError::Layout(e)
+                } else {
+                    RunError::Emulation(e)
+                }
+            })?;
+        machine.mem.set_protected(protected_ranges(&opts));
         machine.mem.set_user_write_check(layout::PD_BASE);
         linux.check_cwd().map_err(|e| {
             RunError::Sandbox(format!(
@@ -430,6 +481,9 @@ impl ForkedVm {
             None => VmShell::new(true)?,
         };
         let mut machine = KvmMachine::fork_into(shell, &f.image, f.layout.shared_start as usize)?;
+        if f.opts.huge_pages.request > 0 {
+            machine.mem.advise_huge_pages(f.opts.huge_pages.request)?;
+        }
         machine.mem.set_track_host_writes(true);
         setup_cpu(&mut machine)?;
         if f.fs_base != 0 {
@@ -469,7 +523,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             regex: Regexes::default(),
             elf,
             layout,
-            printer: Printer::new(&opts.name, opts.raw_output),
+            printer: Printer::new(&opts.name, opts.raw_output, opts.output_to_stdout),
             handlers: Handlers::default(),
             opts,
             ephemeral_override: None,

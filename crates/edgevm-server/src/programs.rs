@@ -49,6 +49,30 @@ pub fn allowed_paths(p: &ProgramConfig) -> Vec<edgevm_runtime::PathRule> {
         .collect()
 }
 
+/// The memory layout keys (`blackout_area`, `relocate_fixed_mmap`, the huge-page keys) into
+/// `vm`.
+pub fn memory_layout(p: &ProgramConfig, vm: &mut VmOptions) {
+    vm.blackout_area = p
+        .blackout_area
+        .iter()
+        .map(|r| (r.address, r.end()))
+        .collect();
+    vm.relocate_fixed_mmap = p.relocate_fixed_mmap;
+    let all = u64::MAX;
+    vm.huge_pages = edgevm_runtime::vm::HugePages {
+        main: if p.hugepages || p.transparent_hugepages {
+            all
+        } else {
+            p.hugepage_arena_size
+        },
+        request: if p.transparent_hugepages {
+            all
+        } else {
+            p.request_hugepage_arena_size
+        },
+    };
+}
+
 /// Settings for one program whose binary is `bytes`.
 pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     let path = p.filename.clone().unwrap_or_default();
@@ -72,6 +96,8 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.executable_heap = p.executable_heap;
     vm.verbose_pagetables = p.verbose_pagetables;
     vm.smp = p.smp;
+    vm.output_to_stdout = p.stdout;
+    memory_layout(p, &mut vm);
     ProgramSettings {
         vm,
         concurrency: p.concurrency,

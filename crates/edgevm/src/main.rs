@@ -565,6 +565,8 @@ fn run_options(
     o.debug = pc.allow_debug;
     o.executable_heap = pc.executable_heap;
     o.verbose_pagetables = pc.verbose_pagetables;
+    // Under `edgevm run` the program's output is printed as it wrote it (stdout, stderr).
+    edgevm_server::programs::memory_layout(pc, &mut o);
     o.gdb = edgevm_server::programs::debug_settings(pc);
     if let Some(addr) = &a.gdb {
         let listen = edgevm_config::parse_debug_listen(addr).map_err(anyhow::Error::msg)?;

@@ -27,6 +27,14 @@ pub(super) struct MmapArea {
     pub(super) free: BTreeMap<u64, u64>,
     /// Mapped ranges with no access (PROT_NONE), not counted: start -> length.
     pub(super) reserved: BTreeMap<u64, u64>,
+    /// `blackout_area` ranges [start, end): never free, never handed out, not counted as
+    /// mapped.
+    pub(super) blackout: Vec<(u64, u64)>,
+}
+
+/// The first of `ranges` overlapping [start, end), if any.
+pub(super) fn overlapping(ranges: &[(u64, u64)], start: u64, end: u64) -> Option<(u64, u64)> {
+    ranges.iter().copied().find(|&(s, e)| s < end && start < e)
 }
 
 /// Remove [start, start+len) from a set of ranges (start -> length): the bytes removed.
@@ -85,9 +93,25 @@ impl MmapArea {
     /// Bytes mapped and counted (reservations with no access are not).
     pub(super) fn mapped_bytes(&self) -> u64 {
         let reserved: u64 = self.reserved.values().sum();
+        let dark: u64 = self
+            .blackout
+            .iter()
+            .map(|&(s, e)| e.min(self.top).saturating_sub(s.max(self.bottom)))
+            .sum();
         (self.top - self.bottom)
             .saturating_sub(self.free_bytes())
             .saturating_sub(reserved)
+            .saturating_sub(dark)
+    }
+
+    /// Blackout ranges are never in the free list (after the area grew over one).
+    fn drop_blackout_from_free(&mut self) {
+        for (s, e) in self.blackout.clone() {
+            let (s, e) = (s.max(self.bottom), e.min(self.top));
+            if s < e {
+                self.take(s, e - s);
+            }
+        }
     }
 
     /// Remove [start, start+len) from the free list (it becomes mapped).
@@ -95,8 +119,23 @@ impl MmapArea {
         remove_range(&mut self.free, start, len);
     }
 
-    /// Return [start, start+len) to the free list, coalescing.
+    /// Return [start, start+len) to the free list, coalescing (blackout ranges in it stay
+    /// out).
     fn give_back(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len);
+        if let Some((bs, be)) = overlapping(&self.blackout, start, end) {
+            if start < bs {
+                self.give_back(start, bs - start);
+            }
+            if be < end {
+                self.give_back(be, end - be);
+            }
+            return;
+        }
+        self.give_back_plain(start, len);
+    }
+
+    fn give_back_plain(&mut self, start: u64, len: u64) {
         let start = start.max(self.bottom);
         let end = start.saturating_add(len).min(self.top);
         if end <= start {
@@ -147,6 +186,9 @@ impl LinuxState {
             return self.brk as i64;
         }
         if new > self.brk && !self.can_grow(new - self.brk) {
+            return self.brk as i64;
+        }
+        if new > self.brk && overlapping(&self.cfg.blackout, self.brk, new).is_some() {
             return self.brk as i64;
         }
         if new > self.brk {
@@ -234,7 +276,17 @@ impl LinuxState {
             mem.zero(at, len as usize).ok()?;
             return Some(at);
         }
-        let at = self.mmap.bottom.checked_sub(len)?;
+        let mut at = self.mmap.bottom.checked_sub(len)?;
+        // Below the area: step over blackout ranges (what lies between one and the bottom
+        // becomes free).
+        while let Some((bs, be)) = overlapping(&self.mmap.blackout, at, self.mmap.bottom) {
+            if be < self.mmap.bottom {
+                self.mmap.free.insert(be, self.mmap.bottom - be);
+            }
+            self.mmap.bottom = bs;
+            self.mmap.low_water = self.mmap.low_water.min(bs);
+            at = bs.checked_sub(len)?;
+        }
         if at < self.brk + PAGE {
             return None;
         }
@@ -336,6 +388,9 @@ impl LinuxState {
         if !heap && !stack {
             return -ENOMEM;
         }
+        if overlapping(&self.cfg.blackout, addr, end).is_some() {
+            return -ENOMEM;
+        }
         if self.wx_refused(prot) {
             return -EACCES;
         }
@@ -394,13 +449,30 @@ impl LinuxState {
         if len == 0 || len > self.layout.mem_size {
             return -ENOMEM;
         }
-        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr % PAGE != 0 {
-                return -EINVAL;
-            }
-            let end = addr.saturating_add(len);
-            if addr < layout::USER_BASE || end > self.mmap.top {
-                return -ENOMEM;
+        let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
+        if fixed && addr % PAGE != 0 {
+            return -EINVAL;
+        }
+        let end = addr.saturating_add(len);
+        if fixed && overlapping(&self.cfg.blackout, addr, end).is_some() {
+            return -ENOMEM;
+        }
+        // An address hint is honoured with relocate_fixed_mmap off, when that range is free.
+        let hint = !fixed
+            && addr != 0
+            && self.cfg.keep_mmap_addresses
+            && addr % PAGE == 0
+            && self.range_unused(addr, end);
+        if fixed || hint {
+            if addr < layout::USER_BASE || end > self.mmap.top || self.heap_collision(addr, end) {
+                // Where edgevm cannot place it: elsewhere (relocate_fixed_mmap), or refused.
+                if self.cfg.keep_mmap_addresses {
+                    return -ENOMEM;
+                }
+                return match self.alloc(len, mem, counted) {
+                    Some(at) => at as i64,
+                    None => -ENOMEM,
+                };
             }
             if addr >= self.mmap.bottom.min(self.brk) {
                 // Inside (or extending) the mmap area.
@@ -420,6 +492,7 @@ impl LinuxState {
                     if end < old {
                         self.mmap.free.insert(end, old - end);
                     }
+                    self.mmap.drop_blackout_from_free();
                 }
                 self.mmap.take(addr, len);
             }
@@ -432,6 +505,31 @@ impl LinuxState {
             Some(at) => at as i64,
             None => -ENOMEM,
         }
+    }
+
+    /// Whether [addr, end) is neither mapped nor blacked out: free in the mmap area, or
+    /// between the heap (one page above it) and the area's bottom.
+    fn range_unused(&self, addr: u64, end: u64) -> bool {
+        if end <= addr || overlapping(&self.cfg.blackout, addr, end).is_some() {
+            return false;
+        }
+        if addr >= self.brk + PAGE && end <= self.mmap.bottom {
+            return true;
+        }
+        if addr < self.mmap.bottom || end > self.mmap.top {
+            return false;
+        }
+        self.mmap
+            .free
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(s, l)| *s <= addr && s + l >= end)
+    }
+
+    /// Whether a fixed mapping [addr, end) would overlap the heap beyond its current pages
+    /// (it may lie inside them, or above the heap with one page between).
+    fn heap_collision(&self, addr: u64, end: u64) -> bool {
+        addr >= self.mmap.bottom.min(self.brk) && addr < self.brk + PAGE && end > self.brk
     }
 
     /// A file mapping: anonymous memory holding a copy of the file's bytes (the rest of the

@@ -118,6 +118,14 @@ pub struct LinuxConfig {
     /// `executable_heap`: brk and mmap memory is executable, and may be writable and
     /// executable at once.
     pub executable_heap: bool,
+    /// `blackout_area`: page-aligned ranges [start, end) the program can never map or touch
+    /// (not present in its page tables, refused to mmap/brk/mprotect, refused as pointers).
+    pub blackout: Vec<(u64, u64)>,
+    /// `relocate_fixed_mmap: false`: an mmap address hint is honoured when that range is
+    /// free, and a MAP_FIXED mapping edgevm cannot place there fails (ENOMEM). Default
+    /// (`relocate_fixed_mmap: true`, this false): hints are ignored and a MAP_FIXED mapping
+    /// outside the program's mmap area gets memory where edgevm chooses (as the reference).
+    pub keep_mmap_addresses: bool,
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -174,6 +182,7 @@ impl LinuxState {
     pub fn new(layout: Layout, cfg: LinuxConfig, elf_end: u64, image_bytes: u64) -> Self {
         let brk_start = page_up(elf_end);
         let (sandbox, cwd) = sandbox_of(&cfg);
+        let blackout = cfg.blackout.clone();
         LinuxState {
             layout,
             cfg,
@@ -186,6 +195,7 @@ impl LinuxState {
                 top: layout.input_area,
                 free: BTreeMap::new(),
                 reserved: BTreeMap::new(),
+                blackout,
             },
             image_bytes,
             sigactions: BTreeMap::new(),
@@ -223,9 +233,54 @@ impl LinuxState {
                 .set_range(mem, &self.layout, start, end, prot)
                 .map_err(|e| format!("cannot map the ELF segments: {e:?}"))?;
         }
+        self.black_out(mem, segments)?;
         // The vCPU has not run: nothing it could have cached.
         self.pt.freeze();
         Ok(())
+    }
+
+    /// `blackout_area`: the ranges inside the address space become not present. Refused when
+    /// one overlaps what the program needs (system area, program segments, request-body
+    /// area, stack, shared memory).
+    fn black_out(
+        &mut self,
+        mem: &mut GuestMemory,
+        segments: &[(u64, u64, u32)],
+    ) -> Result<(), String> {
+        let l = self.layout;
+        for &(start, end) in &self.cfg.blackout {
+            let what = if start < layout::USER_BASE {
+                Some("the system area below 0x200000")
+            } else if end > l.input_area && start < l.mem_size {
+                Some(
+                    "the request-body area, stack or shared memory at the top of the address space",
+                )
+            } else if segments
+                .iter()
+                .any(|&(s, e, p)| p != 0 && s < end && start < e)
+            {
+                Some("the program's segments")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(format!(
+                    "blackout_area {start:#x}..{end:#x} overlaps {what}"
+                ));
+            }
+            let end = end.min(l.mem_size);
+            if start < end {
+                self.pt
+                    .set_range(mem, &l, start, end, 0)
+                    .map_err(|e| format!("cannot black out {start:#x}..{end:#x}: {e:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `blackout_area` ranges (the host refuses them as pointers).
+    pub fn blackout_ranges(&self) -> &[(u64, u64)] {
+        &self.cfg.blackout
     }
 
     /// The program is frozen: its page tables are the image's from now on.

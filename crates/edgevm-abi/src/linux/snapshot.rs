@@ -153,6 +153,7 @@ impl LinuxState {
             v => return Err(DecodeError(format!("bad syscall mode {v}"))),
         };
         let (sandbox, cwd) = super::sandbox_of(&cfg);
+        let blackout = cfg.blackout.clone();
         let mut threads = Threads::default();
         threads.current_mut().sigmask = sigmask;
         threads.current_mut().clear_tid = clear_tid;
@@ -168,6 +169,7 @@ impl LinuxState {
                 top: mtop,
                 free,
                 reserved,
+                blackout,
             },
             image_bytes,
             sigactions,

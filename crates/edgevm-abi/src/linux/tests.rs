@@ -1179,3 +1179,138 @@ fn a_fifo_in_an_allowed_tree_never_blocks_the_host() {
     // No writer: a blocking open would wait forever.
     assert_eq!(e.open("/data/fifo", 0), -crate::errno::ENXIO);
 }
+
+/// `env` with other settings of the process.
+fn env_with(max_memory: u64, f: impl FnOnce(&mut LinuxConfig)) -> Env {
+    let mut e = env(max_memory);
+    let mut cfg = e.st.cfg.clone();
+    f(&mut cfg);
+    e.st = LinuxState::new(e.st.layout, cfg, 0x400000 + 0x1234, 0x2000);
+    e
+}
+
+const ANON: u64 = 0x22; // MAP_PRIVATE | MAP_ANONYMOUS
+const FIXED: u64 = 0x10;
+
+#[test]
+fn a_blackout_area_is_never_handed_out_mapped_or_protected() {
+    let dark = (0x1E0_0000u64, 0x200_0000u64);
+    let mut e = env_with(64 << 20, |c| c.blackout = vec![dark]);
+    let mm = libc::SYS_mmap as u64;
+    // Allocate 1 MiB pieces until memory runs out: none lands in the dark range.
+    let mut got = Vec::new();
+    loop {
+        let r = e.call(mm, [0, 1 << 20, 3, ANON, u64::MAX, 0]).unwrap();
+        if r < 0 {
+            assert_eq!(r, -ENOMEM);
+            break;
+        }
+        let a = r as u64;
+        assert!(
+            a + (1 << 20) <= dark.0 || a >= dark.1,
+            "{a:#x} is in the blackout area"
+        );
+        got.push(a);
+    }
+    assert!(
+        got.iter().any(|&a| a < dark.0),
+        "the area went past the blackout: {got:x?}"
+    );
+    // Fixed mappings, mprotect and brk there are refused; munmap gives nothing of it back.
+    for (addr, len) in [(dark.0, 4096), (dark.0 - 4096, 8192), (dark.1 - 4096, 4096)] {
+        assert_eq!(
+            e.call(mm, [addr, len, 3, ANON | FIXED, u64::MAX, 0]),
+            Ok(-ENOMEM)
+        );
+        assert_eq!(
+            e.call(libc::SYS_mprotect as u64, [addr, len, 1, 0, 0, 0]),
+            Ok(-ENOMEM)
+        );
+    }
+    assert_eq!(
+        e.call(
+            libc::SYS_munmap as u64,
+            [dark.0 - (1 << 20), 4 << 20, 0, 0, 0, 0]
+        ),
+        Ok(0)
+    );
+    for _ in 0..8 {
+        let r = e.call(mm, [0, 4096, 3, ANON, u64::MAX, 0]).unwrap();
+        assert!(r > 0);
+        let a = r as u64;
+        assert!(
+            a + 4096 <= dark.0 || a >= dark.1,
+            "{a:#x} is in the blackout area"
+        );
+    }
+}
+
+#[test]
+fn brk_stops_below_a_blackout_area() {
+    let brk0 = page_up(0x400000 + 0x1234);
+    let dark = (brk0 + (1 << 20), brk0 + (2 << 20));
+    let mut e = env_with(64 << 20, |c| c.blackout = vec![dark]);
+    let brk = libc::SYS_brk as u64;
+    assert_eq!(
+        e.call(brk, [brk0 + 4096, 0, 0, 0, 0, 0]),
+        Ok((brk0 + 4096) as i64)
+    );
+    assert_eq!(
+        e.call(brk, [dark.0 + 4096, 0, 0, 0, 0, 0]),
+        Ok((brk0 + 4096) as i64)
+    );
+    assert_eq!(
+        e.call(brk, [dark.1 + 4096, 0, 0, 0, 0, 0]),
+        Ok((brk0 + 4096) as i64)
+    );
+}
+
+#[test]
+fn fixed_mappings_outside_the_area_are_relocated_unless_relocate_fixed_mmap_is_off() {
+    let mm = libc::SYS_mmap as u64;
+    let far = 0x7f00_0000_0000u64;
+    // Default (relocate_fixed_mmap: true): memory elsewhere.
+    let mut e = env(64 << 20);
+    let r = e
+        .call(mm, [far, 8192, 3, ANON | FIXED, u64::MAX, 0])
+        .unwrap();
+    assert!(r > 0 && (r as u64) < MEM, "{r:#x}");
+    // A hint is not honoured: top-down allocation.
+    let p = e.call(mm, [0, 4096, 3, ANON, u64::MAX, 0]).unwrap() as u64;
+    let hint = p - (8 << 20);
+    let r = e.call(mm, [hint, 4096, 3, ANON, u64::MAX, 0]).unwrap();
+    assert_ne!(r as u64, hint);
+
+    // relocate_fixed_mmap: false: the fixed mapping fails, the free hint is honoured, a
+    // hint that is taken or out of range is not.
+    let mut e = env_with(64 << 20, |c| c.keep_mmap_addresses = true);
+    assert_eq!(
+        e.call(mm, [far, 8192, 3, ANON | FIXED, u64::MAX, 0]),
+        Ok(-ENOMEM)
+    );
+    assert_eq!(
+        e.call(mm, [0x1000, 4096, 3, ANON | FIXED, u64::MAX, 0]),
+        Ok(-ENOMEM)
+    );
+    let p = e.call(mm, [0, 4096, 3, ANON, u64::MAX, 0]).unwrap() as u64;
+    let hint = p - (8 << 20);
+    assert_eq!(
+        e.call(mm, [hint, 8192, 3, ANON, u64::MAX, 0]),
+        Ok(hint as i64)
+    );
+    let again = e.call(mm, [hint, 4096, 3, ANON, u64::MAX, 0]).unwrap();
+    assert!(again > 0 && again as u64 != hint, "{again:#x}");
+    let r = e.call(mm, [far, 4096, 3, ANON, u64::MAX, 0]).unwrap();
+    assert!(r > 0 && (r as u64) < MEM);
+    let r = e.call(mm, [!0xFFF, 8192, 3, ANON, u64::MAX, 0]).unwrap();
+    assert!(r > 0 && (r as u64) < MEM);
+    // A freed range below the area's top can be asked for by hint.
+    assert_eq!(
+        e.call(libc::SYS_munmap as u64, [hint, 8192, 0, 0, 0, 0]),
+        Ok(0)
+    );
+    assert_eq!(
+        e.call(mm, [hint + 4096, 4096, 3, ANON, u64::MAX, 0]),
+        Ok((hint + 4096) as i64)
+    );
+}

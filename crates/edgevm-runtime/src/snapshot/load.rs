@@ -56,6 +56,8 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             verbose: o.verbose,
             net: Some(o.net.policy.clone()),
             executable_heap: o.executable_heap,
+            blackout: o.blackout_area.clone(),
+            keep_mmap_addresses: !o.relocate_fixed_mmap,
         },
         &mut r,
     )
@@ -85,7 +87,8 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         .protect_segments(&mut mem, &protections)
         .map_err(corrupt)?;
     mem.set_user_write_check(layout::PD_BASE);
-    mem.set_protected(layout::PROTECTED.to_vec());
+    mem.set_protected(crate::vm::protected_ranges(o));
+    crate::vm::advise_huge_pages(&mem, o).map_err(|e| SnapshotError::Io(e.to_string()))?;
     mem.find_holes(layout.shared_start as usize);
     let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;
     phase("system tables, holes, regexes");

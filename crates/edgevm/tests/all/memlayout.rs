@@ -1,0 +1,267 @@
+//! The memory layout keys (issue 15, item 6): `blackout_area` (never mapped, touched or passed
+//! to the host), `relocate_fixed_mmap` (MAP_FIXED outside the mmap area relocated or refused,
+//! hints honoured), `stdout` (where a served program's output goes) and the huge-page keys
+//! (the host asked for transparent huge pages over guest memory).
+//! Guest: guest/tests/memlayout.c.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgevm_runtime::request::GuestRequest;
+use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
+use edgevm_runtime::vm::{BootOutcome, ForkedVm, HugePages, MainVm, VmOptions};
+
+use crate::common::{edgevm, guest, require_kvm, scratch, time_scale};
+use crate::harness::{free_port, js, request};
+
+/// Where the tests black out: 256 MiB, inside the program's mmap area (max_memory 512 MB).
+const DARK: u64 = 0x1000_0000;
+
+fn options(f: impl FnOnce(&mut VmOptions)) -> VmOptions {
+    require_kvm();
+    let path = guest("memlayout");
+    let bytes = std::fs::read(&path).expect("read the memlayout guest");
+    let mut opts = VmOptions::new("memlayout", path, bytes);
+    opts.raw_output = true;
+    opts.max_memory = 512 << 20;
+    f(&mut opts);
+    opts
+}
+
+fn request_vm(f: impl FnOnce(&mut VmOptions)) -> RequestVm {
+    let (vm, report) = MainVm::boot(options(f)).expect("boot memlayout");
+    assert_eq!(report.outcome, BootOutcome::Ready, "{report:?}");
+    let frozen = Arc::new(vm.freeze().expect("freeze"));
+    let settings = RequestSettings {
+        max_request_memory: 512 << 20,
+        ..Default::default()
+    };
+    RequestVm::new(frozen, settings, None).expect("request VM")
+}
+
+fn get(vm: &mut RequestVm, mode: &str, addr: u64) -> Result<String, String> {
+    let req = GuestRequest {
+        method: "GET".into(),
+        url: format!("/?m={mode}&a={addr:x}"),
+        ..Default::default()
+    };
+    let (r, _) = vm.handle(&req);
+    match r {
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.message),
+    }
+}
+
+#[test]
+fn a_blackout_area_is_never_mapped_touched_or_passed_to_the_host() {
+    // Without the key, the same range is ordinary memory (the test sees the key's effect).
+    let mut plain = request_vm(|_| {});
+    let r = get(&mut plain, "blackout", DARK).unwrap();
+    assert!(r.starts_with("fixed=0 write=0 read=0 "), "{r}");
+    assert!(get(&mut plain, "touch", DARK).is_ok());
+
+    let mut vm = request_vm(|o| o.blackout_area = vec![(DARK, DARK + (2 << 20))]);
+    // MAP_FIXED there: ENOMEM; the host refuses it as a buffer (EFAULT) both ways; 64 fresh
+    // 4 MiB mappings (256 MiB, past the range) never land in it.
+    for _ in 0..2 {
+        assert_eq!(
+            get(&mut vm, "blackout", DARK).as_deref(),
+            Ok("fixed=12 write=14 read=14 overlap=0")
+        );
+    }
+    // Touching it is a CPU fault: the request fails, the VM serves on.
+    for addr in [DARK, DARK + (2 << 20) - 1] {
+        let e = get(&mut vm, "touch", addr).expect_err("touching the blackout area");
+        assert!(
+            e.contains(&format!("{:#x}", addr & !0xFFF)) || e.contains(&format!("{addr:#x}")),
+            "{e}"
+        );
+    }
+    // Just outside it is memory as usual.
+    assert!(get(&mut vm, "touch", DARK + (2 << 20)).is_ok());
+    assert!(get(&mut vm, "touch", DARK - 1).is_ok());
+    assert_eq!(
+        get(&mut vm, "blackout", DARK).as_deref(),
+        Ok("fixed=12 write=14 read=14 overlap=0")
+    );
+}
+
+#[test]
+fn a_blackout_area_over_what_the_program_needs_is_refused_at_load() {
+    let top = options(|_| {}).memory_size();
+    for (range, what) in [
+        ((0x20000, 0x40000), "system area"),
+        ((0x400000, 0x600000), "program's segments"),
+        ((top - (2 << 20), top), "stack"),
+        ((top - (64 << 20), top + (64 << 20)), "stack"),
+    ] {
+        let e = match MainVm::boot(options(|o| o.blackout_area = vec![range])) {
+            Ok(_) => panic!("{range:x?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("blackout_area") && e.contains(what),
+            "{range:x?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn relocate_fixed_mmap_places_fixed_mappings_elsewhere_or_refuses_them() {
+    let far = 0x7F00_0000_0000u64;
+    // Default (true): a MAP_FIXED mapping outside the mmap area gets memory elsewhere, and an
+    // address hint is not followed.
+    let mut vm = request_vm(|_| {});
+    assert_eq!(get(&mut vm, "fixed", far).as_deref(), Ok("relocated"));
+    assert_eq!(get(&mut vm, "fixed", 0x1000).as_deref(), Ok("relocated"));
+    assert_eq!(get(&mut vm, "hint", 0).as_deref(), Ok("moved"));
+    // false: the mapping fails (ENOMEM) and a free hint is honoured.
+    let mut vm = request_vm(|o| o.relocate_fixed_mmap = false);
+    assert_eq!(get(&mut vm, "fixed", far).as_deref(), Ok("failed=12"));
+    assert_eq!(get(&mut vm, "fixed", 0x1000).as_deref(), Ok("failed=12"));
+    assert_eq!(get(&mut vm, "hint", 0).as_deref(), Ok("kept"));
+    // Inside the area a fixed mapping is where it was asked, either way.
+    assert_eq!(get(&mut vm, "fixed", DARK).as_deref(), Ok("kept"));
+}
+
+/// The VmFlags of the host mapping starting at `addr` (from /proc/self/smaps).
+fn vm_flags(addr: u64) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let head = format!("{addr:x}-");
+    let mut inside = false;
+    for line in smaps.lines() {
+        if line.starts_with(&head) {
+            inside = true;
+        } else if inside && line.starts_with("VmFlags:") {
+            return line.to_string();
+        }
+    }
+    panic!("no mapping at {addr:#x}");
+}
+
+#[test]
+fn huge_page_keys_ask_the_host_for_huge_pages() {
+    let boot = |h: HugePages| {
+        let (vm, report) = MainVm::boot(options(|o| o.huge_pages = h)).expect("boot");
+        assert_eq!(report.outcome, BootOutcome::Ready, "{report:?}");
+        let main = vm_flags(vm.machine.mem.host_addr());
+        let frozen = vm.freeze().expect("freeze");
+        let fork = ForkedVm::from_frozen(&frozen).expect("fork");
+        (main, vm_flags(fork.machine.mem.host_addr()))
+    };
+    let (main, req) = boot(HugePages::default());
+    assert!(
+        !main.contains(" hg") && !req.contains(" hg"),
+        "{main} / {req}"
+    );
+    let (main, req) = boot(HugePages {
+        main: u64::MAX,
+        request: 0,
+    });
+    assert!(
+        main.contains(" hg") && !req.contains(" hg"),
+        "{main} / {req}"
+    );
+    let (main, req) = boot(HugePages {
+        main: 0,
+        request: 16 << 20,
+    });
+    assert!(
+        !main.contains(" hg") && req.contains(" hg"),
+        "{main} / {req}"
+    );
+    // Requests run on it as usual.
+    let mut vm = request_vm(|o| {
+        o.huge_pages = HugePages {
+            main: u64::MAX,
+            request: u64::MAX,
+        }
+    });
+    for _ in 0..3 {
+        assert_eq!(get(&mut vm, "touch_big", 0).as_deref(), Ok("ok"));
+    }
+}
+
+/// `edgevm serve` with the memlayout guest, `stdout` as given; (stdout, stderr) of the server
+/// after one request.
+fn serve_output(name: &str, stdout_key: &str) -> (String, String) {
+    let dir = scratch(name);
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            "{{ \"memlayout\": {{ \"filename\": {}, \"concurrency\": 1 {stdout_key} }} }}",
+            js(guest("memlayout").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = edgevm()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .expect("spawn edgevm serve");
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(20).mul_f64(time_scale());
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let r = request(port, "GET", "/memlayout?m=print", &[], b"");
+            if r.status == 200 {
+                assert_eq!(r.text(), "ok");
+                break;
+            }
+        }
+        assert!(t0.elapsed() < limit, "the server did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr_of = || std::fs::read_to_string(dir.join("stderr")).unwrap();
+    while !stderr_of().contains("request stderr") && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child.wait().unwrap();
+    (out, stderr_of())
+}
+
+#[test]
+fn stdout_sends_a_served_programs_output_to_stdout_else_to_the_log() {
+    let lines = [
+        "memlayout: main stdout",
+        "memlayout: main stderr",
+        "memlayout: request stdout",
+        "memlayout: request stderr",
+    ];
+    // Default: everything the program prints is in the log (stderr), nothing on stdout.
+    let (out, err) = serve_output("memlayout-stdout-off", "");
+    for l in lines {
+        assert!(err.contains(&format!(">>> [memlayout] {l}")), "{l}:\n{err}");
+        assert!(!out.contains(l), "{l} on stdout:\n{out}");
+    }
+    // "stdout": true: what it writes to fd 1 goes to stdout, fd 2 to stderr.
+    let (out, err) = serve_output("memlayout-stdout-on", ", \"stdout\": true");
+    for (i, l) in lines.iter().enumerate() {
+        let (yes, no) = if i % 2 == 0 {
+            (&out, &err)
+        } else {
+            (&err, &out)
+        };
+        assert!(yes.contains(&format!(">>> [memlayout] {l}")), "{l}:\n{yes}");
+        assert!(!no.contains(l), "{l}:\n{no}");
+    }
+}
