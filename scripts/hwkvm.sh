@@ -62,6 +62,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		# privileged instructions meets QEMU TCG's own quirks (reserved MXCSR bits load without
 		# #GP, ICEBP is #UD), which real CPUs and KVM do not share.
 		wx::                                       # W^X: the page-table routine from CPL0 and CPL3
+		snapshot::a_snapshot_start_keeps_the_page_protections  # W^X from a snapshot file
 		bench::exits_per_request_do_not_rise_above_the_record
 	)
 fi
