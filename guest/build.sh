@@ -51,12 +51,15 @@
 #     stream_post      set_backend_stream_post: bodies segment by segment (tests/all/stream_post.rs)
 #     faults           CPU faults to SIGSEGV/SIGFPE/... handlers, timer signals (tests/all/faults.rs)
 #     smp              multiprocess* and vcpuid() on extra vCPUs (tests/all/smp.rs)
+#     remote_request, remote_storage  a remote-call pair: the storage program linked at
+#                      0x40200000, called as plain C calls (tests/all/remote.rs)
 #   examples (guest/examples):
 #     example_hello, example_counter, example_scounter, example_echo,
 #     example_headers, example_lua (Lua 5.4), example_python (CPython 3.11),
 #     example_quickjs (JavaScript: QuickJS through the rquickjs crate, guest/examples/quickjs),
 #     example_datatree (an espeak-like data directory tree)
 #     example_fetch, example_storage_fetch, example_fetch_cpp (C++), example_stream
+#     example_remote + example_remote_storage (two binaries: remote storage calls)
 #     example_linedb (a C client of a Redis-like line service over TCP)
 #     example_lineserver (a line-protocol server in the TCP server mode; tests/all/tcp_server.rs)
 #     example_tokio (Rust, tokio's multi-thread runtime: tasks, a timer, TCP; guest/examples/tokio)
@@ -184,6 +187,20 @@ build call_semantics "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -s
 build call_semantics_ref "$T/call_semantics.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/call_semantics.c" -o "$OUT/call_semantics_ref.tmp"
 build event_loop "$T/event_loop.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop.tmp"
 build event_loop_ref "$T/event_loop.c $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/event_loop.c" -o "$OUT/event_loop_ref.tmp"
+# pair OUT_REQUEST OUT_STORAGE REQUEST_SRC STORAGE_SRC SYMBOLS FLAGS...: a two-binary program
+# with remote storage calls: the storage program linked at 0x40200000, the request program
+# linked with --just-symbols of its SYMBOLS (a glob) only (docs/DESIGN.md).
+pair() {
+	local req=$1 stor=$2 rsrc=$3 ssrc=$4 syms=$5
+	shift 5
+	gcc "$@" -static -I"$GUEST" -Wl,-Ttext-segment=0x40200000 "$ssrc" -o "$stor.tmp" &&
+		objcopy -w --extract-symbol --strip-all --keep-symbol="$syms" "$stor.tmp" "$stor.syms" &&
+		gcc "$@" -static -I"$GUEST" "$rsrc" -Wl,--just-symbols="$stor.syms" -o "$req.tmp" &&
+		mv -f "$stor.tmp" "$stor" && rm -f "$stor.syms"
+}
+# shellcheck disable=SC2086
+build remote_request "$T/remote_request.c $T/remote_storage.c $HEADER" \
+	pair "$OUT/remote_request" "$OUT/remote_storage" "$T/remote_request.c" "$T/remote_storage.c" 'rs_*' $CFLAGS
 build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 	gcc $CFLAGS -static -I"$GUEST" "$T/api/multi_a.c" "$T/api/multi_b.c" -o "$OUT/api_multi.tmp"
 
@@ -230,6 +247,9 @@ fi
 
 build dynamic "$T/dynamic.c $HEADER" gcc $CFLAGS -I"$GUEST" "$T/dynamic.c" -o "$OUT/dynamic.tmp"
 build bad_interp "$T/interp.c" gcc $CFLAGS "$T/interp.c" -Wl,--dynamic-linker=/etc/passwd -o "$OUT/bad_interp.tmp"
+# shellcheck disable=SC2086
+build example_remote "$E/remote.c $E/remote_storage.c $HEADER" \
+	pair "$OUT/example_remote" "$OUT/example_remote_storage" "$E/remote.c" "$E/remote_storage.c" 'remote_*' $EXFLAGS
 build example_datatree "$E/datatree.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/datatree.c" -o "$OUT/example_datatree.tmp"
 # Real runtimes (Debian's static libraries; the linker's notes about getpwnam & co. in static
 # programs are silenced: those calls are not used).

@@ -113,6 +113,13 @@ impl<C: Vcpu> MainVm<C> {
                 Event::Preempted => {}
                 Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
                 Event::Returned => return Err(RunError::ReturnedDuringInit),
+                // Only request VMs call the storage program remotely (crate::remote).
+                Event::RemoteCall(c) => {
+                    return Err(RunError::Emulation(format!(
+                        "remote storage call to {:#x} during initialization (only requests can make them)",
+                        c.func
+                    )))
+                }
                 Event::Hypercall(call) => {
                     let flow = calls.call(self, call)?;
                     if let Some(outcome) = self.apply(call, flow) {

@@ -67,6 +67,9 @@ pub enum RunError {
     /// A storage call failed (during boot).
     #[error(transparent)]
     StorageCall(Box<CallvError>),
+    /// A remote storage call (crate::remote) whose stack holds no return address.
+    #[error("remote storage call to {func:#x} with a bad stack (RSP {rsp:#x}): no return address")]
+    RemoteBadStack { func: u64, rsp: u64 },
 }
 
 /// Why a `storage_callv` failed its caller.
@@ -109,6 +112,9 @@ pub enum StorageError {
     /// Not in STORAGE_ALLOW (`what` names the function).
     #[error("storage function {what} is not allowed (not in the program's STORAGE_ALLOW list)")]
     NotAllowed { what: String },
+    /// A remote call to an address that is no function entry of the storage program.
+    #[error("{what} is not the start of a function of the storage program")]
+    NotAFunction { what: String },
     /// A task not in STORAGE_ALLOW.
     #[error("it is not allowed (not in the program's STORAGE_ALLOW list)")]
     TaskNotAllowed,
@@ -162,6 +168,9 @@ pub enum StorageError {
     /// Waiting for a live-update hand-over failed.
     #[error("waiting for the storage VM: {0}")]
     Waiting(#[source] Box<StorageError>),
+    /// A storage program linked high that remote calls cannot work with.
+    #[error("remote storage calls: {0}")]
+    Remote(String),
     /// The storage VM did not boot.
     #[error("storage VM: {0}")]
     Boot(#[source] RunError),

@@ -11,6 +11,7 @@ use edgevm_abi::linux::{fill_random, Output};
 use edgevm_kvm::{KvmVcpu, MemoryView, PrivateView, Vcpu};
 
 use crate::error::CallvError;
+use crate::remote::RemoteCall;
 use crate::request::{GuestRequest, GuestResponse};
 use crate::request_vm::{
     callv_failure, fail, run_error_failure, FailureKind, RequestFailure, RequestSettings,
@@ -77,6 +78,8 @@ pub(crate) struct PendingStorage {
     pub(crate) call: StorageCall,
     pub(crate) dst: u64,
     pub(crate) dstlen: u64,
+    /// A remote call (crate::remote): where the request VM resumes with the result.
+    pub(crate) remote: Option<Box<RemoteCall>>,
 }
 
 pub(crate) enum StorageStep {
@@ -89,11 +92,13 @@ pub(crate) enum StorageStep {
 impl<M: MemoryView> Invoker<M> {
     /// An invoker over `vm`, whose handler calls start from `entry`.
     pub fn new(
-        vm: Vm<KvmVcpu, M>,
+        mut vm: Vm<KvmVcpu, M>,
         entry: EntryState,
         settings: RequestSettings,
         storage: Option<StorageHandle>,
     ) -> Self {
+        // Calls into a storage program linked high are remote storage calls.
+        vm.remote = storage.as_ref().and_then(StorageHandle::remote_range);
         Invoker {
             vm,
             entry,
@@ -129,7 +134,53 @@ impl<M: MemoryView> Invoker<M> {
             return Ok(StorageStep::Done(u64::MAX));
         };
         let call = storage.begin(func, inputs, dstlen);
-        Ok(StorageStep::Waiting(PendingStorage { call, dst, dstlen }))
+        Ok(StorageStep::Waiting(PendingStorage {
+            call,
+            dst,
+            dstlen,
+            remote: None,
+        }))
+    }
+
+    /// A remote storage call (crate::remote): run it in the storage VM like a storage_callv
+    /// ([`Invoker::advance_storage`]); the request VM then resumes at its return address.
+    /// Ok(Some(RAX)) once answered, Ok(None) when the slice is over first.
+    pub(crate) fn remote_call(&mut self, c: RemoteCall) -> Result<Option<u64>, RequestFailure> {
+        let Some(storage) = self.storage.clone() else {
+            return Err(RequestFailure {
+                message: format!("remote storage call to {:#x} without a storage VM", c.func),
+                kind: FailureKind::Other,
+            });
+        };
+        let call = storage.begin_remote(c.func, c.args);
+        self.advance_storage(PendingStorage {
+            call,
+            dst: 0,
+            dstlen: 0,
+            remote: Some(Box::new(c)),
+        })
+    }
+
+    /// Resume the request VM after remote call `c` with its answer (RAX, RDX), or fail it.
+    fn finish_remote(&mut self, c: &RemoteCall, res: Answer) -> Result<u64, RequestFailure> {
+        let failed = |message: String| RequestFailure {
+            message,
+            kind: FailureKind::Other,
+        };
+        let r = match res {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(failed("remote storage call: no result".into())),
+            Err(e) => return Err(failed(format!("remote storage call failed: {e}"))),
+        };
+        let rdx = r
+            .data
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        self.vm
+            .return_from_remote(c, r.len, rdx)
+            .map_err(run_error_failure)?;
+        Ok(r.len)
     }
 
     /// The answer to a storage call: copy the result and compute the return value.
@@ -168,6 +219,9 @@ impl<M: MemoryView> Invoker<M> {
         // The storage VM may have run on this thread: point its timer back at this VM.
         if let Err(e) = self.vm.arm_timer() {
             return Err(run_error_failure(e));
+        }
+        if let Some(c) = p.remote {
+            return self.finish_remote(&c, res).map(Some);
         }
         self.storage_finish((p.dst, p.dstlen), res).map(Some)
     }
@@ -515,6 +569,11 @@ impl<M: MemoryView> Invoker<M> {
                 }
                 Event::Hypercall(Call::StorageCallv { .. }) => match self.storage_hypercall() {
                     Ok(Some(v)) => self.vm.machine.cpu.regs_mut().rax = v,
+                    Ok(None) => return Outcome::Preempted,
+                    Err(f) => return Outcome::Failed(f),
+                },
+                Event::RemoteCall(c) => match self.remote_call(c) {
+                    Ok(Some(_)) => {}
                     Ok(None) => return Outcome::Preempted,
                     Err(f) => return Outcome::Failed(f),
                 },

@@ -18,6 +18,7 @@ pub mod output;
 pub mod pool;
 mod program_boot;
 mod regex_calls;
+pub mod remote;
 pub mod request;
 mod request_calls;
 pub mod request_vm;

@@ -21,10 +21,27 @@ impl Program {
     ) -> Result<StorageHandle, StorageError> {
         let mut opts = settings.vm.clone();
         opts.storage = true;
+        let mut remote = None;
         if let Some(b) = &settings.storage_binary {
             opts.binary = b.clone();
+            // A storage program linked high: request VMs call its functions remotely, and its
+            // VM's address space covers its image (crate::remote).
+            remote = crate::remote::storage_range(b, &settings.vm.binary)
+                .map_err(StorageError::Remote)?;
+            if let Some((lo, hi)) = remote {
+                let usual = settings.vm.memory_size();
+                if settings.vm.executable_heap && usual > lo {
+                    return Err(StorageError::Remote(format!(
+                        "with executable_heap the request VMs' address space ({} MB) must end below the storage program ({lo:#x}), whose functions they call remotely",
+                        usual >> 20
+                    )));
+                }
+                opts.address_space = crate::remote::storage_address_space(usual, hi);
+            }
         }
-        crate::storage::start(opts, settings.max_storage_time, queue_timeout())
+        let mut handle = crate::storage::start(opts, settings.max_storage_time, queue_timeout())?;
+        handle.set_remote(remote, settings.storage_binary.clone());
+        Ok(handle)
     }
 
     /// The boot thread: boot, or record why not.

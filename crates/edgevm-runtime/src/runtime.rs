@@ -166,7 +166,15 @@ impl Runtime {
         let mut settings = old.settings.clone();
         settings.vm.binary = Arc::new(binary);
         settings.loader = None;
-        settings.storage_binary = None;
+        // A storage program of its own linked high (remote storage calls, crate::remote)
+        // stays: the update replaces the request program. Otherwise the new binary runs in
+        // the storage VM too.
+        settings.storage_binary = old
+            .storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|s| s.remote_binary());
         settings.origin = "live update";
         settings.cached = false;
         let budget = settings.vm.max_boot_time + Duration::from_secs(30);
@@ -191,7 +199,10 @@ impl Runtime {
         // restarted server runs what this one runs.
         let pending =
             match PendingBinary::write(&new.settings.vm.program_path, &new.settings.vm.binary) {
-                Ok(p) => p,
+                Ok(p) => p.map(|mut p| {
+                    p.keep_companion = settings_keep_storage(&new.settings);
+                    p
+                }),
                 Err(e) => {
                     new.retire();
                     return Err(UpdateError::Refused(format!(
@@ -257,6 +268,14 @@ pub(crate) struct PendingBinary {
     pub(crate) tmp: std::path::PathBuf,
     pub(crate) dest: std::path::PathBuf,
     pub(crate) committed: bool,
+    /// The `<file>_storage` companion stays (it is the storage program of a remote-call
+    /// program, which the update did not replace).
+    pub(crate) keep_companion: bool,
+}
+
+/// Whether a live-updated program keeps its own storage binary (remote storage calls).
+fn settings_keep_storage(s: &ProgramSettings) -> bool {
+    s.storage_binary.is_some()
 }
 
 impl PendingBinary {
@@ -281,6 +300,7 @@ impl PendingBinary {
             tmp: tmp.clone(),
             dest: dest.to_owned(),
             committed: false,
+            keep_companion: false,
         };
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -297,6 +317,9 @@ impl PendingBinary {
     pub(crate) fn commit(mut self) -> std::io::Result<()> {
         std::fs::rename(&self.tmp, &self.dest)?;
         self.committed = true;
+        if self.keep_companion {
+            return Ok(());
+        }
         let mut companion = self.dest.clone().into_os_string();
         companion.push("_storage");
         match std::fs::remove_file(&companion) {

@@ -389,6 +389,16 @@ impl<M: MemoryView> Invoker<M> {
                     }
                     Err(f) => return Err(f),
                 },
+                Event::RemoteCall(c) => match self.remote_call(c) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(failed(
+                            "internal error: remote storage call preempted".into(),
+                            FailureKind::Other,
+                        ))
+                    }
+                    Err(f) => return Err(f),
+                },
                 Event::Hypercall(call) => {
                     self.api_call(call)?;
                 }

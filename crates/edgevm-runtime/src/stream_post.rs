@@ -174,6 +174,14 @@ impl<M: MemoryView> Invoker<M> {
                         })
                     }
                 },
+                Event::RemoteCall(c) => {
+                    if self.remote_call(c)?.is_none() {
+                        return Err(RequestFailure {
+                            message: "internal error: remote storage call preempted".into(),
+                            kind: FailureKind::Other,
+                        });
+                    }
+                }
                 Event::Hypercall(
                     Call::BeginStreaming { .. } | Call::WaitForRequestsPaused { .. },
                 ) => {

@@ -56,6 +56,9 @@ pub struct Handlers {
 pub enum Event {
     /// exit/exit_group.
     Exited(i32),
+    /// A call into the storage program's range (`crate::remote`): run it in the storage VM,
+    /// then [`Vm::return_from_remote`].
+    RemoteCall(crate::remote::RemoteCall),
     /// A kvm_api hypercall the generic handler did not finish.
     Hypercall(Call),
     /// A request handler returned without responding.
@@ -163,6 +166,9 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     /// Exits caused by the run timer without a timeout (time-slice ends): the runtime's own,
     /// not the program's, so they are left out of exits-per-request counts.
     pub timer_exits: u64,
+    /// The storage program's range `[lo, hi)` when it is linked high: a call there is a
+    /// remote storage call ([`Event::RemoteCall`]), not a crash (request VMs only).
+    pub remote: Option<(u64, u64)>,
     /// Clears this thread's timer pointer if the VM is dropped while it points at the vCPU.
     _timer_guard: timer::Guard,
 }
@@ -541,6 +547,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             smp_stacks: 0,
             timer_exits: 0,
             debug: None,
+            remote: None,
         }
     }
 
@@ -642,6 +649,11 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     }
                 }
                 Exit::IoOut { port, .. } if port == layout::EXCEPTION_PORT => {
+                    if self.remote.is_some() {
+                        if let Some(call) = self.remote_call_at_fault()? {
+                            return Ok(Event::RemoteCall(call));
+                        }
+                    }
                     if !self.fault_handled()? {
                         return self.crashed();
                     }

@@ -50,7 +50,7 @@ use crate::sandbox::{PathRule, Sandbox};
 use fds::FdTable;
 use mem::MmapArea;
 pub use process::fill_random;
-pub use signals::{FaultDelivery, MAX_FAULT_REPEATS};
+pub use signals::{read_fault, FaultDelivery, UserFault, MAX_FAULT_REPEATS};
 pub use threads::MAX_THREADS;
 pub use timers::{MAX_TIMERS, MIN_INTERVAL};
 

@@ -555,18 +555,24 @@ pub(super) struct FaultState {
 
 /// A CPU exception taken in user mode.
 #[derive(Debug, Clone, Copy)]
-struct UserFault {
-    vector: u8,
-    error: u64,
-    rip: u64,
-    rsp: u64,
-    rflags: u64,
-    cr2: u64,
+pub struct UserFault {
+    /// The exception vector (14: page fault).
+    pub vector: u8,
+    /// Its error code (0 for vectors without one).
+    pub error: u64,
+    /// RIP of the faulting instruction.
+    pub rip: u64,
+    /// The program's RSP at the fault.
+    pub rsp: u64,
+    /// The program's RFLAGS at the fault.
+    pub rflags: u64,
+    /// CR2 (page faults; else 0).
+    pub cr2: u64,
 }
 
 /// The exception frame the CPL0 stub left (`push $vector` over the CPU's frame); None if the
 /// exception did not come from user mode.
-fn read_fault(cpu: &mut dyn Vcpu, mem: &GuestMemory) -> Result<Option<UserFault>, KvmError> {
+pub fn read_fault(cpu: &mut dyn Vcpu, mem: &GuestMemory) -> Result<Option<UserFault>, KvmError> {
     let sp = cpu.regs().rsp;
     let rd = |a: u64| -> Option<u64> {
         let mut b = [0u8; 8];

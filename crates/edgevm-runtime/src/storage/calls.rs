@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use edgevm_abi::api::Call as ApiCall;
 use edgevm_abi::guest_abi::{GuestPtr, VirtBuffer};
 use edgevm_abi::io::write_structs;
+use edgevm_abi::layout;
 use edgevm_abi::linux::Output;
 use edgevm_kvm::Vcpu;
 
@@ -230,6 +231,21 @@ pub(super) fn check_allowed(s: &mut Served, call: &Call) -> Result<(), StorageEr
     })
 }
 
+/// A remote call must enter a function of the storage program (when its binary has symbols to
+/// tell): a jump into the middle of one, or to data, is refused (logged).
+fn check_entry(s: &mut Served, func: u64) -> Result<(), StorageError> {
+    let syms = &s.vm.elf.symbols;
+    if syms.is_empty() || matches!(syms.lookup(func), Some((_, 0))) {
+        return Ok(());
+    }
+    let e = StorageError::NotAFunction {
+        what: describe(&s.vm, func),
+    };
+    s.vm.printer
+        .log(&format!("remote storage call refused: {e}"));
+    Err(e)
+}
+
 /// The lowest address of `inputs` laid out below `top` (data blocks, then the virtbuffer
 /// array), as [`write_inputs`] lays them out.
 pub(super) fn inputs_low(top: u64, inputs: &[Vec<u8>]) -> u64 {
@@ -286,6 +302,9 @@ pub(super) fn open_call(call: Call, id: u64, budget: Duration, top: u64) -> Open
 /// Start `call` in the storage VM (its arguments on the stack, the registers set, the
 /// deadline to start when it runs); its id.
 pub(super) fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, StorageError> {
+    if matches!(call.kind, Kind::Remote(_)) {
+        check_entry(s, call.func)?;
+    }
     check_allowed(s, &call)?;
     let top = standard_top(&s.entry);
     let vm = &mut s.vm;
@@ -302,10 +321,18 @@ pub(super) fn begin(core: &Core, s: &mut Served, call: Call) -> Result<u64, Stor
         }
         Kind::LiveUpdate => vec![],
         Kind::LiveRestore(state) => vec![state.len() as u64],
+        Kind::Remote(args) => args.to_vec(),
     };
-    vm.enter_handler(&s.entry, call.func, bufs.wrapping_sub(256), &args)?;
-    // RBX (kept by the function) points the chain stub at the mailbox.
-    vm.machine.cpu.regs_mut().rbx = s.mailbox.unwrap_or(0);
+    if let Kind::Remote(_) = call.kind {
+        // func(args...) through the keep-the-result stub (RBX: the function; RAX ends up in
+        // RSI, RDX stays), which clears RBX: no call is chained behind it.
+        vm.enter_handler(&s.entry, layout::CALL_KEEP, bufs.wrapping_sub(256), &args)?;
+        vm.machine.cpu.regs_mut().rbx = call.func;
+    } else {
+        vm.enter_handler(&s.entry, call.func, bufs.wrapping_sub(256), &args)?;
+        // RBX (kept by the function) points the chain stub at the mailbox.
+        vm.machine.cpu.regs_mut().rbx = s.mailbox.unwrap_or(0);
+    }
     let budget = match call.kind {
         Kind::Task => TASK_BUDGET,
         Kind::LiveRestore(_) => Duration::from_secs(2),

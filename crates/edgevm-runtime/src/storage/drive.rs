@@ -155,6 +155,7 @@ impl Driver<'_> {
                 Err(e) => Some(e.into()),
                 Ok(Event::Returned) => None,
                 Ok(Event::Exited(c)) => Some(StorageError::Exited(c)),
+                Ok(Event::RemoteCall(_)) => Some(StorageError::Internal("remote call in storage")),
                 Ok(Event::Hypercall(
                     ApiCall::StorageReturn { .. } | ApiCall::StorageNoreturn { .. },
                 )) => Some(StorageError::ReturnedTwice),
@@ -202,7 +203,20 @@ impl Driver<'_> {
                 Step::Stop(Drive::Preempted)
             }
             Event::Preempted => Step::Continue,
-            Event::Returned => Step::End(Ok(())),
+            Event::Returned => {
+                if let Kind::Remote(_) = o.kind {
+                    // The keep-the-result stub moved RAX to RSI; RDX is the function's.
+                    let r = self.vm.machine.cpu.regs();
+                    o.result = Some(Returned {
+                        data: r.rdx.to_le_bytes().to_vec(),
+                        len: r.rsi,
+                    });
+                }
+                Step::End(Ok(()))
+            }
+            Event::RemoteCall(_) => {
+                Step::End(Err(StorageError::Internal("remote call in the storage VM")))
+            }
             Event::Exited(c) => Step::End(Err(StorageError::Exited(c))),
             Event::Hypercall(ApiCall::StorageReturn { data }) => {
                 self.storage_return(o, data, false)
@@ -220,6 +234,11 @@ impl Driver<'_> {
     /// `storage_return(data, len)` (or `storage_noreturn`): the call's answer.
     fn storage_return(&mut self, o: &mut Open, data: Buf, noreturn: bool) -> Step {
         let (p, l) = (data.addr(), data.len);
+        if let Kind::Remote(_) = o.kind {
+            // A remote call answers with its return value: storage_return() means nothing.
+            self.vm.machine.cpu.regs_mut().rax = u64::MAX;
+            return Step::Continue;
+        }
         if o.result.is_some() {
             return Step::End(Err(StorageError::ReturnedTwice));
         }
@@ -341,7 +360,7 @@ impl Driver<'_> {
         };
         Drive::Finished(Finished {
             func: o.func,
-            func_call: matches!(o.kind, Kind::Func),
+            func_call: matches!(o.kind, Kind::Func | Kind::Remote(_)),
             result,
         })
     }

@@ -70,6 +70,10 @@ enum Kind {
     /// Live update, new program: call on_live_restore(len); its storage_return(dst, len) names
     /// where the carried state goes.
     LiveRestore(Vec<u8>),
+    /// A remote call from a request VM (crate::remote): func(the six argument registers),
+    /// through the keep-the-result stub; its answer is [`Returned`] with `len` = RAX and
+    /// `data` = RDX (8 bytes, little-endian).
+    Remote([u64; 6]),
 }
 
 /// A call not started yet.
@@ -108,6 +112,11 @@ pub const MAX_RESULT: u64 = 64 << 20;
 pub struct StorageHandle {
     core: Arc<Core>,
     timeout: Duration,
+    /// The storage program's range when request VMs call into it (crate::remote).
+    remote: Option<(u64, u64)>,
+    /// The storage program's own binary, when request VMs call into it (kept by a live
+    /// update of the request program).
+    remote_binary: Option<Arc<Vec<u8>>>,
     /// Stops the task scheduler and the storage thread when the last handle goes (e.g. after
     /// a live update).
     _alive: Arc<Alive>,
@@ -245,6 +254,44 @@ impl StorageHandle {
             timeout: self.timeout,
             exits: 0,
         }
+    }
+
+    /// A remote call of `func(args...)` from a request (crate::remote), to run on the
+    /// request's own thread like [`StorageHandle::begin`].
+    pub fn begin_remote(&self, func: u64, args: [u64; 6]) -> StorageCall {
+        let call = Call {
+            kind: Kind::Remote(args),
+            func,
+            inputs: Vec::new(),
+            dstlen: 0,
+        };
+        let state = match self.core.take_turn() {
+            Ok(turn) => CallState::Running(turn, Started::No(call)),
+            Err(q) => CallState::Queued(q, call),
+        };
+        StorageCall {
+            core: self.core.clone(),
+            state,
+            timeout: self.timeout,
+            exits: 0,
+        }
+    }
+
+    /// The storage program's range `[lo, hi)` when request VMs call its functions remotely.
+    pub fn remote_range(&self) -> Option<(u64, u64)> {
+        self.remote
+    }
+
+    /// Set [`StorageHandle::remote_range`] and the storage binary it belongs to (the
+    /// program's boot, which knows both binaries).
+    pub(crate) fn set_remote(&mut self, r: Option<(u64, u64)>, binary: Option<Arc<Vec<u8>>>) {
+        self.remote = r;
+        self.remote_binary = r.and(binary);
+    }
+
+    /// The storage program's binary when request VMs call into it remotely.
+    pub fn remote_binary(&self) -> Option<Arc<Vec<u8>>> {
+        self.remote_binary.clone()
     }
 
     /// `sys_storage_task` from a request VM: see the module documentation.

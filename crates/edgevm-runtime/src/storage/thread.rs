@@ -89,6 +89,8 @@ pub fn start(
         Ok(Ok(core)) => Ok(StorageHandle {
             core,
             timeout: max_storage_time + queue_timeout,
+            remote: None,
+            remote_binary: None,
             _alive: Arc::new(Alive(tasks)),
         }),
         Ok(Err(e)) => Err(e),

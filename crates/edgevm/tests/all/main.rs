@@ -25,6 +25,7 @@ mod package;
 mod privilege;
 mod readiness;
 mod regex;
+mod remote;
 mod reset;
 mod robustness;
 mod routes;
