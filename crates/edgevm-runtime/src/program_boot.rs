@@ -26,16 +26,15 @@ impl Program {
             opts.binary = b.clone();
             // A storage program linked high: request VMs call its functions remotely, and its
             // VM's address space covers its image (crate::remote).
-            remote = crate::remote::storage_range(b, &settings.vm.binary)
-                .map_err(StorageError::Remote)?;
-            if let Some((lo, hi)) = remote {
-                let usual = settings.vm.memory_size();
-                if settings.vm.executable_heap && usual > lo {
-                    return Err(StorageError::Remote(format!(
-                        "with executable_heap the request VMs' address space ({} MB) must end below the storage program ({lo:#x}), whose functions they call remotely",
-                        usual >> 20
-                    )));
-                }
+            let usual = settings.vm.memory_size();
+            remote = crate::remote::check_pair(
+                b,
+                &settings.vm.binary,
+                usual,
+                settings.vm.executable_heap,
+            )
+            .map_err(StorageError::Remote)?;
+            if let Some((_, hi)) = remote {
                 opts.address_space = crate::remote::storage_address_space(usual, hi);
             }
         }

@@ -52,6 +52,27 @@ pub fn storage_range(storage: &[u8], request: &[u8]) -> Result<Option<(u64, u64)
     Ok((!overlaps).then_some((lo, hi)))
 }
 
+/// [`storage_range`] for a program whose request VMs have `request_memory` bytes of address
+/// space, with or without `executable_heap` (which maps that space executable: it must end
+/// below the storage program, or calls there would run the request's own memory).
+pub fn check_pair(
+    storage: &[u8],
+    request: &[u8],
+    request_memory: u64,
+    executable_heap: bool,
+) -> Result<Option<(u64, u64)>, String> {
+    let r = storage_range(storage, request)?;
+    if let Some((lo, _)) = r {
+        if executable_heap && request_memory > lo {
+            return Err(format!(
+                "with executable_heap the request VMs' address space ({} MB) must end below the storage program ({lo:#x}), whose functions they call remotely",
+                request_memory >> 20
+            ));
+        }
+    }
+    Ok(r)
+}
+
 /// The storage VM's address space for a program linked up to `hi`: the program's usual
 /// amount (`usual`, for its heap, mmap area and stack) above the image.
 pub fn storage_address_space(usual: u64, hi: u64) -> u64 {

@@ -398,6 +398,14 @@ fn check(files: &[PathBuf]) -> Result<ExitCode> {
             }
             None => {}
         }
+        match storage_file_problem(p) {
+            Some(Ok(note)) => println!("note: program '{name}': {note}"),
+            Some(Err(e)) => {
+                println!("error: program '{name}': {e}");
+                failed = true;
+            }
+            None => {}
+        }
     }
     Ok(if failed {
         ExitCode::from(1)
@@ -434,6 +442,35 @@ fn program_file_problem(p: &ProgramConfig) -> Option<Result<String, String>> {
         ))),
         Err(e) => Some(Err(format!("cannot read '{shown}': {e}"))),
     }
+}
+
+/// What `serve` would make of a program's storage program of its own (`<filename>_storage`,
+/// docs/DESIGN.md "Remote storage calls"): a note saying where it is linked (high: request
+/// programs call its functions remotely), `Err` when it cannot be loaded or does not go with
+/// the program's settings, `None` when there is none.
+fn storage_file_problem(p: &ProgramConfig) -> Option<Result<String, String>> {
+    let file = p.filename.as_ref()?;
+    let companion = edgevm_server::fetch::storage_path(file);
+    let storage = std::fs::read(&companion).ok()?;
+    let shown = companion.display();
+    if !p.storage {
+        return Some(Ok(format!("'{shown}' is not used: \"storage\" is false")));
+    }
+    let request = std::fs::read(file).unwrap_or_default();
+    let memory = edgevm_server::programs::program_settings(p, Vec::new())
+        .vm
+        .memory_size();
+    Some(
+        match edgevm_runtime::remote::check_pair(&storage, &request, memory, p.executable_heap) {
+            Ok(Some((lo, hi))) => Ok(format!(
+                "storage program '{shown}' is linked at {lo:#x}-{hi:#x}: requests call its functions remotely (and with storage_call())"
+            )),
+            Ok(None) => Ok(format!(
+                "storage program '{shown}' (linked below 1 GiB: storage_call() only)"
+            )),
+            Err(e) => Err(format!("'{shown}': {e}")),
+        },
+    )
 }
 
 fn program_config(a: &RunArgs) -> Result<ProgramConfig> {

@@ -254,3 +254,55 @@ fn remote_calls_go_on_through_a_live_update_of_the_request_program() {
     assert_eq!(std::fs::read(dir.join("p")).unwrap(), binary);
     s.stop();
 }
+
+#[test]
+fn check_validates_the_storage_program() {
+    let dir = scratch("remote-check");
+    let p = pair(&dir, "remote_request", "remote_storage");
+    let cfg = dir.join("config.json");
+    let write = |extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "{{ \"p\": {{ \"filename\": {}{extra} }} }}",
+                js(p.to_str().unwrap())
+            ),
+        )
+        .unwrap();
+    };
+    let check = || edgevm_run(&["check", "--config", cfg.to_str().unwrap()]);
+    write(", \"storage\": true");
+    let r = check();
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.stdout.contains("is linked at 0x40200000-0x")
+            && r.stdout.contains("requests call its functions remotely"),
+        "{}",
+        r.all()
+    );
+    write("");
+    let r = check();
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.stdout.contains("is not used: \"storage\" is false"),
+        "{}",
+        r.all()
+    );
+    // executable_heap maps the request VMs' whole address space executable: it must end
+    // below the storage program.
+    write(", \"storage\": true, \"executable_heap\": true, \"address_space\": 2048");
+    let r = check();
+    assert_eq!(r.code(), Some(1), "{}", r.all());
+    assert!(
+        r.stdout.contains("must end below the storage program"),
+        "{}",
+        r.all()
+    );
+    write(", \"storage\": true, \"executable_heap\": true");
+    assert_eq!(check().code(), Some(0));
+    std::fs::write(dir.join("p_storage"), b"not a program").unwrap();
+    write(", \"storage\": true");
+    let r = check();
+    assert_eq!(r.code(), Some(1), "{}", r.all());
+    assert!(r.stdout.contains("p_storage"), "{}", r.all());
+}
