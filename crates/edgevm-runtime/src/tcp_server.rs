@@ -516,6 +516,11 @@ impl System {
                     Ok(None) => return Err("internal error: storage call preempted".into()),
                     Err(f) => return Err(f.message),
                 },
+                Event::RemoteCall(c) => match inv.remote_call(c) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err("internal error: remote storage call preempted".into()),
+                    Err(f) => return Err(f.message),
+                },
                 Event::Hypercall(Call::BackendResponse { .. }) => {
                     inv.vm.printer.log(
                         "backend_response() has no HTTP request to answer in the socket event loop; returning -1",
