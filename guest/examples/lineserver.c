@@ -20,11 +20,19 @@
    Each system VM is long-lived (it is not reset between events): the per-connection state
    below lives as long as the connection. With LINESERVER_CRASH=1 in the environment the
    command CRASH makes the VM fault (the tests use it to show the host closing that VM's
-   connections and starting it again). */
+   connections and starting it again).
+
+   Run as a Linux process with a port (`./example_lineserver 6390`), the same code serves
+   natively with its own epoll loop: the baseline of docs/BENCHMARKS.md. */
 #include "kvm_api.h"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_CONNS 1024
 #define MAX_LINE 4096
@@ -41,6 +49,7 @@ struct conn {
 static struct conn *conns;
 static int system_id;
 static int crash_allowed;
+static int native; /* a Linux process: real descriptors, write() and close() */
 
 /* Answers of one batch of events, sent with one sys_sockets_write(). */
 static struct kvm_socket_event writes[BATCH];
@@ -67,7 +76,14 @@ static struct conn *find(int fd, int make)
 
 static void flush_writes(void)
 {
-	if (nwrites > 0)
+	if (native) {
+		for (int i = 0; i < nwrites; i++) {
+			if (writes[i].event == SOCKET_DISCONNECT)
+				close(writes[i].fd);
+			else if (write(writes[i].fd, writes[i].data, writes[i].data_len) < 0)
+				perror("write");
+		}
+	} else if (nwrites > 0)
 		sys_sockets_write(writes, nwrites);
 	nwrites = 0;
 	used = 0;
@@ -183,13 +199,63 @@ static void on_get(const char *url, const char *arg)
 		"lineserver: connect with TCP (see the program's \"server\" setting)\n");
 }
 
-int main(void)
+/* The same program as a Linux process: an epoll loop feeding the same functions. */
+static int serve_natively(int port)
+{
+	native = 1;
+	int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	if (bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 128) < 0) {
+		perror("listen");
+		return 1;
+	}
+	int ep = epoll_create1(0);
+	struct epoll_event e = { .events = EPOLLIN, .data.fd = l };
+	epoll_ctl(ep, EPOLL_CTL_ADD, l, &e);
+	static uint8_t buf[65536];
+	for (;;) {
+		struct epoll_event ev[32];
+		int n = epoll_wait(ep, ev, 32, -1);
+		for (int i = 0; i < n; i++) {
+			int fd = ev[i].data.fd;
+			if (fd == l) {
+				int c = accept(l, NULL, NULL);
+				if (c < 0)
+					continue;
+				setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+				if (find(c, 1) == NULL) {
+					close(c);
+					continue;
+				}
+				struct epoll_event ce = { .events = EPOLLIN, .data.fd = c };
+				epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
+				continue;
+			}
+			ssize_t got = read(fd, buf, sizeof(buf));
+			if (got <= 0) {
+				struct conn *c = find(fd, 0);
+				if (c != NULL)
+					c->fd = 0;
+				close(fd);
+				continue;
+			}
+			on_data(fd, buf, (size_t)got);
+		}
+		flush_writes();
+	}
+}
+
+int main(int argc, char **argv)
 {
 	conns = calloc(MAX_CONNS, sizeof(*conns));
 	if (conns == NULL)
 		return 1;
 	const char *crash = getenv("LINESERVER_CRASH");
 	crash_allowed = crash != NULL && strcmp(crash, "1") == 0;
+	if (argc == 2 && strchr(argv[0], '/') != NULL)
+		return serve_natively(atoi(argv[1]));
 	set_backend_get(on_get);
 	set_socket_prepare_for_pause(serve);
 	wait_for_requests();
