@@ -6,6 +6,7 @@
      nonblock   non-blocking connect (EINPROGRESS), epoll for writability, SO_ERROR,
                 sendmsg/recvmsg, writev/readv, MSG_PEEK
      denied     connect and sendto to destinations the policy refuses: the errors
+     timeo      SO_RCVTIMEO/SO_SNDTIMEO on read(), readv() and write() of a socket: EAGAIN
      silent     connect to a peer that never answers and wait for its answer (the request's
                 timeout ends it)
      unix?path= a Unix socket reached through allowed_paths (PING)
@@ -24,6 +25,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,6 +204,41 @@ static void do_silent(int port)
 	snprintf(out, sizeof out, "FAIL: recv returned %zd", n);
 }
 
+/* SO_RCVTIMEO bounds read()/readv() of a socket, SO_SNDTIMEO write() (EAGAIN at the end). */
+static void do_timeo(int port)
+{
+	const int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = local(port);
+	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+		snprintf(out, sizeof out, "connect: %s", strerror(errno));
+		return;
+	}
+	struct timeval tv = { .tv_sec = 0, .tv_usec = 50000 };
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	char b[8];
+	errno = 0;
+	const ssize_t n = read(s, b, sizeof b);
+	const int e = errno;
+	struct iovec iov = { .iov_base = b, .iov_len = sizeof b };
+	errno = 0;
+	const ssize_t nv = readv(s, &iov, 1);
+	const int ev = errno;
+	/* A peer that never reads: write() fills the buffers, then waits SO_SNDTIMEO. */
+	setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	static char big[1 << 16];
+	ssize_t w = 0;
+	int ew = 0;
+	for (int i = 0; i < 4096 && w >= 0; i++) {
+		errno = 0;
+		w = write(s, big, sizeof big);
+		ew = errno;
+	}
+	snprintf(out, sizeof out, "timeo: read %zd %s, readv %zd %s, write %zd %s", n,
+		 e == EAGAIN ? "EAGAIN" : strerror(e), nv, ev == EAGAIN ? "EAGAIN" : strerror(ev), w,
+		 ew == EAGAIN ? "EAGAIN" : strerror(ew));
+	close(s);
+}
+
 static void do_unix(const char *url)
 {
 	const char *p = query_param(url, "path");
@@ -348,6 +385,8 @@ static void on_get(const char *url, const char *arg)
 		do_denied(port);
 	else if (strcmp(action, "silent") == 0)
 		do_silent(port);
+	else if (strcmp(action, "timeo") == 0)
+		do_timeo(port);
 	else if (strcmp(action, "unix") == 0)
 		do_unix(url);
 	else if (strcmp(action, "hostile") == 0)

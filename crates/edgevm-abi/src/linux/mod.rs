@@ -382,7 +382,20 @@ impl LinuxState {
     pub fn may_sleep(&self, r: &kvm_regs, mem: &GuestMemory) -> bool {
         let a = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         let blocking = match i64::try_from(r.rax) {
-            Ok(libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_pause) => true,
+            Ok(
+                libc::SYS_nanosleep
+                | libc::SYS_clock_nanosleep
+                | libc::SYS_pause
+                | libc::SYS_rt_sigsuspend,
+            ) => true,
+            Ok(libc::SYS_rt_sigtimedwait) => {
+                let th = self.threads.current();
+                th.pending & mem.read_u64(r.rdi).unwrap_or(0) == 0
+                    && (r.rdx == 0
+                        || mem
+                            .read_u64(r.rdx)
+                            .is_ok_and(|s| s != 0 || mem.read_u64(r.rdx + 8).unwrap_or(0) != 0))
+            }
             Ok(nr) if self.io_would_wait(nr, a, mem) => true,
             Ok(libc::SYS_futex) => {
                 matches!(r.rsi & 0x7F, 0 | 9) && (r.r10 != 0 || self.thread_count() > 1)
@@ -482,6 +495,12 @@ impl LinuxState {
                 return Ok(e);
             }
         }
+        if ret != -EINTR {
+            // A call that waited with its own mask is over: the thread's mask is back before
+            // anything pending is delivered (an EINTR's signal runs under the call's mask,
+            // and its handler's rt_sigreturn puts the thread's back).
+            self.restore_saved_mask();
+        }
         if self.signal_ready() {
             // A timer's signal (or one a woken wait left): its handler runs over the
             // system call's return.
@@ -491,6 +510,8 @@ impl LinuxState {
             }
             self.switched = false;
         }
+        // A waiting call's own mask ends with it (a handler that ran took it over).
+        self.restore_saved_mask();
         Ok(SyscallOutcome::Continue)
     }
 

@@ -111,6 +111,17 @@ impl LinuxState {
             libc::SYS_timer_getoverrun => Ok(self.sys_timer_getoverrun(a[0])),
             libc::SYS_timer_delete => Ok(self.sys_timer_delete(a[0])),
             libc::SYS_pause => return self.sys_pause(cpu, mem),
+            libc::SYS_rt_sigsuspend => {
+                let e = self.use_call_mask(a[0], a[1], mem);
+                if e != 0 || a[0] == 0 {
+                    return Ok(Ok(if e != 0 { e } else { -EFAULT }));
+                }
+                if self.signal_ready() {
+                    return Ok(Ok(-EINTR));
+                }
+                return self.sys_pause(cpu, mem);
+            }
+            libc::SYS_rt_sigtimedwait => return self.sys_rt_sigtimedwait(a, cpu, mem),
             _ => Err(SyscallOutcome::Continue),
         };
         Ok(v)

@@ -47,6 +47,26 @@ const SIGINFO: u64 = 128;
 /// CF), as Linux's FIX_EFLAGS less TF and RF.
 const FIX_EFLAGS: u64 = 0x4_0CD5;
 
+/// Linux's `siginfo_t` for `sig` as `info` describes it.
+fn siginfo_bytes(sig: u64, info: &SigInfo) -> [u8; SIGINFO as usize] {
+    let (code, addr, err) = (info.code, info.addr, info.err);
+    let mut si = [0u8; SIGINFO as usize];
+    si[0..4].copy_from_slice(&(sig as i32).to_le_bytes());
+    si[8..12].copy_from_slice(&code.to_le_bytes());
+    if code == SI_USER || code == SI_TKILL {
+        si[16..20].copy_from_slice(&1i32.to_le_bytes()); // si_pid
+    } else if code == SI_TIMER {
+        // si_timerid, si_overrun, si_value (`addr` carries the value, `err` the id and
+        // overrun count).
+        si[16..20].copy_from_slice(&(err as i32).to_le_bytes());
+        si[20..24].copy_from_slice(&((err >> 32) as i32).to_le_bytes());
+        si[24..32].copy_from_slice(&addr.to_le_bytes());
+    } else {
+        si[16..24].copy_from_slice(&addr.to_le_bytes()); // si_addr
+    }
+    si
+}
+
 fn bit(sig: u64) -> u64 {
     1 << (sig - 1)
 }
@@ -110,7 +130,114 @@ impl LinuxState {
             let ctx = super::threads::after_syscall(&r, 0);
             return self.deliver_pending(ctx, true, cpu, mem);
         }
+        self.wake_for_signal(t, sig);
         Ok(Ok(0))
+    }
+
+    /// Signal `sig` was made pending in thread `t` (not running): an `rt_sigtimedwait` for
+    /// it runs its call again (and takes it); a wait the signal's handler will interrupt
+    /// (a sleep, a futex, pause, rt_sigsuspend, a descriptor wait) ends with EINTR.
+    fn wake_for_signal(&mut self, t: usize, sig: u64) {
+        use super::threads::Wait;
+        let handler = self.disposition(sig) == Some(Ok(()));
+        let th = &mut self.threads.list[t];
+        if th.wait == Wait::Io && th.sigwait & bit(sig) != 0 {
+            th.wait = Wait::Runnable;
+            th.io.clear();
+            return;
+        }
+        let blocked = th.sigmask & bit(sig) != 0;
+        if handler
+            && !blocked
+            && matches!(
+                th.wait,
+                Wait::Futex { .. } | Wait::Sleep | Wait::Pause | Wait::Io
+            )
+        {
+            th.interrupt();
+        }
+    }
+
+    /// rt_sigtimedwait(set, info, timeout, size) (sigwaitinfo, sigtimedwait, sigwait): take a
+    /// pending signal of `set` (its number, `info` filled), waiting for one up to `timeout`
+    /// (None: forever; then -EAGAIN) while other threads run; a handled signal outside `set`
+    /// ends the wait with -EINTR.
+    pub(super) fn sys_rt_sigtimedwait(
+        &mut self,
+        a: [u64; 6],
+        cpu: &mut dyn Vcpu,
+        mem: &mut GuestMemory,
+    ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let (set, info, ts, size) = (a[0], a[1], a[2], a[3]);
+        if size != 8 {
+            return Ok(Ok(-EINVAL));
+        }
+        let Ok(set) = mem.read_u64(set) else {
+            return Ok(Ok(-EFAULT));
+        };
+        let set = set & !UNBLOCKABLE;
+        let timeout = if ts == 0 {
+            None
+        } else {
+            match get::<crate::linux_abi::Timespec>(mem, ts) {
+                Some(t) if t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec) => {
+                    Some(std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+                }
+                Some(_) => return Ok(Ok(-EINVAL)),
+                None => return Ok(Ok(-EFAULT)),
+            }
+        };
+        let nr = libc::SYS_rt_sigtimedwait as u64;
+        self.wait_io(nr, timeout, cpu, mem, |s, mem, last| {
+            let th = s.threads.current_mut();
+            let ready = th.pending & set;
+            if ready != 0 {
+                let sig = u64::from(ready.trailing_zeros()) + 1;
+                th.pending &= !bit(sig);
+                let i = th.pending_info.remove(&sig).unwrap_or_default();
+                th.sigwait = 0;
+                if info != 0 && mem.write(info, &siginfo_bytes(sig, &i)).is_err() {
+                    return super::wait::Io::Done(-EFAULT);
+                }
+                return super::wait::Io::Done(sig as i64);
+            }
+            if last || set == 0 {
+                th.sigwait = 0;
+                return super::wait::Io::Done(-EAGAIN);
+            }
+            th.sigwait = set;
+            super::wait::Io::Wait(Vec::new())
+        })
+    }
+
+    /// Put back the mask a waiting call replaced, if no handler took it over.
+    pub(super) fn restore_saved_mask(&mut self) {
+        let th = self.threads.current_mut();
+        th.sigwait = 0;
+        if let Some(m) = th.saved_mask.take() {
+            th.sigmask = m;
+        }
+    }
+
+    /// A waiting call's own mask (`set`, `size` bytes) replaces the thread's until it returns
+    /// (ppoll, pselect6, epoll_pwait, rt_sigsuspend). 0 for no mask; else -EINVAL or -EFAULT.
+    pub(super) fn use_call_mask(&mut self, set: u64, size: u64, mem: &GuestMemory) -> i64 {
+        if set == 0 {
+            return 0;
+        }
+        if size != 8 {
+            return -EINVAL;
+        }
+        let Ok(m) = mem.read_u64(set) else {
+            return -EFAULT;
+        };
+        let th = self.threads.current_mut();
+        // A call run again after its wait keeps the mask saved the first time.
+        if th.saved_mask.is_none() {
+            th.saved_mask = Some(th.sigmask);
+        }
+        th.sigmask = m & !UNBLOCKABLE;
+        0
     }
 
     /// Deliver the running thread's first pending, unblocked signal (if any) over the user
@@ -162,22 +289,10 @@ impl LinuxState {
             Some(Err(e)) if !blocked => return Err(e),
             _ => {}
         }
-        let handler = self.disposition(sig) == Some(Ok(()));
         let th = &mut self.threads.list[t];
         th.pending |= bit(sig);
         th.pending_info.insert(sig, info);
-        if handler
-            && !blocked
-            && matches!(
-                th.wait,
-                super::threads::Wait::Futex { .. }
-                    | super::threads::Wait::Sleep
-                    | super::threads::Wait::Pause
-                    | super::threads::Wait::Io
-            )
-        {
-            th.interrupt();
-        }
+        self.wake_for_signal(t, sig);
         Ok(())
     }
 
@@ -270,12 +385,9 @@ impl LinuxState {
         cpu: &mut dyn Vcpu,
         mem: &mut GuestMemory,
     ) -> Result<Result<i64, SyscallOutcome>, KvmError> {
+        let si = siginfo_bytes(sig, &info);
         let SigInfo {
-            code,
-            addr,
-            trapno,
-            err,
-            cr2,
+            trapno, err, cr2, ..
         } = info;
         let (handler, flags, restorer, mask) = self.action(sig);
         if flags & SA_RESTORER == 0 || restorer == 0 {
@@ -322,25 +434,14 @@ impl LinuxState {
         f.extend_from_slice(&[0x23, 0, 0, 0, 0, 0, 0x1b, 0]);
         f.extend_from_slice(&err.to_le_bytes());
         f.extend_from_slice(&trapno.to_le_bytes());
-        f.extend_from_slice(&th.sigmask.to_le_bytes());
+        // The mask the handler's rt_sigreturn restores: the thread's own, also when a call's
+        // temporary mask (ppoll, rt_sigsuspend, ...) is in force now.
+        let frame_mask = th.saved_mask.unwrap_or(th.sigmask);
+        f.extend_from_slice(&frame_mask.to_le_bytes());
         f.extend_from_slice(&cr2.to_le_bytes());
         f.extend_from_slice(&fpstate.to_le_bytes());
         f.extend_from_slice(&[0u8; 64]);
-        f.extend_from_slice(&th.sigmask.to_le_bytes()); // uc_sigmask
-        let mut si = [0u8; SIGINFO as usize];
-        si[0..4].copy_from_slice(&(sig as i32).to_le_bytes());
-        si[8..12].copy_from_slice(&code.to_le_bytes());
-        if code == SI_USER || code == SI_TKILL {
-            si[16..20].copy_from_slice(&1i32.to_le_bytes()); // si_pid
-        } else if code == SI_TIMER {
-            // si_timerid, si_overrun, si_value (`addr` carries the value, `err` the id and
-            // overrun count).
-            si[16..20].copy_from_slice(&(err as i32).to_le_bytes());
-            si[20..24].copy_from_slice(&((err >> 32) as i32).to_le_bytes());
-            si[24..32].copy_from_slice(&addr.to_le_bytes());
-        } else {
-            si[16..24].copy_from_slice(&addr.to_le_bytes()); // si_addr
-        }
+        f.extend_from_slice(&frame_mask.to_le_bytes()); // uc_sigmask
         f.extend_from_slice(&si);
         if mem.write(fpstate, &fx[..512]).is_err() || mem.write(frame, &f).is_err() {
             // No room for the frame (a bad stack): Linux forces SIGSEGV.
@@ -348,6 +449,7 @@ impl LinuxState {
         }
         {
             let th = self.threads.current_mut();
+            th.saved_mask = None;
             th.sigmask |= mask & !UNBLOCKABLE;
             if flags & SA_NODEFER == 0 {
                 th.sigmask |= bit(sig);

@@ -82,6 +82,12 @@ pub(super) struct Thread {
     pub clear_tid: u64,
     /// Blocked signals.
     pub sigmask: u64,
+    /// The mask before a call that waits with a mask of its own (ppoll, pselect6,
+    /// epoll_pwait, rt_sigsuspend): put back when the call returns, or by the handler's
+    /// `rt_sigreturn` when a signal ends it (the handler's frame carries this one).
+    pub saved_mask: Option<u64>,
+    /// The signals an `rt_sigtimedwait` of this thread waits for (0: none).
+    pub sigwait: u64,
     /// Signals sent to it and not delivered yet (blocked, or it was not running).
     pub pending: u64,
     /// What each pending signal's siginfo says.
@@ -111,6 +117,7 @@ impl Thread {
         }
         self.wait = Wait::Runnable;
         self.until = None;
+        self.sigwait = 0;
         self.regs.rax = (-EINTR) as u64;
     }
 
@@ -123,6 +130,8 @@ impl Thread {
             fpu: None,
             clear_tid: 0,
             sigmask: 0,
+            saved_mask: None,
+            sigwait: 0,
             pending: 0,
             pending_info: Default::default(),
             altstack: (0, 0),

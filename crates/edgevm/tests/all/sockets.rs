@@ -194,6 +194,11 @@ fn guest_sockets_reach_what_the_policy_allows_and_nothing_else() {
         "socket traffic past 268435456 bytes in one request",
         Duration::from_secs(10),
     );
+    // SO_RCVTIMEO/SO_SNDTIMEO bound read()/readv()/write() of a socket too.
+    assert_eq!(
+        s.ok(&format!("/sockets/timeo?port={silent}")),
+        "timeo: read -1 EAGAIN, readv -1 EAGAIN, write -1 EAGAIN"
+    );
     // A peer that never answers: the request ends at its timeout, and meanwhile the one HTTP
     // worker serves others.
     let port = s.port;

@@ -101,6 +101,25 @@ fn signal_handlers_run_with_masks_alternate_stacks_and_sigreturn() {
     assert_eq!(s.ok("/signals/thread"), "thread: got 10 in the thread 1");
     assert_eq!(s.ok("/signals/storm"), "storm: 500 handled");
     assert_eq!(s.ok("/signals/fpu"), "fpu: intact, handler 1");
+    // Waits with a mask of their own, and waiting for signals (issue 16, item 4).
+    assert_eq!(
+        s.ok("/signals/sigsuspend"),
+        "sigsuspend: -1 EINTR got 10 blocked 1"
+    );
+    assert_eq!(
+        s.ok("/signals/pwaits"),
+        "pwaits: ppoll -1 EINTR got 10 blocked 1; pselect -1 EINTR got 10 blocked 1; \
+         epoll_pwait -1 EINTR got 10 blocked 1; masked 0 during 12 after 12"
+    );
+    // glibc's sigwaitinfo reports SI_TKILL (pthread_kill) as SI_USER (0), as on Linux.
+    assert_eq!(
+        s.ok("/signals/sigwait"),
+        "sigwait: 12 code 0 handler 0; timeout -1 EAGAIN; raised 12"
+    );
+    assert_eq!(
+        s.ok("/signals/hostile"),
+        "hostile: -1 1 -1 1 -1 1 -1 1 -1 1 -1 1 -1 1"
+    );
     // Default actions and a frame that cannot be written end the program, not the server.
     for (action, signal) in [("default", "SIGTERM"), ("badstack", "SIGSEGV")] {
         let r = s.get(&format!("/signals/{action}"));

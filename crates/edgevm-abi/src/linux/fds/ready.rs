@@ -192,6 +192,24 @@ impl LinuxState {
         mem: &mut GuestMemory,
     ) -> Option<CallResult> {
         let nr_u = nr as u64;
+        // The call's own signal mask, in force while it waits (restored when it returns).
+        let mask = match nr {
+            libc::SYS_ppoll => Some((a[3], a[4])),
+            libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => Some((a[4], a[5])),
+            libc::SYS_pselect6 if a[5] != 0 => {
+                match (mem.read_u64(a[5]), mem.read_u64(a[5].wrapping_add(8))) {
+                    (Ok(set), Ok(len)) => Some((set, len)),
+                    _ => return Some(Ok(Ok(-EFAULT))),
+                }
+            }
+            _ => None,
+        };
+        if let Some((set, size)) = mask {
+            let e = self.use_call_mask(set, size, mem);
+            if e != 0 {
+                return Some(Ok(Ok(e)));
+            }
+        }
         Some(match nr {
             libc::SYS_poll => self.sys_poll(nr_u, a[0], a[1], ms_timeout(a[2]), cpu, mem),
             libc::SYS_ppoll => match ts_timeout(mem, a[2]) {

@@ -315,6 +315,28 @@ impl LinuxState {
                     }),
                 )
             }
+            // read()/write() of a blocking socket wait like recv()/send(): up to
+            // SO_RCVTIMEO/SO_SNDTIMEO, then EAGAIN.
+            libc::SYS_read | libc::SYS_write | libc::SYS_readv | libc::SYS_writev
+                if self.socket(fd).is_ok() =>
+            {
+                let send = matches!(nr, libc::SYS_write | libc::SYS_writev);
+                Some(self.sock_io(
+                    nr,
+                    fd,
+                    0,
+                    send,
+                    cpu,
+                    mem,
+                    out,
+                    &mut |s, mem, out| match nr {
+                        libc::SYS_read => s.read(fd, a[1], a[2], mem, out),
+                        libc::SYS_write => s.write(fd, a[1], a[2], mem, out),
+                        libc::SYS_readv => s.vectored(fd, a[1], a[2], false, mem, out),
+                        _ => s.vectored(fd, a[1], a[2], true, mem, out),
+                    },
+                ))
+            }
             libc::SYS_sendmmsg | libc::SYS_recvmmsg => {
                 let send = nr == libc::SYS_sendmmsg;
                 Some(
