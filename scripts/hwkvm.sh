@@ -63,6 +63,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		# #GP, ICEBP is #UD), which real CPUs and KVM do not share.
 		wx::                                       # W^X: the page-table routine from CPL0 and CPL3
 		snapshot::a_snapshot_start_keeps_the_page_protections  # W^X from a snapshot file
+		smp::workers_run_on_extra_vcpus_over_the_same_memory  # extra vCPUs: entry stub, CPL0 sched_yield, clone
 		bench::exits_per_request_do_not_rise_above_the_record
 	)
 fi

@@ -11,6 +11,7 @@
    Hostile (each fails the request):
      loop        workers that never end; the handler waits
      crash       a worker dereferences a bad pointer
+     badfn       the worker function is data (not executable)
      syscall     a worker calls write()
      hypercall   a worker calls a kvm_api function (sys_is_storage)
      recursive   a worker calls multiprocess()
@@ -246,6 +247,11 @@ static void on_get(const char *url, const char *arg)
 		multiprocess(3, spin_forever, NULL);
 		multiprocess_wait();
 		snprintf(out, sizeof(out), "waited for endless workers?");
+	} else if (strstr(url, "/badfn")) {
+		/* In the program's memory, but data: the worker faults fetching it. */
+		multiprocess(2, (multiprocess_t)(void *)items, NULL);
+		multiprocess_wait();
+		snprintf(out, sizeof(out), "ran data as code?");
 	} else if (strstr(url, "/crash")) {
 		multiprocess(3, crash_worker, NULL);
 		multiprocess_wait();
@@ -270,8 +276,13 @@ static void on_get(const char *url, const char *arg)
 		multiprocess(3, spin_ticks, NULL);
 		_exit(3);
 	} else if (strstr(url, "/nowait")) {
+		const long before = *ticks;
 		multiprocess(3, spin_ticks, NULL);
-		snprintf(out, sizeof(out), "answered r");
+		/* Answer once the workers are counting (bounded: a worker that never ran fails). */
+		long spins = 0;
+		while (*ticks == before && spins < 4000000000l)
+			spins++;
+		snprintf(out, sizeof(out), "answered %s", *ticks != before ? "while counting" : "idle");
 	} else if (strstr(url, "/ticks")) {
 		const long a = *ticks;
 		struct timespec ts = { 0, 30 * 1000 * 1000 };

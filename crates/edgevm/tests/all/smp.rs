@@ -102,6 +102,11 @@ fn hostile_workers_fail_their_request_and_never_outlive_it() {
             "in crash_worker",
         ),
         (
+            "/smp/badfn",
+            "multiprocess worker on vCPU 1 crashed: page fault (#PF) executing address",
+            "(not executable)",
+        ),
+        (
             "/smp/syscall",
             "multiprocess worker on vCPU 1: system call write (1) is not allowed on a \
              multiprocess worker",
@@ -147,7 +152,7 @@ fn hostile_workers_fail_their_request_and_never_outlive_it() {
     // Workers that count in shared memory forever, and a handler that answers without
     // waiting (or exits, above): the workers are stopped with the request. The counter no
     // longer moves (the program itself checks across a 30 ms sleep).
-    assert_eq!(s.ok("/smp/nowait"), "answered r");
+    assert_eq!(s.ok("/smp/nowait"), "answered while counting");
     assert_eq!(s.ok("/smp/ticks"), "still 1");
     assert_eq!(s.ok("/smp/clone"), "r 0 w 0 total 10 count 4");
     let log = s.stop();
