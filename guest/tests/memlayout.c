@@ -12,7 +12,17 @@
                 back), "kept" (at a) or "failed=E"
      hint       mmap(p - 64 MiB, 4096) without MAP_FIXED, p from a fresh mmap: "kept" when
                 the hint was honoured, else "moved"
-     touch_big  writes 16 MiB of fresh memory: "ok" */
+     touch_big  writes 16 MiB of fresh memory: "ok"
+     remap      a is a remapped area of s MiB (`&s=`): "first=F last=L sys=E straddle=E
+                below=E above=E huge=E go=G": its first and last bytes written and read
+                back, a pipe round trip through it (errno, 0 = worked), then the errnos of
+                a read() into the last 4 bytes + 4 beyond, a write() from the byte below it
+                and from the byte after it, a write() of 2^64-16 bytes from 16 bytes before its end, and
+                whether Go's reservation pattern (mmap PROT_NONE hint, then MAP_FIXED
+                read-write) got the area's own address ("kept") or another ("moved")
+     remap_inc  the u64 at a (main() stored 0x1234 there when REMAP=a is set), then
+                increments it: "v=N"
+     remap_exec writes `mov $42,%eax; ret` at a and calls it: "exec=42" */
 #include "kvm_api.h"
 #include "test_util.h"
 #include <errno.h>
@@ -114,6 +124,54 @@ static void on_get(const char *url, const char *arg)
 		}
 		q[0] = 1;
 		respond(200, q == want ? "kept" : "moved");
+	} else if (strncmp(m, "remap_inc", 9) == 0) {
+		volatile uint64_t *v = (volatile uint64_t *)a;
+		snprintf(out, sizeof out, "v=%llu", (unsigned long long)*v);
+		*v += 1;
+		respond(200, out);
+	} else if (strncmp(m, "remap_exec", 10) == 0) {
+		static const unsigned char code42[] = { 0xB8, 42, 0, 0, 0, 0xC3 };
+		memcpy((void *)a, code42, sizeof code42);
+		__asm__ volatile("" : : "r"(a) : "memory");
+		int (*f)(void);
+		void *p = (void *)a;
+		memcpy(&f, &p, sizeof f);
+		snprintf(out, sizeof out, "exec=%d", f());
+		respond(200, out);
+	} else if (strncmp(m, "remap", 5) == 0) {
+		const uint64_t size = param_hex(url, "s") << 20;
+		volatile char *p = (volatile char *)a;
+		p[0] = 'f';
+		p[size - 1] = 'l';
+		const char first = p[0], last = p[size - 1];
+		int fds[2];
+		int sys = -1;
+		if (pipe(fds) == 0) {
+			memcpy((char *)a + 16, "through!", 8);
+			sys = err_of(write(fds[1], (char *)a + 16, 8));
+			if (sys == 0)
+				sys = err_of(read(fds[0], (char *)a + 4096, 8));
+			if (sys == 0 && memcmp((char *)a + 4096, "through!", 8) != 0)
+				sys = -2;
+			(void)write(fds[1], "12345678", 8);
+		}
+		const int straddle = err_of(read(fds[0], (char *)a + size - 4, 8));
+		const int below = err_of(write(fds[1], (char *)a - 1, 2));
+		const int above = err_of(write(fds[1], (char *)a + size, 1));
+		volatile size_t hugelen = (size_t)-16;
+		const int huge = err_of(write(fds[1], (char *)a + size - 16, hugelen));
+		void *r = mmap((void *)a, 2 * MB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		const char *go = "moved";
+		if (r == (void *)a &&
+		    mmap((void *)a, 2 * MB, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == (void *)a) {
+			go = p[0] == 0 ? "kept" : "kept-unzeroed";
+			p[0] = 'g';
+		}
+		snprintf(out, sizeof out,
+			 "first=%c last=%c sys=%d straddle=%d below=%d above=%d huge=%d go=%s",
+			 first, last, sys, straddle, below, above, huge, go);
+		respond(200, out);
 	} else {
 		respond(400, "unknown mode");
 	}
@@ -124,6 +182,9 @@ int main(void)
 	printf("memlayout: main stdout\n");
 	fflush(stdout);
 	fprintf(stderr, "memlayout: main stderr\n");
+	const char *remap = getenv("REMAP");
+	if (remap != NULL)
+		*(volatile uint64_t *)strtoull(remap, NULL, 16) = 0x1234;
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;

@@ -268,6 +268,49 @@ impl PageTables {
         Ok(page)
     }
 
+    /// Map the guest-virtual range `virt..virt+len` onto guest-physical `phys..` with 2 MiB
+    /// pages, read-write, executable only with `exec` (`remapping`, `executable_remapping`).
+    /// All three must be 2 MiB aligned and `virt` above the identity-mapped memory, below
+    /// 128 TiB. The page-directory-pointer tables and page directories come from the pool.
+    /// Before the vCPU first runs only (nothing is queued for it).
+    pub fn map_alias(
+        &mut self,
+        mem: &mut GuestMemory,
+        l: &Layout,
+        virt: u64,
+        phys: u64,
+        len: u64,
+        exec: bool,
+    ) -> Result<(), PtError> {
+        let table = |pt: &mut Self, mem: &mut GuestMemory, entry: u64| -> Result<u64, PtError> {
+            let e = mem.read_raw_u64(entry);
+            if e & P != 0 {
+                return Ok(e & ADDR);
+            }
+            let page = pool_page(l, pt.used).ok_or(PtError::NoPool)?;
+            pt.used += 1;
+            mem.write_raw(page, &[0u8; 4096])
+                .map_err(|_| PtError::Memory)?;
+            mem.write_raw(entry, &(page | P | RW | US | A).to_le_bytes())
+                .map_err(|_| PtError::Memory)?;
+            Ok(page)
+        };
+        let flags = P | RW | US | A | D | PS | if exec { 0 } else { NX };
+        let mut off = 0;
+        while off < len {
+            let v = virt + off;
+            let pdpt = table(self, mem, layout::PML4 + 8 * ((v >> 39) & 511))?;
+            let pd = table(self, mem, pdpt + 8 * ((v >> 30) & 511))?;
+            mem.write_raw(
+                pd + 8 * ((v >> 21) & 511),
+                &((phys + off) | flags).to_le_bytes(),
+            )
+            .map_err(|_| PtError::Memory)?;
+            off += MB2;
+        }
+        Ok(())
+    }
+
     /// Give `start..end` (page aligned, user memory) the protection `prot`. Entries already
     /// right are left alone (nothing queued).
     pub fn set_range(

@@ -456,7 +456,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "remapping",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.remapping = remappings("remapping", v)?;
             Ok(())
@@ -487,7 +487,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "executable_remapping",
         aliases: &[],
-        support: NotYet,
+        support: Supported,
         apply: |d, v, _| {
             d.cfg.executable_remapping = remappings("executable_remapping", v)?;
             Ok(())

@@ -167,12 +167,12 @@ pub struct ProgramConfig {
     pub verbose_syscalls: bool,
     /// `verbose_pagetables`: log the page protections after initialization.
     pub verbose_pagetables: bool,
-    /// `remapping`: named memory areas moved to fixed guest addresses.
-    /// *Not supported yet* (when non-empty).
+    /// `remapping`: named memory areas at fixed guest addresses (above the
+    /// address space), read-write.
     #[serde(serialize_with = "ser_remappings")]
     pub remapping: Vec<Remapping>,
     /// `executable_remapping` (reference extra): like `remapping` but
-    /// executable. *Not supported yet* (when non-empty).
+    /// also executable.
     #[serde(serialize_with = "ser_remappings")]
     pub executable_remapping: Vec<Remapping>,
     /// `blackout_area`: guest areas the program can never map or touch.

@@ -72,6 +72,10 @@ pub struct GuestMemory {
     /// Page ranges [start, end) that are holes of the frozen image (never written by the main
     /// VM); views map anonymous memory there (see [`GuestMemory::find_holes`]).
     holes: Arc<Vec<(usize, usize)>>,
+    /// Remapped areas (`remapping`): (guest-virtual start, guest-physical start, length). A
+    /// guest address inside one is translated by the checked accessors; a range must lie
+    /// inside one area entirely.
+    remaps: Arc<Vec<(u64, u64, u64)>>,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (private) or shares it with other mappings of
@@ -220,6 +224,7 @@ impl GuestMemory {
             protected: Vec::new(),
             user_tables: None,
             holes: Arc::default(),
+            remaps: Arc::default(),
         })
     }
 
@@ -273,6 +278,7 @@ impl GuestMemory {
             protected: self.protected.clone(),
             user_tables: self.user_tables,
             holes: self.holes.clone(),
+            remaps: self.remaps.clone(),
         };
         for &(start, end) in self.holes.iter() {
             let end = end.min(shared_from / PAGE_SIZE);
@@ -319,6 +325,30 @@ impl GuestMemory {
     /// Refuse guest pointers into these ranges from now on (and in views forked later).
     pub fn set_protected(&mut self, ranges: Vec<(u64, u64)>) {
         self.protected = ranges;
+    }
+
+    /// Guest-virtual areas mapped elsewhere (`remapping`): (virtual start, physical start,
+    /// length), from now on and in views forked later. The checked accessors translate
+    /// addresses inside them; such memory is always writable by the host on the guest's behalf
+    /// (the program's page tables map it read-write).
+    pub fn set_remaps(&mut self, remaps: Vec<(u64, u64, u64)>) {
+        self.remaps = Arc::new(remaps);
+    }
+
+    /// The remapped area holding `addr`: (virtual start, physical start, length).
+    fn remap_of(&self, addr: u64) -> Option<(u64, u64, u64)> {
+        self.remaps
+            .iter()
+            .copied()
+            .find(|&(v, _, n)| addr >= v && addr - v < n)
+    }
+
+    /// Bytes from guest address `addr` to the end of the memory (or remapped area) it is in.
+    fn span(&self, addr: u64) -> u64 {
+        match self.remap_of(addr) {
+            Some((v, _, n)) => v + n - addr,
+            None => (self.size as u64).saturating_sub(addr),
+        }
     }
 
     /// From now on (and in views forked later), [`GuestMemory::write`] writes only pages that
@@ -369,6 +399,16 @@ impl GuestMemory {
     }
 
     fn range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
+        if let Some((v, p, n)) = self.remap_of(addr) {
+            // Inside a remapped area: the whole range must be (no straddling its end).
+            return match addr.checked_add(len as u64) {
+                Some(end) if end <= v + n => Ok((p + (addr - v)) as usize),
+                _ => Err(MemError::OutOfBounds {
+                    addr,
+                    len: len as u64,
+                }),
+            };
+        }
         let off = self.raw_range(addr, len)?;
         let end = addr + len as u64;
         if self
@@ -499,7 +539,7 @@ impl GuestMemory {
     /// [`GuestMemory::set_user_write_check`]).
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.range(addr, data.len())?;
-        if !self.user_writable(addr, data.len()) {
+        if self.remap_of(addr).is_none() && !self.user_writable(addr, data.len()) {
             return Err(MemError::Protected {
                 addr,
                 len: data.len() as u64,
@@ -568,7 +608,7 @@ impl GuestMemory {
         let mut a = addr;
         let mut chunk = [0u8; 256];
         loop {
-            let room = (self.size as u64).saturating_sub(a).min(chunk.len() as u64) as usize;
+            let room = self.span(a).min(chunk.len() as u64) as usize;
             if room == 0 {
                 return Err(MemError::OutOfBounds { addr, len: 1 });
             }
@@ -916,6 +956,40 @@ pub fn host_huge_pages() -> HostHugePages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remapped_addresses_are_translated_and_bounded_by_their_area() {
+        const V: u64 = 0xC0_0000_0000;
+        let mut m = GuestMemory::new_shared(8 << 20).unwrap();
+        m.set_remaps(vec![(V, 4 << 20, 2 << 20)]);
+        m.write(V, b"first").unwrap();
+        m.write(V + (2 << 20) - 4, b"last").unwrap();
+        // The bytes are at the physical address.
+        let mut b = [0u8; 5];
+        m.read_raw(4 << 20, &mut b).unwrap();
+        assert_eq!(&b, b"first");
+        assert_eq!(m.read_vec(V + (2 << 20) - 4, 4).unwrap(), b"last");
+        assert_eq!(m.read_cstr(V, 64).unwrap(), b"first");
+        // Straddling the end, just outside either side, sizes that overflow: refused.
+        let oob = |r: Result<(), MemError>| {
+            assert!(matches!(r, Err(MemError::OutOfBounds { .. })), "{r:?}")
+        };
+        oob(m.read(V + (2 << 20) - 4, &mut [0u8; 5]));
+        oob(m.write(V + (2 << 20) - 4, b"xxxxx"));
+        oob(m.read(V + (2 << 20), &mut [0u8; 1]));
+        oob(m.read(V - 1, &mut [0u8; 2]));
+        oob(m.zero(V, (2 << 20) + 1));
+        oob(m.zero(u64::MAX - 1, 4));
+        assert!(m.read_vec(V + 8, usize::MAX).is_err());
+        assert!(!m.contains(V, (2 << 20) + 1));
+        assert!(m.contains(V, 2 << 20));
+        // An unterminated string at the end of the area stops there.
+        m.write(V + (2 << 20) - 4, b"abcd").unwrap();
+        assert!(m.read_cstr(V + (2 << 20) - 4, 64).is_err());
+        // Views keep the translation.
+        let view = m.fork_private(8 << 20, None).unwrap();
+        assert_eq!(view.read_vec(V, 5).unwrap(), b"first");
+    }
 
     #[test]
     fn bounds_and_strings() {

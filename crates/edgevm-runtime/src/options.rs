@@ -62,6 +62,9 @@ pub struct VmOptions {
     pub smp: u32,
     /// `blackout_area`: page-aligned ranges [start, end) the program can never map or touch.
     pub blackout_area: Vec<(u64, u64)>,
+    /// `remapping` / `executable_remapping`: (guest-virtual start, length, executable):
+    /// memory at those addresses, 2 MiB aligned, above the address space.
+    pub remappings: Vec<(u64, u64, bool)>,
     /// `relocate_fixed_mmap` (default true): a MAP_FIXED mapping outside the program's mmap
     /// area gets memory elsewhere; false: mmap hints are honoured and such mappings fail.
     pub relocate_fixed_mmap: bool,
@@ -113,6 +116,7 @@ impl VmOptions {
             net: crate::net::NetAccess::default(),
             smp: 0,
             blackout_area: Vec::new(),
+            remappings: Vec::new(),
             relocate_fixed_mmap: true,
             output_to_stdout: true,
             huge_pages: HugePages::default(),

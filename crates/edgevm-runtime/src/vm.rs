@@ -271,12 +271,67 @@ fn host_loader(interp: &str) -> Result<Vec<u8>, RunError> {
     })
 }
 
-/// Guest-physical ranges the host refuses as pointers: the supervisor structures, and the
-/// program's `blackout_area`.
-pub(crate) fn protected_ranges(opts: &VmOptions) -> Vec<(u64, u64)> {
+/// Guest-physical ranges the host refuses as pointers: the supervisor structures, the
+/// program's `blackout_area`, and the memory of its remapped areas at its own address (only
+/// the remapped address reaches it).
+pub(crate) fn protected_ranges(opts: &VmOptions, l: &Layout) -> Vec<(u64, u64)> {
     let mut v = layout::PROTECTED.to_vec();
     v.extend(opts.blackout_area.iter().copied());
+    for (_, p, n, _) in edgevm_abi::linux::remap_backing(l, &opts.remappings) {
+        v.push((p, p + n));
+    }
     v
+}
+
+/// What [`edgevm_kvm::GuestMemory::set_remaps`] takes for this program.
+pub(crate) fn remap_table(opts: &VmOptions, l: &Layout) -> Vec<(u64, u64, u64)> {
+    edgevm_abi::linux::remap_backing(l, &opts.remappings)
+        .into_iter()
+        .map(|(v, p, n, _)| (v, p, n))
+        .collect()
+}
+
+/// `remapping` / `executable_remapping` checked against the layout: 2 MiB aligned, above the
+/// address space, below 128 TiB, apart from each other and from `blackout_area`, and room
+/// for their memory between the program and the request-body area.
+fn check_remappings(opts: &VmOptions, l: &Layout, elf_end: u64) -> Result<(), RunError> {
+    const MB2: u64 = 2 << 20;
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut total = 0u64;
+    for &(v, n, _) in &opts.remappings {
+        let end = v.saturating_add(n);
+        let bad = if v % MB2 != 0 || n % MB2 != 0 {
+            Some("must start and end on a 2 MB boundary".to_string())
+        } else if v < l.mem_size {
+            Some(format!(
+                "lies inside the address space (0x0-{:#x}), where memory exists already:                  use an address above it",
+                l.mem_size
+            ))
+        } else if end > 1 << 47 {
+            Some("ends above 0x800000000000 (128 TiB, the top of user addresses)".into())
+        } else if seen.iter().any(|&(s, e)| s < end && v < e) {
+            Some("overlaps another remapping".into())
+        } else if opts.blackout_area.iter().any(|&(s, e)| s < end && v < e) {
+            Some("overlaps a blackout_area".into())
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err(RunError::Layout(format!(
+                "remapping {v:#x}..{end:#x} {why}"
+            )));
+        }
+        seen.push((v, end));
+        total += n;
+    }
+    let room = (l.input_area & !(MB2 - 1)).saturating_sub(elf_end + MB2);
+    if total > room || total.saturating_add(layout::STACK_SIZE) > opts.max_memory {
+        return Err(RunError::Layout(format!(
+            "the remappings need {} MB of the program's memory: raise max_memory",
+            total >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// Ask for transparent huge pages over the main memory as configured, with one log line per
@@ -349,6 +404,7 @@ impl MainVm {
         let env = program_environment(&opts);
         let mut random = [0u8; 16];
         fill_random(&mut random);
+        check_remappings(&opts, &layout, elf.end)?;
         let rsp = elf::setup_stack(&mut mem, &layout, &elf, &argv, &env, random)?;
         if elf.image_bytes + layout::STACK_SIZE > opts.max_memory {
             return Err(RunError::MemoryLimit {
@@ -376,6 +432,7 @@ impl MainVm {
                 executable_heap: opts.executable_heap,
                 blackout: opts.blackout_area.clone(),
                 keep_mmap_addresses: !opts.relocate_fixed_mmap,
+                remaps: opts.remappings.clone(),
             },
             elf.end,
             elf.image_bytes,
@@ -389,7 +446,11 @@ impl MainVm {
                     RunError::Emulation(e)
                 }
             })?;
-        machine.mem.set_protected(protected_ranges(&opts));
+        let remaps = linux
+            .map_remaps(&mut machine.mem)
+            .map_err(RunError::Emulation)?;
+        machine.mem.set_remaps(remaps);
+        machine.mem.set_protected(protected_ranges(&opts, &layout));
         machine.mem.set_user_write_check(layout::PD_BASE);
         linux.check_cwd().map_err(|e| {
             RunError::Sandbox(format!(

@@ -58,6 +58,16 @@ pub fn memory_layout(p: &ProgramConfig, vm: &mut VmOptions) {
         .map(|r| (r.address, r.end()))
         .collect();
     vm.relocate_fixed_mmap = p.relocate_fixed_mmap;
+    vm.remappings = p
+        .remapping
+        .iter()
+        .map(|r| (r.address, r.size, false))
+        .chain(
+            p.executable_remapping
+                .iter()
+                .map(|r| (r.address, r.size, true)),
+        )
+        .collect();
     let all = u64::MAX;
     vm.huge_pages = edgevm_runtime::vm::HugePages {
         main: if p.hugepages || p.transparent_hugepages {

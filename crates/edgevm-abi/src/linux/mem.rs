@@ -362,6 +362,11 @@ impl LinuxState {
         len: u64,
         prot: u32,
     ) -> i64 {
+        if self.in_remap(start, start.saturating_add(len)) {
+            // A remapped area's page tables are not the identity map's: it keeps the
+            // protection its configuration gives it.
+            return 0;
+        }
         match self
             .pt
             .set_range(mem, &self.layout, start, start + len, prot)
@@ -382,6 +387,10 @@ impl LinuxState {
         let Some(end) = addr.checked_add(len) else {
             return -ENOMEM;
         };
+        if self.in_remap(addr, end) {
+            // A remapped area keeps the protection its configuration gives it.
+            return 0;
+        }
         let l = &self.layout;
         let heap = addr >= layout::USER_BASE && end <= self.mmap.top;
         let stack = addr >= l.stack_bottom && end <= l.stack_top;
@@ -407,7 +416,12 @@ impl LinuxState {
     fn sys_mmap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {
         const MAP_ANONYMOUS: u64 = 0x20;
         let prot = a[2] & 7;
-        if self.wx_refused(prot) {
+        let exec_remap = self
+            .cfg
+            .remaps
+            .iter()
+            .any(|&(v, n, x)| x && a[0] >= v && a[0].saturating_add(page_up(a[1])) <= v + n);
+        if self.wx_refused(prot) && !exec_remap {
             return -EACCES;
         }
         if a[3] & MAP_ANONYMOUS == 0 {
@@ -456,6 +470,13 @@ impl LinuxState {
         let end = addr.saturating_add(len);
         if fixed && overlapping(&self.cfg.blackout, addr, end).is_some() {
             return -ENOMEM;
+        }
+        // Inside a remapped area (fixed, or a hint followed): that memory, zeroed.
+        if (fixed || self.cfg.keep_mmap_addresses) && addr % PAGE == 0 && self.in_remap(addr, end) {
+            return match mem.zero(addr, len as usize) {
+                Ok(()) => addr as i64,
+                Err(_) => -ENOMEM,
+            };
         }
         // An address hint is honoured with relocate_fixed_mmap off, when that range is free.
         let hint = !fixed
@@ -693,7 +714,9 @@ impl LinuxState {
         }
         if advice == MADV_DONTNEED && len > 0 {
             // Anonymous private memory reads back as zero after MADV_DONTNEED.
-            if addr < layout::USER_BASE || mem.zero(addr, len as usize).is_err() {
+            if (addr < layout::USER_BASE && !self.in_remap(addr, addr.saturating_add(len)))
+                || mem.zero(addr, len as usize).is_err()
+            {
                 return -ENOMEM;
             }
         }

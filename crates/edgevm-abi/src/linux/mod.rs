@@ -126,6 +126,23 @@ pub struct LinuxConfig {
     /// (`relocate_fixed_mmap: true`, this false): hints are ignored and a MAP_FIXED mapping
     /// outside the program's mmap area gets memory where edgevm chooses (as the reference).
     pub keep_mmap_addresses: bool,
+    /// `remapping` / `executable_remapping`: (guest-virtual start, length, executable), both
+    /// 2 MiB aligned, above the address space (checked by [`remap_backing`]'s caller).
+    pub remaps: Vec<(u64, u64, bool)>,
+}
+
+/// Where the memory of each remapped area lives: (virtual start, physical start, length,
+/// executable), the areas stacked downwards from the top of the mmap area (the request-body
+/// area), 2 MiB aligned. The mmap area ends below the lowest one.
+pub fn remap_backing(layout: &Layout, remaps: &[(u64, u64, bool)]) -> Vec<(u64, u64, u64, bool)> {
+    let mut top = layout.input_area & !((2 << 20) - 1);
+    remaps
+        .iter()
+        .map(|&(v, n, x)| {
+            top = top.saturating_sub(n);
+            (v, top, n, x)
+        })
+        .collect()
 }
 
 /// The emulated process state. Cloned when a program is frozen, so request VMs can be reset
@@ -183,6 +200,13 @@ impl LinuxState {
         let brk_start = page_up(elf_end);
         let (sandbox, cwd) = sandbox_of(&cfg);
         let blackout = cfg.blackout.clone();
+        let backing = remap_backing(&layout, &cfg.remaps);
+        let mmap_top = backing
+            .iter()
+            .map(|b| b.1)
+            .min()
+            .unwrap_or(layout.input_area);
+        let image_bytes = image_bytes + backing.iter().map(|b| b.2).sum::<u64>();
         LinuxState {
             layout,
             cfg,
@@ -190,9 +214,9 @@ impl LinuxState {
             brk: brk_start,
             brk_high: brk_start,
             mmap: MmapArea {
-                bottom: layout.input_area,
-                low_water: layout.input_area,
-                top: layout.input_area,
+                bottom: mmap_top,
+                low_water: mmap_top,
+                top: mmap_top,
                 free: BTreeMap::new(),
                 reserved: BTreeMap::new(),
                 blackout,
@@ -276,6 +300,34 @@ impl LinuxState {
             }
         }
         Ok(())
+    }
+
+    /// `remapping`: map each area's virtual range onto its memory (see [`remap_backing`]) in
+    /// the page tables, and make that memory unreachable at its own (identity) address: only
+    /// the virtual range reaches it. Before the vCPU first runs. Returns what
+    /// [`GuestMemory::set_remaps`] takes.
+    pub fn map_remaps(&mut self, mem: &mut GuestMemory) -> Result<Vec<(u64, u64, u64)>, String> {
+        let l = self.layout;
+        let mut out = Vec::new();
+        for (v, p, n, x) in remap_backing(&l, &self.cfg.remaps) {
+            self.pt
+                .map_alias(mem, &l, v, p, n, x)
+                .map_err(|e| format!("cannot map remapping {v:#x}: {e:?}"))?;
+            self.pt
+                .set_range(mem, &l, p, p + n, 0)
+                .map_err(|e| format!("cannot map remapping {v:#x}: {e:?}"))?;
+            out.push((v, p, n));
+        }
+        self.pt.freeze();
+        Ok(out)
+    }
+
+    /// Whether `start..end` lies inside one remapped area.
+    fn in_remap(&self, start: u64, end: u64) -> bool {
+        self.cfg
+            .remaps
+            .iter()
+            .any(|&(v, n, _)| start >= v && end <= v + n && start < end)
     }
 
     /// The `blackout_area` ranges (the host refuses them as pointers).

@@ -58,6 +58,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             executable_heap: o.executable_heap,
             blackout: o.blackout_area.clone(),
             keep_mmap_addresses: !o.relocate_fixed_mmap,
+            remaps: o.remappings.clone(),
         },
         &mut r,
     )
@@ -87,7 +88,9 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         .protect_segments(&mut mem, &protections)
         .map_err(corrupt)?;
     mem.set_user_write_check(layout::PD_BASE);
-    mem.set_protected(crate::vm::protected_ranges(o));
+    // The remapped areas' page tables came with the image (pool pages).
+    mem.set_remaps(crate::vm::remap_table(o, &layout));
+    mem.set_protected(crate::vm::protected_ranges(o, &layout));
     crate::vm::advise_huge_pages(&mem, o).map_err(|e| SnapshotError::Io(e.to_string()))?;
     mem.find_holes(layout.shared_start as usize);
     let regex = Regexes::from_patterns(&patterns).map_err(corrupt)?;

@@ -265,3 +265,90 @@ fn stdout_sends_a_served_programs_output_to_stdout_else_to_the_log() {
         assert!(!no.contains(l), "{l}:\n{no}");
     }
 }
+
+/// Go's heap address (the reference's compute.json remaps 256 MB there).
+const GO_HEAP: u64 = 0xC0_0000_0000;
+
+#[test]
+fn a_remapping_is_memory_at_its_address_for_the_program_and_the_host() {
+    let mut vm = request_vm(|o| {
+        o.remappings = vec![(GO_HEAP, 8 << 20, false), (0x10_0000_0000, 2 << 20, false)];
+        o.relocate_fixed_mmap = false;
+        o.environment = vec![format!("REMAP={GO_HEAP:x}")];
+    });
+    // Written and read at both ends; a pipe round trip through it (the host reads and writes
+    // it); a buffer straddling its end, the bytes just outside it and a size that overflows
+    // are EFAULT; Go's reservation pattern gets the area's own address, zeroed.
+    let all = "first=f last=l sys=0 straddle=14 below=14 above=14 huge=14 go=kept";
+    for _ in 0..2 {
+        assert_eq!(get_s(&mut vm, "remap", GO_HEAP, 8).as_deref(), Ok(all));
+        assert_eq!(
+            get_s(&mut vm, "remap", 0x10_0000_0000, 2).as_deref(),
+            Ok(all)
+        );
+    }
+    // What main() stored there is in the frozen image; a request's change is reset.
+    for _ in 0..3 {
+        assert_eq!(get(&mut vm, "remap_inc", GO_HEAP).as_deref(), Ok("v=4660"));
+    }
+    // Not executable (W^X): only an executable_remapping is.
+    let e = get(&mut vm, "remap_exec", GO_HEAP).expect_err("code in a remapping ran");
+    assert!(e.contains("not executable"), "{e}");
+    assert_eq!(get(&mut vm, "remap_inc", GO_HEAP).as_deref(), Ok("v=4660"));
+    // Without the key, the address is nothing: the request crashes there.
+    let mut plain = request_vm(|_| {});
+    assert!(get(&mut plain, "remap_inc", GO_HEAP).is_err());
+}
+
+#[test]
+fn an_executable_remapping_runs_code() {
+    let mut vm = request_vm(|o| o.remappings = vec![(GO_HEAP, 2 << 20, true)]);
+    for _ in 0..2 {
+        assert_eq!(
+            get(&mut vm, "remap_exec", GO_HEAP).as_deref(),
+            Ok("exec=42")
+        );
+    }
+}
+
+#[test]
+fn bad_remappings_are_refused_at_load() {
+    let size = options(|_| {}).memory_size();
+    for (r, why) in [
+        ((GO_HEAP + 4096, 2 << 20), "2 MB boundary"),
+        ((GO_HEAP, 3 << 20), "2 MB boundary"),
+        ((size - (2 << 20), 2 << 20), "inside the address space"),
+        ((0x7FFF_FFE0_0000, 4 << 20), "128 TiB"),
+        ((GO_HEAP, 4 << 30), "raise max_memory"),
+    ] {
+        let e = match MainVm::boot(options(|o| o.remappings = vec![(r.0, r.1, false)])) {
+            Ok(_) => panic!("{r:x?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("remapping") && e.contains(why), "{r:x?}: {e}");
+    }
+    let e = match MainVm::boot(options(|o| {
+        o.remappings = vec![
+            (GO_HEAP, 4 << 20, false),
+            (GO_HEAP + (2 << 20), 2 << 20, true),
+        ]
+    })) {
+        Ok(_) => panic!("overlap accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("overlaps another remapping"), "{e}");
+}
+
+fn get_s(vm: &mut RequestVm, mode: &str, addr: u64, mb: u64) -> Result<String, String> {
+    let req = GuestRequest {
+        method: "GET".into(),
+        url: format!("/?m={mode}&a={addr:x}&s={mb:x}"),
+        ..Default::default()
+    };
+    let (r, _) = vm.handle(&req);
+    match r {
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.message),
+    }
+}
