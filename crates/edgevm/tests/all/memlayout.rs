@@ -352,3 +352,41 @@ fn get_s(vm: &mut RequestVm, mode: &str, addr: u64, mb: u64) -> Result<String, S
         Err(e) => Err(e.message),
     }
 }
+
+/// The reference's published compute.json (varnish/tinykvm_examples, kept in
+/// tests/all/data): `edgevm check` accepts every program (their files are fetched from
+/// their `uri`), the Go program's remapping included; and the memory keys of the
+/// reference's Deno configurations.
+#[test]
+fn check_accepts_the_reference_compute_json() {
+    let file = crate::common::root().join("crates/edgevm/tests/all/data/reference-compute.json");
+    let r = crate::common::edgevm_run(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(
+        r.all().contains("27 program(s): 27 ok, 0 failed"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.all().contains("0xc000000000") || r.all().contains("0xC000000000"),
+        "{}",
+        r.all()
+    );
+    let dir = scratch("memlayout-check-deno");
+    let deno = dir.join("deno.json");
+    std::fs::write(
+        &deno,
+        format!(
+            r#"{{ "deno": {{ "filename": {}, "executable_heap": true, "address_space": 66000,
+                "max_memory": 3000, "hugepage_arena_size": 64, "request_hugepage_arena_size": 32,
+                "ephemeral": true, "relocate_fixed_mmap": false, "stdout": true,
+                "blackout_area": {{ "low": ["0x200000000", "0x1000000000"] }},
+                "executable_remapping": {{ "jit": ["0x11000000000", 64] }} }} }}"#,
+            js(guest("memlayout").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let r = crate::common::edgevm_run(&["check", "--config", deno.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.all());
+    assert!(r.all().contains("1 ok, 0 failed"), "{}", r.all());
+}
