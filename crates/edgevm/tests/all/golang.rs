@@ -55,3 +55,35 @@ fn a_go_program_serves_requests_with_goroutines_channels_and_timers() {
         assert_eq!(a, "fanout: 20 goroutines, sum 190, slept true\n");
     }
 }
+
+/// The reference's configuration for Go: its heap remapped at 0xC000000000 (where Go's runtime
+/// asks for it) with `relocate_fixed_mmap` off, so the runtime's address hints are followed.
+#[test]
+fn a_go_program_runs_with_its_heap_remapped_at_0xc000000000() {
+    let file = guest("example_goserve");
+    let s = Server::with_config(
+        "goserve-remap",
+        &format!(
+            "{{ \"goserve\": {{ \"filename\": {}, \"max_memory\": 512, \"address_space\": 1024, \
+             \"concurrency\": 2, \"verbose_syscalls\": true, \"relocate_fixed_mmap\": false, \
+             \"remapping\": {{ \"go_heap\": [\"0xC000000000\", 256] }} }} }}",
+            js(file.to_str().unwrap())
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            s.ok("/goserve/squares?n=100"),
+            "squares: 100 jobs, sum 338350\n"
+        );
+        assert_eq!(
+            s.ok("/goserve/fanout?n=50"),
+            "fanout: 50 goroutines, sum 1225, slept true\n"
+        );
+    }
+    // The runtime's first heap arena is where it asked for it: in the remapped area.
+    let log = s.log();
+    assert!(
+        log.contains("mmap(0xc000000000, 0x4000000, 0x0) = 0xc000000000"),
+        "{log}"
+    );
+}
