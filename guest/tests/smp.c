@@ -44,6 +44,7 @@ static struct {
 } ctx;
 static _Atomic long *ticks; /* shared memory: survives resets */
 static volatile long sink;
+static long init_mp; /* multiprocess() from main(): refused (-1) */
 
 static void respond(const char *text)
 {
@@ -298,7 +299,7 @@ static void on_get(const char *url, const char *arg)
 		multiprocess_wait();
 		snprintf(out, sizeof(out), "yields %d", (int)yields);
 	} else {
-		snprintf(out, sizeof(out), "vcpuid %d", vcpuid());
+		snprintf(out, sizeof(out), "vcpuid %d init %ld", vcpuid(), init_mp);
 	}
 	respond(out);
 }
@@ -308,6 +309,8 @@ int main(void)
 	for (int i = 0; i < N_ITEMS; i++)
 		items[i] = (uint32_t)(i % 1000);
 	ticks = (_Atomic long *)SHM_ALLOC_TYPE(long);
+	ctx.n = 2;
+	init_mp = multiprocess(2, sum_slice, NULL);
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;
