@@ -161,3 +161,44 @@ fn hostile_workers_fail_their_request_and_never_outlive_it() {
     let log = s.stop();
     assert!(!log.contains("did not stop"), "{log}");
 }
+
+/// A program started from its snapshot file has no stacks reserved at boot: `multiprocess`
+/// maps them per request (undone by the reset) and works the same.
+#[test]
+fn a_program_started_from_its_snapshot_runs_workers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = crate::common::scratch("smp-snapshot");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"smp\": {{ \"filename\": {}, \"smp\": 4, \"shared_memory\": 2, \
+             \"cold_start_file\": {}, \"start\": true }} }}",
+            js(guest("smp").to_str().unwrap()),
+            js(snap.join("smp.snapshot").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["smp"]);
+    s.wait_log(
+        "Program 'smp': snapshot written to",
+        std::time::Duration::from_secs(20)
+            .mul_f64(crate::common::time_scale() * crate::common::time_scale()),
+    );
+    s.stop();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["smp"]);
+    assert!(s.log().contains("Program 'smp' started from its snapshot"));
+    let want = format!(
+        "r 0 w 0 sum {} ids 100 101 102 103 104 reqid_same 1",
+        expected_sum(5)
+    );
+    for _ in 0..3 {
+        assert_eq!(s.ok("/smp/sum?n=5"), want);
+    }
+    assert_eq!(s.ok("/smp/clone"), "r 0 w 0 total 10 count 4");
+}
