@@ -15,9 +15,10 @@
         FXSAVE image with the x87 stack and MXCSR), edgevm's user pages (0x5000-0x7000), the
         I/O area (0x20000-0x100000) and all program memory from 0x200000 to the end of the
         address space (found by asking the host which addresses it accepts), except the
-        stack guard page. The secret itself is never stored: only its inversion is, and each
-        expected byte is computed while comparing. Answers "clean scanned=N regs=M" or
-        "found K: where...".
+        stack guard page and pages a read faults on (munmapped or PROT_NONE: skipped with a
+        SIGSEGV handler, counted as unreadable). The secret itself is never stored: only its
+        inversion is, and each expected byte is computed while comparing. Answers
+        "clean scanned=N end=E unreadable=U" or "found K: where...".
    GET  /<p>/regtest?k=HEX  self-test of the register capture: puts the secret (inverted
         back) into rbx and xmm5, captures the registers the same way as at entry, scans the
         capture: must answer "found".
@@ -25,6 +26,7 @@
 #define _GNU_SOURCE
 #include "kvm_api.h"
 #include "test_util.h"
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -434,6 +436,47 @@ static const char *region_of(const char *name, uintptr_t a)
 	return "memory";
 }
 
+/* Pages the program cannot read (munmapped, PROT_NONE): a read faults, as on Linux. The
+   scan skips them, page by page, with a SIGSEGV handler; `unreadable` counts them. */
+static sigjmp_buf probe_jmp;
+static size_t unreadable;
+
+static void probe_fault(int sig)
+{
+	(void)sig;
+	siglongjmp(probe_jmp, 1);
+}
+
+static int readable(uintptr_t page)
+{
+	if (sigsetjmp(probe_jmp, 0) != 0)
+		return 0;
+	(void)*(volatile const uint8_t *)page;
+	return 1;
+}
+
+/* scan_range over the readable runs of pages in [from, to). */
+static void scan_readable(uintptr_t from, uintptr_t to)
+{
+	struct sigaction sa = { 0 }, old;
+	sa.sa_handler = probe_fault;
+	sa.sa_flags = SA_NODEFER;
+	sigaction(SIGSEGV, &sa, &old);
+	uintptr_t run = from;
+	for (uintptr_t p = from & ~(PAGE - 1); p < to; p += PAGE) {
+		const uintptr_t lo = p > from ? p : from, hi = p + PAGE < to ? p + PAGE : to;
+		if (!readable(lo)) {
+			if (lo > run)
+				scan_range("memory", (const uint8_t *)run, lo - run);
+			unreadable += hi - lo;
+			run = hi;
+		}
+	}
+	if (to > run)
+		scan_range("memory", (const uint8_t *)run, to - run);
+	sigaction(SIGSEGV, &old, NULL);
+}
+
 /* Scan [from, to) except the register captures (registers are reported as registers). */
 static void scan_memory(uintptr_t from, uintptr_t to)
 {
@@ -451,7 +494,7 @@ static void scan_memory(uintptr_t from, uintptr_t to)
 			}
 		}
 		if (next > at)
-			scan_range("memory", (const uint8_t *)at, next - at);
+			scan_readable(at, next);
 		if (resume >= to)
 			break;
 		at = resume;
@@ -523,14 +566,15 @@ void scan_handler(const struct kvm_request *req)
 	stack_guard = guard;
 	scan_range("stubs", (const uint8_t *)0x5000ul, 0x2000);
 	scan_range("io", (const uint8_t *)0x20000ul, 0x100000 - 0x20000);
+	unreadable = 0;
 	scan_memory(0x200000ul, guard);
 	scan_range("stack", (const uint8_t *)(guard + PAGE), mem_end - guard - PAGE);
-	const size_t scanned = 0x2000 + (0x100000 - 0x20000) + (mem_end - 0x200000 - PAGE);
+	const size_t scanned = 0x2000 + (0x100000 - 0x20000) + (mem_end - 0x200000 - PAGE) - unreadable;
 	summarize();
 	if (found_count)
 		snprintf(out, sizeof(out), "found %u:%s", found_count, found);
 	else
-		snprintf(out, sizeof(out), "clean scanned=%zu end=%#lx", scanned, mem_end);
+		snprintf(out, sizeof(out), "clean scanned=%zu end=%#lx unreadable=%zu", scanned, mem_end, unreadable);
 	respond(200, out);
 }
 
