@@ -97,8 +97,14 @@ fn edgevm_version() -> String {
 }
 
 /// The host CPU as a program's image may depend on it (glibc picks string functions by CPUID
-/// at start; the FPU image follows XCR0).
-fn host_identity() -> String {
+/// at start; the FPU image follows XCR0). Computed once: CPUID traps to the hypervisor when
+/// edgevm itself runs in a VM.
+fn host_identity() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(host_identity_now)
+}
+
+fn host_identity_now() -> String {
     use std::arch::x86_64::__cpuid_count;
     let l0 = __cpuid_count(0, 0);
     let l1 = __cpuid_count(1, 0);
@@ -413,7 +419,7 @@ fn metadata(
         .bytes(&sha256(binary))
         .str(&verified_file_identity(settings))
         .str(&settings_identity(settings))
-        .str(&host_identity())
+        .str(host_identity())
         .u64(frozen.image.size() as u64);
     put_regs(&mut w, &frozen.regs);
     w.u64(frozen.fs_base)

@@ -294,11 +294,12 @@ fn read_extents(
     Ok(extents)
 }
 
-/// Read the image data into a fresh memory (by the kernel, from the file straight into the
-/// memory's pages), then check its CRC-32 against the header over the bytes as they are in the
-/// memory now: what was checked is what runs, whatever happens to the file afterwards (the
-/// program never maps the file itself, so a file truncated or rewritten later cannot touch a
-/// running program or the server; docs/DESIGN.md, "Snapshot files").
+/// Read the image data into a fresh memory (from the file into a buffer, checksummed there,
+/// then into the memory's memfd: no page faults of the process), and check its CRC-32
+/// against the header: the bytes checked are the bytes the memory holds, whatever happens to
+/// the file afterwards (the program never maps the file itself, so a file truncated or
+/// rewritten later cannot touch a running program or the server; docs/DESIGN.md, "Snapshot
+/// files").
 fn read_image(
     f: &mut std::fs::File,
     head: &[u8; HEADER],
@@ -309,21 +310,13 @@ fn read_image(
     use std::io::Seek;
     let mut mem = MainMemory::new(size as usize).map_err(|e| SnapshotError::Io(e.to_string()))?;
     let mut at = f.stream_position().map_err(corrupt)?;
-    for &(a, n) in extents {
-        mem.fill_from_file(f, at, a, n as usize).map_err(corrupt)?;
-        at += n;
-    }
     let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; (64usize << 10).min(data_len as usize).max(1)];
+    // Small enough to stay in the CPU's caches between the read, the checksum and the write.
+    let mut buf = vec![0u8; (128usize << 10).min(data_len as usize).max(1)];
     for &(a, n) in extents {
-        let mut done = 0u64;
-        while done < n {
-            let k = ((n - done) as usize).min(buf.len());
-            mem.read_raw(a + done, &mut buf[..k])
-                .map_err(|e| SnapshotError::Io(e.to_string()))?;
-            hasher.update(&buf[..k]);
-            done += k as u64;
-        }
+        mem.fill_from_file(f, at, a, n as usize, &mut buf, |b| hasher.update(b))
+            .map_err(corrupt)?;
+        at += n;
     }
     let sum = u64::from(hasher.finalize());
     if sum.to_le_bytes()[..] != head[32..40] || head[40..64].iter().any(|&b| b != 0) {
