@@ -99,6 +99,11 @@ pub trait Vcpu {
     fn regs_mut(&mut self) -> &mut kvm_regs;
     /// Special registers (one ioctl: error and setup paths only).
     fn sregs(&mut self) -> Result<kvm_sregs, KvmError>;
+    /// The special registers of a vCPU set up ahead (see [`KvmVcpu::mark_set_up`]), known
+    /// without an ioctl; None otherwise.
+    fn set_up_sregs(&self) -> Option<kvm_sregs> {
+        None
+    }
     /// Set the FS segment base (the TLS pointer set by `arch_prctl(ARCH_SET_FS)`).
     fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError>;
     /// The FS segment base as last set.

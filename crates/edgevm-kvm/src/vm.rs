@@ -127,6 +127,9 @@ pub struct KvmVcpu {
     log_buf: Vec<u64>,
     /// KVM_CLEAR_DIRTY_LOG's bitmap, kept across calls.
     clear_buf: Vec<u64>,
+    /// The special registers as KVM reported them once the vCPU was set up ahead, in a
+    /// [`VmShell`] ([`KvmVcpu::mark_set_up`]): the fork does not set it up again.
+    set_up: Option<kvm_sregs>,
 }
 
 // SAFETY: `regs` points into the vCPU's own kvm_run mapping, which moves with the VcpuFd; the
@@ -138,10 +141,9 @@ unsafe impl Send for KvmVcpu {}
 /// request VMs are prepared while its main VM boots). [`KvmMachine::from_shell`] attaches
 /// the memory.
 pub struct VmShell {
-    vm: VmFd,
-    vcpu: VcpuFd,
+    /// The VM and its vCPU (no memory yet: its size is 0).
+    cpu: KvmVcpu,
     log_dirty: bool,
-    manual_protect: bool,
     /// The address range memory slot 0 already points at ([`VmShell::with_slot`]); dropped
     /// after the VM (field order).
     slot: Option<Reservation>,
@@ -187,11 +189,24 @@ impl VmShell {
             let _ = vcpu.set_cpuid2(cpuid);
         }
         vcpu.set_sync_valid_reg(SyncReg::Register);
+        let regs: *mut kvm_regs = &mut vcpu.sync_regs_mut().regs;
         Ok(VmShell {
-            vm,
-            vcpu,
+            cpu: KvmVcpu {
+                vcpu,
+                vm,
+                regs,
+                fs_base: 0,
+                gs_base: 0,
+                dirty_logging: log_dirty,
+                manual_protect,
+                mem_size: 0,
+                exits: 0,
+                xcr0: None,
+                log_buf: Vec::new(),
+                clear_buf: Vec::new(),
+                set_up: None,
+            },
             log_dirty,
-            manual_protect,
             slot: None,
             slot_at: None,
         })
@@ -216,6 +231,12 @@ impl VmShell {
         self.slot.as_ref().map(Reservation::len)
     }
 
+    /// The vCPU, to set it up ahead (special registers, XCR0, MSRs: nothing that depends on
+    /// the program), then [`KvmVcpu::mark_set_up`].
+    pub fn cpu_mut(&mut self) -> &mut KvmVcpu {
+        &mut self.cpu
+    }
+
     /// Memory slot 0 over `size` bytes at host address `addr`.
     ///
     /// # Safety
@@ -233,7 +254,7 @@ impl VmShell {
             userspace_addr: addr,
         };
         // SAFETY: the caller keeps the range mapped for the VM's life.
-        unsafe { self.vm.set_user_memory_region(region) }
+        unsafe { self.cpu.vm.set_user_memory_region(region) }
             .map_err(|e| KvmError::ioctl("SET_USER_MEMORY_REGION", e))?;
         self.slot_at = (size > 0).then_some((addr, size));
         Ok(())
@@ -277,37 +298,39 @@ impl<M: crate::MemoryView> KvmMachine<KvmVcpu, M> {
             // drops only after the VM (field order).
             unsafe { shell.set_slot(mem.host_addr(), mem.size()) }?;
         }
-        let VmShell {
-            vm,
-            mut vcpu,
-            log_dirty,
-            manual_protect,
-            ..
-        } = shell;
-        let regs: *mut kvm_regs = &mut vcpu.sync_regs_mut().regs;
-        let cpu = KvmVcpu {
-            vcpu,
-            vm,
-            regs,
-            fs_base: 0,
-            gs_base: 0,
-            dirty_logging: log_dirty,
-            manual_protect,
-            mem_size: mem.size(),
-            exits: 0,
-            xcr0: None,
-            log_buf: Vec::new(),
-            clear_buf: Vec::new(),
-        };
+        let VmShell { mut cpu, .. } = shell;
+        cpu.mem_size = mem.size();
         Ok(KvmMachine { cpu, mem })
     }
 }
 
 impl KvmVcpu {
+    /// Record that this vCPU was set up ahead (in a [`VmShell`]), with the special registers
+    /// KVM reports now.
+    pub fn mark_set_up(&mut self) -> Result<(), KvmError> {
+        let s = self
+            .vcpu
+            .get_sregs()
+            .map_err(|e| KvmError::ioctl("GET_SREGS", e))?;
+        self.set_up = Some(s);
+        Ok(())
+    }
+
+    /// The special registers recorded by [`KvmVcpu::mark_set_up`], if this vCPU was set up
+    /// ahead (and nothing changed them since but the FS and GS bases, which are kept here).
+    pub fn set_up_sregs(&self) -> Option<kvm_sregs> {
+        self.set_up.map(|mut s| {
+            s.fs.base = self.fs_base;
+            s.gs.base = self.gs_base;
+            s
+        })
+    }
+
     /// Set special registers (setup only).
     pub fn set_sregs(&mut self, s: &kvm_sregs) -> Result<(), KvmError> {
         self.fs_base = s.fs.base;
         self.gs_base = s.gs.base;
+        self.set_up = None;
         self.vcpu
             .set_sregs(s)
             .map_err(|e| KvmError::ioctl("SET_SREGS", e))
@@ -601,6 +624,10 @@ impl Vcpu for KvmVcpu {
         self.vcpu
             .get_sregs()
             .map_err(|e| KvmError::ioctl("GET_SREGS", e))
+    }
+
+    fn set_up_sregs(&self) -> Option<kvm_sregs> {
+        KvmVcpu::set_up_sregs(self)
     }
 
     fn set_fs_base(&mut self, base: u64) -> Result<(), KvmError> {

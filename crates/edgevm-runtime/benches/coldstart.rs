@@ -76,7 +76,7 @@ fn one(s: &ProgramSettings, from_snapshot: bool, url: &str) -> Phases {
     // The server makes the first request VM's KVM VM ahead: a spare for a snapshot start,
     // on another thread while a program boots (spare.rs, program_boot.rs).
     let t = Instant::now();
-    let shell = edgevm_kvm::VmShell::with_slot(s.vm.memory_size() as usize, true).expect("KVM VM");
+    let shell = edgevm_runtime::vm::prepared_shell(s.vm.memory_size() as usize).expect("KVM VM");
     let made = us(t.elapsed());
     let t0 = Instant::now();
     let frozen = if from_snapshot {

@@ -76,7 +76,7 @@ fn fill(size: usize) {
                 if lock().ready.get(&size).map_or(0, Vec::len) >= n {
                     break;
                 }
-                match VmShell::with_slot(size, true) {
+                match crate::vm::prepared_shell(size) {
                     Ok(v) => lock().ready.entry(size).or_default().push(v),
                     Err(e) => {
                         tracing::debug!("no spare VM of {size} bytes: {e}");

@@ -180,24 +180,40 @@ const PT_ROUTINE_GRACE: Duration = Duration::from_millis(1);
 
 /// Special registers, XCR0 and syscall MSRs for a fresh vCPU (setup only).
 fn setup_cpu<M: MemoryView>(machine: &mut KvmMachine<KvmVcpu, M>) -> Result<(), RunError> {
-    let base = machine.cpu.sregs()?;
+    setup_vcpu(&mut machine.cpu)
+}
+
+/// [`setup_cpu`] on a vCPU alone: nothing here depends on the program or its memory (the
+/// tables CR3, GDTR and IDTR point at are at fixed guest addresses), so a KVM VM made ahead
+/// is set up ahead too ([`prepared_shell`]).
+fn setup_vcpu(cpu: &mut KvmVcpu) -> Result<(), RunError> {
+    let base = cpu.sregs()?;
     // XSAVE/AVX: on hardware KVM the guest may use AVX only if CR4.OSXSAVE and XCR0 say
     // so; kvm_pvm runs CPL3 code on the host's own settings and ignores both. Which
     // components are enabled: edgevm_kvm::features.
     let xcr0 = KvmVcpu::guest_xcr0();
-    machine
-        .cpu
-        .set_sregs(&cpu::initial_sregs(&base, xcr0.is_some()))?;
+    cpu.set_sregs(&cpu::initial_sregs(&base, xcr0.is_some()))?;
     if let Some(x) = xcr0 {
-        if let Err(e) = machine.cpu.set_xcr0(x) {
+        if let Err(e) = cpu.set_xcr0(x) {
             tracing::warn!("XCR0 {x:#x} refused ({e}): programs run without AVX state");
-            machine.cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
+            cpu.set_sregs(&cpu::initial_sregs(&base, false))?;
         }
     }
     for (msr, v) in cpu::SETUP_MSRS {
-        machine.cpu.set_msr(msr, v)?;
+        cpu.set_msr(msr, v)?;
     }
     Ok(())
+}
+
+/// A KVM VM for a request VM of `size` bytes of memory, made ahead of its fork (on a helper
+/// thread): the VM, its vCPU set up ([`setup_vcpu`]) and its memory slot over a reserved
+/// range ([`VmShell::with_slot`]). The fork then maps the view and sets the program's
+/// registers only.
+pub fn prepared_shell(size: usize) -> Result<VmShell, RunError> {
+    let mut shell = VmShell::with_slot(size, true)?;
+    setup_vcpu(shell.cpu_mut())?;
+    shell.cpu_mut().mark_set_up()?;
+    Ok(shell)
 }
 
 /// A program frozen at `wait_for_requests()`: the memory image every request VM is forked
@@ -552,7 +568,9 @@ impl ForkedVm {
             machine.mem.advise_huge_pages(f.opts.huge_pages.request)?;
         }
         machine.mem.set_track_host_writes(true);
-        setup_cpu(&mut machine)?;
+        if machine.cpu.set_up_sregs().is_none() {
+            setup_cpu(&mut machine)?;
+        }
         if f.fs_base != 0 {
             machine.cpu.set_fs_base(f.fs_base)?;
         }

@@ -146,7 +146,12 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             rsp: self.machine.cpu.regs().rsp,
             fs_base: self.machine.cpu.fs_base(),
             gs_base: self.machine.cpu.gs_base(),
-            user_sregs: self.machine.cpu.sregs().ok(),
+            // A vCPU set up ahead knows them without an ioctl.
+            user_sregs: self
+                .machine
+                .cpu
+                .set_up_sregs()
+                .or_else(|| self.machine.cpu.sregs().ok()),
             xsave,
             user_bases: edgevm_kvm::guest_user_fsgsbase(),
         }
