@@ -54,7 +54,13 @@ impl Program {
         let t0 = Instant::now();
         self.retry.begin(&self.settings.vm.program_path);
         let mut settings = self.settings.clone();
-        let download = self.load_binary(&mut settings)?;
+        // A snapshot written from the very file the program is read from, unchanged since,
+        // starts without reading it (snapshot.rs).
+        let unread = self.load_snapshot_unread(&settings);
+        let download = match unread {
+            Some(_) => None,
+            None => self.load_binary(&mut settings)?,
+        };
         let shells = self.prepare_shells();
         // When the boot ends (ready with its forks done, or failed) no more VMs are made ahead.
         let _close = CloseShells(shells.clone());
@@ -64,10 +70,14 @@ impl Program {
             None
         };
         *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage.clone();
-        self.set_boot_gauge(0, settings.vm.binary.len() as u64);
+        let binary_size = match unread {
+            Some(_) => std::fs::metadata(&settings.vm.program_path).map_or(0, |m| m.len()),
+            None => settings.vm.binary.len() as u64,
+        };
+        self.set_boot_gauge(0, binary_size);
         // A valid snapshot file replaces the boot; a boot writes one (snapshot.rs): before
         // the program is ready when request VMs could change the image (shared memory).
-        let (frozen, write) = match self.load_snapshot(&settings) {
+        let (frozen, write) = match unread.or_else(|| self.load_snapshot(&settings)) {
             Some(f) => (f, false),
             None => (self.boot_and_freeze(&settings, &storage)?, true),
         };
@@ -134,7 +144,7 @@ impl Program {
                 let tid = nix::unistd::gettid().as_raw() as libc::id_t;
                 // SAFETY: plain system call on this thread's own id; failure is harmless.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
-                sh.prepare(|| edgevm_kvm::VmShell::with_slot(size, true));
+                sh.prepare(|| crate::vm::prepared_shell(size));
             });
         if let Err(e) = spawned {
             tracing::debug!("{}: no VM preparation thread: {e}", self.name);

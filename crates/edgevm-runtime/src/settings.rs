@@ -97,9 +97,14 @@ pub struct LoadedBinary {
 }
 
 /// Obtains a program's binary when it boots (lazily, on the boot thread): the runtime knows
-/// nothing of URIs; the server supplies this.
+/// nothing of URIs; the server supplies this. The second field is the file the loader reads
+/// when that is all it does (a local file, no `download` list): a start from a snapshot
+/// written from that very file, unchanged since, does not read it (snapshot.rs).
 #[derive(Clone)]
-pub struct Loader(pub Arc<dyn Fn() -> Result<LoadedBinary, String> + Send + Sync>);
+pub struct Loader(
+    pub Arc<dyn Fn() -> Result<LoadedBinary, String> + Send + Sync>,
+    pub Option<std::path::PathBuf>,
+);
 
 impl std::fmt::Debug for Loader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

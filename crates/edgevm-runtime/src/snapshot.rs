@@ -80,6 +80,10 @@ pub enum SnapshotError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(String),
+    /// The program's binary was not read, and its file is not the one the snapshot was
+    /// written from (or the snapshot recorded none): read it and load again.
+    #[error("the binary must be read to check the snapshot")]
+    BinaryUnread,
 }
 
 /// edgevm's version as written into snapshots, with the address-space constants a program's
@@ -219,16 +223,41 @@ fn file_identity(path: &Path) -> String {
     }
 }
 
+/// How long before the snapshot is written its program's file must have been changed last
+/// for its identity to be trusted.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// [`file_identity`] of the program's file if its content now is the binary the image was
-/// booted from (read between two equal identities), else "" (the next load hashes it).
+/// booted from (read between two equal identities) and it was last changed at least
+/// [`SETTLED`] ago, else "" (every load then reads and hashes the binary).
+///
+/// Why the age: file times come from a coarse clock (one tick: 1-10 ms, on some file systems
+/// up to 2 s), so a file rewritten within the same tick as the identity was taken would keep
+/// its times, size and inode while its bytes changed. A file last changed well before gets,
+/// on any later write, a change time after the recorded one (the kernel sets it on every
+/// write; it cannot be set by hand) — unless the system clock is stepped back by more than
+/// [`SETTLED`] in between, which only root can do, and root can as well rewrite the
+/// snapshot itself.
 fn verified_file_identity(s: &ProgramSettings) -> String {
     let p = &s.vm.program_path;
     let before = file_identity(p);
     let same = std::fs::read(p).is_ok_and(|b| b == *s.vm.binary);
-    if before.is_empty() || !same || file_identity(p) != before {
+    if before.is_empty() || !same || file_identity(p) != before || !settled(p) {
         return String::new();
     }
     before
+}
+
+/// Whether `path` was last modified and changed at least [`SETTLED`] ago.
+fn settled(path: &Path) -> bool {
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let limit = now - SETTLED.as_secs() as i64;
+    m.mtime() < limit && m.ctime() < limit
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -495,6 +524,8 @@ impl crate::pool::Program {
         let path = settings.snapshot.as_deref()?;
         let t = std::time::Instant::now();
         match load(settings, path) {
+            // Without the binary (see `load_snapshot_unread`): nothing to say yet.
+            Err(SnapshotError::BinaryUnread) => None,
             Ok(f) => {
                 self.stats.snapshot_starts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -521,6 +552,36 @@ impl crate::pool::Program {
                 None
             }
         }
+    }
+
+    /// [`Program::load_snapshot`] before the binary is read, for a program whose loader reads
+    /// only its local file: a snapshot written from that very file, unchanged since (its
+    /// recorded identity, see `verified_file_identity`), starts without reading it. None in
+    /// every other case, silently: the caller reads the binary and calls `load_snapshot`,
+    /// which says why a file is not used.
+    pub(crate) fn load_snapshot_unread(&self, settings: &ProgramSettings) -> Option<Arc<Frozen>> {
+        let only = settings.loader.as_ref()?.1.as_deref()?;
+        if settings.storage || only != settings.vm.program_path || !settings.vm.binary.is_empty() {
+            return None;
+        }
+        let path = settings.snapshot.as_deref()?;
+        // Cheap refusals first: no file, or not the recorded binary file (load says which).
+        if !path.exists() {
+            return None;
+        }
+        let t = std::time::Instant::now();
+        let f = load(settings, path).ok()?;
+        self.stats
+            .snapshot_starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "Program '{}' started from its snapshot {} ({} KiB in {:.2} ms; its binary not read: the file the snapshot was written from is unchanged)",
+            self.name,
+            path.display(),
+            f.image.allocated_bytes() >> 10,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Some(Arc::new(f))
     }
 
     /// Write the program's snapshot file after a boot (if it has one); failures are logged.

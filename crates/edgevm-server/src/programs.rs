@@ -239,30 +239,33 @@ pub fn build_runtime(cfg: &Config) -> (Runtime, Vec<String>) {
             let (n, uri, file) = (name.clone(), p.uri.clone(), p.filename.clone());
             let pin = crate::fetch::Pin::from_config(p.sha256.as_deref(), p.md5.as_deref());
             let downloads = p.download.clone();
-            settings.loader = Some(Loader(Arc::new(move || {
-                run_downloads(&n, &downloads, timeout)?;
-                let f = crate::fetch::obtain_pinned(
-                    &n,
-                    uri.as_deref(),
-                    file.as_deref(),
-                    pin.as_ref(),
-                    timeout,
-                )
-                .map_err(|e| e.to_string())?;
-                for note in &f.notes {
-                    tracing::warn!("{n}: {note}");
-                }
-                for line in &f.info {
-                    tracing::info!("{n}: {line}");
-                }
-                Ok(LoadedBinary {
-                    request: f.request,
-                    storage: f.storage,
-                    origin: f.origin.as_str(),
-                    cached: f.cached,
-                    download_time: f.download_time,
-                })
-            })));
+            settings.loader = Some(Loader(
+                Arc::new(move || {
+                    run_downloads(&n, &downloads, timeout)?;
+                    let f = crate::fetch::obtain_pinned(
+                        &n,
+                        uri.as_deref(),
+                        file.as_deref(),
+                        pin.as_ref(),
+                        timeout,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    for note in &f.notes {
+                        tracing::warn!("{n}: {note}");
+                    }
+                    for line in &f.info {
+                        tracing::info!("{n}: {line}");
+                    }
+                    Ok(LoadedBinary {
+                        request: f.request,
+                        storage: f.storage,
+                        origin: f.origin.as_str(),
+                        cached: f.cached,
+                        download_time: f.download_time,
+                    })
+                }),
+                None,
+            ));
             if let Some(f) = &p.filename {
                 settings.vm.program_path = f.clone();
             }
@@ -334,18 +337,23 @@ fn run_downloads(
 /// Reads a local program's file (and its `*storage` companion) when the program boots.
 fn local_loader(name: &str, file: &std::path::Path, downloads: &[Download]) -> Loader {
     let (name, file, downloads) = (name.to_string(), file.to_path_buf(), downloads.to_vec());
-    Loader(Arc::new(move || {
-        run_downloads(&name, &downloads, fetch_timeout())?;
-        let f = crate::fetch::obtain(&name, None, Some(&file), fetch_timeout())
-            .map_err(|e| e.to_string())?;
-        Ok(LoadedBinary {
-            request: f.request,
-            storage: f.storage,
-            origin: f.origin.as_str(),
-            cached: false,
-            download_time: f.download_time,
-        })
-    }))
+    // Nothing but the file is read when there is no download list.
+    let only = downloads.is_empty().then(|| file.clone());
+    Loader(
+        Arc::new(move || {
+            run_downloads(&name, &downloads, fetch_timeout())?;
+            let f = crate::fetch::obtain(&name, None, Some(&file), fetch_timeout())
+                .map_err(|e| e.to_string())?;
+            Ok(LoadedBinary {
+                request: f.request,
+                storage: f.storage,
+                origin: f.origin.as_str(),
+                cached: false,
+                download_time: f.download_time,
+            })
+        }),
+        only,
+    )
 }
 
 /// The admin endpoints:

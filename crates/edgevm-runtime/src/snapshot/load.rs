@@ -209,6 +209,8 @@ fn check_identity(
     let same_file = !binary_file.is_empty() && binary_file == file_identity(&o.program_path);
     let now_hash = if same_file {
         binary_hash.to_vec()
+    } else if o.binary.is_empty() {
+        return Err(SnapshotError::BinaryUnread);
     } else {
         sha256(&o.binary).to_vec()
     };

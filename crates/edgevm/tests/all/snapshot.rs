@@ -440,3 +440,90 @@ fn a_snapshot_start_keeps_the_page_protections() {
     assert_eq!(s.ok("/wx/?m=write_data"), "ok 1");
     s.stop();
 }
+
+/// A start from a snapshot written from the very binary file the program names, unchanged
+/// since, does not read the binary; a binary rewritten in place (same size, its modification
+/// time put back) is read, found changed, and booted; a snapshot written right after its
+/// binary changed records no file identity, so every start reads and checks the binary.
+#[test]
+fn an_unchanged_binary_is_not_read_and_a_rewritten_one_is_never_trusted() {
+    require_kvm();
+    let dir = scratch("snapshot_unread");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bin = dir.join("prog");
+    std::fs::copy(guest("example_hello"), &bin).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ \"prog\": {{ \"filename\": {}, \"cold_start_file\": {}, \"start\": true }} }}",
+            js(bin.to_str().unwrap()),
+            js(snap.join("prog.snapshot").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let unread = "its binary not read";
+    let start = |expect_snapshot: bool| {
+        let s = Server::start(&dir, &[&cfg], &[]);
+        s.wait_loaded(&["prog"]);
+        let answer = s.ok("/prog");
+        let starts = if expect_snapshot { 1.0 } else { 0.0 };
+        assert_eq!(s.stat("prog", "snapshot_starts"), starts, "{}", s.log());
+        if !expect_snapshot {
+            s.wait_log(
+                "Program 'prog': snapshot written to",
+                Duration::from_secs(10).mul_f64(time_scale()),
+            );
+        }
+        let log = s.log();
+        s.stop();
+        (answer, log)
+    };
+    // A binary changed just now: the snapshot written by its boot records no identity (file
+    // times tick coarsely), so the next start reads and hashes the binary.
+    let (booted, _) = start(false);
+    let (again, log) = start(true);
+    assert_eq!(again, booted);
+    assert!(!log.contains(unread), "{log}");
+    // Settled (changed more than 3 s before the snapshot is written): written again by a boot
+    // (the old file removed), the snapshot records the file, and starts do not read it.
+    use std::os::unix::fs::MetadataExt;
+    let changed_at = std::fs::metadata(&bin).unwrap().ctime();
+    while (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64)
+        < changed_at + 5
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(snap.join("prog.snapshot")).unwrap();
+    start(false);
+    let (again, log) = start(true);
+    assert_eq!(again, booted);
+    assert!(log.contains(unread), "{log}");
+    // Rewritten in place, same size, its modification time put back: the change time moved,
+    // so the binary is read, its hash differs, and the new program boots and answers.
+    let mtime = std::fs::metadata(&bin).unwrap().modified().unwrap();
+    let mut b = std::fs::read(&bin).unwrap();
+    let at = b
+        .windows(12)
+        .position(|w| w == b"Hello World!")
+        .expect("hello's answer in its binary");
+    b[at..at + 12].copy_from_slice(b"Hello Wurld!");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&bin).unwrap();
+        f.write_all_at(&b, 0).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let (changed, log) = start(false);
+    assert_eq!(changed, booted.replace("World", "Wurld"));
+    assert!(
+        log.contains("ignored, booting instead: stale: the program's binary changed"),
+        "{log}"
+    );
+    assert!(!log.contains(unread), "{log}");
+}
