@@ -12,9 +12,10 @@
 //! identity) and the host CPU (vendor, model, feature bits, XCR0, kvm_pvm or not). A file
 //! whose identity differs from the program's now is *stale*; one whose checksums (SHA-256 of
 //! the metadata, CRC-32 of the image data: a damaged page, not a forged one — see the
-//! directory rule below) or structure are wrong is *corrupt*. The binary's SHA-256 is computed
-//! at load only when its file is not the very file the snapshot was written from (device,
-//! inode, size, modification and change times, recorded when its content was verified). Either is ignored
+//! directory rule below) or structure are wrong is *corrupt*. The binary is read and its
+//! SHA-256 computed at load only when its file is not the very file the snapshot was written
+//! from (device, inode, size, modification and change times, recorded when its content was
+//! verified and it had not changed for `SETTLED`; docs/DESIGN.md, "Snapshot files"). Either is ignored
 //! with a log line and the program boots as usual (and writes a new file); neither is ever
 //! run.
 //!
