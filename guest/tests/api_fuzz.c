@@ -134,10 +134,11 @@ static void fuzz(unsigned long long seed)
 			if ((nr == SYS_munmap || nr == SYS_mremap || nr == SYS_mmap || nr == SYS_brk
 				|| nr == SYS_madvise || nr == SYS_arch_prctl) && !memory_calls)
 				continue;
-			/* Timers send signals whose default action ends the program, pause() waits
-			   for one: only with those seeds too. */
+			/* Timers send signals whose default action ends the program, pause(),
+			   rt_sigsuspend and rt_sigtimedwait wait for one: only with those seeds too. */
 			if ((nr == SYS_alarm || nr == SYS_setitimer || nr == SYS_timer_create
-				|| nr == SYS_timer_settime || nr == SYS_pause) && !memory_calls)
+				|| nr == SYS_timer_settime || nr == SYS_pause || nr == SYS_rt_sigsuspend
+				|| nr == SYS_rt_sigtimedwait) && !memory_calls)
 				continue;
 			syscall(nr, arg(), arg(), arg(), arg(), arg(), arg());
 		}
