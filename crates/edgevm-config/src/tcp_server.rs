@@ -33,10 +33,11 @@ pub enum TcpListen {
     Unix(PathBuf),
 }
 
-/// The `server` object.
+/// The `server` object (`edgevm check` shows it with its configuration keys).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TcpServerConfig {
     /// `port` + `address`, or `path`.
+    #[serde(flatten, serialize_with = "listen_keys")]
     pub listen: TcpListen,
     /// `systems`: how many VMs serve connections in parallel (default 1).
     pub systems: u32,
@@ -46,6 +47,20 @@ pub struct TcpServerConfig {
     /// is closed (60).
     #[serde(with = "secs")]
     pub idle_timeout: Duration,
+}
+
+/// `listen` as the keys it came from: `port` and `address`, or `path`.
+fn listen_keys<S: serde::Serializer>(l: &TcpListen, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    match l {
+        TcpListen::Tcp(a) => {
+            m.serialize_entry("port", &a.port())?;
+            m.serialize_entry("address", &a.ip().to_string())?;
+        }
+        TcpListen::Unix(p) => m.serialize_entry("path", p)?,
+    }
+    m.end()
 }
 
 mod secs {

@@ -1579,6 +1579,12 @@ fn server_mode_keys() {
     );
     assert_eq!((s.systems, s.max_connections), (3, 1024));
     assert_eq!(s.idle_timeout, std::time::Duration::from_secs(5));
+    // `edgevm check` shows it with its own keys.
+    assert_eq!(
+        serde_json::to_value(&s).unwrap(),
+        serde_json::json!({ "port": 6390, "address": "127.0.0.1", "systems": 3,
+                            "max_connections": 1024, "idle_timeout": 5.0 })
+    );
     let cfg = load(&prog(r#""server": { "path": "/run/x.sock" }"#));
     let s = ok(&cfg, "demo").server.clone().unwrap();
     assert_eq!(s.listen, crate::TcpListen::Unix("/run/x.sock".into()));
