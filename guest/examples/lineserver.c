@@ -20,7 +20,9 @@
    Each system VM is long-lived (it is not reset between events): the per-connection state
    below lives as long as the connection. With LINESERVER_CRASH=1 in the environment the
    command CRASH makes the VM fault (the tests use it to show the host closing that VM's
-   connections and starting it again).
+   connections and starting it again), and a few more misuse the API on purpose:
+   BADWRITE, BADDATA, BADFD (answered with what sys_sockets_write returned), EXIT, BADWAIT,
+   ZEROMAX (the VM ends and is started again).
 
    Run as a Linux process with a port (`./example_lineserver 6390`), the same code serves
    natively with its own epoll loop: the baseline of docs/BENCHMARKS.md. */
@@ -133,6 +135,25 @@ static void command(struct conn *c, char *line)
 	} else if (strcmp(line, "CRASH") == 0 && crash_allowed) {
 		volatile int *volatile nowhere = NULL;
 		*nowhere = 1;
+	} else if (strcmp(line, "BADWRITE") == 0 && crash_allowed) {
+		long r = sys_sockets_write((const struct kvm_socket_event *)8, 1);
+		snprintf(out, sizeof(out), ":%ld\r\n", r);
+		say(c->fd, out);
+	} else if ((strcmp(line, "BADDATA") == 0 || strcmp(line, "BADFD") == 0) && crash_allowed) {
+		struct kvm_socket_event e = { .fd = line[3] == 'F' ? 0x7fffffff : c->fd,
+			.event = SOCKET_WRITABLE, .data = (const uint8_t *)8, .data_len = 5 };
+		if (line[3] == 'F')
+			e.data = (const uint8_t *)"x";
+		long r = sys_sockets_write(&e, 1);
+		snprintf(out, sizeof(out), ":%ld %d\r\n", r, e.fd);
+		say(c->fd, out);
+	} else if (strcmp(line, "EXIT") == 0 && crash_allowed) {
+		exit(3);
+	} else if (strcmp(line, "BADWAIT") == 0 && crash_allowed) {
+		wait_for_socket_events_paused((struct kvm_socket_event *)8, 4);
+	} else if (strcmp(line, "ZEROMAX") == 0 && crash_allowed) {
+		struct kvm_socket_event e;
+		wait_for_socket_events_paused(&e, 0);
 	} else {
 		say(c->fd, "-ERR unknown command\r\n");
 	}

@@ -168,6 +168,34 @@ fn line_protocol_with_real_clients_hostile_ones_and_a_crash() {
         assert!(t0.elapsed() < limit(20), "system 0 never serves again");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // API misuse: answered with error codes, or the VM ends and starts again; the server
+    // goes on serving either way.
+    let mut c = Client::new(port);
+    assert_eq!(c.cmd("BADWRITE"), ":-14");
+    assert_eq!(c.cmd("BADDATA"), ":1 -14");
+    assert_eq!(c.cmd("BADFD"), ":1 -9");
+    assert_eq!(c.cmd("PING"), "+PONG");
+    for bad in ["EXIT", "BADWAIT", "ZEROMAX"] {
+        let mut c = Client::new(port);
+        c.send(format!("{bad}\n").as_bytes());
+        assert!(c.closed(), "{bad}: connection open");
+        let t0 = Instant::now();
+        loop {
+            let mut c = Client::new(port);
+            if c.cmd("PING") == "+PONG" {
+                break;
+            }
+            assert!(t0.elapsed() < limit(20), "{bad}: no system serves again");
+        }
+    }
+    let log = s.log();
+    for why in [
+        "the program exited (status 3)",
+        "bad events pointer passed to wait_for_socket_events_paused",
+        "wait_for_socket_events_paused() with max 0",
+    ] {
+        assert!(log.contains(why), "{why}:\n{log}");
+    }
     // HTTP still works beside it.
     assert!(s.ok("/lines/").contains("lineserver"));
     s.stop();
