@@ -545,6 +545,8 @@ impl System {
     /// Serve until stopped (None) or the VM fails (Some(why)).
     fn serve(&mut self, mut inv: Invoker, mut at: Waiting, area: u64) -> Option<String> {
         let mut events = Events::with_capacity(256);
+        // The listener's edge may have gone by while the VM (re)started: look at it now.
+        self.listener_ready = true;
         loop {
             if self.stopping() {
                 return None;
