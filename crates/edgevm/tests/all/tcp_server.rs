@@ -143,7 +143,9 @@ fn line_protocol_with_real_clients_hostile_ones_and_a_crash() {
         );
         let mut c = Client::new(port);
         let sys: usize = c.cmd("SYSTEM").trim_start_matches(':').parse().unwrap();
-        by_system[sys].push(c);
+        if by_system[sys].len() < 3 {
+            by_system[sys].push(c);
+        }
     }
     let mut victim = by_system[0].pop().unwrap();
     victim.send(b"CRASH\n");
