@@ -45,6 +45,8 @@ if [ ${#filters[@]} -eq 0 ]; then
 		serve::on_error_handler_answers_after_a_crash
 		event_loop::ephemeral_event_loops_restart_from_the_paused_point  # resume trampoline
 		storage::storage_calls_copy_buffers_and_results_as_the_reference
+		remote::remote_calls_take_scalar_arguments_and_keep_storage_state  # remote storage calls: the fault into the range, back to user mode
+		remote::remote_call_failures_fail_the_request_and_storage_keeps_serving
 		storage::shared_memory_is_at_the_top_and_shared_by_every_request_vm
 		inline::a_looping_request_does_not_hold_the_http_worker  # preemption
 		stream::hostile_and_stalling_streams_are_cut_short_and_the_next_request_is_served  # streaming callbacks entered directly, crashing in them
