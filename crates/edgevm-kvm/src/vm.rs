@@ -339,16 +339,7 @@ impl KvmVcpu {
     /// Set XCR0 (enables AVX state on hardware KVM). Setup only; errors are returned for the
     /// caller to decide.
     pub fn set_xcr0(&mut self, value: u64) -> Result<(), KvmError> {
-        let mut x = self
-            .vcpu
-            .get_xcrs()
-            .map_err(|e| KvmError::ioctl("GET_XCRS", e))?;
-        x.nr_xcrs = 1;
-        x.xcrs[0].xcr = 0;
-        x.xcrs[0].value = value;
-        self.vcpu
-            .set_xcrs(&x)
-            .map_err(|e| KvmError::ioctl("SET_XCRS", e))?;
+        write_xcr0(&self.vcpu, value)?;
         self.xcr0 = Some(value);
         Ok(())
     }
@@ -586,19 +577,7 @@ impl KvmVcpu {
 
     /// Write one MSR (setup and rare paths only: one ioctl).
     pub fn set_msr(&mut self, index: u32, data: u64) -> Result<(), KvmError> {
-        let msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }])
-        .map_err(|_| KvmError::Ioctl {
-            op: "SET_MSRS",
-            err: std::io::Error::other("bad msr list"),
-        })?;
-        self.vcpu
-            .set_msrs(&msrs)
-            .map_err(|e| KvmError::ioctl("SET_MSRS", e))?;
-        Ok(())
+        write_msr(&self.vcpu, index, data)
     }
 }
 
@@ -685,6 +664,34 @@ impl Vcpu for KvmVcpu {
     fn dr6(&mut self) -> Result<u64, KvmError> {
         KvmVcpu::dr6(self)
     }
+}
+
+/// Set XCR0 of `vcpu` (KVM_GET_XCRS, then KVM_SET_XCRS with XCR0 changed).
+fn write_xcr0(vcpu: &VcpuFd, value: u64) -> Result<(), KvmError> {
+    let mut x = vcpu
+        .get_xcrs()
+        .map_err(|e| KvmError::ioctl("GET_XCRS", e))?;
+    x.nr_xcrs = 1;
+    x.xcrs[0].xcr = 0;
+    x.xcrs[0].value = value;
+    vcpu.set_xcrs(&x)
+        .map_err(|e| KvmError::ioctl("SET_XCRS", e))
+}
+
+/// Write one MSR of `vcpu` (one KVM_SET_MSRS).
+fn write_msr(vcpu: &VcpuFd, index: u32, data: u64) -> Result<(), KvmError> {
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }])
+    .map_err(|_| KvmError::Ioctl {
+        op: "SET_MSRS",
+        err: std::io::Error::other("bad msr list"),
+    })?;
+    vcpu.set_msrs(&msrs)
+        .map_err(|e| KvmError::ioctl("SET_MSRS", e))?;
+    Ok(())
 }
 
 /// KVM_RUN once on `vcpu`, the exit mapped to [`Exit`].
@@ -799,36 +806,15 @@ impl SmpVcpu {
     /// Give this vCPU the XCR0 of the vCPU it was added beside (after CR4.OSXSAVE is set with
     /// [`SmpVcpu::set_sregs`]), if that one has one.
     pub fn copy_xcr0(&mut self) -> Result<(), KvmError> {
-        let Some(value) = self.xcr0 else {
-            return Ok(());
-        };
-        let mut x = self
-            .vcpu
-            .get_xcrs()
-            .map_err(|e| KvmError::ioctl("GET_XCRS", e))?;
-        x.nr_xcrs = 1;
-        x.xcrs[0].xcr = 0;
-        x.xcrs[0].value = value;
-        self.vcpu
-            .set_xcrs(&x)
-            .map_err(|e| KvmError::ioctl("SET_XCRS", e))
+        match self.xcr0 {
+            Some(value) => write_xcr0(&self.vcpu, value),
+            None => Ok(()),
+        }
     }
 
     /// Write one MSR (setup only).
     pub fn set_msr(&mut self, index: u32, data: u64) -> Result<(), KvmError> {
-        let msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }])
-        .map_err(|_| KvmError::Ioctl {
-            op: "SET_MSRS",
-            err: std::io::Error::other("bad msr list"),
-        })?;
-        self.vcpu
-            .set_msrs(&msrs)
-            .map_err(|e| KvmError::ioctl("SET_MSRS", e))?;
-        Ok(())
+        write_msr(&self.vcpu, index, data)
     }
 
     /// Pointer to `kvm_run.immediate_exit` (set by a signal handler or another thread to stop
