@@ -238,33 +238,27 @@ impl StorageHandle {
     /// [`StorageCall::advance`]. It takes its place in the queue now (calls run in the order
     /// they were made).
     pub fn begin(&self, func: u64, inputs: Vec<Vec<u8>>, dstlen: u64) -> StorageCall {
-        let call = Call {
+        self.queue(Call {
             kind: Kind::Func,
             func,
             inputs,
             dstlen,
-        };
-        let state = match self.core.take_turn() {
-            Ok(turn) => CallState::Running(turn, Started::No(call)),
-            Err(q) => CallState::Queued(q, call),
-        };
-        StorageCall {
-            core: self.core.clone(),
-            state,
-            timeout: self.timeout,
-            exits: 0,
-        }
+        })
     }
 
     /// A remote call of `func(args...)` from a request (crate::remote), to run on the
     /// request's own thread like [`StorageHandle::begin`].
     pub fn begin_remote(&self, func: u64, args: [u64; 6]) -> StorageCall {
-        let call = Call {
+        self.queue(Call {
             kind: Kind::Remote(args),
             func,
             inputs: Vec::new(),
             dstlen: 0,
-        };
+        })
+    }
+
+    /// `call`, in its place in the queue from now on.
+    fn queue(&self, call: Call) -> StorageCall {
         let state = match self.core.take_turn() {
             Ok(turn) => CallState::Running(turn, Started::No(call)),
             Err(q) => CallState::Queued(q, call),
