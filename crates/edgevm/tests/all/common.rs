@@ -134,3 +134,21 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 }
+
+/// GET `url` on a request VM made in the test: the body of a 200, else the status or the
+/// failure's message.
+pub fn vm_get(
+    vm: &mut edgevm_runtime::request_vm::RequestVm,
+    url: String,
+) -> Result<String, String> {
+    let req = edgevm_runtime::request::GuestRequest {
+        method: "GET".into(),
+        url,
+        ..Default::default()
+    };
+    match vm.handle(&req).0 {
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.message),
+    }
+}

@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgevm_runtime::request::GuestRequest;
 use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
 use edgevm_runtime::vm::{BootOutcome, ForkedVm, HugePages, MainVm, VmOptions};
 
@@ -42,17 +41,7 @@ fn request_vm(f: impl FnOnce(&mut VmOptions)) -> RequestVm {
 }
 
 fn get(vm: &mut RequestVm, mode: &str, addr: u64) -> Result<String, String> {
-    let req = GuestRequest {
-        method: "GET".into(),
-        url: format!("/?m={mode}&a={addr:x}"),
-        ..Default::default()
-    };
-    let (r, _) = vm.handle(&req);
-    match r {
-        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
-        Ok(r) => Err(format!("status {}", r.status)),
-        Err(e) => Err(e.message),
-    }
+    crate::common::vm_get(vm, format!("/?m={mode}&a={addr:x}"))
 }
 
 #[test]
@@ -340,17 +329,7 @@ fn bad_remappings_are_refused_at_load() {
 }
 
 fn get_s(vm: &mut RequestVm, mode: &str, addr: u64, mb: u64) -> Result<String, String> {
-    let req = GuestRequest {
-        method: "GET".into(),
-        url: format!("/?m={mode}&a={addr:x}&s={mb:x}"),
-        ..Default::default()
-    };
-    let (r, _) = vm.handle(&req);
-    match r {
-        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
-        Ok(r) => Err(format!("status {}", r.status)),
-        Err(e) => Err(e.message),
-    }
+    crate::common::vm_get(vm, format!("/?m={mode}&a={addr:x}&s={mb:x}"))
 }
 
 /// The reference's published compute.json (varnish/tinykvm_examples, kept in

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use edgevm_runtime::request::GuestRequest;
 use edgevm_runtime::request_vm::{RequestSettings, RequestVm};
 use edgevm_runtime::vm::{BootOutcome, MainVm, VmOptions};
 
@@ -30,17 +29,7 @@ fn request_vm(executable_heap: bool, keep_working_memory: bool) -> RequestVm {
 }
 
 fn get(vm: &mut RequestVm, mode: &str) -> Result<String, String> {
-    let req = GuestRequest {
-        method: "GET".into(),
-        url: format!("/?m={mode}"),
-        ..Default::default()
-    };
-    let (r, _) = vm.handle(&req);
-    match r {
-        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
-        Ok(r) => Err(format!("status {}", r.status)),
-        Err(e) => Err(e.message),
-    }
+    crate::common::vm_get(vm, format!("/?m={mode}"))
 }
 
 fn ok(vm: &mut RequestVm, mode: &str, want: &str) {
