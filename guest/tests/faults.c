@@ -21,6 +21,8 @@
      posix      timer_create(CLOCK_MONOTONIC, SIGEV_SIGNAL SIGUSR1 with a value): SI_TIMER, the
                 value, timer_gettime/timer_delete
      threadid   timer_create(SIGEV_THREAD_ID) aimed at a thread: the handler runs there
+     sevthread  timer_create(SIGEV_THREAD), 2 ms period: glibc's helper thread takes each
+                expiry with sigwaitinfo and runs the function in a new thread, 3 times
      prof       setitimer(ITIMER_PROF) while the program computes: SIGPROF arrives
      storm      a 1 ns periodic timer (raised to 1 ms) and a handler: the program still runs
      timers     timers past the limit: EAGAIN; bad arguments: EINVAL/EFAULT
@@ -35,6 +37,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -171,6 +174,16 @@ static void *idle_thread(void *arg)
 	return NULL;
 }
 
+static atomic_int sev_fired;
+static volatile long sev_tid, sev_value;
+
+static void sev_notify(union sigval v)
+{
+	sev_value = v.sival_int;
+	sev_tid = syscall(SYS_gettid);
+	atomic_fetch_add(&sev_fired, 1);
+}
+
 static void timers_action(const char *action)
 {
 	if (strcmp(action, "alarm") == 0) {
@@ -245,6 +258,22 @@ static void timers_action(const char *action)
 		timer_delete(t);
 		snprintf(out, sizeof(out), "threadid: create %d sig %d in the thread %d", r, got,
 			 in_tid == main_tid + 1);
+	} else if (strcmp(action, "sevthread") == 0) {
+		long main_tid = syscall(SYS_gettid);
+		struct sigevent sev;
+		memset(&sev, 0, sizeof(sev));
+		sev.sigev_notify = SIGEV_THREAD;
+		sev.sigev_notify_function = sev_notify;
+		sev.sigev_value.sival_int = 77;
+		timer_t t;
+		int r = timer_create(CLOCK_MONOTONIC, &sev, &t);
+		struct itimerspec its = { { 0, 2000000 }, { 0, 2000000 } };
+		timer_settime(t, 0, &its, NULL);
+		for (int i = 0; i < 4000 && atomic_load(&sev_fired) < 3; i++)
+			usleep(500);
+		int d = timer_delete(t);
+		snprintf(out, sizeof(out), "sevthread: create %d fired %d value %ld other thread %d delete %d",
+			 r, atomic_load(&sev_fired) >= 3, sev_value, sev_tid != 0 && sev_tid != main_tid, d);
 	} else if (strcmp(action, "prof") == 0) {
 		install(SIGPROF, 0, counter);
 		struct itimerval it = { { 0, 1000 }, { 0, 1000 } };

@@ -16,6 +16,9 @@
                 it pending: the call times out (0), the handler runs as it returns
      sigwait    sigwaitinfo takes a blocked signal another thread sends (no handler runs),
                 sigtimedwait times out with EAGAIN
+     signalfd   signalfd4: blocked signals read as signalfd_siginfo (nonblocking EAGAIN, poll,
+                epoll, a blocking read another thread's signal ends, a changed mask, two
+                signals in one read, the handler never runs); bad arguments EINVAL/EFAULT
      hostile    bad masks, sizes and pointers: EFAULT/EINVAL, the program goes on */
 #define _GNU_SOURCE
 #include "kvm_api.h"
@@ -26,6 +29,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/select.h>
+#include <sys/signalfd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -261,6 +265,70 @@ static void on_get(const char *url, const char *arg)
 		snprintf(out, sizeof(out), "sigwait: %d code %d handler %d; timeout %d %s; raised %d",
 			 r, code, got, r2, e2 == EAGAIN ? "EAGAIN" : "?", r3);
 		block(SIGUSR2, SIG_UNBLOCK);
+	} else if (strcmp(action, "signalfd") == 0) {
+		install(SIGUSR1, 0, handler);
+		install(SIGUSR2, 0, handler);
+		block(SIGUSR1, SIG_BLOCK);
+		block(SIGUSR2, SIG_BLOCK);
+		sigset_t s2, s1, both;
+		sigemptyset(&s2);
+		sigaddset(&s2, SIGUSR2);
+		sigemptyset(&s1);
+		sigaddset(&s1, SIGUSR1);
+		both = s1;
+		sigaddset(&both, SIGUSR2);
+		struct signalfd_siginfo si[2];
+		int fd = signalfd(-1, &s2, SFD_NONBLOCK | SFD_CLOEXEC);
+		long empty = read(fd, si, sizeof(si[0]));
+		int e_empty = errno;
+		raise(SIGUSR2);
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		int p1 = poll(&pf, 1, 0);
+		long n1 = read(fd, si, sizeof(si[0]));
+		int sig1 = si[0].ssi_signo, code1 = si[0].ssi_code;
+		int p2 = poll(&pf, 1, 0);
+		/* A blocking signalfd: the read waits until another thread's signal arrives. */
+		int bfd = signalfd(-1, &s2, 0);
+		pthread_t t = kill_soon(SIGUSR2);
+		long n2 = read(bfd, si, sizeof(si));
+		int sig2 = si[0].ssi_signo;
+		pthread_join(t, NULL);
+		/* epoll sees it. */
+		int ep = epoll_create1(0);
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = 7 };
+		epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+		int w0 = epoll_wait(ep, &ev, 1, 0);
+		raise(SIGUSR2);
+		int w1 = epoll_wait(ep, &ev, 1, 0);
+		read(fd, si, sizeof(si[0]));
+		/* The mask changed in place; two signals in one read. */
+		int same = signalfd(fd, &both, 0) == fd;
+		raise(SIGUSR1);
+		raise(SIGUSR2);
+		long n3 = read(fd, si, sizeof(si));
+		int a3 = si[0].ssi_signo, b3 = si[1].ssi_signo;
+		/* Bad arguments. */
+		int bad_size = syscall(SYS_signalfd4, -1, &s2, 4, 0) < 0 && errno == EINVAL;
+		int bad_ptr = syscall(SYS_signalfd4, -1, (void *)8, 8, 0) < 0 && errno == EFAULT;
+		int bad_flags = syscall(SYS_signalfd4, -1, &s2, 8, 1) < 0 && errno == EINVAL;
+		int not_sfd = signalfd(ep, &s2, 0) < 0 && errno == EINVAL;
+		raise(SIGUSR2);
+		int short_buf = read(fd, si, 64) < 0 && errno == EINVAL;
+		int bad_buf = syscall(SYS_read, fd, (void *)8, sizeof(si[0])) < 0 && errno == EFAULT;
+		close(ep);
+		close(bfd);
+		close(fd);
+		/* Whatever is still pending stays blocked; drop it before unblocking. */
+		struct timespec zero = { 0, 0 };
+		while (sigtimedwait(&both, NULL, &zero) > 0)
+			;
+		block(SIGUSR1, SIG_UNBLOCK);
+		block(SIGUSR2, SIG_UNBLOCK);
+		snprintf(out, sizeof(out),
+			 "signalfd: empty %ld %s; poll %d read %ld sig %d code %d poll %d; blocking %ld sig %d; "
+			 "epoll %d %d; mask %d read %ld sigs %d %d; bad %d %d %d %d %d %d; handler %d",
+			 empty, e_empty == EAGAIN ? "EAGAIN" : "?", p1, n1, sig1, code1, p2, n2, sig2, w0, w1,
+			 same, n3, a3, b3, bad_size, bad_ptr, bad_flags, not_sfd, short_buf, bad_buf, got);
 	} else if (strcmp(action, "hostile") == 0) {
 		sigset_t s;
 		sigemptyset(&s);

@@ -36,6 +36,8 @@ pub(super) enum FdKind {
     Epoll,
     /// A socket (a host socket).
     Socket,
+    /// A signalfd.
+    Signal,
     /// Nothing open.
     Closed,
 }
@@ -56,6 +58,8 @@ pub(super) enum DescKind {
     Timer(TimerFd),
     Epoll(Epoll),
     Socket(Socket),
+    /// A signalfd: the signals it reads (a mask).
+    Signal(u64),
 }
 
 /// An open file description.
@@ -89,6 +93,31 @@ pub(super) struct FdTable {
     descs: BTreeMap<u32, Desc>,
     pipes: BTreeMap<u32, Pipe>,
     next: u32,
+    /// The pending signals of the thread whose view of readiness is being asked (a signalfd
+    /// is readable for the thread that has one of its signals pending, as on Linux): set by
+    /// whoever asks, see [`LinuxState::wait_io`] and [`LinuxState::wake_ready`].
+    pub(super) sig_pending: SigView,
+}
+
+/// A signal mask any holder of the table may set (an atomic so the state stays `Sync`; one
+/// thread at a time uses a VM's state).
+#[derive(Debug, Default)]
+pub(super) struct SigView(std::sync::atomic::AtomicU64);
+
+impl SigView {
+    pub(super) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn set(&self, v: u64) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Clone for SigView {
+    fn clone(&self) -> SigView {
+        SigView(self.get().into())
+    }
 }
 
 impl FdTable {
@@ -99,6 +128,7 @@ impl FdTable {
             descs: BTreeMap::new(),
             pipes: BTreeMap::new(),
             next: 0,
+            sig_pending: Default::default(),
         };
         for (fd, k) in [
             (0, DescKind::Stdin),
@@ -305,7 +335,7 @@ impl FdTable {
     }
 
     /// Whether reads and writes of `fd` wait when they cannot go on (a blocking pipe,
-    /// eventfd, timerfd or socket).
+    /// eventfd, timerfd, signalfd or socket).
     pub(super) fn waits(&self, fd: i32) -> bool {
         self.desc(fd).is_some_and(|d| {
             !d.nonblock
@@ -316,6 +346,7 @@ impl FdTable {
                         | DescKind::Event(_)
                         | DescKind::Timer(_)
                         | DescKind::Socket(_)
+                        | DescKind::Signal(_)
                 )
         })
     }

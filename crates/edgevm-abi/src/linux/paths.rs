@@ -380,6 +380,7 @@ impl LinuxState {
                         Some(DescKind::Timer(_)) => b"anon_inode:[timerfd]".to_vec(),
                         Some(DescKind::Epoll(_)) => b"anon_inode:[eventpoll]".to_vec(),
                         Some(DescKind::Socket(_)) => b"socket:[0]".to_vec(),
+                        Some(DescKind::Signal(_)) => b"anon_inode:[signalfd]".to_vec(),
                         None => return -ENOENT,
                     }
                 }

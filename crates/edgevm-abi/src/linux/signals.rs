@@ -67,6 +67,26 @@ fn siginfo_bytes(sig: u64, info: &SigInfo) -> [u8; SIGINFO as usize] {
     si
 }
 
+/// Linux's `struct signalfd_siginfo` for `sig` as `info` describes it.
+fn signalfd_siginfo(sig: u64, info: &SigInfo) -> [u8; SIGINFO as usize] {
+    let mut b = [0u8; SIGINFO as usize];
+    b[0..4].copy_from_slice(&(sig as u32).to_le_bytes());
+    b[8..12].copy_from_slice(&info.code.to_le_bytes());
+    if info.code == SI_USER || info.code == SI_TKILL {
+        b[12..16].copy_from_slice(&1u32.to_le_bytes()); // ssi_pid
+    } else if info.code == SI_TIMER {
+        // ssi_tid (the timer id), ssi_overrun, ssi_int and ssi_ptr (the sigevent's value).
+        b[24..28].copy_from_slice(&(info.err as u32).to_le_bytes());
+        b[32..36].copy_from_slice(&((info.err >> 32) as u32).to_le_bytes());
+        b[44..48].copy_from_slice(&(info.addr as u32).to_le_bytes());
+        b[48..56].copy_from_slice(&info.addr.to_le_bytes());
+    } else {
+        b[36..40].copy_from_slice(&(info.trapno as u32).to_le_bytes()); // ssi_trapno
+        b[72..80].copy_from_slice(&info.addr.to_le_bytes()); // ssi_addr
+    }
+    b
+}
+
 fn bit(sig: u64) -> u64 {
     1 << (sig - 1)
 }
@@ -208,6 +228,84 @@ impl LinuxState {
             th.sigwait = set;
             super::wait::Io::Wait(Vec::new())
         })
+    }
+
+    /// signalfd4(fd, mask, sizemask, flags) (and signalfd: flags 0): a new signalfd reading
+    /// the signals of `mask` (fd -1), or a new mask for signalfd `fd`.
+    pub(super) fn sys_signalfd4(
+        &mut self,
+        fd: u64,
+        mask: u64,
+        size: u64,
+        flags: u64,
+        mem: &GuestMemory,
+    ) -> i64 {
+        const SFD_CLOEXEC: u64 = 0o2000000;
+        const SFD_NONBLOCK: u64 = 0o4000;
+        if size != 8 || flags & !(SFD_CLOEXEC | SFD_NONBLOCK) != 0 {
+            return -EINVAL;
+        }
+        let Ok(m) = mem.read_u64(mask) else {
+            return -EFAULT;
+        };
+        // SIGKILL and SIGSTOP are never read through a signalfd (Linux drops them too).
+        let m = m & !UNBLOCKABLE;
+        let fd = fd as i64 as i32;
+        if fd == -1 {
+            return self.fds.install(
+                super::fds::DescKind::Signal(m),
+                flags & SFD_CLOEXEC != 0,
+                flags & SFD_NONBLOCK != 0,
+            );
+        }
+        match self.fds.desc_mut(fd).map(|d| &mut d.kind) {
+            Some(super::fds::DescKind::Signal(old)) => {
+                *old = m;
+                i64::from(fd)
+            }
+            Some(_) => -EINVAL,
+            None => -EBADF,
+        }
+    }
+
+    /// read() on a signalfd of `mask`: take the running thread's pending signals of `mask`,
+    /// one `struct signalfd_siginfo` (128 bytes) each, as many as `len` holds; -EAGAIN when
+    /// none is pending (a blocking signalfd then waits: `wait.rs`).
+    pub(super) fn signalfd_read(
+        &mut self,
+        mask: u64,
+        buf: u64,
+        len: u64,
+        mem: &mut GuestMemory,
+    ) -> i64 {
+        if len < SIGINFO {
+            return -EINVAL;
+        }
+        let mut done = 0u64;
+        while done + SIGINFO <= len {
+            let th = self.threads.current_mut();
+            let ready = th.pending & mask;
+            if ready == 0 {
+                break;
+            }
+            let sig = u64::from(ready.trailing_zeros()) + 1;
+            let info = th.pending_info.get(&sig).copied().unwrap_or_default();
+            if mem
+                .write(buf.wrapping_add(done), &signalfd_siginfo(sig, &info))
+                .is_err()
+            {
+                return if done > 0 { done as i64 } else { -EFAULT };
+            }
+            th.pending &= !bit(sig);
+            th.pending_info.remove(&sig);
+            done += SIGINFO;
+        }
+        self.fds.sig_pending.set(self.threads.current().pending);
+        if done == 0 {
+            -EAGAIN
+        } else {
+            done as i64
+        }
     }
 
     /// Put back the mask a waiting call replaced, if no handler took it over.

@@ -56,6 +56,8 @@ impl LinuxState {
         };
         loop {
             let last = until.is_some_and(|u| Instant::now() >= u);
+            // A signalfd is ready for the thread that has its signals pending.
+            self.fds.sig_pending.set(self.threads.current().pending);
             let interest = match f(self, mem, last) {
                 Io::Done(v) => return Ok(Ok(v)),
                 Io::Wait(i) => i,
@@ -105,6 +107,7 @@ impl LinuxState {
             if t.wait != Wait::Io {
                 continue;
             }
+            fds.sig_pending.set(t.pending);
             let due = t.until.is_some_and(|u| u <= now)
                 || t.io.iter().any(|&(fd, ev)| fds.fd_ready(fd, ev, now) != 0);
             if due {
@@ -203,6 +206,7 @@ impl LinuxState {
 
     /// Whether the call would wait now (for [`LinuxState::may_sleep`]).
     pub(super) fn io_would_wait(&self, nr: i64, a: [u64; 6], mem: &GuestMemory) -> bool {
+        self.fds.sig_pending.set(self.threads.current().pending);
         if let Some(ev) = self.blocking_io(nr, a) {
             return self.fds.fd_ready(a[0] as i64 as i32, ev, Instant::now()) == 0;
         }

@@ -125,6 +125,12 @@ fn timers_deliver_their_signals_bounded_and_not_across_requests() {
         s.ok("/faults/threadid"),
         "threadid: create 0 sig 12 in the thread 1"
     );
+    // SIGEV_THREAD: glibc's helper thread takes each expiry (SIGEV_THREAD_ID, signal 32) with
+    // sigwaitinfo and runs the function in a thread of its own.
+    assert_eq!(
+        s.ok("/faults/sevthread"),
+        "sevthread: create 0 fired 1 value 77 other thread 1 delete 0"
+    );
     assert_eq!(s.ok("/faults/prof"), "prof: sig 27 code 128");
     // A 1 ns period is raised to 1 ms: the program runs on between its signals.
     assert_eq!(

@@ -116,6 +116,12 @@ fn signal_handlers_run_with_masks_alternate_stacks_and_sigreturn() {
         s.ok("/signals/sigwait"),
         "sigwait: 12 code 0 handler 0; timeout -1 EAGAIN; raised 12"
     );
+    // signalfd: blocked signals read as signalfd_siginfo; raise() is a tgkill (SI_TKILL, -6).
+    assert_eq!(
+        s.ok("/signals/signalfd"),
+        "signalfd: empty -1 EAGAIN; poll 1 read 128 sig 12 code -6 poll 0; blocking 128 sig 12; \
+         epoll 0 1; mask 1 read 256 sigs 10 12; bad 1 1 1 1 1 1; handler 0"
+    );
     assert_eq!(
         s.ok("/signals/hostile"),
         "hostile: -1 1 -1 1 -1 1 -1 1 -1 1 -1 1 -1 1"

@@ -23,6 +23,7 @@ impl LinuxState {
             Some(DescKind::Timer(_)) => Timer,
             Some(DescKind::Epoll(_)) => Epoll,
             Some(DescKind::Socket(_)) => Socket,
+            Some(DescKind::Signal(_)) => Signal,
         }
     }
 
@@ -116,6 +117,8 @@ impl LinuxState {
             libc::SYS_eventfd => self.sys_eventfd2(a[0], 0),
             libc::SYS_eventfd2 => self.sys_eventfd2(a[0], a[1]),
             libc::SYS_timerfd_create => self.sys_timerfd_create(a[0], a[1]),
+            libc::SYS_signalfd => self.sys_signalfd4(a[0], a[1], a[2], 0, mem),
+            libc::SYS_signalfd4 => self.sys_signalfd4(a[0], a[1], a[2], a[3], mem),
             libc::SYS_timerfd_settime => self.sys_timerfd_settime(a, mem),
             libc::SYS_timerfd_gettime => self.sys_timerfd_gettime(a[0], a[1], mem),
             libc::SYS_epoll_create => {
@@ -156,6 +159,10 @@ impl LinuxState {
             DescKind::Timer(t) => Self::timerfd_read(t, buf, len, mem),
             DescKind::Epoll(_) => -EINVAL,
             DescKind::Socket(_) => self.sock_recv(fd, &[(buf, len)], 0, None, mem, out).0,
+            DescKind::Signal(mask) => {
+                let mask = *mask;
+                self.signalfd_read(mask, buf, len, mem)
+            }
         }
     }
 
@@ -181,7 +188,7 @@ impl LinuxState {
                 self.pipe_write(p, buf, len, mem)
             }
             DescKind::Event(e) => Self::eventfd_write(e, buf, len, mem),
-            DescKind::Timer(_) | DescKind::Epoll(_) => -EINVAL,
+            DescKind::Timer(_) | DescKind::Epoll(_) | DescKind::Signal(_) => -EINVAL,
             DescKind::Socket(_) => self.sock_send(fd, &[(buf, len)], 0, None, mem, out),
             DescKind::Stdin | DescKind::Dir(_) | DescKind::PipeRead(_) => -EBADF,
         }
@@ -333,7 +340,9 @@ impl LinuxState {
             Some(DescKind::Stdin | DescKind::PipeRead(_) | DescKind::PipeWrite(_)) => 0o010600,
             Some(DescKind::Output(_)) => 0o020620, // S_IFCHR: a terminal
             // Anonymous inodes, as Linux reports them.
-            Some(DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_)) => 0o600,
+            Some(
+                DescKind::Event(_) | DescKind::Timer(_) | DescKind::Epoll(_) | DescKind::Signal(_),
+            ) => 0o600,
             Some(DescKind::Socket(_)) => 0o140777, // S_IFSOCK
         };
         Ok(Stat {
@@ -377,6 +386,7 @@ impl LinuxState {
                     DescKind::Event(_)
                     | DescKind::Timer(_)
                     | DescKind::Epoll(_)
+                    | DescKind::Signal(_)
                     | DescKind::Socket(_) => 2, // O_RDWR
                     _ => 0,
                 }

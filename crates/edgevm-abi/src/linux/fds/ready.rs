@@ -77,6 +77,13 @@ impl FdTable {
                 Some(h) => u32::from(hostnet::poll_now(h.as_fd(), events as u16 as i16) as u16),
                 None => EPOLLHUP | EPOLLERR,
             },
+            DescKind::Signal(mask) => {
+                if self.sig_pending.get() & mask != 0 {
+                    EPOLLIN
+                } else {
+                    0
+                }
+            }
         };
         bits & (events | EPOLLERR | EPOLLHUP | POLLNVAL)
     }
@@ -87,6 +94,7 @@ impl FdTable {
             Some(DescKind::PipeRead(p)) => self.pipes.get(p).map_or(0, |p| p.gen),
             Some(DescKind::Event(e)) => e.gen,
             Some(DescKind::Timer(t)) => t.pending(now),
+            Some(DescKind::Signal(mask)) => self.sig_pending.get() & mask,
             // Bytes waiting: grows when more arrive (edge-triggered epoll).
             Some(DescKind::Socket(s)) => {
                 s.fd.as_ref()
