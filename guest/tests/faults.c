@@ -53,16 +53,6 @@ static volatile long si_addr_v, trapno, err, cr2, rip_v, value, in_tid;
 static char altstack[64 << 10];
 static sigjmp_buf jb;
 
-static void install(int sig, int flags, void (*h)(int, siginfo_t *, void *))
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = h;
-	sa.sa_flags = SA_SIGINFO | flags;
-	sigemptyset(&sa.sa_mask);
-	sigaction(sig, &sa, NULL);
-}
-
 /* Records the fault, moves RIP past `skip` bytes and sets RAX to 0x5a. */
 static void fixer(int sig, siginfo_t *si, void *ucv)
 {

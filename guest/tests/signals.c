@@ -51,16 +51,6 @@ static void handler(int sig, siginfo_t *si, void *uc)
 	atomic_fetch_add(&handled, 1);
 }
 
-static void install(int sig, int flags, void (*h)(int, siginfo_t *, void *))
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = h;
-	sa.sa_flags = SA_SIGINFO | flags;
-	sigemptyset(&sa.sa_mask);
-	sigaction(sig, &sa, NULL);
-}
-
 static void *sleeper(void *arg)
 {
 	(void)arg;

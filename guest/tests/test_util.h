@@ -82,4 +82,15 @@ static inline long hypercall6(unsigned num, unsigned long a, unsigned long b, un
 	return ret;
 }
 
+/* Install SA_SIGINFO handler `h` for `sig` (with extra `flags`) and an empty mask. */
+static inline void install(int sig, int flags, void (*h)(int, siginfo_t *, void *))
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = h;
+	sa.sa_flags = SA_SIGINFO | flags;
+	sigemptyset(&sa.sa_mask);
+	sigaction(sig, &sa, NULL);
+}
+
 #endif
