@@ -450,3 +450,96 @@ pub(crate) fn statx_bytes(s: &Stat) -> [u8; 256] {
     put(0x8c, &dmin.to_le_bytes());
     b
 }
+
+/// Largest file `mmap_backed_files` shares (a bigger one is mapped as a private copy).
+pub const MAX_SHARED_FILE: u64 = 1 << 30;
+
+/// What identifies a file's contents for [`sealed_copy`]: device, inode, size, modification
+/// and change times (as make and rsync judge a file unchanged).
+type FileIdentity = (u64, u64, i64, i64, i64, i64, i64);
+
+fn identity(f: &File) -> std::io::Result<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.size() as i64,
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// The sealed copies alive, by the identity of the file they copy.
+static SEALED: std::sync::Mutex<
+    std::collections::BTreeMap<FileIdentity, std::sync::Weak<std::os::fd::OwnedFd>>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// `mmap_backed_files`: a sealed memfd holding the bytes of `file` (shrinking, growing and
+/// writing it are sealed off) and its size, one per file identity in the whole server,
+/// shared by every VM that maps that file. Why a copy and not the file itself: a host
+/// mapping of the file would fault the server (SIGBUS) the moment someone truncates the
+/// file while a VM maps it, and programs' frozen images would change with the file; the
+/// sealed copy can do neither. None: not a regular file, empty, larger than
+/// [`MAX_SHARED_FILE`], changed while being copied, or the host refused (the caller makes a
+/// private copy instead).
+pub fn sealed_copy(file: &File) -> Option<(Arc<std::os::fd::OwnedFd>, u64)> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let id = identity(file).ok()?;
+    let size = id.2 as u64;
+    if size == 0 || size > MAX_SHARED_FILE {
+        return None;
+    }
+    if let Some(fd) = SEALED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .and_then(std::sync::Weak::upgrade)
+    {
+        return Some((fd, size));
+    }
+    let memfd = rustix::fs::memfd_create(
+        c"edgevm-mapped-file",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .ok()?;
+    let copy = File::from(memfd);
+    let mut buf = vec![0u8; CHUNK.min(size as usize)];
+    let mut done = 0u64;
+    while done < size {
+        let want = ((size - done) as usize).min(buf.len());
+        let n = match file.read_at(&mut buf[..want], done) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        copy.write_all_at(&buf[..n], done).ok()?;
+        done += n as u64;
+    }
+    // Changed while copied: no consistent copy to share.
+    if identity(file).ok()? != id {
+        return None;
+    }
+    rustix::fs::fcntl_add_seals(
+        &copy,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )
+    .ok()?;
+    let fd = Arc::new(std::os::fd::OwnedFd::from(copy));
+    let mut cache = SEALED.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|_, w| w.strong_count() > 0);
+    match cache.get(&id).and_then(std::sync::Weak::upgrade) {
+        // Another thread made one meanwhile: share that one.
+        Some(other) => Some((other, size)),
+        None => {
+            cache.insert(id, Arc::downgrade(&fd));
+            Some((fd, size))
+        }
+    }
+}

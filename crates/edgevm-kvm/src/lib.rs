@@ -26,7 +26,7 @@ pub mod vm;
 pub use fake::{FakeVcpu, ScriptedVcpu};
 
 pub use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-pub use memory::{host_huge_pages, GuestMemory, HostHugePages, MemError, PAGE_SIZE};
+pub use memory::{host_huge_pages, FileMap, GuestMemory, HostHugePages, MemError, PAGE_SIZE};
 pub use pageset::PageSet;
 pub use views::{FrozenImage, MainMemory, MemoryView, PrivateView};
 pub use vm::{

@@ -48,6 +48,32 @@ fn bitmap_words(size: usize) -> usize {
     (size / PAGE_SIZE).div_ceil(64)
 }
 
+/// A file mapped over guest memory (`mmap_backed_files`, see [`GuestMemory::map_file`]): the
+/// guest range `addr..addr+len` shows the bytes of `fd` (a sealed memfd: it can neither shrink
+/// nor change) from `off`, through a `MAP_PRIVATE` host mapping shared with every other VM
+/// that maps it until one writes a page (then that VM gets a private copy of that page).
+#[derive(Debug, Clone)]
+pub struct FileMap {
+    /// Guest address (page aligned).
+    pub addr: u64,
+    /// Length (page aligned, inside the file).
+    pub len: u64,
+    /// The file.
+    pub fd: Arc<OwnedFd>,
+    /// Offset in the file (page aligned).
+    pub off: u64,
+}
+
+impl FileMap {
+    fn end(&self) -> u64 {
+        self.addr + self.len
+    }
+
+    fn same(&self, o: &FileMap) -> bool {
+        self.addr == o.addr && self.len == o.len && self.off == o.off && Arc::ptr_eq(&self.fd, &o.fd)
+    }
+}
+
 /// Host mapping of one guest's physical memory, starting at guest-physical address 0.
 pub struct GuestMemory {
     ptr: *mut u8,
@@ -76,6 +102,12 @@ pub struct GuestMemory {
     /// guest address inside one is translated by the checked accessors; a range must lie
     /// inside one area entirely.
     remaps: Arc<Vec<(u64, u64, u64)>>,
+    /// Files mapped over this memory now (sorted by address, disjoint).
+    files: Vec<FileMap>,
+    /// A view's files at its fork (the image's): what a reset restores.
+    frozen_files: Arc<Vec<FileMap>>,
+    /// Whether `files` changed since the fork or the last reset.
+    files_changed: bool,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (private) or shares it with other mappings of
@@ -225,6 +257,9 @@ impl GuestMemory {
             user_tables: None,
             holes: Arc::default(),
             remaps: Arc::default(),
+            files: Vec::new(),
+            frozen_files: Arc::default(),
+            files_changed: false,
         })
     }
 
@@ -328,7 +363,17 @@ impl GuestMemory {
             user_tables: self.user_tables,
             holes: self.holes.clone(),
             remaps: self.remaps.clone(),
+            files: Vec::new(),
+            frozen_files: Arc::default(),
+            files_changed: false,
         };
+        let mut mem = mem;
+        // The image's files, over its holes (a file's range is one: see `map_file`).
+        for f in self.files.iter().filter(|f| f.end() <= shared_from as u64) {
+            mem.map_file_host(f)?;
+            mem.files.push(f.clone());
+        }
+        mem.frozen_files = Arc::new(mem.files.clone());
         if shared_from < self.size {
             // SAFETY: shared_from < size, so the address is inside the mapping just made.
             let at = unsafe { ptr.add(shared_from) };
@@ -341,6 +386,179 @@ impl GuestMemory {
             )?;
         }
         Ok(mem)
+    }
+
+    /// Most files one memory may have mapped at once ([`GuestMemory::map_file`] refuses
+    /// more): each splits the host mapping (up to two more VMAs per VM, and a host process has
+    /// at most `vm.max_map_count`, 65,530 by default, for all its VMs).
+    pub const MAX_FILES: usize = 128;
+
+    /// The files mapped over this memory now.
+    pub fn files(&self) -> &[FileMap] {
+        &self.files
+    }
+
+    /// Map `len` bytes of `fd` from `off` over guest `addr..addr+len` (all page aligned,
+    /// below the shared-memory area, inside the file: a page past a memfd's end would fault
+    /// the host): the guest reads the file's pages, shared with every VM mapping the same fd;
+    /// a write (by the guest where its page tables allow it, or by the host) copies the page
+    /// privately, as the rest of a view. The guest page tables are the caller's business. A
+    /// file already mapped in the range is replaced. Undone by [`GuestMemory::unmap_files`]
+    /// and [`GuestMemory::zero`]; a request VM's reset restores the files of its image.
+    pub fn map_file(
+        &mut self,
+        addr: u64,
+        len: u64,
+        fd: Arc<OwnedFd>,
+        off: u64,
+    ) -> Result<(), MemError> {
+        let page = PAGE_SIZE as u64;
+        let end = addr.checked_add(len).filter(|&e| {
+            len > 0 && e <= self.shared_from as u64 && (addr | len | off) % page == 0
+        });
+        if end.is_none() || self.remap_of(addr).is_some() {
+            return Err(MemError::OutOfBounds { addr, len });
+        }
+        self.unmap_files(addr, len)?;
+        if self.files.len() >= Self::MAX_FILES {
+            return Err(MemError::Os(format!(
+                "more than {} files mapped",
+                Self::MAX_FILES
+            )));
+        }
+        if !self.private {
+            // The memfd's pages under the file are not needed (and the range becomes a hole
+            // of the image, which views map anonymously under the file).
+            let _ = nix::fcntl::fallocate(
+                &*self.memfd,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                addr as libc::off_t,
+                len as libc::off_t,
+            );
+        }
+        let f = FileMap { addr, len, fd, off };
+        self.map_file_host(&f)?;
+        let at = self.files.partition_point(|m| m.addr < addr);
+        self.files.insert(at, f);
+        self.files_changed = true;
+        Ok(())
+    }
+
+    /// The host mapping of one file (bounds checked by the caller).
+    fn map_file_host(&self, f: &FileMap) -> Result<(), MemError> {
+        assert!(f.end() <= self.size as u64, "file mapping out of bounds");
+        // SAFETY: inside our own mapping (checked above).
+        let at = unsafe { self.ptr.add(f.addr as usize) };
+        map_fd(
+            at,
+            f.len as usize,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            &f.fd,
+            f.off as usize,
+        )
+        .map(|_| ())
+    }
+
+    /// Put back the memory's own backing (the memfd, or anonymous memory over a hole of the
+    /// image) over `off..off+len` (page aligned, below the shared area).
+    fn restore_base(&self, off: usize, len: usize) -> Result<(), MemError> {
+        assert!(off + len <= self.shared_from, "restore outside the private area");
+        if !self.private {
+            // SAFETY: inside our own mapping (checked above).
+            let at = unsafe { self.ptr.add(off) };
+            return map_fd(at, len, libc::MAP_SHARED | libc::MAP_FIXED, &self.memfd, off)
+                .map(|_| ());
+        }
+        let mut page = off / PAGE_SIZE;
+        let end = (off + len) / PAGE_SIZE;
+        while page < end {
+            let hole = self.in_hole(page);
+            let mut next = page + 1;
+            while next < end && self.in_hole(next) == hole {
+                next += 1;
+            }
+            // SAFETY: page < next <= end: inside our own mapping (checked above).
+            let at = unsafe { self.ptr.add(page * PAGE_SIZE) };
+            let n = (next - page) * PAGE_SIZE;
+            if hole {
+                map_anon_fixed(at, n)?;
+            } else {
+                map_fd(
+                    at,
+                    n,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    &self.memfd,
+                    page * PAGE_SIZE,
+                )?;
+            }
+            page = next;
+        }
+        Ok(())
+    }
+
+    /// Undo the file mappings over `addr..addr+len` (page aligned): the memory's own backing
+    /// is there again (what it held before the file was mapped, or zeros).
+    pub fn unmap_files(&mut self, addr: u64, len: u64) -> Result<(), MemError> {
+        let end = addr.saturating_add(len);
+        if !self.files.iter().any(|f| f.addr < end && addr < f.end()) {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(self.files.len() + 1);
+        for f in std::mem::take(&mut self.files) {
+            if f.end() <= addr || end <= f.addr {
+                kept.push(f);
+                continue;
+            }
+            let (lo, hi) = (f.addr.max(addr), f.end().min(end));
+            if f.addr < lo {
+                kept.push(FileMap {
+                    len: lo - f.addr,
+                    ..f.clone()
+                });
+            }
+            if hi < f.end() {
+                kept.push(FileMap {
+                    addr: hi,
+                    len: f.end() - hi,
+                    off: f.off + (hi - f.addr),
+                    fd: f.fd.clone(),
+                });
+            }
+            if let Err(e) = self.restore_base(lo as usize, (hi - lo) as usize) {
+                self.files = kept;
+                self.files_changed = true;
+                return Err(e);
+            }
+        }
+        self.files = kept;
+        self.files_changed = true;
+        Ok(())
+    }
+
+    /// A view's files as at its fork again (before its pages are reset).
+    fn restore_files(&mut self) -> Result<(), MemError> {
+        if !self.files_changed {
+            return Ok(());
+        }
+        let frozen = self.frozen_files.clone();
+        for f in std::mem::take(&mut self.files) {
+            if !frozen.iter().any(|g| g.same(&f)) {
+                self.restore_base(f.addr as usize, f.len as usize)?;
+            }
+        }
+        for f in frozen.iter() {
+            self.map_file_host(f)?;
+        }
+        self.files = frozen.to_vec();
+        self.files_changed = false;
+        Ok(())
+    }
+
+    /// Whether guest page `page` shows a mapped file.
+    fn in_file(&self, page: usize) -> bool {
+        let a = (page * PAGE_SIZE) as u64;
+        let i = self.files.partition_point(|f| f.addr <= a);
+        i > 0 && a < self.files[i - 1].end()
     }
 
     /// Size in bytes.
@@ -614,6 +832,15 @@ impl GuestMemory {
     /// Fill a guest range with zeroes.
     pub fn zero(&mut self, addr: u64, len: usize) -> Result<(), MemError> {
         let off = self.range(addr, len)?;
+        if !self.files.is_empty() && self.remap_of(addr).is_none() {
+            // Whole pages of a mapped file become ordinary memory again (the caller maps
+            // something new there); a partial page is only written.
+            let lo = (off as u64).next_multiple_of(PAGE_SIZE as u64);
+            let hi = (off + len) as u64 & !(PAGE_SIZE as u64 - 1);
+            if lo < hi {
+                self.unmap_files(lo, hi - lo)?;
+            }
+        }
         if !self.private
             && len >= (64 << 10)
             && off % PAGE_SIZE == 0
@@ -708,7 +935,24 @@ impl GuestMemory {
             out.push((data as usize, hole as usize));
             pos = hole;
         }
-        out
+        if self.files.is_empty() {
+            return out;
+        }
+        // Mapped files hold data too (read through the mapping: a snapshot carries a copy).
+        out.extend(
+            self.files
+                .iter()
+                .map(|f| (f.addr as usize, f.end() as usize)),
+        );
+        out.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(out.len());
+        for (a, b) in out {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
     }
 
     /// Number of pages in the bitmap layout.
@@ -773,7 +1017,7 @@ impl GuestMemory {
         // SAFETY: `page` is inside both mappings (checked above); plain reads of mapped memory
         // (the guest is stopped while the host resets it).
         let mine = unsafe { std::slice::from_raw_parts(self.ptr.add(off), PAGE_SIZE) };
-        if self.in_hole(page) {
+        if self.in_hole(page) && !self.in_file(page) {
             // Not read from the image: that would allocate the hole in the memfd.
             return mine.iter().all(|&b| b == 0);
         }
@@ -802,6 +1046,7 @@ impl GuestMemory {
         if !self.private {
             return Err(MemError::Os("discard_pages on the main VM memory".into()));
         }
+        self.restore_files()?;
         let limit_page = self.shared_from / PAGE_SIZE;
         let hot_pages =
             (hot.start / PAGE_SIZE as u64) as usize..hot.end.div_ceil(PAGE_SIZE as u64) as usize;
@@ -878,6 +1123,13 @@ impl GuestMemory {
             off + PAGE_SIZE <= self.size.min(image.size),
             "page out of bounds"
         );
+        if self.in_file(page) {
+            // A file's page: dropping the private copy shows the file again.
+            // SAFETY: the page is inside our mapping (checked above), below the shared area
+            // (files never are there).
+            let _ = unsafe { self.dont_need(off, PAGE_SIZE) };
+            return;
+        }
         if self.in_hole(page) {
             // The image holds zeros there; reading it would allocate the hole in the memfd.
             // SAFETY: the page is inside our mapping (checked above); the guest is stopped.
@@ -908,6 +1160,7 @@ impl GuestMemory {
         if !self.private {
             return Err(MemError::Os("discard_private on the main VM memory".into()));
         }
+        self.restore_files()?;
         self.host_dirty.iter_mut().for_each(|w| *w = 0);
         self.host_list.clear();
         // SAFETY: the range is inside our private mapping; MADV_DONTNEED on a MAP_PRIVATE file

@@ -177,4 +177,64 @@ mod tests {
             "only the shared part is seen by another view"
         );
     }
+
+    /// A memfd of `pages` pages, page `i` filled with byte `b'a' + i`.
+    fn file_of(pages: usize) -> std::sync::Arc<std::os::fd::OwnedFd> {
+        use std::io::Write;
+        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+        let mut f = std::fs::File::from(fd);
+        for i in 0..pages {
+            f.write_all(&[b'a' + i as u8; crate::PAGE_SIZE]).unwrap();
+        }
+        std::sync::Arc::new(std::os::fd::OwnedFd::from(f))
+    }
+
+    #[test]
+    fn mapped_files_are_shared_copied_on_write_and_restored_by_resets() {
+        let file = file_of(4);
+        let mut main = MainMemory::new(4 << 20).unwrap();
+        main.write(0x10000, b"before").unwrap();
+        main.map_file(0x10000, 0x3000, file.clone(), 0x1000).unwrap();
+        let mut b = [0u8; 2];
+        main.read(0x10fff, &mut b).unwrap();
+        assert_eq!(&b, b"bc", "file pages 1 and 2 at 0x10000");
+        let image = main.freeze();
+        let mut a = image.fork(2 << 20).unwrap();
+        let v = image.fork(2 << 20).unwrap();
+        a.read(0x12000, &mut b).unwrap();
+        assert_eq!(&b, b"dd");
+        // A write copies the page for this view only.
+        a.write(0x11000, b"XY").unwrap();
+        v.read(0x11000, &mut b).unwrap();
+        assert_eq!(&b, b"cc");
+        image.read(0x11000, &mut b).unwrap();
+        assert_eq!(&b, b"cc");
+        assert!(!a.page_same_as(&image, 0x11));
+        // A request maps a file elsewhere and unmaps part of the frozen one.
+        a.map_file(0x20000, 0x1000, file.clone(), 0).unwrap();
+        a.zero(0x12000, 0x1000).unwrap();
+        a.read(0x12000, &mut b).unwrap();
+        assert_eq!(&b, b"\0\0");
+        a.read(0x20000, &mut b).unwrap();
+        assert_eq!(&b, b"aa");
+        let none = PageSet::new();
+        a.reset_pages(&image, &none, 0..0, &none, &mut Vec::new())
+            .unwrap();
+        for (at, want) in [(0x10000, b"bb"), (0x11000, b"cc"), (0x12000, b"dd"), (0x20000, b"\0\0")] {
+            a.read(at, &mut b).unwrap();
+            assert_eq!(&b, want, "at {at:#x} after the reset");
+        }
+        assert_eq!(a.files().len(), 1);
+        assert!(a.page_same_as(&image, 0x11));
+        // A full reset too.
+        a.write(0x10000, b"ZZ").unwrap();
+        a.unmap_files(0x10000, 0x3000).unwrap();
+        a.discard_private().unwrap();
+        a.read(0x10000, &mut b).unwrap();
+        assert_eq!(&b, b"bb");
+        // Outside the file or not aligned: refused.
+        assert!(a.map_file(0x30001, 0x1000, file.clone(), 0).is_err());
+        assert!(a.map_file((2 << 20) - 0x1000, 0x2000, file, 0).is_err());
+    }
 }

@@ -65,6 +65,9 @@ pub struct VmOptions {
     /// `remapping` / `executable_remapping`: (guest-virtual start, length, executable):
     /// memory at those addresses, 2 MiB aligned, above the address space.
     pub remappings: Vec<(u64, u64, bool)>,
+    /// `mmap_backed_files`: read-only file mappings share one sealed copy of the file
+    /// between all VMs instead of a private copy each.
+    pub mmap_backed_files: bool,
     /// `relocate_fixed_mmap` (default true): a MAP_FIXED mapping outside the program's mmap
     /// area gets memory elsewhere; false: mmap hints are honoured and such mappings fail.
     pub relocate_fixed_mmap: bool,
@@ -117,6 +120,7 @@ impl VmOptions {
             smp: 0,
             blackout_area: Vec::new(),
             remappings: Vec::new(),
+            mmap_backed_files: false,
             relocate_fixed_mmap: true,
             output_to_stdout: true,
             huge_pages: HugePages::default(),

@@ -449,6 +449,7 @@ impl MainVm {
                 blackout: opts.blackout_area.clone(),
                 keep_mmap_addresses: !opts.relocate_fixed_mmap,
                 remaps: opts.remappings.clone(),
+                mmap_backed_files: opts.mmap_backed_files,
             },
             elf.end,
             elf.image_bytes,

@@ -104,6 +104,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
     vm.allowed_paths = allowed_paths(p);
     vm.cwd = p.current_working_directory.clone();
     vm.executable_heap = p.executable_heap;
+    vm.mmap_backed_files = p.mmap_backed_files;
     vm.verbose_pagetables = p.verbose_pagetables;
     vm.smp = p.smp;
     vm.output_to_stdout = p.stdout;

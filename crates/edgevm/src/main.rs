@@ -601,6 +601,7 @@ fn run_options(
     o.storage = false;
     o.debug = pc.allow_debug;
     o.executable_heap = pc.executable_heap;
+    o.mmap_backed_files = pc.mmap_backed_files;
     o.verbose_pagetables = pc.verbose_pagetables;
     // Under `edgevm run` the program's output is printed as it wrote it (stdout, stderr).
     edgevm_server::programs::memory_layout(pc, &mut o);

@@ -577,11 +577,34 @@ impl LinuxState {
         }
         let mut anon = a;
         anon[3] |= MAP_ANONYMOUS;
+        let shared = if self.cfg.mmap_backed_files && prot & u64::from(PROT_WRITE) == 0 {
+            self.shared_file(&file, off, mem)
+        } else {
+            None
+        };
         let at = self.mmap_anon(anon, mem);
         if at < 0 {
             return at;
         }
         let at = at as u64;
+        if let Some((fd, size)) = shared.filter(|_| !self.in_remap(at, at + page_up(len))) {
+            // The pages the file covers (the rest of its last page reads as zero); pages past
+            // its end stay zeroed memory, as in a copy.
+            let n = page_up(size - off).min(page_up(len));
+            if let Err(e) = mem.map_file(at, n, fd, off) {
+                tracing::warn!("mmap_backed_files: cannot map {n:#x} bytes of a file: {e}");
+                self.sys_munmap(at, len, mem);
+                return -ENOMEM;
+            }
+            let prot = self.heap_prot((prot & 7) as u32);
+            let r = self.protect(mem, at, page_up(len), prot);
+            if r < 0 {
+                self.sys_munmap(at, len, mem);
+                return r;
+            }
+            self.account(at, page_up(len), prot);
+            return at as i64;
+        }
         // Readable and writable while the host copies the file in; then as asked.
         let r = self.protect(mem, at, page_up(len), PROT_READ | PROT_WRITE);
         if r < 0 {
@@ -620,6 +643,30 @@ impl LinuxState {
         at as i64
     }
 
+    /// The sealed copy of `file` to map from `off` (`mmap_backed_files`), None where a private
+    /// copy is made instead: nothing of the file at `off`, the file not shareable
+    /// ([`files::sealed_copy`]), or this VM has [`GuestMemory::MAX_FILES`] files mapped (said
+    /// once per VM in the log).
+    fn shared_file(
+        &mut self,
+        file: &crate::files::OpenFile,
+        off: u64,
+        mem: &GuestMemory,
+    ) -> Option<(std::sync::Arc<std::os::fd::OwnedFd>, u64)> {
+        if mem.files().len() >= GuestMemory::MAX_FILES {
+            if !self.said_files_full {
+                self.said_files_full = true;
+                tracing::warn!(
+                    "mmap_backed_files: {} files mapped already; further file mappings of this VM are private copies",
+                    GuestMemory::MAX_FILES
+                );
+            }
+            return None;
+        }
+        let (fd, size) = crate::files::sealed_copy(&file.file)?;
+        (off < size).then_some((fd, size))
+    }
+
     fn sys_munmap(&mut self, addr: u64, len: u64, mem: &mut GuestMemory) -> i64 {
         if !addr.is_multiple_of(PAGE) || len == 0 {
             return -EINVAL;
@@ -643,6 +690,11 @@ impl LinuxState {
         // Cannot fail inside the mmap area (its page tables exist); if it did, the range
         // would only stay accessible, as before.
         let _ = self.protect(mem, lo, hi - lo, 0);
+        // Mapped files there are gone (a failure leaves them mapped but inaccessible, and
+        // the range's next mapping zeroes it, which tries again).
+        if let Err(e) = mem.unmap_files(lo, hi - lo) {
+            tracing::warn!("munmap of a mapped file: {e}");
+        }
     }
 
     fn sys_mremap(&mut self, a: [u64; 6], mem: &mut GuestMemory) -> i64 {

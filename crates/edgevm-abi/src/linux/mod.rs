@@ -129,6 +129,9 @@ pub struct LinuxConfig {
     /// `remapping` / `executable_remapping`: (guest-virtual start, length, executable), both
     /// 2 MiB aligned, above the address space (checked by [`remap_backing`]'s caller).
     pub remaps: Vec<(u64, u64, bool)>,
+    /// `mmap_backed_files`: read-only file mappings show one sealed copy of the file shared
+    /// by every VM (see `mem.rs`, `mmap_file`), not a private copy each.
+    pub mmap_backed_files: bool,
 }
 
 /// Where the memory of each remapped area lives: (virtual start, physical start, length,
@@ -192,6 +195,8 @@ pub struct LinuxState {
     net_refusals: u32,
     /// Page protections (see [`crate::paging`]).
     pt: PageTables,
+    /// The log said this VM has as many mapped files as it may (`mmap_backed_files`).
+    said_files_full: bool,
 }
 
 impl LinuxState {
@@ -242,6 +247,7 @@ impl LinuxState {
             net_base: 0,
             net_refusals: 0,
             pt: PageTables::default(),
+            said_files_full: false,
         }
     }
 

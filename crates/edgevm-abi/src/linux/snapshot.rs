@@ -192,6 +192,7 @@ impl LinuxState {
             net_base: 0,
             net_refusals: 0,
             pt: Default::default(),
+            said_files_full: false,
         })
     }
 }

@@ -59,6 +59,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
             blackout: o.blackout_area.clone(),
             keep_mmap_addresses: !o.relocate_fixed_mmap,
             remaps: o.remappings.clone(),
+            mmap_backed_files: o.mmap_backed_files,
         },
         &mut r,
     )
