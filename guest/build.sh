@@ -25,6 +25,7 @@
 #     state_file(_musl) the `state` file from main, storage and request VMs
 #     state_file_rust  the `state` file from Rust's std::fs (edgevm run)
 #     files(_musl)     allowed_paths, cwd and descriptors from a handler (tests/all/files.rs)
+#     mapped_files     file mappings with mmap_backed_files (tests/all/mapped_files.rs)
 #     dynamic          a dynamically linked handler (host ld.so, dlopen), the one non-static guest
 #     dynamic_musl, bad_interp  interp.c with musl's loader / PT_INTERP /etc/passwd (files.rs)
 #     shm_api          shared_memory_area() and the SHM_ALLOC* macros
@@ -177,7 +178,7 @@ build secrets "$T/secrets.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/secrets.
 build api_fuzz "$T/api_fuzz.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_fuzz.c" -o "$OUT/api_fuzz.tmp"
 build clients "$T/clients.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/clients.c" -o "$OUT/clients.tmp"
 build live_state "$T/live_state.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/live_state.c" -o "$OUT/live_state.tmp"
-for prog in storage_api state_file shm_api storage_tasks files fetch_api; do
+for prog in storage_api state_file shm_api storage_tasks files fetch_api mapped_files; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
 build stream "$T/stream.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/stream.c" -o "$OUT/stream.tmp"

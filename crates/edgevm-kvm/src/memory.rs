@@ -70,7 +70,10 @@ impl FileMap {
     }
 
     fn same(&self, o: &FileMap) -> bool {
-        self.addr == o.addr && self.len == o.len && self.off == o.off && Arc::ptr_eq(&self.fd, &o.fd)
+        self.addr == o.addr
+            && self.len == o.len
+            && self.off == o.off
+            && Arc::ptr_eq(&self.fd, &o.fd)
     }
 }
 
@@ -414,7 +417,7 @@ impl GuestMemory {
     ) -> Result<(), MemError> {
         let page = PAGE_SIZE as u64;
         let end = addr.checked_add(len).filter(|&e| {
-            len > 0 && e <= self.shared_from as u64 && (addr | len | off) % page == 0
+            len > 0 && e <= self.shared_from as u64 && (addr | len | off).is_multiple_of(page)
         });
         if end.is_none() || self.remap_of(addr).is_some() {
             return Err(MemError::OutOfBounds { addr, len });
@@ -462,12 +465,21 @@ impl GuestMemory {
     /// Put back the memory's own backing (the memfd, or anonymous memory over a hole of the
     /// image) over `off..off+len` (page aligned, below the shared area).
     fn restore_base(&self, off: usize, len: usize) -> Result<(), MemError> {
-        assert!(off + len <= self.shared_from, "restore outside the private area");
+        assert!(
+            off + len <= self.shared_from,
+            "restore outside the private area"
+        );
         if !self.private {
             // SAFETY: inside our own mapping (checked above).
             let at = unsafe { self.ptr.add(off) };
-            return map_fd(at, len, libc::MAP_SHARED | libc::MAP_FIXED, &self.memfd, off)
-                .map(|_| ());
+            return map_fd(
+                at,
+                len,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                &self.memfd,
+                off,
+            )
+            .map(|_| ());
         }
         let mut page = off / PAGE_SIZE;
         let end = (off + len) / PAGE_SIZE;

@@ -181,8 +181,8 @@ mod tests {
     /// A memfd of `pages` pages, page `i` filled with byte `b'a' + i`.
     fn file_of(pages: usize) -> std::sync::Arc<std::os::fd::OwnedFd> {
         use std::io::Write;
-        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
         let mut f = std::fs::File::from(fd);
         for i in 0..pages {
             f.write_all(&[b'a' + i as u8; crate::PAGE_SIZE]).unwrap();
@@ -195,7 +195,8 @@ mod tests {
         let file = file_of(4);
         let mut main = MainMemory::new(4 << 20).unwrap();
         main.write(0x10000, b"before").unwrap();
-        main.map_file(0x10000, 0x3000, file.clone(), 0x1000).unwrap();
+        main.map_file(0x10000, 0x3000, file.clone(), 0x1000)
+            .unwrap();
         let mut b = [0u8; 2];
         main.read(0x10fff, &mut b).unwrap();
         assert_eq!(&b, b"bc", "file pages 1 and 2 at 0x10000");
@@ -221,7 +222,12 @@ mod tests {
         let none = PageSet::new();
         a.reset_pages(&image, &none, 0..0, &none, &mut Vec::new())
             .unwrap();
-        for (at, want) in [(0x10000, b"bb"), (0x11000, b"cc"), (0x12000, b"dd"), (0x20000, b"\0\0")] {
+        for (at, want) in [
+            (0x10000, b"bb"),
+            (0x11000, b"cc"),
+            (0x12000, b"dd"),
+            (0x20000, b"\0\0"),
+        ] {
             a.read(at, &mut b).unwrap();
             assert_eq!(&b, want, "at {at:#x} after the reset");
         }

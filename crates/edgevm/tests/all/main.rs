@@ -20,6 +20,7 @@ mod golang;
 mod harness;
 mod hostile;
 mod inline;
+mod mapped_files;
 mod memlayout;
 mod package;
 mod privilege;
