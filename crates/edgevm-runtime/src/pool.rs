@@ -290,6 +290,9 @@ pub struct Program {
     pub(crate) streams_post: std::sync::atomic::AtomicBool,
     /// The TCP server of a program in server mode, once ready (tcp_server.rs).
     pub(crate) tcp: Mutex<Option<crate::tcp_server::TcpServer>>,
+    /// A request tried the snapshot file on its own thread and found it unusable (said why
+    /// already): the boot thread it started boots without trying it again (program_boot.rs).
+    pub(crate) snapshot_tried: std::sync::atomic::AtomicBool,
 }
 
 impl Program {
@@ -326,6 +329,7 @@ impl Program {
             retry: Default::default(),
             streams_post: Default::default(),
             tcp: Mutex::new(None),
+            snapshot_tried: Default::default(),
         })
     }
 
@@ -391,6 +395,25 @@ impl Program {
         drop(st);
         self.changed.notify_all();
         self.changed_async.send_modify(|v| *v += 1);
+        self.spawn_boot();
+    }
+
+    /// Claim the start of a program that is not started: true if this caller now starts it
+    /// (the state is `Booting`), false if it is started or being started already.
+    pub(crate) fn claim_start(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*st, State::NotStarted) {
+            return false;
+        }
+        *st = State::Booting;
+        drop(st);
+        self.changed.notify_all();
+        self.changed_async.send_modify(|v| *v += 1);
+        true
+    }
+
+    /// The boot thread of a program whose state is `Booting`.
+    pub(crate) fn spawn_boot(self: &Arc<Self>) {
         let me = self.clone();
         let r = std::thread::Builder::new()
             .name(format!("boot:{}", self.name))
@@ -481,7 +504,14 @@ impl Program {
                         return Ok(p.clone());
                     }
                 }
-                State::NotStarted => self.start(),
+                // A program with a snapshot file starts from it right here, on the
+                // request's thread (program_boot.rs); otherwise on its boot thread.
+                State::NotStarted => {
+                    if !self.start_here() {
+                        self.start();
+                    }
+                    continue;
+                }
                 State::Booting => {}
             }
             if rx.changed().await.is_err() {

@@ -56,7 +56,13 @@ impl Program {
         let mut settings = self.settings.clone();
         // A snapshot written from the very file the program is read from, unchanged since,
         // starts without reading it (snapshot.rs).
-        let unread = self.load_snapshot_unread(&settings);
+        // A request found the snapshot file unusable on its own thread and said why
+        // (`start_here`): boot without trying it again.
+        let tried = self.snapshot_tried.swap(false, Ordering::AcqRel);
+        let unread = match tried {
+            true => None,
+            false => self.load_snapshot_unread(&settings),
+        };
         let download = match unread {
             Some(_) => None,
             None => self.load_binary(&mut settings)?,
@@ -77,7 +83,8 @@ impl Program {
         self.set_boot_gauge(0, binary_size);
         // A valid snapshot file replaces the boot; a boot writes one (snapshot.rs): before
         // the program is ready when request VMs could change the image (shared memory).
-        let (frozen, write) = match unread.or_else(|| self.load_snapshot(&settings)) {
+        let loaded = unread.or_else(|| (!tried).then(|| self.load_snapshot(&settings))?);
+        let (frozen, write) = match loaded {
             Some(f) => (f, false),
             None => (self.boot_and_freeze(&settings, &storage)?, true),
         };
@@ -98,7 +105,7 @@ impl Program {
             .map_err(BootError::Config)?;
             *self.tcp.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
         }
-        self.go_ready(
+        let pool = self.go_ready(
             t0,
             &settings,
             download,
@@ -107,6 +114,7 @@ impl Program {
             shells,
             first,
         );
+        self.fork_rest(&pool, settings.concurrency.max(1));
         if write && settings.vm.shared_memory == 0 {
             self.write_snapshot(&frozen, &settings);
         }
@@ -176,7 +184,110 @@ impl Program {
         Ok(Arc::new(f))
     }
 
-    /// The program is ready with its first request VM: make the pool, say so, fork the rest.
+    /// Whether a request may start this program from its snapshot file on its own thread
+    /// ([`Program::start_here`]): a snapshot file exists, and nothing but a local file read
+    /// stands before it (no download, no storage VM to boot, no TCP server to start).
+    fn starts_here(&self) -> bool {
+        let s = &self.settings;
+        let local = match &s.loader {
+            None => true,
+            Some(l) => l.1.as_deref() == Some(s.vm.program_path.as_path()),
+        };
+        local
+            && !s.storage
+            && s.server.is_none()
+            && !self.candidate.load(Ordering::Acquire)
+            && s.snapshot.as_deref().is_some_and(|p| p.exists())
+    }
+
+    /// A request for a program that is not started: start it from its snapshot file right
+    /// here, on the request's thread (the HTTP worker, which then runs the request in the
+    /// first VM), rather than on a boot thread it would wait for — each hand-off between
+    /// threads is a wake-up, a scheduling delay on a busy machine, and together they were
+    /// most of a snapshot start over HTTP (docs/BENCHMARKS.md, "Snapshot start"). The load
+    /// takes about as long as the request's inline time slice (`EDGEVM_INLINE_SLICE_US`).
+    /// The program's other VMs are forked on a thread of their own. A file that cannot be
+    /// used is logged and counted here, and the boot thread boots without trying it again.
+    /// False when the program does not start this way; true when it was started (or is
+    /// being started by another request).
+    pub(crate) fn start_here(self: &Arc<Self>) -> bool {
+        if !self.starts_here() {
+            return false;
+        }
+        if !self.claim_start() {
+            return true;
+        }
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.snapshot_start_here()));
+        match r {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.snapshot_tried.store(true, Ordering::Release);
+                self.spawn_boot();
+            }
+            Ok(Err(e)) => self.set_failed(e),
+            Err(_) => self.set_failed(BootError::Panicked),
+        }
+        true
+    }
+
+    /// [`Program::start_here`]'s start: false if the snapshot file is not usable.
+    fn snapshot_start_here(self: &Arc<Self>) -> Result<bool, BootError> {
+        let t0 = Instant::now();
+        self.retry.begin(&self.settings.vm.program_path);
+        let mut settings = self.settings.clone();
+        let (frozen, download, binary_size) = match self.load_snapshot_unread(&settings) {
+            Some(f) => {
+                let size = std::fs::metadata(&settings.vm.program_path).map_or(0, |m| m.len());
+                (f, None, size)
+            }
+            None => {
+                let download = self.load_binary(&mut settings)?;
+                match self.load_snapshot(&settings) {
+                    Some(f) => (f, download, settings.vm.binary.len() as u64),
+                    None => return Ok(false),
+                }
+            }
+        };
+        self.set_boot_gauge(0, binary_size);
+        self.set_boot_gauge(1, frozen.image.backing_bytes());
+        let n = settings.concurrency.max(1);
+        // No VMs made ahead for this start: the first fork takes a spare (spare.rs), the
+        // others take spares or make their own, off the request's path.
+        let shells = Arc::new(Shells::with_budget(n));
+        let first = match self.fork(&frozen, &None, &shells, 0) {
+            Ok(v) => v,
+            Err(e) => {
+                shells.close();
+                return Err(e);
+            }
+        };
+        let pool = self.go_ready(t0, &settings, download, frozen, None, shells, first);
+        if n == 1 {
+            pool.shells.close();
+            return Ok(true);
+        }
+        let me = self.clone();
+        let p = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("forks:{}", self.name))
+            .spawn(move || {
+                me.fork_rest(&p, n);
+                p.shells.close();
+            });
+        if let Err(e) = spawned {
+            pool.shells.close();
+            tracing::error!(
+                "Program '{}': cannot start a thread forking its other {} VMs: {e}",
+                self.name,
+                n - 1
+            );
+        }
+        Ok(true)
+    }
+
+    /// The program is ready with its first request VM: make the pool and say so (the caller
+    /// forks the rest: [`Program::fork_rest`]).
     #[allow(clippy::too_many_arguments)]
     fn go_ready(
         self: &Arc<Self>,
@@ -187,7 +298,7 @@ impl Program {
         storage: Option<StorageHandle>,
         shells: Arc<Shells>,
         first: Box<RequestVm>,
-    ) {
+    ) -> Arc<VmPool> {
         let n = self.settings.concurrency.max(1);
         let pool = Arc::new(VmPool {
             frozen: crate::idle::ImageSlot::new(frozen.clone()),
@@ -226,7 +337,7 @@ impl Program {
         self.set_state(State::Ready { vms: n, ready_ms });
         self.residency.touch();
         self.watch_idle();
-        self.fork_rest(&pool, n);
+        pool
     }
 
     /// Fork one request VM (index `i`).

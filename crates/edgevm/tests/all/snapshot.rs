@@ -527,3 +527,90 @@ fn an_unchanged_binary_is_not_read_and_a_rewritten_one_is_never_trusted() {
     );
     assert!(!log.contains(unread), "{log}");
 }
+
+/// A program with a snapshot file that is not started is started from it by its first
+/// request, on that request's own thread (program_boot.rs, `start_here`): concurrent first
+/// requests all get the booted answer from one load, the program's other VMs are forked
+/// afterwards; a damaged file met that way is said and counted once, and the program boots
+/// (on its boot thread) and writes a good file; a program without a file yet boots.
+#[test]
+fn a_first_request_starts_its_program_from_the_snapshot_on_its_own_thread() {
+    require_kvm();
+    let dir = scratch("snapshot_here");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = |n: &str| snap.join(format!("{n}.snapshot"));
+    let config = |start: bool| {
+        let progs: Vec<String> = [("many", 3), ("flip", 1), ("fresh", 1)]
+            .iter()
+            .map(|(n, c)| {
+                format!(
+                    "{}: {{ \"filename\": {}, \"cold_start_file\": {}, \"start\": {start}, \"concurrency\": {c} }}",
+                    js(n),
+                    js(guest("example_hello").to_str().unwrap()),
+                    js(file(n).to_str().unwrap())
+                )
+            })
+            .collect();
+        let path = dir.join(format!("config-{start}.json"));
+        std::fs::write(&path, format!("{{ {} }}", progs.join(",\n"))).unwrap();
+        path
+    };
+    // Boot once: the files are written.
+    let s = Server::start(&dir, &[&config(true)], &[]);
+    s.wait_loaded(&["many", "flip"]);
+    let booted = s.ok("/many");
+    for n in ["many", "flip"] {
+        s.wait_log(
+            &format!("Program '{n}': snapshot written to"),
+            Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
+        );
+    }
+    s.stop();
+    let _ = std::fs::remove_file(file("fresh"));
+    let mut b = std::fs::read(file("flip")).unwrap();
+    let at = b.len() - 5000;
+    b[at] ^= 0x40;
+    std::fs::write(file("flip"), &b).unwrap();
+
+    // Not started: the first requests start them.
+    let s = Server::start(&dir, &[&config(false)], &[]);
+    let answers = s.get_concurrently(4, 2, "/many");
+    assert!(answers.iter().all(|a| *a == booted), "{answers:?}");
+    assert_eq!(s.stat("many", "snapshot_starts"), 1.0, "{}", s.log());
+    assert_eq!(
+        s.log()
+            .matches("Program 'many' started from its snapshot")
+            .count(),
+        1
+    );
+    wait_stat(&s, "many", "resident_vms", 3.0);
+    assert_eq!(s.ok("/flip"), booted);
+    let line = format!(
+        "Program 'flip': snapshot {} ignored, booting instead: corrupt: image checksum mismatch",
+        file("flip").display()
+    );
+    let log = s.wait_log(
+        "Program 'flip': snapshot written to",
+        Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
+    );
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert_eq!(s.stat("flip", "snapshot_rejected"), 1.0);
+    assert_eq!(s.stat("flip", "snapshot_starts"), 0.0);
+    assert_eq!(s.ok("/fresh"), booted);
+    s.wait_log(
+        "Program 'fresh': snapshot written to",
+        Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
+    );
+    assert_eq!(s.stat("fresh", "snapshot_starts"), 0.0);
+    s.stop();
+
+    // The files written by those boots start their programs next time.
+    let s = Server::start(&dir, &[&config(false)], &[]);
+    assert_eq!(s.ok("/flip"), booted);
+    assert_eq!(s.ok("/fresh"), booted);
+    assert_eq!(s.stat("flip", "snapshot_starts"), 1.0);
+    assert_eq!(s.stat("fresh", "snapshot_starts"), 1.0);
+    s.stop();
+}
