@@ -66,6 +66,7 @@ if [ ${#filters[@]} -eq 0 ]; then
 		wx::                                       # W^X: the page-table routine from CPL0 and CPL3
 		snapshot::a_snapshot_start_keeps_the_page_protections  # W^X from a snapshot file
 		smp::workers_run_on_extra_vcpus_over_the_same_memory  # extra vCPUs: entry stub, CPL0 sched_yield, clone
+		mapped_files::read_only_file_mappings_share  # mmap_backed_files: memfd pages under the memory slot, copy-on-write by KVM write faults
 		bench::exits_per_request_do_not_rise_above_the_record
 	)
 fi

@@ -645,7 +645,8 @@ impl LinuxState {
 
     /// The sealed copy of `file` to map from `off` (`mmap_backed_files`), None where a private
     /// copy is made instead: nothing of the file at `off`, the file not shareable
-    /// ([`files::sealed_copy`]), or this VM has [`GuestMemory::MAX_FILES`] files mapped (said
+    /// ([`crate::files::sealed_copy`]), the sealed copies this VM maps would exceed its
+    /// `max_memory` with this one, or it has [`GuestMemory::MAX_FILES`] files mapped (said
     /// once per VM in the log).
     fn shared_file(
         &mut self,
@@ -661,6 +662,20 @@ impl LinuxState {
                     GuestMemory::MAX_FILES
                 );
             }
+            return None;
+        }
+        // The copies one VM keeps alive stay within what private copies could take of its
+        // memory (a one-page mapping pins the whole file's copy).
+        let size = file.file.metadata().ok()?.len();
+        let mut pinned = 0u64;
+        let mut seen: Vec<*const std::os::fd::OwnedFd> = Vec::new();
+        for f in mem.files() {
+            if !seen.contains(&std::sync::Arc::as_ptr(&f.fd)) {
+                seen.push(std::sync::Arc::as_ptr(&f.fd));
+                pinned += rustix::fs::fstat(&*f.fd).map_or(0, |st| st.st_size as u64);
+            }
+        }
+        if pinned.saturating_add(size) > self.cfg.max_memory {
             return None;
         }
         let (fd, size) = crate::files::sealed_copy(&file.file)?;

@@ -116,3 +116,85 @@ fn read_only_file_mappings_share_a_sealed_copy_and_survive_hostile_requests_and_
     assert_eq!(s.ok("/m/frozen"), frozen);
     s.stop();
 }
+
+/// The server's (RSS, PSS) in KiB (smaps_rollup).
+fn rss_pss(pid: u32) -> (u64, u64) {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let field = |name: &str| {
+        t.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// The figures of docs/BENCHMARKS.md "Shared file mappings" (not a test: run with
+/// `cargo test -p edgevm --test all -- --ignored --nocapture mapped_files::measure`): four
+/// programs mapping the same 64 MB file in main(), with and without `mmap_backed_files`.
+#[test]
+#[ignore]
+fn measure_a_64_mb_file_mapped_by_four_programs() {
+    let dir = scratch("mapped-files-measure");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let big: Vec<u8> = (0..64 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(data.join("big.bin"), &big).unwrap();
+    std::fs::write(data.join("small.txt"), "small file").unwrap();
+    for backed in [true, false, true, false] {
+        let progs: Vec<String> = (0..4)
+            .map(|i| {
+                format!(
+                    r#""p{i}": {{ "filename": {}, "concurrency": 1, "max_memory": 512,
+                        "mmap_backed_files": {backed},
+                        "allowed_paths": [{{"virtual": "/data", "real": {}}}] }}"#,
+                    js(guest("mapped_files").to_str().unwrap()),
+                    js(data.to_str().unwrap())
+                )
+            })
+            .collect();
+        let cfg = dir.join("config.json");
+        std::fs::write(&cfg, format!("{{ {} }}", progs.join(","))).unwrap();
+        let s = Server::start(&dir, &[&cfg], &[]);
+        let t = std::time::Instant::now();
+        s.ok("/p0/frozen");
+        let first = t.elapsed();
+        for i in 1..4 {
+            s.ok(&format!("/p{i}/frozen"));
+        }
+        let (rss, pss) = rss_pss(s.pid());
+        let n = 20;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            s.ok("/p0/frozen");
+        }
+        let frozen = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            s.ok("/p0/map?p=/data/big.bin");
+        }
+        let map = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            s.ok("/p0/unmap");
+        }
+        let small = t.elapsed() / n;
+        let (rss2, pss2) = rss_pss(s.pid());
+        println!(
+            "mmap_backed_files={backed}: first request (boot, 64 MB mapped in main, fork) {:.1} ms; \
+             after one request to each of 4 programs RSS {} MiB PSS {} MiB; per request: \
+             reading all 64 MB of the frozen mapping {:.2} ms, mapping the 64 MB file {:.2} ms, \
+             a small request {:.2} ms; after them RSS {} MiB PSS {} MiB",
+            first.as_secs_f64() * 1e3,
+            rss >> 10,
+            pss >> 10,
+            frozen.as_secs_f64() * 1e3,
+            map.as_secs_f64() * 1e3,
+            small.as_secs_f64() * 1e3,
+            rss2 >> 10,
+            pss2 >> 10,
+        );
+        s.stop();
+    }
+}
