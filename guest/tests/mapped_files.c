@@ -1,8 +1,10 @@
 /* mapped_files.c: file mappings with `mmap_backed_files` (tests/all/mapped_files.rs).
 
-   main(): maps /data/big.bin read-only (MAP_PRIVATE, the whole file) and /data/small.txt
-   (MAP_SHARED, read-only), then waits for requests. Actions (/<prog>/<action>?...):
-     frozen    "sum=<sum of big's bytes> small=<first 8 bytes of small>": the frozen mappings
+   main(): maps /data/big.bin read-only (MAP_PRIVATE, the whole file), /data/small.txt
+   (MAP_SHARED, read-only) and small.txt again, patched ("MAIN" over its first bytes after an
+   mprotect to writable, then read-only again), then waits for requests. Actions:
+     frozen    "sum=<sum of big's bytes> small=<8 bytes of small> patched=<8 bytes of the patched
+               mapping>": the frozen mappings
      map       map &p= read-only (&len= bytes, default the file's size; &off=) in the request:
                "head=<first 8 bytes> last=<value of the last mapped byte>"
      write     write to the frozen mapping (SIGSEGV caught), read() into it, and a writable
@@ -27,6 +29,7 @@
 static unsigned char *big;
 static size_t big_len;
 static char *small;
+static char *patched;
 static size_t small_len;
 static char out[512];
 static sigjmp_buf jump;
@@ -80,7 +83,8 @@ static void on_get(const char *url, const char *arg)
 	action_of(url, action, sizeof(action));
 	param(url, "p", p, sizeof(p));
 	if (strcmp(action, "frozen") == 0) {
-		snprintf(out, sizeof(out), "sum=%lu small=%.8s", sum(big, big_len), small);
+		snprintf(out, sizeof(out), "sum=%lu small=%.8s patched=%.8s", sum(big, big_len), small,
+			 patched);
 	} else if (strcmp(action, "map") == 0) {
 		size_t len = param(url, "len", num, sizeof(num)) ? strtoul(num, NULL, 0) : 0;
 		off_t off = param(url, "off", num, sizeof(num)) ? strtoul(num, NULL, 0) : 0;
@@ -162,10 +166,16 @@ int main(void)
 {
 	big = map_ro("/data/big.bin", 0, 0, MAP_PRIVATE, &big_len);
 	small = map_ro("/data/small.txt", 0, 0, MAP_SHARED, &small_len);
-	if (big == MAP_FAILED || small == MAP_FAILED) {
+	/* Patched as ld.so patches text relocations: writable, written, read-only again. */
+	patched = map_ro("/data/small.txt", 0, 0, MAP_PRIVATE, NULL);
+	if (big == MAP_FAILED || small == MAP_FAILED || patched == MAP_FAILED) {
 		fprintf(stderr, "cannot map the data files: %d\n", errno);
 		return 1;
 	}
+	if (mprotect(patched, 4096, PROT_READ | PROT_WRITE) != 0)
+		return 2;
+	memcpy(patched, "MAIN", 4);
+	mprotect(patched, 4096, PROT_READ);
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;

@@ -547,6 +547,41 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// In a main VM's memory, turn the mapped files' pages in `addr..addr+len` into the
+    /// memory's own (memfd) pages holding the same bytes, before they are written: a write
+    /// through the file mapping would make a page private to this host mapping, which the
+    /// views forked from the image would not see (they map the memfd and the file). A view
+    /// needs nothing: its writes are copy-on-write like all its memory, undone by its reset.
+    pub fn prepare_write(&mut self, addr: u64, len: u64) -> Result<(), MemError> {
+        if self.private || self.files.is_empty() {
+            return Ok(());
+        }
+        let lo = addr & !(PAGE_SIZE as u64 - 1);
+        let end = addr.saturating_add(len);
+        let parts: Vec<(u64, u64)> = self
+            .files
+            .iter()
+            .filter(|f| f.addr < end && lo < f.end())
+            .map(|f| {
+                (
+                    f.addr.max(lo),
+                    f.end().min(end.next_multiple_of(PAGE_SIZE as u64)),
+                )
+            })
+            .collect();
+        for (a, b) in parts {
+            let mut bytes = vec![0u8; (b - a) as usize];
+            self.copy_out(a as usize, &mut bytes);
+            self.unmap_files(a, b - a)?;
+            // SAFETY: a..b lies inside a file mapping that was inside our mapping; now it is
+            // the memfd's shared mapping again.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(a as usize), bytes.len())
+            };
+        }
+        Ok(())
+    }
+
     /// A view's files as at its fork again (before its pages are reset).
     fn restore_files(&mut self) -> Result<(), MemError> {
         if !self.files_changed {
@@ -802,6 +837,10 @@ impl GuestMemory {
     /// shared area, as in `copy_out`.
     fn copy_in(&mut self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.size, "guest copy out of bounds");
+        if !self.private && !self.files.is_empty() {
+            // Best effort: if it fails, the bytes still land (in this mapping only).
+            let _ = self.prepare_write(off as u64, data.len() as u64);
+        }
         let n = self.private_part(off, data.len());
         // SAFETY: as in `copy_out`.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), n) };

@@ -200,9 +200,16 @@ mod tests {
         let mut b = [0u8; 2];
         main.read(0x10fff, &mut b).unwrap();
         assert_eq!(&b, b"bc", "file pages 1 and 2 at 0x10000");
+        // Written in the main VM (a patched relocation): the views see it.
+        main.map_file(0x40000, 0x2000, file.clone(), 0).unwrap();
+        main.write_any_protection(0x41000, b"MAIN").unwrap();
+        assert_eq!(main.files().len(), 2, "the written page is the memfd's now");
         let image = main.freeze();
         let mut a = image.fork(2 << 20).unwrap();
         let v = image.fork(2 << 20).unwrap();
+        let mut m = [0u8; 5];
+        v.read(0x40fff, &mut m).unwrap();
+        assert_eq!(&m, b"aMAIN");
         a.read(0x12000, &mut b).unwrap();
         assert_eq!(&b, b"dd");
         // A write copies the page for this view only.
@@ -231,7 +238,7 @@ mod tests {
             a.read(at, &mut b).unwrap();
             assert_eq!(&b, want, "at {at:#x} after the reset");
         }
-        assert_eq!(a.files().len(), 1);
+        assert_eq!(a.files().len(), 2);
         assert!(a.page_same_as(&image, 0x11));
         // A full reset too.
         a.write(0x10000, b"ZZ").unwrap();

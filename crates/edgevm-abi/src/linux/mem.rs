@@ -367,6 +367,9 @@ impl LinuxState {
             // protection its configuration gives it.
             return 0;
         }
+        if prot & PROT_WRITE != 0 && mem.prepare_write(start, len).is_err() {
+            return -ENOMEM;
+        }
         match self
             .pt
             .set_range(mem, &self.layout, start, start + len, prot)

@@ -56,7 +56,7 @@ fn read_only_file_mappings_share_a_sealed_copy_and_survive_hostile_requests_and_
     )
     .unwrap();
     let s = Server::start(&dir, &[&cfg], &[]);
-    let frozen = format!("sum={big_sum} small=small fi");
+    let frozen = format!("sum={big_sum} small=small fi patched=MAINl fi");
     for p in ["m", "copy"] {
         let ok = |action: &str| s.ok(&format!("/{p}/{action}"));
         assert_eq!(ok("frozen"), frozen, "{p}");
