@@ -198,3 +198,42 @@ fn measure_a_64_mb_file_mapped_by_four_programs() {
         s.stop();
     }
 }
+
+/// A program that maps files reads host files (`allowed_paths`): it is never snapshotted, and
+/// says so (a snapshot's image would hold the bytes the boot mapped, docs/DESIGN.md).
+#[test]
+fn a_program_with_mapped_files_is_not_snapshotted_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("mapped-files-snapshot");
+    let data = dir.join("data");
+    let snap = dir.join("snap");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(data.join("big.bin"), [7u8; 5000]).unwrap();
+    std::fs::write(data.join("small.txt"), "small file").unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "m": {{ "filename": {}, "cold_start_file": {}, "start": true,
+                "allowed_paths": [{{"virtual": "/data", "real": {}}}] }} }}"#,
+            js(guest("mapped_files").to_str().unwrap()),
+            js(snap.join("m.snapshot").to_str().unwrap()),
+            js(data.to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["m"]);
+    assert_eq!(
+        s.ok("/m/frozen"),
+        "sum=35000 small=small fi patched=MAINl fi"
+    );
+    s.wait_log(
+        "not snapshotted: main() may read host files",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(!snap.join("m.snapshot").exists());
+    s.stop();
+}
