@@ -11,6 +11,8 @@
                private mapping of small written: "segv=<0|1> read=<errno name> priv=<bytes>"
      mprotect  mprotect the frozen mapping's first page writable and write "XY" there:
                "r=<result> now=<first 2 bytes>"
+     dontneed  a page of the frozen big mapping made writable, written, MADV_DONTNEED'd:
+               "r=0 written=1 madvise=0 now=<the file's byte>"
      unmap     munmap the frozen small mapping, map anonymous memory of its size (the same
                range): "zero=<0|1>"
      many      map &p= (its first page) &n= times read-only: "ok=<n> failed=<n> same=<0|1>"
@@ -121,6 +123,14 @@ static void on_get(const char *url, const char *arg)
 		if (r == 0)
 			memcpy(big, "XY", 2);
 		snprintf(out, sizeof(out), "r=%d now=%.2s", r, big);
+	} else if (strcmp(action, "dontneed") == 0) {
+		/* A page of the frozen mapping made writable, written, then MADV_DONTNEED: the
+		   file's byte again (4101 % 251 = 85), not zero. */
+		int r = mprotect(big + 4096, 4096, PROT_READ | PROT_WRITE);
+		big[4101] = 1;
+		int w = big[4101];
+		int m = madvise(big + 4096, 4096, MADV_DONTNEED);
+		snprintf(out, sizeof(out), "r=%d written=%d madvise=%d now=%d", r, w, m, big[4101]);
 	} else if (strcmp(action, "unmap") == 0) {
 		size_t len = (small_len + 4095) & ~4095ul;
 		munmap(small, len);

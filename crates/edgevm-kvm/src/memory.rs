@@ -582,6 +582,30 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The parts `[start, end)` of `addr..addr+len` that show mapped files, in order.
+    pub fn file_parts(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = addr.saturating_add(len);
+        self.files
+            .iter()
+            .filter(|f| f.addr < end && addr < f.end())
+            .map(|f| (f.addr.max(addr), f.end().min(end)))
+            .collect()
+    }
+
+    /// `MADV_DONTNEED` over mapped files' pages in `addr..addr+len` (page aligned): a view's
+    /// private copies of them go, the file shows again (as Linux does for a private file
+    /// mapping). A main VM's memory has none (see [`GuestMemory::prepare_write`]).
+    pub fn revert_file_pages(&mut self, addr: u64, len: u64) -> Result<(), MemError> {
+        if !self.private {
+            return Ok(());
+        }
+        for (a, b) in self.file_parts(addr, len) {
+            // SAFETY: a..b lies inside a file mapping inside our own mapping.
+            unsafe { self.dont_need(a as usize, (b - a) as usize) }?;
+        }
+        Ok(())
+    }
+
     /// A view's files as at its fork again (before its pages are reset).
     fn restore_files(&mut self) -> Result<(), MemError> {
         if !self.files_changed {

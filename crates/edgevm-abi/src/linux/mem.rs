@@ -783,11 +783,21 @@ impl LinuxState {
             return -EINVAL;
         }
         if advice == MADV_DONTNEED && len > 0 {
-            // Anonymous private memory reads back as zero after MADV_DONTNEED.
-            if (addr < layout::USER_BASE && !self.in_remap(addr, addr.saturating_add(len)))
-                || mem.zero(addr, len as usize).is_err()
-            {
+            if addr < layout::USER_BASE && !self.in_remap(addr, addr.saturating_add(len)) {
                 return -ENOMEM;
+            }
+            // Anonymous private memory reads back as zero after MADV_DONTNEED, a private
+            // file mapping as the file.
+            let end = addr.saturating_add(len);
+            let mut at = addr;
+            for (a, b) in mem.file_parts(addr, len).into_iter().chain([(end, end)]) {
+                if at < a && mem.zero(at, (a - at) as usize).is_err() {
+                    return -ENOMEM;
+                }
+                if a < b && mem.revert_file_pages(a, b - a).is_err() {
+                    return -ENOMEM;
+                }
+                at = b;
             }
         }
         0

@@ -73,6 +73,10 @@ fn read_only_file_mappings_share_a_sealed_copy_and_survive_hostile_requests_and_
         // mprotect writable: this VM's own copy of the page, gone at the reset.
         assert_eq!(ok("mprotect"), "r=0 now=XY", "{p}");
         assert_eq!(ok("exec?p=/data/code.bin"), "42", "{p}");
+        if p == "m" {
+            // (A private copy of a file reads as zero after MADV_DONTNEED: anonymous memory.)
+            assert_eq!(ok("dontneed"), "r=0 written=1 madvise=0 now=85");
+        }
         assert_eq!(ok("unmap"), "zero=1", "{p}");
         for _ in 0..3 {
             assert_eq!(ok("frozen"), frozen, "{p}: the reset restored the mappings");
