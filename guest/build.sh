@@ -63,6 +63,7 @@
 #     example_remote + example_remote_storage (two binaries: remote storage calls)
 #     example_linedb (a C client of a Redis-like line service over TCP)
 #     example_lineserver (a line-protocol server in the TCP server mode; tests/all/tcp_server.rs)
+#     example_wschat (a WebSocket chat in the TCP server mode; tests/all/websocket.rs)
 #     example_tokio (Rust, tokio's multi-thread runtime: tasks, a timer, TCP; guest/examples/tokio)
 #     example_goserve  Go 1.19 (CGO_ENABLED=0) through the kvm package (guest/go/kvm):
 #                      goroutines, channels, a WaitGroup fan-out, time.Sleep (tests/all/golang.rs)
@@ -240,6 +241,8 @@ done
 # warning about shared NSS libraries does not apply to them).
 build example_lineserver "$E/lineserver.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/lineserver.c" \
 	-o "$OUT/example_lineserver.tmp"
+build example_wschat "$E/wschat.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/wschat.c" \
+	-o "$OUT/example_wschat.tmp"
 build example_linedb "$E/linedb.c $HEADER" gcc $EXFLAGS -static -I"$GUEST" "$E/linedb.c" \
 	-o "$OUT/example_linedb.tmp" -Wl,--no-warnings
 if ! skipped cpp; then

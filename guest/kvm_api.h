@@ -363,8 +363,12 @@ struct kvm_socket_event {
 	int fd;
 	int event;              /* enum SocketEvent */
 	const char *remote;     /* SOCKET_CONNECT: the peer's address */
-	const char *arg;        /* SOCKET_CONNECT: the program's arg */
-	const uint8_t *data;    /* SOCKET_READ: bytes read; sys_sockets_write: to write */
+	const char *arg;        /* SOCKET_CONNECT: the program's arg ("" in TCP mode; the
+	                           request target, e.g. "/chat", with websocket_server);
+	                           websocket_server SOCKET_READ: "text" or "binary";
+	                           sys_sockets_write: "binary" sends a binary message */
+	const uint8_t *data;    /* SOCKET_READ: bytes read (websocket_server: one whole
+	                           message); sys_sockets_write: to write */
 	size_t data_len;
 };
 /* [0x10002] Wait for up to `max` (1..256 used) socket events; returns how many
@@ -379,7 +383,10 @@ static inline int wait_for_socket_event_paused(struct kvm_socket_event *event)
    does not take at once is kept, up to 1 MiB per connection), -EAGAIN when
    that is full (a SOCKET_WRITABLE comes when it is sent), -EBADF, -EPIPE,
    -EFAULT, -EINVAL (another event). Returns the entries handled, -EFAULT for
-   an unreadable array. */
+   an unreadable array. With websocket_server (edgevm) an entry is one message,
+   a text frame unless `arg` is "binary" (text must be UTF-8: -EINVAL), taken
+   whole (its length) or not at all (-EAGAIN; -EMSGSIZE over 1 MiB), and
+   SOCKET_DISCONNECT sends a close frame (1000) first. */
 extern long sys_sockets_write(const struct kvm_socket_event *events, size_t n);
 
 /* ==========================================================================

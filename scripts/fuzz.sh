@@ -2,7 +2,7 @@
 # scripts/fuzz.sh [SECONDS] [TARGET...] -- run edgevm's cargo-fuzz targets for a bounded time.
 #
 #   SECONDS   time per target (default 15)
-#   TARGET    config elf syscalls api http (default: all, one after the other)
+#   TARGET    config elf syscalls api http websocket (default: all, one after the other)
 #
 # Installs cargo-fuzz if missing (`cargo install cargo-fuzz`, about a minute), builds fuzz/ on
 # stable Rust without a sanitizer (`-s none`; set FUZZ_SANITIZER=address with a nightly
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-15}"
 [ $# -gt 0 ] && shift
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config elf syscalls api http)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config elf syscalls api http websocket)
 SAN="${FUZZ_SANITIZER:-none}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -72,7 +72,7 @@ pub(crate) struct KeySpec {
     pub is_default: IsDefaultFn,
 }
 
-use Support::{NotYet, Supported};
+use Support::Supported;
 
 macro_rules! same_as_default {
     ($field:ident) => {
@@ -577,7 +577,7 @@ pub(crate) static KEYS: &[KeySpec] = &[
         aliases: &[],
         support: Supported,
         apply: |d, v, ctx| {
-            d.cfg.server = Some(crate::tcp_server::parse(v, |p| ctx.vars.expand(p))?);
+            d.cfg.server = Some(crate::tcp_server::parse(v, false, |p| ctx.vars.expand(p))?);
             Ok(())
         },
         is_default: same_as_default!(server),
@@ -585,9 +585,10 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "websocket_server",
         aliases: &[],
-        support: NotYet,
-        apply: |d, v, _| {
-            d.cfg.websocket_server = Some(object(v)?.clone().into());
+        support: Supported,
+        apply: |d, v, ctx| {
+            d.cfg.websocket_server =
+                Some(crate::tcp_server::parse(v, true, |p| ctx.vars.expand(p))?);
             Ok(())
         },
         is_default: same_as_default!(websocket_server),

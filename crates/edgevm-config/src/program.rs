@@ -211,9 +211,10 @@ pub struct ProgramConfig {
     /// `server` (reference extra): the TCP server mode (see `tcp_server.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::tcp_server::TcpServerConfig>,
-    /// `websocket_server` (reference extra). *Not supported yet.*
+    /// `websocket_server` (reference extra): the TCP server mode with the WebSocket
+    /// handshake and framing done by the host (`max_message` set).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub websocket_server: Option<serde_json::Value>,
+    pub websocket_server: Option<crate::tcp_server::TcpServerConfig>,
 }
 
 /// One entry of `allowed_paths`: a string `"/path"` (same real and virtual

@@ -6,7 +6,11 @@
 //! ```json
 //! "server": { "port": 8081, "address": "127.0.0.1", "systems": 2 }
 //! "server": { "path": "/run/edgevm/lines.sock" }
+//! "websocket_server": { "port": 8082, "max_message": 65536 }
 //! ```
+//!
+//! `websocket_server` takes the same keys (and `max_message`): the host does the WebSocket
+//! handshake and framing, the program sees whole messages.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,6 +27,10 @@ pub const MAX_TCP_CONNECTIONS: u64 = 65_536;
 pub const DEFAULT_TCP_CONNECTIONS: u32 = 1024;
 /// Default `idle_timeout`, seconds.
 pub const DEFAULT_TCP_IDLE_SECS: u64 = 60;
+/// Default `max_message` of a `websocket_server`, bytes.
+pub const DEFAULT_WS_MESSAGE: u32 = 1 << 20;
+/// Largest `max_message`.
+pub const MAX_WS_MESSAGE: u64 = 16 << 20;
 
 /// Where the program's server listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -47,6 +55,10 @@ pub struct TcpServerConfig {
     /// is closed (60).
     #[serde(with = "secs")]
     pub idle_timeout: Duration,
+    /// `max_message` (`websocket_server` only): the largest message, all its fragments
+    /// together, in bytes (1 MiB); a bigger one closes the connection with 1009.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message: Option<u32>,
 }
 
 /// `listen` as the keys it came from: `port` and `address`, or `path`.
@@ -72,28 +84,30 @@ mod secs {
     }
 }
 
-/// Parse a `server` object (`expand` expands `$HOME`/`$PWD` in a `path`).
+/// Parse a `server` object, or a `websocket_server` one (`websocket`: `max_message` too)
+/// (`expand` expands `$HOME`/`$PWD` in a `path`).
 pub(crate) fn parse(
     v: &Value,
+    websocket: bool,
     expand: impl Fn(&str) -> Result<String, String>,
 ) -> Result<TcpServerConfig, String> {
     let o = v
         .as_object()
         .ok_or_else(|| "must be an object with a \"port\" or a \"path\"".to_string())?;
+    let mut known = vec![
+        "port",
+        "path",
+        "address",
+        "systems",
+        "max_connections",
+        "idle_timeout",
+    ];
+    if websocket {
+        known.push("max_message");
+    }
     for k in o.keys() {
-        if ![
-            "port",
-            "path",
-            "address",
-            "systems",
-            "max_connections",
-            "idle_timeout",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(format!(
-                "unknown key {k:?} (known: port, path, address, systems, max_connections, idle_timeout)"
-            ));
+        if !known.contains(&k.as_str()) {
+            return Err(format!("unknown key {k:?} (known: {})", known.join(", ")));
         }
     }
     let num = |k: &str, min: u64, max: u64| -> Result<Option<u64>, String> {
@@ -146,6 +160,11 @@ pub(crate) fn parse(
         idle_timeout: Duration::from_secs(
             num("idle_timeout", 1, 86_400)?.unwrap_or(DEFAULT_TCP_IDLE_SECS),
         ),
+        max_message: if websocket {
+            Some(num("max_message", 125, MAX_WS_MESSAGE)?.map_or(DEFAULT_WS_MESSAGE, |n| n as u32))
+        } else {
+            None
+        },
     })
 }
 
@@ -161,7 +180,16 @@ pub(crate) fn refuse_shared_listeners(
     let mut seen: Vec<(TcpListen, String)> = Vec::new();
     for (name, p) in programs.iter_mut() {
         let Ok(cfg) = p else { continue };
-        let Some(s) = &cfg.server else { continue };
+        if cfg.server.is_some() && cfg.websocket_server.is_some() {
+            *p = Err(crate::ConfigError::Inconsistent {
+                name: name.clone(),
+                message: "give 'server' or 'websocket_server', not both".into(),
+            });
+            continue;
+        }
+        let Some(s) = cfg.server.as_ref().or(cfg.websocket_server.as_ref()) else {
+            continue;
+        };
         let clash = match &s.listen {
             TcpListen::Tcp(a) if server.listen.is_some_and(|l| l.port() == a.port()) => {
                 Some("the HTTP server's own 'listen' port".to_string())
@@ -175,9 +203,14 @@ pub(crate) fn refuse_shared_listeners(
                 .map(|(_, other)| format!("program '{other}'")),
         };
         if let Some(what) = clash {
+            let key = if cfg.server.is_some() {
+                "server"
+            } else {
+                "websocket_server"
+            };
             *p = Err(crate::ConfigError::Inconsistent {
                 name: name.clone(),
-                message: format!("'server' listens where {what} does"),
+                message: format!("'{key}' listens where {what} does"),
             });
             continue;
         }

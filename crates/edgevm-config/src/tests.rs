@@ -446,14 +446,16 @@ fn a_bad_program_does_not_affect_the_others() {
         r#"{
 		"good": { "filename": "/opt/good" },
 		"bad": { "filename": "/opt/bad", "max_memory": 3 },
-		"other": { "filename": "/opt/other", "websocket_server": { "port": 8081 } }
+		"other": { "filename": "/opt/other", "websocket_server": { "port": 8081, "max_message": 3 } }
 	}"#,
     );
     assert!(ok(&cfg, "good").filename.is_some());
     assert!(err(&cfg, "bad").to_string().contains("multiple of 2 MB"));
-    assert_eq!(
-        err(&cfg, "other").to_string(),
-        "other: 'websocket_server' is not supported yet"
+    let e = err(&cfg, "other").to_string();
+    assert!(
+        e.contains("websocket_server")
+            && e.contains("\"max_message\" must be a whole number from 125"),
+        "{e}"
     );
     assert!(cfg.has_errors());
     assert_eq!(cfg.errors().count(), 2);
@@ -951,28 +953,6 @@ fn not_supported_keys_are_fine_at_their_default() {
 }
 
 #[test]
-fn not_supported_keys_refuse_non_default_values() {
-    let cases = [("websocket_server", r#"{"port": 8081}"#)];
-    for (key, value) in cases {
-        let text = prog(&format!("\"{key}\": {value}"));
-        let cfg = load(&text);
-        assert_eq!(
-            *err(&cfg, "demo"),
-            ConfigError::NotSupported {
-                name: "demo".into(),
-                key: key.into()
-            },
-            "{key}"
-        );
-        assert_eq!(
-            err(&cfg, "demo").to_string(),
-            format!("demo: '{key}' is not supported yet")
-        );
-        assert_eq!(key_support(key), Some(Support::NotYet));
-    }
-}
-
-#[test]
 fn pins_need_a_uri_and_downloads_a_known_scheme() {
     let sha = "ab".repeat(32);
     let cfg = load(&prog(&format!(r#""sha256": "{sha}""#)));
@@ -994,18 +974,16 @@ fn pins_need_a_uri_and_downloads_a_known_scheme() {
 }
 
 #[test]
-fn not_supported_value_inherited_from_group_fails_the_program_not_the_group() {
+fn a_websocket_server_inherited_from_a_group_applies_to_its_programs() {
     let cfg = load(
-        r#"{ "dbg": { "websocket_server": { "port": 8081 } },
-		"a": { "group": "dbg", "filename": "/a" },
+        r#"{ "ws": { "websocket_server": { "port": 8081 } },
+		"a": { "group": "ws", "filename": "/a" },
 		"b": { "filename": "/b" } }"#,
     );
-    assert!(cfg.groups["dbg"].is_ok());
-    assert_eq!(
-        err(&cfg, "a").to_string(),
-        "a: 'websocket_server' is not supported yet"
-    );
-    ok(&cfg, "b");
+    assert!(cfg.groups["ws"].is_ok());
+    let w = ok(&cfg, "a").websocket_server.clone().unwrap();
+    assert_eq!(w.max_message, Some(1 << 20));
+    assert!(ok(&cfg, "b").websocket_server.is_none());
 }
 
 #[test]
@@ -1594,6 +1572,61 @@ fn server_mode_keys() {
     assert!(prog_err(r#""server": { "path": "/x", "address": "::1" }"#).contains("not with"));
     let long = "/".to_string() + &"a".repeat(120);
     assert!(prog_err(&format!(r#""server": {{ "path": "{long}" }}"#)).contains("usable"));
+    // max_message is the WebSocket server's only.
+    assert!(prog_err(r#""server": { "port": 1, "max_message": 200 }"#).contains("unknown key"));
+}
+
+#[test]
+fn websocket_server_keys() {
+    let cfg = load(&prog(
+        r#""websocket_server": { "port": 6391, "systems": 2, "max_message": 4096 }"#,
+    ));
+    let p = ok(&cfg, "demo");
+    assert!(p.server.is_none());
+    let s = p.websocket_server.clone().unwrap();
+    assert_eq!(
+        s.listen,
+        crate::TcpListen::Tcp("127.0.0.1:6391".parse().unwrap())
+    );
+    assert_eq!((s.systems, s.max_message), (2, Some(4096)));
+    assert_eq!(
+        serde_json::to_value(&s).unwrap(),
+        serde_json::json!({ "port": 6391, "address": "127.0.0.1", "systems": 2,
+                            "max_connections": 1024, "idle_timeout": 60.0, "max_message": 4096 })
+    );
+    assert_eq!(key_support("websocket_server"), Some(Support::Supported));
+    let cfg = load(&prog(r#""websocket_server": { "path": "/run/ws.sock" }"#));
+    let s = ok(&cfg, "demo").websocket_server.clone().unwrap();
+    assert_eq!(s.max_message, Some(1 << 20));
+    for (bad, says) in [
+        (
+            r#"{ "port": 1, "max_message": 124 }"#,
+            "from 125 to 16777216",
+        ),
+        (
+            r#"{ "port": 1, "max_message": 16777217 }"#,
+            "from 125 to 16777216",
+        ),
+        (r#"{ "port": 1, "colour": 1 }"#, "max_message"),
+        (r#"{ "address": "::1" }"#, "needs a \"port\""),
+        ("7", "must be an object"),
+    ] {
+        let e = prog_err(&format!(r#""websocket_server": {bad}"#));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    // Not both modes, and not where another program listens.
+    let cfg = load(
+        r#"{ "a": { "filename": "/a", "server": { "port": 7000 }, "websocket_server": { "port": 7001 } },
+             "b": { "filename": "/b", "server": { "port": 7002 } },
+             "c": { "filename": "/c", "websocket_server": { "port": 7002 } } }"#,
+    );
+    assert!(err(&cfg, "a").to_string().contains("not both"));
+    ok(&cfg, "b");
+    let e = err(&cfg, "c").to_string();
+    assert!(
+        e.contains("'websocket_server' listens where program 'b'"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! | [`elf`] | `edgevm_abi::elf::load` and `setup_stack` into real guest memory | segments and stack stay in user memory; supervisor pages untouched |
 //! | [`syscalls`] | `edgevm_abi::linux::LinuxState::handle` with random registers and guest memory before each call | memory accounting within `max_memory`; the return path; mmap/brk results inside the heap/mmap area; supervisor pages untouched |
 //! | [`api`] | the host side of the request API on the I/O area (`edgevm_abi::io`: request writing, `http_append/set/unset/find`, response header validation) and crash decoding, with random I/O-area contents | fields handed back are valid; host writes stay inside the I/O area |
+//! | [`websocket`] | the WebSocket handshake and frame decoder of the TCP server mode (`edgevm_runtime::websocket`), with the client's bytes cut into reads | the handshake takes only what it got and answers HTTP/1.1; messages within `max_message`, text messages UTF-8; at most one frame held; failures close with 1002/1007/1008/1009 |
 //! | [`http`] | raw bytes into the HTTP front (`edgevm_server::http::serve_io`, the same hyper stack and routing as `edgevm serve`) over an in-memory stream | the server answers or closes, never panics or hangs |
 
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ mod elf;
 mod http;
 mod input;
 mod syscalls;
+mod websocket;
 
 /// The host structures below user memory that no guest action may change: GDT, TSS, IDT,
 /// stubs, exception stack and top-level page tables (`[0, IO_AREA)`), and the first page
@@ -94,6 +96,7 @@ pub use config::config;
 pub use elf::elf;
 pub use http::http;
 pub use syscalls::syscalls;
+pub use websocket::websocket;
 
 /// A fuzz target: any input must be handled without a panic.
 pub type Target = fn(&[u8]);
@@ -105,4 +108,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("syscalls", syscalls),
     ("api", api),
     ("http", http),
+    ("websocket", websocket),
 ];

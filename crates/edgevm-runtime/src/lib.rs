@@ -37,6 +37,7 @@ pub mod tcp_server;
 pub mod timer;
 pub mod vm;
 mod watcher;
+pub mod websocket;
 
 pub use edgevm_abi::sandbox::PathRule;
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};

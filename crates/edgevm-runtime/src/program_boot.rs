@@ -101,6 +101,7 @@ impl Program {
                 frozen.clone(),
                 settings.request.clone(),
                 storage.clone(),
+                self.stats.tcp.clone(),
             )
             .map_err(BootError::Config)?;
             *self.tcp.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);

@@ -185,6 +185,8 @@ pub struct Stats {
     pub images_reloaded: AtomicU64,
     /// `sys_fetch` counters (shared with the program's VMs through its `NetAccess`).
     pub fetch: Arc<crate::net::FetchCounters>,
+    /// The TCP server mode's counters (`server`, `websocket_server`).
+    pub tcp: Arc<crate::tcp_server::TcpCounters>,
     /// Time from a request reaching the program to its answer (queue wait included), for
     /// the requests a VM handled.
     pub request_time: Histogram,
@@ -226,6 +228,7 @@ impl Default for Stats {
             images_freed: z(),
             images_reloaded: z(),
             fetch: Arc::default(),
+            tcp: Arc::default(),
             request_time: Histogram::seconds(),
             queue_time: Histogram::seconds(),
             request_exits: Histogram::exits(),
@@ -274,6 +277,13 @@ impl Stats {
             ("fetches", l(&self.fetch.fetches)),
             ("fetch_failures", l(&self.fetch.failures)),
             ("fetch_bytes", l(&self.fetch.bytes)),
+            ("tcp_connections_open", l(&self.tcp.open)),
+            ("tcp_connections", l(&self.tcp.connections)),
+            ("tcp_refused", l(&self.tcp.refused)),
+            ("tcp_events", l(&self.tcp.events)),
+            ("tcp_bytes_read", l(&self.tcp.bytes_read)),
+            ("tcp_bytes_written", l(&self.tcp.bytes_written)),
+            ("tcp_failures", l(&self.tcp.failures)),
         ])
     }
 }

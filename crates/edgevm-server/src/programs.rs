@@ -122,7 +122,7 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
             ephemeral: p.ephemeral,
             keep_working_memory: p.ephemeral_keep_working_memory,
         },
-        start: p.start || p.server.is_some(),
+        start: p.start || p.server.is_some() || p.websocket_server.is_some(),
         origin: "local",
         cached: false,
         key: p.key.clone(),
@@ -131,10 +131,8 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
         max_storage_time: p.max_storage_time,
         loader: None,
         snapshot: None,
-        server: p
-            .server
-            .as_ref()
-            .map(|s| edgevm_runtime::tcp_server::ServerMode {
+        server: p.server.as_ref().or(p.websocket_server.as_ref()).map(|s| {
+            edgevm_runtime::tcp_server::ServerMode {
                 listen: match &s.listen {
                     edgevm_config::TcpListen::Tcp(a) => edgevm_runtime::tcp_server::Listen::Tcp(*a),
                     edgevm_config::TcpListen::Unix(p) => {
@@ -144,7 +142,9 @@ pub fn program_settings(p: &ProgramConfig, bytes: Vec<u8>) -> ProgramSettings {
                 systems: s.systems,
                 max_connections: s.max_connections,
                 idle_timeout: s.idle_timeout,
-            }),
+                websocket: s.max_message.map(|m| m as usize),
+            }
+        }),
         warmup: p.warmup.as_ref().map(|w| WarmupSettings {
             num_requests: u32::from(w.num_requests),
             url: w.url.clone(),

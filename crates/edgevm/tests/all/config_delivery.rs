@@ -403,9 +403,9 @@ const BAD: &[(&str, &str, &[&str])] = &[
     ("odd", r#""max_memory": 3"#, &["'max_memory'", "2 MB"]),
     ("nogroup", r#""group": "nosuch""#, &["nosuch", "group"]),
     (
-        "notyet",
-        r#""websocket_server": { "port": 8081 }"#,
-        &["'websocket_server'", "not supported yet"],
+        "bigmessage",
+        r#""websocket_server": { "port": 8081, "max_message": 99999999 }"#,
+        &["'websocket_server'", "max_message"],
     ),
 ];
 

@@ -47,4 +47,5 @@ mod tcp_server;
 mod threads;
 mod ux;
 mod varnish;
+mod websocket;
 mod wx;

@@ -314,3 +314,89 @@ fn check_refuses_bad_server_settings() {
         assert!(text.contains(why), "{server}: {text}");
     }
 }
+
+#[test]
+fn connections_spread_evenly_over_the_systems_and_are_counted() {
+    let port = free_port();
+    let s = Server::with_config(
+        "tcp-spread",
+        &config(&format!(r#""port": {port},"#), r#""systems": 3"#),
+    );
+    s.wait_log("TCP server on 127.0.0.1:", limit(10));
+    let wait_open = |n: f64| {
+        let t0 = Instant::now();
+        while s.stat("lines", "tcp_connections_open") != n {
+            assert!(
+                t0.elapsed() < limit(20),
+                "tcp_connections_open is {}, not {n}",
+                s.stat("lines", "tcp_connections_open")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Until every system is up, the acceptor gives connections to those that are: wait
+    // until three connections in a row reach three systems.
+    let t0 = Instant::now();
+    loop {
+        let mut seen: Vec<String> = (0..3)
+            .map(|_| Client::new(port))
+            .map(|mut c| c.cmd("SYSTEM"))
+            .collect();
+        seen.sort();
+        if seen == [":0", ":1", ":2"] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < limit(20),
+            "systems never all serve: {seen:?}"
+        );
+    }
+    wait_open(0.0);
+    // 30 connections held open at once: ten on each system (the fewest-held system takes the
+    // next one, round-robin among equals).
+    let mut held: Vec<Client> = (0..30).map(|_| Client::new(port)).collect();
+    let mut per = [0; 3];
+    for c in &mut held {
+        let sys: usize = c.cmd("SYSTEM").trim_start_matches(':').parse().unwrap();
+        per[sys] += 1;
+    }
+    assert_eq!(per, [10, 10, 10]);
+    wait_open(30.0);
+    // A system that fails: counted, its ten connections closed; the next connections go to
+    // the two others while it starts again.
+    let before = s.stat("lines", "tcp_connections");
+    assert!(before >= 33.0, "{before}");
+    let victim = held
+        .iter_mut()
+        .position(|c| c.cmd("SYSTEM") == ":1")
+        .unwrap();
+    held[victim].send(b"CRASH\n");
+    assert!(held[victim].closed());
+    wait_open(20.0);
+    let t0 = Instant::now();
+    while s.stat("lines", "tcp_failures") != 1.0 {
+        assert!(t0.elapsed() < limit(20), "the failure is not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = s.stats()["programs"]["lines"].clone();
+    assert!(stats["tcp_events"].as_f64().unwrap() >= 130.0, "{stats}");
+    assert!(
+        stats["tcp_bytes_read"].as_f64().unwrap() >= 250.0,
+        "{stats}"
+    );
+    assert!(
+        stats["tcp_bytes_written"].as_f64().unwrap() >= 100.0,
+        "{stats}"
+    );
+    assert_eq!(stats["tcp_refused"].as_f64().unwrap(), 0.0, "{stats}");
+    let metrics = s.get("/metrics").text();
+    for m in [
+        "edgevm_tcp_connections_open{program=\"lines\"} 20",
+        "edgevm_tcp_failures_total{program=\"lines\"} 1",
+    ] {
+        assert!(metrics.contains(m), "{m}:\n{metrics}");
+    }
+    drop(held);
+    wait_open(0.0);
+    s.stop();
+}
