@@ -13,6 +13,11 @@
        INCR          -> :N   (this connection's counter)
        SYSTEM        -> :N   (which of the "systems" VMs serves this connection)
        QUIT          -> +BYE, and the connection is closed
+       FDWRITE text  -> text, sent with write() on the connection number (not queued for
+                        sys_sockets_write: it may overtake answers still queued)
+       FDVEC         -> +VEC, sent with writev() in two pieces
+       FDCLOSE       -> +BYE with write(), then close() on the connection number
+       FDBAD         -> :-1 N, what write() on a number that is no connection gave (errno N)
        anything else -> -ERR unknown command
    A line longer than MAX_LINE bytes is refused (-ERR line too long) and the connection
    closed: the program bounds what a client can make it keep.
@@ -21,7 +26,9 @@
    below lives as long as the connection. With LINESERVER_CRASH=1 in the environment the
    command CRASH makes the VM fault (the tests use it to show the host closing that VM's
    connections and starting it again), and a few more misuse the API on purpose:
-   BADWRITE, BADDATA, BADFD (answered with what sys_sockets_write returned), EXIT, BADWAIT,
+   BADWRITE, BADDATA, BADFD (answered with what sys_sockets_write returned), FDHOSTILE
+   (the errno of writev() with a bad vector and 5000 entries, sendto() with an address and
+   write() from a bad pointer on the connection number), EXIT, BADWAIT,
    ZEROMAX (the VM ends and is started again).
 
    Run as a Linux process with a port (`./example_lineserver 6390`), the same code serves
@@ -33,7 +40,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MAX_CONNS 1024
@@ -132,6 +141,28 @@ static void command(struct conn *c, char *line)
 	} else if (strcmp(line, "QUIT") == 0) {
 		say(c->fd, "+BYE\r\n");
 		hang_up(c);
+	} else if (strncmp(line, "FDWRITE ", 8) == 0) {
+		/* Connection numbers are descriptors for write() and close(), as in the
+		   reference (and as the native mode's real sockets). */
+		flush_writes();
+		snprintf(out, sizeof(out), "%s\r\n", line + 8);
+		if (write(c->fd, out, strlen(out)) < 0)
+			perror("write");
+	} else if (strcmp(line, "FDVEC") == 0) {
+		flush_writes();
+		struct iovec v[2] = { { "+VE", 3 }, { "C\r\n", 3 } };
+		if (writev(c->fd, v, 2) < 0)
+			perror("writev");
+	} else if (strcmp(line, "FDCLOSE") == 0) {
+		flush_writes();
+		if (write(c->fd, "+BYE\r\n", 6) < 0)
+			perror("write");
+		close(c->fd);
+		c->fd = 0;
+	} else if (strcmp(line, "FDBAD") == 0) {
+		long r = write(0x7ffffff0, "x", 1);
+		snprintf(out, sizeof(out), ":%ld %d\r\n", r, r < 0 ? errno : 0);
+		say(c->fd, out);
 	} else if (strcmp(line, "CRASH") == 0 && crash_allowed) {
 		volatile int *volatile nowhere = NULL;
 		*nowhere = 1;
@@ -146,6 +177,19 @@ static void command(struct conn *c, char *line)
 			e.data = (const uint8_t *)"x";
 		long r = sys_sockets_write(&e, 1);
 		snprintf(out, sizeof(out), ":%ld %d\r\n", r, e.fd);
+		say(c->fd, out);
+	} else if (strcmp(line, "FDHOSTILE") == 0 && crash_allowed) {
+		int e[4];
+		struct iovec v[1] = { { "x", 1 } };
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(1) };
+		const struct iovec *volatile bad_vec = (const struct iovec *)8;
+		const char *volatile bad_ptr = (const char *)8;
+		e[0] = writev(c->fd, bad_vec, 2) < 0 ? errno : 0;
+		volatile int many = 5000;
+		e[1] = writev(c->fd, v, many) < 0 ? errno : 0;
+		e[2] = sendto(c->fd, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)) < 0 ? errno : 0;
+		e[3] = write(c->fd, bad_ptr, 5) < 0 ? errno : 0;
+		snprintf(out, sizeof(out), ":%d %d %d %d\r\n", e[0], e[1], e[2], e[3]);
 		say(c->fd, out);
 	} else if (strcmp(line, "EXIT") == 0 && crash_allowed) {
 		exit(3);

@@ -15,6 +15,8 @@
        /system                     -> which of the "systems" VMs serves the connection
        /binary N                   -> a binary message of N bytes 0, 1, 2, ... (N <= 1 MiB)
        /quit                       -> "bye", then the program closes the connection (1000)
+       /write TEXT                 -> TEXT, sent with write() on the connection number
+                                      (one text message per call), then /close: close()
        /badtext                    -> tries to send invalid UTF-8 as text; answers with
                                       what sys_sockets_write returned ("-22": refused)
    A binary message is echoed back as binary. The message type of a SOCKET_READ is its
@@ -28,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_CONNS 1024
 #define MAX_ROOM 64
@@ -116,6 +119,14 @@ static void command(struct conn *c, const char *msg, size_t len)
 		writes[nwrites++] = (struct kvm_socket_event){ .fd = c->fd,
 			.event = SOCKET_WRITABLE, .arg = "binary", .data = (const uint8_t *)arena,
 			.data_len = n };
+	} else if (len > 7 && strncmp(msg, "/write ", 7) == 0) {
+		flush_writes();
+		if (write(c->fd, msg + 7, len - 7) < 0)
+			perror("write");
+	} else if (len == 6 && strncmp(msg, "/close", 6) == 0) {
+		flush_writes();
+		close(c->fd);
+		c->fd = 0;
 	} else if (len == 5 && strncmp(msg, "/quit", 5) == 0) {
 		say(c->fd, "bye");
 		queue(c->fd, SOCKET_DISCONNECT, "", 0, 0);

@@ -111,6 +111,12 @@ impl<C: Vcpu> MainVm<C> {
             match self.run_until_event()? {
                 // Boot runs without a time slice.
                 Event::Preempted => {}
+                // Only TCP server systems have connection numbers.
+                Event::ConnCall { .. } => {
+                    return Err(RunError::Emulation(
+                        "internal error: a connection call during initialization".into(),
+                    ))
+                }
                 Event::Exited(code) => return Ok(BootOutcome::Exited(code)),
                 Event::Returned => return Err(RunError::ReturnedDuringInit),
                 // Only request VMs call the storage program remotely (crate::remote).

@@ -532,6 +532,12 @@ impl<M: MemoryView> Invoker<M> {
             };
             match ev {
                 Event::Preempted => return Outcome::Preempted,
+                Event::ConnCall { .. } => {
+                    return fail(
+                        FailureKind::Other,
+                        "internal error: a connection call in a request",
+                    )
+                }
                 Event::Exited(code) => {
                     return fail(
                         FailureKind::Exit,

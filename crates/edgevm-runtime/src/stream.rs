@@ -363,7 +363,7 @@ impl<M: MemoryView> Invoker<M> {
                         FailureKind::Exit,
                     ))
                 }
-                Event::Preempted => {
+                Event::Preempted | Event::ConnCall { .. } => {
                     return Err(failed(
                         "internal error: streaming callback preempted".into(),
                         FailureKind::Other,

@@ -191,7 +191,7 @@ impl<M: MemoryView> Invoker<M> {
                     })
                 }
                 Event::Hypercall(call) => self.api_call(call)?,
-                Event::Preempted => {
+                Event::Preempted | Event::ConnCall { .. } => {
                     return Err(RequestFailure {
                         message: "internal error: streaming POST handler preempted".into(),
                         kind: FailureKind::Other,

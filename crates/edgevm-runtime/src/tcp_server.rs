@@ -103,7 +103,7 @@ const SOCKET_DISCONNECT: i32 = 3;
 /// `sizeof(struct kvm_socket_event)`.
 const EVENT_SIZE: u64 = 40;
 /// First connection number a program sees (as the reference: 0x1000 + n).
-const FIRST_FD: i32 = 0x1000;
+const FIRST_FD: i32 = crate::vm::CONN_FD_BASE;
 
 /// Bytes read from one connection into one `SOCKET_READ` event.
 pub const READ_CHUNK: usize = 64 << 10;
@@ -708,6 +708,8 @@ impl System {
         .map_err(|e| format!("cannot create the VM: {e}"))?;
         let mut inv = vm.inv;
         inv.index = self.ctx.id;
+        // write()/writev()/sendto()/close() on a connection number come to conn_call.
+        inv.vm.conn_fds = true;
         let mut mem_area = None;
         {
             let vm = &mut inv.vm;
@@ -791,8 +793,106 @@ impl System {
                     )
                 }
                 Event::Preempted => return Err("internal error: preempted".into()),
+                Event::ConnCall { nr, args } => {
+                    let v = self.conn_call(inv, nr, args);
+                    let vm = &mut inv.vm;
+                    vm.linux.return_from_syscall(&mut vm.machine.cpu, v);
+                }
             }
         }
+    }
+
+    /// `write`, `writev`, `sendto` (no address) and `close` on connection number `a[0]`, as
+    /// on the reference's host descriptors: the bytes go out as a `SOCKET_WRITABLE` entry's
+    /// would (never blocking: -EAGAIN when 1 MiB is kept; on a WebSocket connection one
+    /// text message per call), `close` is a `SOCKET_DISCONNECT`. -EBADF for a number that
+    /// is no open connection.
+    fn conn_call(&mut self, inv: &mut Invoker, nr: u64, a: [u64; 6]) -> i64 {
+        const EBADF: i64 = -(libc::EBADF as i64);
+        let fd = a[0] as i32;
+        let mem = &inv.vm.machine.mem;
+        let Some(c) = self.conns.get_mut(&fd) else {
+            return EBADF;
+        };
+        if nr as i64 == libc::SYS_close {
+            if let Some(w) = &mut c.ws {
+                if !w.closed {
+                    c.out.extend(ws::close_frame(ws::CLOSE_NORMAL, ""));
+                    w.closed = true;
+                }
+            }
+            c.closing = true;
+            self.flush(fd);
+            return 0;
+        }
+        if c.closing || c.dead {
+            return -(libc::EPIPE as i64);
+        }
+        let iov: Vec<(u64, u64)> = match nr as i64 {
+            libc::SYS_sendto if a[4] != 0 => return -(libc::EISCONN as i64),
+            libc::SYS_writev => {
+                if a[2] > 1024 {
+                    return -(libc::EINVAL as i64);
+                }
+                let Ok(raw) = mem.read_vec(a[1], a[2] as usize * 16) else {
+                    return -(libc::EFAULT as i64);
+                };
+                raw.chunks(16)
+                    .map(|e| {
+                        let w = |o: usize| {
+                            u64::from_le_bytes(e[o..o + 8].try_into().unwrap_or_default())
+                        };
+                        (w(0), w(8))
+                    })
+                    .collect()
+            }
+            _ => vec![(a[1], a[2])],
+        };
+        let total = iov
+            .iter()
+            .try_fold(0u64, |t, (_, l)| t.checked_add(*l))
+            .unwrap_or(u64::MAX);
+        let room = MAX_BUFFERED.saturating_sub(c.out.len()) as u64;
+        let take = if c.ws.is_some() {
+            if total > MAX_BUFFERED as u64 {
+                return -(libc::EMSGSIZE as i64);
+            }
+            if !c.out.is_empty() && total + 10 > room {
+                c.blocked = true;
+                return -(libc::EAGAIN as i64);
+            }
+            total
+        } else {
+            if total > 0 && room == 0 {
+                c.blocked = true;
+                return -(libc::EAGAIN as i64);
+            }
+            total.min(room)
+        };
+        let mut bytes = Vec::with_capacity(take as usize);
+        for (p, l) in iov {
+            let n = l.min(take - bytes.len() as u64) as usize;
+            if n == 0 {
+                continue;
+            }
+            match mem.read_vec(p, n) {
+                Ok(b) => bytes.extend_from_slice(&b),
+                Err(_) => return -(libc::EFAULT as i64),
+            }
+        }
+        if c.ws.is_some() {
+            if std::str::from_utf8(&bytes).is_err() {
+                return -(libc::EINVAL as i64);
+            }
+            c.out.extend(ws::frame(ws::OP_TEXT, &bytes));
+        } else {
+            c.out.extend(&bytes);
+        }
+        self.flush(fd);
+        if let Some(c) = self.conns.get_mut(&fd) {
+            c.blocked |= !c.out.is_empty();
+        }
+        bytes.len() as i64
     }
 
     /// Serve until stopped (None) or the VM fails (Some(why)).

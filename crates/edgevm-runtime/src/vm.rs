@@ -66,7 +66,19 @@ pub enum Event {
     /// The time slice set with [`MainVm::set_slice`] is over (the deadline is not): the guest
     /// is stopped at an instruction boundary and can be resumed on any thread.
     Preempted,
+    /// With [`Vm::conn_fds`]: system call `nr` (write, writev, sendto, close) with `args` on
+    /// a connection number; the caller ends it with `linux.return_from_syscall`.
+    ConnCall {
+        /// The system call number.
+        nr: u64,
+        /// Its arguments.
+        args: [u64; 6],
+    },
 }
+
+/// The first connection number of the TCP server mode (no guest descriptor reaches it:
+/// `edgevm_abi::files::MAX_FDS`).
+pub const CONN_FD_BASE: i32 = 0x1000;
 
 /// How a boot ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +154,9 @@ pub struct Vm<C: Vcpu = KvmVcpu, M: MemoryView = MainMemory> {
     pub paused: Option<u64>,
     /// Some register_func() call succeeded (any index, as the reference).
     pub registered: bool,
+    /// A TCP server system: `write`, `writev`, `sendto` and `close` of a descriptor from
+    /// [`CONN_FD_BASE`] up are [`Event::ConnCall`]s (connection numbers), not emulated.
+    pub conn_fds: bool,
     /// The vCPU still holds a half-done instruction of a failed call that KVM would resume
     /// (see [`MainVm::restore_user_mode`]): the VM must be replaced before the next call.
     pub stale: bool,
@@ -617,6 +632,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
             initialized: false,
             paused: None,
             registered: false,
+            conn_fds: false,
             stale: false,
             deadline: None,
             slice_end: None,
@@ -854,6 +870,19 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
 
     /// Emulate the system call the guest stopped at; Some(event) if the caller must see it.
     pub(crate) fn syscall(&mut self) -> Result<Option<Event>, RunError> {
+        if self.conn_fds {
+            let r = self.machine.cpu.regs();
+            let on_conn = matches!(
+                r.rax as i64,
+                libc::SYS_write | libc::SYS_writev | libc::SYS_sendto | libc::SYS_close
+            ) && r.rdi as i32 >= CONN_FD_BASE;
+            if on_conn {
+                return Ok(Some(Event::ConnCall {
+                    nr: r.rax,
+                    args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9],
+                }));
+            }
+        }
         let o = self.linux.handle(
             &mut self.machine.cpu,
             &mut self.machine.mem,

@@ -573,6 +573,14 @@ impl LinuxState {
         Ok(SyscallOutcome::Continue)
     }
 
+    /// End the system call the guest stands at with `ret`, without emulating it: for calls
+    /// the caller serves itself (the TCP server mode's connection numbers).
+    pub fn return_from_syscall(&mut self, cpu: &mut dyn Vcpu, ret: i64) {
+        self.syscalls += 1;
+        let r = *cpu.regs();
+        self.syscall_return(cpu, &r, ret);
+    }
+
     /// Return `ret` from the system call whose registers were `r`.
     fn syscall_return(&self, cpu: &mut dyn Vcpu, r: &kvm_regs, ret: i64) {
         let cpl0 = self.cpl0_syscalls == Some(true);

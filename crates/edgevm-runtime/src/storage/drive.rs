@@ -156,6 +156,9 @@ impl Driver<'_> {
                 Ok(Event::Returned) => None,
                 Ok(Event::Exited(c)) => Some(StorageError::Exited(c)),
                 Ok(Event::RemoteCall(_)) => Some(StorageError::Internal("remote call in storage")),
+                Ok(Event::ConnCall { .. }) => {
+                    Some(StorageError::Internal("connection call in storage"))
+                }
                 Ok(Event::Hypercall(
                     ApiCall::StorageReturn { .. } | ApiCall::StorageNoreturn { .. },
                 )) => Some(StorageError::ReturnedTwice),
@@ -217,6 +220,9 @@ impl Driver<'_> {
             Event::RemoteCall(_) => {
                 Step::End(Err(StorageError::Internal("remote call in the storage VM")))
             }
+            Event::ConnCall { .. } => Step::End(Err(StorageError::Internal(
+                "connection call in the storage VM",
+            ))),
             Event::Exited(c) => Step::End(Err(StorageError::Exited(c))),
             Event::Hypercall(ApiCall::StorageReturn { data }) => {
                 self.storage_return(o, data, false)

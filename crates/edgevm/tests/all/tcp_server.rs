@@ -398,5 +398,15 @@ fn connections_spread_evenly_over_the_systems_and_are_counted() {
     }
     drop(held);
     wait_open(0.0);
+    // Connection numbers are descriptors for write(), writev() and close().
+    let mut c = Client::new(port);
+    assert_eq!(c.cmd("FDWRITE written"), "written");
+    assert_eq!(c.cmd("FDVEC"), "+VEC");
+    assert_eq!(c.cmd("FDBAD"), ":-1 9");
+    // EFAULT, EINVAL, EISCONN, EFAULT; the connection goes on.
+    assert_eq!(c.cmd("FDHOSTILE"), ":14 22 106 14");
+    assert_eq!(c.cmd("PING"), "+PONG");
+    assert_eq!(c.cmd("FDCLOSE"), "+BYE");
+    assert!(c.closed());
     s.stop();
 }

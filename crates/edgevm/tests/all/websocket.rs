@@ -295,6 +295,12 @@ fn websocket_chat_with_real_clients_and_hostile_ones() {
     assert_eq!(a.closed_with(), 1000);
     assert_eq!(b.ask("/quit"), "bye");
     assert_eq!(b.closed_with(), 1000);
+    // The connection number is a descriptor for write() and close().
+    let mut e = Ws::connect(port, "/room4");
+    assert_eq!(e.recv_text(), "welcome to /room4");
+    assert_eq!(e.ask("/write written é"), "written é");
+    e.text("/close");
+    assert_eq!(e.closed_with(), 1000);
 
     // Silent clients are pinged after half of idle_timeout (2 s): one that answers stays,
     // one that does not is closed after idle_timeout.
@@ -325,7 +331,7 @@ fn websocket_chat_with_real_clients_and_hostile_ones() {
         assert!(t0.elapsed() < limit(20), "connections stay open");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(s.stat("chat", "tcp_connections") >= 21.0);
+    assert!(s.stat("chat", "tcp_connections") >= 22.0);
     // The four refusals, the slowloris and the half handshake.
     assert!(s.stat("chat", "tcp_refused") >= 6.0);
     assert!(s.stat("chat", "tcp_events") >= 30.0);
