@@ -52,6 +52,7 @@
 #     stream_post      set_backend_stream_post: bodies segment by segment (tests/all/stream_post.rs)
 #     faults           CPU faults to SIGSEGV/SIGFPE/... handlers, timer signals (tests/all/faults.rs)
 #     smp              multiprocess* and vcpuid() on extra vCPUs (tests/all/smp.rs)
+#     vdso, vdso_pie, vdso_musl, vdso_rust  time through the vDSO, hostile uses of it (tests/all/vdso.rs)
 #     remote_request, remote_storage  a remote-call pair: the storage program linked at
 #                      0x40200000, called as plain C calls (tests/all/remote.rs)
 #   examples (guest/examples):
@@ -163,6 +164,8 @@ build debug "$T/debug.c $HEADER" gcc ${CFLAGS/-O2/-O0} -static -I"$GUEST" "$T/de
 for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow_init wx memlayout; do
 	build "$prog" "$T/$prog.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/$prog.c" -o "$OUT/$prog.tmp"
 done
+build vdso "$T/vdso.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/vdso.c" -o "$OUT/vdso.tmp"
+build vdso_pie "$T/vdso.c $HEADER" gcc $CFLAGS -static-pie -fPIE -I"$GUEST" "$T/vdso.c" -o "$OUT/vdso_pie.tmp"
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
 build api_compat "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"
@@ -209,6 +212,7 @@ build api_multi "$T/api/multi_a.c $T/api/multi_b.c $HEADER" \
 # --- C, musl --------------------------------------------------------------
 if ! skipped musl; then
 	build hello_musl "$T/hello.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/hello.c" -o "$OUT/hello_musl.tmp"
+	build vdso_musl "$T/vdso.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/vdso.c" -o "$OUT/vdso_musl.tmp"
 	build syscalls_musl "$T/syscalls.c" musl-gcc $CFLAGS -static -DEDGEVM_MUSL "$T/syscalls.c" -o "$OUT/syscalls_musl.tmp"
 	build output_musl "$T/output.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/output.c" -o "$OUT/output_musl.tmp"
 	build files_musl "$T/files.c $HEADER" musl-gcc $CFLAGS -static -I"$GUEST" "$T/files.c" -o "$OUT/files_musl.tmp"
@@ -229,6 +233,8 @@ if ! skipped rust; then
 		--target x86_64-unknown-linux-gnu "$T/hello.rs" -o "$OUT/hello_rust.tmp"
 	build threads_rust "$T/threads.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
 		--target x86_64-unknown-linux-gnu "$T/threads.rs" -o "$OUT/threads_rust.tmp"
+	build vdso_rust "$T/vdso_rust.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
+		--target x86_64-unknown-linux-gnu "$T/vdso_rust.rs" -o "$OUT/vdso_rust.tmp"
 	build state_file_rust "$T/state_file.rs" rustc -O --edition 2021 -C target-feature=+crt-static \
 		--target x86_64-unknown-linux-gnu "$T/state_file.rs" -o "$OUT/state_file_rust.tmp"
 fi

@@ -372,6 +372,13 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Resu
             (layout::PD_BASE + 0x1000 * g) | P | RW | US | A,
         )?;
     }
+    // The vDSO's ROM (edgevm_kvm::vdso: its own page directory and table, read-only memory
+    // slot 1 above every address space). Written whether or not the vDSO is offered: a
+    // program only goes there through AT_SYSINFO_EHDR.
+    mem.write_u64(
+        layout::PDPT + 8 * edgevm_kvm::vdso::PDPT_INDEX,
+        edgevm_kvm::vdso::ROM_PD | P | RW | US | A,
+    )?;
     // Low 2 MiB in 4 KiB pages.
     for page in 0..512u64 {
         let addr = page * 4096;

@@ -506,8 +506,10 @@ const AT_SECURE: u64 = 23;
 const AT_RANDOM: u64 = 25;
 const AT_HWCAP2: u64 = 26;
 const AT_EXECFN: u64 = 31;
+const AT_SYSINFO_EHDR: u64 = 33;
 
 /// Build argc/argv/envp/auxv at the top of the stack, as Linux does. Returns the initial RSP.
+/// `vdso`: the address of the vDSO's ELF header for `AT_SYSINFO_EHDR`, when it is offered.
 pub fn setup_stack(
     mem: &mut GuestMemory,
     l: &Layout,
@@ -515,6 +517,7 @@ pub fn setup_stack(
     argv: &[String],
     envp: &[String],
     random: [u8; 16],
+    vdso: Option<u64>,
 ) -> Result<u64, ElfError> {
     let mut sp = l.stack_top;
     let total: usize = argv.iter().chain(envp).map(|s| s.len() + 1).sum();
@@ -554,7 +557,7 @@ pub fn setup_stack(
             libc::getauxval(libc::AT_HWCAP2),
         )
     };
-    let auxv: Vec<(u64, u64)> = vec![
+    let mut auxv: Vec<(u64, u64)> = vec![
         (AT_PHDR, phdr),
         (AT_PHENT, 56),
         (AT_PHNUM, elf.phnum),
@@ -573,8 +576,12 @@ pub fn setup_stack(
         (AT_PLATFORM, platform),
         (AT_RANDOM, rand_ptr),
         (AT_EXECFN, execfn),
-        (AT_NULL, 0),
     ];
+    if let Some(ehdr) = vdso {
+        // Linux passes it first.
+        auxv.insert(0, (AT_SYSINFO_EHDR, ehdr));
+    }
+    auxv.push((AT_NULL, 0));
     let words = 1 + arg_ptrs.len() + 1 + env_ptrs.len() + 1 + auxv.len() * 2;
     sp &= !15;
     if words % 2 == 1 {

@@ -49,7 +49,7 @@ pub fn elf(data: &[u8]) {
                 envp.push(s);
             }
         }
-        if let Ok(rsp) = setup_stack(&mut mem, &layout, &elf, &argv, &envp, [7; 16]) {
+        if let Ok(rsp) = setup_stack(&mut mem, &layout, &elf, &argv, &envp, [7; 16], None) {
             assert!(
                 rsp > layout.stack_bottom && rsp < layout.stack_top && rsp % 16 == 0,
                 "rsp {rsp:#x}"

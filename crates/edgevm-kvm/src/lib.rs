@@ -20,6 +20,7 @@ mod fake;
 pub mod features;
 pub mod memory;
 pub mod pageset;
+pub mod vdso;
 pub mod views;
 pub mod vm;
 

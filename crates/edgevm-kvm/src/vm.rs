@@ -55,6 +55,37 @@ fn global() -> Result<&'static KvmGlobal, KvmError> {
     g.as_ref().map_err(|e| KvmError::NoKvm(e.clone()))
 }
 
+/// The vDSO's ROM ([`crate::vdso`]), made with the first VM.
+pub(crate) fn global_rom() -> Option<&'static crate::vdso::Rom> {
+    global().ok().and_then(|g| crate::vdso::rom(&g.kvm))
+}
+
+/// Memory slot 1 of every VM: the vDSO's ROM, read-only, at [`crate::vdso::ROM_GPA`].
+fn map_rom(vm: &VmFd, rom: &crate::vdso::Rom) -> Result<(), KvmError> {
+    let region = kvm_userspace_memory_region {
+        slot: 1,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+        guest_phys_addr: crate::vdso::ROM_GPA,
+        memory_size: crate::vdso::ROM_SIZE as u64,
+        userspace_addr: rom.host_addr(),
+    };
+    // SAFETY: the ROM's read-only mapping lives for the process (a static).
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|e| KvmError::ioctl("SET_USER_MEMORY_REGION (vDSO)", e))
+}
+
+/// Give a new vCPU a TSC offset of 0 when the vDSO is offered (guests convert their TSC with
+/// the host's clock data, so it must read as the host's).
+fn set_up_tsc(vcpu: &VcpuFd) -> Result<(), KvmError> {
+    if crate::vdso::wants_zero_offset() {
+        crate::vdso::zero_tsc_offset(vcpu).map_err(|e| KvmError::Ioctl {
+            op: "SET_DEVICE_ATTR (TSC offset)",
+            err: std::io::Error::other(e),
+        })?;
+    }
+    Ok(())
+}
+
 /// Ok if `/dev/kvm` can be opened; the error says why not.
 pub fn kvm_available() -> Result<(), KvmError> {
     global().map(|_| ())
@@ -165,6 +196,9 @@ impl VmShell {
                 r => break r.map_err(|e| KvmError::ioctl("CREATE_VM", e))?,
             }
         };
+        if let Some(rom) = crate::vdso::rom(&g.kvm) {
+            map_rom(&vm, rom)?;
+        }
         // Manual re-protection (see take_dirty_log_keeping), where KVM has it (Linux 5.8+;
         // kvm_pvm too). Without it every logged page is write-protected again at each read.
         let manual_protect = log_dirty && {
@@ -183,6 +217,7 @@ impl VmShell {
         let mut vcpu = vm
             .create_vcpu(0)
             .map_err(|e| KvmError::ioctl("CREATE_VCPU", e))?;
+        set_up_tsc(&vcpu)?;
         if let Some(cpuid) = &g.cpuid {
             // On hardware KVM the guest sees only what we set here; on kvm_pvm CPUID returns
             // the host's values regardless. A failure is not fatal: the guest then sees less.
@@ -744,6 +779,7 @@ impl KvmVcpu {
             .vm
             .create_vcpu(id)
             .map_err(|e| KvmError::ioctl("CREATE_VCPU", e))?;
+        set_up_tsc(&vcpu)?;
         if let Some(cpuid) = &g.cpuid {
             let _ = vcpu.set_cpuid2(cpuid);
         }

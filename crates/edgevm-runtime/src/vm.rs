@@ -436,7 +436,9 @@ impl MainVm {
         let mut random = [0u8; 16];
         fill_random(&mut random);
         check_remappings(&opts, &layout, elf.end)?;
-        let rsp = elf::setup_stack(&mut mem, &layout, &elf, &argv, &env, random)?;
+        // The vDSO (edgevm_kvm::vdso): time without VM exits, where the TSC is usable.
+        let vdso = edgevm_kvm::vdso::offered().then_some(edgevm_kvm::vdso::VDSO_ADDR);
+        let rsp = elf::setup_stack(&mut mem, &layout, &elf, &argv, &env, random, vdso)?;
         if elf.image_bytes + layout::STACK_SIZE > opts.max_memory {
             return Err(RunError::MemoryLimit {
                 used: elf.image_bytes + layout::STACK_SIZE,

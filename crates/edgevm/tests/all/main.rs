@@ -47,5 +47,6 @@ mod tcp_server;
 mod threads;
 mod ux;
 mod varnish;
+mod vdso;
 mod websocket;
 mod wx;
