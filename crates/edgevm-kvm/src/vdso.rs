@@ -21,9 +21,10 @@
 //! snapshots and live updates never copy or roll it back.
 //!
 //! Offered (`AT_SYSINFO_EHDR`, [`offered`]) only when the TSC is usable: the guest's CPUID says
-//! invariant TSC, KVM takes a TSC offset of 0 and the guest TSC then reads as the host's (one
-//! probe VM at start). `EDGEVM_VDSO=0` turns it off; `EDGEVM_VDSO=force` skips the CPUID check
-//! (for emulated CPUs such as QEMU's TCG, which never claim an invariant TSC). When it is not
+//! invariant TSC, the host kernel's clocksource is the TSC, KVM takes a TSC offset of 0 and the
+//! guest TSC then reads as the host's (one probe VM at start). `EDGEVM_VDSO=0` turns it off;
+//! `EDGEVM_VDSO=force` skips the first two checks (for emulated CPUs such as QEMU's TCG, which
+//! never claim an invariant TSC). When it is not
 //! usable the page stays in fallback mode: a program that still calls into the vDSO (a
 //! snapshot made where it was offered) gets the real system call.
 
@@ -260,11 +261,24 @@ fn usable_tsc(kvm: &Kvm) -> Result<(), String> {
         "0" | "off" => return Err("turned off (EDGEVM_VDSO=0)".into()),
         other => return Err(format!("EDGEVM_VDSO={other:?} is not 0, 1 or force: off")),
     }
-    if setting != "force" && !invariant_tsc(kvm) {
-        return Err("the guest's CPUID has no invariant TSC".into());
+    if setting != "force" {
+        if !invariant_tsc(kvm) {
+            return Err("the guest's CPUID has no invariant TSC".into());
+        }
+        // A host kernel that does not trust its TSC (another clocksource) also makes KVM
+        // move guests' TSC offsets when vCPUs are loaded.
+        let cs = std::fs::read_to_string(CLOCKSOURCE).unwrap_or_default();
+        if cs.trim() != "tsc" {
+            return Err(format!(
+                "the host's clocksource is {:?}, not the TSC",
+                cs.trim()
+            ));
+        }
     }
     probe_tsc(kvm)
 }
+
+const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
 
 /// CPUID.80000007H:EDX[8] (invariant TSC) where guests look: the host's CPUID on kvm_pvm
 /// (guests see it), KVM's supported CPUID elsewhere (what edgevm gives guests).

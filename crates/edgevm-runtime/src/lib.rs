@@ -43,5 +43,18 @@ pub use edgevm_abi::sandbox::PathRule;
 pub use request::{GuestRequest, GuestResponse, ProgramHost, ServeError, ServeFuture};
 pub use stream::BodyStream;
 
+/// One line for the server's log: whether guests get the vDSO (time without VM exits) and,
+/// when not, why (docs/DESIGN.md, "vDSO").
+pub fn vdso_status() -> String {
+    if edgevm_kvm::vdso::offered() {
+        "guest vDSO on: clock_gettime, gettimeofday and time answered without VM exits".into()
+    } else {
+        match edgevm_kvm::vdso::why_not() {
+            Some(why) => format!("guest vDSO off ({why}): every clock read is a system call"),
+            None => "guest vDSO off (no KVM): every clock read is a system call".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

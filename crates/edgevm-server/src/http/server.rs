@@ -146,6 +146,9 @@ pub(super) async fn run_listener(
         unix if unix.starts_with("unix:") => info!("{what} on {unix}"),
         tcp => info!("{what} on http://{tcp}/"),
     }
+    if !matches!(shared.role, Role::Admin) {
+        info!("{}", edgevm_runtime::vdso_status());
+    }
     let opts = shared.opts.clone();
     accept_loop(
         listener,
