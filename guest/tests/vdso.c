@@ -12,7 +12,10 @@
      write_text  write to the vDSO code (must crash)
      jump        call into the middle of the vDSO's ELF header (must crash)
      host_ptr    system calls given pointers into the vDSO: their results
-     clear_auxv  zero the whole auxv, then read the clock: "cleared mono=M" */
+     clear_auxv  zero the whole auxv, then read the clock: "cleared mono=M"
+     smp         4 vCPUs (multiprocess) read the monotonic clock 2000 times each; a reading
+                 earlier than one another vCPU published before it counts as going back:
+                 "vcpus=4 back=B inside=I" (I: every reading within the request's own) */
 #define _GNU_SOURCE
 #include "kvm_api.h"
 #include "test_util.h"
@@ -29,6 +32,35 @@
 #include <unistd.h>
 
 static char **saved_envp;
+
+#define SMP_READS 2000
+static _Atomic uint64_t smp_latest;
+static _Atomic long smp_back, smp_outside;
+static uint64_t smp_lo, smp_hi_bound;
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void smp_worker(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < SMP_READS; i++) {
+		const uint64_t seen = smp_latest;
+		const uint64_t t = now_ns();
+		if (t < seen)
+			smp_back++;
+		if (t < smp_lo)
+			smp_outside++;
+		uint64_t cur = smp_latest;
+		while (cur < t && !__atomic_compare_exchange_n((uint64_t *)&smp_latest, &cur, t, 0,
+							       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			;
+	}
+}
 
 static uint64_t ns_of(const struct timespec *t)
 {
@@ -98,6 +130,19 @@ static void on_get(const char *url, const char *arg)
 		long g = syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (void *)(ehdr + 0x2000));
 		long r = syscall(SYS_getrandom, (void *)(ehdr + 0x2000), 8, 0);
 		snprintf(out, sizeof(out), "write=%ld gettime=%ld getrandom=%ld", w, g, r);
+	} else if (strcmp(act, "smp") == 0) {
+		smp_latest = 0;
+		smp_back = 0;
+		smp_outside = 0;
+		smp_lo = now_ns();
+		const long r = multiprocess(4, smp_worker, NULL);
+		smp_worker(NULL);
+		const long w = multiprocess_wait();
+		smp_hi_bound = now_ns();
+		if (smp_latest > smp_hi_bound)
+			smp_outside++;
+		snprintf(out, sizeof(out), "vcpus=%d back=%ld inside=%d", r == 0 && w == 0 ? 4 : 0,
+			 (long)smp_back, smp_outside == 0);
 	} else if (strcmp(act, "clear_auxv") == 0) {
 		/* The auxv follows envp's NULL. */
 		char **e = saved_envp;

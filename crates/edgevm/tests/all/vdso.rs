@@ -18,7 +18,7 @@ fn server(name: &str, env: &[(&str, &str)]) -> Server {
         .iter()
         .map(|p| {
             format!(
-                "{}: {{ \"filename\": {}, \"concurrency\": 2 }}",
+                "{}: {{ \"filename\": {}, \"concurrency\": 2, \"smp\": 3 }}",
                 js(p),
                 js(guest(p).to_str().unwrap())
             )
@@ -124,6 +124,15 @@ fn c_programs_read_every_clock_without_exits_and_time_never_goes_back() {
         }
         assert!(clocks.contains("-1:-1:"), "{prog}: {clocks}");
         assert!(clocks.ends_with("getcpu:0"), "{prog}: {clocks}");
+
+        // Four vCPUs of one request VM (multiprocess workers, each with its TSC offset at 0):
+        // no reading earlier than one another vCPU published before it.
+        let (exits, body) = exits_of(&s, prog, &format!("/{prog}/smp"));
+        assert_eq!(body, "vcpus=4 back=0 inside=1", "{prog}");
+        assert!(
+            exits < 100.0,
+            "{prog}: 8000 readings on 4 vCPUs took {exits} exits"
+        );
     }
 }
 
