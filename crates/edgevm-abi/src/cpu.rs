@@ -372,13 +372,7 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Resu
             (layout::PD_BASE + 0x1000 * g) | P | RW | US | A,
         )?;
     }
-    // The vDSO's ROM (edgevm_kvm::vdso: its own page directory and table, read-only memory
-    // slot 1 above every address space). Written whether or not the vDSO is offered: a
-    // program only goes there through AT_SYSINFO_EHDR.
-    mem.write_u64(
-        layout::PDPT + 8 * edgevm_kvm::vdso::PDPT_INDEX,
-        edgevm_kvm::vdso::ROM_PD | P | RW | US | A,
-    )?;
+    write_vdso_tables(mem)?;
     // Low 2 MiB in 4 KiB pages.
     for page in 0..512u64 {
         let addr = page * 4096;
@@ -422,6 +416,34 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Resu
         region += MB2;
     }
     Ok(())
+}
+
+/// The tables that map the vDSO (edgevm_kvm::vdso: read-only memory slot 1 above every
+/// address space) at its guest-virtual = guest-physical address: PDPT entry, page directory,
+/// page table, each page written whole (a snapshot's bytes there are never trusted). Written
+/// whether or not the vDSO is offered: a program only goes there through AT_SYSINFO_EHDR.
+fn write_vdso_tables(mem: &mut GuestMemory) -> Result<(), MemError> {
+    use edgevm_kvm::vdso::{RomPerm, PDPT_INDEX, ROM_GPA, ROM_PAGES};
+    mem.write_u64(
+        layout::PDPT + 8 * PDPT_INDEX,
+        layout::VDSO_PD | P | RW | US | A,
+    )?;
+    let mut pd = [0u8; 4096];
+    let pd_index = ((ROM_GPA >> 21) & 511) as usize;
+    pd[8 * pd_index..8 * pd_index + 8]
+        .copy_from_slice(&(layout::VDSO_PT | P | RW | US | A).to_le_bytes());
+    mem.write(layout::VDSO_PD, &pd)?;
+    let mut pt = [0u8; 4096];
+    for (addr, perm) in ROM_PAGES {
+        debug_assert_eq!(addr >> 21, ROM_GPA >> 21);
+        let e = match perm {
+            RomPerm::ReadExec => addr | P | US | A,
+            RomPerm::Read => addr | P | US | A | NX,
+        };
+        let i = ((addr >> 12) & 511) as usize;
+        pt[8 * i..8 * i + 8].copy_from_slice(&e.to_le_bytes());
+    }
+    mem.write(layout::VDSO_PT, &pt)
 }
 
 fn seg(selector: u16, dpl: u8, type_: u8, code64: bool) -> kvm_segment {

@@ -14,6 +14,7 @@
 //! 0x0001_0000  PML4, PDPT, low PT, guard PT    (supervisor)
 //! 0x0001_4000  page-table batch, 2 pages (supervisor)
 //! 0x0001_6000  page-table pool for split 2 MiB regions (supervisor)
+//! 0x0001_E000  page directory and page table mapping the vDSO (supervisor)
 //! 0x0002_0000  host<->guest I/O area    (user)
 //! 0x0010_0000  page directories, 1 per GiB, then more page-table pool (supervisor)
 //! 0x0020_0000  user memory: ELF, brk heap ->  <- mmap | request body | guard | stack | shared
@@ -80,6 +81,12 @@ pub const PT_BATCH: u64 = 0x14000;
 pub const PT_BATCH_MAX: usize = (0x2000 - 16) / 16;
 /// First low page of the page-table pool (up to the I/O area; see `paging::pool_page`).
 pub const PT_POOL_LOW: u64 = 0x16000;
+/// The page directory of the last GiB below 512 GiB, where the vDSO is mapped
+/// (`edgevm_kvm::vdso`; the PDPT entry `edgevm_kvm::vdso::PDPT_INDEX` points here). The
+/// low page-table pool ends here.
+pub const VDSO_PD: u64 = 0x1E000;
+/// The page table mapping the vDSO's pages (its code and data page, memory slot 1).
+pub const VDSO_PT: u64 = 0x1F000;
 /// Frozen FXSAVE area, 512 bytes, 16-byte aligned.
 pub const FXSAVE_AREA: u64 = 0x6000;
 /// Top of the exception stack (TSS.RSP0).

@@ -85,7 +85,7 @@ pub fn pool_page(l: &Layout, i: usize) -> Option<u64> {
         return Some(layout::PD_BASE + (gibs + i) * 0x1000);
     }
     let low = layout::PT_POOL_LOW + (i - pd_free) * 0x1000;
-    (low < layout::IO_AREA).then_some(low)
+    (low < layout::VDSO_PD).then_some(low)
 }
 
 /// Whether `rip` is in the page-table routine or its trigger (a green-thread switch waits

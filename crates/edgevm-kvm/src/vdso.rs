@@ -3,11 +3,13 @@
 //!
 //! One read-only region (the "ROM", [`ROM_SIZE`] bytes of a memfd) is KVM memory slot 1 of
 //! every VM, at guest-physical (= guest-virtual) [`ROM_GPA`], above every address space
-//! (at most 256 GiB): a page directory and a page table for it (the guest's PDPT entry
-//! [`PDPT_INDEX`] points at the directory, see `edgevm-abi` `cpu.rs`), the vDSO image
-//! (guest/vdso/vdso.c, built by build.rs and embedded) at [`VDSO_ADDR`], read+execute, and the
-//! data page at [`VVAR_ADDR`], read-only. The slot is `KVM_MEM_READONLY` and the host maps it
-//! `PROT_READ`; only this module writes the memfd, through a second mapping.
+//! (at most 256 GiB): the vDSO image (guest/vdso/vdso.c, built by build.rs and embedded) at
+//! [`VDSO_ADDR`], read+execute, and the data page at [`VVAR_ADDR`], read-only. The guest page
+//! tables that map it (the PDPT entry [`PDPT_INDEX`], a page directory and a page table) are
+//! the VM's own, in its ordinary memory (`edgevm-abi` `cpu.rs`): page tables in a read-only
+//! slot would make hardware KVM emulate the instructions whose page walks touch them. The slot
+//! is `KVM_MEM_READONLY` and the host maps it `PROT_READ`; only this module writes the memfd,
+//! through a second mapping of the data page.
 //!
 //! Time: the guest reads its TSC, which is the host's (every vCPU's TSC offset is set to 0
 //! with `KVM_VCPU_TSC_OFFSET`; kvm_pvm's guests read the host's TSC anyway), and converts it
@@ -36,21 +38,32 @@ use std::time::Duration;
 use kvm_bindings::{kvm_device_attr, kvm_msr_entry, Msrs, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET};
 use kvm_ioctls::{Kvm, VcpuFd};
 
-/// Guest-physical (and guest-virtual) address of the ROM: the last 2 MiB below 512 GiB.
-pub const ROM_GPA: u64 = 0x7F_FFE0_0000;
-/// Bytes of the ROM: directory, table, two pages of vDSO image, the data page.
-pub const ROM_SIZE: usize = 0x5000;
-/// The page directory mapping the ROM's 2 MiB (supervisor data, never mapped itself).
-pub const ROM_PD: u64 = ROM_GPA;
-/// The page table of the ROM's 2 MiB region.
-pub const ROM_PT: u64 = ROM_GPA + 0x1000;
+/// Guest-physical (and guest-virtual) address of the ROM, in the last 2 MiB below 512 GiB.
+pub const ROM_GPA: u64 = 0x7F_FFE0_2000;
+/// Bytes of the ROM: two pages of vDSO image, the data page.
+pub const ROM_SIZE: usize = 0x3000;
 /// Where the vDSO's ELF header is (`AT_SYSINFO_EHDR`); its image is linked for this address.
-pub const VDSO_ADDR: u64 = ROM_GPA + 0x2000;
+pub const VDSO_ADDR: u64 = ROM_GPA;
 /// Room for the vDSO image.
 pub const VDSO_MAX: usize = 0x2000;
 /// The data page (read-only to the guest).
-pub const VVAR_ADDR: u64 = ROM_GPA + 0x4000;
-/// Index of the guest PDPT entry that points at [`ROM_PD`].
+pub const VVAR_ADDR: u64 = ROM_GPA + 0x2000;
+/// The guest page-table entries that map the ROM (address, user-mode permissions): written
+/// into a page table of the VM's own by `edgevm-abi`.
+pub const ROM_PAGES: [(u64, RomPerm); 3] = [
+    (VDSO_ADDR, RomPerm::ReadExec),
+    (VDSO_ADDR + 0x1000, RomPerm::ReadExec),
+    (VVAR_ADDR, RomPerm::Read),
+];
+/// What the guest may do with a ROM page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RomPerm {
+    /// Read and execute (the vDSO code).
+    ReadExec,
+    /// Read only, no execute (the data page).
+    Read,
+}
+/// Index of the guest PDPT entry whose page directory maps the ROM.
 pub const PDPT_INDEX: u64 = ROM_GPA >> 30;
 
 /// A hash of the vDSO image (FNV-1a): snapshots record it, since a program started with the
@@ -63,13 +76,6 @@ pub fn image_id() -> u64 {
 
 /// The vDSO image (guest/vdso/vdso.c + vdso.lds, built by build.rs).
 pub static IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vdso.so"));
-
-// Page-table entry bits.
-const P: u64 = 1;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const A: u64 = 1 << 5;
-const NX: u64 = 1 << 63;
 
 /// The data page's fields (guest/vdso/vdso.c `struct vdso_page`), byte offsets.
 mod field {
@@ -165,24 +171,8 @@ impl Rom {
                 .map_err(|e| format!("memfd_create: {e}"))?;
         nix::unistd::ftruncate(&fd, ROM_SIZE as i64).map_err(|e| format!("ftruncate: {e}"))?;
         let rw = map(&fd, ROM_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
-        let put = |off: u64, v: u64| {
-            // SAFETY: `rw` maps ROM_SIZE bytes and every offset written is below it, 8-aligned.
-            unsafe { (rw as *mut u8).add(off as usize).cast::<u64>().write(v) }
-        };
-        let pd_index = (ROM_GPA >> 21) & 511;
-        put(ROM_PD - ROM_GPA + 8 * pd_index, ROM_PT | P | RW | US | A);
-        let pt = |addr: u64| ROM_PT - ROM_GPA + 8 * ((addr >> 12) & 511);
-        put(pt(VDSO_ADDR), VDSO_ADDR | P | US | A);
-        put(pt(VDSO_ADDR + 0x1000), (VDSO_ADDR + 0x1000) | P | US | A);
-        put(pt(VVAR_ADDR), VVAR_ADDR | P | US | A | NX);
-        // SAFETY: the image fits the room checked above, inside the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                IMAGE.as_ptr(),
-                (rw as *mut u8).add((VDSO_ADDR - ROM_GPA) as usize),
-                IMAGE.len(),
-            )
-        };
+        // SAFETY: the image fits the room checked above, at the start of the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(IMAGE.as_ptr(), rw as *mut u8, IMAGE.len()) };
         // Only the data page stays writable on the host; the rest of the writable mapping goes.
         let data_off = (VVAR_ADDR - ROM_GPA) as usize;
         // SAFETY: unmaps the first pages of our own mapping, which nothing else references.
@@ -562,7 +552,13 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// rate estimate settles), and at once when the host's real-time clock is set (a timerfd with
 /// `TFD_TIMER_CANCEL_ON_SET` reports it).
 fn updater(mut clock: Clock) {
-    let rom = made().expect("the ROM exists before its updater");
+    // Started while the ROM is being made: wait until it is in place.
+    let rom = loop {
+        match made() {
+            Some(r) => break r,
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
     let tfd = cancel_on_set_timer();
     let mut step = 0u32;
     loop {
