@@ -17,9 +17,9 @@
 //! With `free_idle_image` (and a snapshot file, which every start of such a program writes or
 //! starts from), once every request VM is gone the frozen image goes too: its memory is
 //! given back and the program holds no guest memory at all. The next request loads the
-//! image back from the snapshot file on a blocking thread (snapshot.rs; if the file is no
-//! longer valid, e.g. the binary changed, the program boots again there) and then forks its
-//! VM as above.
+//! image back from the snapshot file on its own thread (snapshot.rs; if the file is no
+//! longer valid, e.g. the binary changed, the program boots again on a blocking thread) and
+//! then forks its VM as above.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -191,15 +191,21 @@ impl Program {
     }
 
     /// The image back in memory (a request needs a VM and the image was freed): from the
-    /// snapshot file, else by booting the program again. Runs on a blocking thread.
-    fn reload_image(&self, pool: &VmPool) -> Result<Arc<Frozen>, crate::error::BootError> {
+    /// snapshot file (unless `tried`: found unusable already), else by booting the program
+    /// again. Runs on a blocking thread.
+    fn reload_image(
+        &self,
+        pool: &VmPool,
+        tried: bool,
+    ) -> Result<Arc<Frozen>, crate::error::BootError> {
         let mut slot = pool.frozen.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = &*slot {
             return Ok(f.clone());
         }
         let mut settings = self.settings.clone();
         self.load_binary(&mut settings)?;
-        let frozen = match self.load_snapshot(&settings) {
+        let loaded = (!tried).then(|| self.load_snapshot(&settings)).flatten();
+        let frozen = match loaded {
             Some(f) => f,
             None => {
                 let f = self.boot_and_freeze(&settings, &None)?;
@@ -207,14 +213,57 @@ impl Program {
                 f
             }
         };
+        self.image_back(&frozen);
+        *slot = Some(frozen.clone());
+        Ok(frozen)
+    }
+
+    /// [`Program::reload_image`]'s snapshot load on the calling thread, the request's HTTP
+    /// worker, as a cold start does (`Program::start_here`, program_boot.rs): no hand-off to
+    /// a blocking thread and back. None when the program's binary is not a local file, when
+    /// another request is bringing the image back (this one then waits for it on a blocking
+    /// thread), or when the file is not usable (`tried` is then set: said and counted here,
+    /// the blocking thread boots without trying it again).
+    fn reload_image_here(&self, pool: &VmPool, tried: &mut bool) -> Option<Arc<Frozen>> {
+        if !self.starts_here() {
+            return None;
+        }
+        let mut slot = match pool.frozen.0.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if let Some(f) = &*slot {
+            return Some(f.clone());
+        }
+        let mut settings = self.settings.clone();
+        let frozen = match self.load_snapshot_unread(&settings) {
+            Some(f) => f,
+            None => {
+                // A failure to read the binary is the blocking thread's to report.
+                self.load_binary(&mut settings).ok()?;
+                match self.load_snapshot(&settings) {
+                    Some(f) => f,
+                    None => {
+                        *tried = true;
+                        return None;
+                    }
+                }
+            }
+        };
+        self.image_back(&frozen);
+        *slot = Some(frozen.clone());
+        Some(frozen)
+    }
+
+    /// The image is in memory again: the statistics say so.
+    fn image_back(&self, frozen: &Frozen) {
         let s = &self.stats;
         s.image_resident.store(1, Ordering::Relaxed);
         s.memory_image_bytes
             .store(frozen.image.backing_bytes(), Ordering::Relaxed);
         s.images_reloaded.fetch_add(1, Ordering::Relaxed);
         self.residency.touch();
-        *slot = Some(frozen.clone());
-        Ok(frozen)
     }
 
     /// No VM is free: if some were freed while the program was idle, fork one back into the
@@ -230,11 +279,16 @@ impl Program {
         else {
             return Ok(());
         };
-        let frozen = match pool.frozen.get() {
+        let mut tried = false;
+        let frozen = match pool
+            .frozen
+            .get()
+            .or_else(|| self.reload_image_here(pool, &mut tried))
+        {
             Some(f) => Ok(f),
             None => {
                 let (me, p) = (self.clone(), pool.clone());
-                match tokio::task::spawn_blocking(move || me.reload_image(&p)).await {
+                match tokio::task::spawn_blocking(move || me.reload_image(&p, tried)).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err("internal error while loading the program's image".into()),
                 }

@@ -188,7 +188,7 @@ impl Program {
     /// Whether a request may start this program from its snapshot file on its own thread
     /// ([`Program::start_here`]): a snapshot file exists, and nothing but a local file read
     /// stands before it (no download, no storage VM to boot, no TCP server to start).
-    fn starts_here(&self) -> bool {
+    pub(crate) fn starts_here(&self) -> bool {
         let s = &self.settings;
         let local = match &s.loader {
             None => true,

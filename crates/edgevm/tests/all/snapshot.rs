@@ -367,6 +367,24 @@ fn idle_programs_give_their_image_back_and_load_it_from_the_snapshot() {
         answers.iter().all(|a| a.starts_with("primes=78498")),
         "{answers:?}"
     );
+    // Freed again and the file damaged meanwhile: the request that finds it says so once
+    // (on its own thread) and the program boots (on a blocking thread) without trying the
+    // file again.
+    wait_stat(&s, "slow", "images_freed", 4.0);
+    let file = dir.join("snaps/slow.snapshot");
+    let mut b = std::fs::read(&file).unwrap();
+    let at = b.len() - 5000;
+    b[at] ^= 0x40;
+    std::fs::write(&file, &b).unwrap();
+    let again = s.ok("/slow");
+    assert!(again.starts_with("primes=78498 rounds="), "{again}");
+    let log = s.log();
+    let line = format!(
+        "Program 'slow': snapshot {} ignored, booting instead: corrupt: image checksum mismatch",
+        file.display()
+    );
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert_eq!(s.stat("slow", "snapshot_rejected"), 1.0);
     // free_idle_image without a snapshot file cannot work: the program is refused.
     s.stop();
     let cfg2 = dir.join("nosnap.json");
