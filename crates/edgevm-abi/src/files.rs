@@ -543,3 +543,37 @@ pub fn sealed_copy(file: &File) -> Option<(Arc<std::os::fd::OwnedFd>, u64)> {
         }
     }
 }
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_copies_are_shared_per_identity_and_cannot_change() {
+        let dir = std::env::temp_dir().join(format!("edgevm-sealed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        std::fs::write(&p, "first").unwrap();
+        let a = sealed_copy(&File::open(&p).unwrap()).unwrap();
+        let b = sealed_copy(&File::open(&p).unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "one copy per identity");
+        assert_eq!(a.1, 5);
+        // Rewritten (another size): a new copy; the old one keeps its bytes and size.
+        std::fs::write(&p, "second!").unwrap();
+        let c = sealed_copy(&File::open(&p).unwrap()).unwrap();
+        assert!(!Arc::ptr_eq(&a.0, &c.0));
+        let old = File::from(a.0.try_clone().unwrap());
+        let mut buf = [0u8; 8];
+        assert_eq!(old.read_at(&mut buf, 0).unwrap(), 5);
+        assert_eq!(&buf[..5], b"first");
+        // Sealed: neither written, truncated nor grown.
+        assert!(old.write_at(b"x", 0).is_err());
+        assert!(old.set_len(1).is_err());
+        assert!(old.set_len(1 << 20).is_err());
+        // Empty files and directories are not shared.
+        std::fs::write(&p, "").unwrap();
+        assert!(sealed_copy(&File::open(&p).unwrap()).is_none());
+        assert!(sealed_copy(&File::open(&dir).unwrap()).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
