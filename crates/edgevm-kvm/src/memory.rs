@@ -915,6 +915,8 @@ impl GuestMemory {
             if lo < hi {
                 self.unmap_files(lo, hi - lo)?;
             }
+            // A partial page left in a main VM's file: the image's own page first.
+            self.prepare_write(addr, len as u64)?;
         }
         if !self.private
             && len >= (64 << 10)
