@@ -37,6 +37,7 @@
 #     bench_touch      request-cycle benchmark guest (benches/request.rs)
 #     hot_pages        reset of pages kept writable (tests/all/reset.rs)
 #     wx               page protections: W^X, mprotect, executable_heap (tests/all/wx.rs)
+#     wx_low           wx linked at 0x100000, the lowest load address (tests/all/wx.rs)
 #     memlayout        blackout_area, relocate_fixed_mmap, stdout, huge pages (tests/all/memlayout.rs)
 #     api_multi        two C files including kvm_api.h (link check)
 #     api_cpp          kvm_api.h from C++
@@ -166,6 +167,7 @@ for prog in serve_state serve_api bench_touch hot_pages cpu_probe regex_api slow
 done
 build vdso "$T/vdso.c $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/vdso.c" -o "$OUT/vdso.tmp"
 build vdso_pie "$T/vdso.c $HEADER" gcc $CFLAGS -static-pie -fPIE -I"$GUEST" "$T/vdso.c" -o "$OUT/vdso_pie.tmp"
+build wx_low "$T/wx.c $HEADER" gcc $CFLAGS -static -I"$GUEST" -Wl,-Ttext-segment=0x100000 "$T/wx.c" -o "$OUT/wx_low.tmp"
 build avx_state "$T/avx_state.c $HEADER" gcc $CFLAGS -mavx2 -static -I"$GUEST" "$T/avx_state.c" -o "$OUT/avx_state.tmp"
 build api_compat "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat.tmp"
 build api_compat_ref "$T/api_compat.c $T/ref_stubs.h $HEADER" gcc $CFLAGS -DREF_ABI -static -I"$GUEST" "$T/api_compat.c" -o "$OUT/api_compat_ref.tmp"

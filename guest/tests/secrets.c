@@ -13,8 +13,8 @@
         searches everything this request can read for the secret, raw and as hex text: the
         registers as they were when the handler was entered (general, RFLAGS, xmm/ymm, the
         FXSAVE image with the x87 stack and MXCSR), edgevm's user pages (0x5000-0x7000), the
-        I/O area (0x20000-0x100000) and all program memory from 0x200000 to the end of the
-        address space (found by asking the host which addresses it accepts), except the
+        I/O area (0x20000-0x100000) and all program memory from 0x100000 to the top of the
+        stack (found by asking the host which addresses it accepts), except the
         stack guard page and pages a read faults on (munmapped or PROT_NONE: skipped with a
         SIGSEGV handler, counted as unreadable). The secret itself is never stored: only its
         inversion is, and each expected byte is computed while comparing. Answers
@@ -567,9 +567,9 @@ void scan_handler(const struct kvm_request *req)
 	scan_range("stubs", (const uint8_t *)0x5000ul, 0x2000);
 	scan_range("io", (const uint8_t *)0x20000ul, 0x100000 - 0x20000);
 	unreadable = 0;
-	scan_memory(0x200000ul, guard);
+	scan_memory(0x100000ul, guard);
 	scan_range("stack", (const uint8_t *)(guard + PAGE), mem_end - guard - PAGE);
-	const size_t scanned = 0x2000 + (0x100000 - 0x20000) + (mem_end - 0x200000 - PAGE) - unreadable;
+	const size_t scanned = 0x2000 + (0x100000 - 0x20000) + (mem_end - 0x100000 - PAGE) - unreadable;
 	summarize();
 	if (found_count)
 		snprintf(out, sizeof(out), "found %u:%s", found_count, found);

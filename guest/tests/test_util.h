@@ -52,10 +52,12 @@ static inline int host_reads(unsigned long a)
 }
 
 /* Where the program's memory ends: the first page the host no longer accepts pointers to
-   (binary search between 2 MiB and 1 TiB). */
+   (binary search between 1 MiB and 1 TiB). That is the top of its stack, where edgevm's
+   page tables begin (2 MiB, then the shared memory, if any: a program with shared memory
+   may get the end of that instead). */
 static inline unsigned long memory_end(void)
 {
-	unsigned long lo = 0x200000, hi = 1ul << 40;
+	unsigned long lo = 0x100000, hi = 1ul << 40;
 	while (hi - lo > 4096) {
 		const unsigned long mid = (lo + (hi - lo) / 2) & ~4095ul;
 		if (host_reads(mid))

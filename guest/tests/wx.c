@@ -20,7 +20,9 @@
      map_again                          mmap, munmap, mmap again: "same=1 zero=1 wrote=9"
      hostile                            mprotect with bad arguments: their errnos
      syscall_code                       system calls writing into code / rodata / a
-                                        PROT_READ page: their errnos, then helper() */
+                                        PROT_READ page: their errnos, then helper()
+     where                              "code=A data=B heap=C": where helper(), data_page
+                                        and a fresh 3 MiB brk allocation (written) are */
 #include "kvm_api.h"
 #include "test_util.h"
 #include <errno.h>
@@ -173,6 +175,15 @@ static void on_get(const char *url, const char *arg)
 		const long g4 = getrandom(data_page, 16, 0) < 0 ? errno : 0;
 		snprintf(out, sizeof(out), "code=%ld rodata=%ld ro=%ld data=%ld helper=%d", g1, g2, g3, g4,
 			 helper());
+	} else if (strcmp(m, "where") == 0) {
+		unsigned char *h;
+		fn_t f = helper;
+		memcpy(&h, &f, sizeof(h));
+		unsigned char *heap = sbrk(3 << 20);
+		if (heap != (void *)-1)
+			memset(heap, 0x5A, 3 << 20);
+		snprintf(out, sizeof(out), "code=%#lx data=%#lx heap=%#lx", (unsigned long)h,
+			 (unsigned long)data_page, (unsigned long)heap);
 	} else {
 		backend_response_str(400, "text/plain", "unknown mode");
 	}

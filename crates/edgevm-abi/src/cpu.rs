@@ -369,15 +369,17 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Resu
     for g in 0..gibs {
         mem.write_u64(
             layout::PDPT + 8 * g,
-            (layout::PD_BASE + 0x1000 * g) | P | RW | US | A,
+            (l.tables + 0x1000 * g) | P | RW | US | A,
         )?;
     }
     write_vdso_tables(mem)?;
-    // Low 2 MiB in 4 KiB pages.
+    // Low 2 MiB in 4 KiB pages: edgevm's own below the I/O area, user memory from USER_BASE.
     for page in 0..512u64 {
         let addr = page * 4096;
         let flags = match addr {
             0 => 0,
+            a if a >= layout::USER_BASE && exec_heap => P | RW | US | A | D,
+            a if a >= layout::USER_BASE => P | RW | US | A | D | NX,
             a if a == layout::USER_STUBS => P | US | A | D,
             a if a == layout::FXSAVE_AREA => P | US | A | D | NX,
             a if (layout::IO_AREA..layout::IO_AREA + layout::IO_AREA_SIZE).contains(&a) => {
@@ -407,12 +409,14 @@ fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Resu
             layout::PT_LOW | P | RW | US | A
         } else if region == guard_region {
             layout::PT_GUARD | P | RW | US | A
+        } else if (l.tables..l.tables + layout::TABLES_SIZE).contains(&region) {
+            region | P | RW | A | D | PS | NX
         } else if exec_heap && region < guard_region {
             region | P | RW | US | A | D | PS
         } else {
             region | P | RW | US | A | D | PS | NX
         };
-        mem.write_u64(layout::PD_BASE + 8 * (region / MB2), e)?;
+        mem.write_u64(l.tables + 8 * (region / MB2), e)?;
         region += MB2;
     }
     Ok(())

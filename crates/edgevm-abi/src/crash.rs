@@ -23,6 +23,8 @@ pub struct CrashReport {
     pub symbol: Option<String>,
     /// The fault hit the guard page below the stack.
     pub stack_overflow: bool,
+    /// The faulting address (CR2) is edgevm's own memory ([`Layout::protected`]).
+    pub system_area: bool,
 }
 
 /// Short mnemonic and long name of an exception vector.
@@ -72,12 +74,9 @@ impl std::fmt::Display for CrashReport {
                 } else {
                     "reading"
                 };
-                let system = crate::layout::PROTECTED
-                    .iter()
-                    .any(|&(lo, hi)| (lo..hi).contains(&a));
                 let why = if e & 1 == 0 {
                     "page not mapped"
-                } else if system {
+                } else if self.system_area {
                     "protection violation"
                 } else if e & 0x10 != 0 {
                     "not executable"
@@ -144,5 +143,11 @@ pub fn decode_exception(
         cr2,
         symbol,
         stack_overflow,
+        system_area: cr2.is_some_and(|a| {
+            layout
+                .protected()
+                .iter()
+                .any(|&(lo, hi)| (lo..hi).contains(&a))
+        }),
     })
 }

@@ -25,6 +25,10 @@ pub enum ElfError {
     #[error("ELF type {0} cannot be run: only executables (ET_EXEC) and static-pie (ET_DYN) are supported")]
     BadType(u16),
     #[error(
+        "ELF segment at {vaddr:#x}..{end:#x} is outside the usable address space: it starts below {lo:#x}, the lowest load address (edgevm's system pages and the I/O area are below it, as the reference's own pages are); link at {lo:#x} or above (-Wl,-Ttext-segment={lo:#x}) or as -static-pie"
+    )]
+    BelowLowest { vaddr: u64, end: u64, lo: u64 },
+    #[error(
         "ELF segment at {vaddr:#x}..{end:#x} is outside the usable address space {lo:#x}..{hi:#x}"
     )]
     OutsideAddressSpace {
@@ -435,7 +439,14 @@ fn check_segments(
     for p in loads {
         let vaddr = p.p_vaddr.wrapping_add(bias);
         let end = vaddr.saturating_add(p.p_memsz);
-        if vaddr < layout::USER_BASE || end > hi.saturating_sub(2 << 20) {
+        if vaddr < layout::USER_BASE {
+            return Err(ElfError::BelowLowest {
+                vaddr,
+                end,
+                lo: layout::USER_BASE,
+            });
+        }
+        if end > hi.saturating_sub(2 << 20) {
             return Err(ElfError::OutsideAddressSpace {
                 vaddr,
                 end,

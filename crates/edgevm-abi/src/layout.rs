@@ -16,9 +16,14 @@
 //! 0x0001_6000  page-table pool for split 2 MiB regions (supervisor)
 //! 0x0001_E000  page directory and page table mapping the vDSO (supervisor)
 //! 0x0002_0000  host<->guest I/O area    (user)
-//! 0x0010_0000  page directories, 1 per GiB, then more page-table pool (supervisor)
-//! 0x0020_0000  user memory: ELF, brk heap ->  <- mmap | request body | guard | stack | shared
+//! 0x0010_0000  user memory (USER_BASE): ELF, brk heap ->  <- mmap | request body | guard |
+//!              stack | page tables | shared
 //! ```
+//!
+//! The page tables at the top of the private memory ([`Layout::tables`], 2 MiB, supervisor):
+//! the page directories, one per GiB, then the page-table pool. Everything edgevm keeps for
+//! itself is below the I/O area or there, so a program may be linked as low as
+//! [`USER_BASE`], as low as the reference's loader accepts.
 //!
 //! Page-table pages are supervisor-only, so guest code at CPL3 can never change them, and they
 //! are written with Accessed/Dirty preset, so the CPU never writes them. Protection changes
@@ -101,13 +106,17 @@ pub const PT_LOW: u64 = 0x12000;
 pub const PT_GUARD: u64 = 0x13000;
 /// Host<->guest I/O area (request data, response headers).
 pub const IO_AREA: u64 = 0x20000;
-/// Size of the I/O area.
-pub const IO_AREA_SIZE: u64 = 0x100000 - IO_AREA;
-/// First page directory; one per GiB of address space.
-pub const PD_BASE: u64 = 0x100000;
-/// Lowest user address.
-pub const USER_BASE: u64 = 0x200000;
-/// Largest supported address space (page directories fit in 0x100000..0x200000).
+/// Size of the I/O area (it ends where user memory begins).
+pub const IO_AREA_SIZE: u64 = USER_BASE - IO_AREA;
+/// Lowest user address: the lowest address an ELF segment may start at. The reference's
+/// loader refuses segments below 0x100000 too (its own pages are below it); edgevm's I/O
+/// area, which is guest ABI (`EDGEVM_IO_BASE`), ends there.
+pub const USER_BASE: u64 = 0x100000;
+/// Size of the page-table area at the top of the private memory ([`Layout::tables`]): the
+/// page directories (one per GiB of address space), then the page-table pool.
+pub const TABLES_SIZE: u64 = 2 << 20;
+/// Largest supported address space (its page directories take half the page-table area at
+/// most, leaving the other half to the pool).
 pub const MAX_ADDRESS_SPACE: u64 = 256 << 30;
 /// Where a static-pie (ET_DYN) program is loaded.
 pub const PIE_BASE: u64 = 0x400000;
@@ -123,11 +132,6 @@ pub const EXCEPTION_PORT: u16 = 0xE1;
 /// Port of `kvm_api.h` hypercalls: `mov $NUM,%eax; out %eax,$0` (same as the reference).
 pub const API_PORT: u16 = 0;
 
-/// Guest-physical ranges a program may never pass as a pointer: everything below the I/O area
-/// (GDT, TSS, IDT, stubs, exception stack, page tables) and the page directories. The host
-/// refuses them with EFAULT / a request error, as Linux refuses kernel addresses.
-pub const PROTECTED: [(u64, u64); 2] = [(0, IO_AREA), (PD_BASE, USER_BASE)];
-
 /// Where things are for one program's address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -135,7 +139,10 @@ pub struct Layout {
     pub mem_size: u64,
     /// Start of the shared-memory area (== mem_size when none).
     pub shared_start: u64,
-    /// Top of the main stack (== shared_start).
+    /// The page-table area ([`TABLES_SIZE`] bytes, supervisor, ends at `shared_start`): the
+    /// page directories from here, one per GiB, then the page-table pool.
+    pub tables: u64,
+    /// Top of the main stack (== tables).
     pub stack_top: u64,
     /// Lowest stack address.
     pub stack_bottom: u64,
@@ -161,7 +168,7 @@ impl Layout {
                 MAX_ADDRESS_SPACE >> 20
             ));
         }
-        let min = USER_BASE + STACK_SIZE + INPUT_AREA_SIZE + 3 * MB2;
+        let min = USER_BASE + STACK_SIZE + INPUT_AREA_SIZE + TABLES_SIZE + 3 * MB2;
         if mem_size < shared + min {
             return Err(format!(
                 "address space of {} MB is too small: need at least {} MB besides {} MB of shared memory",
@@ -170,15 +177,53 @@ impl Layout {
                 shared >> 20
             ));
         }
-        let stack_top = mem_size - shared;
+        let shared_start = mem_size - shared;
+        let tables = shared_start - TABLES_SIZE;
+        let stack_top = tables;
         let stack_bottom = stack_top - STACK_SIZE;
         Ok(Layout {
             mem_size,
-            shared_start: stack_top,
+            shared_start,
+            tables,
             stack_top,
             stack_bottom,
             guard_page: stack_bottom - 4096,
             input_area: stack_bottom - 4096 - INPUT_AREA_SIZE,
         })
+    }
+
+    /// Guest-physical ranges a program may never pass as a pointer: everything below the I/O
+    /// area (GDT, TSS, IDT, stubs, exception stack, low page tables) and the page-table area.
+    /// The host refuses them with EFAULT / a request error, as Linux refuses kernel addresses.
+    pub fn protected(&self) -> [(u64, u64); 2] {
+        [(0, IO_AREA), (self.tables, self.tables + TABLES_SIZE)]
+    }
+
+    /// Whether `addr` is program memory of the address space (not edgevm's own pages).
+    pub fn is_user(&self, addr: u64) -> bool {
+        addr >= USER_BASE
+            && addr < self.mem_size
+            && !(self.tables..self.tables + TABLES_SIZE).contains(&addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tables_sit_between_the_stack_and_shared_memory() {
+        let l = Layout::new(64 << 20, 4 << 20).unwrap();
+        assert_eq!(l.tables + TABLES_SIZE, l.shared_start);
+        assert_eq!(l.stack_top, l.tables);
+        assert_eq!(l.tables % (2 << 20), 0);
+        assert_eq!(l.protected()[1], (l.tables, l.shared_start));
+        assert!(l.is_user(USER_BASE) && !l.is_user(USER_BASE - 1));
+        assert!(l.is_user(l.tables - 1) && !l.is_user(l.tables));
+        assert!(l.is_user(l.shared_start) && !l.is_user(l.mem_size));
+        // The I/O area (guest ABI) ends where program memory begins.
+        const { assert!(IO_AREA + IO_AREA_SIZE == USER_BASE) };
+        // The largest address space leaves half the area to the pool.
+        const { assert!(MAX_ADDRESS_SPACE >> 30 <= TABLES_SIZE / 4096 / 2) };
     }
 }

@@ -75,14 +75,14 @@ pub fn prot_of(e: u64) -> u32 {
     PROT_READ | if e & RW != 0 { PROT_WRITE } else { 0 } | if e & NX == 0 { PROT_EXEC } else { 0 }
 }
 
-/// The `i`th page of the pool split page tables come from: the page-directory area left over
-/// by the address space, then the free supervisor pages below the I/O area.
+/// The `i`th page of the pool split page tables come from: the page-table area left over
+/// by the page directories, then the free supervisor pages below the I/O area.
 pub fn pool_page(l: &Layout, i: usize) -> Option<u64> {
     let gibs = l.mem_size.div_ceil(1 << 30);
-    let pd_free = (layout::USER_BASE - layout::PD_BASE) / 0x1000 - gibs;
+    let pd_free = (layout::TABLES_SIZE / 0x1000).saturating_sub(gibs);
     let i = i as u64;
     if i < pd_free {
-        return Some(layout::PD_BASE + (gibs + i) * 0x1000);
+        return Some(l.tables + (gibs + i) * 0x1000);
     }
     let low = layout::PT_POOL_LOW + (i - pd_free) * 0x1000;
     (low < layout::VDSO_PD).then_some(low)
@@ -101,8 +101,8 @@ fn guard_region(l: &Layout) -> u64 {
 }
 
 /// The protection of the page holding `addr` (PROT_* bits; 0 when not mapped).
-pub fn prot_at(mem: &GuestMemory, addr: u64) -> u32 {
-    let pde = mem.read_raw_u64(layout::PD_BASE + 8 * (addr >> 21));
+pub fn prot_at(mem: &GuestMemory, l: &Layout, addr: u64) -> u32 {
+    let pde = mem.read_raw_u64(l.tables + 8 * (addr >> 21));
     if pde & P == 0 {
         return 0;
     }
@@ -112,28 +112,41 @@ pub fn prot_at(mem: &GuestMemory, addr: u64) -> u32 {
     prot_of(mem.read_raw_u64((pde & ADDR) + 8 * ((addr >> 12) & 511)))
 }
 
+/// Every leaf of user memory in order, as `f(start, end, entry, huge)`: 2 MiB leaves (and
+/// absent regions) whole, 4 KiB pages one by one; from [`layout::USER_BASE`] to the end of
+/// the address space, without the page-table area.
+fn each_user_leaf(mem: &GuestMemory, l: &Layout, mut f: impl FnMut(u64, u64, u64, bool)) {
+    let mut a = layout::USER_BASE;
+    while a < l.mem_size {
+        if a == l.tables {
+            a += layout::TABLES_SIZE;
+            continue;
+        }
+        let region = a & !(MB2 - 1);
+        let pde = mem.read_raw_u64(l.tables + 8 * (a >> 21));
+        if pde & P == 0 || pde & PS != 0 {
+            f(a, region + MB2, pde, true);
+        } else {
+            for i in (a - region) / 4096..512 {
+                let e = mem.read_raw_u64((pde & ADDR) + 8 * i);
+                f(region + i * 4096, region + (i + 1) * 4096, e, false);
+            }
+        }
+        a = region + MB2;
+    }
+}
+
 /// The protections of user memory as runs (start, end, PROT_* bits) of equal protection,
 /// from the page tables in `mem` (what a snapshot carries).
 pub fn protection_runs(mem: &GuestMemory, l: &Layout) -> Vec<(u64, u64, u32)> {
     let mut runs: Vec<(u64, u64, u32)> = Vec::new();
-    let mut push = |s: u64, e: u64, p: u32| match runs.last_mut() {
-        Some(last) if last.1 == s && last.2 == p => last.1 = e,
-        _ => runs.push((s, e, p)),
-    };
-    let mut a = layout::USER_BASE;
-    while a < l.mem_size {
-        let pde = mem.read_raw_u64(layout::PD_BASE + 8 * (a >> 21));
-        if pde & P == 0 || pde & PS != 0 {
-            push(a, a + MB2, prot_of(pde));
-            a += MB2;
-            continue;
+    each_user_leaf(mem, l, |s, e, entry, _| {
+        let p = prot_of(entry);
+        match runs.last_mut() {
+            Some(last) if last.1 == s && last.2 == p => last.1 = e,
+            _ => runs.push((s, e, p)),
         }
-        for i in 0..512 {
-            let e = mem.read_raw_u64((pde & ADDR) + 8 * i);
-            push(a + i * 4096, a + (i + 1) * 4096, prot_of(e));
-        }
-        a += MB2;
-    }
+    });
     runs
 }
 
@@ -141,23 +154,13 @@ pub fn protection_runs(mem: &GuestMemory, l: &Layout) -> Vec<(u64, u64, u32)> {
 /// protection and page size: `0x401000-0x47b000 r-x 4K (482 pages)`.
 pub fn describe(mem: &GuestMemory, l: &Layout) -> Vec<String> {
     let mut runs: Vec<(u64, u64, u32, bool)> = Vec::new();
-    let mut push = |s: u64, e: u64, p: u32, huge: bool| match runs.last_mut() {
-        Some(last) if last.1 == s && last.2 == p && last.3 == huge => last.1 = e,
-        _ => runs.push((s, e, p, huge)),
-    };
-    let mut a = layout::USER_BASE;
-    while a < l.mem_size {
-        let pde = mem.read_raw_u64(layout::PD_BASE + 8 * (a >> 21));
-        if pde & P == 0 || pde & PS != 0 {
-            push(a, a + MB2, prot_of(pde), true);
-        } else {
-            for i in 0..512 {
-                let e = mem.read_raw_u64((pde & ADDR) + 8 * i);
-                push(a + i * 4096, a + (i + 1) * 4096, prot_of(e), false);
-            }
+    each_user_leaf(mem, l, |s, e, entry, huge| {
+        let p = prot_of(entry);
+        match runs.last_mut() {
+            Some(last) if last.1 == s && last.2 == p && last.3 == huge => last.1 = e,
+            _ => runs.push((s, e, p, huge)),
         }
-        a += MB2;
-    }
+    });
     runs.iter()
         .map(|&(s, e, p, huge)| {
             let rwx: String = [(PROT_READ, 'r'), (PROT_WRITE, 'w'), (PROT_EXEC, 'x')]
@@ -263,7 +266,7 @@ impl PageTables {
         mem.write_raw(page, &bytes).map_err(|_| PtError::Memory)?;
         push_range(&mut self.touched, page, 512);
         push_range(&mut self.pending, page, 512);
-        let pde_addr = layout::PD_BASE + 8 * (region >> 21);
+        let pde_addr = l.tables + 8 * (region >> 21);
         self.write(mem, pde_addr, page | P | RW | US | A)?;
         Ok(page)
     }
@@ -326,7 +329,7 @@ impl PageTables {
         while a < end {
             let region = a & !(MB2 - 1);
             let rend = (region + MB2).min(end);
-            let pde_addr = layout::PD_BASE + 8 * (region >> 21);
+            let pde_addr = l.tables + 8 * (region >> 21);
             let pde = mem.read_raw_u64(pde_addr);
             let special = region == 0 || region == guard_region(l);
             if a == region && rend == region + MB2 && !special {
@@ -415,12 +418,48 @@ mod tests {
     #[test]
     fn defaults_are_rw_nx_and_stubs_rx() {
         let (m, l) = setup();
-        assert_eq!(prot_at(&m, 0x400000), PROT_READ | PROT_WRITE);
-        assert_eq!(prot_at(&m, l.stack_top - 8), PROT_READ | PROT_WRITE);
-        assert_eq!(prot_at(&m, l.guard_page), 0);
-        assert_eq!(prot_at(&m, layout::USER_STUBS), PROT_READ | PROT_EXEC);
-        assert_eq!(prot_at(&m, layout::IO_AREA), PROT_READ | PROT_WRITE);
-        assert_eq!(prot_at(&m, 0), 0);
+        assert_eq!(prot_at(&m, &l, 0x400000), PROT_READ | PROT_WRITE);
+        assert_eq!(prot_at(&m, &l, l.stack_top - 8), PROT_READ | PROT_WRITE);
+        assert_eq!(prot_at(&m, &l, l.guard_page), 0);
+        assert_eq!(prot_at(&m, &l, layout::USER_STUBS), PROT_READ | PROT_EXEC);
+        assert_eq!(prot_at(&m, &l, layout::IO_AREA), PROT_READ | PROT_WRITE);
+        assert_eq!(prot_at(&m, &l, 0), 0);
+        // User memory from USER_BASE, in the low page table.
+        assert_eq!(prot_at(&m, &l, layout::USER_BASE), PROT_READ | PROT_WRITE);
+        assert_eq!(
+            prot_at(&m, &l, layout::USER_BASE - 1),
+            PROT_READ | PROT_WRITE
+        );
+    }
+
+    #[test]
+    fn low_segments_use_the_low_table_and_tables_stay_supervisor() {
+        let (mut m, l) = setup();
+        let mut pt = PageTables::default();
+        pt.set_range(&mut m, &l, 0x100000, 0x102000, PROT_READ | PROT_EXEC)
+            .unwrap();
+        // Region 0 is never split from the pool: its table is the low one.
+        assert_eq!(pt.pool_used(), 0);
+        assert_eq!(prot_at(&m, &l, 0x100000), PROT_READ | PROT_EXEC);
+        assert_eq!(prot_at(&m, &l, 0x102000), PROT_READ | PROT_WRITE);
+        // The system pages below keep their supervisor entries.
+        let e = m.read_raw_u64(layout::PT_LOW + 8 * (layout::USER_BASE / 4096 - 1));
+        assert_eq!(e & US, US, "the I/O area's last page is user memory");
+        assert_eq!(
+            m.read_raw_u64(layout::PT_LOW + 8 * (layout::GDT / 4096)) & US,
+            0
+        );
+        // The page-table area: one supervisor, non-executable 2 MiB leaf.
+        let pde = m.read_raw_u64(l.tables + 8 * (l.tables >> 21));
+        assert_eq!(pde & (P | RW | US | PS | NX), P | RW | PS | NX);
+        assert_eq!(pde & ADDR, l.tables);
+        // Split tables come from it first.
+        pt.set_range(&mut m, &l, 0x401000, 0x402000, PROT_READ)
+            .unwrap();
+        let gibs = l.mem_size.div_ceil(1 << 30);
+        assert_eq!(pool_page(&l, 0), Some(l.tables + gibs * 4096));
+        let pde = m.read_raw_u64(l.tables + 8 * 2);
+        assert_eq!(pde & ADDR, l.tables + gibs * 4096);
     }
 
     #[test]
@@ -430,12 +469,12 @@ mod tests {
         pt.set_range(&mut m, &l, 0x401000, 0x403000, PROT_READ | PROT_EXEC)
             .unwrap();
         assert_eq!(pt.pool_used(), 1);
-        assert_eq!(prot_at(&m, 0x400000), PROT_READ | PROT_WRITE);
-        assert_eq!(prot_at(&m, 0x401000), PROT_READ | PROT_EXEC);
-        assert_eq!(prot_at(&m, 0x402fff), PROT_READ | PROT_EXEC);
-        assert_eq!(prot_at(&m, 0x403000), PROT_READ | PROT_WRITE);
+        assert_eq!(prot_at(&m, &l, 0x400000), PROT_READ | PROT_WRITE);
+        assert_eq!(prot_at(&m, &l, 0x401000), PROT_READ | PROT_EXEC);
+        assert_eq!(prot_at(&m, &l, 0x402fff), PROT_READ | PROT_EXEC);
+        assert_eq!(prot_at(&m, &l, 0x403000), PROT_READ | PROT_WRITE);
         pt.set_range(&mut m, &l, 0x600000, 0x800000, 0).unwrap();
-        assert_eq!(prot_at(&m, 0x600000), 0);
+        assert_eq!(prot_at(&m, &l, 0x600000), 0);
         assert_eq!(pt.pool_used(), 1);
         // Nothing changes: nothing queued.
         let mut again = PageTables::default();
@@ -460,9 +499,12 @@ mod tests {
         pt.set_range(&mut m, &l, 0x401000, 0x403000, PROT_READ | PROT_EXEC)
             .unwrap();
         let d = describe(&m, &l);
-        assert_eq!(d[0], "pagetables: 0x200000-0x400000 rw- 2M (1 pages)");
-        assert_eq!(d[1], "pagetables: 0x400000-0x401000 rw- 4K (1 pages)");
-        assert_eq!(d[2], "pagetables: 0x401000-0x403000 r-x 4K (2 pages)");
+        assert_eq!(d[0], "pagetables: 0x100000-0x200000 rw- 4K (256 pages)");
+        assert_eq!(d[1], "pagetables: 0x200000-0x400000 rw- 2M (1 pages)");
+        assert_eq!(d[2], "pagetables: 0x400000-0x401000 rw- 4K (1 pages)");
+        assert_eq!(d[3], "pagetables: 0x401000-0x403000 r-x 4K (2 pages)");
+        // The page-table area is not user memory: never listed.
+        assert!(!d.iter().any(|s| s.contains(&format!("{:#x}-", l.tables))));
         assert!(d
             .iter()
             .any(|s| s.contains(&format!("{:#x}-", l.guard_page)) && s.contains(" --- ")));

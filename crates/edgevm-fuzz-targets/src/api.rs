@@ -12,7 +12,7 @@ use edgevm_abi::cpu::write_system_tables;
 use edgevm_abi::crash::decode_exception;
 use edgevm_abi::elf::Symbols;
 use edgevm_abi::io::{self, RequestData, Where};
-use edgevm_abi::layout::{Layout, IO_AREA, PROTECTED};
+use edgevm_abi::layout::{Layout, IO_AREA};
 use edgevm_kvm::{kvm_regs, GuestMemory};
 
 use crate::input::Input;
@@ -29,7 +29,7 @@ pub fn api(data: &[u8]) {
     let layout = Layout::new(MEM, 0).expect("layout");
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
     write_system_tables(&mut mem, &layout, false).expect("system tables");
-    mem.set_protected(PROTECTED.to_vec());
+    mem.set_protected(layout.protected().to_vec());
 
     let headers: Vec<(String, String)> = (0..inp.u8() % 8)
         .map(|_| (inp.string(40), inp.string(80)))
@@ -52,7 +52,7 @@ pub fn api(data: &[u8]) {
     };
     let _ = io::write_request(&mut mem, &req);
 
-    let before = crate::supervisor_bytes(&mem);
+    let before = crate::supervisor_bytes(&mem, &layout);
 
     let mut ops = 0;
     while !inp.is_empty() && ops < 100 {
@@ -128,7 +128,7 @@ pub fn api(data: &[u8]) {
     }
     // The I/O area ends where the page directories begin: a write past its end lands there.
     assert!(
-        before == crate::supervisor_bytes(&mem),
+        before == crate::supervisor_bytes(&mem, &layout),
         "a header operation wrote outside the I/O area"
     );
 }

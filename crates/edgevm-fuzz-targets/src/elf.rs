@@ -2,7 +2,7 @@
 
 use edgevm_abi::cpu::write_system_tables;
 use edgevm_abi::elf::{load, setup_stack};
-use edgevm_abi::layout::{Layout, PROTECTED, USER_BASE};
+use edgevm_abi::layout::{Layout, USER_BASE};
 use edgevm_kvm::GuestMemory;
 
 use crate::input::Input;
@@ -28,8 +28,8 @@ pub fn elf(data: &[u8]) {
     let layout = Layout::new(MEM, 0).expect("layout");
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
     write_system_tables(&mut mem, &layout, false).expect("system tables");
-    mem.set_protected(PROTECTED.to_vec());
-    let low = crate::supervisor_bytes(&mem);
+    mem.set_protected(layout.protected().to_vec());
+    let low = crate::supervisor_bytes(&mem, &layout);
 
     if let Ok(elf) = load(bytes, &mut mem, &layout) {
         assert!(
@@ -58,7 +58,7 @@ pub fn elf(data: &[u8]) {
         let _ = elf.symbols.lookup(elf.entry);
     }
     assert!(
-        low == crate::supervisor_bytes(&mem),
+        low == crate::supervisor_bytes(&mem, &layout),
         "loading a program changed supervisor memory"
     );
 }

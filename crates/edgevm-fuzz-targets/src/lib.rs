@@ -26,14 +26,17 @@ mod websocket;
 
 /// The host structures below user memory that no guest action may change: GDT, TSS, IDT,
 /// stubs, exception stack and top-level page tables (`[0, IO_AREA)`), and the first page
-/// directories (fuzzed memories are 32 MiB: one directory; the rest of that range stays
-/// zero and unmapped).
-pub(crate) fn supervisor_bytes(mem: &edgevm_kvm::GuestMemory) -> Vec<u8> {
-    use edgevm_abi::layout::{IO_AREA, PD_BASE};
+/// directories (fuzzed memories are 32 MiB: one directory; the rest of the page-table area
+/// stays zero and unmapped).
+pub(crate) fn supervisor_bytes(
+    mem: &edgevm_kvm::GuestMemory,
+    l: &edgevm_abi::layout::Layout,
+) -> Vec<u8> {
+    use edgevm_abi::layout::IO_AREA;
     let mut v = vec![0u8; IO_AREA as usize + 2 * 4096];
     let (low, pd) = v.split_at_mut(IO_AREA as usize);
     mem.read_raw(0, low).expect("read");
-    mem.read_raw(PD_BASE, pd).expect("read");
+    mem.read_raw(l.tables, pd).expect("read");
     v
 }
 
@@ -49,20 +52,26 @@ pub(crate) fn fixed_supervisor_bytes(mem: &edgevm_kvm::GuestMemory) -> Vec<u8> {
 
 /// The page tables still identity-map user memory only: every present entry of a user region
 /// maps its own address, user-accessible, through a page table that is the guard table or a
-/// supervisor pool page; the NULL region's table is the low one; the guard page is absent.
+/// supervisor pool page; the NULL region's table is the low one; the guard page is absent;
+/// the page-table area is one supervisor 2 MiB leaf.
 pub(crate) fn page_tables_sound(
     mem: &edgevm_kvm::GuestMemory,
     l: &edgevm_abi::layout::Layout,
 ) -> bool {
-    use edgevm_abi::layout::{PD_BASE, PT_GUARD, PT_LOW, USER_BASE};
+    use edgevm_abi::layout::{PT_GUARD, PT_LOW, TABLES_SIZE};
     use edgevm_abi::paging::{P, PS, US};
     const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
     const MB2: u64 = 2 << 20;
     let mut region = 0;
     while region < l.mem_size {
-        let pde = mem.read_raw_u64(PD_BASE + 8 * (region / MB2));
+        let pde = mem.read_raw_u64(l.tables + 8 * (region / MB2));
+        let tables = l.tables..l.tables + TABLES_SIZE;
         if region == 0 {
             if pde & ADDR != PT_LOW {
+                return false;
+            }
+        } else if tables.contains(&region) {
+            if pde & (P | PS | US) != P | PS || pde & ADDR != region {
                 return false;
             }
         } else if pde & P != 0 {
@@ -72,9 +81,7 @@ pub(crate) fn page_tables_sound(
                 }
             } else {
                 let pt = pde & ADDR;
-                if pt != PT_GUARD
-                    && !((PD_BASE..USER_BASE).contains(&pt) || (0x16000..0x20000).contains(&pt))
-                {
+                if pt != PT_GUARD && !(tables.contains(&pt) || (0x16000..0x20000).contains(&pt)) {
                     return false;
                 }
                 for i in 0..512u64 {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use edgevm_abi::cpu::write_system_tables;
-use edgevm_abi::layout::{Layout, PROTECTED, USER_BASE};
+use edgevm_abi::layout::{Layout, USER_BASE};
 use edgevm_abi::linux::{LinuxConfig, LinuxState, Output, SyscallOutcome};
 use edgevm_kvm::{kvm_regs, GuestMemory};
 
@@ -101,8 +101,9 @@ fn arg(inp: &mut Input, st: &LinuxState, layout: &Layout, written: &[u64]) -> u6
             // Near an edge: a layout boundary or the program break, plus or minus a little.
             let edges = [
                 0,
-                PROTECTED[0].1,
-                PROTECTED[1].0,
+                layout.protected()[0].1,
+                layout.tables,
+                layout.tables + edgevm_abi::layout::TABLES_SIZE,
                 USER_BASE,
                 st.brk(),
                 layout.input_area,
@@ -158,7 +159,7 @@ pub fn syscalls(data: &[u8]) {
     }
     let mut mem = GuestMemory::new_shared(MEM as usize).expect("guest memory");
     write_system_tables(&mut mem, &layout, false).expect("system tables");
-    mem.set_protected(PROTECTED.to_vec());
+    mem.set_protected(layout.protected().to_vec());
     let low = crate::fixed_supervisor_bytes(&mem);
     // Every input starts from the same state file.
     let state_path = state_dir().join("prog.state");

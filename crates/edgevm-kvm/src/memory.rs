@@ -966,7 +966,10 @@ impl GuestMemory {
         let mut a = addr;
         let mut chunk = [0u8; 256];
         loop {
-            let room = self.span(a).min(chunk.len() as u64) as usize;
+            // Never past the page the string is on: the next page may be protected
+            // (the page tables above the stack) while the string ends before it.
+            let to_page = PAGE_SIZE as u64 - (a % PAGE_SIZE as u64);
+            let room = self.span(a).min(chunk.len() as u64).min(to_page) as usize;
             if room == 0 {
                 return Err(MemError::OutOfBounds { addr, len: 1 });
             }
@@ -1401,5 +1404,12 @@ mod tests {
         m.read_raw(0x100, &mut b).unwrap();
         assert_eq!(&b, b"sys");
         assert!(m.read_cstr(0x100, 10).is_err());
+        // A string ending just below a protected page reads (as a path at the top of the
+        // stack, below the page tables); one running into it does not.
+        m.set_protected(vec![(0, 0x2000), (0x10000, 0x11000)]);
+        m.write(0xFFFA, b"state\0").unwrap();
+        assert_eq!(m.read_cstr(0xFFFA, 4096).unwrap(), b"state");
+        m.write(0xFFFA, b"stated").unwrap();
+        assert!(m.read_cstr(0xFFFA, 4096).is_err());
     }
 }

@@ -96,7 +96,7 @@ impl<C: Vcpu> MainVm<C> {
         // The guest can write to memory it never allocated; make sure the host did not grow
         // past the limit (pages actually backed, all views of this memory).
         let backed = self.machine.mem.backing_bytes();
-        let limit = self.opts.max_memory + layout::USER_BASE;
+        let limit = self.opts.max_memory + layout::USER_BASE + layout::TABLES_SIZE;
         if backed > limit {
             return Err(RunError::MemoryLimit {
                 used: backed,

@@ -141,7 +141,7 @@ impl VmOptions {
         let need = self
             .max_memory
             .saturating_add(self.shared_memory)
-            .saturating_add(layout::USER_BASE + layout::INPUT_AREA_SIZE);
+            .saturating_add(layout::USER_BASE + layout::INPUT_AREA_SIZE + layout::TABLES_SIZE);
         // Oversized values saturate here and are refused by Layout::new with a clear error.
         self.address_space
             .max(need)

@@ -438,13 +438,16 @@ fn crash_report(cpu: &mut SmpVcpu, mem: MemRead) -> CrashReport {
     } else {
         None
     };
+    let cr2 = (vector == 14).then(|| cpu.sregs().map(|s| s.cr2).unwrap_or(0));
     CrashReport {
         vector,
         error_code,
         rip: mem.u64_at(frame).unwrap_or(0),
         rsp: mem.u64_at(frame.wrapping_add(24)).unwrap_or(0),
-        cr2: (vector == 14).then(|| cpu.sregs().map(|s| s.cr2).unwrap_or(0)),
+        cr2,
         symbol: None,
         stack_overflow: false,
+        // The low system pages; a worker's fault in the page-table area reads "read-only".
+        system_area: cr2.is_some_and(|a| a < layout::IO_AREA),
     }
 }

@@ -54,8 +54,8 @@ impl<M: MemoryView> Invoker<M> {
             return self.mp_refuse("page protections are being changed");
         }
         let workers = (n - 1) as u32;
-        let mem_size = self.vm.layout.mem_size;
-        let user = |a: u64| (layout::USER_BASE..mem_size).contains(&a);
+        let l = self.vm.layout;
+        let user = |a: u64| l.is_user(a);
         let main = *self.vm.machine.cpu.regs();
         let base = kvm_regs {
             rip: layout::REQUEST_ENTRY,
@@ -115,7 +115,8 @@ impl<M: MemoryView> Invoker<M> {
             Call::MultiprocessClone { stack, .. } => {
                 let (lo, size) = (stack.addr(), stack.len);
                 let end = size.checked_mul(n).and_then(|l| lo.checked_add(l));
-                if size < MIN_CLONE_STACK || !user(lo) || end.is_none_or(|e| e > mem_size) {
+                let outside = |e: u64| !user(e - 1) || (lo < l.tables && e > l.tables);
+                if size < MIN_CLONE_STACK || !user(lo) || end.is_none_or(outside) {
                     return self.mp_refuse(&format!(
                         "stacks of {size} bytes x {n} at {lo:#x} are not inside the program's \
                          memory (or under {MIN_CLONE_STACK} bytes each)"

@@ -91,11 +91,12 @@ pub enum SnapshotError {
 /// image depends on.
 fn edgevm_version() -> String {
     format!(
-        "edgevm {} snapshot {FORMAT} vdso {:016x} layout {:#x}/{:#x}/{:#x}/{:#x}/{:#x}",
+        "edgevm {} snapshot {FORMAT} vdso {:016x} layout {:#x}/{:#x}/{:#x}/{:#x}/{:#x}/{:#x}",
         env!("CARGO_PKG_VERSION"),
         // A program keeps pointers into the vDSO it started with.
         edgevm_kvm::vdso::image_id(),
         layout::USER_BASE,
+        layout::TABLES_SIZE,
         layout::PIE_BASE,
         layout::STACK_SIZE,
         layout::INPUT_AREA_SIZE,

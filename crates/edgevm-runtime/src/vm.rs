@@ -306,7 +306,7 @@ fn host_loader(interp: &str) -> Result<Vec<u8>, RunError> {
 /// program's `blackout_area`, and the memory of its remapped areas at its own address (only
 /// the remapped address reaches it).
 pub(crate) fn protected_ranges(opts: &VmOptions, l: &Layout) -> Vec<(u64, u64)> {
-    let mut v = layout::PROTECTED.to_vec();
+    let mut v = l.protected().to_vec();
     v.extend(opts.blackout_area.iter().copied());
     for (_, p, n, _) in edgevm_abi::linux::remap_backing(l, &opts.remappings) {
         v.push((p, p + n));
@@ -406,7 +406,7 @@ impl MainVm {
         let mut mem = MainMemory::new(size as usize)?;
         advise_huge_pages(&mem, &opts)?;
         cpu::write_system_tables(&mut mem, &layout, opts.executable_heap)?;
-        mem.set_protected(layout::PROTECTED.to_vec());
+        mem.set_protected(layout.protected().to_vec());
         let exe = std::fs::canonicalize(&opts.program_path)
             .unwrap_or_else(|_| opts.program_path.clone())
             .to_string_lossy()
@@ -485,7 +485,7 @@ impl MainVm {
             .map_err(RunError::Emulation)?;
         machine.mem.set_remaps(remaps);
         machine.mem.set_protected(protected_ranges(&opts, &layout));
-        machine.mem.set_user_write_check(layout::PD_BASE);
+        machine.mem.set_user_write_check(layout.tables);
         linux.check_cwd().map_err(|e| {
             RunError::Sandbox(format!(
                 "current_working_directory {:?}: {} (it must be a directory reachable through allowed_paths)",
@@ -915,7 +915,7 @@ impl<C: Vcpu, M: MemoryView> Vm<C, M> {
                     self.printer
                         .log("register_func() is only allowed before wait_for_requests()");
                     u64::MAX
-                } else if f != 0 && !(layout::USER_BASE..self.layout.mem_size).contains(&f) {
+                } else if f != 0 && !self.layout.is_user(f) {
                     u64::MAX
                 } else {
                     let slot = match idx {

@@ -732,7 +732,7 @@ impl LinuxState {
         // Grow in place when the following range is free.
         let next = old + old_len;
         if let Some(&l) = self.mmap.free.get(&next) {
-            let prot = crate::paging::prot_at(mem, old);
+            let prot = crate::paging::prot_at(mem, &self.layout, old);
             if l >= extra && (prot == 0 || self.can_grow(extra)) {
                 self.mmap.take(next, extra);
                 if mem.zero(next, extra as usize).is_err() {
@@ -749,7 +749,7 @@ impl LinuxState {
         if flags & MREMAP_MAYMOVE == 0 {
             return -ENOMEM;
         }
-        let prot = crate::paging::prot_at(mem, old);
+        let prot = crate::paging::prot_at(mem, &self.layout, old);
         let Some(new) = self.alloc(new_len, mem, prot != 0) else {
             return -ENOMEM;
         };

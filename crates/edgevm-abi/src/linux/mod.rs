@@ -280,7 +280,7 @@ impl LinuxState {
         let l = self.layout;
         for &(start, end) in &self.cfg.blackout {
             let what = if start < layout::USER_BASE {
-                Some("the system area below 0x200000")
+                Some("the system area below 0x100000")
             } else if end > l.input_area && start < l.mem_size {
                 Some(
                     "the request-body area, stack or shared memory at the top of the address space",

@@ -81,8 +81,10 @@ impl LinuxState {
         let mut runs = Vec::new();
         for _ in 0..r.count(24)? {
             let (s, e, p) = (r.u64()?, r.u64()?, r.u64()?);
+            let tables = self.layout.tables;
             if s < crate::layout::USER_BASE
                 || e > self.layout.mem_size
+                || (s < tables + crate::layout::TABLES_SIZE && e > tables)
                 || s >= e
                 || (s | e) % 4096 != 0
                 || p > 7

@@ -225,7 +225,7 @@ fn random_file_calls_never_panic_and_never_write_after_the_freeze() {
     let host = dir.join("p.state");
     std::fs::write(&host, b"seed").unwrap();
     let mut e = env(32 << 20);
-    e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+    e.mem.set_protected(e.st.layout.protected().to_vec());
     e.st = LinuxState::new(
         e.st.layout,
         LinuxConfig {
@@ -491,7 +491,7 @@ fn brk_and_mmap_respect_the_limit_and_zero_reused_memory() {
 #[test]
 fn pointers_into_supervisor_structures_are_efault() {
     let mut e = env(32 << 20);
-    e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+    e.mem.set_protected(e.st.layout.protected().to_vec());
     // write(1, GDT, 8): reading the GDT is refused like a kernel address on Linux.
     assert_eq!(e.call(1, [1, crate::layout::GDT, 8, 0, 0, 0]), Ok(-EFAULT));
     // clock_gettime into the page tables: refused, and nothing is written there.
@@ -509,7 +509,7 @@ fn pointers_into_supervisor_structures_are_efault() {
 fn random_system_calls_never_panic_and_respect_the_limit() {
     // 20000 random calls with nasty arguments through the real dispatcher (no KVM).
     let mut e = env(24 << 20);
-    e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+    e.mem.set_protected(e.st.layout.protected().to_vec());
     let nasty = [
         0u64,
         1,
@@ -755,7 +755,7 @@ fn sandbox_env(tag: &str) -> (Env, Tree) {
         PathRule::same("/dev/urandom"),
     ];
     let mut e = env(32 << 20);
-    e.mem.set_protected(crate::layout::PROTECTED.to_vec());
+    e.mem.set_protected(e.st.layout.protected().to_vec());
     e.st = LinuxState::new(
         e.st.layout,
         LinuxConfig {

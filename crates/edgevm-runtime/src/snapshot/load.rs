@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use edgevm_abi::cpu;
 use edgevm_abi::elf;
-use edgevm_abi::layout::{self, Layout};
+use edgevm_abi::layout::Layout;
 use edgevm_abi::linux::{LinuxConfig, LinuxState};
 use edgevm_abi::regex::Regexes;
 use edgevm_abi::snapcodec::Reader;
@@ -88,7 +88,7 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
     linux
         .protect_segments(&mut mem, &protections)
         .map_err(corrupt)?;
-    mem.set_user_write_check(layout::PD_BASE);
+    mem.set_user_write_check(layout.tables);
     // The remapped areas' page tables came with the image (pool pages).
     mem.set_remaps(crate::vm::remap_table(o, &layout));
     mem.set_protected(crate::vm::protected_ranges(o, &layout));

@@ -124,8 +124,8 @@ fn run_init_refuses_a_program_that_outgrew_max_memory() {
     let mut o = options();
     o.max_memory = 1 << 20;
     let mut vm = vm_with(cpu, o);
-    // The guest wrote 4 MiB it never allocated.
-    let chunk = vec![1u8; 4 << 20];
+    // The guest wrote 6 MiB it never allocated (above the limit and edgevm's own pages).
+    let chunk = vec![1u8; 6 << 20];
     vm.machine.mem.write(HEAP, &chunk).unwrap();
     let e = vm
         .run_init(&mut BootCalls {

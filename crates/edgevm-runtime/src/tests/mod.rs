@@ -26,7 +26,7 @@ pub(crate) fn vm_with(cpu: ScriptedVcpu, opts: VmOptions) -> MainVm<ScriptedVcpu
     let size = opts.memory_size();
     let layout = Layout::new(size, opts.shared_memory).expect("layout");
     let mut mem = MainMemory::new(size as usize).expect("memfd");
-    mem.set_protected(layout::PROTECTED.to_vec());
+    mem.set_protected(layout.protected().to_vec());
     let linux = LinuxState::new(
         layout,
         LinuxConfig {

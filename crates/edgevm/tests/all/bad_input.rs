@@ -191,6 +191,9 @@ fn segment_outside_the_address_space() {
     let d = scratch("bad_outside");
     for (i, vaddr) in [
         (0usize, 0x1000u64),
+        (0, 0x10000), // edgevm's page tables
+        (3, 0x20000), // the I/O area (guest ABI)
+        (0, 0xff000), // starts in the I/O area, ends in user memory
         (0, 0x7fff_0000_0000),
         (3, 0x7fff_0000_0000),
     ] {
@@ -198,13 +201,16 @@ fn segment_outside_the_address_space() {
         let seg = e.loads()[i];
         e.set_vaddr(seg.index, vaddr);
         let f = e.write(&d, &format!("hello_{i}_{vaddr:x}"));
-        refused(
-            &f,
-            &[
-                &format!("segment at {vaddr:#x}"),
-                "outside the usable address space",
-            ],
-        );
+        let mut want = vec![
+            format!("segment at {vaddr:#x}"),
+            "outside the usable address space".to_string(),
+        ];
+        if vaddr < 0x100000 {
+            // The limit is named, with how to link above it.
+            want.push("starts below 0x100000, the lowest load address".into());
+            want.push("-Ttext-segment=0x100000".into());
+        }
+        refused(&f, &want.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 

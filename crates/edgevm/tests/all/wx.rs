@@ -12,10 +12,14 @@ use edgevm_runtime::vm::{BootOutcome, MainVm, VmOptions};
 use crate::common::{guest, require_kvm};
 
 fn request_vm(executable_heap: bool, keep_working_memory: bool) -> RequestVm {
+    request_vm_of("wx", executable_heap, keep_working_memory)
+}
+
+fn request_vm_of(name: &str, executable_heap: bool, keep_working_memory: bool) -> RequestVm {
     require_kvm();
-    let path = guest("wx");
+    let path = guest(name);
     let bytes = std::fs::read(&path).expect("read the wx guest");
-    let mut opts = VmOptions::new("wx", path, bytes);
+    let mut opts = VmOptions::new(name, path, bytes);
     opts.raw_output = true;
     opts.executable_heap = executable_heap;
     let (vm, report) = MainVm::boot(opts).expect("boot wx");
@@ -124,6 +128,46 @@ fn executable_heap_allows_writable_executable_memory() {
     crashes(&mut vm, "write_code", "(read-only)");
     crashes(&mut vm, "exec_stack", "(not executable)");
     crashes(&mut vm, "exec_data", "(not executable)");
+}
+
+/// The reference's lowest load address, 0x100000: wx.c linked with
+/// `-Wl,-Ttext-segment=0x100000` has its headers, code, read-only data and data in the first
+/// 2 MiB (beside edgevm's own pages, in the same page table) and its brk heap crossing into
+/// the next 2 MiB. Protections, JIT, system calls and resets work there as anywhere.
+#[test]
+fn a_program_linked_at_the_lowest_load_address_keeps_its_protections() {
+    for keep in [false, true] {
+        let mut vm = request_vm_of("wx_low", false, keep);
+        let w = get(&mut vm, "where").expect("where");
+        let field = |k: &str| {
+            let v = w
+                .split(' ')
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_else(|| panic!("{k} in {w}"));
+            u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+        };
+        assert!((0x101000..0x200000).contains(&field("code=")), "{w}");
+        assert!((0x101000..0x200000).contains(&field("data=")), "{w}");
+        let heap = field("heap=");
+        assert!((0x101000..0x200000).contains(&heap), "{w}");
+        crashes(&mut vm, "write_code", "(read-only)");
+        crashes(&mut vm, "write_rodata", "(read-only)");
+        crashes(&mut vm, "exec_data", "(not executable)");
+        crashes(&mut vm, "exec_heap", "(not executable)");
+        ok(&mut vm, "jit", "jit=42");
+        ok(
+            &mut vm,
+            "syscall_code",
+            "code=14 rodata=14 ro=14 data=0 helper=7",
+        );
+        for _ in 0..2 {
+            ok(&mut vm, "protect_data", "ok 0");
+            ok(&mut vm, "write_data", "ok 1");
+            crashes(&mut vm, "none", "reading address");
+        }
+        // Each request starts from the frozen break again.
+        assert_eq!(get(&mut vm, "where").as_deref(), Ok(w.as_str()));
+    }
 }
 
 #[test]
