@@ -21,6 +21,10 @@
      hostile                            mprotect with bad arguments: their errnos
      syscall_code                       system calls writing into code / rodata / a
                                         PROT_READ page: their errnos, then helper()
+     syscall_prot                       system calls reading from / writing into PROT_NONE,
+                                        munmapped, read-only pages and code, and buffers
+                                        straddling into them: their errnos
+     respond_none                       backend_response() with a body in a PROT_NONE page
      where                              "code=A data=B heap=C": where helper(), data_page
                                         and a fresh 3 MiB brk allocation (written) are */
 #include "kvm_api.h"
@@ -33,6 +37,7 @@
 #include <sys/random.h>
 #include <time.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define PAGE 4096
@@ -175,6 +180,55 @@ static void on_get(const char *url, const char *arg)
 		const long g4 = getrandom(data_page, 16, 0) < 0 ? errno : 0;
 		snprintf(out, sizeof(out), "code=%ld rodata=%ld ro=%ld data=%ld helper=%d", g1, g2, g3, g4,
 			 helper());
+	} else if (strcmp(m, "syscall_prot") == 0) {
+		/* [RW][NONE][RW][RO] and a munmapped page. */
+		unsigned char *p = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		unsigned char *gone = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		memset(p, 'a', 4 * PAGE);
+		gone[0] = 'g';
+		munmap(gone, PAGE);
+		mprotect(p + PAGE, PAGE, PROT_NONE);
+		mprotect(p + 3 * PAGE, PAGE, PROT_READ);
+		unsigned char *h;
+		fn_t f = helper;
+		memcpy(&h, &f, sizeof(h));
+		int fds[2];
+		if (pipe(fds) != 0) {
+			backend_response_str(500, "text/plain", "pipe");
+			return;
+		}
+#define E(call) ((call) < 0 ? errno : 0)
+		/* Host reads of the program's buffers. */
+		const int w_none = E(write(fds[1], p + PAGE, 16));
+		const int w_straddle = E(write(fds[1], p + PAGE - 8, 16));
+		const int w_gone = E(write(fds[1], gone, 16));
+		struct iovec iov[2] = { { p, 8 }, { p + PAGE + 8, 8 } };
+		/* The first buffer is written, the second faults: a short count, as Linux. */
+		const long w_iov = writev(fds[1], iov, 2);
+		const int w_iovarr = E(writev(fds[1], (struct iovec *)(void *)(p + PAGE), 1));
+		const struct timespec *ts_none = (const struct timespec *)(void *)(p + PAGE);
+		const int sleep_none = E(nanosleep(ts_none, NULL));
+		const long w_ok = write(fds[1], p, 16);
+		/* Host writes into them (16 bytes wait in the pipe). */
+		const int r_ro = E(read(fds[0], p + 3 * PAGE, 16));
+		const int r_code = E(read(fds[0], h, 16));
+		const int r_none = E(read(fds[0], p + PAGE, 16));
+		const int r_straddle = E(read(fds[0], p + 3 * PAGE - 8, 16));
+		const long r_ok = read(fds[0], p + 2 * PAGE, 16);
+#undef E
+		close(fds[0]);
+		close(fds[1]);
+		snprintf(out, sizeof(out),
+			 "write: none=%d straddle=%d gone=%d iov=%ld iovarr=%d sleep=%d ok=%ld; "
+			 "read: ro=%d code=%d none=%d straddle=%d ok=%ld",
+			 w_none, w_straddle, w_gone, w_iov, w_iovarr, sleep_none, w_ok, r_ro, r_code,
+			 r_none, r_straddle, r_ok);
+	} else if (strcmp(m, "respond_none") == 0) {
+		unsigned char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		memset(p, 'x', PAGE);
+		mprotect(p, PAGE, PROT_NONE);
+		backend_response(200, "text/plain", 10, p, 16);
+		snprintf(out, sizeof(out), "FAIL responded");
 	} else if (strcmp(m, "where") == 0) {
 		unsigned char *h;
 		fn_t f = helper;

@@ -34,6 +34,12 @@ pub enum MemError {
     OutOfBounds { addr: u64, len: u64 },
     #[error("guest address range {addr:#x}+{len:#x} is not program memory (supervisor area)")]
     Protected { addr: u64, len: u64 },
+    #[error("guest address range {addr:#x}+{len:#x} is not {access} by the program (its page protections: PROT_NONE, unmapped, read-only or code)")]
+    NoAccess {
+        addr: u64,
+        len: u64,
+        access: &'static str,
+    },
     #[error("string at {addr:#x} is not terminated within {max} bytes")]
     Unterminated { addr: u64, max: usize },
     #[error("guest memory setup failed: {0}")]
@@ -666,7 +672,7 @@ impl GuestMemory {
     }
 
     /// The remapped area holding `addr`: (virtual start, physical start, length).
-    fn remap_of(&self, addr: u64) -> Option<(u64, u64, u64)> {
+    pub fn remap_of(&self, addr: u64) -> Option<(u64, u64, u64)> {
         self.remaps
             .iter()
             .copied()
@@ -681,17 +687,21 @@ impl GuestMemory {
         }
     }
 
-    /// From now on (and in views forked later), [`GuestMemory::write`] writes only pages that
-    /// the x86-64 page tables whose page directories start at `pd_base` (identity map, one
-    /// directory per GiB) make present, writable and user-accessible: a host write on the
-    /// guest's behalf cannot go where the guest itself could not write (its code).
+    /// From now on (and in views forked later), the checked accessors go only where the
+    /// x86-64 page tables whose page directories start at `pd_base` (identity map, one
+    /// directory per GiB) let the guest itself go at CPL3: [`GuestMemory::read`] reads pages
+    /// that are present and user-accessible (not `PROT_NONE`, not unmapped), and
+    /// [`GuestMemory::write`] writes pages that are also writable (not its code). A host
+    /// access on the guest's behalf is refused where the guest's own would fault, as Linux's
+    /// `copy_from_user`/`copy_to_user` do.
     pub fn set_user_write_check(&mut self, pd_base: u64) {
         self.user_tables = Some(pd_base);
     }
 
-    /// Whether the page tables let CPL3 write every page of `addr..addr+len` (in bounds).
-    fn user_writable(&self, addr: u64, len: usize) -> bool {
-        const P_RW_US: u64 = 7;
+    /// Whether the page tables give CPL3 the entry bits `need` (present and user, plus
+    /// writable for a write) on every page of `addr..addr+len` (in bounds): one page-directory
+    /// entry read per 2 MiB page, one more per 4 KiB page of a split region.
+    fn user_access(&self, addr: u64, len: usize, need: u64) -> bool {
         const PS: u64 = 0x80;
         const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
         let Some(pd) = self.user_tables else {
@@ -701,7 +711,7 @@ impl GuestMemory {
         let mut a = addr & !(PAGE_SIZE as u64 - 1);
         while a < end {
             let pde = self.read_raw_u64(pd + 8 * (a >> 21));
-            if pde & P_RW_US != P_RW_US {
+            if pde & need != need {
                 return false;
             }
             if pde & PS != 0 {
@@ -709,13 +719,18 @@ impl GuestMemory {
                 continue;
             }
             let pte = self.read_raw_u64((pde & ADDR) + 8 * ((a >> 12) & 511));
-            if pte & P_RW_US != P_RW_US {
+            if pte & need != need {
                 return false;
             }
             a += PAGE_SIZE as u64;
         }
         true
     }
+
+    /// Present | user.
+    const USER_READ: u64 = 5;
+    /// Present | writable | user.
+    const USER_WRITE: u64 = 7;
 
     fn raw_range(&self, addr: u64, len: usize) -> Result<usize, MemError> {
         let end = addr.checked_add(len as u64);
@@ -875,8 +890,24 @@ impl GuestMemory {
         self.mark_host_dirty(off, data.len());
     }
 
-    /// Copy guest bytes out.
+    /// Copy guest bytes out, where the guest could read them itself (see
+    /// [`GuestMemory::set_user_write_check`]).
     pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
+        let off = self.range(addr, out.len())?;
+        if self.remap_of(addr).is_none() && !self.user_access(addr, out.len(), Self::USER_READ) {
+            return Err(MemError::NoAccess {
+                addr,
+                len: out.len() as u64,
+                access: "readable",
+            });
+        }
+        self.copy_out(off, out);
+        Ok(())
+    }
+
+    /// Copy guest bytes out whatever its page protections say (outside the supervisor
+    /// structures): `mremap` moving a `PROT_NONE` mapping's contents.
+    pub fn read_any_protection(&self, addr: u64, out: &mut [u8]) -> Result<(), MemError> {
         let off = self.range(addr, out.len())?;
         self.copy_out(off, out);
         Ok(())
@@ -886,10 +917,11 @@ impl GuestMemory {
     /// [`GuestMemory::set_user_write_check`]).
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let off = self.range(addr, data.len())?;
-        if self.remap_of(addr).is_none() && !self.user_writable(addr, data.len()) {
-            return Err(MemError::Protected {
+        if self.remap_of(addr).is_none() && !self.user_access(addr, data.len(), Self::USER_WRITE) {
+            return Err(MemError::NoAccess {
                 addr,
                 len: data.len() as u64,
+                access: "writable",
             });
         }
         self.copy_in(off, data);

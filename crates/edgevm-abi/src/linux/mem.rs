@@ -762,13 +762,12 @@ impl LinuxState {
         let mut off = 0;
         while off < old_len {
             let n = (old_len - off).min(1 << 20) as usize;
-            match mem.read_vec(old + off, n) {
-                Ok(d) => {
-                    if mem.write_any_protection(new + off, &d).is_err() {
-                        return -EFAULT;
-                    }
-                }
-                Err(_) => return -EFAULT,
+            // The old mapping's contents whatever its protection (PROT_NONE moves too).
+            let mut d = vec![0u8; n];
+            if mem.read_any_protection(old + off, &mut d).is_err()
+                || mem.write_any_protection(new + off, &d).is_err()
+            {
+                return -EFAULT;
             }
             off += n as u64;
         }

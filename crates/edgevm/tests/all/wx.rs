@@ -119,6 +119,27 @@ fn system_calls_cannot_write_code() {
     );
 }
 
+/// The host's reads and writes of a program's buffers follow its page protections, as
+/// Linux's `copy_from_user`/`copy_to_user`: `EFAULT` from `PROT_NONE` and munmapped pages, into
+/// read-only pages and code, and for a buffer that runs into such a page (a `writev` whose
+/// second buffer faults writes the first, as Linux); nothing is consumed by a failed `read()`.
+#[test]
+fn system_calls_read_and_write_only_what_the_program_could() {
+    for keep in [false, true] {
+        let mut vm = request_vm(false, keep);
+        for _ in 0..2 {
+            ok(
+                &mut vm,
+                "syscall_prot",
+                "write: none=14 straddle=14 gone=14 iov=8 iovarr=14 sleep=14 ok=16; \
+                 read: ro=14 code=14 none=14 straddle=14 ok=16",
+            );
+        }
+        // A response body in a PROT_NONE page fails the request; the VM serves on.
+        crashes(&mut vm, "respond_none", "is not readable by the program");
+    }
+}
+
 #[test]
 fn executable_heap_allows_writable_executable_memory() {
     let mut vm = request_vm(true, false);
