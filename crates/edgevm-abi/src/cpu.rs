@@ -364,14 +364,17 @@ pub fn write_system_tables(
 
 fn write_page_tables(mem: &mut GuestMemory, l: &Layout, exec_heap: bool) -> Result<(), MemError> {
     const MB2: u64 = 2 << 20;
-    mem.write_u64(layout::PML4, layout::PDPT | P | RW | US | A)?;
+    // Whole pages, the entries past the address space zero: over a snapshot's image no
+    // remapping's tables survive (they are made again, from this build's pool).
+    let mut pml4 = vec![0u8; 4096];
+    pml4[..8].copy_from_slice(&(layout::PDPT | P | RW | US | A).to_le_bytes());
+    mem.write(layout::PML4, &pml4)?;
     let gibs = l.mem_size.div_ceil(1 << 30);
-    for g in 0..gibs {
-        mem.write_u64(
-            layout::PDPT + 8 * g,
-            (l.tables + 0x1000 * g) | P | RW | US | A,
-        )?;
+    let mut pdpt = vec![0u8; 4096];
+    for (g, e) in pdpt.chunks_exact_mut(8).take(gibs as usize).enumerate() {
+        e.copy_from_slice(&((l.tables + 0x1000 * g as u64) | P | RW | US | A).to_le_bytes());
     }
+    mem.write(layout::PDPT, &pdpt)?;
     write_vdso_tables(mem)?;
     // Low 2 MiB in 4 KiB pages: edgevm's own below the I/O area, user memory from USER_BASE.
     for page in 0..512u64 {

@@ -314,14 +314,6 @@ pub(crate) fn protected_ranges(opts: &VmOptions, l: &Layout) -> Vec<(u64, u64)> 
     v
 }
 
-/// What [`edgevm_kvm::GuestMemory::set_remaps`] takes for this program.
-pub(crate) fn remap_table(opts: &VmOptions, l: &Layout) -> Vec<(u64, u64, u64)> {
-    edgevm_abi::linux::remap_backing(l, &opts.remappings)
-        .into_iter()
-        .map(|(v, p, n, _)| (v, p, n))
-        .collect()
-}
-
 /// `remapping` / `executable_remapping` checked against the layout: 2 MiB aligned, above the
 /// address space, below 128 TiB, apart from each other and from `blackout_area`, and room
 /// for their memory between the program and the request-body area.

@@ -304,6 +304,16 @@ impl<C: Vcpu, M: MemoryView> SingleThreadBase for Vm<C, M> {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        // A remapped area (`remapping`: Go's heap at 0xC000000000) reads through its
+        // translation, up to its end; like ptrace, whatever the page protections.
+        if let Some((v, _, len)) = self.machine.mem.remap_of(start) {
+            let n = data.len().min((v + len - start) as usize);
+            self.machine
+                .mem
+                .read_any_protection(start, &mut data[..n])
+                .map_err(|_| TargetError::Errno(14))?;
+            return Ok(n);
+        }
         // Page 0 is not mapped for the program; nor is anything past its memory.
         let end = self.layout.mem_size;
         if start < 0x1000 || start >= end {
@@ -318,7 +328,8 @@ impl<C: Vcpu, M: MemoryView> SingleThreadBase for Vm<C, M> {
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
-        // The program's memory only: never the supervisor structures below it.
+        // The program's memory only: never the supervisor structures (below it, and the page
+        // tables, which the checked write refuses); remapped areas through their translation.
         if start < layout::USER_BASE {
             return Err(TargetError::Errno(14));
         }
@@ -406,11 +417,14 @@ impl<C: Vcpu, M: MemoryView> SwBreakpoint for Vm<C, M> {
         if dbg(self).sw.contains_key(&addr) {
             return Ok(true);
         }
-        if addr < layout::USER_BASE || addr >= self.layout.mem_size {
+        let remapped = self.machine.mem.remap_of(addr).is_some();
+        if !remapped && !self.layout.is_user(addr) {
             return Ok(false);
         }
         let mut b = [0u8];
-        self.machine.mem.read_raw(addr, &mut b).map_err(fatal)?;
+        if self.machine.mem.read_any_protection(addr, &mut b).is_err() {
+            return Ok(false);
+        }
         if self
             .machine
             .mem

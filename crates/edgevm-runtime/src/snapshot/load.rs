@@ -89,8 +89,10 @@ pub fn load(settings: &ProgramSettings, path: &Path) -> Result<Frozen, SnapshotE
         .protect_segments(&mut mem, &protections)
         .map_err(corrupt)?;
     mem.set_user_write_check(layout.tables);
-    // The remapped areas' page tables came with the image (pool pages).
-    mem.set_remaps(crate::vm::remap_table(o, &layout));
+    // The remapped areas' tables, made again from the pool (the image's are gone with the
+    // system tables above), as at boot.
+    let remaps = linux.map_remaps(&mut mem).map_err(corrupt)?;
+    mem.set_remaps(remaps);
     mem.set_protected(crate::vm::protected_ranges(o, &layout));
     crate::vm::advise_huge_pages(&mem, o).map_err(|e| SnapshotError::Io(e.to_string()))?;
     mem.find_holes(layout.shared_start as usize);
