@@ -20,7 +20,8 @@
                 and from the byte after it, a write() of 2^64-16 bytes from 16 bytes before its end, and
                 whether Go's reservation pattern (mmap PROT_NONE hint, then MAP_FIXED
                 read-write) got the area's own address ("kept") or another ("moved")
-     remap_inc  the u64 at a (main() stored 0x1234 there when REMAP=a is set), then
+     remap_inc  the u64 at a (main() stored 0x1234 there when REMAP=a is set; with SPLIT=1
+                main() also makes one page of a fresh mapping read-only afterwards), then
                 increments it: "v=N"
      remap_exec writes `mov $42,%eax; ret` at a and calls it: "exec=42" */
 #include "kvm_api.h"
@@ -185,6 +186,15 @@ int main(void)
 	const char *remap = getenv("REMAP");
 	if (remap != NULL)
 		*(volatile uint64_t *)strtoull(remap, NULL, 16) = 0x1234;
+	if (getenv("SPLIT") != NULL) {
+		/* A protection change after the remappings' tables exist (snapshot test). */
+		unsigned char *s = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (s != MAP_FAILED) {
+			s[0] = 1;
+			mprotect(s + 4096, 4096, PROT_READ);
+		}
+	}
 	set_backend_get(on_get);
 	wait_for_requests();
 	return 0;

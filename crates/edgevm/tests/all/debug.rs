@@ -459,3 +459,62 @@ fn detach_at_a_breakpoint_lets_the_program_go_on() {
     has(&log, "compute: 44");
     has(&log, "is ready");
 }
+
+/// GDB reads and writes a `remapping` at its own address (Go's heap at 0xC000000000, as the
+/// reference's configuration for Go), not the memory behind it: what main() stored there, a
+/// value set with `set var`, the area's last word; past its end is not memory.
+#[test]
+fn gdb_reads_and_writes_remapped_memory() {
+    let dir = scratch("debug_remap");
+    let port = free_port();
+    let cfg = dir.join("c.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "ml": {{ "filename": {}, "remapping": {{ "heap": ["0xC000000000", 2] }},
+                "environment": ["REMAP=c000000000"] }} }}"#,
+            js(guest("memlayout").to_string_lossy())
+        ),
+    )
+    .unwrap();
+    let log = dir.join("edgevm.log");
+    let mut run = edgevm()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .arg(format!("--gdb=127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(append(&log))
+        .spawn()
+        .unwrap();
+    wait_file(&log, "waiting up to", Duration::from_secs(20));
+    let out = gdb(
+        port,
+        &guest("memlayout"),
+        &[
+            "break wait_for_requests",
+            "continue",
+            "x/gx 0xC000000000",
+            "set var *(long *)0xC000000008 = 77",
+            "set var *(long *)0xC0001FFFF8 = 0x55",
+            "x/2gx 0xC000000000",
+            "x/gx 0xC0001FFFF8",
+            "x/gx 0xC000200000",
+            "delete",
+            "continue",
+        ],
+        &dir,
+    );
+    let st = wait_bounded(&mut run, Duration::from_secs(30));
+    let log = std::fs::read_to_string(&log).unwrap();
+    has(&out, "Breakpoint 1, ");
+    has(&out, "0xc000000000:\t0x0000000000001234\n");
+    has(
+        &out,
+        "0xc000000000:\t0x0000000000001234\t0x000000000000004d",
+    );
+    has(&out, "0xc0001ffff8:\t0x0000000000000055");
+    has(&out, "Cannot access memory at address 0xc000200000");
+    assert!(st.success(), "edgevm run: {st}\n{log}");
+    has(&log, "debug session ended");
+}

@@ -289,6 +289,23 @@ fn a_remapping_is_memory_at_its_address_for_the_program_and_the_host() {
     assert!(get(&mut plain, "remap_inc", GO_HEAP).is_err());
 }
 
+/// A remapping beside shared memory: the shared area stays at the top of the address space,
+/// the remapped area's memory below the request-body area, both work and are reset as before.
+#[test]
+fn a_remapping_with_shared_memory() {
+    let mut vm = request_vm(|o| {
+        o.remappings = vec![(GO_HEAP, 8 << 20, false)];
+        o.relocate_fixed_mmap = false;
+        o.shared_memory = 4 << 20;
+        o.environment = vec![format!("REMAP={GO_HEAP:x}")];
+    });
+    let all = "first=f last=l sys=0 straddle=14 below=14 above=14 huge=14 go=kept";
+    for _ in 0..2 {
+        assert_eq!(get_s(&mut vm, "remap", GO_HEAP, 8).as_deref(), Ok(all));
+        assert_eq!(get(&mut vm, "remap_inc", GO_HEAP).as_deref(), Ok("v=4660"));
+    }
+}
+
 #[test]
 fn an_executable_remapping_runs_code() {
     let mut vm = request_vm(|o| o.remappings = vec![(GO_HEAP, 2 << 20, true)]);

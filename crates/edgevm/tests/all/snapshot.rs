@@ -459,6 +459,52 @@ fn a_snapshot_start_keeps_the_page_protections() {
     s.stop();
 }
 
+/// A program with a `remapping` started from its snapshot file: the remapped area holds what
+/// main() stored there, the host reads and writes it, requests are reset to it. main() also
+/// changes a protection after the area was mapped (SPLIT=1): at the start from the file the
+/// split regions come first, so the area's page tables must be made again, not kept from
+/// the image (they would share pool pages with the splits).
+#[test]
+fn a_snapshot_start_keeps_a_remapping() {
+    require_kvm();
+    let dir = scratch("snapshot-remap");
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "ml": {{ "filename": {}, "cold_start_file": {}, "start": true,
+                "remapping": {{ "go_heap": ["0xC000000000", 8] }}, "relocate_fixed_mmap": false,
+                "environment": ["REMAP=c000000000", "SPLIT=1"] }} }}"#,
+            js(guest("memlayout").to_str().unwrap()),
+            js(snap.join("ml.snapshot").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let all = "first=f last=l sys=0 straddle=14 below=14 above=14 huge=14 go=kept";
+    let check = |s: &Server| {
+        for _ in 0..2 {
+            assert_eq!(s.ok("/ml/?m=remap_inc&a=c000000000"), "v=4660");
+            assert_eq!(s.ok("/ml/?m=remap&a=c000000000&s=8"), all);
+        }
+    };
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["ml"]);
+    s.wait_log(
+        "Program 'ml': snapshot written to",
+        Duration::from_secs(20).mul_f64(time_scale() * time_scale()),
+    );
+    check(&s);
+    s.stop();
+    let s = Server::start(&dir, &[&cfg], &[]);
+    s.wait_loaded(&["ml"]);
+    assert!(s.log().contains("Program 'ml' started from its snapshot"));
+    check(&s);
+    s.stop();
+}
+
 /// A start from a snapshot written from the very binary file the program names, unchanged
 /// since, does not read the binary; a binary rewritten in place (same size, its modification
 /// time put back) is read, found changed, and booted; a snapshot written right after its
