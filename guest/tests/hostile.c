@@ -918,8 +918,8 @@ static void mode_guess_sys(void)
 	/* The supervisor area below the I/O area, page by page (0 is NULL: "no action"). */
 	for (unsigned long a = PAGE; a < 0x20000; a += PAGE)
 		GUESS(a);
-	/* The page tables above the stack (2 MiB from where memory ends), page by page. */
-	for (unsigned long a = end; a < end + 0x200000; a += PAGE)
+	/* The page tables above the stack (2 MiB from where memory ends), every 64 KiB. */
+	for (unsigned long a = end; a < end + 0x200000; a += 0x10000)
 		GUESS(a);
 #undef GUESS
 	respondf(200, "guess_sys: memory ends at %#lx; %lu of %lu guesses accepted (first %#lx)",
