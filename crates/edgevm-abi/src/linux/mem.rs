@@ -599,14 +599,7 @@ impl LinuxState {
                 self.sys_munmap(at, len, mem);
                 return -ENOMEM;
             }
-            let prot = self.heap_prot((prot & 7) as u32);
-            let r = self.protect(mem, at, page_up(len), prot);
-            if r < 0 {
-                self.sys_munmap(at, len, mem);
-                return r;
-            }
-            self.account(at, page_up(len), prot);
-            return at as i64;
+            return self.file_map_done(at, len, prot, mem);
         }
         // Readable and writable while the host copies the file in; then as asked.
         let r = self.protect(mem, at, page_up(len), PROT_READ | PROT_WRITE);
@@ -636,6 +629,12 @@ impl LinuxState {
                 break;
             }
         }
+        self.file_map_done(at, len, prot, mem)
+    }
+
+    /// The end of a file mapping at `at` (`len` bytes, shared or copied in): the protection
+    /// asked for (`prot`), accounted; unmapped again if the protection cannot be applied.
+    fn file_map_done(&mut self, at: u64, len: u64, prot: u64, mem: &mut GuestMemory) -> i64 {
         let prot = self.heap_prot((prot & 7) as u32);
         let r = self.protect(mem, at, page_up(len), prot);
         if r < 0 {
